@@ -1,0 +1,64 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# command:debian-package pairs; a package is installed only when its command is missing.
+RUN_DEBS := bwrap:bubblewrap git:git
+TEST_DEBS := $(RUN_DEBS) runsc:runsc redis-server:redis-server chromium:chromium
+
+.PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+define apt_missing
+	@missing=""; for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	fi
+endef
+
+system-deps-run:
+	$(call apt_missing,$(RUN_DEBS))
+
+system-deps-test:
+	$(call apt_missing,$(TEST_DEBS))
+
+# Tests use the machine's Redis on 127.0.0.1:6379; start one when none answers.
+redis: system-deps-test
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+	  echo "starting redis-server on 127.0.0.1:6379"; \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
+	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done; \
+	fi
+
+run: $(STAMP) system-deps-run
+	NIGHTSHIFT_AUTH=$${NIGHTSHIFT_AUTH:-local} $(BIN)/nightshift serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP) system-deps-test redis
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers images integrations tests
+	$(BIN)/ruff format --check app workers images integrations tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

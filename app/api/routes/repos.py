@@ -1,0 +1,37 @@
+"""Repos: register, list, read; pull requests of the local forge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.api.deps import CurrentUser, ReposDep, RuntimeDep
+from app.models import PullRequestPublic, RepoCreate, RepoPublic
+
+router = APIRouter(prefix="/api/repos", tags=["repos"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def add_repo(body: RepoCreate, user: CurrentUser, repos: ReposDep) -> RepoPublic:
+    """Register a repository: a local path (local forge) or `owner/name` (GitHub)."""
+    return RepoPublic.model_validate(repos.add(body))
+
+
+@router.get("")
+def list_repos(user: CurrentUser, repos: ReposDep) -> list[RepoPublic]:
+    return [RepoPublic.model_validate(r) for r in repos.list()]
+
+
+@router.get("/{repo:path}/pulls/{number}")
+def get_pull(repo: str, number: int, user: CurrentUser, runtime: RuntimeDep) -> PullRequestPublic:
+    """A pull request record of the local forge."""
+    return PullRequestPublic.model_validate(runtime.pulls.get(runtime.repos.get(repo), number))
+
+
+@router.get("/{repo:path}/pulls")
+def list_pulls(repo: str, user: CurrentUser, runtime: RuntimeDep) -> list[PullRequestPublic]:
+    return [PullRequestPublic.model_validate(p) for p in runtime.pulls.list(runtime.repos.get(repo))]
+
+
+@router.get("/{repo:path}")
+def get_repo(repo: str, user: CurrentUser, repos: ReposDep) -> RepoPublic:
+    return RepoPublic.model_validate(repos.get(repo))

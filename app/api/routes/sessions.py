@@ -1,0 +1,170 @@
+"""Sessions: create, list, read, follow up, stop, events (JSON, WebSocket, SSE), diff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
+from app.errors import ServiceError
+from app.models import (
+    DiffPublic,
+    EventPublic,
+    PromptCreate,
+    PromptPublic,
+    SessionCreate,
+    SessionList,
+    SessionPublic,
+)
+from integrations.forge.base import ForgeError
+from workers.events import SESSION_STATUSES
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+SSE_KEEPALIVE_S = 15.0
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_session(body: SessionCreate, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
+    """Start a session on a repo with a first prompt (queued at once, run by a worker)."""
+    return sessions.public(sessions.create(user, body.repo, body.prompt, body.parent_id))
+
+
+@router.get("")
+def list_sessions(
+    user: CurrentUser,
+    sessions: SessionsDep,
+    repo: str | None = None,
+    status_: Annotated[str | None, Query(alias="status")] = None,
+    author: Annotated[str | None, Query(description="The author's login")] = None,
+    parent_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SessionList:
+    if status_ is not None and status_ not in SESSION_STATUSES:
+        raise HTTPException(422, f"status must be one of {', '.join(SESSION_STATUSES)}")
+    rows, total = sessions.list(
+        repo=repo, status=status_, author=author, parent_id=parent_id, limit=limit, offset=offset
+    )
+    return SessionList(sessions=[sessions.public(r) for r in rows], total=total)
+
+
+@router.get("/{session_id}")
+def get_session(session_id: str, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
+    return sessions.public(sessions.get(session_id))
+
+
+@router.get("/{session_id}/prompts")
+def list_prompts(session_id: str, user: CurrentUser, sessions: SessionsDep) -> list[PromptPublic]:
+    """The session's prompts in order, with authors, states and queue positions."""
+    return sessions.prompts(session_id)
+
+
+@router.post("/{session_id}/prompts", status_code=status.HTTP_202_ACCEPTED)
+def add_prompt(session_id: str, body: PromptCreate, user: CurrentUser, sessions: SessionsDep) -> PromptPublic:
+    """Queue a follow-up, attributed to the caller; it runs after the prompts ahead of it."""
+    return sessions.add_prompt(user, session_id, body.text)
+
+
+@router.post("/{session_id}/stop")
+def stop_session(session_id: str, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
+    """Stop now: cancel the model stream, kill the running command, drop queued prompts."""
+    return sessions.public(sessions.stop(user, session_id))
+
+
+@router.get("/{session_id}/events")
+def list_events(
+    session_id: str,
+    user: CurrentUser,
+    sessions: SessionsDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Stored events with id > `after`, oldest first (see `EventPublic` and `workers/events.py`)."""
+    return [e.model_dump(mode="json") for e in sessions.events(session_id, after, limit)]
+
+
+@router.get("/{session_id}/diff")
+async def get_diff(session_id: str, user: CurrentUser, runtime: RuntimeDep) -> DiffPublic:
+    """The pushed branch against the repo's base branch."""
+    row = await asyncio.to_thread(runtime.sessions.get, session_id)
+    repo = await asyncio.to_thread(runtime.repos.by_id, row.repo_id)
+    if not row.head_sha:
+        return DiffPublic(base=repo.base, head=None, branch=row.branch, diff="")
+    from app.services.repos import spec_of
+
+    try:
+        text = await runtime.forge_for(spec_of(repo)).diff(repo.url, repo.base, row.head_sha)
+    except ForgeError as exc:
+        raise HTTPException(502, str(exc)) from exc
+    return DiffPublic(base=repo.base, head=row.head_sha, branch=row.branch, diff=text)
+
+
+@router.websocket("/{session_id}/stream")
+async def stream_events(websocket: WebSocket, session_id: str, after: int = 0) -> None:
+    """Every event with id > `after` as JSON text frames: stored ones, then live ones."""
+    runtime = websocket.app.state.runtime
+    try:
+        await asyncio.to_thread(websocket_user, websocket, runtime)
+        await asyncio.to_thread(runtime.sessions.get, session_id)
+    except ServiceError as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
+        return
+    await websocket.accept()
+    events = runtime.hub.stream(session_id, max(after, 0))
+    try:
+        async for event in events:
+            await websocket.send_text(event.model_dump_json())
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        await events.aclose()
+
+
+@router.get(
+    "/{session_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_events_sse(
+    session_id: str, request: Request, runtime: RuntimeDep, after: Annotated[int, Query(ge=0)] = 0
+) -> StreamingResponse:
+    """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`."""
+    try:
+        await asyncio.to_thread(stream_user, request, runtime)
+        await asyncio.to_thread(runtime.sessions.get, session_id)
+    except ServiceError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from exc
+    last = request.headers.get("last-event-id")
+    start = int(last) if last and last.isdigit() else after
+
+    async def body() -> AsyncIterator[str]:
+        events = runtime.hub.stream(session_id, start)
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+
+        async def pump() -> None:
+            async for event in events:
+                await queue.put(f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n")
+
+        task = asyncio.create_task(pump())
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                try:
+                    yield await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await events.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+__all__ = ["EventPublic", "router"]

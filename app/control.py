@@ -1,0 +1,46 @@
+"""The control-plane port (`workers.control.ControlPlane`) implemented in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from app.errors import ServiceError
+from app.services.sessions import Sessions
+from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.events import Author
+
+T = TypeVar("T")
+
+
+class LocalControlPlane:
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except ServiceError as exc:
+            raise ControlPlaneError(str(exc)) from exc
+
+    async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
+        return await self._call(lambda: self.sessions.acquire_lease(session_id, runner_id, ttl_s))
+
+    async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
+        return await self._call(lambda: self.sessions.renew_lease(session_id, runner_id, ttl_s))
+
+    async def release_lease(self, session_id: str, runner_id: str) -> bool:
+        return await self._call(lambda: self.sessions.release_lease(session_id, runner_id))
+
+    async def next_prompt(self, session_id: str, runner_id: str) -> PromptJob | None:
+        return await self._call(lambda: self.sessions.next_prompt(session_id, runner_id))
+
+    async def session_context(self, session_id: str) -> SessionContext:
+        return await self._call(lambda: self.sessions.context(session_id))
+
+    async def spawn_session(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
+        return await self._call(lambda: self.sessions.spawn(parent_id, repo, prompt, author))
+
+    async def session_status(self, session_id: str) -> SessionSummary:
+        return await self._call(lambda: self.sessions.summary(session_id))

@@ -1,0 +1,303 @@
+"""Control DB tables and the public shapes the API returns.
+
+The control DB is the index: users, tokens, repos, one row per session, pull requests. Each
+session's own state (prompts, events, messages, tool calls) lives in its SQLite file; see
+`app/sessionstore.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+from workers.events import SessionStatus
+
+
+def now() -> float:
+    return time.time()
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    login: str = Field(index=True, unique=True, max_length=100)
+    name: str = Field(max_length=200)
+    email: str = Field(max_length=320)
+    created_at: float = Field(default_factory=now)
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    login: str
+    name: str
+    email: str
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    created_at: float = Field(default_factory=now)
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+# ---------------------------------------------------------------- repos
+
+
+class RepoBase(SQLModel):
+    name: str = Field(index=True, unique=True, max_length=200)
+    url: str = Field(max_length=1000)
+    forge: str = Field(default="local", max_length=20)
+    base: str = Field(default="main", max_length=200)
+    description: str = Field(default="", max_length=2000)
+    pool_size: int = 0
+
+
+class Repo(RepoBase, table=True):
+    __tablename__ = "repos"
+
+    id: int | None = Field(default=None, primary_key=True)
+    setup: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    warm: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    egress: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=now)
+
+
+class RepoCreate(BaseModel):
+    """`POST /api/repos`: a local path (local forge) or `owner/name` / a GitHub URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=1000)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=200)
+    setup: list[str] = Field(default_factory=list, max_length=50)
+    warm: list[str] = Field(default_factory=list, max_length=50)
+    env: dict[str, str] = Field(default_factory=dict)
+    egress: list[str] = Field(default_factory=list, max_length=100)
+    description: str = Field("", max_length=2000)
+    pool_size: int = Field(0, ge=0, le=50)
+
+
+class RepoPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    url: str
+    forge: str
+    base: str
+    setup: list[str]
+    warm: list[str]
+    env: dict[str, str]
+    egress: list[str]
+    description: str
+    pool_size: int
+    created_at: float
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class Session(SQLModel, table=True):
+    """The index row of a session; its contents live in the session's own SQLite file."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_created", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    repo_id: int = Field(foreign_key="repos.id", index=True)
+    repo_name: str = Field(max_length=200)
+    title: str = Field(default="", max_length=200)
+    status: str = Field(default="queued", index=True, max_length=16)
+    author_id: int = Field(foreign_key="users.id", index=True)
+    parent_id: str | None = Field(default=None, foreign_key="sessions.id", index=True)
+    depth: int = 0
+    branch: str = Field(max_length=200)
+    head_sha: str | None = Field(default=None, max_length=64)
+    base_sha: str | None = Field(default=None, max_length=64)
+    pr_number: int | None = None
+    pr_url: str | None = Field(default=None, max_length=500)
+    pr_state: str | None = Field(default=None, max_length=16)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    last_event_id: int = 0
+    prompt_count: int = 0
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: float | None = None
+    stop_requested: bool = False
+    attempts: int = 0
+    start_mode: str | None = Field(default=None, max_length=16)
+    start_ms: int | None = None
+    first_model_ms: int | None = None
+    snapshot: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Participant(SQLModel, table=True):
+    __tablename__ = "session_participants"
+
+    session_id: str = Field(foreign_key="sessions.id", primary_key=True, max_length=32)
+    user_id: int = Field(foreign_key="users.id", primary_key=True, index=True)
+    role: str = Field(default="prompter", max_length=16)
+    joined_at: float = Field(default_factory=now)
+
+
+class SessionCreate(BaseModel):
+    """`POST /api/sessions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=200, description="A repo's name, as listed")
+    prompt: str = Field(min_length=1, description="What the agent should do")
+    parent_id: str | None = Field(None, max_length=32)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+
+class PromptCreate(BaseModel):
+    """`POST /api/sessions/{id}/prompts`: a follow-up, queued behind running work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+
+class PromptPublic(BaseModel):
+    id: int
+    text: str
+    author: UserPublic
+    state: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 1
+    position: int | None = None
+    """Place in the queue (0 = next) while queued."""
+
+
+class SessionPublic(BaseModel):
+    id: str
+    status: SessionStatus
+    repo: str
+    title: str
+    author: UserPublic
+    branch: str
+    head_sha: str | None
+    pr_url: str | None
+    pr_number: int | None
+    pr_state: str | None
+    parent_id: str | None
+    children: list[str]
+    participants: list[UserPublic]
+    prompt_count: int
+    last_event_id: int
+    start_mode: str | None
+    start_ms: int | None
+    first_model_ms: int | None
+    created_at: float
+    updated_at: float
+    url: str
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionPublic]
+    total: int
+
+
+class EventPublic(BaseModel):
+    """An event as stored: `id` is the per-session monotonic id clients resume from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    type: str
+    ts: float
+
+
+class DiffPublic(BaseModel):
+    base: str
+    head: str | None
+    branch: str
+    diff: str
+
+
+# ---------------------------------------------------------------- pull requests (local forge)
+
+
+class PullRequest(SQLModel, table=True):
+    __tablename__ = "pull_requests"
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo_id: int = Field(foreign_key="repos.id", index=True)
+    number: int
+    session_id: str = Field(foreign_key="sessions.id", index=True, max_length=32)
+    title: str = Field(max_length=300)
+    body: str = ""
+    author_id: int = Field(foreign_key="users.id")
+    base: str = Field(max_length=200)
+    head: str = Field(max_length=200)
+    head_sha: str = Field(max_length=64)
+    state: str = Field(default="open", max_length=16)
+    url: str = Field(max_length=500)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class PullRequestPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    session_id: str
+    title: str
+    body: str
+    base: str
+    head: str
+    head_sha: str
+    state: str
+    url: str
+    created_at: float
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    mode: str
+    sandbox: str
+    database: str
+
+
+CONTROL_TABLES = [
+    User.__table__,  # type: ignore[attr-defined]
+    ApiToken.__table__,  # type: ignore[attr-defined]
+    Repo.__table__,  # type: ignore[attr-defined]
+    Session.__table__,  # type: ignore[attr-defined]
+    Participant.__table__,  # type: ignore[attr-defined]
+    PullRequest.__table__,  # type: ignore[attr-defined]
+]

@@ -1,0 +1,172 @@
+"""Wiring: build every service of one Nightshift process from its settings.
+
+`serve`, `run` and the tests all start from `build_runtime(settings)`; nothing happens at
+import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlmodel import SQLModel
+
+from app.control import LocalControlPlane
+from app.db import control_engine
+from app.metrics import observe
+from app.models import CONTROL_TABLES
+from app.services.hub import EventHub
+from app.services.pulls import LocalPullRequests
+from app.services.repos import Repos
+from app.services.sessions import Sessions
+from app.services.users import Users
+from app.sessionstore import SessionFiles
+from app.settings import Settings
+from images.provider import SandboxProvider
+from images.sandboxes import make_backend
+from images.sandboxes.base import SandboxBackend
+from images.sandboxes.overlay import release_stale_mounts
+from images.spec import RepoSpec
+from images.store import ImageStore
+from integrations.forge.base import Forge
+from integrations.forge.local import LocalForge
+from workers.bus import InProcessBus
+from workers.dispatch import Dispatcher, InProcessDispatcher
+from workers.executor import InProcessExecutor, every
+from workers.redact import RedactingFilter, Redactor
+from workers.runner import WorkerDeps
+
+log = logging.getLogger("nightshift")
+REAP_INTERVAL_S = 10.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    redactor: Redactor
+    files: SessionFiles
+    hub: EventHub
+    users: Users
+    repos: Repos
+    sessions: Sessions
+    pulls: LocalPullRequests
+    backend: SandboxBackend
+    images: ImageStore
+    provider: SandboxProvider
+    executor: InProcessExecutor
+    deps: WorkerDeps
+    dispatcher: Dispatcher
+    forges: dict[str, Forge]
+    _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    def forge_for(self, spec: RepoSpec) -> Forge:
+        forge = self.forges.get(spec.forge)
+        if forge is None:
+            from integrations.forge.base import ForgeError
+
+            raise ForgeError(f"the {spec.forge} forge is not configured on this server")
+        return forge
+
+    def start(self) -> None:
+        """Recover sessions a previous process left behind and start periodic jobs."""
+        self.executor.start()
+        live = set(getattr(self.backend, "live", {}))
+        released = release_stale_mounts(self.settings.data_dir / "sandboxes", live)
+        if released:
+            log.info("released %d sandbox mounts left by a previous process", released)
+        self.periodic(REAP_INTERVAL_S, self._reap, "reaper")
+
+    def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
+        async def job() -> None:
+            await asyncio.to_thread(fn)
+
+        self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
+
+    def _reap(self) -> None:
+        dispatched = self.sessions.reap()
+        if dispatched:
+            log.info("resumed %d session(s): %s", len(dispatched), ", ".join(dispatched))
+
+    def close(self) -> None:
+        for future in self._periodic:
+            future.cancel()
+        self.executor.shutdown()
+        for callback in self.on_close:
+            callback()
+        self.files.close()
+        self.engine.dispose()
+
+
+def init_control_db(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine, tables=CONTROL_TABLES)
+
+
+def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) -> Runtime:
+    data_dir = settings.data_dir.resolve()
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redactor = Redactor(settings.secret_values())
+    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    engine = control_engine(settings.control_db_url)
+    init_control_db(engine)
+    files = SessionFiles(data_dir / "sessions", redactor)
+    hub = EventHub(files)
+    hub.handlers.append(observe)
+    users = Users(engine)
+    repos = Repos(engine)
+    sessions = Sessions(
+        engine,
+        files,
+        hub,
+        repos,
+        users,
+        base_url=settings.base_url,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    pulls = LocalPullRequests(engine, settings.base_url)
+    sessions.openers["local"] = pulls
+    backend = backend or make_backend(settings.sandbox, data_dir)
+    owner = getattr(backend, "owner", None)
+    images = ImageStore(data_dir / "images", backend.name, backend.runtime_version(), owner)
+    forges: dict[str, Forge] = {"local": LocalForge()}
+
+    def forge_for(spec: RepoSpec) -> Forge:
+        return runtime.forge_for(spec)
+
+    provider = SandboxProvider(backend, images, forge_for, settings.limits())
+    executor = InProcessExecutor()
+    deps = WorkerDeps(
+        control=LocalControlPlane(sessions),
+        bus=InProcessBus(hub.publish),
+        sandboxes=provider,
+        forge_for=forge_for,
+        config=settings.agent_config(),
+        redactor=redactor,
+    )
+    dispatcher = InProcessDispatcher(executor, deps)
+    sessions.dispatcher = dispatcher
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        redactor=redactor,
+        files=files,
+        hub=hub,
+        users=users,
+        repos=repos,
+        sessions=sessions,
+        pulls=pulls,
+        backend=backend,
+        images=images,
+        provider=provider,
+        executor=executor,
+        deps=deps,
+        dispatcher=dispatcher,
+        forges=forges,
+    )
+    return runtime

@@ -1,0 +1,123 @@
+"""The event hub: persist an event in its session file, apply it to the index, fan it out.
+
+Publishing holds a per-session lock from the write to the fan-out, so every subscriber sees a
+session's events in id order. Subscribers replay what is stored after their last id before
+they get live events, and fill any gap from the file: a client that resumes with `after=N`
+misses nothing and sees nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from app.sessionstore import SessionFiles
+from workers.events import Event
+
+log = logging.getLogger("nightshift.hub")
+
+Handler = Callable[[str, Event], None]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[tuple[str, Event]] = field(default_factory=asyncio.Queue)
+    types: frozenset[str] | None = None
+
+    def push(self, session_id: str, event: Event) -> None:
+        if self.types is not None and event.type not in self.types:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (session_id, event))
+        except RuntimeError:  # the subscriber's loop is closed; it is going away
+            pass
+
+
+class EventHub:
+    def __init__(self, files: SessionFiles) -> None:
+        self.files = files
+        self.handlers: list[Handler] = []
+        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._subs: defaultdict[str, set[Subscriber]] = defaultdict(set)
+        self._all: set[Subscriber] = set()
+        self._guard = threading.Lock()
+
+    def publish(self, session_id: str, event: Event, source: str | None = None) -> Event | None:
+        """Store, apply and fan out one event; None when `source` was already stored."""
+        with self._guard:
+            lock = self._locks[session_id]
+        with lock:
+            stored = self.files.get(session_id).append(event, source)
+            if stored is None:
+                return None
+            for handler in self.handlers:
+                try:
+                    handler(session_id, stored)
+                except Exception:
+                    log.exception("event handler failed for %s event %s", session_id, stored.id)
+            with self._guard:
+                targets = list(self._subs.get(session_id, ())) + list(self._all)
+            for sub in targets:
+                sub.push(session_id, stored)
+            return stored
+
+    def _add(self, session_id: str | None, sub: Subscriber) -> None:
+        with self._guard:
+            (self._all if session_id is None else self._subs[session_id]).add(sub)
+
+    def _remove(self, session_id: str | None, sub: Subscriber) -> None:
+        with self._guard:
+            if session_id is None:
+                self._all.discard(sub)
+            else:
+                subs = self._subs.get(session_id)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._subs[session_id]
+
+    def subscriber_count(self, session_id: str) -> int:
+        with self._guard:
+            return len(self._subs.get(session_id, ()))
+
+    async def stream(self, session_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """Every event with id > `after`, stored ones first, then live ones, forever."""
+        sub = Subscriber(asyncio.get_running_loop())
+        self._add(session_id, sub)
+        store = self.files.get(session_id)
+        last = after
+        try:
+            while True:
+                backlog = await asyncio.to_thread(store.events, last, 1000)
+                for event in backlog:
+                    yield event
+                    last = event.id
+                if len(backlog) < 1000:
+                    break
+            while True:
+                _, event = await sub.queue.get()
+                if event.id <= last:
+                    continue
+                if event.id > last + 1:  # a gap: fetch what we missed from the file
+                    for missed in await asyncio.to_thread(store.events, last, event.id - last - 1):
+                        yield missed
+                        last = missed.id
+                yield event
+                last = event.id
+        finally:
+            self._remove(session_id, sub)
+
+    async def watch(self, types: frozenset[str] | None = None) -> AsyncIterator[tuple[str, Event]]:
+        """Live events of every session (optionally only some types), e.g. status changes."""
+        sub = Subscriber(asyncio.get_running_loop(), types=types)
+        self._add(None, sub)
+        try:
+            while True:
+                yield await sub.queue.get()
+        finally:
+            self._remove(None, sub)

@@ -1,0 +1,168 @@
+"""The sandbox interface every backend implements, and its errors.
+
+    SandboxError
+    ├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
+    ├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
+    ├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
+    │   └── PathEscape       a path or symlink leads outside the workspace
+    └── SnapshotUnusable     a snapshot's base image or runtime version is gone
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+WORKDIR = "/workspace"
+HOME = "/home/agent"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+
+class SandboxError(Exception):
+    pass
+
+
+class SandboxUnavailable(SandboxError):
+    pass
+
+
+class UnsupportedSetting(SandboxError):
+    pass
+
+
+class SandboxFileError(SandboxError):
+    pass
+
+
+class PathEscape(SandboxFileError):
+    pass
+
+
+class SnapshotUnusable(SandboxError):
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits for every command in a sandbox."""
+
+    memory_mb: int = 2048
+    pids: int = 256
+    cpu_seconds: int = 600
+    exec_timeout_s: float = 600.0
+    sandbox_timeout_s: float = 4 * 3600.0
+    output_cap_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A prepared, read-only starting point holding a repository at one commit."""
+
+    id: str
+    repo: str
+    sha: str
+    backend: str
+    location: str
+    """A directory (local backends) or a provider image id (Modal)."""
+    runtime: str
+    built_at: float
+    spec_hash: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """The changes a sandbox made, stacked over the image it started from."""
+
+    id: str
+    image: ImageRef
+    backend: str
+    location: str
+    runtime: str
+    created_at: float
+    layers: tuple[str, ...] = ()
+    """Older layers this snapshot stacks on (newest first), for local backends."""
+    full: bool = False
+    """The snapshot holds the whole tree, not only the changes (hosts without overlayfs)."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    source: ImageRef | SnapshotRef
+    limits: Limits = field(default_factory=Limits)
+    env: Mapping[str, str] = field(default_factory=dict)
+    egress: Sequence[str] = ()
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+
+
+class Sandbox(Protocol):
+    id: str
+    backend: str
+    source: ImageRef | SnapshotRef
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        output_cap: int | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        """Run one command as its own process; `cwd` is relative to the workspace."""
+        ...
+
+    async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
+        """Read a file by a path relative to the workspace."""
+        ...
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Create or replace a file (and its parent directories) inside the workspace."""
+        ...
+
+    async def list_files(self, path: str = ".", recursive: bool = False, limit: int = 2000) -> list[FileEntry]:
+        """List a directory inside the workspace (without `.git`)."""
+        ...
+
+    async def snapshot(self) -> SnapshotRef:
+        """Capture the changes made so far; the sandbox keeps running."""
+        ...
+
+    async def terminate(self) -> None:
+        """Kill every process and release the sandbox's resources. Idempotent."""
+        ...
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    def runtime_version(self) -> str:
+        """Identifies what snapshots and images of this backend are compatible with."""
+        ...
+
+    async def start(self, spec: SandboxSpec) -> Sandbox:
+        """Start a sandbox from an image or a snapshot."""
+        ...

@@ -1,0 +1,136 @@
+"""An in-memory sandbox for unit tests: files in a dict, commands answered by a handler.
+
+It runs nothing on the host. Like httpx's MockTransport, a test passes `handler` to decide
+what each command returns; without one every command exits 127.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from images.sandboxes.base import (
+    ExecResult,
+    FileEntry,
+    ImageRef,
+    SandboxError,
+    SandboxFileError,
+    SandboxSpec,
+    SnapshotRef,
+    UnsupportedSetting,
+)
+from images.sandboxes.pathsafe import clean_relative
+
+Handler = Callable[["FakeSandbox", Sequence[str], str], ExecResult]
+
+
+def _no_commands(sandbox: FakeSandbox, argv: Sequence[str], cwd: str) -> ExecResult:
+    return ExecResult(127, "", f"fake sandbox cannot run {argv[0]!r}", 0)
+
+
+class FakeSandbox:
+    backend = "fake"
+
+    def __init__(self, spec: SandboxSpec, files: dict[str, bytes], handler: Handler) -> None:
+        self.id = f"fake-{secrets.token_hex(4)}"
+        self.source = spec.source
+        self.spec = spec
+        self.files = files
+        self.handler = handler
+        self.commands: list[list[str]] = []
+        self.terminated = False
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        output_cap: int | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        if self.terminated:
+            raise SandboxError(f"sandbox {self.id} has been terminated")
+        self.commands.append(list(argv))
+        return self.handler(self, argv, clean_relative(cwd or "."))
+
+    async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
+        rel = clean_relative(path)
+        if rel not in self.files:
+            raise SandboxFileError(f"{path}: no such file or directory")
+        return self.files[rel][:max_bytes]
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        rel = clean_relative(path)
+        if rel == ".":
+            raise SandboxFileError("a file path is required")
+        self.files[rel] = bytes(data)
+
+    async def list_files(self, path: str = ".", recursive: bool = False, limit: int = 2000) -> list[FileEntry]:
+        rel = clean_relative(path)
+        prefix = "" if rel == "." else rel + "/"
+        seen: dict[str, FileEntry] = {}
+        for name, data in sorted(self.files.items()):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix) :]
+            if "/" in rest and not recursive:
+                top = prefix + rest.split("/", 1)[0]
+                seen.setdefault(top, FileEntry(top, "dir", 0))
+            else:
+                seen[name] = FileEntry(name, "file", len(data))
+        return list(seen.values())[:limit]
+
+    async def snapshot(self) -> SnapshotRef:
+        image = self.source.image if isinstance(self.source, SnapshotRef) else self.source
+        snap = SnapshotRef(
+            id=f"fake-snap-{secrets.token_hex(4)}",
+            image=image,
+            backend="fake",
+            location="memory",
+            runtime="fake-1",
+            created_at=time.time(),
+            full=True,
+        )
+        FakeBackend.snapshots[snap.id] = dict(self.files)
+        return snap
+
+    async def terminate(self) -> None:
+        self.terminated = True
+
+
+class FakeBackend:
+    name = "fake"
+    snapshots: dict[str, dict[str, bytes]] = {}
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler or _no_commands
+        self.started: list[FakeSandbox] = []
+
+    def runtime_version(self) -> str:
+        return "fake-1"
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        if spec.egress:
+            raise UnsupportedSetting("the fake backend has no network to allow")
+        if isinstance(spec.source, SnapshotRef):
+            files = dict(self.snapshots[spec.source.id])
+        else:
+            files = _load_image(spec.source)
+        sandbox = FakeSandbox(spec, files, self.handler)
+        self.started.append(sandbox)
+        return sandbox
+
+
+def _load_image(image: ImageRef) -> dict[str, bytes]:
+    root = Path(image.location) / "root" / "workspace"
+    if not root.is_dir():
+        return {}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(root).parts
+    }

@@ -1,0 +1,73 @@
+"""The forge port: where repositories live and branches are pushed.
+
+Every operation runs on the host, outside any sandbox, and may use credentials that must
+never reach one. Implementations: `local` (git repositories on this machine) and `github`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Protocol
+
+
+class ForgeError(Exception):
+    """A git host refused or failed an operation; the message says which and why."""
+
+
+class Forge(Protocol):
+    kind: str
+
+    async def tip(self, url: str, branch: str) -> str:
+        """The commit sha at the tip of `branch`."""
+        ...
+
+    async def clone(self, url: str, branch: str, dest: Path) -> str:
+        """Clone `branch` into `dest` (a new directory); returns the checked-out sha."""
+        ...
+
+    async def fetch(self, url: str, branch: str, mirror: Path) -> str:
+        """Update a bare mirror's `branch` from the forge; returns its sha."""
+        ...
+
+    async def push_bundle(
+        self, url: str, bundle: Path, branch: str, expected_old: str | None
+    ) -> str:
+        """Push `branch` from a git bundle; refuses unless the remote is at `expected_old`."""
+        ...
+
+    async def diff(self, url: str, base: str, head: str) -> str:
+        """Unified diff of `head` against its merge base with `base`."""
+        ...
+
+
+ZERO_SHA = "0" * 40
+
+# Git run by the host must never read configuration it did not write.
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+    "LANG": "C.UTF-8",
+}
+
+
+async def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run host-side git and return stdout; raise ForgeError with git's own message."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV}
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=cwd,
+        env=full_env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ForgeError(f"git {args[0]} failed: {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")

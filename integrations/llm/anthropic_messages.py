@@ -1,0 +1,116 @@
+"""Anthropic's Messages API through the official `anthropic` SDK."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+
+from integrations.llm.base import ModelFatalError, ModelTransientError, retry_after_seconds
+from integrations.llm.types import (
+    ChatMessage,
+    Completion,
+    StreamItem,
+    TextChunk,
+    ToolCallRecord,
+    ToolSpec,
+    repair_history,
+)
+
+
+def _to_anthropic(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Anthropic wants tool results as user turns, and consecutive same-role turns merged."""
+    out: list[dict[str, Any]] = []
+    for m in repair_history(messages):
+        blocks: list[dict[str, Any]]
+        if m.role == "tool":
+            role = "user"
+            blocks = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id,
+                    "content": m.text or "(no output)",
+                    "is_error": m.is_error,
+                }
+            ]
+        elif m.role == "assistant":
+            role = "assistant"
+            blocks = [{"type": "text", "text": m.text}] if m.text else []
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+                for c in m.tool_calls
+            ]
+            if not blocks:
+                blocks = [{"type": "text", "text": "(no text)"}]
+        else:
+            role = "user"
+            blocks = [{"type": "text", "text": m.text}]
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+class AnthropicModel:
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        max_tokens: int = 8192,
+        timeout: float = 300.0,
+    ) -> None:
+        self.name = f"anthropic:{model}"
+        self._model = model
+        self._max_tokens = max_tokens
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(
+        self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]
+    ) -> AsyncIterator[StreamItem]:
+        try:
+            async with self._client.messages.stream(
+                model=self._model,
+                max_tokens=self._max_tokens,
+                system=system,
+                messages=_to_anthropic(messages),  # type: ignore[arg-type]
+                tools=[
+                    {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                    for t in tools
+                ],
+            ) as stream:
+                async for text in stream.text_stream:
+                    if text:
+                        yield TextChunk(text)
+                final = await stream.get_final_message()
+        except anthropic.APIStatusError as exc:
+            if exc.status_code in (429, 529) or exc.status_code >= 500:
+                raise ModelTransientError(
+                    f"{exc.status_code} from model endpoint: {exc.message}",
+                    retry_after_seconds(exc.response.headers),
+                ) from exc
+            raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
+        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            raise ModelTransientError(f"model endpoint unreachable: {exc}") from exc
+        text_parts: list[str] = []
+        calls: list[ToolCallRecord] = []
+        for block in final.content:
+            if block.type == "text":
+                text_parts.append(block.text)
+            elif block.type == "tool_use":
+                args = block.input if isinstance(block.input, dict) else {"_raw": block.input}
+                calls.append(ToolCallRecord(id=block.id, name=block.name, arguments=args))
+        yield Completion(
+            ChatMessage(role="assistant", text="".join(text_parts), tool_calls=calls),
+            final.usage.input_tokens,
+            final.usage.output_tokens,
+            final.stop_reason or "",
+        )

@@ -1,0 +1,138 @@
+"""Any OpenAI-compatible chat-completions endpoint, through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from integrations.llm.base import (
+    ModelFatalError,
+    ModelTransientError,
+    retry_after_seconds,
+)
+from integrations.llm.types import (
+    ChatMessage,
+    Completion,
+    StreamItem,
+    TextChunk,
+    ToolCallRecord,
+    ToolSpec,
+    repair_history,
+)
+
+
+def _to_openai(system: str, messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for m in repair_history(messages):
+        if m.role == "tool":
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text})
+        elif m.role == "assistant":
+            item: dict[str, Any] = {"role": "assistant", "content": m.text or None}
+            if m.tool_calls:
+                item["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in m.tool_calls
+                ]
+            out.append(item)
+        else:
+            out.append({"role": "user", "content": m.text})
+    return out
+
+
+def _parse_arguments(raw: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return {"_raw": raw, "_error": "arguments were not valid JSON"}
+    return value if isinstance(value, dict) else {"_raw": raw}
+
+
+class OpenAIChatModel:
+    """Streams chat completions with tool calls; the agent loop owns retries."""
+
+    def __init__(
+        self, model: str, *, api_key: str, base_url: str | None, timeout: float = 300.0
+    ) -> None:
+        self.name = f"openai:{model}"
+        self._model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(
+        self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]
+    ) -> AsyncIterator[StreamItem]:
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        usage_in = usage_out = 0
+        finish = ""
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=_to_openai(system, messages),  # type: ignore[arg-type]
+                tools=[
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": t.name,
+                            "description": t.description,
+                            "parameters": t.parameters,
+                        },
+                    }
+                    for t in tools
+                ],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage_in = chunk.usage.prompt_tokens or 0
+                    usage_out = chunk.usage.completion_tokens or 0
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        yield TextChunk(delta.content)
+                    for tc in delta.tool_calls or []:
+                        slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+                        if tc.id:
+                            slot["id"] = tc.id
+                        if tc.function is not None:
+                            slot["name"] += tc.function.name or ""
+                            slot["args"] += tc.function.arguments or ""
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except openai.APIStatusError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise ModelTransientError(
+                    f"{exc.status_code} from model endpoint: {exc.message}",
+                    retry_after_seconds(exc.response.headers),
+                ) from exc
+            raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise ModelTransientError(f"model endpoint unreachable: {exc}") from exc
+        message = ChatMessage(
+            role="assistant",
+            text="".join(text),
+            tool_calls=[
+                ToolCallRecord(
+                    id=slot["id"] or f"call_{index}",
+                    name=slot["name"],
+                    arguments=_parse_arguments(slot["args"]),
+                )
+                for index, slot in sorted(calls.items())
+            ],
+        )
+        yield Completion(message, usage_in, usage_out, finish)

@@ -1,0 +1,44 @@
+"""Hooks around every tool call. Built-in behaviour (redaction, waiting for the git sync) uses
+the same interface a plugin would.
+
+A `before_tool` hook may wait, or raise `ToolError` to refuse the call; an `after_tool` hook
+returns the (possibly rewritten) output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from workers.redact import Redactor
+
+if TYPE_CHECKING:
+    from workers.agent.tools import Tool, ToolContext, ToolOutput
+
+BeforeTool = Callable[["ToolContext", "Tool", dict[str, Any]], Awaitable[None]]
+AfterTool = Callable[["ToolContext", "Tool", dict[str, Any], "ToolOutput"], Awaitable["ToolOutput"]]
+
+
+@dataclass
+class Hooks:
+    before_tool: list[BeforeTool] = field(default_factory=list)
+    after_tool: list[AfterTool] = field(default_factory=list)
+
+    async def before(self, ctx: ToolContext, tool: Tool, args: dict[str, Any]) -> None:
+        for hook in self.before_tool:
+            await hook(ctx, tool, args)
+
+    async def after(self, ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput) -> ToolOutput:
+        for hook in self.after_tool:
+            out = await hook(ctx, tool, args, out)
+        return out
+
+
+def redact_output(redactor: Redactor) -> AfterTool:
+    """Built-in: strip credentials from whatever a tool returns before the model sees it."""
+
+    async def hook(ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput) -> ToolOutput:
+        return replace(out, text=redactor.text(out.text))
+
+    return hook

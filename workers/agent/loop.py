@@ -1,0 +1,175 @@
+"""The agent loop: model turn, tool calls, repeat, until `finish`, a limit or a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+from integrations.llm.base import ModelClient, ModelError, ModelTransientError
+from integrations.llm.types import ChatMessage, Completion, TextChunk
+from workers.agent.hooks import Hooks
+from workers.agent.prompts import system_prompt
+from workers.agent.tools import TOOLS, ToolContext, ToolOutput, call_tool
+from workers.events import (
+    ErrorRaised,
+    MessageAdded,
+    ModelRequest,
+    ModelRetry,
+    PromptOutcome,
+    TextDelta,
+    ToolCalled,
+    ToolResult,
+    UsageReported,
+)
+
+
+@dataclass
+class AgentResult:
+    outcome: PromptOutcome
+    summary: str = ""
+    title: str = ""
+    steps: int = 0
+    tokens: int = 0
+
+
+class _DeltaBuffer:
+    """Coalesces streamed text into events of at most ~50 ms, so clients see it live."""
+
+    def __init__(self, ctx: ToolContext) -> None:
+        self.ctx = ctx
+        self.parts: list[str] = []
+        self.size = 0
+        self.last = time.monotonic()
+
+    async def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= 512 or time.monotonic() - self.last >= 0.05:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.parts:
+            text, self.parts, self.size = "".join(self.parts), [], 0
+            await self.ctx.emit(TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt))
+        self.last = time.monotonic()
+
+
+async def _one_turn(
+    ctx: ToolContext, model: ModelClient, system: str, messages: list[ChatMessage]
+) -> Completion:
+    """Stream one model turn, retrying transient failures with jittered exponential backoff."""
+    tools = [t.spec() for t in TOOLS.values()]
+    retry = 0
+    while True:
+        buffer = _DeltaBuffer(ctx)
+        try:
+            async for item in model.stream(system, messages, tools):
+                if isinstance(item, TextChunk):
+                    await buffer.add(item.text)
+                else:
+                    await buffer.flush()
+                    return item
+            raise ModelTransientError("the model stream ended without a completion")
+        except ModelTransientError as exc:
+            await buffer.flush()
+            retry += 1
+            if retry > ctx.config.model_retries:
+                raise
+            wait = exc.retry_after
+            if wait is None:
+                wait = ctx.config.retry_base_s * 2 ** (retry - 1) * (0.5 + random.random())
+            wait = min(wait, 60.0)
+            await ctx.emit(
+                ModelRetry(retry=retry, reason=str(exc), wait_s=round(wait, 3), prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+            )
+            await asyncio.sleep(wait)
+
+
+async def run_agent(
+    ctx: ToolContext,
+    model: ModelClient,
+    hooks: Hooks,
+    history: list[ChatMessage],
+    user_message: ChatMessage,
+    prompt_received_at: float,
+) -> AgentResult:
+    cfg = ctx.config
+    system = system_prompt(ctx.repo, ctx.author)
+    messages = [*history, user_message]
+    await ctx.emit(MessageAdded(message=user_message, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+    tokens = 0
+    step = 0
+    last_text = ""
+    while True:
+        if step >= cfg.max_steps:
+            await ctx.emit(
+                ErrorRaised(code="step_limit", message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)", prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+            )
+            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+        if tokens >= cfg.token_budget:
+            await ctx.emit(
+                ErrorRaised(code="token_budget", message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})", prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+            )
+            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+        step += 1
+        await ctx.emit(
+            ModelRequest(
+                model=model.name,
+                step=step,
+                ms_since_prompt=int((time.time() - prompt_received_at) * 1000),
+                prompt_id=ctx.prompt_id,
+                attempt=ctx.attempt,
+            )
+        )
+        try:
+            completion = await _one_turn(ctx, model, system, messages)
+        except ModelError as exc:
+            await ctx.emit(ErrorRaised(code="model_error", message=str(exc), prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+            return AgentResult("failed", str(exc), steps=step, tokens=tokens)
+        tokens += completion.input_tokens + completion.output_tokens
+        await ctx.emit(
+            UsageReported(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens, prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+        )
+        message = completion.message
+        messages.append(message)
+        await ctx.emit(MessageAdded(message=message, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+        if message.text.strip():
+            last_text = message.text.strip()
+        if not message.tool_calls:
+            return AgentResult("done", last_text, steps=step, tokens=tokens)
+        finished: ToolOutput | None = None
+        for call in message.tool_calls:
+            await ctx.emit(ToolCalled(call_id=call.id, name=call.name, arguments=call.arguments, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+            started = time.monotonic()
+            tool = TOOLS.get(call.name)
+            if finished is not None:
+                out = ToolOutput("not run: `finish` was already called", is_error=True)
+            elif tool is None:
+                out = ToolOutput(f"unknown tool {call.name!r}; available: {', '.join(TOOLS)}", is_error=True)
+            else:
+                out = await call_tool(ctx, tool, call.arguments, hooks)
+            await ctx.emit(
+                ToolResult(
+                    call_id=call.id,
+                    name=call.name,
+                    output=out.text,
+                    is_error=out.is_error,
+                    exit_code=out.exit_code,
+                    ms=int((time.monotonic() - started) * 1000),
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
+            )
+            messages.append(ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error))
+            if out.finish and not out.is_error and finished is None:
+                finished = out
+        if finished is not None:
+            return AgentResult(
+                "done",
+                str(finished.data.get("summary", "")),
+                str(finished.data.get("title", "")),
+                step,
+                tokens,
+            )

@@ -1,0 +1,317 @@
+"""The agent's tools. Names are stable: hooks, plugins and clients refer to them.
+
+File tools act on the sandbox's workspace through the sandbox interface (paths relative to the
+repository root); `run` executes one command as its own sandboxed process.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from images.sandboxes.base import Sandbox, SandboxError
+from images.spec import RepoSpec
+from integrations.llm.types import ToolSpec
+from workers.config import AgentConfig
+from workers.control import ControlPlane, ControlPlaneError
+from workers.events import Author, ChildSpawned, Event
+
+Emit = Callable[[Event], Awaitable[None]]
+
+
+class ToolError(Exception):
+    """A tool refused or failed; the message goes back to the model."""
+
+
+@dataclass
+class ToolContext:
+    session_id: str
+    sandbox: Sandbox
+    control: ControlPlane
+    author: Author
+    repo: RepoSpec
+    config: AgentConfig
+    emit: Emit
+    depth: int = 0
+    prompt_id: int | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    text: str
+    is_error: bool = False
+    exit_code: int | None = None
+    finish: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    args: type[BaseModel]
+    run: Callable[[ToolContext, Any], Awaitable[ToolOutput]]
+    writes: bool = False
+    """Writes to the workspace: waits for the git sync (see the `before_tool` hooks)."""
+
+    def spec(self) -> ToolSpec:
+        schema = self.args.model_json_schema()
+        schema.pop("title", None)
+        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+
+    def parse(self, arguments: dict[str, Any]) -> BaseModel:
+        if "_error" in arguments:
+            raise ToolError(f"{self.name}: {arguments['_error']}")
+        try:
+            return self.args.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ToolError(f"{self.name}: invalid arguments ({problems})") from exc
+
+
+def _decode(data: bytes, path: str) -> str:
+    if b"\x00" in data[:8192]:
+        raise ToolError(f"{path}: binary file; use `run` with a tool like `xxd` or `file`")
+    return data.decode("utf-8", errors="replace")
+
+
+class ReadFileArgs(BaseModel):
+    path: str = Field(description="Path relative to the repository root")
+    start_line: int = Field(1, ge=1, description="First line to return (1-based)")
+    max_lines: int = Field(2000, ge=1, le=20000, description="How many lines at most")
+
+
+async def read_file(ctx: ToolContext, a: ReadFileArgs) -> ToolOutput:
+    text = _decode(await ctx.sandbox.read_file(a.path), a.path)
+    lines = text.splitlines(keepends=True)
+    chosen = lines[a.start_line - 1 : a.start_line - 1 + a.max_lines]
+    body = "".join(chosen)
+    more = len(lines) - (a.start_line - 1 + len(chosen))
+    if more > 0:
+        body += f"\n[... {more} more lines; read again with start_line={a.start_line + len(chosen)}]"
+    return ToolOutput(body)
+
+
+class ListFilesArgs(BaseModel):
+    path: str = Field(".", description="Directory relative to the repository root")
+    recursive: bool = Field(False, description="List the whole tree below the directory")
+
+
+async def list_files(ctx: ToolContext, a: ListFilesArgs) -> ToolOutput:
+    entries = await ctx.sandbox.list_files(a.path, recursive=a.recursive, limit=2000)
+    lines = [e.path + ("/" if e.kind == "dir" else "") for e in entries]
+    if len(entries) >= 2000:
+        lines.append("[... listing stopped at 2000 entries]")
+    return ToolOutput("\n".join(lines) if lines else "(empty directory)")
+
+
+class SearchArgs(BaseModel):
+    pattern: str = Field(min_length=1, description="Extended regular expression (grep -E)")
+    path: str = Field(".", description="File or directory to search, relative to the root")
+    glob: str | None = Field(None, description="Only files whose name matches, e.g. '*.py'")
+    ignore_case: bool = False
+
+
+async def search(ctx: ToolContext, a: SearchArgs) -> ToolOutput:
+    argv = ["grep", "-rnIE", "--exclude-dir=.git", "--color=never", "-m", "50"]
+    if a.ignore_case:
+        argv.append("-i")
+    if a.glob:
+        argv.append(f"--include={a.glob}")
+    argv += ["-e", a.pattern, "--", a.path]
+    result = await ctx.sandbox.exec(argv, timeout=60, output_cap=200_000)
+    if result.exit_code == 1:
+        return ToolOutput("no matches", exit_code=1)
+    if result.exit_code != 0:
+        raise ToolError(f"search failed: {result.stderr.strip() or result.exit_code}")
+    out = result.stdout
+    if result.truncated:
+        out += "\n[... output truncated; narrow the search]"
+    return ToolOutput(out, exit_code=0)
+
+
+class WriteFileArgs(BaseModel):
+    path: str = Field(description="Path relative to the repository root")
+    content: str = Field(description="The whole new content of the file")
+
+
+async def write_file(ctx: ToolContext, a: WriteFileArgs) -> ToolOutput:
+    data = a.content.encode()
+    await ctx.sandbox.write_file(a.path, data)
+    return ToolOutput(f"wrote {len(data)} bytes to {a.path}")
+
+
+class EditFileArgs(BaseModel):
+    path: str = Field(description="Path relative to the repository root")
+    old_text: str = Field(min_length=1, description="Exact text to replace")
+    new_text: str = Field(description="Replacement text")
+    replace_all: bool = Field(False, description="Replace every occurrence, not just one")
+
+
+async def edit_file(ctx: ToolContext, a: EditFileArgs) -> ToolOutput:
+    text = _decode(await ctx.sandbox.read_file(a.path), a.path)
+    count = text.count(a.old_text)
+    if count == 0:
+        raise ToolError(f"{a.path}: old_text was not found; read the file and copy the text exactly")
+    if count > 1 and not a.replace_all:
+        raise ToolError(
+            f"{a.path}: old_text occurs {count} times; add context to make it unique "
+            "or set replace_all"
+        )
+    updated = text.replace(a.old_text, a.new_text, -1 if a.replace_all else 1)
+    await ctx.sandbox.write_file(a.path, updated.encode())
+    return ToolOutput(f"replaced {count if a.replace_all else 1} occurrence(s) in {a.path}")
+
+
+class RunArgs(BaseModel):
+    command: str = Field(min_length=1, description="A bash command line, run in the repository root")
+    timeout_s: float = Field(600, gt=0, le=3600, description="Wall-clock limit in seconds")
+    cwd: str = Field(".", description="Directory relative to the repository root")
+
+
+async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
+    result = await ctx.sandbox.exec(["bash", "-c", a.command], cwd=a.cwd, timeout=a.timeout_s)
+    parts = [f"exit code {result.exit_code}"]
+    if result.timed_out:
+        parts.append(f"(killed after {a.timeout_s:g}s wall-clock timeout)")
+    if result.oom_killed:
+        parts.append("(killed: out of memory)")
+    if result.stdout:
+        parts.append("stdout:\n" + result.stdout)
+    if result.stderr:
+        parts.append("stderr:\n" + result.stderr)
+    if result.truncated:
+        parts.append("[output was truncated at the sandbox's output cap]")
+    return ToolOutput("\n".join(parts), is_error=result.exit_code != 0, exit_code=result.exit_code)
+
+
+class SpawnArgs(BaseModel):
+    prompt: str = Field(min_length=1, description="Complete instructions for the sub-session")
+    repo: str | None = Field(None, description="Repository name; defaults to this session's repo")
+
+
+async def spawn_session(ctx: ToolContext, a: SpawnArgs) -> ToolOutput:
+    if ctx.depth >= ctx.config.max_spawn_depth:
+        raise ToolError(
+            f"sub-sessions may nest {ctx.config.max_spawn_depth} deep; do this work yourself"
+        )
+    try:
+        child = await ctx.control.spawn_session(ctx.session_id, a.repo, a.prompt, ctx.author)
+    except ControlPlaneError as exc:
+        raise ToolError(str(exc)) from exc
+    repo = a.repo or ctx.repo.name
+    await ctx.emit(
+        ChildSpawned(
+            child_id=child, repo=repo, prompt=a.prompt, prompt_id=ctx.prompt_id, attempt=ctx.attempt
+        )
+    )
+    return ToolOutput(
+        f"started session {child} on {repo}; check it with session_status(session_id={child!r})",
+        data={"child_id": child},
+    )
+
+
+class StatusArgs(BaseModel):
+    session_id: str = Field(min_length=1, description="The id of any session")
+
+
+async def session_status(ctx: ToolContext, a: StatusArgs) -> ToolOutput:
+    try:
+        summary = await ctx.control.session_status(a.session_id)
+    except ControlPlaneError as exc:
+        raise ToolError(str(exc)) from exc
+    return ToolOutput(summary.model_dump_json(indent=2))
+
+
+class FinishArgs(BaseModel):
+    summary: str = Field(min_length=1, description="What was done, for the pull request body")
+    title: str | None = Field(None, max_length=120, description="Pull request title")
+
+
+async def finish(ctx: ToolContext, a: FinishArgs) -> ToolOutput:
+    return ToolOutput("finished", finish=True, data={"summary": a.summary, "title": a.title or ""})
+
+
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in [
+        Tool("read_file", "Read a text file of the repository.", ReadFileArgs, read_file),
+        Tool("list_files", "List a directory of the repository.", ListFilesArgs, list_files),
+        Tool("search", "Search file contents with a regular expression.", SearchArgs, search),
+        Tool("write_file", "Create or overwrite a file.", WriteFileArgs, write_file, writes=True),
+        Tool(
+            "edit_file",
+            "Replace exact text in a file (the text must occur once unless replace_all).",
+            EditFileArgs,
+            edit_file,
+            writes=True,
+        ),
+        Tool(
+            "run",
+            "Run a bash command in the sandbox (no network unless the repo allows hosts).",
+            RunArgs,
+            run,
+            writes=True,
+        ),
+        Tool(
+            "spawn_session",
+            "Start an independent sub-session (its own sandbox, branch and PR) and get its id.",
+            SpawnArgs,
+            spawn_session,
+        ),
+        Tool(
+            "session_status",
+            "Status, branch, PR and latest events of a session.",
+            StatusArgs,
+            session_status,
+        ),
+        Tool(
+            "finish",
+            "End this task: your changes are committed and proposed as a pull request.",
+            FinishArgs,
+            finish,
+        ),
+    ]
+}
+
+
+async def call_tool(ctx: ToolContext, tool: Tool, arguments: dict[str, Any], hooks: Any) -> ToolOutput:
+    """Validate, run hooks, run the tool; every failure becomes an error output for the model."""
+    try:
+        args = tool.parse(arguments)
+        await hooks.before(ctx, tool, arguments)
+        out = await tool.run(ctx, args)
+    except (ToolError, SandboxError) as exc:
+        out = ToolOutput(str(exc), is_error=True)
+    out = await hooks.after(ctx, tool, arguments, out)
+    limit = ctx.config.tool_output_chars
+    if len(out.text) > limit:
+        head = out.text[: limit // 2]
+        tail = out.text[-limit // 4 :]
+        omitted = len(out.text) - len(head) - len(tail)
+        out = ToolOutput(
+            f"{head}\n[... {omitted} characters omitted ...]\n{tail}",
+            out.is_error,
+            out.exit_code,
+            out.finish,
+            out.data,
+        )
+    return out
+
+
+def describe_call(name: str, arguments: dict[str, Any]) -> str:
+    """A one-line human summary of a tool call, for terminals and Slack."""
+    if name == "run":
+        return f"$ {arguments.get('command', '')}"
+    if name in ("read_file", "write_file", "edit_file", "list_files"):
+        return f"{name} {arguments.get('path', '.')}"
+    if name == "search":
+        return f"search {shlex.quote(str(arguments.get('pattern', '')))}"
+    return name

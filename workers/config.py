@@ -1,0 +1,24 @@
+"""Worker-side configuration, filled from the control plane's settings and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from integrations.llm import ModelSettings
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    model: ModelSettings = field(default_factory=lambda: ModelSettings(model=None))
+    max_steps: int = 60
+    token_budget: int = 2_000_000
+    """Input plus output tokens one prompt may spend before the run stops."""
+    model_retries: int = 5
+    retry_base_s: float = 1.0
+    tool_output_chars: int = 30_000
+    max_spawn_depth: int = 2
+    lease_ttl_s: float = 30.0
+    heartbeat_s: float = 5.0
+    idle_s: float = 0.0
+    """How long a runner keeps the sandbox alive after the queue drains, awaiting follow-ups."""
+    public_url: str = "http://127.0.0.1:8000"

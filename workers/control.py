@@ -1,0 +1,88 @@
+"""The control-plane port: what a worker asks of `app/`, which owns every session's state.
+
+Workers never touch session files: they read through this port and write by publishing
+events. `app/` implements it in-process for the embedded default and over HTTP for remote
+workers, so the runner is the same code in both modes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from images.sandboxes.base import SnapshotRef
+from images.spec import RepoSpec
+from workers.events import Author, ChatMessage
+
+LeaseState = Literal["held", "lost", "stop"]
+
+
+class PromptJob(BaseModel):
+    id: int
+    text: str
+    author: Author
+    created_at: float
+    attempt: int = 1
+
+
+class SessionContext(BaseModel):
+    """Everything a runner needs to work on a session."""
+
+    session_id: str
+    repo: RepoSpec
+    branch: str
+    parent_id: str | None = None
+    depth: int = 0
+    pushed_sha: str | None = None
+    """The branch tip this session last pushed; the next push must move it, not replace it."""
+    history: list[ChatMessage] = Field(default_factory=list)
+    authors: list[Author] = Field(default_factory=list)
+    snapshot: SnapshotRef | None = None
+    title: str = ""
+
+
+class SessionSummary(BaseModel):
+    """What the `session_status` tool reports about any session."""
+
+    id: str
+    status: str
+    repo: str
+    branch: str | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+    parent_id: str | None = None
+    children: list[str] = Field(default_factory=list)
+    last_events: list[str] = Field(default_factory=list)
+
+
+class ControlPlaneError(Exception):
+    """The control plane refused a request (unknown session, bad input, limit reached)."""
+
+
+class ControlPlane(Protocol):
+    async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
+        """Become the only runner of a session; False when another runner holds it."""
+        ...
+
+    async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
+        """Heartbeat; says whether the lease is still ours and whether a stop was requested."""
+        ...
+
+    async def release_lease(self, session_id: str, runner_id: str) -> bool:
+        """Give the session up; True when prompts are still queued (the caller may go on)."""
+        ...
+
+    async def next_prompt(self, session_id: str, runner_id: str) -> PromptJob | None:
+        """Claim the oldest queued prompt (FIFO), or None when the queue is empty."""
+        ...
+
+    async def session_context(self, session_id: str) -> SessionContext: ...
+
+    async def spawn_session(
+        self, parent_id: str, repo: str | None, prompt: str, author: Author
+    ) -> str:
+        """Create a child session through the same service layer as any client; its id."""
+        ...
+
+    async def session_status(self, session_id: str) -> SessionSummary: ...

@@ -1,0 +1,236 @@
+"""Events: every observable step of a session as one typed record.
+
+Workers create events and publish them on the bus; `app/` persists each one in the session's
+own SQLite file, which assigns the per-session monotonic `id`, then fans it out to clients.
+This module is the contract shared by workers, the control plane and every client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from images.provider import StartMode
+from images.sandboxes.base import SnapshotRef
+from integrations.llm.types import ChatMessage as ChatMessage
+from integrations.llm.types import ToolCallRecord as ToolCallRecord
+
+SessionStatus = Literal["queued", "starting", "running", "idle", "finished", "failed", "stopped"]
+SESSION_STATUSES: tuple[str, ...] = (
+    "queued",
+    "starting",
+    "running",
+    "idle",
+    "finished",
+    "failed",
+    "stopped",
+)
+ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "starting", "running", "idle"})
+PromptState = Literal["queued", "running", "done", "failed", "stopped", "cancelled"]
+PromptOutcome = Literal["done", "failed", "stopped", "limit"]
+
+
+class Author(BaseModel):
+    """Who wrote a prompt; commits and PRs are made in this name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    login: str
+    name: str
+    email: str
+
+    def git_identity(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = 0
+    """Per-session monotonic id, assigned when `app/` persists the event (0 before that)."""
+    ts: float = Field(default_factory=time.time)
+    prompt_id: int | None = None
+    attempt: int = 1
+    """Run attempt of the prompt; events of an interrupted attempt keep their number."""
+
+
+class StatusChanged(_Event):
+    type: Literal["status"] = "status"
+    status: SessionStatus
+    reason: str | None = None
+
+
+class PromptQueued(_Event):
+    type: Literal["prompt_queued"] = "prompt_queued"
+    author: Author
+    text: str
+    position: int
+
+
+class PromptStarted(_Event):
+    type: Literal["prompt_started"] = "prompt_started"
+    author: Author
+    ms_waiting: int = 0
+
+
+class PromptFinished(_Event):
+    type: Literal["prompt_finished"] = "prompt_finished"
+    outcome: PromptOutcome
+    summary: str = ""
+
+
+class SandboxReady(_Event):
+    type: Literal["sandbox_ready"] = "sandbox_ready"
+    mode: StartMode
+    sandbox_id: str
+    image: str
+    ms_since_prompt: int
+
+
+class SyncDone(_Event):
+    type: Literal["sync_done"] = "sync_done"
+    sha: str
+    ms: int
+
+
+class ModelRequest(_Event):
+    type: Literal["model_request"] = "model_request"
+    model: str
+    step: int
+    ms_since_prompt: int
+
+
+class TextDelta(_Event):
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class MessageAdded(_Event):
+    type: Literal["message"] = "message"
+    message: ChatMessage
+
+
+class ToolCalled(_Event):
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    name: str
+    output: str
+    is_error: bool = False
+    exit_code: int | None = None
+    ms: int = 0
+
+
+class ModelRetry(_Event):
+    type: Literal["model_retry"] = "model_retry"
+    retry: int
+    reason: str
+    wait_s: float
+
+
+class UsageReported(_Event):
+    type: Literal["usage"] = "usage"
+    input_tokens: int
+    output_tokens: int
+
+
+class CommitCreated(_Event):
+    type: Literal["commit_created"] = "commit_created"
+    sha: str
+    author: str
+    co_authors: list[str] = Field(default_factory=list)
+    message: str
+
+
+class BranchPushed(_Event):
+    type: Literal["branch_pushed"] = "branch_pushed"
+    branch: str
+    sha: str
+    base: str
+    base_sha: str
+    title: str = ""
+    body: str = ""
+
+
+class SnapshotTaken(_Event):
+    """The sandbox's changes were saved; the next prompt of this session starts from them."""
+
+    type: Literal["snapshot"] = "snapshot"
+    snapshot: SnapshotRef
+
+
+class PrOpened(_Event):
+    type: Literal["pr_opened"] = "pr_opened"
+    url: str
+    number: int
+    state: str = "open"
+
+
+class PrStateChanged(_Event):
+    type: Literal["pr_state"] = "pr_state"
+    state: str
+
+
+class ChildSpawned(_Event):
+    type: Literal["child_spawned"] = "child_spawned"
+    child_id: str
+    repo: str
+    prompt: str
+
+
+class Notice(_Event):
+    """Something a person should read or act on (a sign-in link, a queued build)."""
+
+    type: Literal["notice"] = "notice"
+    message: str
+    link: str | None = None
+
+
+class ErrorRaised(_Event):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+Event = Annotated[
+    StatusChanged
+    | PromptQueued
+    | PromptStarted
+    | PromptFinished
+    | SandboxReady
+    | SyncDone
+    | ModelRequest
+    | TextDelta
+    | MessageAdded
+    | ToolCalled
+    | ToolResult
+    | ModelRetry
+    | UsageReported
+    | CommitCreated
+    | BranchPushed
+    | SnapshotTaken
+    | PrOpened
+    | PrStateChanged
+    | ChildSpawned
+    | Notice
+    | ErrorRaised,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> Event:
+    """Parse an event from JSON text or a dict, whatever its type."""
+    if isinstance(data, dict):
+        return EVENT_ADAPTER.validate_python(data)
+    return EVENT_ADAPTER.validate_json(data)

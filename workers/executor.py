@@ -1,0 +1,97 @@
+"""The in-process executor of the embedded default: an asyncio loop on its own thread.
+
+Work submitted here never runs on the API's event loop, so a busy agent cannot slow a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("nightshift.executor")
+
+
+class InProcessExecutor:
+    def __init__(self, name: str = "nightshift-worker") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self._tasks: set[concurrent.futures.Future[Any]] = set()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def submit(self, factory: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        """Schedule a coroutine on the worker loop; failures are logged, never lost silently."""
+        self.start()
+
+        async def guarded() -> T:
+            try:
+                return await factory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background job failed")
+                raise
+
+        future = asyncio.run_coroutine_threadsafe(guarded(), self._loop)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+        return future
+
+    def call(self, fn: Callable[[], T]) -> None:
+        """Run a plain function on the worker loop's thread."""
+        self.start()
+        self._loop.call_soon_threadsafe(fn)
+
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel running jobs (their sessions are picked up again after a restart) and stop."""
+        if not self._started:
+            return
+        for future in list(self._tasks):
+            future.cancel()
+
+        async def settle() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=timeout) if tasks else None
+
+        try:
+            asyncio.run_coroutine_threadsafe(settle(), self._loop).result(timeout + 1)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            log.warning("executor jobs did not settle within %.0fs", timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._started = False
+
+
+async def every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run `job` every `interval` seconds until cancelled; a failure is logged, not fatal."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("periodic job %s failed", name)
+        await asyncio.sleep(interval)
