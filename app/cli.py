@@ -181,6 +181,16 @@ async def _follow(runtime: Runtime, session_id: str, state: dict[str, object]) -
         await events.aclose()
 
 
+def _wait_for_runner(runtime: Runtime, session_id: str, timeout: float = 30.0) -> None:
+    """Let the runner finish its clean-up (snapshot, lease) before the process exits."""
+    import time
+
+    runners = getattr(runtime.dispatcher, "runners", {})
+    deadline = time.monotonic() + timeout
+    while session_id in runners and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What the agent should do")],
@@ -218,6 +228,7 @@ def run(
             raise typer.Exit(130) from None
         finally:
             loop.close()
+        _wait_for_runner(runtime, session.id)
         final = runtime.sessions.get(session.id)
         if state.get("outcome") == "failed" or final.status == "failed":
             fail(str(state.get("error") or state.get("summary") or "the session failed"), 1)

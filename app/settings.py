@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
 
     model: str | None = None
+    model_stream: bool = True
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
     model_retries: int = Field(5, ge=0)
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
                 openai_base_url=self.openai_base_url,
                 anthropic_api_key=self.anthropic_api_key,
                 anthropic_base_url=self.anthropic_base_url,
+                stream=self.model_stream,
             ),
             max_steps=self.max_steps,
             token_budget=self.token_budget,

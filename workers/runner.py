@@ -98,8 +98,9 @@ class SessionRunner:
                 return
             self._task = asyncio.current_task()  # type: ignore[assignment]
             heartbeat = asyncio.create_task(self._heartbeat())
+            final: SessionStatus | None = None
             try:
-                await self._drain()
+                final = await self._drain()
             except asyncio.CancelledError:
                 if not self.stop_requested:
                     raise  # shutdown or lost lease: the reaper hands the session to another runner
@@ -109,7 +110,9 @@ class SessionRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
                 await self._release_sandbox(snapshot=not self.stop_requested and not self.lease_lost)
-                more = await control.release_lease(self.session_id, self.id)
+            if final is not None:
+                await self.status(final)
+            more = await control.release_lease(self.session_id, self.id)
             if self.stop_requested or self.lease_lost or not more:
                 return
 
@@ -131,7 +134,7 @@ class SessionRunner:
                     self._task.cancel()
                 return
 
-    async def _drain(self) -> None:
+    async def _drain(self) -> SessionStatus:
         control = self.deps.control
         self.ctx = await control.session_context(self.session_id)
         last: PromptOutcome = "done"
@@ -143,7 +146,7 @@ class SessionRunner:
                 break
             last = await self._run_prompt(job)
             self.ctx = await control.session_context(self.session_id)
-        await self.status("failed" if last == "failed" else "finished")
+        return "failed" if last == "failed" else "finished"
 
     async def _wait_idle(self) -> PromptJob | None:
         await self.status("idle")

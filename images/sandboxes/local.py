@@ -82,17 +82,23 @@ def default_owner() -> tuple[int, int] | None:
 def _static_args() -> list[str]:
     args = [
         "bwrap",
-        "--unshare-all",
-        "--unshare-user",
+        # Every namespace but the user one (added only on unprivileged hosts, see `_argv`).
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
         "--clearenv",
         "--hostname",
         "sandbox",
+        "--perms", "0755", "--dir", "/etc",
+        "--perms", "0755", "--dir", "/home",
         "--ro-bind",
         "/usr",
         "/usr",
-    ]
+    ]  # fmt: skip
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / top
         if path.is_symlink():
@@ -102,7 +108,7 @@ def _static_args() -> list[str]:
     for etc in _ETC_PATHS:
         if os.path.exists(etc):
             args += ["--ro-bind", etc, etc]
-    args += ["--proc", "/proc", "--dev", "/dev", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+    args += ["--proc", "/proc", "--dev", "/dev"]
     return args
 
 
@@ -131,22 +137,20 @@ class LocalSandbox:
         self._tmp.mkdir(mode=0o1777)
         os.chmod(self._tmp, 0o1777)
         self._etc.mkdir()
+        uid, gid = self._owner or (SANDBOX_UID, SANDBOX_UID)
         (self._etc / "passwd").write_text(
-            f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-            f"agent:x:{SANDBOX_UID}:{SANDBOX_UID}:agent:{HOME}:/bin/bash\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n"
         )
-        (self._etc / "group").write_text(f"root:x:0:\nagent:x:{SANDBOX_UID}:\nnogroup:x:65534:\n")
+        (self._etc / "group").write_text(f"root:x:0:\nagent:x:{gid}:\n")
         (self._etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
         (self._etc / "hostname").write_text("sandbox\n")
         (self._etc / "resolv.conf").write_text("")
 
     def _argv(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> list[str]:
-        args: list[str] = []
-        if self._owner is not None:
-            uid, gid = self._owner
-            args += ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs", "--"]
-        args += self._backend.static_args
+        args = list(self._backend.static_args)
+        if self._owner is None:
+            # Unprivileged host: a user namespace maps us to the sandbox's agent uid.
+            args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
         for name in ("passwd", "group", "hosts", "hostname", "resolv.conf"):
             args += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
         args += [
@@ -157,6 +161,15 @@ class LocalSandbox:
         ]  # fmt: skip
         for key, value in env.items():
             args += ["--setenv", key, value]
+        if self._owner is not None:
+            # Root host: bwrap sets the sandbox up with root's rights (it can reach the state
+            # dir wherever it is), then the command drops to the unprivileged host uid with no
+            # capabilities and no way to regain any.
+            uid, gid = self._owner
+            return [
+                *args, "--", "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv,
+            ]  # fmt: skip
         return [*args, "--", *argv]
 
     async def exec(

@@ -17,6 +17,8 @@ class ModelSettings:
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
     timeout: float = 300.0
+    stream: bool = True
+    """Stream tokens; turn off for endpoints that cannot stream tool calls."""
 
 
 def make_model(settings: ModelSettings) -> ModelClient:
@@ -51,6 +53,7 @@ def make_model(settings: ModelSettings) -> ModelClient:
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             timeout=settings.timeout,
+            stream=settings.stream,
         )
     if provider == "anthropic":
         if not settings.anthropic_api_key:
@@ -65,6 +68,7 @@ def make_model(settings: ModelSettings) -> ModelClient:
             api_key=settings.anthropic_api_key,
             base_url=settings.anthropic_base_url,
             timeout=settings.timeout,
+            stream=settings.stream,
         )
     raise ModelNotConfigured(
         f"NIGHTSHIFT_MODEL={spec!r}: unknown provider {provider!r}; "

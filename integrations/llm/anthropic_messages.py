@@ -62,8 +62,10 @@ class AnthropicModel:
         base_url: str | None,
         max_tokens: int = 8192,
         timeout: float = 300.0,
+        stream: bool = True,
     ) -> None:
         self.name = f"anthropic:{model}"
+        self._stream = stream
         self._model = model
         self._max_tokens = max_tokens
         self._client = anthropic.AsyncAnthropic(
@@ -76,21 +78,28 @@ class AnthropicModel:
     async def stream(
         self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]
     ) -> AsyncIterator[StreamItem]:
+        request: dict[str, Any] = {
+            "model": self._model,
+            "max_tokens": self._max_tokens,
+            "system": system,
+            "messages": _to_anthropic(messages),
+            "tools": [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in tools
+            ],
+        }
         try:
-            async with self._client.messages.stream(
-                model=self._model,
-                max_tokens=self._max_tokens,
-                system=system,
-                messages=_to_anthropic(messages),  # type: ignore[arg-type]
-                tools=[
-                    {"name": t.name, "description": t.description, "input_schema": t.parameters}
-                    for t in tools
-                ],
-            ) as stream:
-                async for text in stream.text_stream:
-                    if text:
-                        yield TextChunk(text)
-                final = await stream.get_final_message()
+            if self._stream:
+                async with self._client.messages.stream(**request) as stream:
+                    async for text in stream.text_stream:
+                        if text:
+                            yield TextChunk(text)
+                    final = await stream.get_final_message()
+            else:
+                final = await self._client.messages.create(**request)
+                for block in final.content:
+                    if block.type == "text" and block.text:
+                        yield TextChunk(block.text)
         except anthropic.APIStatusError as exc:
             if exc.status_code in (429, 529) or exc.status_code >= 500:
                 raise ModelTransientError(

@@ -60,10 +60,17 @@ class OpenAIChatModel:
     """Streams chat completions with tool calls; the agent loop owns retries."""
 
     def __init__(
-        self, model: str, *, api_key: str, base_url: str | None, timeout: float = 300.0
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout: float = 300.0,
+        stream: bool = True,
     ) -> None:
         self.name = f"openai:{model}"
         self._model = model
+        self._stream = stream
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
         )
@@ -78,42 +85,61 @@ class OpenAIChatModel:
         calls: dict[int, dict[str, str]] = {}
         usage_in = usage_out = 0
         finish = ""
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": _to_openai(system, messages),
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in tools
+            ],
+        }
         try:
-            stream = await self._client.chat.completions.create(
-                model=self._model,
-                messages=_to_openai(system, messages),  # type: ignore[arg-type]
-                tools=[
-                    {
-                        "type": "function",
-                        "function": {
-                            "name": t.name,
-                            "description": t.description,
-                            "parameters": t.parameters,
-                        },
+            if not self._stream:
+                response = await self._client.chat.completions.create(**request)
+                choice = response.choices[0]
+                if choice.message.content:
+                    text.append(choice.message.content)
+                    yield TextChunk(choice.message.content)
+                for index, tc in enumerate(choice.message.tool_calls or []):
+                    function = getattr(tc, "function", None)
+                    calls[index] = {
+                        "id": tc.id,
+                        "name": function.name if function else "",
+                        "args": function.arguments if function else "",
                     }
-                    for t in tools
-                ],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage_in = chunk.usage.prompt_tokens or 0
-                    usage_out = chunk.usage.completion_tokens or 0
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta.content:
-                        text.append(delta.content)
-                        yield TextChunk(delta.content)
-                    for tc in delta.tool_calls or []:
-                        slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
-                        if tc.id:
-                            slot["id"] = tc.id
-                        if tc.function is not None:
-                            slot["name"] += tc.function.name or ""
-                            slot["args"] += tc.function.arguments or ""
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                finish = choice.finish_reason or ""
+                if response.usage is not None:
+                    usage_in = response.usage.prompt_tokens or 0
+                    usage_out = response.usage.completion_tokens or 0
+            else:
+                stream = await self._client.chat.completions.create(
+                    **request, stream=True, stream_options={"include_usage": True}
+                )
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage_in = chunk.usage.prompt_tokens or 0
+                        usage_out = chunk.usage.completion_tokens or 0
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            text.append(delta.content)
+                            yield TextChunk(delta.content)
+                        for tc in delta.tool_calls or []:
+                            slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+                            if tc.id:
+                                slot["id"] = tc.id
+                            if tc.function is not None:
+                                slot["name"] += tc.function.name or ""
+                                slot["args"] += tc.function.arguments or ""
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
         except openai.APIStatusError as exc:
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise ModelTransientError(

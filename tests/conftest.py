@@ -1,0 +1,195 @@
+"""Shared fixtures. Nothing here may reach the internet: a guard refuses any connection to a
+non-loopback address, and provider credentials are scrubbed from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import ApiClient, Person, make_person
+from tests.fakes.llm import ScriptBook, anthropic_app, openai_app
+from tests.fakes.server import BackgroundServer
+
+# ---------------------------------------------------------------- no network, no real credentials
+
+for _name in list(os.environ):
+    if _name.startswith(("NIGHTSHIFT_", "OPENAI_", "ANTHROPIC_", "GITHUB_", "SLACK_", "MODAL_")):
+        del os.environ[_name]
+for _proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(_proxy, None)
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
+
+
+def _allowed(address: Any) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if not _allowed(address):
+        raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+    if not _allowed(address):
+        raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    name = host.decode() if isinstance(host, bytes) else host
+    if name is not None and name not in ("localhost", "") and not name.endswith(".localhost"):
+        try:
+            ipaddress.ip_address(name)
+        except ValueError as exc:
+            raise NetworkBlocked(f"tests may not resolve {name!r}: only loopback is allowed") from exc
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def git_identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A known local git identity (NIGHTSHIFT_AUTH=local reads it) and no host git config."""
+    cfg = tmp_path_factory.mktemp("gitcfg") / "gitconfig"
+    cfg.write_text("[user]\n\tname = Local Tester\n\temail = local.tester@example.com\n[init]\n\tdefaultBranch = main\n")
+    os.environ["GIT_CONFIG_GLOBAL"] = str(cfg)
+    os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+    yield
+
+
+# ---------------------------------------------------------------- fake model providers
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[tuple[BackgroundServer, list[ScriptBook]]]:
+    holder = [ScriptBook()]
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(holder[0], name)
+
+    with BackgroundServer(openai_app(Proxy())) as server:  # type: ignore[arg-type]
+        yield server, holder
+
+
+@pytest.fixture
+def openai_fake(_openai_server: tuple[BackgroundServer, list[ScriptBook]]) -> Iterator[ScriptBook]:
+    server, holder = _openai_server
+    holder[0] = ScriptBook()
+    holder[0].url = server.url + "/v1"  # type: ignore[attr-defined]
+    yield holder[0]
+
+
+@pytest.fixture(scope="session")
+def _anthropic_server() -> Iterator[tuple[BackgroundServer, list[ScriptBook]]]:
+    holder = [ScriptBook()]
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(holder[0], name)
+
+    with BackgroundServer(anthropic_app(Proxy())) as server:  # type: ignore[arg-type]
+        yield server, holder
+
+
+@pytest.fixture
+def anthropic_fake(_anthropic_server: tuple[BackgroundServer, list[ScriptBook]]) -> Iterator[ScriptBook]:
+    server, holder = _anthropic_server
+    holder[0] = ScriptBook()
+    holder[0].url = server.url  # type: ignore[attr-defined]
+    yield holder[0]
+
+
+# ---------------------------------------------------------------- Nightshift itself
+
+
+def _settings(data_dir: Path, **overrides: Any) -> Any:
+    from app.settings import Settings
+
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "auth": "token",
+        "idle_seconds": 0,
+        "model_retries": 3,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Any:
+    def make(**overrides: Any) -> Any:
+        return _settings(tmp_path / "ns", **overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
+    return make_settings(
+        model="openai:fake-model",
+        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
+        openai_api_key="sk-test-fake-key-0123456789abcdef",
+    )
+
+
+@pytest.fixture
+def runtime(settings: Any) -> Iterator[Any]:
+    from app.runtime import build_runtime
+
+    rt = build_runtime(settings)
+    rt.start()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def server(runtime: Any) -> Iterator[BackgroundServer]:
+    from app.main import create_app
+
+    with BackgroundServer(create_app(runtime=runtime)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def alice(runtime: Any) -> Person:
+    return make_person(runtime, "alice", "Alice Example", "alice@example.com")
+
+
+@pytest.fixture
+def bob(runtime: Any) -> Person:
+    return make_person(runtime, "bob", "Bob Example", "bob@example.com")
+
+
+@pytest.fixture
+def api(server: BackgroundServer, alice: Person) -> Iterator[ApiClient]:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30) as client:
+        yield ApiClient(client, server.url, alice)

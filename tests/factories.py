@@ -1,0 +1,101 @@
+"""Factories: git repositories, people with tokens, and waiting helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_repo(root: Path, name: str = "proj", files: dict[str, str] | None = None, bare: bool = False) -> Path:
+    """A git repository with one commit on `main` (a bare one when asked)."""
+    work = root / (name + "-work" if bare else name)
+    work.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    for path, content in (files or {"README.md": f"# {name}\n"}).items():
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    git(work, "add", "-A")
+    git(work, "-c", "user.name=Repo Owner", "-c", "user.email=owner@example.com", "commit", "-qm", "initial commit")
+    if not bare:
+        return work
+    target = root / f"{name}.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(target)], check=True)
+    return target
+
+
+@dataclass
+class Person:
+    user: Any
+    token: str
+
+    @property
+    def login(self) -> str:
+        return str(self.user.login)
+
+
+def make_person(runtime: Any, login: str, name: str, email: str) -> Person:
+    user = runtime.users.upsert(login, name, email)
+    return Person(user, runtime.users.create_token(user, "test"))
+
+
+@dataclass
+class ApiClient:
+    http: httpx.Client
+    base_url: str
+    person: Person
+
+    def as_(self, person: Person) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {person.token}"}, timeout=30)
+
+    def add_repo(self, path: Path, **extra: Any) -> dict[str, Any]:
+        r = self.http.post("/api/repos", json={"url": str(path), **extra})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def create(self, repo: str, prompt: str, **extra: Any) -> dict[str, Any]:
+        r = self.http.post("/api/sessions", json={"repo": repo, "prompt": prompt, **extra})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/sessions/{session_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def events(self, session_id: str, after: int = 0) -> list[dict[str, Any]]:
+        r = self.http.get(f"/api/sessions/{session_id}/events", params={"after": after})
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+    def wait_status(self, session_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(
+            lambda: (s := self.session(session_id))["status"] in statuses and s or None,
+            timeout,
+            f"session {session_id} to reach {statuses}",
+        )
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 30, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

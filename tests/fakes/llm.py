@@ -1,0 +1,229 @@
+"""Fake model providers: an OpenAI-compatible chat-completions server and an Anthropic
+Messages server, real HTTP on 127.0.0.1, driven through the official SDKs.
+
+Scripts are keyed by a substring of the newest user prompt; the turn played is the number of
+assistant turns since that prompt (so concurrent sessions stay deterministic). Failures
+(429/500) can be injected before the next answer. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+@dataclass
+class Call:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Turn:
+    text: str = ""
+    calls: list[Call] = field(default_factory=list)
+    gate: threading.Event | None = None
+    """The answer waits until the test sets this."""
+    delay: float = 0.0
+    chunk: int = 8
+
+    @staticmethod
+    def tool(name: str, text: str = "", **arguments: Any) -> Turn:
+        return Turn(text=text, calls=[Call(name, arguments)])
+
+
+@dataclass
+class Failure:
+    status: int
+    retry_after: str | None = "0"
+
+
+class ScriptBook:
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[Turn]] = {}
+        self.failures: list[Failure] = []
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+        """Set whenever a request arrives (tests wait on it to act mid-run)."""
+
+    def script(self, key: str, *turns: Turn) -> None:
+        self.scripts[key] = list(turns)
+
+    def fail_next(self, status: int, times: int = 1, retry_after: str | None = "0") -> None:
+        self.failures.extend(Failure(status, retry_after) for _ in range(times))
+
+    def pick(self, latest_user: str, assistant_turns: int) -> Turn:
+        keys = sorted((k for k in self.scripts if k in latest_user), key=len, reverse=True)
+        if not keys:
+            return Turn(text=f"no script matches {latest_user[:60]!r}")
+        turns = self.scripts[keys[0]]
+        if assistant_turns >= len(turns):
+            return Turn(text="(script exhausted)", calls=[Call("finish", {"summary": "script exhausted"})])
+        return turns[assistant_turns]
+
+    def record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
+        with self.lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            self.started.set()
+            return self.failures.pop(0) if self.failures else None
+
+
+async def _wait(turn: Turn) -> None:
+    if turn.delay:
+        await asyncio.sleep(turn.delay)
+    if turn.gate is not None:
+        while not turn.gate.is_set():
+            await asyncio.sleep(0.01)
+
+
+def _error(failure: Failure, kind: str) -> JSONResponse:
+    headers = {"retry-after": failure.retry_after} if failure.retry_after is not None else {}
+    if kind == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": "rate_limit_error" if failure.status == 429 else "api_error", "message": f"injected {failure.status}"}}
+    else:
+        body = {"error": {"message": f"injected {failure.status}", "type": "server_error", "code": None}}
+    return JSONResponse(body, status_code=failure.status, headers=headers)
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+def _openai_position(messages: list[dict[str, Any]]) -> tuple[str, int]:
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    text = messages[last_user]["content"] if last_user >= 0 else ""
+    if isinstance(text, list):
+        text = " ".join(p.get("text", "") for p in text)
+    return text, sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant")
+
+
+def openai_app(book: ScriptBook) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> Any:
+        body = await request.json()
+        failure = book.record(body, dict(request.headers))
+        if failure:
+            return _error(failure, "openai")
+        prompt, index = _openai_position(body["messages"])
+        turn = book.pick(prompt, index)
+        await _wait(turn)
+        cid = f"chatcmpl-{uuid.uuid4().hex[:8]}"
+        created = int(time.time())
+        model = body["model"]
+        calls = [
+            {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in turn.calls
+        ]
+        finish = "tool_calls" if calls else "stop"
+        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+            if calls:
+                message["tool_calls"] = calls
+            return {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            return f"data: {json.dumps(data)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            for start in range(0, len(turn.text), turn.chunk):
+                yield chunk({"content": turn.text[start : start + turn.chunk]})
+            for i, call in enumerate(calls):
+                yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                args = call["function"]["arguments"]
+                for start in range(0, len(args), 10):
+                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[start : start + 10]}}]})
+            yield chunk({}, finish)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
+
+# ---------------------------------------------------------------- Anthropic
+
+
+def _anthropic_position(messages: list[dict[str, Any]]) -> tuple[str, int]:
+    def texts(m: dict[str, Any]) -> list[str]:
+        content = m["content"]
+        if isinstance(content, str):
+            return [content]
+        return [b["text"] for b in content if b.get("type") == "text"]
+
+    last_user = max(
+        (i for i, m in enumerate(messages) if m["role"] == "user" and texts(m)), default=-1
+    )
+    prompt = " ".join(texts(messages[last_user])) if last_user >= 0 else ""
+    return prompt, sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant")
+
+
+def anthropic_app(book: ScriptBook) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Any:
+        body = await request.json()
+        failure = book.record(body, dict(request.headers))
+        if failure:
+            return _error(failure, "anthropic")
+        prompt, index = _anthropic_position(body["messages"])
+        turn = book.pick(prompt, index)
+        await _wait(turn)
+        mid = f"msg_{uuid.uuid4().hex[:10]}"
+        blocks: list[dict[str, Any]] = []
+        if turn.text:
+            blocks.append({"type": "text", "text": turn.text})
+        for c in turn.calls:
+            blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:8]}", "name": c.name, "input": c.arguments})
+        stop = "tool_use" if turn.calls else "end_turn"
+        if not body.get("stream"):
+            return {
+                "id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
+                "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 100, "output_tokens": 20},
+            }
+
+        def sse(kind: str, data: dict[str, Any]) -> str:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            yield sse("message_start", {"message": {"id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 100, "output_tokens": 1}}})
+            for i, block in enumerate(blocks):
+                if block["type"] == "text":
+                    yield sse("content_block_start", {"index": i, "content_block": {"type": "text", "text": ""}})
+                    for start in range(0, len(block["text"]), turn.chunk):
+                        yield sse("content_block_delta", {"index": i, "delta": {"type": "text_delta", "text": block["text"][start : start + turn.chunk]}})
+                else:
+                    yield sse("content_block_start", {"index": i, "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})
+                    raw = json.dumps(block["input"])
+                    for start in range(0, len(raw), 10):
+                        yield sse("content_block_delta", {"index": i, "delta": {"type": "input_json_delta", "partial_json": raw[start : start + 10]}})
+                yield sse("content_block_stop", {"index": i})
+            yield sse("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 20}})
+            yield sse("message_stop", {})
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
