@@ -128,11 +128,19 @@ def _render(event: Event, state: dict[str, object]) -> None:
         console.print()
         state["midline"] = False
     if isinstance(event, StatusChanged):
-        console.print(f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]", highlight=False)
+        console.print(
+            f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]",
+            highlight=False,
+        )
     elif isinstance(event, SandboxReady):
-        console.print(f"[dim]· sandbox ready from {event.mode} in {event.ms_since_prompt} ms[/]", highlight=False)
+        console.print(
+            f"[dim]· sandbox ready from {event.mode} in {event.ms_since_prompt} ms[/]",
+            highlight=False,
+        )
     elif isinstance(event, ToolCalled):
-        console.print(f"[cyan]→ {describe_call(event.name, event.arguments)}[/]", highlight=False, markup=True)
+        console.print(
+            f"[cyan]→ {describe_call(event.name, event.arguments)}[/]", highlight=False, markup=True
+        )
     elif isinstance(event, ToolResult):
         lines = event.output.strip().splitlines()
         preview = "\n".join("  " + line for line in lines[:6])
@@ -140,9 +148,13 @@ def _render(event: Event, state: dict[str, object]) -> None:
         style = "red" if event.is_error else "dim"
         console.print(f"[{style}]{_escape(preview)}[/]{more}", highlight=False)
     elif isinstance(event, ModelRetry):
-        console.print(f"[yellow]· model retry {event.retry} in {event.wait_s:.1f}s: {_escape(event.reason)}[/]")
+        console.print(
+            f"[yellow]· model retry {event.retry} in {event.wait_s:.1f}s: {_escape(event.reason)}[/]"
+        )
     elif isinstance(event, CommitCreated):
-        console.print(f"[green]· committed {event.sha[:10]} as {_escape(event.author)}[/]", highlight=False)
+        console.print(
+            f"[green]· committed {event.sha[:10]} as {_escape(event.author)}[/]", highlight=False
+        )
     elif isinstance(event, BranchPushed):
         console.print(f"[green]· pushed {event.branch} ({event.sha[:10]})[/]", highlight=False)
         state["branch"] = event.branch
@@ -150,9 +162,13 @@ def _render(event: Event, state: dict[str, object]) -> None:
         console.print(f"[green]· pull request #{event.number}: {event.url}[/]", highlight=False)
         state["pr"] = event.url
     elif isinstance(event, ChildSpawned):
-        console.print(f"[magenta]· spawned session {event.child_id} on {event.repo}[/]", highlight=False)
+        console.print(
+            f"[magenta]· spawned session {event.child_id} on {event.repo}[/]", highlight=False
+        )
     elif isinstance(event, Notice):
-        console.print(f"[yellow]· {_escape(event.message)}{f' {event.link}' if event.link else ''}[/]")
+        console.print(
+            f"[yellow]· {_escape(event.message)}{f' {event.link}' if event.link else ''}[/]"
+        )
     elif isinstance(event, ErrorRaised):
         console.print(f"[bold red]· {event.code}: {_escape(event.message)}[/]", highlight=False)
         state["error"] = event.message
@@ -194,7 +210,12 @@ def _wait_for_runner(runtime: Runtime, session_id: str, timeout: float = 30.0) -
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What the agent should do")],
-    repo: Annotated[str, typer.Option("--repo", "-r", help="A registered repo's name or a local git repository path")],
+    repo: Annotated[
+        str,
+        typer.Option(
+            "--repo", "-r", help="A registered repo's name or a local git repository path"
+        ),
+    ],
 ) -> None:
     """Run one prompt from the terminal: stream the agent's work, print the branch and PR."""
     settings = load_settings(idle_seconds=0)
@@ -213,8 +234,11 @@ def run(
                 row = runtime.repos.add(RepoCreate(url=repo))
                 console.print(f"[dim]· registered repo {row.name} ({row.url})[/]", highlight=False)
         runtime.start()
-        session = runtime.sessions.create(user, row.name, prompt)
-        console.print(f"[bold]session {session.id}[/] on {row.name} as {user.name} <{user.email}>", highlight=False)
+        session = runtime.sessions.create(user, row.name, prompt, source="cli")
+        console.print(
+            f"[bold]session {session.id}[/] on {row.name} as {user.name} <{user.email}>",
+            highlight=False,
+        )
         state: dict[str, object] = {}
         loop = asyncio.new_event_loop()
         task = loop.create_task(_follow(runtime, session.id, state))
@@ -235,7 +259,9 @@ def run(
         if final.status == "stopped":
             fail("the session was stopped", 1)
         if final.head_sha:
-            console.print(f"\n[bold green]branch[/] {final.branch} @ {final.head_sha[:10]}", highlight=False)
+            console.print(
+                f"\n[bold green]branch[/] {final.branch} @ {final.head_sha[:10]}", highlight=False
+            )
             if final.pr_url:
                 console.print(f"[bold green]pull request[/] {final.pr_url}", highlight=False)
         else:
@@ -247,13 +273,27 @@ def run(
 
 @repos_app.command("add")
 def repos_add(
-    url: Annotated[str, typer.Argument(help="A local git repository path, or owner/name on GitHub")],
-    name: Annotated[str | None, typer.Option(help="Name to refer to it by (default: directory name)")] = None,
-    base: Annotated[str | None, typer.Option(help="Base branch (default: the current branch)")] = None,
-    setup: Annotated[list[str] | None, typer.Option(help="Set-up command for images (repeatable)")] = None,
-    warm: Annotated[list[str] | None, typer.Option(help="Cache-warming command for images (repeatable)")] = None,
-    egress: Annotated[str | None, typer.Option(help="Hosts sandboxes may reach, comma-separated")] = None,
-    description: Annotated[str, typer.Option(help="What the repository is, for people and the classifier")] = "",
+    url: Annotated[
+        str, typer.Argument(help="A local git repository path, or owner/name on GitHub")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Name to refer to it by (default: directory name)")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base branch (default: the current branch)")
+    ] = None,
+    setup: Annotated[
+        list[str] | None, typer.Option(help="Set-up command for images (repeatable)")
+    ] = None,
+    warm: Annotated[
+        list[str] | None, typer.Option(help="Cache-warming command for images (repeatable)")
+    ] = None,
+    egress: Annotated[
+        str | None, typer.Option(help="Hosts sandboxes may reach, comma-separated")
+    ] = None,
+    description: Annotated[
+        str, typer.Option(help="What the repository is, for people and the classifier")
+    ] = "",
     pool_size: Annotated[int, typer.Option(help="Warm sandboxes to keep ready")] = 0,
 ) -> None:
     """Register a repository."""
@@ -274,7 +314,9 @@ def repos_add(
         fail("; ".join(e["msg"] for e in exc.errors()))
     with runtime_from(load_settings()) as runtime:
         row = runtime.repos.add(body)
-        console.print(f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base})", highlight=False)
+        console.print(
+            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base})", highlight=False
+        )
 
 
 @repos_app.command("list")
@@ -305,8 +347,10 @@ def sessions_list(
 ) -> None:
     """List sessions, newest first."""
     with runtime_from(load_settings()) as runtime:
-        rows, total = runtime.sessions.list(repo=repo, status=status, author=author, limit=limit)
-        table = Table("id", "status", "repo", "title", "pr", title=f"{len(rows)} of {total} sessions")
+        rows, total = runtime.sessions.query(repo=repo, status=status, author=author, limit=limit)
+        table = Table(
+            "id", "status", "repo", "title", "pr", title=f"{len(rows)} of {total} sessions"
+        )
         for r in rows:
             table.add_row(r.id, r.status, r.repo_name, r.title[:60], r.pr_url or "")
         console.print(table)
@@ -322,7 +366,9 @@ def sessions_show(
         public = runtime.sessions.public(runtime.sessions.get(session_id))
         console.print_json(public.model_dump_json())
         for prompt in runtime.sessions.prompts(session_id):
-            console.print(f"[bold]#{prompt.id}[/] {prompt.state} by {prompt.author.login}: {_escape(prompt.text[:200])}")
+            console.print(
+                f"[bold]#{prompt.id}[/] {prompt.state} by {prompt.author.login}: {_escape(prompt.text[:200])}"
+            )
         if events:
             state: dict[str, object] = {}
             for event in runtime.sessions.events(session_id, 0, 100_000):
@@ -336,7 +382,9 @@ def sessions_show(
 def tokens_create(
     name: Annotated[str, typer.Option(help="The person's full name (used in commits)")],
     email: Annotated[str, typer.Option(help="The person's commit email")],
-    login: Annotated[str | None, typer.Option(help="Login (default: the email's local part)")] = None,
+    login: Annotated[
+        str | None, typer.Option(help="Login (default: the email's local part)")
+    ] = None,
     label: Annotated[str, typer.Option(help="What the token is for")] = "cli",
 ) -> None:
     """Create a user (or update one) and print a new API token for them, once."""
@@ -345,6 +393,10 @@ def tokens_create(
         token = runtime.users.create_token(user, label)
         err.print(f"token for {user.login} ({user.name} <{user.email}>); it is shown only once:")
         print(token)
+
+
+# ---------------------------------------------------------------- area commands
+# Each area keeps its commands in app/commands/<area>.py and registers them here.
 
 
 def main() -> None:

@@ -39,7 +39,9 @@ class LocalControlPlane:
     async def session_context(self, session_id: str) -> SessionContext:
         return await self._call(lambda: self.sessions.context(session_id))
 
-    async def spawn_session(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
+    async def spawn_session(
+        self, parent_id: str, repo: str | None, prompt: str, author: Author
+    ) -> str:
         return await self._call(lambda: self.sessions.spawn(parent_id, repo, prompt, author))
 
     async def session_status(self, session_id: str) -> SessionSummary:

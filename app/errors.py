@@ -1,10 +1,10 @@
 """Errors the services raise; the API maps each to its HTTP status with the message intact.
 
-    ServiceError
-    ├── NotFound        404: no such session / repo / user
-    ├── Invalid         422: the request is well-formed JSON but cannot be honoured
-    ├── Conflict        409: it clashes with existing state (a repo name taken)
-    └── Unauthorized    401: no or bad credentials
+ServiceError
+├── NotFound        404: no such session / repo / user
+├── Invalid         422: the request is well-formed JSON but cannot be honoured
+├── Conflict        409: it clashes with existing state (a repo name taken)
+└── Unauthorized    401: no or bad credentials
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import health, repos, sessions, web
+from app.api.routes import health, repos, sessions, stats, web
 from app.errors import ServiceError
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
@@ -56,7 +56,13 @@ class _TooLarge(Exception):
 
 async def _too_large(send: Send, limit: int) -> None:
     body = f'{{"detail":"request body is larger than {limit} bytes"}}'.encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -94,6 +100,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(repos.router)
+    app.include_router(stats.router)
     app.include_router(web.router)
     web.mount_static(app)
     return app

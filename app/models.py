@@ -157,6 +157,24 @@ class Participant(SQLModel, table=True):
     joined_at: float = Field(default_factory=now)
 
 
+class PromptIndex(SQLModel, table=True):
+    """One row per prompt, for cross-session questions (stats) without opening session files."""
+
+    __tablename__ = "prompt_index"
+    __table_args__ = (Index("ix_prompt_index_created", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="sessions.id", index=True, max_length=32)
+    prompt_id: int
+    user_id: int = Field(foreign_key="users.id", index=True)
+    source: str = Field(default="api", max_length=16)
+    """Where it came from: api, cli, web, slack, or agent (spawned by another session)."""
+    created_at: float = Field(default_factory=now)
+    start_mode: str | None = Field(default=None, max_length=16)
+    start_ms: int | None = None
+    first_model_ms: int | None = None
+
+
 class SessionCreate(BaseModel):
     """`POST /api/sessions`."""
 
@@ -285,6 +303,32 @@ class PullRequestPublic(BaseModel):
     created_at: float
 
 
+class LatencyStats(BaseModel):
+    count: int
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+class DayStats(BaseModel):
+    date: str
+    sessions: int
+    prompts: int
+
+
+class Stats(BaseModel):
+    window_days: int
+    sessions: int
+    merged: int
+    """Sessions whose PR was merged: the primary measure of whether agents pay off."""
+    merged_share: float
+    per_day: list[DayStats]
+    active_humans_5m: int
+    active_humans: list[str]
+    start_latency: dict[str, LatencyStats]
+    """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
+    first_model_request: LatencyStats
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -299,5 +343,6 @@ CONTROL_TABLES = [
     Repo.__table__,  # type: ignore[attr-defined]
     Session.__table__,  # type: ignore[attr-defined]
     Participant.__table__,  # type: ignore[attr-defined]
+    PromptIndex.__table__,  # type: ignore[attr-defined]
     PullRequest.__table__,  # type: ignore[attr-defined]
 ]

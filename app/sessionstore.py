@@ -52,7 +52,10 @@ class Prompt(SQLModel, table=True):
 
     def author(self) -> Author:
         return Author(
-            id=self.author_id, login=self.author_login, name=self.author_name, email=self.author_email
+            id=self.author_id,
+            login=self.author_login,
+            name=self.author_name,
+            email=self.author_email,
         )
 
 
@@ -159,7 +162,9 @@ class SessionStore:
             db.add(prompt)
             db.flush()
             ahead = db.exec(
-                select(func.count()).select_from(Prompt).where(Prompt.state == "queued", col(Prompt.id) < prompt.id)
+                select(func.count())
+                .select_from(Prompt)
+                .where(Prompt.state == "queued", col(Prompt.id) < prompt.id)
             ).one()
             return prompt, int(ahead)
 
@@ -180,7 +185,9 @@ class SessionStore:
     def cancel_queued(self) -> int:
         with self._write() as db:
             result = db.exec(  # type: ignore[call-overload]
-                update(Prompt).where(col(Prompt.state) == "queued").values(state="cancelled", finished_at=time.time())
+                update(Prompt)
+                .where(col(Prompt.state) == "queued")
+                .values(state="cancelled", finished_at=time.time())
             )
             return int(result.rowcount)
 
@@ -196,7 +203,9 @@ class SessionStore:
 
     def fail_running(self, reason: str) -> list[Prompt]:
         with self._write() as db:
-            running = list(db.exec(select(Prompt).where(Prompt.state.in_(["running", "queued"]))).all())  # type: ignore[attr-defined]
+            running = list(
+                db.exec(select(Prompt).where(col(Prompt.state).in_(["running", "queued"]))).all()
+            )  # type: ignore[attr-defined]
             for prompt in running:
                 prompt.state = "failed"
                 prompt.finished_at = time.time()
@@ -214,12 +223,17 @@ class SessionStore:
     def pending_count(self) -> int:
         with self._read() as db:
             return int(
-                db.exec(select(func.count()).select_from(Prompt).where(Prompt.state == "queued")).one()
+                db.exec(
+                    select(func.count()).select_from(Prompt).where(Prompt.state == "queued")
+                ).one()
             )
 
     def has_running(self) -> bool:
         with self._read() as db:
-            return db.exec(select(Prompt.id).where(Prompt.state == "running").limit(1)).first() is not None
+            return (
+                db.exec(select(Prompt.id).where(Prompt.state == "running").limit(1)).first()
+                is not None
+            )
 
     # ------------------------------------------------------------ events
 
@@ -230,7 +244,10 @@ class SessionStore:
         """
         clean = parse_event(self.redactor.value(event.model_dump(mode="json")))
         with self._write() as db:
-            if source is not None and db.exec(select(EventRow.id).where(EventRow.source == source)).first():
+            if (
+                source is not None
+                and db.exec(select(EventRow.id).where(EventRow.source == source)).first()
+            ):
                 return None
             row = EventRow(
                 type=clean.type,
@@ -271,10 +288,16 @@ class SessionStore:
             )
         elif isinstance(event, ToolResult):
             call = db.exec(
-                select(ToolCallRow).where(ToolCallRow.call_id == event.call_id).order_by(col(ToolCallRow.id).desc())
+                select(ToolCallRow)
+                .where(ToolCallRow.call_id == event.call_id)
+                .order_by(col(ToolCallRow.id).desc())
             ).first()
             if call is not None:
-                call.output, call.is_error, call.exit_code = event.output, event.is_error, event.exit_code
+                call.output, call.is_error, call.exit_code = (
+                    event.output,
+                    event.is_error,
+                    event.exit_code,
+                )
                 call.ms, call.finished_at = event.ms, event.ts
                 db.add(call)
             tool_message = ChatMessage(
@@ -282,7 +305,10 @@ class SessionStore:
             )
             db.add(
                 MessageRow(
-                    prompt_id=event.prompt_id, attempt=event.attempt, role="tool", data=tool_message.model_dump_json()
+                    prompt_id=event.prompt_id,
+                    attempt=event.attempt,
+                    role="tool",
+                    data=tool_message.model_dump_json(),
                 )
             )
         elif isinstance(event, PromptStarted) and event.prompt_id is not None:
@@ -302,13 +328,16 @@ class SessionStore:
     def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         with self._read() as db:
             rows = db.exec(
-                select(EventRow.data).where(col(EventRow.id) > after).order_by(col(EventRow.id)).limit(limit)
+                select(EventRow.data)
+                .where(col(EventRow.id) > after)
+                .order_by(col(EventRow.id))
+                .limit(limit)
             ).all()
         return [parse_event(data) for data in rows]
 
     def last_event_id(self) -> int:
         with self._read() as db:
-            return int(db.exec(select(func.coalesce(func.max(EventRow.id), 0))).one())
+            return int(db.exec(select(func.coalesce(func.max(EventRow.id), 0))).one() or 0)
 
     def messages(self) -> list[ChatMessage]:
         """The conversation so far, excluding attempts that were interrupted and retried."""

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
         env_prefix="NIGHTSHIFT_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
+    # ---- core
     data_dir: Path = Path(".nightshift")
     database_url: str | None = None
     """Control DB; defaults to SQLite in the data dir. Postgres: postgresql+psycopg://..."""
@@ -38,6 +39,7 @@ class Settings(BaseSettings):
     """Where people reach the web viewer (links in events, Slack and PRs)."""
     broker_url: str | None = None
 
+    # ---- agent
     model: str | None = None
     model_stream: bool = True
     max_steps: int = Field(60, ge=1)
@@ -47,6 +49,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(100_000, ge=1)
     max_spawn_depth: int = Field(2, ge=0)
 
+    # ---- sandboxes
     sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
     sandbox_memory_mb: int = Field(2048, ge=64)
     sandbox_pids: int = Field(256, ge=16)
@@ -55,6 +58,15 @@ class Settings(BaseSettings):
     sandbox_timeout: float = Field(4 * 3600.0, gt=0)
     output_cap_bytes: int = Field(256 * 1024, ge=1024)
 
+    # ---- images, warm pool and schedule
+
+    # ---- GitHub
+
+    # ---- Slack
+
+    # ---- distributed mode (Celery, Redis, PostgreSQL)
+
+    # ---- model providers (names their SDKs use)
     openai_api_key: str | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_alias("OPENAI_BASE_URL"))
     anthropic_api_key: str | None = Field(None, validation_alias=_alias("ANTHROPIC_API_KEY"))

@@ -44,7 +44,9 @@ class SandboxProvider:
         self.limits = limits
 
     def _spec(self, repo: RepoSpec, source: ImageRef | SnapshotRef, label: str) -> SandboxSpec:
-        return SandboxSpec(source=source, limits=self.limits, env=repo.env, egress=repo.egress, label=label)
+        return SandboxSpec(
+            source=source, limits=self.limits, env=repo.env, egress=repo.egress, label=label
+        )
 
     async def acquire(
         self, repo: RepoSpec, *, snapshot: SnapshotRef | None = None, label: str = ""

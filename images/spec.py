@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-_HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<!/)(?<!\.lock)$")
 
@@ -43,7 +45,9 @@ class RepoSpec(BaseModel):
         for raw in value:
             host = raw.strip().lower().rstrip(".")
             if not _HOST_RE.match(host) or host.replace(".", "").isdigit():
-                raise ValueError(f"egress entry {raw!r} is not a host name (IP literals are refused)")
+                raise ValueError(
+                    f"egress entry {raw!r} is not a host name (IP literals are refused)"
+                )
             hosts.append(host)
         return hosts
 

@@ -21,7 +21,9 @@ from integrations.forge.base import Forge
 
 
 class ImageStore:
-    def __init__(self, root: Path, backend: str, runtime: str, owner: tuple[int, int] | None) -> None:
+    def __init__(
+        self, root: Path, backend: str, runtime: str, owner: tuple[int, int] | None
+    ) -> None:
         self.root = root
         self.backend = backend
         self.runtime = runtime
@@ -50,7 +52,11 @@ class ImageStore:
         async with lock:
             tip = await forge.tip(spec.url, spec.base)
             for image in self.images(spec):
-                if image.sha == tip and image.runtime == self.runtime and image.spec_hash == spec.image_hash():
+                if (
+                    image.sha == tip
+                    and image.runtime == self.runtime
+                    and image.spec_hash == spec.image_hash()
+                ):
                     return image, False
             return await self._build(spec, forge), True
 

@@ -66,7 +66,9 @@ def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             ipaddress.ip_address(name)
         except ValueError as exc:
-            raise NetworkBlocked(f"tests may not resolve {name!r}: only loopback is allowed") from exc
+            raise NetworkBlocked(
+                f"tests may not resolve {name!r}: only loopback is allowed"
+            ) from exc
     return _real_getaddrinfo(host, *args, **kwargs)
 
 
@@ -79,7 +81,9 @@ socket.getaddrinfo = _guarded_getaddrinfo
 def git_identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A known local git identity (NIGHTSHIFT_AUTH=local reads it) and no host git config."""
     cfg = tmp_path_factory.mktemp("gitcfg") / "gitconfig"
-    cfg.write_text("[user]\n\tname = Local Tester\n\temail = local.tester@example.com\n[init]\n\tdefaultBranch = main\n")
+    cfg.write_text(
+        "[user]\n\tname = Local Tester\n\temail = local.tester@example.com\n[init]\n\tdefaultBranch = main\n"
+    )
     os.environ["GIT_CONFIG_GLOBAL"] = str(cfg)
     os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
     yield
@@ -121,7 +125,9 @@ def _anthropic_server() -> Iterator[tuple[BackgroundServer, list[ScriptBook]]]:
 
 
 @pytest.fixture
-def anthropic_fake(_anthropic_server: tuple[BackgroundServer, list[ScriptBook]]) -> Iterator[ScriptBook]:
+def anthropic_fake(
+    _anthropic_server: tuple[BackgroundServer, list[ScriptBook]],
+) -> Iterator[ScriptBook]:
     server, holder = _anthropic_server
     holder[0] = ScriptBook()
     holder[0].url = server.url  # type: ignore[attr-defined]
@@ -191,5 +197,47 @@ def bob(runtime: Any) -> Person:
 
 @pytest.fixture
 def api(server: BackgroundServer, alice: Person) -> Iterator[ApiClient]:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30) as client:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+    ) as client:
         yield ApiClient(client, server.url, alice)
+
+
+# ---------------------------------------------------------------- real local services
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (dropped afterwards); skips when none answers."""
+    import secrets
+
+    import psycopg
+
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"ns_test_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own on the local server, flushed before and after."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {exc}")
+    db = 1 + (os.getpid() % 14)
+    url = f"redis://127.0.0.1:6379/{db}"
+    scoped = redis.Redis.from_url(url)
+    scoped.flushdb()
+    yield url
+    scoped.flushdb()

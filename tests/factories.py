@@ -20,7 +20,9 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
-def make_repo(root: Path, name: str = "proj", files: dict[str, str] | None = None, bare: bool = False) -> Path:
+def make_repo(
+    root: Path, name: str = "proj", files: dict[str, str] | None = None, bare: bool = False
+) -> Path:
     """A git repository with one commit on `main` (a bare one when asked)."""
     work = root / (name + "-work" if bare else name)
     work.mkdir(parents=True)
@@ -30,7 +32,16 @@ def make_repo(root: Path, name: str = "proj", files: dict[str, str] | None = Non
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     git(work, "add", "-A")
-    git(work, "-c", "user.name=Repo Owner", "-c", "user.email=owner@example.com", "commit", "-qm", "initial commit")
+    git(
+        work,
+        "-c",
+        "user.name=Repo Owner",
+        "-c",
+        "user.email=owner@example.com",
+        "commit",
+        "-qm",
+        "initial commit",
+    )
     if not bare:
         return work
     target = root / f"{name}.git"
@@ -60,7 +71,9 @@ class ApiClient:
     person: Person
 
     def as_(self, person: Person) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {person.token}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {person.token}"}, timeout=30
+        )
 
     def add_repo(self, path: Path, **extra: Any) -> dict[str, Any]:
         r = self.http.post("/api/repos", json={"url": str(path), **extra})
@@ -84,7 +97,7 @@ class ApiClient:
 
     def wait_status(self, session_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(
-            lambda: (s := self.session(session_id))["status"] in statuses and s or None,
+            lambda: ((s := self.session(session_id))["status"] in statuses and s) or None,
             timeout,
             f"session {session_id} to reach {statuses}",
         )

@@ -28,7 +28,9 @@ class Committed:
     co_authors: list[str]
 
 
-def commit_message(title: str, summary: str, author: Author, others: list[Author]) -> tuple[str, list[str]]:
+def commit_message(
+    title: str, summary: str, author: Author, others: list[Author]
+) -> tuple[str, list[str]]:
     seen = {author.email.lower()}
     trailers = []
     for other in others:
@@ -48,7 +50,9 @@ def commit_message(title: str, summary: str, author: Author, others: list[Author
 async def _git(sandbox: Sandbox, *args: str, env: dict[str, str] | None = None) -> str:
     result = await sandbox.exec(["git", *args], env=env, timeout=300)
     if result.exit_code != 0:
-        raise GitOpsError(f"git {args[0]} failed in the sandbox: {(result.stderr or result.stdout).strip()}")
+        raise GitOpsError(
+            f"git {args[0]} failed in the sandbox: {(result.stderr or result.stdout).strip()}"
+        )
     return result.stdout
 
 
@@ -78,7 +82,9 @@ async def commit_changes(
         timeout=300,
     )
     if result.exit_code != 0:
-        raise GitOpsError(f"git commit failed in the sandbox: {(result.stderr or result.stdout).strip()}")
+        raise GitOpsError(
+            f"git commit failed in the sandbox: {(result.stderr or result.stdout).strip()}"
+        )
     return Committed(await head_sha(sandbox), message, trailers)
 
 

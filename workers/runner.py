@@ -109,7 +109,9 @@ class SessionRunner:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-                await self._release_sandbox(snapshot=not self.stop_requested and not self.lease_lost)
+                await self._release_sandbox(
+                    snapshot=not self.stop_requested and not self.lease_lost
+                )
             if final is not None:
                 await self.status(final)
             more = await control.release_lease(self.session_id, self.id)
@@ -121,7 +123,9 @@ class SessionRunner:
         while True:
             await asyncio.sleep(cfg.heartbeat_s)
             try:
-                state = await self.deps.control.renew_lease(self.session_id, self.id, cfg.lease_ttl_s)
+                state = await self.deps.control.renew_lease(
+                    self.session_id, self.id, cfg.lease_ttl_s
+                )
             except Exception:  # the control plane may be restarting; the lease TTL covers us
                 log.warning("lease renewal failed for %s", self.session_id, exc_info=True)
                 continue
@@ -207,8 +211,12 @@ class SessionRunner:
         return hooks
 
     async def _fail(self, job: PromptJob, code: str, message: str) -> PromptOutcome:
-        await self.emit(ErrorRaised(code=code, message=message, prompt_id=job.id, attempt=job.attempt))
-        await self.emit(PromptFinished(outcome="failed", summary=message, prompt_id=job.id, attempt=job.attempt))
+        await self.emit(
+            ErrorRaised(code=code, message=message, prompt_id=job.id, attempt=job.attempt)
+        )
+        await self.emit(
+            PromptFinished(outcome="failed", summary=message, prompt_id=job.id, attempt=job.attempt)
+        )
         return "failed"
 
     async def _run_prompt(self, job: PromptJob) -> PromptOutcome:
@@ -242,11 +250,15 @@ class SessionRunner:
                 attempt=job.attempt,
             )
             user = ChatMessage(role="user", text=_user_text(job, ctx))
-            result = await run_agent(tool_ctx, model, self.hooks(), ctx.history, user, job.created_at)
+            result = await run_agent(
+                tool_ctx, model, self.hooks(), ctx.history, user, job.created_at
+            )
             if result.outcome != "failed":
                 await self._publish_work(job, result)
         except (SandboxError, ForgeError, GitOpsError) as exc:
-            return await self._fail(job, "sandbox_error" if isinstance(exc, SandboxError) else "git_error", str(exc))
+            return await self._fail(
+                job, "sandbox_error" if isinstance(exc, SandboxError) else "git_error", str(exc)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -255,7 +267,12 @@ class SessionRunner:
         finally:
             await model.aclose()
         await self.emit(
-            PromptFinished(outcome=result.outcome, summary=result.summary, prompt_id=job.id, attempt=job.attempt)
+            PromptFinished(
+                outcome=result.outcome,
+                summary=result.summary,
+                prompt_id=job.id,
+                attempt=job.attempt,
+            )
         )
         return result.outcome
 
@@ -280,7 +297,9 @@ class SessionRunner:
         if head in (self.base_sha, ctx.pushed_sha):
             return
         forge = self.deps.forge_for(ctx.repo)
-        pushed = await push_commits(sandbox, forge, ctx.repo.url, ctx.branch, self.base_sha, ctx.pushed_sha)
+        pushed = await push_commits(
+            sandbox, forge, ctx.repo.url, ctx.branch, self.base_sha, ctx.pushed_sha
+        )
         await self.emit(
             BranchPushed(
                 branch=ctx.branch,

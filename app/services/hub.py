@@ -9,10 +9,11 @@ misses nothing and sees nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from app.sessionstore import SessionFiles
@@ -32,10 +33,9 @@ class Subscriber:
     def push(self, session_id: str, event: Event) -> None:
         if self.types is not None and event.type not in self.types:
             return
-        try:
+        # A closed loop means the subscriber is going away.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (session_id, event))
-        except RuntimeError:  # the subscriber's loop is closed; it is going away
-            pass
 
 
 class EventHub:
@@ -85,7 +85,7 @@ class EventHub:
         with self._guard:
             return len(self._subs.get(session_id, ()))
 
-    async def stream(self, session_id: str, after: int = 0) -> AsyncIterator[Event]:
+    async def stream(self, session_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
         """Every event with id > `after`, stored ones first, then live ones, forever."""
         sub = Subscriber(asyncio.get_running_loop())
         self._add(session_id, sub)
@@ -112,7 +112,9 @@ class EventHub:
         finally:
             self._remove(session_id, sub)
 
-    async def watch(self, types: frozenset[str] | None = None) -> AsyncIterator[tuple[str, Event]]:
+    async def watch(
+        self, types: frozenset[str] | None = None
+    ) -> AsyncGenerator[tuple[str, Event], None]:
         """Live events of every session (optionally only some types), e.g. status changes."""
         sub = Subscriber(asyncio.get_running_loop(), types=types)
         self._add(None, sub)

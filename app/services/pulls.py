@@ -23,11 +23,15 @@ class LocalPullRequests:
     def url(self, repo: Repo, number: int) -> str:
         return f"{self.base_url}/api/repos/{repo.name}/pulls/{number}"
 
-    def open(self, session: Session, repo: Repo, author: User, event: BranchPushed) -> tuple[str, int, str]:
+    def open(
+        self, session: Session, repo: Repo, author: User, event: BranchPushed
+    ) -> tuple[str, int, str]:
         assert repo.id is not None and author.id is not None
         with DB(self.engine, expire_on_commit=False) as db:
             existing = db.exec(
-                select(PullRequest).where(PullRequest.repo_id == repo.id, PullRequest.head == event.branch)
+                select(PullRequest).where(
+                    PullRequest.repo_id == repo.id, PullRequest.head == event.branch
+                )
             ).first()
             if existing is not None:
                 existing.head_sha = event.sha
@@ -35,11 +39,16 @@ class LocalPullRequests:
                 db.add(existing)
                 db.commit()
                 return existing.url, existing.number, existing.state
-            number = int(
-                db.exec(
-                    select(func.coalesce(func.max(PullRequest.number), 0)).where(PullRequest.repo_id == repo.id)
-                ).one()
-            ) + 1
+            number = (
+                int(
+                    db.exec(
+                        select(func.coalesce(func.max(PullRequest.number), 0)).where(
+                            PullRequest.repo_id == repo.id
+                        )
+                    ).one()
+                )
+                + 1
+            )
             pr = PullRequest(
                 repo_id=repo.id,
                 number=number,
@@ -60,14 +69,18 @@ class LocalPullRequests:
         with DB(self.engine) as db:
             return list(
                 db.exec(
-                    select(PullRequest).where(PullRequest.repo_id == repo.id).order_by(col(PullRequest.number).desc())
+                    select(PullRequest)
+                    .where(PullRequest.repo_id == repo.id)
+                    .order_by(col(PullRequest.number).desc())
                 ).all()
             )
 
     def get(self, repo: Repo, number: int) -> PullRequest:
         with DB(self.engine) as db:
             pr = db.exec(
-                select(PullRequest).where(PullRequest.repo_id == repo.id, PullRequest.number == number)
+                select(PullRequest).where(
+                    PullRequest.repo_id == repo.id, PullRequest.number == number
+                )
             ).first()
         if pr is None:
             raise NotFound(f"{repo.name} has no pull request #{number}")

@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from app.errors import Invalid, NotFound
 from app.models import (
     Participant,
+    PromptIndex,
     PromptPublic,
     Repo,
     Session,
@@ -59,7 +60,9 @@ class Dispatch(Protocol):
 
 
 class PullRequestOpener(Protocol):
-    def open(self, session: Session, repo: Repo, author: User, event: BranchPushed) -> tuple[str, int, str]:
+    def open(
+        self, session: Session, repo: Repo, author: User, event: BranchPushed
+    ) -> tuple[str, int, str]:
         """Open (or find) the PR for a pushed branch; returns (url, number, state)."""
         ...
 
@@ -146,7 +149,28 @@ class Sessions:
 
     # ------------------------------------------------------------ client side
 
-    def create(self, user: User, repo_name: str, prompt: str, parent_id: str | None = None) -> Session:
+    def _index_prompt(self, session_id: str, prompt: Prompt, source: str) -> None:
+        assert prompt.id is not None
+        with DB(self.engine) as db:
+            db.add(
+                PromptIndex(
+                    session_id=session_id,
+                    prompt_id=prompt.id,
+                    user_id=prompt.author_id,
+                    source=source,
+                    created_at=prompt.created_at,
+                )
+            )
+            db.commit()
+
+    def create(
+        self,
+        user: User,
+        repo_name: str,
+        prompt: str,
+        parent_id: str | None = None,
+        source: str = "api",
+    ) -> Session:
         self._check_prompt(prompt)
         repo = self.repos.get(repo_name)
         depth = 0
@@ -172,17 +196,22 @@ class Sessions:
             self._join(db, session_id, user.id, "author")
             db.commit()
         queued, position = store.add_prompt(prompt, author_of(user))
+        self._index_prompt(session_id, queued, source)
         self.hub.publish(session_id, StatusChanged(status="queued"))
         self.hub.publish(
             session_id,
-            PromptQueued(author=author_of(user), text=prompt, position=position, prompt_id=queued.id),
+            PromptQueued(
+                author=author_of(user), text=prompt, position=position, prompt_id=queued.id
+            ),
         )
         for callback in self.on_created:
             callback(row)
         self._dispatch(session_id)
         return row
 
-    def add_prompt(self, user: User, session_id: str, text: str) -> PromptPublic:
+    def add_prompt(
+        self, user: User, session_id: str, text: str, source: str = "api"
+    ) -> PromptPublic:
         self._check_prompt(text)
         assert user.id is not None
         with DB(self.engine, expire_on_commit=False) as db:
@@ -197,6 +226,7 @@ class Sessions:
             db.commit()
         store = self.files.get(session_id)
         prompt, position = store.add_prompt(text, author_of(user))
+        self._index_prompt(session_id, prompt, source)
         if row.status not in ACTIVE_STATUSES:
             self.hub.publish(session_id, StatusChanged(status="queued"))
         self.hub.publish(
@@ -221,10 +251,12 @@ class Sessions:
         if self.dispatcher is not None:
             self.dispatcher.stop_session(session_id)
         if not running:
-            self.hub.publish(session_id, StatusChanged(status="stopped", reason=f"stopped by {user.login}"))
+            self.hub.publish(
+                session_id, StatusChanged(status="stopped", reason=f"stopped by {user.login}")
+            )
         return self.get(session_id)
 
-    def list(
+    def query(
         self,
         *,
         repo: str | None = None,
@@ -254,7 +286,9 @@ class Sessions:
         with DB(self.engine) as db:
             author = db.get(User, row.author_id)
             children = db.exec(
-                select(Session.id).where(Session.parent_id == row.id).order_by(col(Session.created_at))
+                select(Session.id)
+                .where(Session.parent_id == row.id)
+                .order_by(col(Session.created_at))
             ).all()
             participants = db.exec(
                 select(User)
@@ -293,7 +327,9 @@ class Sessions:
         return PromptPublic(
             id=prompt.id,
             text=prompt.text,
-            author=UserPublic(id=author.id, login=author.login, name=author.name, email=author.email),
+            author=UserPublic(
+                id=author.id, login=author.login, name=author.name, email=author.email
+            ),
             state=prompt.state,
             created_at=prompt.created_at,
             started_at=prompt.started_at,
@@ -320,12 +356,15 @@ class Sessions:
 
     def _apply(self, session_id: str, event: Event) -> None:
         values: dict[str, object] = {}
+        prompt_values: dict[str, object] = {}
         if isinstance(event, StatusChanged):
             values["status"] = event.status
         elif isinstance(event, SandboxReady):
             values.update(start_mode=event.mode, start_ms=event.ms_since_prompt)
+            prompt_values.update(start_mode=event.mode, start_ms=event.ms_since_prompt)
         elif isinstance(event, ModelRequest) and event.step == 1:
             values["first_model_ms"] = event.ms_since_prompt
+            prompt_values["first_model_ms"] = event.ms_since_prompt
         elif isinstance(event, BranchPushed):
             values.update(head_sha=event.sha, base_sha=event.base_sha)
         elif isinstance(event, PrOpened):
@@ -339,6 +378,15 @@ class Sessions:
         values["updated_at"] = time.time()
         with DB(self.engine) as db:
             db.exec(update(Session).where(col(Session.id) == session_id).values(**values))  # type: ignore[call-overload]
+            if prompt_values and event.prompt_id is not None:
+                db.exec(  # type: ignore[call-overload]
+                    update(PromptIndex)
+                    .where(
+                        col(PromptIndex.session_id) == session_id,
+                        col(PromptIndex.prompt_id) == event.prompt_id,
+                    )
+                    .values(**prompt_values)
+                )
             db.commit()
         if isinstance(event, BranchPushed):
             self._open_pull_request(session_id, event)
@@ -350,7 +398,9 @@ class Sessions:
         if opener is None:
             self.hub.publish(
                 session_id,
-                ErrorRaised(code="no_forge", message=f"no pull-request opener for forge {repo.forge!r}"),
+                ErrorRaised(
+                    code="no_forge", message=f"no pull-request opener for forge {repo.forge!r}"
+                ),
             )
             return
         prompt = self.files.get(session_id).prompt(event.prompt_id) if event.prompt_id else None
@@ -362,7 +412,10 @@ class Sessions:
             log.exception("opening the PR of %s failed", session_id)
             self.hub.publish(
                 session_id,
-                ErrorRaised(code="pr_failed", message=f"the branch was pushed but opening the PR failed: {exc}"),
+                ErrorRaised(
+                    code="pr_failed",
+                    message=f"the branch was pushed but opening the PR failed: {exc}",
+                ),
             )
             return
         if row.pr_number != number or row.pr_url != url:
@@ -455,7 +508,9 @@ class Sessions:
         user = self.users.get(author.id)
         if user is None:
             raise NotFound(f"unknown user {author.login!r}")
-        child = self.create(user, repo or parent.repo_name, prompt, parent_id=parent_id)
+        child = self.create(
+            user, repo or parent.repo_name, prompt, parent_id=parent_id, source="agent"
+        )
         return child.id
 
     def summary(self, session_id: str) -> SessionSummary:
@@ -464,7 +519,9 @@ class Sessions:
         last = []
         for event in self.files.get(session_id).events(max(0, public.last_event_id - 200), 200):
             if event.type in ("status", "prompt_finished", "error", "branch_pushed", "pr_opened"):
-                last.append(f"#{event.id} {event.type}: {event.model_dump_json(exclude={'id', 'ts', 'type'})[:200]}")
+                last.append(
+                    f"#{event.id} {event.type}: {event.model_dump_json(exclude={'id', 'ts', 'type'})[:200]}"
+                )
         return SessionSummary(
             id=row.id,
             status=row.status,
@@ -491,20 +548,31 @@ class Sessions:
             ).all()
         dispatched = []
         for row in rows:
-            if row.lease_owner is not None and (row.lease_expires_at or 0) >= now and _pid_alive(row.lease_owner):
+            if (
+                row.lease_owner is not None
+                and (row.lease_expires_at or 0) >= now
+                and _pid_alive(row.lease_owner)
+            ):
                 continue
             store = self.files.get(row.id)
             if row.lease_owner is not None:
                 with DB(self.engine) as db:
                     db.exec(  # type: ignore[call-overload]
                         update(Session)
-                        .where(col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner)
-                        .values(lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1)
+                        .where(
+                            col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner
+                        )
+                        .values(
+                            lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1
+                        )
                     )
                     db.commit()
             if row.stop_requested:
                 store.fail_running("stopped")
-                self.hub.publish(row.id, StatusChanged(status="stopped", reason="stopped while its runner was gone"))
+                self.hub.publish(
+                    row.id,
+                    StatusChanged(status="stopped", reason="stopped while its runner was gone"),
+                )
                 continue
             requeued = store.requeue_running()
             exhausted = [p for p in requeued if p.attempt >= MAX_ATTEMPTS]
@@ -518,11 +586,15 @@ class Sessions:
                         prompt_id=exhausted[0].id,
                     ),
                 )
-                self.hub.publish(row.id, StatusChanged(status="failed", reason="runner died repeatedly"))
+                self.hub.publish(
+                    row.id, StatusChanged(status="failed", reason="runner died repeatedly")
+                )
                 continue
             if requeued or store.pending_count() > 0:
                 dispatched.append(row.id)
                 self._dispatch(row.id)
             elif row.status != "queued":
-                self.hub.publish(row.id, StatusChanged(status="finished", reason="recovered after restart"))
+                self.hub.publish(
+                    row.id, StatusChanged(status="finished", reason="recovered after restart")
+                )
         return dispatched

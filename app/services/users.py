@@ -16,7 +16,7 @@ from app.errors import Invalid, Unauthorized
 from app.models import ApiToken, User
 from workers.events import Author
 
-TOKEN_PREFIX = "ns_"
+TOKEN_PREFIX = "ns_"  # noqa: S105  (a prefix, not a secret)
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
@@ -33,7 +33,9 @@ def git_identity() -> tuple[str, str]:
     """The local git identity (`git config user.name` / `user.email`)."""
 
     def read(key: str) -> str:
-        out = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["git", "config", "--get", key], capture_output=True, text=True, check=False
+        )
         return out.stdout.strip()
 
     name, email = read("user.name"), read("user.email")
@@ -84,7 +86,11 @@ class Users:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         assert user.id is not None
         with DB(self.engine) as db:
-            db.add(ApiToken(user_id=user.id, name=name, prefix=token[:10], token_hash=hash_token(token)))
+            db.add(
+                ApiToken(
+                    user_id=user.id, name=name, prefix=token[:10], token_hash=hash_token(token)
+                )
+            )
             db.commit()
         return token
 

@@ -1,11 +1,11 @@
 """The sandbox interface every backend implements, and its errors.
 
-    SandboxError
-    ├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
-    ├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
-    ├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
-    │   └── PathEscape       a path or symlink leads outside the workspace
-    └── SnapshotUnusable     a snapshot's base image or runtime version is gone
+SandboxError
+├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
+├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
+├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
+│   └── PathEscape       a path or symlink leads outside the workspace
+└── SnapshotUnusable     a snapshot's base image or runtime version is gone
 """
 
 from __future__ import annotations
@@ -143,7 +143,9 @@ class Sandbox(Protocol):
         """Create or replace a file (and its parent directories) inside the workspace."""
         ...
 
-    async def list_files(self, path: str = ".", recursive: bool = False, limit: int = 2000) -> list[FileEntry]:
+    async def list_files(
+        self, path: str = ".", recursive: bool = False, limit: int = 2000
+    ) -> list[FileEntry]:
         """List a directory inside the workspace (without `.git`)."""
         ...
 

@@ -69,7 +69,9 @@ class FakeSandbox:
             raise SandboxFileError("a file path is required")
         self.files[rel] = bytes(data)
 
-    async def list_files(self, path: str = ".", recursive: bool = False, limit: int = 2000) -> list[FileEntry]:
+    async def list_files(
+        self, path: str = ".", recursive: bool = False, limit: int = 2000
+    ) -> list[FileEntry]:
         rel = clean_relative(path)
         prefix = "" if rel == "." else rel + "/"
         seen: dict[str, FileEntry] = {}

@@ -115,7 +115,9 @@ def _static_args() -> list[str]:
 class LocalSandbox:
     backend = "bwrap"
 
-    def __init__(self, owner_backend: BwrapBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]) -> None:
+    def __init__(
+        self, owner_backend: BwrapBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
+    ) -> None:
         self.id = sandbox_dir.name
         self.source = spec.source
         self.spec = spec
@@ -135,7 +137,7 @@ class LocalSandbox:
         for sub in ("workspace", "home"):
             (self._ws.merged / sub).mkdir(exist_ok=True)
         self._tmp.mkdir(mode=0o1777)
-        os.chmod(self._tmp, 0o1777)
+        os.chmod(self._tmp, 0o1777)  # noqa: S103  (the sandbox's own /tmp, sticky)
         self._etc.mkdir()
         uid, gid = self._owner or (SANDBOX_UID, SANDBOX_UID)
         (self._etc / "passwd").write_text(
@@ -154,7 +156,7 @@ class LocalSandbox:
         for name in ("passwd", "group", "hosts", "hostname", "resolv.conf"):
             args += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
         args += [
-            "--bind", str(self._tmp), "/tmp",
+            "--bind", str(self._tmp), "/tmp",  # noqa: S108
             "--bind", str(self._ws.merged / "workspace"), WORKDIR,
             "--bind", str(self._ws.merged / "home"), HOME,
             "--chdir", cwd,
@@ -213,7 +215,9 @@ class LocalSandbox:
     async def write_file(self, path: str, data: bytes) -> None:
         await asyncio.to_thread(self.files.write, path, data)
 
-    async def list_files(self, path: str = ".", recursive: bool = False, limit: int = 2000) -> list[FileEntry]:
+    async def list_files(
+        self, path: str = ".", recursive: bool = False, limit: int = 2000
+    ) -> list[FileEntry]:
         return await asyncio.to_thread(self.files.listdir, path, recursive, limit)
 
     async def snapshot(self) -> SnapshotRef:

@@ -101,7 +101,9 @@ class Workspace:
             if self.owner is not None:
                 os.chown(self.upper, *self.owner)
                 os.chown(self.work, *self.owner)
-            _mount_overlay([str(p) for p in self.lowers], str(self.upper), str(self.work), str(self.merged))
+            _mount_overlay(
+                [str(p) for p in self.lowers], str(self.upper), str(self.work), str(self.merged)
+            )
             self.mounted = True
         else:
             # Without overlayfs the whole stack is materialised, bottom layer first.

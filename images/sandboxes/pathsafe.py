@@ -29,7 +29,9 @@ def clean_relative(path: str) -> str:
     if "\x00" in path:
         raise SandboxFileError("path contains a NUL byte")
     if path.startswith("/"):
-        raise PathEscape(f"{path}: absolute paths are refused; use a path relative to the repository root")
+        raise PathEscape(
+            f"{path}: absolute paths are refused; use a path relative to the repository root"
+        )
     norm = posixpath.normpath(path or ".")
     if norm == ".." or norm.startswith("../"):
         raise PathEscape(f"{path}: path escapes the workspace")
@@ -38,7 +40,9 @@ def clean_relative(path: str) -> str:
 
 def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     if _SYS_OPENAT2 is None:
-        raise SandboxFileError(f"openat2 is not known on {platform.machine()}; file tools are disabled")
+        raise SandboxFileError(
+            f"openat2 is not known on {platform.machine()}; file tools are disabled"
+        )
     how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
     fd = _libc.syscall(
         ctypes.c_long(_SYS_OPENAT2),
@@ -85,7 +89,9 @@ class ConfinedTree:
             if not stat.S_ISREG(st.st_mode):
                 raise SandboxFileError(f"{path}: not a regular file")
             if st.st_size > max_bytes:
-                raise SandboxFileError(f"{path}: {st.st_size} bytes is more than the {max_bytes}-byte limit")
+                raise SandboxFileError(
+                    f"{path}: {st.st_size} bytes is more than the {max_bytes}-byte limit"
+                )
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
@@ -154,9 +160,12 @@ class ConfinedTree:
                 for name in sorted(dirnames) + sorted(filenames):
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     kind = (
-                        "dir" if stat.S_ISDIR(st.st_mode)
-                        else "symlink" if stat.S_ISLNK(st.st_mode)
-                        else "file" if stat.S_ISREG(st.st_mode)
+                        "dir"
+                        if stat.S_ISDIR(st.st_mode)
+                        else "symlink"
+                        if stat.S_ISLNK(st.st_mode)
+                        else "file"
+                        if stat.S_ISREG(st.st_mode)
                         else "other"
                     )
                     entries.append(FileEntry(prefix + base + name, kind, st.st_size))  # type: ignore[arg-type]

@@ -27,7 +27,9 @@ class LocalForge:
 
     async def tip(self, url: str, branch: str) -> str:
         repo = resolve_local_repo(url)
-        out = await git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", cwd=repo)
+        out = await git(
+            "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", cwd=repo
+        )
         sha = out.strip()
         if not sha:
             raise ForgeError(f"{url}: branch {branch!r} does not exist")
@@ -50,7 +52,11 @@ class LocalForge:
         if not mirror.exists():
             await git("init", "--quiet", "--bare", str(mirror))
         await git(
-            "fetch", "--quiet", "--no-tags", str(repo), f"+refs/heads/{branch}:refs/heads/{branch}",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            str(repo),
+            f"+refs/heads/{branch}:refs/heads/{branch}",
             cwd=mirror,
         )
         return (await git("rev-parse", f"refs/heads/{branch}", cwd=mirror)).strip()
@@ -60,11 +66,20 @@ class LocalForge:
     ) -> str:
         repo = resolve_local_repo(url)
         incoming = f"refs/nightshift-incoming/{secrets.token_hex(6)}"
-        await git("fetch", "--quiet", "--no-tags", str(bundle), f"refs/heads/{branch}:{incoming}", cwd=repo)
+        await git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            str(bundle),
+            f"refs/heads/{branch}:{incoming}",
+            cwd=repo,
+        )
         try:
             new = (await git("rev-parse", incoming, cwd=repo)).strip()
             try:
-                await git("update-ref", f"refs/heads/{branch}", new, expected_old or ZERO_SHA, cwd=repo)
+                await git(
+                    "update-ref", f"refs/heads/{branch}", new, expected_old or ZERO_SHA, cwd=repo
+                )
             except ForgeError as exc:
                 raise ForgeError(
                     f"branch {branch} moved on the forge since the last push; refusing to "

@@ -62,7 +62,12 @@ def repair_history(messages: list[ChatMessage]) -> list[ChatMessage]:
     def close_pending() -> None:
         for call_id in pending:
             out.append(
-                ChatMessage(role="tool", text="(interrupted: no result)", tool_call_id=call_id, is_error=True)
+                ChatMessage(
+                    role="tool",
+                    text="(interrupted: no result)",
+                    tool_call_id=call_id,
+                    is_error=True,
+                )
             )
         pending.clear()
 

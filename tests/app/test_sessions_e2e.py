@@ -23,17 +23,24 @@ def _edit_and_finish(path: str, content: str, title: str = "Add a file") -> list
     ]
 
 
-def test_prompt_ends_in_commit_by_prompting_user_and_pr(api: ApiClient, openai_fake: ScriptBook, tmp_path: Path) -> None:
+def test_prompt_ends_in_commit_by_prompting_user_and_pr(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
-    openai_fake.script("contributing", *_edit_and_finish("CONTRIBUTING.md", "Be kind.\n", "Add CONTRIBUTING.md"))
+    openai_fake.script(
+        "contributing", *_edit_and_finish("CONTRIBUTING.md", "Be kind.\n", "Add CONTRIBUTING.md")
+    )
     session = api.create("proj", "add a contributing guide")
     done = api.wait_status(session["id"], "finished", "failed")
     assert done["status"] == "finished", api.events(session["id"])
     branch = f"nightshift/{session['id']}"
     assert done["branch"] == branch
     log = git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch).strip()
-    assert log == "Alice Example <alice@example.com>|Alice Example <alice@example.com>|Add CONTRIBUTING.md"
+    assert (
+        log
+        == "Alice Example <alice@example.com>|Alice Example <alice@example.com>|Add CONTRIBUTING.md"
+    )
     assert git(repo, "show", f"{branch}:CONTRIBUTING.md") == "Be kind.\n"
     # The base branch and the work tree of the forge repo are untouched.
     assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", f"{branch}~1")
@@ -42,19 +49,43 @@ def test_prompt_ends_in_commit_by_prompting_user_and_pr(api: ApiClient, openai_f
     pr = api.http.get("/api/repos/proj/pulls/1").json()
     assert pr["head"] == branch and pr["base"] == "main" and pr["title"] == "Add CONTRIBUTING.md"
     types = [e["type"] for e in api.events(session["id"])]
-    for expected in ("prompt_queued", "sandbox_ready", "model_request", "text_delta", "tool_call", "tool_result", "commit_created", "branch_pushed", "pr_opened"):
+    for expected in (
+        "prompt_queued",
+        "sandbox_ready",
+        "model_request",
+        "text_delta",
+        "tool_call",
+        "tool_result",
+        "commit_created",
+        "branch_pushed",
+        "pr_opened",
+    ):
         assert expected in types
-    run_result = next(e for e in api.events(session["id"]) if e["type"] == "tool_result" and e["name"] == "run")
+    run_result = next(
+        e for e in api.events(session["id"]) if e["type"] == "tool_result" and e["name"] == "run"
+    )
     assert "ran-ok" in run_result["output"] and run_result["exit_code"] == 0
     diff = api.http.get(f"/api/sessions/{session['id']}/diff").json()
     assert "+Be kind." in diff["diff"]
     # The model saw the tools and the user's prompt.
     first = openai_fake.requests[0]
-    assert {t["function"]["name"] for t in first["tools"]} >= {"read_file", "write_file", "edit_file", "run", "finish", "spawn_session", "session_status", "list_files", "search"}
+    assert {t["function"]["name"] for t in first["tools"]} >= {
+        "read_file",
+        "write_file",
+        "edit_file",
+        "run",
+        "finish",
+        "spawn_session",
+        "session_status",
+        "list_files",
+        "search",
+    }
     assert first["messages"][-1]["content"] == "add a contributing guide"
 
 
-def test_follow_up_sent_mid_run_waits_its_turn(api: ApiClient, openai_fake: ScriptBook, bob: Person, tmp_path: Path) -> None:
+def test_follow_up_sent_mid_run_waits_its_turn(
+    api: ApiClient, openai_fake: ScriptBook, bob: Person, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
     gate = threading.Event()
@@ -65,7 +96,11 @@ def test_follow_up_sent_mid_run_waits_its_turn(api: ApiClient, openai_fake: Scri
     )
     openai_fake.script("second task", *_edit_and_finish("two.txt", "2\n", "Second"))
     session = api.create("proj", "first task")
-    wait_for(lambda: any(e["type"] == "tool_result" for e in api.events(session["id"])), 20, "first tool call")
+    wait_for(
+        lambda: any(e["type"] == "tool_result" for e in api.events(session["id"])),
+        20,
+        "first tool call",
+    )
     with api.as_(bob) as as_bob:
         r = as_bob.post(f"/api/sessions/{session['id']}/prompts", json={"text": "second task"})
     assert r.status_code == 202, r.text
@@ -75,7 +110,14 @@ def test_follow_up_sent_mid_run_waits_its_turn(api: ApiClient, openai_fake: Scri
     assert [p["state"] for p in prompts] == ["running", "queued"]
     gate.set()
     api.wait_status(session["id"], "finished")
-    wait_for(lambda: all(p["state"] == "done" for p in api.http.get(f"/api/sessions/{session['id']}/prompts").json()), 20, "both prompts")
+    wait_for(
+        lambda: all(
+            p["state"] == "done"
+            for p in api.http.get(f"/api/sessions/{session['id']}/prompts").json()
+        ),
+        20,
+        "both prompts",
+    )
     events = api.events(session["id"])
     finished = [e["prompt_id"] for e in events if e["type"] == "prompt_finished"]
     assert finished == [prompts[0]["id"], prompts[1]["id"]]
@@ -87,15 +129,24 @@ def test_follow_up_sent_mid_run_waits_its_turn(api: ApiClient, openai_fake: Scri
     assert log[0].strip().startswith("Bob Example|Second")
     assert "Co-authored-by: Alice Example <alice@example.com>" in log[0]
     assert log[1].strip().startswith("Alice Example|")
-    assert git(repo, "show", f"{branch}:two.txt") == "2\n" and git(repo, "show", f"{branch}:one.txt") == "1\n"
+    assert (
+        git(repo, "show", f"{branch}:two.txt") == "2\n"
+        and git(repo, "show", f"{branch}:one.txt") == "1\n"
+    )
     participants = {p["login"] for p in api.session(session["id"])["participants"]}
     assert participants == {"alice", "bob"}
     # The follow-up saw the first prompt's conversation.
-    second_request = next(r for r in openai_fake.requests if r["messages"][-1].get("content") and "second task" in str(r["messages"][-1]["content"]))
+    second_request = next(
+        r
+        for r in openai_fake.requests
+        if r["messages"][-1].get("content") and "second task" in str(r["messages"][-1]["content"])
+    )
     assert any("first task" in str(m.get("content")) for m in second_request["messages"])
 
 
-def test_stop_mid_run_leaves_session_stopped_and_repo_untouched(api: ApiClient, openai_fake: ScriptBook, tmp_path: Path) -> None:
+def test_stop_mid_run_leaves_session_stopped_and_repo_untouched(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
     openai_fake.script(
@@ -106,14 +157,24 @@ def test_stop_mid_run_leaves_session_stopped_and_repo_untouched(api: ApiClient, 
     )
     refs_before = git(repo, "for-each-ref")
     session = api.create("proj", "slow task")
-    wait_for(lambda: any(e["type"] == "tool_call" and e["name"] == "run" for e in api.events(session["id"])), 20, "the sleep")
-    queued = api.http.post(f"/api/sessions/{session['id']}/prompts", json={"text": "never runs"}).json()
+    wait_for(
+        lambda: any(
+            e["type"] == "tool_call" and e["name"] == "run" for e in api.events(session["id"])
+        ),
+        20,
+        "the sleep",
+    )
+    queued = api.http.post(
+        f"/api/sessions/{session['id']}/prompts", json={"text": "never runs"}
+    ).json()
     r = api.http.post(f"/api/sessions/{session['id']}/stop")
     assert r.status_code == 200
     stopped = api.wait_status(session["id"], "stopped", timeout=15)
     assert stopped["head_sha"] is None and stopped["pr_url"] is None
     assert git(repo, "for-each-ref") == refs_before
-    prompts = {p["id"]: p["state"] for p in api.http.get(f"/api/sessions/{session['id']}/prompts").json()}
+    prompts = {
+        p["id"]: p["state"] for p in api.http.get(f"/api/sessions/{session['id']}/prompts").json()
+    }
     assert prompts[queued["id"]] == "cancelled"
     assert "stopped" in prompts.values()
     # A stopped session accepts a new prompt and runs it.
@@ -122,7 +183,9 @@ def test_stop_mid_run_leaves_session_stopped_and_repo_untouched(api: ApiClient, 
     assert api.wait_status(session["id"], "finished", "failed")["status"] == "finished"
 
 
-def test_spawn_session_creates_a_child_visible_in_the_parent(api: ApiClient, openai_fake: ScriptBook, tmp_path: Path) -> None:
+def test_spawn_session_creates_a_child_visible_in_the_parent(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
     openai_fake.script(
@@ -145,7 +208,9 @@ def test_spawn_session_creates_a_child_visible_in_the_parent(api: ApiClient, ope
     assert [s["id"] for s in listed["sessions"]] == [child["id"]]
 
 
-def test_tool_errors_reach_the_model_and_change_nothing(api: ApiClient, openai_fake: ScriptBook, tmp_path: Path) -> None:
+def test_tool_errors_reach_the_model_and_change_nothing(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
     openai_fake.script(
@@ -157,7 +222,9 @@ def test_tool_errors_reach_the_model_and_change_nothing(api: ApiClient, openai_f
     )
     session = api.create("proj", "escape please")
     api.wait_status(session["id"], "finished", "failed")
-    results = [e for e in api.events(session["id"]) if e["type"] == "tool_result" and e["name"] != "finish"]
+    results = [
+        e for e in api.events(session["id"]) if e["type"] == "tool_result" and e["name"] != "finish"
+    ]
     assert len(results) == 3 and all(r["is_error"] for r in results)
     assert "escapes the workspace" in results[0]["output"]
     assert "absolute paths are refused" in results[1]["output"]
@@ -173,7 +240,11 @@ def test_no_model_configured_fails_with_the_variables_to_set(make_settings, tmp_
     rt.start()
     try:
         person = make_person(rt, "carol", "Carol", "carol@example.com")
-        rt.repos.add(__import__("app.models", fromlist=["RepoCreate"]).RepoCreate(url=str(make_repo(tmp_path, "p"))))
+        rt.repos.add(
+            __import__("app.models", fromlist=["RepoCreate"]).RepoCreate(
+                url=str(make_repo(tmp_path, "p"))
+            )
+        )
         session = rt.sessions.create(person.user, "p", "do something")
         wait_for(lambda: rt.sessions.get(session.id).status == "failed", 20, "failure")
         errors = [e for e in rt.sessions.events(session.id) if e.type == "error"]
@@ -183,7 +254,9 @@ def test_no_model_configured_fails_with_the_variables_to_set(make_settings, tmp_
         rt.close()
 
 
-def test_model_429_and_500_are_retried(api: ApiClient, openai_fake: ScriptBook, tmp_path: Path) -> None:
+def test_model_429_and_500_are_retried(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
     openai_fake.fail_next(429, retry_after="0")

@@ -69,7 +69,9 @@ class ScriptBook:
             return Turn(text=f"no script matches {latest_user[:60]!r}")
         turns = self.scripts[keys[0]]
         if assistant_turns >= len(turns):
-            return Turn(text="(script exhausted)", calls=[Call("finish", {"summary": "script exhausted"})])
+            return Turn(
+                text="(script exhausted)", calls=[Call("finish", {"summary": "script exhausted"})]
+            )
         return turns[assistant_turns]
 
     def record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
@@ -91,9 +93,17 @@ async def _wait(turn: Turn) -> None:
 def _error(failure: Failure, kind: str) -> JSONResponse:
     headers = {"retry-after": failure.retry_after} if failure.retry_after is not None else {}
     if kind == "anthropic":
-        body: dict[str, Any] = {"type": "error", "error": {"type": "rate_limit_error" if failure.status == 429 else "api_error", "message": f"injected {failure.status}"}}
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error" if failure.status == 429 else "api_error",
+                "message": f"injected {failure.status}",
+            },
+        }
     else:
-        body = {"error": {"message": f"injected {failure.status}", "type": "server_error", "code": None}}
+        body = {
+            "error": {"message": f"injected {failure.status}", "type": "server_error", "code": None}
+        }
     return JSONResponse(body, status_code=failure.status, headers=headers)
 
 
@@ -124,7 +134,11 @@ def openai_app(book: ScriptBook) -> FastAPI:
         created = int(time.time())
         model = body["model"]
         calls = [
-            {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            {
+                "id": f"call_{uuid.uuid4().hex[:8]}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
             for c in turn.calls
         ]
         finish = "tool_calls" if calls else "stop"
@@ -134,14 +148,22 @@ def openai_app(book: ScriptBook) -> FastAPI:
             if calls:
                 message["tool_calls"] = calls
             return {
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": usage,
             }
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
             return f"data: {json.dumps(data)}\n\n"
 
         async def stream() -> AsyncIterator[str]:
@@ -149,10 +171,27 @@ def openai_app(book: ScriptBook) -> FastAPI:
             for start in range(0, len(turn.text), turn.chunk):
                 yield chunk({"content": turn.text[start : start + turn.chunk]})
             for i, call in enumerate(calls):
-                yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 args = call["function"]["arguments"]
                 for start in range(0, len(args), 10):
-                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[start : start + 10]}}]})
+                    yield chunk(
+                        {
+                            "tool_calls": [
+                                {"index": i, "function": {"arguments": args[start : start + 10]}}
+                            ]
+                        }
+                    )
             yield chunk({}, finish)
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
@@ -197,31 +236,96 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
         if turn.text:
             blocks.append({"type": "text", "text": turn.text})
         for c in turn.calls:
-            blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:8]}", "name": c.name, "input": c.arguments})
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{uuid.uuid4().hex[:8]}",
+                    "name": c.name,
+                    "input": c.arguments,
+                }
+            )
         stop = "tool_use" if turn.calls else "end_turn"
         if not body.get("stream"):
             return {
-                "id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
-                "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 100, "output_tokens": 20},
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": blocks,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 100, "output_tokens": 20},
             }
 
         def sse(kind: str, data: dict[str, Any]) -> str:
             return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
         async def stream() -> AsyncIterator[str]:
-            yield sse("message_start", {"message": {"id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 100, "output_tokens": 1}}})
+            yield sse(
+                "message_start",
+                {
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": body["model"],
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 100, "output_tokens": 1},
+                    }
+                },
+            )
             for i, block in enumerate(blocks):
                 if block["type"] == "text":
-                    yield sse("content_block_start", {"index": i, "content_block": {"type": "text", "text": ""}})
+                    yield sse(
+                        "content_block_start",
+                        {"index": i, "content_block": {"type": "text", "text": ""}},
+                    )
                     for start in range(0, len(block["text"]), turn.chunk):
-                        yield sse("content_block_delta", {"index": i, "delta": {"type": "text_delta", "text": block["text"][start : start + turn.chunk]}})
+                        yield sse(
+                            "content_block_delta",
+                            {
+                                "index": i,
+                                "delta": {
+                                    "type": "text_delta",
+                                    "text": block["text"][start : start + turn.chunk],
+                                },
+                            },
+                        )
                 else:
-                    yield sse("content_block_start", {"index": i, "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})
+                    yield sse(
+                        "content_block_start",
+                        {
+                            "index": i,
+                            "content_block": {
+                                "type": "tool_use",
+                                "id": block["id"],
+                                "name": block["name"],
+                                "input": {},
+                            },
+                        },
+                    )
                     raw = json.dumps(block["input"])
                     for start in range(0, len(raw), 10):
-                        yield sse("content_block_delta", {"index": i, "delta": {"type": "input_json_delta", "partial_json": raw[start : start + 10]}})
+                        yield sse(
+                            "content_block_delta",
+                            {
+                                "index": i,
+                                "delta": {
+                                    "type": "input_json_delta",
+                                    "partial_json": raw[start : start + 10],
+                                },
+                            },
+                        )
                 yield sse("content_block_stop", {"index": i})
-            yield sse("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 20}})
+            yield sse(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": 20},
+                },
+            )
             yield sse("message_stop", {})
 
         return StreamingResponse(stream(), media_type="text/event-stream")

@@ -29,7 +29,9 @@ class Hooks:
         for hook in self.before_tool:
             await hook(ctx, tool, args)
 
-    async def after(self, ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput) -> ToolOutput:
+    async def after(
+        self, ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput
+    ) -> ToolOutput:
         for hook in self.after_tool:
             out = await hook(ctx, tool, args, out)
         return out
@@ -38,7 +40,9 @@ class Hooks:
 def redact_output(redactor: Redactor) -> AfterTool:
     """Built-in: strip credentials from whatever a tool returns before the model sees it."""
 
-    async def hook(ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput) -> ToolOutput:
+    async def hook(
+        ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput
+    ) -> ToolOutput:
         return replace(out, text=redactor.text(out.text))
 
     return hook

@@ -52,7 +52,9 @@ class _DeltaBuffer:
     async def flush(self) -> None:
         if self.parts:
             text, self.parts, self.size = "".join(self.parts), [], 0
-            await self.ctx.emit(TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt))
+            await self.ctx.emit(
+                TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt)
+            )
         self.last = time.monotonic()
 
 
@@ -82,7 +84,13 @@ async def _one_turn(
                 wait = ctx.config.retry_base_s * 2 ** (retry - 1) * (0.5 + random.random())
             wait = min(wait, 60.0)
             await ctx.emit(
-                ModelRetry(retry=retry, reason=str(exc), wait_s=round(wait, 3), prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+                ModelRetry(
+                    retry=retry,
+                    reason=str(exc),
+                    wait_s=round(wait, 3),
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
             )
             await asyncio.sleep(wait)
 
@@ -105,12 +113,22 @@ async def run_agent(
     while True:
         if step >= cfg.max_steps:
             await ctx.emit(
-                ErrorRaised(code="step_limit", message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)", prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+                ErrorRaised(
+                    code="step_limit",
+                    message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)",
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
             )
             return AgentResult("limit", last_text, steps=step, tokens=tokens)
         if tokens >= cfg.token_budget:
             await ctx.emit(
-                ErrorRaised(code="token_budget", message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})", prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+                ErrorRaised(
+                    code="token_budget",
+                    message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
             )
             return AgentResult("limit", last_text, steps=step, tokens=tokens)
         step += 1
@@ -126,11 +144,23 @@ async def run_agent(
         try:
             completion = await _one_turn(ctx, model, system, messages)
         except ModelError as exc:
-            await ctx.emit(ErrorRaised(code="model_error", message=str(exc), prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+            await ctx.emit(
+                ErrorRaised(
+                    code="model_error",
+                    message=str(exc),
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
+            )
             return AgentResult("failed", str(exc), steps=step, tokens=tokens)
         tokens += completion.input_tokens + completion.output_tokens
         await ctx.emit(
-            UsageReported(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens, prompt_id=ctx.prompt_id, attempt=ctx.attempt)
+            UsageReported(
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                prompt_id=ctx.prompt_id,
+                attempt=ctx.attempt,
+            )
         )
         message = completion.message
         messages.append(message)
@@ -141,13 +171,23 @@ async def run_agent(
             return AgentResult("done", last_text, steps=step, tokens=tokens)
         finished: ToolOutput | None = None
         for call in message.tool_calls:
-            await ctx.emit(ToolCalled(call_id=call.id, name=call.name, arguments=call.arguments, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+            await ctx.emit(
+                ToolCalled(
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=call.arguments,
+                    prompt_id=ctx.prompt_id,
+                    attempt=ctx.attempt,
+                )
+            )
             started = time.monotonic()
             tool = TOOLS.get(call.name)
             if finished is not None:
                 out = ToolOutput("not run: `finish` was already called", is_error=True)
             elif tool is None:
-                out = ToolOutput(f"unknown tool {call.name!r}; available: {', '.join(TOOLS)}", is_error=True)
+                out = ToolOutput(
+                    f"unknown tool {call.name!r}; available: {', '.join(TOOLS)}", is_error=True
+                )
             else:
                 out = await call_tool(ctx, tool, call.arguments, hooks)
             await ctx.emit(
@@ -162,7 +202,9 @@ async def run_agent(
                     attempt=ctx.attempt,
                 )
             )
-            messages.append(ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error))
+            messages.append(
+                ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error)
+            )
             if out.finish and not out.is_error and finished is None:
                 finished = out
         if finished is not None:

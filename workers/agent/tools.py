@@ -71,7 +71,8 @@ class Tool:
             return self.args.model_validate(arguments)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in exc.errors()
             )
             raise ToolError(f"{self.name}: invalid arguments ({problems})") from exc
 
@@ -95,7 +96,9 @@ async def read_file(ctx: ToolContext, a: ReadFileArgs) -> ToolOutput:
     body = "".join(chosen)
     more = len(lines) - (a.start_line - 1 + len(chosen))
     if more > 0:
-        body += f"\n[... {more} more lines; read again with start_line={a.start_line + len(chosen)}]"
+        body += (
+            f"\n[... {more} more lines; read again with start_line={a.start_line + len(chosen)}]"
+        )
     return ToolOutput(body)
 
 
@@ -159,7 +162,9 @@ async def edit_file(ctx: ToolContext, a: EditFileArgs) -> ToolOutput:
     text = _decode(await ctx.sandbox.read_file(a.path), a.path)
     count = text.count(a.old_text)
     if count == 0:
-        raise ToolError(f"{a.path}: old_text was not found; read the file and copy the text exactly")
+        raise ToolError(
+            f"{a.path}: old_text was not found; read the file and copy the text exactly"
+        )
     if count > 1 and not a.replace_all:
         raise ToolError(
             f"{a.path}: old_text occurs {count} times; add context to make it unique "
@@ -171,7 +176,9 @@ async def edit_file(ctx: ToolContext, a: EditFileArgs) -> ToolOutput:
 
 
 class RunArgs(BaseModel):
-    command: str = Field(min_length=1, description="A bash command line, run in the repository root")
+    command: str = Field(
+        min_length=1, description="A bash command line, run in the repository root"
+    )
     timeout_s: float = Field(600, gt=0, le=3600, description="Wall-clock limit in seconds")
     cwd: str = Field(".", description="Directory relative to the repository root")
 
@@ -282,7 +289,9 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-async def call_tool(ctx: ToolContext, tool: Tool, arguments: dict[str, Any], hooks: Any) -> ToolOutput:
+async def call_tool(
+    ctx: ToolContext, tool: Tool, arguments: dict[str, Any], hooks: Any
+) -> ToolOutput:
     """Validate, run hooks, run the tool; every failure becomes an error output for the model."""
     try:
         args = tool.parse(arguments)

@@ -29,7 +29,9 @@ def get_pull(repo: str, number: int, user: CurrentUser, runtime: RuntimeDep) -> 
 
 @router.get("/{repo:path}/pulls")
 def list_pulls(repo: str, user: CurrentUser, runtime: RuntimeDep) -> list[PullRequestPublic]:
-    return [PullRequestPublic.model_validate(p) for p in runtime.pulls.list(runtime.repos.get(repo))]
+    return [
+        PullRequestPublic.model_validate(p) for p in runtime.pulls.list(runtime.repos.get(repo))
+    ]
 
 
 @router.get("/{repo:path}")

@@ -47,7 +47,7 @@ def list_sessions(
 ) -> SessionList:
     if status_ is not None and status_ not in SESSION_STATUSES:
         raise HTTPException(422, f"status must be one of {', '.join(SESSION_STATUSES)}")
-    rows, total = sessions.list(
+    rows, total = sessions.query(
         repo=repo, status=status_, author=author, parent_id=parent_id, limit=limit, offset=offset
     )
     return SessionList(sessions=[sessions.public(r) for r in rows], total=total)
@@ -65,7 +65,9 @@ def list_prompts(session_id: str, user: CurrentUser, sessions: SessionsDep) -> l
 
 
 @router.post("/{session_id}/prompts", status_code=status.HTTP_202_ACCEPTED)
-def add_prompt(session_id: str, body: PromptCreate, user: CurrentUser, sessions: SessionsDep) -> PromptPublic:
+def add_prompt(
+    session_id: str, body: PromptCreate, user: CurrentUser, sessions: SessionsDep
+) -> PromptPublic:
     """Queue a follow-up, attributed to the caller; it runs after the prompts ahead of it."""
     return sessions.add_prompt(user, session_id, body.text)
 
@@ -148,7 +150,9 @@ async def stream_events_sse(
 
         async def pump() -> None:
             async for event in events:
-                await queue.put(f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n")
+                await queue.put(
+                    f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
+                )
 
         task = asyncio.create_task(pump())
         try:
@@ -164,7 +168,9 @@ async def stream_events_sse(
                 await task
             await events.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 __all__ = ["EventPublic", "router"]
