@@ -48,6 +48,7 @@ redis: system-deps-test
 	fi
 
 run: $(STAMP) system-deps-run
+	$(BIN)/nightshift db upgrade
 	NIGHTSHIFT_AUTH=$${NIGHTSHIFT_AUTH:-local} $(BIN)/nightshift serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP) system-deps-test redis

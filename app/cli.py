@@ -398,6 +398,10 @@ def tokens_create(
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
 
+from app.commands import distributed as _distributed  # noqa: E402
+
+_distributed.register(app)
+
 
 def main() -> None:
     try:

@@ -7,7 +7,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from app.errors import ServiceError
+from app.jobs import ControlJobs
+from app.services.repos import spec_of
 from app.services.sessions import Sessions
+from images.spec import RepoSpec
 from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.events import Author
 
@@ -15,8 +18,9 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, jobs: ControlJobs) -> None:
         self.sessions = sessions
+        self.jobs = jobs
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -46,3 +50,9 @@ class LocalControlPlane:
 
     async def session_status(self, session_id: str) -> SessionSummary:
         return await self._call(lambda: self.sessions.summary(session_id))
+
+    async def repo_specs(self) -> list[RepoSpec]:
+        return await self._call(lambda: [spec_of(r) for r in self.sessions.repos.list()])
+
+    async def run_job(self, name: str) -> str:
+        return await self._call(lambda: self.jobs.run(name))

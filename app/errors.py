@@ -4,7 +4,8 @@ ServiceError
 ├── NotFound        404: no such session / repo / user
 ├── Invalid         422: the request is well-formed JSON but cannot be honoured
 ├── Conflict        409: it clashes with existing state (a repo name taken)
-└── Unauthorized    401: no or bad credentials
+├── Unauthorized    401: no or bad credentials
+└── Unavailable     503: a service it depends on (Redis, a job) is not there right now
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class Conflict(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class Unavailable(ServiceError):
+    status_code = 503

@@ -9,20 +9,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
-from sqlmodel import SQLModel
 
 from app.control import LocalControlPlane
 from app.db import control_engine
+from app.errors import Unavailable
+from app.jobs import ControlJobs
 from app.metrics import observe
-from app.models import CONTROL_TABLES
 from app.services.hub import EventHub
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
+from app.services.streams import StreamConsumer
 from app.services.users import Users
 from app.sessionstore import SessionFiles
 from app.settings import Settings
@@ -35,13 +40,17 @@ from images.store import ImageStore
 from integrations.forge.base import Forge
 from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
-from workers.dispatch import Dispatcher, InProcessDispatcher
+from workers.control import ControlPlaneError
+from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
+from workers.jobs import JOBS, JobContext, JobError, run_job, schedule
 from workers.redact import RedactingFilter, Redactor
 from workers.runner import WorkerDeps
 
+if TYPE_CHECKING:
+    from workers.celery_app import WorkerContext
+
 log = logging.getLogger("nightshift")
-REAP_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -62,8 +71,17 @@ class Runtime:
     deps: WorkerDeps
     dispatcher: Dispatcher
     forges: dict[str, Forge]
+    control_jobs: ControlJobs
+    jobs: JobContext
+    streams: StreamConsumer | None = None
+    """Distributed mode: persists the events workers publish on Redis streams."""
+    started_at: float = 0.0
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def distributed(self) -> bool:
+        return self.settings.broker_url is not None
 
     def forge_for(self, spec: RepoSpec) -> Forge:
         forge = self.forges.get(spec.forge)
@@ -74,13 +92,45 @@ class Runtime:
         return forge
 
     def start(self) -> None:
-        """Recover sessions a previous process left behind and start periodic jobs."""
+        """Recover sessions a previous process left behind and start periodic jobs.
+
+        The reaper runs here, in the process that owns the session files, in both modes. In
+        distributed mode this process also consumes the event streams, and beat (not this
+        process) schedules the jobs that run on workers.
+        """
         self.executor.start()
+        self.started_at = time.time()
         live = set(getattr(self.backend, "live", {}))
         released = release_stale_mounts(self.settings.data_dir / "sandboxes", live)
         if released:
             log.info("released %d sandbox mounts left by a previous process", released)
-        self.periodic(REAP_INTERVAL_S, self._reap, "reaper")
+        if self.streams is not None:
+            self.streams.start()
+        self.periodic(self.settings.reap_interval, self._reap, "reaper")
+        if not self.distributed:
+            self._schedule_jobs()
+
+    def _schedule_jobs(self) -> None:
+        s = self.settings
+        for item in schedule(s.image_interval, s.pool_interval, s.reconcile_interval):
+            if item.job not in JOBS or (
+                item.job == "reconcile_github" and not self.control_jobs.available(item.job)
+            ):
+                log.info("scheduled job %s is not part of this build; not scheduled", item.job)
+                continue
+            self._periodic.append(
+                self.executor.submit(
+                    lambda name=item.job, interval=item.interval_s: every(  # type: ignore[misc]
+                        interval, lambda: self._run_scheduled(name), name
+                    )
+                )
+            )
+
+    async def _run_scheduled(self, name: str) -> None:
+        try:
+            log.info("%s: %s", name, await run_job(self.jobs, name))
+        except (JobError, ControlPlaneError) as exc:
+            log.warning("%s: %s", name, exc)
 
     def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
         async def job() -> None:
@@ -89,7 +139,9 @@ class Runtime:
         self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
 
     def _reap(self) -> None:
-        dispatched = self.sessions.reap()
+        # Right after a start, a lease may have lapsed only because nobody could renew it.
+        settled = time.time() - self.started_at > self.deps.config.lease_ttl_s
+        dispatched = self.sessions.reap(trust_expiry=settled)
         if dispatched:
             log.info("resumed %d session(s): %s", len(dispatched), ", ".join(dispatched))
 
@@ -97,6 +149,11 @@ class Runtime:
         for future in self._periodic:
             future.cancel()
         self.executor.shutdown()
+        if self.streams is not None:
+            self.streams.stop()
+        close_dispatcher = getattr(self.dispatcher, "close", None)
+        if close_dispatcher is not None:
+            close_dispatcher()
         for callback in self.on_close:
             callback()
         self.files.close()
@@ -104,13 +161,52 @@ class Runtime:
 
 
 def init_control_db(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine, tables=CONTROL_TABLES)
+    """Bring the control DB to the newest migration (a no-op when it is there already)."""
+    from app.migrate import upgrade
+
+    upgrade(engine)
+
+
+def make_forges(settings: Settings) -> dict[str, Forge]:
+    """The forges this deployment can reach, by name (API and workers build the same set)."""
+    return {"local": LocalForge()}
+
+
+def _sandboxes(
+    settings: Settings,
+    state_dir: Path,
+    forge_for: Callable[[RepoSpec], Forge],
+    backend: SandboxBackend | None = None,
+) -> tuple[SandboxBackend, ImageStore, SandboxProvider]:
+    backend = backend or make_backend(settings.sandbox, state_dir)
+    owner = getattr(backend, "owner", None)
+    images = ImageStore(
+        settings.data_dir / "images", backend.name, backend.runtime_version(), owner
+    )
+    provider = SandboxProvider(backend, images, forge_for, settings.limits())
+    return backend, images, provider
+
+
+def _distributed_checks(settings: Settings) -> None:
+    if not settings.worker_token:
+        raise ValueError(
+            "NIGHTSHIFT_BROKER_URL is set (distributed mode), so workers call this API's "
+            "internal routes: set NIGHTSHIFT_WORKER_TOKEN (a long random string, the same on "
+            "the API and every worker)"
+        )
+
+
+def _resolved(settings: Settings) -> Settings:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(update={"data_dir": data_dir})
 
 
 def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) -> Runtime:
-    data_dir = settings.data_dir.resolve()
-    settings = settings.model_copy(update={"data_dir": data_dir})
-    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = _resolved(settings)
+    data_dir = settings.data_dir
+    if settings.broker_url:
+        _distributed_checks(settings)
     redactor = Redactor(settings.secret_values())
     logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
     engine = control_engine(settings.control_db_url)
@@ -131,25 +227,31 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     )
     pulls = LocalPullRequests(engine, settings.base_url)
     sessions.openers["local"] = pulls
-    backend = backend or make_backend(settings.sandbox, data_dir)
-    owner = getattr(backend, "owner", None)
-    images = ImageStore(data_dir / "images", backend.name, backend.runtime_version(), owner)
-    forges: dict[str, Forge] = {"local": LocalForge()}
+    forges = make_forges(settings)
 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
 
-    provider = SandboxProvider(backend, images, forge_for, settings.limits())
+    backend, images, provider = _sandboxes(settings, data_dir, forge_for, backend)
     executor = InProcessExecutor()
+    control_jobs = ControlJobs()
+    control = LocalControlPlane(sessions, control_jobs)
     deps = WorkerDeps(
-        control=LocalControlPlane(sessions),
+        control=control,
         bus=InProcessBus(hub.publish),
         sandboxes=provider,
         forge_for=forge_for,
         config=settings.agent_config(),
         redactor=redactor,
     )
-    dispatcher = InProcessDispatcher(executor, deps)
+    dispatcher: Dispatcher
+    streams: StreamConsumer | None = None
+    if settings.broker_url:
+        dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
+        streams = StreamConsumer(settings.broker_url, hub.publish)
+        sessions.sync_events = _drainer(streams)
+    else:
+        dispatcher = InProcessDispatcher(executor, deps)
     sessions.dispatcher = dispatcher
     runtime = Runtime(
         settings=settings,
@@ -168,5 +270,67 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         deps=deps,
         dispatcher=dispatcher,
         forges=forges,
+        control_jobs=control_jobs,
+        jobs=JobContext(control=control, images=images, forge_for=forge_for),
+        streams=streams,
     )
     return runtime
+
+
+def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
+    import redis
+
+    def drain(session_id: str) -> object:
+        try:
+            return streams.drain(session_id)
+        except redis.RedisError as exc:
+            raise Unavailable(f"the event bus (Redis) is unavailable: {exc}") from exc
+
+    return drain
+
+
+def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
+    """One `nightshift worker` process: runners reach the API over HTTP, publish on Redis.
+
+    Sandboxes of this worker live under `<data dir>/workers/<node>` (a restarted worker of the
+    same name releases what its predecessor left mounted); images are shared by the workers of
+    a host under `<data dir>/images`.
+    """
+    from workers.bus import RedisStreamBus
+    from workers.celery_app import CeleryConfig, WorkerContext, make_celery
+    from workers.control_http import HttpControlPlane
+
+    settings = _resolved(settings)
+    if not settings.broker_url:
+        raise ValueError("a worker needs NIGHTSHIFT_BROKER_URL (the Redis that Celery uses)")
+    _distributed_checks(settings)
+    assert settings.worker_token is not None
+    redactor = Redactor(settings.secret_values())
+    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    forges = make_forges(settings)
+
+    def forge_for(spec: RepoSpec) -> Forge:
+        forge = forges.get(spec.forge)
+        if forge is None:
+            from integrations.forge.base import ForgeError
+
+            raise ForgeError(f"the {spec.forge} forge is not configured on this worker")
+        return forge
+
+    state_dir = settings.data_dir / "workers" / re.sub(r"[^A-Za-z0-9._-]+", "_", node)
+    _, images, provider = _sandboxes(settings, state_dir, forge_for)
+    released = release_stale_mounts(state_dir / "sandboxes", set())
+    if released:
+        log.info("released %d sandbox mounts left by a previous worker %s", released, node)
+    control = HttpControlPlane(settings.worker_control_url, settings.worker_token)
+    bus = RedisStreamBus(settings.broker_url)
+    deps = WorkerDeps(
+        control=control,
+        bus=bus,
+        sandboxes=provider,
+        forge_for=forge_for,
+        config=settings.agent_config(),
+        redactor=redactor,
+    )
+    celery = make_celery(CeleryConfig(settings.broker_url, settings.visibility_timeout))
+    return WorkerContext(deps, images, forge_for, settings.broker_url, celery)

@@ -169,7 +169,18 @@ class SessionStore:
             return prompt, int(ahead)
 
     def claim_next(self, runner: str) -> Prompt | None:
+        """Claim the oldest queued prompt for `runner`.
+
+        Idempotent: a runner asking again while a prompt it claimed is still running gets that
+        prompt back (its first answer was lost on the way), never a second one. Runners always
+        report a prompt finished before they ask for the next.
+        """
         with self._write() as db:
+            mine = db.exec(
+                select(Prompt).where(Prompt.state == "running", Prompt.runner == runner).limit(1)
+            ).first()
+            if mine is not None:
+                return mine
             prompt = db.exec(
                 select(Prompt).where(Prompt.state == "queued").order_by(col(Prompt.id)).limit(1)
             ).first()
@@ -340,16 +351,23 @@ class SessionStore:
             return int(db.exec(select(func.coalesce(func.max(EventRow.id), 0))).one() or 0)
 
     def messages(self) -> list[ChatMessage]:
-        """The conversation so far, excluding attempts that were interrupted and retried."""
+        """The conversation of finished prompts, excluding attempts that were interrupted.
+
+        A prompt that is queued again (its runner died) or running contributes nothing: its
+        next attempt starts from the conversation as it was before the prompt.
+        """
         with self._read() as db:
             rows = db.exec(select(MessageRow).order_by(col(MessageRow.id))).all()
+            unfinished = set(
+                db.exec(select(Prompt.id).where(col(Prompt.state).in_(["queued", "running"]))).all()
+            )
             latest: dict[int | None, int] = {}
             for row in rows:
                 latest[row.prompt_id] = max(latest.get(row.prompt_id, 0), row.attempt)
             return [
                 ChatMessage.model_validate_json(row.data)
                 for row in rows
-                if row.attempt == latest[row.prompt_id]
+                if row.attempt == latest[row.prompt_id] and row.prompt_id not in unfinished
             ]
 
     def tool_calls(self) -> list[ToolCallRow]:

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     # ---- Slack
 
     # ---- distributed mode (Celery, Redis, PostgreSQL)
+    worker_token: str | None = Field(None, min_length=16)
+    """Shared secret remote workers present to the API's internal routes."""
+    control_url: str | None = None
+    """Where workers reach the API's internal routes (default: the public URL)."""
+    worker_concurrency: int = Field(32, ge=1, le=2000)
+    """Sessions one `nightshift worker` process runs at once."""
+    visibility_timeout: float = Field(6 * 3600.0, gt=0)
+    """Seconds before Redis hands an unacknowledged task to another worker; above the longest run."""
+    reap_interval: float = Field(10.0, gt=0)
+    """How often the API hands sessions whose runner died to another runner."""
+    image_interval: float = Field(1800.0, ge=1)
+    pool_interval: float = Field(60.0, ge=1)
+    reconcile_interval: float = Field(600.0, ge=1)
 
     # ---- model providers (names their SDKs use)
     openai_api_key: str | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
@@ -80,6 +93,20 @@ class Settings(BaseSettings):
                 f"{self.host}. Use NIGHTSHIFT_AUTH=token (API tokens) on a shared address."
             )
         return self
+
+    @model_validator(mode="after")
+    def _visibility_above_longest_run(self) -> Settings:
+        if self.visibility_timeout <= self.sandbox_timeout:
+            raise ValueError(
+                f"NIGHTSHIFT_VISIBILITY_TIMEOUT ({self.visibility_timeout:.0f}s) must exceed "
+                f"NIGHTSHIFT_SANDBOX_TIMEOUT ({self.sandbox_timeout:.0f}s), the longest a run "
+                "can last; otherwise Redis hands a running session's task to a second worker"
+            )
+        return self
+
+    @property
+    def worker_control_url(self) -> str:
+        return (self.control_url or self.base_url).rstrip("/")
 
     @property
     def control_db_url(self) -> str:
@@ -119,7 +146,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every configured credential, for redaction."""
-        return [v for v in (self.openai_api_key, self.anthropic_api_key) if v]
+        return [v for v in (self.openai_api_key, self.anthropic_api_key, self.worker_token) if v]
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,10 +7,20 @@ in memory); in distributed mode it is one Redis stream per session.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable
 from typing import Protocol
 
+import redis.asyncio as aioredis
+
 from workers.events import Event
+
+log = logging.getLogger("nightshift.bus")
 
 
 class EventPublisher(Protocol):
@@ -25,3 +35,89 @@ class InProcessBus:
 
     async def publish(self, session_id: str, event: Event) -> None:
         await asyncio.to_thread(self._sink, session_id, event)
+
+
+# ---------------------------------------------------------------- distributed: Redis streams
+# One stream per session holds the events its runners published; the API's consumer
+# (`app/services/streams.py`) persists them in order, then fans them out. A set of active
+# sessions and a doorbell stream tell the consumer which streams to read.
+
+ACTIVE_KEY = "nightshift:events:active"
+"""Set of session ids whose stream may hold events not yet persisted."""
+DOORBELL_KEY = "nightshift:events:new"
+"""Stream of session ids whose runner just started publishing (wakes the consumer at once)."""
+CURSORS_KEY = "nightshift:events:cursors"
+"""Hash: session id -> id of the last stream entry the API has persisted."""
+DOORBELL_MAXLEN = 10_000
+
+
+def stream_key(session_id: str) -> str:
+    return f"nightshift:events:s:{session_id}"
+
+
+class BusUnavailable(Exception):
+    """Redis did not take an event within the retry window."""
+
+
+class RedisStreamBus:
+    """Worker side of the distributed bus: `XADD` each event to its session's stream.
+
+    Every event carries a source id (`<publisher>:<sequence>`), stable across retries, so an
+    `XADD` repeated after a lost reply is stored once by the API. Publishing waits out a Redis
+    restart for up to `retry_for` seconds.
+    """
+
+    def __init__(self, url: str, *, retry_for: float = 60.0, announce_ttl: float = 20.0) -> None:
+        self.url = url
+        self.retry_for = retry_for
+        self.announce_ttl = announce_ttl
+        self.publisher = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._seq = itertools.count(1)
+        self._announced: dict[str, float] = {}
+        self._client: aioredis.Redis | None = None
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+            )
+        return self._client
+
+    async def publish(self, session_id: str, event: Event) -> None:
+        fields = {"src": f"{self.publisher}:{next(self._seq)}", "data": event.model_dump_json()}
+        now = time.monotonic()
+        announce = now - self._announced.get(session_id, -1e9) > self.announce_ttl
+        deadline = now + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                async with self._redis().pipeline(transaction=True) as pipe:
+                    pipe.xadd(stream_key(session_id), fields)  # type: ignore[arg-type]
+                    pipe.sadd(ACTIVE_KEY, session_id)
+                    if announce:
+                        pipe.xadd(
+                            DOORBELL_KEY,
+                            {"sid": session_id},
+                            maxlen=DOORBELL_MAXLEN,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+                break
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise BusUnavailable(
+                        f"Redis at the broker URL did not take an event for {self.retry_for:.0f}s: {exc}"
+                    ) from exc
+                log.warning("publishing to Redis failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if announce:
+            self._announced[session_id] = now
+            if len(self._announced) > 10_000:
+                cutoff = now - self.announce_ttl
+                self._announced = {k: v for k, v in self._announced.items() if v > cutoff}
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

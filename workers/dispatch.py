@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from typing import Protocol
 
 from workers.executor import InProcessExecutor
-from workers.runner import SessionRunner, WorkerDeps
+from workers.runner import Runners, WorkerDeps, run_session
+
+log = logging.getLogger("nightshift.dispatch")
 
 
 class Dispatcher(Protocol):
@@ -24,25 +29,63 @@ class InProcessDispatcher:
     def __init__(self, executor: InProcessExecutor, deps: WorkerDeps) -> None:
         self.executor = executor
         self.deps = deps
-        self.runners: dict[str, SessionRunner] = {}
+        self.runners = Runners()
 
     def run_session(self, session_id: str) -> None:
-        existing = self.runners.get(session_id)
-        if existing is not None and not existing.stop_requested:
+        if self.runners.active(session_id):
             return  # the live runner checks the queue before it lets go of the lease
-
-        async def job() -> None:
-            runner = SessionRunner(session_id, self.deps)
-            self.runners[session_id] = runner
-            try:
-                await runner.run()
-            finally:
-                if self.runners.get(session_id) is runner:
-                    del self.runners[session_id]
-
-        self.executor.submit(job)
+        self.executor.submit(lambda: run_session(session_id, self.deps, self.runners))
 
     def stop_session(self, session_id: str) -> None:
-        runner = self.runners.get(session_id)
-        if runner is not None:
-            self.executor.call(runner.request_stop)
+        self.executor.call(lambda: self.runners.stop(session_id))
+
+
+class CeleryDispatcher:
+    """Sends `run_session` to Celery workers on Redis (distributed mode).
+
+    At most one `run_session` per session waits in the queue: a marker key is set with the
+    task and cleared by the worker when it starts the task, so the reaper's periodic re-dispatch
+    of a queued session does not pile up copies behind busy workers. The marker lives in the
+    same Redis as the queue, so a Redis that lost its queue lost the markers too, and the
+    reaper dispatches again. Stop is nudged over pub/sub; the lease heartbeat says "stop" as
+    well, within seconds, should the nudge be missed.
+    """
+
+    def __init__(self, broker_url: str, visibility_timeout: float) -> None:
+        import redis
+
+        from workers.celery_app import CeleryConfig, make_celery
+
+        self.celery = make_celery(CeleryConfig(broker_url, visibility_timeout))
+        self.redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=3)
+
+    def run_session(self, session_id: str) -> None:
+        from workers.celery_app import DISPATCH_MARK_TTL_S, RUN_SESSION, dispatch_key
+
+        key = dispatch_key(session_id)
+        try:
+            if not self.redis.set(key, str(time.time()), nx=True, ex=DISPATCH_MARK_TTL_S):
+                return  # a run_session for this session is queued and will drain every prompt
+            try:
+                self.celery.send_task(RUN_SESSION, args=[session_id])
+            except BaseException:
+                self.redis.delete(key)
+                raise
+        except Exception as exc:
+            # The prompt is stored; the reaper dispatches again once the broker is back.
+            log.warning("could not dispatch session %s (%s); will retry", session_id, exc)
+
+    def stop_session(self, session_id: str) -> None:
+        from workers.celery_app import STOP_CHANNEL
+
+        try:
+            self.redis.publish(STOP_CHANNEL, session_id)
+        except Exception as exc:
+            log.warning(
+                "stop nudge for %s not sent (%s); the lease heartbeat carries it", session_id, exc
+            )
+
+    def close(self) -> None:
+        self.redis.close()
+        with contextlib.suppress(Exception):
+            self.celery.close()

@@ -81,8 +81,15 @@ class SessionRunner:
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
 
-    async def status(self, status: SessionStatus, reason: str | None = None) -> None:
-        await self.emit(StatusChanged(status=status, reason=reason))
+    async def status(
+        self, status: SessionStatus, reason: str | None = None, job: PromptJob | None = None
+    ) -> None:
+        if job is None:
+            await self.emit(StatusChanged(status=status, reason=reason))
+        else:
+            await self.emit(
+                StatusChanged(status=status, reason=reason, prompt_id=job.id, attempt=job.attempt)
+            )
 
     def request_stop(self) -> None:
         """Stop now: cancel the model stream and kill any running command."""
@@ -138,10 +145,12 @@ class SessionRunner:
                     self._task.cancel()
                 return
 
-    async def _drain(self) -> SessionStatus:
+    async def _drain(self) -> SessionStatus | None:
+        """Run queued prompts until none is left; the final status, or None when none ran
+        (a duplicate delivery after the work was done must not touch the session)."""
         control = self.deps.control
         self.ctx = await control.session_context(self.session_id)
-        last: PromptOutcome = "done"
+        last: PromptOutcome | None = None
         while True:
             job = await control.next_prompt(self.session_id, self.id)
             if job is None and self.acquired is not None and self.deps.config.idle_s > 0:
@@ -150,6 +159,8 @@ class SessionRunner:
                 break
             last = await self._run_prompt(job)
             self.ctx = await control.session_context(self.session_id)
+        if last is None:
+            return None
         return "failed" if last == "failed" else "finished"
 
     async def _wait_idle(self) -> PromptJob | None:
@@ -184,7 +195,7 @@ class SessionRunner:
         if self.acquired is not None:
             return self.acquired
         assert self.ctx is not None
-        await self.status("starting")
+        await self.status("starting", job=job)
         acquired = await self.deps.sandboxes.acquire(
             self.ctx.repo, snapshot=self.ctx.snapshot, label=self.session_id
         )
@@ -236,7 +247,7 @@ class SessionRunner:
             return await self._fail(job, "model_not_configured", str(exc))
         try:
             acquired = await self._ensure_sandbox(job)
-            await self.status("running")
+            await self.status("running", job=job)
             tool_ctx = ToolContext(
                 session_id=self.session_id,
                 sandbox=acquired.sandbox,
@@ -325,6 +336,54 @@ def _user_text(job: PromptJob, ctx: SessionContext) -> str:
     return job.text
 
 
-async def run_session(session_id: str, deps: WorkerDeps) -> None:
-    """Drain a session's queue; a duplicate delivery (lease held elsewhere) returns at once."""
-    await SessionRunner(session_id, deps).run()
+class Runners:
+    """The runners alive in this process, by session: where a stop request finds them."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, set[SessionRunner]] = {}
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_session
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._by_session.values())
+
+    def add(self, runner: SessionRunner) -> None:
+        self._by_session.setdefault(runner.session_id, set()).add(runner)
+
+    def discard(self, runner: SessionRunner) -> None:
+        runners = self._by_session.get(runner.session_id)
+        if runners is not None:
+            runners.discard(runner)
+            if not runners:
+                del self._by_session[runner.session_id]
+
+    def active(self, session_id: str) -> bool:
+        """A runner of this session is alive and not stopping."""
+        return any(not r.stop_requested for r in self._by_session.get(session_id, ()))
+
+    def stop(self, session_id: str) -> int:
+        """Stop every runner of a session now (call on the runners' event loop)."""
+        runners = list(self._by_session.get(session_id, ()))
+        for runner in runners:
+            runner.request_stop()
+        return len(runners)
+
+    def all(self) -> list[SessionRunner]:
+        return [r for rs in self._by_session.values() for r in rs]
+
+
+async def run_session(session_id: str, deps: WorkerDeps, runners: Runners | None = None) -> None:
+    """The `run_session` task, under every dispatcher: drain a session's queue.
+
+    A duplicate delivery (the lease is held elsewhere, or nothing is queued) returns at once
+    without touching the session.
+    """
+    runner = SessionRunner(session_id, deps)
+    if runners is not None:
+        runners.add(runner)
+    try:
+        await runner.run()
+    finally:
+        if runners is not None:
+            runners.discard(runner)

@@ -42,6 +42,7 @@ from workers.events import (
     ErrorRaised,
     Event,
     ModelRequest,
+    Notice,
     PromptQueued,
     PrOpened,
     PrStateChanged,
@@ -117,6 +118,12 @@ class Sessions:
         self.dispatcher: Dispatch | None = None
         self.openers: dict[str, PullRequestOpener] = {}
         self.on_created: list[Callable[[Session], None]] = []
+        self.sync_events: Callable[[str], object] = lambda _session_id: None
+        """Persist what a session's runner published that the bus has not delivered yet.
+
+        A no-op in-process; in distributed mode the Redis stream is drained, so the answers
+        below (next prompt, conversation, lease release) see every event the runner sent.
+        """
         hub.handlers.append(self._apply)
 
     # ------------------------------------------------------------ helpers
@@ -420,7 +427,14 @@ class Sessions:
             return
         if row.pr_number != number or row.pr_url != url:
             self.hub.publish(
-                session_id, PrOpened(url=url, number=number, state=state, prompt_id=event.prompt_id)
+                session_id,
+                PrOpened(
+                    url=url,
+                    number=number,
+                    state=state,
+                    prompt_id=event.prompt_id,
+                    attempt=event.attempt,
+                ),
             )
 
     # ------------------------------------------------------------ runner side (ControlPlane)
@@ -457,6 +471,7 @@ class Sessions:
             return "stop" if row is not None and row.stop_requested else "held"
 
     def release_lease(self, session_id: str, runner: str) -> bool:
+        self.sync_events(session_id)
         with DB(self.engine) as db:
             db.exec(  # type: ignore[call-overload]
                 update(Session)
@@ -469,6 +484,7 @@ class Sessions:
         return not stopped and self.files.get(session_id).pending_count() > 0
 
     def next_prompt(self, session_id: str, runner: str) -> PromptJob | None:
+        self.sync_events(session_id)
         if self.get(session_id).stop_requested:
             return None
         prompt = self.files.get(session_id).claim_next(runner)
@@ -484,6 +500,7 @@ class Sessions:
         )
 
     def context(self, session_id: str) -> SessionContext:
+        self.sync_events(session_id)
         row = self.get(session_id)
         repo = self.repos.by_id(row.repo_id)
         store = self.files.get(session_id)
@@ -514,6 +531,7 @@ class Sessions:
         return child.id
 
     def summary(self, session_id: str) -> SessionSummary:
+        self.sync_events(session_id)
         row = self.get(session_id)
         public = self.public(row)
         last = []
@@ -536,10 +554,14 @@ class Sessions:
 
     # ------------------------------------------------------------ recovery
 
-    def reap(self, now: float | None = None) -> list[str]:
+    def reap(self, now: float | None = None, *, trust_expiry: bool = True) -> list[str]:
         """Hand sessions whose runner died back to a runner; returns the ids dispatched.
 
-        A prompt interrupted more than MAX_ATTEMPTS times fails with an event saying so.
+        A runner is dead when its lease expired, or at once when it ran on this host and its
+        process is gone. With `trust_expiry=False` (just after this process started, when
+        leases may have lapsed only because nobody could renew them) an expired lease whose
+        runner may still be alive is left alone. A prompt interrupted MAX_ATTEMPTS times fails
+        with an event saying so.
         """
         now = now or time.time()
         with DB(self.engine) as db:
@@ -550,51 +572,70 @@ class Sessions:
         for row in rows:
             if (
                 row.lease_owner is not None
-                and (row.lease_expires_at or 0) >= now
                 and _pid_alive(row.lease_owner)
+                and ((row.lease_expires_at or 0) >= now or not trust_expiry)
             ):
                 continue
-            store = self.files.get(row.id)
-            if row.lease_owner is not None:
-                with DB(self.engine) as db:
-                    db.exec(  # type: ignore[call-overload]
-                        update(Session)
-                        .where(
-                            col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner
-                        )
-                        .values(
-                            lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1
-                        )
-                    )
-                    db.commit()
-            if row.stop_requested:
-                store.fail_running("stopped")
-                self.hub.publish(
-                    row.id,
-                    StatusChanged(status="stopped", reason="stopped while its runner was gone"),
-                )
-                continue
-            requeued = store.requeue_running()
-            exhausted = [p for p in requeued if p.attempt >= MAX_ATTEMPTS]
-            if exhausted:
-                store.fail_running("too many attempts")
-                self.hub.publish(
-                    row.id,
-                    ErrorRaised(
-                        code="attempts_exhausted",
-                        message=f"the runner of this session died {MAX_ATTEMPTS} times; giving up",
-                        prompt_id=exhausted[0].id,
-                    ),
-                )
-                self.hub.publish(
-                    row.id, StatusChanged(status="failed", reason="runner died repeatedly")
-                )
-                continue
-            if requeued or store.pending_count() > 0:
-                dispatched.append(row.id)
-                self._dispatch(row.id)
-            elif row.status != "queued":
-                self.hub.publish(
-                    row.id, StatusChanged(status="finished", reason="recovered after restart")
-                )
+            try:
+                if self._recover(row):
+                    dispatched.append(row.id)
+            except Exception:
+                log.exception("recovering session %s failed; retrying next round", row.id)
         return dispatched
+
+    def _recover(self, row: Session) -> bool:
+        self.sync_events(row.id)  # the dead runner's last events land before we judge
+        store = self.files.get(row.id)
+        if row.lease_owner is not None:
+            with DB(self.engine) as db:
+                db.exec(  # type: ignore[call-overload]
+                    update(Session)
+                    .where(col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner)
+                    .values(lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1)
+                )
+                db.commit()
+        if row.stop_requested:
+            store.fail_running("stopped")
+            self.hub.publish(
+                row.id,
+                StatusChanged(status="stopped", reason="stopped while its runner was gone"),
+            )
+            return False
+        requeued = store.requeue_running()
+        exhausted = [p for p in requeued if p.attempt >= MAX_ATTEMPTS]
+        if exhausted:
+            store.fail_running("too many attempts")
+            self.hub.publish(
+                row.id,
+                ErrorRaised(
+                    code="attempts_exhausted",
+                    message=f"the runner of this session died {MAX_ATTEMPTS} times; giving up",
+                    prompt_id=exhausted[0].id,
+                    attempt=exhausted[0].attempt,
+                ),
+            )
+            self.hub.publish(
+                row.id, StatusChanged(status="failed", reason="runner died repeatedly")
+            )
+            return False
+        for prompt in requeued:
+            self.hub.publish(
+                row.id,
+                Notice(
+                    message=(
+                        f"the runner of prompt #{prompt.id} stopped (attempt {prompt.attempt} "
+                        f"of {MAX_ATTEMPTS}); it runs again on a fresh sandbox"
+                    ),
+                    prompt_id=prompt.id,
+                    attempt=prompt.attempt,
+                ),
+            )
+        if requeued or store.pending_count() > 0:
+            self._dispatch(row.id)
+            return True
+        current = self.get(row.id)
+        if current.status in ACTIVE_STATUSES and current.status != "queued":
+            self.hub.publish(
+                row.id, StatusChanged(status="finished", reason="recovered after restart")
+            )
+        return False

@@ -1,0 +1,98 @@
+"""Internal routes: the control-plane port (`workers/control.py`) for remote workers.
+
+Not part of the public API and left out of the OpenAPI docs. Every call needs the shared
+worker token (`NIGHTSHIFT_WORKER_TOKEN`) in the `X-Nightshift-Worker-Token` header; without a
+configured token the routes refuse every call.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException
+
+from app.api.deps import RuntimeDep
+from app.services.repos import spec_of
+from images.spec import RepoSpec
+from workers.control import PromptJob, SessionContext, SessionSummary
+from workers.control_http import (
+    PREFIX,
+    JobDone,
+    LeaseAcquired,
+    LeaseReleased,
+    LeaseRenewed,
+    LeaseRequest,
+    RunnerRequest,
+    Spawned,
+    SpawnRequest,
+)
+
+
+def require_worker(
+    runtime: RuntimeDep,
+    token: Annotated[str | None, Header(alias="X-Nightshift-Worker-Token")] = None,
+) -> None:
+    expected = runtime.settings.worker_token
+    if not expected:
+        raise HTTPException(
+            403, "the worker API is disabled: set NIGHTSHIFT_WORKER_TOKEN on the API server"
+        )
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise HTTPException(401, "a valid X-Nightshift-Worker-Token header is required")
+
+
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["internal"],
+    include_in_schema=False,
+    dependencies=[Depends(require_worker)],
+)
+
+
+@router.post("/sessions/{session_id}/lease")
+def acquire_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseAcquired:
+    runtime.sessions.get(session_id)
+    return LeaseAcquired(
+        acquired=runtime.sessions.acquire_lease(session_id, body.runner_id, body.ttl_s)
+    )
+
+
+@router.post("/sessions/{session_id}/lease/renew")
+def renew_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseRenewed:
+    return LeaseRenewed(state=runtime.sessions.renew_lease(session_id, body.runner_id, body.ttl_s))
+
+
+@router.post("/sessions/{session_id}/lease/release")
+def release_lease(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> LeaseReleased:
+    return LeaseReleased(more=runtime.sessions.release_lease(session_id, body.runner_id))
+
+
+@router.post("/sessions/{session_id}/next-prompt")
+def next_prompt(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> PromptJob | None:
+    return runtime.sessions.next_prompt(session_id, body.runner_id)
+
+
+@router.get("/sessions/{session_id}/context")
+def session_context(session_id: str, runtime: RuntimeDep) -> SessionContext:
+    return runtime.sessions.context(session_id)
+
+
+@router.get("/sessions/{session_id}/summary")
+def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
+    return runtime.sessions.summary(session_id)
+
+
+@router.post("/sessions/{session_id}/children")
+def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
+    return Spawned(id=runtime.sessions.spawn(session_id, body.repo, body.prompt, body.author))
+
+
+@router.get("/repos")
+def repo_specs(runtime: RuntimeDep) -> list[RepoSpec]:
+    return [spec_of(r) for r in runtime.repos.list()]
+
+
+@router.post("/jobs/{name}")
+def run_job(name: str, runtime: RuntimeDep) -> JobDone:
+    return JobDone(summary=runtime.control_jobs.run(name))

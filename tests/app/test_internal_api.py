@@ -1,0 +1,189 @@
+"""The internal API and its HTTP client: what a remote worker uses instead of session files.
+
+The API here runs in distributed mode against the local Redis, with no Celery worker: the test
+itself plays the worker, with the same `WorkerContext` `nightshift worker` builds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import ApiClient, git, make_person, make_repo
+from tests.fakes.llm import ScriptBook, Turn
+from tests.fakes.server import BackgroundServer
+from workers.control import ControlPlaneError
+from workers.control_http import ControlPlaneUnavailable, HttpControlPlane
+
+pytestmark = pytest.mark.redis
+TOKEN = "worker-token-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def model(openai_fake: ScriptBook) -> dict[str, Any]:
+    return {
+        "model": "openai:fake-model",
+        "openai_base_url": openai_fake.url,  # type: ignore[attr-defined]
+        "openai_api_key": "sk-test-fake-key-0123456789abcdef",
+    }
+
+
+@pytest.fixture
+def api_runtime(make_settings: Any, redis_url: str, model: dict[str, Any]) -> Iterator[Any]:
+    from app.runtime import build_runtime
+
+    rt = build_runtime(make_settings(broker_url=redis_url, worker_token=TOKEN, **model))
+    rt.start()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def api_server(api_runtime: Any) -> Iterator[BackgroundServer]:
+    from app.main import create_app
+
+    with BackgroundServer(create_app(runtime=api_runtime)) as server:
+        yield server
+
+
+def test_internal_routes_need_the_worker_token_and_stay_out_of_the_docs(
+    api_server: BackgroundServer, make_settings: Any
+) -> None:
+    url = f"{api_server.url}/internal/v1/repos"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"X-Nightshift-Worker-Token": "wrong"}).status_code == 401
+    user_token = {"Authorization": f"Bearer {TOKEN}"}  # a user-style header is not enough
+    assert httpx.get(url, headers=user_token).status_code == 401
+    assert httpx.get(url, headers={"X-Nightshift-Worker-Token": TOKEN}).json() == []
+    schema = httpx.get(f"{api_server.url}/openapi.json").json()
+    assert not [p for p in schema["paths"] if p.startswith("/internal")]
+
+
+def test_without_a_worker_token_the_internal_routes_refuse(runtime: Any) -> None:
+    from app.main import create_app
+
+    with BackgroundServer(create_app(runtime=runtime)) as server:
+        r = httpx.get(
+            f"{server.url}/internal/v1/repos", headers={"X-Nightshift-Worker-Token": "x" * 20}
+        )
+    assert r.status_code == 403 and "NIGHTSHIFT_WORKER_TOKEN" in r.json()["detail"]
+
+
+def test_distributed_mode_refuses_to_start_without_a_worker_token(
+    make_settings: Any, redis_url: str
+) -> None:
+    from app.runtime import build_runtime
+
+    with pytest.raises(ValueError, match="NIGHTSHIFT_WORKER_TOKEN"):
+        build_runtime(make_settings(broker_url=redis_url))
+
+
+def test_a_worker_context_runs_a_session_over_http_and_redis(
+    api_runtime: Any,
+    api_server: BackgroundServer,
+    make_settings: Any,
+    redis_url: str,
+    model: dict[str, Any],
+    openai_fake: ScriptBook,
+    tmp_path: Path,
+) -> None:
+    from app.runtime import build_worker
+
+    person = make_person(api_runtime, "wanda", "Wanda Worker", "wanda@example.com")
+    with httpx.Client(
+        base_url=api_server.url, headers={"Authorization": f"Bearer {person.token}"}, timeout=30
+    ) as http:
+        api = ApiClient(http, api_server.url, person)
+        repo = make_repo(tmp_path, "remote")
+        api.add_repo(repo)
+        openai_fake.script(
+            "over http",
+            Turn.tool("write_file", path="REMOTE.md", content="remote\n"),
+            Turn.tool("finish", summary="Remote work.", title="Remote"),
+        )
+        session = api.create("remote", "over http please")
+        assert api.session(session["id"])["status"] == "queued"  # no worker yet
+        worker_settings = make_settings(
+            broker_url=redis_url, worker_token=TOKEN, control_url=api_server.url, **model
+        ).model_copy(update={"data_dir": tmp_path / "worker"})
+        context = build_worker(worker_settings, node="test-worker")
+        try:
+            context.run_session(session["id"])
+            # A duplicate delivery after the work is done changes nothing.
+            before = api.events(session["id"])
+            context.run_session(session["id"])
+        finally:
+            context.shutdown()
+        done = api.wait_status(session["id"], "finished", "failed", timeout=10)
+        assert done["status"] == "finished"
+        events = api.events(session["id"])
+        assert events == before
+        assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+        assert git(repo, "show", f"nightshift/{session['id']}:REMOTE.md") == "remote\n"
+        assert done["pr_number"] == 1
+    # The worker kept its sandboxes under its own node directory, not the API's.
+    assert (tmp_path / "worker" / "workers" / "test-worker").is_dir()
+    assert not (tmp_path / "ns" / "sandboxes").exists() or not any(
+        (tmp_path / "ns" / "sandboxes").iterdir()
+    )
+
+
+def test_the_http_control_plane(
+    api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
+) -> None:
+    from app.models import RepoCreate
+
+    person = make_person(api_runtime, "hank", "Hank Http", "hank@example.com")
+    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "plane"))))
+    session = api_runtime.sessions.create(person.user, "plane", "claim me")
+
+    async def go() -> None:
+        control = HttpControlPlane(api_server.url, TOKEN)
+        try:
+            assert await control.acquire_lease(session.id, "runner-a", 30)
+            assert not await control.acquire_lease(session.id, "runner-b", 30)
+            job = await control.next_prompt(session.id, "runner-a")
+            again = await control.next_prompt(session.id, "runner-a")  # a lost reply, retried
+            assert job is not None and again is not None
+            assert (job.id, job.attempt) == (again.id, again.attempt) == (1, 1)
+            assert job.author.login == "hank" and job.text == "claim me"
+            assert await control.renew_lease(session.id, "runner-a", 30) == "held"
+            assert await control.renew_lease(session.id, "runner-b", 30) == "lost"
+            context = await control.session_context(session.id)
+            assert context.repo.name == "plane" and context.branch == f"nightshift/{session.id}"
+            assert [s.name for s in await control.repo_specs()] == ["plane"]
+            summary = await control.session_status(session.id)
+            assert summary.id == session.id
+            with pytest.raises(ControlPlaneError, match="no session"):
+                await control.session_context("nope")
+            with pytest.raises(ControlPlaneError, match="not part of this build"):
+                await control.run_job("reconcile_github")
+            assert await control.release_lease(session.id, "runner-a") is False
+        finally:
+            await control.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_unreachable_control_plane_is_reported_after_retrying() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def go() -> None:
+        control = HttpControlPlane(f"http://127.0.0.1:{port}", TOKEN, retry_for=0.3)
+        try:
+            with pytest.raises(ControlPlaneUnavailable, match="unavailable"):
+                await control.renew_lease("s", "r", 30)
+        finally:
+            await control.aclose()
+
+    asyncio.run(go())
+    assert os.environ.get("NIGHTSHIFT_WORKER_TOKEN") is None

@@ -1,0 +1,404 @@
+"""Distributed mode end to end: `nightshift serve`, Celery workers and beat as processes on a
+private Redis, PostgreSQL as the control DB. Tests marked `both` run the same scenario under
+the in-process dispatcher too: the task functions are the same."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster import Cluster, owner_pid
+from tests.factories import ApiClient, Person, git, make_repo, wait_for
+from tests.fakes.llm import Call, ScriptBook, Turn
+from tests.workers.conftest import cluster_logs
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
+
+
+@dataclass
+class Deployment:
+    mode: str
+    api: ApiClient
+    deliver: Callable[[str], Callable[[], None]]
+    """Deliver one more `run_session` task; returns a function that waits until it ran."""
+    image_root: Path
+    run_jobs: Callable[[str, int], None]
+    """Run a scheduled job this many times at once (overlapping schedules)."""
+    logs: Callable[[], str]
+
+
+def _unique(name: str) -> str:
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(params=["embedded", "celery"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    if request.param == "embedded":
+        from workers.jobs import run_job
+        from workers.runner import run_session
+
+        runtime = request.getfixturevalue("runtime")
+        server = request.getfixturevalue("server")
+        alice: Person = request.getfixturevalue("alice")
+
+        def deliver(session_id: str) -> Callable[[], None]:
+            future = runtime.executor.submit(lambda: run_session(session_id, runtime.deps))
+            return lambda: future.result(30)
+
+        def run_jobs(name: str, times: int) -> None:
+            async def overlapping() -> None:
+                await asyncio.gather(*(run_job(runtime.jobs, name) for _ in range(times)))
+
+            runtime.executor.submit(overlapping).result(60)
+
+        base_url, image_root, logs = server.url, runtime.images.root, lambda: ""
+    else:
+        cluster: Cluster = request.getfixturevalue("cluster")
+        alice = cluster.person("alice", "Alice Example", "alice@example.com")
+        celery = cluster.celery()
+
+        def deliver(session_id: str) -> Callable[[], None]:
+            from workers.celery_app import RUN_SESSION
+
+            task_id = celery.send_task(RUN_SESSION, args=[session_id]).id
+            return lambda: wait_for(
+                lambda: f"[{task_id}] succeeded" in cluster_logs(cluster),
+                30,
+                f"task {task_id} to run",
+            )
+
+        def run_jobs(name: str, times: int) -> None:
+            _two_beats(cluster, name, times)
+
+        base_url, image_root = cluster.url, cluster.worker_dir / "images"
+
+        def logs() -> str:
+            return cluster_logs(cluster)
+
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+    ) as http:
+        yield Deployment(
+            request.param, ApiClient(http, base_url, alice), deliver, image_root, run_jobs, logs
+        )
+
+
+def _two_beats(cluster: Cluster, job: str, seconds: int) -> None:
+    """Two `nightshift beat` processes firing every second for a while: overlapping schedules."""
+    assert job == "build_images"
+    offsets = {n: len(cluster.log_text(f"beat{n}")) for n in (1, 2)}
+    beats = [
+        cluster._spawn(
+            f"beat{n}",
+            ["beat"],
+            NIGHTSHIFT_DATA_DIR=str(cluster.root / f"beat{n}"),
+            NIGHTSHIFT_IMAGE_INTERVAL="1",
+            NIGHTSHIFT_POOL_INTERVAL="3600",
+            NIGHTSHIFT_RECONCILE_INTERVAL="3600",
+        )
+        for n in (1, 2)
+    ]
+    try:
+        wait_for(
+            lambda: all(
+                cluster.log_text(f"beat{n}")[offsets[n] :].count("Sending due task build_images")
+                >= seconds
+                for n in (1, 2)
+            ),
+            30 + seconds,
+            "both beats to send build_images repeatedly",
+        )
+    finally:
+        from tests.cluster import _terminate
+
+        for beat in beats:
+            _terminate(beat)
+    # Let what the beats queued run to the end before anyone counts images.
+    import redis
+
+    broker = redis.Redis.from_url(cluster.redis.url())
+    try:
+        wait_for(lambda: broker.llen("nightshift.jobs") == 0, 60, "the jobs queue to drain")
+    finally:
+        broker.close()
+    time.sleep(1.0)
+
+
+def _images(root: Path, repo: str) -> list[str]:
+    return sorted(p.parent.name for p in (root / repo).glob("*/meta.json"))
+
+
+def _write_and_finish(path: str, content: str, title: str) -> list[Turn]:
+    return [
+        Turn.tool("write_file", "Writing it.", path=path, content=content),
+        Turn.tool("finish", summary=f"Wrote {path}.", title=title),
+    ]
+
+
+def _assert_contiguous(events: list[dict[str, Any]]) -> None:
+    ids = [e["id"] for e in events]
+    assert ids == list(range(1, len(ids) + 1)), ids
+
+
+# ---------------------------------------------------------------- both dispatchers
+
+
+def test_session_runs_end_to_end(
+    deployment: Deployment, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    name = _unique("e2e")
+    repo = make_repo(tmp_path, name)
+    deployment.api.add_repo(repo)
+    openai_fake.script("distributed hello", *_write_and_finish("HELLO.md", "hi\n", "Say hello"))
+    session = deployment.api.create(name, "distributed hello")
+    done = deployment.api.wait_status(session["id"], "finished", "failed", timeout=60)
+    events = deployment.api.events(session["id"])
+    assert done["status"] == "finished", (events, deployment.logs())
+    branch = f"nightshift/{session['id']}"
+    assert git(repo, "log", "-1", "--format=%an <%ae>", branch).strip() == (
+        "Alice Example <alice@example.com>"
+    )
+    assert git(repo, "show", f"{branch}:HELLO.md") == "hi\n"
+    assert done["pr_number"] == 1 and done["pr_state"] == "open"
+    _assert_contiguous(events)
+    types = [e["type"] for e in events]
+    for expected in ("sandbox_ready", "tool_call", "commit_created", "branch_pushed", "pr_opened"):
+        assert types.count(expected) == (2 if expected == "tool_call" else 1), types
+    assert types[-1] == "status" and events[-1]["status"] == "finished"
+    if deployment.mode == "celery":
+        # The worker, a separate process, ran it: the API only dispatched and persisted.
+        assert "nightshift.run_session[" in deployment.logs()
+        assert session["id"] in deployment.logs()
+
+
+def test_duplicate_run_session_delivery_runs_once(
+    deployment: Deployment, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    name = _unique("dup")
+    repo = make_repo(tmp_path, name)
+    deployment.api.add_repo(repo)
+    gate = threading.Event()
+    openai_fake.script(
+        "only once",
+        Turn.tool("write_file", path="ONCE.md", content="once\n"),
+        Turn(text="Thinking.", calls=[Call("list_files", {"path": "."})], gate=gate),
+        Turn.tool("finish", summary="done", title="Once"),
+    )
+    session = deployment.api.create(name, "only once please")
+    wait_for(lambda: len(openai_fake.requests) >= 2, 30, "the run to reach its second turn")
+    # Two more deliveries while the first runner holds the lease: both exit at once.
+    for wait in [deployment.deliver(session["id"]) for _ in range(2)]:
+        wait()
+    gate.set()
+    done = deployment.api.wait_status(session["id"], "finished", "failed", timeout=60)
+    assert done["status"] == "finished", deployment.logs()
+    wait_for(
+        lambda: deployment.api.events(session["id"])[-1].get("status") == "finished", 10, "the end"
+    )
+    before = deployment.api.events(session["id"])
+    # A late duplicate, after the work is done, changes nothing.
+    deployment.deliver(session["id"])()
+    after = deployment.api.events(session["id"])
+    assert after == before
+    types = [e["type"] for e in after]
+    assert types.count("prompt_started") == 1 and types.count("branch_pushed") == 1
+    assert {e["attempt"] for e in after} == {1}
+    assert len(openai_fake.requests) == 3  # one model call per turn, no more
+    _assert_contiguous(after)
+
+
+def test_overlapping_schedules_build_one_image_per_repo_and_tip(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    name = _unique("img")
+    repo = make_repo(tmp_path, name)
+    deployment.api.add_repo(repo)
+    deployment.run_jobs("build_images", 3)
+    first = wait_for(lambda: _images(deployment.image_root, name), 30, "the first image")
+    assert len(first) == 1, first
+    # The base branch moves: the next round builds exactly one new image.
+    (repo / "NEW.md").write_text("new\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "tip 2")
+    deployment.run_jobs("build_images", 3)
+    images = wait_for(
+        lambda: (i := _images(deployment.image_root, name)) and len(i) >= 2 and i, 30, "image 2"
+    )
+    assert len(images) == 2, images
+    shas = set()
+    for image in images:
+        meta = (deployment.image_root / name / image / "meta.json").read_text()
+        shas.add(re.search(r'"sha": "([0-9a-f]+)"', meta).group(1))  # type: ignore[union-attr]
+    assert shas == {
+        git(repo, "rev-parse", "main~1").strip(),
+        git(repo, "rev-parse", "main").strip(),
+    }
+
+
+# ---------------------------------------------------------------- distributed only
+
+
+def test_kill_9_of_the_worker_mid_run_completes_on_another_worker(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    api = ApiClient(
+        httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {alice.token}"}),
+        cluster.url,
+        alice,
+    )
+    name = _unique("kill")
+    repo = make_repo(tmp_path, name)
+    api.add_repo(repo)
+    gate = threading.Event()
+    openai_fake.script(
+        "survive a crash",
+        Turn.tool("write_file", "First a file.", path="SURVIVED.md", content="yes\n"),
+        Turn(text="Thinking hard.", calls=[], gate=gate),
+        Turn.tool("finish", summary="Survived.", title="Survive"),
+    )
+    session = api.create(name, "survive a crash")
+    wait_for(lambda: len(openai_fake.requests) >= 2, 30, "the second model turn")
+    owner = cluster.lease_owner(session["id"])
+    assert owner is not None
+    killed = cluster.kill_worker_pid(owner_pid(owner))
+    gate.set()
+    done = api.wait_status(session["id"], "finished", "failed", timeout=60)
+    events = api.events(session["id"])
+    assert done["status"] == "finished", (events, cluster_logs(cluster))
+    _assert_contiguous(events)
+    # Everything the dead worker published before it died is there, as attempt 1.
+    first = [e for e in events if e["attempt"] == 1 and e["prompt_id"] is not None]
+    first_types = [e["type"] for e in first]
+    for expected in ("prompt_started", "sandbox_ready", "tool_call", "tool_result"):
+        assert expected in first_types, first_types
+    assert [e["step"] for e in first if e["type"] == "model_request"] == [1, 2]
+    notice = next(e for e in events if e["type"] == "notice")
+    assert notice["attempt"] == 1 and "runs again" in notice["message"]
+    second = [e for e in events if e["attempt"] == 2]
+    assert [e["type"] for e in second][:1] == ["prompt_started"]
+    assert events.index(notice) < events.index(second[0])
+    # Another worker ran attempt 2, from a fresh sandbox.
+    assert cluster.lease_owner(session["id"]) is None
+    ready = [e for e in events if e["type"] == "sandbox_ready"]
+    assert len(ready) == 2 and ready[0]["sandbox_id"] != ready[1]["sandbox_id"]
+    survivors = [n for n in cluster.workers if n != killed]
+    assert any(session["id"] in cluster.log(n) for n in survivors)
+    # Exactly one branch and one PR, with the work of the attempt that finished.
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/nightshift/").split()
+    assert refs == [f"refs/heads/nightshift/{session['id']}"]
+    assert git(repo, "show", f"nightshift/{session['id']}:SURVIVED.md") == "yes\n"
+    pulls = api.http.get(f"/api/repos/{name}/pulls").json()
+    assert len(pulls) == 1 and pulls[0]["head"] == f"nightshift/{session['id']}"
+    # Attempt 2 started from the conversation before the prompt, not from attempt 1's.
+    restarted = [r for r in openai_fake.requests if r["messages"][-1]["role"] == "user"]
+    assert len(restarted) == 2
+    assert [m["role"] for m in restarted[1]["messages"]] == ["system", "user"]
+    api.http.close()
+
+
+def test_stop_reaches_a_remote_runner_through_the_nudge(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    name = _unique("stop")
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as http:
+        api = ApiClient(http, cluster.url, alice)
+        api.add_repo(make_repo(tmp_path, name))
+        gate = threading.Event()
+        openai_fake.script("stop me", Turn(text="Forever.", gate=gate))
+        session = api.create(name, "stop me now")
+        wait_for(lambda: openai_fake.requests, 30, "the model call")
+        assert http.post(f"/api/sessions/{session['id']}/stop").status_code == 200
+        stopped = api.wait_status(session["id"], "stopped", timeout=20)
+        gate.set()
+        assert stopped["status"] == "stopped"
+        assert f"stop requested for {session['id']}" in cluster_logs(cluster)
+        reasons = [e.get("reason") for e in api.events(session["id"]) if e["type"] == "status"]
+        assert reasons[-1] == "stopped on request"
+
+
+@pytest.mark.parametrize("redis_keeps", [True, False], ids=["aof", "lost"])
+def test_redis_restart_with_prompts_queued_runs_each_once(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path, redis_keeps: bool
+) -> None:
+    import redis
+
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    name = _unique("restart")
+    repo = make_repo(tmp_path, name)
+    for name_ in list(cluster.workers):
+        cluster.stop_worker(name_)
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as http:
+        api = ApiClient(http, cluster.url, alice)
+        api.add_repo(repo)
+        ids = []
+        for n in range(3):
+            openai_fake.script(f"queued {n}", *_write_and_finish(f"Q{n}.md", f"{n}\n", f"Q{n}"))
+            ids.append(api.create(name, f"queued {n}")["id"])
+        broker = redis.Redis.from_url(cluster.redis.url())
+        assert broker.llen("nightshift.sessions") == 3
+        broker.close()
+        cluster.redis.restart(keep_data=redis_keeps)
+        cluster.start_worker("w1", "w2")
+        for session_id in ids:
+            done = api.wait_status(session_id, "finished", "failed", timeout=60)
+            assert done["status"] == "finished", cluster_logs(cluster)
+        time.sleep(1.5)  # any duplicate delivery would have run by now (reaper every 0.5s)
+        for n, session_id in enumerate(ids):
+            events = api.events(session_id)
+            _assert_contiguous(events)
+            types = [e["type"] for e in events]
+            assert types.count("prompt_started") == 1 and types.count("branch_pushed") == 1
+            assert {e["attempt"] for e in events} == {1}
+            assert git(repo, "show", f"nightshift/{session_id}:Q{n}.md") == f"{n}\n"
+    assert len(openai_fake.requests) == 6  # two turns per prompt, each run once
+
+
+def test_api_restart_resumes_the_event_streams_without_duplicates(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    name = _unique("apirestart")
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as http:
+        api = ApiClient(http, cluster.url, alice)
+        repo = make_repo(tmp_path, name)
+        api.add_repo(repo)
+        gate = threading.Event()
+        openai_fake.script(
+            "outlive the api",
+            Turn.tool("write_file", path="A.md", content="a\n"),
+            Turn(
+                text="While the API is away. " * 20,
+                calls=[Call("list_files", {"path": "."})],
+                gate=gate,
+            ),
+            Turn.tool("finish", summary="done", title="Outlive"),
+        )
+        session = api.create(name, "outlive the api")
+        wait_for(lambda: len(openai_fake.requests) >= 2, 30, "the second turn")
+        cluster.stop_api()
+        gate.set()  # the worker goes on publishing into Redis while the API is down
+        wait_for(lambda: len(openai_fake.requests) >= 3, 30, "the third turn, API down")
+        cluster.start_api()
+        done = api.wait_status(session["id"], "finished", "failed", timeout=90)
+        events = api.events(session["id"])
+        assert done["status"] == "finished", cluster_logs(cluster)
+        _assert_contiguous(events)
+        texts = [e["text"] for e in events if e["type"] == "text_delta"]
+        assert "".join(texts).count("While the API is away.") == 20
+        assert [e["type"] for e in events].count("prompt_finished") == 1
+        assert {e["attempt"] for e in events} == {1}

@@ -1,0 +1,323 @@
+"""Celery on Redis: the distributed dispatcher's workers.
+
+Tasks are thin and take ids; their bodies call the same functions the embedded default runs
+(`workers.runner.run_session`, `workers.jobs.*`) on the worker process's own event loop.
+
+Crash safety, layer by layer:
+- a task is acknowledged only after it ran (`task_acks_late`), and is handed back when the
+  process running it dies (`task_reject_on_worker_lost`); a worker reserves one task per free
+  slot (`worker_prefetch_multiplier=1`);
+- Redis redelivers an unacknowledged task only after `visibility_timeout`, set above the
+  longest run, so a slow session is never run twice by redelivery;
+- the session lease (heartbeat every few seconds, held in the control DB) is what makes a run
+  exclusive: a duplicate delivery finds the lease held, or the queue empty, and returns;
+- when a worker dies, the API's reaper sees the lease lapse (at once when the worker was on the
+  API's host and its process is gone), requeues the interrupted prompt and dispatches again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from celery import Celery, signals
+from redis.exceptions import LockError
+
+from images.spec import RepoSpec
+from images.store import ImageStore
+from integrations.forge.base import Forge
+from workers.executor import InProcessExecutor
+from workers.jobs import JobContext, Scheduled, run_job
+from workers.runner import Runners, WorkerDeps, run_session
+
+log = logging.getLogger("nightshift.celery")
+T = TypeVar("T")
+
+RUN_SESSION = "nightshift.run_session"
+SESSIONS_QUEUE = "nightshift.sessions"
+JOBS_QUEUE = "nightshift.jobs"
+STOP_CHANNEL = "nightshift:stop"
+"""Pub/sub channel: a session id published here stops its runner wherever it runs."""
+DISPATCH_MARK_TTL_S = 900
+LOCK_TTL_S = 60
+
+
+def task_name(job: str) -> str:
+    return f"nightshift.{job}"
+
+
+def dispatch_key(session_id: str) -> str:
+    """Set while a `run_session` task for the session waits in the queue (see CeleryDispatcher)."""
+    return f"nightshift:dispatch:{session_id}"
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    broker_url: str
+    visibility_timeout: float
+    schedule: list[Scheduled] = field(default_factory=list)
+
+
+def make_celery(config: CeleryConfig) -> Celery:
+    """The Celery app; the same configuration for the API (sending), workers and beat."""
+    app = Celery("nightshift", broker=config.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": int(config.visibility_timeout),
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Keep running sessions going through a Redis restart: their lease, not the broker
+        # connection, says whether they may run.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=JOBS_QUEUE,
+        task_routes={RUN_SESSION: {"queue": SESSIONS_QUEUE}},
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.3},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+        beat_schedule={
+            f"{s.job} every {s.interval_s:g}s": {
+                "task": task_name(s.job),
+                "schedule": timedelta(seconds=s.interval_s),
+                # A run that waited a whole interval in the queue is superseded by the next.
+                "options": {"expires": s.interval_s},
+            }
+            for s in config.schedule
+        },
+    )
+    _register_tasks(app)
+    return app
+
+
+# ---------------------------------------------------------------- one worker process
+
+
+class RedisLocks:
+    """Single-flight across processes and hosts: a Redis lock, kept alive while held."""
+
+    def __init__(self, client: aioredis.Redis, ttl_s: float = LOCK_TTL_S) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[bool]:
+        lock = self.client.lock(f"nightshift:lock:{name}", timeout=self.ttl_s, blocking=False)
+        if not await lock.acquire(blocking=False):
+            yield False
+            return
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.ttl_s / 3)
+                await lock.reacquire()
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield True
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LockError, Exception):
+                await keeper
+            with contextlib.suppress(LockError):
+                await lock.release()
+
+
+class WorkerContext:
+    """What one worker process holds: its event loop, runners, dependencies and Redis."""
+
+    def __init__(
+        self,
+        deps: WorkerDeps,
+        images: ImageStore,
+        forge_for: Callable[[RepoSpec], Forge],
+        redis_url: str,
+        celery: Celery,
+        on_close: list[Callable[[], object]] | None = None,
+    ) -> None:
+        self.deps = deps
+        self.executor = InProcessExecutor("nightshift-celery-worker")
+        self.runners = Runners()
+        self.redis_url = redis_url
+        self.celery = celery
+        self.on_close = on_close or []
+        self._redis: aioredis.Redis | None = None
+        self._jobs: JobContext | None = None
+        self._listener: Any = None
+        self.listening = threading.Event()
+        self.images = images
+        self.forge_for = forge_for
+
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=5, health_check_interval=30
+            )
+        return self._redis
+
+    def jobs(self) -> JobContext:
+        if self._jobs is None:
+
+            async def fan_out(job: str, arg: str) -> None:
+                await asyncio.to_thread(self.celery.send_task, task_name(job), args=[arg])
+
+            self._jobs = JobContext(
+                control=self.deps.control,
+                images=self.images,
+                forge_for=self.forge_for,
+                locks=RedisLocks(self.redis()),
+                fan_out=fan_out,
+            )
+        return self._jobs
+
+    def start(self) -> None:
+        self.executor.start()
+        if self._listener is None:
+            self._listener = self.executor.submit(self._listen_for_stops)
+
+    def call(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a coroutine on this process's loop and wait for it (from a Celery pool thread)."""
+        self.start()
+        return self.executor.submit(factory).result()
+
+    def run_session(self, session_id: str) -> None:
+        async def job() -> None:
+            with contextlib.suppress(aioredis.RedisError):
+                await self.redis().delete(dispatch_key(session_id))
+            await run_session(session_id, self.deps, self.runners)
+
+        self.call(job)
+
+    def run_job(self, name: str, *args: str) -> str:
+        return self.call(lambda: run_job(self.jobs(), name, *args))
+
+    async def _listen_for_stops(self) -> None:
+        delay = 0.2
+        while True:
+            pubsub = self.redis().pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(STOP_CHANNEL)
+                self.listening.set()
+                delay = 0.2
+                async for message in pubsub.listen():
+                    if message and message.get("type") == "message":
+                        session_id = message["data"].decode()
+                        if self.runners.stop(session_id):
+                            log.info("stop requested for %s: stopping its runner", session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.listening.clear()
+                log.warning("stop channel: %s; resubscribing in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def shutdown(self) -> None:
+        """Cancel running sessions (the reaper hands them to another worker) and stop."""
+        self.executor.shutdown(timeout=15)
+        for callback in self.on_close:
+            with contextlib.suppress(Exception):
+                callback()
+
+
+_factory: Callable[[], WorkerContext] | None = None
+_context: WorkerContext | None = None
+_context_lock = threading.Lock()
+
+
+def configure_worker(factory: Callable[[], WorkerContext], *, eager: bool = True) -> None:
+    """Tell this process how to build its worker context (built lazily, once per process).
+
+    With `eager`, the context is built when the worker is ready (threads/solo pools) or when
+    a prefork child starts, so a misconfiguration shows at start-up rather than at the first
+    task.
+    """
+    global _factory, _context
+    _factory, _context = factory, None
+    if eager:
+        signals.worker_ready.connect(_eager_build, weak=False)
+        signals.worker_process_init.connect(_fresh_child, weak=False)
+    signals.worker_shutting_down.connect(_shutdown, weak=False)
+    signals.worker_process_shutdown.connect(_shutdown, weak=False)
+
+
+def _eager_build(sender: Any = None, **_: Any) -> None:
+    pool = getattr(getattr(sender, "controller", None), "pool", None)
+    if pool is not None and type(pool).__module__.endswith("prefork"):
+        return  # children build their own after the fork
+    current().start()
+
+
+def _fresh_child(**_: Any) -> None:
+    global _context
+    _context = None  # never share a parent's loop or sockets across fork
+    current().start()
+
+
+def _shutdown(**_: Any) -> None:
+    global _context
+    with _context_lock:
+        context, _context = _context, None
+    if context is not None:
+        context.shutdown()
+
+
+def current() -> WorkerContext:
+    global _context
+    with _context_lock:
+        if _context is None:
+            if _factory is None:
+                raise RuntimeError(
+                    "this Celery process has no Nightshift worker context: "
+                    "start workers with `nightshift worker`"
+                )
+            _context = _factory()
+        return _context
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _register_tasks(app: Celery) -> None:
+    @app.task(name=RUN_SESSION, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def run_session_task(session_id: str) -> None:
+        """Drain a session's prompt queue as its only runner (a duplicate returns at once)."""
+        current().run_session(session_id)
+
+    @app.task(name=task_name("build_image"), shared=False)
+    def build_image_task(repo: str) -> str:
+        """Build the image of a repo's base tip unless it exists (one build per repo and tip)."""
+        return current().run_job("build_image", repo)
+
+    @app.task(name=task_name("build_images"), shared=False)
+    def build_images_task() -> str:
+        """Fan out `build_image` for every registered repo."""
+        return current().run_job("build_images")
+
+    @app.task(name=task_name("maintain_pool"), shared=False)
+    def maintain_pool_task() -> str:
+        """Keep each repo's warm pool at its target size, from its newest image."""
+        return current().run_job("maintain_pool")
+
+    @app.task(name=task_name("reconcile_github"), shared=False)
+    def reconcile_github_task() -> str:
+        """Fetch the state of open pull requests (webhooks can be missed)."""
+        return current().run_job("reconcile_github")

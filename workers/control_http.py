@@ -1,0 +1,193 @@
+"""The control-plane port over HTTP, for workers on other processes or hosts.
+
+Remote workers never open a session file: they call the API's internal routes
+(`app/api/routes/internal.py`) with the shared worker token. Calls that are safe to repeat are
+retried through an API restart (connection errors, 502/503/504) for up to `retry_for`
+seconds; creating a child session is retried only when the request never reached the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from images.spec import RepoSpec
+from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.events import Author
+
+log = logging.getLogger("nightshift.control")
+T = TypeVar("T")
+
+PREFIX = "/internal/v1"
+TOKEN_HEADER = "X-Nightshift-Worker-Token"  # noqa: S105 (a header name)
+
+
+# ---------------------------------------------------------------- wire shapes (shared with app/)
+
+
+class LeaseRequest(BaseModel):
+    runner_id: str
+    ttl_s: float = 30.0
+
+
+class LeaseAcquired(BaseModel):
+    acquired: bool
+
+
+class LeaseRenewed(BaseModel):
+    state: LeaseState
+
+
+class LeaseReleased(BaseModel):
+    more: bool
+    """Prompts are still queued: the caller may go on draining."""
+
+
+class RunnerRequest(BaseModel):
+    runner_id: str
+
+
+class SpawnRequest(BaseModel):
+    repo: str | None = None
+    prompt: str
+    author: Author
+
+
+class Spawned(BaseModel):
+    id: str
+
+
+class JobDone(BaseModel):
+    summary: str
+
+
+class ControlPlaneUnavailable(ControlPlaneError):
+    """The API did not answer within the retry window."""
+
+
+_RETRY_STATUS = {502, 503, 504}
+_PROMPT = TypeAdapter(PromptJob | None)
+_SPECS = TypeAdapter(list[RepoSpec])
+
+
+class HttpControlPlane:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        retry_for: float = 60.0,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_for = retry_for
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url + PREFIX,
+            headers={TOKEN_HEADER: token, "User-Agent": "nightshift-worker"},
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(
+        self, method: str, path: str, body: BaseModel | None = None, *, idempotent: bool = True
+    ) -> Any:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.1
+        while True:
+            try:
+                response = await self._client.request(
+                    method, path, json=body.model_dump(mode="json") if body else None
+                )
+            except httpx.TransportError as exc:
+                if not (idempotent or isinstance(exc, httpx.ConnectError)):
+                    raise ControlPlaneError(f"the control plane did not answer: {exc}") from exc
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                detail = _detail(response)
+                if response.status_code not in _RETRY_STATUS or not idempotent:
+                    raise ControlPlaneError(detail)
+                problem = f"{response.status_code}: {detail}"
+            if time.monotonic() > deadline:
+                raise ControlPlaneUnavailable(
+                    f"the control plane at {self.base_url} is unavailable ({problem})"
+                )
+            log.warning("control plane %s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------ ControlPlane
+
+    async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
+        data = await self._call(
+            "POST", f"/sessions/{session_id}/lease", LeaseRequest(runner_id=runner_id, ttl_s=ttl_s)
+        )
+        return LeaseAcquired.model_validate(data).acquired
+
+    async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
+        data = await self._call(
+            "POST",
+            f"/sessions/{session_id}/lease/renew",
+            LeaseRequest(runner_id=runner_id, ttl_s=ttl_s),
+        )
+        return LeaseRenewed.model_validate(data).state
+
+    async def release_lease(self, session_id: str, runner_id: str) -> bool:
+        data = await self._call(
+            "POST", f"/sessions/{session_id}/lease/release", RunnerRequest(runner_id=runner_id)
+        )
+        return LeaseReleased.model_validate(data).more
+
+    async def next_prompt(self, session_id: str, runner_id: str) -> PromptJob | None:
+        # Safe to repeat: the API hands a runner the prompt it already claimed.
+        data = await self._call(
+            "POST", f"/sessions/{session_id}/next-prompt", RunnerRequest(runner_id=runner_id)
+        )
+        return _PROMPT.validate_python(data)
+
+    async def session_context(self, session_id: str) -> SessionContext:
+        return SessionContext.model_validate(
+            await self._call("GET", f"/sessions/{session_id}/context")
+        )
+
+    async def spawn_session(
+        self, parent_id: str, repo: str | None, prompt: str, author: Author
+    ) -> str:
+        data = await self._call(
+            "POST",
+            f"/sessions/{parent_id}/children",
+            SpawnRequest(repo=repo, prompt=prompt, author=author),
+            idempotent=False,
+        )
+        return Spawned.model_validate(data).id
+
+    async def session_status(self, session_id: str) -> SessionSummary:
+        return SessionSummary.model_validate(
+            await self._call("GET", f"/sessions/{session_id}/summary")
+        )
+
+    async def repo_specs(self) -> list[RepoSpec]:
+        return _SPECS.validate_python(await self._call("GET", "/repos"))
+
+    async def run_job(self, name: str) -> str:
+        data = await self._call("POST", f"/jobs/{name}", idempotent=False)
+        return JobDone.model_validate(data).summary
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    return str(detail or response.text[:300] or f"HTTP {response.status_code}")
