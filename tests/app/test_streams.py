@@ -1,187 +1,130 @@
-"""The distributed event bus against the local Redis: a worker-side publisher, the API-side
-consumer, and the session file as the single writer (no duplicates, nothing lost, in order)."""
+"""Live events: WebSocket and SSE streams resume from an id with nothing missing or doubled."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
-import redis
+import websockets
 
-from app.services.streams import StreamConsumer
-from tests.factories import make_person, make_repo, wait_for
-from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, RedisStreamBus, stream_key
-from workers.events import Notice, TextDelta
-
-pytestmark = pytest.mark.redis
-OURS = 99
-"""The prompt id on the events these tests publish, as a worker would."""
+from tests.factories import ApiClient, make_repo, wait_for
+from tests.fakes.llm import ScriptBook, Turn
+from tests.fakes.server import BackgroundServer
 
 
-@pytest.fixture
-def session_id(runtime: Any, tmp_path: Path) -> str:
-    from app.models import RepoCreate
+async def _ws_collect(url: str, until: int) -> list[dict]:
+    """Read frames until an event with id >= until arrives."""
+    out = []
+    async with websockets.connect(url) as ws:
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            out.append(frame)
+            if frame.get("id", 0) >= until:
+                return out
 
-    person = make_person(runtime, "sam", "Sam Stream", "sam@example.com")
-    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "streams"))))
-    return str(runtime.sessions.create(person.user, "streams", "stream things").id)
 
-
-def _publish(
-    url: str, session_id: str, texts: list[str], bus: RedisStreamBus | None = None
+def test_websocket_streams_stored_then_live_events_and_resumes(
+    api: ApiClient, server: BackgroundServer, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
-    async def go() -> None:
-        publisher = bus or RedisStreamBus(url)
-        for text in texts:
-            await publisher.publish(session_id, TextDelta(text=text, prompt_id=OURS))
-        if bus is None:
-            await publisher.aclose()
-
-    asyncio.run(go())
-
-
-def _texts(runtime: Any, session_id: str) -> list[str]:
-    """What this test published (the session's own in-process runner may add its events)."""
-    return [
-        e.text
-        for e in runtime.sessions.events(session_id)
-        if e.type == "text_delta" and e.prompt_id == OURS
-    ]
-
-
-def test_consumer_persists_every_stream_in_order_and_fans_out(
-    runtime: Any, session_id: str, redis_url: str
-) -> None:
-    received: list[Any] = []
-    runtime.hub.handlers.append(
-        lambda sid, event: received.append((sid, event.type, event.prompt_id))
+    api.add_repo(make_repo(tmp_path, "proj"))
+    gate = threading.Event()
+    openai_fake.script(
+        "stream me",
+        Turn.tool("list_files", "Let me look at the files in this repository first.", path="."),
+        Turn(text="Waiting at the gate.", gate=gate),
     )
-    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    consumer.start()
-    try:
-        _publish(redis_url, session_id, [f"chunk {n}" for n in range(50)])
-        wait_for(lambda: len(_texts(runtime, session_id)) == 50, 10, "50 events persisted")
-    finally:
-        consumer.stop()
-    assert _texts(runtime, session_id) == [f"chunk {n}" for n in range(50)]
-    ids = [e.id for e in runtime.sessions.events(session_id)]
-    assert ids == sorted(ids) and len(ids) == len(set(ids))
-    assert received.count((session_id, "text_delta", OURS)) == 50
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert session_id in client.smembers(ACTIVE_KEY)
-    assert client.hget(CURSORS_KEY, session_id) == consumer.cursors[session_id]
-
-
-def test_restarted_consumer_resumes_without_duplicates(
-    runtime: Any, session_id: str, redis_url: str
-) -> None:
-    first = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    first.start()
-    _publish(redis_url, session_id, ["a", "b", "c"])
-    wait_for(lambda: len(_texts(runtime, session_id)) == 3, 10, "the first three")
-    first.stop()
-    # Events published while no consumer runs wait in Redis.
-    _publish(redis_url, session_id, ["d", "e"])
-    # The crash came between persisting and saving the cursor: the next consumer rereads all.
-    redis.Redis.from_url(redis_url).hdel(CURSORS_KEY, session_id)
-    second = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    second.start()
-    try:
-        wait_for(lambda: len(_texts(runtime, session_id)) == 5, 10, "all five")
-        _publish(redis_url, session_id, ["f"])
-        wait_for(lambda: len(_texts(runtime, session_id)) == 6, 10, "the sixth")
-    finally:
-        second.stop()
-    assert _texts(runtime, session_id) == ["a", "b", "c", "d", "e", "f"]
-
-
-def test_a_repeated_xadd_is_stored_once(runtime: Any, session_id: str, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    event = TextDelta(text="twice", prompt_id=OURS).model_dump_json()
-    for _ in range(2):  # what a publisher's retry after a lost reply looks like
-        client.xadd(stream_key(session_id), {"src": "runner-x:7", "data": event})
-    client.sadd(ACTIVE_KEY, session_id)
-    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    assert consumer.drain(session_id) == 2
-    assert _texts(runtime, session_id) == ["twice"]
-
-
-def test_drain_persists_synchronously_before_the_control_plane_answers(
-    runtime: Any, session_id: str, redis_url: str
-) -> None:
-    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    runtime.sessions.sync_events = consumer.drain
-    _publish(redis_url, session_id, ["before the answer"])
-    # No consumer thread runs: the control plane's own call persists what is pending.
-    runtime.sessions.context(session_id)
-    assert _texts(runtime, session_id) == ["before the answer"]
-    assert consumer.drain(session_id) == 0
-
-
-def test_malformed_and_foreign_entries_do_not_block_the_stream(
-    runtime: Any, session_id: str, redis_url: str
-) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.xadd(stream_key(session_id), {"src": "x:1", "data": '{"type": "nonsense"}'})
-    client.xadd(
-        stream_key("nosuchsession"), {"src": "x:2", "data": Notice(message="?").model_dump_json()}
+    session = api.create("proj", "stream me")
+    sid = session["id"]
+    wait_for(
+        lambda: any(e["type"] == "tool_result" for e in api.events(sid)), 20, "first tool result"
     )
-    client.sadd(ACTIVE_KEY, session_id, "nosuchsession")
-    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    consumer.start()
-    try:
-        _publish(redis_url, session_id, ["after the bad one"])
-        wait_for(lambda: _texts(runtime, session_id) == ["after the bad one"], 10, "the good one")
-        wait_for(lambda: consumer.cursors.get("nosuchsession", "0-0") != "0-0", 10, "skipping")
-    finally:
-        consumer.stop()
-
-
-def test_quiet_persisted_streams_are_trimmed_and_forgotten(
-    runtime: Any, session_id: str, redis_url: str
-) -> None:
-    consumer = StreamConsumer(
-        redis_url, runtime.hub.publish, block_ms=100, forget_after_s=0.3, trim_every=5
+    stored = api.events(sid)
+    ws_url = (
+        server.url.replace("http", "ws") + f"/api/sessions/{sid}/stream?token={api.person.token}"
     )
-    consumer.start()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        _publish(redis_url, session_id, [str(n) for n in range(12)])
-        wait_for(lambda: len(_texts(runtime, session_id)) == 12, 10, "twelve events")
-        wait_for(lambda: client.xlen(stream_key(session_id)) < 12, 10, "a trim")
-        consumer._last_maintain = 0  # run upkeep now rather than in five seconds
-        wait_for(lambda: not client.exists(stream_key(session_id)), 10, "the stream deleted")
-        assert session_id not in client.smembers(ACTIVE_KEY)
-        assert client.hget(CURSORS_KEY, session_id) is None
-        # A runner publishing later brings the stream back, from the start.
-        _publish(redis_url, session_id, ["later"])
-        wait_for(lambda: _texts(runtime, session_id)[-1:] == ["later"], 10, "the late event")
-    finally:
-        consumer.stop()
-    assert len(_texts(runtime, session_id)) == 13
-    assert client.xlen(DOORBELL_KEY) >= 1
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        # First client: everything stored so far, then live events once the gate opens.
+        first = asyncio.create_task(_ws_collect(ws_url + "&after=0", 10_000))
+        await asyncio.sleep(0.3)
+        gate.set()
+        done = await asyncio.to_thread(api.wait_status, sid, "finished", "failed")
+        assert done["status"] == "finished"
+        last = api.events(sid)[-1]["id"]
+        first.cancel()
+        # A client resuming from the middle gets exactly what follows.
+        middle = stored[len(stored) // 2]["id"]
+        resumed = await _ws_collect(ws_url + f"&after={middle}", last)
+        whole = await _ws_collect(ws_url + "&after=0", last)
+        return resumed, whole
+
+    resumed, whole = asyncio.run(scenario())
+    all_events = api.events(sid)
+    ids = [e["id"] for e in all_events]
+    assert ids == list(range(1, len(ids) + 1))  # per-session monotonic ids
+    assert [e["id"] for e in whole] == ids
+    middle = stored[len(stored) // 2]["id"]
+    assert [e["id"] for e in resumed] == [i for i in ids if i > middle]
+    assert whole == all_events  # frames are the stored events, byte for byte in JSON
 
 
-def test_publisher_rides_out_a_short_redis_outage(tmp_path: Path) -> None:
-    from tests.cluster import RedisServer
+def test_websocket_refuses_bad_token_and_unknown_session(
+    api: ApiClient, server: BackgroundServer
+) -> None:
+    base = server.url.replace("http", "ws")
 
-    server = RedisServer(tmp_path).start()
-    try:
-        bus = RedisStreamBus(server.url(), retry_for=20)
+    async def attempt(url: str) -> int:
+        try:
+            async with websockets.connect(url) as ws:
+                await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else -1
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+        return 0
 
-        async def go() -> None:
-            await bus.publish("s1", TextDelta(text="one"))
-            server.stop(keep_data=True)
-            restart = asyncio.get_running_loop().run_in_executor(None, server.start)
-            await bus.publish("s1", TextDelta(text="two"))  # retried until Redis is back
-            await restart
-            await bus.aclose()
+    assert asyncio.run(attempt(f"{base}/api/sessions/nope/stream?token={api.person.token}")) in (
+        4404,
+        403,
+    )
+    assert asyncio.run(attempt(f"{base}/api/sessions/nope/stream?token=ns_bad")) in (4401, 403)
 
-        asyncio.run(go())
-        entries = redis.Redis.from_url(server.url(), decode_responses=True).xrange(stream_key("s1"))
-        sources = [fields["src"] for _, fields in entries]
-        assert len(entries) == 2 and len(set(sources)) == 2
-    finally:
-        server.stop(keep_data=False)
+
+def test_sse_stream_honours_last_event_id(
+    api: ApiClient, server: BackgroundServer, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    api.add_repo(make_repo(tmp_path, "proj"))
+    openai_fake.script(
+        "sse", Turn.tool("write_file", path="s.txt", content="s"), Turn.tool("finish", summary="ok")
+    )
+    session = api.create("proj", "sse please")
+    api.wait_status(session["id"], "finished", "failed")
+    events = api.events(session["id"])
+    start = events[3]["id"]
+    received: list[int] = []
+    with (
+        httpx.Client(base_url=server.url, timeout=20) as http,
+        http.stream(
+            "GET",
+            f"/api/sessions/{session['id']}/events/stream",
+            headers={"Authorization": f"Bearer {api.person.token}", "Last-Event-ID": str(start)},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                received.append(int(line[4:]))
+                if received[-1] == events[-1]["id"]:
+                    break
+    assert received == [e["id"] for e in events if e["id"] > start]
+
+
+@pytest.mark.parametrize("path", ["/events/stream", "/events"])
+def test_streams_need_auth(server: BackgroundServer, api: ApiClient, path: str) -> None:
+    with httpx.Client(base_url=server.url) as anon:
+        assert anon.get(f"/api/sessions/x{path}").status_code == 401

@@ -1,0 +1,187 @@
+"""The distributed event bus against the local Redis: a worker-side publisher, the API-side
+consumer, and the session file as the single writer (no duplicates, nothing lost, in order)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from app.services.streams import StreamConsumer
+from tests.factories import make_person, make_repo, wait_for
+from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, RedisStreamBus, stream_key
+from workers.events import Notice, TextDelta
+
+pytestmark = pytest.mark.redis
+OURS = 99
+"""The prompt id on the events these tests publish, as a worker would."""
+
+
+@pytest.fixture
+def session_id(runtime: Any, tmp_path: Path) -> str:
+    from app.models import RepoCreate
+
+    person = make_person(runtime, "sam", "Sam Stream", "sam@example.com")
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "streams"))))
+    return str(runtime.sessions.create(person.user, "streams", "stream things").id)
+
+
+def _publish(
+    url: str, session_id: str, texts: list[str], bus: RedisStreamBus | None = None
+) -> None:
+    async def go() -> None:
+        publisher = bus or RedisStreamBus(url)
+        for text in texts:
+            await publisher.publish(session_id, TextDelta(text=text, prompt_id=OURS))
+        if bus is None:
+            await publisher.aclose()
+
+    asyncio.run(go())
+
+
+def _texts(runtime: Any, session_id: str) -> list[str]:
+    """What this test published (the session's own in-process runner may add its events)."""
+    return [
+        e.text
+        for e in runtime.sessions.events(session_id)
+        if e.type == "text_delta" and e.prompt_id == OURS
+    ]
+
+
+def test_consumer_persists_every_stream_in_order_and_fans_out(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    received: list[Any] = []
+    runtime.hub.handlers.append(
+        lambda sid, event: received.append((sid, event.type, event.prompt_id))
+    )
+    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    consumer.start()
+    try:
+        _publish(redis_url, session_id, [f"chunk {n}" for n in range(50)])
+        wait_for(lambda: len(_texts(runtime, session_id)) == 50, 10, "50 events persisted")
+    finally:
+        consumer.stop()
+    assert _texts(runtime, session_id) == [f"chunk {n}" for n in range(50)]
+    ids = [e.id for e in runtime.sessions.events(session_id)]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert received.count((session_id, "text_delta", OURS)) == 50
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert session_id in client.smembers(ACTIVE_KEY)
+    assert client.hget(CURSORS_KEY, session_id) == consumer.cursors[session_id]
+
+
+def test_restarted_consumer_resumes_without_duplicates(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    first = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    first.start()
+    _publish(redis_url, session_id, ["a", "b", "c"])
+    wait_for(lambda: len(_texts(runtime, session_id)) == 3, 10, "the first three")
+    first.stop()
+    # Events published while no consumer runs wait in Redis.
+    _publish(redis_url, session_id, ["d", "e"])
+    # The crash came between persisting and saving the cursor: the next consumer rereads all.
+    redis.Redis.from_url(redis_url).hdel(CURSORS_KEY, session_id)
+    second = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    second.start()
+    try:
+        wait_for(lambda: len(_texts(runtime, session_id)) == 5, 10, "all five")
+        _publish(redis_url, session_id, ["f"])
+        wait_for(lambda: len(_texts(runtime, session_id)) == 6, 10, "the sixth")
+    finally:
+        second.stop()
+    assert _texts(runtime, session_id) == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_a_repeated_xadd_is_stored_once(runtime: Any, session_id: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    event = TextDelta(text="twice", prompt_id=OURS).model_dump_json()
+    for _ in range(2):  # what a publisher's retry after a lost reply looks like
+        client.xadd(stream_key(session_id), {"src": "runner-x:7", "data": event})
+    client.sadd(ACTIVE_KEY, session_id)
+    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    assert consumer.drain(session_id) == 2
+    assert _texts(runtime, session_id) == ["twice"]
+
+
+def test_drain_persists_synchronously_before_the_control_plane_answers(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    runtime.sessions.sync_events = consumer.drain
+    _publish(redis_url, session_id, ["before the answer"])
+    # No consumer thread runs: the control plane's own call persists what is pending.
+    runtime.sessions.context(session_id)
+    assert _texts(runtime, session_id) == ["before the answer"]
+    assert consumer.drain(session_id) == 0
+
+
+def test_malformed_and_foreign_entries_do_not_block_the_stream(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(stream_key(session_id), {"src": "x:1", "data": '{"type": "nonsense"}'})
+    client.xadd(
+        stream_key("nosuchsession"), {"src": "x:2", "data": Notice(message="?").model_dump_json()}
+    )
+    client.sadd(ACTIVE_KEY, session_id, "nosuchsession")
+    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
+    consumer.start()
+    try:
+        _publish(redis_url, session_id, ["after the bad one"])
+        wait_for(lambda: _texts(runtime, session_id) == ["after the bad one"], 10, "the good one")
+        wait_for(lambda: consumer.cursors.get("nosuchsession", "0-0") != "0-0", 10, "skipping")
+    finally:
+        consumer.stop()
+
+
+def test_quiet_persisted_streams_are_trimmed_and_forgotten(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    consumer = StreamConsumer(
+        redis_url, runtime.hub.publish, block_ms=100, forget_after_s=0.3, trim_every=5
+    )
+    consumer.start()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        _publish(redis_url, session_id, [str(n) for n in range(12)])
+        wait_for(lambda: len(_texts(runtime, session_id)) == 12, 10, "twelve events")
+        wait_for(lambda: client.xlen(stream_key(session_id)) < 12, 10, "a trim")
+        consumer._last_maintain = 0  # run upkeep now rather than in five seconds
+        wait_for(lambda: not client.exists(stream_key(session_id)), 10, "the stream deleted")
+        assert session_id not in client.smembers(ACTIVE_KEY)
+        assert client.hget(CURSORS_KEY, session_id) is None
+        # A runner publishing later brings the stream back, from the start.
+        _publish(redis_url, session_id, ["later"])
+        wait_for(lambda: _texts(runtime, session_id)[-1:] == ["later"], 10, "the late event")
+    finally:
+        consumer.stop()
+    assert len(_texts(runtime, session_id)) == 13
+    assert client.xlen(DOORBELL_KEY) >= 1
+
+
+def test_publisher_rides_out_a_short_redis_outage(tmp_path: Path) -> None:
+    from tests.cluster import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    try:
+        bus = RedisStreamBus(server.url(), retry_for=20)
+
+        async def go() -> None:
+            await bus.publish("s1", TextDelta(text="one"))
+            server.stop(keep_data=True)
+            restart = asyncio.get_running_loop().run_in_executor(None, server.start)
+            await bus.publish("s1", TextDelta(text="two"))  # retried until Redis is back
+            await restart
+            await bus.aclose()
+
+        asyncio.run(go())
+        entries = redis.Redis.from_url(server.url(), decode_responses=True).xrange(stream_key("s1"))
+        sources = [fields["src"] for _, fields in entries]
+        assert len(entries) == 2 and len(set(sources)) == 2
+    finally:
+        server.stop(keep_data=False)
