@@ -398,9 +398,11 @@ def tokens_create(
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
 
+from app.commands import bench as _bench  # noqa: E402
 from app.commands import distributed as _distributed  # noqa: E402
 
 _distributed.register(app)
+_bench.register(app)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from app.services.hub import EventHub
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
-from app.services.streams import StreamConsumer
 from app.services.users import Users
 from app.sessionstore import SessionFiles
 from app.settings import Settings
@@ -48,6 +47,7 @@ from workers.redact import RedactingFilter, Redactor
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
+    from app.services.streams import StreamConsumer
     from workers.celery_app import WorkerContext
 
 log = logging.getLogger("nightshift")
@@ -247,6 +247,8 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     dispatcher: Dispatcher
     streams: StreamConsumer | None = None
     if settings.broker_url:
+        from app.services.streams import StreamConsumer
+
         dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
         streams = StreamConsumer(settings.broker_url, hub.publish)
         sessions.sync_events = _drainer(streams)

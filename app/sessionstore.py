@@ -169,18 +169,7 @@ class SessionStore:
             return prompt, int(ahead)
 
     def claim_next(self, runner: str) -> Prompt | None:
-        """Claim the oldest queued prompt for `runner`.
-
-        Idempotent: a runner asking again while a prompt it claimed is still running gets that
-        prompt back (its first answer was lost on the way), never a second one. Runners always
-        report a prompt finished before they ask for the next.
-        """
         with self._write() as db:
-            mine = db.exec(
-                select(Prompt).where(Prompt.state == "running", Prompt.runner == runner).limit(1)
-            ).first()
-            if mine is not None:
-                return mine
             prompt = db.exec(
                 select(Prompt).where(Prompt.state == "queued").order_by(col(Prompt.id)).limit(1)
             ).first()
@@ -238,6 +227,13 @@ class SessionStore:
                     select(func.count()).select_from(Prompt).where(Prompt.state == "queued")
                 ).one()
             )
+
+    def running_by(self, runner: str) -> Prompt | None:
+        """The prompt `runner` claimed and has not finished, if any."""
+        with self._read() as db:
+            return db.exec(
+                select(Prompt).where(Prompt.state == "running", Prompt.runner == runner).limit(1)
+            ).first()
 
     def has_running(self) -> bool:
         with self._read() as db:

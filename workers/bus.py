@@ -14,11 +14,12 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Protocol
 
 from workers.events import Event
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("nightshift.bus")
 
@@ -78,12 +79,16 @@ class RedisStreamBus:
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
+            import redis.asyncio as aioredis
+
             self._client = aioredis.Redis.from_url(
                 self.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
             )
         return self._client
 
     async def publish(self, session_id: str, event: Event) -> None:
+        from redis.exceptions import ConnectionError, TimeoutError
+
         fields = {"src": f"{self.publisher}:{next(self._seq)}", "data": event.model_dump_json()}
         now = time.monotonic()
         announce = now - self._announced.get(session_id, -1e9) > self.announce_ttl
@@ -103,7 +108,7 @@ class RedisStreamBus:
                         )
                     await pipe.execute()
                 break
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            except (ConnectionError, TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise BusUnavailable(
                         f"Redis at the broker URL did not take an event for {self.retry_for:.0f}s: {exc}"

@@ -33,6 +33,7 @@ from redis.exceptions import LockError
 from images.spec import RepoSpec
 from images.store import ImageStore
 from integrations.forge.base import Forge
+from workers.dispatch import RUNNERS_CHANNEL
 from workers.executor import InProcessExecutor
 from workers.jobs import JobContext, Scheduled, run_job
 from workers.runner import Runners, WorkerDeps, run_session
@@ -43,14 +44,20 @@ T = TypeVar("T")
 RUN_SESSION = "nightshift.run_session"
 SESSIONS_QUEUE = "nightshift.sessions"
 JOBS_QUEUE = "nightshift.jobs"
-STOP_CHANNEL = "nightshift:stop"
-"""Pub/sub channel: a session id published here stops its runner wherever it runs."""
 DISPATCH_MARK_TTL_S = 900
 LOCK_TTL_S = 60
 
 
 def task_name(job: str) -> str:
     return f"nightshift.{job}"
+
+
+def stop_message(session_id: str) -> str:
+    return f"stop {session_id}"
+
+
+def wake_message(session_id: str) -> str:
+    return f"wake {session_id}"
 
 
 def dispatch_key(session_id: str) -> str:
@@ -188,7 +195,7 @@ class WorkerContext:
     def start(self) -> None:
         self.executor.start()
         if self._listener is None:
-            self._listener = self.executor.submit(self._listen_for_stops)
+            self._listener = self.executor.submit(self._listen_for_nudges)
 
     def call(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on this process's loop and wait for it (from a Celery pool thread)."""
@@ -206,19 +213,17 @@ class WorkerContext:
     def run_job(self, name: str, *args: str) -> str:
         return self.call(lambda: run_job(self.jobs(), name, *args))
 
-    async def _listen_for_stops(self) -> None:
+    async def _listen_for_nudges(self) -> None:
         delay = 0.2
         while True:
             pubsub = self.redis().pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(STOP_CHANNEL)
+                await pubsub.subscribe(RUNNERS_CHANNEL)
                 self.listening.set()
                 delay = 0.2
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        session_id = message["data"].decode()
-                        if self.runners.stop(session_id):
-                            log.info("stop requested for %s: stopping its runner", session_id)
+                        self._nudged(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -229,6 +234,13 @@ class WorkerContext:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _nudged(self, message: str) -> None:
+        verb, _, session_id = message.partition(" ")
+        if verb == "stop" and self.runners.stop(session_id):
+            log.info("stop requested for %s: stopping its runner", session_id)
+        elif verb == "wake":
+            self.runners.wake(session_id)
 
     def shutdown(self) -> None:
         """Cancel running sessions (the reaper hands them to another worker) and stop."""

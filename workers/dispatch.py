@@ -11,6 +11,8 @@ from workers.executor import InProcessExecutor
 from workers.runner import Runners, WorkerDeps, run_session
 
 log = logging.getLogger("nightshift.dispatch")
+RUNNERS_CHANNEL = "nightshift:runners"
+"""Pub/sub channel every worker listens on: `stop <session>` and `wake <session>` nudges."""
 
 
 class Dispatcher(Protocol):
@@ -33,7 +35,10 @@ class InProcessDispatcher:
 
     def run_session(self, session_id: str) -> None:
         if self.runners.active(session_id):
-            return  # the live runner checks the queue before it lets go of the lease
+            # The live runner checks the queue before it lets go of the lease; if it is idle,
+            # waiting for a follow-up, this wakes it now.
+            self.executor.call(lambda: self.runners.wake(session_id))
+            return
         self.executor.submit(lambda: run_session(session_id, self.deps, self.runners))
 
     def stop_session(self, session_id: str) -> None:
@@ -60,10 +65,12 @@ class CeleryDispatcher:
         self.redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=3)
 
     def run_session(self, session_id: str) -> None:
-        from workers.celery_app import DISPATCH_MARK_TTL_S, RUN_SESSION, dispatch_key
+        from workers.celery_app import DISPATCH_MARK_TTL_S, RUN_SESSION, dispatch_key, wake_message
 
         key = dispatch_key(session_id)
         try:
+            # An idle runner of this session, wherever it runs, takes the prompt at once.
+            self.redis.publish(RUNNERS_CHANNEL, wake_message(session_id))
             if not self.redis.set(key, str(time.time()), nx=True, ex=DISPATCH_MARK_TTL_S):
                 return  # a run_session for this session is queued and will drain every prompt
             try:
@@ -76,10 +83,10 @@ class CeleryDispatcher:
             log.warning("could not dispatch session %s (%s); will retry", session_id, exc)
 
     def stop_session(self, session_id: str) -> None:
-        from workers.celery_app import STOP_CHANNEL
+        from workers.celery_app import stop_message
 
         try:
-            self.redis.publish(STOP_CHANNEL, session_id)
+            self.redis.publish(RUNNERS_CHANNEL, stop_message(session_id))
         except Exception as exc:
             log.warning(
                 "stop nudge for %s not sent (%s); the lease heartbeat carries it", session_id, exc

@@ -42,6 +42,8 @@ from workers.gitops import GitOpsError, commit_changes, head_sha, push_commits
 from workers.redact import Redactor
 
 log = logging.getLogger("nightshift.runner")
+IDLE_CHECK_S = 5.0
+"""How often an idle runner looks at its queue when no nudge came."""
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SessionRunner:
         self._task: asyncio.Task[None] | None = None
         self.sync_done = asyncio.Event()
         self.sync_done.set()
+        self._woken = asyncio.Event()
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
@@ -164,14 +167,23 @@ class SessionRunner:
         return "failed" if last == "failed" else "finished"
 
     async def _wait_idle(self) -> PromptJob | None:
+        """Keep the sandbox for a follow-up: woken at once by `wake()` (the dispatcher's nudge
+        when a prompt is queued), and checking the queue every few seconds should a nudge be
+        missed, so an idle session costs the control plane next to nothing."""
         await self.status("idle")
         deadline = time.monotonic() + self.deps.config.idle_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), min(left, IDLE_CHECK_S))
+            self._woken.clear()
             job = await self.deps.control.next_prompt(self.session_id, self.id)
             if job is not None:
                 return job
         return None
+
+    def wake(self) -> None:
+        """A prompt was queued for this session (call on the runner's event loop)."""
+        self._woken.set()
 
     async def _stopped(self) -> None:
         # Cancellation was delivered once; these awaits run normally.
@@ -361,6 +373,13 @@ class Runners:
     def active(self, session_id: str) -> bool:
         """A runner of this session is alive and not stopping."""
         return any(not r.stop_requested for r in self._by_session.get(session_id, ()))
+
+    def wake(self, session_id: str) -> int:
+        """Tell idle runners of a session that a prompt is queued (on the runners' loop)."""
+        runners = list(self._by_session.get(session_id, ()))
+        for runner in runners:
+            runner.wake()
+        return len(runners)
 
     def stop(self, session_id: str) -> int:
         """Stop every runner of a session now (call on the runners' event loop)."""

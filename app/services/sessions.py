@@ -487,7 +487,10 @@ class Sessions:
         self.sync_events(session_id)
         if self.get(session_id).stop_requested:
             return None
-        prompt = self.files.get(session_id).claim_next(runner)
+        store = self.files.get(session_id)
+        # Runners report a prompt finished before they ask for the next one, so a prompt this
+        # runner still holds means its first answer was lost on the way: hand it back again.
+        prompt = store.running_by(runner) or store.claim_next(runner)
         if prompt is None:
             return None
         assert prompt.id is not None
