@@ -113,7 +113,14 @@ def serve(
         f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
         highlight=False,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Events are small JSON frames: compressing each costs more CPU than it saves.
+        ws_per_message_deflate=False,
+    )
 
 
 # ---------------------------------------------------------------- run

@@ -112,22 +112,24 @@ def _rss_kb(pid: int) -> int:
     return total
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process, its live descendants and its reaped children."""
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process and its live descendants, and of the children
+    they waited for (git, bubblewrap, cp: the sandbox and forge work)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    own = children = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            # utime, stime, cutime, cstime are fields 14-17 (1-based) of the whole line.
-            total += sum(int(v) for v in fields[11:15]) / tick
+            # utime, stime, cutime, cstime: fields 14-17 of the line, 12-15 after the name.
+            own += (int(fields[11]) + int(fields[12])) / tick
+            children += (int(fields[13]) + int(fields[14])) / tick
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending.extend(int(c) for c in (task / "children").read_text().split())
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return own, children
 
 
 class Stack:
@@ -289,8 +291,16 @@ class Stack:
     def rss_kb(self) -> int:
         return sum(_rss_kb(pid) for pid in self.server_pids())
 
-    def cpu_s(self) -> float:
-        return sum(_cpu_s(p.pid) for p in self.procs.values())
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far: the API, the workers, and the subprocesses they ran."""
+        out = {"api": 0.0, "workers": 0.0, "subprocesses": 0.0}
+        for name, proc in self.procs.items():
+            if name == "redis":
+                continue
+            own, children = _cpu_s(proc.pid)
+            out["api" if name == "api" else "workers"] += own
+            out["subprocesses"] += children
+        return out
 
     def stop(self) -> None:
         for name in sorted(self.procs, key=lambda n: n == "redis"):
@@ -470,6 +480,9 @@ def run_load(config: LoadConfig) -> dict[str, Any]:
         return asyncio.run(_measure(stack, token, config))
     finally:
         stack.stop()
+        from images.sandboxes.overlay import release_stale_mounts
+
+        release_stale_mounts(root, set())  # what a worker stopped mid-session left mounted
         if not config.keep:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -485,7 +498,7 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         result = await client.run()
         idle = [s for s in result["ids"] if client.status.get(s) == "idle"]
         idle_kb = stack.rss_kb()
-        cpu_used = stack.cpu_s() - cpu_before
+        cpu_after = stack.cpu_s()
     finally:
         await client.http.aclose()
     completed = sum(1 for s in result["ids"] if client.outcome.get(s) == "done")
@@ -500,7 +513,7 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         "cpus": os.cpu_count(),
         "elapsed_s": round(result["elapsed_s"], 2),
         "create_s": round(result["created_s"], 2),
-        "server_cpu_s": round(cpu_used, 1),
+        "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
         "load_average": os.getloadavg()[0],
         "api_latency": _summary(client.api_ms),
         "event_lag": _summary(client.lag_ms),

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, Index, Text, func, update
+from sqlalchemy import Connection, Engine, Index, Text, func, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel import Session as DB
 
@@ -109,6 +109,26 @@ SESSION_TABLES = [
 
 _FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
 
+# The event hot path (`SessionStore.append`) in plain SQL over the tables above.
+_SOURCE_SEEN = "SELECT 1 FROM events WHERE source = ?"
+_NEXT_EVENT_ID = "SELECT COALESCE(MAX(id), 0) + 1 FROM events"
+_INSERT_EVENT = (
+    "INSERT INTO events (id, type, ts, prompt_id, attempt, source, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_MESSAGE = "INSERT INTO messages (prompt_id, attempt, role, data) VALUES (?, ?, ?, ?)"
+_INSERT_TOOL_CALL = (
+    "INSERT INTO tool_calls (prompt_id, attempt, call_id, name, arguments, is_error, started_at) "
+    "VALUES (?, ?, ?, ?, ?, 0, ?)"
+)
+_FINISH_TOOL_CALL = (
+    "UPDATE tool_calls SET output = ?, is_error = ?, exit_code = ?, ms = ?, finished_at = ? "
+    "WHERE id = (SELECT MAX(id) FROM tool_calls WHERE call_id = ?)"
+)
+_PROMPT_STARTED = "UPDATE prompts SET started_at = ? WHERE id = ? AND started_at IS NULL"
+_PROMPT_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE id = ?"
+_RUNNING_PROMPTS_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE state = 'running'"
+
 
 class SessionStore:
     """The single writer of one session file. Thread-safe; readers never block it (WAL)."""
@@ -140,6 +160,13 @@ class SessionStore:
         with self._lock, DB(self._writer, expire_on_commit=False) as db:
             yield db
             db.commit()
+
+    @contextmanager
+    def _write_sql(self) -> Iterator[Connection]:
+        """A write transaction for plain SQL (the event hot path skips the ORM)."""
+        assert self._writer is not None
+        with self._lock, self._writer.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[DB]:
@@ -247,90 +274,76 @@ class SessionStore:
     def append(self, event: Event, source: str | None = None) -> Event | None:
         """Persist an event (redacted) and what derives from it; returns it with its id.
 
-        Returns None when `source` was stored before (a replayed bus entry).
+        Returns None when `source` was stored before (a replayed bus entry). This is every
+        session's hot path, so it speaks plain SQL to the tables defined above.
         """
         clean = parse_event(self.redactor.value(event.model_dump(mode="json")))
-        with self._write() as db:
-            if (
-                source is not None
-                and db.exec(select(EventRow.id).where(EventRow.source == source)).first()
-            ):
+        with self._write_sql() as conn:
+            sql = conn.exec_driver_sql
+            if source is not None and sql(_SOURCE_SEEN, (source,)).first() is not None:
                 return None
-            row = EventRow(
-                type=clean.type,
-                ts=clean.ts,
-                prompt_id=clean.prompt_id,
-                attempt=clean.attempt,
-                source=source,
-                data="",
+            # The writer holds the file's write lock (BEGIN IMMEDIATE): max + 1 is ours.
+            clean.id = int(sql(_NEXT_EVENT_ID).scalar_one())
+            sql(
+                _INSERT_EVENT,
+                (
+                    clean.id,
+                    clean.type,
+                    clean.ts,
+                    clean.prompt_id,
+                    clean.attempt,
+                    source,
+                    clean.model_dump_json(),
+                ),
             )
-            db.add(row)
-            db.flush()
-            assert row.id is not None
-            clean.id = row.id
-            row.data = clean.model_dump_json()
-            self._derive(db, clean)
+            self._derive(conn, clean)
             return clean
 
-    def _derive(self, db: DB, event: Event) -> None:
+    @staticmethod
+    def _derive(conn: Connection, event: Event) -> None:
+        sql = conn.exec_driver_sql
         if isinstance(event, MessageAdded):
-            db.add(
-                MessageRow(
-                    prompt_id=event.prompt_id,
-                    attempt=event.attempt,
-                    role=event.message.role,
-                    data=event.message.model_dump_json(),
-                )
+            sql(
+                _INSERT_MESSAGE,
+                (
+                    event.prompt_id,
+                    event.attempt,
+                    event.message.role,
+                    event.message.model_dump_json(),
+                ),
             )
         elif isinstance(event, ToolCalled):
-            db.add(
-                ToolCallRow(
-                    prompt_id=event.prompt_id,
-                    attempt=event.attempt,
-                    call_id=event.call_id,
-                    name=event.name,
-                    arguments=json.dumps(event.arguments),
-                    started_at=event.ts,
-                )
+            sql(
+                _INSERT_TOOL_CALL,
+                (
+                    event.prompt_id,
+                    event.attempt,
+                    event.call_id,
+                    event.name,
+                    json.dumps(event.arguments),
+                    event.ts,
+                ),
             )
         elif isinstance(event, ToolResult):
-            call = db.exec(
-                select(ToolCallRow)
-                .where(ToolCallRow.call_id == event.call_id)
-                .order_by(col(ToolCallRow.id).desc())
-            ).first()
-            if call is not None:
-                call.output, call.is_error, call.exit_code = (
-                    event.output,
-                    event.is_error,
-                    event.exit_code,
-                )
-                call.ms, call.finished_at = event.ms, event.ts
-                db.add(call)
+            sql(
+                _FINISH_TOOL_CALL,
+                (event.output, event.is_error, event.exit_code, event.ms, event.ts, event.call_id),
+            )
             tool_message = ChatMessage(
                 role="tool", text=event.output, tool_call_id=event.call_id, is_error=event.is_error
             )
-            db.add(
-                MessageRow(
-                    prompt_id=event.prompt_id,
-                    attempt=event.attempt,
-                    role="tool",
-                    data=tool_message.model_dump_json(),
-                )
+            sql(
+                _INSERT_MESSAGE,
+                (event.prompt_id, event.attempt, "tool", tool_message.model_dump_json()),
             )
         elif isinstance(event, PromptStarted) and event.prompt_id is not None:
-            prompt = db.get(Prompt, event.prompt_id)
-            if prompt is not None and prompt.started_at is None:
-                prompt.started_at = event.ts
-                db.add(prompt)
+            sql(_PROMPT_STARTED, (event.ts, event.prompt_id))
         elif isinstance(event, PromptFinished):
-            query = select(Prompt).where(Prompt.state == "running")
-            if event.prompt_id is not None:
-                query = select(Prompt).where(Prompt.id == event.prompt_id)
-            for prompt in db.exec(query).all():
-                prompt.state = _FINISHED_STATE[event.outcome]
-                prompt.finished_at = event.ts
-                db.add(prompt)
+            state = _FINISHED_STATE[event.outcome]
+            if event.prompt_id is None:
+                sql(_RUNNING_PROMPTS_FINISHED, (state, event.ts))
+            else:
+                sql(_PROMPT_FINISHED, (state, event.ts, event.prompt_id))
 
     def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         with self._read() as db:

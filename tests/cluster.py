@@ -235,9 +235,12 @@ class Cluster:
             self.start_worker(*missing)
 
     def close(self) -> None:
+        from images.sandboxes.overlay import release_stale_mounts
+
         for name in list(self.workers):
             self.stop_worker(name)
         self.stop_api()
+        release_stale_mounts(self.worker_dir, set())  # what a killed worker left mounted
         self.redis.stop(keep_data=False)
         if self._engine is not None:
             self._engine.dispose()

@@ -18,6 +18,7 @@ Crash safety, layer by layer:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -206,9 +207,15 @@ class WorkerContext:
         async def job() -> None:
             with contextlib.suppress(aioredis.RedisError):
                 await self.redis().delete(dispatch_key(session_id))
+            log.info("session %s: draining its queue", session_id)
             await run_session(session_id, self.deps, self.runners)
 
-        self.call(job)
+        try:
+            self.call(job)
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+            # This worker is shutting down and gave the session back; the API's reaper
+            # dispatches it again, so this delivery is done.
+            log.info("session %s handed back on shutdown", session_id)
 
     def run_job(self, name: str, *args: str) -> str:
         return self.call(lambda: run_job(self.jobs(), name, *args))
@@ -235,6 +242,14 @@ class WorkerContext:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _abandon(self) -> None:
+        handed = self.runners.abandon_all()
+        if handed:
+            log.info("shutting down: handing %d session(s) back", handed)
+        deadline = asyncio.get_running_loop().time() + 15
+        while self.runners.all() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
     def _nudged(self, message: str) -> None:
         verb, _, session_id = message.partition(" ")
         if verb == "stop" and self.runners.stop(session_id):
@@ -243,7 +258,11 @@ class WorkerContext:
             self.runners.wake(session_id)
 
     def shutdown(self) -> None:
-        """Cancel running sessions (the reaper hands them to another worker) and stop."""
+        """Give running sessions back (the reaper hands them to another worker) and stop."""
+        if self.executor.loop.is_running():
+            abandoned = asyncio.run_coroutine_threadsafe(self._abandon(), self.executor.loop)
+            with contextlib.suppress(Exception):
+                abandoned.result(20)
         self.executor.shutdown(timeout=15)
         for callback in self.on_close:
             with contextlib.suppress(Exception):

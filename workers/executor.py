@@ -66,14 +66,15 @@ class InProcessExecutor:
         """Cancel running jobs (their sessions are picked up again after a restart) and stop."""
         if not self._started:
             return
-        for future in list(self._tasks):
-            future.cancel()
 
         async def settle() -> None:
             current = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not current]
             for task in tasks:
-                task.cancel()
+                # Once only: a second cancel would interrupt a job's clean-up (releasing its
+                # sandbox) in its `finally`.
+                if not task.cancelling():
+                    task.cancel()
             await asyncio.wait(tasks, timeout=timeout) if tasks else None
 
         try:

@@ -42,8 +42,8 @@ from workers.gitops import GitOpsError, commit_changes, head_sha, push_commits
 from workers.redact import Redactor
 
 log = logging.getLogger("nightshift.runner")
-IDLE_CHECK_S = 5.0
-"""How often an idle runner looks at its queue when no nudge came."""
+IDLE_CHECK_S = 30.0
+"""How often an idle runner looks at its queue when no nudge came (a nudge wakes it at once)."""
 
 
 @dataclass
@@ -73,6 +73,7 @@ class SessionRunner:
         self.id = runner_id()
         self.stop_requested = False
         self.lease_lost = False
+        self.abandoned = False
         self.acquired: Acquired | None = None
         self.base_sha = ""
         self.ctx: SessionContext | None = None
@@ -93,6 +94,12 @@ class SessionRunner:
             await self.emit(
                 StatusChanged(status=status, reason=reason, prompt_id=job.id, attempt=job.attempt)
             )
+
+    def abandon(self) -> None:
+        """This process is shutting down: stop working and give the session back."""
+        self.abandoned = True
+        if self._task is not None:
+            self._task.cancel()
 
     def request_stop(self) -> None:
         """Stop now: cancel the model stream and kill any running command."""
@@ -122,6 +129,11 @@ class SessionRunner:
                 # Only a drained queue leaves a snapshot: an interrupted or stopped prompt's
                 # half-done work must not become the starting point of the next attempt.
                 await self._release_sandbox(snapshot=final is not None)
+                if self.abandoned:
+                    # This process is going away: let the reaper hand the session on now
+                    # rather than when the lease lapses.
+                    with contextlib.suppress(Exception):
+                        await control.release_lease(self.session_id, self.id)
             if final is not None:
                 await self.status(final)
             more = await control.release_lease(self.session_id, self.id)
@@ -390,6 +402,13 @@ class Runners:
 
     def all(self) -> list[SessionRunner]:
         return [r for rs in self._by_session.values() for r in rs]
+
+    def abandon_all(self) -> int:
+        """Shutting down: every runner gives its session back (call on the runners' loop)."""
+        runners = self.all()
+        for runner in runners:
+            runner.abandon()
+        return len(runners)
 
 
 async def run_session(session_id: str, deps: WorkerDeps, runners: Runners | None = None) -> None:

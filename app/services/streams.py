@@ -23,6 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -62,6 +63,7 @@ class StreamConsumer:
         refresh_s: float = 1.0,
         forget_after_s: float = 60.0,
         trim_every: int = 200,
+        threads: int = 8,
     ) -> None:
         self.url = url
         self.publish = publish
@@ -88,6 +90,9 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self.persisted = 0
         self.healthy = False
+        # Sessions are persisted in parallel (each in order): a session file write and its
+        # index update mostly wait on disk, and concurrent commits share a flush.
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nightshift-persist")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -104,6 +109,7 @@ class StreamConsumer:
         if self._thread is not None:
             self._thread.join(self.block_ms / 1000 + 5)
             self._thread = None
+        self._pool.shutdown(wait=True)
         self.redis.close()
 
     def _run(self) -> None:
@@ -166,14 +172,16 @@ class StreamConsumer:
         streams.update({stream_key(s): c for s, c in self.cursors.items()})
         reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
         touched: dict[str, str] = {}
+        jobs = []
         for key, entries in reply or ():
             if key == DOORBELL_KEY:
                 self._doorbell = entries[-1][0]
                 self._track(list(dict.fromkeys(fields["sid"] for _, fields in entries)))
                 continue
             session_id = key[len(_PREFIX) :]
-            with self._lock(session_id):
-                cursor = self._persist(session_id, entries)
+            jobs.append((session_id, self._pool.submit(self._persist_locked, session_id, entries)))
+        for session_id, job in jobs:
+            cursor = job.result()
             if cursor is not None:
                 touched[session_id] = cursor
         if touched:
@@ -181,6 +189,12 @@ class StreamConsumer:
         if time.monotonic() - self._last_maintain >= 5.0:
             self._maintain()
             self._last_maintain = time.monotonic()
+
+    def _persist_locked(
+        self, session_id: str, entries: list[tuple[str, dict[str, str]]]
+    ) -> str | None:
+        with self._lock(session_id):
+            return self._persist(session_id, entries)
 
     def _persist(self, session_id: str, entries: list[tuple[str, dict[str, str]]]) -> str | None:
         """Store entries after the session's cursor (caller holds its lock); the new cursor."""

@@ -293,7 +293,7 @@ def test_kill_9_of_the_worker_mid_run_completes_on_another_worker(
     ready = [e for e in events if e["type"] == "sandbox_ready"]
     assert len(ready) == 2 and ready[0]["sandbox_id"] != ready[1]["sandbox_id"]
     survivors = [n for n in cluster.workers if n != killed]
-    assert any(session["id"] in cluster.log(n) for n in survivors)
+    assert any(session["id"] in cluster.log_text(n) for n in survivors)
     # Exactly one branch and one PR, with the work of the attempt that finished.
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/nightshift/").split()
     assert refs == [f"refs/heads/nightshift/{session['id']}"]
@@ -305,6 +305,51 @@ def test_kill_9_of_the_worker_mid_run_completes_on_another_worker(
     assert len(restarted) == 2
     assert [m["role"] for m in restarted[1]["messages"]] == ["system", "user"]
     api.http.close()
+
+
+def test_a_worker_stopped_mid_run_hands_its_session_back(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """SIGTERM (a deploy): the runner gives its lease back and releases its sandbox; another
+    worker finishes the prompt."""
+    import signal
+
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    name = _unique("handback")
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as http:
+        api = ApiClient(http, cluster.url, alice)
+        repo = make_repo(tmp_path, name)
+        api.add_repo(repo)
+        gate = threading.Event()
+        openai_fake.script(
+            "hand it back",
+            Turn.tool("write_file", path="BACK.md", content="back\n"),
+            Turn(text="Mid-thought.", calls=[Call("list_files", {"path": "."})], gate=gate),
+            Turn.tool("finish", summary="done", title="Back"),
+        )
+        session = api.create(name, "hand it back")
+        wait_for(lambda: len(openai_fake.requests) >= 2, 30, "the second turn")
+        owner = cluster.lease_owner(session["id"])
+        assert owner is not None
+        pid = owner_pid(owner)
+        leaving = next(n for n, p in cluster.workers.items() if p.pid == pid)
+        cluster.workers[leaving].send_signal(signal.SIGTERM)
+        # The runner releases its lease on the way out (no waiting for it to lapse).
+        wait_for(lambda: cluster.lease_owner(session["id"]) != owner, 20, "the lease released")
+        cluster.workers.pop(leaving).wait(30)
+        gate.set()
+        done = api.wait_status(session["id"], "finished", "failed", timeout=60)
+        assert done["status"] == "finished", cluster_logs(cluster)
+        events = api.events(session["id"])
+        _assert_contiguous(events)
+        assert {e["attempt"] for e in events if e["type"] == "prompt_started"} == {1, 2}
+        assert git(repo, "show", f"nightshift/{session['id']}:BACK.md") == "back\n"
+        assert "handing 1 session(s) back" in cluster.log_text(leaving)
+    # Its sandbox was released, not left mounted.
+    sandboxes = cluster.worker_dir / "workers" / leaving / "sandboxes"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(sandboxes) not in mounts
 
 
 def test_stop_reaches_a_remote_runner_through_the_nudge(

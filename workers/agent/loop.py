@@ -6,9 +6,10 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from functools import cache
 
 from integrations.llm.base import ModelClient, ModelError, ModelTransientError
-from integrations.llm.types import ChatMessage, Completion, TextChunk
+from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
 from workers.agent.hooks import Hooks
 from workers.agent.prompts import system_prompt
 from workers.agent.tools import TOOLS, ToolContext, ToolOutput, call_tool
@@ -58,11 +59,17 @@ class _DeltaBuffer:
         self.last = time.monotonic()
 
 
+@cache
+def _tool_specs() -> tuple[ToolSpec, ...]:
+    """The tools as the model sees them (their JSON schemas are built once per process)."""
+    return tuple(t.spec() for t in TOOLS.values())
+
+
 async def _one_turn(
     ctx: ToolContext, model: ModelClient, system: str, messages: list[ChatMessage]
 ) -> Completion:
     """Stream one model turn, retrying transient failures with jittered exponential backoff."""
-    tools = [t.spec() for t in TOOLS.values()]
+    tools = list(_tool_specs())
     retry = 0
     while True:
         buffer = _DeltaBuffer(ctx)
