@@ -398,6 +398,10 @@ def tokens_create(
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
 
+from app.commands.slack import slack_app  # noqa: E402
+
+app.add_typer(slack_app, name="slack")
+
 
 def main() -> None:
     try:

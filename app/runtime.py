@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
@@ -40,6 +41,9 @@ from workers.executor import InProcessExecutor, every
 from workers.redact import RedactingFilter, Redactor
 from workers.runner import WorkerDeps
 
+if TYPE_CHECKING:
+    from app.services.slack import SlackBot
+
 log = logging.getLogger("nightshift")
 REAP_INTERVAL_S = 10.0
 
@@ -63,7 +67,10 @@ class Runtime:
     dispatcher: Dispatcher
     forges: dict[str, Forge]
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    slack: SlackBot | None = None
+    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
 
     def forge_for(self, spec: RepoSpec) -> Forge:
         forge = self.forges.get(spec.forge)
@@ -81,6 +88,8 @@ class Runtime:
         if released:
             log.info("released %d sandbox mounts left by a previous process", released)
         self.periodic(REAP_INTERVAL_S, self._reap, "reaper")
+        for callback in self.on_start:
+            callback()
 
     def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
         async def job() -> None:
@@ -169,4 +178,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         dispatcher=dispatcher,
         forges=forges,
     )
+    # ---- Slack
+    if settings.slack_enabled:
+        from app.services.slack import build_slack_bot
+
+        runtime.slack = build_slack_bot(runtime)
     return runtime

@@ -241,3 +241,89 @@ def redis_url() -> Iterator[str]:
     scoped.flushdb()
     yield url
     scoped.flushdb()
+
+
+# ---------------------------------------------------------------- Slack
+
+
+@pytest.fixture(scope="session")
+def _slack_server() -> Iterator[tuple[BackgroundServer, list[Any]]]:
+    from tests.fakes.slack import FakeSlack, slack_api_app
+
+    holder: list[Any] = [FakeSlack()]
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(holder[0], name)
+
+    with BackgroundServer(slack_api_app(Proxy())) as server:  # type: ignore[arg-type]
+        yield server, holder
+
+
+@pytest.fixture
+def slack_fake(_slack_server: tuple[BackgroundServer, list[Any]]) -> Any:
+    """The fake Slack Web API, fresh for each test (base URL in `.url`)."""
+    from tests.fakes.slack import FakeSlack
+
+    server, holder = _slack_server
+    holder[0] = FakeSlack()
+    holder[0].url = server.url + "/api/"
+    return holder[0]
+
+
+@pytest.fixture
+def make_slack_world(make_settings: Any, openai_fake: ScriptBook, slack_fake: Any) -> Iterator[Any]:
+    """Start Nightshift with the Slack bot pointed at the fake Slack; settings may be overridden."""
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, SlackSender, SlackWorld
+
+    started: list[tuple[Any, BackgroundServer]] = []
+
+    def make(**overrides: Any) -> SlackWorld:
+        values: dict[str, Any] = {
+            "model": "openai:fake-model",
+            "openai_base_url": openai_fake.url,  # type: ignore[attr-defined]
+            "openai_api_key": "sk-test-fake-key-0123456789abcdef",
+            "slack_bot_token": BOT_TOKEN,
+            "slack_signing_secret": SIGNING_SECRET,
+            "slack_api_url": slack_fake.url,
+            "slack_update_interval": 0.2,
+            "slack_retries": 2,
+        }
+        values.update(overrides)
+        data_dir = values.pop("data_dir", None)
+        settings = _settings(data_dir, **values) if data_dir else make_settings(**values)
+        rt = build_runtime(settings)
+        rt.start()
+        server = BackgroundServer(create_app(runtime=rt)).start()
+        started.append((rt, server))
+        return SlackWorld(rt, server.url, slack_fake, SlackSender(server.url))
+
+    yield make
+    for rt, server in reversed(started):
+        server.stop()
+        _settle(rt)
+        rt.close()
+
+
+def _settle(rt: Any, timeout: float = 20) -> None:
+    """Stop sessions a test left running and let their runners release their sandboxes."""
+    import time
+
+    from workers.events import ACTIVE_STATUSES
+
+    rows, _ = rt.sessions.query(limit=500)
+    active = [r for r in rows if r.status in ACTIVE_STATUSES]
+    if active:
+        user = rt.users.upsert("teardown", "Teardown", "teardown@example.com")
+        for row in active:
+            rt.sessions.stop(user, row.id)
+    deadline = time.monotonic() + timeout
+    while getattr(rt.dispatcher, "runners", None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slack_world(make_slack_world: Any) -> Any:
+    return make_slack_world()
