@@ -356,6 +356,8 @@ class SlackEventRecord(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     state: str = Field(default="received", max_length=16)
     """received, processing, done or failed."""
+    owner: str | None = Field(default=None, max_length=200)
+    """The process (`host-pid`) that received or is handling it."""
     received_at: float = Field(default_factory=now)
     processed_at: float | None = None
     error: str | None = Field(default=None, max_length=500)

@@ -14,22 +14,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import ServiceError
-from app.models import SlackRequest, SlackThread, SlackUserLink, User
+from app.models import SlackThread, SlackUserLink, User
 from app.services.classifier import RepoClassifier, resolve
 from app.services.repos import Repos
 from app.services.sessions import Sessions
+from app.services.slack_commands import SlackCommands
 from app.services.slack_data import LINK_CODE_TTL_S, SlackDirectory
+from app.services.slack_out import SlackOut
+from app.services.slack_requests import RequestFlow, request_id, thread_id
 from app.services.slack_status import StatusUpdater
 from app.settings import Settings
 from integrations.llm import ModelSettings
-from integrations.slack.blocks import link_invitation, repo_picker
+from integrations.slack.blocks import link_invitation
 from integrations.slack.bolt import (
     Envelope,
     MessageEvent,
@@ -53,9 +58,8 @@ log = logging.getLogger("nightshift.slack")
 STOP_REACTION = "octagonal_sign"
 LINK_DM_INTERVAL_S = 600.0
 """An unlinked user gets at most one link message this often, however many times they ask."""
-CONTEXT_MESSAGES = 30
-CONTEXT_CHARS = 4000
 PRUNE_INTERVAL_S = 3600.0
+RECOVER_INTERVAL_S = 30.0
 
 
 class SlackBot:
@@ -72,8 +76,6 @@ class SlackBot:
         client: AsyncWebClient,
         executor: InProcessExecutor,
     ) -> None:
-        from app.services.slack_commands import SlackCommands
-
         self.settings = settings
         self.sessions = sessions
         self.repos = repos
@@ -82,7 +84,11 @@ class SlackBot:
         self.updater = updater
         self.client = client
         self.executor = executor
-        self.started_at = time.time()
+        self.out = SlackOut(client)
+        self.requests = RequestFlow(
+            directory, sessions, repos, classifier, updater, client, self.out
+        )
+        self._pruned = time.monotonic()
         self.commands = SlackCommands(self)
         assert settings.slack_signing_secret
         self.app = build_app(client, settings.slack_signing_secret, self)
@@ -94,19 +100,21 @@ class SlackBot:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, periodic: Callable[[float, Callable[[], object], str], None]) -> None:
-        self.started_at = time.time()
-        self.executor.submit(self._recover)
-        periodic(PRUNE_INTERVAL_S, self.directory.prune, "slack-prune")
+        self.executor.submit(lambda: asyncio.to_thread(self.updater.load))
+        periodic(RECOVER_INTERVAL_S, self.recover, "slack-recover")
 
-    async def _recover(self) -> None:
-        """Finish what a previous process acknowledged but did not do, and bring status
-        messages up to date."""
-        await asyncio.to_thread(self.updater.load)
-        pending = await asyncio.to_thread(self.directory.unfinished_events, self.started_at)
-        if pending:
-            log.info("handling %d Slack event(s) left by a previous process", len(pending))
-        for event_id in pending:
-            await self._process(event_id)
+    def recover(self) -> int:
+        """Handle events a dead process acknowledged but did not finish (and, now and then,
+        forget old ones). Runs at start and every RECOVER_INTERVAL_S."""
+        stranded = self.directory.stranded_events()
+        if stranded:
+            log.info("handling %d Slack event(s) a stopped process left", len(stranded))
+        for event_id in stranded:
+            self.executor.submit(partial(self._process, event_id))
+        if time.monotonic() - self._pruned > PRUNE_INTERVAL_S:
+            self._pruned = time.monotonic()
+            self.directory.prune()
+        return len(stranded)
 
     # ------------------------------------------------------------ SlackSink (on the API's loop)
 
@@ -137,10 +145,14 @@ class SlackBot:
 
     async def _worth_keeping(self, envelope: Envelope) -> bool:
         """Cheap checks before anything is written: most channel messages are not for us."""
-        if envelope.type == "reaction_added":
-            reaction = ReactionEvent.model_validate(envelope.event)
-            return reaction.reaction == STOP_REACTION and reaction.item.type == "message"
-        message = MessageEvent.model_validate(envelope.event)
+        try:
+            if envelope.type == "reaction_added":
+                reaction = ReactionEvent.model_validate(envelope.event)
+                return reaction.reaction == STOP_REACTION and reaction.item.type == "message"
+            message = MessageEvent.model_validate(envelope.event)
+        except ValidationError as exc:
+            log.info("ignoring a %s event we cannot read: %s", envelope.type, exc)
+            return False
         if not message.from_person or message.user == envelope.bot_user_id:
             return False
         if envelope.type == "app_mention" or message.direct:
@@ -156,7 +168,7 @@ class SlackBot:
         return await self.commands.command(command)
 
     async def repo_picked(self, pick: RepoPick) -> None:
-        self.executor.submit(lambda: self._on_pick(pick))
+        self.executor.submit(lambda: self.requests.on_pick(pick))
 
     async def modal_submitted(self, submission: ModalSubmission) -> dict[str, str]:
         return await self.commands.modal_submitted(submission)
@@ -203,15 +215,15 @@ class SlackBot:
             elif self.settings.slack_follow_ups == "thread" and plain:
                 await self._follow_up(thread, msg, plain, team_id, event_id)
             else:
-                self.updater.poke(_id(thread))  # a new participant shows on the message
+                self.updater.poke(thread_id(thread))  # a new participant shows on the message
             return
-        await self._react(msg.channel, msg.ts, "eyes")
+        await self.out.react(msg.channel, msg.ts, "eyes")
         if thread is not None and is_stop(plain):
             await self.stop(thread, msg.user, team_id)
             return
         new, plain = split_new(plain)
         if not plain:
-            await self.say(
+            await self.out.say(
                 msg.channel,
                 root,
                 f"<@{msg.user}> tell me what to do, e.g. `@Nightshift fix the flaky login test "
@@ -261,15 +273,17 @@ class SlackBot:
             return
         row = await asyncio.to_thread(self.sessions.get, thread.session_id)
         if row.status not in ACTIVE_STATUSES:
-            await self.say(
+            await self.out.say(
                 thread.channel_id,
                 thread.thread_ts,
                 f"<@{slack_user}> there is nothing to stop: the session has {row.status}.",
             )
             return
         await asyncio.to_thread(self.sessions.stop, user, thread.session_id)
-        await self.say(thread.channel_id, thread.thread_ts, f"<@{slack_user}> stopped the session.")
-        self.updater.poke(_id(thread))
+        await self.out.say(
+            thread.channel_id, thread.thread_ts, f"<@{slack_user}> stopped the session."
+        )
+        self.updater.poke(thread_id(thread))
 
     async def _follow_up(
         self, thread: SlackThread, msg: MessageEvent, plain: str, team_id: str, event_id: str
@@ -305,7 +319,7 @@ class SlackBot:
                 self.sessions.add_prompt, user, thread.session_id, text, "slack"
             )
         except ServiceError as exc:
-            await self.say(thread.channel_id, thread.thread_ts, f"<@{slack_user}> {exc}")
+            await self.out.say(thread.channel_id, thread.thread_ts, f"<@{slack_user}> {exc}")
             return
         prompts = await asyncio.to_thread(self.sessions.prompts, thread.session_id)
         running = any(p.state == "running" for p in prompts)
@@ -316,12 +330,12 @@ class SlackBot:
             where = "it is next in the queue, after the prompt that is running"
         else:
             where = f"it is #{position + 1} in the queue, after the running prompt"
-        await self.say(
+        await self.out.say(
             thread.channel_id,
             thread.thread_ts,
             f"<@{slack_user}> queued your follow-up (prompt {prompt.id}): {where}.",
         )
-        self.updater.poke(_id(thread))
+        self.updater.poke(thread_id(thread))
 
     async def _new_request(
         self,
@@ -337,7 +351,7 @@ class SlackBot:
             return  # a previous process got this far: the request is already on its way
         context = ""
         if msg.thread_ts and thread is None:
-            context = await self._thread_context(msg)
+            context = await self.requests.thread_context(msg)
         request = await asyncio.to_thread(
             self.directory.add_request,
             event_id=event_id,
@@ -355,170 +369,13 @@ class SlackBot:
         user = await asyncio.to_thread(self.directory.user_for, msg.user)
         if user is None:
             await asyncio.to_thread(
-                self.directory.update_request, _rid(request), state="needs_link"
+                self.directory.update_request, request_id(request), state="needs_link"
             )
             await self.ask_to_link(
                 msg.user, team_id, msg.channel, msg.root_ts, "before I can work for you"
             )
             return
-        await self.route(request, user)
-
-    async def route(self, request: SlackRequest, user: User) -> None:
-        """Pick the repository of a new request and start it, or ask which one."""
-        thread = await asyncio.to_thread(
-            self.directory.thread, request.channel_id, request.thread_ts
-        )
-        thread_repo = None
-        if thread is not None:
-            thread_repo = (await asyncio.to_thread(self.sessions.get, thread.session_id)).repo_name
-        found = await self.classifier.classify(
-            request.raw,
-            request.text,
-            context=request.context,
-            channel_id=request.channel_id,
-            thread_repo=thread_repo,
-        )
-        if found.error is not None:
-            await asyncio.to_thread(
-                self.directory.update_request, _rid(request), state="failed", error=found.error
-            )
-            await self.say(
-                request.channel_id, request.thread_ts, f"<@{request.slack_user_id}> {found.error}"
-            )
-            return
-        if found.repo is None:
-            await self._ask_for_repo(request, found.candidates)
-            return
-        await self.start_session(request, user, found.repo, found.how)
-
-    async def _ask_for_repo(self, request: SlackRequest, candidates: tuple[str, ...]) -> None:
-        repos = {r.name: r for r in await asyncio.to_thread(self.repos.list)}
-        ordered = [n for n in candidates if n in repos] + sorted(set(repos) - set(candidates))
-        options = [(name, repos[name].description) for name in ordered]
-        await asyncio.to_thread(self.directory.update_request, _rid(request), state="needs_repo")
-        text, blocks = repo_picker(
-            _rid(request),
-            request.slack_user_id,
-            request.text,
-            options,
-            "I can't tell from the message, and I'd rather ask than guess.",
-        )
-        response = await self.client.chat_postMessage(
-            channel=request.channel_id, thread_ts=request.thread_ts, text=text, blocks=blocks
-        )
-        await asyncio.to_thread(
-            self.directory.update_request, _rid(request), picker_ts=str(response["ts"])
-        )
-
-    async def _on_pick(self, pick: RepoPick) -> None:
-        request = await asyncio.to_thread(self.directory.request, pick.request_id)
-        if request is None:
-            await self.ephemeral(pick.channel_id, pick.user_id, "That request is gone.")
-            return
-        await asyncio.to_thread(
-            self.directory.touch_participant, request.channel_id, request.thread_ts, pick.user_id
-        )
-        if request.state != "needs_repo":
-            where = f" on `{request.repo_name}`" if request.repo_name else ""
-            await self.ephemeral(
-                request.channel_id, pick.user_id, f"That request has already started{where}."
-            )
-            return
-        try:
-            await asyncio.to_thread(self.repos.get, pick.repo)
-        except ServiceError as exc:
-            await self.ephemeral(request.channel_id, pick.user_id, str(exc))
-            return
-        user = await asyncio.to_thread(self.directory.user_for, request.slack_user_id)
-        if user is None:
-            await self.ephemeral(
-                request.channel_id,
-                pick.user_id,
-                f"<@{request.slack_user_id}> is no longer connected to Nightshift.",
-            )
-            return
-        if not await asyncio.to_thread(
-            self.directory.claim_request, _rid(request), ("needs_repo",), "starting"
-        ):
-            await self.ephemeral(
-                request.channel_id, pick.user_id, "Someone already picked a repository for that."
-            )
-            return
-        await self.start_session(
-            request,
-            user,
-            pick.repo,
-            f"picked by <@{pick.user_id}>",
-            status_ts=request.picker_ts or pick.message_ts or None,
-        )
-
-    async def start_session(
-        self,
-        request: SlackRequest,
-        user: User,
-        repo: str,
-        how: str,
-        status_ts: str | None = None,
-    ) -> None:
-        prompt = request.text
-        if request.context:
-            prompt += f"\n\nEarlier in the Slack thread:\n{request.context}"
-        try:
-            session = await asyncio.to_thread(
-                self.sessions.create, user, repo, prompt, None, "slack"
-            )
-        except ServiceError as exc:
-            await asyncio.to_thread(
-                self.directory.update_request, _rid(request), state="failed", error=str(exc)
-            )
-            await self.say(
-                request.channel_id,
-                request.thread_ts,
-                f"<@{request.slack_user_id}> I could not start: {exc}",
-            )
-            return
-        await asyncio.to_thread(
-            self.directory.update_request,
-            _rid(request),
-            state="started",
-            session_id=session.id,
-            repo_name=repo,
-        )
-        thread = await asyncio.to_thread(
-            self.directory.bind_thread,
-            request.channel_id,
-            request.thread_ts,
-            session.id,
-            request.slack_user_id,
-            how,
-            status_ts,
-        )
-        try:
-            await self.updater.post(thread)
-        except SlackApiError as exc:
-            log.warning("posting the status message of %s failed: %s", session.id, error_code(exc))
-            # The updater tries again with the session's next event.
-            self.updater.track(session.id, _id(thread))
-            self.updater.poke(_id(thread))
-
-    async def _thread_context(self, msg: MessageEvent) -> str:
-        """Earlier messages of the thread a mention was made in, oldest first."""
-        try:
-            response = await self.client.conversations_replies(
-                channel=msg.channel, ts=msg.root_ts, limit=CONTEXT_MESSAGES
-            )
-        except SlackApiError as exc:
-            log.warning("reading thread %s failed: %s", msg.root_ts, error_code(exc))
-            return ""
-        lines = []
-        for item in response.get("messages") or []:
-            if item.get("ts") == msg.ts or item.get("bot_id") or not item.get("text"):
-                continue
-            text = to_plain(str(item["text"]))
-            if text:
-                lines.append(f"@{item.get('user', 'someone')}: {text}")
-        context = "\n".join(lines)
-        return context[-CONTEXT_CHARS:]
+        await self.requests.route(request, user)
 
     # ------------------------------------------------------------ identity
 
@@ -529,7 +386,7 @@ class SlackBot:
         last = await asyncio.to_thread(self.directory.last_code_at, slack_user)
         if last is None or time.time() - last > LINK_DM_INTERVAL_S:
             await self.send_link(slack_user, team_id)
-        await self.say(
+        await self.out.say(
             channel,
             thread_ts,
             f"<@{slack_user}> I need to know who you are on Nightshift {why}: I've sent you a "
@@ -538,14 +395,16 @@ class SlackBot:
         )
 
     async def new_link_code(self, slack_user: str, team_id: str, slack_name: str = "") -> str:
-        name = slack_name or await self._slack_name(slack_user)
+        name = slack_name or await self.out.user_name(slack_user)
         return await asyncio.to_thread(self.directory.create_link_code, slack_user, team_id, name)
 
     async def send_link(self, slack_user: str, team_id: str) -> None:
         code = await self.new_link_code(slack_user, team_id)
         text, blocks = link_invitation(self.link_url(code), int(LINK_CODE_TTL_S // 60))
         try:
-            await self.client.chat_postMessage(channel=slack_user, text=text, blocks=blocks)
+            await self.client.chat_postMessage(
+                channel=slack_user, text=text, blocks=blocks, unfurl_links=False
+            )
         except SlackApiError as exc:
             log.warning("could not send the link message to %s: %s", slack_user, error_code(exc))
 
@@ -558,7 +417,7 @@ class SlackBot:
         return link
 
     async def _linked(self, slack_user: str, user: User) -> None:
-        await self.say(
+        await self.out.say(
             slack_user,
             None,
             f"You're connected: what you ask me in Slack now runs as {user.name} "
@@ -566,7 +425,7 @@ class SlackBot:
         )
         for request in await asyncio.to_thread(self.directory.waiting_for_link, slack_user):
             if not await asyncio.to_thread(
-                self.directory.claim_request, _rid(request), ("needs_link",), "received"
+                self.directory.claim_request, request_id(request), ("needs_link",), "received"
             ):
                 continue
             if request.kind == "follow_up" and request.session_id:
@@ -576,62 +435,10 @@ class SlackBot:
                 if thread is not None:
                     await self.queue_follow_up(thread, user, request.text, slack_user)
                     await asyncio.to_thread(
-                        self.directory.update_request, _rid(request), state="started"
+                        self.directory.update_request, request_id(request), state="started"
                     )
                     continue
-            await self.route(request, user)
-
-    async def _slack_name(self, slack_user: str) -> str:
-        try:
-            response = await self.client.users_info(user=slack_user)
-        except SlackApiError as exc:
-            log.info("users.info for %s failed: %s", slack_user, error_code(exc))
-            return ""
-        info = response.get("user") or {}
-        profile = info.get("profile") or {}
-        return str(
-            profile.get("real_name")
-            or info.get("real_name")
-            or profile.get("display_name")
-            or info.get("name")
-            or ""
-        )
-
-    # ------------------------------------------------------------ talking
-
-    async def say(self, channel: str, thread_ts: str | None, text: str) -> str | None:
-        """Post a message (in a thread when `thread_ts` is set); returns its ts."""
-        try:
-            response = await self.client.chat_postMessage(
-                channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False
-            )
-        except SlackApiError as exc:
-            log.warning("posting to %s failed: %s", channel, error_code(exc))
-            return None
-        return str(response["ts"])
-
-    async def ephemeral(self, channel: str, user: str, text: str) -> None:
-        try:
-            await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
-        except SlackApiError as exc:
-            log.warning("ephemeral message to %s failed: %s", user, error_code(exc))
-
-    async def _react(self, channel: str, ts: str, name: str) -> None:
-        try:
-            await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
-        except SlackApiError as exc:
-            if error_code(exc) != "already_reacted":
-                log.info("adding :%s: failed: %s", name, error_code(exc))
-
-
-def _id(thread: SlackThread) -> int:
-    assert thread.id is not None
-    return thread.id
-
-
-def _rid(request: SlackRequest) -> int:
-    assert request.id is not None
-    return request.id
+            await self.requests.route(request, user)
 
 
 def build_slack_bot(runtime: Runtime) -> SlackBot:

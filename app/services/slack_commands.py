@@ -108,7 +108,7 @@ class SlackCommands:
     async def _open_modal(self, cmd: SlashCommand) -> None:
         repos = await asyncio.to_thread(self.bot.repos.list)
         if not repos:
-            await self.bot.ephemeral(
+            await self.bot.out.ephemeral(
                 cmd.channel_id,
                 cmd.user_id,
                 "No repositories are registered yet: add one with `nightshift repos add` first.",
@@ -119,7 +119,7 @@ class SlackCommands:
         try:
             await self.bot.client.views_open(trigger_id=cmd.trigger_id, view=view)
         except SlackApiError as exc:
-            await self.bot.ephemeral(
+            await self.bot.out.ephemeral(
                 cmd.channel_id, cmd.user_id, f"I could not open the form: {error_code(exc)}."
             )
 
@@ -147,12 +147,12 @@ class SlackCommands:
     async def _from_text(self, cmd: SlashCommand, user: User, text: str) -> None:
         request = await self._open_thread(cmd.channel_id, cmd.user_id, cmd.team_id, text)
         if request is not None:
-            await self.bot.route(request, user)
+            await self.bot.requests.route(request, user)
 
     async def _from_modal(self, sub: ModalSubmission, user: User, repo: str, prompt: str) -> None:
         request = await self._open_thread(sub.channel_id, sub.user_id, sub.team_id, prompt)
         if request is not None:
-            await self.bot.start_session(request, user, repo, "picked in /nightshift")
+            await self.bot.requests.start_session(request, user, repo, "picked in /nightshift")
 
     async def _open_thread(
         self, channel: str, slack_user: str, team_id: str, raw: str

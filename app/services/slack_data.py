@@ -4,8 +4,10 @@ link codes, channel defaults, waiting requests, participants and classifier keyw
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -31,9 +33,32 @@ from workers.events import ACTIVE_STATUSES
 
 LINK_CODE_TTL_S = 3600.0
 EVENT_RETENTION_S = 7 * 86400.0
+STALE_EVENT_S = 300.0
+"""An event not handled this long after it arrived is handled again, whoever had it."""
 REQUEST_RETENTION_S = 86400.0
 """A request waiting for a link or a pick starts only within this long of being made."""
 _CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+
+def process_owner() -> str:
+    """This process, as `host-pid`."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process named `host-pid` may still be running (only this host can tell)."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def hash_code(code: str) -> str:
@@ -71,7 +96,12 @@ class SlackDirectory:
     # ------------------------------------------------------------ delivered events
 
     def record_event(
-        self, event_id: str, team_id: str, type_: str, payload: dict[str, Any]
+        self,
+        event_id: str,
+        team_id: str,
+        type_: str,
+        payload: dict[str, Any],
+        owner: str | None = None,
     ) -> bool:
         """Keep an event before acknowledging it; False when this event_id was seen before."""
         with DB(self.engine) as db:
@@ -84,6 +114,7 @@ class SlackDirectory:
                     "type": type_,
                     "payload": payload,
                     "state": "received",
+                    "owner": owner or process_owner(),
                     "received_at": time.time(),
                 },
             )
@@ -103,7 +134,7 @@ class SlackDirectory:
                     col(SlackEventRecord.event_id) == event_id,
                     col(SlackEventRecord.state) == "received",
                 )
-                .values(state="processing")
+                .values(state="processing", owner=process_owner())
             )
             db.commit()
         return bool(result.rowcount == 1)
@@ -121,29 +152,38 @@ class SlackDirectory:
             )
             db.commit()
 
-    def unfinished_events(self, before: float, max_age: float = REQUEST_RETENTION_S) -> list[str]:
-        """Events received before `before` (this process's start) and not handled: the process
-        that acknowledged them stopped first. Oldest first, ready to be claimed again."""
+    def stranded_events(self, stale_after: float = STALE_EVENT_S) -> list[str]:
+        """Events acknowledged but never handled: their process died (same host, pid gone) or
+        they have waited longer than `stale_after`. They go back to `received`, oldest first,
+        for this process to claim."""
+        now = time.time()
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
-                update(SlackEventRecord)
-                .where(
-                    col(SlackEventRecord.state) == "processing",
-                    col(SlackEventRecord.received_at) < before,
-                )
-                .values(state="received")
-            )
-            db.commit()
             rows = db.exec(
-                select(SlackEventRecord.event_id)
+                select(
+                    SlackEventRecord.event_id, SlackEventRecord.owner, SlackEventRecord.received_at
+                )
                 .where(
-                    SlackEventRecord.state == "received",
-                    col(SlackEventRecord.received_at) > time.time() - max_age,
-                    col(SlackEventRecord.received_at) < before,
+                    col(SlackEventRecord.state).in_(("received", "processing")),
+                    col(SlackEventRecord.received_at) > now - REQUEST_RETENTION_S,
                 )
                 .order_by(col(SlackEventRecord.received_at))
             ).all()
-        return list(rows)
+            stranded = [
+                event_id
+                for event_id, owner, received_at in rows
+                if received_at < now - stale_after or not owner_alive(owner)
+            ]
+            if stranded:
+                db.exec(  # type: ignore[call-overload]
+                    update(SlackEventRecord)
+                    .where(
+                        col(SlackEventRecord.event_id).in_(stranded),
+                        col(SlackEventRecord.state).in_(("received", "processing")),
+                    )
+                    .values(state="received")
+                )
+                db.commit()
+        return stranded
 
     def prune(self) -> int:
         """Forget old handled events and spent link codes."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -149,11 +151,18 @@ def test_an_event_acknowledged_before_a_crash_is_handled_after_restart(
     first = make_slack_world()
     _setup(first, tmp_path)
     event = _mention_event(first, "write the docs")
-    # The process recorded (and acknowledged) the event, then stopped before handling it.
+    # A process recorded (and acknowledged) the event, then died before handling it.
     assert first.runtime.slack.directory.record_event(
-        "Ev0CRASHED01", "T1", "app_mention", {"event": event, "bot_user_id": BOT_USER_ID}
+        "Ev0CRASHED01",
+        "T1",
+        "app_mention",
+        {"event": event, "bot_user_id": BOT_USER_ID},
+        owner=f"{socket.gethostname()}-{_dead_pid()}",
     )
-    first.runtime.slack.directory.claim_event("Ev0CRASHED01")
+    # One that a live process is still handling is left alone.
+    assert first.runtime.slack.directory.record_event(
+        "Ev0BUSY00001", "T1", "app_mention", {"event": {}, "bot_user_id": BOT_USER_ID}
+    )
     first.runtime.close()
     time.sleep(0.05)
     second = make_slack_world()
@@ -162,6 +171,14 @@ def test_an_event_acknowledged_before_a_crash_is_handled_after_restart(
     wait_for(
         lambda: second.runtime.slack.directory.event("Ev0CRASHED01").state == "done", 10, "done"
     )
+    assert second.runtime.slack.directory.event("Ev0BUSY00001").state == "received"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 @pytest.mark.postgres
@@ -177,6 +194,9 @@ def test_event_ids_are_inserted_or_ignored_on_postgres(postgres_url: str) -> Non
         assert directory.record_event("Ev1", "T1", "app_mention", {"event": {}})
         assert not directory.record_event("Ev1", "T1", "app_mention", {"event": {}})
         assert directory.claim_event("Ev1") and not directory.claim_event("Ev1")
+        assert directory.stranded_events() == []  # this process is alive and handling it
+        assert directory.record_event("Ev2", "T1", "app_mention", {}, owner="elsewhere-1")
+        assert directory.stranded_events(stale_after=0) == ["Ev1", "Ev2"]
         directory.touch_participant("C1", "1.0", "U1")
         directory.touch_participant("C1", "1.0", "U1")
         assert directory.participants("C1", "1.0") == ["U1"]
