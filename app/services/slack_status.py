@@ -32,6 +32,7 @@ from workers.events import (
     Event,
     PromptFinished,
     PromptStarted,
+    PrStateChanged,
     SandboxReady,
     StatusChanged,
     ToolCalled,
@@ -121,8 +122,11 @@ class StatusUpdater:
         if threads:
             for thread_id in threads:
                 self.poke(thread_id)
-        elif isinstance(event, StatusChanged) and event.status == "queued":
-            # A session revived from elsewhere (web, API) whose thread this process forgot.
+        elif (isinstance(event, StatusChanged) and event.status == "queued") or isinstance(
+            event, PrStateChanged
+        ):
+            # A session revived from elsewhere (web, API), or whose PR was merged or closed,
+            # whose thread this process no longer follows.
             self.executor.submit(lambda: self._adopt(session_id))
 
     async def _adopt(self, session_id: str) -> None:

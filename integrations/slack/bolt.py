@@ -148,14 +148,25 @@ def _header(request: AsyncBoltRequest, name: str) -> str:
     return values[0] if values else ""
 
 
+class _TokenFromClient(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client (which holds
+    the same token) and warns that it is unused; the warning is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def build_app(client: AsyncWebClient, signing_secret: str, sink: SlackSink) -> AsyncApp:
     """The bolt app for `POST /slack/events` (events, the slash command and interactivity)."""
+    bolt_log = logging.getLogger("nightshift.slack.bolt")
+    if not any(isinstance(f, _TokenFromClient) for f in bolt_log.filters):
+        bolt_log.addFilter(_TokenFromClient())
     app = AsyncApp(
         name="nightshift",
         client=client,
         signing_secret=signing_secret,
         process_before_response=True,
-        logger=logging.getLogger("nightshift.slack.bolt"),
+        logger=bolt_log,
     )
 
     async def on_event(body: dict[str, Any], context: Any, request: AsyncBoltRequest) -> None:

@@ -264,7 +264,7 @@ def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
         == "carol"
     )
     assert slack_world.runtime.slack.directory.user_for("UCAROL0001").login == "carol"
-    # A second mention while linked does not DM again.
+    # The DMs were the link and, once linked, the confirmation; nothing more.
     dms = len(
         [
             c
