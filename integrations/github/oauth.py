@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from githubkit.auth.oauth import exchange_web_flow_code, get_oauth_base_url, refresh_token
+from githubkit.auth._url import get_oauth_base_url
+from githubkit.auth.oauth import exchange_web_flow_code, refresh_token
 from githubkit.exception import GitHubException
 
 from integrations.github.client import GitHubConfig, call, make_client, translate

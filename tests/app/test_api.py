@@ -174,5 +174,5 @@ def test_local_auth_acts_as_the_git_identity(
 
 
 def test_local_auth_refuses_a_public_address(make_settings) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="refusing to bind 0.0.0.0"):
+    with pytest.raises(ValueError, match=r"refusing to bind 0\.0\.0\.0"):
         make_settings(auth="local", host="0.0.0.0")

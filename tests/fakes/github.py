@@ -10,6 +10,7 @@ token that made it, so tests can tell who opened a pull request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -60,7 +61,9 @@ class Issued:
     revoked: bool = False
 
     def valid(self, now: float | None = None) -> bool:
-        return not self.revoked and (self.expires_at is None or (now or time.time()) < self.expires_at)
+        return not self.revoked and (
+            self.expires_at is None or (now or time.time()) < self.expires_at
+        )
 
 
 @dataclass
@@ -139,6 +142,8 @@ class FakeGitHub:
         """(repo, service, token) of every git request, allowed or not."""
         self.failures: list[Failure] = []
         self.refreshes = 0
+        self.refresh_delay = 0.0
+        """Seconds a refresh grant takes after the old refresh token was spent."""
         self.installation_token_ttl = 3600
         self.user_token_ttl = 8 * 3600
         self.token_style = "classic"
@@ -274,7 +279,9 @@ class FakeGitHub:
 
     def pushable(self, repo: str, token: str) -> bool:
         issued = self.lookup(token)
-        return issued is not None and issued.kind == "installation" and self.may_access(issued, repo)
+        return (
+            issued is not None and issued.kind == "installation" and self.may_access(issued, repo)
+        )
 
     # ------------------------------------------------------------ webhooks
 
@@ -365,9 +372,7 @@ class FakeGitHub:
                 state.requests.append(
                     Recorded(request.method, request.url.path, token_of(request), parsed)
                 )
-                failure = next(
-                    (f for f in state.failures if f.match in request.url.path), None
-                )
+                failure = next((f for f in state.failures if f.match in request.url.path), None)
                 if failure is not None:
                     state.failures.remove(failure)
             if failure is not None:
@@ -427,7 +432,10 @@ class FakeGitHub:
             names = body.get("repositories")
             installed = {r.split("/")[1] for r in state.installations[installation_id]["repos"]}
             if names and not set(names) <= installed:
-                return error(422, "There is at least one repository that does not exist or is not accessible to the parent installation.")
+                return error(
+                    422,
+                    "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                )
             issued = state.issue(
                 "installation",
                 state.installation_token_ttl,
@@ -496,20 +504,31 @@ class FakeGitHub:
             if body.get("client_id") != state.client_id or (
                 body.get("client_secret") != state.client_secret
             ):
-                return {"error": "incorrect_client_credentials", "error_description": "The client_id and/or client_secret passed are incorrect."}
+                return {
+                    "error": "incorrect_client_credentials",
+                    "error_description": "The client_id and/or client_secret passed are incorrect.",
+                }
             if body.get("grant_type") == "refresh_token":
                 with state.lock:
                     old = state.tokens.get(str(body.get("refresh_token")))
                     if old is None or old.kind != "refresh" or not old.valid():
-                        return {"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."}
+                        return {
+                            "error": "bad_refresh_token",
+                            "error_description": "The refresh token passed is incorrect or expired.",
+                        }
                     old.revoked = True
                     state.refreshes += 1
                     login = old.login
+                if state.refresh_delay:
+                    await asyncio.sleep(state.refresh_delay)
             else:
                 with state.lock:
                     login = state.codes.pop(str(body.get("code")), None)
                 if login is None:
-                    return {"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."}
+                    return {
+                        "error": "bad_verification_code",
+                        "error_description": "The code passed is incorrect or expired.",
+                    }
             access = state.issue("user", state.user_token_ttl, login=login)
             refresh = state.issue("refresh", 15_811_200, login=login)
             return {
@@ -533,7 +552,13 @@ class FakeGitHub:
             if isinstance(user, JSONResponse):
                 return user
             public = next((e["email"] for e in user.emails if e["visibility"] == "public"), None)
-            return {"login": user.login, "id": user.id, "name": user.name, "email": public, "type": "User"}
+            return {
+                "login": user.login,
+                "id": user.id,
+                "name": user.name,
+                "email": public,
+                "type": "User",
+            }
 
         @api.get("/user/emails")
         async def get_emails(request: Request) -> Any:
@@ -559,13 +584,27 @@ class FakeGitHub:
                 sha = git(repo.path, "rev-parse", "--verify", f"refs/heads/{head}").strip()
                 git(repo.path, "rev-parse", "--verify", f"refs/heads/{body.get('base')}")
             except subprocess.CalledProcessError:
-                return error(422, "Validation Failed", errors=[{"resource": "PullRequest", "field": "head", "code": "invalid"}])
+                return error(
+                    422,
+                    "Validation Failed",
+                    errors=[{"resource": "PullRequest", "field": "head", "code": "invalid"}],
+                )
             with state.lock:
                 if any(
                     p.repo.lower() == full.lower() and p.head == head and p.state == "open"
                     for p in state.pulls
                 ):
-                    return error(422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "custom", "message": f"A pull request already exists for {owner}:{head}."}])
+                    return error(
+                        422,
+                        "Validation Failed",
+                        errors=[
+                            {
+                                "resource": "PullRequest",
+                                "code": "custom",
+                                "message": f"A pull request already exists for {owner}:{head}.",
+                            }
+                        ],
+                    )
                 number = 1 + sum(1 for p in state.pulls if p.repo.lower() == full.lower())
                 pull = FakePull(
                     number=number,
@@ -575,7 +614,9 @@ class FakeGitHub:
                     head=head,
                     base=str(body.get("base")),
                     head_sha=sha,
-                    author=who.login if who.kind == "user" and who.login else f"{state.app_slug}[bot]",
+                    author=who.login
+                    if who.kind == "user" and who.login
+                    else f"{state.app_slug}[bot]",
                     token=str(token_of(request)),
                 )
                 state.pulls.append(pull)
@@ -785,7 +826,7 @@ def github_settings(fake: FakeGitHub, **extra: Any) -> dict[str, Any]:
     from cryptography.fernet import Fernet
 
     values: dict[str, Any] = {
-        "github_app_id": fake.app_id,
+        "github_app_id": str(fake.app_id),
         "github_app_private_key": fake.private_key,
         "github_client_id": fake.client_id,
         "github_client_secret": fake.client_secret,

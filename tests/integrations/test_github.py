@@ -73,9 +73,7 @@ def test_token_close_to_expiry_is_replaced(github_fake: FakeGitHub) -> None:
     assert one.token != two.token and app.minted == 2
 
 
-def test_wrong_app_key_is_refused_by_github(
-    github_fake: FakeGitHub, tmp_path: Path
-) -> None:
+def test_wrong_app_key_is_refused_by_github(github_fake: FakeGitHub, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -290,9 +288,7 @@ def test_forge_clone_push_and_diff_through_git_http_backend(
     asyncio.run(scenario())
 
 
-def test_push_needs_a_current_installation_token(
-    github_fake: FakeGitHub, tmp_path: Path
-) -> None:
+def test_push_needs_a_current_installation_token(github_fake: FakeGitHub, tmp_path: Path) -> None:
     remote = github_fake.add_repo("octo/proj")
     app = _app(github_fake)
     forge = GitHubForge(app, tmp_path / "mirrors")
