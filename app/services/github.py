@@ -32,6 +32,7 @@ from integrations.github import (
     GitHubAuthError,
     GitHubConfig,
     GitHubError,
+    GitHubForbidden,
     GitHubForge,
     GitHubIdentity,
     NotInstalled,
@@ -339,6 +340,10 @@ class GitHubPullRequests:
                 return pr.url, pr.number, pr.state
             except GitHubAuthError as exc:
                 problem = f"GitHub refused your token ({exc})"
+            except GitHubForbidden:
+                if self.fallback != "app":
+                    raise  # a permission problem: the error event says which
+                problem = "your account may not open it"
         if self.fallback == "app":
             gh = self.app.as_installation(repo.url)
             pr, _ = create_pull_request(

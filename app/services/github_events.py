@@ -122,11 +122,11 @@ class GitHubWebhooks:
             statement = insert(table).values(**row)
         with DB(self.engine) as db:
             try:
-                result = db.exec(statement)
+                inserted = db.exec(statement.returning(table.c.id)).first()
                 db.commit()
             except IntegrityError:
                 return False
-            return bool(result.rowcount == 1)
+            return inserted is not None
 
     # ------------------------------------------------------------ processing
 

@@ -568,3 +568,42 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
     # Nothing left to do the second time.
     again = reconcile_github(gh.runtime)
     assert (again.deliveries, again.checked, again.updated) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- on PostgreSQL
+
+
+@pytest.mark.postgres
+def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
+    postgres_url: str, make_github_env: Any
+) -> None:
+    from app.services.github import GitHubAccounts
+
+    env = make_github_env(database_url=postgres_url)
+    assert env.runtime.engine.dialect.name == "postgresql"
+    user_id = _linked(env)
+    mine = env.runtime.accounts
+    theirs = GitHubAccounts(env.runtime.engine, mine.oauth, mine.cipher)
+    theirs.peer_wait_s = 0  # the row lock alone must be enough here
+    _expire(env, user_id)
+    env.fake.refresh_delay = 0.3
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(accounts: GitHubAccounts) -> None:
+        barrier.wait()
+        results.append(accounts.user_token(user_id) or "")
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in (mine, theirs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert env.fake.refreshes == 1 and len(set(results)) == 1
+    _check_pair_is_current(env, user_id)
+    body, headers = env.fake.webhook(
+        env.runtime.settings.github_webhook_secret, "ping", {"zen": "Approachable is better."}
+    )
+    first = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)
+    again = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
