@@ -53,6 +53,7 @@ RebuildHook = Callable[[RepoSpec, str], None]
 log = logging.getLogger("nightshift.github")
 REFRESH_MARGIN_S = 120.0
 PEER_REFRESH_WAIT_S = 5.0
+MAX_PR_ATTEMPTS = 3
 _LOGIN_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -367,6 +368,31 @@ class GitHubPullRequests:
             f"GitHub account and {problem}. Sign in with GitHub and it opens right away.",
             self.sign_in_link(session.id),
         )
+
+    def retry_failed(self, sessions: Sessions, days: float = 7.0) -> list[str]:
+        """Open the PRs whose opening failed (GitHub down, rate limited), a few times at most:
+        each failed attempt leaves a `pr_failed` error, and after MAX_PR_ATTEMPTS we stop."""
+        with DB(sessions.engine) as db:
+            rows = db.exec(
+                select(Session.id)
+                .join(Repo, col(Repo.id) == Session.repo_id)
+                .where(
+                    Repo.forge == "github",
+                    col(Session.head_sha).is_not(None),
+                    col(Session.pr_number).is_(None),
+                    col(Session.updated_at) >= time.time() - days * 86400,
+                )
+            ).all()
+        opened = []
+        for session_id in rows:
+            store = sessions.files.get(session_id)
+            recent = store.events(max(0, store.last_event_id() - 5000), 5000)
+            failures = sum(
+                1 for e in recent if e.type == "error" and getattr(e, "code", "") == "pr_failed"
+            )
+            if 0 < failures < MAX_PR_ATTEMPTS and sessions.retry_pull_request(session_id):
+                opened.append(session_id)
+        return opened
 
     def open_pending(self, sessions: Sessions, user: User, days: float = 30.0) -> list[str]:
         """After `user` signs in: open the PRs their pushed branches are still waiting for."""

@@ -216,7 +216,13 @@ class GitHubWebhooks:
         if not repos:
             return
         number = int(pr["number"])
-        head = str((pr.get("head") or {}).get("ref", ""))
+        head_info = pr.get("head") or {}
+        head = str(head_info.get("ref", ""))
+        same_repo = (head_info.get("repo") or {}).get("full_name", "").lower() == str(
+            payload["repository"]["full_name"]
+        ).lower()
+        if not same_repo:
+            head = ""  # a fork's branch of the same name is not the session's
         state = state_of(pr)
         with DB(self.engine) as db:
             rows = db.exec(
@@ -312,9 +318,14 @@ class GitHubWebhooks:
 @dataclass(frozen=True)
 class Reconciled:
     deliveries: int
+    """Webhook deliveries left queued, processed now."""
     checked: int
+    """Open PRs whose state was read from GitHub."""
     updated: int
+    """Sessions whose `pr_state` changed."""
     errors: int
+    opened: int = 0
+    """PRs opened on a retry after GitHub failed the first attempt."""
 
 
 def reconcile_github(runtime: Runtime) -> Reconciled:
@@ -325,6 +336,7 @@ def reconcile_github(runtime: Runtime) -> Reconciled:
     if github is None:
         return Reconciled(0, 0, 0, 0)
     deliveries = github.webhooks.process_stale()
+    opened = len(github.opener.retry_failed(runtime.sessions))
     with DB(runtime.engine) as db:
         rows = db.exec(
             select(Session, Repo)
@@ -352,12 +364,13 @@ def reconcile_github(runtime: Runtime) -> Reconciled:
             if runtime.sessions.get(session.id).pr_state != pr.state:
                 runtime.hub.publish(session.id, PrStateChanged(state=pr.state))
                 updated += 1
-    if updated or deliveries or errors:
+    if updated or deliveries or errors or opened:
         log.info(
-            "GitHub reconciled: %d deliveries, %d PRs checked, %d updated, %d errors",
+            "GitHub reconciled: %d deliveries, %d PRs checked, %d updated, %d opened, %d errors",
             deliveries,
             checked,
             updated,
+            opened,
             errors,
         )
-    return Reconciled(deliveries, checked, updated, errors)
+    return Reconciled(deliveries, checked, updated, errors, opened)

@@ -361,12 +361,35 @@ def test_fallback_opens_the_pr_as_the_app_naming_the_person(make_github_env: Any
     assert env.runtime.sessions.get(session_id).pr_state == "open"
 
 
-def test_github_failure_opening_the_pr_is_an_error_event(gh: GitHubEnv) -> None:
+def test_github_failure_opening_the_pr_is_an_error_then_the_reconciler_retries(
+    gh: GitHubEnv,
+) -> None:
+    from app.services.github_events import reconcile_github
+
     _linked(gh)
     gh.fake.fail_next(500, "/pulls", times=3)
     session_id = _push_session(gh, _user(gh, "octocat"))
     errors = _events(gh, session_id, "error")
     assert errors and errors[0].code == "pr_failed" and "500" in errors[0].message
+    assert gh.runtime.sessions.get(session_id).pr_number is None
+    gh.fake.fail_next(403, "/pulls", times=1)  # rate limited on the first retry
+    assert reconcile_github(gh.runtime).opened == 0
+    assert reconcile_github(gh.runtime).opened == 1
+    assert gh.runtime.sessions.get(session_id).pr_number == 1
+    assert gh.fake.pull("octo/proj", 1).author == "octocat"
+    assert reconcile_github(gh.runtime).opened == 0
+
+
+def test_reconciler_gives_up_on_a_pr_github_keeps_refusing(gh: GitHubEnv) -> None:
+    from app.services.github_events import reconcile_github
+
+    _linked(gh)
+    gh.fake.fail_next(403, "/pulls", times=10)
+    session_id = _push_session(gh, _user(gh, "octocat"))
+    for _ in range(4):
+        reconcile_github(gh.runtime)
+    errors = [e for e in _events(gh, session_id, "error") if e.code == "pr_failed"]
+    assert len(errors) == 3 and "rate limit" in errors[-1].message
 
 
 # ---------------------------------------------------------------- repos
