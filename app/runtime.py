@@ -19,13 +19,8 @@ from app.control import LocalControlPlane
 from app.db import control_engine
 from app.metrics import observe
 from app.models import CONTROL_TABLES
-from app.services.github import (
-    GitHubAccounts,
-    GitHubServices,
-    RebuildHook,
-    build_accounts,
-    build_github,
-)
+from app.services.github import GitHubServices, RebuildHook, build_github
+from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
 from app.services.pulls import LocalPullRequests

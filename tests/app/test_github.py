@@ -234,7 +234,7 @@ def test_expired_token_is_refreshed_once_by_concurrent_callers(gh: GitHubEnv) ->
 
 
 def test_two_processes_refreshing_at_once_keep_the_pair(gh: GitHubEnv) -> None:
-    from app.services.github import GitHubAccounts
+    from app.services.github_accounts import GitHubAccounts
 
     user_id = _linked(gh)
     mine = gh.runtime.accounts
@@ -264,7 +264,7 @@ def test_two_processes_refreshing_at_once_keep_the_pair(gh: GitHubEnv) -> None:
 
 
 def test_dead_refresh_token_means_sign_in_again(gh: GitHubEnv) -> None:
-    from app.services.github import SignInRequired
+    from app.services.github_accounts import SignInRequired
 
     user_id = _linked(gh)
     gh.runtime.accounts.peer_wait_s = 0.3
@@ -323,15 +323,25 @@ def test_pr_is_opened_with_the_prompting_persons_own_token(gh: GitHubEnv) -> Non
     assert pull.author == "octocat" and pull.token == gh.fake.issued("user")[-1]
     assert pull.head == row.branch and pull.title == "Tidy the readme"
     assert f"/sessions/{session_id}" in pull.body and "Requested by" not in pull.body
-    # The same branch pushed again: GitHub answers 422, the open PR is kept.
+    # New commits for a follow-up: GitHub answers 422 for the branch, the open PR is kept and
+    # the follow-up is summed up on its conversation, by the same person.
     rt = gh.runtime
     rt.hub.publish(
         session_id,
         BranchPushed(
-            branch=row.branch, sha=row.head_sha or "", base="main", base_sha="", prompt_id=1
+            branch=row.branch,
+            sha=row.head_sha or "",
+            base="main",
+            base_sha="",
+            title="Also fix the typo",
+            body="Fixed it too.",
+            prompt_id=1,
         ),
     )
     assert len(gh.fake.pulls) == 1 and not _events(gh, session_id, "error")
+    [note] = gh.fake.comments
+    assert note["number"] == 1 and note["token"] == pull.token
+    assert "Also fix the typo" in note["body"] and "Fixed it too." in note["body"]
 
 
 def test_unlinked_person_gets_a_sign_in_link_then_the_pr_opens_as_them(gh: GitHubEnv) -> None:
@@ -600,7 +610,7 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
 def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
     postgres_url: str, make_github_env: Any
 ) -> None:
-    from app.services.github import GitHubAccounts
+    from app.services.github_accounts import GitHubAccounts
 
     env = make_github_env(database_url=postgres_url)
     assert env.runtime.engine.dialect.name == "postgresql"

@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, same_origin
 from app.models import GitHubLink, Me, TokenCreate, TokenCreated, UserPublic
 from app.runtime import Runtime
-from app.services.github import GitHubAccounts
+from app.services.github_accounts import GitHubAccounts
 from integrations.github import GitHubAuthError, GitHubError, GitHubUnavailable
 
 router = APIRouter(tags=["auth"])
