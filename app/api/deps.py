@@ -102,6 +102,16 @@ def current_user(
         raise HTTPException(
             403, "cross-site request refused: a signed-in browser may only write from this site"
         )
+    if (
+        not token
+        and not cookie
+        and runtime.settings.auth == "local"
+        and request.method not in SAFE_METHODS
+        and request.headers.get("origin")
+        and not same_origin(runtime, request.headers, request.url.scheme)
+    ):
+        # Local mode trusts whoever reaches the port; a page on another site must not.
+        raise HTTPException(403, "cross-site request refused")
     try:
         return resolve_user(runtime, token, cookie)
     except Unauthorized as exc:

@@ -48,6 +48,7 @@ STALE_QUEUED_S = 60.0
 """A delivery still queued this long after it arrived was lost by a crashed process."""
 STALE_PROCESSING_S = 600.0
 MAX_ATTEMPTS = 5
+KEEP_DELIVERIES_S = 30 * 86400.0
 
 
 class BadDelivery(ValueError):
@@ -175,9 +176,17 @@ class GitHubWebhooks:
         return "done"
 
     def process_stale(self, now: float | None = None) -> int:
-        """Process deliveries a crashed or busy process left behind; returns how many."""
+        """Process deliveries a crashed or busy process left behind; returns how many. Ids of
+        handled deliveries are forgotten after KEEP_DELIVERIES_S (GitHub redelivers for days,
+        not months)."""
         now = now or time.time()
         with DB(self.engine) as db:
+            db.exec(  # type: ignore[call-overload]
+                delete(GitHubDelivery).where(
+                    col(GitHubDelivery.status).in_(["done", "ignored", "failed"]),
+                    col(GitHubDelivery.received_at) < now - KEEP_DELIVERIES_S,
+                )
+            )
             db.exec(  # type: ignore[call-overload]
                 update(GitHubDelivery)
                 .where(

@@ -144,6 +144,27 @@ def test_cookie_writes_must_come_from_this_site_and_logout_revokes(gh: GitHubEnv
         assert replay.get("/api/me").status_code == 401
 
 
+def test_local_mode_refuses_writes_from_another_site(make_settings: Any) -> None:
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from tests.fakes.server import BackgroundServer
+
+    runtime = build_runtime(make_settings(auth="local"))
+    try:
+        with BackgroundServer(create_app(runtime=runtime)) as server:
+            body = {"url": "/nonexistent/repo"}
+            foreign = httpx.post(
+                f"{server.url}/api/repos", json=body, headers={"Origin": "https://evil.example"}
+            )
+            assert foreign.status_code == 403
+            # Tools (no Origin) and our own pages still work.
+            assert httpx.post(f"{server.url}/api/repos", json=body).status_code == 422
+            own = httpx.post(f"{server.url}/api/repos", json=body, headers={"Origin": server.url})
+            assert own.status_code == 422
+    finally:
+        runtime.close()
+
+
 def test_sign_in_links_an_existing_user_with_the_same_login(gh: GitHubEnv) -> None:
     _octocat(gh.fake)
     before = make_person(gh.runtime, "octocat", "Old Name", "old@example.com")
@@ -594,13 +615,19 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
     assert result.deliveries == 1 and result.errors == 0
     assert gh.runtime.sessions.get(merged).pr_state == "merged"
     assert gh.runtime.sessions.get(lost).pr_state == "merged"
-    stats = gh.runtime.sessions  # noqa: F841
     from app.services.stats import compute_stats
 
     assert compute_stats(gh.runtime.engine).merged == 2
     # Nothing left to do the second time.
     again = reconcile_github(gh.runtime)
     assert (again.deliveries, again.checked, again.updated) == (0, 0, 0)
+    # Handled deliveries are remembered for a month, then forgotten.
+    gh.runtime.github.webhooks.process_stale(now=time.time() + 29 * 86400)
+    with DB(gh.runtime.engine) as db:
+        assert db.get(GitHubDelivery, "lost-1") is not None
+    gh.runtime.github.webhooks.process_stale(now=time.time() + 31 * 86400)
+    with DB(gh.runtime.engine) as db:
+        assert db.get(GitHubDelivery, "lost-1") is None
 
 
 # ---------------------------------------------------------------- on PostgreSQL
