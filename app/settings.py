@@ -111,6 +111,10 @@ class Settings(BaseSettings):
                 "GITHUB_APP_ID is set but the App's private key is not: set "
                 "GITHUB_APP_PRIVATE_KEY_PATH (a .pem file) or GITHUB_APP_PRIVATE_KEY"
             )
+        if self.github_app_id:
+            from integrations.github.app import check_private_key
+
+            check_private_key(self.github_private_key())
         if bool(self.github_client_id) != bool(self.github_client_secret):
             raise ValueError("set both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, or neither")
         if self.github_client_id and not self.secret_keys:
