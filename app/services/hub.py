@@ -47,6 +47,11 @@ class EventHub:
         self._all: set[Subscriber] = set()
         self._guard = threading.Lock()
 
+    def lock(self, session_id: str) -> threading.RLock:
+        """The session's publish lock: hold it to act on the index without racing its events."""
+        with self._guard:
+            return self._locks[session_id]
+
     def publish(self, session_id: str, event: Event, source: str | None = None) -> Event | None:
         """Store, apply and fan out one event; None when `source` was already stored."""
         with self._guard:

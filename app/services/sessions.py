@@ -42,6 +42,7 @@ from workers.events import (
     ErrorRaised,
     Event,
     ModelRequest,
+    Notice,
     PromptQueued,
     PrOpened,
     PrStateChanged,
@@ -65,6 +66,17 @@ class PullRequestOpener(Protocol):
     ) -> tuple[str, int, str]:
         """Open (or find) the PR for a pushed branch; returns (url, number, state)."""
         ...
+
+
+class PullRequestDeferred(Exception):
+    """An opener cannot open the PR yet; the message (and link) tell the person what to do.
+
+    The session gets a `Notice` instead of an error: the branch is pushed and nothing failed.
+    """
+
+    def __init__(self, message: str, link: str | None = None) -> None:
+        super().__init__(message)
+        self.link = link
 
 
 def _title(prompt: str) -> str:
@@ -408,6 +420,11 @@ class Sessions:
         assert author is not None
         try:
             url, number, state = opener.open(row, repo, author, event)
+        except PullRequestDeferred as exc:
+            self.hub.publish(
+                session_id, Notice(message=str(exc), link=exc.link, prompt_id=event.prompt_id)
+            )
+            return
         except Exception as exc:
             log.exception("opening the PR of %s failed", session_id)
             self.hub.publish(
@@ -422,6 +439,28 @@ class Sessions:
             self.hub.publish(
                 session_id, PrOpened(url=url, number=number, state=state, prompt_id=event.prompt_id)
             )
+
+    def retry_pull_request(self, session_id: str, only_author: int | None = None) -> bool:
+        """Try again to open the PR of the session's last pushed branch (say, once its author
+        has signed in). With `only_author`, only when that user prompted the push. True when
+        the session has a PR afterwards."""
+        store = self.store(session_id)
+        pushed = None
+        after = max(0, store.last_event_id() - 5000)
+        for event in store.events(after, 5000):
+            if isinstance(event, BranchPushed):
+                pushed = event
+        if pushed is None:
+            return False
+        if only_author is not None:
+            prompt = store.prompt(pushed.prompt_id) if pushed.prompt_id else None
+            author = prompt.author_id if prompt else self.get(session_id).author_id
+            if author != only_author:
+                return False
+        with self.hub.lock(session_id):
+            if self.get(session_id).pr_number is None:
+                self._open_pull_request(session_id, pushed)
+        return self.get(session_id).pr_number is not None
 
     # ------------------------------------------------------------ runner side (ControlPlane)
 

@@ -160,3 +160,29 @@ def test_follow_up_mode_every_reply_versus_mentions_only(
         time.sleep(0.5)
         assert [p.text for p in world.runtime.sessions.prompts(session_id)] == ["first thing"]
         assert world.says(mention.ts, "queued your follow-up") is None
+
+
+def test_the_link_can_go_through_github_sign_in(make_github_env: Any, slack_fake: Any) -> None:
+    from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, SlackSender
+
+    env = make_github_env(
+        slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, slack_api_url=slack_fake.url
+    )
+    env.fake.add_user("octocat", "Mona Octocat", "mona@example.com", user_id=583231)
+    reply = SlackSender(env.url).command(ALICE, "CGENERAL01", "link", user_name="mona").json()
+    code = _code(reply["text"])
+    assert reply["text"].startswith("To connect") and env.url in reply["text"]
+    with env.browser() as browser:
+        page = browser.get(f"/slack/link/{code}")
+        assert f'href="/auth/github/login?next=/slack/link/{code}"' in page.text
+        done = env.sign_in(browser, "octocat", next_=f"/slack/link/{code}")
+        assert done.headers["location"] == f"/slack/link/{code}"
+        page = browser.get(f"/slack/link/{code}")
+        assert "Mona Octocat" in page.text and 'name="csrf"' in page.text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+        forged = browser.post(
+            f"/slack/link/{code}", data={"csrf": csrf}, headers={"Origin": "https://evil.example"}
+        )
+        assert forged.status_code == 403
+        assert browser.post(f"/slack/link/{code}", data={"csrf": csrf}).status_code == 200
+    assert env.runtime.slack.directory.user_for(ALICE).login == "octocat"

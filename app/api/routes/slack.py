@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user
+from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
 from app.errors import NotFound, Unauthorized
 from app.models import (
     SlackLinkCode,
@@ -83,7 +83,7 @@ def _csrf(bot: SlackBot, code: str, user: User) -> str:
 def _viewer(request: Request, runtime: Runtime) -> User | None:
     """Whoever the browser is signed in as (session cookie, or the local user), if anyone."""
     try:
-        return resolve_user(runtime, request.cookies.get(COOKIE_NAME))
+        return resolve_user(runtime, None, request.cookies.get(COOKIE_NAME))
     except Unauthorized:
         return None
 
@@ -127,7 +127,7 @@ commits and pull requests it starts from Slack are made in this name.</p>
 <button type="submit">Connect</button></form>
 <p class="muted">Not you? Close this page; the link expires on its own.</p>""",
         )
-    github = any(getattr(r, "path", None) == GITHUB_LOGIN for r in request.app.routes)
+    github = runtime.settings.github_oauth_enabled
     sign_in = (
         f'<p><a class="button" href="{GITHUB_LOGIN}?next={action}">Sign in with GitHub</a></p>'
         "<p>or</p>"
@@ -157,6 +157,14 @@ async def link_submit(code: str, request: Request, runtime: RuntimeDep) -> HTMLR
         except Unauthorized as exc:
             return _page("That did not work", f"<p>{html.escape(str(exc))}.</p>", 401)
     else:
+        if not same_origin(runtime, request.headers, request.url.scheme) and (
+            COOKIE_NAME in request.cookies or request.headers.get("origin")
+        ):
+            return _page(
+                "That did not work",
+                "<p>The form was sent from another site. Open the link from Slack again.</p>",
+                403,
+            )
         viewer = await asyncio.to_thread(_viewer, request, runtime)
         if viewer is None:
             return _page("Sign in first", "<p>Open the link again and sign in.</p>", 401)
