@@ -30,8 +30,10 @@ from workers.agent.tools import describe_call
 from workers.events import (
     ErrorRaised,
     Event,
+    Notice,
     PromptFinished,
     PromptStarted,
+    PrOpened,
     PrStateChanged,
     SandboxReady,
     StatusChanged,
@@ -55,6 +57,7 @@ TRIGGERS = frozenset(
         "pr_state",
         "error",
         "child_spawned",
+        "notice",
     }
 )
 _GONE = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
@@ -123,7 +126,7 @@ class StatusUpdater:
             for thread_id in threads:
                 self.poke(thread_id)
         elif (isinstance(event, StatusChanged) and event.status == "queued") or isinstance(
-            event, PrStateChanged
+            event, PrOpened | PrStateChanged | Notice
         ):
             # A session revived from elsewhere (web, API), or whose PR was merged or closed,
             # whose thread this process no longer follows.
@@ -260,9 +263,12 @@ class StatusUpdater:
         activity: str | None = None
         failure: str | None = None
         summary: str | None = None
+        notice: Notice | None = None
         for event in store.events(max(0, last - RECENT_EVENTS), RECENT_EVENTS):
             if isinstance(event, PromptStarted):
-                activity, failure, summary = "reading the request", None, None
+                activity, failure, summary, notice = "reading the request", None, None, None
+            elif isinstance(event, Notice):
+                notice = event
             elif isinstance(event, StatusChanged):
                 if event.status == "starting":
                     activity = "starting a sandbox"
@@ -294,6 +300,8 @@ class StatusUpdater:
             branch=row.branch if row.head_sha else None,
             summary=summary,
             failure=failure,
+            notice=notice.message if notice else None,
+            notice_link=notice.link if notice else None,
             participants=tuple(self.directory.participants(thread.channel_id, thread.thread_ts)),
         )
 

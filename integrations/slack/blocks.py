@@ -67,6 +67,9 @@ class StatusView:
     branch: str | None = None
     summary: str | None = None
     failure: str | None = None
+    notice: str | None = None
+    """Something a person must do (sign in with GitHub so the PR opens in their name)."""
+    notice_link: str | None = None
     participants: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -99,6 +102,10 @@ def status_message(view: StatusView) -> tuple[str, list[Block]]:
             blocks.append(section(escape(view.failure)))
     elif view.activity:
         blocks.append(context(f"`{escape(view.activity[:200])}`"))
+    if view.notice and not view.pr_url:
+        link = f" <{view.notice_link}|Open>" if view.notice_link else ""
+        blocks.append(section(f":warning: {escape(view.notice)}{link}"))
+        fallback += f" — {view.notice}"
     if view.queued and view.status not in TERMINAL:
         s = "" if view.queued == 1 else "s"
         blocks.append(context(f":inbox_tray: {view.queued} follow-up{s} queued"))

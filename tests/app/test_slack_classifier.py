@@ -165,7 +165,7 @@ def test_ambiguous_request_gets_a_picker_and_starts_when_someone_picks(
 ) -> None:
     _setup(slack_world, tmp_path)
     mention = slack_world.mention(ALICE, "make it faster")
-    picker = wait_for(lambda: slack_world.says(mention.ts, "which repository"), 15, "the picker")
+    picker = wait_for(lambda: slack_world.says(mention.ts, "which repository"), 30, "the picker")
     assert picker.thread_ts == mention.ts
     actions = next(b for b in picker.blocks if b["type"] == "actions")
     assert actions["elements"][0]["type"] == "static_select"
@@ -175,7 +175,7 @@ def test_ambiguous_request_gets_a_picker_and_starts_when_someone_picks(
 
     response = slack_world.sender.pick(BOB, slack_world.channel, picker, "infra")
     assert response.status_code == 200
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 15, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 30, "the status message")
     assert status.ts == picker.ts  # the picker message became the status message
     assert "picked by <@UBOB000001>" in json.dumps(status.blocks)
     session = slack_world.runtime.sessions.get(_session_of(status))
@@ -184,7 +184,7 @@ def test_ambiguous_request_gets_a_picker_and_starts_when_someone_picks(
     assert slack_world.runtime.sessions.public(session).author.login == "alice"
     # A second pick changes nothing and says so to the one who picked.
     slack_world.sender.pick(ALICE, slack_world.channel, as_shown, "acme/shop-web")
-    wait_for(lambda: slack_world.fake.of("chat.postEphemeral"), 10, "the ephemeral answer")
+    wait_for(lambda: slack_world.fake.of("chat.postEphemeral"), 30, "the ephemeral answer")
     assert "already started" in slack_world.fake.of("chat.postEphemeral")[0].params["text"]
     assert slack_world.runtime.sessions.query()[1] == 1
 
@@ -198,7 +198,7 @@ def test_thread_context_and_the_threads_earlier_session_pick_the_repository(
         slack_world.channel, "UCAROL0001", "the shopping cart drops items at checkout"
     )
     mention = slack_world.mention(ALICE, "can you fix this?", thread_ts=root.ts)
-    status = wait_for(lambda: slack_world.status_message(root.ts), 15, "the status message")
+    status = wait_for(lambda: slack_world.status_message(root.ts), 30, "the status message")
     first = slack_world.runtime.sessions.get(_session_of(status))
     assert first.repo_name == "acme/shop-web"
     assert any(c.params.get("ts") == root.ts for c in slack_world.fake.of("conversations.replies"))
@@ -208,14 +208,14 @@ def test_thread_context_and_the_threads_earlier_session_pick_the_repository(
 
     # `new:` in the same thread starts another session, on the thread's repository.
     slack_world.mention(ALICE, "new: add a regression test", thread_ts=root.ts)
-    wait_for(lambda: slack_world.runtime.sessions.query()[1] == 2, 15, "the second session")
+    wait_for(lambda: slack_world.runtime.sessions.query()[1] == 2, 30, "the second session")
     rows, _ = slack_world.runtime.sessions.query()
     second = next(r for r in rows if r.id != first.id)
     assert second.repo_name == "acme/shop-web" and second.title == "add a regression test"
     directory = slack_world.runtime.slack.directory
     thread = wait_for(
         lambda: (t := directory.thread(slack_world.channel, root.ts)).session_id == second.id and t,
-        10,
+        30,
         "the thread to move to the new session",
     )
     assert thread.how == "this thread's earlier session"
@@ -232,7 +232,7 @@ def test_channel_default_set_from_slack_routes_vague_requests(
     assert reply.status_code == 200 and "`infra`" in reply.json()["text"]
     assert slack_world.runtime.slack.directory.channel_default(slack_world.channel) == "infra"
     mention = slack_world.mention(BOB, "make it faster")
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 15, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 30, "the status message")
     assert slack_world.runtime.sessions.get(_session_of(status)).repo_name == "infra"
     assert "this channel's default" in json.dumps(status.blocks)
     reply = slack_world.sender.command(BOB, slack_world.channel, "default")

@@ -56,7 +56,7 @@ def test_link_unlink_and_help_through_the_command_and_the_api(
         lambda: [
             c for c in slack_world.fake.of("chat.postMessage") if c.params["channel"] == ALICE
         ],
-        10,
+        30,
         "the confirmation DM",
     )
     assert "alice@example.com" in confirmed[0].params["text"]
@@ -96,7 +96,7 @@ def test_the_modal_and_a_prompt_after_the_command_start_sessions_in_a_new_thread
     alice = make_person(slack_world.runtime, "alice", "Alice Example", "alice@example.com")
     slack_world.runtime.slack.directory.link(ALICE, alice.user)
     assert slack_world.sender.command(ALICE, slack_world.channel, "").status_code == 200
-    opened = wait_for(lambda: slack_world.fake.of("views.open"), 10, "views.open")
+    opened = wait_for(lambda: slack_world.fake.of("views.open"), 30, "views.open")
     view = opened[0].params["view"]
     view = json.loads(view) if isinstance(view, str) else view
     assert view["callback_id"] == MODAL_CALLBACK and view["private_metadata"] == slack_world.channel
@@ -113,21 +113,21 @@ def test_the_modal_and_a_prompt_after_the_command_start_sessions_in_a_new_thread
     accepted = slack_world.sender.submit_modal(ALICE, view, "proj", "add a license file")
     assert accepted.status_code == 200 and not accepted.content
     top = wait_for(
-        lambda: slack_world.fake.find(slack_world.channel, "asked Nightshift"), 10, "the request"
+        lambda: slack_world.fake.find(slack_world.channel, "asked Nightshift"), 30, "the request"
     )
     assert f"<@{ALICE}>" in top.text and "add a license file" in top.text
-    status = wait_for(lambda: slack_world.status_message(top.ts), 15, "the status message")
+    status = wait_for(lambda: slack_world.status_message(top.ts), 30, "the status message")
     assert "picked in /nightshift" in json.dumps(status.blocks)
 
     # The bot is not in another channel: the command's thread moves to a direct message.
     slack_world.fake.unjoined.add("CPRIVATE01")
     slack_world.sender.command(ALICE, "CPRIVATE01", "add a changelog repo:proj")
-    dm = wait_for(lambda: slack_world.fake.find("DALICE0001", "asked Nightshift"), 10, "the DM")
+    dm = wait_for(lambda: slack_world.fake.find("DALICE0001", "asked Nightshift"), 30, "the DM")
     status = wait_for(
-        lambda: slack_world.status_message(dm.ts, channel="DALICE0001"), 15, "DM status"
+        lambda: slack_world.status_message(dm.ts, channel="DALICE0001"), 30, "DM status"
     )
     assert "named in the message" in json.dumps(status.blocks)
-    wait_for(lambda: slack_world.runtime.sessions.query()[1] == 2, 10, "two sessions")
+    wait_for(lambda: slack_world.runtime.sessions.query()[1] == 2, 30, "two sessions")
 
 
 @pytest.mark.parametrize("mode", ["mentions", "thread"])
@@ -139,23 +139,23 @@ def test_follow_up_mode_every_reply_versus_mentions_only(
     person = make_person(world.runtime, "alice", "Alice Example", "alice@example.com")
     world.runtime.slack.directory.link(ALICE, person.user)
     mention = world.mention(ALICE, "first thing")
-    status = wait_for(lambda: world.status_message(mention.ts), 15, "status")
+    status = wait_for(lambda: world.status_message(mention.ts), 30, "status")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", json.dumps(status.blocks)).group(1)  # type: ignore[union-attr]
     world.reply("UCAROL0001", "looks good to me", thread_ts=mention.ts)
     world.reply(ALICE, "also update the readme", thread_ts=mention.ts)
     directory = world.runtime.slack.directory
     wait_for(
         lambda: "UCAROL0001" in directory.participants(world.channel, mention.ts),
-        10,
+        30,
         "the participant",
     )
     if mode == "thread":
-        queued = wait_for(lambda: world.says(mention.ts, "queued your follow-up"), 10, "follow-up")
+        queued = wait_for(lambda: world.says(mention.ts, "queued your follow-up"), 30, "follow-up")
         assert f"<@{ALICE}>" in queued.text
         texts = [p.text for p in world.runtime.sessions.prompts(session_id)]
         assert texts == ["first thing", "also update the readme"]
         # Carol is not linked: she is asked to connect, and her reply waits for that.
-        wait_for(lambda: world.says(mention.ts, "<@UCAROL0001> I need to know"), 10, "link ask")
+        wait_for(lambda: world.says(mention.ts, "<@UCAROL0001> I need to know"), 30, "link ask")
     else:
         time.sleep(0.5)
         assert [p.text for p in world.runtime.sessions.prompts(session_id)] == ["first thing"]

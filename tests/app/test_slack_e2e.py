@@ -53,7 +53,7 @@ def test_mention_ends_with_the_pr_link_in_one_updated_thread_message(
     )
     mention = slack_world.mention(ALICE, "please add a contributing guide")
 
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 20, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
     # It is a reply in the mention's thread, with a link to the web viewer.
     post = next(
         c
@@ -122,19 +122,19 @@ def test_thread_reply_mentioning_the_bot_is_a_queued_follow_up(
     )
     openai_fake.script("second task", *_edit_and_finish("two.txt", "2\n", "Second"))
     mention = slack_world.mention(ALICE, "first task")
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 20, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
     wait_for(
         lambda: any(
             e.type == "tool_result" for e in slack_world.runtime.sessions.events(session_id)
         ),
-        20,
+        40,
         "the first tool call",
     )
 
     slack_world.mention(BOB, "second task", thread_ts=mention.ts)
     queued = wait_for(
-        lambda: slack_world.says(mention.ts, "queued your follow-up"), 15, "the queue reply"
+        lambda: slack_world.says(mention.ts, "queued your follow-up"), 30, "the queue reply"
     )
     assert f"<@{BOB}>" in queued.text and "next in the queue" in queued.text
     assert queued.thread_ts == mention.ts
@@ -146,7 +146,7 @@ def test_thread_reply_mentioning_the_bot_is_a_queued_follow_up(
     gate.set()
     wait_for(
         lambda: all(p.state == "done" for p in slack_world.runtime.sessions.prompts(session_id)),
-        30,
+        60,
         "both prompts",
     )
     assert git_show(repo, session_id, "two.txt") == "2\n"
@@ -176,22 +176,22 @@ def test_stop_in_the_thread_and_the_stop_reaction_stop_the_session(
         "slow task", Turn.tool("run", command="sleep 60"), Turn.tool("finish", summary="never")
     )
     mention = slack_world.mention(ALICE, "slow task one")
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 20, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
     sessions = slack_world.runtime.sessions
     wait_for(
         lambda: any(e.type == "tool_call" and e.name == "run" for e in sessions.events(session_id)),
-        20,
+        40,
         "the sleep",
     )
     slack_world.reply(ALICE, "stop", thread_ts=mention.ts)
-    wait_for(lambda: sessions.get(session_id).status == "stopped", 15, "the stop")
+    wait_for(lambda: sessions.get(session_id).status == "stopped", 30, "the stop")
     assert slack_world.says(mention.ts, "stopped the session")
     final = wait_for(
         lambda: (
             (m := slack_world.status_message(mention.ts)) and "Stopped" in _blocks_text(m) and m
         ),
-        10,
+        30,
         "the stopped status",
     )
     assert "Open in Nightshift" in _blocks_text(final)
@@ -199,16 +199,16 @@ def test_stop_in_the_thread_and_the_stop_reaction_stop_the_session(
     # The same with a :octagonal_sign: reaction on the status message of another session.
     second = slack_world.mention(ALICE, "slow task two")
     status2 = wait_for(
-        lambda: slack_world.status_message(second.ts), 20, "the second status message"
+        lambda: slack_world.status_message(second.ts), 40, "the second status message"
     )
     second_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status2)).group(1)  # type: ignore[union-attr]
     wait_for(
         lambda: any(e.type == "tool_call" and e.name == "run" for e in sessions.events(second_id)),
-        20,
+        40,
         "the second sleep",
     )
     slack_world.react(ALICE, slack_world.channel, status2.ts)
-    wait_for(lambda: sessions.get(second_id).status == "stopped", 15, "the reaction stop")
+    wait_for(lambda: sessions.get(second_id).status == "stopped", 30, "the reaction stop")
     # A reaction elsewhere, or another emoji, stops nothing.
     assert sessions.get(session_id).status == "stopped"
 
@@ -225,7 +225,7 @@ def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
     mention = slack_world.mention("UCAROL0001", "docs please")
 
     told = wait_for(
-        lambda: slack_world.says(mention.ts, "I need to know who you are"), 15, "the thread reply"
+        lambda: slack_world.says(mention.ts, "I need to know who you are"), 30, "the thread reply"
     )
     assert told.thread_ts == mention.ts
     dm = wait_for(
@@ -255,7 +255,7 @@ def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
         again = browser.post(path, data={"token": carol.token})
         assert again.status_code == 410  # one use only
 
-    status = wait_for(lambda: slack_world.status_message(mention.ts), 20, "the status message")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
     assert (
         slack_world.runtime.sessions.public(
@@ -273,3 +273,32 @@ def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
         ]
     )
     assert dms == 2  # the link, then "you're connected"
+
+
+def test_a_notice_and_a_later_pr_reach_the_status_message_of_a_finished_session(
+    slack_world: SlackWorld, tmp_path: Path
+) -> None:
+    from workers.events import Notice, PrOpened
+
+    _world_with_repo(slack_world, tmp_path)
+    mention = slack_world.mention(ALICE, "say hello")
+    status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
+    session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
+    sessions = slack_world.runtime.sessions
+    wait_for(lambda: sessions.get(session_id).status == "finished", 60, "the end")
+    wait_for(lambda: "Done" in _blocks_text(status), 30, "the final edit")
+    # As the GitHub opener does when the person has not signed in with GitHub yet:
+    slack_world.runtime.hub.publish(
+        session_id,
+        Notice(message="Sign in with GitHub to open the PR as you", link="http://ns/login"),
+    )
+    wait_for(lambda: "Sign in with GitHub" in _blocks_text(status), 30, "the notice")
+    slack_world.runtime.hub.publish(
+        session_id, PrOpened(url="https://github.com/acme/proj/pull/9", number=9)
+    )
+    wait_for(
+        lambda: "<https://github.com/acme/proj/pull/9|Pull request #9>" in _blocks_text(status),
+        30,
+        "the PR link",
+    )
+    assert "Sign in with GitHub" not in _blocks_text(status)

@@ -92,7 +92,7 @@ def test_the_same_event_delivered_three_times_makes_one_session(
     for retry in (None, 1, 2):
         response = slack_world.sender.event(event, event_id="Ev0DUPLICATE1", retry_num=retry)
         assert response.status_code == 200, response.text
-    wait_for(lambda: slack_world.status_message(event["ts"]), 20, "the status message")
+    wait_for(lambda: slack_world.status_message(event["ts"]), 40, "the status message")
     time.sleep(0.5)
     assert slack_world.runtime.sessions.query()[1] == 1
     assert [e.event_id for e in _events(slack_world)] == ["Ev0DUPLICATE1"]
@@ -166,10 +166,10 @@ def test_an_event_acknowledged_before_a_crash_is_handled_after_restart(
     first.runtime.close()
     time.sleep(0.05)
     second = make_slack_world()
-    wait_for(lambda: second.status_message(event["ts"]), 20, "the status message after restart")
+    wait_for(lambda: second.status_message(event["ts"]), 40, "the status message after restart")
     assert second.runtime.sessions.query()[1] == 1
     wait_for(
-        lambda: second.runtime.slack.directory.event("Ev0CRASHED01").state == "done", 10, "done"
+        lambda: second.runtime.slack.directory.event("Ev0CRASHED01").state == "done", 30, "done"
     )
     assert second.runtime.slack.directory.event("Ev0BUSY00001").state == "received"
 
@@ -212,7 +212,7 @@ def test_a_429_from_slack_is_retried_after_retry_after(
     slack_world.fake.fail_next("chat.postMessage", 429, retry_after="1")
     event = _mention_event(slack_world, "tidy the readme")
     assert slack_world.sender.event(event).status_code == 200
-    wait_for(lambda: slack_world.status_message(event["ts"]), 20, "the status message")
+    wait_for(lambda: slack_world.status_message(event["ts"]), 40, "the status message")
     first, second = slack_world.fake.attempts("chat.postMessage")[:2]
     assert first.status == 429 and second.status == 200
     assert second.params["thread_ts"] == event["ts"] and second.at - first.at >= 1.0
@@ -236,10 +236,10 @@ def test_status_edits_are_at_most_one_a_second_and_end_with_the_final_state(
     )
     event = _mention_event(world, "busy work")
     assert world.sender.event(event).status_code == 200
-    status = wait_for(lambda: world.status_message(event["ts"]), 20, "the status message")
+    status = wait_for(lambda: world.status_message(event["ts"]), 40, "the status message")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", json.dumps(status.blocks)).group(1)  # type: ignore[union-attr]
-    wait_for(lambda: world.runtime.sessions.get(session_id).status == "finished", 30, "the end")
-    wait_for(lambda: "Pull request #1" in json.dumps(status.blocks), 10, "the final edit")
+    wait_for(lambda: world.runtime.sessions.get(session_id).status == "finished", 60, "the end")
+    wait_for(lambda: "Pull request #1" in json.dumps(status.blocks), 30, "the final edit")
     calls = [
         c
         for c in world.fake.of("chat.postMessage") + world.fake.of("chat.update")
@@ -272,7 +272,7 @@ def test_a_direct_message_needs_no_mention(slack_world: SlackWorld, tmp_path: Pa
     }
     assert slack_world.sender.event(event).status_code == 200
     status = wait_for(
-        lambda: slack_world.status_message(message.ts, channel="DALICE0001"), 20, "the status"
+        lambda: slack_world.status_message(message.ts, channel="DALICE0001"), 40, "the status"
     )
     assert status.thread_ts == message.ts
     rows, total = slack_world.runtime.sessions.query()

@@ -123,3 +123,19 @@ def test_the_fake_signs_requests_exactly_as_slack_does() -> None:
     assert not verifier.is_valid(body, now, signature("other", now, body))
     old = str(int(time.time()) - 301)
     assert not verifier.is_valid(body, old, signature(secret, old, body))
+
+
+def test_a_notice_shows_until_the_pr_is_open() -> None:
+    notice = {
+        "notice": "Sign in with GitHub so the PR opens as you",
+        "notice_link": "http://x/login",
+    }
+    text, blocks = status_message(_view(status="finished", branch="nightshift/abc", **notice))
+    assert ":warning: Sign in with GitHub" in json.dumps(
+        blocks
+    ) and "<http://x/login|Open>" in json.dumps(blocks)
+    assert "Sign in with GitHub" in text
+    _, blocks = status_message(
+        _view(status="finished", pr_url="http://x/pr/1", pr_number=1, **notice)
+    )
+    assert "Sign in" not in json.dumps(blocks)
