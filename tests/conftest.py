@@ -307,17 +307,24 @@ def make_slack_world(make_settings: Any, openai_fake: ScriptBook, slack_fake: An
         rt.close()
 
 
-def _settle(rt: Any, timeout: float = 20) -> None:
-    """Stop sessions a test left running and let their runners release their sandboxes."""
+def _settle(rt: Any, timeout: float = 30) -> None:
+    """Let sessions a test left running end (stopping one while its sandbox is being set up can
+    leave a mount behind), stop what is still running after that, and wait for the runners."""
     import time
 
     from workers.events import ACTIVE_STATUSES
 
-    rows, _ = rt.sessions.query(limit=500)
-    active = [r for r in rows if r.status in ACTIVE_STATUSES]
-    if active:
+    def active() -> list[Any]:
+        rows, _ = rt.sessions.query(limit=500)
+        return [r for r in rows if r.status in ACTIVE_STATUSES]
+
+    deadline = time.monotonic() + timeout
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = active()
+    if left:
         user = rt.users.upsert("teardown", "Teardown", "teardown@example.com")
-        for row in active:
+        for row in left:
             rt.sessions.stop(user, row.id)
     deadline = time.monotonic() + timeout
     while getattr(rt.dispatcher, "runners", None) and time.monotonic() < deadline:
