@@ -42,7 +42,7 @@ from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
 from workers.dispatch import Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
-from workers.redact import PLACEHOLDER, RedactingFilter, Redactor
+from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     settings = settings.model_copy(update={"data_dir": data_dir})
     data_dir.mkdir(parents=True, exist_ok=True)
     redactor = Redactor(settings.secret_values())
-    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    install_log_redaction(redactor)
     engine = control_engine(settings.control_db_url)
     init_control_db(engine)
 
