@@ -153,7 +153,7 @@ def _settings(data_dir: Path, **overrides: Any) -> Any:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Any:
     def make(**overrides: Any) -> Any:
-        return _settings(tmp_path / "ns", **overrides)
+        return _settings(overrides.pop("data_dir", tmp_path / "ns"), **overrides)
 
     return make
 
