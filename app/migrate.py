@@ -3,7 +3,7 @@
 `build_runtime` and `nightshift db upgrade` call `upgrade(engine)`: it takes a lock (an
 advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite) so several processes starting at once
 migrate one at a time, and adopts a control DB made before migrations existed by stamping the
-baseline revision. Only control tables (`app.models.CONTROL_TABLES`) are ever migrated: the
+revision `create_all` last produced. Only control tables (`app.models.CONTROL_TABLES`) are ever migrated: the
 per-session SQLite files (`app.sessionstore`) have their own schema.
 """
 
@@ -24,7 +24,33 @@ from app.models import CONTROL_TABLES
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
-"""The schema control DBs had before migrations existed (`create_all` of the first release)."""
+"""The first revision: the control tables of the first release."""
+LEGACY = "0002"
+"""The last schema `create_all` made, before migrations existed."""
+LEGACY_TABLES = frozenset(
+    {
+        "users",
+        "api_tokens",
+        "repos",
+        "sessions",
+        "session_participants",
+        "prompt_index",
+        "pull_requests",
+        "github_accounts",
+        "github_installations",
+        "github_deliveries",
+        "web_sessions",
+        "slack_events",
+        "slack_threads",
+        "slack_user_links",
+        "slack_link_codes",
+        "slack_channel_defaults",
+        "slack_requests",
+        "slack_participants",
+        "repo_keywords",
+    }
+)
+"""The tables of revision LEGACY; a control DB from before migrations holds some of them."""
 _PG_LOCK_KEY = 0x6E69676874  # "night": one advisory lock for every Nightshift migrator
 
 
@@ -75,11 +101,25 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         cfg.attributes["connection"] = conn
         before = current_revision(conn)
         if before is None and inspect(conn).has_table("sessions"):
-            command.stamp(cfg, BASELINE)
-            before = BASELINE
+            _adopt(conn, cfg)
+            before = LEGACY
         command.upgrade(cfg, revision)
         after = current_revision(conn)
     return before, after or ""
+
+
+def _adopt(conn: Connection, cfg: Config) -> None:
+    """A control DB made by `create_all`: complete it to revision LEGACY and stamp that.
+
+    Depending on the release that made it, some of LEGACY's tables may be missing; only
+    those are created.
+    """
+    legacy = MetaData()
+    for table in CONTROL_TABLES:
+        if table.name in LEGACY_TABLES:
+            table.to_metadata(legacy)
+    legacy.create_all(conn, checkfirst=True)
+    command.stamp(cfg, LEGACY)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

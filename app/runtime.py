@@ -23,11 +23,15 @@ from app.db import control_engine
 from app.errors import Unavailable
 from app.jobs import ControlJobs
 from app.metrics import observe
+from app.services.github import GitHubServices, RebuildHook, build_github
+from app.services.github_accounts import GitHubAccounts, build_accounts
+from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.users import Users
+from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
 from images.provider import SandboxProvider
@@ -43,10 +47,11 @@ from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
 from workers.jobs import JOBS, JobContext, JobError, run_job, schedule
-from workers.redact import RedactingFilter, Redactor
+from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
+    from app.services.slack import SlackBot
     from app.services.streams import StreamConsumer
     from workers.celery_app import WorkerContext
 
@@ -71,13 +76,24 @@ class Runtime:
     deps: WorkerDeps
     dispatcher: Dispatcher
     forges: dict[str, Forge]
+    web_sessions: WebSessions
+    accounts: GitHubAccounts | None
+    """People's linked GitHub accounts (None unless GitHub sign-in is configured)."""
+    github: GitHubServices | None
+    """The GitHub App's side: forge, PR opener, webhooks (None unless the App is configured)."""
+    image_rebuild_hooks: list[RebuildHook]
+    """Called with (repo spec, new base sha) when a push moves a repo's base branch; the image
+    builder registers here to rebuild early."""
     control_jobs: ControlJobs
     jobs: JobContext
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     started_at: float = 0.0
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    slack: SlackBot | None = None
+    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
 
     @property
     def distributed(self) -> bool:
@@ -109,6 +125,8 @@ class Runtime:
         self.periodic(self.settings.reap_interval, self._reap, "reaper")
         if not self.distributed:
             self._schedule_jobs()
+        for callback in self.on_start:
+            callback()
 
     def _schedule_jobs(self) -> None:
         s = self.settings
@@ -208,14 +226,20 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if settings.broker_url:
         _distributed_checks(settings)
     redactor = Redactor(settings.secret_values())
-    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    install_log_redaction(redactor)
     engine = control_engine(settings.control_db_url)
     init_control_db(engine)
+
+    def redact_secret(secret: str) -> None:
+        # Shapes the patterns already catch need no literal entry (the set would only grow).
+        if redactor.text(secret) != PLACEHOLDER:
+            redactor.add([secret])
+
     files = SessionFiles(data_dir / "sessions", redactor)
     hub = EventHub(files)
     hub.handlers.append(observe)
     users = Users(engine)
-    repos = Repos(engine)
+    repos = Repos(engine, github_enabled=settings.github_enabled)
     sessions = Sessions(
         engine,
         files,
@@ -228,6 +252,22 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     pulls = LocalPullRequests(engine, settings.base_url)
     sessions.openers["local"] = pulls
     forges = make_forges(settings)
+    accounts = build_accounts(settings, engine, redact_secret)
+    rebuild_hooks: list[RebuildHook] = []
+    github = build_github(
+        settings,
+        engine=engine,
+        sessions=sessions,
+        accounts=accounts,
+        on_secret=redact_secret,
+        submit=lambda fn: runtime.executor.submit(lambda: asyncio.to_thread(fn)),
+        rebuild_hooks=rebuild_hooks,
+        data_dir=data_dir,
+    )
+    if github is not None:
+        forges["github"] = github.forge
+        sessions.openers["github"] = github.opener
+        repos.github_default_branch = github.default_branch
 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
@@ -272,10 +312,30 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         deps=deps,
         dispatcher=dispatcher,
         forges=forges,
+        web_sessions=WebSessions(engine),
+        accounts=accounts,
+        github=github,
+        image_rebuild_hooks=rebuild_hooks,
         control_jobs=control_jobs,
         jobs=JobContext(control=control, images=images, forge_for=forge_for),
         streams=streams,
     )
+    if github is not None:
+
+        def reconcile() -> str:
+            done = reconcile_github(runtime)
+            return (
+                f"{done.checked} open PRs checked, {done.updated} updated, "
+                f"{done.deliveries} queued deliveries handled, {done.opened} PRs opened, "
+                f"{done.errors} errors"
+            )
+
+        control_jobs.register("reconcile_github", reconcile)
+    # ---- Slack
+    if settings.slack_enabled:
+        from app.services.slack import build_slack_bot
+
+        runtime.slack = build_slack_bot(runtime)
     return runtime
 
 
@@ -308,8 +368,27 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
     _distributed_checks(settings)
     assert settings.worker_token is not None
     redactor = Redactor(settings.secret_values())
-    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    install_log_redaction(redactor)
     forges = make_forges(settings)
+    if settings.github_enabled:
+        # Workers clone and push GitHub repositories themselves, with installation tokens
+        # minted here (redacted like every secret); PRs are opened by the API.
+        from app.services.github import github_config
+        from integrations.github.app import GitHubApp
+        from integrations.github.forge import GitHubForge
+
+        def redact_secret(secret: str) -> None:
+            if redactor.text(secret) != PLACEHOLDER:
+                redactor.add([secret])
+
+        assert settings.github_app_id is not None
+        app = GitHubApp(
+            github_config(settings),
+            settings.github_app_id,
+            settings.github_private_key(),
+            on_token=redact_secret,
+        )
+        forges["github"] = GitHubForge(app, settings.data_dir / "github" / "mirrors")
 
     def forge_for(spec: RepoSpec) -> Forge:
         forge = forges.get(spec.forge)

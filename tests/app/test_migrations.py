@@ -66,18 +66,21 @@ def test_upgrade_is_idempotent_and_downgrade_reverses(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_a_control_db_from_before_migrations_is_adopted(tmp_path: Path) -> None:
-    """Databases made by `create_all` (the first release) are stamped, then upgraded."""
+@pytest.mark.parametrize("made_by", ["first release", "a release with GitHub"])
+def test_a_control_db_from_before_migrations_is_adopted(tmp_path: Path, made_by: str) -> None:
+    """Databases made by `create_all` (before migrations) are completed, stamped, upgraded."""
     from sqlalchemy import text
     from sqlmodel import Session as DB
 
+    from app.migrate import LEGACY, LEGACY_TABLES
     from app.models import User
 
     engine = control_engine(f"sqlite:///{tmp_path / 'control.db'}")
-    upgrade(engine, BASELINE)  # the first release's schema ...
+    upgrade(engine, BASELINE)  # the first release's tables ...
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))  # ... as create_all left it
-    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))  # ... as create_all left them
+        if made_by == "a release with GitHub":
+            conn.execute(text("CREATE TABLE github_deliveries (id VARCHAR(64) PRIMARY KEY)"))
         conn.execute(
             text(
                 "INSERT INTO users (login, name, email, created_at) "
@@ -85,10 +88,21 @@ def test_a_control_db_from_before_migrations_is_adopted(tmp_path: Path) -> None:
             )
         )
     before, after = upgrade(engine)
-    assert before == BASELINE and after == head_revision()
-    assert differences(engine) == []
+    assert before == LEGACY and after == head_revision()
+    assert set(inspect(engine).get_table_names()) >= LEGACY_TABLES
+    if made_by == "first release":
+        assert differences(engine) == []
     with DB(engine) as db:
         assert db.get(User, 1).login == "old"  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def test_legacy_tables_are_those_of_the_legacy_revision(tmp_path: Path) -> None:
+    from app.migrate import LEGACY, LEGACY_TABLES
+
+    engine = control_engine(f"sqlite:///{tmp_path / 'control.db'}")
+    upgrade(engine, LEGACY)
+    assert set(inspect(engine).get_table_names()) - {"alembic_version"} == LEGACY_TABLES
     engine.dispose()
 
 
