@@ -144,6 +144,21 @@ class Runtime:
                 )
             )
 
+    def run_job_soon(self, name: str, *args: str) -> None:
+        """Run a job now, in the background: on a worker in distributed mode, else here."""
+        enqueue = getattr(self.dispatcher, "enqueue_job", None)
+        if enqueue is not None:
+            enqueue(name, *args)
+            return
+
+        async def job() -> None:
+            try:
+                log.info("%s %s: %s", name, " ".join(args), await run_job(self.jobs, name, *args))
+            except (JobError, ControlPlaneError) as exc:
+                log.warning("%s %s: %s", name, " ".join(args), exc)
+
+        self.executor.submit(job)
+
     async def _run_scheduled(self, name: str) -> None:
         try:
             log.info("%s: %s", name, await run_job(self.jobs, name))
@@ -320,6 +335,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         jobs=JobContext(control=control, images=images, forge_for=forge_for),
         streams=streams,
     )
+    # A push to a repo's base branch (GitHub webhook) builds its image now, not at the next
+    # scheduled check.
+    rebuild_hooks.append(lambda spec, _sha: runtime.run_job_soon("build_image", spec.name))
     if github is not None:
 
         def reconcile() -> str:

@@ -82,6 +82,15 @@ class CeleryDispatcher:
             # The prompt is stored; the reaper dispatches again once the broker is back.
             log.warning("could not dispatch session %s (%s); will retry", session_id, exc)
 
+    def enqueue_job(self, job: str, *args: str) -> None:
+        """Hand a scheduled job (e.g. `build_image <repo>`) to a worker now."""
+        from workers.celery_app import task_name
+
+        try:
+            self.celery.send_task(task_name(job), args=list(args))
+        except Exception as exc:
+            log.warning("could not queue %s %s (%s); the schedule runs it later", job, args, exc)
+
     def stop_session(self, session_id: str) -> None:
         from workers.celery_app import stop_message
 
