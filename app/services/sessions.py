@@ -510,17 +510,17 @@ class Sessions:
             return bool(result.rowcount == 1)
 
     def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
-        with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+        # One statement per heartbeat: every runner sends one every few seconds.
+        with self.engine.begin() as conn:
+            stop = conn.execute(
                 update(Session)
                 .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
                 .values(lease_expires_at=time.time() + ttl)
-            )
-            db.commit()
-            if result.rowcount != 1:
-                return "lost"
-            row = db.get(Session, session_id)
-            return "stop" if row is not None and row.stop_requested else "held"
+                .returning(col(Session.stop_requested))
+            ).scalar_one_or_none()
+        if stop is None:
+            return "lost"
+        return "stop" if stop else "held"
 
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)
