@@ -335,6 +335,9 @@ class Health(BaseModel):
     mode: str
     sandbox: str
     database: str
+    event_bus: str | None = None
+    """Distributed mode: `ok` while the API reads the workers' event streams from Redis,
+    `unavailable` while it cannot (events wait in Redis meanwhile)."""
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in

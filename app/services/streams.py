@@ -120,6 +120,7 @@ class StreamConsumer:
                 if not started:
                     self._begin()
                     started = True
+                    self.healthy = True
                 self._step()
                 self.healthy = True
                 delay = 0.1

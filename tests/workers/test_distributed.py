@@ -175,6 +175,12 @@ def test_session_runs_end_to_end(
     for expected in ("sandbox_ready", "tool_call", "commit_created", "branch_pushed", "pr_opened"):
         assert types.count(expected) == (2 if expected == "tool_call" else 1), types
     assert types[-1] == "status" and events[-1]["status"] == "finished"
+    health = deployment.api.http.get("/healthz").json()
+    if deployment.mode == "embedded":
+        assert health["mode"] == "embedded" and health["event_bus"] is None
+    else:
+        assert (health["mode"], health["database"]) == ("distributed", "postgresql")
+        assert health["event_bus"] == "ok"
     if deployment.mode == "celery":
         # The worker, a separate process, ran it: the API only dispatched and persisted.
         assert "nightshift.run_session[" in deployment.logs()

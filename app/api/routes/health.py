@@ -26,6 +26,9 @@ def healthz(runtime: RuntimeDep) -> Health:
         mode="distributed" if settings.broker_url else "embedded",
         sandbox=runtime.backend.runtime_version(),
         database=runtime.engine.dialect.name,
+        event_bus=None
+        if runtime.streams is None
+        else ("ok" if runtime.streams.healthy else "unavailable"),
     )
 
 
