@@ -358,6 +358,40 @@ def test_a_worker_stopped_mid_run_hands_its_session_back(
     assert str(sandboxes) not in mounts
 
 
+def test_a_follow_up_wakes_the_idle_remote_runner(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """A runner keeping its sandbox for follow-ups takes a new prompt at once (pub/sub nudge),
+    on the same sandbox, instead of at its next periodic look at the queue."""
+    for name in list(cluster.workers):
+        cluster.stop_worker(name)
+    cluster.start_worker("idle", NIGHTSHIFT_IDLE_SECONDS="120")
+    try:
+        alice = cluster.person("alice", "Alice Example", "alice@example.com")
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        name = _unique("idle")
+        with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as http:
+            api = ApiClient(http, cluster.url, alice)
+            api.add_repo(make_repo(tmp_path, name))
+            openai_fake.script("first part", *_write_and_finish("ONE.md", "1\n", "One"))
+            openai_fake.script("second part", *_write_and_finish("TWO.md", "2\n", "Two"))
+            session = api.create(name, "first part")
+            api.wait_status(session["id"], "idle", timeout=60)
+            r = http.post(f"/api/sessions/{session['id']}/prompts", json={"text": "second part"})
+            assert r.status_code == 202
+            # Well before the runner's own periodic check of its queue (30 s).
+            wait_for(
+                lambda: sum(e["type"] == "prompt_started" for e in api.events(session["id"])) == 2,
+                15,
+                "the follow-up to start",
+            )
+            ready = [e for e in api.events(session["id"]) if e["type"] == "sandbox_ready"]
+            assert len(ready) == 1  # the same sandbox served both prompts
+            http.post(f"/api/sessions/{session['id']}/stop")
+    finally:
+        cluster.stop_worker("idle")
+
+
 def test_stop_reaches_a_remote_runner_through_the_nudge(
     cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
