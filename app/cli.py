@@ -398,6 +398,12 @@ def tokens_create(
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
 
+from app.commands.bench import bench_app  # noqa: E402
+from app.commands.images import images_app  # noqa: E402
+
+app.add_typer(images_app, name="images")
+app.add_typer(bench_app, name="bench")
+
 
 def main() -> None:
     try:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import health, repos, sessions, stats, web
+from app.api.routes import health, images, repos, sessions, stats, web
 from app.errors import ServiceError
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)
     app.include_router(stats.router)
     app.include_router(web.router)
