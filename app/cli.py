@@ -218,7 +218,7 @@ def run(
     ],
 ) -> None:
     """Run one prompt from the terminal: stream the agent's work, print the branch and PR."""
-    settings = load_settings(idle_seconds=0)
+    settings = load_settings(idle_seconds=0, image_interval=0)  # one prompt: no build schedule
     with runtime_from(settings) as runtime:
         try:
             user = runtime.users.local_user()

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -149,6 +150,35 @@ async def run_commands(
                 )
 
 
+def _exclude_pattern(path: str) -> str:
+    """A `.git/info/exclude` line matching exactly `path` (relative to the repository root)."""
+    escaped = "".join("\\" + c if c in "\\*?[]!# " else c for c in path)
+    return "/" + escaped
+
+
+async def exclude_setup_output(sandbox: Sandbox) -> list[str]:
+    """Keep what set-up created (a virtualenv, `node_modules`, build output) out of the
+    agent's commits: untracked paths go to `.git/info/exclude`. Git runs in the sandbox."""
+    listed = await sandbox.exec(
+        ["git", "ls-files", "-z", "--others", "--exclude-standard", "--directory"],
+        timeout=300,
+        output_cap=4 * 1024 * 1024,
+    )
+    if not listed.ok or listed.truncated:
+        return []
+    paths = [p for p in listed.stdout.split("\0") if p]
+    if not paths:
+        return []
+    try:
+        current = (await sandbox.read_file(".git/info/exclude")).decode(errors="replace")
+    except SandboxError:
+        current = ""
+    lines = [current.rstrip("\n"), "# set-up output (Nightshift image build)"]
+    lines += [_exclude_pattern(p.rstrip("/")) for p in paths]
+    await sandbox.write_file(".git/info/exclude", ("\n".join(lines).lstrip("\n") + "\n").encode())
+    return paths
+
+
 def _strip_overlay_xattrs(path: str) -> None:
     with contextlib.suppress(OSError):
         for name in os.listxattr(path, follow_symlinks=False):
@@ -246,6 +276,8 @@ class ImageBuilder:
         self.command_timeout = command_timeout
         self.lock_ttl = lock_ttl
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._guard = threading.Lock()
+        self._building: set[str] = set()
         self.on_built: list[Callable[[RepoSpec, ImageRecord], None]] = []
         """Called (on the builder's loop) when a new image is ready, e.g. to refresh pools."""
 
@@ -261,6 +293,25 @@ class ImageBuilder:
     ) -> BuildResult:
         """Build `spec`'s image at its base tip unless the newest one is current."""
         started = time.monotonic()
+        with self._guard:
+            mine = spec.name in self._building  # the lease is re-entrant for its holder
+            self._building.add(spec.name)
+        if mine:
+            return BuildResult(spec.name, "busy", f"a build of {spec.name} is already running")
+        try:
+            return await self._build_leased(spec, trigger, force, progress, started)
+        finally:
+            with self._guard:
+                self._building.discard(spec.name)
+
+    async def _build_leased(
+        self,
+        spec: RepoSpec,
+        trigger: Trigger,
+        force: bool,
+        progress: Progress | None,
+        started: float,
+    ) -> BuildResult:
         got = await asyncio.to_thread(
             self.registry.acquire_lock, spec.name, self.holder, self.lock_ttl
         )
@@ -412,11 +463,10 @@ class ImageBuilder:
             log.warning("image build of %s failed: %s", spec.name, exc)
             return BuildResult(spec.name, "failed", str(exc), record)
         except BaseException:
+            # Cancelled (the process is stopping): not a failure of the repo, so no record.
             with contextlib.suppress(Exception):
                 remove_tree(staging)
-                self.registry.save(
-                    record, status="failed", error="cancelled", finished_at=time.time()
-                )
+                self.registry.delete(record.id)
             raise
         build_log.line(f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms")
         self.registry.save(
@@ -467,6 +517,9 @@ class ImageBuilder:
             await run_commands(
                 sandbox, spec, ("setup", "warm"), self.command_timeout, build_log, say
             )
+            excluded = await exclude_setup_output(sandbox)
+            if excluded:
+                build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
             snapshot = await sandbox.snapshot()
         finally:
             await sandbox.terminate()

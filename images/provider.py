@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from images.builder import BuildError, BuildLog, ImageBuilder, run_commands
+from images.builder import (
+    BuildError,
+    BuildLog,
+    ImageBuilder,
+    exclude_setup_output,
+    run_commands,
+)
 from images.mirror import Mirrors
 from images.registry import SHARED_BACKENDS, ImageRecord, ImageRegistry, Trigger
 from images.sandboxes.base import (
@@ -62,12 +68,13 @@ class Acquired:
     notes: list[str] = field(default_factory=list)
     spec: RepoSpec | None = None
     """The repo spec the sandbox runs with: the stored one completed by `.nightshift.toml`."""
-    head: str = ""
-    """The commit the workspace holds (the image's, or the tip a sync brought it to)."""
+    base_sha: str = ""
+    """The base-branch commit the workspace stands on: the image's, or the tip a sync
+    brought it to (for a snapshot, the commit the session's first prompt synced to)."""
 
     def __post_init__(self) -> None:
-        if not self.head:
-            self.head = self.image.sha
+        if not self.base_sha:
+            self.base_sha = self.image.sha
 
 
 class SandboxProvider:
@@ -111,11 +118,20 @@ class SandboxProvider:
         """A running sandbox for `repo`, started the fastest way available (see the module)."""
         notes: list[str] = []
         if snapshot is not None:
+            record = await asyncio.to_thread(self.registry.get, snapshot.image.id)
+            effective = record.effective(repo) if record is not None else repo
             try:
-                sandbox = await self.backend.start(self._sandbox_spec(repo, snapshot, label))
-                return Acquired(sandbox, "snapshot", snapshot.image, spec=repo)
+                sandbox = await self.backend.start(self._sandbox_spec(effective, snapshot, label))
             except SnapshotUnusable as exc:
                 notes.append(f"{exc}; starting from the newest image")
+            else:
+                # The session's work sits on the base commit its first prompt synced to.
+                base = await sandbox.exec(
+                    ["git", "rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{repo.base}"],
+                    timeout=60,
+                )
+                sha = base.stdout.strip() if base.ok else ""
+                return Acquired(sandbox, "snapshot", snapshot.image, spec=effective, base_sha=sha)
         if self.pool is not None:
             warm = await self.pool.claim(repo.name, claimant)
             if warm is not None:
@@ -163,6 +179,8 @@ class SandboxProvider:
         acquired = Acquired(sandbox, "cold", record.ref(), spec=effective)
         try:
             await run_commands(sandbox, effective, ("setup",), self.setup_timeout, BuildLog())
+            if effective.setup:
+                await exclude_setup_output(sandbox)
         except BuildError as exc:
             acquired.notes.append(f"no image yet, so the set-up ran in this sandbox: {exc}")
         except BaseException:
@@ -233,12 +251,12 @@ class SandboxProvider:
         the new commits and fetches and fast-forwards itself.
         """
         tip = await self.mirrors.update(repo, self.forge_for(repo))
-        if tip == acquired.head:
+        if tip == acquired.base_sha:
             return tip
         with tempfile.TemporaryDirectory(prefix="nightshift-sync-") as tmp:
             bundle = Path(tmp) / "sync.bundle"
-            if not await self.mirrors.bundle(repo, acquired.head, bundle):
-                return acquired.head
+            if not await self.mirrors.bundle(repo, acquired.base_sha, bundle):
+                return acquired.base_sha
             data = await asyncio.to_thread(bundle.read_bytes)
         sandbox = acquired.sandbox
         await sandbox.write_file(SYNC_BUNDLE, data)
@@ -264,7 +282,7 @@ class SandboxProvider:
                 await sandbox.exec(["rm", "-f", SYNC_BUNDLE], timeout=30)
         if head != tip:
             raise SyncError(f"the workspace is at {head[:10]} after the sync, not at {tip[:10]}")
-        acquired.head = head
+        acquired.base_sha = head
         return head
 
 

@@ -198,6 +198,11 @@ class ImageRegistry:
             db.commit()
         return record
 
+    def delete(self, image_id: str) -> None:
+        with DB(self.engine) as db:
+            db.exec(delete(ImageRecord).where(col(ImageRecord.id) == image_id))  # type: ignore[call-overload]
+            db.commit()
+
     def interrupt_stale(self, repo: str, keep: str | None = None) -> int:
         """Mark this host's `building` rows of `repo` (but `keep`) failed: their builder died.
 

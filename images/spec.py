@@ -100,8 +100,11 @@ class RepoSpec(BaseModel):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def slug(self) -> str:
-        """A file-name-safe form of the name."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "--", self.name)
+        """A file-name-safe form of the name, distinct for distinct names."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "--", self.name)
+        if safe == self.name:
+            return safe
+        return f"{safe}-{hashlib.sha256(self.name.encode()).hexdigest()[:8]}"
 
     def with_file(self, file: SpecFile | None) -> RepoSpec:
         """This spec completed by a `.nightshift.toml`: the file wins where both say something."""

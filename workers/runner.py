@@ -202,7 +202,7 @@ class SessionRunner:
             claimant=str(job.author.id),
         )
         self.acquired = acquired
-        self.base_sha = acquired.head
+        self.base_sha = acquired.base_sha
         if acquired.mode != "snapshot":
             # A follow-up keeps the base it started from; every fresh sandbox catches up with
             # the base tip in the background while the agent reads.
@@ -243,7 +243,7 @@ class SessionRunner:
             await self.emit(
                 Notice(
                     message=f"could not bring the sandbox to the tip of {self.ctx.repo.base} "
-                    f"({exc}); working on {acquired.head[:10]}",
+                    f"({exc}); working on {acquired.base_sha[:10]}",
                     prompt_id=job.id,
                     attempt=job.attempt,
                 )

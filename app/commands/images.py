@@ -22,7 +22,7 @@ def _short(sha: str | None) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+    return time.strftime("%m-%d %H:%M", time.localtime(ts)) if ts else ""
 
 
 @images_app.command("build")
@@ -101,7 +101,10 @@ def images_list(
         if as_json:
             print(json.dumps([r.model_dump() for r in rows], indent=2))
             return
-        table = Table("id", "repo", "status", "sha", "built", "took", "error")
+        table = Table()
+        table.add_column("id", no_wrap=True)
+        for name in ("repo", "status", "sha", "built", "took", "error"):
+            table.add_column(name)
         for r in rows:
             took = f"{r.duration_ms / 1000:.1f}s" if r.duration_ms is not None else ""
             style = {"ready": "green", "failed": "red", "building": "yellow"}.get(r.status, "dim")

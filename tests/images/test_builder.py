@@ -65,6 +65,7 @@ async def test_image_holds_the_setup_result_at_the_base_tip(rt: Any, tmp_path: P
         assert out.stdout == "built\nhot\n"
         status = await acquired.sandbox.exec(["git", "status", "--porcelain"])
         assert "gone.txt" in status.stdout  # the agent sees set-up changes as changes
+        assert "build" not in status.stdout  # but not what set-up created
     finally:
         await acquired.sandbox.terminate()
 
