@@ -16,50 +16,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import secrets
-import shutil
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from images.layers import apply_layer, remove_tree
 from images.mirror import Mirrors
 from images.registry import ImageRecord, ImageRegistry, Trigger
 from images.sandboxes.base import (
-    ExecResult,
     ImageRef,
     Limits,
-    Sandbox,
     SandboxBackend,
     SandboxError,
     SandboxSpec,
     SnapshotRef,
 )
 from images.sandboxes.overlay import chown_tree
-from images.spec import SPEC_FILE, SPEC_FILE_MAX_BYTES, RepoSpec, SpecFile, SpecFileError
-from images.spec import parse_spec_file as _parse
+from images.setup import BuildError, BuildLog, Progress, exclude_setup_output, run_commands
+from images.spec import SPEC_FILE, RepoSpec, SpecFileError, read_spec_file
 from integrations.forge.base import Forge, ForgeError
 
 log = logging.getLogger("nightshift.images")
 
 BuildOutcome = Literal["built", "skipped", "busy", "failed"]
-Progress = Callable[[str], None]
-LOG_CAP = 256 * 1024
-COMMAND_TAIL = 16 * 1024
 COLD_MIN_AGE_S = 600.0
-_OVERLAY_XATTR = "trusted.overlay."
-
-
-class BuildError(Exception):
-    """A build step failed; the message says which and why."""
 
 
 @dataclass
@@ -70,184 +58,6 @@ class BuildResult:
     image: ImageRecord | None = None
     """The image built, the current one (skipped), or the failed attempt with its log."""
     ms: int = 0
-
-
-@dataclass
-class BuildLog:
-    parts: list[str] = field(default_factory=list)
-    size: int = 0
-
-    def line(self, text: str) -> None:
-        self.parts.append(text.rstrip("\n") + "\n")
-        self.size += len(text) + 1
-
-    def command(self, command: str, result: ExecResult) -> None:
-        self.line(f"$ {command}")
-        for stream in (result.stdout, result.stderr):
-            if stream:
-                tail = stream[-COMMAND_TAIL:]
-                if len(stream) > len(tail):
-                    self.line(f"[... {len(stream) - len(tail)} earlier characters omitted]")
-                self.line(tail)
-        note = " (wall-clock timeout)" if result.timed_out else ""
-        self.line(f"→ exit {result.exit_code}{note} in {result.duration_ms} ms")
-
-    def text(self) -> str:
-        out = "".join(self.parts)
-        if len(out) > LOG_CAP:
-            out = "[... log truncated]\n" + out[-LOG_CAP:]
-        return out
-
-
-def read_spec_file(workspace: Path) -> SpecFile | None:
-    """The `.nightshift.toml` of a fresh host-side clone; symlinks are refused, not followed."""
-    try:
-        fd = os.open(workspace / SPEC_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SpecFileError("must be a regular file, not a symlink") from exc
-        raise SpecFileError(f"cannot be read: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SpecFileError("must be a regular file")
-        if st.st_size > SPEC_FILE_MAX_BYTES:
-            raise SpecFileError(f"is larger than {SPEC_FILE_MAX_BYTES} bytes")
-        data = os.read(fd, SPEC_FILE_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    try:
-        return _parse(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpecFileError("is not UTF-8 text") from exc
-
-
-async def run_commands(
-    sandbox: Sandbox,
-    spec: RepoSpec,
-    phases: tuple[str, ...],
-    timeout: float,
-    build_log: BuildLog,
-    progress: Progress | None = None,
-) -> None:
-    """Run the spec's commands of `phases` (setup, warm) in order; stop at the first failure."""
-    for phase in phases:
-        commands: list[str] = getattr(spec, phase)
-        for index, command in enumerate(commands, 1):
-            if progress is not None:
-                progress(f"{phase} {index}/{len(commands)}: {command}")
-            result = await sandbox.exec(
-                ["bash", "-c", command], timeout=timeout, output_cap=4 * COMMAND_TAIL
-            )
-            build_log.command(command, result)
-            if not result.ok:
-                why = "timed out" if result.timed_out else f"exited {result.exit_code}"
-                last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-                raise BuildError(
-                    f"{phase} command `{command}` {why}" + (f": {last[0][:300]}" if last[0] else "")
-                )
-
-
-def _exclude_pattern(path: str) -> str:
-    """A `.git/info/exclude` line matching exactly `path` (relative to the repository root)."""
-    escaped = "".join("\\" + c if c in "\\*?[]!# " else c for c in path)
-    return "/" + escaped
-
-
-async def exclude_setup_output(sandbox: Sandbox) -> list[str]:
-    """Keep what set-up created (a virtualenv, `node_modules`, build output) out of the
-    agent's commits: untracked paths go to `.git/info/exclude`. Git runs in the sandbox."""
-    listed = await sandbox.exec(
-        ["git", "ls-files", "-z", "--others", "--exclude-standard", "--directory"],
-        timeout=300,
-        output_cap=4 * 1024 * 1024,
-    )
-    if not listed.ok or listed.truncated:
-        return []
-    paths = [p for p in listed.stdout.split("\0") if p]
-    if not paths:
-        return []
-    try:
-        current = (await sandbox.read_file(".git/info/exclude")).decode(errors="replace")
-    except SandboxError:
-        current = ""
-    lines = [current.rstrip("\n"), "# set-up output (Nightshift image build)"]
-    lines += [_exclude_pattern(p.rstrip("/")) for p in paths]
-    await sandbox.write_file(".git/info/exclude", ("\n".join(lines).lstrip("\n") + "\n").encode())
-    return paths
-
-
-def _strip_overlay_xattrs(path: str) -> None:
-    with contextlib.suppress(OSError):
-        for name in os.listxattr(path, follow_symlinks=False):
-            if name.startswith(_OVERLAY_XATTR):
-                os.removexattr(path, name, follow_symlinks=False)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        remove_tree(Path(path))
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def apply_layer(layer: Path, root: Path) -> None:
-    """Fold an overlayfs upper directory into `root` (which was its lower layer).
-
-    Whiteouts (0/0 character devices) delete, opaque directories replace, everything else is
-    moved over what was there. The layer is consumed.
-    """
-    for dirpath, dirnames, filenames in os.walk(layer, topdown=True):
-        rel = os.path.relpath(dirpath, layer)
-        target_dir = root if rel == "." else root / rel
-        for name in dirnames:
-            src, dst = os.path.join(dirpath, name), str(target_dir / name)
-            opaque = False
-            with contextlib.suppress(OSError):
-                opaque = os.getxattr(src, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-            if opaque or (os.path.lexists(dst) and not os.path.isdir(dst)) or os.path.islink(dst):
-                _remove(dst)
-            if not os.path.lexists(dst):
-                os.mkdir(dst)
-            st = os.lstat(src)
-            os.chown(dst, st.st_uid, st.st_gid)
-            os.chmod(dst, stat.S_IMODE(st.st_mode))
-        for name in filenames:
-            src, dst = os.path.join(dirpath, name), str(target_dir / name)
-            st = os.lstat(src)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                _remove(dst)  # a whiteout: the file was deleted
-                continue
-            if os.path.isdir(dst) and not os.path.islink(dst):
-                remove_tree(Path(dst))
-            os.replace(src, dst)
-            _strip_overlay_xattrs(dst)
-    # Directory times last: moving entries in touched them.
-    for dirpath, _dirnames, _filenames in os.walk(layer):
-        rel = os.path.relpath(dirpath, layer)
-        dst = str(root if rel == "." else root / rel)
-        st = os.lstat(dirpath)
-        with contextlib.suppress(OSError):
-            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a tree even where builds left directories without write permission."""
-
-    def on_error(func: Callable[..., object], failed: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-        with contextlib.suppress(OSError):
-            func(failed)
-
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=on_error)
 
 
 class ImageBuilder:

@@ -1,12 +1,15 @@
 """The periodic image jobs, as plain functions any scheduler can call.
 
 The embedded default runs them from the in-process scheduler (`app/runtime.py`); in
-distributed mode Celery beat calls the same functions from a task, e.g.
+distributed mode Celery beat calls the same functions from a task, on the worker process's
+runtime loop (where its sandboxes and locks live), e.g.
 
     @celery.task
     def build_images_task(repos: list[str] | None = None, force: bool = False) -> None:
         runtime = worker_runtime()            # built once per worker process
-        asyncio.run(build_images(runtime.image_jobs, repos, force=force))
+        runtime.executor.submit(
+            lambda: build_images(runtime.image_jobs, repos, force=force)
+        ).result()
 
 Every function takes the process's `ImageJobs` (its builder, provider, registry and a way to
 list the registered repos) and nothing else but names and flags, so a task payload stays a

@@ -10,7 +10,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from images.spec import SPEC_FILE, SPEC_FILE_MAX_BYTES, RepoSpec, SpecFile, parse_spec_file
+from images.spec import (
+    SPEC_FILE,
+    SPEC_FILE_MAX_BYTES,
+    RepoSpec,
+    SpecFile,
+    SpecFileError,
+    parse_spec_file,
+)
 from integrations.forge.base import Forge, ForgeError, git
 
 
@@ -46,8 +53,6 @@ class Mirrors:
 
         Raises SpecFileError when it is malformed (or not a regular file).
         """
-        from images.spec import SpecFileError
-
         listing = await git("ls-tree", "-l", sha, "--", SPEC_FILE, cwd=self.path(spec))
         if not listing.strip():
             return None

@@ -63,6 +63,7 @@ class PoolEntry:
     acquired: Acquired | None = None
     error: str | None = None
     requested_at: float = field(default_factory=time.time)
+    failed_at: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     claimed: bool = False
     """A session took it and waits on `done` for the sandbox."""
@@ -109,22 +110,19 @@ class WarmPool:
         """Make sure a sandbox is warm for `claimant` on `spec` for `warm_ttl` seconds.
 
         Returns at once; idempotent (one sandbox per caller and repo, each call extends its
-        life) and debounced (a failed warm-up is retried only after `debounce` seconds).
+        life) and debounced (after a failure, no new attempt for `debounce` seconds).
         """
         now = time.time()
         key = (spec.name, claimant)
         fill: PoolEntry | None = None
         with self._lock:
             entry = self._reserved.get(key)
-            if entry is not None and entry.state != "failed" and entry.expires_at > now:
+            if entry is not None and entry.state != "failed":
+                # Still in the table (upkeep has not dropped it), so its sandbox is alive.
                 entry.expires_at = max(entry.expires_at, now + self.warm_ttl)
                 entry.requested_at = now
                 return entry.info()
-            if (
-                entry is not None
-                and entry.state == "failed"
-                and now - entry.requested_at < self.debounce
-            ):
+            if entry is not None and now - (entry.failed_at or 0) < self.debounce:
                 return entry.info()
             if entry is not None:
                 self._drop_locked(entry)
@@ -308,12 +306,12 @@ class WarmPool:
             try:
                 acquired = await self.start(entry.spec, cold_ok)
             except asyncio.CancelledError:
-                entry.state, entry.error = "failed", "cancelled"
+                entry.state, entry.error, entry.failed_at = "failed", "cancelled", time.time()
                 entry.done.set()
                 raise
             except Exception as exc:
                 log.warning("warming a sandbox for %s failed: %s", entry.repo, exc)
-                entry.state, entry.error = "failed", str(exc)
+                entry.state, entry.error, entry.failed_at = "failed", str(exc), time.time()
                 entry.done.set()
                 return
             with self._lock:

@@ -21,13 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from images.builder import (
-    BuildError,
-    BuildLog,
-    ImageBuilder,
-    exclude_setup_output,
-    run_commands,
-)
+from images.builder import ImageBuilder
 from images.mirror import Mirrors
 from images.registry import SHARED_BACKENDS, ImageRecord, ImageRegistry, Trigger
 from images.sandboxes.base import (
@@ -40,6 +34,7 @@ from images.sandboxes.base import (
     SnapshotRef,
     SnapshotUnusable,
 )
+from images.setup import BuildError, BuildLog, exclude_setup_output, run_commands
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
 

@@ -17,10 +17,14 @@ with its line and the reason (`SpecFileError`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -228,3 +232,28 @@ def parse_spec_file(text: str) -> SpecFile:
             env[name] = item
         result.env = env
     return result
+
+
+def read_spec_file(workspace: Path) -> SpecFile | None:
+    """The `.nightshift.toml` of a fresh host-side clone; symlinks are refused, not followed."""
+    try:
+        fd = os.open(workspace / SPEC_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpecFileError("must be a regular file, not a symlink") from exc
+        raise SpecFileError(f"cannot be read: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecFileError("must be a regular file")
+        if st.st_size > SPEC_FILE_MAX_BYTES:
+            raise SpecFileError(f"is larger than {SPEC_FILE_MAX_BYTES} bytes")
+        data = os.read(fd, SPEC_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return parse_spec_file(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecFileError("is not UTF-8 text") from exc

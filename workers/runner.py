@@ -30,6 +30,7 @@ from workers.events import (
     CommitCreated,
     ErrorRaised,
     Event,
+    ModelRequest,
     Notice,
     PromptFinished,
     PromptOutcome,
@@ -39,6 +40,7 @@ from workers.events import (
     SnapshotTaken,
     StatusChanged,
     SyncDone,
+    ToolCalled,
 )
 from workers.gitops import GitOpsError, commit_changes, head_sha, push_commits
 from workers.redact import Redactor
@@ -82,9 +84,20 @@ class SessionRunner:
         """Set while the workspace is at the base tip (or no sync is due); writes wait on it."""
         self.sync_done.set()
         self._sync: asyncio.Task[None] | None = None
+        self._sync_due: tuple[Acquired, PromptJob] | None = None
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
+        if isinstance(event, (ModelRequest, ToolCalled)):
+            # The sync starts once the prompt is on its way to the model: it then runs while
+            # the model thinks instead of competing with the path to the first request.
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        if self._sync_due is not None:
+            acquired, job = self._sync_due
+            self._sync_due = None
+            self._sync = asyncio.create_task(self._sync_to_tip(acquired, job))
 
     async def status(self, status: SessionStatus, reason: str | None = None) -> None:
         await self.emit(StatusChanged(status=status, reason=reason))
@@ -176,6 +189,8 @@ class SessionRunner:
         acquired, self.acquired = self.acquired, None
         if acquired is None:
             return
+        self._sync_due = None
+        self.sync_done.set()
         if self._sync is not None:
             self._sync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,9 +220,9 @@ class SessionRunner:
         self.base_sha = acquired.base_sha
         if acquired.mode != "snapshot":
             # A follow-up keeps the base it started from; every fresh sandbox catches up with
-            # the base tip in the background while the agent reads.
+            # the base tip in the background while the agent reads (see `emit`).
             self.sync_done.clear()
-            self._sync = asyncio.create_task(self._sync_to_tip(acquired, job))
+            self._sync_due = (acquired, job)
         await self.emit(
             SandboxReady(
                 mode=acquired.mode,
@@ -332,6 +347,8 @@ class SessionRunner:
         """Commit as the prompting person, push from outside the sandbox, announce the branch."""
         assert self.ctx is not None and self.acquired is not None
         ctx, sandbox = self.ctx, self.acquired.sandbox
+        self._start_sync()
+        await self.sync_done.wait()  # commits stand on the synced base, like every write
         title = result.title or ctx.title or _first_line(job.text)
         committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
         if committed is not None:

@@ -25,7 +25,7 @@ def served(make_settings: Any) -> Iterator[Any]:
     from app.runtime import build_runtime
 
     runtime = build_runtime(
-        make_settings(image_interval=0, pool_interval=3600, pool_ttl=3600, warm_debounce=0.3)
+        make_settings(image_interval=0, pool_interval=3600, pool_ttl=3600, warm_debounce=1.0)
     )
     runtime.start()
     yield runtime
@@ -168,5 +168,5 @@ def test_failed_warm_up_is_retried_only_after_the_debounce(served: Any, tmp_path
     )
     assert "egress" in (failed.error or "")
     assert rt.pool.request_warm(spec, "7").state == "failed"  # within the debounce: no retry
-    time.sleep(0.35)
+    time.sleep(1.05)
     assert rt.pool.request_warm(spec, "7").state == "warming"  # tried again
