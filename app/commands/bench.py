@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
+from images.sandboxes.base import SANDBOX_PATH
+
 bench_app = typer.Typer(help="Benchmarks: each prints its figures as JSON.", no_args_is_help=True)
 
 SPEC_TOML = """\
@@ -141,8 +143,9 @@ def baseline_ms(repo: Path, scratch: Path, setup: list[str]) -> dict[str, int]:
     # --no-hardlinks: a copy, as any clone from a git host is (and as the local forge clones).
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(dest)], check=True)
     cloned = time.monotonic()
+    env = {"PATH": SANDBOX_PATH, "HOME": str(scratch), "LANG": "C.UTF-8"}  # the sandbox's PATH
     for command in setup:
-        subprocess.run(["bash", "-c", command], cwd=dest, check=True, capture_output=True)
+        subprocess.run(["bash", "-c", command], cwd=dest, env=env, check=True, capture_output=True)
     done = time.monotonic()
     shutil.rmtree(dest, ignore_errors=True)
     return {
