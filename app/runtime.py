@@ -20,6 +20,7 @@ from app.db import control_engine
 from app.metrics import observe
 from app.models import CONTROL_TABLES
 from app.services.hub import EventHub
+from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
@@ -62,6 +63,8 @@ class Runtime:
     deps: WorkerDeps
     dispatcher: Dispatcher
     forges: dict[str, Forge]
+    presence: Presence = field(default_factory=Presence)
+    """Who is viewing which session (web viewer); in memory, never persisted."""
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
