@@ -484,3 +484,22 @@ def test_unknown_session_says_so(web: Web, alice: Person) -> None:
     page.wait_for_selector("#title >> text=No such session")
     assert "no session" in page.inner_text("#error")
     assert page.locator("#follow").is_hidden()
+
+
+def test_prompts_and_model_output_render_as_text_never_markup(
+    web: Web, api: ApiClient, alice: Person, runtime: Any, openai_fake: ScriptBook, proj: str
+) -> None:
+    from workers.events import Notice
+
+    hostile = '<img src=x onerror="window.__owned=1"><script>window.__owned=2</script>'
+    openai_fake.script("hostile", Turn(text=f"Echo: {hostile}"))
+    session = api.create(proj, f"hostile {hostile}")
+    api.wait_status(session["id"], "finished")
+    runtime.hub.publish(session["id"], Notice(message=hostile, link="javascript:alert(1)"))
+    page = web.page(alice, f"/sessions/{session['id']}")
+    page.wait_for_selector("#timeline .item.notice")
+    assert hostile in page.inner_text("#timeline .item.prompt .text")
+    assert hostile in page.inner_text("#timeline .item.turn .text")
+    assert page.locator("#timeline img, #timeline script").count() == 0
+    assert page.locator("#timeline .item.notice a").count() == 0  # no javascript: link
+    assert page.evaluate("window.__owned") is None

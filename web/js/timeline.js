@@ -4,7 +4,7 @@
 // (with its start, sandbox and first-model timing), a model turn (its streamed text, usage
 // and tool cards), or a line of its own (status, git, PR, notices, errors).
 
-import { avatar, badge, fmtMs, h, relTime } from "./ui.js";
+import { avatar, badge, extLink, fmtMs, h, relTime } from "./ui.js";
 
 const PROMPT_STATES = { queued: "queued", running: "running", done: "done", failed: "failed", stopped: "stopped", limit: "stopped", cancelled: "cancelled" };
 
@@ -275,7 +275,7 @@ export class Timeline {
   }
 
   on_pr_opened(e) {
-    this.add(line(e, "ok", "Opened", h("a", { href: e.url, target: "_blank", rel: "noopener" }, `pull request #${e.number}`), badge(e.state)));
+    this.add(line(e, "ok", "Opened", extLink(e.url, `pull request #${e.number}`), badge(e.state)));
   }
 
   on_pr_state(e) {
@@ -289,7 +289,7 @@ export class Timeline {
 
   on_notice(e) {
     this.add(own(h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, e.message),
-      e.link ? [" ", h("a", { href: e.link, target: "_blank", rel: "noopener" }, e.link)] : null), e));
+      e.link ? [" ", extLink(e.link, e.link)] : null), e));
   }
 
   on_error(e) {

@@ -71,6 +71,25 @@ export function refreshTimes(root = document) {
   for (const el of root.querySelectorAll("time[data-ts]")) el.textContent = timeAgo(Number(el.dataset.ts));
 }
 
+/** Only web links and paths on this site: never `javascript:` or other schemes in an href. */
+export function safeHref(url) {
+  if (typeof url !== "string") return null;
+  if (url.startsWith("/") && !url.startsWith("//")) return url;
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A link that opens elsewhere, or plain text when the address is not a safe one. */
+export function extLink(url, label, props = {}) {
+  const href = safeHref(url);
+  if (!href) return h("span", props, label);
+  return h("a", { ...props, href, target: "_blank", rel: "noopener noreferrer" }, label);
+}
+
 export function badge(state, label = state) {
   return h("span", { class: `badge s-${state}` }, label);
 }

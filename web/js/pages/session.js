@@ -4,7 +4,7 @@ import { ApiError, api, sessionPath } from "../api.js";
 import { renderDiff } from "../diff.js";
 import { EventStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
-import { announce, badge, clear, debounce, fmtMs, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
+import { announce, badge, clear, debounce, extLink, fmtMs, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
 
 const ACTIVE = new Set(["queued", "starting", "running", "idle"]);
 const sessionId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
@@ -19,7 +19,7 @@ const followError = $("follow-error");
 let me = null;
 let session = null;
 let lastStatus = null;
-let diffLoadedFor = null;
+let diffLoadedFor = null; // the head the Changes tab shows (or is loading)
 let replayUntil = 0; // events up to here were stored before the page loaded
 const timing = { mode: null, ready: null, model: null };
 const timeline = new Timeline(timelineEl);
@@ -44,7 +44,7 @@ function renderSession(s) {
     h("dt", {}, "Participants"), h("dd", {}, s.participants.map((p) => p.name).join(", ")),
   );
   if (s.pr_url) {
-    clear($("pr"), h("a", { href: s.pr_url, target: "_blank", rel: "noopener", id: "pr-link" }, `#${s.pr_number}`), " ", badge(s.pr_state || "open"));
+    clear($("pr"), extLink(s.pr_url, `#${s.pr_number}`, { id: "pr-link" }), " ", badge(s.pr_state || "open"));
   } else {
     clear($("pr"), h("span", { class: "muted" }, s.head_sha ? "Branch pushed; no pull request yet" : "None yet"));
   }
@@ -52,6 +52,7 @@ function renderSession(s) {
   if (timing.model === null && s.first_model_ms !== null) timing.model = s.first_model_ms;
   renderTiming();
   renderRelated();
+  if (!$("changes").hidden && (s.head_sha ?? null) !== diffLoadedFor) loadDiff();
 }
 
 function renderTiming() {
@@ -122,21 +123,26 @@ const refreshPromptsSoon = debounce(() => refreshPrompts().catch(() => {}), 150)
 async function loadDiff() {
   const meta = $("diff-meta");
   const target = $("diff");
-  if (!session?.head_sha) {
+  if (!session) {
+    meta.textContent = "Loading…";
+    return;
+  }
+  if (!session.head_sha) {
     meta.textContent = "Nothing pushed yet: the branch appears here once the agent finishes with changes.";
     target.replaceChildren();
     diffLoadedFor = null;
     return;
   }
-  if (diffLoadedFor === session.head_sha) return;
+  if (diffLoadedFor === session.head_sha) return; // shown, or on its way
+  diffLoadedFor = session.head_sha;
   meta.textContent = "Loading the diff…";
   try {
     const d = await api(`${sessionPath(sessionId)}/diff`);
     meta.replaceChildren(h("code", {}, d.branch), ` against ${d.base}`, d.head ? ` at ${d.head.slice(0, 10)}` : "");
     clear(target, d.diff ? renderDiff(d.diff) : h("p", { class: "muted" }, "No differences."));
-    diffLoadedFor = session.head_sha;
   } catch (err) {
     meta.textContent = `Could not load the diff: ${err.message}`;
+    diffLoadedFor = null; // try again when the tab is chosen or the session changes
   }
 }
 
@@ -219,7 +225,6 @@ function onEvent(event) {
     case "pr_state":
     case "child_spawned":
       refreshSessionSoon();
-      if (event.type === "branch_pushed" && !$("changes").hidden) setTimeout(loadDiff, 200);
       break;
     default:
   }

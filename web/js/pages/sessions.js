@@ -1,7 +1,7 @@
 // `/`: every session, filtered by repository, status and author; statuses change live.
 
 import { api } from "../api.js";
-import { badge, clear, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
+import { badge, clear, extLink, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
 
 const PAGE = 50;
 const form = document.getElementById("filters");
@@ -35,7 +35,7 @@ function matches(session, f) {
 
 function row(s) {
   const pr = s.pr_url
-    ? h("span", {}, h("a", { href: s.pr_url, target: "_blank", rel: "noopener" }, `#${s.pr_number}`), " ", badge(s.pr_state || "open"))
+    ? h("span", {}, extLink(s.pr_url, `#${s.pr_number}`), " ", badge(s.pr_state || "open"))
     : h("span", { class: "muted" }, "–");
   const tr = h("tr", { dataset: { id: s.id, status: s.status, created: s.created_at } },
     h("td", { "data-label": "Status", class: "status" }, badge(s.status)),
