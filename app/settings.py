@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
     max_spawn_depth: int = Field(2, ge=0)
+    lease_ttl: float = Field(30.0, ge=1)
+    """Seconds a runner's lease lasts without a heartbeat; a dead worker's session resumes after it."""
 
     # ---- sandboxes
     sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
@@ -114,6 +116,8 @@ class Settings(BaseSettings):
             model_retries=self.model_retries,
             max_spawn_depth=self.max_spawn_depth,
             idle_s=self.idle_seconds,
+            lease_ttl_s=self.lease_ttl,
+            heartbeat_s=max(0.2, self.lease_ttl / 6),
             public_url=self.base_url,
         )
 

@@ -158,10 +158,8 @@ async def stream_events(
         runtime.presence.leave(session_id, key)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            # A send to a socket the client closed raises; either way this stream is over.
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await task
+        # A send to a socket the client closed raises; either way this stream is over.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await events.aclose()
         if websocket.client_state is WebSocketState.CONNECTED:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
