@@ -35,8 +35,10 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop running on this
+    # thread while it is started, which would break `asyncio.run` in tests that follow.
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; `make test` installs it)")
     from playwright.sync_api import sync_playwright

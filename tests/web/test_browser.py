@@ -77,6 +77,7 @@ def test_typing_warms_a_sandbox_before_submit_then_streams_without_reload(
     requests: list[tuple[str, str]] = []
     page.on("request", lambda r: requests.append((r.method, urlparse(r.url).path)))
     page.goto("/new")
+    page.wait_for_selector("#repo option[value=proj]", state="attached")
     assert page.eval_on_selector("#repo", "s => s.value") == "proj"
     with page.expect_response(
         lambda r: r.request.method == "POST" and urlparse(r.url).path == "/api/repos/proj/warm"
@@ -170,7 +171,9 @@ def test_two_people_prompt_one_session_and_see_each_other(
     for page in (alice_page, bob_page):
         _wait_status(page, "finished")
         page.wait_for_selector("#timeline .item.prompt[data-state=done] >> text=second task")
-        assert page.locator("#queue li[data-state=done]").count() == 2
+        page.wait_for_function(
+            "document.querySelectorAll('#queue li[data-state=done]').length == 2"
+        )
         texts = page.locator("#timeline .item.prompt .author").all_inner_texts()
         assert texts == ["Alice Example", "Bob Example"]
     participants = {p["login"] for p in api.session(session["id"])["participants"]}
@@ -345,7 +348,9 @@ def test_sessions_list_filters_and_updates_statuses_live(
     page.wait_for_selector("#empty:not([hidden])")
 
     page.select_option("#f-status", "")
+    page.wait_for_selector(f"tr[data-id='{quick['id']}']")
     page.fill("#f-author", "bob")
+    page.wait_for_url(re.compile(r"/\?author=bob$"))
     page.wait_for_selector(f"tr[data-id='{quick['id']}']", state="detached")
     page.wait_for_selector(f"tr[data-id='{held['id']}'][data-status=finished]")
     # The filters survive a reload (they live in the address).

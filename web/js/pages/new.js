@@ -133,13 +133,7 @@ async function loadRepos(preferred) {
 }
 
 async function main() {
-  await initFrame();
-  if (parentId) {
-    const parent = document.getElementById("parent");
-    parent.hidden = false;
-    parent.append("This will be a sub-session of ", h("a", { href: `/sessions/${parentId}` }, parentId), ".");
-  }
-  await loadRepos();
+  // Listen first: someone quick may type before the repositories have loaded.
   prompt.addEventListener("input", () => {
     if (prompt.value.trim()) warmSoon();
   });
@@ -163,7 +157,15 @@ async function main() {
       showError(addError, err);
     }
   });
-  if (!form.hidden) prompt.focus();
+  await initFrame();
+  if (parentId) {
+    const parent = document.getElementById("parent");
+    parent.hidden = false;
+    parent.append("This will be a sub-session of ", h("a", { href: `/sessions/${parentId}` }, parentId), ".");
+  }
+  await loadRepos();
+  if (prompt.value.trim()) warmSoon();
+  if (!form.hidden && document.activeElement === document.body) prompt.focus();
 }
 
 main();
