@@ -7,6 +7,7 @@ import { clear, debounce, h, initFrame, showError } from "../ui.js";
 const WARM_DEBOUNCE_MS = 300;
 const WARM_POLL_MS = 1000;
 const WARM_POLL_LIMIT_MS = 5 * 60_000;
+const WARM_RENEW_MS = 20_000; // typing on keeps the reservation alive this often
 const LAST_REPO = "nightshift.lastRepo";
 
 const form = document.getElementById("compose");
@@ -34,7 +35,8 @@ function renderWarm() {
   if (!w) return showWarm("idle", "A sandbox starts warming when you type");
   if (w.state === "warm") return showWarm("warm", `Sandbox warm for ${repo}: your session starts at once`);
   if (w.state === "warming") return showWarm("warming", `Warming a sandbox for ${repo}…`);
-  if (w.state === "error") return showWarm("error", `Could not warm a sandbox: ${w.message}`);
+  if (w.state === "error" || w.state === "failed") return showWarm("error", `Could not warm a sandbox: ${w.message || "the warm-up failed"}`);
+  if (w.state === "cold") return showWarm("idle", "The warm sandbox was released; it warms again as you type");
   return showWarm("idle", "A sandbox starts warming when you type");
 }
 
@@ -44,7 +46,7 @@ function expired(w) {
 
 function record(repo, answer) {
   const w = warm.get(repo) ?? {};
-  Object.assign(w, { state: answer.state, expiresAt: answer.expires_at, sandboxId: answer.sandbox_id });
+  Object.assign(w, { state: answer.state, expiresAt: answer.expires_at, sandboxId: answer.sandbox_id, message: answer.error });
   warm.set(repo, w);
   return w;
 }
@@ -57,8 +59,14 @@ function unsupported(err) {
 async function warmUp(repo) {
   if (!repo || !warmSupported) return;
   const w = warm.get(repo);
-  if (w && (w.state === "warming" || (w.state === "warm" && !expired(w)))) return;
-  warm.set(repo, { state: "warming", since: Date.now() });
+  const recent = w && Date.now() - w.askedAt < WARM_RENEW_MS;
+  if (w && w.state === "warming") return;
+  const settled = w && (w.state === "error" || w.state === "failed" || (w.state === "warm" && !expired(w)));
+  if (settled && recent) return;
+  // First keystroke, a released sandbox, or typing on (which keeps the reservation alive).
+  const next = w && w.state === "warm" && !expired(w) ? w : { state: "warming" };
+  next.askedAt = Date.now();
+  warm.set(repo, next);
   renderWarm();
   try {
     const answer = await api(`${repoPath(repo)}/warm`, { method: "POST" });
@@ -87,6 +95,10 @@ async function pollWarm(repo) {
         if (unsupported(err)) warmSupported = false;
         else Object.assign(w, { state: "error", message: err.message });
       }
+      if (repo === repoSelect.value) renderWarm();
+    }
+    if (w.state === "warming") {
+      Object.assign(w, { state: "error", message: "it is taking too long" });
       if (repo === repoSelect.value) renderWarm();
     }
   } finally {
