@@ -404,6 +404,9 @@ def tokens_create(
 
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
+from app.commands import github as _github_commands  # noqa: E402
+
+app.add_typer(_github_commands.app, name="github")
 
 
 def main() -> None:

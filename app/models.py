@@ -11,7 +11,7 @@ import time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from workers.events import SessionStatus
@@ -337,6 +337,100 @@ class Health(BaseModel):
     database: str
 
 
+# ---------------------------------------------------------------- GitHub and web sign-in
+
+
+class GitHubAccount(SQLModel, table=True):
+    """A person's linked GitHub identity and their user-to-server tokens (Fernet-encrypted)."""
+
+    __tablename__ = "github_accounts"
+
+    user_id: int = Field(foreign_key="users.id", primary_key=True)
+    github_id: int = Field(sa_column=Column(BigInteger, unique=True, nullable=False, index=True))
+    login: str = Field(max_length=100)
+    access_token: str = Field(sa_type=Text)
+    access_expires_at: float | None = None
+    refresh_token: str | None = Field(default=None, sa_type=Text)
+    refresh_expires_at: float | None = None
+    version: int = 0
+    """Bumped on every token write: a refresher stores its pair only if nobody else did first."""
+    linked_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class GitHubInstallation(SQLModel, table=True):
+    """Where the App is installed, kept current by `installation*` webhooks."""
+
+    __tablename__ = "github_installations"
+
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account: str = Field(max_length=100)
+    account_type: str = Field(default="User", max_length=20)
+    repository_selection: str = Field(default="selected", max_length=10)
+    repositories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    suspended: bool = False
+    updated_at: float = Field(default_factory=now)
+
+
+class GitHubDelivery(SQLModel, table=True):
+    """One webhook delivery, by `X-GitHub-Delivery`: a redelivery of a known id is a no-op."""
+
+    __tablename__ = "github_deliveries"
+    __table_args__ = (Index("ix_github_deliveries_status", "status", "received_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    event: str = Field(max_length=64)
+    action: str | None = Field(default=None, max_length=64)
+    payload: str = Field(default="", sa_type=Text)
+    """The raw body until processed, then emptied (the id is kept for de-duplication)."""
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    error: str | None = Field(default=None, max_length=2000)
+    received_at: float = Field(default_factory=now)
+    processed_at: float | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A browser sign-in; the cookie holds a random id, the table only its SHA-256."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    created_at: float = Field(default_factory=now)
+    expires_at: float
+    last_seen_at: float = Field(default_factory=now)
+    revoked_at: float | None = None
+
+
+class GitHubLink(BaseModel):
+    login: str
+    linked_at: float
+
+
+class Me(BaseModel):
+    """`GET /api/me`: who the caller is and how they can sign in."""
+
+    user: UserPublic
+    github: GitHubLink | None
+    """None when the person has not signed in with GitHub (their PRs cannot be opened as them)."""
+    github_login_url: str | None
+    """Where to link GitHub (None when GitHub sign-in is not configured)."""
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field("api", min_length=1, max_length=100, description="What the token is for")
+
+
+class TokenCreated(BaseModel):
+    token: str
+    """Shown once; only its hash is stored."""
+    label: str
+    user: UserPublic
+
+
 # ---------------------------------------------------------------- web viewer: presence and sign-in
 
 
@@ -395,4 +489,8 @@ CONTROL_TABLES = [
     Participant.__table__,  # type: ignore[attr-defined]
     PromptIndex.__table__,  # type: ignore[attr-defined]
     PullRequest.__table__,  # type: ignore[attr-defined]
+    GitHubAccount.__table__,  # type: ignore[attr-defined]
+    GitHubInstallation.__table__,  # type: ignore[attr-defined]
+    GitHubDelivery.__table__,  # type: ignore[attr-defined]
+    WebSession.__table__,  # type: ignore[attr-defined]
 ]

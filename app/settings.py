@@ -63,6 +63,25 @@ class Settings(BaseSettings):
     # ---- images, warm pool and schedule
 
     # ---- GitHub
+    github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))
+    github_app_private_key: str | None = Field(
+        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY")
+    )
+    """The App's PEM private key itself (`\\n` escapes allowed), or set the _PATH variant."""
+    github_app_private_key_path: Path | None = Field(
+        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY_PATH")
+    )
+    github_client_id: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_ID"))
+    github_client_secret: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_SECRET"))
+    github_webhook_secret: str | None = Field(
+        None, validation_alias=_alias("GITHUB_WEBHOOK_SECRET")
+    )
+    github_api_url: str = Field("https://api.github.com", validation_alias=_alias("GITHUB_API_URL"))
+    secret_keys: str | None = None
+    """NIGHTSHIFT_SECRET_KEYS: comma-separated Fernet keys; the first encrypts, all decrypt."""
+    pr_fallback: Literal["none", "app"] = "none"
+    """NIGHTSHIFT_PR_FALLBACK: `app` opens the PR as the App when the person has not linked
+    GitHub (the body names them); `none` asks them to sign in first."""
 
     # ---- Slack
 
@@ -82,6 +101,53 @@ class Settings(BaseSettings):
                 f"{self.host}. Use NIGHTSHIFT_AUTH=token (API tokens) on a shared address."
             )
         return self
+
+    @model_validator(mode="after")
+    def _github_complete(self) -> Settings:
+        if self.github_app_id and not (
+            self.github_app_private_key or self.github_app_private_key_path
+        ):
+            raise ValueError(
+                "GITHUB_APP_ID is set but the App's private key is not: set "
+                "GITHUB_APP_PRIVATE_KEY_PATH (a .pem file) or GITHUB_APP_PRIVATE_KEY"
+            )
+        if self.github_app_id:
+            from integrations.github.app import check_private_key
+
+            check_private_key(self.github_private_key())
+        if bool(self.github_client_id) != bool(self.github_client_secret):
+            raise ValueError("set both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, or neither")
+        if self.github_client_id and not self.secret_keys:
+            raise ValueError(
+                "GitHub sign-in stores people's tokens encrypted, so NIGHTSHIFT_SECRET_KEYS is "
+                "required: generate a key with `nightshift github secret-key`"
+            )
+        if self.secret_keys:
+            from app.services.crypto import parse_keys
+
+            parse_keys(self.secret_keys)
+        return self
+
+    @property
+    def github_enabled(self) -> bool:
+        """The GitHub forge works: the App can clone and push."""
+        return bool(self.github_app_id)
+
+    @property
+    def github_oauth_enabled(self) -> bool:
+        return bool(self.github_client_id and self.github_client_secret)
+
+    def github_private_key(self) -> str:
+        """The App's private key (PEM text) from the variable or the file it names."""
+        if self.github_app_private_key:
+            return self.github_app_private_key
+        path = self.github_app_private_key_path
+        if path is None:
+            raise ValueError("no GitHub App private key is configured")
+        try:
+            return path.expanduser().read_text()
+        except OSError as exc:
+            raise ValueError(f"GITHUB_APP_PRIVATE_KEY_PATH={path}: {exc.strerror}") from exc
 
     @property
     def control_db_url(self) -> str:
@@ -123,7 +189,13 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every configured credential, for redaction."""
-        return [v for v in (self.openai_api_key, self.anthropic_api_key) if v]
+        github = (
+            self.github_client_secret,
+            self.github_webhook_secret,
+            self.github_app_private_key,
+            *(self.secret_keys or "").split(","),
+        )
+        return [v.strip() for v in (self.openai_api_key, self.anthropic_api_key, *github) if v]
 
 
 def _is_loopback(host: str) -> bool:

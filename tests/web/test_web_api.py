@@ -86,27 +86,34 @@ def test_sign_in_state_without_credentials_is_not_an_error(server: BackgroundSer
     assert r.json() == {"user": None, "auth": "token", "github_login": None}
 
 
-def test_token_sign_in_sets_an_http_only_cookie_that_authenticates(
+def test_token_sign_in_sets_a_browser_session_cookie(
     server: BackgroundServer, alice: Person
 ) -> None:
-    with httpx.Client(base_url=server.url) as browser:
+    own = {"Origin": server.url}
+    with httpx.Client(base_url=server.url, headers=own) as browser:
         bad = browser.post("/api/auth/token", json={"token": "ns_nope"})
         assert bad.status_code == 401 and "invalid" in bad.json()["detail"]
         assert "set-cookie" not in bad.headers
         assert browser.post("/api/auth/token", json={}).status_code == 422
+        evil = browser.post(
+            "/api/auth/token",
+            json={"token": alice.token},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert evil.status_code == 403 and "set-cookie" not in evil.headers
 
         ok = browser.post("/api/auth/token", json={"token": f"  {alice.token} "})
         assert ok.status_code == 200 and ok.json()["login"] == "alice"
         cookie = ok.headers["set-cookie"]
-        assert cookie.startswith(f"nightshift_session={alice.token};")
+        assert cookie.startswith("nightshift_session=nsw_")  # a browser session, not the token
+        assert alice.token not in cookie
         assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
         assert "Secure" not in cookie  # http://127.0.0.1: a Secure cookie would never come back
         assert browser.get("/api/auth/state").json()["user"]["login"] == "alice"
         assert browser.get("/api/sessions").status_code == 200
 
-        out = browser.post("/api/auth/signout")
-        assert out.status_code == 204
-        assert 'nightshift_session=""' in out.headers["set-cookie"]
+        out = browser.post("/auth/logout")
+        assert out.status_code == 303
         assert browser.get("/api/auth/state").json()["user"] is None
         assert browser.get("/api/sessions").status_code == 401
 
@@ -117,16 +124,27 @@ def test_a_revoked_cookie_is_dropped(server: BackgroundServer) -> None:
     assert 'nightshift_session=""' in r.headers["set-cookie"]
 
 
-def test_github_button_shows_when_github_sign_in_is_routed(runtime: Any) -> None:
-    from fastapi.responses import RedirectResponse
+def test_github_button_shows_when_github_sign_in_is_configured(
+    make_settings: Any, server: BackgroundServer
+) -> None:
+    from cryptography.fernet import Fernet
     from starlette.testclient import TestClient
 
     from app.main import create_app
+    from app.runtime import build_runtime
 
-    app = create_app(runtime=runtime)
-    app.add_api_route("/auth/github/login", lambda: RedirectResponse("/"), methods=["GET"])
-    with TestClient(app) as client:
-        assert client.get("/api/auth/state").json()["github_login"] == "/auth/github/login"
+    assert httpx.get(server.url + "/api/auth/state").json()["github_login"] is None
+    settings = make_settings(
+        github_client_id="Iv1.0123456789abcdef",
+        github_client_secret="s3cret-s3cret-s3cret",
+        secret_keys=Fernet.generate_key().decode(),
+    )
+    runtime = build_runtime(settings)
+    try:
+        with TestClient(create_app(runtime=runtime)) as client:
+            assert client.get("/api/auth/state").json()["github_login"] == "/auth/github/login"
+    finally:
+        runtime.close()
 
 
 # ---------------------------------------------------------------- presence

@@ -1,7 +1,7 @@
 // Small DOM helpers, formatters and the shared page frame (navigation, who is signed in).
 // Everything user- or model-written goes into the page as text, never as HTML.
 
-import { api, me, signInUrl } from "./api.js";
+import { me, signInUrl } from "./api.js";
 
 /**
  * Build an element: h("a", {href: "/", class: "x", "aria-label": "y", onclick: fn}, "text", child).
@@ -171,6 +171,7 @@ export async function initFrame({ required = true } = {}) {
 }
 
 async function signOut() {
-  await api("/api/auth/signout", { method: "POST" });
+  // The server ends the browser session and answers with a redirect we do not follow.
+  await fetch("/auth/logout", { method: "POST", credentials: "same-origin", redirect: "manual" });
   location.assign("/signin");
 }
