@@ -56,6 +56,7 @@ class Web:
     """Opens pages as people, collecting what the browser logs as errors."""
 
     browser: Any
+    runtime: Any
     base_url: str
     artifacts: Path
     errors: list[str] = field(default_factory=list)
@@ -70,8 +71,9 @@ class Web:
     def context(self, person: Person | None, viewport: dict[str, int] | None = None) -> Any:
         ctx = self.browser.new_context(viewport=viewport or DESKTOP, base_url=self.base_url)
         ctx.set_default_timeout(15_000)
-        if person is not None:
-            ctx.add_cookies([{"name": COOKIE, "value": person.token, "url": self.base_url}])
+        if person is not None:  # signed in, as after `/signin` or GitHub
+            session = self.runtime.web_sessions.create(person.user)
+            ctx.add_cookies([{"name": COOKIE, "value": session, "url": self.base_url}])
         self.contexts.append(ctx)
         return ctx
 
@@ -120,9 +122,11 @@ class Web:
 
 
 @pytest.fixture
-def web(browser: Any, server: BackgroundServer, request: pytest.FixtureRequest) -> Iterator[Web]:
+def web(
+    browser: Any, server: BackgroundServer, runtime: Any, request: pytest.FixtureRequest
+) -> Iterator[Web]:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    helper = Web(browser, server.url, ARTIFACTS / name)
+    helper = Web(browser, runtime, server.url, ARTIFACTS / name)
     try:
         yield helper
         errors = helper.unexpected_errors()

@@ -477,6 +477,7 @@ def test_sign_in_with_a_token_then_out(web: Web, alice: Person, server: Any, run
     page.wait_for_selector("#me >> text=Alice Example")
     cookie = next(c for c in page.context.cookies() if c["name"] == "nightshift_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert cookie["value"].startswith("nsw_") and alice.token not in cookie["value"]
     assert page.evaluate("document.cookie") == ""  # page scripts never see the token
     page.click("#me button")
     page.wait_for_url("**/signin")
