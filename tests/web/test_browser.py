@@ -511,3 +511,37 @@ def test_prompts_and_model_output_render_as_text_never_markup(
     assert page.locator("#timeline img, #timeline script").count() == 0
     assert page.locator("#timeline .item.notice a").count() == 0  # no javascript: link
     assert page.evaluate("window.__owned") is None
+
+
+def test_parent_and_sub_sessions_link_to_each_other(
+    web: Web, api: ApiClient, alice: Person, openai_fake: ScriptBook, proj: str
+) -> None:
+    openai_fake.script(
+        "parent work",
+        Turn.tool("spawn_session", "Delegating the docs.", prompt="child work: add docs"),
+        Turn.tool("finish", summary="Delegated."),
+    )
+    openai_fake.script("child work", Turn.tool("finish", summary="Docs done."))
+    parent = api.create(proj, "parent work")
+    page = web.page(alice, f"/sessions/{parent['id']}")
+    _wait_status(page, "finished")
+    child_id = api.session(parent["id"])["children"][0]
+    api.wait_status(child_id, "finished")
+    spawned = page.locator("#timeline [data-type=child_spawned] a")
+    assert spawned.get_attribute("href") == f"/sessions/{child_id}"
+    page.wait_for_selector(f"#children a[href='/sessions/{child_id}']")
+    page.wait_for_selector("#children .badge.s-finished")
+    page.click(f"#children a[href='/sessions/{child_id}']")
+    page.wait_for_url(f"**/sessions/{child_id}")
+    page.wait_for_selector("#parent-link")
+    assert page.get_attribute("#parent-link", "href") == f"/sessions/{parent['id']}"
+    assert "child work: add docs" in page.inner_text("#timeline .item.prompt")
+    # Starting a sub-session by hand goes through /new with the parent filled in.
+    page.click("#related >> text=Start a sub-session")
+    page.wait_for_url(f"**/new?repo=proj&parent={child_id}")
+    page.wait_for_selector("#parent:not([hidden])")
+    page.fill("#prompt", "grandchild work")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/sessions/[0-9a-f]+$"))
+    grandchild = api.session(page.url.rsplit("/", 1)[1])
+    assert grandchild["parent_id"] == child_id

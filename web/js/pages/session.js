@@ -63,7 +63,11 @@ function renderTiming() {
 }
 
 let children = [];
+let childTimer = null;
+const CHILD_POLL_MS = 3000;
+
 async function loadChildren() {
+  clearTimeout(childTimer);
   if (!session?.children.length) {
     children = [];
     return renderRelated();
@@ -71,6 +75,8 @@ async function loadChildren() {
   const page = await api(`/api/sessions?parent_id=${encodeURIComponent(sessionId)}&limit=100`);
   children = page.sessions;
   renderRelated();
+  // Sub-sessions run on their own; follow their statuses while any is still working.
+  if (children.some((c) => ACTIVE.has(c.status))) childTimer = setTimeout(() => loadChildren().catch(() => {}), CHILD_POLL_MS);
 }
 
 function renderRelated() {
