@@ -11,6 +11,7 @@ const SSE_FAILURES_BEFORE_POLLING = 3;
 const RETRY_WEBSOCKET_AFTER_MS = 30_000;
 const POLL_MS = 1500;
 const PAGE = 500;
+const HISTORY_PAGE = 2000;
 const PING_MS = 25_000;
 const PRESENCE_BEAT_MS = 15_000;
 
@@ -48,10 +49,24 @@ export class EventStream {
   }
 
   start() {
-    if (this.mode !== "websocket") this.beatPresence();
-    this.connect();
     addEventListener("pagehide", () => this.stop());
+    if (this.mode !== "websocket") this.beatPresence();
+    this.catchUp().finally(() => this.connect());
     return this;
+  }
+
+  /** History in large pages first: far quicker to render than one frame per stored event. */
+  async catchUp() {
+    try {
+      for (;;) {
+        const page = await api(`${sessionPath(this.sessionId)}/events?after=${this.last}&limit=${HISTORY_PAGE}`);
+        for (const event of page) this.receive(event);
+        await this.chain;
+        if (page.length < HISTORY_PAGE || this.stopped) return;
+      }
+    } catch (err) {
+      console.warn("loading the history:", err.message); // the stream below resumes from here
+    }
   }
 
   stop() {

@@ -183,11 +183,15 @@ function nearBottom() {
   return innerHeight + scrollY >= document.documentElement.scrollHeight - 160;
 }
 
+// Follow new activity while the reader is at the bottom. Measured on scroll, not per event:
+// reading the layout after every event would lay the page out thousands of times on a replay.
+let stick = true;
+addEventListener("scroll", () => { stick = nearBottom(); }, { passive: true });
+
 let scrollQueued = false;
 function onEvent(event) {
-  const follow = nearBottom();
   timeline.apply(event);
-  if (follow && !scrollQueued) {
+  if (stick && !scrollQueued) {
     scrollQueued = true;
     requestAnimationFrame(() => {
       scrollQueued = false;
