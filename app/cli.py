@@ -408,6 +408,10 @@ from app.commands import github as _github_commands  # noqa: E402
 
 app.add_typer(_github_commands.app, name="github")
 
+from app.commands.slack import slack_app  # noqa: E402
+
+app.add_typer(slack_app, name="slack")
+
 
 def main() -> None:
     try:

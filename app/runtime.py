@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
@@ -44,6 +45,9 @@ from workers.dispatch import Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
 from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
 from workers.runner import WorkerDeps
+
+if TYPE_CHECKING:
+    from app.services.slack import SlackBot
 
 log = logging.getLogger("nightshift")
 REAP_INTERVAL_S = 10.0
@@ -79,7 +83,10 @@ class Runtime:
     presence: Presence = field(default_factory=Presence)
     """Who is viewing which session (web viewer); in memory, never persisted."""
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    slack: SlackBot | None = None
+    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
 
     def forge_for(self, spec: RepoSpec) -> Forge:
         forge = self.forges.get(spec.forge)
@@ -101,6 +108,8 @@ class Runtime:
             self.periodic(
                 GITHUB_RECONCILE_INTERVAL_S, lambda: reconcile_github(self), "github-reconciler"
             )
+        for callback in self.on_start:
+            callback()
 
     def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
         async def job() -> None:
@@ -215,4 +224,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         github=github,
         image_rebuild_hooks=rebuild_hooks,
     )
+    # ---- Slack
+    if settings.slack_enabled:
+        from app.services.slack import build_slack_bot
+
+        runtime.slack = build_slack_bot(runtime)
     return runtime

@@ -84,6 +84,22 @@ class Settings(BaseSettings):
     GitHub (the body names them); `none` asks them to sign in first."""
 
     # ---- Slack
+    slack_bot_token: str | None = Field(None, validation_alias=_alias("SLACK_BOT_TOKEN"))
+    """The bot token (`xoxb-...`); with the signing secret it turns the Slack bot on."""
+    slack_signing_secret: str | None = Field(None, validation_alias=_alias("SLACK_SIGNING_SECRET"))
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_alias("SLACK_API_URL"))
+    """Base URL of the Slack Web API (tests point it at a fake)."""
+    slack_follow_ups: Literal["mentions", "thread"] = "mentions"
+    """Which replies in a session's thread become follow-ups: those that mention the bot, or
+    every reply in a thread the bot started."""
+    slack_update_interval: float = Field(1.0, ge=0.05, le=60)
+    """Seconds between two updates of one status message."""
+    slack_retries: int = Field(3, ge=0, le=10)
+    """Retries of a Slack Web API call on 429 (after `Retry-After`), 5xx and dropped connections."""
+    classifier_model: str | None = None
+    """A fast model that picks the repository of a Slack request (`openai:...`)."""
+    classifier_threshold: float = Field(0.6, ge=0, le=1)
+    """Below this confidence the bot asks which repository instead of guessing."""
 
     # ---- distributed mode (Celery, Redis, PostgreSQL)
 
@@ -156,6 +172,24 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @model_validator(mode="after")
+    def _slack_needs_both_secrets(self) -> Settings:
+        if bool(self.slack_bot_token) != bool(self.slack_signing_secret):
+            have, missing = (
+                ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
+                if self.slack_bot_token
+                else ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
+            )
+            raise ValueError(
+                f"{have} is set but {missing} is not: the Slack bot needs both "
+                "(Slack app settings: OAuth & Permissions, Basic Information)"
+            )
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token and self.slack_signing_secret)
 
     def limits(self) -> Limits:
         return Limits(
