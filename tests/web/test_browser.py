@@ -67,10 +67,13 @@ def test_typing_warms_a_sandbox_before_submit_then_streams_without_reload(
     web: Web, api: ApiClient, alice: Person, openai_fake: ScriptBook, proj: str
 ) -> None:
     held = threading.Event()
-    text = "Reading the repository before changing anything at all."
+    # The model sends its first 600 characters, then stalls until `held` is set. (600: the
+    # agent passes text on once 512 characters or 50 ms have gathered, checked per chunk.)
+    text = "Reading the repository before changing anything at all. " * 12
+    first = 600
     openai_fake.script(
         "contributing guide",
-        Turn(text=text, calls=[Call("list_files", {"path": "."})], chunk=6, pause=held),
+        Turn(text=text, calls=[Call("list_files", {"path": "."})], chunk=first, pause=held),
         Turn.tool("write_file", "Writing it.", path="CONTRIBUTING.md", content="Be kind.\n"),
         Turn.tool("finish", summary="Added CONTRIBUTING.md.", title="Add a contributing guide"),
     )
@@ -104,7 +107,7 @@ def test_typing_warms_a_sandbox_before_submit_then_streams_without_reload(
     # The model's text shows while it is still streaming: the first chunk, nothing more yet.
     turn = page.locator("#timeline .item.turn .text").first
     page.wait_for_selector("#timeline .item.turn .text.streaming")
-    assert turn.inner_text() == text[:6]
+    assert turn.text_content() == text[:first]
     held.set()
     page.wait_for_function(
         "t => document.querySelector('#timeline .item.turn .text').textContent === t", arg=text
