@@ -159,7 +159,7 @@ export async function initFrame({ required = true } = {}) {
   const slot = document.getElementById("me");
   if (who.user) {
     const out = h("button", { type: "button", class: "link", onclick: signOut }, "Sign out");
-    if (slot) clear(slot, person(who.user), who.auth === "local" ? null : out);
+    if (slot) clear(slot, person(who.user), out);
   } else {
     if (slot) clear(slot, h("a", { href: signInUrl() }, "Sign in"));
     if (required) {
