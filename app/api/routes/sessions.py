@@ -123,6 +123,8 @@ async def stream_events(
         user = await asyncio.to_thread(websocket_user, websocket, runtime)
         await asyncio.to_thread(runtime.sessions.get, session_id)
     except ServiceError as exc:
+        # Accept first so the client sees the close code (4401, 4404) and reason, not a bare 403.
+        await websocket.accept()
         await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
         return
     await websocket.accept()
