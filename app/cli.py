@@ -113,7 +113,14 @@ def serve(
         f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
         highlight=False,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
+        timeout_graceful_shutdown=3,
+    )
 
 
 # ---------------------------------------------------------------- run
@@ -397,6 +404,13 @@ def tokens_create(
 
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
+from app.commands import github as _github_commands  # noqa: E402
+
+app.add_typer(_github_commands.app, name="github")
+
+from app.commands.slack import slack_app  # noqa: E402
+
+app.add_typer(slack_app, name="slack")
 
 from app.commands.bench import bench_app  # noqa: E402
 from app.commands.images import images_app  # noqa: E402
