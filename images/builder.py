@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -136,10 +137,16 @@ class ImageBuilder:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            # Synchronous on purpose: it must happen even while this task is being cancelled.
-            self.registry.release_lock(spec.name, self.holder)
+            # Shielded: it must happen even while this task is being cancelled (and should it
+            # not, the lease runs out after `lock_ttl`).
+            await asyncio.shield(
+                asyncio.to_thread(self.registry.release_lock, spec.name, self.holder)
+            )
         result.ms = int((time.monotonic() - started) * 1000)
         return result
+
+    async def _save(self, record: ImageRecord, **values: object) -> None:
+        await asyncio.to_thread(functools.partial(self.registry.save, record, **values))
 
     async def _keep_lock(self, repo: str) -> None:
         while True:
@@ -232,7 +239,7 @@ class ImageBuilder:
             effective = spec.with_file(file)
             if sha != record.sha or effective.image_hash() != record.spec_hash:
                 # The tip moved between the fetch and the clone: stamp what was cloned.
-                self.registry.save(
+                await self._save(
                     record,
                     sha=sha,
                     spec_hash=effective.image_hash(),
@@ -261,7 +268,7 @@ class ImageBuilder:
         except (SandboxError, ForgeError, SpecFileError, BuildError, OSError) as exc:
             build_log.line(f"error: {exc}")
             await asyncio.to_thread(remove_tree, staging)
-            self.registry.save(
+            await self._save(
                 record,
                 status="failed",
                 error=str(exc)[:2000],
@@ -279,7 +286,7 @@ class ImageBuilder:
                 self.registry.delete(record.id)
             raise
         build_log.line(f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms")
-        self.registry.save(
+        await self._save(
             record,
             status="ready",
             location=str(final),
@@ -404,7 +411,7 @@ class ImageBuilder:
         for record in candidates:
             if record.status == "cold" and time.time() - (record.finished_at or 0) < COLD_MIN_AGE_S:
                 continue
-            self.registry.save(record, status="collected")
+            await self._save(record, status="collected")
             if record.location and Path(record.location).resolve().is_relative_to(
                 self.root.resolve()
             ):
