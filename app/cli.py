@@ -120,6 +120,8 @@ def serve(
         log_level="info",
         # Events are small JSON frames: compressing each costs more CPU than it saves.
         ws_per_message_deflate=False,
+        # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
+        timeout_graceful_shutdown=3,
     )
 
 
@@ -225,7 +227,7 @@ def run(
     ],
 ) -> None:
     """Run one prompt from the terminal: stream the agent's work, print the branch and PR."""
-    settings = load_settings(idle_seconds=0)
+    settings = load_settings(idle_seconds=0, image_interval=0)  # one prompt: no build schedule
     with runtime_from(settings) as runtime:
         try:
             user = runtime.users.local_user()
@@ -412,11 +414,13 @@ from app.commands.slack import slack_app  # noqa: E402
 
 app.add_typer(slack_app, name="slack")
 
-from app.commands import bench as _bench  # noqa: E402
 from app.commands import distributed as _distributed  # noqa: E402
+from app.commands.bench import bench_app  # noqa: E402
+from app.commands.images import images_app  # noqa: E402
 
+app.add_typer(images_app, name="images")
+app.add_typer(bench_app, name="bench")
 _distributed.register(app)
-_bench.register(app)
 
 
 def main() -> None:

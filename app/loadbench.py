@@ -5,7 +5,8 @@ processes, started here from a scratch directory; this process is only the clien
 the sessions over HTTP, follows every session's WebSocket, and polls the API as people would.
 
 Measured:
-- API latency: every request this client makes while the load runs (create, read, list);
+- API latency: every request this client makes while the load runs: creating the sessions,
+  and, as people would meanwhile, reading a session 4 times a second and the list once;
 - event delivery lag: an event's creation time (`ts`, stamped where the runner made it) to its
   arrival on the client's WebSocket, for events created after the socket was open;
 - memory per idle session: resident memory of the server processes with every session idle
@@ -415,12 +416,16 @@ class Client:
         return session_id
 
     async def poll(self, ids: list[str], done: asyncio.Event) -> None:
+        """People using the API meanwhile: a session read 4 times a second, the list once."""
+        tick = 0
         while not done.is_set():
             if ids:
                 await self.request("GET", f"/api/sessions/{random.choice(ids)}")
-            await self.request("GET", "/api/sessions", params={"limit": 20})
+            if tick % 4 == 0:
+                await self.request("GET", "/api/sessions", params={"limit": 20})
+            tick += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.1)
+                await asyncio.wait_for(done.wait(), 0.25)
 
     async def warm_up(self) -> None:
         """One session first, so the image exists before the load (its build is not measured)."""

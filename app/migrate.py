@@ -25,7 +25,7 @@ from app.models import CONTROL_TABLES
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
 """The first revision: the control tables of the first release."""
-LEGACY = "0002"
+LEGACY = "0003"
 """The last schema `create_all` made, before migrations existed."""
 LEGACY_TABLES = frozenset(
     {
@@ -48,6 +48,8 @@ LEGACY_TABLES = frozenset(
         "slack_requests",
         "slack_participants",
         "repo_keywords",
+        "images",
+        "image_build_locks",
     }
 )
 """The tables of revision LEGACY; a control DB from before migrations holds some of them."""

@@ -8,12 +8,13 @@ session's own state (prompts, events, messages, tool calls) lives in its SQLite 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from images.registry import IMAGE_TABLES
 from workers.events import SessionStatus
 
 
@@ -329,6 +330,55 @@ class Stats(BaseModel):
     first_model_request: LatencyStats
 
 
+# ---------------------------------------------------------------- images and warm-up
+
+
+class ImagePublic(BaseModel):
+    """An image build attempt: `ready` images start sandboxes, `failed` ones keep their log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    repo: str
+    status: str
+    """building, ready, failed, cold (a bare clone a session started from), collected."""
+    trigger: str
+    sha: str | None
+    spec_hash: str | None
+    runtime: str
+    backend: str
+    host: str
+    created_at: float
+    built_at: float | None
+    duration_ms: int | None
+    error: str | None
+    log: str | None
+    """The build log: listed for failed builds, always in `GET /api/images/{id}`."""
+
+
+class ImageBuildRequest(BaseModel):
+    """`POST /api/images/build`: build now instead of waiting for the schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repos: list[str] | None = Field(None, description="Repo names; all repos when omitted")
+    force: bool = Field(False, description="Build even when the tip and spec are unchanged")
+
+
+class ImageBuildQueued(BaseModel):
+    queued: list[str]
+
+
+class WarmPublic(BaseModel):
+    """The caller's warm sandbox on a repo: `warming`, `warm`, `failed`, or `cold` (none)."""
+
+    repo: str
+    state: str
+    sandbox_id: str | None
+    expires_at: float | None
+    error: str | None = None
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -589,6 +639,56 @@ class SlackLinkPublic(BaseModel):
     linked_at: float
 
 
+# ---------------------------------------------------------------- web viewer: presence and sign-in
+
+
+class ViewerPublic(BaseModel):
+    """Someone viewing a session now (one entry per person, however many tabs)."""
+
+    login: str
+    name: str
+    since: float
+    connections: int = 1
+
+
+class PresencePublic(BaseModel):
+    """Who is viewing a session; also sent on the session's WebSocket as a frame with
+    `type: "presence"` and no `id` (it is not an event and is never stored)."""
+
+    type: str = "presence"
+    session_id: str
+    viewers: list[ViewerPublic]
+
+
+class PresenceBeat(BaseModel):
+    """`POST /api/sessions/{id}/presence`: a heartbeat from a client not on the WebSocket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: Annotated[
+        str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ]
+    """A random id the page picks once per load, so one person's tabs count separately."""
+
+
+class TokenSignIn(BaseModel):
+    """`POST /api/auth/token`: sign this browser in with an API token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class SignInState(BaseModel):
+    """Who this browser is signed in as, and how it can sign in."""
+
+    user: UserPublic | None
+    auth: str
+    """`token` (API tokens, or GitHub when configured) or `local` (everyone is the local user)."""
+    github_login: str | None
+    """Where GitHub sign-in starts, when it is configured on this server."""
+
+
 CONTROL_TABLES = [
     User.__table__,  # type: ignore[attr-defined]
     ApiToken.__table__,  # type: ignore[attr-defined]
@@ -610,4 +710,5 @@ CONTROL_TABLES = [
     SlackRequest.__table__,  # type: ignore[attr-defined]
     SlackParticipant.__table__,  # type: ignore[attr-defined]
     RepoKeywords.__table__,  # type: ignore[attr-defined]
+    *IMAGE_TABLES,
 ]

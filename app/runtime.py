@@ -1,17 +1,19 @@
 """Wiring: build every service of one Nightshift process from its settings.
 
-`serve`, `run` and the tests all start from `build_runtime(settings)`; nothing happens at
-import time.
+`serve`, `run` and the tests all start from `build_runtime(settings)`; `nightshift worker`
+from `build_worker(settings)`. Nothing happens at import time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import inspect
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,8 @@ from app.services.github import GitHubServices, RebuildHook, build_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
+from app.services.images import Images
+from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
@@ -34,19 +38,23 @@ from app.services.users import Users
 from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
+from images.builder import ImageBuilder
+from images.jobs import ImageJobs, maintain_pool
+from images.mirror import Mirrors
+from images.pool import WarmPool
 from images.provider import SandboxProvider
+from images.registry import ImageRegistry
 from images.sandboxes import make_backend
 from images.sandboxes.base import SandboxBackend
 from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
-from images.store import ImageStore
 from integrations.forge.base import Forge
 from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
 from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
-from workers.jobs import JOBS, JobContext, JobError, run_job, schedule
+from workers.jobs import JobContext, JobError, run_job, schedule
 from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
@@ -70,7 +78,11 @@ class Runtime:
     sessions: Sessions
     pulls: LocalPullRequests
     backend: SandboxBackend
-    images: ImageStore
+    images: ImageRegistry
+    builder: ImageBuilder
+    pool: WarmPool
+    image_jobs: ImageJobs
+    image_service: Images
     provider: SandboxProvider
     executor: InProcessExecutor
     deps: WorkerDeps
@@ -85,15 +97,19 @@ class Runtime:
     """Called with (repo spec, new base sha) when a push moves a repo's base branch; the image
     builder registers here to rebuild early."""
     control_jobs: ControlJobs
+    """Jobs that change sessions or the index, run here (workers ask for them over HTTP)."""
     jobs: JobContext
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
-    started_at: float = 0.0
+    presence: Presence = field(default_factory=Presence)
+    """Who is viewing which session (web viewer); in memory, never persisted."""
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
     slack: SlackBot | None = None
     """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
+    started: bool = False
+    started_at: float = 0.0
 
     @property
     def distributed(self) -> bool:
@@ -111,8 +127,8 @@ class Runtime:
         """Recover sessions a previous process left behind and start periodic jobs.
 
         The reaper runs here, in the process that owns the session files, in both modes. In
-        distributed mode this process also consumes the event streams, and beat (not this
-        process) schedules the jobs that run on workers.
+        distributed mode this process also consumes the event streams, while beat schedules
+        image builds and PR reconciliation and each worker looks after its own warm pool.
         """
         self.executor.start()
         self.started_at = time.time()
@@ -123,41 +139,32 @@ class Runtime:
         if self.streams is not None:
             self.streams.start()
         self.periodic(self.settings.reap_interval, self._reap, "reaper")
+        self.started = True
         if not self.distributed:
             self._schedule_jobs()
+            self.periodic(
+                self.settings.pool_interval,
+                lambda: maintain_pool(self.image_jobs),
+                "warm pool",
+                on_loop=True,
+            )
         for callback in self.on_start:
             callback()
 
     def _schedule_jobs(self) -> None:
+        """The embedded default's scheduler: what beat schedules in distributed mode."""
         s = self.settings
-        for item in schedule(s.image_interval, s.pool_interval, s.reconcile_interval):
-            if item.job not in JOBS or (
-                item.job == "reconcile_github" and not self.control_jobs.available(item.job)
-            ):
-                log.info("scheduled job %s is not part of this build; not scheduled", item.job)
+        for item in schedule(s.image_interval, s.reconcile_interval):
+            if item.job == "reconcile_github" and not self.control_jobs.available(item.job):
+                continue  # GitHub is not configured
+            if item.interval_s <= 0:
                 continue
-            self._periodic.append(
-                self.executor.submit(
-                    lambda name=item.job, interval=item.interval_s: every(  # type: ignore[misc]
-                        interval, lambda: self._run_scheduled(name), name
-                    )
-                )
+            self.periodic(
+                item.interval_s,
+                lambda name=item.job: self._run_scheduled(name),  # type: ignore[misc]
+                item.job,
+                on_loop=True,
             )
-
-    def run_job_soon(self, name: str, *args: str) -> None:
-        """Run a job now, in the background: on a worker in distributed mode, else here."""
-        enqueue = getattr(self.dispatcher, "enqueue_job", None)
-        if enqueue is not None:
-            enqueue(name, *args)
-            return
-
-        async def job() -> None:
-            try:
-                log.info("%s %s: %s", name, " ".join(args), await run_job(self.jobs, name, *args))
-            except (JobError, ControlPlaneError) as exc:
-                log.warning("%s %s: %s", name, " ".join(args), exc)
-
-        self.executor.submit(job)
 
     async def _run_scheduled(self, name: str) -> None:
         try:
@@ -165,9 +172,24 @@ class Runtime:
         except (JobError, ControlPlaneError) as exc:
             log.warning("%s: %s", name, exc)
 
-    def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
+    def periodic(
+        self,
+        interval: float,
+        fn: Callable[[], object],
+        name: str,
+        *,
+        on_loop: bool = False,
+    ) -> None:
+        """Run `fn` every `interval` seconds: in a thread, or (`on_loop`) on the worker loop,
+        awaiting what it returns (for async jobs such as image builds)."""
+
         async def job() -> None:
-            await asyncio.to_thread(fn)
+            if on_loop:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+            else:
+                await asyncio.to_thread(fn)
 
         self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
 
@@ -181,6 +203,10 @@ class Runtime:
     def close(self) -> None:
         for future in self._periodic:
             future.cancel()
+        if self.executor.pending() or self.started:
+            # Pooled sandboxes hold overlay mounts: end them before the loop stops.
+            with contextlib.suppress(Exception):
+                self.executor.submit(self.pool.close).result(timeout=30)
         self.executor.shutdown()
         if self.streams is not None:
             self.streams.stop()
@@ -201,23 +227,76 @@ def init_control_db(engine: Engine) -> None:
 
 
 def make_forges(settings: Settings) -> dict[str, Forge]:
-    """The forges this deployment can reach, by name (API and workers build the same set)."""
+    """The forges every process has; GitHub's is added where the App is configured."""
     return {"local": LocalForge()}
 
 
-def _sandboxes(
+@dataclass
+class ImageStack:
+    """Where a process's sandboxes come from: registry, builder, provider, warm pool."""
+
+    backend: SandboxBackend
+    registry: ImageRegistry
+    builder: ImageBuilder
+    provider: SandboxProvider
+    pool: WarmPool
+    service: Images
+    jobs: ImageJobs
+
+
+def _image_stack(
     settings: Settings,
+    engine: Engine,
+    repos: Repos,
     state_dir: Path,
     forge_for: Callable[[RepoSpec], Forge],
+    executor: InProcessExecutor,
     backend: SandboxBackend | None = None,
-) -> tuple[SandboxBackend, ImageStore, SandboxProvider]:
+) -> ImageStack:
+    data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir)
     owner = getattr(backend, "owner", None)
-    images = ImageStore(
-        settings.data_dir / "images", backend.name, backend.runtime_version(), owner
+    registry = ImageRegistry(engine, backend.name, backend.runtime_version())
+    mirrors = Mirrors(data_dir / "mirrors")
+    builder = ImageBuilder(
+        registry,
+        backend,
+        data_dir / "images",
+        mirrors,
+        forge_for,
+        settings.limits(),
+        owner,
+        command_timeout=settings.image_command_timeout,
     )
-    provider = SandboxProvider(backend, images, forge_for, settings.limits())
-    return backend, images, provider
+    provider = SandboxProvider(
+        backend,
+        registry,
+        builder,
+        mirrors,
+        forge_for,
+        settings.limits(),
+        setup_timeout=settings.image_command_timeout,
+    )
+    pool = WarmPool(
+        provider.prepare_warm,
+        lambda factory: _spawn(executor, factory),
+        lambda spec: _newest_image_id(provider, spec),
+        pool_ttl=settings.pool_ttl,
+        warm_ttl=settings.warm_ttl,
+        debounce=settings.warm_debounce,
+    )
+    provider.pool = pool
+    service = Images(engine, repos, registry, pool, executor)
+    jobs = ImageJobs(
+        builder=builder,
+        provider=provider,
+        registry=registry,
+        specs=service.specs,
+        snapshot_images=service.snapshot_images,
+        keep=settings.images_keep,
+    )
+    service.jobs = jobs
+    return ImageStack(backend, registry, builder, provider, pool, service, jobs)
 
 
 def _distributed_checks(settings: Settings) -> None:
@@ -287,14 +366,34 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
 
-    backend, images, provider = _sandboxes(settings, data_dir, forge_for, backend)
     executor = InProcessExecutor()
+    stack = _image_stack(settings, engine, repos, data_dir, forge_for, executor, backend)
+    image_service = stack.service
+    repos.validators.append(image_service.validate_spec_file)
+
+    def image_landed(spec: RepoSpec, _record: object) -> None:
+        if runtime.started:
+            stack.pool.image_landed(spec)
+
+    stack.builder.on_built.append(image_landed)
+
+    def repo_added(repo: object) -> None:
+        if runtime.started:
+            image_service.queue_build([getattr(repo, "name", "")], trigger="added")
+
+    repos.on_added.append(repo_added)
+
+    def pushed(spec: RepoSpec, _sha: str) -> None:
+        # A push to the base branch (GitHub webhook) rebuilds now rather than at the next run.
+        image_service.queue_build([spec.name], trigger="push")
+
+    rebuild_hooks.append(pushed)
     control_jobs = ControlJobs()
     control = LocalControlPlane(sessions, control_jobs)
     deps = WorkerDeps(
         control=control,
         bus=InProcessBus(hub.publish),
-        sandboxes=provider,
+        sandboxes=stack.provider,
         forge_for=forge_for,
         config=settings.agent_config(),
         redactor=redactor,
@@ -304,9 +403,14 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if settings.broker_url:
         from app.services.streams import StreamConsumer
 
-        dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
+        celery_dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
+        dispatcher = celery_dispatcher
         streams = StreamConsumer(settings.broker_url, hub.publish)
         sessions.sync_events = _drainer(streams)
+        # Images are built where sessions run: on the workers.
+        image_service.send = lambda name, force, trigger: celery_dispatcher.enqueue_job(
+            "build_image", name, force=force, trigger=trigger
+        )
     else:
         dispatcher = InProcessDispatcher(executor, deps)
     sessions.dispatcher = dispatcher
@@ -320,9 +424,13 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         repos=repos,
         sessions=sessions,
         pulls=pulls,
-        backend=backend,
-        images=images,
-        provider=provider,
+        backend=stack.backend,
+        images=stack.registry,
+        builder=stack.builder,
+        pool=stack.pool,
+        image_jobs=stack.jobs,
+        image_service=image_service,
+        provider=stack.provider,
         executor=executor,
         deps=deps,
         dispatcher=dispatcher,
@@ -332,12 +440,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         github=github,
         image_rebuild_hooks=rebuild_hooks,
         control_jobs=control_jobs,
-        jobs=JobContext(control=control, images=images, forge_for=forge_for),
+        jobs=JobContext(control=control, image_jobs=stack.jobs),
         streams=streams,
     )
-    # A push to a repo's base branch (GitHub webhook) builds its image now, not at the next
-    # scheduled check.
-    rebuild_hooks.append(lambda spec, _sha: runtime.run_job_soon("build_image", spec.name))
     if github is not None:
 
         def reconcile() -> str:
@@ -357,6 +462,18 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     return runtime
 
 
+def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await factory()
+
+    executor.submit(run)
+
+
+def _newest_image_id(provider: SandboxProvider, spec: RepoSpec) -> str | None:
+    record = provider.usable_image(spec)
+    return record.id if record is not None else None
+
+
 def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
     import redis
 
@@ -370,11 +487,14 @@ def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
 
 
 def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
-    """One `nightshift worker` process: runners reach the API over HTTP, publish on Redis.
+    """One `nightshift worker` process.
 
-    Sandboxes of this worker live under `<data dir>/workers/<node>` (a restarted worker of the
-    same name releases what its predecessor left mounted); images are shared by the workers of
-    a host under `<data dir>/images`.
+    Runners reach the control plane over HTTP and publish events on Redis; they never open a
+    session file. The worker reads and writes the image registry and its build leases in the
+    control DB (images are built and kept where sessions run), so it needs the API's
+    NIGHTSHIFT_DATABASE_URL. Its sandboxes live under `<data dir>/workers/<node>` (a restarted
+    worker of the same name releases what its predecessor left mounted); the workers of a host
+    share its images and repository mirrors.
     """
     from workers.bus import RedisStreamBus
     from workers.celery_app import CeleryConfig, WorkerContext, make_celery
@@ -385,8 +505,15 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         raise ValueError("a worker needs NIGHTSHIFT_BROKER_URL (the Redis that Celery uses)")
     _distributed_checks(settings)
     assert settings.worker_token is not None
+    if not settings.database_url:
+        log.warning(
+            "NIGHTSHIFT_DATABASE_URL is not set: this worker keeps its image registry in its "
+            "own SQLite file; point it at the API's PostgreSQL so images are shared"
+        )
     redactor = Redactor(settings.secret_values())
     install_log_redaction(redactor)
+    engine = control_engine(settings.control_db_url)
+    init_control_db(engine)
     forges = make_forges(settings)
     if settings.github_enabled:
         # Workers clone and push GitHub repositories themselves, with installation tokens
@@ -417,19 +544,30 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         return forge
 
     state_dir = settings.data_dir / "workers" / re.sub(r"[^A-Za-z0-9._-]+", "_", node)
-    _, images, provider = _sandboxes(settings, state_dir, forge_for)
+    executor = InProcessExecutor("nightshift-celery-worker")
+    repos = Repos(engine, github_enabled=settings.github_enabled)
+    stack = _image_stack(settings, engine, repos, state_dir, forge_for, executor)
+    stack.builder.on_built.append(lambda spec, _record: stack.pool.image_landed(spec))
     released = release_stale_mounts(state_dir / "sandboxes", set())
     if released:
         log.info("released %d sandbox mounts left by a previous worker %s", released, node)
     control = HttpControlPlane(settings.worker_control_url, settings.worker_token)
-    bus = RedisStreamBus(settings.broker_url)
     deps = WorkerDeps(
         control=control,
-        bus=bus,
-        sandboxes=provider,
+        bus=RedisStreamBus(settings.broker_url),
+        sandboxes=stack.provider,
         forge_for=forge_for,
         config=settings.agent_config(),
         redactor=redactor,
     )
     celery = make_celery(CeleryConfig(settings.broker_url, settings.visibility_timeout))
-    return WorkerContext(deps, images, forge_for, settings.broker_url, celery)
+    return WorkerContext(
+        deps,
+        stack.jobs,
+        stack.pool,
+        executor,
+        settings.broker_url,
+        celery,
+        pool_interval=settings.pool_interval,
+        on_close=[engine.dispose],
+    )

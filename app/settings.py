@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     output_cap_bytes: int = Field(256 * 1024, ge=1024)
 
     # ---- images, warm pool and schedule
+    image_interval: float = Field(1800.0, ge=0)
+    """Seconds between scheduled image builds of every repo (0: no schedule)."""
+    images_keep: int = Field(3, ge=1)
+    """Ready images kept per repo; older ones are collected once nothing uses them."""
+    image_command_timeout: float = Field(1800.0, gt=0)
+    """Wall-clock seconds per set-up or warm command of an image build."""
+    pool_ttl: float = Field(900.0, gt=0)
+    """Seconds a shared warm-pool sandbox waits for a session before it is replaced."""
+    pool_interval: float = Field(15.0, gt=0)
+    """Seconds between warm-pool upkeep runs (expire, replace, top up)."""
+    warm_ttl: float = Field(300.0, gt=0)
+    """Seconds a sandbox warmed for a person (`POST /api/repos/{repo}/warm`) is kept for them."""
+    warm_debounce: float = Field(2.0, ge=0)
+    """Seconds before a failed warm-up of the same person and repo is tried again."""
 
     # ---- GitHub
     github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))
@@ -112,9 +126,8 @@ class Settings(BaseSettings):
     """Seconds before Redis hands an unacknowledged task to another worker; above the longest run."""
     reap_interval: float = Field(10.0, gt=0)
     """How often the API hands sessions whose runner died to another runner."""
-    image_interval: float = Field(1800.0, ge=1)
-    pool_interval: float = Field(60.0, ge=1)
     reconcile_interval: float = Field(600.0, ge=1)
+    """How often open pull requests are reconciled with GitHub (beat, or in-process)."""
 
     # ---- model providers (names their SDKs use)
     openai_api_key: str | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))

@@ -22,20 +22,18 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from celery import Celery, signals
-from redis.exceptions import LockError
 
-from images.spec import RepoSpec
-from images.store import ImageStore
-from integrations.forge.base import Forge
+from images.jobs import ImageJobs
+from images.pool import WarmPool
 from workers.dispatch import RUNNERS_CHANNEL
-from workers.executor import InProcessExecutor
+from workers.executor import InProcessExecutor, every
 from workers.jobs import JobContext, Scheduled, run_job
 from workers.runner import Runners, WorkerDeps, run_session
 
@@ -46,7 +44,6 @@ RUN_SESSION = "nightshift.run_session"
 SESSIONS_QUEUE = "nightshift.sessions"
 JOBS_QUEUE = "nightshift.jobs"
 DISPATCH_MARK_TTL_S = 900
-LOCK_TTL_S = 60
 
 
 def task_name(job: str) -> str:
@@ -116,60 +113,34 @@ def make_celery(config: CeleryConfig) -> Celery:
 # ---------------------------------------------------------------- one worker process
 
 
-class RedisLocks:
-    """Single-flight across processes and hosts: a Redis lock, kept alive while held."""
-
-    def __init__(self, client: aioredis.Redis, ttl_s: float = LOCK_TTL_S) -> None:
-        self.client = client
-        self.ttl_s = ttl_s
-
-    @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[bool]:
-        lock = self.client.lock(f"nightshift:lock:{name}", timeout=self.ttl_s, blocking=False)
-        if not await lock.acquire(blocking=False):
-            yield False
-            return
-
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(self.ttl_s / 3)
-                await lock.reacquire()
-
-        keeper = asyncio.create_task(keep())
-        try:
-            yield True
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LockError, Exception):
-                await keeper
-            with contextlib.suppress(LockError):
-                await lock.release()
-
-
 class WorkerContext:
     """What one worker process holds: its event loop, runners, dependencies and Redis."""
 
     def __init__(
         self,
         deps: WorkerDeps,
-        images: ImageStore,
-        forge_for: Callable[[RepoSpec], Forge],
+        image_jobs: ImageJobs,
+        pool: WarmPool,
+        executor: InProcessExecutor,
         redis_url: str,
         celery: Celery,
+        *,
+        pool_interval: float = 15.0,
         on_close: list[Callable[[], object]] | None = None,
     ) -> None:
         self.deps = deps
-        self.executor = InProcessExecutor("nightshift-celery-worker")
+        self.image_jobs = image_jobs
+        self.pool = pool
+        self.executor = executor
         self.runners = Runners()
         self.redis_url = redis_url
         self.celery = celery
+        self.pool_interval = pool_interval
         self.on_close = on_close or []
         self._redis: aioredis.Redis | None = None
         self._jobs: JobContext | None = None
-        self._listener: Any = None
+        self._background: list[Any] = []
         self.listening = threading.Event()
-        self.images = images
-        self.forge_for = forge_for
 
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
@@ -185,18 +156,24 @@ class WorkerContext:
                 await asyncio.to_thread(self.celery.send_task, task_name(job), args=[arg])
 
             self._jobs = JobContext(
-                control=self.deps.control,
-                images=self.images,
-                forge_for=self.forge_for,
-                locks=RedisLocks(self.redis()),
-                fan_out=fan_out,
+                control=self.deps.control, image_jobs=self.image_jobs, fan_out=fan_out
             )
         return self._jobs
 
     def start(self) -> None:
         self.executor.start()
-        if self._listener is None:
-            self._listener = self.executor.submit(self._listen_for_nudges)
+        if not self._background:
+            self._background.append(self.executor.submit(self._listen_for_nudges))
+            # Pooled sandboxes belong to this process: it keeps its own pool topped up.
+            self._background.append(
+                self.executor.submit(
+                    lambda: every(
+                        self.pool_interval,
+                        lambda: run_job(self.jobs(), "maintain_pool"),
+                        "warm pool",
+                    )
+                )
+            )
 
     def call(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on this process's loop and wait for it (from a Celery pool thread)."""
@@ -217,8 +194,8 @@ class WorkerContext:
             # dispatches it again, so this delivery is done.
             log.info("session %s handed back on shutdown", session_id)
 
-    def run_job(self, name: str, *args: str) -> str:
-        return self.call(lambda: run_job(self.jobs(), name, *args))
+    def run_job(self, name: str, *args: Any, **kwargs: Any) -> str:
+        return self.call(lambda: run_job(self.jobs(), name, *args, **kwargs))
 
     async def _listen_for_nudges(self) -> None:
         delay = 0.2
@@ -258,11 +235,14 @@ class WorkerContext:
             self.runners.wake(session_id)
 
     def shutdown(self) -> None:
-        """Give running sessions back (the reaper hands them to another worker) and stop."""
+        """Give running sessions back (the reaper hands them to another worker), end the
+        warm pool's sandboxes, and stop."""
         if self.executor.loop.is_running():
             abandoned = asyncio.run_coroutine_threadsafe(self._abandon(), self.executor.loop)
             with contextlib.suppress(Exception):
                 abandoned.result(20)
+            with contextlib.suppress(Exception):
+                self.executor.submit(self.pool.close).result(30)
         self.executor.shutdown(timeout=15)
         for callback in self.on_close:
             with contextlib.suppress(Exception):
@@ -334,9 +314,9 @@ def _register_tasks(app: Celery) -> None:
         current().run_session(session_id)
 
     @app.task(name=task_name("build_image"), shared=False)
-    def build_image_task(repo: str) -> str:
+    def build_image_task(repo: str, force: bool = False, trigger: str = "schedule") -> str:
         """Build the image of a repo's base tip unless it exists (one build per repo and tip)."""
-        return current().run_job("build_image", repo)
+        return current().run_job("build_image", repo, force=force, trigger=trigger)
 
     @app.task(name=task_name("build_images"), shared=False)
     def build_images_task() -> str:
@@ -345,7 +325,8 @@ def _register_tasks(app: Celery) -> None:
 
     @app.task(name=task_name("maintain_pool"), shared=False)
     def maintain_pool_task() -> str:
-        """Keep each repo's warm pool at its target size, from its newest image."""
+        """Top up the warm pool of the worker process that takes this task (each worker also
+        does it on its own timer)."""
         return current().run_job("maintain_pool")
 
     @app.task(name=task_name("reconcile_github"), shared=False)

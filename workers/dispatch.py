@@ -82,12 +82,12 @@ class CeleryDispatcher:
             # The prompt is stored; the reaper dispatches again once the broker is back.
             log.warning("could not dispatch session %s (%s); will retry", session_id, exc)
 
-    def enqueue_job(self, job: str, *args: str) -> None:
-        """Hand a scheduled job (e.g. `build_image <repo>`) to a worker now."""
+    def enqueue_job(self, job: str, *args: object, **kwargs: object) -> None:
+        """Hand a job (e.g. `build_image <repo>`) to a worker now."""
         from workers.celery_app import task_name
 
         try:
-            self.celery.send_task(task_name(job), args=list(args))
+            self.celery.send_task(task_name(job), args=list(args), kwargs=kwargs)
         except Exception as exc:
             log.warning("could not queue %s %s (%s); the schedule runs it later", job, args, exc)
 

@@ -1,52 +1,29 @@
-"""Scheduled jobs: the same functions under the in-process scheduler and under Celery beat.
+"""Scheduled jobs: the same functions under the in-process scheduler and under Celery.
 
-Each job is a plain coroutine taking a `JobContext` and ids. The embedded default calls them on
-its executor every interval; in distributed mode beat enqueues the Celery task of the same name
-(`workers/celery_app.py`), whose body calls the same function on a worker.
+The embedded default calls `run_job(ctx, name)` on its executor every interval; in distributed
+mode beat enqueues the Celery task of the same name (`workers/celery_app.py`), whose body calls
+the same `run_job` on a worker. The work itself is the images area's job functions
+(`images/jobs.py`: builds are single-flight per repo across processes, an unchanged tip is
+skipped) and, for pull requests, the control plane's reconciler, asked for through the port.
 
-Jobs that change images run where sandboxes run (the worker); jobs that change sessions or the
-index (`reconcile_github`) belong to the control plane and are asked of it through the port.
+The warm pool is not on this schedule: pooled sandboxes belong to the process that holds them,
+so each process (the embedded server, each worker) tops up its own on a timer.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from images.spec import RepoSpec
-from images.store import ImageStore
-from integrations.forge.base import Forge
+from images import jobs as image_jobs
+from images.jobs import ImageJobs, UnknownRepo
 from workers.control import ControlPlane
 
 
 class JobError(Exception):
-    """A job could not run (unknown repo, a part missing from this build)."""
-
-
-class Locks(Protocol):
-    def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]:
-        """Try to take the named lock without waiting; yields whether we hold it."""
-        ...
-
-
-class LocalLocks:
-    """Single-flight within one process."""
-
-    def __init__(self) -> None:
-        self._held: set[str] = set()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[bool]:
-        if name in self._held:
-            yield False
-            return
-        self._held.add(name)
-        try:
-            yield True
-        finally:
-            self._held.discard(name)
+    """A job could not run (an unknown repo, a part missing from this build)."""
 
 
 FanOut = Callable[[str, str], Awaitable[None]]
@@ -55,11 +32,9 @@ FanOut = Callable[[str, str], Awaitable[None]]
 @dataclass
 class JobContext:
     control: ControlPlane
-    images: ImageStore
-    forge_for: Callable[[RepoSpec], Forge]
-    locks: Locks = field(default_factory=LocalLocks)
+    image_jobs: ImageJobs
     fan_out: FanOut | None = None
-    """Hand `(job, id)` to another worker (Celery); None runs it here and now."""
+    """Hand `(job, repo)` to another worker (Celery); None runs it here and now."""
 
 
 @dataclass(frozen=True)
@@ -68,47 +43,44 @@ class Scheduled:
     interval_s: float
 
 
-def schedule(image_s: float, pool_s: float, reconcile_s: float) -> list[Scheduled]:
-    """What runs periodically, in both modes."""
+def schedule(image_s: float, reconcile_s: float) -> list[Scheduled]:
+    """What runs periodically, in both modes (an interval of 0 turns a job off)."""
     return [
         Scheduled("build_images", image_s),
-        Scheduled("maintain_pool", pool_s),
         Scheduled("reconcile_github", reconcile_s),
     ]
 
 
-async def _spec(ctx: JobContext, repo: str) -> RepoSpec:
-    for spec in await ctx.control.repo_specs():
-        if spec.name == repo:
-            return spec
-    raise JobError(f"no repository named {repo!r} is registered")
-
-
-async def build_image(ctx: JobContext, repo: str) -> str:
-    """Build the image of a repo's base tip unless one exists; one build per repo at a time."""
-    spec = await _spec(ctx, repo)
-    async with ctx.locks.hold(f"image:{repo}") as held:
-        if not held:
-            return f"{repo}: an image build is already running; skipped"
-        image, built = await ctx.images.ensure(spec, ctx.forge_for(spec))
-    verb = "built" if built else "up to date:"
-    return f"{repo}: {verb} {image.id} at {image.sha[:12]}"
+async def build_image(
+    ctx: JobContext, repo: str, force: bool = False, trigger: Any = "schedule"
+) -> str:
+    """Build one repo's image unless its base tip and spec are unchanged."""
+    try:
+        results = await image_jobs.build_images(
+            ctx.image_jobs, [repo], force=force, trigger=trigger
+        )
+    except UnknownRepo as exc:
+        raise JobError(str(exc)) from exc
+    return "; ".join(f"{r.repo}: {r.outcome} ({r.message})" for r in results)
 
 
 async def build_images(ctx: JobContext) -> str:
-    """Check every repo's base tip; build where it moved (fanned out to workers when we can)."""
-    specs = await ctx.control.repo_specs()
-    results = []
-    for spec in specs:
-        if ctx.fan_out is not None:
+    """Check every repo's base tip; build where it moved (fanned out to workers if we can)."""
+    if ctx.fan_out is None:
+        results = await image_jobs.build_images(ctx.image_jobs)
+        summary = [f"{r.repo}: {r.outcome}" for r in results]
+    else:
+        specs = await asyncio.to_thread(ctx.image_jobs.specs)
+        for spec in specs:
             await ctx.fan_out("build_image", spec.name)
-            results.append(f"{spec.name}: queued")
-        else:
-            try:
-                results.append(await build_image(ctx, spec.name))
-            except Exception as exc:  # one broken repo must not starve the others
-                results.append(f"{spec.name}: failed: {exc}")
-    return "; ".join(results) if results else "no repositories registered"
+        summary = [f"{spec.name}: queued" for spec in specs]
+    return "; ".join(summary) if summary else "no repositories registered"
+
+
+async def maintain_pool(ctx: JobContext) -> str:
+    """Expire, replace and top up this process's warm pool."""
+    await image_jobs.maintain_pool(ctx.image_jobs)
+    return "warm pool maintained"
 
 
 async def reconcile_github(ctx: JobContext) -> str:
@@ -119,23 +91,13 @@ async def reconcile_github(ctx: JobContext) -> str:
 JOBS: dict[str, Callable[..., Awaitable[str]]] = {
     "build_image": build_image,
     "build_images": build_images,
+    "maintain_pool": maintain_pool,
     "reconcile_github": reconcile_github,
 }
-MISSING: dict[str, str] = {
-    "maintain_pool": (
-        "warm-pool upkeep is not part of this build (images/pool.py has not landed); "
-        "sessions start from the newest image instead"
-    ),
-}
-"""Scheduled jobs whose implementation is not in this build, with the reason."""
 
 
-class JobUnavailable(JobError):
-    """The job is not part of this build."""
-
-
-async def run_job(ctx: JobContext, name: str, *args: str) -> str:
+async def run_job(ctx: JobContext, name: str, *args: Any, **kwargs: Any) -> str:
     job = JOBS.get(name)
     if job is None:
-        raise JobUnavailable(MISSING.get(name) or f"unknown job {name!r}; known: {', '.join(JOBS)}")
-    return await job(ctx, *args)
+        raise JobError(f"unknown job {name!r}; known: {', '.join(JOBS)}")
+    return await job(ctx, *args, **kwargs)

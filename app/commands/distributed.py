@@ -121,10 +121,11 @@ def worker(
 def beat(
     loglevel: Annotated[str, typer.Option(help="Log level")] = "INFO",
 ) -> None:
-    """Run Celery beat: image builds, warm-pool upkeep and PR reconciliation on schedule.
+    """Run Celery beat: image builds and PR reconciliation on schedule.
 
     Run one beat per deployment. A second one does no harm (builds are single-flight per repo
-    and a build of an unchanged tip is skipped) but doubles the queue traffic.
+    and a build of an unchanged tip is skipped) but doubles the queue traffic. Warm pools are
+    not on it: each worker tops up its own.
     """
     from workers.celery_app import CeleryConfig, make_celery
     from workers.jobs import schedule
@@ -133,7 +134,11 @@ def beat(
     broker = _broker(settings)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    jobs = schedule(settings.image_interval, settings.pool_interval, settings.reconcile_interval)
+    jobs = [
+        j
+        for j in schedule(settings.image_interval, settings.reconcile_interval)
+        if j.interval_s > 0
+    ]
     celery = make_celery(CeleryConfig(broker, settings.visibility_timeout, jobs))
     console.print(
         "Nightshift beat: " + ", ".join(f"{j.job} every {j.interval_s:g}s" for j in jobs),

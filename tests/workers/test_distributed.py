@@ -5,7 +5,6 @@ the in-process dispatcher too: the task functions are the same."""
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import threading
 import time
@@ -31,7 +30,6 @@ class Deployment:
     api: ApiClient
     deliver: Callable[[str], Callable[[], None]]
     """Deliver one more `run_session` task; returns a function that waits until it ran."""
-    image_root: Path
     run_jobs: Callable[[str, int], None]
     """Run a scheduled job this many times at once (overlapping schedules)."""
     logs: Callable[[], str]
@@ -61,7 +59,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
 
             runtime.executor.submit(overlapping).result(60)
 
-        base_url, image_root, logs = server.url, runtime.images.root, lambda: ""
+        base_url, logs = server.url, lambda: ""
     else:
         cluster: Cluster = request.getfixturevalue("cluster")
         alice = cluster.person("alice", "Alice Example", "alice@example.com")
@@ -80,7 +78,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         def run_jobs(name: str, times: int) -> None:
             _two_beats(cluster, name, times)
 
-        base_url, image_root = cluster.url, cluster.worker_dir / "images"
+        base_url = cluster.url
 
         def logs() -> str:
             return cluster_logs(cluster)
@@ -88,9 +86,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
     with httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
     ) as http:
-        yield Deployment(
-            request.param, ApiClient(http, base_url, alice), deliver, image_root, run_jobs, logs
-        )
+        yield Deployment(request.param, ApiClient(http, base_url, alice), deliver, run_jobs, logs)
 
 
 def _two_beats(cluster: Cluster, job: str, seconds: int) -> None:
@@ -134,8 +130,10 @@ def _two_beats(cluster: Cluster, job: str, seconds: int) -> None:
     time.sleep(1.0)
 
 
-def _images(root: Path, repo: str) -> list[str]:
-    return sorted(p.parent.name for p in (root / repo).glob("*/meta.json"))
+def _ready_images(api: ApiClient, repo: str) -> list[dict[str, Any]]:
+    r = api.http.get("/api/images", params={"repo": repo})
+    assert r.status_code == 200, r.text
+    return [i for i in r.json() if i["status"] == "ready"]
 
 
 def _write_and_finish(path: str, content: str, title: str) -> list[Turn]:
@@ -228,27 +226,25 @@ def test_overlapping_schedules_build_one_image_per_repo_and_tip(
 ) -> None:
     name = _unique("img")
     repo = make_repo(tmp_path, name)
-    deployment.api.add_repo(repo)
+    deployment.api.add_repo(repo)  # registering a repo queues its first build too
     deployment.run_jobs("build_images", 3)
-    first = wait_for(lambda: _images(deployment.image_root, name), 30, "the first image")
-    assert len(first) == 1, first
+    first = wait_for(lambda: _ready_images(deployment.api, name), 60, "the first image")
+    assert [i["sha"] for i in first] == [git(repo, "rev-parse", "main").strip()], first
     # The base branch moves: the next round builds exactly one new image.
     (repo / "NEW.md").write_text("new\n")
     git(repo, "add", "-A")
     git(repo, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "tip 2")
     deployment.run_jobs("build_images", 3)
     images = wait_for(
-        lambda: (i := _images(deployment.image_root, name)) and len(i) >= 2 and i, 30, "image 2"
+        lambda: (i := _ready_images(deployment.api, name)) and len(i) >= 2 and i, 60, "image 2"
     )
-    assert len(images) == 2, images
-    shas = set()
-    for image in images:
-        meta = (deployment.image_root / name / image / "meta.json").read_text()
-        shas.add(re.search(r'"sha": "([0-9a-f]+)"', meta).group(1))  # type: ignore[union-attr]
-    assert shas == {
-        git(repo, "rev-parse", "main~1").strip(),
-        git(repo, "rev-parse", "main").strip(),
-    }
+    time.sleep(1.0)  # a duplicate build would land about now
+    images = _ready_images(deployment.api, name)
+    assert sorted(i["sha"] for i in images) == sorted(
+        [git(repo, "rev-parse", "main~1").strip(), git(repo, "rev-parse", "main").strip()]
+    ), images
+    builds = deployment.api.http.get("/api/images", params={"repo": name}).json()
+    assert all(b["status"] != "failed" for b in builds), builds
 
 
 # ---------------------------------------------------------------- distributed only
