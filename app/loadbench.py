@@ -347,6 +347,10 @@ class Client:
         self.config = config
         self.api_ms: list[float] = []
         self.lag_ms: list[float] = []
+        self.lag_at: list[float] = []
+        """When each lagged event was created (to split the start burst from steady running)."""
+        self.load_started = 0.0
+        self.all_created = 0.0
         self.status: dict[str, str] = {}
         self.outcome: dict[str, str] = {}
         self.errors: list[str] = []
@@ -395,6 +399,7 @@ class Client:
                 last = max(last, int(event["id"]))
                 if event["ts"] >= since:
                     self.lag_ms.append((now - event["ts"]) * 1000)
+                    self.lag_at.append(event["ts"])
                 if event["type"] == "status":
                     self.status[session_id] = event["status"]
                 elif event["type"] == "prompt_finished":
@@ -437,6 +442,7 @@ class Client:
         await asyncio.wait_for(self.follow(str(r.json()["id"]), opened), 120)
         self.api_ms.clear()
         self.lag_ms.clear()
+        self.lag_at.clear()
         self.status.clear()
         self.outcome.clear()
 
@@ -446,6 +452,7 @@ class Client:
         done = asyncio.Event()
         poller = asyncio.create_task(self.poll(ids, done))
         started = time.monotonic()
+        self.load_started = time.time()
         create = asyncio.Semaphore(32)
 
         async def one(n: int) -> None:
@@ -456,6 +463,7 @@ class Client:
 
         await asyncio.gather(*(one(n) for n in range(self.config.sessions)))
         created_s = time.monotonic() - started
+        self.all_created = time.time()
         self.config.progress(f"{len(ids)} sessions created in {created_s:.1f}s; following them")
         try:
             await asyncio.wait_for(
@@ -522,6 +530,13 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         "load_average": os.getloadavg()[0],
         "api_latency": _summary(client.api_ms),
         "event_lag": _summary(client.lag_ms),
+        "event_lag_after_all_started": _summary(
+            [
+                lag
+                for lag, at in zip(client.lag_ms, client.lag_at, strict=True)
+                if at > client.all_created
+            ]
+        ),
         "memory": {
             "server_rss_mb_before": round(baseline_kb / 1024, 1),
             "server_rss_mb_idle": round(idle_kb / 1024, 1),

@@ -16,9 +16,18 @@ T = TypeVar("T")
 log = logging.getLogger("nightshift.executor")
 
 
+BLOCKING_THREADS = 64
+"""Threads for the blocking calls runners make (`asyncio.to_thread`: persisting events, the
+control plane, file tools). They mostly wait on disk and subprocesses; with asyncio's default
+(CPU count + 4) a few hundred sessions would queue behind each other's writes."""
+
+
 class InProcessExecutor:
     def __init__(self, name: str = "nightshift-worker") -> None:
         self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix=name)
+        )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
         self._tasks: set[concurrent.futures.Future[Any]] = set()
