@@ -11,10 +11,11 @@ from app.errors import Unavailable
 
 MISSING = {
     "reconcile_github": (
-        "reconciling pull requests with GitHub is not part of this build "
-        "(the GitHub integration has not landed)"
+        "reconciling pull requests needs the GitHub App on the API server "
+        "(GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_PATH)"
     ),
 }
+"""Why a known job is unavailable on this server."""
 
 
 class ControlJobs:

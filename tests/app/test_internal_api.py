@@ -163,7 +163,7 @@ def test_the_http_control_plane(
             assert summary.id == session.id
             with pytest.raises(ControlPlaneError, match="no session"):
                 await control.session_context("nope")
-            with pytest.raises(ControlPlaneError, match="not part of this build"):
+            with pytest.raises(ControlPlaneError, match="needs the GitHub App"):
                 await control.run_job("reconcile_github")
             assert await control.release_lease(session.id, "runner-a") is False
         finally:
