@@ -397,6 +397,13 @@ def tokens_create(
 
 # ---------------------------------------------------------------- area commands
 # Each area keeps its commands in app/commands/<area>.py and registers them here.
+from app.commands import github as _github_commands  # noqa: E402
+
+app.add_typer(_github_commands.app, name="github")
+
+from app.commands.slack import slack_app  # noqa: E402
+
+app.add_typer(slack_app, name="slack")
 
 
 def main() -> None:

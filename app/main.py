@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import health, repos, sessions, stats, web
+from app.api.routes import auth, github, health, repos, sessions, slack, stats, web
 from app.errors import ServiceError
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
@@ -34,24 +34,27 @@ class BodyLimit:
             await _too_large(send, self.limit)
             return
         seen = 0
+        refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    # Answer now; the app sees a disconnect and whatever it sends is dropped.
+                    refused = True
+                    await _too_large(send, self.limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send, self.limit)
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited, guarded_send)
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -101,6 +104,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(sessions.router)
     app.include_router(repos.router)
     app.include_router(stats.router)
+    app.include_router(auth.router)
+    app.include_router(github.router)
+    app.include_router(slack.router)
     app.include_router(web.router)
     web.mount_static(app)
     return app

@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
@@ -19,11 +20,15 @@ from app.control import LocalControlPlane
 from app.db import control_engine
 from app.metrics import observe
 from app.models import CONTROL_TABLES
+from app.services.github import GitHubServices, RebuildHook, build_github
+from app.services.github_accounts import GitHubAccounts, build_accounts
+from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.users import Users
+from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
 from images.provider import SandboxProvider
@@ -37,11 +42,15 @@ from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
 from workers.dispatch import Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
-from workers.redact import RedactingFilter, Redactor
+from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
 from workers.runner import WorkerDeps
+
+if TYPE_CHECKING:
+    from app.services.slack import SlackBot
 
 log = logging.getLogger("nightshift")
 REAP_INTERVAL_S = 10.0
+GITHUB_RECONCILE_INTERVAL_S = 600.0
 
 
 @dataclass
@@ -62,8 +71,19 @@ class Runtime:
     deps: WorkerDeps
     dispatcher: Dispatcher
     forges: dict[str, Forge]
+    web_sessions: WebSessions
+    accounts: GitHubAccounts | None
+    """People's linked GitHub accounts (None unless GitHub sign-in is configured)."""
+    github: GitHubServices | None
+    """The GitHub App's side: forge, PR opener, webhooks (None unless the App is configured)."""
+    image_rebuild_hooks: list[RebuildHook]
+    """Called with (repo spec, new base sha) when a push moves a repo's base branch; the image
+    builder registers here to rebuild early."""
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    slack: SlackBot | None = None
+    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
 
     def forge_for(self, spec: RepoSpec) -> Forge:
         forge = self.forges.get(spec.forge)
@@ -81,6 +101,12 @@ class Runtime:
         if released:
             log.info("released %d sandbox mounts left by a previous process", released)
         self.periodic(REAP_INTERVAL_S, self._reap, "reaper")
+        if self.github is not None:
+            self.periodic(
+                GITHUB_RECONCILE_INTERVAL_S, lambda: reconcile_github(self), "github-reconciler"
+            )
+        for callback in self.on_start:
+            callback()
 
     def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
         async def job() -> None:
@@ -112,14 +138,20 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     settings = settings.model_copy(update={"data_dir": data_dir})
     data_dir.mkdir(parents=True, exist_ok=True)
     redactor = Redactor(settings.secret_values())
-    logging.getLogger("nightshift").addFilter(RedactingFilter(redactor))
+    install_log_redaction(redactor)
     engine = control_engine(settings.control_db_url)
     init_control_db(engine)
+
+    def redact_secret(secret: str) -> None:
+        # Shapes the patterns already catch need no literal entry (the set would only grow).
+        if redactor.text(secret) != PLACEHOLDER:
+            redactor.add([secret])
+
     files = SessionFiles(data_dir / "sessions", redactor)
     hub = EventHub(files)
     hub.handlers.append(observe)
     users = Users(engine)
-    repos = Repos(engine)
+    repos = Repos(engine, github_enabled=settings.github_enabled)
     sessions = Sessions(
         engine,
         files,
@@ -135,6 +167,22 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     owner = getattr(backend, "owner", None)
     images = ImageStore(data_dir / "images", backend.name, backend.runtime_version(), owner)
     forges: dict[str, Forge] = {"local": LocalForge()}
+    accounts = build_accounts(settings, engine, redact_secret)
+    rebuild_hooks: list[RebuildHook] = []
+    github = build_github(
+        settings,
+        engine=engine,
+        sessions=sessions,
+        accounts=accounts,
+        on_secret=redact_secret,
+        submit=lambda fn: runtime.executor.submit(lambda: asyncio.to_thread(fn)),
+        rebuild_hooks=rebuild_hooks,
+        data_dir=data_dir,
+    )
+    if github is not None:
+        forges["github"] = github.forge
+        sessions.openers["github"] = github.opener
+        repos.github_default_branch = github.default_branch
 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
@@ -168,5 +216,14 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         deps=deps,
         dispatcher=dispatcher,
         forges=forges,
+        web_sessions=WebSessions(engine),
+        accounts=accounts,
+        github=github,
+        image_rebuild_hooks=rebuild_hooks,
     )
+    # ---- Slack
+    if settings.slack_enabled:
+        from app.services.slack import build_slack_bot
+
+        runtime.slack = build_slack_bot(runtime)
     return runtime

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
     max_spawn_depth: int = Field(2, ge=0)
+    lease_ttl: float = Field(30.0, ge=1)
+    """Seconds a runner's lease lasts without a heartbeat; a dead worker's session resumes after it."""
 
     # ---- sandboxes
     sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
@@ -61,8 +63,43 @@ class Settings(BaseSettings):
     # ---- images, warm pool and schedule
 
     # ---- GitHub
+    github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))
+    github_app_private_key: str | None = Field(
+        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY")
+    )
+    """The App's PEM private key itself (`\\n` escapes allowed), or set the _PATH variant."""
+    github_app_private_key_path: Path | None = Field(
+        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY_PATH")
+    )
+    github_client_id: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_ID"))
+    github_client_secret: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_SECRET"))
+    github_webhook_secret: str | None = Field(
+        None, validation_alias=_alias("GITHUB_WEBHOOK_SECRET")
+    )
+    github_api_url: str = Field("https://api.github.com", validation_alias=_alias("GITHUB_API_URL"))
+    secret_keys: str | None = None
+    """NIGHTSHIFT_SECRET_KEYS: comma-separated Fernet keys; the first encrypts, all decrypt."""
+    pr_fallback: Literal["none", "app"] = "none"
+    """NIGHTSHIFT_PR_FALLBACK: `app` opens the PR as the App when the person has not linked
+    GitHub (the body names them); `none` asks them to sign in first."""
 
     # ---- Slack
+    slack_bot_token: str | None = Field(None, validation_alias=_alias("SLACK_BOT_TOKEN"))
+    """The bot token (`xoxb-...`); with the signing secret it turns the Slack bot on."""
+    slack_signing_secret: str | None = Field(None, validation_alias=_alias("SLACK_SIGNING_SECRET"))
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_alias("SLACK_API_URL"))
+    """Base URL of the Slack Web API (tests point it at a fake)."""
+    slack_follow_ups: Literal["mentions", "thread"] = "mentions"
+    """Which replies in a session's thread become follow-ups: those that mention the bot, or
+    every reply in a thread the bot started."""
+    slack_update_interval: float = Field(1.0, ge=0.05, le=60)
+    """Seconds between two updates of one status message."""
+    slack_retries: int = Field(3, ge=0, le=10)
+    """Retries of a Slack Web API call on 429 (after `Retry-After`), 5xx and dropped connections."""
+    classifier_model: str | None = None
+    """A fast model that picks the repository of a Slack request (`openai:...`)."""
+    classifier_threshold: float = Field(0.6, ge=0, le=1)
+    """Below this confidence the bot asks which repository instead of guessing."""
 
     # ---- distributed mode (Celery, Redis, PostgreSQL)
 
@@ -81,6 +118,53 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _github_complete(self) -> Settings:
+        if self.github_app_id and not (
+            self.github_app_private_key or self.github_app_private_key_path
+        ):
+            raise ValueError(
+                "GITHUB_APP_ID is set but the App's private key is not: set "
+                "GITHUB_APP_PRIVATE_KEY_PATH (a .pem file) or GITHUB_APP_PRIVATE_KEY"
+            )
+        if self.github_app_id:
+            from integrations.github.app import check_private_key
+
+            check_private_key(self.github_private_key())
+        if bool(self.github_client_id) != bool(self.github_client_secret):
+            raise ValueError("set both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, or neither")
+        if self.github_client_id and not self.secret_keys:
+            raise ValueError(
+                "GitHub sign-in stores people's tokens encrypted, so NIGHTSHIFT_SECRET_KEYS is "
+                "required: generate a key with `nightshift github secret-key`"
+            )
+        if self.secret_keys:
+            from app.services.crypto import parse_keys
+
+            parse_keys(self.secret_keys)
+        return self
+
+    @property
+    def github_enabled(self) -> bool:
+        """The GitHub forge works: the App can clone and push."""
+        return bool(self.github_app_id)
+
+    @property
+    def github_oauth_enabled(self) -> bool:
+        return bool(self.github_client_id and self.github_client_secret)
+
+    def github_private_key(self) -> str:
+        """The App's private key (PEM text) from the variable or the file it names."""
+        if self.github_app_private_key:
+            return self.github_app_private_key
+        path = self.github_app_private_key_path
+        if path is None:
+            raise ValueError("no GitHub App private key is configured")
+        try:
+            return path.expanduser().read_text()
+        except OSError as exc:
+            raise ValueError(f"GITHUB_APP_PRIVATE_KEY_PATH={path}: {exc.strerror}") from exc
+
     @property
     def control_db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'control.db'}"
@@ -88,6 +172,24 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @model_validator(mode="after")
+    def _slack_needs_both_secrets(self) -> Settings:
+        if bool(self.slack_bot_token) != bool(self.slack_signing_secret):
+            have, missing = (
+                ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
+                if self.slack_bot_token
+                else ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
+            )
+            raise ValueError(
+                f"{have} is set but {missing} is not: the Slack bot needs both "
+                "(Slack app settings: OAuth & Permissions, Basic Information)"
+            )
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token and self.slack_signing_secret)
 
     def limits(self) -> Limits:
         return Limits(
@@ -114,12 +216,20 @@ class Settings(BaseSettings):
             model_retries=self.model_retries,
             max_spawn_depth=self.max_spawn_depth,
             idle_s=self.idle_seconds,
+            lease_ttl_s=self.lease_ttl,
+            heartbeat_s=max(0.2, self.lease_ttl / 6),
             public_url=self.base_url,
         )
 
     def secret_values(self) -> list[str]:
         """Every configured credential, for redaction."""
-        return [v for v in (self.openai_api_key, self.anthropic_api_key) if v]
+        github = (
+            self.github_client_secret,
+            self.github_webhook_secret,
+            self.github_app_private_key,
+            *(self.secret_keys or "").split(","),
+        )
+        return [v.strip() for v in (self.openai_api_key, self.anthropic_api_key, *github) if v]
 
 
 def _is_loopback(host: str) -> bool:

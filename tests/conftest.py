@@ -153,7 +153,7 @@ def _settings(data_dir: Path, **overrides: Any) -> Any:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Any:
     def make(**overrides: Any) -> Any:
-        return _settings(tmp_path / "ns", **overrides)
+        return _settings(overrides.pop("data_dir", tmp_path / "ns"), **overrides)
 
     return make
 
@@ -241,3 +241,96 @@ def redis_url() -> Iterator[str]:
     scoped.flushdb()
     yield url
     scoped.flushdb()
+
+
+# ---------------------------------------------------------------- Slack
+
+
+@pytest.fixture(scope="session")
+def _slack_server() -> Iterator[tuple[BackgroundServer, list[Any]]]:
+    from tests.fakes.slack import FakeSlack, slack_api_app
+
+    holder: list[Any] = [FakeSlack()]
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(holder[0], name)
+
+    with BackgroundServer(slack_api_app(Proxy())) as server:  # type: ignore[arg-type]
+        yield server, holder
+
+
+@pytest.fixture
+def slack_fake(_slack_server: tuple[BackgroundServer, list[Any]]) -> Any:
+    """The fake Slack Web API, fresh for each test (base URL in `.url`)."""
+    from tests.fakes.slack import FakeSlack
+
+    server, holder = _slack_server
+    holder[0] = FakeSlack()
+    holder[0].url = server.url + "/api/"
+    return holder[0]
+
+
+@pytest.fixture
+def make_slack_world(make_settings: Any, openai_fake: ScriptBook, slack_fake: Any) -> Iterator[Any]:
+    """Start Nightshift with the Slack bot pointed at the fake Slack; settings may be overridden."""
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, SlackSender, SlackWorld
+
+    started: list[tuple[Any, BackgroundServer]] = []
+
+    def make(**overrides: Any) -> SlackWorld:
+        values: dict[str, Any] = {
+            "model": "openai:fake-model",
+            "openai_base_url": openai_fake.url,  # type: ignore[attr-defined]
+            "openai_api_key": "sk-test-fake-key-0123456789abcdef",
+            "slack_bot_token": BOT_TOKEN,
+            "slack_signing_secret": SIGNING_SECRET,
+            "slack_api_url": slack_fake.url,
+            "slack_update_interval": 0.2,
+            "slack_retries": 2,
+        }
+        values.update(overrides)
+        data_dir = values.pop("data_dir", None)
+        settings = _settings(data_dir, **values) if data_dir else make_settings(**values)
+        rt = build_runtime(settings)
+        rt.start()
+        server = BackgroundServer(create_app(runtime=rt)).start()
+        started.append((rt, server))
+        return SlackWorld(rt, server.url, slack_fake, SlackSender(server.url))
+
+    yield make
+    for rt, server in reversed(started):
+        server.stop()
+        _settle(rt)
+        rt.close()
+
+
+def _settle(rt: Any, timeout: float = 30) -> None:
+    """Let sessions a test left running end (stopping one while its sandbox is being set up can
+    leave a mount behind), stop what is still running after that, and wait for the runners."""
+    import time
+
+    from workers.events import ACTIVE_STATUSES
+
+    def active() -> list[Any]:
+        rows, _ = rt.sessions.query(limit=500)
+        return [r for r in rows if r.status in ACTIVE_STATUSES]
+
+    deadline = time.monotonic() + timeout
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = active()
+    if left:
+        user = rt.users.upsert("teardown", "Teardown", "teardown@example.com")
+        for row in left:
+            rt.sessions.stop(user, row.id)
+    deadline = time.monotonic() + timeout
+    while getattr(rt.dispatcher, "runners", None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slack_world(make_slack_world: Any) -> Any:
+    return make_slack_world()

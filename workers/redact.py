@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 PLACEHOLDER = "[redacted]"
 _PATTERNS = [
-    r"gh[pousr]_[A-Za-z0-9]{20,}",  # GitHub tokens (personal, OAuth, user, server, refresh)
+    # GitHub tokens (personal, OAuth, user, server, refresh), including the newer
+    # `ghs_<app id>_<JWT>` installation-token shape with dots, dashes and underscores.
+    r"gh[pousr]_[A-Za-z0-9][A-Za-z0-9_.\-]{19,}",
     r"github_pat_[A-Za-z0-9_]{22,}",
     r"xox[abposr]-[A-Za-z0-9-]{10,}",  # Slack tokens
     r"sk-(?:ant-)?[A-Za-z0-9_-]{20,}",  # OpenAI / Anthropic keys
@@ -21,20 +26,37 @@ _PATTERNS = [
 
 
 class Redactor:
-    """Replaces known secret values and anything shaped like a token."""
+    """Replaces known secret values and anything shaped like a token.
+
+    Literal secrets (keys from settings, tokens minted at run time) are kept most recent first
+    and capped, so a long-running server that mints a token an hour does not grow forever.
+    """
+
+    MAX_LITERALS = 2000
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: OrderedDict[str, None] = OrderedDict()
         self._pattern = re.compile("|".join(_PATTERNS))
+        self._literal: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        self._secrets.update(s for s in secrets if s and len(s) >= 8)
-        self._literal = (
-            re.compile("|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)))
-            if self._secrets
-            else None
-        )
+        with self._lock:
+            changed = False
+            for secret in secrets:
+                if not secret or len(secret) < 8:
+                    continue
+                if secret in self._secrets:
+                    self._secrets.move_to_end(secret)
+                    continue
+                self._secrets[secret] = None
+                changed = True
+            while len(self._secrets) > self.MAX_LITERALS:
+                self._secrets.popitem(last=False)
+            if changed:
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._literal = re.compile("|".join(re.escape(s) for s in ordered))
 
     def text(self, value: str) -> str:
         if self._literal is not None:
@@ -52,16 +74,34 @@ class Redactor:
         return value
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts the formatted message of every record."""
+_ACTIVE: weakref.WeakSet[Redactor] = weakref.WeakSet()
+_factory_installed = False
 
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = self.redactor.text(message)
+def install_log_redaction(redactor: Redactor) -> None:
+    """Redact every log record of this process, whatever logger or handler it goes through.
+
+    A filter on one logger would miss records of its children (logging applies a logger's
+    filters only to records logged on it), so the record factory does it instead.
+    """
+    global _factory_installed
+    _ACTIVE.add(redactor)
+    if _factory_installed:
+        return
+    _factory_installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error handling
+            return record
+        cleaned = message
+        for active in list(_ACTIVE):
+            cleaned = active.text(cleaned)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
-        return True
+        return record
+
+    logging.setLogRecordFactory(factory)

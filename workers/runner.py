@@ -109,9 +109,9 @@ class SessionRunner:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-                await self._release_sandbox(
-                    snapshot=not self.stop_requested and not self.lease_lost
-                )
+                # Only a drained queue leaves a snapshot: an interrupted or stopped prompt's
+                # half-done work must not become the starting point of the next attempt.
+                await self._release_sandbox(snapshot=final is not None)
             if final is not None:
                 await self.status(final)
             more = await control.release_lease(self.session_id, self.id)

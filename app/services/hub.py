@@ -46,25 +46,56 @@ class EventHub:
         self._subs: defaultdict[str, set[Subscriber]] = defaultdict(set)
         self._all: set[Subscriber] = set()
         self._guard = threading.Lock()
+        self._local = threading.local()
+
+    def lock(self, session_id: str) -> threading.RLock:
+        """The session's publish lock: hold it to act on the index without racing its events."""
+        with self._guard:
+            return self._locks[session_id]
 
     def publish(self, session_id: str, event: Event, source: str | None = None) -> Event | None:
-        """Store, apply and fan out one event; None when `source` was already stored."""
-        with self._guard:
-            lock = self._locks[session_id]
-        with lock:
-            stored = self.files.get(session_id).append(event, source)
-            if stored is None:
-                return None
-            for handler in self.handlers:
-                try:
-                    handler(session_id, stored)
-                except Exception:
-                    log.exception("event handler failed for %s event %s", session_id, stored.id)
+        """Store, apply and fan out one event; None when `source` was already stored.
+
+        Work a handler defers (`defer`) runs after the session's lock is released, still before
+        this call returns, so slow side effects (opening a PR over the network) never hold up
+        the session's other events.
+        """
+        outermost = getattr(self._local, "deferred", None) is None
+        if outermost:
+            self._local.deferred = []
+        try:
             with self._guard:
-                targets = list(self._subs.get(session_id, ())) + list(self._all)
-            for sub in targets:
-                sub.push(session_id, stored)
-            return stored
+                lock = self._locks[session_id]
+            with lock:
+                stored = self.files.get(session_id).append(event, source)
+                if stored is None:
+                    return None
+                for handler in self.handlers:
+                    try:
+                        handler(session_id, stored)
+                    except Exception:
+                        log.exception("event handler failed for %s event %s", session_id, stored.id)
+                with self._guard:
+                    targets = list(self._subs.get(session_id, ())) + list(self._all)
+                for sub in targets:
+                    sub.push(session_id, stored)
+                return stored
+        finally:
+            if outermost:
+                deferred, self._local.deferred = self._local.deferred, None
+                for job in deferred:
+                    try:
+                        job()
+                    except Exception:
+                        log.exception("deferred work after a %s event failed", session_id)
+
+    def defer(self, job: Callable[[], None]) -> None:
+        """Run `job` once the current publish has released its lock (at once outside one)."""
+        deferred = getattr(self._local, "deferred", None)
+        if deferred is None:
+            job()
+        else:
+            deferred.append(job)
 
     def _add(self, session_id: str | None, sub: Subscriber) -> None:
         with self._guard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from app.models import Repo, RepoCreate
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
+from integrations.github.errors import GitHubError
 
 _GITHUB_RE = re.compile(
     r"^(?:https://github\.com/|git@github\.com:)?(?P<owner>[A-Za-z0-9-]+)/(?P<name>[A-Za-z0-9._-]+?)(?:\.git)?/?$"
@@ -41,9 +43,16 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 class Repos:
-    def __init__(self, engine: Engine, github_enabled: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        github_enabled: bool = False,
+        github_default_branch: Callable[[str], str] | None = None,
+    ) -> None:
         self.engine = engine
         self.github_enabled = github_enabled
+        self.github_default_branch = github_default_branch
+        """`owner/name` → its default branch, checking the App can reach the repository."""
 
     def _locate(self, url: str) -> tuple[str, str, str]:
         """(forge, canonical url, default name) for a path or a GitHub reference."""
@@ -65,7 +74,14 @@ class Repos:
 
     def add(self, body: RepoCreate, default_base: str | None = None) -> Repo:
         forge, url, default_name = self._locate(body.url)
-        base = body.base or default_base or _default_branch(url, forge)
+        if forge == "github" and self.github_default_branch is not None:
+            try:
+                found = self.github_default_branch(url)
+            except GitHubError as exc:
+                raise Invalid(str(exc)) from exc
+            base = body.base or default_base or found
+        else:
+            base = body.base or default_base or _default_branch(url, forge)
         try:
             spec = RepoSpec(
                 name=body.name or default_name,

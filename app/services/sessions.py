@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from workers.events import (
     ErrorRaised,
     Event,
     ModelRequest,
+    Notice,
     PromptQueued,
     PrOpened,
     PrStateChanged,
@@ -65,6 +67,17 @@ class PullRequestOpener(Protocol):
     ) -> tuple[str, int, str]:
         """Open (or find) the PR for a pushed branch; returns (url, number, state)."""
         ...
+
+
+class PullRequestDeferred(Exception):
+    """An opener cannot open the PR yet; the message (and link) tell the person what to do.
+
+    The session gets a `Notice` instead of an error: the branch is pushed and nothing failed.
+    """
+
+    def __init__(self, message: str, link: str | None = None) -> None:
+        super().__init__(message)
+        self.link = link
 
 
 def _title(prompt: str) -> str:
@@ -117,6 +130,8 @@ class Sessions:
         self.dispatcher: Dispatch | None = None
         self.openers: dict[str, PullRequestOpener] = {}
         self.on_created: list[Callable[[Session], None]] = []
+        self._pr_locks: dict[str, threading.Lock] = {}
+        self._pr_locks_guard = threading.Lock()
         hub.handlers.append(self._apply)
 
     # ------------------------------------------------------------ helpers
@@ -389,39 +404,78 @@ class Sessions:
                 )
             db.commit()
         if isinstance(event, BranchPushed):
-            self._open_pull_request(session_id, event)
+            self.hub.defer(lambda: self._open_pull_request(session_id, event))
 
-    def _open_pull_request(self, session_id: str, event: BranchPushed) -> None:
-        row = self.get(session_id)
-        repo = self.repos.by_id(row.repo_id)
-        opener = self.openers.get(repo.forge)
-        if opener is None:
-            self.hub.publish(
-                session_id,
-                ErrorRaised(
-                    code="no_forge", message=f"no pull-request opener for forge {repo.forge!r}"
-                ),
-            )
-            return
-        prompt = self.files.get(session_id).prompt(event.prompt_id) if event.prompt_id else None
-        author = self.users.get(prompt.author_id if prompt else row.author_id)
-        assert author is not None
-        try:
-            url, number, state = opener.open(row, repo, author, event)
-        except Exception as exc:
-            log.exception("opening the PR of %s failed", session_id)
-            self.hub.publish(
-                session_id,
-                ErrorRaised(
-                    code="pr_failed",
-                    message=f"the branch was pushed but opening the PR failed: {exc}",
-                ),
-            )
-            return
-        if row.pr_number != number or row.pr_url != url:
-            self.hub.publish(
-                session_id, PrOpened(url=url, number=number, state=state, prompt_id=event.prompt_id)
-            )
+    def _pr_lock(self, session_id: str) -> threading.Lock:
+        with self._pr_locks_guard:
+            return self._pr_locks.setdefault(session_id, threading.Lock())
+
+    def _open_pull_request(
+        self, session_id: str, event: BranchPushed, only_if_missing: bool = False
+    ) -> None:
+        """Open (or update) the session's PR. Runs outside the session's publish lock (it may
+        wait on the network) but under a per-session lock, so it never runs twice at once."""
+        with self._pr_lock(session_id):
+            row = self.get(session_id)
+            if only_if_missing and row.pr_number is not None:
+                return
+            repo = self.repos.by_id(row.repo_id)
+            opener = self.openers.get(repo.forge)
+            if opener is None:
+                self.hub.publish(
+                    session_id,
+                    ErrorRaised(
+                        code="no_forge", message=f"no pull-request opener for forge {repo.forge!r}"
+                    ),
+                )
+                return
+            prompt = self.files.get(session_id).prompt(event.prompt_id) if event.prompt_id else None
+            author = self.users.get(prompt.author_id if prompt else row.author_id)
+            assert author is not None
+            try:
+                url, number, state = opener.open(row, repo, author, event)
+            except PullRequestDeferred as exc:
+                self.hub.publish(
+                    session_id, Notice(message=str(exc), link=exc.link, prompt_id=event.prompt_id)
+                )
+                return
+            except Exception as exc:
+                log.exception("opening the PR of %s failed", session_id)
+                self.hub.publish(
+                    session_id,
+                    ErrorRaised(
+                        code="pr_failed",
+                        message=f"the branch was pushed but opening the PR failed: {exc}",
+                    ),
+                )
+                return
+            with self.hub.lock(session_id):
+                current = self.get(session_id)
+                if current.pr_number != number or current.pr_url != url:
+                    self.hub.publish(
+                        session_id,
+                        PrOpened(url=url, number=number, state=state, prompt_id=event.prompt_id),
+                    )
+
+    def retry_pull_request(self, session_id: str, only_author: int | None = None) -> bool:
+        """Try again to open the PR of the session's last pushed branch (say, once its author
+        has signed in). With `only_author`, only when that user prompted the push. True when
+        the session has a PR afterwards."""
+        store = self.store(session_id)
+        pushed = None
+        after = max(0, store.last_event_id() - 5000)
+        for event in store.events(after, 5000):
+            if isinstance(event, BranchPushed):
+                pushed = event
+        if pushed is None:
+            return False
+        if only_author is not None:
+            prompt = store.prompt(pushed.prompt_id) if pushed.prompt_id else None
+            author = prompt.author_id if prompt else self.get(session_id).author_id
+            if author != only_author:
+                return False
+        self._open_pull_request(session_id, pushed, only_if_missing=True)
+        return self.get(session_id).pr_number is not None
 
     # ------------------------------------------------------------ runner side (ControlPlane)
 

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
@@ -118,12 +118,23 @@ async def stream_events(websocket: WebSocket, session_id: str, after: int = 0) -
         return
     await websocket.accept()
     events = runtime.hub.stream(session_id, max(after, 0))
-    try:
+
+    async def pump() -> None:
         async for event in events:
             await websocket.send_text(event.model_dump_json())
-    except (WebSocketDisconnect, RuntimeError):
-        pass
+
+    async def listen() -> None:
+        # Notice a client that goes away even while no event is due.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(listen())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await events.aclose()
 
 

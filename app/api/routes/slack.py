@@ -1,0 +1,188 @@
+"""Slack: the one endpoint Slack calls (events, `/nightshift`, interactivity), and linking a
+Slack user to a Nightshift user through the one-time link the bot sends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse
+
+from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
+from app.errors import NotFound, Unauthorized
+from app.models import (
+    SlackLinkCode,
+    SlackLinkCreate,
+    SlackLinkPublic,
+    SlackUserLink,
+    User,
+    UserPublic,
+)
+from app.runtime import Runtime
+from app.services.slack import SlackBot
+
+router = APIRouter(tags=["slack"])
+NOT_CONFIGURED = (
+    "Slack is not configured on this server: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET "
+    "(see README, Slack)"
+)
+GITHUB_LOGIN = "/auth/github/login"
+
+
+def get_bot(runtime: RuntimeDep) -> SlackBot:
+    if runtime.slack is None:
+        raise HTTPException(503, NOT_CONFIGURED)
+    return runtime.slack
+
+
+SlackDep = Annotated[SlackBot, Depends(get_bot)]
+
+
+@router.post(
+    "/slack/events",
+    summary="Slack's request URL: events, the /nightshift command and interactivity",
+    response_class=Response,
+    responses={401: {"description": "missing, wrong or stale Slack signature"}},
+)
+async def slack_events(request: Request, bot: SlackDep) -> Response:
+    """Point the Slack app's Event Subscriptions, Slash Commands and Interactivity request
+    URLs here. Every request must carry Slack's `X-Slack-Signature` over a timestamp less than
+    five minutes old; it is answered at once and the work runs in the background."""
+    return await bot.handler.handle(request)
+
+
+# ---------------------------------------------------------------- linking identities
+
+
+def _public(link: SlackUserLink, user: User) -> SlackLinkPublic:
+    return SlackLinkPublic(
+        slack_user_id=link.slack_user_id,
+        slack_name=link.slack_name,
+        user=UserPublic.model_validate(user),
+        linked_at=link.linked_at,
+    )
+
+
+@router.post("/api/slack/link")
+def link_slack_user(body: SlackLinkCreate, user: CurrentUser, bot: SlackDep) -> SlackLinkPublic:
+    """Bind the Slack user behind a one-time code (from the bot's link) to the caller."""
+    return _public(bot.complete_link(body.code, user), user)
+
+
+def _csrf(bot: SlackBot, code: str, user: User) -> str:
+    secret = (bot.settings.slack_signing_secret or "").encode()
+    key = hashlib.sha256(b"nightshift-slack-link\0" + secret).digest()
+    return hmac.new(key, f"{code}:{user.id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _viewer(request: Request, runtime: Runtime) -> User | None:
+    """Whoever the browser is signed in as (session cookie, or the local user), if anyone."""
+    try:
+        return resolve_user(runtime, None, request.cookies.get(COOKIE_NAME))
+    except Unauthorized:
+        return None
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title)} · Nightshift</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#1d1c1d}}
+h1{{font-size:1.4rem}}button,.button{{font:inherit;padding:.5rem 1rem;border-radius:6px;border:0;background:#4a154b;color:#fff;cursor:pointer;text-decoration:none;display:inline-block}}
+input{{font:inherit;padding:.4rem;width:100%;box-sizing:border-box;margin:.3rem 0 .8rem}}.muted{{color:#616061;font-size:.9rem}}</style>
+</head><body><h1>{html.escape(title)}</h1>{body}</body></html>""",
+        status_code=status,
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
+    )
+
+
+def _who(info: SlackLinkCode) -> str:
+    name = f"{info.slack_name} ({info.slack_user_id})" if info.slack_name else info.slack_user_id
+    return html.escape(name)
+
+
+@router.get("/slack/link/{code}", response_class=HTMLResponse, include_in_schema=False)
+def link_page(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
+    if runtime.slack is None:
+        return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
+    bot = runtime.slack
+    try:
+        info = bot.directory.code(code)
+    except NotFound as exc:
+        return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
+    user = _viewer(request, runtime)
+    action = html.escape(f"/slack/link/{code}")
+    if user is not None:
+        return _page(
+            "Connect your Slack account",
+            f"""<p>Slack user <b>{_who(info)}</b> will act as your Nightshift account
+<b>{html.escape(user.name)}</b> ({html.escape(user.login)}, {html.escape(user.email)}): sessions,
+commits and pull requests it starts from Slack are made in this name.</p>
+<form method="post" action="{action}"><input type="hidden" name="csrf" value="{_csrf(bot, code, user)}">
+<button type="submit">Connect</button></form>
+<p class="muted">Not you? Close this page; the link expires on its own.</p>""",
+        )
+    github = runtime.settings.github_oauth_enabled
+    sign_in = (
+        f'<p><a class="button" href="{GITHUB_LOGIN}?next={action}">Sign in with GitHub</a></p>'
+        "<p>or</p>"
+        if github
+        else ""
+    )
+    return _page(
+        "Connect your Slack account",
+        f"""<p>Slack user <b>{_who(info)}</b> wants to start Nightshift sessions. Sign in to say
+which Nightshift account that is.</p>{sign_in}
+<form method="post" action="{action}"><label>Your Nightshift API token
+(from <code>nightshift tokens create</code>)<input type="password" name="token" autocomplete="off" required></label>
+<button type="submit">Connect</button></form>""",
+    )
+
+
+@router.post("/slack/link/{code}", response_class=HTMLResponse, include_in_schema=False)
+async def link_submit(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
+    if runtime.slack is None:
+        return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
+    bot = runtime.slack
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    if token:
+        try:
+            user = await asyncio.to_thread(runtime.users.authenticate, token)
+        except Unauthorized as exc:
+            return _page("That did not work", f"<p>{html.escape(str(exc))}.</p>", 401)
+    else:
+        if not same_origin(runtime, request.headers, request.url.scheme) and (
+            COOKIE_NAME in request.cookies or request.headers.get("origin")
+        ):
+            return _page(
+                "That did not work",
+                "<p>The form was sent from another site. Open the link from Slack again.</p>",
+                403,
+            )
+        viewer = await asyncio.to_thread(_viewer, request, runtime)
+        if viewer is None:
+            return _page("Sign in first", "<p>Open the link again and sign in.</p>", 401)
+        sent = (form.get("csrf") or [""])[0]
+        if not hmac.compare_digest(sent, _csrf(bot, code, viewer)):
+            return _page(
+                "That did not work",
+                "<p>The form was not sent from this page. Open the link from Slack again.</p>",
+                403,
+            )
+        user = viewer
+    try:
+        link = await asyncio.to_thread(bot.complete_link, code, user)
+    except NotFound as exc:
+        return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
+    name = html.escape(link.slack_name or link.slack_user_id)
+    return _page(
+        "Connected",
+        f"""<p>Slack user <b>{name}</b> now acts as <b>{html.escape(user.name)}</b>
+({html.escape(user.login)}). Go back to Slack: anything you asked while unconnected starts now.</p>""",
+    )

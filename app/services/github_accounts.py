@@ -1,0 +1,273 @@
+"""People's linked GitHub accounts: sign-in links a user to a GitHub identity; their tokens
+are kept encrypted at rest and refreshed under a per-user lock that persists the rotated pair.
+
+Linking finds the user by GitHub id, else an unlinked user with the same login or a verified
+email, else creates one; either way the user's name and email become their GitHub name and
+commit email, so commits made for them carry their identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, func, update
+from sqlmodel import Session as DB
+from sqlmodel import col, select
+
+from app.models import GitHubAccount, User
+from app.services.crypto import TokenCipher
+from integrations.github import (
+    GitHubAuthError,
+    GitHubConfig,
+    GitHubIdentity,
+    OAuthClient,
+    UserTokens,
+)
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+log = logging.getLogger("nightshift.github")
+REFRESH_MARGIN_S = 120.0
+PEER_REFRESH_WAIT_S = 5.0
+_LOGIN_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class SignInRequired(Exception):
+    """The person has no usable GitHub token: they must sign in with GitHub (again)."""
+
+
+class GitHubAccounts:
+    """Linked GitHub identities; tokens encrypted at rest, refreshed under a per-user lock."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        oauth: OAuthClient,
+        cipher: TokenCipher,
+        *,
+        on_secret: Callable[[str], None] = lambda _s: None,
+        refresh_margin_s: float = REFRESH_MARGIN_S,
+    ) -> None:
+        self.engine = engine
+        self.oauth = oauth
+        self.cipher = cipher
+        self.on_secret = on_secret
+        self.refresh_margin_s = refresh_margin_s
+        self.peer_wait_s = PEER_REFRESH_WAIT_S
+        self._guard = threading.Lock()
+        self._locks: dict[int, threading.Lock] = {}
+
+    # ------------------------------------------------------------ sign-in
+
+    def sign_in(self, code: str, redirect_uri: str) -> User:
+        """Finish the OAuth web flow: the person's tokens, identity, and user row."""
+        tokens = self.oauth.exchange_code(code, redirect_uri)
+        identity = self.oauth.identity(tokens.access_token)
+        return self.link(identity, tokens)
+
+    def link(self, identity: GitHubIdentity, tokens: UserTokens) -> User:
+        """The user for `identity` (found by GitHub id, else an unlinked user with the same login
+        or a verified email, else created), with its name, email and tokens brought up to date."""
+        now = time.time()
+        with DB(self.engine, expire_on_commit=False) as db:
+            account = db.exec(
+                select(GitHubAccount).where(GitHubAccount.github_id == identity.id)
+            ).first()
+            user = db.get(User, account.user_id) if account is not None else None
+            if user is None:
+                user = self._unlinked_match(db, identity)
+            if user is None:
+                user = User(login=self._free_login(db, identity), name="", email="")
+            elif user.login != identity.login and account is not None:
+                # A renamed GitHub account: follow the new login when nobody else holds it.
+                taken = db.exec(select(User).where(User.login == identity.login)).first()
+                if taken is None:
+                    user.login = identity.login
+            user.name, user.email = identity.name[:200], identity.email[:320]
+            db.add(user)
+            db.flush()
+            assert user.id is not None
+            if account is None:
+                account = GitHubAccount(
+                    user_id=user.id, github_id=identity.id, login=identity.login, access_token=""
+                )
+            account.login = identity.login
+            self._apply(account, tokens, now)
+            db.add(account)
+            db.commit()
+            db.refresh(user)
+            return user
+
+    def _unlinked_match(self, db: DB, identity: GitHubIdentity) -> User | None:
+        linked = select(GitHubAccount.user_id)
+        by_login = db.exec(
+            select(User).where(User.login == identity.login, col(User.id).not_in(linked))
+        ).first()
+        if by_login is not None:
+            return by_login
+        emails = [e.lower() for e in identity.verified_emails]
+        if not emails:
+            return None
+        return db.exec(
+            select(User).where(func.lower(User.email).in_(emails), col(User.id).not_in(linked))
+        ).first()
+
+    def _free_login(self, db: DB, identity: GitHubIdentity) -> str:
+        base = _LOGIN_RE.sub("-", identity.login).strip("-")[:80] or f"github-{identity.id}"
+        for candidate in (base, f"{base}-{identity.id}"):
+            if db.exec(select(User).where(User.login == candidate)).first() is None:
+                return candidate
+        return f"github-{identity.id}"
+
+    def _apply(self, account: GitHubAccount, tokens: UserTokens, now: float) -> None:
+        account.access_token = self.cipher.encrypt(tokens.access_token)
+        account.access_expires_at = tokens.expires_at
+        account.refresh_token = (
+            self.cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None
+        )
+        account.refresh_expires_at = tokens.refresh_expires_at
+        account.version += 1
+        account.updated_at = now
+
+    # ------------------------------------------------------------ reading
+
+    def account(self, user_id: int) -> GitHubAccount | None:
+        with DB(self.engine) as db:
+            return db.get(GitHubAccount, user_id)
+
+    def _expired(self, account: GitHubAccount) -> bool:
+        return (
+            account.access_expires_at is not None
+            and time.time() >= account.access_expires_at - self.refresh_margin_s
+        )
+
+    def _reveal(self, value: str) -> str:
+        secret = self.cipher.decrypt(value)
+        self.on_secret(secret)
+        return secret
+
+    def user_token(self, user_id: int) -> str | None:
+        """The person's current access token; refreshed first when it is about to expire.
+        None when they never linked GitHub; SignInRequired when the link no longer works."""
+        account = self.account(user_id)
+        if account is None:
+            return None
+        if not self._expired(account):
+            return self._reveal(account.access_token)
+        with self._guard:
+            lock = self._locks.setdefault(user_id, threading.Lock())
+        with lock:
+            return self._refresh(user_id)
+
+    def _refresh(self, user_id: int) -> str:
+        if self.engine.dialect.name == "postgresql":
+            # Other API hosts and workers share the row: hold its lock across the refresh.
+            with DB(self.engine, expire_on_commit=False) as db:
+                row = db.exec(
+                    select(GitHubAccount).where(GitHubAccount.user_id == user_id).with_for_update()
+                ).first()
+                if row is None:
+                    raise SignInRequired("your GitHub account was unlinked; sign in with GitHub")
+                if not self._expired(row):
+                    return self._reveal(row.access_token)
+                tokens = self._exchange(user_id, row, wait_for_peer=False)
+                self._apply(row, tokens, time.time())
+                db.add(row)
+                db.commit()
+                return tokens.access_token
+        # SQLite: one writer per process anyway; a write lock must not be held across HTTP.
+        # Store the new pair only if nobody stored one since we read (compare-and-swap).
+        row = self.account(user_id)
+        if row is None:
+            raise SignInRequired("your GitHub account was unlinked; sign in with GitHub")
+        if not self._expired(row):
+            return self._reveal(row.access_token)
+        tokens = self._exchange(user_id, row)
+        fresh = GitHubAccount(
+            user_id=user_id, github_id=row.github_id, login=row.login, access_token=""
+        )
+        self._apply(fresh, tokens, time.time())
+        with DB(self.engine) as db:
+            result = db.exec(  # type: ignore[call-overload]
+                update(GitHubAccount)
+                .where(
+                    col(GitHubAccount.user_id) == user_id,
+                    col(GitHubAccount.version) == row.version,
+                )
+                .values(
+                    access_token=fresh.access_token,
+                    access_expires_at=fresh.access_expires_at,
+                    refresh_token=fresh.refresh_token,
+                    refresh_expires_at=fresh.refresh_expires_at,
+                    version=GitHubAccount.version + 1,
+                    updated_at=fresh.updated_at,
+                )
+            )
+            db.commit()
+        if result.rowcount != 1:
+            log.warning("GitHub tokens of user %s changed during a refresh", user_id)
+        return tokens.access_token
+
+    def _exchange(self, user_id: int, row: GitHubAccount, wait_for_peer: bool = True) -> UserTokens:
+        if row.refresh_token is None or (
+            row.refresh_expires_at is not None and time.time() >= row.refresh_expires_at
+        ):
+            raise SignInRequired("your GitHub sign-in has expired; sign in with GitHub again")
+        try:
+            return self.oauth.refresh(self._reveal(row.refresh_token))
+        except GitHubAuthError as exc:
+            # Another process may be using this refresh token right now: wait for the pair it
+            # stores rather than ask the person to sign in again.
+            deadline = time.monotonic() + (self.peer_wait_s if wait_for_peer else 0.0)
+            latest = self.account(user_id)
+            while latest is not None and latest.version == row.version:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+                latest = self.account(user_id)
+            if latest is not None and latest.version != row.version and not self._expired(latest):
+                return UserTokens(
+                    access_token=self._reveal(latest.access_token),
+                    expires_at=latest.access_expires_at,
+                    refresh_token=(
+                        self._reveal(latest.refresh_token) if latest.refresh_token else None
+                    ),
+                    refresh_expires_at=latest.refresh_expires_at,
+                )
+            raise SignInRequired(
+                f"GitHub refused to renew your sign-in ({exc}); sign in with GitHub again"
+            ) from exc
+
+    def rotate_keys(self) -> int:
+        """Re-encrypt every stored token under the first configured key; returns how many."""
+        count = 0
+        with DB(self.engine) as db:
+            for row in db.exec(select(GitHubAccount)).all():
+                row.access_token = self.cipher.rotate(row.access_token)
+                if row.refresh_token:
+                    row.refresh_token = self.cipher.rotate(row.refresh_token)
+                db.add(row)
+                count += 1
+            db.commit()
+        return count
+
+
+def build_accounts(
+    settings: Settings, engine: Engine, on_secret: Callable[[str], None]
+) -> GitHubAccounts | None:
+    if not settings.github_oauth_enabled:
+        return None
+    assert settings.github_client_id and settings.github_client_secret and settings.secret_keys
+    oauth = OAuthClient(
+        GitHubConfig(api_url=settings.github_api_url.rstrip("/")),
+        settings.github_client_id,
+        settings.github_client_secret,
+        on_token=on_secret,
+    )
+    return GitHubAccounts(engine, oauth, TokenCipher(settings.secret_keys), on_secret=on_secret)

@@ -1,0 +1,75 @@
+"""Prompts and events survive a crash: a session whose process died resumes in the next one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from app.models import RepoCreate
+from app.runtime import build_runtime
+from tests.factories import git, make_person, make_repo, wait_for
+from tests.fakes.llm import ScriptBook, Turn
+
+
+def test_interrupted_prompt_resumes_after_restart(
+    make_settings: Any, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        model="openai:fake",
+        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
+        openai_api_key="sk-test-0123456789abcdefghij",
+        lease_ttl=1.5,
+    )
+    gate = threading.Event()
+    openai_fake.script(
+        "survive",
+        Turn.tool("write_file", "Starting.", path="half.txt", content="1"),
+        Turn(text="Hanging.", gate=gate),
+    )
+    repo = make_repo(tmp_path, "proj")
+    first = build_runtime(settings)
+    first.start()
+    person = make_person(first, "alice", "Alice Example", "alice@example.com")
+    first.repos.add(RepoCreate(url=str(repo)))
+    session = first.sessions.create(person.user, "proj", "survive a crash")
+    wait_for(
+        lambda: any(e.type == "tool_result" for e in first.sessions.events(session.id)),
+        20,
+        "first tool call",
+    )
+    before = [e.id for e in first.sessions.events(session.id)]
+    first.close()  # the process goes away mid-prompt: no stop, the lease is left to expire
+
+    openai_fake.script(
+        "survive",
+        Turn.tool("write_file", "Again.", path="whole.txt", content="2"),
+        Turn.tool("finish", summary="survived", title="Survive"),
+    )
+    second = build_runtime(settings)
+    second.start()
+    try:
+        second.sessions.reap(
+            now=second.sessions.get(session.id).lease_expires_at + 1
+        )  # as the reaper would
+        wait_for(
+            lambda: second.sessions.get(session.id).status in ("finished", "failed"), 30, "resume"
+        )
+        row = second.sessions.get(session.id)
+        assert row.status == "finished"
+        events = second.sessions.events(session.id, 0, 10_000)
+        ids = [e.id for e in events]
+        assert ids[: len(before)] == before and ids == sorted(
+            set(ids)
+        )  # nothing lost, nothing doubled
+        attempts = {e.attempt for e in events if e.prompt_id == 1}
+        assert attempts == {1, 2}
+        assert any(e.type == "prompt_finished" and e.attempt == 2 for e in events)
+        branch = f"nightshift/{session.id}"
+        assert git(repo, "show", f"{branch}:whole.txt") == "2"
+        assert git(repo, "ls-tree", "--name-only", branch).split() == ["README.md", "whole.txt"]
+        prompts = second.sessions.prompts(session.id)
+        assert [(p.state, p.attempt) for p in prompts] == [("done", 2)]
+    finally:
+        gate.set()
+        second.close()

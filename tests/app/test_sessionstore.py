@@ -1,0 +1,133 @@
+"""The per-session SQLite file: its own tables only, WAL, FIFO queue, monotonic ids, redaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from app.sessionstore import SessionFiles
+from workers.events import (
+    Author,
+    ChatMessage,
+    MessageAdded,
+    PromptFinished,
+    TextDelta,
+    ToolCalled,
+    ToolResult,
+)
+from workers.redact import Redactor
+
+ALICE = Author(id=1, login="alice", name="Alice", email="alice@example.com")
+BOB = Author(id=2, login="bob", name="Bob", email="bob@example.com")
+
+
+def test_session_file_holds_only_session_tables_in_wal(tmp_path: Path) -> None:
+    files = SessionFiles(tmp_path, Redactor())
+    files.create("abc123")
+    path = files.path("abc123")
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert tables == {"prompts", "events", "messages", "tool_calls"}
+    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    files.close()
+
+
+def test_prompt_queue_is_fifo_with_authors_and_positions(tmp_path: Path) -> None:
+    store = SessionFiles(tmp_path, Redactor()).create("q1")
+    first, pos1 = store.add_prompt("one", ALICE)
+    _, pos2 = store.add_prompt("two", BOB)
+    _, pos3 = store.add_prompt("three", ALICE)
+    assert (pos1, pos2, pos3) == (0, 1, 2)
+    claimed = store.claim_next("runner-a")
+    assert claimed is not None and claimed.id == first.id and claimed.attempt == 1
+    assert claimed.author() == ALICE
+    assert store.pending_count() == 2
+    _, pos4 = store.add_prompt("four", BOB)
+    assert pos4 == 2  # behind two and three; the running one is not queued
+    nxt = store.claim_next("runner-a")
+    assert nxt is not None and nxt.text == "two" and nxt.author() == BOB
+    assert store.cancel_queued() == 2
+    assert store.claim_next("runner-a") is None
+    assert [p.state for p in store.prompts()] == ["running", "running", "cancelled", "cancelled"]
+    requeued = store.requeue_running()
+    assert [p.text for p in requeued] == ["one", "two"]
+    again = store.claim_next("runner-b")
+    assert again is not None and again.text == "one" and again.attempt == 2
+
+
+def test_event_ids_are_monotonic_under_concurrent_writers(tmp_path: Path) -> None:
+    store = SessionFiles(tmp_path, Redactor()).create("ev1")
+
+    def write(n: int) -> None:
+        for i in range(50):
+            store.append(TextDelta(text=f"{n}-{i}"))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = store.events(0, 1000)
+    assert [e.id for e in events] == list(range(1, 201))
+    assert store.events(150, 10)[0].id == 151 and len(store.events(150, 10)) == 10
+    assert store.last_event_id() == 200
+
+
+def test_replayed_bus_entries_are_stored_once(tmp_path: Path) -> None:
+    store = SessionFiles(tmp_path, Redactor()).create("dup1")
+    assert store.append(TextDelta(text="a"), source="1700-0") is not None
+    assert store.append(TextDelta(text="a"), source="1700-0") is None
+    assert store.append(TextDelta(text="b"), source="1700-1") is not None
+    assert [e.text for e in store.events() if isinstance(e, TextDelta)] == ["a", "b"]
+
+
+def test_derived_rows_and_redaction(tmp_path: Path) -> None:
+    redactor = Redactor(["super-secret-value-123"])
+    store = SessionFiles(tmp_path, redactor).create("der1")
+    prompt, _ = store.add_prompt("do it", ALICE)
+    store.claim_next("r")
+    store.append(MessageAdded(message=ChatMessage(role="user", text="do it"), prompt_id=prompt.id))
+    store.append(
+        ToolCalled(
+            call_id="c1",
+            name="run",
+            arguments={"command": "echo super-secret-value-123"},
+            prompt_id=prompt.id,
+        )
+    )
+    store.append(
+        ToolResult(
+            call_id="c1",
+            name="run",
+            output="token ghs_abcdefghijklmnopqrstuvwxyz0123",
+            prompt_id=prompt.id,
+        )
+    )
+    store.append(PromptFinished(outcome="done", prompt_id=prompt.id))
+    calls = store.tool_calls()
+    assert calls[0].arguments == '{"command": "echo [redacted]"}'
+    assert calls[0].output == "token [redacted]"
+    assert [m.role for m in store.messages()] == ["user", "tool"]
+    assert store.prompts()[0].state == "done"
+    raw = store.path.read_bytes() + (
+        store.path.with_name(store.path.name + "-wal").read_bytes()
+        if store.path.with_name(store.path.name + "-wal").exists()
+        else b""
+    )
+    assert b"super-secret-value-123" not in raw and b"ghs_abcdefghijklmnopqrstuvwxyz0123" not in raw
+
+
+def test_messages_of_interrupted_attempts_are_dropped(tmp_path: Path) -> None:
+    store = SessionFiles(tmp_path, Redactor()).create("att1")
+    store.append(MessageAdded(message=ChatMessage(role="user", text="try"), prompt_id=1, attempt=1))
+    store.append(
+        MessageAdded(message=ChatMessage(role="assistant", text="half"), prompt_id=1, attempt=1)
+    )
+    store.append(MessageAdded(message=ChatMessage(role="user", text="try"), prompt_id=1, attempt=2))
+    store.append(
+        MessageAdded(message=ChatMessage(role="assistant", text="whole"), prompt_id=1, attempt=2)
+    )
+    assert [m.text for m in store.messages()] == ["try", "whole"]
+    # The events of the interrupted attempt stay, marked with their attempt.
+    assert [e.attempt for e in store.events()] == [1, 1, 2, 2]
