@@ -405,6 +405,12 @@ from app.commands.slack import slack_app  # noqa: E402
 
 app.add_typer(slack_app, name="slack")
 
+from app.commands import bench as _bench_commands  # noqa: E402
+from app.commands import sandbox as _sandbox_commands  # noqa: E402
+
+app.add_typer(_sandbox_commands.app, name="sandbox")
+app.add_typer(_bench_commands.app, name="bench")
+
 
 def main() -> None:
     try:

@@ -163,7 +163,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     )
     pulls = LocalPullRequests(engine, settings.base_url)
     sessions.openers["local"] = pulls
-    backend = backend or make_backend(settings.sandbox, data_dir)
+    backend = backend or make_backend(settings.sandbox, data_dir, settings.sandbox_config())
     owner = getattr(backend, "owner", None)
     images = ImageStore(data_dir / "images", backend.name, backend.runtime_version(), owner)
     forges: dict[str, Forge] = {"local": LocalForge()}

@@ -19,6 +19,13 @@ from tests.fakes.server import BackgroundServer
 
 # ---------------------------------------------------------------- no network, no real credentials
 
+# Live Modal tests are opt-in (NIGHTSHIFT_LIVE_MODAL=1); keep what they need before the scrub.
+_LIVE = ("NIGHTSHIFT_LIVE_MODAL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_ENVIRONMENT")
+LIVE_MODAL = (
+    {k: os.environ[k] for k in _LIVE if k in os.environ}
+    if os.environ.get("NIGHTSHIFT_LIVE_MODAL") == "1"
+    else {}
+)
 for _name in list(os.environ):
     if _name.startswith(("NIGHTSHIFT_", "OPENAI_", "ANTHROPIC_", "GITHUB_", "SLACK_", "MODAL_")):
         del os.environ[_name]

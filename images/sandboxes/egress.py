@@ -137,12 +137,9 @@ class EgressProxy:
         endpoint = _Endpoint(key, frozenset(h.lower().rstrip(".") for h in hosts))
 
         async def start() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
             endpoint.server = await asyncio.start_unix_server(
-                lambda r, w: self._serve(endpoint, r, w), path=str(socket_path), limit=HEAD_LIMIT
+                lambda r, w: self._serve(endpoint, r, w), sock=_bound(socket_path), limit=HEAD_LIMIT
             )
-            os.chmod(socket_path, 0o666)  # noqa: S103  (the sandbox's unprivileged uid connects)
 
         asyncio.run_coroutine_threadsafe(start(), loop).result(10)
         self._endpoints[key] = endpoint
@@ -272,6 +269,24 @@ class EgressProxy:
             except (OSError, TimeoutError) as exc:
                 errors.append(f"{address}: {exc}")
         raise Refused(502, f"{host}:{port} unreachable ({'; '.join(errors)})")
+
+
+def _bound(path: Path) -> socket.socket:
+    """A unix socket bound at `path`, however long (sun_path holds 107 bytes: bind through
+    the directory's /proc/self/fd entry instead), connectable by any uid."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{dir_fd}/{path.name}")
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    os.chmod(path, 0o666)  # noqa: S103  (the sandbox's unprivileged uid connects)
+    return sock
 
 
 def _host_of(target: str) -> str:

@@ -130,6 +130,15 @@ class FakeBackend:
         if spec.egress:
             raise UnsupportedSetting("the fake backend has no network to allow")
         if isinstance(spec.source, SnapshotRef):
+            if spec.source.runtime != self.runtime_version():
+                raise SnapshotUnusable(
+                    f"snapshot {spec.source.id} was taken by {spec.source.runtime}, "
+                    f"not {self.runtime_version()}"
+                )
+            if not Path(spec.source.image.location).is_dir():
+                raise SnapshotUnusable(
+                    f"snapshot {spec.source.id}: its base image {spec.source.image.id} is gone"
+                )
             if spec.source.id not in self.snapshots:
                 raise SnapshotUnusable(f"snapshot {spec.source.id} is gone")
             files = dict(self.snapshots[spec.source.id])
