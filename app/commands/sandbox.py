@@ -117,7 +117,7 @@ def exec_command(
         try:
             hosts = RepoSpec(name="probe", url="probe", egress=hosts).egress
         except ValidationError as exc:
-            fail("; ".join(e["msg"] for e in exc.errors()))
+            fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     try:
         result, sandbox = asyncio.run(_probe(settings, argv, repo, timeout, hosts))
     except SandboxError as exc:

@@ -61,8 +61,6 @@ from images.sandboxes.local import (
     BRIDGE_SOURCE,
     EGRESS_DIR,
     EGRESS_SOCKET,
-    ETC_FILES,
-    ETC_PATHS,
     LAYOUT_VERSION,
     MAX_LAYERS,
     RUN_DIR,
@@ -294,18 +292,9 @@ class GvisorSandbox(LocalSandbox):
                         "options": ro,
                     }
                 )
-        for etc in ETC_PATHS:
-            if os.path.exists(etc):
-                mounts.append({"destination": etc, "type": "bind", "source": etc, "options": ro})
-        for name in ETC_FILES:
-            mounts.append(
-                {
-                    "destination": f"/etc/{name}",
-                    "type": "bind",
-                    "source": str(self.etc / name),
-                    "options": ro,
-                }
-            )
+        mounts.append(
+            {"destination": "/etc", "type": "bind", "source": str(self.etc), "options": ro}
+        )
         binds = [
             ("/tmp", self.tmp, rw),  # noqa: S108
             (WORKDIR, self.ws.merged / "workspace", rw),
@@ -313,10 +302,7 @@ class GvisorSandbox(LocalSandbox):
             (NSEXEC_PATH, self.gv.nsexec, ro),
         ]
         if self.gv.shim is not None:
-            binds += [
-                (SHIM_PATH, self.gv.shim, ro),
-                ("/etc/ld.so.preload", self.etc / "ld.so.preload", ro),
-            ]
+            binds.append((SHIM_PATH, self.gv.shim, ro))
         if self.spec.egress:
             binds += [
                 (BRIDGE_PATH, BRIDGE_SOURCE, ro),
@@ -381,8 +367,6 @@ class GvisorSandbox(LocalSandbox):
         super().create()
         (self.bundle / "rootfs").mkdir(parents=True)
         self.ready_dir.mkdir()
-        if self.gv.shim is not None:
-            (self.etc / "ld.so.preload").write_text(f"{SHIM_PATH}\n")
         config = self.config()
         (self.bundle / "config.json").write_text(json.dumps(config))
 
@@ -599,6 +583,9 @@ class GvisorBackend(LocalBackend):
                 )
                 count += 1
         return count
+
+    def etc_extra(self) -> dict[str, str]:
+        return {"ld.so.preload": f"{SHIM_PATH}\n"} if self.shim is not None else {}
 
     def refuse_unenforceable(self, spec: SandboxSpec) -> None:
         super().refuse_unenforceable(spec)

@@ -46,6 +46,7 @@ from images.sandboxes.limits import (
     SandboxCgroup,
     detect,
     join_and_exec,
+    pid_alive,
     release_stale_cgroups,
     rlimit_script,
 )
@@ -64,7 +65,8 @@ EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
 MAX_LAYERS = 8
 ETC_PATHS = (
     "/etc/alternatives",
-    "/etc/ssl",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
@@ -80,7 +82,50 @@ ETC_PATHS = (
     "/etc/python3",
     "/etc/python3.11",
 )
-ETC_FILES = ("passwd", "group", "hosts", "hostname", "resolv.conf")
+
+
+def build_etc(
+    state_dir: Path, name: str, owner: tuple[int, int] | None, extra: dict[str, str]
+) -> Path:
+    """The sandbox's /etc: copies of the harmless host files above plus our own `passwd`,
+    `hosts`, ... Built once per server process (so one bind mount per command, not twenty)."""
+    uid, gid = owner or (SANDBOX_UID, SANDBOX_UID)
+    root = state_dir / "etc"
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+    target = root / f"{name}-{uid}-{os.getpid()}"
+    if target.is_dir():
+        return target
+    partial = root / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o755)
+    for path in ETC_PATHS:
+        src, dest = Path(path), partial / Path(path).relative_to("/etc")
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dest, symlinks=True)
+        elif src.exists() or src.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest, follow_symlinks=False)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n",
+        "group": f"root:x:0:\nagent:x:{gid}:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "hostname": "sandbox\n",
+        "resolv.conf": "",
+        **extra,
+    }
+    for file_name, text in files.items():
+        (partial / file_name).write_text(text)
+        os.chmod(partial / file_name, 0o644)
+    os.chmod(partial, 0o755)  # noqa: S103  (the sandbox's /etc, read-only inside)
+    try:
+        partial.rename(target)
+    except OSError:  # another backend of this process won the race
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
 
 
 @cache
@@ -144,7 +189,7 @@ class LocalSandbox:
         self.owner = owner_backend.owner
         self.ws = Workspace(sandbox_dir / "fs", lowers, self.owner, owner_backend.state_dir)
         self.tmp = sandbox_dir / "tmp"
-        self.etc = sandbox_dir / "etc"
+        self.etc = owner_backend.etc_dir
         self.egress_dir = sandbox_dir / "egress"
         self.cgroup = SandboxCgroup(owner_backend.cgroups, self.id, spec.limits)
         self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
@@ -165,15 +210,6 @@ class LocalSandbox:
         os.chmod(self.tmp, 0o1777)  # noqa: S103  (the sandbox's own /tmp, sticky)
         if self.owner is not None:
             os.chown(self.tmp, *self.owner)
-        self.etc.mkdir()
-        uid, gid = self.owner or (SANDBOX_UID, SANDBOX_UID)
-        (self.etc / "passwd").write_text(
-            f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n"
-        )
-        (self.etc / "group").write_text(f"root:x:0:\nagent:x:{gid}:\n")
-        (self.etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
-        (self.etc / "hostname").write_text("sandbox\n")
-        (self.etc / "resolv.conf").write_text("")
         self.setup_cgroup()
         if self.spec.egress:
             self.egress_dir.mkdir(mode=0o755)
@@ -377,6 +413,7 @@ class LocalBackend:
         self._cgroups = cgroups
         self._egress = egress
         self._egress_ports = egress_ports
+        self._etc: Path | None = None
 
     @property
     def cgroups(self) -> CgroupLayout:
@@ -384,6 +421,16 @@ class LocalBackend:
             self._cgroups = detect() if os.geteuid() == 0 else NO_CGROUPS
             release_stale_cgroups(self._cgroups)
         return self._cgroups
+
+    @property
+    def etc_dir(self) -> Path:
+        if self._etc is None:
+            self._etc = build_etc(self.state_dir, self.name, self.owner, self.etc_extra())
+        return self._etc
+
+    def etc_extra(self) -> dict[str, str]:
+        """Files of the sandbox's /etc beyond the common ones."""
+        return {}
 
     @property
     def egress(self) -> EgressProxy:
@@ -482,7 +529,6 @@ def _static_args() -> list[str]:
         "--clearenv",
         "--hostname",
         "sandbox",
-        "--perms", "0755", "--dir", "/etc",
         "--perms", "0755", "--dir", "/home",
         "--ro-bind",
         "/usr",
@@ -494,9 +540,6 @@ def _static_args() -> list[str]:
             args += ["--symlink", os.readlink(path), f"/{top}"]
         elif path.is_dir():
             args += ["--ro-bind", str(path), f"/{top}"]
-    for etc in ETC_PATHS:
-        if os.path.exists(etc):
-            args += ["--ro-bind", etc, etc]
     args += ["--proc", "/proc", "--dev", "/dev"]
     return args
 
@@ -513,8 +556,7 @@ class BwrapSandbox(LocalSandbox):
         if self.owner is None:
             # Unprivileged host: a user namespace maps us to the sandbox's agent uid.
             args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-        for name in ETC_FILES:
-            args += ["--ro-bind", str(self.etc / name), f"/etc/{name}"]
+        args += ["--ro-bind", str(self.etc), "/etc"]
         args += [
             "--bind", str(self.tmp), "/tmp",  # noqa: S108
             "--bind", str(self.ws.merged / "workspace"), WORKDIR,
