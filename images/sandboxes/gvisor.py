@@ -13,7 +13,9 @@ What Debian's runsc 20221219 does not do, and how this backend copes (README, Sa
   and `stat`; a preloaded shim (`STATX_SHIM_C`) clears the flag (a no-op for stat since
   Linux 4.14).
 - Resource limits in the OCI spec reach `runsc exec` processes unreliably, so `nsexec` sets
-  RLIMIT_NPROC and RLIMIT_CPU itself (gVisor enforces both in its own kernel).
+  RLIMIT_NPROC and RLIMIT_CPU itself. gVisor arms the CPU-time limit only in the process
+  that called setrlimit, so the command's whole tree is also held to it from the host: the
+  container's cpuacct cgroup is read while the command runs.
 - Memory is limited for the container as a whole by its cgroup: past it the host kills the
   container, the command reports 137 and the next command boots a fresh container over the
   same files (processes are per command anyway).
@@ -69,7 +71,7 @@ from images.sandboxes.local import (
     LocalSandbox,
     host_env,
 )
-from images.sandboxes.process import run_process
+from images.sandboxes.process import XCPU_EXIT, run_process
 
 GROUP_DIR = "nightshift-gvisor"
 MEMORY_OVERHEAD_MB = 64  # the sentry's own memory, inside the container's cgroup
@@ -79,7 +81,8 @@ HOST_TASKS_PER_PROCESS = 16
 NSEXEC_PATH = f"{RUN_DIR}/nsexec"
 SHIM_PATH = f"{RUN_DIR}/statx-shim.so"
 READY_DIR = f"{RUN_DIR}/state"
-SHIM_FIXED_IN = 20230101  # runsc releases from here on accept AT_NO_AUTOMOUNT
+SHIM_FIXED_IN = 20230101
+CPU_POLL_S = 0.5  # runsc releases from here on accept AT_NO_AUTOMOUNT
 EXEC_CAPS = ["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable")
 
@@ -119,10 +122,7 @@ int main(int argc, char **argv) {
     gid_t gid = (gid_t)strtoul(argv[2], NULL, 10);
     rlim_t nproc = (rlim_t)strtoul(argv[3], NULL, 10), cpu = (rlim_t)strtoul(argv[4], NULL, 10);
     struct rlimit nproc_limit = {nproc, nproc}, cpu_limit = {cpu, cpu + 5};
-    if (setrlimit(RLIMIT_NPROC, &nproc_limit) != 0 || setrlimit(RLIMIT_CPU, &cpu_limit) != 0) {
-        perror("nsexec: setrlimit");
-        return 125;
-    }
+    if (setrlimit(RLIMIT_NPROC, &nproc_limit) != 0) { perror("nsexec: setrlimit"); return 125; }
     if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0) { perror("nsexec: unshare"); return 125; }
     pid_t init = fork();
     if (init < 0) { perror("nsexec: fork"); return 125; }
@@ -144,6 +144,9 @@ int main(int argc, char **argv) {
     pid_t child = fork();
     if (child < 0) { perror("nsexec: fork"); return 125; }
     if (child == 0) {
+        /* Set here, in the process that becomes CMD: runsc 20221219 only arms the CPU-time
+           timer of the process that calls setrlimit, not of processes that inherit it. */
+        if (setrlimit(RLIMIT_CPU, &cpu_limit) != 0) { perror("nsexec: setrlimit"); _exit(125); }
         execvp(argv[5], argv + 5);
         fprintf(stderr, "%s: %s\n", argv[5], strerror(errno));
         _exit(errno == ENOENT ? 127 : 126);
@@ -460,6 +463,7 @@ class GvisorSandbox(LocalSandbox):
         async def kill(_pid: int) -> None:
             await self._kill_exec(n)
 
+        watch = asyncio.ensure_future(self._watch_cpu(n))
         try:
             result = await run_process(
                 self._exec_argv(n, argv, cwd, self.env_for(env)),
@@ -470,12 +474,35 @@ class GvisorSandbox(LocalSandbox):
                 on_timeout=kill,
             )
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             for suffix in ("json", "pid"):
                 with contextlib.suppress(OSError):
                     (self.dir / f"exec-{n}.{suffix}").unlink()
         if result.exit_code == 128 and "containerManager" in result.stderr:
             self.alive = False  # the container died under the command
+        if watch.done() and not watch.cancelled() and watch.result() and not result.timed_out:
+            return replace(result, exit_code=XCPU_EXIT)
         return result
+
+    async def _watch_cpu(self, n: int) -> bool:
+        """Kill command `n` once the container has spent the CPU-time limit while it ran.
+
+        gVisor arms RLIMIT_CPU only in the process that set it (nsexec does, for the command
+        itself), so what the command forks is held to the limit here, from the container's
+        cpuacct cgroup: CPU of the whole sandbox during the command, gVisor's own included.
+        """
+        usage = self.gv.cpu_usage_ns(self.cgroup.name)
+        if usage is None:
+            return False
+        limit_ns = self.limits.cpu_seconds * 1_000_000_000
+        while True:
+            await asyncio.sleep(CPU_POLL_S)
+            now = self.gv.cpu_usage_ns(self.cgroup.name)
+            if now is not None and now - usage > limit_ns:
+                await self._kill_exec(n)
+                return True
 
     def interpret(
         self, result: ExecResult, before: Counters, after: Counters, by_deadline: bool
@@ -520,10 +547,24 @@ class GvisorBackend(LocalBackend):
         )
         self.platform = platform
         self._stale_checked = False
+        self._cpuacct: Path | None = None
         self.runsc_root = state_dir / "gvisor" / "runsc"
         self._nsexec: Path | None = None
         self._shim: Path | None = None
         self._built = False
+
+    def cpu_usage_ns(self, name: str) -> int | None:
+        """CPU time the container `name` has used (its cpuacct cgroup), or None."""
+        if self._cpuacct is None:
+            for point, fstype, opts in mounts():
+                if fstype == "cgroup" and "cpuacct" in opts:
+                    self._cpuacct = Path(point) / GROUP_DIR
+            if self._cpuacct is None:
+                return None
+        try:
+            return int((self._cpuacct / name / "cpuacct.usage").read_text())
+        except (OSError, ValueError):
+            return None
 
     def runtime_version(self) -> str:
         try:

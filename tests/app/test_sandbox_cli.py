@@ -67,7 +67,7 @@ def test_exec_from_a_repo_image(cli: CliRunner, tmp_path: Path) -> None:
             "-c",
             "cat src/x.py && git log --format=%s",
         ],
-    )  # noqa: E501
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "X = 1\ninitial commit\n"
 

@@ -19,6 +19,7 @@ import pytest
 from images.sandboxes.base import (
     Limits,
     PathEscape,
+    SandboxError,
     SandboxFileError,
     SnapshotUnusable,
     UnsupportedSetting,
@@ -235,6 +236,23 @@ async def test_sleeping_past_the_timeout_ends_with_124(start: Starter) -> None:
     assert time.monotonic() - t0 < 30
     after = await sandbox.exec(["sh", "-c", "ps -eo comm | grep -c '^sleep' || true"])
     assert after.stdout.strip() == "0", "processes outlived their timed-out command"
+
+
+@pytest.mark.usefixtures("runs_commands", "local_only")
+async def test_sandbox_lifetime_ends_commands_and_refuses_more(start: Starter) -> None:
+    sandbox = await start(limits=Limits(sandbox_timeout_s=4, exec_timeout_s=60))
+    result = await sandbox.exec(["sleep", "30"])
+    assert result.exit_code == 124 and result.ended_by == "sandbox_timeout", result
+    with pytest.raises(SandboxError, match="lifetime"):
+        await sandbox.exec(["true"])
+    assert (await sandbox.snapshot()).id  # the work done so far can still be saved
+
+
+@pytest.mark.usefixtures("runs_commands")
+async def test_cpu_time_past_the_limit_ends_with_152(start: Starter) -> None:
+    sandbox = await start(limits=Limits(cpu_seconds=1, exec_timeout_s=120))
+    result = await sandbox.exec(py("while True: pass"))
+    assert result.exit_code == 152 and result.ended_by == "cpu", result
 
 
 @pytest.mark.usefixtures("runs_commands")
