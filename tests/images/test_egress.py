@@ -40,6 +40,14 @@ async def ask(path: Path, request: bytes) -> tuple[str, bytes]:
     writer.write(request)
     await writer.drain()
     data = await asyncio.wait_for(reader.read(65536), 20)
+    while True:  # the rest of the answer, until the proxy closes or (a tunnel) goes quiet
+        try:
+            more = await asyncio.wait_for(reader.read(65536), 1)
+        except TimeoutError:
+            break
+        if not more:
+            break
+        data += more
     writer.close()
     head, _, rest = data.partition(b"\r\n")
     return head.decode(), rest
