@@ -113,7 +113,14 @@ def serve(
         f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
         highlight=False,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
+        timeout_graceful_shutdown=3,
+    )
 
 
 # ---------------------------------------------------------------- run

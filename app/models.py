@@ -8,9 +8,9 @@ session's own state (prompts, events, messages, tool calls) lives in its SQLite 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
@@ -584,6 +584,56 @@ class SlackLinkPublic(BaseModel):
     slack_name: str
     user: UserPublic
     linked_at: float
+
+
+# ---------------------------------------------------------------- web viewer: presence and sign-in
+
+
+class ViewerPublic(BaseModel):
+    """Someone viewing a session now (one entry per person, however many tabs)."""
+
+    login: str
+    name: str
+    since: float
+    connections: int = 1
+
+
+class PresencePublic(BaseModel):
+    """Who is viewing a session; also sent on the session's WebSocket as a frame with
+    `type: "presence"` and no `id` (it is not an event and is never stored)."""
+
+    type: str = "presence"
+    session_id: str
+    viewers: list[ViewerPublic]
+
+
+class PresenceBeat(BaseModel):
+    """`POST /api/sessions/{id}/presence`: a heartbeat from a client not on the WebSocket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: Annotated[
+        str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ]
+    """A random id the page picks once per load, so one person's tabs count separately."""
+
+
+class TokenSignIn(BaseModel):
+    """`POST /api/auth/token`: sign this browser in with an API token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class SignInState(BaseModel):
+    """Who this browser is signed in as, and how it can sign in."""
+
+    user: UserPublic | None
+    auth: str
+    """`token` (API tokens, or GitHub when configured) or `local` (everyone is the local user)."""
+    github_login: str | None
+    """Where GitHub sign-in starts, when it is configured on this server."""
 
 
 CONTROL_TABLES = [

@@ -24,6 +24,7 @@ from app.services.github import GitHubServices, RebuildHook, build_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
+from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
 from app.services.sessions import Sessions
@@ -79,6 +80,8 @@ class Runtime:
     image_rebuild_hooks: list[RebuildHook]
     """Called with (repo spec, new base sha) when a push moves a repo's base branch; the image
     builder registers here to rebuild early."""
+    presence: Presence = field(default_factory=Presence)
+    """Who is viewing which session (web viewer); in memory, never persisted."""
     _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)

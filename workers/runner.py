@@ -74,6 +74,7 @@ class SessionRunner:
         self.acquired: Acquired | None = None
         self.base_sha = ""
         self.ctx: SessionContext | None = None
+        self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
         self.sync_done = asyncio.Event()
         self.sync_done.set()
@@ -164,7 +165,15 @@ class SessionRunner:
 
     async def _stopped(self) -> None:
         # Cancellation was delivered once; these awaits run normally.
-        await self.emit(PromptFinished(outcome="stopped", summary="stopped on request"))
+        job = self.current_job
+        await self.emit(
+            PromptFinished(
+                outcome="stopped",
+                summary="stopped on request",
+                prompt_id=job.id if job else None,
+                attempt=job.attempt if job else 1,
+            )
+        )
         await self.status("stopped", "stopped on request")
 
     async def _release_sandbox(self, snapshot: bool) -> None:
@@ -222,6 +231,7 @@ class SessionRunner:
     async def _run_prompt(self, job: PromptJob) -> PromptOutcome:
         assert self.ctx is not None
         ctx = self.ctx
+        self.current_job = job
         await self.emit(
             PromptStarted(
                 author=job.author,

@@ -35,6 +35,9 @@ class Turn:
     """The answer waits until the test sets this."""
     delay: float = 0.0
     chunk: int = 8
+    pause: threading.Event | None = None
+    """When set, a streamed answer stops after `pause_after` text chunks until the test sets it."""
+    pause_after: int = 1
 
     @staticmethod
     def tool(name: str, text: str = "", **arguments: Any) -> Turn:
@@ -80,6 +83,12 @@ class ScriptBook:
             self.headers.append(headers)
             self.started.set()
             return self.failures.pop(0) if self.failures else None
+
+
+async def _hold(turn: Turn, chunk_index: int) -> None:
+    if turn.pause is not None and chunk_index == turn.pause_after:
+        while not turn.pause.is_set():
+            await asyncio.sleep(0.01)
 
 
 async def _wait(turn: Turn) -> None:
@@ -168,7 +177,8 @@ def openai_app(book: ScriptBook) -> FastAPI:
 
         async def stream() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
-            for start in range(0, len(turn.text), turn.chunk):
+            for n, start in enumerate(range(0, len(turn.text), turn.chunk)):
+                await _hold(turn, n)
                 yield chunk({"content": turn.text[start : start + turn.chunk]})
             for i, call in enumerate(calls):
                 yield chunk(
@@ -282,7 +292,8 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
                         "content_block_start",
                         {"index": i, "content_block": {"type": "text", "text": ""}},
                     )
-                    for start in range(0, len(block["text"]), turn.chunk):
+                    for n, start in enumerate(range(0, len(block["text"]), turn.chunk)):
+                        await _hold(turn, n)
                         yield sse(
                             "content_block_delta",
                             {

@@ -225,3 +225,58 @@ def test_transient_model_errors_are_retried_then_give_up(tmp_path: Path) -> None
     result, events, _ = _run(tmp_path, [], AgentConfig(model_retries=2), model=_FlakyModel(5))
     assert result.outcome == "failed"
     assert [e.code for e in events if e.type == "error"] == ["model_error"]  # type: ignore[union-attr]
+
+
+class _StallingModel:
+    """Sends a little text at once, then goes quiet for a while before finishing."""
+
+    name = "stalling"
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(self, system: str, messages: list[ChatMessage], tools: Any):  # type: ignore[no-untyped-def]
+        from integrations.llm.types import Completion, TextChunk
+
+        yield TextChunk("Thinking")
+        await asyncio.sleep(0.4)
+        yield Completion(ChatMessage(role="assistant", text="Thinking"))
+
+
+def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
+    stamps: list[tuple[str, float]] = []
+
+    async def go() -> None:
+        image = ImageRef(
+            id="img",
+            repo="proj",
+            sha="0" * 40,
+            backend="fake",
+            location=str(tmp_path),
+            runtime="fake-1",
+            built_at=0,
+        )
+        sandbox = await FakeBackend().start(SandboxSpec(source=image))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def emit(event: Event) -> None:
+            stamps.append((event.type, loop.time() - started))
+
+        ctx = ToolContext(
+            session_id="s",
+            sandbox=sandbox,
+            control=_UnusedControl(),
+            author=AUTHOR,  # type: ignore[arg-type]
+            repo=RepoSpec(name="p", url="/tmp/p"),
+            config=AgentConfig(),
+            emit=emit,
+        )
+        await run_agent(
+            ctx, _StallingModel(), Hooks(), [], ChatMessage(role="user", text="go"), 0.0
+        )
+
+    asyncio.run(go())
+    delta_at = next(t for kind, t in stamps if kind == "text_delta")
+    done_at = next(t for kind, t in stamps if kind == "usage")
+    assert delta_at < 0.3 and done_at >= 0.4  # the text went out before the model resumed

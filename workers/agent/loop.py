@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -35,27 +36,53 @@ class AgentResult:
 
 
 class _DeltaBuffer:
-    """Coalesces streamed text into events of at most ~50 ms, so clients see it live."""
+    """Coalesces streamed text into events of at most ~50 ms, so clients see it live.
+
+    A ticker flushes what is buffered even when the model pauses mid-answer.
+    """
+
+    INTERVAL = 0.05
 
     def __init__(self, ctx: ToolContext) -> None:
         self.ctx = ctx
         self.parts: list[str] = []
         self.size = 0
         self.last = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _DeltaBuffer:
+        self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if kind is None or issubclass(kind, Exception):  # not on cancellation
+            await self.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            if self.parts and time.monotonic() - self.last >= self.INTERVAL:
+                await self.flush()
 
     async def add(self, text: str) -> None:
         self.parts.append(text)
         self.size += len(text)
-        if self.size >= 512 or time.monotonic() - self.last >= 0.05:
+        if self.size >= 512 or time.monotonic() - self.last >= self.INTERVAL:
             await self.flush()
 
     async def flush(self) -> None:
-        if self.parts:
-            text, self.parts, self.size = "".join(self.parts), [], 0
-            await self.ctx.emit(
-                TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt)
-            )
-        self.last = time.monotonic()
+        async with self._lock:
+            if self.parts:
+                text, self.parts, self.size = "".join(self.parts), [], 0
+                await self.ctx.emit(
+                    TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt)
+                )
+            self.last = time.monotonic()
 
 
 async def _one_turn(
@@ -65,17 +92,16 @@ async def _one_turn(
     tools = [t.spec() for t in TOOLS.values()]
     retry = 0
     while True:
-        buffer = _DeltaBuffer(ctx)
         try:
-            async for item in model.stream(system, messages, tools):
-                if isinstance(item, TextChunk):
-                    await buffer.add(item.text)
-                else:
-                    await buffer.flush()
-                    return item
+            async with _DeltaBuffer(ctx) as buffer:
+                async for item in model.stream(system, messages, tools):
+                    if isinstance(item, TextChunk):
+                        await buffer.add(item.text)
+                    else:
+                        await buffer.flush()
+                        return item
             raise ModelTransientError("the model stream ended without a completion")
         except ModelTransientError as exc:
-            await buffer.flush()
             retry += 1
             if retry > ctx.config.model_retries:
                 raise

@@ -7,14 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, status
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import StreamingResponse
+from starlette.websockets import WebSocketState
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
 from app.errors import ServiceError
 from app.models import (
     DiffPublic,
     EventPublic,
+    PresencePublic,
     PromptCreate,
     PromptPublic,
     SessionCreate,
@@ -107,35 +109,63 @@ async def get_diff(session_id: str, user: CurrentUser, runtime: RuntimeDep) -> D
 
 
 @router.websocket("/{session_id}/stream")
-async def stream_events(websocket: WebSocket, session_id: str, after: int = 0) -> None:
-    """Every event with id > `after` as JSON text frames: stored ones, then live ones."""
+async def stream_events(
+    websocket: WebSocket, session_id: str, after: int = 0, presence: bool = False
+) -> None:
+    """Every event with id > `after` as JSON text frames: stored ones, then live ones.
+
+    With `presence=true` the stream also carries frames `{"type": "presence", "session_id",
+    "viewers": [...]}` whenever who is viewing changes; they have no `id` and are not events.
+    Every open stream counts its user as viewing the session.
+    """
     runtime = websocket.app.state.runtime
     try:
-        await asyncio.to_thread(websocket_user, websocket, runtime)
+        user = await asyncio.to_thread(websocket_user, websocket, runtime)
         await asyncio.to_thread(runtime.sessions.get, session_id)
     except ServiceError as exc:
+        # Accept first so the client sees the close code (4401, 4404) and reason, not a bare 403.
+        await websocket.accept()
         await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
         return
     await websocket.accept()
+    send_lock = asyncio.Lock()
+
+    async def send(text: str) -> None:
+        async with send_lock:  # two pumps share one socket; frames must not interleave
+            await websocket.send_text(text)
+
     events = runtime.hub.stream(session_id, max(after, 0))
 
-    async def pump() -> None:
+    async def pump_events() -> None:
         async for event in events:
-            await websocket.send_text(event.model_dump_json())
+            await send(event.model_dump_json())
 
-    async def listen() -> None:
-        # Notice a client that goes away even while no event is due.
+    async def pump_presence() -> None:
+        async for viewers in runtime.presence.watch(session_id):
+            frame = PresencePublic(session_id=session_id, viewers=viewers)
+            await send(frame.model_dump_json())
+
+    async def receive() -> None:
+        # Clients may send keepalives; reading is also how a closed socket is noticed at once.
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
 
-    tasks = [asyncio.create_task(pump()), asyncio.create_task(listen())]
+    key = runtime.presence.join(session_id, user)
+    tasks = [asyncio.create_task(pump_events()), asyncio.create_task(receive())]
+    if presence:
+        tasks.append(asyncio.create_task(pump_presence()))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        runtime.presence.leave(session_id, key)
         for task in tasks:
             task.cancel()
+        # A send to a socket the client closed raises; either way this stream is over.
         await asyncio.gather(*tasks, return_exceptions=True)
         await events.aclose()
+        if websocket.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await websocket.close()
 
 
 @router.get(

@@ -1,0 +1,96 @@
+// `/stats`: does the platform pay off? Merged PRs first, then use and start-up latency.
+
+import { api } from "../api.js";
+import { barChart } from "../chart.js";
+import { avatar, clear, debounce, fmtMs, h, initFrame, showError } from "../ui.js";
+
+const REFRESH_MS = 10_000;
+const MODES = ["warm", "image", "snapshot", "cold"];
+const $ = (id) => document.getElementById(id);
+const daysSelect = $("days");
+
+function isoDay(date) {
+  return date.toISOString().slice(0, 10);
+}
+
+/** Every day of the window, oldest first, with zeros where nothing happened. */
+export function fillDays(perDay, windowDays, now = new Date()) {
+  const byDate = new Map(perDay.map((d) => [d.date, d]));
+  const out = [];
+  const today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  for (let i = windowDays - 1; i >= 0; i -= 1) {
+    const date = isoDay(new Date(today - i * 86_400_000));
+    out.push(byDate.get(date) ?? { date, sessions: 0, prompts: 0 });
+  }
+  return out;
+}
+
+const shortDate = (iso) => new Date(`${iso}T00:00:00Z`).toLocaleDateString(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+
+function render(stats) {
+  $("merged").textContent = String(stats.merged);
+  $("merged-share").textContent = `${(stats.merged_share * 100).toFixed(1)}%`;
+  $("merged-of").textContent = `of ${stats.sessions} sessions in the last ${stats.window_days} days`;
+  $("active").textContent = String(stats.active_humans_5m);
+  clear($("active-list"), stats.active_humans.map((login) => h("li", { dataset: { login } }, avatar({ login, name: login }), `@${login}`)));
+  $("sessions-total").textContent = String(stats.sessions);
+  const prompts = stats.per_day.reduce((n, d) => n + d.prompts, 0);
+  $("prompts-total").textContent = `${prompts} prompts`;
+
+  const days = fillDays(stats.per_day, stats.window_days);
+  const chart = barChart(
+    [
+      { label: "sessions", values: days.map((d) => d.sessions) },
+      { label: "prompts", values: days.map((d) => d.prompts) },
+    ],
+    days.map((d) => d.date),
+    { title: `Sessions and prompts per day, last ${stats.window_days} days`, formatCategory: shortDate },
+  );
+  clear($("chart"), chart);
+  clear($("per-day"),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Day"), h("th", { class: "num", scope: "col" }, "Sessions"), h("th", { class: "num", scope: "col" }, "Prompts"))),
+    h("tbody", {}, stats.per_day.map((d) => h("tr", { dataset: { date: d.date } }, h("td", {}, d.date), h("td", { class: "num" }, String(d.sessions)), h("td", { class: "num" }, String(d.prompts))))));
+
+  const modes = [...MODES, ...Object.keys(stats.start_latency).filter((m) => !MODES.includes(m))];
+  const latencyRow = (label, l, key) => h("tr", { dataset: { mode: key } }, h("th", { scope: "row" }, label),
+    h("td", { class: "num count" }, String(l.count)), h("td", { class: "num p50" }, fmtMs(l.p50_ms)), h("td", { class: "num p95" }, fmtMs(l.p95_ms)));
+  clear($("latency"),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Started from"), h("th", { class: "num", scope: "col" }, "Prompts"), h("th", { class: "num", scope: "col" }, "p50"), h("th", { class: "num", scope: "col" }, "p95"))),
+    h("tbody", {},
+      modes.filter((m) => stats.start_latency[m]).map((m) => latencyRow(m, stats.start_latency[m], m)),
+      latencyRow("first model request", stats.first_model_request, "first_model")));
+  $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+}
+
+let inFlight = null;
+async function load() {
+  const request = (inFlight = api(`/api/stats?days=${daysSelect.value}`));
+  try {
+    const stats = await request;
+    if (request === inFlight) {
+      $("error").hidden = true;
+      render(stats);
+    }
+  } catch (err) {
+    showError($("error"), err);
+  }
+}
+
+async function main() {
+  await initFrame();
+  const params = new URLSearchParams(location.search);
+  if (params.get("days") && [...daysSelect.options].some((o) => o.value === params.get("days"))) daysSelect.value = params.get("days");
+  daysSelect.addEventListener("change", () => {
+    history.replaceState(null, "", `/stats?days=${daysSelect.value}`);
+    load();
+  });
+  await load();
+  // Live: a new prompt anywhere refreshes at once; the timer drops people after 5 minutes.
+  const soon = debounce(load, 500);
+  const source = new EventSource("/api/sessions/changes");
+  source.addEventListener("session", soon);
+  addEventListener("pagehide", () => source.close());
+  setInterval(load, REFRESH_MS);
+}
+
+main();
