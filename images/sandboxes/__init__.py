@@ -30,7 +30,8 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
     """The backend called `name`; its state (sandboxes, snapshots) lives under `state_dir`."""
     config = config or SandboxConfig()
     if name == "bwrap":
-        from images.sandboxes.local import BwrapBackend, default_owner
+        from images.sandboxes.bwrap import BwrapBackend
+        from images.sandboxes.local import default_owner
 
         return BwrapBackend(state_dir, owner=default_owner(), egress_ports=config.egress_ports)
     if name == "gvisor":

@@ -102,7 +102,7 @@ def make_backend_for(name: str, state_dir: Path, internet: FakeInternet) -> Any:
     from images.sandboxes.local import default_owner
 
     if name == "bwrap":
-        from images.sandboxes.local import BwrapBackend
+        from images.sandboxes.bwrap import BwrapBackend
 
         return BwrapBackend(state_dir, default_owner(), egress=internet.proxy())
     if name == "gvisor":
