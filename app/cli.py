@@ -225,7 +225,7 @@ def run(
     ],
 ) -> None:
     """Run one prompt from the terminal: stream the agent's work, print the branch and PR."""
-    settings = load_settings(idle_seconds=0)
+    settings = load_settings(idle_seconds=0, image_interval=0)  # one prompt: no build schedule
     with runtime_from(settings) as runtime:
         try:
             user = runtime.users.local_user()
@@ -412,11 +412,13 @@ from app.commands.slack import slack_app  # noqa: E402
 
 app.add_typer(slack_app, name="slack")
 
-from app.commands import bench as _bench_commands  # noqa: E402
 from app.commands import sandbox as _sandbox_commands  # noqa: E402
+from app.commands.bench import bench_app  # noqa: E402
+from app.commands.images import images_app  # noqa: E402
 
+app.add_typer(images_app, name="images")
+app.add_typer(bench_app, name="bench")
 app.add_typer(_sandbox_commands.app, name="sandbox")
-app.add_typer(_bench_commands.app, name="bench")
 
 
 def main() -> None:

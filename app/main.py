@@ -10,7 +10,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import auth, github, health, live, repos, sessions, signin, slack, stats, web
+from app.api.routes import (
+    auth,
+    github,
+    health,
+    images,
+    live,
+    repos,
+    sessions,
+    signin,
+    slack,
+    stats,
+    web,
+)
 from app.errors import ServiceError
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
@@ -103,6 +115,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)
+    app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)
     app.include_router(stats.router)
     app.include_router(auth.router)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from images.registry import IMAGE_TABLES
 from workers.events import SessionStatus
 
 
@@ -327,6 +328,55 @@ class Stats(BaseModel):
     start_latency: dict[str, LatencyStats]
     """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
     first_model_request: LatencyStats
+
+
+# ---------------------------------------------------------------- images and warm-up
+
+
+class ImagePublic(BaseModel):
+    """An image build attempt: `ready` images start sandboxes, `failed` ones keep their log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    repo: str
+    status: str
+    """building, ready, failed, cold (a bare clone a session started from), collected."""
+    trigger: str
+    sha: str | None
+    spec_hash: str | None
+    runtime: str
+    backend: str
+    host: str
+    created_at: float
+    built_at: float | None
+    duration_ms: int | None
+    error: str | None
+    log: str | None
+    """The build log: listed for failed builds, always in `GET /api/images/{id}`."""
+
+
+class ImageBuildRequest(BaseModel):
+    """`POST /api/images/build`: build now instead of waiting for the schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repos: list[str] | None = Field(None, description="Repo names; all repos when omitted")
+    force: bool = Field(False, description="Build even when the tip and spec are unchanged")
+
+
+class ImageBuildQueued(BaseModel):
+    queued: list[str]
+
+
+class WarmPublic(BaseModel):
+    """The caller's warm sandbox on a repo: `warming`, `warm`, `failed`, or `cold` (none)."""
+
+    repo: str
+    state: str
+    sandbox_id: str | None
+    expires_at: float | None
+    error: str | None = None
 
 
 class Health(BaseModel):
@@ -657,4 +707,5 @@ CONTROL_TABLES = [
     SlackRequest.__table__,  # type: ignore[attr-defined]
     SlackParticipant.__table__,  # type: ignore[attr-defined]
     RepoKeywords.__table__,  # type: ignore[attr-defined]
+    *IMAGE_TABLES,
 ]

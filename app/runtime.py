@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from app.services.github import GitHubServices, RebuildHook, build_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
+from app.services.images import Images
 from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
@@ -32,12 +35,16 @@ from app.services.users import Users
 from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
+from images.builder import ImageBuilder
+from images.jobs import ImageJobs, build_images, maintain_pool
+from images.mirror import Mirrors
+from images.pool import WarmPool
 from images.provider import SandboxProvider
+from images.registry import ImageRegistry
 from images.sandboxes import make_backend
 from images.sandboxes.base import SandboxBackend
 from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
-from images.store import ImageStore
 from integrations.forge.base import Forge
 from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
@@ -66,7 +73,11 @@ class Runtime:
     sessions: Sessions
     pulls: LocalPullRequests
     backend: SandboxBackend
-    images: ImageStore
+    images: ImageRegistry
+    builder: ImageBuilder
+    pool: WarmPool
+    image_jobs: ImageJobs
+    image_service: Images
     provider: SandboxProvider
     executor: InProcessExecutor
     deps: WorkerDeps
@@ -87,6 +98,7 @@ class Runtime:
     on_close: list[Callable[[], None]] = field(default_factory=list)
     slack: SlackBot | None = None
     """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
+    started: bool = False
 
     def forge_for(self, spec: RepoSpec) -> Forge:
         forge = self.forges.get(spec.forge)
@@ -108,12 +120,41 @@ class Runtime:
             self.periodic(
                 GITHUB_RECONCILE_INTERVAL_S, lambda: reconcile_github(self), "github-reconciler"
             )
+        self.started = True
+        if self.settings.image_interval > 0:
+            self.periodic(
+                self.settings.image_interval,
+                lambda: build_images(self.image_jobs),
+                "image builds",
+                on_loop=True,
+            )
+        self.periodic(
+            self.settings.pool_interval,
+            lambda: maintain_pool(self.image_jobs),
+            "warm pool",
+            on_loop=True,
+        )
         for callback in self.on_start:
             callback()
 
-    def periodic(self, interval: float, fn: Callable[[], object], name: str) -> None:
+    def periodic(
+        self,
+        interval: float,
+        fn: Callable[[], object],
+        name: str,
+        *,
+        on_loop: bool = False,
+    ) -> None:
+        """Run `fn` every `interval` seconds: in a thread, or (`on_loop`) on the worker loop,
+        awaiting what it returns (for async jobs such as image builds)."""
+
         async def job() -> None:
-            await asyncio.to_thread(fn)
+            if on_loop:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+            else:
+                await asyncio.to_thread(fn)
 
         self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
 
@@ -125,6 +166,10 @@ class Runtime:
     def close(self) -> None:
         for future in self._periodic:
             future.cancel()
+        if self.executor.pending() or self.started:
+            # Pooled sandboxes hold overlay mounts: end them before the loop stops.
+            with contextlib.suppress(Exception):
+                self.executor.submit(self.pool.close).result(timeout=30)
         self.executor.shutdown()
         for callback in self.on_close:
             callback()
@@ -168,7 +213,6 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     sessions.openers["local"] = pulls
     backend = backend or make_backend(settings.sandbox, data_dir, settings.sandbox_config())
     owner = getattr(backend, "owner", None)
-    images = ImageStore(data_dir / "images", backend.name, backend.runtime_version(), owner)
     forges: dict[str, Forge] = {"local": LocalForge()}
     accounts = build_accounts(settings, engine, redact_secret)
     rebuild_hooks: list[RebuildHook] = []
@@ -190,8 +234,66 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
 
-    provider = SandboxProvider(backend, images, forge_for, settings.limits())
     executor = InProcessExecutor()
+    registry = ImageRegistry(engine, backend.name, backend.runtime_version())
+    mirrors = Mirrors(data_dir / "mirrors")
+    builder = ImageBuilder(
+        registry,
+        backend,
+        data_dir / "images",
+        mirrors,
+        forge_for,
+        settings.limits(),
+        owner,
+        command_timeout=settings.image_command_timeout,
+    )
+    provider = SandboxProvider(
+        backend,
+        registry,
+        builder,
+        mirrors,
+        forge_for,
+        settings.limits(),
+        setup_timeout=settings.image_command_timeout,
+    )
+    pool = WarmPool(
+        provider.prepare_warm,
+        lambda factory: _spawn(executor, factory),
+        lambda spec: _newest_image_id(provider, spec),
+        pool_ttl=settings.pool_ttl,
+        warm_ttl=settings.warm_ttl,
+        debounce=settings.warm_debounce,
+    )
+    provider.pool = pool
+    image_service = Images(engine, repos, registry, pool, executor)
+    image_jobs = ImageJobs(
+        builder=builder,
+        provider=provider,
+        registry=registry,
+        specs=image_service.specs,
+        snapshot_images=image_service.snapshot_images,
+        keep=settings.images_keep,
+    )
+    image_service.jobs = image_jobs
+    repos.validators.append(image_service.validate_spec_file)
+
+    def image_landed(spec: RepoSpec, _record: object) -> None:
+        if runtime.started:
+            pool.image_landed(spec)
+
+    builder.on_built.append(image_landed)
+
+    def repo_added(repo: object) -> None:
+        if runtime.started:
+            image_service.queue_build([getattr(repo, "name", "")], trigger="added")
+
+    repos.on_added.append(repo_added)
+
+    def pushed(spec: RepoSpec, _sha: str) -> None:
+        # A push to the base branch (GitHub webhook) rebuilds now rather than at the next run.
+        image_service.queue_build([spec.name], trigger="push")
+
+    rebuild_hooks.append(pushed)
     deps = WorkerDeps(
         control=LocalControlPlane(sessions),
         bus=InProcessBus(hub.publish),
@@ -213,7 +315,11 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         sessions=sessions,
         pulls=pulls,
         backend=backend,
-        images=images,
+        images=registry,
+        builder=builder,
+        pool=pool,
+        image_jobs=image_jobs,
+        image_service=image_service,
         provider=provider,
         executor=executor,
         deps=deps,
@@ -230,3 +336,15 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
 
         runtime.slack = build_slack_bot(runtime)
     return runtime
+
+
+def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await factory()
+
+    executor.submit(run)
+
+
+def _newest_image_id(provider: SandboxProvider, spec: RepoSpec) -> str | None:
+    record = provider.usable_image(spec)
+    return record.id if record is not None else None

@@ -100,6 +100,20 @@ class Settings(BaseSettings):
         )
 
     # ---- images, warm pool and schedule
+    image_interval: float = Field(1800.0, ge=0)
+    """Seconds between scheduled image builds of every repo (0: no schedule)."""
+    images_keep: int = Field(3, ge=1)
+    """Ready images kept per repo; older ones are collected once nothing uses them."""
+    image_command_timeout: float = Field(1800.0, gt=0)
+    """Wall-clock seconds per set-up or warm command of an image build."""
+    pool_ttl: float = Field(900.0, gt=0)
+    """Seconds a shared warm-pool sandbox waits for a session before it is replaced."""
+    pool_interval: float = Field(15.0, gt=0)
+    """Seconds between warm-pool upkeep runs (expire, replace, top up)."""
+    warm_ttl: float = Field(300.0, gt=0)
+    """Seconds a sandbox warmed for a person (`POST /api/repos/{repo}/warm`) is kept for them."""
+    warm_debounce: float = Field(2.0, ge=0)
+    """Seconds before a failed warm-up of the same person and repo is tried again."""
 
     # ---- GitHub
     github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))

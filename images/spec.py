@@ -1,19 +1,63 @@
-"""Repo specs: what a repository is, how its image is prepared and what its sandboxes may do."""
+"""Repo specs: what a repository is, how its image is prepared and what its sandboxes may do.
+
+A spec comes from the control DB (`nightshift repos add`, `POST /api/repos`) and may be
+completed by a `.nightshift.toml` at the root of the repository's base branch:
+
+    setup = ["python3 -m venv .venv", ".venv/bin/pip install -e ."]
+    warm = [".venv/bin/python -m pytest -q"]
+    egress = ["pypi.org", "files.pythonhosted.org"]
+
+    [env]
+    PYTHONDONTWRITEBYTECODE = "1"
+
+The file wins where both say something: its `setup`, `warm` and `egress` replace the stored
+lists, its `env` entries override stored ones of the same name. A malformed file is refused
+with its line and the reason (`SpecFileError`).
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
-from typing import Literal
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
+
+SPEC_FILE = ".nightshift.toml"
+SPEC_FILE_MAX_BYTES = 64 * 1024
+SPEC_FILE_KEYS = ("setup", "warm", "env", "egress")
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BRANCH_RE = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<!/)(?<!\.lock)$")
+_TOML_AT_RE = re.compile(r"\(at line (\d+), column \d+\)$")
+_HEADER_RE = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
+
+
+def check_hosts(value: list[str]) -> list[str]:
+    """Normalised egress host names; IP literals and anything else are refused."""
+    hosts = []
+    for raw in value:
+        host = raw.strip().lower().rstrip(".")
+        if not _HOST_RE.match(host) or host.replace(".", "").isdigit():
+            raise ValueError(f"egress entry {raw!r} is not a host name (IP literals are refused)")
+        hosts.append(host)
+    return hosts
+
+
+def check_env(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not _ENV_RE.match(key):
+            raise ValueError(f"env name {key!r} is not a valid variable name")
+    return value
 
 
 class RepoSpec(BaseModel):
@@ -41,29 +85,175 @@ class RepoSpec(BaseModel):
     @field_validator("egress")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
-        hosts = []
-        for raw in value:
-            host = raw.strip().lower().rstrip(".")
-            if not _HOST_RE.match(host) or host.replace(".", "").isdigit():
-                raise ValueError(
-                    f"egress entry {raw!r} is not a host name (IP literals are refused)"
-                )
-            hosts.append(host)
-        return hosts
+        return check_hosts(value)
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not _ENV_RE.match(key):
-                raise ValueError(f"env name {key!r} is not a valid variable name")
-        return value
+        return check_env(value)
 
     def image_hash(self) -> str:
         """Hash of everything that shapes an image; a change forces a rebuild."""
-        relevant = {"setup": self.setup, "warm": self.warm, "env": self.env, "base": self.base}
+        relevant = {
+            "setup": self.setup,
+            "warm": self.warm,
+            "env": self.env,
+            "egress": self.egress,
+            "base": self.base,
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def slug(self) -> str:
-        """A file-name-safe form of the name."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "--", self.name)
+        """A file-name-safe form of the name, distinct for distinct names."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "--", self.name)
+        if safe == self.name:
+            return safe
+        return f"{safe}-{hashlib.sha256(self.name.encode()).hexdigest()[:8]}"
+
+    def with_file(self, file: SpecFile | None) -> RepoSpec:
+        """This spec completed by a `.nightshift.toml`: the file wins where both say something."""
+        if file is None:
+            return self
+        update: dict[str, Any] = {}
+        if file.setup is not None:
+            update["setup"] = list(file.setup)
+        if file.warm is not None:
+            update["warm"] = list(file.warm)
+        if file.egress is not None:
+            update["egress"] = list(file.egress)
+        if file.env is not None:
+            update["env"] = {**self.env, **file.env}
+        return self.model_copy(update=update)
+
+
+class SpecFileError(ValueError):
+    """A `.nightshift.toml` that cannot be used; `line` is 1-based (None: the whole file)."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        self.reason = reason
+        self.line = line
+        where = f"line {line}: " if line is not None else ""
+        super().__init__(f"{SPEC_FILE} {where}{reason}")
+
+
+class SpecFile(BaseModel):
+    """What a `.nightshift.toml` says; None where it says nothing."""
+
+    setup: list[str] | None = None
+    warm: list[str] | None = None
+    env: dict[str, str] | None = None
+    egress: list[str] | None = None
+
+
+def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
+    """The 1-based line where `key` is assigned (inside `[table]` when given)."""
+    pattern = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')\s*=")
+    in_table = table is None
+    for number, line in enumerate(lines, 1):
+        header = _HEADER_RE.match(line)
+        if header:
+            in_table = table is not None and header.group(1).strip() == table
+            continue
+        if in_table and pattern.match(line):
+            return number
+    return None
+
+
+def _table_line(lines: list[str], table: str) -> int | None:
+    """The 1-based line of the `[table]` header."""
+    for number, line in enumerate(lines, 1):
+        header = _HEADER_RE.match(line)
+        if header and header.group(1).strip() == table:
+            return number
+    return None
+
+
+def _commands(value: Any, key: str, line: int | None) -> list[str]:
+    if not isinstance(value, list):
+        raise SpecFileError(
+            f"{key} must be a list of command strings, got {type(value).__name__}", line
+        )
+    out = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise SpecFileError(f"{key}[{index}] must be a non-empty command string", line)
+        out.append(item)
+    if len(out) > 50:
+        raise SpecFileError(f"{key} has {len(out)} commands; at most 50 are allowed", line)
+    return out
+
+
+def parse_spec_file(text: str) -> SpecFile:
+    """Parse a `.nightshift.toml`; raise SpecFileError naming the line and the reason."""
+    if len(text.encode()) > SPEC_FILE_MAX_BYTES:
+        raise SpecFileError(f"is larger than {SPEC_FILE_MAX_BYTES} bytes")
+    lines = text.splitlines()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = _TOML_AT_RE.search(message)
+        at_line = int(at.group(1)) if at else max(len(lines), 1)
+        reason = _TOML_AT_RE.sub("", message).replace("(at end of document)", "").strip()
+        raise SpecFileError(f"not valid TOML: {reason}", at_line) from exc
+    for key in data:
+        if key not in SPEC_FILE_KEYS:
+            raise SpecFileError(
+                f"unknown key {key!r} (allowed: {', '.join(SPEC_FILE_KEYS)})",
+                _key_line(lines, key) or _table_line(lines, key),
+            )
+    result = SpecFile()
+    for key in ("setup", "warm"):
+        if key in data:
+            setattr(result, key, _commands(data[key], key, _key_line(lines, key)))
+    if "egress" in data:
+        line = _key_line(lines, "egress")
+        value = data["egress"]
+        if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+            raise SpecFileError("egress must be a list of host names", line)
+        try:
+            result.egress = check_hosts(value)
+        except ValueError as exc:
+            raise SpecFileError(str(exc), line) from exc
+    if "env" in data:
+        value = data["env"]
+        table_line = _key_line(lines, "env") or _table_line(lines, "env")
+        if not isinstance(value, dict):
+            raise SpecFileError('env must be a table of NAME = "value"', table_line)
+        env: dict[str, str] = {}
+        for name, item in value.items():
+            line = _key_line(lines, name, "env") or table_line
+            if not isinstance(item, str):
+                raise SpecFileError(f"env.{name} must be a string, got {type(item).__name__}", line)
+            try:
+                check_env({name: item})
+            except ValueError as exc:
+                raise SpecFileError(str(exc), line) from exc
+            env[name] = item
+        result.env = env
+    return result
+
+
+def read_spec_file(workspace: Path) -> SpecFile | None:
+    """The `.nightshift.toml` of a fresh host-side clone; symlinks are refused, not followed."""
+    try:
+        fd = os.open(workspace / SPEC_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpecFileError("must be a regular file, not a symlink") from exc
+        raise SpecFileError(f"cannot be read: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecFileError("must be a regular file")
+        if st.st_size > SPEC_FILE_MAX_BYTES:
+            raise SpecFileError(f"is larger than {SPEC_FILE_MAX_BYTES} bytes")
+        data = os.read(fd, SPEC_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return parse_spec_file(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecFileError("is not UTF-8 text") from exc

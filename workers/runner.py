@@ -19,7 +19,7 @@ from integrations.forge.base import Forge, ForgeError
 from integrations.llm import make_model
 from integrations.llm.base import ModelClient, ModelNotConfigured
 from integrations.llm.types import ChatMessage
-from workers.agent.hooks import Hooks, redact_output
+from workers.agent.hooks import Hooks, redact_output, wait_for_sync
 from workers.agent.loop import AgentResult, run_agent
 from workers.agent.tools import ToolContext
 from workers.bus import EventPublisher
@@ -30,6 +30,8 @@ from workers.events import (
     CommitCreated,
     ErrorRaised,
     Event,
+    ModelRequest,
+    Notice,
     PromptFinished,
     PromptOutcome,
     PromptStarted,
@@ -37,11 +39,14 @@ from workers.events import (
     SessionStatus,
     SnapshotTaken,
     StatusChanged,
+    SyncDone,
+    ToolCalled,
 )
 from workers.gitops import GitOpsError, commit_changes, head_sha, push_commits
 from workers.redact import Redactor
 
 log = logging.getLogger("nightshift.runner")
+SYNC_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -77,10 +82,23 @@ class SessionRunner:
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
         self.sync_done = asyncio.Event()
+        """Set while the workspace is at the base tip (or no sync is due); writes wait on it."""
         self.sync_done.set()
+        self._sync: asyncio.Task[None] | None = None
+        self._sync_due: tuple[Acquired, PromptJob] | None = None
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
+        if isinstance(event, (ModelRequest, ToolCalled)):
+            # The sync starts once the prompt is on its way to the model: it then runs while
+            # the model thinks instead of competing with the path to the first request.
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        if self._sync_due is not None:
+            acquired, job = self._sync_due
+            self._sync_due = None
+            self._sync = asyncio.create_task(self._sync_to_tip(acquired, job))
 
     async def status(self, status: SessionStatus, reason: str | None = None) -> None:
         await self.emit(StatusChanged(status=status, reason=reason))
@@ -180,6 +198,13 @@ class SessionRunner:
         acquired, self.acquired = self.acquired, None
         if acquired is None:
             return
+        self._sync_due = None
+        self.sync_done.set()
+        if self._sync is not None:
+            self._sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync
+            self._sync = None
         try:
             if snapshot:
                 ref = await acquired.sandbox.snapshot()
@@ -195,10 +220,18 @@ class SessionRunner:
         assert self.ctx is not None
         await self.status("starting")
         acquired = await self.deps.sandboxes.acquire(
-            self.ctx.repo, snapshot=self.ctx.snapshot, label=self.session_id
+            self.ctx.repo,
+            snapshot=self.ctx.snapshot,
+            label=self.session_id,
+            claimant=str(job.author.id),
         )
         self.acquired = acquired
-        self.base_sha = acquired.image.sha
+        self.base_sha = acquired.base_sha
+        if acquired.mode != "snapshot":
+            # A follow-up keeps the base it started from; every fresh sandbox catches up with
+            # the base tip in the background while the agent reads (see `emit`).
+            self.sync_done.clear()
+            self._sync_due = (acquired, job)
         await self.emit(
             SandboxReady(
                 mode=acquired.mode,
@@ -209,10 +242,44 @@ class SessionRunner:
                 attempt=job.attempt,
             )
         )
+        for note in acquired.notes:
+            await self.emit(Notice(message=note, prompt_id=job.id, attempt=job.attempt))
         return acquired
 
+    async def _sync_to_tip(self, acquired: Acquired, job: PromptJob) -> None:
+        assert self.ctx is not None
+        started = time.monotonic()
+        try:
+            sha = await asyncio.wait_for(
+                self.deps.sandboxes.sync(acquired, self.ctx.repo), SYNC_TIMEOUT_S
+            )
+            self.base_sha = sha
+            await self.emit(
+                SyncDone(
+                    sha=sha,
+                    ms=int((time.monotonic() - started) * 1000),
+                    prompt_id=job.id,
+                    attempt=job.attempt,
+                )
+            )
+        except (SandboxError, ForgeError, OSError, TimeoutError) as exc:
+            log.warning("sync of %s failed: %s", self.session_id, exc)
+            await self.emit(
+                Notice(
+                    message=f"could not bring the sandbox to the tip of {self.ctx.repo.base} "
+                    f"({exc}); working on {acquired.base_sha[:10]}",
+                    prompt_id=job.id,
+                    attempt=job.attempt,
+                )
+            )
+        finally:
+            self.sync_done.set()
+
     def hooks(self) -> Hooks:
-        hooks = Hooks(after_tool=[redact_output(self.deps.redactor)])
+        hooks = Hooks(
+            before_tool=[wait_for_sync(self.sync_done)],
+            after_tool=[redact_output(self.deps.redactor)],
+        )
         if self.deps.extra_hooks is not None:
             extra = self.deps.extra_hooks(self)
             hooks.before_tool += extra.before_tool
@@ -252,7 +319,7 @@ class SessionRunner:
                 sandbox=acquired.sandbox,
                 control=self.deps.control,
                 author=job.author,
-                repo=ctx.repo,
+                repo=acquired.spec or ctx.repo,
                 config=self.deps.config,
                 emit=self.emit,
                 depth=ctx.depth,
@@ -290,6 +357,8 @@ class SessionRunner:
         """Commit as the prompting person, push from outside the sandbox, announce the branch."""
         assert self.ctx is not None and self.acquired is not None
         ctx, sandbox = self.ctx, self.acquired.sandbox
+        self._start_sync()
+        await self.sync_done.wait()  # commits stand on the synced base, like every write
         title = result.title or ctx.title or _first_line(job.text)
         committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
         if committed is not None:

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.errors import Unauthorized
 from app.models import User
 from app.runtime import Runtime
+from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.settings import Settings
@@ -40,7 +41,12 @@ def get_repos(runtime: RuntimeDep) -> Repos:
     return runtime.repos
 
 
+def get_images(runtime: RuntimeDep) -> Images:
+    return runtime.image_service
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+ImagesDep = Annotated[Images, Depends(get_images)]
 SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 ReposDep = Annotated[Repos, Depends(get_repos)]
 

@@ -70,6 +70,28 @@ def summary(result: ExecResult, sandbox: Sandbox) -> str:
     )
 
 
+@app.command("info")
+def info(
+    backend: Annotated[
+        str | None, typer.Option(help="bwrap, gvisor, modal or fake (default NIGHTSHIFT_SANDBOX)")
+    ] = None,
+) -> None:
+    """Print, as JSON, the backend, its runtime version, and how each limit is enforced here."""
+    from app.cli import load_settings
+
+    settings = load_settings(**({"sandbox": backend} if backend else {}))
+    chosen = make_backend(settings.sandbox, settings.data_dir.resolve(), settings.sandbox_config())
+    cgroups = getattr(chosen, "cgroups", None)
+    report: dict[str, object] = {
+        "backend": chosen.name,
+        "runtime": chosen.runtime_version(),
+        "limits": asdict(settings.limits()),
+    }
+    if cgroups is not None:
+        report["enforcement"] = cgroups.describe()
+    print(json.dumps(report, indent=2))
+
+
 @app.command(
     "exec",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

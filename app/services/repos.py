@@ -53,6 +53,9 @@ class Repos:
         self.github_enabled = github_enabled
         self.github_default_branch = github_default_branch
         """`owner/name` → its default branch, checking the App can reach the repository."""
+        self.validators: list[Callable[[RepoSpec], None]] = []
+        """Checks a new repo must pass (e.g. its `.nightshift.toml`); raise Invalid to refuse."""
+        self.on_added: list[Callable[[Repo], None]] = []
 
     def _locate(self, url: str) -> tuple[str, str, str]:
         """(forge, canonical url, default name) for a path or a GitHub reference."""
@@ -99,6 +102,11 @@ class Repos:
             raise Invalid(_validation_message(exc)) from exc
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", spec.name) or ".." in spec.name:
             raise Invalid(f"{spec.name!r} is not a usable repo name (letters, digits, . _ - /)")
+        with DB(self.engine) as db:
+            if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
+                raise Conflict(f"a repo named {spec.name!r} already exists; pick another with name")
+        for validate in self.validators:
+            validate(spec)
         with DB(self.engine, expire_on_commit=False) as db:
             if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
                 raise Conflict(f"a repo named {spec.name!r} already exists; pick another with name")
@@ -117,7 +125,9 @@ class Repos:
             db.add(repo)
             db.commit()
             db.refresh(repo)
-            return repo
+        for callback in self.on_added:
+            callback(repo)
+        return repo
 
     def list(self) -> list[Repo]:
         with DB(self.engine) as db:

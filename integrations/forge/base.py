@@ -7,6 +7,7 @@ never reach one. Implementations: `local` (git repositories on this machine) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -67,7 +68,14 @@ async def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:
+        # A cancelled caller (a stopped session's sync) must not leave git running.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.communicate()
+        raise
     if proc.returncode != 0:
         raise ForgeError(f"git {args[0]} failed: {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace")

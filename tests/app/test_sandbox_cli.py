@@ -96,3 +96,12 @@ def test_bench_sandbox_prints_json(cli: CliRunner) -> None:
     assert bwrap["targets_ms"]["start_to_first_exec_p50"]["target"] == 30.0
     refused = cli.invoke(app, ["bench", "sandbox", "--backend", "fake"])
     assert refused.exit_code == 2
+
+
+def test_info_describes_the_enforcement(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["sandbox", "info"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["backend"] == "bwrap" and report["runtime"].startswith("bwrap-")
+    assert set(report["enforcement"]) == {"memory", "pids", "kill"}
+    assert report["limits"]["pids"] == 256

@@ -1,4 +1,5 @@
-"""Fixtures for the sandbox tests: every available backend, images, and a fake internet.
+"""Fixtures for image and sandbox tests: a runtime on real bubblewrap sandboxes with no
+schedule; every available sandbox backend, images, and a fake internet.
 
 The fake internet: an HTTP server on 127.0.0.1 stands in for every public host. The egress
 proxy gets a resolver that answers real-looking public addresses for a few names (and private
@@ -26,6 +27,7 @@ from images.sandboxes.base import ImageRef, Limits, Sandbox, SandboxSpec
 from images.sandboxes.egress import EgressProxy
 from images.sandboxes.overlay import chown_tree
 from tests.conftest import LIVE_MODAL
+from tests.factories import git
 
 BACKENDS = ["bwrap", "gvisor", "fake", *(["modal"] if LIVE_MODAL else [])]
 
@@ -219,3 +221,27 @@ async def start(backend: Any, image: ImageRef) -> AsyncIterator[Starter]:
     yield starter
     await starter.close()
     assert not getattr(backend, "live", {}), "a sandbox outlived terminate()"
+
+
+# ---------------------------------------------------------------- image builds and pools
+
+
+@pytest.fixture
+def rt(make_settings: Any) -> Iterator[Any]:
+    """A runtime that is built but not serving: tests drive builds and pools themselves."""
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings(image_interval=0, images_keep=2))
+    yield runtime
+    runtime.close()
+
+
+def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
+    """Commit `files` (path -> content) on the repository's current branch; the new sha."""
+    for path, content in files.items():
+        target = repo / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-qm", message)
+    return git(repo, "rev-parse", "HEAD").strip()

@@ -201,13 +201,14 @@ def test_presence_frames_tell_each_viewer_who_else_is_there(
 def test_stream_refuses_unknown_sessions_and_strangers(
     server: BackgroundServer, alice: Person
 ) -> None:
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import ConnectionClosed
 
     base = server.url.replace("http://", "ws://") + "/api/sessions/nope/stream?presence=true"
-    for headers in ({"Authorization": f"Bearer {alice.token}"}, {}):
-        with pytest.raises(InvalidStatus) as refused:
-            connect(base, additional_headers=headers)
-        assert refused.value.response.status_code == 403
+    for headers, code in (({"Authorization": f"Bearer {alice.token}"}, 4404), ({}, 4401)):
+        ws = connect(base, additional_headers=headers)
+        with pytest.raises(ConnectionClosed) as refused:
+            ws.recv(timeout=10)
+        assert refused.value.rcvd is not None and refused.value.rcvd.code == code
 
 
 def test_heartbeat_presence_for_clients_off_the_websocket(

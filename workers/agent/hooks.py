@@ -7,6 +7,7 @@ returns the (possibly rewritten) output.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -44,5 +45,16 @@ def redact_output(redactor: Redactor) -> AfterTool:
         ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput
     ) -> ToolOutput:
         return replace(out, text=redactor.text(out.text))
+
+    return hook
+
+
+def wait_for_sync(done: asyncio.Event) -> BeforeTool:
+    """Built-in: tools that write (`Tool.writes`) wait until the git sync has finished, so no
+    write lands on a stale tree; reads run at once."""
+
+    async def hook(ctx: ToolContext, tool: Tool, args: dict[str, Any]) -> None:
+        if tool.writes and not done.is_set():
+            await done.wait()
 
     return hook

@@ -1,0 +1,420 @@
+"""Image builds: a fresh clone on the host, then set-up and warm commands in a build sandbox.
+
+The clone happens outside any sandbox, through the forge port (credentials stay on the host).
+The repository's `setup` commands (install dependencies, build) and `warm` commands (run the
+test suite once to fill caches) run inside a sandbox started from that clone, with the spec's
+environment and egress allowlist. What they wrote is folded into the clone, and the result
+becomes a read-only image directory stamped with repo, commit, built_at, spec hash and the
+backend's runtime version.
+
+Builds are single-flight per repo (a lease row in the control DB, so two schedulers never
+build one repo at once); an unchanged base tip and spec is skipped after one `git fetch`; a
+failed build keeps the previous image and records its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from images.layers import apply_layer, remove_tree
+from images.mirror import Mirrors
+from images.registry import ImageRecord, ImageRegistry, Trigger
+from images.sandboxes.base import (
+    ImageRef,
+    Limits,
+    SandboxBackend,
+    SandboxError,
+    SandboxSpec,
+    SnapshotRef,
+)
+from images.sandboxes.overlay import chown_tree
+from images.setup import BuildError, BuildLog, Progress, exclude_setup_output, run_commands
+from images.spec import SPEC_FILE, RepoSpec, SpecFileError, read_spec_file
+from integrations.forge.base import Forge, ForgeError
+
+log = logging.getLogger("nightshift.images")
+
+BuildOutcome = Literal["built", "skipped", "busy", "failed"]
+COLD_MIN_AGE_S = 600.0
+
+
+@dataclass
+class BuildResult:
+    repo: str
+    outcome: BuildOutcome
+    message: str
+    image: ImageRecord | None = None
+    """The image built, the current one (skipped), or the failed attempt with its log."""
+    ms: int = 0
+
+
+class ImageBuilder:
+    """Builds images of one backend into `root/<repo-slug>/<image-id>/`."""
+
+    def __init__(
+        self,
+        registry: ImageRegistry,
+        backend: SandboxBackend,
+        root: Path,
+        mirrors: Mirrors,
+        forge_for: Callable[[RepoSpec], Forge],
+        limits: Limits,
+        owner: tuple[int, int] | None,
+        *,
+        command_timeout: float = 1800.0,
+        lock_ttl: float = 120.0,
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.root = root
+        self.mirrors = mirrors
+        self.forge_for = forge_for
+        self.limits = limits
+        self.owner = owner
+        self.command_timeout = command_timeout
+        self.lock_ttl = lock_ttl
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._guard = threading.Lock()
+        self._building: set[str] = set()
+        self.on_built: list[Callable[[RepoSpec, ImageRecord], None]] = []
+        """Called (on the builder's loop) when a new image is ready, e.g. to refresh pools."""
+
+    # ------------------------------------------------------------ building
+
+    async def build(
+        self,
+        spec: RepoSpec,
+        *,
+        trigger: Trigger = "manual",
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> BuildResult:
+        """Build `spec`'s image at its base tip unless the newest one is current."""
+        started = time.monotonic()
+        with self._guard:
+            mine = spec.name in self._building  # the lease is re-entrant for its holder
+            self._building.add(spec.name)
+        if mine:
+            return BuildResult(spec.name, "busy", f"a build of {spec.name} is already running")
+        try:
+            return await self._build_leased(spec, trigger, force, progress, started)
+        finally:
+            with self._guard:
+                self._building.discard(spec.name)
+
+    async def _build_leased(
+        self,
+        spec: RepoSpec,
+        trigger: Trigger,
+        force: bool,
+        progress: Progress | None,
+        started: float,
+    ) -> BuildResult:
+        got = await asyncio.to_thread(
+            self.registry.acquire_lock, spec.name, self.holder, self.lock_ttl
+        )
+        if not got:
+            holder = await asyncio.to_thread(self.registry.lock_holder, spec.name)
+            who = f" (held by {holder.holder})" if holder is not None else ""
+            return BuildResult(spec.name, "busy", f"another build of {spec.name} is running{who}")
+        heartbeat = asyncio.create_task(self._keep_lock(spec.name))
+        try:
+            result = await self._build_locked(spec, trigger, force, progress or (lambda _m: None))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            # Shielded: it must happen even while this task is being cancelled (and should it
+            # not, the lease runs out after `lock_ttl`).
+            await asyncio.shield(
+                asyncio.to_thread(self.registry.release_lock, spec.name, self.holder)
+            )
+        result.ms = int((time.monotonic() - started) * 1000)
+        return result
+
+    async def _save(self, record: ImageRecord, **values: object) -> None:
+        await asyncio.to_thread(functools.partial(self.registry.save, record, **values))
+
+    async def _keep_lock(self, repo: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            try:
+                await asyncio.to_thread(self.registry.renew_lock, repo, self.holder, self.lock_ttl)
+            except Exception:  # the DB may be restarting; the lease covers a missed beat
+                log.warning("renewing the build lock of %s failed", repo, exc_info=True)
+
+    async def _build_locked(
+        self, spec: RepoSpec, trigger: Trigger, force: bool, say: Progress
+    ) -> BuildResult:
+        forge = self.forge_for(spec)
+        await asyncio.to_thread(self.registry.interrupt_stale, spec.name)
+        await asyncio.to_thread(self._clean_partials, spec)
+        say("fetching the base branch")
+        try:
+            tip = await self.mirrors.update(spec, forge)
+        except ForgeError as exc:
+            return await asyncio.to_thread(
+                self._failed_early, spec, trigger, None, None, f"fetching failed: {exc}"
+            )
+        try:
+            file = await self.mirrors.spec_file(spec, tip)
+        except (SpecFileError, ForgeError) as exc:
+            return await asyncio.to_thread(self._failed_early, spec, trigger, tip, None, str(exc))
+        effective = spec.with_file(file)
+        spec_hash = effective.image_hash()
+        if not force:
+            existing = await asyncio.to_thread(self.registry.find, spec.name, tip, spec_hash)
+            if existing is not None and existing.status == "ready":
+                return BuildResult(
+                    spec.name,
+                    "skipped",
+                    f"image {existing.id} is current ({tip[:10]}, spec {spec_hash})",
+                    existing,
+                )
+            if (
+                existing is not None
+                and existing.status == "failed"
+                and trigger
+                in (
+                    "session",
+                    "warm",
+                )
+            ):
+                return BuildResult(
+                    spec.name,
+                    "skipped",
+                    f"the last build of {tip[:10]} failed ({existing.error}); the schedule or "
+                    "`nightshift images build --force` retries it",
+                    existing,
+                )
+        record = self.registry.new_record(spec.name, trigger)
+        record.sha, record.spec_hash = tip, spec_hash
+        record.file_spec = file.model_dump() if file is not None else None
+        record = await asyncio.to_thread(self.registry.add, record)
+        await asyncio.to_thread(
+            self.registry.renew_lock, spec.name, self.holder, self.lock_ttl, record.id
+        )
+        return await self._build_image(spec, record, forge, say)
+
+    def _failed_early(
+        self, spec: RepoSpec, trigger: str, sha: str | None, spec_hash: str | None, error: str
+    ) -> BuildResult:
+        record = self.registry.new_record(spec.name, trigger, status="failed")
+        record.sha, record.spec_hash = sha, spec_hash
+        record.error, record.log = error[:2000], error + "\n"
+        record.finished_at, record.duration_ms = time.time(), 0
+        self.registry.add(record)
+        self.registry.prune_failed(spec.name)
+        return BuildResult(spec.name, "failed", error, record)
+
+    async def _build_image(
+        self, spec: RepoSpec, record: ImageRecord, forge: Forge, say: Progress
+    ) -> BuildResult:
+        started = time.monotonic()
+        build_log = BuildLog()
+        repo_dir = self.root / spec.slug()
+        staging = repo_dir / f".{record.id}.partial"
+        final = repo_dir / record.id
+        try:
+            staging.mkdir(parents=True)
+            root = staging / "root"
+            (root / "home").mkdir(parents=True)
+            say("cloning")
+            sha = await forge.clone(spec.url, spec.base, root / "workspace")
+            build_log.line(f"cloned {spec.name} ({spec.base}) at {sha}")
+            file = await asyncio.to_thread(read_spec_file, root / "workspace")
+            effective = spec.with_file(file)
+            if sha != record.sha or effective.image_hash() != record.spec_hash:
+                # The tip moved between the fetch and the clone: stamp what was cloned.
+                await self._save(
+                    record,
+                    sha=sha,
+                    spec_hash=effective.image_hash(),
+                    file_spec=file.model_dump() if file is not None else None,
+                )
+            if file is not None:
+                build_log.line(f"{SPEC_FILE}: {json.dumps(file.model_dump(exclude_none=True))}")
+            await asyncio.to_thread(chown_tree, root, self.owner)
+            if effective.setup or effective.warm:
+                await self._run_in_sandbox(record, effective, staging, build_log, say)
+            say("saving the image")
+            built_at = time.time()
+            stamp = ImageRef(
+                id=record.id,
+                repo=spec.name,
+                sha=record.sha or sha,
+                backend=self.backend.name,
+                location=str(final),
+                runtime=self.registry.runtime,
+                built_at=built_at,
+                spec_hash=record.spec_hash or "",
+            )
+            (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
+            staging.rename(final)
+            os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
+        except (SandboxError, ForgeError, SpecFileError, BuildError, OSError) as exc:
+            build_log.line(f"error: {exc}")
+            await asyncio.to_thread(remove_tree, staging)
+            await self._save(
+                record,
+                status="failed",
+                error=str(exc)[:2000],
+                log=build_log.text(),
+                finished_at=time.time(),
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+            await asyncio.to_thread(self.registry.prune_failed, spec.name)
+            log.warning("image build of %s failed: %s", spec.name, exc)
+            return BuildResult(spec.name, "failed", str(exc), record)
+        except BaseException:
+            # Cancelled (the process is stopping): not a failure of the repo, so no record.
+            with contextlib.suppress(Exception):
+                remove_tree(staging)
+                self.registry.delete(record.id)
+            raise
+        build_log.line(f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms")
+        await self._save(
+            record,
+            status="ready",
+            location=str(final),
+            log=build_log.text(),
+            finished_at=built_at,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        say("ready")
+        for callback in self.on_built:
+            try:
+                callback(spec, record)
+            except Exception:
+                log.exception("an on_built callback failed for %s", record.id)
+        return BuildResult(spec.name, "built", f"built {record.id} at {record.sha}", record)
+
+    async def _run_in_sandbox(
+        self,
+        record: ImageRecord,
+        spec: RepoSpec,
+        staging: Path,
+        build_log: BuildLog,
+        say: Progress,
+    ) -> None:
+        source = ImageRef(
+            id=record.id,
+            repo=spec.name,
+            sha=record.sha or "",
+            backend=self.backend.name,
+            location=str(staging),
+            runtime=self.backend.runtime_version(),
+            built_at=time.time(),
+            spec_hash=record.spec_hash or "",
+        )
+        say("starting the build sandbox")
+        sandbox = await self.backend.start(
+            SandboxSpec(
+                source=source,
+                limits=replace(self.limits, exec_timeout_s=self.command_timeout),
+                env=spec.env,
+                egress=spec.egress,
+                label=f"build:{spec.name}",
+            )
+        )
+        try:
+            await run_commands(
+                sandbox, spec, ("setup", "warm"), self.command_timeout, build_log, say
+            )
+            excluded = await exclude_setup_output(sandbox)
+            if excluded:
+                build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
+            snapshot = await sandbox.snapshot()
+        finally:
+            await sandbox.terminate()
+        await asyncio.to_thread(self._fold, snapshot, staging / "root")
+
+    def _fold(self, snapshot: SnapshotRef, root: Path) -> None:
+        """Make what the build sandbox wrote part of the image directory."""
+        layer = Path(snapshot.location)
+        if not layer.is_dir():
+            raise BuildError(
+                f"the {snapshot.backend} backend keeps snapshots outside this host "
+                f"({snapshot.location}); it cannot produce a local image directory"
+            )
+        holder = layer.parent if layer.parent.name == snapshot.id else None
+        try:
+            if snapshot.full:
+                remove_tree(root)
+                os.replace(layer, root)
+            else:
+                apply_layer(layer, root)
+        finally:
+            remove_tree(holder or layer)
+
+    def _clean_partials(self, spec: RepoSpec) -> None:
+        """Remove half-built directories a dead builder of this repo left behind."""
+        repo_dir = self.root / spec.slug()
+        if not repo_dir.is_dir():
+            return
+        for partial in repo_dir.glob(".img-*.partial"):
+            remove_tree(partial)
+        for partial in repo_dir.glob(".cold-*.partial"):
+            with contextlib.suppress(OSError):
+                if time.time() - partial.stat().st_mtime > COLD_MIN_AGE_S:
+                    remove_tree(partial)
+
+    # ------------------------------------------------------------ cold clones
+
+    async def cold_clone(self, spec: RepoSpec) -> tuple[ImageRecord, RepoSpec]:
+        """A bare clone of the base tip to start one sandbox from, while no image exists.
+
+        Returns the `cold` record and the spec as the clone's `.nightshift.toml` completes it.
+        """
+        forge = self.forge_for(spec)
+        record = self.registry.new_record(spec.name, "session", status="cold", prefix="cold")
+        repo_dir = self.root / spec.slug()
+        staging = repo_dir / f".{record.id}.partial"
+        final = repo_dir / record.id
+        try:
+            root = staging / "root"
+            (root / "home").mkdir(parents=True)
+            sha = await forge.clone(spec.url, spec.base, root / "workspace")
+            file = await asyncio.to_thread(read_spec_file, root / "workspace")
+            await asyncio.to_thread(chown_tree, root, self.owner)
+            staging.rename(final)
+        except BaseException:
+            await asyncio.to_thread(remove_tree, staging)
+            raise
+        effective = spec.with_file(file)
+        record.sha, record.spec_hash, record.location = sha, effective.image_hash(), str(final)
+        record.file_spec = file.model_dump() if file is not None else None
+        record.finished_at = time.time()
+        await asyncio.to_thread(self.registry.add, record)
+        return record, effective
+
+    # ------------------------------------------------------------ collection
+
+    async def collect(self, repo: str, keep: int, in_use: set[str]) -> list[str]:
+        """Delete this host's images of `repo` beyond the newest `keep` that nothing uses."""
+        keep = max(keep, 1)
+        candidates = await asyncio.to_thread(self.registry.collectable, repo, keep, in_use)
+        collected = []
+        for record in candidates:
+            if record.status == "cold" and time.time() - (record.finished_at or 0) < COLD_MIN_AGE_S:
+                continue
+            await self._save(record, status="collected")
+            if record.location and Path(record.location).resolve().is_relative_to(
+                self.root.resolve()
+            ):
+                await asyncio.to_thread(remove_tree, Path(record.location))
+            collected.append(record.id)
+        return collected

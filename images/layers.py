@@ -1,0 +1,84 @@
+"""Image directories on the host: folding what a build sandbox wrote (an overlayfs upper
+directory) into the image, and removing trees whatever their permissions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+_OVERLAY_XATTR = "trusted.overlay."
+
+
+def _strip_overlay_xattrs(path: str) -> None:
+    with contextlib.suppress(OSError):
+        for name in os.listxattr(path, follow_symlinks=False):
+            if name.startswith(_OVERLAY_XATTR):
+                os.removexattr(path, name, follow_symlinks=False)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        remove_tree(Path(path))
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def apply_layer(layer: Path, root: Path) -> None:
+    """Fold an overlayfs upper directory into `root` (which was its lower layer).
+
+    Whiteouts (0/0 character devices) delete, opaque directories replace, everything else is
+    moved over what was there. The layer is consumed.
+    """
+    for dirpath, dirnames, filenames in os.walk(layer, topdown=True):
+        rel = os.path.relpath(dirpath, layer)
+        target_dir = root if rel == "." else root / rel
+        for name in dirnames:
+            src, dst = os.path.join(dirpath, name), str(target_dir / name)
+            opaque = False
+            with contextlib.suppress(OSError):
+                opaque = os.getxattr(src, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+            if opaque or (os.path.lexists(dst) and not os.path.isdir(dst)) or os.path.islink(dst):
+                _remove(dst)
+            if not os.path.lexists(dst):
+                os.mkdir(dst)
+            st = os.lstat(src)
+            os.chown(dst, st.st_uid, st.st_gid)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+        for name in filenames:
+            src, dst = os.path.join(dirpath, name), str(target_dir / name)
+            st = os.lstat(src)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                _remove(dst)  # a whiteout: the file was deleted
+                continue
+            if os.path.isdir(dst) and not os.path.islink(dst):
+                remove_tree(Path(dst))
+            os.replace(src, dst)
+            _strip_overlay_xattrs(dst)
+    # Directory times last: moving entries in touched them.
+    for dirpath, _dirnames, _filenames in os.walk(layer):
+        rel = os.path.relpath(dirpath, layer)
+        dst = str(root if rel == "." else root / rel)
+        st = os.lstat(dirpath)
+        with contextlib.suppress(OSError):
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree even where builds left directories without write permission."""
+
+    def on_error(func: Callable[..., object], failed: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(failed), 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+        with contextlib.suppress(OSError):
+            func(failed)
+
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=on_error)
