@@ -303,7 +303,7 @@ class LocalSandbox:
         code, oom = result.exit_code, False
         if after.pids_refused > before.pids_refused:
             hits.append("pids")
-        memory_hit = after.oom_kills > before.oom_kills or self.died_of_memory()
+        memory_hit = after.oom_kills > before.oom_kills
         if result.timed_out:
             ended_by = "sandbox_timeout" if by_deadline else "timeout"
             hits.append(ended_by)
@@ -326,9 +326,6 @@ class LocalSandbox:
             ended_by=ended_by,
             limits_hit=tuple(dict.fromkeys(hits)),
         )
-
-    def died_of_memory(self) -> bool:
-        return False
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         self._check_live()
