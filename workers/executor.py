@@ -76,9 +76,11 @@ class InProcessExecutor:
                 task.cancel()
             await asyncio.wait(tasks, timeout=timeout) if tasks else None
 
+        settling = asyncio.run_coroutine_threadsafe(settle(), self._loop)
         try:
-            asyncio.run_coroutine_threadsafe(settle(), self._loop).result(timeout + 1)
+            settling.result(timeout + 5)
         except (concurrent.futures.TimeoutError, RuntimeError):
+            settling.cancel()
             log.warning("executor jobs did not settle within %.0fs", timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)

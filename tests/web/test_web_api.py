@@ -205,8 +205,10 @@ def test_stream_refuses_unknown_sessions_and_strangers(
 
     base = server.url.replace("http://", "ws://") + "/api/sessions/nope/stream?presence=true"
     for headers, code in (({"Authorization": f"Bearer {alice.token}"}, 4404), ({}, 4401)):
-        ws = connect(base, additional_headers=headers)
-        with pytest.raises(ConnectionClosed) as refused:
+        with (
+            connect(base, additional_headers=headers) as ws,
+            pytest.raises(ConnectionClosed) as refused,
+        ):
             ws.recv(timeout=10)
         assert refused.value.rcvd is not None and refused.value.rcvd.code == code
 
