@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nightshift")
 REAP_INTERVAL_S = 10.0
+SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
 GITHUB_RECONCILE_INTERVAL_S = 600.0
 
 
@@ -116,6 +117,7 @@ class Runtime:
         if released:
             log.info("released %d sandbox mounts left by a previous process", released)
         self.periodic(REAP_INTERVAL_S, self._reap, "reaper")
+        self.periodic(SNAPSHOT_GC_INTERVAL_S, self.collect_snapshots, "snapshot collection")
         if self.github is not None:
             self.periodic(
                 GITHUB_RECONCILE_INTERVAL_S, lambda: reconcile_github(self), "github-reconciler"
@@ -157,6 +159,17 @@ class Runtime:
                 await asyncio.to_thread(fn)
 
         self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
+
+    def collect_snapshots(self) -> list[str]:
+        """Delete snapshots past NIGHTSHIFT_SNAPSHOT_MAX_AGE_DAYS, except those an active
+        session will start its next prompt from (an old session's follow-up falls back to the
+        newest image, with a notice)."""
+        keep = self.sessions.active_snapshot_ids()
+        older_than = self.settings.snapshot_max_age_days * 86400
+        removed = self.backend.collect_snapshots(older_than, keep)
+        if removed:
+            log.info("collected %d old snapshot(s)", len(removed))
+        return removed
 
     def _reap(self) -> None:
         dispatched = self.sessions.reap()

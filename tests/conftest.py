@@ -3,6 +3,7 @@ non-loopback address, and provider credentials are scrubbed from the environment
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -341,3 +342,19 @@ def _settle(rt: Any, timeout: float = 30) -> None:
 @pytest.fixture
 def slack_world(make_slack_world: Any) -> Any:
     return make_slack_world()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sandboxes of processes a test killed on purpose (kill -9) keep their overlay mounts;
+    release everything under this run's temp dir so pytest can clean it up."""
+    yield
+    from images.sandboxes.overlay import unmount
+
+    base = str(tmp_path_factory.getbasetemp().resolve()) + "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = line.split()[4]
+            if target.startswith(base):
+                with contextlib.suppress(Exception):
+                    unmount(target)

@@ -588,6 +588,14 @@ class Sessions:
             last_events=last[-10:],
         )
 
+    def active_snapshot_ids(self) -> set[str]:
+        """Snapshots that sessions still queued or running will start from."""
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(Session.snapshot).where(col(Session.status).in_(list(ACTIVE_STATUSES)))
+            ).all()
+        return {str(snap["id"]) for snap in rows if snap and "id" in snap}
+
     # ------------------------------------------------------------ recovery
 
     def reap(self, now: float | None = None) -> list[str]:

@@ -460,7 +460,7 @@ class LocalBackend:
         self.check_available()
         lowers = self.lowers(spec.source)
         self.refuse_unenforceable(spec)
-        sandbox_id = f"sb-{secrets.token_hex(6)}"
+        sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
         sandbox = self.sandbox_class(self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers)
         try:
             await asyncio.to_thread(sandbox.create)

@@ -90,3 +90,41 @@ def test_collect_removes_stale_partial_captures(tmp_path: Path) -> None:
     os.utime(stale, (old, old))
     assert snapshots.collect(tmp_path, 3600, keep=(), in_use=()) == []
     assert not stale.exists() and fresh.exists()
+
+
+def test_stale_mounts_of_dead_processes_are_released_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from images.sandboxes.overlay import overlay_supported, release_stale_mounts, unmount
+
+    if not overlay_supported(str(tmp_path)):
+        pytest.skip("this host cannot mount overlayfs (needs root)")
+    from images.sandboxes.overlay import _mount_overlay
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = tmp_path / "sandboxes"
+    mounts = {}
+    for name in (
+        f"sb-{dead.pid}-aaaaaa",
+        f"sb-{os.getpid()}-bbbbbb",
+        f"sb-{os.getpid()}-cccccc",
+        f"sb-1-dddddd",
+    ):
+        fs = root / name / "fs"
+        for sub in ("lower", "upper", "work", "merged"):
+            (fs / sub).mkdir(parents=True)
+        _mount_overlay([str(fs / "lower")], str(fs / "upper"), str(fs / "work"), str(fs / "merged"))
+        mounts[name] = fs / "merged"
+    try:
+        released = release_stale_mounts(root, keep={f"sb-{os.getpid()}-cccccc"})
+        assert released == 2  # the dead process's, and ours that is no longer live
+        mounted = Path("/proc/self/mountinfo").read_text()
+        assert str(mounts[f"sb-{dead.pid}-aaaaaa"]) not in mounted
+        assert str(mounts[f"sb-{os.getpid()}-bbbbbb"]) not in mounted
+        assert str(mounts[f"sb-{os.getpid()}-cccccc"]) in mounted  # live in this process
+        assert str(mounts["sb-1-dddddd"]) in mounted  # another live process's sandbox
+    finally:
+        for merged in mounts.values():
+            unmount(str(merged))
