@@ -110,7 +110,7 @@ def test_stale_mounts_of_dead_processes_are_released_and_live_ones_kept(tmp_path
         f"sb-{dead.pid}-aaaaaa",
         f"sb-{os.getpid()}-bbbbbb",
         f"sb-{os.getpid()}-cccccc",
-        f"sb-1-dddddd",
+        "sb-1-dddddd",
     ):
         fs = root / name / "fs"
         for sub in ("lower", "upper", "work", "merged"):
