@@ -9,8 +9,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 # command:debian-package pairs; a package is installed only when its command is missing.
-RUN_DEBS := bwrap:bubblewrap git:git
-TEST_DEBS := $(RUN_DEBS) runsc:runsc redis-server:redis-server chromium:chromium
+GVISOR_DEBS := runsc:runsc cc:gcc cc:libc6-dev
+RUN_DEBS := bwrap:bubblewrap git:git $(if $(filter gvisor,$(NIGHTSHIFT_SANDBOX)),$(GVISOR_DEBS))
+TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chromium
 
 .PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean
 

@@ -415,12 +415,14 @@ from app.commands.slack import slack_app  # noqa: E402
 app.add_typer(slack_app, name="slack")
 
 from app.commands import distributed as _distributed  # noqa: E402
+from app.commands import sandbox as _sandbox_commands  # noqa: E402
 from app.commands.bench import bench_app  # noqa: E402
 from app.commands.images import images_app  # noqa: E402
 
 app.add_typer(images_app, name="images")
 app.add_typer(bench_app, name="bench")
 _distributed.register(app)
+app.add_typer(_sandbox_commands.app, name="sandbox")
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from app.services.images import Images
 from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests
 from app.services.repos import Repos
-from app.services.sessions import Sessions
+from app.services.sessions import Sessions, active_snapshot_ids
 from app.services.users import Users
 from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from workers.celery_app import WorkerContext
 
 log = logging.getLogger("nightshift")
+SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Runtime:
         if self.streams is not None:
             self.streams.start()
         self.periodic(self.settings.reap_interval, self._reap, "reaper")
+        self.periodic(SNAPSHOT_GC_INTERVAL_S, self.collect_snapshots, "snapshot collection")
         self.started = True
         if not self.distributed:
             self._schedule_jobs()
@@ -192,6 +194,17 @@ class Runtime:
                 await asyncio.to_thread(fn)
 
         self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
+
+    def collect_snapshots(self) -> list[str]:
+        """Delete snapshots past NIGHTSHIFT_SNAPSHOT_MAX_AGE_DAYS, except those an active
+        session will start its next prompt from (an old session's follow-up falls back to the
+        newest image, with a notice)."""
+        keep = self.sessions.active_snapshot_ids()
+        older_than = self.settings.snapshot_max_age_days * 86400
+        removed = self.backend.collect_snapshots(older_than, keep)
+        if removed:
+            log.info("collected %d old snapshot(s)", len(removed))
+        return removed
 
     def _reap(self) -> None:
         # Right after a start, a lease may have lapsed only because nobody could renew it.
@@ -254,7 +267,7 @@ def _image_stack(
     backend: SandboxBackend | None = None,
 ) -> ImageStack:
     data_dir = settings.data_dir
-    backend = backend or make_backend(settings.sandbox, state_dir)
+    backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
     owner = getattr(backend, "owner", None)
     registry = ImageRegistry(engine, backend.name, backend.runtime_version())
     mirrors = Mirrors(data_dir / "mirrors")
@@ -561,6 +574,12 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         redactor=redactor,
     )
     celery = make_celery(CeleryConfig(settings.broker_url, settings.visibility_timeout))
+
+    def collect_snapshots() -> object:
+        # Snapshots of local backends live on the worker that took them: it collects them.
+        older_than = settings.snapshot_max_age_days * 86400
+        return stack.backend.collect_snapshots(older_than, active_snapshot_ids(engine))
+
     return WorkerContext(
         deps,
         stack.jobs,
@@ -569,5 +588,6 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         settings.broker_url,
         celery,
         pool_interval=settings.pool_interval,
+        housekeeping=[("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_snapshots)],
         on_close=[engine.dispose],
     )

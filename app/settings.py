@@ -11,9 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
@@ -59,6 +60,44 @@ class Settings(BaseSettings):
     exec_timeout: float = Field(600.0, gt=0)
     sandbox_timeout: float = Field(4 * 3600.0, gt=0)
     output_cap_bytes: int = Field(256 * 1024, ge=1024)
+    sandbox_egress_ports: str = "80,443"
+    """Ports allowlisted hosts may be reached on, comma-separated; `*` for any."""
+    runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
+    snapshot_max_age_days: float = Field(14.0, gt=0)
+    """Local snapshots older than this are garbage-collected; Modal's expire after it."""
+    modal_app: str = "nightshift"
+    modal_cpu: float = Field(1.0, gt=0)
+    modal_token_id: str | None = Field(None, validation_alias=_alias("MODAL_TOKEN_ID"))
+    modal_token_secret: str | None = Field(None, validation_alias=_alias("MODAL_TOKEN_SECRET"))
+    modal_environment: str | None = Field(None, validation_alias=_alias("MODAL_ENVIRONMENT"))
+
+    @field_validator("sandbox_egress_ports")
+    @classmethod
+    def _egress_ports(cls, value: str) -> str:
+        if value.strip() == "*":
+            return "*"
+        try:
+            ports = [int(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(
+                f"NIGHTSHIFT_SANDBOX_EGRESS_PORTS: {value!r} is not a list of ports"
+            ) from None
+        if not ports or not all(0 < p < 65536 for p in ports):
+            raise ValueError(f"NIGHTSHIFT_SANDBOX_EGRESS_PORTS: {value!r} needs ports 1-65535")
+        return ",".join(str(p) for p in ports)
+
+    def sandbox_config(self) -> SandboxConfig:
+        ports = self.sandbox_egress_ports
+        return SandboxConfig(
+            egress_ports=None if ports == "*" else tuple(int(p) for p in ports.split(",")),
+            runsc_platform=self.runsc_platform,
+            modal_app=self.modal_app,
+            modal_cpu=self.modal_cpu,
+            modal_token_id=self.modal_token_id,
+            modal_token_secret=self.modal_token_secret,
+            modal_environment=self.modal_environment,
+            snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
+        )
 
     # ---- images, warm pool and schedule
     image_interval: float = Field(1800.0, ge=0)
@@ -270,7 +309,12 @@ class Settings(BaseSettings):
             self.github_app_private_key,
             *(self.secret_keys or "").split(","),
         )
-        return [v.strip() for v in (self.openai_api_key, self.anthropic_api_key, *github) if v]
+        sandboxes = (self.modal_token_secret,)
+        return [
+            v.strip()
+            for v in (self.openai_api_key, self.anthropic_api_key, *github, *sandboxes)
+            if v
+        ]
 
 
 def _is_loopback(host: str) -> bool:

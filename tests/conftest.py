@@ -3,6 +3,7 @@ non-loopback address, and provider credentials are scrubbed from the environment
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -19,6 +20,13 @@ from tests.fakes.server import BackgroundServer
 
 # ---------------------------------------------------------------- no network, no real credentials
 
+# Live Modal tests are opt-in (NIGHTSHIFT_LIVE_MODAL=1); keep what they need before the scrub.
+_LIVE = ("NIGHTSHIFT_LIVE_MODAL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_ENVIRONMENT")
+LIVE_MODAL = (
+    {k: os.environ[k] for k in _LIVE if k in os.environ}
+    if os.environ.get("NIGHTSHIFT_LIVE_MODAL") == "1"
+    else {}
+)
 for _name in list(os.environ):
     if _name.startswith(("NIGHTSHIFT_", "OPENAI_", "ANTHROPIC_", "GITHUB_", "SLACK_", "MODAL_")):
         del os.environ[_name]
@@ -334,3 +342,19 @@ def _settle(rt: Any, timeout: float = 30) -> None:
 @pytest.fixture
 def slack_world(make_slack_world: Any) -> Any:
     return make_slack_world()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sandboxes of processes a test killed on purpose (kill -9) keep their overlay mounts;
+    release everything under this run's temp dir so pytest can clean it up."""
+    yield
+    from images.sandboxes.overlay import unmount
+
+    base = str(tmp_path_factory.getbasetemp().resolve()) + "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = line.split()[4]
+            if target.startswith(base):
+                with contextlib.suppress(Exception):
+                    unmount(target)

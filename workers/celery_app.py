@@ -126,6 +126,7 @@ class WorkerContext:
         celery: Celery,
         *,
         pool_interval: float = 15.0,
+        housekeeping: list[tuple[str, float, Callable[[], object]]] | None = None,
         on_close: list[Callable[[], object]] | None = None,
     ) -> None:
         self.deps = deps
@@ -136,6 +137,8 @@ class WorkerContext:
         self.redis_url = redis_url
         self.celery = celery
         self.pool_interval = pool_interval
+        self.housekeeping = housekeeping or []
+        """(name, interval, blocking job) run periodically in a thread, e.g. snapshot GC."""
         self.on_close = on_close or []
         self._redis: aioredis.Redis | None = None
         self._jobs: JobContext | None = None
@@ -174,6 +177,14 @@ class WorkerContext:
                     )
                 )
             )
+            for name, interval, job in self.housekeeping:
+                self._background.append(
+                    self.executor.submit(
+                        lambda name=name, interval=interval, job=job: every(  # type: ignore[misc]
+                            interval, lambda: asyncio.to_thread(job), name
+                        )
+                    )
+                )
 
     def call(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on this process's loop and wait for it (from a Celery pool thread)."""

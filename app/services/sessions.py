@@ -108,6 +108,16 @@ def _pid_alive(owner: str) -> bool:
     return True
 
 
+def active_snapshot_ids(engine: Engine) -> set[str]:
+    """Snapshots that sessions still queued or running will start from (workers collecting
+    their own snapshots ask too)."""
+    with DB(engine) as db:
+        rows = db.exec(
+            select(Session.snapshot).where(col(Session.status).in_(list(ACTIVE_STATUSES)))
+        ).all()
+    return {str(snap["id"]) for snap in rows if snap and "id" in snap}
+
+
 class Sessions:
     def __init__(
         self,
@@ -606,6 +616,10 @@ class Sessions:
             children=public.children,
             last_events=last[-10:],
         )
+
+    def active_snapshot_ids(self) -> set[str]:
+        """Snapshots that sessions still queued or running will start from."""
+        return active_snapshot_ids(self.engine)
 
     # ------------------------------------------------------------ recovery
 

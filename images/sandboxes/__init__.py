@@ -1,20 +1,57 @@
-"""Sandbox backends, picked by name (`NIGHTSHIFT_SANDBOX`)."""
+"""Sandbox backends, picked by name (`NIGHTSHIFT_SANDBOX`): bwrap, gvisor, modal, fake."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from images.sandboxes.base import SandboxBackend, SandboxUnavailable
 
+BACKENDS = ("bwrap", "gvisor", "modal", "fake")
 
-def make_backend(name: str, state_dir: Path) -> SandboxBackend:
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Backend options beyond the limits (which travel with each SandboxSpec)."""
+
+    egress_ports: tuple[int, ...] | None = (80, 443)
+    """Ports the egress proxy lets sandboxes reach; None allows any port."""
+    runsc_platform: str = "ptrace"
+    modal_app: str = "nightshift"
+    modal_cpu: float = 1.0
+    modal_token_id: str | None = None
+    modal_token_secret: str | None = None
+    modal_environment: str | None = None
+    snapshot_ttl_s: int = 14 * 24 * 3600
+    """How long a provider keeps a snapshot (Modal's `ttl`); local ones go by `collect_snapshots`."""
+
+
+def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None) -> SandboxBackend:
     """The backend called `name`; its state (sandboxes, snapshots) lives under `state_dir`."""
+    config = config or SandboxConfig()
     if name == "bwrap":
-        from images.sandboxes.local import BwrapBackend, default_owner
+        from images.sandboxes.bwrap import BwrapBackend
+        from images.sandboxes.local import default_owner
 
-        return BwrapBackend(state_dir, owner=default_owner())
+        return BwrapBackend(state_dir, owner=default_owner(), egress_ports=config.egress_ports)
+    if name == "gvisor":
+        from images.sandboxes.gvisor import GvisorBackend
+        from images.sandboxes.local import default_owner
+
+        return GvisorBackend(
+            state_dir,
+            owner=default_owner(),
+            platform=config.runsc_platform,
+            egress_ports=config.egress_ports,
+        )
+    if name == "modal":
+        from images.sandboxes.modal import ModalBackend
+
+        return ModalBackend(config)
     if name == "fake":
         from images.sandboxes.fake import FakeBackend
 
         return FakeBackend()
-    raise SandboxUnavailable(f"sandbox backend {name!r} is not available in this build")
+    raise SandboxUnavailable(
+        f"sandbox backend {name!r} is not known; choose one of {', '.join(BACKENDS)}"
+    )

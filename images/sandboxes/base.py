@@ -10,7 +10,7 @@ SandboxError
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -95,8 +95,18 @@ class SandboxSpec:
     label: str = ""
 
 
+EndedBy = Literal["", "timeout", "sandbox_timeout", "memory", "cpu", "output"]
+
+
 @dataclass(frozen=True)
 class ExecResult:
+    """What one command did. `ended_by` names the limit that ended it (empty: it exited).
+
+    Exit codes follow Modal and the shells: a timeout reports 124, a kill for memory 137.
+    `limits_hit` lists every limit the command ran into, also those that did not end it
+    ("pids" when a fork was refused, "output" when output was cut).
+    """
+
     exit_code: int
     stdout: str
     stderr: str
@@ -104,6 +114,8 @@ class ExecResult:
     timed_out: bool = False
     oom_killed: bool = False
     truncated: bool = False
+    ended_by: EndedBy = ""
+    limits_hit: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -167,4 +179,9 @@ class SandboxBackend(Protocol):
 
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Start a sandbox from an image or a snapshot."""
+        ...
+
+    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
+        """Delete snapshots older than `older_than_s` seconds except `keep` (and what they
+        stack on); returns the ids deleted."""
         ...

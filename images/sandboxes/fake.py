@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from images.sandboxes.base import (
@@ -19,6 +19,7 @@ from images.sandboxes.base import (
     SandboxFileError,
     SandboxSpec,
     SnapshotRef,
+    SnapshotUnusable,
     UnsupportedSetting,
 )
 from images.sandboxes.pathsafe import clean_relative
@@ -98,6 +99,7 @@ class FakeSandbox:
             full=True,
         )
         FakeBackend.snapshots[snap.id] = dict(self.files)
+        FakeBackend.snapshot_times[snap.id] = snap.created_at
         return snap
 
     async def terminate(self) -> None:
@@ -107,6 +109,7 @@ class FakeSandbox:
 class FakeBackend:
     name = "fake"
     snapshots: dict[str, dict[str, bytes]] = {}
+    snapshot_times: dict[str, float] = {}
 
     def __init__(self, handler: Handler | None = None) -> None:
         self.handler = handler or _no_commands
@@ -115,10 +118,29 @@ class FakeBackend:
     def runtime_version(self) -> str:
         return "fake-1"
 
+    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
+        cutoff = time.time() - older_than_s
+        old = [i for i, at in self.snapshot_times.items() if at < cutoff and i not in set(keep)]
+        for snapshot_id in old:
+            self.snapshots.pop(snapshot_id, None)
+            self.snapshot_times.pop(snapshot_id, None)
+        return old
+
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
         if spec.egress:
             raise UnsupportedSetting("the fake backend has no network to allow")
         if isinstance(spec.source, SnapshotRef):
+            if spec.source.runtime != self.runtime_version():
+                raise SnapshotUnusable(
+                    f"snapshot {spec.source.id} was taken by {spec.source.runtime}, "
+                    f"not {self.runtime_version()}"
+                )
+            if not Path(spec.source.image.location).is_dir():
+                raise SnapshotUnusable(
+                    f"snapshot {spec.source.id}: its base image {spec.source.image.id} is gone"
+                )
+            if spec.source.id not in self.snapshots:
+                raise SnapshotUnusable(f"snapshot {spec.source.id} is gone")
             files = dict(self.snapshots[spec.source.id])
         else:
             files = _load_image(spec.source)

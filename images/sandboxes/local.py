@@ -1,48 +1,68 @@
-"""The local bubblewrap backend: each command is its own `bwrap` process in fresh namespaces.
+"""Local sandboxes: an overlay workspace per sandbox, run under bubblewrap (`bwrap.py`) or
+gVisor (`gvisor.py`); this module holds what both share.
 
 What a command sees: the host's /usr (read-only) and a few harmless /etc files, its workspace
 at /workspace and home at /home/agent (both on the sandbox's overlay), a private /tmp, /proc
-and a minimal /dev. No network, no host processes, no data dir, no other sandbox. When the
-host process is root, commands run as an unprivileged host uid (65534 unless configured), so
-even a namespace escape lands without privileges.
+and a minimal /dev. No network (an allowlisting proxy when the repo asks for egress), no host
+processes, no data dir, no other sandbox. When the host process is root, commands run as an
+unprivileged host uid (65534 unless configured), so even a namespace escape lands without
+privileges. Limits: see `limits.py`; each command is its own process tree that ends with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import secrets
 import shutil
-import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from functools import cache
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
+from images.sandboxes import snapshots
 from images.sandboxes.base import (
     HOME,
     SANDBOX_PATH,
     WORKDIR,
+    EndedBy,
     ExecResult,
     FileEntry,
     ImageRef,
     SandboxError,
     SandboxSpec,
-    SandboxUnavailable,
     SnapshotRef,
     SnapshotUnusable,
     UnsupportedSetting,
 )
-from images.sandboxes.overlay import Workspace, copy_tree
+from images.sandboxes.egress import DEFAULT_PORTS, PROXY_PORT, EgressProxy
+from images.sandboxes.limits import (
+    NO_CGROUPS,
+    CgroupLayout,
+    Counters,
+    SandboxCgroup,
+    detect,
+    pid_alive,
+    release_stale_cgroups,
+)
+from images.sandboxes.overlay import Workspace
 from images.sandboxes.pathsafe import ConfinedTree, clean_relative
-from images.sandboxes.process import run_process
+from images.sandboxes.process import KILLED_EXIT, XCPU_EXIT, run_process
 
 LAYOUT_VERSION = "ns1"
-SANDBOX_UID = 1000  # the uid commands see inside the sandbox
-_ETC_PATHS = (
+SANDBOX_UID = 1000  # the uid commands see inside the sandbox when the host is not root
+SANDBOX_PYTHON = "/usr/bin/python3"
+BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
+RUN_DIR = "/run/nightshift"
+BRIDGE_PATH = f"{RUN_DIR}/bridge.py"
+EGRESS_DIR = f"{RUN_DIR}/egress"
+EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
+MAX_LAYERS = 8
+ETC_PATHS = (
     "/etc/alternatives",
-    "/etc/ssl",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
@@ -60,15 +80,48 @@ _ETC_PATHS = (
 )
 
 
-@cache
-def bwrap_version() -> str:
-    path = shutil.which("bwrap")
-    if path is None:
-        raise SandboxUnavailable(
-            "bubblewrap is not installed: `apt-get install bubblewrap` (make run does this)"
-        )
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip().replace("bubblewrap ", "") or "unknown"
+def build_etc(
+    state_dir: Path, name: str, owner: tuple[int, int] | None, extra: dict[str, str]
+) -> Path:
+    """The sandbox's /etc: copies of the harmless host files above plus our own `passwd`,
+    `hosts`, ... Built once per server process (so one bind mount per command, not twenty)."""
+    uid, gid = owner or (SANDBOX_UID, SANDBOX_UID)
+    root = state_dir / "etc"
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+    target = root / f"{name}-{uid}-{os.getpid()}"
+    if target.is_dir():
+        return target
+    partial = root / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o755)
+    for path in ETC_PATHS:
+        src, dest = Path(path), partial / Path(path).relative_to("/etc")
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dest, symlinks=True)
+        elif src.exists() or src.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest, follow_symlinks=False)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n",
+        "group": f"root:x:0:\nagent:x:{gid}:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "hostname": "sandbox\n",
+        "resolv.conf": "",
+        **extra,
+    }
+    for file_name, text in files.items():
+        (partial / file_name).write_text(text)
+        os.chmod(partial / file_name, 0o644)
+    os.chmod(partial, 0o755)  # noqa: S103  (the sandbox's /etc, read-only inside)
+    try:
+        partial.rename(target)
+    except OSError:  # another backend of this process won the race
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
 
 
 def default_owner() -> tuple[int, int] | None:
@@ -79,100 +132,110 @@ def default_owner() -> tuple[int, int] | None:
     return (uid, uid)
 
 
-def _static_args() -> list[str]:
-    args = [
-        "bwrap",
-        # Every namespace but the user one (added only on unprivileged hosts, see `_argv`).
-        "--unshare-ipc",
-        "--unshare-pid",
-        "--unshare-net",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-        "--hostname",
-        "sandbox",
-        "--perms", "0755", "--dir", "/etc",
-        "--perms", "0755", "--dir", "/home",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]  # fmt: skip
-    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / top
-        if path.is_symlink():
-            args += ["--symlink", os.readlink(path), f"/{top}"]
-        elif path.is_dir():
-            args += ["--ro-bind", str(path), f"/{top}"]
-    for etc in _ETC_PATHS:
-        if os.path.exists(etc):
-            args += ["--ro-bind", etc, etc]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    return args
+def proxy_env() -> dict[str, str]:
+    url = f"http://127.0.0.1:{PROXY_PORT}"
+    no_proxy = "localhost,127.0.0.1,::1"
+    return {
+        "HTTP_PROXY": url,
+        "HTTPS_PROXY": url,
+        "http_proxy": url,
+        "https_proxy": url,
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+    }
+
+
+def host_env() -> dict[str, str]:
+    """The environment of the host-side launcher (bwrap, runsc): nothing of ours leaks in."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def userns_available() -> bool:
+    try:
+        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        return False
 
 
 class LocalSandbox:
-    backend = "bwrap"
+    """One sandbox's directories, limits and proxy; subclasses say how a command runs."""
+
+    backend: str = "local"
 
     def __init__(
-        self, owner_backend: BwrapBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
+        self, owner_backend: LocalBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
     ) -> None:
         self.id = sandbox_dir.name
         self.source = spec.source
         self.spec = spec
+        self.limits = spec.limits
         self._backend = owner_backend
-        self._dir = sandbox_dir
-        self._owner = owner_backend.owner
-        self._ws = Workspace(sandbox_dir / "fs", lowers, self._owner, owner_backend.state_dir)
-        self._tmp = sandbox_dir / "tmp"
-        self._etc = sandbox_dir / "etc"
-        self._terminated = False
+        self.dir = sandbox_dir
+        self.owner = owner_backend.owner
+        self.ws = Workspace(sandbox_dir / "fs", lowers, self.owner, owner_backend.state_dir)
+        self.tmp = sandbox_dir / "tmp"
+        self.etc = owner_backend.etc_dir
+        self.egress_dir = sandbox_dir / "egress"
+        self.cgroup = SandboxCgroup(owner_backend.cgroups, self.id, spec.limits)
+        self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
+        self.terminated = False
         self._tasks: set[asyncio.Task[ExecResult]] = set()
-        self.files = ConfinedTree(str(self._ws.merged / "workspace"), self._owner)
+        self.files = ConfinedTree(str(self.ws.merged / "workspace"), self.owner)
+
+    @property
+    def uid(self) -> int:
+        return (self.owner or (SANDBOX_UID, SANDBOX_UID))[0]
 
     def create(self) -> None:
-        self._dir.mkdir(parents=True)
-        self._ws.create()
+        self.dir.mkdir(parents=True)
+        self.ws.create()
         for sub in ("workspace", "home"):
-            (self._ws.merged / sub).mkdir(exist_ok=True)
-        self._tmp.mkdir(mode=0o1777)
-        os.chmod(self._tmp, 0o1777)  # noqa: S103  (the sandbox's own /tmp, sticky)
-        self._etc.mkdir()
-        uid, gid = self._owner or (SANDBOX_UID, SANDBOX_UID)
-        (self._etc / "passwd").write_text(
-            f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n"
-        )
-        (self._etc / "group").write_text(f"root:x:0:\nagent:x:{gid}:\n")
-        (self._etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
-        (self._etc / "hostname").write_text("sandbox\n")
-        (self._etc / "resolv.conf").write_text("")
+            (self.ws.merged / sub).mkdir(exist_ok=True)
+        self.tmp.mkdir(mode=0o1777)
+        os.chmod(self.tmp, 0o1777)  # noqa: S103  (the sandbox's own /tmp, sticky)
+        if self.owner is not None:
+            os.chown(self.tmp, *self.owner)
+        self.setup_cgroup()
+        if self.spec.egress:
+            self.egress_dir.mkdir(mode=0o755)
+            self._backend.egress.open(self.id, self.egress_dir / "proxy.sock", self.spec.egress)
 
-    def _argv(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> list[str]:
-        args = list(self._backend.static_args)
-        if self._owner is None:
-            # Unprivileged host: a user namespace maps us to the sandbox's agent uid.
-            args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-        for name in ("passwd", "group", "hosts", "hostname", "resolv.conf"):
-            args += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
-        args += [
-            "--bind", str(self._tmp), "/tmp",  # noqa: S108
-            "--bind", str(self._ws.merged / "workspace"), WORKDIR,
-            "--bind", str(self._ws.merged / "home"), HOME,
-            "--chdir", cwd,
-        ]  # fmt: skip
-        for key, value in env.items():
-            args += ["--setenv", key, value]
-        if self._owner is not None:
-            # Root host: bwrap sets the sandbox up with root's rights (it can reach the state
-            # dir wherever it is), then the command drops to the unprivileged host uid with no
-            # capabilities and no way to regain any.
-            uid, gid = self._owner
-            return [
-                *args, "--", "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv,
-            ]  # fmt: skip
-        return [*args, "--", *argv]
+    def setup_cgroup(self) -> None:
+        self.cgroup.create()
+
+    async def boot(self) -> None:
+        """Bring up whatever runs between commands (nothing under bubblewrap)."""
+
+    def command(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> list[str]:
+        """The host argv that runs `argv` inside the sandbox."""
+        raise NotImplementedError
+
+    def inner(self, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped in what must run inside the sandbox, nearest the command first."""
+        inner = list(argv)
+        if self.spec.egress:
+            inner = [
+                SANDBOX_PYTHON,
+                "-I",
+                "-S",
+                BRIDGE_PATH,
+                str(PROXY_PORT),
+                EGRESS_SOCKET,
+                "--",
+                *inner,
+            ]
+        return inner
+
+    async def on_timeout(self, pid: int) -> None:
+        """Kill a timed-out command; the process group is killed after this in any case."""
+
+    def env_for(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        full = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+        if self.spec.egress:
+            full.update(proxy_env())
+        full.update(self.spec.env)
+        full.update(env or {})
+        return full
 
     async def exec(
         self,
@@ -184,88 +247,196 @@ class LocalSandbox:
         output_cap: int | None = None,
         stdin: bytes | None = None,
     ) -> ExecResult:
-        if self._terminated:
+        if self.terminated:
             raise SandboxError(f"sandbox {self.id} has been terminated")
         if not argv:
             raise SandboxError("exec needs a command")
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise SandboxError(
+                f"sandbox {self.id} reached its lifetime of {self.limits.sandbox_timeout_s:g} s; "
+                "start a new one"
+            )
         rel = clean_relative(cwd or ".")
         inside_cwd = WORKDIR if rel == "." else f"{WORKDIR}/{rel}"
-        full_env = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
-        full_env.update(self.spec.env)
-        full_env.update(env or {})
-        limits = self.spec.limits
+        requested = timeout or self.limits.exec_timeout_s
+        await self.ready()
+        before = self.cgroup.counters()
         task = asyncio.ensure_future(
-            run_process(
-                self._argv(argv, inside_cwd, full_env),
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                timeout=timeout or limits.exec_timeout_s,
-                output_cap=output_cap or limits.output_cap_bytes,
-                stdin=stdin,
-            )
+            self._run(argv, inside_cwd, env, min(requested, remaining), output_cap, stdin)
         )
         self._tasks.add(task)
         try:
-            return await task
+            result = await task
         finally:
             self._tasks.discard(task)
+        return self.interpret(result, before, self.cgroup.counters(), remaining < requested)
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str] | None,
+        timeout: float,
+        output_cap: int | None,
+        stdin: bytes | None,
+    ) -> ExecResult:
+        return await run_process(
+            self.command(argv, cwd, self.env_for(env)),
+            env=host_env(),
+            timeout=timeout,
+            output_cap=output_cap or self.limits.output_cap_bytes,
+            stdin=stdin,
+            on_timeout=self.on_timeout,
+        )
+
+    async def ready(self) -> None:
+        """Make sure the runtime can take a command (gVisor restarts a container killed for
+        memory here)."""
+
+    def interpret(
+        self, result: ExecResult, before: Counters, after: Counters, by_deadline: bool
+    ) -> ExecResult:
+        """Name the limit that ended the command, from its exit and the cgroup counters."""
+        hits = list(result.limits_hit)
+        ended_by: EndedBy = result.ended_by
+        code, oom = result.exit_code, False
+        if after.pids_refused > before.pids_refused:
+            hits.append("pids")
+        memory_hit = after.oom_kills > before.oom_kills
+        if result.timed_out:
+            ended_by = "sandbox_timeout" if by_deadline else "timeout"
+            hits.append(ended_by)
+        elif memory_hit and code == KILLED_EXIT:
+            ended_by, oom = "memory", True
+            hits.append("memory")
+        elif memory_hit:
+            hits.append("memory")  # a child was killed; the command itself carried on
+        elif code == XCPU_EXIT:
+            ended_by = "cpu"
+            hits.append("cpu")
+        return ExecResult(
+            exit_code=code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            duration_ms=result.duration_ms,
+            timed_out=result.timed_out,
+            oom_killed=oom,
+            truncated=result.truncated,
+            ended_by=ended_by,
+            limits_hit=tuple(dict.fromkeys(hits)),
+        )
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
+        self._check_live()
         return await asyncio.to_thread(self.files.read, path, max_bytes)
 
     async def write_file(self, path: str, data: bytes) -> None:
+        self._check_live()
         await asyncio.to_thread(self.files.write, path, data)
 
     async def list_files(
         self, path: str = ".", recursive: bool = False, limit: int = 2000
     ) -> list[FileEntry]:
+        self._check_live()
         return await asyncio.to_thread(self.files.listdir, path, recursive, limit)
 
+    def _check_live(self) -> None:
+        if self.terminated:
+            raise SandboxError(f"sandbox {self.id} has been terminated")
+
     async def snapshot(self) -> SnapshotRef:
-        return await asyncio.to_thread(self._backend.capture, self, self._ws)
+        self._check_live()
+        return await asyncio.to_thread(self._backend.capture, self)
 
     async def terminate(self) -> None:
-        if self._terminated:
+        if self.terminated:
             return
-        self._terminated = True
+        self.terminated = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.to_thread(self._destroy)
+        await self.shutdown()
+        await asyncio.to_thread(self.destroy)
 
-    def _destroy(self) -> None:
-        self._ws.destroy()
-        shutil.rmtree(self._dir, ignore_errors=True)
+    async def shutdown(self) -> None:
+        """Stop the runtime (gVisor's container); called before the files go."""
+
+    def destroy(self) -> None:
+        self.cgroup.destroy()
+        if self.spec.egress:
+            self._backend.egress.close(self.id)
+        self.ws.destroy()
+        shutil.rmtree(self.dir, ignore_errors=True)
         self._backend.forget(self.id)
 
 
-class BwrapBackend:
-    """Sandboxes under bubblewrap; state lives in `<state_dir>/{sandboxes,snapshots}`."""
+class LocalBackend:
+    """What bubblewrap and gVisor share: state dirs, overlays, limits, egress, snapshots."""
 
-    name = "bwrap"
+    name = "local"
+    sandbox_class: ClassVar[type[LocalSandbox]] = LocalSandbox
 
-    def __init__(self, state_dir: Path, owner: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        owner: tuple[int, int] | None = None,
+        *,
+        cgroups: CgroupLayout | None = None,
+        egress: EgressProxy | None = None,
+        egress_ports: Collection[int] | None = DEFAULT_PORTS,
+        max_layers: int = MAX_LAYERS,
+    ) -> None:
         self.state_dir = state_dir
         self.owner = owner
         self.live: dict[str, LocalSandbox] = {}
-        self._static: list[str] | None = None
+        self.max_layers = max_layers
+        self._cgroups = cgroups
+        self._egress = egress
+        self._egress_ports = egress_ports
+        self._etc: Path | None = None
 
     @property
-    def static_args(self) -> list[str]:
-        if self._static is None:
-            bwrap_version()  # raises SandboxUnavailable, with the fix, when bwrap is missing
-            self._static = _static_args()
-        return self._static
+    def cgroups(self) -> CgroupLayout:
+        if self._cgroups is None:
+            self._cgroups = detect() if os.geteuid() == 0 else NO_CGROUPS
+            release_stale_cgroups(self._cgroups)
+        return self._cgroups
+
+    @property
+    def etc_dir(self) -> Path:
+        if self._etc is None:
+            self._etc = build_etc(self.state_dir, self.name, self.owner, self.etc_extra())
+        return self._etc
+
+    def etc_extra(self) -> dict[str, str]:
+        """Files of the sandbox's /etc beyond the common ones."""
+        return {}
+
+    @property
+    def egress(self) -> EgressProxy:
+        if self._egress is None:
+            self._egress = EgressProxy(ports=self._egress_ports)
+        return self._egress
 
     def runtime_version(self) -> str:
-        try:
-            return f"bwrap-{bwrap_version()}/{LAYOUT_VERSION}"
-        except SandboxUnavailable:
-            return f"bwrap-missing/{LAYOUT_VERSION}"
+        raise NotImplementedError
 
-    def _lowers(self, source: ImageRef | SnapshotRef) -> list[Path]:
+    def check_available(self) -> None:
+        """Raise SandboxUnavailable, naming the fix, when this backend cannot run here."""
+
+    def refuse_unenforceable(self, spec: SandboxSpec) -> None:
+        """Raise UnsupportedSetting for a limit or policy this host cannot enforce."""
+        if spec.egress and not Path(SANDBOX_PYTHON).exists():
+            raise UnsupportedSetting(
+                f"egress needs {SANDBOX_PYTHON} inside the sandbox for its loopback bridge; "
+                "refusing the allowlist rather than ignoring it"
+            )
+
+    def lowers(self, source: ImageRef | SnapshotRef) -> list[Path]:
         if isinstance(source, SnapshotRef):
-            if source.runtime != self.runtime_version():
+            if source.backend != self.name or source.runtime != self.runtime_version():
                 raise SnapshotUnusable(
                     f"snapshot {source.id} was taken by {source.runtime}; this host runs "
                     f"{self.runtime_version()}: start from the newest image instead"
@@ -275,7 +446,7 @@ class BwrapBackend:
                 if not layer.is_dir():
                     raise SnapshotUnusable(f"snapshot {source.id}: layer {layer} is gone")
             image_root = Path(source.image.location) / "root"
-            if not image_root.is_dir():
+            if not source.full and not image_root.is_dir():
                 raise SnapshotUnusable(
                     f"snapshot {source.id}: its base image {source.image.id} is gone"
                 )
@@ -286,44 +457,38 @@ class BwrapBackend:
         return [image_root]
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
-        if spec.egress:
-            raise UnsupportedSetting(
-                "the bwrap backend has no egress proxy yet; refusing an egress allowlist "
-                f"({', '.join(spec.egress)}) rather than ignoring it"
-            )
-        self.static_args  # noqa: B018  (fails clearly here rather than at the first exec)
-        lowers = self._lowers(spec.source)
-        sandbox_id = f"sb-{secrets.token_hex(6)}"
-        sandbox = LocalSandbox(self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers)
-        await asyncio.to_thread(sandbox.create)
+        self.check_available()
+        lowers = self.lowers(spec.source)
+        self.refuse_unenforceable(spec)
+        sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
+        sandbox = self.sandbox_class(self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers)
+        try:
+            await asyncio.to_thread(sandbox.create)
+            await sandbox.boot()
+        except BaseException:
+            sandbox.terminated = True
+            with contextlib.suppress(Exception):
+                await sandbox.shutdown()
+            await asyncio.to_thread(sandbox.destroy)
+            raise
         self.live[sandbox_id] = sandbox
         return sandbox
 
     def forget(self, sandbox_id: str) -> None:
         self.live.pop(sandbox_id, None)
 
-    def capture(self, sandbox: LocalSandbox, ws: Workspace) -> SnapshotRef:
+    def capture(self, sandbox: LocalSandbox) -> SnapshotRef:
         """Copy what the sandbox changed into a new snapshot layer."""
-        snap_id = f"snap-{secrets.token_hex(6)}"
-        snap_dir = self.state_dir / "snapshots" / snap_id
-        layer = snap_dir / "layer"
-        layer.mkdir(parents=True)
-        copy_tree(ws.changes_dir(), layer)
-        source = sandbox.source
-        if isinstance(source, SnapshotRef):
-            image, layers = source.image, (source.location, *source.layers) if ws.overlay else ()
-        else:
-            image, layers = source, ()
-        ref = SnapshotRef(
-            id=snap_id,
-            image=image,
+        return snapshots.capture(
+            self.state_dir,
             backend=self.name,
-            location=str(layer),
             runtime=self.runtime_version(),
-            created_at=time.time(),
-            layers=tuple(layers),
-            full=not ws.overlay,
+            source=sandbox.source,
+            changes=sandbox.ws.changes_dir(),
+            overlay=sandbox.ws.overlay,
+            max_layers=self.max_layers,
         )
-        meta = {"id": snap_id, "image": image.id, "runtime": ref.runtime, "layers": list(layers)}
-        (snap_dir / "meta.json").write_text(json.dumps(meta))
-        return ref
+
+    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
+        in_use = {s.source.id for s in self.live.values() if isinstance(s.source, SnapshotRef)}
+        return snapshots.collect(self.state_dir, older_than_s, keep, in_use)

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from images.sandboxes.base import SandboxError
+from images.sandboxes.limits import pid_alive
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _MNT_DETACH = 2
@@ -122,16 +123,31 @@ class Workspace:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def sandbox_owner(sandbox_id: str) -> int | None:
+    """The pid of the process that made a sandbox (ids are `sb-<pid>-<random>`), if known."""
+    parts = sandbox_id.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 def release_stale_mounts(sandboxes_root: Path, keep: set[str]) -> int:
-    """Unmount overlays left under `sandboxes_root` by a crashed process; returns how many."""
+    """Unmount overlays left under `sandboxes_root` by a crashed process; returns how many.
+
+    A sandbox of another live process (a `nightshift run` beside `serve` on one data dir) is
+    left alone: only ours that are not in `keep`, and those of dead processes, are released.
+    """
     count = 0
     root = str(sandboxes_root.resolve()) + "/"
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             target = line.split()[4]
-            if target.startswith(root) and target.endswith("/merged"):
-                sandbox_id = Path(target).parent.name
-                if sandbox_id not in keep:
-                    unmount(target)
-                    count += 1
+            if not (target.startswith(root) and target.endswith("/merged")):
+                continue
+            sandbox_id = Path(target).relative_to(root.rstrip("/")).parts[0]
+            owner = sandbox_owner(sandbox_id)
+            if sandbox_id in keep:
+                continue
+            if owner is not None and owner != os.getpid() and pid_alive(owner):
+                continue
+            unmount(target)
+            count += 1
     return count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,42 @@ def test_interrupted_prompt_resumes_after_restart(
     finally:
         gate.set()
         second.close()
+
+
+def test_old_snapshots_are_collected_except_those_active_sessions_need(
+    runtime: Any, alice: Any, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    import time as _time
+
+    openai_fake.script(
+        "snap",
+        Turn.tool("write_file", path="s.txt", content="s"),
+        Turn.tool("finish", summary="ok"),
+    )
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+    done = runtime.sessions.create(alice.user, "proj", "snap one")
+    wait_for(lambda: runtime.sessions.get(done.id).status == "finished", 30, "first session")
+    snap = runtime.sessions.get(done.id).snapshot
+    assert snap and Path(snap["location"]).exists()
+    # Age the snapshot past the limit; a finished session does not keep it.
+    meta = Path(snap["location"]).parent / "meta.json"
+    stamped = json.loads(meta.read_text())
+    stamped["created_at"] = _time.time() - 30 * 86400
+    meta.write_text(json.dumps(stamped))
+    from sqlmodel import Session as DB
+
+    from app.models import Session as Row
+
+    with DB(runtime.engine) as db:
+        row = db.get(Row, done.id)
+        row.status = "idle"  # as if it awaited a follow-up: its snapshot must stay
+        db.add(row)
+        db.commit()
+    assert runtime.collect_snapshots() == []
+    with DB(runtime.engine) as db:
+        row = db.get(Row, done.id)
+        row.status = "finished"
+        db.add(row)
+        db.commit()
+    assert runtime.collect_snapshots() == [snap["id"]]
+    assert not Path(snap["location"]).exists()

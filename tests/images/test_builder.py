@@ -129,12 +129,15 @@ async def test_malformed_spec_file_and_egress_fail_clearly(rt: Any, tmp_path: Pa
     assert bad.message == (
         ".nightshift.toml line 2: warm must be a list of command strings, got str"
     )
-    # Egress needs the allowlisting proxy; until the backend has one the build says so.
-    commit(repo, {".nightshift.toml": 'egress = ["pypi.org"]\nsetup = ["true"]\n'})
-    [egress] = await build_images(rt.image_jobs)
-    assert egress.outcome == "failed"
-    assert "egress" in egress.message and "pypi.org" in egress.message
     assert rt.images.newest("proj").id == good.image.id
+    # Egress goes through the allowlisting proxy: set-up sees it, the build succeeds.
+    commit(
+        repo,
+        {".nightshift.toml": 'egress = ["pypi.org"]\nsetup = ["test -n \\"$HTTPS_PROXY\\""]\n'},
+    )
+    [egress] = await build_images(rt.image_jobs)
+    assert egress.outcome == "built", egress.message
+    assert rt.images.newest("proj").id == egress.image.id
 
 
 async def test_builds_are_single_flight_across_builders(rt: Any, tmp_path: Path) -> None:

@@ -186,10 +186,20 @@ class RunArgs(BaseModel):
 async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
     result = await ctx.sandbox.exec(["bash", "-c", a.command], cwd=a.cwd, timeout=a.timeout_s)
     parts = [f"exit code {result.exit_code}"]
-    if result.timed_out:
-        parts.append(f"(killed after {a.timeout_s:g}s wall-clock timeout)")
-    if result.oom_killed:
-        parts.append("(killed: out of memory)")
+    ended = {
+        "timeout": f"(killed after {a.timeout_s:g}s wall-clock timeout)",
+        "sandbox_timeout": "(killed: the sandbox reached its lifetime limit)",
+        "memory": "(killed: out of memory)",
+        "cpu": "(killed: CPU-time limit reached)",
+        "output": "(killed: it wrote far more output than the cap)",
+    }
+    reason = result.ended_by or (
+        "timeout" if result.timed_out else "memory" if result.oom_killed else ""
+    )
+    if reason:
+        parts.append(ended[reason])
+    if "pids" in result.limits_hit:
+        parts.append("(the process limit refused some forks)")
     if result.stdout:
         parts.append("stdout:\n" + result.stdout)
     if result.stderr:

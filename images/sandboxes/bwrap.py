@@ -1,0 +1,157 @@
+"""The bubblewrap backend: each command is its own `bwrap` process in fresh namespaces.
+
+The command joins the sandbox's cgroups and gets its rlimits before bubblewrap starts (a
+small /bin/sh does both, then execs bwrap), so every process it ever forks is born inside
+them. When the server runs as root, bubblewrap sets the sandbox up with root's rights (it can
+reach the state dir wherever it is) and the command then drops to the unprivileged uid with
+`setpriv`: no capabilities, no way to regain any.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+from images.sandboxes.base import HOME, WORKDIR, SandboxSpec, SandboxUnavailable, UnsupportedSetting
+from images.sandboxes.limits import join_and_exec, rlimit_script
+from images.sandboxes.local import (
+    BRIDGE_PATH,
+    BRIDGE_SOURCE,
+    EGRESS_DIR,
+    LAYOUT_VERSION,
+    RUN_DIR,
+    SANDBOX_UID,
+    LocalBackend,
+    LocalSandbox,
+    userns_available,
+)
+
+
+@cache
+def bwrap_version() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(
+            "bubblewrap is not installed: `apt-get install bubblewrap` (make run does this)"
+        )
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip().replace("bubblewrap ", "") or "unknown"
+
+
+def _static_args() -> list[str]:
+    args = [
+        "bwrap",
+        # Every namespace but the user one (added only on unprivileged hosts, see `command`).
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--hostname",
+        "sandbox",
+        "--perms", "0755", "--dir", "/home",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]  # fmt: skip
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / top
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{top}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{top}"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    return args
+
+
+class BwrapSandbox(LocalSandbox):
+    """Each command is its own `bwrap` process in fresh namespaces."""
+
+    backend = "bwrap"
+
+    def command(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> list[str]:
+        backend = self._backend
+        assert isinstance(backend, BwrapBackend)
+        args = list(backend.static_args)
+        if self.owner is None:
+            # Unprivileged host: a user namespace maps us to the sandbox's agent uid.
+            args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+        args += ["--ro-bind", str(self.etc), "/etc"]
+        args += [
+            "--bind", str(self.tmp), "/tmp",  # noqa: S108
+            "--bind", str(self.ws.merged / "workspace"), WORKDIR,
+            "--bind", str(self.ws.merged / "home"), HOME,
+        ]  # fmt: skip
+        if self.spec.egress:
+            args += ["--perms", "0755", "--dir", RUN_DIR]
+            args += ["--ro-bind", str(BRIDGE_SOURCE), BRIDGE_PATH]
+            args += ["--ro-bind", str(self.egress_dir), EGRESS_DIR]
+        args += ["--chdir", cwd]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        inner = self.inner(argv)
+        layout = self.cgroup.layout
+        if layout.pids is None:
+            # No pids cgroup: RLIMIT_NPROC inside a user namespace of the command's own, which
+            # the kernel counts per namespace, not per (shared) host uid.
+            nproc = [
+                "/bin/sh",
+                "-c",
+                f'ulimit -p {self.limits.pids} || exit 125\nexec "$@"',
+                "nightshift-nproc",
+            ]
+            inner = [*nproc, *inner]
+            if self.owner is not None:
+                inner = ["unshare", "--user", "--map-current-user", "--", *inner]
+        if self.owner is not None:
+            # Root host: bwrap sets the sandbox up with root's rights (it can reach the state
+            # dir wherever it is), then the command drops to the unprivileged host uid with no
+            # capabilities and no way to regain any.
+            uid, gid = self.owner
+            inner = [
+                "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *inner,
+            ]  # fmt: skip
+        return join_and_exec(
+            self.cgroup.procs_files(), rlimit_script(self.limits, layout), [*args, "--", *inner]
+        )
+
+
+class BwrapBackend(LocalBackend):
+    """Sandboxes under bubblewrap; state lives in `<state_dir>/{sandboxes,snapshots}`."""
+
+    name = "bwrap"
+    sandbox_class = BwrapSandbox
+
+    _static: list[str] | None = None
+
+    @property
+    def static_args(self) -> list[str]:
+        if self._static is None:
+            bwrap_version()  # raises SandboxUnavailable, with the fix, when bwrap is missing
+            self._static = _static_args()
+        return self._static
+
+    def check_available(self) -> None:
+        self.static_args  # noqa: B018  (fails clearly here rather than at the first exec)
+
+    def refuse_unenforceable(self, spec: SandboxSpec) -> None:
+        super().refuse_unenforceable(spec)
+        if self.cgroups.pids is None and not userns_available():
+            raise UnsupportedSetting(
+                "no writable pids cgroup and no user namespaces on this host: the process "
+                "limit cannot be enforced per sandbox"
+            )
+
+    def runtime_version(self) -> str:
+        try:
+            return f"bwrap-{bwrap_version()}/{LAYOUT_VERSION}"
+        except SandboxUnavailable:
+            return f"bwrap-missing/{LAYOUT_VERSION}"

@@ -1,0 +1,417 @@
+"""The Modal backend: each sandbox is a `modal.Sandbox`, driven with the async (`.aio`) API.
+
+- Images: a Modal image id (`im-...`) is used as is (`Image.from_id`); a local image directory
+  (what `ImageStore` builds) is turned into a Modal image once (Debian slim, git, an `agent`
+  user with uid 1000, the workspace copied in) and its id cached next to it.
+- Limits: `memory` as request and limit (Modal kills past it: 137), `timeout` for the sandbox,
+  `idle_timeout`, exec `timeout` (Modal reports 124), and RLIMIT_NPROC / RLIMIT_CPU set by
+  `prlimit` around every command, which runs as the unprivileged `agent` via `setpriv`.
+- Network: `block_network=True`, or `outbound_domain_allowlist` with the repo's hosts.
+- Files: paths are resolved inside the sandbox (`realpath`) and refused when they leave
+  /workspace, then read and written with `sandbox.filesystem`.
+- Snapshots: `snapshot_filesystem(timeout=300, ttl=...)`; Modal deletes them after the ttl.
+
+No credential reaches the sandbox: no `secrets=`, and its environment is built here from the
+fixed variables and the repo spec's declared ones only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import posixpath
+import time
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from images.sandboxes import SandboxConfig
+from images.sandboxes.base import (
+    HOME,
+    SANDBOX_PATH,
+    WORKDIR,
+    EndedBy,
+    ExecResult,
+    FileEntry,
+    ImageRef,
+    PathEscape,
+    SandboxError,
+    SandboxFileError,
+    SandboxSpec,
+    SandboxUnavailable,
+    SnapshotRef,
+    SnapshotUnusable,
+)
+from images.sandboxes.pathsafe import clean_relative
+
+AGENT_UID = 1000
+RUNTIME = "modal-1"
+SNAPSHOT_TIMEOUT_S = 300
+IMAGE_CACHE = "modal-image.json"
+FLOOD_FACTOR = 64
+
+
+def _modal() -> Any:
+    try:
+        import modal
+    except ImportError as exc:  # pragma: no cover - modal is a dependency
+        raise SandboxUnavailable("the modal client is not installed: pip install modal") from exc
+    return modal
+
+
+def confine_cmd(rel: str, must_exist: bool) -> list[str]:
+    """argv printing the canonical path of `rel` under /workspace (symlinks resolved)."""
+    return ["realpath", "-e" if must_exist else "-m", "--", posixpath.join(WORKDIR, rel)]
+
+
+def check_confined(resolved: str, path: str) -> str:
+    resolved = resolved.strip()
+    if resolved != WORKDIR and not resolved.startswith(WORKDIR + "/"):
+        raise PathEscape(f"{path}: resolves outside the workspace (symlink or ..)")
+    return resolved
+
+
+def command_argv(argv: Sequence[str], pids: int, cpu_seconds: int) -> list[str]:
+    """`argv` as the unprivileged agent, with the process and CPU-time limits."""
+    return [
+        "setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        "prlimit", f"--nproc={pids}:{pids}", f"--cpu={cpu_seconds}:{cpu_seconds + 5}",
+        "--core=0:0", "--", *argv,
+    ]  # fmt: skip
+
+
+def sandbox_env(spec: SandboxSpec, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+    env.update(spec.env)
+    env.update(extra or {})
+    return env
+
+
+def create_kwargs(spec: SandboxSpec, config: SandboxConfig, app: Any, image: Any) -> dict[str, Any]:
+    """Keyword arguments of `modal.Sandbox.create` for `spec` (checked offline in tests)."""
+    limits = spec.limits
+    kwargs: dict[str, Any] = {
+        "app": app,
+        "image": image,
+        "timeout": int(limits.sandbox_timeout_s),
+        "idle_timeout": max(60, int(limits.exec_timeout_s) + 60),
+        "workdir": WORKDIR,
+        "cpu": config.modal_cpu,
+        "memory": (limits.memory_mb, limits.memory_mb),
+        "env": {"HOME": HOME, "LANG": "C.UTF-8"},
+    }
+    if spec.egress:
+        kwargs["outbound_domain_allowlist"] = list(spec.egress)
+    else:
+        kwargs["block_network"] = True
+    if config.modal_environment:
+        kwargs["environment_name"] = config.modal_environment
+    return kwargs
+
+
+class ModalSandbox:
+    backend = "modal"
+
+    def __init__(self, owner: ModalBackend, spec: SandboxSpec, sb: Any) -> None:
+        self._backend = owner
+        self.spec = spec
+        self.source = spec.source
+        self.sb = sb
+        self.id: str = sb.object_id
+        self.terminated = False
+
+    async def _run(
+        self, argv: Sequence[str], timeout: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """A helper command as root (path checks, ownership), output in full."""
+        proc = await self.sb.exec.aio(*argv, timeout=int(timeout or 60), text=False)
+        out = await proc.stdout.read.aio()
+        err = await proc.stderr.read.aio()
+        code = await proc.wait.aio()
+        return int(code), bytes(out), bytes(err)
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        output_cap: int | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        if self.terminated:
+            raise SandboxError(f"sandbox {self.id} has been terminated")
+        if not argv:
+            raise SandboxError("exec needs a command")
+        modal = _modal()
+        limits = self.spec.limits
+        rel = clean_relative(cwd or ".")
+        workdir = WORKDIR if rel == "." else f"{WORKDIR}/{rel}"
+        wall = timeout or limits.exec_timeout_s
+        cap = output_cap or limits.output_cap_bytes
+        started = time.monotonic()
+        try:
+            proc = await self.sb.exec.aio(
+                *command_argv(argv, limits.pids, limits.cpu_seconds),
+                workdir=workdir,
+                env=sandbox_env(self.spec, env),
+                timeout=max(1, math.ceil(wall)),
+                text=False,
+            )
+            if stdin is not None:
+                proc.stdin.write(stdin)
+                proc.stdin.write_eof()
+                await proc.stdin.drain.aio()
+            (out, out_seen), (err, err_seen) = await asyncio.gather(
+                _collect(proc.stdout, cap), _collect(proc.stderr, cap)
+            )
+            code = int(await proc.wait.aio())
+        except modal.exception.Error as exc:
+            raise SandboxError(f"modal exec failed: {exc}") from exc
+        elapsed = time.monotonic() - started
+        timed_out = code == 124 and elapsed >= wall * 0.9
+        ended_by: EndedBy = ""
+        hits: list[str] = []
+        if timed_out:
+            ended_by = "timeout"
+        elif code == 137:
+            ended_by = "memory"
+        elif code == 152:
+            ended_by = "cpu"
+        if ended_by:
+            hits.append(ended_by)
+        truncated = out_seen > cap or err_seen > cap
+        if truncated:
+            hits.append("output")
+        return ExecResult(
+            exit_code=code,
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
+            duration_ms=int(elapsed * 1000),
+            timed_out=timed_out,
+            oom_killed=code == 137,
+            truncated=truncated,
+            ended_by=ended_by,
+            limits_hit=tuple(hits),
+        )
+
+    async def _resolve(self, path: str, must_exist: bool) -> str:
+        rel = clean_relative(path)
+        code, out, err = await self._run(confine_cmd(rel, must_exist))
+        if code != 0:
+            raise SandboxFileError(f"{path}: {err.decode(errors='replace').strip() or 'not found'}")
+        return check_confined(out.decode(), path)
+
+    async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
+        modal = _modal()
+        target = await self._resolve(path, must_exist=True)
+        try:
+            data = bytes(await self.sb.filesystem.read_bytes.aio(target))
+        except modal.exception.Error as exc:
+            raise SandboxFileError(f"{path}: {exc}") from exc
+        if len(data) > max_bytes:
+            raise SandboxFileError(
+                f"{path}: {len(data)} bytes is more than the {max_bytes}-byte limit"
+            )
+        return data
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        modal = _modal()
+        if clean_relative(path) == ".":
+            raise SandboxFileError("a file path is required")
+        target = await self._resolve(path, must_exist=False)
+        try:
+            await self.sb.filesystem.write_bytes.aio(data, target)
+        except modal.exception.Error as exc:
+            raise SandboxFileError(f"{path}: {exc}") from exc
+        # The filesystem API writes as root; hand the file and new parents to the agent.
+        parts, chain = posixpath.relpath(target, WORKDIR).split("/"), []
+        for i in range(1, len(parts) + 1):
+            chain.append(posixpath.join(WORKDIR, *parts[:i]))
+        await self._run(["chown", "-h", f"{AGENT_UID}:{AGENT_UID}", "--", *chain])
+
+    async def list_files(
+        self, path: str = ".", recursive: bool = False, limit: int = 2000
+    ) -> list[FileEntry]:
+        rel = clean_relative(path)
+        target = await self._resolve(path, must_exist=True)
+        depth = [] if recursive else ["-maxdepth", "1"]
+        code, out, err = await self._run(
+            [
+                "find",
+                target,
+                "-mindepth",
+                "1",
+                *depth,
+                "-name",
+                ".git",
+                "-prune",
+                "-o",
+                "-printf",
+                "%y %s %P\\0",
+            ]
+        )
+        if code != 0:
+            raise SandboxFileError(f"{path}: {err.decode(errors='replace').strip()}")
+        kinds = {"f": "file", "d": "dir", "l": "symlink"}
+        prefix = "" if rel == "." else rel + "/"
+        entries = []
+        for record in sorted(out.decode(errors="replace").split("\0")):
+            if not record:
+                continue
+            kind, size, name = record.split(" ", 2)
+            entries.append(FileEntry(prefix + name, kinds.get(kind, "other"), int(size)))  # type: ignore[arg-type]
+            if len(entries) >= limit:
+                break
+        return entries
+
+    async def snapshot(self) -> SnapshotRef:
+        modal = _modal()
+        try:
+            image = await self.sb.snapshot_filesystem.aio(
+                timeout=SNAPSHOT_TIMEOUT_S, ttl=self._backend.config.snapshot_ttl_s
+            )
+        except modal.exception.Error as exc:
+            raise SandboxError(f"modal snapshot failed: {exc}") from exc
+        base = self.source.image if isinstance(self.source, SnapshotRef) else self.source
+        return SnapshotRef(
+            id=image.object_id,
+            image=base,
+            backend="modal",
+            location=image.object_id,
+            runtime=RUNTIME,
+            created_at=time.time(),
+            full=True,
+        )
+
+    async def terminate(self) -> None:
+        if self.terminated:
+            return
+        self.terminated = True
+        modal = _modal()
+        with contextlib.suppress(modal.exception.Error):
+            await self.sb.terminate.aio()
+
+
+async def _collect(stream: Any, cap: int) -> tuple[bytes, int]:
+    """Read a stream to its end keeping `cap` bytes; stop reading past FLOOD_FACTOR x cap."""
+    kept, seen = bytearray(), 0
+    async for chunk in stream:
+        data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+        room = cap - len(kept)
+        if room > 0:
+            kept += data[:room]
+        seen += len(data)
+        if seen > FLOOD_FACTOR * cap:
+            break
+    return bytes(kept), seen
+
+
+class ModalBackend:
+    """Sandboxes on Modal; credentials come from settings or Modal's own config."""
+
+    name = "modal"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self._client: Any = None
+        self._app: Any = None
+
+    def runtime_version(self) -> str:
+        return RUNTIME
+
+    async def client(self) -> Any:
+        modal = _modal()
+        if self._client is None:
+            if self.config.modal_token_id and self.config.modal_token_secret:
+                self._client = await modal.Client.from_credentials.aio(
+                    self.config.modal_token_id, self.config.modal_token_secret
+                )
+            elif modal.config.config.get("token_id"):
+                self._client = await modal.Client.from_env.aio()
+            else:
+                raise SandboxUnavailable(
+                    "the Modal backend needs credentials: set MODAL_TOKEN_ID and "
+                    "MODAL_TOKEN_SECRET (or run `modal token new`)"
+                )
+        return self._client
+
+    async def app(self) -> Any:
+        if self._app is None:
+            modal = _modal()
+            kwargs: dict[str, Any] = {"create_if_missing": True, "client": await self.client()}
+            if self.config.modal_environment:
+                kwargs["environment_name"] = self.config.modal_environment
+            self._app = await modal.App.lookup.aio(self.config.modal_app, **kwargs)
+        return self._app
+
+    async def image_for(self, source: ImageRef | SnapshotRef) -> Any:
+        modal = _modal()
+        client = await self.client()
+        if isinstance(source, SnapshotRef):
+            if source.backend != self.name or source.runtime != RUNTIME:
+                raise SnapshotUnusable(
+                    f"snapshot {source.id} was taken by {source.runtime}, not {RUNTIME}: "
+                    "start from the newest image instead"
+                )
+            try:
+                return await modal.Image.from_id.aio(source.location, client=client)
+            except modal.exception.NotFoundError:
+                raise SnapshotUnusable(
+                    f"snapshot {source.id} is gone from Modal (its ttl passed or it was deleted)"
+                ) from None
+        if source.location.startswith("im-"):
+            return await modal.Image.from_id.aio(source.location, client=client)
+        return await self._build_image(source)
+
+    async def _build_image(self, source: ImageRef) -> Any:
+        """A Modal image holding the image directory's workspace; built once, id cached."""
+        modal = _modal()
+        root = Path(source.location)
+        cache = root / IMAGE_CACHE
+        if cache.exists():
+            image_id = json.loads(cache.read_text()).get("image_id", "")
+            try:
+                return await modal.Image.from_id.aio(image_id, client=await self.client())
+            except modal.exception.NotFoundError:
+                cache.unlink()
+        workspace = root / "root" / "workspace"
+        if not workspace.is_dir():
+            raise SandboxError(f"image {source.id} has no workspace at {workspace}")
+        image = (
+            modal.Image.debian_slim()
+            .apt_install("git", "ca-certificates", "util-linux")
+            .run_commands(f"useradd --uid {AGENT_UID} --create-home --home-dir {HOME} agent")
+            .add_local_dir(workspace, WORKDIR, copy=True)
+            .run_commands(f"chown -R {AGENT_UID}:{AGENT_UID} {WORKDIR} {HOME}")
+        )
+        built = await image.build.aio(await self.app())
+        cache.write_text(json.dumps({"image_id": built.object_id, "image": source.id}))
+        return built
+
+    async def start(self, spec: SandboxSpec) -> ModalSandbox:
+        modal = _modal()
+        image = await self.image_for(spec.source)
+        kwargs = create_kwargs(spec, self.config, await self.app(), image)
+        try:
+            sb = await modal.Sandbox.create.aio(client=await self.client(), **kwargs)
+        except modal.exception.Error as exc:
+            raise SandboxError(f"modal could not create a sandbox: {exc}") from exc
+        return ModalSandbox(self, spec, sb)
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> ModalSandbox:
+        """A running sandbox by id (after a worker restart)."""
+        modal = _modal()
+        try:
+            sb = await modal.Sandbox.from_id.aio(sandbox_id, client=await self.client())
+        except modal.exception.NotFoundError:
+            raise SandboxError(f"no Modal sandbox {sandbox_id}") from None
+        return ModalSandbox(self, spec, sb)
+
+    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
+        """Modal deletes snapshots itself when their ttl passes (`snapshot_ttl_s`)."""
+        return []
