@@ -207,6 +207,13 @@ class SandboxProvider:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def cancel_background(self) -> None:
+        """Cancel queued builds and wait until they are gone (a process about to exit)."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def wait_background(self) -> None:
         """Wait for queued builds (the CLI and benchmarks, before they exit)."""
         while self._background:

@@ -84,7 +84,16 @@ class InProcessExecutor:
                 # sandbox) in its `finally`.
                 if not task.cancelling():
                     task.cancel()
-            await asyncio.wait(tasks, timeout=timeout) if tasks else None
+            if not tasks:
+                return
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                log.warning(
+                    "job %s did not stop within %.0fs (at %s)",
+                    task.get_name(),
+                    timeout,
+                    _where(task),
+                )
 
         settling = asyncio.run_coroutine_threadsafe(settle(), self._loop)
         try:
@@ -95,6 +104,18 @@ class InProcessExecutor:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         self._started = False
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """The chain of awaits a task is suspended in, innermost last."""
+    chain: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(chain) < 20:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return " > ".join(chain) or "?"
 
 
 async def every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:

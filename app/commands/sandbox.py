@@ -166,9 +166,14 @@ async def _probe(
             spec = spec_of(runtime.repos.get(repo))
             if hosts:
                 spec = spec.model_copy(update={"egress": hosts})
-            with err.status(f"preparing the image of {spec.name}…"):
-                acquired = await runtime.provider.acquire(spec, label="probe")
-            return await _run(acquired.sandbox, argv, timeout)
+            try:
+                with err.status(f"preparing the image of {spec.name}…"):
+                    acquired = await runtime.provider.acquire(spec, label="probe")
+                return await _run(acquired.sandbox, argv, timeout)
+            finally:
+                # A cold start queues an image build on this loop; it must not outlive the
+                # runtime it uses.
+                await runtime.provider.cancel_background()
     backend = make_backend(settings.sandbox, data_dir, settings.sandbox_config())
     image = scratch_image(data_dir, backend)
     scratch = Path(image.location)

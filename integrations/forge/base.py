@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -59,23 +61,32 @@ async def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
     """Run host-side git and return stdout; raise ForgeError with git's own message."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV}
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
-        cwd=cwd,
-        env=full_env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await proc.communicate()
-    except asyncio.CancelledError:
-        # A cancelled caller (a stopped session's sync) must not leave git running.
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.communicate()
-        raise
+    # Output goes to files, not pipes: asyncio waits for every holder of a pipe to close it
+    # before a process counts as finished, and git's helpers (upload-pack, remote helpers)
+    # inherit them, so a cancelled clone could otherwise outlive its caller by many seconds.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            *args,
+            cwd=cwd,
+            env=full_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            await proc.wait()
+        except asyncio.CancelledError:
+            # A cancelled caller (a stopped session's sync) must not leave git or its
+            # helpers running.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise ForgeError(f"git {args[0]} failed: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
+        raise ForgeError(f"git {args[0]} failed: {stderr.decode(errors='replace').strip()}")
+    return stdout.decode(errors="replace")
