@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from app.errors import ServiceError
-from app.models import RepoCreate
 from app.runtime import Runtime, build_runtime
+from app.schemas import RepoCreate
 from app.settings import Settings
 from workers.agent.tools import describe_call
 from workers.events import (
@@ -334,7 +334,7 @@ def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON"
     with runtime_from(load_settings()) as runtime:
         rows = runtime.repos.list()
         if as_json:
-            from app.models import RepoPublic
+            from app.schemas import RepoPublic
 
             print(json.dumps([RepoPublic.model_validate(r).model_dump() for r in rows], indent=2))
             return

@@ -9,7 +9,7 @@ from typing import TypeVar
 from app.errors import ServiceError
 from app.jobs import ControlJobs
 from app.services.repos import spec_of
-from app.services.sessions import Sessions
+from app.services.runners import Runners
 from images.spec import RepoSpec
 from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.events import Author
@@ -18,8 +18,8 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, sessions: Sessions, jobs: ControlJobs) -> None:
-        self.sessions = sessions
+    def __init__(self, runners: Runners, jobs: ControlJobs) -> None:
+        self.runners = runners
         self.jobs = jobs
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -29,30 +29,30 @@ class LocalControlPlane:
             raise ControlPlaneError(str(exc)) from exc
 
     async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
-        return await self._call(lambda: self.sessions.acquire_lease(session_id, runner_id, ttl_s))
+        return await self._call(lambda: self.runners.acquire_lease(session_id, runner_id, ttl_s))
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
-        return await self._call(lambda: self.sessions.renew_lease(session_id, runner_id, ttl_s))
+        return await self._call(lambda: self.runners.renew_lease(session_id, runner_id, ttl_s))
 
     async def release_lease(self, session_id: str, runner_id: str) -> bool:
-        return await self._call(lambda: self.sessions.release_lease(session_id, runner_id))
+        return await self._call(lambda: self.runners.release_lease(session_id, runner_id))
 
     async def next_prompt(self, session_id: str, runner_id: str) -> PromptJob | None:
-        return await self._call(lambda: self.sessions.next_prompt(session_id, runner_id))
+        return await self._call(lambda: self.runners.next_prompt(session_id, runner_id))
 
     async def session_context(self, session_id: str) -> SessionContext:
-        return await self._call(lambda: self.sessions.context(session_id))
+        return await self._call(lambda: self.runners.context(session_id))
 
     async def spawn_session(
         self, parent_id: str, repo: str | None, prompt: str, author: Author
     ) -> str:
-        return await self._call(lambda: self.sessions.spawn(parent_id, repo, prompt, author))
+        return await self._call(lambda: self.runners.spawn(parent_id, repo, prompt, author))
 
     async def session_status(self, session_id: str) -> SessionSummary:
-        return await self._call(lambda: self.sessions.summary(session_id))
+        return await self._call(lambda: self.runners.summary(session_id))
 
     async def repo_specs(self) -> list[RepoSpec]:
-        return await self._call(lambda: [spec_of(r) for r in self.sessions.repos.list()])
+        return await self._call(lambda: [spec_of(r) for r in self.runners.sessions.repos.list()])
 
     async def run_job(self, name: str) -> str:
         return await self._call(lambda: self.jobs.run(name))

@@ -1,7 +1,7 @@
 """Wiring: build every service of one Nightshift process from its settings.
 
 `serve`, `run` and the tests all start from `build_runtime(settings)`; `nightshift worker`
-from `build_worker(settings)`. Nothing happens at import time.
+from `build_worker(settings)` (`app/worker_runtime.py`). Nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -31,25 +29,31 @@ from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
 from app.services.images import Images
 from app.services.presence import Presence
-from app.services.pulls import LocalPullRequests
+from app.services.pulls import LocalPullRequests, PullRequests
 from app.services.repos import Repos
-from app.services.sessions import Sessions, active_snapshot_ids
+from app.services.runners import Runners
+from app.services.sessions import Sessions
 from app.services.users import Users
 from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
+from app.wiring import (
+    SNAPSHOT_GC_INTERVAL_S,
+    distributed_checks,
+    image_stack,
+    init_control_db,
+    make_forges,
+    resolved,
+)
 from images.builder import ImageBuilder
 from images.jobs import ImageJobs, maintain_pool
-from images.mirror import Mirrors
 from images.pool import WarmPool
 from images.provider import SandboxProvider
 from images.registry import ImageRegistry
-from images.sandboxes import make_backend
 from images.sandboxes.base import SandboxBackend
 from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
-from integrations.forge.local import LocalForge
 from workers.bus import InProcessBus
 from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
@@ -61,10 +65,8 @@ from workers.runner import WorkerDeps
 if TYPE_CHECKING:
     from app.services.slack import SlackBot
     from app.services.streams import StreamConsumer
-    from workers.celery_app import WorkerContext
 
 log = logging.getLogger("nightshift")
-SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
 
 
 @dataclass
@@ -77,7 +79,11 @@ class Runtime:
     users: Users
     repos: Repos
     sessions: Sessions
+    runners: Runners
+    """The runner-facing side of sessions (leases, queue, recovery)."""
+    pull_requests: PullRequests
     pulls: LocalPullRequests
+    """The local forge's PR records."""
     backend: SandboxBackend
     images: ImageRegistry
     builder: ImageBuilder
@@ -199,7 +205,7 @@ class Runtime:
         """Delete snapshots past NIGHTSHIFT_SNAPSHOT_MAX_AGE_DAYS, except those an active
         session will start its next prompt from (an old session's follow-up falls back to the
         newest image, with a notice)."""
-        keep = self.sessions.active_snapshot_ids()
+        keep = self.runners.active_snapshot_ids()
         older_than = self.settings.snapshot_max_age_days * 86400
         removed = self.backend.collect_snapshots(older_than, keep)
         if removed:
@@ -209,7 +215,7 @@ class Runtime:
     def _reap(self) -> None:
         # Right after a start, a lease may have lapsed only because nobody could renew it.
         settled = time.time() - self.started_at > self.deps.config.lease_ttl_s
-        dispatched = self.sessions.reap(trust_expiry=settled)
+        dispatched = self.runners.reap(trust_expiry=settled)
         if dispatched:
             log.info("resumed %d session(s): %s", len(dispatched), ", ".join(dispatched))
 
@@ -232,106 +238,11 @@ class Runtime:
         self.engine.dispose()
 
 
-def init_control_db(engine: Engine) -> None:
-    """Bring the control DB to the newest migration (a no-op when it is there already)."""
-    from app.migrate import upgrade
-
-    upgrade(engine)
-
-
-def make_forges(settings: Settings) -> dict[str, Forge]:
-    """The forges every process has; GitHub's is added where the App is configured."""
-    return {"local": LocalForge()}
-
-
-@dataclass
-class ImageStack:
-    """Where a process's sandboxes come from: registry, builder, provider, warm pool."""
-
-    backend: SandboxBackend
-    registry: ImageRegistry
-    builder: ImageBuilder
-    provider: SandboxProvider
-    pool: WarmPool
-    service: Images
-    jobs: ImageJobs
-
-
-def _image_stack(
-    settings: Settings,
-    engine: Engine,
-    repos: Repos,
-    state_dir: Path,
-    forge_for: Callable[[RepoSpec], Forge],
-    executor: InProcessExecutor,
-    backend: SandboxBackend | None = None,
-) -> ImageStack:
-    data_dir = settings.data_dir
-    backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
-    owner = getattr(backend, "owner", None)
-    registry = ImageRegistry(engine, backend.name, backend.runtime_version())
-    mirrors = Mirrors(data_dir / "mirrors")
-    builder = ImageBuilder(
-        registry,
-        backend,
-        data_dir / "images",
-        mirrors,
-        forge_for,
-        settings.limits(),
-        owner,
-        command_timeout=settings.image_command_timeout,
-    )
-    provider = SandboxProvider(
-        backend,
-        registry,
-        builder,
-        mirrors,
-        forge_for,
-        settings.limits(),
-        setup_timeout=settings.image_command_timeout,
-    )
-    pool = WarmPool(
-        provider.prepare_warm,
-        lambda factory: _spawn(executor, factory),
-        lambda spec: _newest_image_id(provider, spec),
-        pool_ttl=settings.pool_ttl,
-        warm_ttl=settings.warm_ttl,
-        debounce=settings.warm_debounce,
-    )
-    provider.pool = pool
-    service = Images(engine, repos, registry, pool, executor)
-    jobs = ImageJobs(
-        builder=builder,
-        provider=provider,
-        registry=registry,
-        specs=service.specs,
-        snapshot_images=service.snapshot_images,
-        keep=settings.images_keep,
-    )
-    service.jobs = jobs
-    return ImageStack(backend, registry, builder, provider, pool, service, jobs)
-
-
-def _distributed_checks(settings: Settings) -> None:
-    if not settings.worker_token:
-        raise ValueError(
-            "NIGHTSHIFT_BROKER_URL is set (distributed mode), so workers call this API's "
-            "internal routes: set NIGHTSHIFT_WORKER_TOKEN (a long random string, the same on "
-            "the API and every worker)"
-        )
-
-
-def _resolved(settings: Settings) -> Settings:
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(update={"data_dir": data_dir})
-
-
 def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) -> Runtime:
-    settings = _resolved(settings)
+    settings = resolved(settings)
     data_dir = settings.data_dir
     if settings.broker_url:
-        _distributed_checks(settings)
+        distributed_checks(settings)
     redactor = Redactor(settings.secret_values())
     install_log_redaction(redactor)
     engine = control_engine(settings.control_db_url)
@@ -356,8 +267,10 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
     )
+    runners = Runners(sessions)
+    pull_requests = PullRequests(sessions)
     pulls = LocalPullRequests(engine, settings.base_url)
-    sessions.openers["local"] = pulls
+    pull_requests.openers["local"] = pulls
     forges = make_forges(settings)
     accounts = build_accounts(settings, engine, redact_secret)
     rebuild_hooks: list[RebuildHook] = []
@@ -373,14 +286,14 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     )
     if github is not None:
         forges["github"] = github.forge
-        sessions.openers["github"] = github.opener
+        pull_requests.openers["github"] = github.opener
         repos.github_default_branch = github.default_branch
 
     def forge_for(spec: RepoSpec) -> Forge:
         return runtime.forge_for(spec)
 
     executor = InProcessExecutor()
-    stack = _image_stack(settings, engine, repos, data_dir, forge_for, executor, backend)
+    stack = image_stack(settings, engine, repos, data_dir, forge_for, executor, backend)
     image_service = stack.service
     repos.validators.append(image_service.validate_spec_file)
 
@@ -402,7 +315,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
 
     rebuild_hooks.append(pushed)
     control_jobs = ControlJobs()
-    control = LocalControlPlane(sessions, control_jobs)
+    control = LocalControlPlane(runners, control_jobs)
     deps = WorkerDeps(
         control=control,
         bus=InProcessBus(hub.publish),
@@ -419,7 +332,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         celery_dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
         dispatcher = celery_dispatcher
         streams = StreamConsumer(settings.broker_url, hub.publish)
-        sessions.sync_events = _drainer(streams)
+        runners.sync_events = _drainer(streams)
         # Images are built where sessions run: on the workers.
         image_service.send = lambda name, force, trigger: celery_dispatcher.enqueue_job(
             "build_image", name, force=force, trigger=trigger
@@ -436,6 +349,8 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         users=users,
         repos=repos,
         sessions=sessions,
+        runners=runners,
+        pull_requests=pull_requests,
         pulls=pulls,
         backend=stack.backend,
         images=stack.registry,
@@ -475,18 +390,6 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     return runtime
 
 
-def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) -> None:
-    async def run() -> None:
-        await factory()
-
-    executor.submit(run)
-
-
-def _newest_image_id(provider: SandboxProvider, spec: RepoSpec) -> str | None:
-    record = provider.usable_image(spec)
-    return record.id if record is not None else None
-
-
 def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
     import redis
 
@@ -497,97 +400,3 @@ def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
             raise Unavailable(f"the event bus (Redis) is unavailable: {exc}") from exc
 
     return drain
-
-
-def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
-    """One `nightshift worker` process.
-
-    Runners reach the control plane over HTTP and publish events on Redis; they never open a
-    session file. The worker reads and writes the image registry and its build leases in the
-    control DB (images are built and kept where sessions run), so it needs the API's
-    NIGHTSHIFT_DATABASE_URL. Its sandboxes live under `<data dir>/workers/<node>` (a restarted
-    worker of the same name releases what its predecessor left mounted); the workers of a host
-    share its images and repository mirrors.
-    """
-    from workers.bus import RedisStreamBus
-    from workers.celery_app import CeleryConfig, WorkerContext, make_celery
-    from workers.control_http import HttpControlPlane
-
-    settings = _resolved(settings)
-    if not settings.broker_url:
-        raise ValueError("a worker needs NIGHTSHIFT_BROKER_URL (the Redis that Celery uses)")
-    _distributed_checks(settings)
-    assert settings.worker_token is not None
-    if not settings.database_url:
-        log.warning(
-            "NIGHTSHIFT_DATABASE_URL is not set: this worker keeps its image registry in its "
-            "own SQLite file; point it at the API's PostgreSQL so images are shared"
-        )
-    redactor = Redactor(settings.secret_values())
-    install_log_redaction(redactor)
-    engine = control_engine(settings.control_db_url)
-    init_control_db(engine)
-    forges = make_forges(settings)
-    if settings.github_enabled:
-        # Workers clone and push GitHub repositories themselves, with installation tokens
-        # minted here (redacted like every secret); PRs are opened by the API.
-        from app.services.github import github_config
-        from integrations.github.app import GitHubApp
-        from integrations.github.forge import GitHubForge
-
-        def redact_secret(secret: str) -> None:
-            if redactor.text(secret) != PLACEHOLDER:
-                redactor.add([secret])
-
-        assert settings.github_app_id is not None
-        app = GitHubApp(
-            github_config(settings),
-            settings.github_app_id,
-            settings.github_private_key(),
-            on_token=redact_secret,
-        )
-        forges["github"] = GitHubForge(app, settings.data_dir / "github" / "mirrors")
-
-    def forge_for(spec: RepoSpec) -> Forge:
-        forge = forges.get(spec.forge)
-        if forge is None:
-            from integrations.forge.base import ForgeError
-
-            raise ForgeError(f"the {spec.forge} forge is not configured on this worker")
-        return forge
-
-    state_dir = settings.data_dir / "workers" / re.sub(r"[^A-Za-z0-9._-]+", "_", node)
-    executor = InProcessExecutor("nightshift-celery-worker")
-    repos = Repos(engine, github_enabled=settings.github_enabled)
-    stack = _image_stack(settings, engine, repos, state_dir, forge_for, executor)
-    stack.builder.on_built.append(lambda spec, _record: stack.pool.image_landed(spec))
-    released = release_stale_mounts(state_dir / "sandboxes", set())
-    if released:
-        log.info("released %d sandbox mounts left by a previous worker %s", released, node)
-    control = HttpControlPlane(settings.worker_control_url, settings.worker_token)
-    deps = WorkerDeps(
-        control=control,
-        bus=RedisStreamBus(settings.broker_url),
-        sandboxes=stack.provider,
-        forge_for=forge_for,
-        config=settings.agent_config(),
-        redactor=redactor,
-    )
-    celery = make_celery(CeleryConfig(settings.broker_url, settings.visibility_timeout))
-
-    def collect_snapshots() -> object:
-        # Snapshots of local backends live on the worker that took them: it collects them.
-        older_than = settings.snapshot_max_age_days * 86400
-        return stack.backend.collect_snapshots(older_than, active_snapshot_ids(engine))
-
-    return WorkerContext(
-        deps,
-        stack.jobs,
-        stack.pool,
-        executor,
-        settings.broker_url,
-        celery,
-        pool_interval=settings.pool_interval,
-        housekeeping=[("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_snapshots)],
-        on_close=[engine.dispose],
-    )

@@ -234,8 +234,8 @@ def _run_modes(
     scratch: Path, repo: Path, modes: list[str], sessions: int, latency_ms: int, err: Any
 ) -> dict[str, Any]:
     from app.cli import fail
-    from app.models import RepoCreate
     from app.runtime import build_runtime
+    from app.schemas import RepoCreate
     from app.settings import Settings
     from images.jobs import build_images
 

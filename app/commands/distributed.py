@@ -67,7 +67,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker: sessions and scheduled jobs from Redis (distributed mode)."""
-    from app.runtime import build_worker
+    from app.worker_runtime import build_worker
     from workers.celery_app import CeleryConfig, WorkerContext, configure_worker, make_celery
 
     settings = load_settings()

@@ -45,7 +45,7 @@ class _Control:
 @contextlib.contextmanager
 def _control() -> Iterator[_Control]:
     from app.db import control_engine
-    from app.runtime import init_control_db
+    from app.wiring import init_control_db
 
     try:
         settings = Settings()

@@ -22,7 +22,8 @@ from sqlmodel import col, select
 
 from app.models import Participant, Repo, Session, User
 from app.services.github_accounts import GitHubAccounts, SignInRequired
-from app.services.sessions import PullRequestDeferred, Sessions
+from app.services.pulls import PullRequestDeferred, PullRequests
+from app.services.sessions import Sessions
 from images.spec import RepoSpec
 from integrations.github import (
     GitHubApp,
@@ -164,10 +165,10 @@ class GitHubPullRequests:
         except GitHubError as exc:
             log.warning("could not comment on %s#%s: %s", repo.url, number, exc)
 
-    def retry_failed(self, sessions: Sessions, days: float = 7.0) -> list[str]:
+    def retry_failed(self, pulls: PullRequests, days: float = 7.0) -> list[str]:
         """Open the PRs whose opening failed (GitHub down, rate limited), a few times at most:
         each failed attempt leaves a `pr_failed` error, and after MAX_PR_ATTEMPTS we stop."""
-        with DB(sessions.engine) as db:
+        with DB(pulls.sessions.engine) as db:
             rows = db.exec(
                 select(Session.id)
                 .join(Repo, col(Repo.id) == Session.repo_id)
@@ -180,19 +181,19 @@ class GitHubPullRequests:
             ).all()
         opened = []
         for session_id in rows:
-            store = sessions.files.get(session_id)
+            store = pulls.files.get(session_id)
             recent = store.events(max(0, store.last_event_id() - 5000), 5000)
             failures = sum(
                 1 for e in recent if e.type == "error" and getattr(e, "code", "") == "pr_failed"
             )
-            if 0 < failures < MAX_PR_ATTEMPTS and sessions.retry_pull_request(session_id):
+            if 0 < failures < MAX_PR_ATTEMPTS and pulls.retry(session_id):
                 opened.append(session_id)
         return opened
 
-    def open_pending(self, sessions: Sessions, user: User, days: float = 30.0) -> list[str]:
+    def open_pending(self, pulls: PullRequests, user: User, days: float = 30.0) -> list[str]:
         """After `user` signs in: open the PRs their pushed branches are still waiting for."""
         assert user.id is not None
-        with DB(sessions.engine) as db:
+        with DB(pulls.sessions.engine) as db:
             rows = db.exec(
                 select(Session)
                 .join(Repo, col(Repo.id) == Session.repo_id)
@@ -208,7 +209,7 @@ class GitHubPullRequests:
         opened = []
         for row in rows:
             try:
-                if sessions.retry_pull_request(row.id, only_author=user.id):
+                if pulls.retry(row.id, only_author=user.id):
                     opened.append(row.id)
             except Exception:
                 log.exception("opening the pending PR of %s failed", row.id)

@@ -345,7 +345,7 @@ def reconcile_github(runtime: Runtime) -> Reconciled:
     if github is None:
         return Reconciled(0, 0, 0, 0)
     deliveries = github.webhooks.process_stale()
-    opened = len(github.opener.retry_failed(runtime.sessions))
+    opened = len(github.opener.retry_failed(runtime.pull_requests))
     with DB(runtime.engine) as db:
         rows = db.exec(
             select(Session, Repo)

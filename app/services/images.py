@@ -13,7 +13,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound
-from app.models import ImagePublic, Session, User, WarmPublic
+from app.models import Session, User
+from app.schemas import ImagePublic, WarmPublic
 from app.services.repos import Repos, spec_of
 from images.jobs import ImageJobs, build_images
 from images.pool import WarmInfo, WarmPool

@@ -17,7 +17,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from app.models import User, ViewerPublic
+from app.models import User
+from app.schemas import ViewerPublic
 
 DEFAULT_TTL_S = 30.0
 

@@ -1,8 +1,12 @@
-"""Pull requests on the local forge: records in the control DB, one per session branch."""
+"""Pull requests: opening each session's PR through its forge's opener, and the local forge's
+own PR records (in the control DB, one per session branch)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session as DB
@@ -10,7 +14,31 @@ from sqlmodel import col, select
 
 from app.errors import NotFound
 from app.models import PullRequest, Repo, Session, User
-from workers.events import BranchPushed
+from workers.events import BranchPushed, ErrorRaised, Event, Notice, PrOpened
+
+if TYPE_CHECKING:
+    from app.services.sessions import Sessions
+
+log = logging.getLogger("nightshift.pulls")
+
+
+class PullRequestOpener(Protocol):
+    def open(
+        self, session: Session, repo: Repo, author: User, event: BranchPushed
+    ) -> tuple[str, int, str]:
+        """Open (or find) the PR for a pushed branch; returns (url, number, state)."""
+        ...
+
+
+class PullRequestDeferred(Exception):
+    """An opener cannot open the PR yet; the message (and link) tell the person what to do.
+
+    The session gets a `Notice` instead of an error: the branch is pushed and nothing failed.
+    """
+
+    def __init__(self, message: str, link: str | None = None) -> None:
+        super().__init__(message)
+        self.link = link
 
 
 class LocalPullRequests:
@@ -90,3 +118,96 @@ class LocalPullRequests:
 def _body(event: BranchPushed, session: Session) -> str:
     summary = event.body.strip() or "(no summary)"
     return f"{summary}\n\n---\nOpened by Nightshift for session {session.id}."
+
+
+class PullRequests:
+    """Opens each session's PR through its forge's opener once a branch is pushed."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self.hub = sessions.hub
+        self.files = sessions.files
+        self.openers: dict[str, PullRequestOpener] = {}
+        self._pr_locks: dict[str, threading.Lock] = {}
+        self._pr_locks_guard = threading.Lock()
+        self.hub.handlers.append(self._on_event)
+
+    def _on_event(self, session_id: str, event: Event) -> None:
+        if isinstance(event, BranchPushed):
+            # After the publish lock is released: opening may wait on the network.
+            self.hub.defer(lambda: self.open(session_id, event))
+
+    def _pr_lock(self, session_id: str) -> threading.Lock:
+        with self._pr_locks_guard:
+            return self._pr_locks.setdefault(session_id, threading.Lock())
+
+    def open(self, session_id: str, event: BranchPushed, only_if_missing: bool = False) -> None:
+        """Open (or update) the session's PR. Runs outside the session's publish lock (it may
+        wait on the network) but under a per-session lock, so it never runs twice at once."""
+        with self._pr_lock(session_id):
+            row = self.sessions.get(session_id)
+            if only_if_missing and row.pr_number is not None:
+                return
+            repo = self.sessions.repos.by_id(row.repo_id)
+            opener = self.openers.get(repo.forge)
+            if opener is None:
+                self.hub.publish(
+                    session_id,
+                    ErrorRaised(
+                        code="no_forge", message=f"no pull-request opener for forge {repo.forge!r}"
+                    ),
+                )
+                return
+            prompt = self.files.get(session_id).prompt(event.prompt_id) if event.prompt_id else None
+            author = self.sessions.users.get(prompt.author_id if prompt else row.author_id)
+            assert author is not None
+            try:
+                url, number, state = opener.open(row, repo, author, event)
+            except PullRequestDeferred as exc:
+                self.hub.publish(
+                    session_id, Notice(message=str(exc), link=exc.link, prompt_id=event.prompt_id)
+                )
+                return
+            except Exception as exc:
+                log.exception("opening the PR of %s failed", session_id)
+                self.hub.publish(
+                    session_id,
+                    ErrorRaised(
+                        code="pr_failed",
+                        message=f"the branch was pushed but opening the PR failed: {exc}",
+                    ),
+                )
+                return
+            with self.hub.lock(session_id):
+                current = self.sessions.get(session_id)
+                if current.pr_number != number or current.pr_url != url:
+                    self.hub.publish(
+                        session_id,
+                        PrOpened(
+                            url=url,
+                            number=number,
+                            state=state,
+                            prompt_id=event.prompt_id,
+                            attempt=event.attempt,
+                        ),
+                    )
+
+    def retry(self, session_id: str, only_author: int | None = None) -> bool:
+        """Try again to open the PR of the session's last pushed branch (say, once its author
+        has signed in). With `only_author`, only when that user prompted the push. True when
+        the session has a PR afterwards."""
+        store = self.sessions.store(session_id)
+        pushed = None
+        after = max(0, store.last_event_id() - 5000)
+        for event in store.events(after, 5000):
+            if isinstance(event, BranchPushed):
+                pushed = event
+        if pushed is None:
+            return False
+        if only_author is not None:
+            prompt = store.prompt(pushed.prompt_id) if pushed.prompt_id else None
+            author = prompt.author_id if prompt else self.sessions.get(session_id).author_id
+            if author != only_author:
+                return False
+        self.open(session_id, pushed, only_if_missing=True)
+        return self.sessions.get(session_id).pr_number is not None

@@ -12,7 +12,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Conflict, Invalid, NotFound
-from app.models import Repo, RepoCreate
+from app.models import Repo
+from app.schemas import RepoCreate
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo

@@ -10,7 +10,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.models import DayStats, LatencyStats, PromptIndex, Session, Stats, User
+from app.models import PromptIndex, Session, User
+from app.schemas import DayStats, LatencyStats, Stats
 
 
 def _percentile(values: list[int], q: float) -> int | None:

@@ -22,7 +22,7 @@ OURS = 99
 
 @pytest.fixture
 def session_id(runtime: Any, tmp_path: Path) -> str:
-    from app.models import RepoCreate
+    from app.schemas import RepoCreate
 
     person = make_person(runtime, "sam", "Sam Stream", "sam@example.com")
     runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "streams"))))
@@ -112,10 +112,10 @@ def test_drain_persists_synchronously_before_the_control_plane_answers(
     runtime: Any, session_id: str, redis_url: str
 ) -> None:
     consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200)
-    runtime.sessions.sync_events = consumer.drain
+    runtime.runners.sync_events = consumer.drain
     _publish(redis_url, session_id, ["before the answer"])
     # No consumer thread runs: the control plane's own call persists what is pending.
-    runtime.sessions.context(session_id)
+    runtime.runners.context(session_id)
     assert _texts(runtime, session_id) == ["before the answer"]
     assert consumer.drain(session_id) == 0
 

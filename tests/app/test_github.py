@@ -12,7 +12,8 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
-from app.models import GitHubAccount, GitHubDelivery, GitHubInstallation, RepoCreate, User
+from app.models import GitHubAccount, GitHubDelivery, GitHubInstallation, User
+from app.schemas import RepoCreate
 from integrations.github import sign
 from tests.app.conftest import GitHubEnv
 from tests.factories import git, make_person, wait_for

@@ -135,8 +135,8 @@ def test_bad_input_gets_clear_errors(api: ApiClient, tmp_path: Path) -> None:
 
 
 def test_next_scheduled_build_picks_up_a_new_commit(make_settings: Any, tmp_path: Path) -> None:
-    from app.models import RepoCreate
     from app.runtime import build_runtime
+    from app.schemas import RepoCreate
 
     rt = build_runtime(make_settings(image_interval=0.5, pool_interval=3600))
     rt.start()

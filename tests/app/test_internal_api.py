@@ -94,7 +94,7 @@ def test_a_worker_context_runs_a_session_over_http_and_redis(
     openai_fake: ScriptBook,
     tmp_path: Path,
 ) -> None:
-    from app.runtime import build_worker
+    from app.worker_runtime import build_worker
 
     person = make_person(api_runtime, "wanda", "Wanda Worker", "wanda@example.com")
     with httpx.Client(
@@ -138,7 +138,7 @@ def test_a_worker_context_runs_a_session_over_http_and_redis(
 def test_the_http_control_plane(
     api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
 ) -> None:
-    from app.models import RepoCreate
+    from app.schemas import RepoCreate
 
     person = make_person(api_runtime, "hank", "Hank Http", "hank@example.com")
     api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "plane"))))

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from app.models import RepoCreate
-from app.services.sessions import MAX_ATTEMPTS
+from app.schemas import RepoCreate
+from app.services.runners import MAX_ATTEMPTS
 from tests.factories import make_person, make_repo
 from workers.celery_app import dispatch_key
 from workers.events import ChatMessage, MessageAdded
@@ -56,8 +56,8 @@ def session_id(rt: Any, tmp_path: Path) -> str:
 def _die_mid_prompt(rt: Any, session_id: str, host: str | None = None) -> str:
     """A runner takes the session, starts the prompt, says something, and dies."""
     runner = f"{host or socket.gethostname()}-{_dead_pid()}-abc123"
-    assert rt.sessions.acquire_lease(session_id, runner, 30)
-    job = rt.sessions.next_prompt(session_id, runner)
+    assert rt.runners.acquire_lease(session_id, runner, 30)
+    job = rt.runners.next_prompt(session_id, runner)
     rt.hub.publish(
         session_id,
         MessageAdded(
@@ -73,7 +73,7 @@ def test_a_dead_runners_prompt_runs_again_with_its_attempt_on_record(
     broker = redis.Redis.from_url(redis_url)
     broker.delete(dispatch_key(session_id))  # the first task was taken by the runner
     _die_mid_prompt(rt, session_id)
-    assert rt.sessions.reap() == [session_id]
+    assert rt.runners.reap() == [session_id]
     events = rt.sessions.events(session_id)
     notice = [e for e in events if e.type == "notice"][-1]
     assert notice.attempt == 1 and notice.prompt_id == 1 and "runs again" in notice.message
@@ -81,19 +81,19 @@ def test_a_dead_runners_prompt_runs_again_with_its_attempt_on_record(
     assert row.lease_owner is None and row.attempts == 1
     assert [p.state for p in rt.sessions.prompts(session_id)] == ["queued"]
     # The next attempt starts from the conversation before the prompt: nothing of attempt 1.
-    assert rt.sessions.context(session_id).history == []
+    assert rt.runners.context(session_id).history == []
     assert broker.exists(dispatch_key(session_id))  # dispatched again, once
     assert broker.llen("nightshift.sessions") == 2
-    assert rt.sessions.reap() == [session_id]  # still queued: the marker holds back copies
+    assert rt.runners.reap() == [session_id]  # still queued: the marker holds back copies
     assert broker.llen("nightshift.sessions") == 2
-    job = rt.sessions.next_prompt(session_id, "another-runner")
+    job = rt.runners.next_prompt(session_id, "another-runner")
     assert job is not None and job.attempt == 2
 
 
 def test_after_max_attempts_the_session_fails_with_a_clear_event(rt: Any, session_id: str) -> None:
     for _ in range(MAX_ATTEMPTS):
         _die_mid_prompt(rt, session_id)
-        rt.sessions.reap()
+        rt.runners.reap()
     row = rt.sessions.get(session_id)
     assert row.status == "failed"
     events = rt.sessions.events(session_id)
@@ -102,7 +102,7 @@ def test_after_max_attempts_the_session_fails_with_a_clear_event(rt: Any, sessio
     assert error.attempt == MAX_ATTEMPTS
     assert events[-1].type == "status" and events[-1].reason == "runner died repeatedly"
     assert [p.state for p in rt.sessions.prompts(session_id)] == ["failed"]
-    assert rt.sessions.reap() == []  # a failed session stays failed
+    assert rt.runners.reap() == []  # a failed session stays failed
 
 
 def test_a_lapsed_lease_of_a_live_remote_runner_is_spared_right_after_a_restart(
@@ -110,7 +110,7 @@ def test_a_lapsed_lease_of_a_live_remote_runner_is_spared_right_after_a_restart(
 ) -> None:
     runner = _die_mid_prompt(rt, session_id, host="another-host")
     later = rt.sessions.get(session_id).lease_expires_at + 1
-    assert rt.sessions.reap(later, trust_expiry=False) == []
+    assert rt.runners.reap(later, trust_expiry=False) == []
     assert rt.sessions.get(session_id).lease_owner == runner
-    assert rt.sessions.reap(later) == [session_id]
+    assert rt.runners.reap(later) == [session_id]
     assert rt.sessions.get(session_id).lease_owner is None

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app.models import RepoCreate
 from app.runtime import build_runtime
+from app.schemas import RepoCreate
 from tests.factories import git, make_person, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 
@@ -50,7 +50,7 @@ def test_interrupted_prompt_resumes_after_restart(
     second = build_runtime(settings)
     second.start()
     try:
-        second.sessions.reap(
+        second.runners.reap(
             now=second.sessions.get(session.id).lease_expires_at + 1
         )  # as the reaper would
         wait_for(

@@ -135,6 +135,9 @@ def test_follow_up_sent_mid_run_waits_its_turn(
     )
     participants = {p["login"] for p in api.session(session["id"])["participants"]}
     assert participants == {"alice", "bob"}
+    listed = api.http.get("/api/sessions", params={"repo": "proj"}).json()["sessions"]
+    assert [p["login"] for p in listed[0]["participants"]] == ["alice", "bob"]
+    assert listed[0]["last_event_id"] >= events[-1]["id"]
     # The follow-up saw the first prompt's conversation.
     second_request = next(
         r
@@ -206,6 +209,9 @@ def test_spawn_session_creates_a_child_visible_in_the_parent(
     assert git(repo, "show", f"nightshift/{child['id']}:DOCS.md") == "docs\n"
     listed = api.http.get("/api/sessions", params={"parent_id": parent["id"]}).json()
     assert [s["id"] for s in listed["sessions"]] == [child["id"]]
+    everything = {s["id"]: s for s in api.http.get("/api/sessions").json()["sessions"]}
+    assert everything[parent["id"]]["children"] == [child["id"]]
+    assert everything[child["id"]]["children"] == []
 
 
 def test_tool_errors_reach_the_model_and_change_nothing(
@@ -241,7 +247,7 @@ def test_no_model_configured_fails_with_the_variables_to_set(make_settings, tmp_
     try:
         person = make_person(rt, "carol", "Carol", "carol@example.com")
         rt.repos.add(
-            __import__("app.models", fromlist=["RepoCreate"]).RepoCreate(
+            __import__("app.schemas", fromlist=["RepoCreate"]).RepoCreate(
                 url=str(make_repo(tmp_path, "p"))
             )
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.models import RepoCreate
+from app.schemas import RepoCreate
 from app.services.classifier import RepoClassifier
 from app.services.slack_data import SlackDirectory
 from integrations.llm import ModelSettings

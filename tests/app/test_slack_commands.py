@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.models import RepoCreate
+from app.schemas import RepoCreate
 from integrations.slack.blocks import MODAL_CALLBACK
 from tests.factories import make_person, make_repo, wait_for
 from tests.fakes.slack import SlackWorld

@@ -36,7 +36,7 @@ def _edit_and_finish(path: str, content: str, title: str) -> list[Turn]:
 
 def _world_with_repo(world: SlackWorld, tmp_path: Path) -> tuple[Any, Path]:
     repo = make_repo(tmp_path, "proj")
-    from app.models import RepoCreate
+    from app.schemas import RepoCreate
 
     world.runtime.repos.add(RepoCreate(url=str(repo), description="The project"))
     alice = make_person(world.runtime, "alice", "Alice Example", "alice@example.com")
@@ -216,7 +216,7 @@ def test_stop_in_the_thread_and_the_stop_reaction_stop_the_session(
 def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
     slack_world: SlackWorld, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
-    from app.models import RepoCreate
+    from app.schemas import RepoCreate
 
     slack_world.runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
     carol = make_person(slack_world.runtime, "carol", "Carol Example", "carol@example.com")

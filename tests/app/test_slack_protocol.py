@@ -17,7 +17,8 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
-from app.models import RepoCreate, SlackEventRecord
+from app.models import SlackEventRecord
+from app.schemas import RepoCreate
 from tests.factories import make_person, make_repo, wait_for
 from tests.fakes.slack import BOT_ID, BOT_USER_ID, SlackWorld, signature
 
@@ -184,8 +185,8 @@ def _dead_pid() -> int:
 @pytest.mark.postgres
 def test_event_ids_are_inserted_or_ignored_on_postgres(postgres_url: str) -> None:
     from app.db import control_engine
-    from app.runtime import init_control_db
     from app.services.slack_data import SlackDirectory
+    from app.wiring import init_control_db
 
     engine = control_engine(postgres_url)
     try:

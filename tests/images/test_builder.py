@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.models import RepoCreate
+from app.schemas import RepoCreate
 from images.builder import ImageBuilder
 from images.jobs import UnknownRepo, build_images, collect_images
 from images.mirror import Mirrors
@@ -195,7 +195,7 @@ async def test_unknown_repo_is_refused(rt: Any) -> None:
 @pytest.mark.postgres
 def test_build_lock_is_a_lease_on_postgres(postgres_url: str) -> None:
     from app.db import control_engine
-    from app.runtime import init_control_db
+    from app.wiring import init_control_db
 
     engine = control_engine(postgres_url)
     try:

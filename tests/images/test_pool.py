@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from app.models import RepoCreate
+from app.schemas import RepoCreate
 from images.jobs import build_images, maintain_pool
 from tests.factories import make_repo, wait_for
 from tests.images.conftest import commit

@@ -13,8 +13,8 @@ from tests.fakes.llm import ScriptBook, Turn
 def test_a_follow_up_wakes_the_idle_runner(
     make_settings: Any, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
-    from app.models import RepoCreate
     from app.runtime import build_runtime
+    from app.schemas import RepoCreate
 
     rt = build_runtime(
         make_settings(

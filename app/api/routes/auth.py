@@ -13,8 +13,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import RedirectResponse
 
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, same_origin
-from app.models import GitHubLink, Me, TokenCreate, TokenCreated, UserPublic
 from app.runtime import Runtime
+from app.schemas import GitHubLink, Me, TokenCreate, TokenCreated, UserPublic
 from app.services.github_accounts import GitHubAccounts
 from integrations.github import GitHubAuthError, GitHubError, GitHubUnavailable
 
@@ -119,7 +119,7 @@ def github_callback(
     if github is not None:
         # Pull requests that waited for this person to sign in open now, in the background.
         runtime.executor.submit(
-            lambda: asyncio.to_thread(github.opener.open_pending, runtime.sessions, user)
+            lambda: asyncio.to_thread(github.opener.open_pending, runtime.pull_requests, user)
         )
     return response
 

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlmodel import Session as DB
 
 from app.api.deps import RuntimeDep
-from app.models import Health
+from app.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -54,38 +54,38 @@ router = APIRouter(
 def acquire_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseAcquired:
     runtime.sessions.get(session_id)
     return LeaseAcquired(
-        acquired=runtime.sessions.acquire_lease(session_id, body.runner_id, body.ttl_s)
+        acquired=runtime.runners.acquire_lease(session_id, body.runner_id, body.ttl_s)
     )
 
 
 @router.post("/sessions/{session_id}/lease/renew")
 def renew_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseRenewed:
-    return LeaseRenewed(state=runtime.sessions.renew_lease(session_id, body.runner_id, body.ttl_s))
+    return LeaseRenewed(state=runtime.runners.renew_lease(session_id, body.runner_id, body.ttl_s))
 
 
 @router.post("/sessions/{session_id}/lease/release")
 def release_lease(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> LeaseReleased:
-    return LeaseReleased(more=runtime.sessions.release_lease(session_id, body.runner_id))
+    return LeaseReleased(more=runtime.runners.release_lease(session_id, body.runner_id))
 
 
 @router.post("/sessions/{session_id}/next-prompt")
 def next_prompt(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> PromptJob | None:
-    return runtime.sessions.next_prompt(session_id, body.runner_id)
+    return runtime.runners.next_prompt(session_id, body.runner_id)
 
 
 @router.get("/sessions/{session_id}/context")
 def session_context(session_id: str, runtime: RuntimeDep) -> SessionContext:
-    return runtime.sessions.context(session_id)
+    return runtime.runners.context(session_id)
 
 
 @router.get("/sessions/{session_id}/summary")
 def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
-    return runtime.sessions.summary(session_id)
+    return runtime.runners.summary(session_id)
 
 
 @router.post("/sessions/{session_id}/children")
 def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
-    return Spawned(id=runtime.sessions.spawn(session_id, body.repo, body.prompt, body.author))
+    return Spawned(id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author))
 
 
 @router.get("/repos")

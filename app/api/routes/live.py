@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user
 from app.errors import ServiceError
-from app.models import PresenceBeat, PresencePublic
+from app.schemas import PresenceBeat, PresencePublic
 from workers.events import Event
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])

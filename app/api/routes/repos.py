@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import CurrentUser, ReposDep, RuntimeDep
-from app.models import PullRequestPublic, RepoCreate, RepoPublic
+from app.schemas import PullRequestPublic, RepoCreate, RepoPublic
 
 router = APIRouter(prefix="/api/repos", tags=["repos"])
 

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketState
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
 from app.errors import ServiceError
-from app.models import (
+from app.schemas import (
     DiffPublic,
     EventPublic,
     PresencePublic,
@@ -52,7 +52,7 @@ def list_sessions(
     rows, total = sessions.query(
         repo=repo, status=status_, author=author, parent_id=parent_id, limit=limit, offset=offset
     )
-    return SessionList(sessions=[sessions.public(r) for r in rows], total=total)
+    return SessionList(sessions=sessions.public_many(rows), total=total)
 
 
 @router.get("/{session_id}")

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import COOKIE_NAME, RuntimeDep, same_origin, stream_user
 from app.errors import Unauthorized
-from app.models import SignInState, TokenSignIn, UserPublic
 from app.runtime import Runtime
+from app.schemas import SignInState, TokenSignIn, UserPublic
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 GITHUB_LOGIN_PATH = "/auth/github/login"

@@ -15,15 +15,9 @@ from fastapi.responses import HTMLResponse
 
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
 from app.errors import NotFound, Unauthorized
-from app.models import (
-    SlackLinkCode,
-    SlackLinkCreate,
-    SlackLinkPublic,
-    SlackUserLink,
-    User,
-    UserPublic,
-)
+from app.models import SlackLinkCode, SlackUserLink, User
 from app.runtime import Runtime
+from app.schemas import SlackLinkCreate, SlackLinkPublic, UserPublic
 from app.services.slack import SlackBot
 
 router = APIRouter(tags=["slack"])

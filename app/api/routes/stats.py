@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, RuntimeDep
-from app.models import Stats
+from app.schemas import Stats
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])

@@ -1,0 +1,329 @@
+"""The public shapes of the API: request bodies and responses (tables are in `app/models.py`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from workers.events import SessionStatus
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    login: str
+    name: str
+    email: str
+
+
+class RepoCreate(BaseModel):
+    """`POST /api/repos`: a local path (local forge) or `owner/name` / a GitHub URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=1000)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=200)
+    setup: list[str] = Field(default_factory=list, max_length=50)
+    warm: list[str] = Field(default_factory=list, max_length=50)
+    env: dict[str, str] = Field(default_factory=dict)
+    egress: list[str] = Field(default_factory=list, max_length=100)
+    description: str = Field("", max_length=2000)
+    pool_size: int = Field(0, ge=0, le=50)
+
+
+class RepoPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    url: str
+    forge: str
+    base: str
+    setup: list[str]
+    warm: list[str]
+    env: dict[str, str]
+    egress: list[str]
+    description: str
+    pool_size: int
+    created_at: float
+
+
+class SessionCreate(BaseModel):
+    """`POST /api/sessions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=200, description="A repo's name, as listed")
+    prompt: str = Field(min_length=1, description="What the agent should do")
+    parent_id: str | None = Field(None, max_length=32)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+
+class PromptCreate(BaseModel):
+    """`POST /api/sessions/{id}/prompts`: a follow-up, queued behind running work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+
+class PromptPublic(BaseModel):
+    id: int
+    text: str
+    author: UserPublic
+    state: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 1
+    position: int | None = None
+    """Place in the queue (0 = next) while queued."""
+
+
+class SessionPublic(BaseModel):
+    id: str
+    status: SessionStatus
+    repo: str
+    title: str
+    author: UserPublic
+    branch: str
+    head_sha: str | None
+    pr_url: str | None
+    pr_number: int | None
+    pr_state: str | None
+    parent_id: str | None
+    children: list[str]
+    participants: list[UserPublic]
+    prompt_count: int
+    last_event_id: int
+    start_mode: str | None
+    start_ms: int | None
+    first_model_ms: int | None
+    created_at: float
+    updated_at: float
+    url: str
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionPublic]
+    total: int
+
+
+class EventPublic(BaseModel):
+    """An event as stored: `id` is the per-session monotonic id clients resume from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    type: str
+    ts: float
+
+
+class DiffPublic(BaseModel):
+    base: str
+    head: str | None
+    branch: str
+    diff: str
+
+
+class PullRequestPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    session_id: str
+    title: str
+    body: str
+    base: str
+    head: str
+    head_sha: str
+    state: str
+    url: str
+    created_at: float
+
+
+class LatencyStats(BaseModel):
+    count: int
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+class DayStats(BaseModel):
+    date: str
+    sessions: int
+    prompts: int
+
+
+class Stats(BaseModel):
+    window_days: int
+    sessions: int
+    merged: int
+    """Sessions whose PR was merged: the primary measure of whether agents pay off."""
+    merged_share: float
+    per_day: list[DayStats]
+    active_humans_5m: int
+    active_humans: list[str]
+    start_latency: dict[str, LatencyStats]
+    """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
+    first_model_request: LatencyStats
+
+
+class ImagePublic(BaseModel):
+    """An image build attempt: `ready` images start sandboxes, `failed` ones keep their log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    repo: str
+    status: str
+    """building, ready, failed, cold (a bare clone a session started from), collected."""
+    trigger: str
+    sha: str | None
+    spec_hash: str | None
+    runtime: str
+    backend: str
+    host: str
+    created_at: float
+    built_at: float | None
+    duration_ms: int | None
+    error: str | None
+    log: str | None
+    """The build log: listed for failed builds, always in `GET /api/images/{id}`."""
+
+
+class ImageBuildRequest(BaseModel):
+    """`POST /api/images/build`: build now instead of waiting for the schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repos: list[str] | None = Field(None, description="Repo names; all repos when omitted")
+    force: bool = Field(False, description="Build even when the tip and spec are unchanged")
+
+
+class ImageBuildQueued(BaseModel):
+    queued: list[str]
+
+
+class WarmPublic(BaseModel):
+    """The caller's warm sandbox on a repo: `warming`, `warm`, `failed`, or `cold` (none)."""
+
+    repo: str
+    state: str
+    sandbox_id: str | None
+    expires_at: float | None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    mode: str
+    sandbox: str
+    database: str
+    event_bus: str | None = None
+    """Distributed mode: `ok` while the API reads the workers' event streams from Redis,
+    `unavailable` while it cannot (events wait in Redis meanwhile)."""
+
+
+class GitHubLink(BaseModel):
+    login: str
+    linked_at: float
+
+
+class Me(BaseModel):
+    """`GET /api/me`: who the caller is and how they can sign in."""
+
+    user: UserPublic
+    github: GitHubLink | None
+    """None when the person has not signed in with GitHub (their PRs cannot be opened as them)."""
+    github_login_url: str | None
+    """Where to link GitHub (None when GitHub sign-in is not configured)."""
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field("api", min_length=1, max_length=100, description="What the token is for")
+
+
+class TokenCreated(BaseModel):
+    token: str
+    """Shown once; only its hash is stored."""
+    label: str
+    user: UserPublic
+
+
+class SlackLinkCreate(BaseModel):
+    """`POST /api/slack/link`: bind the Slack user behind a one-time code to the caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=16, max_length=200)
+
+
+class SlackLinkPublic(BaseModel):
+    slack_user_id: str
+    slack_name: str
+    user: UserPublic
+    linked_at: float
+
+
+class ViewerPublic(BaseModel):
+    """Someone viewing a session now (one entry per person, however many tabs)."""
+
+    login: str
+    name: str
+    since: float
+    connections: int = 1
+
+
+class PresencePublic(BaseModel):
+    """Who is viewing a session; also sent on the session's WebSocket as a frame with
+    `type: "presence"` and no `id` (it is not an event and is never stored)."""
+
+    type: str = "presence"
+    session_id: str
+    viewers: list[ViewerPublic]
+
+
+class PresenceBeat(BaseModel):
+    """`POST /api/sessions/{id}/presence`: a heartbeat from a client not on the WebSocket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: Annotated[
+        str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ]
+    """A random id the page picks once per load, so one person's tabs count separately."""
+
+
+class TokenSignIn(BaseModel):
+    """`POST /api/auth/token`: sign this browser in with an API token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class SignInState(BaseModel):
+    """Who this browser is signed in as, and how it can sign in."""
+
+    user: UserPublic | None
+    auth: str
+    """`token` (API tokens, or GitHub when configured) or `local` (everyone is the local user)."""
+    github_login: str | None
+    """Where GitHub sign-in starts, when it is configured on this server."""

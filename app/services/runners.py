@@ -1,0 +1,291 @@
+"""The runner-facing side of sessions (the `ControlPlane` port): leases, the prompt queue,
+a run's context, and recovery of sessions whose runner died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session as DB
+from sqlmodel import col, select
+
+from app.errors import NotFound
+from app.models import Session
+from app.services.repos import spec_of
+from app.services.sessions import Sessions
+from images.sandboxes.base import ImageRef, SnapshotRef
+from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.events import (
+    ACTIVE_STATUSES,
+    Author,
+    ErrorRaised,
+    Notice,
+    StatusChanged,
+)
+
+log = logging.getLogger("nightshift.runners")
+MAX_ATTEMPTS = 3
+
+
+def _snapshot_from(data: dict[str, object] | None) -> SnapshotRef | None:
+    if not data:
+        return None
+    fields = dict(data)
+    fields["image"] = ImageRef(**fields["image"])  # type: ignore[arg-type]
+    fields["layers"] = tuple(fields.get("layers", ()))  # type: ignore[arg-type]
+    return SnapshotRef(**fields)  # type: ignore[arg-type]
+
+
+def _pid_alive(owner: str) -> bool:
+    """For a lease owner `host-pid-x` on this host: is that process still running?"""
+    host, _, rest = owner.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname():
+        return True  # another host: only the lease's expiry can tell
+    try:
+        os.kill(int(rest), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def active_snapshot_ids(engine: Engine) -> set[str]:
+    """Snapshots that sessions still queued or running will start from (workers collecting
+    their own snapshots ask too)."""
+    with DB(engine) as db:
+        rows = db.exec(
+            select(Session.snapshot).where(col(Session.status).in_(list(ACTIVE_STATUSES)))
+        ).all()
+    return {str(snap["id"]) for snap in rows if snap and "id" in snap}
+
+
+class Runners:
+    """What runners ask of the control plane, answered from the control DB and session files.
+
+    In-process runners call it directly (`app/control.py`); workers over `/internal`.
+    """
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self.engine = sessions.engine
+        self.files = sessions.files
+        self.hub = sessions.hub
+        self.sync_events: Callable[[str], object] = lambda _session_id: None
+        """Persist what a session's runner published that the bus has not delivered yet.
+
+        A no-op in-process; in distributed mode the Redis stream is drained, so the answers
+        below (next prompt, conversation, lease release) see every event the runner sent.
+        """
+
+    def acquire_lease(self, session_id: str, runner: str, ttl: float) -> bool:
+        now = time.time()
+        with DB(self.engine) as db:
+            result = db.exec(  # type: ignore[call-overload]
+                update(Session)
+                .where(col(Session.id) == session_id)
+                .where(
+                    or_(
+                        col(Session.lease_owner).is_(None),
+                        col(Session.lease_expires_at) < now,
+                        col(Session.lease_owner) == runner,
+                    )
+                )
+                .values(lease_owner=runner, lease_expires_at=now + ttl)
+            )
+            db.commit()
+            return bool(result.rowcount == 1)
+
+    def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
+        # One statement per heartbeat: every runner sends one every few seconds.
+        with self.engine.begin() as conn:
+            stop = conn.execute(
+                update(Session)
+                .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
+                .values(lease_expires_at=time.time() + ttl)
+                .returning(col(Session.stop_requested))
+            ).scalar_one_or_none()
+        if stop is None:
+            return "lost"
+        return "stop" if stop else "held"
+
+    def release_lease(self, session_id: str, runner: str) -> bool:
+        self.sync_events(session_id)
+        with DB(self.engine) as db:
+            db.exec(  # type: ignore[call-overload]
+                update(Session)
+                .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            db.commit()
+            row = db.get(Session, session_id)
+            stopped = row is None or row.stop_requested
+        return not stopped and self.files.get(session_id).pending_count() > 0
+
+    def next_prompt(self, session_id: str, runner: str) -> PromptJob | None:
+        self.sync_events(session_id)
+        if self.sessions.get(session_id).stop_requested:
+            return None
+        store = self.files.get(session_id)
+        # Runners report a prompt finished before they ask for the next one, so a prompt this
+        # runner still holds means its first answer was lost on the way: hand it back again.
+        prompt = store.running_by(runner) or store.claim_next(runner)
+        if prompt is None:
+            return None
+        assert prompt.id is not None
+        return PromptJob(
+            id=prompt.id,
+            text=prompt.text,
+            author=prompt.author(),
+            created_at=prompt.created_at,
+            attempt=prompt.attempt,
+        )
+
+    def context(self, session_id: str) -> SessionContext:
+        self.sync_events(session_id)
+        row = self.sessions.get(session_id)
+        repo = self.sessions.repos.by_id(row.repo_id)
+        store = self.files.get(session_id)
+        authors: dict[str, Author] = {}
+        for prompt in store.prompts():
+            authors.setdefault(prompt.author_email.lower(), prompt.author())
+        return SessionContext(
+            session_id=session_id,
+            repo=spec_of(repo),
+            branch=row.branch,
+            parent_id=row.parent_id,
+            depth=row.depth,
+            pushed_sha=row.head_sha,
+            history=store.messages(),
+            authors=list(authors.values()),
+            snapshot=_snapshot_from(row.snapshot),
+            title=row.title,
+        )
+
+    def spawn(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
+        parent = self.sessions.get(parent_id)
+        user = self.sessions.users.get(author.id)
+        if user is None:
+            raise NotFound(f"unknown user {author.login!r}")
+        child = self.sessions.create(
+            user, repo or parent.repo_name, prompt, parent_id=parent_id, source="agent"
+        )
+        return child.id
+
+    def summary(self, session_id: str) -> SessionSummary:
+        self.sync_events(session_id)
+        row = self.sessions.get(session_id)
+        public = self.sessions.public(row)
+        last = []
+        for event in self.files.get(session_id).events(max(0, public.last_event_id - 200), 200):
+            if event.type in ("status", "prompt_finished", "error", "branch_pushed", "pr_opened"):
+                last.append(
+                    f"#{event.id} {event.type}: {event.model_dump_json(exclude={'id', 'ts', 'type'})[:200]}"
+                )
+        return SessionSummary(
+            id=row.id,
+            status=row.status,
+            repo=row.repo_name,
+            branch=row.branch if row.head_sha else None,
+            pr_url=row.pr_url,
+            pr_state=row.pr_state,
+            parent_id=row.parent_id,
+            children=public.children,
+            last_events=last[-10:],
+        )
+
+    def active_snapshot_ids(self) -> set[str]:
+        """Snapshots that sessions still queued or running will start from."""
+        return active_snapshot_ids(self.engine)
+
+    # ------------------------------------------------------------ recovery
+
+    def reap(self, now: float | None = None, *, trust_expiry: bool = True) -> list[str]:
+        """Hand sessions whose runner died back to a runner; returns the ids dispatched.
+
+        A runner is dead when its lease expired, or at once when it ran on this host and its
+        process is gone. With `trust_expiry=False` (just after this process started, when
+        leases may have lapsed only because nobody could renew them) an expired lease whose
+        runner may still be alive is left alone. A prompt interrupted MAX_ATTEMPTS times fails
+        with an event saying so.
+        """
+        now = now or time.time()
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(Session).where(col(Session.status).in_(list(ACTIVE_STATUSES)))
+            ).all()
+        dispatched = []
+        for row in rows:
+            if (
+                row.lease_owner is not None
+                and _pid_alive(row.lease_owner)
+                and ((row.lease_expires_at or 0) >= now or not trust_expiry)
+            ):
+                continue
+            try:
+                if self._recover(row):
+                    dispatched.append(row.id)
+            except Exception:
+                log.exception("recovering session %s failed; retrying next round", row.id)
+        return dispatched
+
+    def _recover(self, row: Session) -> bool:
+        self.sync_events(row.id)  # the dead runner's last events land before we judge
+        store = self.files.get(row.id)
+        if row.lease_owner is not None:
+            with DB(self.engine) as db:
+                db.exec(  # type: ignore[call-overload]
+                    update(Session)
+                    .where(col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner)
+                    .values(lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1)
+                )
+                db.commit()
+        if row.stop_requested:
+            store.fail_running("stopped")
+            self.hub.publish(
+                row.id,
+                StatusChanged(status="stopped", reason="stopped while its runner was gone"),
+            )
+            return False
+        requeued = store.requeue_running()
+        exhausted = [p for p in requeued if p.attempt >= MAX_ATTEMPTS]
+        if exhausted:
+            store.fail_running("too many attempts")
+            self.hub.publish(
+                row.id,
+                ErrorRaised(
+                    code="attempts_exhausted",
+                    message=f"the runner of this session died {MAX_ATTEMPTS} times; giving up",
+                    prompt_id=exhausted[0].id,
+                    attempt=exhausted[0].attempt,
+                ),
+            )
+            self.hub.publish(
+                row.id, StatusChanged(status="failed", reason="runner died repeatedly")
+            )
+            return False
+        for prompt in requeued:
+            self.hub.publish(
+                row.id,
+                Notice(
+                    message=(
+                        f"the runner of prompt #{prompt.id} stopped (attempt {prompt.attempt} "
+                        f"of {MAX_ATTEMPTS}); it runs again on a fresh sandbox"
+                    ),
+                    prompt_id=prompt.id,
+                    attempt=prompt.attempt,
+                ),
+            )
+        if requeued or store.pending_count() > 0:
+            self.sessions.dispatch(row.id)
+            return True
+        current = self.sessions.get(row.id)
+        if current.status in ACTIVE_STATUSES and current.status != "queued":
+            self.hub.publish(
+                row.id, StatusChanged(status="finished", reason="recovered after restart")
+            )
+        return False

@@ -1,0 +1,143 @@
+"""Pieces both kinds of process are built from: the control DB, forges and the image stack.
+
+`app/runtime.py` builds the API process (`build_runtime`), `app/worker_runtime.py` a
+`nightshift worker` (`build_worker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from app.services.images import Images
+from app.services.repos import Repos
+from app.settings import Settings
+from images.builder import ImageBuilder
+from images.jobs import ImageJobs
+from images.mirror import Mirrors
+from images.pool import WarmPool
+from images.provider import SandboxProvider
+from images.registry import ImageRegistry
+from images.sandboxes import make_backend
+from images.sandboxes.base import SandboxBackend
+from images.spec import RepoSpec
+from integrations.forge.base import Forge
+from integrations.forge.local import LocalForge
+from workers.executor import InProcessExecutor
+
+if TYPE_CHECKING:
+    pass
+
+
+SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
+
+
+def init_control_db(engine: Engine) -> None:
+    """Bring the control DB to the newest migration (a no-op when it is there already)."""
+    from app.migrate import upgrade
+
+    upgrade(engine)
+
+
+def make_forges(settings: Settings) -> dict[str, Forge]:
+    """The forges every process has; GitHub's is added where the App is configured."""
+    return {"local": LocalForge()}
+
+
+@dataclass
+class ImageStack:
+    """Where a process's sandboxes come from: registry, builder, provider, warm pool."""
+
+    backend: SandboxBackend
+    registry: ImageRegistry
+    builder: ImageBuilder
+    provider: SandboxProvider
+    pool: WarmPool
+    service: Images
+    jobs: ImageJobs
+
+
+def image_stack(
+    settings: Settings,
+    engine: Engine,
+    repos: Repos,
+    state_dir: Path,
+    forge_for: Callable[[RepoSpec], Forge],
+    executor: InProcessExecutor,
+    backend: SandboxBackend | None = None,
+) -> ImageStack:
+    data_dir = settings.data_dir
+    backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
+    owner = getattr(backend, "owner", None)
+    registry = ImageRegistry(engine, backend.name, backend.runtime_version())
+    mirrors = Mirrors(data_dir / "mirrors")
+    builder = ImageBuilder(
+        registry,
+        backend,
+        data_dir / "images",
+        mirrors,
+        forge_for,
+        settings.limits(),
+        owner,
+        command_timeout=settings.image_command_timeout,
+    )
+    provider = SandboxProvider(
+        backend,
+        registry,
+        builder,
+        mirrors,
+        forge_for,
+        settings.limits(),
+        setup_timeout=settings.image_command_timeout,
+    )
+    pool = WarmPool(
+        provider.prepare_warm,
+        lambda factory: _spawn(executor, factory),
+        lambda spec: _newest_image_id(provider, spec),
+        pool_ttl=settings.pool_ttl,
+        warm_ttl=settings.warm_ttl,
+        debounce=settings.warm_debounce,
+    )
+    provider.pool = pool
+    service = Images(engine, repos, registry, pool, executor)
+    jobs = ImageJobs(
+        builder=builder,
+        provider=provider,
+        registry=registry,
+        specs=service.specs,
+        snapshot_images=service.snapshot_images,
+        keep=settings.images_keep,
+    )
+    service.jobs = jobs
+    return ImageStack(backend, registry, builder, provider, pool, service, jobs)
+
+
+def distributed_checks(settings: Settings) -> None:
+    if not settings.worker_token:
+        raise ValueError(
+            "NIGHTSHIFT_BROKER_URL is set (distributed mode), so workers call this API's "
+            "internal routes: set NIGHTSHIFT_WORKER_TOKEN (a long random string, the same on "
+            "the API and every worker)"
+        )
+
+
+def resolved(settings: Settings) -> Settings:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(update={"data_dir": data_dir})
+
+
+def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await factory()
+
+    executor.submit(run)
+
+
+def _newest_image_id(provider: SandboxProvider, spec: RepoSpec) -> str | None:
+    record = provider.usable_image(spec)
+    return record.id if record is not None else None
