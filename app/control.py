@@ -9,7 +9,7 @@ from typing import TypeVar
 from app.errors import ServiceError
 from app.jobs import ControlJobs
 from app.services.repos import spec_of
-from app.services.runners import Runners
+from app.services.runners import RunnerService
 from images.spec import RepoSpec
 from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.events import Author
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, runners: Runners, jobs: ControlJobs) -> None:
+    def __init__(self, runners: RunnerService, jobs: ControlJobs) -> None:
         self.runners = runners
         self.jobs = jobs
 

@@ -31,7 +31,7 @@ from app.services.images import Images
 from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests, PullRequests
 from app.services.repos import Repos
-from app.services.runners import Runners
+from app.services.runners import RunnerService
 from app.services.sessions import Sessions
 from app.services.users import Users
 from app.services.websessions import WebSessions
@@ -79,7 +79,7 @@ class Runtime:
     users: Users
     repos: Repos
     sessions: Sessions
-    runners: Runners
+    runners: RunnerService
     """The runner-facing side of sessions (leases, queue, recovery)."""
     pull_requests: PullRequests
     pulls: LocalPullRequests
@@ -267,7 +267,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
     )
-    runners = Runners(sessions)
+    runners = RunnerService(sessions)
     pull_requests = PullRequests(sessions)
     pulls = LocalPullRequests(engine, settings.base_url)
     pull_requests.openers["local"] = pulls

@@ -64,7 +64,7 @@ def active_snapshot_ids(engine: Engine) -> set[str]:
     return {str(snap["id"]) for snap in rows if snap and "id" in snap}
 
 
-class Runners:
+class RunnerService:
     """What runners ask of the control plane, answered from the control DB and session files.
 
     In-process runners call it directly (`app/control.py`); workers over `/internal`.
