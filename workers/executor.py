@@ -37,9 +37,12 @@ class InProcessExecutor:
         self._loop.run_forever()
 
     def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
+        if self._started:
+            return
+        if self._thread.ident is not None:
+            raise RuntimeError("this executor has been shut down; it takes no more jobs")
+        self._started = True
+        self._thread.start()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -73,7 +76,8 @@ class InProcessExecutor:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel running jobs (their sessions are picked up again after a restart) and stop."""
-        if not self._started:
+        if not self._started or not self._thread.is_alive():
+            self._started = False
             return
 
         async def settle() -> None:
