@@ -18,7 +18,8 @@ from rich.table import Table
 
 from app.errors import ServiceError
 from app.services.repos import Repos
-from app.services.slack_data import SlackDirectory, check_channel
+from app.services.slack_links import SlackLinks
+from app.services.slack_routing import SlackRouting, check_channel
 from app.services.users import Users
 from app.settings import Settings
 
@@ -37,7 +38,8 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 @dataclass
 class _Control:
-    directory: SlackDirectory
+    links: SlackLinks
+    routing: SlackRouting
     repos: Repos
     users: Users
 
@@ -54,7 +56,7 @@ def _control() -> Iterator[_Control]:
     except Exception as exc:
         _fail(f"could not open the control DB: {exc}")
     try:
-        yield _Control(SlackDirectory(engine), Repos(engine), Users(engine))
+        yield _Control(SlackLinks(engine), SlackRouting(engine), Repos(engine), Users(engine))
     except ServiceError as exc:
         _fail(str(exc))
     finally:
@@ -77,7 +79,7 @@ def channel_default(
     with _control() as control:
         if channel is None:
             table = Table("channel", "repo", "set by", "updated", title="channel defaults")
-            for row in control.directory.channel_defaults():
+            for row in control.routing.channel_defaults():
                 table.add_row(row.channel_id, row.repo_name, row.set_by, _when(row.updated_at))
             console.print(table)
             return
@@ -85,15 +87,15 @@ def channel_default(
         if unset:
             if repo is not None:
                 _fail("give either REPO or --unset, not both")
-            removed = control.directory.clear_channel_default(channel)
+            removed = control.routing.clear_channel_default(channel)
             console.print(f"{channel}: {'default removed' if removed else 'had no default'}")
             return
         if repo is None:
-            current = control.directory.channel_default(channel)
+            current = control.routing.channel_default(channel)
             console.print(f"{channel}: {current or 'no default'}", highlight=False)
             return
         name = control.repos.get(repo).name
-        control.directory.set_channel_default(channel, name, "cli")
+        control.routing.set_channel_default(channel, name, "cli")
         console.print(f"requests in {channel} now go to [bold]{name}[/]", highlight=False)
 
 
@@ -107,7 +109,7 @@ def link(
         user = control.users.by_login(login)
         if user is None:
             _fail(f"no Nightshift user {login!r}: create one with `nightshift tokens create`")
-        control.directory.link(slack_user, user)
+        control.links.link(slack_user, user)
         console.print(
             f"Slack user {slack_user} now acts as {user.name} <{user.email}> ({user.login})",
             highlight=False,
@@ -118,7 +120,7 @@ def link(
 def unlink(slack_user: Annotated[str, typer.Argument(help="Slack member ID")]) -> None:
     """Remove a Slack user's link."""
     with _control() as control:
-        removed = control.directory.unlink(slack_user)
+        removed = control.links.unlink(slack_user)
         console.print(f"{slack_user}: {'unlinked' if removed else 'was not linked'}")
 
 
@@ -127,7 +129,7 @@ def links() -> None:
     """List linked Slack users."""
     with _control() as control:
         table = Table("slack user", "slack name", "login", "name", "linked")
-        for row, user in control.directory.links():
+        for row, user in control.links.links():
             table.add_row(
                 row.slack_user_id, row.slack_name, user.login, user.name, _when(row.linked_at)
             )
@@ -147,7 +149,7 @@ def keywords(
         row = control.repos.get(repo)
         assert row.id is not None
         if clear or words:
-            saved = control.directory.set_keywords(row.id, [] if clear else list(words or []))
+            saved = control.routing.set_keywords(row.id, [] if clear else list(words or []))
         else:
-            saved = control.directory.keywords().get(row.id, [])
+            saved = control.routing.keywords().get(row.id, [])
         console.print(f"{row.name}: {', '.join(saved) or 'no keywords'}", highlight=False)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from app.models import Repo
 from app.services.repos import Repos
-from app.services.slack_data import SlackDirectory
+from app.services.slack_routing import SlackRouting
 from integrations.llm import ModelSettings, make_model
 from integrations.llm.base import ModelError
 from integrations.llm.types import ChatMessage, Completion, ToolSpec
@@ -176,13 +176,13 @@ class RepoClassifier:
     def __init__(
         self,
         repos: Repos,
-        directory: SlackDirectory,
+        routing: SlackRouting,
         *,
         threshold: float,
         model: ModelSettings | None = None,
     ) -> None:
         self.repos = repos
-        self.directory = directory
+        self.routing = routing
         self.threshold = threshold
         self.model = model if model is not None and model.model else None
 
@@ -221,14 +221,14 @@ class RepoClassifier:
                 error="No repositories are registered yet: add one with `nightshift repos add` first.",
             )
         if channel_id:
-            default = await asyncio.to_thread(self.directory.channel_default, channel_id)
+            default = await asyncio.to_thread(self.routing.channel_default, channel_id)
             if default in names:
                 return Classification(default, 1.0, "this channel's default")
         if thread_repo in names:
             return Classification(thread_repo, 1.0, "this thread's earlier session")
         if len(repos) == 1:
             return Classification(repos[0].name, 1.0, "the only repository")
-        keywords = await asyncio.to_thread(self.directory.keywords)
+        keywords = await asyncio.to_thread(self.routing.keywords)
         ranked = score(plain, context, repos, keywords)
         sure = confidence(ranked)
         candidates = tuple(s.repo for s in ranked)

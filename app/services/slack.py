@@ -28,9 +28,11 @@ from app.services.classifier import RepoClassifier, resolve
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.slack_commands import SlackCommands
-from app.services.slack_data import LINK_CODE_TTL_S, SlackDirectory
+from app.services.slack_data import SlackDirectory
+from app.services.slack_links import LINK_CODE_TTL_S, SlackLinks
 from app.services.slack_out import SlackOut
 from app.services.slack_requests import RequestFlow, request_id, thread_id
+from app.services.slack_routing import SlackRouting
 from app.services.slack_status import StatusUpdater
 from app.settings import Settings
 from integrations.llm import ModelSettings
@@ -71,6 +73,8 @@ class SlackBot:
         sessions: Sessions,
         repos: Repos,
         directory: SlackDirectory,
+        links: SlackLinks,
+        routing: SlackRouting,
         classifier: RepoClassifier,
         updater: StatusUpdater,
         client: AsyncWebClient,
@@ -80,13 +84,15 @@ class SlackBot:
         self.sessions = sessions
         self.repos = repos
         self.directory = directory
+        self.links = links
+        self.routing = routing
         self.classifier = classifier
         self.updater = updater
         self.client = client
         self.executor = executor
         self.out = SlackOut(client)
         self.requests = RequestFlow(
-            directory, sessions, repos, classifier, updater, client, self.out
+            directory, links, sessions, repos, classifier, updater, client, self.out
         )
         self._pruned = time.monotonic()
         self.commands = SlackCommands(self)
@@ -114,6 +120,7 @@ class SlackBot:
         if time.monotonic() - self._pruned > PRUNE_INTERVAL_S:
             self._pruned = time.monotonic()
             self.directory.prune()
+            self.links.prune()
         return len(stranded)
 
     # ------------------------------------------------------------ SlackSink (on the API's loop)
@@ -261,7 +268,7 @@ class SlackBot:
     # ------------------------------------------------------------ what a request turns into
 
     async def stop(self, thread: SlackThread, slack_user: str, team_id: str) -> None:
-        user = await asyncio.to_thread(self.directory.user_for, slack_user)
+        user = await asyncio.to_thread(self.links.user_for, slack_user)
         if user is None:
             await self.ask_to_link(
                 slack_user,
@@ -289,7 +296,7 @@ class SlackBot:
         self, thread: SlackThread, msg: MessageEvent, plain: str, team_id: str, event_id: str
     ) -> None:
         assert msg.user is not None
-        user = await asyncio.to_thread(self.directory.user_for, msg.user)
+        user = await asyncio.to_thread(self.links.user_for, msg.user)
         if user is None:
             await asyncio.to_thread(
                 self.directory.add_request,
@@ -366,7 +373,7 @@ class SlackBot:
             context=context,
             state="received",
         )
-        user = await asyncio.to_thread(self.directory.user_for, msg.user)
+        user = await asyncio.to_thread(self.links.user_for, msg.user)
         if user is None:
             await asyncio.to_thread(
                 self.directory.update_request, request_id(request), state="needs_link"
@@ -383,7 +390,7 @@ class SlackBot:
         self, slack_user: str, team_id: str, channel: str, thread_ts: str, why: str
     ) -> None:
         """Send a one-time link by direct message (not too often) and say so in the thread."""
-        last = await asyncio.to_thread(self.directory.last_code_at, slack_user)
+        last = await asyncio.to_thread(self.links.last_code_at, slack_user)
         if last is None or time.time() - last > LINK_DM_INTERVAL_S:
             await self.send_link(slack_user, team_id)
         await self.out.say(
@@ -396,7 +403,7 @@ class SlackBot:
 
     async def new_link_code(self, slack_user: str, team_id: str, slack_name: str = "") -> str:
         name = slack_name or await self.out.user_name(slack_user)
-        return await asyncio.to_thread(self.directory.create_link_code, slack_user, team_id, name)
+        return await asyncio.to_thread(self.links.create_link_code, slack_user, team_id, name)
 
     async def send_link(self, slack_user: str, team_id: str) -> None:
         code = await self.new_link_code(slack_user, team_id)
@@ -411,7 +418,7 @@ class SlackBot:
     def complete_link(self, code: str, user: User) -> SlackUserLink:
         """Bind the code's Slack user to `user` (from the web), then pick up what they asked
         while unlinked."""
-        link = self.directory.redeem(code, user)
+        link = self.links.redeem(code, user)
         slack_user = link.slack_user_id
         self.executor.submit(lambda: self._linked(slack_user, user))
         return link
@@ -450,6 +457,8 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
         settings.slack_bot_token, settings.slack_api_url, retries=settings.slack_retries
     )
     directory = SlackDirectory(runtime.engine)
+    links = SlackLinks(runtime.engine)
+    routing = SlackRouting(runtime.engine)
     model = None
     if settings.classifier_model:
         model = ModelSettings(
@@ -462,7 +471,7 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
             stream=settings.model_stream,
         )
     classifier = RepoClassifier(
-        runtime.repos, directory, threshold=settings.classifier_threshold, model=model
+        runtime.repos, routing, threshold=settings.classifier_threshold, model=model
     )
     updater = StatusUpdater(
         directory,
@@ -476,6 +485,8 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
         runtime.sessions,
         runtime.repos,
         directory,
+        links,
+        routing,
         classifier,
         updater,
         client,

@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from app.errors import ServiceError
 from app.models import SlackRequest, User
-from app.services.slack_data import LINK_CODE_TTL_S
+from app.services.slack_links import LINK_CODE_TTL_S
 from integrations.slack.blocks import new_session_modal
 from integrations.slack.bolt import ModalSubmission, Reply, SlashCommand
 from integrations.slack.client import error_code
@@ -38,19 +38,19 @@ class SlackCommands:
         """Answer `/nightshift ...` at once; anything slow goes to the executor."""
         sub, _, rest = cmd.text.partition(" ")
         sub, rest = sub.lower(), rest.strip()
-        directory = self.bot.directory
+        links = self.bot.links
         if sub in ("help", "?"):
             return Reply(HELP)
         if sub == "link" and not rest:
             return await self._link(cmd)
         if sub == "unlink" and not rest:
-            gone = await asyncio.to_thread(directory.unlink, cmd.user_id)
+            gone = await asyncio.to_thread(links.unlink, cmd.user_id)
             return Reply(
                 "Disconnected: I'll ask who you are before working for you again."
                 if gone
                 else "Your Slack account was not connected to Nightshift."
             )
-        user = await asyncio.to_thread(directory.user_for, cmd.user_id)
+        user = await asyncio.to_thread(links.user_for, cmd.user_id)
         if sub == "default":
             return await self._default(cmd, rest, user)
         if user is None:
@@ -63,9 +63,9 @@ class SlackCommands:
         return Reply()
 
     async def _link(self, cmd: SlashCommand, intro: str = "") -> Reply:
-        linked = await asyncio.to_thread(self.bot.directory.user_for, cmd.user_id)
+        linked = await asyncio.to_thread(self.bot.links.user_for, cmd.user_id)
         code = await asyncio.to_thread(
-            self.bot.directory.create_link_code, cmd.user_id, cmd.team_id, cmd.user_name
+            self.bot.links.create_link_code, cmd.user_id, cmd.team_id, cmd.user_name
         )
         url = self.bot.link_url(code)
         lead = (
@@ -80,9 +80,9 @@ class SlackCommands:
         )
 
     async def _default(self, cmd: SlashCommand, rest: str, user: User | None) -> Reply:
-        directory = self.bot.directory
+        routing = self.bot.routing
         if not rest:
-            current = await asyncio.to_thread(directory.channel_default, cmd.channel_id)
+            current = await asyncio.to_thread(routing.channel_default, cmd.channel_id)
             if current is None:
                 return Reply(
                     "This channel has no default repository. Set one with "
@@ -93,11 +93,11 @@ class SlackCommands:
             return await self._link(cmd, "Only connected people can change that. ")
         try:
             if rest.lower() in ("none", "clear", "off"):
-                await asyncio.to_thread(directory.clear_channel_default, cmd.channel_id)
+                await asyncio.to_thread(routing.clear_channel_default, cmd.channel_id)
                 return Reply("This channel has no default repository any more.")
             repo = await asyncio.to_thread(self.bot.repos.get, rest)
             await asyncio.to_thread(
-                directory.set_channel_default, cmd.channel_id, repo.name, user.login
+                routing.set_channel_default, cmd.channel_id, repo.name, user.login
             )
         except ServiceError as exc:
             return Reply(str(exc))
@@ -114,7 +114,7 @@ class SlackCommands:
                 "No repositories are registered yet: add one with `nightshift repos add` first.",
             )
             return
-        default = await asyncio.to_thread(self.bot.directory.channel_default, cmd.channel_id)
+        default = await asyncio.to_thread(self.bot.routing.channel_default, cmd.channel_id)
         view = new_session_modal(cmd.channel_id, [(r.name, r.description) for r in repos], default)
         try:
             await self.bot.client.views_open(trigger_id=cmd.trigger_id, view=view)
@@ -128,7 +128,7 @@ class SlackCommands:
         prompt = sub.prompt.strip()
         if not prompt:
             errors["prompt"] = "Tell the agent what to do."
-        user = await asyncio.to_thread(self.bot.directory.user_for, sub.user_id)
+        user = await asyncio.to_thread(self.bot.links.user_for, sub.user_id)
         if user is None:
             errors["prompt"] = "Connect your Slack account first: type /nightshift link."
         if not sub.repo:

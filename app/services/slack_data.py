@@ -1,12 +1,13 @@
-"""The Slack bot's rows in the control DB: delivered events, threads, identity links, one-time
-link codes, channel defaults, waiting requests, participants and classifier keywords."""
+"""The Slack bot's conversation rows in the control DB: delivered events, threads and their
+status messages, requests waiting for something, and thread participants.
+
+Identity links and link codes live in `app/services/slack_links.py`; channel defaults and
+classifier keywords in `app/services/slack_routing.py`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import secrets
 import socket
 import time
 from typing import Any
@@ -16,28 +17,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.errors import Invalid, NotFound
 from app.models import (
-    RepoKeywords,
     Session,
-    SlackChannelDefault,
     SlackEventRecord,
-    SlackLinkCode,
     SlackParticipant,
     SlackRequest,
     SlackThread,
-    SlackUserLink,
-    User,
 )
 from workers.events import ACTIVE_STATUSES
 
-LINK_CODE_TTL_S = 3600.0
 EVENT_RETENTION_S = 7 * 86400.0
 STALE_EVENT_S = 300.0
 """An event not handled this long after it arrived is handled again, whoever had it."""
 REQUEST_RETENTION_S = 86400.0
 """A request waiting for a link or a pick starts only within this long of being made."""
-_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 
 def process_owner() -> str:
@@ -61,10 +54,6 @@ def owner_alive(owner: str | None) -> bool:
     return True
 
 
-def hash_code(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
-
-
 def insert_ignore(db: DB, table: Any, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True when the row was inserted."""
     sa_table: Table = table.__table__
@@ -78,15 +67,6 @@ def insert_ignore(db: DB, table: Any, values: dict[str, Any]) -> bool:
     # RETURNING tells both dialects' drivers apart reliably; rowcount does not (psycopg).
     key = next(iter(sa_table.primary_key.columns))
     return db.exec(stmt.returning(key)).first() is not None
-
-
-def check_channel(channel_id: str) -> str:
-    if not _CHANNEL_RE.match(channel_id):
-        raise Invalid(
-            f"{channel_id!r} is not a Slack channel ID: use the ID (C0123ABCD), shown at the "
-            "bottom of the channel's details in Slack"
-        )
-    return channel_id
 
 
 class SlackDirectory:
@@ -186,19 +166,15 @@ class SlackDirectory:
         return stranded
 
     def prune(self) -> int:
-        """Forget old handled events and spent link codes."""
-        now = time.time()
+        """Forget old handled events."""
         with DB(self.engine) as db:
             events = db.exec(  # type: ignore[call-overload]
                 delete(SlackEventRecord).where(
-                    col(SlackEventRecord.received_at) < now - EVENT_RETENTION_S
+                    col(SlackEventRecord.received_at) < time.time() - EVENT_RETENTION_S
                 )
             )
-            codes = db.exec(  # type: ignore[call-overload]
-                delete(SlackLinkCode).where(col(SlackLinkCode.expires_at) < now - 86400)
-            )
             db.commit()
-        return int(events.rowcount) + int(codes.rowcount)
+        return int(events.rowcount)
 
     # ------------------------------------------------------------ threads and status messages
 
@@ -286,181 +262,6 @@ class SlackDirectory:
             if status in ACTIVE_STATUSES or shown != status or thread.status_ts is None:
                 out.append((thread, status))
         return out
-
-    # ------------------------------------------------------------ identity
-
-    def user_for(self, slack_user_id: str) -> User | None:
-        with DB(self.engine) as db:
-            link = db.get(SlackUserLink, slack_user_id)
-            return db.get(User, link.user_id) if link is not None else None
-
-    def link_of(self, slack_user_id: str) -> SlackUserLink | None:
-        with DB(self.engine) as db:
-            return db.get(SlackUserLink, slack_user_id)
-
-    def create_link_code(
-        self, slack_user_id: str, team_id: str, slack_name: str, ttl: float = LINK_CODE_TTL_S
-    ) -> str:
-        """A new one-time link code for a Slack user; only its hash is kept."""
-        code = secrets.token_urlsafe(24)
-        now = time.time()
-        with DB(self.engine) as db:
-            db.add(
-                SlackLinkCode(
-                    code_hash=hash_code(code),
-                    slack_user_id=slack_user_id,
-                    team_id=team_id,
-                    slack_name=slack_name[:200],
-                    created_at=now,
-                    expires_at=now + ttl,
-                )
-            )
-            db.commit()
-        return code
-
-    def last_code_at(self, slack_user_id: str) -> float | None:
-        with DB(self.engine) as db:
-            row = db.exec(
-                select(SlackLinkCode.created_at)
-                .where(SlackLinkCode.slack_user_id == slack_user_id)
-                .order_by(col(SlackLinkCode.created_at).desc())
-                .limit(1)
-            ).first()
-        return float(row) if row is not None else None
-
-    def code(self, code: str) -> SlackLinkCode:
-        """A usable code, or a NotFound that says why it is not."""
-        with DB(self.engine) as db:
-            row = db.get(SlackLinkCode, hash_code(code))
-        if row is None:
-            raise NotFound("this link is not valid: type `/nightshift link` in Slack for a new one")
-        if row.used_at is not None:
-            raise NotFound(
-                "this link was already used: type `/nightshift link` in Slack for a new one"
-            )
-        if row.expires_at < time.time():
-            raise NotFound("this link has expired: type `/nightshift link` in Slack for a new one")
-        return row
-
-    def redeem(self, code: str, user: User) -> SlackUserLink:
-        """Bind the code's Slack user to `user`; a code works once."""
-        row = self.code(code)
-        assert user.id is not None
-        now = time.time()
-        with DB(self.engine, expire_on_commit=False) as db:
-            claimed = db.exec(  # type: ignore[call-overload]
-                update(SlackLinkCode)
-                .where(
-                    col(SlackLinkCode.code_hash) == row.code_hash,
-                    col(SlackLinkCode.used_at).is_(None),
-                    col(SlackLinkCode.expires_at) > now,
-                )
-                .values(used_at=now, used_by=user.id)
-            )
-            if claimed.rowcount != 1:
-                db.rollback()
-                raise NotFound(
-                    "this link was already used: type `/nightshift link` in Slack for a new one"
-                )
-            link = self._upsert_link(db, row.slack_user_id, user.id, row.team_id, row.slack_name)
-            db.commit()
-            db.refresh(link)
-            return link
-
-    def link(
-        self, slack_user_id: str, user: User, team_id: str = "", slack_name: str = ""
-    ) -> SlackUserLink:
-        """Bind a Slack user to a Nightshift user directly (an operator's command)."""
-        if not re.fullmatch(r"[UW][A-Z0-9]{2,}", slack_user_id):
-            raise Invalid(
-                f"{slack_user_id!r} is not a Slack user ID (U0123ABCD: in Slack, open the "
-                "person's profile, then ⋮ → Copy member ID)"
-            )
-        assert user.id is not None
-        with DB(self.engine, expire_on_commit=False) as db:
-            link = self._upsert_link(db, slack_user_id, user.id, team_id, slack_name)
-            db.commit()
-            db.refresh(link)
-            return link
-
-    @staticmethod
-    def _upsert_link(
-        db: DB, slack_user_id: str, user_id: int, team_id: str, slack_name: str
-    ) -> SlackUserLink:
-        link = db.get(SlackUserLink, slack_user_id)
-        if link is None:
-            link = SlackUserLink(slack_user_id=slack_user_id, user_id=user_id)
-        link.user_id = user_id
-        link.team_id = team_id or link.team_id
-        link.slack_name = slack_name[:200] or link.slack_name
-        link.linked_at = time.time()
-        db.add(link)
-        return link
-
-    def unlink(self, slack_user_id: str) -> bool:
-        with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
-                delete(SlackUserLink).where(col(SlackUserLink.slack_user_id) == slack_user_id)
-            )
-            db.commit()
-        return bool(result.rowcount)
-
-    def links(self) -> list[tuple[SlackUserLink, User]]:
-        with DB(self.engine) as db:
-            rows = db.exec(
-                select(SlackUserLink, User)
-                .join(User, col(User.id) == SlackUserLink.user_id)
-                .order_by(col(SlackUserLink.linked_at))
-            ).all()
-        return [(link, user) for link, user in rows]
-
-    # ------------------------------------------------------------ channel defaults
-
-    def channel_default(self, channel_id: str) -> str | None:
-        with DB(self.engine) as db:
-            row = db.get(SlackChannelDefault, channel_id)
-        return row.repo_name if row is not None else None
-
-    def set_channel_default(self, channel_id: str, repo_name: str, set_by: str) -> None:
-        check_channel(channel_id)
-        with DB(self.engine) as db:
-            row = db.get(SlackChannelDefault, channel_id) or SlackChannelDefault(
-                channel_id=channel_id, repo_name=repo_name
-            )
-            row.repo_name, row.set_by, row.updated_at = repo_name, set_by[:100], time.time()
-            db.add(row)
-            db.commit()
-
-    def clear_channel_default(self, channel_id: str) -> bool:
-        with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
-                delete(SlackChannelDefault).where(col(SlackChannelDefault.channel_id) == channel_id)
-            )
-            db.commit()
-        return bool(result.rowcount)
-
-    def channel_defaults(self) -> list[SlackChannelDefault]:
-        with DB(self.engine) as db:
-            return list(
-                db.exec(
-                    select(SlackChannelDefault).order_by(col(SlackChannelDefault.channel_id))
-                ).all()
-            )
-
-    # ------------------------------------------------------------ classifier keywords
-
-    def keywords(self) -> dict[int, list[str]]:
-        with DB(self.engine) as db:
-            return {row.repo_id: list(row.keywords) for row in db.exec(select(RepoKeywords)).all()}
-
-    def set_keywords(self, repo_id: int, words: list[str]) -> list[str]:
-        clean = sorted({w.strip().lower() for w in words if w.strip()})
-        with DB(self.engine) as db:
-            row = db.get(RepoKeywords, repo_id) or RepoKeywords(repo_id=repo_id)
-            row.keywords = clean
-            db.add(row)
-            db.commit()
-        return clean
 
     # ------------------------------------------------------------ requests waiting for something
 

@@ -15,6 +15,7 @@ from app.services.classifier import RepoClassifier
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.slack_data import SlackDirectory
+from app.services.slack_links import SlackLinks
 from app.services.slack_out import SlackOut
 from app.services.slack_status import StatusUpdater
 from integrations.slack.blocks import repo_picker
@@ -42,6 +43,7 @@ class RequestFlow:
     def __init__(
         self,
         directory: SlackDirectory,
+        links: SlackLinks,
         sessions: Sessions,
         repos: Repos,
         classifier: RepoClassifier,
@@ -50,6 +52,7 @@ class RequestFlow:
         out: SlackOut,
     ) -> None:
         self.directory = directory
+        self.links = links
         self.sessions = sessions
         self.repos = repos
         self.classifier = classifier
@@ -128,7 +131,7 @@ class RequestFlow:
         except ServiceError as exc:
             await self.out.ephemeral(request.channel_id, pick.user_id, str(exc))
             return
-        user = await asyncio.to_thread(self.directory.user_for, request.slack_user_id)
+        user = await asyncio.to_thread(self.links.user_for, request.slack_user_id)
         if user is None:
             await self.out.ephemeral(
                 request.channel_id,

@@ -13,7 +13,7 @@ import pytest
 
 from app.schemas import RepoCreate
 from app.services.classifier import RepoClassifier
-from app.services.slack_data import SlackDirectory
+from app.services.slack_routing import SlackRouting
 from integrations.llm import ModelSettings
 from tests.factories import make_person, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
@@ -38,21 +38,21 @@ def _add_repos(runtime: Any, tmp_path: Path) -> None:
 @pytest.fixture
 def classify(runtime: Any, tmp_path: Path) -> Any:
     _add_repos(runtime, tmp_path)
-    directory = SlackDirectory(runtime.engine)
-    classifier = RepoClassifier(runtime.repos, directory, threshold=0.6)
+    routing = SlackRouting(runtime.engine)
+    classifier = RepoClassifier(runtime.repos, routing, threshold=0.6)
 
     async def run(raw: str, **kwargs: Any) -> Any:
         from integrations.slack.text import to_plain
 
         return await classifier.classify(raw, to_plain(raw), **kwargs)
 
-    run.directory = directory  # type: ignore[attr-defined]
+    run.routing = routing  # type: ignore[attr-defined]
     run.classifier = classifier  # type: ignore[attr-defined]
     return run
 
 
 async def test_a_named_repository_wins_over_everything(classify: Any) -> None:
-    classify.directory.set_channel_default("C0001", "infra", "test")
+    classify.routing.set_channel_default("C0001", "infra", "test")
     found = await classify("fix the cart repo:acme/billing-api", channel_id="C0001")
     assert (found.repo, found.how, found.confidence) == (
         "acme/billing-api",
@@ -74,7 +74,7 @@ async def test_a_named_repository_wins_over_everything(classify: Any) -> None:
 
 
 async def test_channel_default_then_thread_then_score(classify: Any) -> None:
-    classify.directory.set_channel_default("C0001", "infra", "test")
+    classify.routing.set_channel_default("C0001", "infra", "test")
     found = await classify(
         "the checkout is broken", channel_id="C0001", thread_repo="acme/billing-api"
     )
@@ -104,7 +104,7 @@ async def test_unsure_means_no_guess_and_keywords_help(classify: Any) -> None:
     found = await classify("the helm charts fail to render")
     assert found.repo is None
     infra = classify.classifier.repos.get("infra")
-    classify.directory.set_keywords(infra.id, ["helm charts", "deploys"])
+    classify.routing.set_keywords(infra.id, ["helm charts", "deploys"])
     found = await classify("the helm charts fail to render")
     assert found.repo == "infra"
     # Context from the thread counts, for less than the message itself.
@@ -124,7 +124,7 @@ async def test_the_classifier_model_decides_when_the_score_cannot(
         openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
     )
     classifier = RepoClassifier(
-        runtime.repos, SlackDirectory(runtime.engine), threshold=0.6, model=model
+        runtime.repos, SlackRouting(runtime.engine), threshold=0.6, model=model
     )
     openai_fake.script(
         "Slack message:\nthe nightly job is flaky",
@@ -152,7 +152,7 @@ def _setup(world: SlackWorld, tmp_path: Path) -> None:
     _add_repos(world.runtime, tmp_path)
     for slack_id, login in ((ALICE, "alice"), (BOB, "bob")):
         person = make_person(world.runtime, login, login.title(), f"{login}@example.com")
-        world.runtime.slack.directory.link(slack_id, person.user)
+        world.runtime.slack.links.link(slack_id, person.user)
 
 
 def _session_of(status: Any) -> str:
@@ -230,7 +230,7 @@ def test_channel_default_set_from_slack_routes_vague_requests(
     assert "unknown repo 'nope'" in reply.json()["text"]
     reply = slack_world.sender.command(ALICE, slack_world.channel, "default infra")
     assert reply.status_code == 200 and "`infra`" in reply.json()["text"]
-    assert slack_world.runtime.slack.directory.channel_default(slack_world.channel) == "infra"
+    assert slack_world.runtime.slack.routing.channel_default(slack_world.channel) == "infra"
     mention = slack_world.mention(BOB, "make it faster")
     status = wait_for(lambda: slack_world.status_message(mention.ts), 30, "the status message")
     assert slack_world.runtime.sessions.get(_session_of(status)).repo_name == "infra"

@@ -51,7 +51,7 @@ def test_link_unlink_and_help_through_the_command_and_the_api(
         reused = http.post("/api/slack/link", json={"code": code}, headers=auth)
         assert reused.status_code == 404 and "already used" in reused.json()["detail"]
         assert http.post("/api/slack/link", json={"code": "short"}, headers=auth).status_code == 422
-    assert slack_world.runtime.slack.directory.user_for(ALICE).login == "alice"
+    assert slack_world.runtime.slack.links.user_for(ALICE).login == "alice"
     confirmed = wait_for(
         lambda: [
             c for c in slack_world.fake.of("chat.postMessage") if c.params["channel"] == ALICE
@@ -63,7 +63,7 @@ def test_link_unlink_and_help_through_the_command_and_the_api(
     again = sender.command(ALICE, slack_world.channel, "link").json()["text"]
     assert "You're connected as `alice`" in again
     assert "Disconnected" in sender.command(ALICE, slack_world.channel, "unlink").json()["text"]
-    assert slack_world.runtime.slack.directory.user_for(ALICE) is None
+    assert slack_world.runtime.slack.links.user_for(ALICE) is None
 
 
 def test_the_link_page_confirms_with_a_csrf_token_when_signed_in(
@@ -81,12 +81,12 @@ def test_the_link_page_confirms_with_a_csrf_token_when_signed_in(
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
         assert browser.post(f"/slack/link/{code}", data={}).status_code == 403
         assert browser.post(f"/slack/link/{code}", data={"csrf": "0" * 64}).status_code == 403
-        assert world.runtime.slack.directory.user_for(ALICE) is None
+        assert world.runtime.slack.links.user_for(ALICE) is None
         done = browser.post(f"/slack/link/{code}", data={"csrf": csrf})
         assert done.status_code == 200 and "Local Tester" in done.text
         assert browser.get(f"/slack/link/{code}").status_code == 410
         assert browser.get("/slack/link/nonsense-code-000000").status_code == 410
-    assert world.runtime.slack.directory.user_for(ALICE).email == "local.tester@example.com"
+    assert world.runtime.slack.links.user_for(ALICE).email == "local.tester@example.com"
 
 
 def test_the_modal_and_a_prompt_after_the_command_start_sessions_in_a_new_thread(
@@ -94,7 +94,7 @@ def test_the_modal_and_a_prompt_after_the_command_start_sessions_in_a_new_thread
 ) -> None:
     _repo(slack_world, tmp_path)
     alice = make_person(slack_world.runtime, "alice", "Alice Example", "alice@example.com")
-    slack_world.runtime.slack.directory.link(ALICE, alice.user)
+    slack_world.runtime.slack.links.link(ALICE, alice.user)
     assert slack_world.sender.command(ALICE, slack_world.channel, "").status_code == 200
     opened = wait_for(lambda: slack_world.fake.of("views.open"), 30, "views.open")
     view = opened[0].params["view"]
@@ -137,7 +137,7 @@ def test_follow_up_mode_every_reply_versus_mentions_only(
     world = make_slack_world(slack_follow_ups=mode)
     _repo(world, tmp_path)
     person = make_person(world.runtime, "alice", "Alice Example", "alice@example.com")
-    world.runtime.slack.directory.link(ALICE, person.user)
+    world.runtime.slack.links.link(ALICE, person.user)
     mention = world.mention(ALICE, "first thing")
     status = wait_for(lambda: world.status_message(mention.ts), 30, "status")
     session_id = re.search(r"/sessions/([0-9a-f]{12})", json.dumps(status.blocks)).group(1)  # type: ignore[union-attr]
@@ -185,4 +185,4 @@ def test_the_link_can_go_through_github_sign_in(make_github_env: Any, slack_fake
         )
         assert forged.status_code == 403
         assert browser.post(f"/slack/link/{code}", data={"csrf": csrf}).status_code == 200
-    assert env.runtime.slack.directory.user_for(ALICE).login == "octocat"
+    assert env.runtime.slack.links.user_for(ALICE).login == "octocat"

@@ -40,7 +40,7 @@ def _world_with_repo(world: SlackWorld, tmp_path: Path) -> tuple[Any, Path]:
 
     world.runtime.repos.add(RepoCreate(url=str(repo), description="The project"))
     alice = make_person(world.runtime, "alice", "Alice Example", "alice@example.com")
-    world.runtime.slack.directory.link(ALICE, alice.user)
+    world.runtime.slack.links.link(ALICE, alice.user)
     return alice, repo
 
 
@@ -113,7 +113,7 @@ def test_thread_reply_mentioning_the_bot_is_a_queued_follow_up(
 ) -> None:
     _, repo = _world_with_repo(slack_world, tmp_path)
     bob = make_person(slack_world.runtime, "bob", "Bob Example", "bob@example.com")
-    slack_world.runtime.slack.directory.link(BOB, bob.user)
+    slack_world.runtime.slack.links.link(BOB, bob.user)
     gate = threading.Event()
     openai_fake.script(
         "first task",
@@ -263,7 +263,7 @@ def test_unlinked_user_gets_a_link_and_the_request_starts_once_linked(
         ).author.login
         == "carol"
     )
-    assert slack_world.runtime.slack.directory.user_for("UCAROL0001").login == "carol"
+    assert slack_world.runtime.slack.links.user_for("UCAROL0001").login == "carol"
     # The DMs were the link and, once linked, the confirmation; nothing more.
     dms = len(
         [

@@ -28,7 +28,7 @@ ALICE = "UALICE0001"
 def _setup(world: SlackWorld, tmp_path: Path) -> None:
     world.runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
     alice = make_person(world.runtime, "alice", "Alice Example", "alice@example.com")
-    world.runtime.slack.directory.link(ALICE, alice.user)
+    world.runtime.slack.links.link(ALICE, alice.user)
 
 
 def _mention_event(world: SlackWorld, text: str, user: str = ALICE, **extra: Any) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def link_page(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
         return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
     bot = runtime.slack
     try:
-        info = bot.directory.code(code)
+        info = bot.links.code(code)
     except NotFound as exc:
         return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
     user = _viewer(request, runtime)
