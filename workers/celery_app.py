@@ -35,7 +35,8 @@ from images.pool import WarmPool
 from workers.dispatch import RUNNERS_CHANNEL
 from workers.executor import InProcessExecutor, every
 from workers.jobs import JobContext, Scheduled, run_job
-from workers.runner import Runners, WorkerDeps, run_session
+from workers.registry import Runners
+from workers.runner import WorkerDeps, run_session
 
 log = logging.getLogger("nightshift.celery")
 T = TypeVar("T")

@@ -8,7 +8,8 @@ import time
 from typing import Protocol
 
 from workers.executor import InProcessExecutor
-from workers.runner import Runners, WorkerDeps, run_session
+from workers.registry import Runners
+from workers.runner import WorkerDeps, run_session
 
 log = logging.getLogger("nightshift.dispatch")
 RUNNERS_CHANNEL = "nightshift:runners"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from images.provider import Acquired, SandboxProvider
+from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
 from integrations.forge.base import Forge, ForgeError
@@ -20,35 +20,31 @@ from integrations.llm import make_model
 from integrations.llm.base import ModelClient, ModelNotConfigured
 from integrations.llm.types import ChatMessage
 from workers.agent.hooks import Hooks, redact_output, wait_for_sync
-from workers.agent.loop import AgentResult, run_agent
+from workers.agent.loop import run_agent
 from workers.agent.tools import ToolContext
 from workers.bus import EventPublisher
 from workers.config import AgentConfig
 from workers.control import ControlPlane, PromptJob, SessionContext
 from workers.events import (
-    BranchPushed,
-    CommitCreated,
     ErrorRaised,
     Event,
     ModelRequest,
-    Notice,
     PromptFinished,
     PromptOutcome,
     PromptStarted,
-    SandboxReady,
     SessionStatus,
-    SnapshotTaken,
     StatusChanged,
-    SyncDone,
     ToolCalled,
 )
-from workers.gitops import GitOpsError, commit_changes, head_sha, push_commits
+from workers.gitops import GitOpsError
+from workers.publish import publish_work
 from workers.redact import Redactor
+from workers.registry import Runners
+from workers.session_sandbox import SessionSandbox
 
 log = logging.getLogger("nightshift.runner")
 IDLE_CHECK_S = 30.0
 """How often an idle runner looks at its queue when no nudge came (a nudge wakes it at once)."""
-SYNC_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -79,30 +75,18 @@ class SessionRunner:
         self.stop_requested = False
         self.lease_lost = False
         self.abandoned = False
-        self.acquired: Acquired | None = None
-        self.base_sha = ""
+        self.sandbox = SessionSandbox(session_id, deps.sandboxes, self.emit)
         self.ctx: SessionContext | None = None
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
-        self.sync_done = asyncio.Event()
-        """Set while the workspace is at the base tip (or no sync is due); writes wait on it."""
-        self.sync_done.set()
         self._woken = asyncio.Event()
-        self._sync: asyncio.Task[None] | None = None
-        self._sync_due: tuple[Acquired, PromptJob] | None = None
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
-        if isinstance(event, (ModelRequest, ToolCalled)):
+        if isinstance(event, (ModelRequest, ToolCalled)) and self.ctx is not None:
             # The sync starts once the prompt is on its way to the model: it then runs while
             # the model thinks instead of competing with the path to the first request.
-            self._start_sync()
-
-    def _start_sync(self) -> None:
-        if self._sync_due is not None:
-            acquired, job = self._sync_due
-            self._sync_due = None
-            self._sync = asyncio.create_task(self._sync_to_tip(acquired, job))
+            self.sandbox.start_sync(self.ctx.repo)
 
     async def status(
         self, status: SessionStatus, reason: str | None = None, job: PromptJob | None = None
@@ -147,7 +131,7 @@ class SessionRunner:
                     await heartbeat
                 # Only a drained queue leaves a snapshot: an interrupted or stopped prompt's
                 # half-done work must not become the starting point of the next attempt.
-                await self._release_sandbox(snapshot=final is not None)
+                await self.sandbox.release(snapshot=final is not None)
                 if self.abandoned:
                     # This process is going away: let the reaper hand the session on now
                     # rather than when the lease lapses.
@@ -187,7 +171,7 @@ class SessionRunner:
         last: PromptOutcome | None = None
         while True:
             job = await control.next_prompt(self.session_id, self.id)
-            if job is None and self.acquired is not None and self.deps.config.idle_s > 0:
+            if job is None and self.sandbox.acquired is not None and self.deps.config.idle_s > 0:
                 job = await self._wait_idle()
             if job is None:
                 break
@@ -229,90 +213,9 @@ class SessionRunner:
         )
         await self.status("stopped", "stopped on request")
 
-    async def _release_sandbox(self, snapshot: bool) -> None:
-        acquired, self.acquired = self.acquired, None
-        if acquired is None:
-            return
-        self._sync_due = None
-        self.sync_done.set()
-        if self._sync is not None:
-            self._sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync
-            self._sync = None
-        try:
-            if snapshot:
-                ref = await acquired.sandbox.snapshot()
-                await self.emit(SnapshotTaken(snapshot=ref))
-        except (SandboxError, OSError) as exc:
-            log.warning("snapshot of %s failed: %s", acquired.sandbox.id, exc)
-        finally:
-            await acquired.sandbox.terminate()
-
-    async def _ensure_sandbox(self, job: PromptJob) -> Acquired:
-        if self.acquired is not None:
-            return self.acquired
-        assert self.ctx is not None
-        await self.status("starting", job=job)
-        acquired = await self.deps.sandboxes.acquire(
-            self.ctx.repo,
-            snapshot=self.ctx.snapshot,
-            label=self.session_id,
-            claimant=str(job.author.id),
-        )
-        self.acquired = acquired
-        self.base_sha = acquired.base_sha
-        if acquired.mode != "snapshot":
-            # A follow-up keeps the base it started from; every fresh sandbox catches up with
-            # the base tip in the background while the agent reads (see `emit`).
-            self.sync_done.clear()
-            self._sync_due = (acquired, job)
-        await self.emit(
-            SandboxReady(
-                mode=acquired.mode,
-                sandbox_id=acquired.sandbox.id,
-                image=acquired.image.id,
-                ms_since_prompt=int((time.time() - job.created_at) * 1000),
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
-        for note in acquired.notes:
-            await self.emit(Notice(message=note, prompt_id=job.id, attempt=job.attempt))
-        return acquired
-
-    async def _sync_to_tip(self, acquired: Acquired, job: PromptJob) -> None:
-        assert self.ctx is not None
-        started = time.monotonic()
-        try:
-            sha = await asyncio.wait_for(
-                self.deps.sandboxes.sync(acquired, self.ctx.repo), SYNC_TIMEOUT_S
-            )
-            self.base_sha = sha
-            await self.emit(
-                SyncDone(
-                    sha=sha,
-                    ms=int((time.monotonic() - started) * 1000),
-                    prompt_id=job.id,
-                    attempt=job.attempt,
-                )
-            )
-        except (SandboxError, ForgeError, OSError, TimeoutError) as exc:
-            log.warning("sync of %s failed: %s", self.session_id, exc)
-            await self.emit(
-                Notice(
-                    message=f"could not bring the sandbox to the tip of {self.ctx.repo.base} "
-                    f"({exc}); working on {acquired.base_sha[:10]}",
-                    prompt_id=job.id,
-                    attempt=job.attempt,
-                )
-            )
-        finally:
-            self.sync_done.set()
-
     def hooks(self) -> Hooks:
         hooks = Hooks(
-            before_tool=[wait_for_sync(self.sync_done)],
+            before_tool=[wait_for_sync(self.sandbox.sync_done)],
             after_tool=[redact_output(self.deps.redactor)],
         )
         if self.deps.extra_hooks is not None:
@@ -347,7 +250,7 @@ class SessionRunner:
         except ModelNotConfigured as exc:
             return await self._fail(job, "model_not_configured", str(exc))
         try:
-            acquired = await self._ensure_sandbox(job)
+            acquired = await self.sandbox.ensure(job, ctx)
             await self.status("running", job=job)
             tool_ctx = ToolContext(
                 session_id=self.session_id,
@@ -366,7 +269,17 @@ class SessionRunner:
                 tool_ctx, model, self.hooks(), ctx.history, user, job.created_at
             )
             if result.outcome != "failed":
-                await self._publish_work(job, result)
+                # Commits stand on the synced base, like every write.
+                await self.sandbox.synced(ctx.repo)
+                await publish_work(
+                    sandbox=acquired.sandbox,
+                    base_sha=self.sandbox.base_sha,
+                    ctx=ctx,
+                    job=job,
+                    result=result,
+                    forge_for=self.deps.forge_for,
+                    emit=self.emit,
+                )
         except (SandboxError, ForgeError, GitOpsError) as exc:
             return await self._fail(
                 job, "sandbox_error" if isinstance(exc, SandboxError) else "git_error", str(exc)
@@ -388,106 +301,11 @@ class SessionRunner:
         )
         return result.outcome
 
-    async def _publish_work(self, job: PromptJob, result: AgentResult) -> None:
-        """Commit as the prompting person, push from outside the sandbox, announce the branch."""
-        assert self.ctx is not None and self.acquired is not None
-        ctx, sandbox = self.ctx, self.acquired.sandbox
-        self._start_sync()
-        await self.sync_done.wait()  # commits stand on the synced base, like every write
-        title = result.title or ctx.title or _first_line(job.text)
-        committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
-        if committed is not None:
-            await self.emit(
-                CommitCreated(
-                    sha=committed.sha,
-                    author=job.author.git_identity(),
-                    co_authors=committed.co_authors,
-                    message=committed.message,
-                    prompt_id=job.id,
-                    attempt=job.attempt,
-                )
-            )
-        head = await head_sha(sandbox)
-        if head in (self.base_sha, ctx.pushed_sha):
-            return
-        forge = self.deps.forge_for(ctx.repo)
-        pushed = await push_commits(
-            sandbox, forge, ctx.repo.url, ctx.branch, self.base_sha, ctx.pushed_sha
-        )
-        await self.emit(
-            BranchPushed(
-                branch=ctx.branch,
-                sha=pushed,
-                base=ctx.repo.base,
-                base_sha=self.base_sha,
-                title=title,
-                body=result.summary,
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "Changes from Nightshift"
-    return line[:72]
-
 
 def _user_text(job: PromptJob, ctx: SessionContext) -> str:
     if len({a.email for a in [*ctx.authors, job.author]}) > 1:
         return f"From {job.author.name} (@{job.author.login}):\n{job.text}"
     return job.text
-
-
-class Runners:
-    """The runners alive in this process, by session: where a stop request finds them."""
-
-    def __init__(self) -> None:
-        self._by_session: dict[str, set[SessionRunner]] = {}
-
-    def __contains__(self, session_id: object) -> bool:
-        return session_id in self._by_session
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._by_session.values())
-
-    def add(self, runner: SessionRunner) -> None:
-        self._by_session.setdefault(runner.session_id, set()).add(runner)
-
-    def discard(self, runner: SessionRunner) -> None:
-        runners = self._by_session.get(runner.session_id)
-        if runners is not None:
-            runners.discard(runner)
-            if not runners:
-                del self._by_session[runner.session_id]
-
-    def active(self, session_id: str) -> bool:
-        """A runner of this session is alive and not stopping."""
-        return any(not r.stop_requested for r in self._by_session.get(session_id, ()))
-
-    def wake(self, session_id: str) -> int:
-        """Tell idle runners of a session that a prompt is queued (on the runners' loop)."""
-        runners = list(self._by_session.get(session_id, ()))
-        for runner in runners:
-            runner.wake()
-        return len(runners)
-
-    def stop(self, session_id: str) -> int:
-        """Stop every runner of a session now (call on the runners' event loop)."""
-        runners = list(self._by_session.get(session_id, ()))
-        for runner in runners:
-            runner.request_stop()
-        return len(runners)
-
-    def all(self) -> list[SessionRunner]:
-        return [r for rs in self._by_session.values() for r in rs]
-
-    def abandon_all(self) -> int:
-        """Shutting down: every runner gives its session back (call on the runners' loop)."""
-        runners = self.all()
-        for runner in runners:
-            runner.abandon()
-        return len(runners)
 
 
 async def run_session(session_id: str, deps: WorkerDeps, runners: Runners | None = None) -> None:

@@ -1,0 +1,65 @@
+"""`publish_work`: a finished prompt's changes become a commit by the prompting person and a
+push of the session branch, each announced as an event."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from images.sandboxes.base import Sandbox
+from images.spec import RepoSpec
+from integrations.forge.base import Forge
+from workers.agent.loop import AgentResult
+from workers.control import PromptJob, SessionContext
+from workers.events import BranchPushed, CommitCreated, Event
+from workers.gitops import commit_changes, head_sha, push_commits
+
+
+async def publish_work(
+    *,
+    sandbox: Sandbox,
+    base_sha: str,
+    ctx: SessionContext,
+    job: PromptJob,
+    result: AgentResult,
+    forge_for: Callable[[RepoSpec], Forge],
+    emit: Callable[[Event], Awaitable[None]],
+) -> None:
+    """Commit as the prompting person, push from outside the sandbox, announce the branch.
+
+    `base_sha` is the base commit the workspace stands on once its sync has ended.
+    """
+    title = result.title or ctx.title or _first_line(job.text)
+    committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
+    if committed is not None:
+        await emit(
+            CommitCreated(
+                sha=committed.sha,
+                author=job.author.git_identity(),
+                co_authors=committed.co_authors,
+                message=committed.message,
+                prompt_id=job.id,
+                attempt=job.attempt,
+            )
+        )
+    head = await head_sha(sandbox)
+    if head in (base_sha, ctx.pushed_sha):
+        return
+    forge = forge_for(ctx.repo)
+    pushed = await push_commits(sandbox, forge, ctx.repo.url, ctx.branch, base_sha, ctx.pushed_sha)
+    await emit(
+        BranchPushed(
+            branch=ctx.branch,
+            sha=pushed,
+            base=ctx.repo.base,
+            base_sha=base_sha,
+            title=title,
+            body=result.summary,
+            prompt_id=job.id,
+            attempt=job.attempt,
+        )
+    )
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "Changes from Nightshift"
+    return line[:72]

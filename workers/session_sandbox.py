@@ -1,0 +1,132 @@
+"""A session's sandbox while its runner holds it: acquired once, brought to the base tip in the
+background, snapshotted and terminated when the runner lets go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from images.provider import Acquired, SandboxProvider
+from images.sandboxes.base import SandboxError
+from images.spec import RepoSpec
+from integrations.forge.base import ForgeError
+from workers.control import PromptJob, SessionContext
+from workers.events import Event, Notice, SandboxReady, SnapshotTaken, StatusChanged, SyncDone
+
+log = logging.getLogger("nightshift.runner")
+SYNC_TIMEOUT_S = 600.0
+
+
+class SessionSandbox:
+    """The sandbox of one runner's session, from acquire to release."""
+
+    def __init__(
+        self,
+        session_id: str,
+        provider: SandboxProvider,
+        emit: Callable[[Event], Awaitable[None]],
+    ) -> None:
+        self.session_id = session_id
+        self.provider = provider
+        self.emit = emit
+        self.acquired: Acquired | None = None
+        self.base_sha = ""
+        self.sync_done = asyncio.Event()
+        """Set while the workspace is at the base tip (or no sync is due); writes wait on it."""
+        self.sync_done.set()
+        self._sync: asyncio.Task[None] | None = None
+        self._sync_due: tuple[Acquired, PromptJob] | None = None
+
+    async def ensure(self, job: PromptJob, ctx: SessionContext) -> Acquired:
+        """The session's sandbox: the one already held, or one acquired for `job` now."""
+        if self.acquired is not None:
+            return self.acquired
+        await self.emit(StatusChanged(status="starting", prompt_id=job.id, attempt=job.attempt))
+        acquired = await self.provider.acquire(
+            ctx.repo,
+            snapshot=ctx.snapshot,
+            label=self.session_id,
+            claimant=str(job.author.id),
+        )
+        self.acquired = acquired
+        self.base_sha = acquired.base_sha
+        if acquired.mode != "snapshot":
+            # A follow-up keeps the base it started from; every fresh sandbox catches up with
+            # the base tip in the background while the agent reads (see `start_sync`).
+            self.sync_done.clear()
+            self._sync_due = (acquired, job)
+        await self.emit(
+            SandboxReady(
+                mode=acquired.mode,
+                sandbox_id=acquired.sandbox.id,
+                image=acquired.image.id,
+                ms_since_prompt=int((time.time() - job.created_at) * 1000),
+                prompt_id=job.id,
+                attempt=job.attempt,
+            )
+        )
+        for note in acquired.notes:
+            await self.emit(Notice(message=note, prompt_id=job.id, attempt=job.attempt))
+        return acquired
+
+    def start_sync(self, repo: RepoSpec) -> None:
+        """Start the due catch-up with the tip of `repo`'s base, if one is due."""
+        if self._sync_due is not None:
+            acquired, job = self._sync_due
+            self._sync_due = None
+            self._sync = asyncio.create_task(self._sync_to_tip(acquired, job, repo))
+
+    async def synced(self, repo: RepoSpec) -> None:
+        """Start the due sync now if the model has not started it, and wait for it to end."""
+        self.start_sync(repo)
+        await self.sync_done.wait()
+
+    async def _sync_to_tip(self, acquired: Acquired, job: PromptJob, repo: RepoSpec) -> None:
+        started = time.monotonic()
+        try:
+            sha = await asyncio.wait_for(self.provider.sync(acquired, repo), SYNC_TIMEOUT_S)
+            self.base_sha = sha
+            await self.emit(
+                SyncDone(
+                    sha=sha,
+                    ms=int((time.monotonic() - started) * 1000),
+                    prompt_id=job.id,
+                    attempt=job.attempt,
+                )
+            )
+        except (SandboxError, ForgeError, OSError, TimeoutError) as exc:
+            log.warning("sync of %s failed: %s", self.session_id, exc)
+            await self.emit(
+                Notice(
+                    message=f"could not bring the sandbox to the tip of {repo.base} "
+                    f"({exc}); working on {acquired.base_sha[:10]}",
+                    prompt_id=job.id,
+                    attempt=job.attempt,
+                )
+            )
+        finally:
+            self.sync_done.set()
+
+    async def release(self, snapshot: bool) -> None:
+        """Stop any sync, snapshot the sandbox if asked, and terminate it."""
+        acquired, self.acquired = self.acquired, None
+        if acquired is None:
+            return
+        self._sync_due = None
+        self.sync_done.set()
+        if self._sync is not None:
+            self._sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync
+            self._sync = None
+        try:
+            if snapshot:
+                ref = await acquired.sandbox.snapshot()
+                await self.emit(SnapshotTaken(snapshot=ref))
+        except (SandboxError, OSError) as exc:
+            log.warning("snapshot of %s failed: %s", acquired.sandbox.id, exc)
+        finally:
+            await acquired.sandbox.terminate()
