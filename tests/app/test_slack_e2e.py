@@ -48,9 +48,9 @@ def test_mention_ends_with_the_pr_link_in_one_updated_thread_message(
     slack_world: SlackWorld, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
     _, repo = _world_with_repo(slack_world, tmp_path)
-    openai_fake.script(
-        "contributing", *_edit_and_finish("CONTRIBUTING.md", "Be kind.\n", "Add CONTRIBUTING.md")
-    )
+    turns = _edit_and_finish("CONTRIBUTING.md", "Be kind.\n", "Add CONTRIBUTING.md")
+    gate = turns[-1].gate = threading.Event()  # the agent finishes once the test has seen it work
+    openai_fake.script("contributing", *turns)
     mention = slack_world.mention(ALICE, "please add a contributing guide")
 
     status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
@@ -64,6 +64,13 @@ def test_mention_ends_with_the_pr_link_in_one_updated_thread_message(
     session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
     assert f"{slack_world.runtime.settings.base_url}/sessions/{session_id}" in _blocks_text(status)
 
+    # While the agent works, the status message is edited to say so.
+    wait_for(
+        lambda: (m := slack_world.status_message(mention.ts)) and m.edits >= 1,
+        30,
+        "an edit while the session runs",
+    )
+    gate.set()
     session = wait_for(
         lambda: (
             (s := slack_world.runtime.sessions.get(session_id)).status in ("finished", "failed")

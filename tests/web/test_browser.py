@@ -203,9 +203,14 @@ def test_stop_button_stops_a_running_session(
     stop = page.locator("#stop")
     assert stop.is_visible()
     stop.focus()
-    page.keyboard.press("Enter")  # usable from the keyboard
+    with page.expect_response(re.compile(r"/stop$")):
+        page.keyboard.press("Enter")  # usable from the keyboard
     _wait_status(page, "stopped", 30_000)
+    # The answer to Stop (said while the session still ran) must not undo what the stream
+    # showed since.
+    page.wait_for_function("document.getElementById('stop').textContent === 'Stop'")
     assert not stop.is_visible()
+    _wait_status(page, "stopped", 1_000)
     page.wait_for_selector("#timeline .item.prompt[data-state=stopped]")
     page.wait_for_selector("#timeline .item.summary.stopped")
     assert api.session(session["id"])["status"] == "stopped"

@@ -19,6 +19,7 @@ const followError = $("follow-error");
 let me = null;
 let session = null;
 let lastStatus = null;
+let statusEventId = 0; // the id of the newest status event the stream has shown
 let diffLoadedFor = null; // the head the Changes tab shows (or is loading)
 let replayUntil = 0; // events up to here were stored before the page loaded
 const timing = { mode: null, ready: null, model: null };
@@ -26,7 +27,10 @@ const timeline = new Timeline(timelineEl);
 
 // ---------------------------------------------------------------- header and side panel
 
-function renderSession(s) {
+function renderSession(s, fromStream = false) {
+  // A snapshot over HTTP (say, the answer to Stop) may predate a status the stream has
+  // already shown: the newer status wins.
+  if (!fromStream && session && s.last_event_id <= statusEventId) s = { ...s, status: session.status };
   session = s;
   document.title = `${s.title || s.id} · Nightshift`;
   $("title").textContent = s.title || s.id;
@@ -221,7 +225,8 @@ function onEvent(event) {
       }
       break;
     case "status":
-      if (session) renderSession({ ...session, status: event.status });
+      statusEventId = Math.max(statusEventId, event.id);
+      if (session) renderSession({ ...session, status: event.status }, true);
       refreshSessionSoon();
       break;
     case "prompt_queued":
