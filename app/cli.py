@@ -128,14 +128,24 @@ def serve(
 # ---------------------------------------------------------------- run
 
 
+def _flush_text(state: dict[str, object], everything: bool) -> None:
+    """Print the model's buffered text up to its last newline (or all of it).
+
+    Whole lines only: under the live spinner a partial line would be broken in two.
+    """
+    text = str(state.get("text", ""))
+    cut = len(text) if everything else text.rfind("\n") + 1
+    if cut > 0:
+        console.print(text[:cut].rstrip("\n"), style="white", highlight=False, markup=False)
+        state["text"] = text[cut:]
+
+
 def _render(event: Event, state: dict[str, object]) -> None:
     if isinstance(event, TextDelta):
-        console.print(event.text, end="", style="white", highlight=False, markup=False)
-        state["midline"] = not event.text.endswith("\n")
+        state["text"] = str(state.get("text", "")) + event.text
+        _flush_text(state, everything=False)
         return
-    if state.get("midline"):
-        console.print()
-        state["midline"] = False
+    _flush_text(state, everything=True)
     if isinstance(event, StatusChanged):
         console.print(
             f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]",
@@ -203,6 +213,7 @@ async def _follow(runtime: Runtime, session_id: str, state: dict[str, object]) -
                     if event.status in ("finished", "failed", "stopped"):
                         return
     finally:
+        _flush_text(state, everything=True)
         await events.aclose()
 
 
@@ -382,6 +393,7 @@ def sessions_show(
             state: dict[str, object] = {}
             for event in runtime.sessions.events(session_id, 0, 100_000):
                 _render(event, state)
+            _flush_text(state, everything=True)
 
 
 # ---------------------------------------------------------------- tokens

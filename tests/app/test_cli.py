@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,32 @@ def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
         and '"status": "finished"' in shown.stdout
         and "add a CONTRIBUTING.md" in shown.stdout
     )
+
+
+def test_streamed_text_stays_whole_under_the_live_spinner(
+    openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """On a terminal, `run` shows a spinner; the model's streamed text (sent in 8-character
+    pieces) must still print as whole lines."""
+    repo = make_repo(tmp_path, "some-repo")
+    sentence = "I will write a short contributing guide for this project."
+    openai_fake.script(
+        "CONTRIBUTING",
+        Turn.tool("write_file", sentence, path="CONTRIBUTING.md", content="# Contributing\n"),
+        Turn.tool("finish", summary="Added a contributing guide.", title="Add CONTRIBUTING.md"),
+    )
+    env = {
+        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
+        "NIGHTSHIFT_MODEL": "openai:fake",
+        "OPENAI_BASE_URL": openai_fake.url,  # type: ignore[attr-defined]
+        "OPENAI_API_KEY": "sk-test-cli-0123456789abcdef",
+        "FORCE_COLOR": "1",  # a terminal, as far as the live display is concerned
+        "TTY_INTERACTIVE": "1",
+    }
+    result = _cli(["run", "--repo", str(repo), "add a CONTRIBUTING.md"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout).replace("\r", "\n")
+    assert sentence in plain, plain
 
 
 def test_run_without_a_model_fails_with_the_reason(tmp_path: Path) -> None:
