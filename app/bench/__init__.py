@@ -1,0 +1,1 @@
+"""The benchmarks behind `nightshift bench`; the typer commands are in `app.commands.bench`."""

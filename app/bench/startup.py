@@ -1,0 +1,286 @@
+"""`nightshift bench startup`: prompt → first model request, per sandbox start mode.
+
+A generated Python project (virtualenv, an offline dependency, a unittest suite, a
+`.nightshift.toml`) is registered in a scratch data dir and sessions run against the built-in
+scripted model; a plain `git clone` plus the set-up commands is the bar a cold start must meet.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from app.bench.stats import samples_summary
+from images.sandboxes.base import SANDBOX_PATH
+
+SPEC_TOML = """\
+# Image spec of the benchmark project (read by Nightshift from the base branch).
+setup = [
+  "python3 -m venv .venv",
+  ".venv/bin/pip install --quiet --no-index --find-links vendor/wheels tinydep",
+]
+warm = [".venv/bin/python -m unittest discover -s tests -q"]
+
+[env]
+PIP_DISABLE_PIP_VERSION_CHECK = "1"
+"""
+TEST_FILE = """\
+import unittest
+
+import tinydep
+from benchproj.pkg000 import mod_00000
+
+
+class CoreTest(unittest.TestCase):
+    def test_dependency(self):
+        self.assertEqual(tinydep.double(21), 42)
+
+    def test_module(self):
+        self.assertEqual(mod_00000.value(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
+"""
+MODES = ("cold", "image", "warm")
+
+
+def _wheel(dest: Path) -> None:
+    """A tiny pure-Python wheel, so the set-up installs a real dependency offline."""
+    files = {
+        "tinydep/__init__.py": "def double(x):\n    return 2 * x\n",
+        "tinydep-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 1.0\n",
+        "tinydep-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: nightshift-bench\nRoot-Is-Purelib: true\n"
+            "Tag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for name, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("tinydep-1.0.dist-info/RECORD,,")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+        zf.writestr("tinydep-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_project(root: Path, files: int) -> Path:
+    """A small Python project: `files` tracked files, a dependency, a test suite, a spec."""
+    repo = root / "benchproj"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "README.md").write_text("# benchproj\n\nA generated project for Nightshift benches.\n")
+    (repo / ".gitignore").write_text(".venv/\n__pycache__/\n*.pyc\n")
+    (repo / ".nightshift.toml").write_text(SPEC_TOML)
+    (repo / "tests" / "__init__.py").write_text("")
+    (repo / "tests" / "test_core.py").write_text(TEST_FILE)
+    (repo / "benchproj").mkdir()
+    (repo / "benchproj" / "__init__.py").write_text('"""Generated."""\n')
+    _wheel(repo / "vendor" / "wheels" / "tinydep-1.0-py3-none-any.whl")
+    made = 9
+    index = 0
+    while made < files:
+        pkg = repo / "benchproj" / f"pkg{index // 100:03d}"
+        if not pkg.exists():
+            pkg.mkdir()
+            (pkg / "__init__.py").write_text("")
+            made += 1
+        (pkg / f"mod_{index:05d}.py").write_text(
+            f'"""Module {index}."""\n\n\ndef value() -> int:\n    return {index}\n'
+        )
+        made += 1
+        index += 1
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    _git(repo, "add", "-A")
+    _git(
+        repo,
+        "-c",
+        "user.name=Bench",
+        "-c",
+        "user.email=bench@example.com",
+        "commit",
+        "-qm",
+        "generated project",
+    )
+    _git(repo, "gc", "--quiet")  # packed, like any repository that has lived a while
+    return repo
+
+
+def baseline_ms(repo: Path, scratch: Path, setup: list[str]) -> dict[str, int]:
+    """A plain `git clone` plus the set-up commands on the host: what cold must not exceed."""
+    dest = scratch / "baseline-clone"
+    started = time.monotonic()
+    # --no-hardlinks: a copy, as any clone from a git host is (and as the local forge clones).
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(dest)], check=True)
+    cloned = time.monotonic()
+    env = {"PATH": SANDBOX_PATH, "HOME": str(scratch), "LANG": "C.UTF-8"}  # the sandbox's PATH
+    for command in setup:
+        subprocess.run(["bash", "-c", command], cwd=dest, env=env, check=True, capture_output=True)
+    done = time.monotonic()
+    shutil.rmtree(dest, ignore_errors=True)
+    return {
+        "git_clone": int((cloned - started) * 1000),
+        "setup": int((done - cloned) * 1000),
+        "total": int((done - started) * 1000),
+    }
+
+
+def run_startup(
+    scratch: Path, files: int, modes: list[str], sessions: int, latency_ms: int, err: Any
+) -> dict[str, Any]:
+    """Generate the project, time the baseline and every mode; the report printed as JSON."""
+    with err.status("generating the project…"):
+        repo = make_project(scratch / "src", files)
+    from images.spec import parse_spec_file
+
+    spec_file = parse_spec_file(SPEC_TOML)
+    setup = spec_file.setup or []
+    with err.status("timing a plain git clone plus the set-up…"):
+        baseline = baseline_ms(repo, scratch, setup)
+    result = _run_modes(scratch, repo, modes, sessions, latency_ms, err)
+    cold = result["modes"].get("cold", {}).get("first_model_request_ms", {})
+    image = result["modes"].get("image", {}).get("first_model_request_ms", {})
+    warm = result["modes"].get("warm", {}).get("first_model_request_ms", {})
+    return {
+        "benchmark": "startup",
+        "repo": {"tracked_files": files, "setup": setup, "warm": spec_file.warm or []},
+        "sessions_per_mode": sessions,
+        "model": result["model"],
+        "baseline_ms": baseline,
+        **{k: v for k, v in result.items() if k != "model"},
+        "targets": {
+            "warm_p50_ms": 100,
+            "image_p50_ms": 400,
+            "cold_p50_max_ms": baseline["total"],
+        },
+        "met": {
+            mode: (p50 <= bar if (p50 := figures.get("p50")) is not None else None)
+            for mode, figures, bar in (
+                ("warm", warm, 100),
+                ("image", image, 400),
+                ("cold", cold, baseline["total"]),
+            )
+        },
+    }
+
+
+def _run_modes(
+    scratch: Path, repo: Path, modes: list[str], sessions: int, latency_ms: int, err: Any
+) -> dict[str, Any]:
+    from app.cli import fail
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+    from app.settings import Settings
+    from images.jobs import build_images
+
+    script = scratch / "script.json"
+    script.write_text(json.dumps({"turns": [{"text": "Nothing to change."}]}))
+    model = f"scripted:{script}?latency_ms={latency_ms}"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=scratch / "data",
+        model=model,
+        image_interval=0,
+        idle_seconds=0,
+        auth="token",
+    )
+    runtime = build_runtime(settings)
+    try:
+        user = runtime.users.upsert("bench", "Bench Runner", "bench@example.com")
+        name = runtime.repos.add(RepoCreate(url=str(repo), name="benchproj")).name
+        runtime.start()
+        out: dict[str, Any] = {"model": model, "modes": {}}
+        for mode in modes:
+            if mode in ("image", "warm") and "image_build_ms" not in out:
+                with err.status("building the image…"):
+                    built = runtime.executor.submit(
+                        lambda: build_images(runtime.image_jobs, [name], trigger="manual")
+                    ).result()
+                if built[0].outcome not in ("built", "skipped"):
+                    fail(f"the image build failed: {built[0].message}")
+                out["image_build_ms"] = built[0].ms
+                again = runtime.executor.submit(
+                    lambda: build_images(runtime.image_jobs, [name], trigger="manual")
+                ).result()
+                out["unchanged_skip_ms"] = again[0].ms  # what every scheduled check costs
+            samples: dict[str, list[int]] = {"first": [], "ready": [], "sync": []}
+            lock = runtime.images if mode == "cold" else None
+            if lock is not None:
+                # Hold the build lock so the build each cold start queues stays out of the way.
+                lock.acquire_lock(name, "bench", 3600)
+            try:
+                for run in range(sessions):
+                    err.print(f"[dim]{mode} {run + 1}/{sessions}[/]")
+                    if mode == "warm":
+                        _warm_up(runtime, user, name)
+                    first, ready, sync, seen = _one_session(runtime, user, name, f"{mode} {run}")
+                    if seen != mode:
+                        fail(f"a {mode} run started its sandbox from {seen}")
+                    samples["first"].append(first)
+                    samples["ready"].append(ready)
+                    if sync is not None:
+                        samples["sync"].append(sync)
+            finally:
+                if lock is not None:
+                    lock.release_lock(name, "bench")
+            out["modes"][mode] = {
+                "first_model_request_ms": samples_summary(samples["first"]),
+                "sandbox_ready_ms": samples_summary(samples["ready"]),
+                "sync_ms": samples_summary(samples["sync"]),
+            }
+        return out
+    finally:
+        runtime.close()
+
+
+def _warm_up(runtime: Any, user: Any, repo: str, timeout: float = 300.0) -> None:
+    from app.cli import fail
+
+    deadline = time.monotonic() + timeout
+    state = runtime.image_service.warm(user, repo)
+    while state.state != "warm":
+        if state.state == "failed" or time.monotonic() > deadline:
+            fail(f"warming a sandbox failed: {state.error or 'timed out'}")
+        time.sleep(0.02)
+        state = runtime.image_service.warm_state(user, repo)
+    time.sleep(0.2)  # let the pool settle, as when a person is still typing
+
+
+def _one_session(
+    runtime: Any, user: Any, repo: str, prompt: str, timeout: float = 600.0
+) -> tuple[int, int, int | None, str]:
+    """Run one session; (prompt → first model request, → sandbox ready, sync ms, mode)."""
+    from app.cli import fail
+
+    session = runtime.sessions.create(user, repo, prompt, source="cli")
+    deadline = time.monotonic() + timeout
+    while runtime.sessions.get(session.id).status not in ("finished", "failed", "stopped"):
+        if time.monotonic() > deadline:
+            fail(f"session {session.id} did not finish in {timeout:.0f}s")
+        time.sleep(0.02)
+    while session.id in getattr(runtime.dispatcher, "runners", {}):
+        time.sleep(0.01)  # the runner is still releasing its sandbox
+    events = runtime.sessions.events(session.id, 0, 10_000)
+    first = next((e for e in events if e.type == "model_request" and e.step == 1), None)
+    ready = next((e for e in events if e.type == "sandbox_ready"), None)
+    sync = next((e for e in events if e.type == "sync_done"), None)
+    if first is None or ready is None:
+        errors = "; ".join(e.message for e in events if e.type == "error") or "no model request"
+        fail(f"session {session.id} did not reach the model: {errors}")
+    return first.ms_since_prompt, ready.ms_since_prompt, sync.ms if sync else None, ready.mode
