@@ -67,7 +67,7 @@ class SlackCommands:
         code = await asyncio.to_thread(
             self.bot.links.create_link_code, cmd.user_id, cmd.team_id, cmd.user_name
         )
-        url = self.bot.link_url(code)
+        url = self.bot.invites.link_url(code)
         lead = (
             f"You're connected as `{linked.login}`. To connect a different Nightshift account, "
             if linked is not None
