@@ -31,12 +31,12 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
     config = config or SandboxConfig()
     if name == "bwrap":
         from images.sandboxes.bwrap import BwrapBackend
-        from images.sandboxes.local import default_owner
+        from images.sandboxes.environment import default_owner
 
         return BwrapBackend(state_dir, owner=default_owner(), egress_ports=config.egress_ports)
     if name == "gvisor":
+        from images.sandboxes.environment import default_owner
         from images.sandboxes.gvisor import GvisorBackend
-        from images.sandboxes.local import default_owner
 
         return GvisorBackend(
             state_dir,

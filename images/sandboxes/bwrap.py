@@ -17,18 +17,15 @@ from functools import cache
 from pathlib import Path
 
 from images.sandboxes.base import HOME, WORKDIR, SandboxSpec, SandboxUnavailable, UnsupportedSetting
-from images.sandboxes.limits import join_and_exec, rlimit_script
-from images.sandboxes.local import (
+from images.sandboxes.environment import (
     BRIDGE_PATH,
     BRIDGE_SOURCE,
     EGRESS_DIR,
-    LAYOUT_VERSION,
     RUN_DIR,
     SANDBOX_UID,
-    LocalBackend,
-    LocalSandbox,
-    userns_available,
 )
+from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
+from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
 
 
 @cache

@@ -1,10 +1,11 @@
 """The gVisor backend: one `runsc` container per sandbox, one `runsc exec` per command.
 
-The container sees the same tree as under bubblewrap (read-only /usr and /etc files, the
-overlay workspace and home, a private /tmp) served by gVisor's gofer, with no network
-(`--network=none`). Its kernel is gVisor's: no syscall of the sandboxed code reaches the host.
+The container (its OCI spec: `gvisor_bundle.py`) sees the same tree as under bubblewrap
+(read-only /usr and /etc files, the overlay workspace and home, a private /tmp) served by
+gVisor's gofer, with no network (`--network=none`). Its kernel is gVisor's: no syscall of the
+sandboxed code reaches the host.
 
-Each command runs under `nsexec` (built here, see `NSEXEC_C`): a PID namespace of its own
+Each command runs under `nsexec` (built by `gvisor_helpers.py`): a PID namespace of its own
 whose init reaps and reports the exit as 128+N for a signal, everything left behind dies with
 it, and the command runs as the unprivileged uid with no capabilities.
 
@@ -30,77 +31,33 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from images.sandboxes.base import (
-    HOME,
-    WORKDIR,
     ExecResult,
     SandboxError,
     SandboxSpec,
     SandboxUnavailable,
     UnsupportedSetting,
 )
-from images.sandboxes.egress import DEFAULT_PORTS, PROXY_PORT, EgressProxy
-from images.sandboxes.gvisor_helpers import NSEXEC_C, STATX_SHIM_C, helper, runsc_version
-from images.sandboxes.limits import (
-    CGROUP_ROOT,
-    CgroupLayout,
-    Controller,
-    Counters,
-    mounts,
-    pid_alive,
+from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
+from images.sandboxes.environment import host_env
+from images.sandboxes.gvisor_bundle import (
+    SHIM_PATH,
+    bundle_config,
+    cpuacct_base,
+    exec_process,
+    runsc_layout,
 )
-from images.sandboxes.local import (
-    BRIDGE_PATH,
-    BRIDGE_SOURCE,
-    EGRESS_DIR,
-    EGRESS_SOCKET,
-    LAYOUT_VERSION,
-    MAX_LAYERS,
-    RUN_DIR,
-    SANDBOX_PYTHON,
-    LocalBackend,
-    LocalSandbox,
-    host_env,
-)
+from images.sandboxes.gvisor_helpers import build_helpers, release_stale_containers, runsc_version
+from images.sandboxes.limits import Counters
+from images.sandboxes.local import LAYOUT_VERSION, MAX_LAYERS, LocalBackend, LocalSandbox
 from images.sandboxes.process import XCPU_EXIT, run_process
 
-GROUP_DIR = "nightshift-gvisor"
-MEMORY_OVERHEAD_MB = 64  # the sentry's own memory, inside the container's cgroup
-# Host tasks (threads and ptrace stubs) the sentry needs: ~170 idle, several per process.
-HOST_TASKS_BASE = 512
-HOST_TASKS_PER_PROCESS = 16
-NSEXEC_PATH = f"{RUN_DIR}/nsexec"
-SHIM_PATH = f"{RUN_DIR}/statx-shim.so"
-READY_DIR = f"{RUN_DIR}/state"
-SHIM_FIXED_IN = 20230101
-CPU_POLL_S = 0.5  # runsc releases from here on accept AT_NO_AUTOMOUNT
-EXEC_CAPS = ["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
-CAP_SETS = ("bounding", "effective", "permitted", "inheritable")
-
-
-def runsc_layout() -> CgroupLayout:
-    """Where runsc puts a container's cgroups (`/nightshift-gvisor/<name>` per hierarchy)."""
-    memory = pids = None
-    unified = None
-    for point, fstype, opts in mounts():
-        if not point.startswith(str(CGROUP_ROOT)):
-            continue
-        if fstype == "cgroup2":
-            unified = Path(point) / GROUP_DIR
-        elif "memory" in opts:
-            memory = Controller(1, Path(point) / GROUP_DIR)
-        elif "pids" in opts:
-            pids = Controller(1, Path(point) / GROUP_DIR)
-    if memory is None and unified is not None:
-        memory = Controller(2, unified)
-        pids = pids or Controller(2, unified)
-    return CgroupLayout(memory=memory, pids=pids, unified=None)
+CPU_POLL_S = 0.5
 
 
 class GvisorSandbox(LocalSandbox):
@@ -138,94 +95,17 @@ class GvisorSandbox(LocalSandbox):
         """runsc creates and removes the container's cgroups itself (see `config`)."""
 
     def config(self) -> dict[str, object]:
-        ro = ["rbind", "ro", "nosuid", "nodev"]
-        rw = ["rbind", "rw", "nosuid", "nodev"]
-        mounts: list[dict[str, object]] = [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ro},
-        ]
-        for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            path = Path("/") / top
-            if path.exists():
-                mounts.append(
-                    {
-                        "destination": f"/{top}",
-                        "type": "bind",
-                        "source": str(path.resolve()),
-                        "options": ro,
-                    }
-                )
-        mounts.append(
-            {"destination": "/etc", "type": "bind", "source": str(self.etc), "options": ro}
+        return bundle_config(
+            etc=self.etc,
+            tmp=self.tmp,
+            workspace=self.ws.merged / "workspace",
+            home=self.ws.merged / "home",
+            nsexec=self.gv.nsexec,
+            shim=self.gv.shim,
+            egress=(self.egress_dir, self.ready_dir) if self.spec.egress else None,
+            limits=self.limits,
+            cgroup_name=self.cgroup.name,
         )
-        binds = [
-            ("/tmp", self.tmp, rw),  # noqa: S108
-            (WORKDIR, self.ws.merged / "workspace", rw),
-            (HOME, self.ws.merged / "home", rw),
-            (NSEXEC_PATH, self.gv.nsexec, ro),
-        ]
-        if self.gv.shim is not None:
-            binds.append((SHIM_PATH, self.gv.shim, ro))
-        if self.spec.egress:
-            binds += [
-                (BRIDGE_PATH, BRIDGE_SOURCE, ro),
-                (EGRESS_DIR, self.egress_dir, ro),
-                (READY_DIR, self.ready_dir, rw),
-            ]
-        for dest, src, opts in binds:
-            mounts.append(
-                {"destination": dest, "type": "bind", "source": str(src), "options": opts}
-            )
-        if self.spec.egress:
-            # The bridge is the container's init, as root inside gVisor: the agent's uid
-            # cannot signal it.
-            init = [
-                SANDBOX_PYTHON,
-                "-I",
-                "-S",
-                BRIDGE_PATH,
-                str(PROXY_PORT),
-                EGRESS_SOCKET,
-                "--ready",
-                f"{READY_DIR}/ready",
-            ]
-        else:
-            init = ["/bin/sleep", "infinity"]
-        limits = self.limits
-        rlimits = [
-            {"type": "RLIMIT_NPROC", "soft": limits.pids, "hard": limits.pids},
-            {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
-            {"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096},
-        ]
-        return {
-            "ociVersion": "1.0.0",
-            "process": {
-                "user": {"uid": 0, "gid": 0},
-                "args": init,
-                "env": ["PATH=/usr/bin:/bin"],
-                "cwd": "/",
-                "capabilities": {
-                    k: [] for k in ("bounding", "effective", "permitted", "inheritable")
-                },
-                "rlimits": rlimits,
-                "noNewPrivileges": True,
-            },
-            "root": {"path": "rootfs", "readonly": True},
-            "hostname": "sandbox",
-            "mounts": mounts,
-            "linux": {
-                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-                "cgroupsPath": f"/{GROUP_DIR}/{self.cgroup.name}",
-                "resources": {
-                    "memory": {
-                        "limit": (limits.memory_mb + MEMORY_OVERHEAD_MB) << 20,
-                        "swap": (limits.memory_mb + MEMORY_OVERHEAD_MB) << 20,
-                    },
-                    "pids": {"limit": limits.pids * HOST_TASKS_PER_PROCESS + HOST_TASKS_BASE},
-                },
-            },
-        }
 
     def create(self) -> None:
         super().create()
@@ -278,21 +158,8 @@ class GvisorSandbox(LocalSandbox):
     def _exec_argv(
         self, n: int, argv: Sequence[str], cwd: str, env: Mapping[str, str]
     ) -> list[str]:
-        uid, gid = self.owner or (self.uid, self.uid)
-        process = {
-            "user": {"uid": 0, "gid": 0},
-            "args": [
-                NSEXEC_PATH,
-                str(uid),
-                str(gid),
-                str(self.limits.pids),
-                str(self.limits.cpu_seconds),
-                *argv,
-            ],
-            "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": cwd,
-            "capabilities": {k: EXEC_CAPS for k in ("bounding", "effective", "permitted")},
-        }
+        owner = self.owner or (self.uid, self.uid)
+        process = exec_process(argv, cwd=cwd, env=env, owner=owner, limits=self.limits)
         spec = self.dir / f"exec-{n}.json"
         spec.write_text(json.dumps(process))
         pid_file = self.dir / f"exec-{n}.pid"
@@ -417,9 +284,7 @@ class GvisorBackend(LocalBackend):
     def cpu_usage_ns(self, name: str) -> int | None:
         """CPU time the container `name` has used (its cpuacct cgroup), or None."""
         if self._cpuacct is None:
-            for point, fstype, opts in mounts():
-                if fstype == "cgroup" and "cpuacct" in opts:
-                    self._cpuacct = Path(point) / GROUP_DIR
+            self._cpuacct = cpuacct_base()
             if self._cpuacct is None:
                 return None
         try:
@@ -448,9 +313,7 @@ class GvisorBackend(LocalBackend):
     def _build(self) -> None:
         if self._built:
             return
-        self._nsexec = helper(self.state_dir, NSEXEC_C, "nsexec", shared=False)
-        if runsc_version()[1] < SHIM_FIXED_IN:
-            self._shim = helper(self.state_dir, STATX_SHIM_C, "statx-shim", shared=True)
+        self._nsexec, self._shim = build_helpers(self.state_dir)
         self._built = True
 
     def check_available(self) -> None:
@@ -464,27 +327,7 @@ class GvisorBackend(LocalBackend):
         self._build()
         if not self._stale_checked:
             self._stale_checked = True
-            self.release_stale()
-
-    def release_stale(self) -> int:
-        """Delete containers whose server process is gone (a crash leaves them running)."""
-        listing = subprocess.run(
-            ["runsc", f"--root={self.runsc_root}", "list", "--quiet"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        count = 0
-        for cid in listing.stdout.split():
-            owner = cid.split("-", 1)[0]
-            if owner.isdigit() and not pid_alive(int(owner)):
-                subprocess.run(
-                    ["runsc", f"--root={self.runsc_root}", "delete", "--force", cid],
-                    capture_output=True,
-                    check=False,
-                )
-                count += 1
-        return count
+            release_stale_containers(self.runsc_root)
 
     def etc_extra(self) -> dict[str, str]:
         return {"ld.so.preload": f"{SHIM_PATH}\n"} if self.shim is not None else {}

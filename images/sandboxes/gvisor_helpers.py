@@ -1,4 +1,5 @@
-"""gVisor's helpers: `runsc` itself, and two small C programs built once into the data dir.
+"""gVisor's helpers: `runsc` itself (its version, and containers a crash left running), and
+two small C programs built once into the data dir.
 
 - `nsexec` runs each command in a PID namespace (and /proc) of its own, without privileges,
   with RLIMIT_NPROC and RLIMIT_CPU, and reports a fatal signal N as exit 128+N.
@@ -17,6 +18,9 @@ from functools import cache
 from pathlib import Path
 
 from images.sandboxes.base import SandboxUnavailable
+from images.sandboxes.limits import pid_alive
+
+SHIM_FIXED_IN = 20230101  # runsc releases from here on accept AT_NO_AUTOMOUNT
 
 NSEXEC_C = r"""
 #define _GNU_SOURCE
@@ -153,3 +157,32 @@ def helper(state_dir: Path, source: str, name: str, shared: bool) -> Path:
     if not out.exists():
         _compile(source, out, shared)
     return out
+
+
+def build_helpers(state_dir: Path) -> tuple[Path, Path | None]:
+    """`nsexec`, and the statx shim when this runsc needs it."""
+    nsexec = helper(state_dir, NSEXEC_C, "nsexec", shared=False)
+    if runsc_version()[1] < SHIM_FIXED_IN:
+        return nsexec, helper(state_dir, STATX_SHIM_C, "statx-shim", shared=True)
+    return nsexec, None
+
+
+def release_stale_containers(runsc_root: Path) -> int:
+    """Delete containers whose server process is gone (a crash leaves them running)."""
+    listing = subprocess.run(
+        ["runsc", f"--root={runsc_root}", "list", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    count = 0
+    for cid in listing.stdout.split():
+        owner = cid.split("-", 1)[0]
+        if owner.isdigit() and not pid_alive(int(owner)):
+            subprocess.run(
+                ["runsc", f"--root={runsc_root}", "delete", "--force", cid],
+                capture_output=True,
+                check=False,
+            )
+            count += 1
+    return count

@@ -305,6 +305,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def userns_available() -> bool:
+    """Whether user namespaces can be made here (the per-command `RLIMIT_NPROC` fallback)."""
+    try:
+        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        return False
+
+
 def rlimit_script(limits: Limits, layout: CgroupLayout) -> list[str]:
     """`ulimit` lines (dash syntax) set on the host before the sandbox starts."""
     lines = [

@@ -1,5 +1,6 @@
 """Local sandboxes: an overlay workspace per sandbox, run under bubblewrap (`bwrap.py`) or
-gVisor (`gvisor.py`); this module holds what both share.
+gVisor (`gvisor.py`); this module holds the lifecycle both share, and `environment.py` what
+the sandbox is given (its /etc, environment and uid).
 
 What a command sees: the host's /usr (read-only) and a few harmless /etc files, its workspace
 at /workspace and home at /home/agent (both on the sandbox's overlay), a private /tmp, /proc
@@ -23,138 +24,37 @@ from typing import ClassVar
 
 from images.sandboxes import snapshots
 from images.sandboxes.base import (
-    HOME,
-    SANDBOX_PATH,
     WORKDIR,
-    EndedBy,
     ExecResult,
     FileEntry,
-    ImageRef,
     SandboxError,
     SandboxSpec,
     SnapshotRef,
-    SnapshotUnusable,
     UnsupportedSetting,
 )
-from images.sandboxes.egress import DEFAULT_PORTS, PROXY_PORT, EgressProxy
+from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
+from images.sandboxes.environment import (
+    BRIDGE_COMMAND,
+    SANDBOX_PYTHON,
+    SANDBOX_UID,
+    build_etc,
+    host_env,
+    sandbox_env,
+)
 from images.sandboxes.limits import (
     NO_CGROUPS,
     CgroupLayout,
     Counters,
     SandboxCgroup,
     detect,
-    pid_alive,
     release_stale_cgroups,
 )
 from images.sandboxes.overlay import Workspace
 from images.sandboxes.pathsafe import ConfinedTree, clean_relative
-from images.sandboxes.process import KILLED_EXIT, XCPU_EXIT, run_process
+from images.sandboxes.process import name_limit, run_process
 
 LAYOUT_VERSION = "ns1"
-SANDBOX_UID = 1000  # the uid commands see inside the sandbox when the host is not root
-SANDBOX_PYTHON = "/usr/bin/python3"
-BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
-RUN_DIR = "/run/nightshift"
-BRIDGE_PATH = f"{RUN_DIR}/bridge.py"
-EGRESS_DIR = f"{RUN_DIR}/egress"
-EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
 MAX_LAYERS = 8
-ETC_PATHS = (
-    "/etc/alternatives",
-    "/etc/ssl/certs",
-    "/etc/ssl/openssl.cnf",
-    "/etc/ca-certificates",
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-    "/etc/localtime",
-    "/etc/nsswitch.conf",
-    "/etc/mime.types",
-    "/etc/protocols",
-    "/etc/services",
-    "/etc/bash.bashrc",
-    "/etc/profile",
-    "/etc/inputrc",
-    "/etc/python3",
-    "/etc/python3.11",
-)
-
-
-def build_etc(
-    state_dir: Path, name: str, owner: tuple[int, int] | None, extra: dict[str, str]
-) -> Path:
-    """The sandbox's /etc: copies of the harmless host files above plus our own `passwd`,
-    `hosts`, ... Built once per server process (so one bind mount per command, not twenty)."""
-    uid, gid = owner or (SANDBOX_UID, SANDBOX_UID)
-    root = state_dir / "etc"
-    root.mkdir(parents=True, exist_ok=True)
-    for child in root.iterdir():
-        pid = child.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(child, ignore_errors=True)
-    target = root / f"{name}-{uid}-{os.getpid()}"
-    if target.is_dir():
-        return target
-    partial = root / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(mode=0o755)
-    for path in ETC_PATHS:
-        src, dest = Path(path), partial / Path(path).relative_to("/etc")
-        if src.is_dir() and not src.is_symlink():
-            shutil.copytree(src, dest, symlinks=True)
-        elif src.exists() or src.is_symlink():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest, follow_symlinks=False)
-    files = {
-        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n",
-        "group": f"root:x:0:\nagent:x:{gid}:\n",
-        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-        "hostname": "sandbox\n",
-        "resolv.conf": "",
-        **extra,
-    }
-    for file_name, text in files.items():
-        (partial / file_name).write_text(text)
-        os.chmod(partial / file_name, 0o644)
-    os.chmod(partial, 0o755)  # noqa: S103  (the sandbox's /etc, read-only inside)
-    try:
-        partial.rename(target)
-    except OSError:  # another backend of this process won the race
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
-
-
-def default_owner() -> tuple[int, int] | None:
-    """Host uid/gid for sandboxed processes: unprivileged when we are root, else ourselves."""
-    if os.geteuid() != 0:
-        return None
-    uid = int(os.environ.get("NIGHTSHIFT_SANDBOX_UID", "65534"))
-    return (uid, uid)
-
-
-def proxy_env() -> dict[str, str]:
-    url = f"http://127.0.0.1:{PROXY_PORT}"
-    no_proxy = "localhost,127.0.0.1,::1"
-    return {
-        "HTTP_PROXY": url,
-        "HTTPS_PROXY": url,
-        "http_proxy": url,
-        "https_proxy": url,
-        "NO_PROXY": no_proxy,
-        "no_proxy": no_proxy,
-    }
-
-
-def host_env() -> dict[str, str]:
-    """The environment of the host-side launcher (bwrap, runsc): nothing of ours leaks in."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-def userns_available() -> bool:
-    try:
-        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
-    except (OSError, ValueError):
-        return False
 
 
 class LocalSandbox:
@@ -212,30 +112,13 @@ class LocalSandbox:
 
     def inner(self, argv: Sequence[str]) -> list[str]:
         """`argv` wrapped in what must run inside the sandbox, nearest the command first."""
-        inner = list(argv)
-        if self.spec.egress:
-            inner = [
-                SANDBOX_PYTHON,
-                "-I",
-                "-S",
-                BRIDGE_PATH,
-                str(PROXY_PORT),
-                EGRESS_SOCKET,
-                "--",
-                *inner,
-            ]
-        return inner
+        return [*BRIDGE_COMMAND, "--", *argv] if self.spec.egress else list(argv)
 
     async def on_timeout(self, pid: int) -> None:
         """Kill a timed-out command; the process group is killed after this in any case."""
 
     def env_for(self, env: Mapping[str, str] | None) -> dict[str, str]:
-        full = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
-        if self.spec.egress:
-            full.update(proxy_env())
-        full.update(self.spec.env)
-        full.update(env or {})
-        return full
+        return sandbox_env(self.spec.env, bool(self.spec.egress), env)
 
     async def exec(
         self,
@@ -298,34 +181,7 @@ class LocalSandbox:
         self, result: ExecResult, before: Counters, after: Counters, by_deadline: bool
     ) -> ExecResult:
         """Name the limit that ended the command, from its exit and the cgroup counters."""
-        hits = list(result.limits_hit)
-        ended_by: EndedBy = result.ended_by
-        code, oom = result.exit_code, False
-        if after.pids_refused > before.pids_refused:
-            hits.append("pids")
-        memory_hit = after.oom_kills > before.oom_kills
-        if result.timed_out:
-            ended_by = "sandbox_timeout" if by_deadline else "timeout"
-            hits.append(ended_by)
-        elif memory_hit and code == KILLED_EXIT:
-            ended_by, oom = "memory", True
-            hits.append("memory")
-        elif memory_hit:
-            hits.append("memory")  # a child was killed; the command itself carried on
-        elif code == XCPU_EXIT:
-            ended_by = "cpu"
-            hits.append("cpu")
-        return ExecResult(
-            exit_code=code,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            duration_ms=result.duration_ms,
-            timed_out=result.timed_out,
-            oom_killed=oom,
-            truncated=result.truncated,
-            ended_by=ended_by,
-            limits_hit=tuple(dict.fromkeys(hits)),
-        )
+        return name_limit(result, before, after, by_deadline)
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         self._check_live()
@@ -434,31 +290,9 @@ class LocalBackend:
                 "refusing the allowlist rather than ignoring it"
             )
 
-    def lowers(self, source: ImageRef | SnapshotRef) -> list[Path]:
-        if isinstance(source, SnapshotRef):
-            if source.backend != self.name or source.runtime != self.runtime_version():
-                raise SnapshotUnusable(
-                    f"snapshot {source.id} was taken by {source.runtime}; this host runs "
-                    f"{self.runtime_version()}: start from the newest image instead"
-                )
-            layers = [Path(source.location), *(Path(p) for p in source.layers)]
-            for layer in layers:
-                if not layer.is_dir():
-                    raise SnapshotUnusable(f"snapshot {source.id}: layer {layer} is gone")
-            image_root = Path(source.image.location) / "root"
-            if not source.full and not image_root.is_dir():
-                raise SnapshotUnusable(
-                    f"snapshot {source.id}: its base image {source.image.id} is gone"
-                )
-            return layers if source.full else [*layers, image_root]
-        image_root = Path(source.location) / "root"
-        if not image_root.is_dir():
-            raise SandboxError(f"image {source.id} has no root directory at {image_root}")
-        return [image_root]
-
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
         self.check_available()
-        lowers = self.lowers(spec.source)
+        lowers = snapshots.lowers(spec.source, backend=self.name, runtime=self.runtime_version())
         self.refuse_unenforceable(spec)
         sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
         sandbox = self.sandbox_class(self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers)

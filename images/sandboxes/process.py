@@ -1,4 +1,5 @@
-"""Run one sandboxed command as its own process group: wall timeout, output cap, clean kill.
+"""Run one sandboxed command as its own process group: wall timeout, output cap, clean kill;
+then name the limit that ended it (`name_limit`).
 
 Output past the cap is read and dropped, so a chatty command still finishes; a command that
 keeps writing past `FLOOD_FACTOR` times the cap has its pipes closed, and it gets SIGPIPE as
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from images.sandboxes.base import EndedBy, ExecResult
+from images.sandboxes.limits import Counters
 
 TIMEOUT_EXIT = 124
 KILLED_EXIT = 137
@@ -155,4 +157,39 @@ async def run_process(
         truncated=out.truncated or err.truncated,
         ended_by=ended_by,
         limits_hit=("output",) if out.truncated or err.truncated else (),
+    )
+
+
+def name_limit(
+    result: ExecResult, before: Counters, after: Counters, by_deadline: bool
+) -> ExecResult:
+    """`result` with the limit that ended it named, from its exit and the cgroup counters
+    `before` and `after` it ran; `by_deadline`: the sandbox's lifetime cut its timeout short."""
+    hits = list(result.limits_hit)
+    ended_by: EndedBy = result.ended_by
+    code, oom = result.exit_code, False
+    if after.pids_refused > before.pids_refused:
+        hits.append("pids")
+    memory_hit = after.oom_kills > before.oom_kills
+    if result.timed_out:
+        ended_by = "sandbox_timeout" if by_deadline else "timeout"
+        hits.append(ended_by)
+    elif memory_hit and code == KILLED_EXIT:
+        ended_by, oom = "memory", True
+        hits.append("memory")
+    elif memory_hit:
+        hits.append("memory")  # a child was killed; the command itself carried on
+    elif code == XCPU_EXIT:
+        ended_by = "cpu"
+        hits.append("cpu")
+    return ExecResult(
+        exit_code=code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        duration_ms=result.duration_ms,
+        timed_out=result.timed_out,
+        oom_killed=oom,
+        truncated=result.truncated,
+        ended_by=ended_by,
+        limits_hit=tuple(dict.fromkeys(hits)),
     )

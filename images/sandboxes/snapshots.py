@@ -20,7 +20,7 @@ from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
-from images.sandboxes.base import ImageRef, SandboxError, SnapshotRef
+from images.sandboxes.base import ImageRef, SandboxError, SnapshotRef, SnapshotUnusable
 from images.sandboxes.overlay import copy_tree
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -138,6 +138,31 @@ def load(state_dir: Path, snapshot_id: str) -> SnapshotRef:
         raise SandboxError(f"no snapshot {snapshot_id} in {snapshot_root(state_dir)}") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise SandboxError(f"snapshot {snapshot_id} has unreadable metadata: {exc}") from exc
+
+
+def lowers(source: ImageRef | SnapshotRef, *, backend: str, runtime: str) -> list[Path]:
+    """The read-only layers, newest first, of a sandbox started from `source` by `backend`
+    running `runtime`; a snapshot another runtime took, or one missing a layer, is refused."""
+    if isinstance(source, SnapshotRef):
+        if source.backend != backend or source.runtime != runtime:
+            raise SnapshotUnusable(
+                f"snapshot {source.id} was taken by {source.runtime}; this host runs "
+                f"{runtime}: start from the newest image instead"
+            )
+        layers = [Path(source.location), *(Path(p) for p in source.layers)]
+        for layer in layers:
+            if not layer.is_dir():
+                raise SnapshotUnusable(f"snapshot {source.id}: layer {layer} is gone")
+        image_root = Path(source.image.location) / "root"
+        if not source.full and not image_root.is_dir():
+            raise SnapshotUnusable(
+                f"snapshot {source.id}: its base image {source.image.id} is gone"
+            )
+        return layers if source.full else [*layers, image_root]
+    image_root = Path(source.location) / "root"
+    if not image_root.is_dir():
+        raise SandboxError(f"image {source.id} has no root directory at {image_root}")
+    return [image_root]
 
 
 def listing(state_dir: Path) -> list[SnapshotRef]:

@@ -101,7 +101,7 @@ def unavailable(name: str) -> str | None:
 
 
 def make_backend_for(name: str, state_dir: Path, internet: FakeInternet) -> Any:
-    from images.sandboxes.local import default_owner
+    from images.sandboxes.environment import default_owner
 
     if name == "bwrap":
         from images.sandboxes.bwrap import BwrapBackend

@@ -15,8 +15,15 @@ import pytest
 
 from images.sandboxes.base import ExecResult, ImageRef, Limits, SandboxSpec
 from images.sandboxes.bwrap import BwrapBackend
-from images.sandboxes.limits import NO_CGROUPS, SandboxCgroup, detect, join_and_exec, rlimit_script
-from images.sandboxes.local import default_owner, userns_available
+from images.sandboxes.environment import default_owner
+from images.sandboxes.limits import (
+    NO_CGROUPS,
+    SandboxCgroup,
+    detect,
+    join_and_exec,
+    rlimit_script,
+    userns_available,
+)
 from tests.images.conftest import build_image
 
 pytestmark = [

@@ -13,7 +13,7 @@ import pytest
 from images.sandboxes import snapshots
 from images.sandboxes.base import Limits, SandboxFileError, SandboxSpec
 from images.sandboxes.bwrap import BwrapBackend
-from images.sandboxes.local import default_owner
+from images.sandboxes.environment import default_owner
 from tests.images.conftest import build_image
 
 pytestmark = [

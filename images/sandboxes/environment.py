@@ -1,0 +1,129 @@
+"""What a local sandbox is given: the paths it sees, its /etc, its environment, its uid.
+
+Shared by bubblewrap and gVisor. The sandbox's /etc holds copies of a few harmless host files
+and our own `passwd`, `hosts`, ...; a command's environment starts empty (nothing of the
+host's), and the host-side launcher (bwrap, runsc) gets only `PATH`. When the host process is
+root, commands run as an unprivileged host uid (65534 unless configured).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from images.sandboxes.base import HOME, SANDBOX_PATH
+from images.sandboxes.egress import PROXY_PORT
+from images.sandboxes.limits import pid_alive
+
+SANDBOX_UID = 1000  # the uid commands see inside the sandbox when the host is not root
+SANDBOX_PYTHON = "/usr/bin/python3"
+BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
+RUN_DIR = "/run/nightshift"
+BRIDGE_PATH = f"{RUN_DIR}/bridge.py"
+EGRESS_DIR = f"{RUN_DIR}/egress"
+EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
+BRIDGE_COMMAND = (SANDBOX_PYTHON, "-I", "-S", BRIDGE_PATH, str(PROXY_PORT), EGRESS_SOCKET)
+"""The loopback bridge to the egress proxy's socket (`bridge.py`); its own arguments follow."""
+ETC_PATHS = (
+    "/etc/alternatives",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/mime.types",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/bash.bashrc",
+    "/etc/profile",
+    "/etc/inputrc",
+    "/etc/python3",
+    "/etc/python3.11",
+)
+
+
+def build_etc(
+    state_dir: Path, name: str, owner: tuple[int, int] | None, extra: dict[str, str]
+) -> Path:
+    """The sandbox's /etc: copies of the harmless host files above plus our own `passwd`,
+    `hosts`, ... Built once per server process (so one bind mount per command, not twenty)."""
+    uid, gid = owner or (SANDBOX_UID, SANDBOX_UID)
+    root = state_dir / "etc"
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+    target = root / f"{name}-{uid}-{os.getpid()}"
+    if target.is_dir():
+        return target
+    partial = root / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o755)
+    for path in ETC_PATHS:
+        src, dest = Path(path), partial / Path(path).relative_to("/etc")
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dest, symlinks=True)
+        elif src.exists() or src.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest, follow_symlinks=False)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:/bin/bash\n",
+        "group": f"root:x:0:\nagent:x:{gid}:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "hostname": "sandbox\n",
+        "resolv.conf": "",
+        **extra,
+    }
+    for file_name, text in files.items():
+        (partial / file_name).write_text(text)
+        os.chmod(partial / file_name, 0o644)
+    os.chmod(partial, 0o755)  # noqa: S103  (the sandbox's /etc, read-only inside)
+    try:
+        partial.rename(target)
+    except OSError:  # another backend of this process won the race
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def default_owner() -> tuple[int, int] | None:
+    """Host uid/gid for sandboxed processes: unprivileged when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    uid = int(os.environ.get("NIGHTSHIFT_SANDBOX_UID", "65534"))
+    return (uid, uid)
+
+
+def proxy_env() -> dict[str, str]:
+    url = f"http://127.0.0.1:{PROXY_PORT}"
+    no_proxy = "localhost,127.0.0.1,::1"
+    return {
+        "HTTP_PROXY": url,
+        "HTTPS_PROXY": url,
+        "http_proxy": url,
+        "https_proxy": url,
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+    }
+
+
+def sandbox_env(
+    spec_env: Mapping[str, str], egress: bool, env: Mapping[str, str] | None
+) -> dict[str, str]:
+    """A command's whole environment: ours, the proxy's when egress is on, the spec's, the call's."""
+    full = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+    if egress:
+        full.update(proxy_env())
+    full.update(spec_env)
+    full.update(env or {})
+    return full
+
+
+def host_env() -> dict[str, str]:
+    """The environment of the host-side launcher (bwrap, runsc): nothing of ours leaks in."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
