@@ -59,7 +59,7 @@ from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
 from workers.jobs import JobContext, JobError, run_job, schedule
-from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
+from workers.redact import Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
@@ -248,11 +248,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     engine = control_engine(settings.control_db_url)
     init_control_db(engine)
 
-    def redact_secret(secret: str) -> None:
-        # Shapes the patterns already catch need no literal entry (the set would only grow).
-        if redactor.text(secret) != PLACEHOLDER:
-            redactor.add([secret])
-
+    redact_secret = redactor.learn
     files = SessionFiles(data_dir / "sessions", redactor)
     hub = EventHub(files)
     hub.handlers.append(observe)

@@ -22,7 +22,7 @@ from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from workers.executor import InProcessExecutor
-from workers.redact import PLACEHOLDER, Redactor, install_log_redaction
+from workers.redact import Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
@@ -68,16 +68,12 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         from integrations.github.app import GitHubApp
         from integrations.github.forge import GitHubForge
 
-        def redact_secret(secret: str) -> None:
-            if redactor.text(secret) != PLACEHOLDER:
-                redactor.add([secret])
-
         assert settings.github_app_id is not None
         app = GitHubApp(
             github_config(settings),
             settings.github_app_id,
             settings.github_private_key(),
-            on_token=redact_secret,
+            on_token=redactor.learn,
         )
         forges["github"] = GitHubForge(app, settings.data_dir / "github" / "mirrors")
 

@@ -41,6 +41,12 @@ class Redactor:
         self._lock = threading.Lock()
         self.add(secrets)
 
+    def learn(self, secret: str) -> None:
+        """Redact `secret` from now on (a token minted at run time). A value the patterns
+        already catch needs no literal entry: the capped list keeps room for the rest."""
+        if self.text(secret) != PLACEHOLDER:
+            self.add([secret])
+
     def add(self, secrets: Iterable[str]) -> None:
         with self._lock:
             changed = False

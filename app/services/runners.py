@@ -4,8 +4,6 @@ a run's context, and recovery of sessions whose runner died."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 
@@ -14,6 +12,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import NotFound
+from app.liveness import process_alive
 from app.models import Session
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
@@ -42,16 +41,8 @@ def _snapshot_from(data: dict[str, object] | None) -> SnapshotRef | None:
 
 def _pid_alive(owner: str) -> bool:
     """For a lease owner `host-pid-x` on this host: is that process still running?"""
-    host, _, rest = owner.rpartition("-")[0].rpartition("-")
-    if host != socket.gethostname():
-        return True  # another host: only the lease's expiry can tell
-    try:
-        os.kill(int(rest), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    host, _, pid = owner.rpartition("-")[0].rpartition("-")
+    return process_alive(host, pid)
 
 
 def active_snapshot_ids(engine: Engine) -> set[str]:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.liveness import process_alive
 from app.models import (
     Session,
     SlackEventRecord,
@@ -43,15 +44,7 @@ def owner_alive(owner: str | None) -> bool:
     if not owner:
         return False
     host, _, pid = owner.rpartition("-")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(host, pid)
 
 
 def insert_ignore(db: DB, table: Any, values: dict[str, Any]) -> bool:

@@ -26,6 +26,15 @@ def _cli(
     )
 
 
+def _model_env(openai_fake: ScriptBook, tmp_path: Path) -> dict[str, str]:
+    return {
+        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
+        "NIGHTSHIFT_MODEL": "openai:fake",
+        "OPENAI_BASE_URL": openai_fake.url,  # type: ignore[attr-defined]
+        "OPENAI_API_KEY": "sk-test-cli-0123456789abcdef",
+    }
+
+
 def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
     openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
@@ -38,12 +47,7 @@ def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
         ),
         Turn.tool("finish", summary="Added a contributing guide.", title="Add CONTRIBUTING.md"),
     )
-    env = {
-        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
-        "NIGHTSHIFT_MODEL": "openai:fake",
-        "OPENAI_BASE_URL": openai_fake.url,  # type: ignore[attr-defined]
-        "OPENAI_API_KEY": "sk-test-cli-0123456789abcdef",
-    }
+    env = _model_env(openai_fake, tmp_path)
     result = _cli(["run", "--repo", str(repo), "add a CONTRIBUTING.md"], env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -79,10 +83,7 @@ def test_streamed_text_stays_whole_under_the_live_spinner(
         Turn.tool("finish", summary="Added a contributing guide.", title="Add CONTRIBUTING.md"),
     )
     env = {
-        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
-        "NIGHTSHIFT_MODEL": "openai:fake",
-        "OPENAI_BASE_URL": openai_fake.url,  # type: ignore[attr-defined]
-        "OPENAI_API_KEY": "sk-test-cli-0123456789abcdef",
+        **_model_env(openai_fake, tmp_path),
         "FORCE_COLOR": "1",  # a terminal, as far as the live display is concerned
         "TTY_INTERACTIVE": "1",
     }

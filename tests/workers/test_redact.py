@@ -44,6 +44,17 @@ def test_literal_secrets_are_capped() -> None:
     assert redactor.text(f"minted-token-{Redactor.MAX_LITERALS + 49:06d}") == "[redacted]"
 
 
+def test_learned_tokens_leave_room_for_the_ones_no_pattern_catches() -> None:
+    redactor = Redactor()
+    redactor.learn("opaque-session-secret-1")
+    # Minting many pattern-shaped tokens (an installation token an hour) must not age out
+    # the opaque secret: shaped ones are caught without a literal entry.
+    for i in range(Redactor.MAX_LITERALS + 10):
+        redactor.learn(f"ghs_{i:036d}")
+    assert redactor.text("x opaque-session-secret-1 y") == "x [redacted] y"
+    assert redactor.text(f"ghs_{3:036d}") == "[redacted]"
+
+
 def test_every_logger_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     redactor = Redactor(["s3cret-value-for-logs"])  # redaction lasts as long as its redactor
     install_log_redaction(redactor)
