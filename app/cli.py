@@ -140,12 +140,28 @@ def _flush_text(state: dict[str, object], everything: bool) -> None:
         state["text"] = text[cut:]
 
 
+_PRINTED = (
+    StatusChanged,
+    SandboxReady,
+    ToolCalled,
+    ToolResult,
+    ModelRetry,
+    CommitCreated,
+    BranchPushed,
+    PrOpened,
+    ChildSpawned,
+    Notice,
+    ErrorRaised,
+)
+
+
 def _render(event: Event, state: dict[str, object]) -> None:
     if isinstance(event, TextDelta):
         state["text"] = str(state.get("text", "")) + event.text
         _flush_text(state, everything=False)
         return
-    _flush_text(state, everything=True)
+    if isinstance(event, _PRINTED):
+        _flush_text(state, everything=True)  # events shown on a line of their own
     if isinstance(event, StatusChanged):
         console.print(
             f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]",

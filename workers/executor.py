@@ -90,7 +90,14 @@ class InProcessExecutor:
                     task.cancel()
             if not tasks:
                 return
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=min(2.0, timeout))
+            if pending:
+                log.info(
+                    "waiting for %d job(s) to stop: %s",
+                    len(pending),
+                    "; ".join(_where(task) for task in pending),
+                )
+                _, pending = await asyncio.wait(pending, timeout=max(0.0, timeout - 2.0))
             for task in pending:
                 log.warning(
                     "job %s did not stop within %.0fs (at %s)",

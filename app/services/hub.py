@@ -54,7 +54,7 @@ class EventHub:
             return self._locks[session_id]
 
     def publish(self, session_id: str, event: Event, source: str | None = None) -> Event | None:
-        """Store, apply and fan out one event; None when `source` was already stored.
+        """Store, fan out and apply one event; None when `source` was already stored.
 
         Work a handler defers (`defer`) runs after the session's lock is released, still before
         this call returns, so slow side effects (opening a PR over the network) never hold up
@@ -70,15 +70,17 @@ class EventHub:
                 stored = self.files.get(session_id).append(event, source)
                 if stored is None:
                     return None
+                # Stored, so it can go out: watchers never wait on the index update below
+                # (which queues behind every other write to the control DB).
+                with self._guard:
+                    targets = list(self._subs.get(session_id, ())) + list(self._all)
+                for sub in targets:
+                    sub.push(session_id, stored)
                 for handler in self.handlers:
                     try:
                         handler(session_id, stored)
                     except Exception:
                         log.exception("event handler failed for %s event %s", session_id, stored.id)
-                with self._guard:
-                    targets = list(self._subs.get(session_id, ())) + list(self._all)
-                for sub in targets:
-                    sub.push(session_id, stored)
                 return stored
         finally:
             if outermost:
