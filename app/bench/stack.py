@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from sqlalchemy.engine import make_url
 
 Mode = Literal["embedded", "distributed"]
 
@@ -116,7 +117,10 @@ class Stack:
         self.bin = Path(sys.executable).parent / "nightshift"
         self.worker_token = "bench-" + secrets.token_hex(16)
         self.repo = f"bench-{secrets.token_hex(3)}"
-        """Unique per run: a reused control DB (--database-url) keeps earlier runs' repos."""
+        self.database_url = config.database_url
+        """The run's own control DB: on PostgreSQL, a fresh database on that server (dropped
+        afterwards), so no earlier run's sessions are listed, reaped or counted."""
+        self._scratch_db: str | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTSHIFT_")}
@@ -128,8 +132,8 @@ class Stack:
             NIGHTSHIFT_IDLE_SECONDS=str(self.config.idle_seconds),
             NIGHTSHIFT_DATA_DIR=str(self.root / "api"),
         )
-        if self.config.database_url:
-            env["NIGHTSHIFT_DATABASE_URL"] = self.config.database_url
+        if self.database_url:
+            env["NIGHTSHIFT_DATABASE_URL"] = self.database_url
         if self.config.mode == "distributed":
             assert self.broker_url is not None
             env.update(
@@ -150,6 +154,8 @@ class Stack:
 
     def start(self) -> None:
         (self.root / "script.json").write_text(json.dumps(SCRIPT))
+        if self.database_url and self.database_url.startswith("postgresql"):
+            self._create_database()
         if self.config.mode == "distributed" and not self.broker_url:
             self._start_redis()
         env = self.env()
@@ -273,7 +279,38 @@ class Stack:
             out["subprocesses"] += children
         return out
 
+    def _admin_url(self) -> str:
+        assert self.config.database_url is not None
+        url = make_url(self.config.database_url).set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        name = f"nightshift_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self._scratch_db = name
+        assert self.config.database_url is not None
+        url = make_url(self.config.database_url).set(database=name)
+        self.database_url = url.render_as_string(hide_password=False)
+
+    def _drop_database(self) -> None:
+        import psycopg
+
+        if self._scratch_db is None:
+            return
+        with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self._scratch_db}" WITH (FORCE)')
+        self._scratch_db = None
+
     def stop(self) -> None:
+        try:
+            self._stop_processes()
+        finally:
+            self._drop_database()
+
+    def _stop_processes(self) -> None:
         for name in sorted(self.procs, key=lambda n: n == "redis"):
             proc = self.procs[name]
             if proc.poll() is None:

@@ -79,7 +79,11 @@ def bench_load(
         float, typer.Option(help="How long finished sessions stay idle (memory is measured then)")
     ] = 60.0,
     database_url: Annotated[
-        str | None, typer.Option(help="Control DB URL (default: SQLite in the scratch dir)")
+        str | None,
+        typer.Option(
+            help="Control DB server (default: SQLite in the scratch dir); on PostgreSQL the run "
+            "uses a fresh database there, dropped afterwards"
+        ),
     ] = None,
     broker_url: Annotated[
         str | None, typer.Option(help="Redis URL (default: a private redis-server)")

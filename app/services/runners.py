@@ -66,6 +66,7 @@ class RunnerService:
         self.engine = sessions.engine
         self.files = sessions.files
         self.hub = sessions.hub
+        self._orphans: set[str] = set()
         self.sync_events: Callable[[str], object] = lambda _session_id: None
         """Persist what a session's runner published that the bus has not delivered yet.
 
@@ -211,6 +212,18 @@ class RunnerService:
             ).all()
         dispatched = []
         for row in rows:
+            if not self.files.path(row.id).exists():
+                # Indexed in a control DB shared with another data dir (or its file was
+                # removed): nothing here can recover it. Said once, not every round.
+                if row.id not in self._orphans:
+                    self._orphans.add(row.id)
+                    log.warning(
+                        "session %s is %s in the control DB but has no file under %s; left alone",
+                        row.id,
+                        row.status,
+                        self.files.root,
+                    )
+                continue
             if (
                 row.lease_owner is not None
                 and _pid_alive(row.lease_owner)

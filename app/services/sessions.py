@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.errors import Invalid, NotFound
+from app.errors import Invalid, NotFound, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic, UserPublic
 from app.services.hub import EventHub
@@ -95,7 +95,21 @@ class Sessions:
 
     def store(self, session_id: str) -> SessionStore:
         self.get(session_id)
-        return self.files.get(session_id)
+        try:
+            return self.files.get(session_id)
+        except FileNotFoundError:
+            raise Unavailable(
+                f"session {session_id} is indexed but its file is not in this server's data "
+                f"dir ({self.files.root}); is NIGHTSHIFT_DATA_DIR the one it was created with?"
+            ) from None
+
+    def _last_event_id(self, session_id: str) -> int:
+        """0 for a session whose file is not here (indexed by a control DB shared with another
+        data dir): the list still answers."""
+        try:
+            return self.files.get(session_id).last_event_id()
+        except FileNotFoundError:
+            return 0
 
     def _join(self, db: DB, session_id: str, user_id: int, role: str) -> None:
         if db.get(Participant, (session_id, user_id)) is None:
@@ -289,7 +303,7 @@ class Sessions:
             children=children,
             participants=[UserPublic.model_validate(p) for p in participants],
             prompt_count=row.prompt_count,
-            last_event_id=self.files.get(row.id).last_event_id(),
+            last_event_id=self._last_event_id(row.id),
             start_mode=row.start_mode,
             start_ms=row.start_ms,
             first_model_ms=row.first_model_ms,

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -42,6 +42,8 @@ BUS_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 _PREFIX = stream_key("")
+INFLIGHT_POLL_MS = 10
+"""How long a read waits for new entries while batches are still being persisted."""
 
 Publish = Callable[[str, Event, str], object]
 
@@ -93,6 +95,7 @@ class StreamConsumer:
         # Sessions are persisted in parallel (each in order): a session file write and its
         # index update mostly wait on disk, and concurrent commits share a flush.
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nightshift-persist")
+        self._inflight: dict[str, Future[str | None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -110,6 +113,10 @@ class StreamConsumer:
             self._thread.join(self.block_ms / 1000 + 5)
             self._thread = None
         self._pool.shutdown(wait=True)
+        try:
+            self._collect()  # the cursors of the last batches, so a restart resumes after them
+        except redis.RedisError as exc:
+            log.warning("event streams: could not save the last cursors (%s)", exc)
         self.redis.close()
 
     def _run(self) -> None:
@@ -169,27 +176,46 @@ class StreamConsumer:
         if now - self._last_refresh >= self.refresh_s:
             self._refresh()
             self._last_refresh = now
+        self._collect()
+        # A session whose last batch is still being persisted is not read again until it is
+        # done (its events stay in order); the others are read meanwhile, so one slow write
+        # never holds up every other session's events.
         streams: dict[str, str] = {DOORBELL_KEY: self._doorbell}
-        streams.update({stream_key(s): c for s, c in self.cursors.items()})
-        reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
-        touched: dict[str, str] = {}
-        jobs = []
+        streams.update(
+            {stream_key(s): c for s, c in self.cursors.items() if s not in self._inflight}
+        )
+        block = INFLIGHT_POLL_MS if self._inflight else self.block_ms
+        reply = self.redis.xread(streams, count=self.batch, block=block)
         for key, entries in reply or ():
             if key == DOORBELL_KEY:
                 self._doorbell = entries[-1][0]
                 self._track(list(dict.fromkeys(fields["sid"] for _, fields in entries)))
                 continue
             session_id = key[len(_PREFIX) :]
-            jobs.append((session_id, self._pool.submit(self._persist_locked, session_id, entries)))
-        for session_id, job in jobs:
-            cursor = job.result()
+            self._inflight[session_id] = self._pool.submit(
+                self._persist_locked, session_id, entries
+            )
+        self._collect()
+        if time.monotonic() - self._last_maintain >= 5.0:
+            self._maintain()
+            self._last_maintain = time.monotonic()
+
+    def _collect(self) -> None:
+        """Save the cursors of the batches persisted since the last call."""
+        touched: dict[str, str] = {}
+        for session_id, job in list(self._inflight.items()):
+            if not job.done():
+                continue
+            del self._inflight[session_id]
+            try:
+                cursor = job.result()
+            except Exception:
+                log.exception("persisting a batch of %s failed; it is read again", session_id)
+                continue
             if cursor is not None:
                 touched[session_id] = cursor
         if touched:
             self._save(touched)
-        if time.monotonic() - self._last_maintain >= 5.0:
-            self._maintain()
-            self._last_maintain = time.monotonic()
 
     def _persist_locked(
         self, session_id: str, entries: list[tuple[str, dict[str, str]]]
@@ -241,7 +267,8 @@ class StreamConsumer:
     def _maintain(self) -> None:
         """Forget streams that are fully persisted and quiet; delete them from Redis."""
         cutoff = time.monotonic() - self.forget_after_s
-        for session_id in [s for s, t in self._seen.items() if t < cutoff]:
+        quiet = [s for s, t in self._seen.items() if t < cutoff and s not in self._inflight]
+        for session_id in quiet:
             with self._lock(session_id):
                 if self._forget(session_id):
                     self.cursors.pop(session_id, None)

@@ -114,3 +114,32 @@ def test_a_lapsed_lease_of_a_live_remote_runner_is_spared_right_after_a_restart(
     assert rt.sessions.get(session_id).lease_owner == runner
     assert rt.runners.reap(later) == [session_id]
     assert rt.sessions.get(session_id).lease_owner is None
+
+
+def test_a_session_whose_file_is_elsewhere_is_listed_and_left_alone(
+    rt: Any, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A control DB shared with another data dir indexes sessions whose files are not here:
+    the list still answers, their events say why they cannot be read, and the reaper leaves
+    them alone (and says so once, not every round)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    _die_mid_prompt(rt, session_id)
+    before = rt.sessions.get(session_id)
+    rt.files.close()
+    rt.files.path(session_id).unlink()
+    with caplog.at_level("WARNING", logger="nightshift.runners"):
+        assert rt.runners.reap() == [] and rt.runners.reap() == []
+    assert sum("has no file under" in r.getMessage() for r in caplog.records) == 1
+    after = rt.sessions.get(session_id)
+    assert (after.status, after.lease_owner) == (before.status, before.lease_owner)
+    person = make_person(rt, "lister", "Lister Example", "lister@example.com")
+    with TestClient(create_app(rt.settings, runtime=rt)) as client:
+        headers = {"Authorization": f"Bearer {person.token}"}
+        listed = client.get("/api/sessions", headers=headers)
+        assert listed.status_code == 200, listed.text
+        assert [s["last_event_id"] for s in listed.json()["sessions"]] == [0]
+        events = client.get(f"/api/sessions/{session_id}/events", headers=headers)
+        assert events.status_code == 503 and "NIGHTSHIFT_DATA_DIR" in events.json()["detail"]
