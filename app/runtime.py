@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from app.control import LocalControlPlane
-from app.db import control_engine
 from app.errors import Unavailable
 from app.jobs import ControlJobs
 from app.metrics import observe
@@ -41,9 +40,9 @@ from app.wiring import (
     SNAPSHOT_GC_INTERVAL_S,
     distributed_checks,
     image_stack,
-    init_control_db,
     make_forges,
     resolved,
+    secrets_and_control_db,
 )
 from images.builder import ImageBuilder
 from images.jobs import ImageJobs, maintain_pool
@@ -59,7 +58,7 @@ from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.executor import InProcessExecutor, every
 from workers.jobs import JobContext, JobError, run_job, schedule
-from workers.redact import Redactor, install_log_redaction
+from workers.redact import Redactor
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
@@ -243,10 +242,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     data_dir = settings.data_dir
     if settings.broker_url:
         distributed_checks(settings)
-    redactor = Redactor(settings.secret_values())
-    install_log_redaction(redactor)
-    engine = control_engine(settings.control_db_url)
-    init_control_db(engine)
+    redactor, engine = secrets_and_control_db(settings)
 
     redact_secret = redactor.learn
     files = SessionFiles(data_dir / "sessions", redactor)

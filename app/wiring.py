@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from app.db import control_engine
 from app.services.images import Images
 from app.services.repos import Repos
 from app.settings import Settings
@@ -28,12 +29,23 @@ from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from integrations.forge.local import LocalForge
 from workers.executor import InProcessExecutor
+from workers.redact import Redactor, install_log_redaction
 
 if TYPE_CHECKING:
     pass
 
 
 SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
+
+
+def secrets_and_control_db(settings: Settings) -> tuple[Redactor, Engine]:
+    """What every process starts with: a redactor of its secrets, installed on every logger,
+    and the control DB at the newest migration."""
+    redactor = Redactor(settings.secret_values())
+    install_log_redaction(redactor)
+    engine = control_engine(settings.control_db_url)
+    init_control_db(engine)
+    return redactor, engine
 
 
 def init_control_db(engine: Engine) -> None:

@@ -6,7 +6,6 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from app.db import control_engine
 from app.services.repos import Repos
 from app.services.runners import active_snapshot_ids
 from app.settings import Settings
@@ -14,15 +13,14 @@ from app.wiring import (
     SNAPSHOT_GC_INTERVAL_S,
     distributed_checks,
     image_stack,
-    init_control_db,
     make_forges,
     resolved,
+    secrets_and_control_db,
 )
 from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from workers.executor import InProcessExecutor
-from workers.redact import Redactor, install_log_redaction
 from workers.runner import WorkerDeps
 
 if TYPE_CHECKING:
@@ -56,10 +54,7 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
             "NIGHTSHIFT_DATABASE_URL is not set: this worker keeps its image registry in its "
             "own SQLite file; point it at the API's PostgreSQL so images are shared"
         )
-    redactor = Redactor(settings.secret_values())
-    install_log_redaction(redactor)
-    engine = control_engine(settings.control_db_url)
-    init_control_db(engine)
+    redactor, engine = secrets_and_control_db(settings)
     forges = make_forges(settings)
     if settings.github_enabled:
         # Workers clone and push GitHub repositories themselves, with installation tokens
