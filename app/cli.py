@@ -140,76 +140,51 @@ def _flush_text(state: dict[str, object], everything: bool) -> None:
         state["text"] = text[cut:]
 
 
-_PRINTED = (
-    StatusChanged,
-    SandboxReady,
-    ToolCalled,
-    ToolResult,
-    ModelRetry,
-    CommitCreated,
-    BranchPushed,
-    PrOpened,
-    ChildSpawned,
-    Notice,
-    ErrorRaised,
-)
-
-
 def _render(event: Event, state: dict[str, object]) -> None:
     if isinstance(event, TextDelta):
         state["text"] = str(state.get("text", "")) + event.text
         _flush_text(state, everything=False)
         return
-    if isinstance(event, _PRINTED):
-        _flush_text(state, everything=True)  # events shown on a line of their own
-    if isinstance(event, StatusChanged):
-        console.print(
-            f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]",
-            highlight=False,
-        )
-    elif isinstance(event, SandboxReady):
-        console.print(
-            f"[dim]· sandbox ready from {event.mode} in {event.ms_since_prompt} ms[/]",
-            highlight=False,
-        )
-    elif isinstance(event, ToolCalled):
-        console.print(
-            f"[cyan]→ {describe_call(event.name, event.arguments)}[/]", highlight=False, markup=True
-        )
-    elif isinstance(event, ToolResult):
-        lines = event.output.strip().splitlines()
-        preview = "\n".join("  " + line for line in lines[:6])
-        more = f"\n  [dim]… {len(lines) - 6} more lines[/]" if len(lines) > 6 else ""
-        style = "red" if event.is_error else "dim"
-        console.print(f"[{style}]{_escape(preview)}[/]{more}", highlight=False)
-    elif isinstance(event, ModelRetry):
-        console.print(
-            f"[yellow]· model retry {event.retry} in {event.wait_s:.1f}s: {_escape(event.reason)}[/]"
-        )
-    elif isinstance(event, CommitCreated):
-        console.print(
-            f"[green]· committed {event.sha[:10]} as {_escape(event.author)}[/]", highlight=False
-        )
-    elif isinstance(event, BranchPushed):
-        console.print(f"[green]· pushed {event.branch} ({event.sha[:10]})[/]", highlight=False)
-        state["branch"] = event.branch
-    elif isinstance(event, PrOpened):
-        console.print(f"[green]· pull request #{event.number}: {event.url}[/]", highlight=False)
-        state["pr"] = event.url
-    elif isinstance(event, ChildSpawned):
-        console.print(
-            f"[magenta]· spawned session {event.child_id} on {event.repo}[/]", highlight=False
-        )
-    elif isinstance(event, Notice):
-        console.print(
-            f"[yellow]· {_escape(event.message)}{f' {event.link}' if event.link else ''}[/]"
-        )
-    elif isinstance(event, ErrorRaised):
-        console.print(f"[bold red]· {event.code}: {_escape(event.message)}[/]", highlight=False)
+    if isinstance(event, ErrorRaised):
         state["error"] = event.message
     elif isinstance(event, PromptFinished):
         state["outcome"] = event.outcome
         state["summary"] = event.summary
+    line = _line(event)
+    if line is not None:
+        _flush_text(state, everything=True)  # the event gets a line of its own
+        console.print(line, highlight=False)
+
+
+def _line(event: Event) -> str | None:
+    """How `run` shows an event (rich markup), or None for one it does not show."""
+    if isinstance(event, StatusChanged):
+        return f"[dim]· {event.status}{f' ({event.reason})' if event.reason else ''}[/]"
+    if isinstance(event, SandboxReady):
+        return f"[dim]· sandbox ready from {event.mode} in {event.ms_since_prompt} ms[/]"
+    if isinstance(event, ToolCalled):
+        return f"[cyan]→ {describe_call(event.name, event.arguments)}[/]"
+    if isinstance(event, ToolResult):
+        lines = event.output.strip().splitlines()
+        preview = "\n".join("  " + line for line in lines[:6])
+        more = f"\n  [dim]… {len(lines) - 6} more lines[/]" if len(lines) > 6 else ""
+        style = "red" if event.is_error else "dim"
+        return f"[{style}]{_escape(preview)}[/]{more}"
+    if isinstance(event, ModelRetry):
+        return f"[yellow]· model retry {event.retry} in {event.wait_s:.1f}s: {_escape(event.reason)}[/]"
+    if isinstance(event, CommitCreated):
+        return f"[green]· committed {event.sha[:10]} as {_escape(event.author)}[/]"
+    if isinstance(event, BranchPushed):
+        return f"[green]· pushed {event.branch} ({event.sha[:10]})[/]"
+    if isinstance(event, PrOpened):
+        return f"[green]· pull request #{event.number}: {event.url}[/]"
+    if isinstance(event, ChildSpawned):
+        return f"[magenta]· spawned session {event.child_id} on {event.repo}[/]"
+    if isinstance(event, Notice):
+        return f"[yellow]· {_escape(event.message)}{f' {event.link}' if event.link else ''}[/]"
+    if isinstance(event, ErrorRaised):
+        return f"[bold red]· {event.code}: {_escape(event.message)}[/]"
+    return None
 
 
 def _escape(text: str) -> str:

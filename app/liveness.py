@@ -5,18 +5,13 @@ Owner ids start with `<host>-<pid>`; only that host can tell whether the process
 
 from __future__ import annotations
 
-import os
 import socket
+
+from images.sandboxes.limits import pid_alive
 
 
 def process_alive(host: str, pid: str) -> bool:
     """False only when `pid` on this host is certainly gone; another host's process may live."""
     if host != socket.gethostname():
         return True  # another host: only the owner's expiry can tell
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True  # alive, someone else's
-    return True
+    return pid.isdigit() and pid_alive(int(pid))

@@ -3,7 +3,10 @@ event through the hub (session file first, then index and fan-out), remember how
 
 Discovery: workers add a session to a Redis set when they publish to its stream and ring a
 doorbell stream when they start; one blocking `XREAD` waits on the doorbell and on every
-active stream at once, so an event is persisted as soon as it lands. The id of the last
+active stream at once, so an event is persisted as soon as it lands. Sessions are persisted in
+parallel; one whose batch is still being written is left out of the read until it is done
+(its events stay in order), and finishing a batch rings the doorbell so the read wakes for
+that session at once. The id of the last
 persisted entry of each stream is kept in a Redis hash: a restarted API resumes there, and an
 entry read twice is stored once because its source id is already in the session file.
 
@@ -18,19 +21,21 @@ published (the next prompt, the conversation so far, releasing its lease).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import redis
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, stream_key
+from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, DOORBELL_MAXLEN, stream_key
 from workers.events import Event, parse_event
 
 log = logging.getLogger("nightshift.streams")
@@ -42,8 +47,6 @@ BUS_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 _PREFIX = stream_key("")
-INFLIGHT_POLL_MS = 10
-"""How long a read waits for new entries while batches are still being persisted."""
 
 Publish = Callable[[str, Event, str], object]
 
@@ -184,21 +187,28 @@ class StreamConsumer:
         streams.update(
             {stream_key(s): c for s, c in self.cursors.items() if s not in self._inflight}
         )
-        block = INFLIGHT_POLL_MS if self._inflight else self.block_ms
-        reply = self.redis.xread(streams, count=self.batch, block=block)
+        reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
         for key, entries in reply or ():
             if key == DOORBELL_KEY:
                 self._doorbell = entries[-1][0]
                 self._track(list(dict.fromkeys(fields["sid"] for _, fields in entries)))
                 continue
             session_id = key[len(_PREFIX) :]
-            self._inflight[session_id] = self._pool.submit(
-                self._persist_locked, session_id, entries
-            )
+            job = self._pool.submit(self._persist_locked, session_id, entries)
+            job.add_done_callback(partial(self._ring, session_id))
+            self._inflight[session_id] = job
         self._collect()
         if time.monotonic() - self._last_maintain >= 5.0:
             self._maintain()
             self._last_maintain = time.monotonic()
+
+    def _ring(self, session_id: str, _job: Future[str | None]) -> None:
+        """A batch is persisted: ring the doorbell so the blocking read wakes and reads the
+        session again at once (failing that, it is read after `block_ms`)."""
+        with contextlib.suppress(redis.RedisError):
+            self.redis.xadd(
+                DOORBELL_KEY, {"sid": session_id}, maxlen=DOORBELL_MAXLEN, approximate=True
+            )
 
     def _collect(self) -> None:
         """Save the cursors of the batches persisted since the last call."""
