@@ -7,6 +7,7 @@ their SDKs use (`OPENAI_API_KEY`, `GITHUB_APP_ID`, `SLACK_BOT_TOKEN`, ...).
 from __future__ import annotations
 
 import ipaddress
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -180,6 +181,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"NIGHTSHIFT_AUTH=local serves everyone as the local user; refusing to bind "
                 f"{self.host}. Use NIGHTSHIFT_AUTH=token (API tokens) on a shared address."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fake_sandbox_only_in_tests(self) -> Settings:
+        # The fake backend runs nothing: a server on it would report work it never did.
+        if self.sandbox == "fake" and "pytest" not in sys.modules:
+            raise ValueError(
+                "NIGHTSHIFT_SANDBOX=fake runs no commands and exists for the test suite only; "
+                "use bwrap, gvisor or modal"
             )
         return self
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -176,3 +179,20 @@ def test_local_auth_acts_as_the_git_identity(
 def test_local_auth_refuses_a_public_address(make_settings) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=r"refusing to bind 0\.0\.0\.0"):
         make_settings(auth="local", host="0.0.0.0")
+
+
+def test_the_fake_sandbox_is_refused_outside_the_test_suite(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "NIGHTSHIFT_SANDBOX": "fake",
+        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "ns"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", "from app.settings import Settings; Settings()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "NIGHTSHIFT_SANDBOX=fake runs no commands" in out.stderr
