@@ -207,9 +207,7 @@ class Settings(BaseSettings):
     # ---- model providers (names their SDKs use)
     openai_api_key: SecretStr | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_alias("OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(
-        None, validation_alias=_alias("ANTHROPIC_API_KEY")
-    )
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_alias("ANTHROPIC_API_KEY"))
     anthropic_base_url: str | None = Field(None, validation_alias=_alias("ANTHROPIC_BASE_URL"))
 
     @model_validator(mode="after")
@@ -354,6 +352,7 @@ class Settings(BaseSettings):
             with contextlib.suppress(ValueError):
                 values.append(self.github_private_key().strip())
         return values
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":

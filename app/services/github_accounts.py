@@ -139,6 +139,7 @@ class GitHubAccounts:
             account = db.exec(
                 select(GitHubAccount).where(GitHubAccount.github_id == identity.id)
             ).first()
+            user: User | None
             if to is not None:
                 user, account = self._link_target(db, identity, account, to)
             elif account is not None:
@@ -262,7 +263,7 @@ class GitHubAccounts:
         )
         self._apply(fresh, tokens, time.time())
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(GitHubAccount)
                 .where(
                     col(GitHubAccount.user_id) == user_id,
