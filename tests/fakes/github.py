@@ -590,7 +590,11 @@ class FakeGitHub:
                 "state": user.orgs[found],
                 "role": "member",
                 "organization_url": f"{base}/orgs/{found}",
-                "organization": {"login": found, "id": 9000 + len(found), "url": f"{base}/orgs/{found}"},
+                "organization": {
+                    "login": found,
+                    "id": 9000 + len(found),
+                    "url": f"{base}/orgs/{found}",
+                },
                 "user": {"login": user.login, "id": user.id},
             }
 
