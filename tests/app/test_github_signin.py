@@ -144,6 +144,9 @@ def test_a_signed_in_user_links_github_explicitly(make_github_env: Any) -> None:
         foreign = bare.post("/auth/github/link", headers={"Origin": "https://evil.example"})
         assert foreign.status_code == 403
     with _signed_in_with_token(gh, alice) as browser:
+        before = browser.get("/api/me").json()
+        assert before["github"] is None
+        assert before["github_login_url"] == f"{gh.url}/auth/github/link"
         done = gh.link(browser, "alice-gh")
         assert done.headers["location"] == "/"
         me = browser.get("/api/me").json()

@@ -247,8 +247,9 @@ def me(user: CurrentUser, runtime: RuntimeDep) -> Me:
     return Me(
         user=UserPublic.model_validate(user),
         github=GitHubLink(login=account.login, linked_at=account.linked_at) if account else None,
+        # The page that links GitHub to this account (a plain GitHub sign-in never does).
         github_login_url=(
-            f"{runtime.settings.base_url}/auth/github/login" if runtime.accounts else None
+            f"{runtime.settings.base_url}/auth/github/link" if runtime.accounts else None
         ),
     )
 
