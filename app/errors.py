@@ -5,6 +5,7 @@ ServiceError
 ├── Invalid         422: the request is well-formed JSON but cannot be honoured
 ├── Conflict        409: it clashes with existing state (a repo name taken)
 ├── Unauthorized    401: no or bad credentials
+├── TooMany         429: the caller holds as many sessions or streams as one person may
 └── Unavailable     503: a service it depends on (Redis, a job) is not there right now
 """
 
@@ -29,6 +30,10 @@ class Conflict(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class TooMany(ServiceError):
+    status_code = 429
 
 
 class Unavailable(ServiceError):

@@ -32,6 +32,7 @@ from app.services.pulls import LocalPullRequests, PullRequests
 from app.services.repos import Repos
 from app.services.runners import RunnerService
 from app.services.sessions import Sessions
+from app.services.stream_slots import StreamSlots
 from app.services.users import Users
 from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
@@ -105,6 +106,8 @@ class Runtime:
     control_jobs: ControlJobs
     """Jobs that change sessions or the index, run here (workers ask for them over HTTP)."""
     jobs: JobContext
+    stream_slots: StreamSlots
+    """Event streams each person holds open here (NIGHTSHIFT_MAX_STREAMS_PER_USER)."""
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     presence: Presence = field(default_factory=Presence)
@@ -258,6 +261,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         users,
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
+        max_active_per_user=settings.max_sessions_per_user,
     )
     runners = RunnerService(sessions)
     pull_requests = PullRequests(sessions)
@@ -362,6 +366,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         control_jobs=control_jobs,
         jobs=JobContext(control=control, image_jobs=stack.jobs),
         streams=streams,
+        stream_slots=StreamSlots(settings.max_streams_per_user),
     )
     if github is not None:
 

@@ -211,7 +211,7 @@ class SessionStore:
 
     def cancel_queued(self) -> int:
         with self._write() as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(Prompt)
                 .where(col(Prompt.state) == "queued")
                 .values(state="cancelled", finished_at=time.time())
@@ -232,7 +232,7 @@ class SessionStore:
         with self._write() as db:
             running = list(
                 db.exec(select(Prompt).where(col(Prompt.state).in_(["running", "queued"]))).all()
-            )  # type: ignore[attr-defined]
+            )
             for prompt in running:
                 prompt.state = "failed"
                 prompt.finished_at = time.time()

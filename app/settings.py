@@ -6,13 +6,14 @@ their SDKs use (`OPENAI_API_KEY`, `GITHUB_APP_ID`, `SLACK_BOT_TOKEN`, ...).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from images.sandboxes import SandboxConfig
@@ -23,6 +24,15 @@ from workers.config import AgentConfig
 
 def _alias(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+def reveal(value: SecretStr | None) -> str | None:
+    """A credential setting's value (None or empty: not configured)."""
+    return value.get_secret_value() or None if value is not None else None
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
 
 
 class Settings(BaseSettings):
@@ -68,8 +78,10 @@ class Settings(BaseSettings):
     """Local snapshots older than this are garbage-collected; Modal's expire after it."""
     modal_app: str = "nightshift"
     modal_cpu: float = Field(1.0, gt=0)
-    modal_token_id: str | None = Field(None, validation_alias=_alias("MODAL_TOKEN_ID"))
-    modal_token_secret: str | None = Field(None, validation_alias=_alias("MODAL_TOKEN_SECRET"))
+    modal_token_id: SecretStr | None = Field(None, validation_alias=_alias("MODAL_TOKEN_ID"))
+    modal_token_secret: SecretStr | None = Field(
+        None, validation_alias=_alias("MODAL_TOKEN_SECRET")
+    )
     modal_environment: str | None = Field(None, validation_alias=_alias("MODAL_ENVIRONMENT"))
 
     @field_validator("sandbox_egress_ports")
@@ -94,8 +106,8 @@ class Settings(BaseSettings):
             runsc_platform=self.runsc_platform,
             modal_app=self.modal_app,
             modal_cpu=self.modal_cpu,
-            modal_token_id=self.modal_token_id,
-            modal_token_secret=self.modal_token_secret,
+            modal_token_id=reveal(self.modal_token_id),
+            modal_token_secret=reveal(self.modal_token_secret),
             modal_environment=self.modal_environment,
             snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
         )
@@ -118,7 +130,7 @@ class Settings(BaseSettings):
 
     # ---- GitHub
     github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))
-    github_app_private_key: str | None = Field(
+    github_app_private_key: SecretStr | None = Field(
         None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY")
     )
     """The App's PEM private key itself (`\\n` escapes allowed), or set the _PATH variant."""
@@ -126,21 +138,45 @@ class Settings(BaseSettings):
         None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY_PATH")
     )
     github_client_id: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_ID"))
-    github_client_secret: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_SECRET"))
-    github_webhook_secret: str | None = Field(
+    github_client_secret: SecretStr | None = Field(
+        None, validation_alias=_alias("GITHUB_CLIENT_SECRET")
+    )
+    github_webhook_secret: SecretStr | None = Field(
         None, validation_alias=_alias("GITHUB_WEBHOOK_SECRET")
     )
     github_api_url: str = Field("https://api.github.com", validation_alias=_alias("GITHUB_API_URL"))
-    secret_keys: str | None = None
+    secret_keys: SecretStr | None = None
     """NIGHTSHIFT_SECRET_KEYS: comma-separated Fernet keys; the first encrypts, all decrypt."""
     pr_fallback: Literal["none", "app"] = "none"
     """NIGHTSHIFT_PR_FALLBACK: `app` opens the PR as the App when the person has not linked
     GitHub (the body names them); `none` asks them to sign in first."""
 
+    # ---- who may sign in with GitHub, and how much one person may hold open
+    github_allowed_orgs: str = ""
+    """NIGHTSHIFT_GITHUB_ALLOWED_ORGS: comma-separated GitHub organizations whose active
+    members may sign in (a new user is created for them); checked with the person's own token."""
+    github_allowed_users: str = ""
+    """NIGHTSHIFT_GITHUB_ALLOWED_USERS: comma-separated GitHub logins who may sign in. With
+    neither set, only people whose GitHub account is already linked may sign in."""
+    max_sessions_per_user: int = Field(20, ge=1)
+    """Sessions one person may have queued, starting, running or idle at once."""
+    max_streams_per_user: int = Field(50, ge=1)
+    """WebSocket and SSE event streams one person may hold open on one API host."""
+
+    @property
+    def allowed_orgs(self) -> tuple[str, ...]:
+        return _names(self.github_allowed_orgs)
+
+    @property
+    def allowed_users(self) -> tuple[str, ...]:
+        return _names(self.github_allowed_users)
+
     # ---- Slack
-    slack_bot_token: str | None = Field(None, validation_alias=_alias("SLACK_BOT_TOKEN"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_alias("SLACK_BOT_TOKEN"))
     """The bot token (`xoxb-...`); with the signing secret it turns the Slack bot on."""
-    slack_signing_secret: str | None = Field(None, validation_alias=_alias("SLACK_SIGNING_SECRET"))
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_alias("SLACK_SIGNING_SECRET")
+    )
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_alias("SLACK_API_URL"))
     """Base URL of the Slack Web API (tests point it at a fake)."""
     slack_follow_ups: Literal["mentions", "thread"] = "mentions"
@@ -156,7 +192,7 @@ class Settings(BaseSettings):
     """Below this confidence the bot asks which repository instead of guessing."""
 
     # ---- distributed mode (Celery, Redis, PostgreSQL)
-    worker_token: str | None = Field(None, min_length=16)
+    worker_token: SecretStr | None = Field(None, min_length=16)
     """Shared secret remote workers present to the API's internal routes."""
     control_url: str | None = None
     """Where workers reach the API's internal routes (default: the public URL)."""
@@ -170,9 +206,9 @@ class Settings(BaseSettings):
     """How often open pull requests are reconciled with GitHub (beat, or in-process)."""
 
     # ---- model providers (names their SDKs use)
-    openai_api_key: str | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_alias("OPENAI_BASE_URL"))
-    anthropic_api_key: str | None = Field(None, validation_alias=_alias("ANTHROPIC_API_KEY"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_alias("ANTHROPIC_API_KEY"))
     anthropic_base_url: str | None = Field(None, validation_alias=_alias("ANTHROPIC_BASE_URL"))
 
     @model_validator(mode="after")
@@ -231,7 +267,7 @@ class Settings(BaseSettings):
         if self.secret_keys:
             from app.services.crypto import parse_keys
 
-            parse_keys(self.secret_keys)
+            parse_keys(self.secret_keys.get_secret_value())
         return self
 
     @property
@@ -246,7 +282,7 @@ class Settings(BaseSettings):
     def github_private_key(self) -> str:
         """The App's private key (PEM text) from the variable or the file it names."""
         if self.github_app_private_key:
-            return self.github_app_private_key
+            return self.github_app_private_key.get_secret_value()
         path = self.github_app_private_key_path
         if path is None:
             raise ValueError("no GitHub App private key is configured")
@@ -295,9 +331,9 @@ class Settings(BaseSettings):
         return AgentConfig(
             model=ModelSettings(
                 model=self.model,
-                openai_api_key=self.openai_api_key,
+                openai_api_key=reveal(self.openai_api_key),
                 openai_base_url=self.openai_base_url,
-                anthropic_api_key=self.anthropic_api_key,
+                anthropic_api_key=reveal(self.anthropic_api_key),
                 anthropic_base_url=self.anthropic_base_url,
                 stream=self.model_stream,
             ),
@@ -312,20 +348,21 @@ class Settings(BaseSettings):
         )
 
     def secret_values(self) -> list[str]:
-        """Every configured credential, for redaction."""
-        return [v for v in (self.openai_api_key, self.anthropic_api_key, self.worker_token) if v]
-        github = (
-            self.github_client_secret,
-            self.github_webhook_secret,
-            self.github_app_private_key,
-            *(self.secret_keys or "").split(","),
-        )
-        sandboxes = (self.modal_token_secret,)
-        return [
-            v.strip()
-            for v in (self.openai_api_key, self.anthropic_api_key, *github, *sandboxes)
-            if v
-        ]
+        """Every configured credential, for redaction: the value of each `SecretStr` setting
+        (each key of a comma-separated list on its own too) and the App key its file holds."""
+        values: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value().strip():
+                secret = value.get_secret_value().strip()
+                values.append(secret)
+                if "," in secret:
+                    values.extend(v.strip() for v in secret.split(",") if v.strip())
+        if self.github_app_private_key is None and self.github_app_private_key_path is not None:
+            # An unreadable key file is reported where the App is built.
+            with contextlib.suppress(ValueError):
+                values.append(self.github_private_key().strip())
+        return values
 
 
 def _is_loopback(host: str) -> bool:

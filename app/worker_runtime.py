@@ -88,7 +88,9 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
     released = release_stale_mounts(state_dir / "sandboxes", set())
     if released:
         log.info("released %d sandbox mounts left by a previous worker %s", released, node)
-    control = HttpControlPlane(settings.worker_control_url, settings.worker_token)
+    control = HttpControlPlane(
+        settings.worker_control_url, settings.worker_token.get_secret_value()
+    )
     deps = WorkerDeps(
         control=control,
         bus=RedisStreamBus(settings.broker_url),

@@ -192,15 +192,13 @@ class ImageRegistry:
         for key, value in values.items():
             setattr(record, key, value)
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
-                update(ImageRecord).where(col(ImageRecord.id) == record.id).values(**values)
-            )
+            db.exec(update(ImageRecord).where(col(ImageRecord.id) == record.id).values(**values))
             db.commit()
         return record
 
     def delete(self, image_id: str) -> None:
         with DB(self.engine) as db:
-            db.exec(delete(ImageRecord).where(col(ImageRecord.id) == image_id))  # type: ignore[call-overload]
+            db.exec(delete(ImageRecord).where(col(ImageRecord.id) == image_id))
             db.commit()
 
     def interrupt_stale(self, repo: str, keep: str | None = None) -> int:
@@ -225,7 +223,7 @@ class ImageRegistry:
         if keep is not None:
             query = query.where(col(ImageRecord.id) != keep)
         with DB(self.engine) as db:
-            result = db.exec(query)  # type: ignore[call-overload]
+            result = db.exec(query)
             db.commit()
             return int(result.rowcount or 0)
 
@@ -239,7 +237,7 @@ class ImageRegistry:
                 .offset(keep)
             ).all()
             if ids:
-                db.exec(delete(ImageRecord).where(col(ImageRecord.id).in_(list(ids))))  # type: ignore[call-overload]
+                db.exec(delete(ImageRecord).where(col(ImageRecord.id).in_(list(ids))))
                 db.commit()
             return len(ids)
 
@@ -268,7 +266,7 @@ class ImageRegistry:
         """Take the repo's build lock (free, expired, or already ours) for `ttl` seconds."""
         key, now = self.lock_key(repo), time.time()
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(BuildLock)
                 .where(
                     col(BuildLock.key) == key,
@@ -294,7 +292,7 @@ class ImageRegistry:
             values: dict[str, Any] = {"expires_at": time.time() + ttl}
             if build_id is not None:
                 values["build_id"] = build_id
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(BuildLock)
                 .where(col(BuildLock.key) == self.lock_key(repo), col(BuildLock.holder) == holder)
                 .values(**values)
@@ -304,7 +302,7 @@ class ImageRegistry:
 
     def release_lock(self, repo: str, holder: str) -> None:
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 delete(BuildLock).where(
                     col(BuildLock.key) == self.lock_key(repo), col(BuildLock.holder) == holder
                 )

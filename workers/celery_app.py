@@ -229,7 +229,7 @@ class WorkerContext:
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _abandon(self) -> None:
         handed = self.runners.abandon_all()

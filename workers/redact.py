@@ -7,7 +7,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 PLACEHOLDER = "[redacted]"
@@ -82,6 +82,52 @@ class Redactor:
 
 _ACTIVE: weakref.WeakSet[Redactor] = weakref.WeakSet()
 _factory_installed = False
+_PLAIN = (int, float, bool, type(None))
+
+
+def _redact_all(text: str) -> str:
+    for active in list(_ACTIVE):
+        text = active.text(text)
+    return text
+
+
+def _clean_arg(value: Any) -> Any:
+    """`value` with secrets redacted, keeping its type when it holds none (so `%d` still
+    formats it); an object whose text holds a secret becomes that text, redacted."""
+    if isinstance(value, str):
+        return _redact_all(value)
+    if isinstance(value, _PLAIN):
+        return value
+    for text in (str(value), repr(value)):
+        if _redact_all(text) != text:
+            return _redact_all(str(value))
+    return value
+
+
+def _clean(record: logging.LogRecord) -> None:
+    """Redact `record` in place, keeping the shape of `msg` and `args`: formatters such as
+    uvicorn's access log unpack `record.args` themselves, so they must stay a tuple (or the
+    mapping) of the same length."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: leave it to logging's own error handling
+        return
+    cleaned = _redact_all(message)
+    if cleaned == message:
+        return
+    if isinstance(record.msg, str):
+        record.msg = _redact_all(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(_clean_arg(a) for a in record.args)
+    elif isinstance(record.args, Mapping):
+        record.args = {k: _clean_arg(v) for k, v in record.args.items()}
+    try:
+        still = record.getMessage()
+    except Exception:
+        still = message
+    if _redact_all(still) != still:
+        # A secret only the whole message shows (split across arguments): give up the shape.
+        record.msg, record.args = cleaned, ()
 
 
 def install_log_redaction(redactor: Redactor) -> None:
@@ -99,15 +145,7 @@ def install_log_redaction(redactor: Redactor) -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error handling
-            return record
-        cleaned = message
-        for active in list(_ACTIVE):
-            cleaned = active.text(cleaned)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
+        _clean(record)
         return record
 
     logging.setLogRecordFactory(factory)

@@ -116,7 +116,7 @@ class SessionRunner:
             if not await control.acquire_lease(self.session_id, self.id, cfg.lease_ttl_s):
                 log.info("session %s already has a runner; this delivery exits", self.session_id)
                 return
-            self._task = asyncio.current_task()  # type: ignore[assignment]
+            self._task = asyncio.current_task()
             heartbeat = asyncio.create_task(self._heartbeat())
             final: SessionStatus | None = None
             try:

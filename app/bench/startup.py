@@ -193,7 +193,7 @@ def _run_modes(
     script.write_text(json.dumps({"turns": [{"text": "Nothing to change."}]}))
     model = f"scripted:{script}?latency_ms={latency_ms}"
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         data_dir=scratch / "data",
         model=model,
         image_interval=0,

@@ -24,6 +24,7 @@ from app.models import Participant, Repo, Session, User
 from app.services.github_accounts import GitHubAccounts, SignInRequired
 from app.services.pulls import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
+from app.settings import reveal
 from images.spec import RepoSpec
 from integrations.github import (
     GitHubApp,
@@ -82,7 +83,8 @@ class GitHubPullRequests:
         self.fallback = fallback
 
     def sign_in_link(self, session_id: str) -> str:
-        return f"{self.base_url}/auth/github/login?next={quote(f'/sessions/{session_id}')}"
+        """Where a person whose PR waits connects (or renews) their GitHub link."""
+        return f"{self.base_url}/auth/github/link?next={quote(f'/sessions/{session_id}')}"
 
     def open(
         self, session: Session, repo: Repo, author: User, event: BranchPushed
@@ -138,7 +140,8 @@ class GitHubPullRequests:
             )
         raise PullRequestDeferred(
             f"Branch {event.branch} is pushed, but the pull request is opened with your own "
-            f"GitHub account and {problem}. Sign in with GitHub and it opens right away.",
+            f"GitHub account and {problem}. Connect your GitHub account and it opens right "
+            "away.",
             self.sign_in_link(session.id),
         )
 
@@ -269,7 +272,7 @@ def build_github(
     )
     webhooks = GitHubWebhooks(
         engine,
-        settings.github_webhook_secret or "",
+        reveal(settings.github_webhook_secret) or "",
         sessions,
         app,
         submit=submit,

@@ -1,9 +1,12 @@
 """People's linked GitHub accounts: sign-in links a user to a GitHub identity; their tokens
 are kept encrypted at rest and refreshed under a per-user lock that persists the rotated pair.
 
-Linking finds the user by GitHub id, else an unlinked user with the same login or a verified
-email, else creates one; either way the user's name and email become their GitHub name and
-commit email, so commits made for them carry their identity.
+An identity links to a user by GitHub user id only, never by login or email (anyone can
+register a login or address that matches a local user). A GitHub account not linked yet gets a
+new user only when the deployment allows it (an allowed organization's active member, or an
+allowed login); an existing user links GitHub by asking for it while signed in. Either way the
+user's name and email become their GitHub name and commit email, so commits made for them carry
+their identity.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -42,6 +46,24 @@ class SignInRequired(Exception):
     """The person has no usable GitHub token: they must sign in with GitHub (again)."""
 
 
+class SignInRefused(Exception):
+    """GitHub vouched for who the person is, and this server does not let them in."""
+
+
+class LinkRefused(Exception):
+    """A GitHub identity cannot be linked to the user who asked (it belongs to another)."""
+
+
+@dataclass(frozen=True)
+class SignInPolicy:
+    """Whose GitHub account may get a new user by signing in (lower-case names)."""
+
+    orgs: tuple[str, ...] = ()
+    """Organizations whose active members may sign in."""
+    users: tuple[str, ...] = ()
+    """GitHub logins (or numeric user ids) that may sign in."""
+
+
 class GitHubAccounts:
     """Linked GitHub identities; tokens encrypted at rest, refreshed under a per-user lock."""
 
@@ -50,6 +72,7 @@ class GitHubAccounts:
         engine: Engine,
         oauth: OAuthClient,
         cipher: TokenCipher,
+        policy: SignInPolicy,
         *,
         on_secret: Callable[[str], None] = lambda _s: None,
         refresh_margin_s: float = REFRESH_MARGIN_S,
@@ -57,6 +80,7 @@ class GitHubAccounts:
         self.engine = engine
         self.oauth = oauth
         self.cipher = cipher
+        self.policy = policy
         self.on_secret = on_secret
         self.refresh_margin_s = refresh_margin_s
         self.peer_wait_s = PEER_REFRESH_WAIT_S
@@ -65,30 +89,69 @@ class GitHubAccounts:
 
     # ------------------------------------------------------------ sign-in
 
-    def sign_in(self, code: str, redirect_uri: str) -> User:
-        """Finish the OAuth web flow: the person's tokens, identity, and user row."""
+    def sign_in(self, code: str, redirect_uri: str, link_to: int | None = None) -> User:
+        """Finish the OAuth web flow: the person's tokens, identity, and user row. With
+        `link_to`, the signed-in user who asked to link GitHub gets this identity."""
         tokens = self.oauth.exchange_code(code, redirect_uri)
         identity = self.oauth.identity(tokens.access_token)
+        if link_to is not None:
+            return self.link(identity, tokens, link_to)
+        if self.linked_user_id(identity.id) is None:
+            self.check_allowed(identity, tokens.access_token)
         return self.link(identity, tokens)
 
-    def link(self, identity: GitHubIdentity, tokens: UserTokens) -> User:
-        """The user for `identity` (found by GitHub id, else an unlinked user with the same login
-        or a verified email, else created), with its name, email and tokens brought up to date."""
+    def linked_user_id(self, github_id: int) -> int | None:
+        with DB(self.engine) as db:
+            account = db.exec(
+                select(GitHubAccount).where(GitHubAccount.github_id == github_id)
+            ).first()
+            return account.user_id if account is not None else None
+
+    def check_allowed(self, identity: GitHubIdentity, access_token: str) -> None:
+        """May this GitHub account get a new user here? SignInRefused says why not."""
+        policy = self.policy
+        if not policy.orgs and not policy.users:
+            raise SignInRefused(
+                f"This server lets in only GitHub accounts already linked to a Nightshift user, "
+                f"and @{identity.login} is not. If you have a Nightshift account, sign in with "
+                "it and link GitHub from there; otherwise ask the operator to allow you "
+                "(NIGHTSHIFT_GITHUB_ALLOWED_ORGS or NIGHTSHIFT_GITHUB_ALLOWED_USERS)."
+            )
+        if identity.login.lower() in policy.users or str(identity.id) in policy.users:
+            return
+        for org in policy.orgs:
+            if self.oauth.is_member(access_token, org):
+                return
+        raise SignInRefused(
+            f"GitHub account @{identity.login} may not sign in here: it is neither an active "
+            "member of an allowed GitHub organization nor on this server's list of allowed "
+            "users. Ask the operator to allow you."
+        )
+
+    def link(self, identity: GitHubIdentity, tokens: UserTokens, to: int | None = None) -> User:
+        """Store `identity` and its tokens on its user: the one its GitHub id is linked to (a
+        new user when none is; the caller checked the person may have one), or `to`, the
+        signed-in user who asked to link. Never matched by login or email: those are names
+        anyone can take. The user's name and email become their GitHub ones, so commits made
+        for them carry their identity."""
         now = time.time()
         with DB(self.engine, expire_on_commit=False) as db:
             account = db.exec(
                 select(GitHubAccount).where(GitHubAccount.github_id == identity.id)
             ).first()
-            user = db.get(User, account.user_id) if account is not None else None
-            if user is None:
-                user = self._unlinked_match(db, identity)
-            if user is None:
+            user: User | None
+            if to is not None:
+                user, account = self._link_target(db, identity, account, to)
+            elif account is not None:
+                user = db.get(User, account.user_id)
+                assert user is not None  # users are never deleted while linked
+                if user.login != identity.login:
+                    # A renamed GitHub account: follow the new login when nobody else holds it.
+                    taken = db.exec(select(User).where(User.login == identity.login)).first()
+                    if taken is None:
+                        user.login = identity.login
+            else:
                 user = User(login=self._free_login(db, identity), name="", email="")
-            elif user.login != identity.login and account is not None:
-                # A renamed GitHub account: follow the new login when nobody else holds it.
-                taken = db.exec(select(User).where(User.login == identity.login)).first()
-                if taken is None:
-                    user.login = identity.login
             user.name, user.email = identity.name[:200], identity.email[:320]
             db.add(user)
             db.flush()
@@ -104,19 +167,25 @@ class GitHubAccounts:
             db.refresh(user)
             return user
 
-    def _unlinked_match(self, db: DB, identity: GitHubIdentity) -> User | None:
-        linked = select(GitHubAccount.user_id)
-        by_login = db.exec(
-            select(User).where(User.login == identity.login, col(User.id).not_in(linked))
-        ).first()
-        if by_login is not None:
-            return by_login
-        emails = [e.lower() for e in identity.verified_emails]
-        if not emails:
-            return None
-        return db.exec(
-            select(User).where(func.lower(User.email).in_(emails), col(User.id).not_in(linked))
-        ).first()
+    @staticmethod
+    def _link_target(
+        db: DB, identity: GitHubIdentity, account: GitHubAccount | None, user_id: int
+    ) -> tuple[User, GitHubAccount | None]:
+        if account is not None and account.user_id != user_id:
+            raise LinkRefused(
+                f"GitHub account @{identity.login} is already linked to another Nightshift "
+                "user; it can belong to one only. Sign in with GitHub to use that user."
+            )
+        user = db.get(User, user_id)
+        if user is None:
+            raise LinkRefused("the Nightshift user who asked to link no longer exists")
+        own = db.get(GitHubAccount, user_id)
+        if own is not None and own.github_id != identity.id:
+            raise LinkRefused(
+                f"your Nightshift account is already linked to GitHub account @{own.login}; "
+                f"it cannot be linked to @{identity.login} as well"
+            )
+        return user, own
 
     def _free_login(self, db: DB, identity: GitHubIdentity) -> str:
         base = _LOGIN_RE.sub("-", identity.login).strip("-")[:80] or f"github-{identity.id}"
@@ -194,7 +263,7 @@ class GitHubAccounts:
         )
         self._apply(fresh, tokens, time.time())
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(GitHubAccount)
                 .where(
                     col(GitHubAccount.user_id) == user_id,
@@ -267,7 +336,13 @@ def build_accounts(
     oauth = OAuthClient(
         GitHubConfig(api_url=settings.github_api_url.rstrip("/")),
         settings.github_client_id,
-        settings.github_client_secret,
+        settings.github_client_secret.get_secret_value(),
         on_token=on_secret,
     )
-    return GitHubAccounts(engine, oauth, TokenCipher(settings.secret_keys), on_secret=on_secret)
+    return GitHubAccounts(
+        engine,
+        oauth,
+        TokenCipher(settings.secret_keys.get_secret_value()),
+        SignInPolicy(settings.allowed_orgs, settings.allowed_users),
+        on_secret=on_secret,
+    )

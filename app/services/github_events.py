@@ -133,7 +133,7 @@ class GitHubWebhooks:
 
     def _claim(self, delivery: str) -> GitHubDelivery | None:
         with DB(self.engine, expire_on_commit=False) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(GitHubDelivery)
                 .where(
                     col(GitHubDelivery.id) == delivery,
@@ -151,7 +151,7 @@ class GitHubWebhooks:
         if status in ("done", "ignored"):
             values["payload"] = ""  # keep the id for de-duplication, drop the body
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(GitHubDelivery).where(col(GitHubDelivery.id) == delivery).values(**values)
             )
             db.commit()
@@ -181,13 +181,13 @@ class GitHubWebhooks:
         not months)."""
         now = now or time.time()
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 delete(GitHubDelivery).where(
                     col(GitHubDelivery.status).in_(["done", "ignored", "failed"]),
                     col(GitHubDelivery.received_at) < now - KEEP_DELIVERIES_S,
                 )
             )
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(GitHubDelivery)
                 .where(
                     col(GitHubDelivery.status) == "processing",
@@ -274,7 +274,7 @@ class GitHubWebhooks:
             self.app.forget(installation_id=installation_id)
         with DB(self.engine) as db:
             if action == "deleted":
-                db.exec(  # type: ignore[call-overload]
+                db.exec(
                     delete(GitHubInstallation).where(col(GitHubInstallation.id) == installation_id)
                 )
                 db.commit()

@@ -77,7 +77,7 @@ class RunnerService:
     def acquire_lease(self, session_id: str, runner: str, ttl: float) -> bool:
         now = time.time()
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(Session)
                 .where(col(Session.id) == session_id)
                 .where(
@@ -108,7 +108,7 @@ class RunnerService:
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(Session)
                 .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
                 .values(lease_owner=None, lease_expires_at=None)
@@ -242,7 +242,7 @@ class RunnerService:
         store = self.files.get(row.id)
         if row.lease_owner is not None:
             with DB(self.engine) as db:
-                db.exec(  # type: ignore[call-overload]
+                db.exec(
                     update(Session)
                     .where(col(Session.id) == row.id, col(Session.lease_owner) == row.lease_owner)
                     .values(lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1)

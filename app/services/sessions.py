@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.errors import Invalid, NotFound, Unavailable
+from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic, UserPublic
 from app.services.hub import EventHub
@@ -61,6 +61,7 @@ class Sessions:
         *,
         base_url: str,
         max_prompt_chars: int,
+        max_active_per_user: int = 20,
     ) -> None:
         self.engine = engine
         self.files = files
@@ -69,6 +70,8 @@ class Sessions:
         self.users = users
         self.base_url = base_url
         self.max_prompt_chars = max_prompt_chars
+        self.max_active_per_user = max_active_per_user
+        """Sessions one author may have not yet over (queued, starting, running or idle)."""
         self.dispatcher: Dispatch | None = None
         self.on_created: list[Callable[[Session], None]] = []
         hub.handlers.append(self._apply)
@@ -79,11 +82,38 @@ class Sessions:
         if self.dispatcher is not None:
             self.dispatcher.run_session(session_id)
 
-    def _check_prompt(self, text: str) -> None:
+    def _check_prompt(self, text: str) -> str:
+        """The prompt as stored: credentials this server knows are redacted before it reaches
+        the session file, its title, its events or the model."""
         if len(text) > self.max_prompt_chars:
             raise Invalid(
                 f"prompt is {len(text)} characters; the limit is {self.max_prompt_chars} "
                 "(NIGHTSHIFT_MAX_PROMPT_CHARS)"
+            )
+        return self.files.redactor.text(text)
+
+    def active_count(self, user_id: int) -> int:
+        """Sessions of `user_id` that are not over: queued, starting, running or idle."""
+        with DB(self.engine) as db:
+            return int(
+                db.exec(
+                    select(func.count())
+                    .select_from(Session)
+                    .where(
+                        Session.author_id == user_id,
+                        col(Session.status).in_(sorted(ACTIVE_STATUSES)),
+                    )
+                ).one()
+            )
+
+    def _check_active(self, user: User) -> None:
+        assert user.id is not None
+        active = self.active_count(user.id)
+        if active >= self.max_active_per_user:
+            raise TooMany(
+                f"you have {active} sessions that are not over, the most one person may have "
+                f"(NIGHTSHIFT_MAX_SESSIONS_PER_USER={self.max_active_per_user}); stop one or "
+                "wait for one to finish"
             )
 
     def get(self, session_id: str) -> Session:
@@ -139,8 +169,9 @@ class Sessions:
         parent_id: str | None = None,
         source: str = "api",
     ) -> Session:
-        self._check_prompt(prompt)
+        prompt = self._check_prompt(prompt)
         repo = self.repos.get(repo_name)
+        self._check_active(user)
         depth = 0
         if parent_id is not None:
             depth = self.get(parent_id).depth + 1
@@ -180,8 +211,10 @@ class Sessions:
     def add_prompt(
         self, user: User, session_id: str, text: str, source: str = "api"
     ) -> PromptPublic:
-        self._check_prompt(text)
+        text = self._check_prompt(text)
         assert user.id is not None
+        if self.get(session_id).status not in ACTIVE_STATUSES:
+            self._check_active(user)  # a follow-up wakes a session that was over
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Session, session_id)
             if row is None:
@@ -290,7 +323,7 @@ class Sessions:
     ) -> SessionPublic:
         return SessionPublic(
             id=row.id,
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             repo=row.repo_name,
             title=row.title,
             author=UserPublic.model_validate(author),
@@ -317,7 +350,7 @@ class Sessions:
         assert prompt.id is not None
         return PromptPublic(
             id=prompt.id,
-            text=prompt.text,
+            text=self.files.redactor.text(prompt.text),
             author=UserPublic(
                 id=author.id, login=author.login, name=author.name, email=author.email
             ),
@@ -368,9 +401,9 @@ class Sessions:
             return
         values["updated_at"] = time.time()
         with DB(self.engine) as db:
-            db.exec(update(Session).where(col(Session.id) == session_id).values(**values))  # type: ignore[call-overload]
+            db.exec(update(Session).where(col(Session.id) == session_id).values(**values))
             if prompt_values and event.prompt_id is not None:
-                db.exec(  # type: ignore[call-overload]
+                db.exec(
                     update(PromptIndex)
                     .where(
                         col(PromptIndex.session_id) == session_id,

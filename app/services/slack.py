@@ -33,7 +33,7 @@ from app.services.slack_requests import RequestFlow, request_id
 from app.services.slack_routing import SlackRouting
 from app.services.slack_status import StatusUpdater
 from app.services.slack_threads import SessionThreads
-from app.settings import Settings
+from app.settings import Settings, reveal
 from integrations.llm import ModelSettings
 from integrations.slack.bolt import (
     Envelope,
@@ -97,7 +97,7 @@ class SlackBot:
         )
         self.commands = SlackCommands(self)
         assert settings.slack_signing_secret
-        self.app = build_app(client, settings.slack_signing_secret, self)
+        self.app = build_app(client, settings.slack_signing_secret.get_secret_value(), self)
         self.handler = AsyncSlackRequestHandler(self.app)
 
     def start(self, periodic: Callable[[float, Callable[[], object], str], None]) -> None:
@@ -157,9 +157,10 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
     """Wire the bot into a runtime: its hub handler, its start-up recovery, its secrets."""
     settings = runtime.settings
     assert settings.slack_bot_token and settings.slack_signing_secret
-    runtime.redactor.add([settings.slack_bot_token, settings.slack_signing_secret])
     client = web_client(
-        settings.slack_bot_token, settings.slack_api_url, retries=settings.slack_retries
+        settings.slack_bot_token.get_secret_value(),
+        settings.slack_api_url,
+        retries=settings.slack_retries,
     )
     directory = SlackDirectory(runtime.engine)
     links = SlackLinks(runtime.engine)
@@ -168,9 +169,9 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
     if settings.classifier_model:
         model = ModelSettings(
             model=settings.classifier_model,
-            openai_api_key=settings.openai_api_key,
+            openai_api_key=reveal(settings.openai_api_key),
             openai_base_url=settings.openai_base_url,
-            anthropic_api_key=settings.anthropic_api_key,
+            anthropic_api_key=reveal(settings.anthropic_api_key),
             anthropic_base_url=settings.anthropic_base_url,
             timeout=30.0,
             stream=settings.model_stream,

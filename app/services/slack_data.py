@@ -101,7 +101,7 @@ class SlackDirectory:
     def claim_event(self, event_id: str) -> bool:
         """Take a received event for handling; False when it is already being handled."""
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(SlackEventRecord)
                 .where(
                     col(SlackEventRecord.event_id) == event_id,
@@ -114,7 +114,7 @@ class SlackDirectory:
 
     def finish_event(self, event_id: str, error: str | None = None) -> None:
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(SlackEventRecord)
                 .where(col(SlackEventRecord.event_id) == event_id)
                 .values(
@@ -147,7 +147,7 @@ class SlackDirectory:
                 if received_at < now - stale_after or not owner_alive(owner)
             ]
             if stranded:
-                db.exec(  # type: ignore[call-overload]
+                db.exec(
                     update(SlackEventRecord)
                     .where(
                         col(SlackEventRecord.event_id).in_(stranded),
@@ -161,7 +161,7 @@ class SlackDirectory:
     def prune(self) -> int:
         """Forget old handled events."""
         with DB(self.engine) as db:
-            events = db.exec(  # type: ignore[call-overload]
+            events = db.exec(
                 delete(SlackEventRecord).where(
                     col(SlackEventRecord.received_at) < time.time() - EVENT_RETENTION_S
                 )
@@ -224,7 +224,7 @@ class SlackDirectory:
 
     def set_status_ts(self, thread_id: int, status_ts: str) -> None:
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(SlackThread)
                 .where(col(SlackThread.id) == thread_id)
                 .values(status_ts=status_ts)
@@ -233,7 +233,7 @@ class SlackDirectory:
 
     def set_rendered(self, thread_id: int, rendered: str) -> None:
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
+            db.exec(
                 update(SlackThread)
                 .where(col(SlackThread.id) == thread_id)
                 .values(rendered=rendered)
@@ -279,15 +279,13 @@ class SlackDirectory:
         if values.get("error"):
             values["error"] = str(values["error"])[:500]
         with DB(self.engine) as db:
-            db.exec(  # type: ignore[call-overload]
-                update(SlackRequest).where(col(SlackRequest.id) == request_id).values(**values)
-            )
+            db.exec(update(SlackRequest).where(col(SlackRequest.id) == request_id).values(**values))
             db.commit()
 
     def claim_request(self, request_id: int, from_states: tuple[str, ...], to_state: str) -> bool:
         """Move a request on from one of `from_states`; False when someone else already did."""
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(SlackRequest)
                 .where(col(SlackRequest.id) == request_id, col(SlackRequest.state).in_(from_states))
                 .values(state=to_state, updated_at=time.time())
@@ -325,7 +323,7 @@ class SlackDirectory:
                     "last_seen": now,
                 },
             ):
-                db.exec(  # type: ignore[call-overload]
+                db.exec(
                     update(SlackParticipant)
                     .where(
                         col(SlackParticipant.channel_id) == channel_id,

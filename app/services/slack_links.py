@@ -85,7 +85,7 @@ class SlackLinks:
         assert user.id is not None
         now = time.time()
         with DB(self.engine, expire_on_commit=False) as db:
-            claimed = db.exec(  # type: ignore[call-overload]
+            claimed = db.exec(
                 update(SlackLinkCode)
                 .where(
                     col(SlackLinkCode.code_hash) == row.code_hash,
@@ -136,7 +136,7 @@ class SlackLinks:
 
     def unlink(self, slack_user_id: str) -> bool:
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 delete(SlackUserLink).where(col(SlackUserLink.slack_user_id) == slack_user_id)
             )
             db.commit()
@@ -154,7 +154,7 @@ class SlackLinks:
     def prune(self) -> int:
         """Forget spent link codes."""
         with DB(self.engine) as db:
-            codes = db.exec(  # type: ignore[call-overload]
+            codes = db.exec(
                 delete(SlackLinkCode).where(col(SlackLinkCode.expires_at) < time.time() - 86400)
             )
             db.commit()

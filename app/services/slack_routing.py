@@ -48,7 +48,7 @@ class SlackRouting:
 
     def clear_channel_default(self, channel_id: str) -> bool:
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 delete(SlackChannelDefault).where(col(SlackChannelDefault.channel_id) == channel_id)
             )
             db.commit()

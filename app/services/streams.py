@@ -267,7 +267,7 @@ class StreamConsumer:
 
     def _save(self, cursors: dict[str, str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(CURSORS_KEY, mapping=cursors)  # type: ignore[arg-type]
+        pipe.hset(CURSORS_KEY, mapping=cursors)
         for session_id, cursor in cursors.items():
             if self._untrimmed[session_id] >= self.trim_every:
                 pipe.xtrim(stream_key(session_id), minid=cursor, approximate=False)

@@ -62,7 +62,7 @@ class WebSessions:
 
     def revoke(self, raw: str) -> bool:
         with DB(self.engine) as db:
-            result = db.exec(  # type: ignore[call-overload]
+            result = db.exec(
                 update(WebSession)
                 .where(col(WebSession.id_hash) == _hash(raw), col(WebSession.revoked_at).is_(None))
                 .values(revoked_at=time.time())

@@ -98,7 +98,7 @@ def make_client(
     """A client acting as `auth`. `cache` holds the App's JWT; give each App key its own, so a
     replaced key is never answered from another key's cache."""
     return GitHub(
-        auth,  # type: ignore[arg-type]
+        auth,
         base_url=config.api_url,
         cache_strategy=cache,
         user_agent=config.user_agent,

@@ -6,6 +6,7 @@ opened with them so that GitHub shows the person who asked as their author.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from integrations.github.errors import (
     GitHubForbidden,
     GitHubNotFound,
 )
+
+log = logging.getLogger("nightshift.github")
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,25 @@ class OAuthClient:
             email=email,
             verified_emails=verified,
         )
+
+    def is_member(self, access_token: str, org: str) -> bool:
+        """Whether the token's person is an active member of `org` (a pending invitation is
+        not membership). GitHub answers 404 to non-members; 403 when the App is not installed
+        in `org` or lacks its "Members: read" organization permission, which also means no."""
+        gh = make_client(self.config, access_token)
+        try:
+            membership = call(
+                f"reading the GitHub membership in {org}",
+                lambda: gh.rest.orgs.get_membership_for_authenticated_user(org),
+            )
+        except GitHubNotFound:
+            return False
+        except GitHubForbidden as exc:
+            log.warning(
+                "%s; give the GitHub App the organization permission Members: read-only and "
+                "install it in %s to allow sign-in by membership",
+                exc,
+                org,
+            )
+            return False
+        return isinstance(membership, dict) and membership.get("state") == "active"

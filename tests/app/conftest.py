@@ -36,21 +36,34 @@ class GitHubEnv:
         """A client that keeps cookies and sends our Origin on writes, as a browser would."""
         return httpx.Client(base_url=self.url, headers={"Origin": self.url}, timeout=30)
 
-    def sign_in(self, client: httpx.Client, login: str, next_: str = "/") -> httpx.Response:
+    def sign_in(
+        self, client: httpx.Client, login: str, next_: str = "/", expect: int = 303
+    ) -> httpx.Response:
         """The whole OAuth dance: our login → GitHub authorize → our callback."""
         self.fake.authorizing = login
         start = client.get("/auth/github/login", params={"next": next_})
         assert start.status_code == 302, start.text
+        return self.authorize(client, start, expect)
+
+    def link(self, client: httpx.Client, login: str, expect: int = 303) -> httpx.Response:
+        """A signed-in browser asks to link GitHub (a form POST), then the same dance."""
+        self.fake.authorizing = login
+        start = client.post("/auth/github/link")
+        assert start.status_code == 303, start.text
+        return self.authorize(client, start, expect)
+
+    def authorize(self, client: httpx.Client, start: httpx.Response, expect: int) -> httpx.Response:
+        """GitHub approves and sends the browser back to our callback."""
         approved = httpx.get(start.headers["location"])
         assert approved.status_code == 302, approved.text
         done = client.get(approved.headers["location"])
-        assert done.status_code == 303, done.text
+        assert done.status_code == expect, done.text
         return done
 
     def deliver(
         self, event: str, payload: dict[str, Any], delivery: str | None = None
     ) -> httpx.Response:
-        secret = self.runtime.settings.github_webhook_secret
+        secret = self.runtime.settings.github_webhook_secret.get_secret_value()
         body, headers = self.fake.webhook(secret, event, payload, delivery)
         return httpx.post(f"{self.url}/github/webhooks", content=body, headers=headers)
 
@@ -72,6 +85,8 @@ def make_github_env(
             "openai_base_url": openai_fake.url,  # type: ignore[attr-defined]
             "openai_api_key": "sk-test-fake-key-0123456789abcdef",
             "public_url": server.url,
+            # Who may get a new user by signing in; tests of other rules override it.
+            "github_allowed_users": "octocat",
             **github_settings(github_fake),
         }
         values.update(overrides)

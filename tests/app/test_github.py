@@ -3,6 +3,8 @@ and their refresh, the PR opener, webhooks, the reconciler and the CLI."""
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 import time
 from typing import Any
@@ -166,21 +168,17 @@ def test_local_mode_refuses_writes_from_another_site(make_settings: Any) -> None
         runtime.close()
 
 
-def test_sign_in_links_an_existing_user_with_the_same_login(gh: GitHubEnv) -> None:
+def test_signing_in_again_updates_and_never_duplicates(gh: GitHubEnv) -> None:
     _octocat(gh.fake)
-    before = make_person(gh.runtime, "octocat", "Old Name", "old@example.com")
     with gh.browser() as browser:
         gh.sign_in(browser, "octocat")
-    user = _user(gh, "octocat")
-    assert user.id == before.user.id
-    assert (user.name, user.email) == ("Mona Octocat", "mona@example.com")
-    # Signing in again updates, never duplicates.
     gh.fake.users["octocat"].name = "Mona Lisa Octocat"
     with gh.browser() as browser:
         gh.sign_in(browser, "octocat")
     assert _user(gh, "octocat").name == "Mona Lisa Octocat"
     with DB(gh.runtime.engine) as db:
         assert len(db.exec(select(GitHubAccount)).all()) == 1
+        assert len(db.exec(select(User)).all()) == 1
 
 
 def test_sign_in_not_configured_is_a_clear_404(make_github_env: Any) -> None:
@@ -261,7 +259,7 @@ def test_two_processes_refreshing_at_once_keep_the_pair(gh: GitHubEnv) -> None:
     user_id = _linked(gh)
     mine = gh.runtime.accounts
     # Another API host or worker: same database, its own locks.
-    theirs = GitHubAccounts(gh.runtime.engine, mine.oauth, mine.cipher)
+    theirs = GitHubAccounts(gh.runtime.engine, mine.oauth, mine.cipher, mine.policy)
     _expire(gh, user_id)
     gh.fake.refresh_delay = 0.5
     results: dict[str, str] = {}
@@ -313,9 +311,9 @@ def test_key_rotation_re_encrypts_every_token(make_github_env: Any, tmp_path: An
         "NIGHTSHIFT_DATA_DIR": str(settings.data_dir),
         "NIGHTSHIFT_SECRET_KEYS": f"{new},{old}",
         "GITHUB_APP_ID": str(settings.github_app_id),
-        "GITHUB_APP_PRIVATE_KEY": settings.github_app_private_key,
+        "GITHUB_APP_PRIVATE_KEY": settings.github_app_private_key.get_secret_value(),
         "GITHUB_CLIENT_ID": settings.github_client_id,
-        "GITHUB_CLIENT_SECRET": settings.github_client_secret,
+        "GITHUB_CLIENT_SECRET": settings.github_client_secret.get_secret_value(),
         "GITHUB_API_URL": settings.github_api_url,
     }
     result = CliRunner().invoke(cli, ["github", "rotate-keys"], env=environ)
@@ -366,18 +364,30 @@ def test_pr_is_opened_with_the_prompting_persons_own_token(gh: GitHubEnv) -> Non
     assert "Also fix the typo" in note["body"] and "Fixed it too." in note["body"]
 
 
-def test_unlinked_person_gets_a_sign_in_link_then_the_pr_opens_as_them(gh: GitHubEnv) -> None:
+def test_unlinked_person_gets_a_link_to_connect_github_then_the_pr_opens_as_them(
+    gh: GitHubEnv,
+) -> None:
     _octocat(gh.fake)
-    person = make_person(gh.runtime, "octocat", "Mona", "mona@corp.example")
+    person = make_person(gh.runtime, "mona", "Mona", "mona@corp.example")
     session_id = _push_session(gh, person.user)
     notices = _events(gh, session_id, "notice")
     assert len(notices) == 1 and not _events(gh, session_id, "error")
-    assert "Sign in with GitHub" in notices[0].message
-    assert notices[0].link == f"{gh.url}/auth/github/login?next=/sessions/{session_id}"
+    assert "Connect your GitHub account" in notices[0].message
+    assert notices[0].link == f"{gh.url}/auth/github/link?next=/sessions/{session_id}"
     assert gh.fake.pulls == [] and gh.runtime.sessions.get(session_id).pr_number is None
-    # Following the link: sign in, land on the session, and the PR opens in their name.
+    # Following the link: a signed-out browser is sent to sign in first.
+    page = httpx.get(notices[0].link)
+    assert page.status_code == 401 and "/signin?next=" in page.text
+    # Signed in (with their API token), they connect GitHub with one press of a button.
     with gh.browser() as browser:
-        done = gh.sign_in(browser, "octocat", next_=f"/sessions/{session_id}")
+        assert browser.post("/api/auth/token", json={"token": person.token}).status_code == 200
+        page = browser.get(notices[0].link)
+        assert "Connect GitHub" in page.text and "Mona" in page.text
+        action = re.search(r'action="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        gh.fake.authorizing = "octocat"
+        start = browser.post(html.unescape(action))
+        assert start.status_code == 303
+        done = gh.authorize(browser, start, 303)
     assert done.headers["location"] == f"/sessions/{session_id}"
     wait_for(lambda: gh.runtime.sessions.get(session_id).pr_number, 10, "the pending PR")
     assert gh.fake.pull("octo/proj", 1).author == "octocat"
@@ -455,7 +465,7 @@ def test_forged_missing_and_sha1_signatures_are_refused_and_change_nothing(
     _linked(gh)
     session_id = _push_session(gh, _user(gh, "octocat"))
     pull = gh.fake.merge("octo/proj", 1)
-    secret = gh.runtime.settings.github_webhook_secret
+    secret = gh.runtime.settings.github_webhook_secret.get_secret_value()
     body, headers = gh.fake.webhook(secret, "pull_request", gh.fake.pull_payload(pull, "closed"))
     before = len(gh.runtime.sessions.events(session_id))
     cases = {
@@ -572,7 +582,7 @@ def test_installation_events_keep_installations_current(gh: GitHubEnv) -> None:
 
 
 def test_bad_deliveries_get_clear_answers(gh: GitHubEnv, make_github_env: Any) -> None:
-    secret = gh.runtime.settings.github_webhook_secret
+    secret = gh.runtime.settings.github_webhook_secret.get_secret_value()
     body, headers = gh.fake.webhook(secret, "ping", {"zen": "Design for failure."})
     no_id = {k: v for k, v in headers.items() if k != "X-GitHub-Delivery"}
     assert httpx.post(f"{gh.url}/github/webhooks", content=body, headers=no_id).status_code == 400
@@ -644,7 +654,7 @@ def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
     assert env.runtime.engine.dialect.name == "postgresql"
     user_id = _linked(env)
     mine = env.runtime.accounts
-    theirs = GitHubAccounts(env.runtime.engine, mine.oauth, mine.cipher)
+    theirs = GitHubAccounts(env.runtime.engine, mine.oauth, mine.cipher, mine.policy)
     theirs.peer_wait_s = 0  # the row lock alone must be enough here
     _expire(env, user_id)
     env.fake.refresh_delay = 0.3
@@ -663,7 +673,9 @@ def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
     assert env.fake.refreshes == 1 and len(set(results)) == 1
     _check_pair_is_current(env, user_id)
     body, headers = env.fake.webhook(
-        env.runtime.settings.github_webhook_secret, "ping", {"zen": "Approachable is better."}
+        env.runtime.settings.github_webhook_secret.get_secret_value(),
+        "ping",
+        {"zen": "Approachable is better."},
     )
     first = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)
     again = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)

@@ -94,7 +94,7 @@ def test_prompt_to_merged_pr_as_the_person_who_asked(
     secrets = [
         *fake.all_tokens(),
         fake.client_secret,
-        gh.runtime.settings.github_webhook_secret,
+        gh.runtime.settings.github_webhook_secret.get_secret_value(),
     ]
     assert any(t.startswith("ghs_") for t in secrets)
     assert any(t.startswith("ghu_") for t in secrets)

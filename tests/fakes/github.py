@@ -72,6 +72,8 @@ class FakeUser:
     login: str
     name: str | None
     emails: list[dict[str, Any]]
+    orgs: dict[str, str] = field(default_factory=dict)
+    """Organization login → membership state (`active`, or `pending` for an invitation)."""
 
 
 @dataclass
@@ -148,6 +150,8 @@ class FakeGitHub:
         self.user_token_ttl = 8 * 3600
         self.token_style = "classic"
         self.emails_forbidden = False
+        self.blocked_orgs: set[str] = set()
+        """Organizations that answer 403 to the App (not installed, or no Members permission)."""
         self.git_url = ""
         self.api_url = ""
 
@@ -184,6 +188,7 @@ class FakeGitHub:
         *,
         user_id: int | None = None,
         private_email: bool = False,
+        orgs: dict[str, str] | None = None,
     ) -> FakeUser:
         emails = []
         if email:
@@ -195,7 +200,7 @@ class FakeGitHub:
                     "visibility": "private" if private_email else "public",
                 }
             )
-        user = FakeUser(user_id or 500 + len(self.users), login, name, emails)
+        user = FakeUser(user_id or 500 + len(self.users), login, name, emails, dict(orgs or {}))
         with self.lock:
             self.users[login] = user
         return user
@@ -568,6 +573,30 @@ class FakeGitHub:
             if state.emails_forbidden:
                 return error(403, "Resource not accessible by integration")
             return user.emails
+
+        @api.get("/user/memberships/orgs/{org}")
+        async def get_membership(org: str, request: Request) -> Any:
+            user = person(request)
+            if isinstance(user, JSONResponse):
+                return user
+            if org.lower() in state.blocked_orgs:
+                return error(403, "Resource not accessible by integration")
+            found = next((o for o in user.orgs if o.lower() == org.lower()), None)
+            if found is None:
+                return error(404, "Not Found")
+            base = state.api_url
+            return {
+                "url": f"{base}/orgs/{found}/memberships/{user.login}",
+                "state": user.orgs[found],
+                "role": "member",
+                "organization_url": f"{base}/orgs/{found}",
+                "organization": {
+                    "login": found,
+                    "id": 9000 + len(found),
+                    "url": f"{base}/orgs/{found}",
+                },
+                "user": {"login": user.login, "id": user.id},
+            }
 
         @api.post("/repos/{owner}/{name}/pulls", status_code=201)
         async def create_pull(owner: str, name: str, request: Request) -> Any:

@@ -171,6 +171,26 @@ def test_private_or_unreadable_email_falls_back_to_noreply(github_fake: FakeGitH
     assert GitHubConfig(api_url="https://ghe.corp/api/v3").web_url == "https://ghe.corp"
 
 
+def test_org_membership_is_read_with_the_persons_token(
+    github_fake: FakeGitHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    github_fake.add_user(
+        "mona", "Mona", "m@example.com", orgs={"Octo-Org": "active", "later": "pending"}
+    )
+    oauth = _oauth(github_fake)
+    token = oauth.exchange_code(_authorize(github_fake, oauth, "mona"), "http://x/cb").access_token
+    assert oauth.is_member(token, "octo-org")  # GitHub matches org names case-insensitively
+    assert not oauth.is_member(token, "later")  # an invitation is not membership
+    assert not oauth.is_member(token, "elsewhere")  # 404
+    github_fake.blocked_orgs.add("octo-org")  # the App is not installed there, or may not look
+    assert not oauth.is_member(token, "octo-org")
+    assert "Members: read-only" in caplog.text
+    with pytest.raises(GitHubAuthError):
+        oauth.is_member("ghu_" + "x" * 36, "octo-org")  # a dead token is an error, not a "no"
+    asked = [r for r in github_fake.requests if r.path.startswith("/user/memberships/orgs/")]
+    assert {r.token for r in asked} == {token, "ghu_" + "x" * 36}
+
+
 def test_authorize_url_points_at_github_for_the_public_api() -> None:
     oauth = OAuthClient(GitHubConfig(), "Iv1.abc", "secret")
     url = oauth.authorize_url("xyz", "https://ns.example/auth/github/callback")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -66,3 +67,60 @@ def test_every_logger_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text
     assert "s3cret-value-for-logs" not in text and "ghs_16C7" not in text
     assert text.count("[redacted]") == 2
+
+
+def _access_log(redactor: Redactor) -> tuple[logging.Logger, io.StringIO]:
+    """uvicorn's access logger with its own AccessFormatter, writing to a buffer."""
+    from uvicorn.logging import AccessFormatter
+
+    install_log_redaction(redactor)
+    logger = logging.getLogger("uvicorn.access.test-redact")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(
+        AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+    )
+    logger.handlers = [handler]
+    return logger, buffer
+
+
+def test_uvicorn_access_log_keeps_working_when_a_url_carries_a_token() -> None:
+    redactor = Redactor(["opaque-stream-secret"])
+    logger, buffer = _access_log(redactor)
+    token = "ns_" + "T" * 43
+    path = f"/api/sessions/abc/events/stream?token={token}&after=3"
+    # Exactly how uvicorn's httptools/h11 protocols log a request.
+    logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5123", "GET", path, "1.1", 200)
+    logger.info(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5123", "GET", "/x?k=opaque-stream-secret", "1.1", 404
+    )
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        '127.0.0.1:5123 - "GET /api/sessions/abc/events/stream?token=[redacted]&after=3 HTTP/1.1" 200 OK',
+        '127.0.0.1:5123 - "GET /x?k=[redacted] HTTP/1.1" 404 Not Found',
+    ]
+
+
+def test_arguments_keep_their_types_and_objects_holding_secrets_are_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redactor = Redactor(["opaque-object-secret"])
+    install_log_redaction(redactor)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("nightshift.test").info(
+            "%d tries, %.1f s: %s (%r)",
+            3,
+            1.5,
+            ValueError("bad opaque-object-secret"),
+            {"k": "opaque-object-secret"},
+        )
+        logging.getLogger("nightshift.test").info(
+            "%(who)s used %(what)s", {"who": "x", "what": "opaque-object-secret"}
+        )
+    record, by_name = caplog.records[-2], caplog.records[-1]
+    assert isinstance(record.args, tuple) and len(record.args) == 4 and record.args[0] == 3
+    assert record.getMessage() == """3 tries, 1.5 s: bad [redacted] ("{'k': '[redacted]'}")"""
+    assert by_name.getMessage() == "x used [redacted]"
+    assert "opaque-object-secret" not in caplog.text

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import json
 import logging
 import secrets
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, same_origin
+from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
+from app.api.pages import html_page
+from app.errors import Unauthorized
 from app.runtime import Runtime
 from app.schemas import GitHubLink, Me, TokenCreate, TokenCreated, UserPublic
-from app.services.github_accounts import GitHubAccounts
+from app.services.github_accounts import GitHubAccounts, LinkRefused, SignInRefused
 from integrations.github import GitHubAuthError, GitHubError, GitHubUnavailable
 
 router = APIRouter(tags=["auth"])
@@ -49,15 +53,12 @@ def _callback_url(runtime: Runtime) -> str:
     return f"{runtime.settings.base_url}/auth/github/callback"
 
 
-@router.get("/auth/github/login", response_class=RedirectResponse, status_code=302)
-def github_login(
-    runtime: RuntimeDep,
-    next_: Annotated[str | None, Query(alias="next", description="Path to return to")] = None,
-) -> RedirectResponse:
-    """Start GitHub sign-in: redirects to GitHub, which asks the person to authorize."""
+def _start(runtime: Runtime, next_: str | None, link_to: int | None) -> RedirectResponse:
     accounts = _accounts(runtime)
     state = secrets.token_urlsafe(24)
-    sealed = accounts.cipher.seal(json.dumps({"state": state, "next": _safe_next(next_)}))
+    sealed = accounts.cipher.seal(
+        json.dumps({"state": state, "next": _safe_next(next_), "link": link_to})
+    )
     response = RedirectResponse(
         accounts.oauth.authorize_url(state, _callback_url(runtime)), status_code=302
     )
@@ -73,6 +74,81 @@ def github_login(
     return response
 
 
+@router.get("/auth/github/login", response_class=RedirectResponse, status_code=302)
+def github_login(
+    runtime: RuntimeDep,
+    next_: Annotated[str | None, Query(alias="next", description="Path to return to")] = None,
+) -> RedirectResponse:
+    """Start GitHub sign-in: redirects to GitHub, which asks the person to authorize. Only an
+    account already linked, or one the deployment allows, gets in."""
+    return _start(runtime, next_, None)
+
+
+@router.post(
+    "/auth/github/link",
+    response_class=RedirectResponse,
+    status_code=303,
+    responses={401: {"description": "Nobody is signed in"}, 403: {"description": "Cross-site"}},
+)
+def github_link(
+    user: CurrentUser,
+    runtime: RuntimeDep,
+    next_: Annotated[str | None, Query(alias="next", description="Path to return to")] = None,
+) -> RedirectResponse:
+    """Link the caller's Nightshift account to the GitHub account they authorize next (a form
+    POST from this site while signed in). A GitHub account linked to another user is refused."""
+    assert user.id is not None
+    response = _start(runtime, next_, user.id)
+    response.status_code = 303
+    return response
+
+
+@router.get("/auth/github/link", response_class=HTMLResponse, include_in_schema=False)
+def github_link_page(
+    request: Request,
+    runtime: RuntimeDep,
+    next_: Annotated[str | None, Query(alias="next")] = None,
+) -> HTMLResponse:
+    """Where links that ask someone to connect GitHub lead: a button that links the account
+    this browser is signed in as (linking is always the signed-in person's own act)."""
+    _accounts(runtime)
+    back = _safe_next(next_)
+    here = f"/auth/github/link?{urlencode({'next': back})}"
+    try:
+        user = resolve_user(runtime, None, request.cookies.get(COOKIE_NAME))
+    except Unauthorized:
+        return html_page(
+            "Sign in first",
+            "<p>Sign in to Nightshift, then come back here to connect your GitHub account.</p>"
+            f'<p><a class="button" href="/signin?{urlencode({"next": here})}">Sign in</a></p>',
+            401,
+        )
+    assert user.id is not None
+    account = runtime.accounts.account(user.id) if runtime.accounts is not None else None
+    linked = (
+        f"<p>It is linked to GitHub account <b>@{html.escape(account.login)}</b> now; "
+        "authorize that account again to renew the link.</p>"
+        if account is not None
+        else ""
+    )
+    return html_page(
+        "Connect your GitHub account",
+        f"""<p>You are signed in as <b>{html.escape(user.name)}</b> ({html.escape(user.login)}).
+GitHub will ask which account to authorize; pull requests you start are then opened as that
+account.</p>{linked}<form method="post" action="{html.escape(here)}">
+<button type="submit">Connect GitHub</button></form>
+<p class="muted">Not you? Close this page.</p>""",
+    )
+
+
+def _refused(title: str, message: str, status: int) -> HTMLResponse:
+    return html_page(
+        title,
+        f'<p>{html.escape(message)}</p><p><a class="button" href="/">Back to Nightshift</a></p>',
+        status,
+    )
+
+
 @router.get("/auth/github/callback", response_class=RedirectResponse, status_code=303)
 def github_callback(
     request: Request,
@@ -81,8 +157,9 @@ def github_callback(
     state: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
-) -> RedirectResponse:
-    """GitHub sends the browser back here; checks `state`, links the person, sets the cookie."""
+) -> Response:
+    """GitHub sends the browser back here; checks `state`, links the person, sets the cookie.
+    A person this server does not let in gets a page saying so (403), and nothing changes."""
     accounts = _accounts(runtime)
     if error:
         raise HTTPException(400, f"GitHub sign-in did not complete: {error_description or error}")
@@ -95,8 +172,26 @@ def github_callback(
     expected = json.loads(opened)
     if not hmac.compare_digest(str(expected["state"]), state):
         raise HTTPException(400, "sign-in state does not match; start again at /auth/github/login")
+    link_to = expected.get("link")
+    if link_to is not None and _viewer_id(request, runtime) != link_to:
+        # The browser that asked to link must still be signed in as the same user.
+        return _refused(
+            "GitHub was not linked",
+            "You are no longer signed in as the account that asked to link GitHub. Sign in "
+            "again and start the link from there.",
+            403,
+        )
     try:
-        user = accounts.sign_in(code, _callback_url(runtime))
+        user = accounts.sign_in(code, _callback_url(runtime), link_to=link_to)
+    except SignInRefused as exc:
+        log.warning("GitHub sign-in refused: %s", exc)
+        response: Response = _refused("You cannot sign in here", str(exc), 403)
+        response.delete_cookie(STATE_COOKIE, path="/auth/github")
+        return response
+    except LinkRefused as exc:
+        response = _refused("GitHub was not linked", str(exc), 409)
+        response.delete_cookie(STATE_COOKIE, path="/auth/github")
+        return response
     except GitHubUnavailable as exc:
         raise HTTPException(502, str(exc)) from exc
     except GitHubAuthError as exc:
@@ -114,7 +209,7 @@ def github_callback(
         path="/",
     )
     response.delete_cookie(STATE_COOKIE, path="/auth/github")
-    log.info("%s signed in with GitHub", user.login)
+    log.info("%s %s with GitHub", user.login, "linked" if link_to else "signed in")
     github = runtime.github
     if github is not None:
         # Pull requests that waited for this person to sign in open now, in the background.
@@ -122,6 +217,13 @@ def github_callback(
             lambda: asyncio.to_thread(github.opener.open_pending, runtime.pull_requests, user)
         )
     return response
+
+
+def _viewer_id(request: Request, runtime: Runtime) -> int | None:
+    try:
+        return resolve_user(runtime, None, request.cookies.get(COOKIE_NAME)).id
+    except Unauthorized:
+        return None
 
 
 @router.post("/auth/logout", response_class=RedirectResponse, status_code=303)
@@ -145,8 +247,9 @@ def me(user: CurrentUser, runtime: RuntimeDep) -> Me:
     return Me(
         user=UserPublic.model_validate(user),
         github=GitHubLink(login=account.login, linked_at=account.linked_at) if account else None,
+        # The page that links GitHub to this account (a plain GitHub sign-in never does).
         github_login_url=(
-            f"{runtime.settings.base_url}/auth/github/login" if runtime.accounts else None
+            f"{runtime.settings.base_url}/auth/github/link" if runtime.accounts else None
         ),
     )
 

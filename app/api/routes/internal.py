@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 
 from app.api.deps import RuntimeDep
 from app.services.repos import spec_of
+from app.settings import reveal
 from images.spec import RepoSpec
 from workers.control import PromptJob, SessionContext, SessionSummary
 from workers.control_http import (
@@ -33,7 +34,7 @@ def require_worker(
     runtime: RuntimeDep,
     token: Annotated[str | None, Header(alias="X-Nightshift-Worker-Token")] = None,
 ) -> None:
-    expected = runtime.settings.worker_token
+    expected = reveal(runtime.settings.worker_token)
     if not expected:
         raise HTTPException(
             403, "the worker API is disabled: set NIGHTSHIFT_WORKER_TOKEN on the API server"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -33,7 +34,9 @@ async def session_changes(request: Request, runtime: RuntimeDep) -> StreamingRes
     returns it) whenever any session is created or changes status, gets a prompt, a branch,
     a PR or a PR state, or spawns a child. For live lists; not resumable (reload the list)."""
     try:
-        await asyncio.to_thread(stream_user, request, runtime)
+        user = await asyncio.to_thread(stream_user, request, runtime)
+        assert user.id is not None
+        slot = runtime.stream_slots.acquire(user.id)
     except ServiceError as exc:
         raise HTTPException(exc.status_code, str(exc)) from exc
 
@@ -65,13 +68,16 @@ async def session_changes(request: Request, runtime: RuntimeDep) -> StreamingRes
                         continue
                     yield f"event: session\ndata: {public.model_dump_json()}\n\n"
         finally:
+            slot.release()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             await changes.aclose()
 
+    stream = body()
+    weakref.finalize(stream, slot.release)  # also when the response never starts its body
     return StreamingResponse(
-        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 

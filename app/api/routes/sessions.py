@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,6 +14,8 @@ from starlette.websockets import WebSocketState
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
 from app.errors import ServiceError
+from app.models import User
+from app.runtime import Runtime
 from app.schemas import (
     DiffPublic,
     EventPublic,
@@ -116,17 +119,30 @@ async def stream_events(
 
     With `presence=true` the stream also carries frames `{"type": "presence", "session_id",
     "viewers": [...]}` whenever who is viewing changes; they have no `id` and are not events.
-    Every open stream counts its user as viewing the session.
+    Every open stream counts its user as viewing the session. A refused stream is accepted,
+    then closed with code 4000 + the HTTP status and a reason: 4401, 4404, or 4429 when the
+    caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here.
     """
     runtime = websocket.app.state.runtime
     try:
         user = await asyncio.to_thread(websocket_user, websocket, runtime)
         await asyncio.to_thread(runtime.sessions.get, session_id)
+        assert user.id is not None
+        slot = runtime.stream_slots.acquire(user.id)
     except ServiceError as exc:
         # Accept first so the client sees the close code (4401, 4404) and reason, not a bare 403.
         await websocket.accept()
         await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
         return
+    try:
+        await _serve_stream(websocket, runtime, session_id, user, after, presence)
+    finally:
+        slot.release()
+
+
+async def _serve_stream(
+    websocket: WebSocket, runtime: Runtime, session_id: str, user: User, after: int, presence: bool
+) -> None:
     await websocket.accept()
     send_lock = asyncio.Lock()
 
@@ -176,10 +192,13 @@ async def stream_events(
 async def stream_events_sse(
     session_id: str, request: Request, runtime: RuntimeDep, after: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:
-    """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`."""
+    """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`. 429 when
+    the caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here."""
     try:
-        await asyncio.to_thread(stream_user, request, runtime)
+        user = await asyncio.to_thread(stream_user, request, runtime)
         await asyncio.to_thread(runtime.sessions.get, session_id)
+        assert user.id is not None
+        slot = runtime.stream_slots.acquire(user.id)
     except ServiceError as exc:
         raise HTTPException(exc.status_code, str(exc)) from exc
     last = request.headers.get("last-event-id")
@@ -204,13 +223,16 @@ async def stream_events_sse(
                 except TimeoutError:
                     yield ": keepalive\n\n"
         finally:
+            slot.release()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             await events.aclose()
 
+    stream = body()
+    weakref.finalize(stream, slot.release)  # also when the response never starts its body
     return StreamingResponse(
-        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 

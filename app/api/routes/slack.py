@@ -14,11 +14,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
+from app.api.pages import html_page as _page
 from app.errors import NotFound, Unauthorized
 from app.models import SlackLinkCode, SlackUserLink, User
 from app.runtime import Runtime
 from app.schemas import SlackLinkCreate, SlackLinkPublic, UserPublic
 from app.services.slack import SlackBot
+from app.settings import reveal
 
 router = APIRouter(tags=["slack"])
 NOT_CONFIGURED = (
@@ -69,7 +71,7 @@ def link_slack_user(body: SlackLinkCreate, user: CurrentUser, bot: SlackDep) -> 
 
 
 def _csrf(bot: SlackBot, code: str, user: User) -> str:
-    secret = (bot.settings.slack_signing_secret or "").encode()
+    secret = (reveal(bot.settings.slack_signing_secret) or "").encode()
     key = hashlib.sha256(b"nightshift-slack-link\0" + secret).digest()
     return hmac.new(key, f"{code}:{user.id}".encode(), hashlib.sha256).hexdigest()
 
@@ -80,19 +82,6 @@ def _viewer(request: Request, runtime: Runtime) -> User | None:
         return resolve_user(runtime, None, request.cookies.get(COOKIE_NAME))
     except Unauthorized:
         return None
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title)} · Nightshift</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#1d1c1d}}
-h1{{font-size:1.4rem}}button,.button{{font:inherit;padding:.5rem 1rem;border-radius:6px;border:0;background:#4a154b;color:#fff;cursor:pointer;text-decoration:none;display:inline-block}}
-input{{font:inherit;padding:.4rem;width:100%;box-sizing:border-box;margin:.3rem 0 .8rem}}.muted{{color:#616061;font-size:.9rem}}</style>
-</head><body><h1>{html.escape(title)}</h1>{body}</body></html>""",
-        status_code=status,
-        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
-    )
 
 
 def _who(info: SlackLinkCode) -> str:
