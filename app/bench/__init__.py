@@ -1,1 +1,11 @@
-"""The benchmarks behind `nightshift bench`; the typer commands are in `app.commands.bench`."""
+"""The benchmarks behind `nightshift bench`; the typer commands are in `app.commands.bench`.
+
+A benchmark that cannot go on raises `BenchError`; the command turns it into the CLI's error
+line, so no benchmark exits the process itself.
+"""
+
+from __future__ import annotations
+
+
+class BenchError(Exception):
+    """A benchmark could not produce its figures (a build failed, a session never finished)."""

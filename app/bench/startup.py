@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from app.bench import BenchError
 from app.bench.stats import samples_summary
 from images.sandboxes.base import SANDBOX_PATH
 
@@ -183,7 +184,6 @@ def run_startup(
 def _run_modes(
     scratch: Path, repo: Path, modes: list[str], sessions: int, latency_ms: int, err: Any
 ) -> dict[str, Any]:
-    from app.cli import fail
     from app.runtime import build_runtime
     from app.schemas import RepoCreate
     from app.settings import Settings
@@ -213,7 +213,7 @@ def _run_modes(
                         lambda: build_images(runtime.image_jobs, [name], trigger="manual")
                     ).result()
                 if built[0].outcome not in ("built", "skipped"):
-                    fail(f"the image build failed: {built[0].message}")
+                    raise BenchError(f"the image build failed: {built[0].message}")
                 out["image_build_ms"] = built[0].ms
                 again = runtime.executor.submit(
                     lambda: build_images(runtime.image_jobs, [name], trigger="manual")
@@ -231,7 +231,7 @@ def _run_modes(
                         _warm_up(runtime, user, name)
                     first, ready, sync, seen = _one_session(runtime, user, name, f"{mode} {run}")
                     if seen != mode:
-                        fail(f"a {mode} run started its sandbox from {seen}")
+                        raise BenchError(f"a {mode} run started its sandbox from {seen}")
                     samples["first"].append(first)
                     samples["ready"].append(ready)
                     if sync is not None:
@@ -250,13 +250,11 @@ def _run_modes(
 
 
 def _warm_up(runtime: Any, user: Any, repo: str, timeout: float = 300.0) -> None:
-    from app.cli import fail
-
     deadline = time.monotonic() + timeout
     state = runtime.image_service.warm(user, repo)
     while state.state != "warm":
         if state.state == "failed" or time.monotonic() > deadline:
-            fail(f"warming a sandbox failed: {state.error or 'timed out'}")
+            raise BenchError(f"warming a sandbox failed: {state.error or 'timed out'}")
         time.sleep(0.02)
         state = runtime.image_service.warm_state(user, repo)
     time.sleep(0.2)  # let the pool settle, as when a person is still typing
@@ -266,13 +264,11 @@ def _one_session(
     runtime: Any, user: Any, repo: str, prompt: str, timeout: float = 600.0
 ) -> tuple[int, int, int | None, str]:
     """Run one session; (prompt → first model request, → sandbox ready, sync ms, mode)."""
-    from app.cli import fail
-
     session = runtime.sessions.create(user, repo, prompt, source="cli")
     deadline = time.monotonic() + timeout
     while runtime.sessions.get(session.id).status not in ("finished", "failed", "stopped"):
         if time.monotonic() > deadline:
-            fail(f"session {session.id} did not finish in {timeout:.0f}s")
+            raise BenchError(f"session {session.id} did not finish in {timeout:.0f}s")
         time.sleep(0.02)
     while session.id in getattr(runtime.dispatcher, "runners", {}):
         time.sleep(0.01)  # the runner is still releasing its sandbox
@@ -282,5 +278,5 @@ def _one_session(
     sync = next((e for e in events if e.type == "sync_done"), None)
     if first is None or ready is None:
         errors = "; ".join(e.message for e in events if e.type == "error") or "no model request"
-        fail(f"session {session.id} did not reach the model: {errors}")
+        raise BenchError(f"session {session.id} did not reach the model: {errors}")
     return first.ms_since_prompt, ready.ms_since_prompt, sync.ms if sync else None, ready.mode

@@ -1,1 +1,5 @@
-"""Area commands of the `nightshift` CLI, each a typer app registered in `app/cli.py`."""
+"""The commands of the `nightshift` CLI, one module per noun, registered in `app/cli.py`.
+
+Each module exposes a typer `app` (a command group) or a command function; the helpers they
+share are in `common.py`. Nothing here imports `app.cli`.
+"""

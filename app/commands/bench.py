@@ -15,7 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-bench_app = typer.Typer(help="Benchmarks: each prints its figures as JSON.", no_args_is_help=True)
+from app.bench import BenchError
+from app.commands.common import err, fail, load_settings
+
+app = typer.Typer(help="Benchmarks: each prints its figures as JSON.", no_args_is_help=True)
 
 
 @contextmanager
@@ -28,7 +31,7 @@ def _scratch(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-@bench_app.command("startup")
+@app.command("startup")
 def bench_startup(
     sessions: Annotated[int, typer.Option(min=1, help="Sessions per mode")] = 5,
     files: Annotated[int, typer.Option(min=20, help="Tracked files in the generated repo")] = 5000,
@@ -45,24 +48,23 @@ def bench_startup(
     mode against the built-in scripted model. Also times a plain `git clone` plus the set-up
     commands, the bar a cold start must not exceed.
     """
-    from rich.console import Console
-
     from app.bench.startup import MODES, run_startup
-    from app.cli import fail
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in MODES]
     if unknown or not wanted:
         fail(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
-    err = Console(stderr=True)
     with _scratch(keep) as scratch:
         if keep:
             err.print(f"scratch directory: {scratch}")
-        report = run_startup(scratch, files, wanted, sessions, latency_ms, err)
+        try:
+            report = run_startup(scratch, files, wanted, sessions, latency_ms, err)
+        except BenchError as exc:
+            fail(str(exc))
         print(json.dumps(report, indent=2))
 
 
-@bench_app.command("load")
+@app.command("load")
 def bench_load(
     sessions: Annotated[int, typer.Option(help="Concurrent sessions", min=1)] = 200,
     latency_ms: Annotated[
@@ -97,11 +99,8 @@ def bench_load(
     The server (and in distributed mode Redis and the Celery workers) run as their own
     processes from a scratch directory; this process only plays the clients.
     """
-    from rich.console import Console
-
     from app.bench.load import run_load
     from app.bench.stack import LoadConfig, Mode
-    from app.cli import fail
 
     choices: dict[str, list[Mode]] = {
         "embedded": ["embedded"],
@@ -110,7 +109,6 @@ def bench_load(
     }
     if mode not in choices:
         fail(f"unknown mode {mode!r}; choose embedded, distributed or both")
-    err = Console(stderr=True)
     results = []
     for one in choices[mode]:
         config = LoadConfig(
@@ -138,7 +136,7 @@ def bench_load(
 LOCAL_BACKENDS = ("bwrap", "gvisor")
 
 
-@bench_app.command("sandbox")
+@app.command("sandbox")
 def bench_sandbox(
     backend: Annotated[
         list[str] | None,
@@ -154,9 +152,6 @@ def bench_sandbox(
     100 MB diff, per backend, as JSON. A backend that cannot run here reports its error."""
     import asyncio
 
-    from rich.console import Console
-
-    from app.cli import fail, load_settings
     from images.sandboxes import BACKENDS, make_backend
     from images.sandboxes.base import SandboxError
     from images.sandboxes.bench import DIFF_SIZES, bench_backend, host_facts
@@ -169,7 +164,6 @@ def bench_sandbox(
     sizes = DIFF_SIZES if big else {"1MB": DIFF_SIZES["1MB"]}
     config = settings.sandbox_config()
     results: list[dict[str, Any]] = []
-    err = Console(stderr=True)
     with err.status("benchmarking…") as status:
         for name in names:
 

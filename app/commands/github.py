@@ -6,13 +6,11 @@ import json
 from dataclasses import asdict
 
 import typer
-from rich.console import Console
 
+from app.commands.common import err, fail, load_settings, runtime_from
 from app.services.crypto import Undecryptable, new_key
 
 app = typer.Typer(help="GitHub: token encryption keys, key rotation, reconciling PR states.")
-console = Console()
-err = Console(stderr=True)
 
 
 @app.command("secret-key")
@@ -28,8 +26,6 @@ def rotate_keys() -> None:
     Rotation: put a new key first (keep the old ones after it), restart, run this, then
     remove the old keys.
     """
-    from app.cli import fail, load_settings, runtime_from
-
     settings = load_settings()
     if not settings.secret_keys:
         fail("NIGHTSHIFT_SECRET_KEYS is not set; there is nothing to rotate")
@@ -47,7 +43,6 @@ def rotate_keys() -> None:
 def reconcile() -> None:
     """Process webhook deliveries left queued and refresh the state of every open PR (the
     server does this every 10 minutes); prints JSON counts."""
-    from app.cli import fail, load_settings, runtime_from
     from app.services.github_events import reconcile_github
 
     settings = load_settings()

@@ -10,11 +10,12 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from app.commands.common import console, fail, load_settings, runtime_from
 from app.errors import ServiceError
 from images.builder import BuildResult
 from images.jobs import build_images
 
-images_app = typer.Typer(help="Repo images: fresh clones with set-up done.", no_args_is_help=True)
+app = typer.Typer(help="Repo images: fresh clones with set-up done.", no_args_is_help=True)
 
 
 def _short(sha: str | None) -> str:
@@ -25,7 +26,7 @@ def _when(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(ts)) if ts else ""
 
 
-@images_app.command("build")
+@app.command("build")
 def images_build(
     repos: Annotated[
         list[str] | None, typer.Argument(help="Repo names (default: every registered repo)")
@@ -35,8 +36,6 @@ def images_build(
     ] = False,
 ) -> None:
     """Build repo images now: clone the base tip, run the set-up and warm commands."""
-    from app.cli import console, fail, load_settings, runtime_from
-
     with runtime_from(load_settings()) as runtime:
         names = repos or [r.name for r in runtime.repos.list()]
         if not names:
@@ -87,15 +86,13 @@ def images_build(
             raise typer.Exit(1)
 
 
-@images_app.command("list")
+@app.command("list")
 def images_list(
     repo: Annotated[str | None, typer.Option(help="Only this repo")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """List image builds, newest first (failed ones with their error)."""
-    from app.cli import console, load_settings, runtime_from
-
     with runtime_from(load_settings()) as runtime:
         rows = runtime.image_service.images(repo, limit)
         if as_json:
@@ -120,11 +117,9 @@ def images_list(
         console.print(table)
 
 
-@images_app.command("show")
+@app.command("show")
 def images_show(image_id: Annotated[str, typer.Argument(help="Image id")]) -> None:
     """Show one build with its whole log."""
-    from app.cli import console, fail, load_settings, runtime_from
-
     with runtime_from(load_settings()) as runtime:
         try:
             image = runtime.image_service.get(image_id)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from app.commands.common import err, fail, load_settings, runtime_from
 from images.sandboxes import make_backend
 from images.sandboxes.base import (
     ExecResult,
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 app = typer.Typer(help="Sandboxes: run a command in a fresh one.", no_args_is_help=True)
-err = Console(stderr=True)
 
 LIMIT_NAMES = {
     "timeout": "wall-clock timeout",
@@ -77,8 +76,6 @@ def info(
     ] = None,
 ) -> None:
     """Print, as JSON, the backend, its runtime version, and how each limit is enforced here."""
-    from app.cli import load_settings
-
     settings = load_settings(**({"sandbox": backend} if backend else {}))
     chosen = make_backend(settings.sandbox, settings.data_dir.resolve(), settings.sandbox_config())
     cgroups = getattr(chosen, "cgroups", None)
@@ -117,8 +114,6 @@ def exec_command(
 
     Example: nightshift sandbox exec --repo myrepo -- git log -1
     """
-    from app.cli import fail, load_settings
-
     argv = list(ctx.args)
     if argv[:1] == ["--"]:
         argv = argv[1:]
@@ -156,7 +151,6 @@ def exec_command(
 async def _probe(
     settings: Settings, argv: list[str], repo: str | None, timeout: float | None, hosts: list[str]
 ) -> tuple[ExecResult, Sandbox]:
-    from app.cli import fail, runtime_from
     from app.services.repos import spec_of
 
     data_dir = settings.data_dir.resolve()

@@ -10,12 +10,12 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from app.commands.common import console, fail
 from app.errors import ServiceError
 from app.services.repos import Repos
 from app.services.slack_links import SlackLinks
@@ -23,17 +23,10 @@ from app.services.slack_routing import SlackRouting, check_channel
 from app.services.users import Users
 from app.settings import Settings
 
-slack_app = typer.Typer(
+app = typer.Typer(
     help="The Slack bot: channel defaults, Slack ↔ Nightshift identity links, classifier keywords.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @dataclass
@@ -54,11 +47,11 @@ def _control() -> Iterator[_Control]:
         engine = control_engine(settings.control_db_url)
         init_control_db(engine)
     except Exception as exc:
-        _fail(f"could not open the control DB: {exc}")
+        fail(f"could not open the control DB: {exc}")
     try:
         yield _Control(SlackLinks(engine), SlackRouting(engine), Repos(engine), Users(engine))
     except ServiceError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         engine.dispose()
 
@@ -67,7 +60,7 @@ def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
-@slack_app.command("channel-default")
+@app.command("channel-default")
 def channel_default(
     channel: Annotated[
         str | None, typer.Argument(help="Slack channel ID (C0123ABCD); omit to list every default")
@@ -86,7 +79,7 @@ def channel_default(
         check_channel(channel)
         if unset:
             if repo is not None:
-                _fail("give either REPO or --unset, not both")
+                fail("give either REPO or --unset, not both")
             removed = control.routing.clear_channel_default(channel)
             console.print(f"{channel}: {'default removed' if removed else 'had no default'}")
             return
@@ -99,7 +92,7 @@ def channel_default(
         console.print(f"requests in {channel} now go to [bold]{name}[/]", highlight=False)
 
 
-@slack_app.command("link")
+@app.command("link")
 def link(
     slack_user: Annotated[str, typer.Argument(help="Slack member ID (U0123ABCD)")],
     login: Annotated[str, typer.Argument(help="The Nightshift user's login")],
@@ -108,7 +101,7 @@ def link(
     with _control() as control:
         user = control.users.by_login(login)
         if user is None:
-            _fail(f"no Nightshift user {login!r}: create one with `nightshift tokens create`")
+            fail(f"no Nightshift user {login!r}: create one with `nightshift tokens create`")
         control.links.link(slack_user, user)
         console.print(
             f"Slack user {slack_user} now acts as {user.name} <{user.email}> ({user.login})",
@@ -116,7 +109,7 @@ def link(
         )
 
 
-@slack_app.command("unlink")
+@app.command("unlink")
 def unlink(slack_user: Annotated[str, typer.Argument(help="Slack member ID")]) -> None:
     """Remove a Slack user's link."""
     with _control() as control:
@@ -124,7 +117,7 @@ def unlink(slack_user: Annotated[str, typer.Argument(help="Slack member ID")]) -
         console.print(f"{slack_user}: {'unlinked' if removed else 'was not linked'}")
 
 
-@slack_app.command("links")
+@app.command("links")
 def links() -> None:
     """List linked Slack users."""
     with _control() as control:
@@ -136,7 +129,7 @@ def links() -> None:
         console.print(table)
 
 
-@slack_app.command("keywords")
+@app.command("keywords")
 def keywords(
     repo: Annotated[str, typer.Argument(help="A registered repo's name")],
     words: Annotated[

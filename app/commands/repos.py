@@ -1,0 +1,78 @@
+"""`nightshift repos add|list`: the repositories Nightshift can work on."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from app.commands.common import console, fail, load_settings, runtime_from
+from app.schemas import RepoCreate
+
+app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
+
+
+@app.command("add")
+def repos_add(
+    url: Annotated[
+        str, typer.Argument(help="A local git repository path, or owner/name on GitHub")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Name to refer to it by (default: directory name)")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base branch (default: the current branch)")
+    ] = None,
+    setup: Annotated[
+        list[str] | None, typer.Option(help="Set-up command for images (repeatable)")
+    ] = None,
+    warm: Annotated[
+        list[str] | None, typer.Option(help="Cache-warming command for images (repeatable)")
+    ] = None,
+    egress: Annotated[
+        str | None, typer.Option(help="Hosts sandboxes may reach, comma-separated")
+    ] = None,
+    description: Annotated[
+        str, typer.Option(help="What the repository is, for people and the classifier")
+    ] = "",
+    pool_size: Annotated[int, typer.Option(help="Warm sandboxes to keep ready")] = 0,
+) -> None:
+    """Register a repository."""
+    from pydantic import ValidationError
+
+    try:
+        body = RepoCreate(
+            url=url,
+            name=name,
+            base=base,
+            setup=setup or [],
+            warm=warm or [],
+            egress=[h for h in (egress or "").split(",") if h.strip()],
+            description=description,
+            pool_size=pool_size,
+        )
+    except ValidationError as exc:
+        fail("; ".join(e["msg"] for e in exc.errors()))
+    with runtime_from(load_settings()) as runtime:
+        row = runtime.repos.add(body)
+        console.print(
+            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base})", highlight=False
+        )
+
+
+@app.command("list")
+def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """List registered repositories."""
+    with runtime_from(load_settings()) as runtime:
+        rows = runtime.repos.list()
+        if as_json:
+            from app.schemas import RepoPublic
+
+            print(json.dumps([RepoPublic.model_validate(r).model_dump() for r in rows], indent=2))
+            return
+        table = Table("name", "forge", "base", "url")
+        for r in rows:
+            table.add_row(r.name, r.forge, r.base, r.url)
+        console.print(table)

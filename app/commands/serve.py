@@ -1,0 +1,53 @@
+"""`nightshift serve`: the API, the web viewer and an in-process worker in one process."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from app.commands.common import console, fail, load_settings
+from app.errors import ServiceError
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (NIGHTSHIFT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (NIGHTSHIFT_PORT)")] = None,
+) -> None:
+    """Serve the API, the web viewer and an in-process worker."""
+    import uvicorn
+
+    from app.main import create_app
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = load_settings(**overrides)
+    who = ""
+    if settings.auth == "local":
+        from app.services.users import git_identity
+
+        try:
+            name, email = git_identity()
+        except ServiceError as exc:
+            fail(str(exc))
+        who = f" as {name} <{email}> (NIGHTSHIFT_AUTH=local)"
+    console.print(
+        f"Nightshift is serving at [bold]{settings.base_url}[/]{who}\n"
+        f"  web viewer  {settings.base_url}/\n  API docs    {settings.base_url}/docs\n"
+        f"  data dir    {settings.data_dir.resolve()}\n"
+        f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Events are small JSON frames: compressing each costs more CPU than it saves.
+        ws_per_message_deflate=False,
+        # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
+        timeout_graceful_shutdown=3,
+    )
