@@ -64,9 +64,14 @@ class GvisorSandbox(LocalSandbox):
     backend = "gvisor"
 
     def __init__(
-        self, owner_backend: LocalBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
+        self,
+        owner_backend: LocalBackend,
+        spec: SandboxSpec,
+        sandbox_dir: Path,
+        lowers: list[Path],
+        disk_template: Path | None = None,
     ) -> None:
-        super().__init__(owner_backend, spec, sandbox_dir, lowers)
+        super().__init__(owner_backend, spec, sandbox_dir, lowers, disk_template)
         self.cgroup.layout = runsc_layout()
         self.cid = self.cgroup.name
         self.bundle = self.dir / "bundle"
@@ -317,6 +322,7 @@ class GvisorBackend(LocalBackend):
         self._built = True
 
     def check_available(self) -> None:
+        super().check_available()
         runsc_version()
         if os.geteuid() != 0:
             raise SandboxUnavailable(
