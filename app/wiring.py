@@ -139,7 +139,10 @@ def distributed_checks(settings: Settings) -> None:
 
 def resolved(settings: Settings) -> Settings:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if data_dir.stat().st_mode & 0o077:
+        # Sandboxes' files land here owned by the sandbox uid: no other local user may reach them.
+        data_dir.chmod(0o700)
     return settings.model_copy(update={"data_dir": data_dir})
 
 
