@@ -335,6 +335,12 @@ class GvisorBackend(LocalBackend):
             self._stale_checked = True
             release_stale_containers(self.runsc_root)
 
+    def release_stale(self) -> int:
+        # Containers first: a dead server's runsc keeps its mounts alive until deleted.
+        if self.runsc_root.is_dir():
+            release_stale_containers(self.runsc_root)
+        return super().release_stale()
+
     def etc_extra(self) -> dict[str, str]:
         return {"ld.so.preload": f"{SHIM_PATH}\n"} if self.shim is not None else {}
 

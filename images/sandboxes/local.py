@@ -327,7 +327,9 @@ class LocalBackend:
         lowers = snapshots.lowers(spec.source, backend=self.name, runtime=self.runtime_version())
         self.refuse_unenforceable(spec)
         sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
-        template = await asyncio.to_thread(self.disk_template, spec.limits)
+        template = self._templates.get((spec.limits.disk_mb, spec.limits.disk_inodes))
+        if template is None:  # the first sandbox of its size formats the template (mkfs)
+            template = await asyncio.to_thread(self.disk_template, spec.limits)
         sandbox = self.sandbox_class(
             self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers, template
         )
@@ -360,15 +362,16 @@ class LocalBackend:
         )
 
     def release_stale(self) -> int:
-        """Unmount and remove sandboxes that processes now dead left behind; returns how many
-        mounts went. Those of live processes, this one included, are spared."""
-        return release_stale_mounts(self.state_dir / "sandboxes", set(self.live), spare_own=True)
-
-    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
-        """Delete old snapshots; also the periodic sweep of what dead processes left mounted
-        (a worker killed mid-session), which runs on the same schedule."""
-        released = self.release_stale()
+        """Unmount and remove the sandboxes of processes that have exited (a worker killed
+        mid-session); returns how many mounts went. Those of live processes, this one
+        included, are spared. Run periodically (`app.wiring.STALE_SWEEP_INTERVAL_S`)."""
+        released = release_stale_mounts(
+            self.state_dir / "sandboxes", set(self.live), spare_own=True
+        )
         if released:
             log.info("released %d sandbox mounts left by processes that have exited", released)
+        return released
+
+    def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         in_use = {s.source.id for s in self.live.values() if isinstance(s.source, SnapshotRef)}
         return snapshots.collect(self.state_dir, older_than_s, keep, in_use)

@@ -5,6 +5,7 @@ or keep its mounts after its worker died."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,15 +229,14 @@ async def test_no_host_path_is_visible_inside(start: Starter, state_dir: Path) -
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, json, sys
     from pathlib import Path
+    from images.sandboxes import make_backend
     from images.sandboxes.base import ImageRef, Limits, SandboxSpec
-    from images.sandboxes.bwrap import BwrapBackend
-    from images.sandboxes.environment import default_owner
 
     async def main() -> None:
-        state, image = Path(sys.argv[1]), ImageRef(**eval(sys.argv[2]))
-        backend = BwrapBackend(state, default_owner())
+        name, state, image = sys.argv[1], Path(sys.argv[2]), ImageRef(**json.loads(sys.argv[3]))
+        backend = make_backend(name, state)
         sandbox = await backend.start(SandboxSpec(image, Limits(disk_mb=64, disk_inodes=4096)))
         print(sandbox.id, flush=True)
         await asyncio.sleep(3600)
@@ -245,38 +247,29 @@ CHILD = textwrap.dedent(
 
 
 async def test_the_periodic_sweep_releases_what_a_killed_worker_left(
-    backend_name: str, local: str, tmp_path: Path, state_dir: Path
+    local: str, backend: Any, tmp_path: Path, state_dir: Path
 ) -> None:
-    if backend_name != "bwrap":
-        pytest.skip("one backend shows it: the sweep is the shared local one")
-    from dataclasses import asdict
-
-    from images.sandboxes.bwrap import BwrapBackend
-    from images.sandboxes.environment import default_owner
-
-    backend = BwrapBackend(state_dir, default_owner())
     image = build_image(tmp_path, backend)
     worker = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(state_dir), repr(asdict(image))],
+        [sys.executable, "-c", CHILD, local, str(state_dir), json.dumps(asdict(image))],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     try:
         assert worker.stdout is not None
-        orphan = await asyncio.to_thread(worker.stdout.readline)
-        orphan = orphan.strip()
+        orphan = (await asyncio.to_thread(worker.stdout.readline)).strip()
         assert orphan.startswith("sb-"), orphan
         left = mounts_under(state_dir / "sandboxes" / orphan)
         assert left
         # While the worker lives, its sandbox is its own: the sweep spares it.
-        backend.collect_snapshots(14 * 86400)
+        backend.release_stale()
         assert mounts_under(state_dir / "sandboxes" / orphan) == left
         mine = await backend.start(SandboxSpec(image, QUOTA))
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-    backend.collect_snapshots(14 * 86400)
+    assert backend.release_stale() >= 2  # the overlay and the disk under it
     assert not mounts_under(state_dir / "sandboxes" / orphan)
     assert not (state_dir / "sandboxes" / orphan).exists()
     # Our own live sandbox is left alone.
