@@ -35,7 +35,6 @@ from images.sandboxes.base import (
 )
 from images.sandboxes.environment import (
     BRIDGE_PATH,
-    BRIDGE_SOURCE,
     EGRESS_DIR,
     RUN_DIR,
     SANDBOX_UID,
@@ -144,7 +143,7 @@ class BwrapSandbox(LocalSandbox):
         ]  # fmt: skip
         if self.spec.egress:
             args += ["--perms", "0755", "--dir", RUN_DIR]
-            args += ["--ro-bind", str(BRIDGE_SOURCE), BRIDGE_PATH]
+            args += ["--ro-bind", str(self.bridge), BRIDGE_PATH]
             args += ["--ro-bind", str(self.egress_dir), EGRESS_DIR]
         args += ["--chdir", cwd]
         for key, value in env.items():

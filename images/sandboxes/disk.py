@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,12 @@ def _mkfs(image: Path, spec: DiskSpec, content: Path) -> None:
         raise SandboxError(f"mkfs.ext4 for the sandbox disk failed: {result.stderr.strip()}")
 
 
-def template(root: Path, spec: DiskSpec, etc: Path | None) -> Path:
+def template(
+    root: Path, spec: DiskSpec, etc: Path | None, files: Mapping[str, Path] | None = None
+) -> Path:
     """The pre-formatted image sandboxes of `spec` copy: built once per process and size,
-    holding their empty writable directories and a copy of `etc` (their /etc)."""
+    holding their empty writable directories, a copy of `etc` (their /etc) and of `files`
+    (name on the disk -> host file; read-only inside, like the egress bridge)."""
     if shutil.which("mkfs.ext4") is None:
         raise UnsupportedSetting(
             "the sandbox disk quota needs mkfs.ext4 (`apt-get install e2fsprogs`); "
@@ -83,7 +87,8 @@ def template(root: Path, spec: DiskSpec, etc: Path | None) -> Path:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-    key = hashlib.sha256(f"{spec}|{etc}".encode()).hexdigest()[:12]
+    files = files or {}
+    key = hashlib.sha256(f"{spec}|{etc}|{sorted(files.items())}".encode()).hexdigest()[:12]
     image = root / f"{os.getpid()}-{spec.size_mb}m-{key}.img"
     if image.exists():
         return image
@@ -100,6 +105,9 @@ def template(root: Path, spec: DiskSpec, etc: Path | None) -> Path:
                 os.chown(staging / name, *spec.owner)
         if etc is not None:
             shutil.copytree(etc, staging / "etc", symlinks=True)
+        for name, src in files.items():
+            shutil.copyfile(src, staging / name)
+            os.chmod(staging / name, 0o644)
         partial = image.with_name(f".{image.name}.partial")
         _mkfs(partial, spec, staging)
         partial.rename(image)

@@ -39,6 +39,7 @@ from images.sandboxes.disk import MIN_DISK_MB, DiskSpec
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
 from images.sandboxes.environment import (
     BRIDGE_COMMAND,
+    BRIDGE_SOURCE,
     SANDBOX_PYTHON,
     SANDBOX_UID,
     build_etc,
@@ -89,6 +90,7 @@ class LocalSandbox:
         self.tmp = self.ws.tmp
         self.etc = self.ws.etc or owner_backend.etc_dir
         self.egress_dir = self.ws.egress
+        self.bridge = self.ws.bridge or BRIDGE_SOURCE
         self.cgroup = SandboxCgroup(owner_backend.cgroups, self.id, spec.limits)
         self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
         self.terminated = False
@@ -304,7 +306,9 @@ class LocalBackend:
         with self._template_lock:
             if key not in self._templates:
                 spec = DiskSpec(limits.disk_mb, limits.disk_inodes, self.owner)
-                self._templates[key] = disk.template(self.state_dir / "disks", spec, self.etc_dir)
+                self._templates[key] = disk.template(
+                    self.state_dir / "disks", spec, self.etc_dir, {"bridge.py": BRIDGE_SOURCE}
+                )
             return self._templates[key]
 
     def refuse_unenforceable(self, spec: SandboxSpec) -> None:

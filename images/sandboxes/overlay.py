@@ -122,6 +122,7 @@ class Workspace:
         self.tmp = private / "tmp"
         self.egress = private / "egress"
         self.etc = self.disk / "etc" if disk_template is not None else None
+        self.bridge = self.disk / "bridge.py" if disk_template is not None else None
         self.merged = sandbox_dir / "merged"
         self.lowers = lowers
         self.owner = owner
