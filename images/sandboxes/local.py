@@ -6,8 +6,10 @@ What a command sees: the host's /usr (read-only) and a few harmless /etc files, 
 at /workspace and home at /home/agent (both on the sandbox's overlay), a private /tmp, /proc
 and a minimal /dev. No network (an allowlisting proxy when the repo asks for egress), no host
 processes, no data dir, no other sandbox. When the host process is root, commands run as an
-unprivileged host uid (65534 unless configured), so even a namespace escape lands without
-privileges. Limits: see `limits.py`; each command is its own process tree that ends with it.
+unprivileged host uid of their own (65600 unless configured; `environment.check_sandbox_uid`),
+so even a namespace escape lands without privileges. Everything a sandbox writes lands on its
+own disk (`disk.py`: bytes and inodes capped, mounted nosuid,nodev). Limits: see `limits.py`;
+each command is its own process tree that ends with it.
 """
 
 from __future__ import annotations
