@@ -39,9 +39,11 @@ from app.sessionstore import SessionFiles
 from app.settings import Settings
 from app.wiring import (
     SNAPSHOT_GC_INTERVAL_S,
+    STALE_SWEEP_INTERVAL_S,
     distributed_checks,
     image_stack,
     make_forges,
+    release_stale_sandboxes,
     resolved,
     secrets_and_control_db,
 )
@@ -149,6 +151,9 @@ class Runtime:
             self.streams.start()
         self.periodic(self.settings.reap_interval, self._reap, "reaper")
         self.periodic(SNAPSHOT_GC_INTERVAL_S, self.collect_snapshots, "snapshot collection")
+        self.periodic(
+            STALE_SWEEP_INTERVAL_S, lambda: release_stale_sandboxes(self.backend), "stale sweep"
+        )
         self.started = True
         if not self.distributed:
             self._schedule_jobs()

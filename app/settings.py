@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     exec_timeout: float = Field(600.0, gt=0)
     sandbox_timeout: float = Field(4 * 3600.0, gt=0)
     output_cap_bytes: int = Field(256 * 1024, ge=1024)
+    sandbox_disk_mb: int = Field(10240, ge=0)
+    """Disk quota per local sandbox (workspace, home, /tmp) and per snapshot; 0: none."""
+    sandbox_inodes: int = Field(1_000_000, ge=1024)
+    """Files and directories a local sandbox may create (with a disk quota)."""
+    sandbox_uid: int = Field(65600, ge=1, lt=2**31)
+    """Host uid/gid of sandboxed commands when the server runs as root; must be no one else's."""
     sandbox_egress_ports: str = "80,443"
     """Ports allowlisted hosts may be reached on, comma-separated; `*` for any."""
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
@@ -83,6 +89,13 @@ class Settings(BaseSettings):
         None, validation_alias=_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=_alias("MODAL_ENVIRONMENT"))
+
+    @field_validator("sandbox_disk_mb")
+    @classmethod
+    def _disk_mb(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("NIGHTSHIFT_SANDBOX_DISK_MB: 0 (no quota) or at least 16")
+        return value
 
     @field_validator("sandbox_egress_ports")
     @classmethod
@@ -110,6 +123,7 @@ class Settings(BaseSettings):
             modal_token_secret=reveal(self.modal_token_secret),
             modal_environment=self.modal_environment,
             snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
+            sandbox_uid=self.sandbox_uid,
         )
 
     # ---- images, warm pool and schedule
@@ -325,6 +339,8 @@ class Settings(BaseSettings):
             exec_timeout_s=self.exec_timeout,
             sandbox_timeout_s=self.sandbox_timeout,
             output_cap_bytes=self.output_cap_bytes,
+            disk_mb=self.sandbox_disk_mb,
+            disk_inodes=self.sandbox_inodes,
         )
 
     def agent_config(self) -> AgentConfig:

@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 
 
 SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
+STALE_SWEEP_INTERVAL_S = 60.0
+"""How often a process releases sandboxes (mounts, disks) that exited processes left behind."""
+
+
+def release_stale_sandboxes(backend: object) -> int:
+    """The local backends' sweep of dead processes' sandboxes; nothing for the others."""
+    release = getattr(backend, "release_stale", None)
+    return int(release()) if release is not None else 0
 
 
 def secrets_and_control_db(settings: Settings) -> tuple[Redactor, Engine]:
@@ -139,7 +147,10 @@ def distributed_checks(settings: Settings) -> None:
 
 def resolved(settings: Settings) -> Settings:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if data_dir.stat().st_mode & 0o077:
+        # Sandboxes' files land here owned by the sandbox uid: no other local user may reach them.
+        data_dir.chmod(0o700)
     return settings.model_copy(update={"data_dir": data_dir})
 
 

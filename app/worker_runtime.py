@@ -11,9 +11,11 @@ from app.services.runners import active_snapshot_ids
 from app.settings import Settings
 from app.wiring import (
     SNAPSHOT_GC_INTERVAL_S,
+    STALE_SWEEP_INTERVAL_S,
     distributed_checks,
     image_stack,
     make_forges,
+    release_stale_sandboxes,
     resolved,
     secrets_and_control_db,
 )
@@ -114,6 +116,9 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         settings.broker_url,
         celery,
         pool_interval=settings.pool_interval,
-        housekeeping=[("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_snapshots)],
+        housekeeping=[
+            ("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_snapshots),
+            ("stale sweep", STALE_SWEEP_INTERVAL_S, lambda: release_stale_sandboxes(stack.backend)),
+        ],
         on_close=[engine.dispose],
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 _OVERLAY_XATTR = "trusted.overlay."
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 def _strip_overlay_xattrs(path: str) -> None:
@@ -31,7 +32,9 @@ def apply_layer(layer: Path, root: Path) -> None:
     """Fold an overlayfs upper directory into `root` (which was its lower layer).
 
     Whiteouts (0/0 character devices) delete, opaque directories replace, everything else is
-    moved over what was there. The layer is consumed.
+    moved over what was there, without setuid and setgid bits: a build sandbox's files belong
+    to the sandbox uid, and the image is shared by every sandbox of the repo. The layer is
+    consumed.
     """
     for dirpath, dirnames, filenames in os.walk(layer, topdown=True):
         rel = os.path.relpath(dirpath, layer)
@@ -47,7 +50,7 @@ def apply_layer(layer: Path, root: Path) -> None:
                 os.mkdir(dst)
             st = os.lstat(src)
             os.chown(dst, st.st_uid, st.st_gid)
-            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            os.chmod(dst, stat.S_IMODE(st.st_mode) & ~_SETID)
         for name in filenames:
             src, dst = os.path.join(dirpath, name), str(target_dir / name)
             st = os.lstat(src)
@@ -56,6 +59,8 @@ def apply_layer(layer: Path, root: Path) -> None:
                 continue
             if os.path.isdir(dst) and not os.path.islink(dst):
                 remove_tree(Path(dst))
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & _SETID:
+                os.chmod(src, stat.S_IMODE(st.st_mode) & ~_SETID)
             os.replace(src, dst)
             _strip_overlay_xattrs(dst)
     # Directory times last: moving entries in touched them.

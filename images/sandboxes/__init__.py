@@ -24,6 +24,9 @@ class SandboxConfig:
     modal_environment: str | None = None
     snapshot_ttl_s: int = 14 * 24 * 3600
     """How long a provider keeps a snapshot (Modal's `ttl`); local ones go by `collect_snapshots`."""
+    sandbox_uid: int = 65600
+    """Host uid (and gid) of sandboxed commands when the server runs as root; it must be no
+    one else's (`environment.check_sandbox_uid`, default `environment.DEFAULT_HOST_UID`)."""
 
 
 def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None) -> SandboxBackend:
@@ -33,14 +36,16 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
         from images.sandboxes.bwrap import BwrapBackend
         from images.sandboxes.environment import default_owner
 
-        return BwrapBackend(state_dir, owner=default_owner(), egress_ports=config.egress_ports)
+        return BwrapBackend(
+            state_dir, owner=default_owner(config.sandbox_uid), egress_ports=config.egress_ports
+        )
     if name == "gvisor":
         from images.sandboxes.environment import default_owner
         from images.sandboxes.gvisor import GvisorBackend
 
         return GvisorBackend(
             state_dir,
-            owner=default_owner(),
+            owner=default_owner(config.sandbox_uid),
             platform=config.runsc_platform,
             egress_ports=config.egress_ports,
         )

@@ -5,7 +5,8 @@ SandboxError
 ├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
 ├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
 │   └── PathEscape       a path or symlink leads outside the workspace
-└── SnapshotUnusable     a snapshot's base image or runtime version is gone
+├── SnapshotUnusable     a snapshot's base image or runtime version is gone
+└── SnapshotTooLarge     a snapshot would keep more than the sandbox's disk quota
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class SnapshotUnusable(SandboxError):
     pass
 
 
+class SnapshotTooLarge(SandboxError):
+    pass
+
+
 @dataclass(frozen=True)
 class Limits:
     """Hard limits for every command in a sandbox."""
@@ -53,6 +58,11 @@ class Limits:
     exec_timeout_s: float = 600.0
     sandbox_timeout_s: float = 4 * 3600.0
     output_cap_bytes: int = 256 * 1024
+    disk_mb: int = 10240
+    """Bytes a sandbox may write (workspace, home, /tmp) and its snapshots may keep; 0: no
+    quota (local backends)."""
+    disk_inodes: int = 1_000_000
+    """Files and directories a sandbox may create (local backends, with a disk quota)."""
 
 
 @dataclass(frozen=True)

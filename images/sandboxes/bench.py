@@ -63,7 +63,7 @@ async def bench_backend(
     """Measure one backend; `make(state_dir)` builds it on a scratch state directory."""
     sizes = sizes or DIFF_SIZES
     root = Path(tempfile.mkdtemp(prefix="nightshift-bench-"))
-    os.chmod(root, 0o755)  # noqa: S103  (the sandbox uid traverses it to reach its files)
+    os.chmod(root, 0o700)  # as the data dir is: sandboxes reach their files through mounts
     backend = make(root)
     image = scratch_image(root, backend.name, getattr(backend, "owner", None))
     spec = SandboxSpec(image, Limits())

@@ -5,6 +5,15 @@ small /bin/sh does both, then execs bwrap), so every process it ever forks is bo
 them. When the server runs as root, bubblewrap sets the sandbox up with root's rights (it can
 reach the state dir wherever it is) and the command then drops to the unprivileged uid with
 `setpriv`: no capabilities, no way to regain any.
+
+User namespaces stay closed to the command: `--disable-userns` where bwrap makes the user
+namespace (unprivileged hosts), a seccomp filter (`seccomp.py`) where it runs as root. The one
+exception is a root host without a pids cgroup, where a user namespace per command is what
+holds the processes limit (`limits.py`); there the command may make more of them.
+
+Nothing of the host's layout shows inside: bwrap reads its options from a file (`--args`), so
+/proc/1/cmdline (bwrap's init) holds no host path, and every writable mount and /etc come from
+the sandbox's own disk and overlay, whose mount options name no host path (`overlay.py`).
 """
 
 from __future__ import annotations
@@ -16,16 +25,25 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
-from images.sandboxes.base import HOME, WORKDIR, SandboxSpec, SandboxUnavailable, UnsupportedSetting
+from images.sandboxes.base import (
+    HOME,
+    WORKDIR,
+    ExecResult,
+    SandboxSpec,
+    SandboxUnavailable,
+    UnsupportedSetting,
+)
 from images.sandboxes.environment import (
     BRIDGE_PATH,
-    BRIDGE_SOURCE,
     EGRESS_DIR,
     RUN_DIR,
     SANDBOX_UID,
+    host_env,
 )
 from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
 from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
+from images.sandboxes.process import run_process
+from images.sandboxes.seccomp import write_filter
 
 
 @cache
@@ -72,14 +90,51 @@ class BwrapSandbox(LocalSandbox):
     """Each command is its own `bwrap` process in fresh namespaces."""
 
     backend = "bwrap"
+    _execs = 0
 
-    def command(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> list[str]:
+    async def _run(
+        self,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str] | None,
+        timeout: float,
+        output_cap: int | None,
+        stdin: bytes | None,
+    ) -> ExecResult:
+        self._execs += 1
+        args_file = self.dir / f"bwrap-{self._execs}.args"
+        try:
+            return await run_process(
+                self.command(argv, cwd, self.env_for(env), args_file),
+                env=host_env(),
+                timeout=timeout,
+                output_cap=output_cap or self.limits.output_cap_bytes,
+                stdin=stdin,
+                on_timeout=self.on_timeout,
+            )
+        finally:
+            args_file.unlink(missing_ok=True)
+
+    def command(
+        self,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str],
+        args_file: Path | None = None,
+    ) -> list[str]:
+        """The host argv; bwrap's options go to `args_file`, read as descriptor 3."""
         backend = self._backend
         assert isinstance(backend, BwrapBackend)
-        args = list(backend.static_args)
+        args = list(backend.static_args[1:])
+        layout = self.cgroup.layout
+        inputs = [str(args_file or self.dir / "bwrap.args")]
         if self.owner is None:
             # Unprivileged host: a user namespace maps us to the sandbox's agent uid.
             args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+            args += ["--disable-userns"]
+        elif layout.pids is not None:
+            args += ["--seccomp", "4"]
+            inputs.append(str(backend.seccomp_filter))
         args += ["--ro-bind", str(self.etc), "/etc"]
         args += [
             "--bind", str(self.tmp), "/tmp",  # noqa: S108
@@ -88,13 +143,12 @@ class BwrapSandbox(LocalSandbox):
         ]  # fmt: skip
         if self.spec.egress:
             args += ["--perms", "0755", "--dir", RUN_DIR]
-            args += ["--ro-bind", str(BRIDGE_SOURCE), BRIDGE_PATH]
+            args += ["--ro-bind", str(self.bridge), BRIDGE_PATH]
             args += ["--ro-bind", str(self.egress_dir), EGRESS_DIR]
         args += ["--chdir", cwd]
         for key, value in env.items():
             args += ["--setenv", key, value]
         inner = self.inner(argv)
-        layout = self.cgroup.layout
         if layout.pids is None:
             # No pids cgroup: RLIMIT_NPROC inside a user namespace of the command's own, which
             # the kernel counts per namespace, not per (shared) host uid.
@@ -116,8 +170,14 @@ class BwrapSandbox(LocalSandbox):
                 "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *inner,
             ]  # fmt: skip
+        fd = os.open(inputs[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(a.encode() + b"\0" for a in args))
         return join_and_exec(
-            self.cgroup.procs_files(), rlimit_script(self.limits, layout), [*args, "--", *inner]
+            self.cgroup.procs_files(),
+            rlimit_script(self.limits, layout),
+            ["bwrap", "--args", "3", "--", *inner],
+            inputs,
         )
 
 
@@ -128,6 +188,14 @@ class BwrapBackend(LocalBackend):
     sandbox_class = BwrapSandbox
 
     _static: list[str] | None = None
+    _seccomp: Path | None = None
+
+    @property
+    def seccomp_filter(self) -> Path:
+        """The compiled filter against user namespaces (bwrap as root)."""
+        if self._seccomp is None:
+            self._seccomp = write_filter(self.state_dir / "bwrap" / "no-userns.bpf")
+        return self._seccomp
 
     @property
     def static_args(self) -> list[str]:
@@ -137,7 +205,10 @@ class BwrapBackend(LocalBackend):
         return self._static
 
     def check_available(self) -> None:
+        super().check_available()
         self.static_args  # noqa: B018  (fails clearly here rather than at the first exec)
+        if self.owner is not None:
+            self.seccomp_filter  # noqa: B018  (an unknown architecture is refused here)
 
     def refuse_unenforceable(self, spec: SandboxSpec) -> None:
         super().refuse_unenforceable(spec)

@@ -3,21 +3,30 @@
 Shared by bubblewrap and gVisor. The sandbox's /etc holds copies of a few harmless host files
 and our own `passwd`, `hosts`, ...; a command's environment starts empty (nothing of the
 host's), and the host-side launcher (bwrap, runsc) gets only `PATH`. When the host process is
-root, commands run as an unprivileged host uid (65534 unless configured).
+root, commands run as a host uid of their own (`DEFAULT_HOST_UID` unless configured), which
+must be nobody else's: `check_sandbox_uid` refuses one that is an account, a group or part of a
+subordinate id range.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from images.sandboxes.base import HOME, SANDBOX_PATH
+from images.sandboxes.base import HOME, SANDBOX_PATH, SandboxUnavailable
 from images.sandboxes.egress import PROXY_PORT
 from images.sandboxes.limits import pid_alive
 
 SANDBOX_UID = 1000  # the uid commands see inside the sandbox when the host is not root
+DEFAULT_HOST_UID = 65600
+"""Host uid of sandboxed commands when the server is root (`NIGHTSHIFT_SANDBOX_UID`): above
+the 16-bit range where distributions, systemd's DynamicUser (61184-65519) and `nobody`
+(65534) allocate, below the ranges `useradd` hands out in /etc/subuid (100000 and up)."""
+OWN_ACCOUNT = "nightshift-sandbox"
+"""The one account name the sandbox uid may carry (an operator may create it for `ps`)."""
 SANDBOX_PYTHON = "/usr/bin/python3"
 BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
 RUN_DIR = "/run/nightshift"
@@ -91,12 +100,48 @@ def build_etc(
     return target
 
 
-def default_owner() -> tuple[int, int] | None:
-    """Host uid/gid for sandboxed processes: unprivileged when we are root, else ourselves."""
+def default_owner(uid: int = DEFAULT_HOST_UID) -> tuple[int, int] | None:
+    """Host uid/gid for sandboxed processes: `uid` when we are root, else ourselves (None)."""
     if os.geteuid() != 0:
         return None
-    uid = int(os.environ.get("NIGHTSHIFT_SANDBOX_UID", "65534"))
     return (uid, uid)
+
+
+def _id_file(path: str) -> list[list[str]]:
+    try:
+        return [line.split(":") for line in Path(path).read_text().splitlines() if ":" in line]
+    except OSError:
+        return []
+
+
+def check_sandbox_uid(uid: int, gid: int) -> None:
+    """Refuse a sandbox uid/gid that anyone else on the host has: an account or group (other
+    than `OWN_ACCOUNT`), `nobody`, root, or an id inside a subordinate range."""
+    setting = "NIGHTSHIFT_SANDBOX_UID"
+    if uid == 0 or gid == 0:
+        raise SandboxUnavailable(f"{setting} must not be 0: sandboxed commands would be root")
+    if uid == 65534 or gid == 65534:
+        raise SandboxUnavailable(
+            f"{setting}=65534 is the system's `nobody`, which other services share; choose an "
+            f"id no one has (default {DEFAULT_HOST_UID})"
+        )
+    for path, wanted in (("/etc/passwd", uid), ("/etc/group", gid)):
+        for fields in _id_file(path):
+            if len(fields) > 2 and fields[2] == str(wanted) and fields[0] != OWN_ACCOUNT:
+                raise SandboxUnavailable(
+                    f"{setting}: id {wanted} belongs to {fields[0]!r} in {path}; sandboxed "
+                    f"commands need an id of their own (default {DEFAULT_HOST_UID}, or name the "
+                    f"account {OWN_ACCOUNT!r})"
+                )
+    for path, wanted in (("/etc/subuid", uid), ("/etc/subgid", gid)):
+        for fields in _id_file(path):
+            with contextlib.suppress(ValueError, IndexError):
+                first, count = int(fields[1]), int(fields[2])
+                if first <= wanted < first + count:
+                    raise SandboxUnavailable(
+                        f"{setting}: id {wanted} is inside {fields[0]!r}'s range in {path} "
+                        f"({first}-{first + count - 1}); choose one outside it"
+                    )
 
 
 def proxy_env() -> dict[str, str]:

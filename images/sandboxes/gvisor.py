@@ -64,9 +64,14 @@ class GvisorSandbox(LocalSandbox):
     backend = "gvisor"
 
     def __init__(
-        self, owner_backend: LocalBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
+        self,
+        owner_backend: LocalBackend,
+        spec: SandboxSpec,
+        sandbox_dir: Path,
+        lowers: list[Path],
+        disk_template: Path | None = None,
     ) -> None:
-        super().__init__(owner_backend, spec, sandbox_dir, lowers)
+        super().__init__(owner_backend, spec, sandbox_dir, lowers, disk_template)
         self.cgroup.layout = runsc_layout()
         self.cid = self.cgroup.name
         self.bundle = self.dir / "bundle"
@@ -317,6 +322,7 @@ class GvisorBackend(LocalBackend):
         self._built = True
 
     def check_available(self) -> None:
+        super().check_available()
         runsc_version()
         if os.geteuid() != 0:
             raise SandboxUnavailable(
@@ -328,6 +334,12 @@ class GvisorBackend(LocalBackend):
         if not self._stale_checked:
             self._stale_checked = True
             release_stale_containers(self.runsc_root)
+
+    def release_stale(self) -> int:
+        # Containers first: a dead server's runsc keeps its mounts alive until deleted.
+        if self.runsc_root.is_dir():
+            release_stale_containers(self.runsc_root)
+        return super().release_stale()
 
     def etc_extra(self) -> dict[str, str]:
         return {"ld.so.preload": f"{SHIM_PATH}\n"} if self.shim is not None else {}

@@ -21,6 +21,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -325,13 +326,18 @@ def rlimit_script(limits: Limits, layout: CgroupLayout) -> list[str]:
     return lines
 
 
-def join_and_exec(procs_files: list[str], ulimits: list[str], argv: list[str]) -> list[str]:
-    """argv of a /bin/sh that joins the cgroups, sets rlimits, then execs `argv`.
+def join_and_exec(
+    procs_files: list[str], ulimits: list[str], argv: list[str], inputs: Sequence[str] = ()
+) -> list[str]:
+    """argv of a /bin/sh that joins the cgroups, sets rlimits, opens `inputs` for reading as
+    descriptors 3, 4, ... (bwrap's `--args 3`), then execs `argv`.
 
     Joining happens before the sandbox exists, so every process the command ever forks is
     born inside the sandbox's cgroups.
     """
-    script = [f'echo $$ > "${i}" || exit 125' for i in range(1, len(procs_files) + 1)]
+    n = len(procs_files)
+    script = [f'echo $$ > "${{{i}}}" || exit 125' for i in range(1, n + 1)]
+    script += [f'exec {3 + i}< "${{{n + 1 + i}}}" || exit 125' for i in range(len(inputs))]
     script += [f"{line} || exit 125" for line in ulimits]
-    script += [f"shift {len(procs_files)}", 'exec "$@"']
-    return ["/bin/sh", "-c", "\n".join(script), "nightshift-exec", *procs_files, *argv]
+    script += [f"shift {n + len(inputs)}", 'exec "$@"']
+    return ["/bin/sh", "-c", "\n".join(script), "nightshift-exec", *procs_files, *inputs, *argv]

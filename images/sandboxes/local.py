@@ -6,38 +6,46 @@ What a command sees: the host's /usr (read-only) and a few harmless /etc files, 
 at /workspace and home at /home/agent (both on the sandbox's overlay), a private /tmp, /proc
 and a minimal /dev. No network (an allowlisting proxy when the repo asks for egress), no host
 processes, no data dir, no other sandbox. When the host process is root, commands run as an
-unprivileged host uid (65534 unless configured), so even a namespace escape lands without
-privileges. Limits: see `limits.py`; each command is its own process tree that ends with it.
+unprivileged host uid of their own (65600 unless configured; `environment.check_sandbox_uid`),
+so even a namespace escape lands without privileges. Everything a sandbox writes lands on its
+own disk (`disk.py`: bytes and inodes capped, mounted nosuid,nodev). Limits: see `limits.py`;
+each command is its own process tree that ends with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from images.sandboxes import snapshots
+from images.sandboxes import disk, snapshots
 from images.sandboxes.base import (
     WORKDIR,
     ExecResult,
     FileEntry,
+    Limits,
     SandboxError,
     SandboxSpec,
     SnapshotRef,
     UnsupportedSetting,
 )
+from images.sandboxes.disk import MIN_DISK_MB, DiskSpec
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
 from images.sandboxes.environment import (
     BRIDGE_COMMAND,
+    BRIDGE_SOURCE,
     SANDBOX_PYTHON,
     SANDBOX_UID,
     build_etc,
+    check_sandbox_uid,
     host_env,
     sandbox_env,
 )
@@ -49,10 +57,11 @@ from images.sandboxes.limits import (
     detect,
     release_stale_cgroups,
 )
-from images.sandboxes.overlay import Workspace
+from images.sandboxes.overlay import Workspace, overlay_supported, release_stale_mounts
 from images.sandboxes.pathsafe import ConfinedTree, clean_relative
 from images.sandboxes.process import name_limit, run_process
 
+log = logging.getLogger(__name__)
 LAYOUT_VERSION = "ns1"
 MAX_LAYERS = 8
 
@@ -63,7 +72,12 @@ class LocalSandbox:
     backend: str = "local"
 
     def __init__(
-        self, owner_backend: LocalBackend, spec: SandboxSpec, sandbox_dir: Path, lowers: list[Path]
+        self,
+        owner_backend: LocalBackend,
+        spec: SandboxSpec,
+        sandbox_dir: Path,
+        lowers: list[Path],
+        disk_template: Path | None = None,
     ) -> None:
         self.id = sandbox_dir.name
         self.source = spec.source
@@ -72,10 +86,13 @@ class LocalSandbox:
         self._backend = owner_backend
         self.dir = sandbox_dir
         self.owner = owner_backend.owner
-        self.ws = Workspace(sandbox_dir / "fs", lowers, self.owner, owner_backend.state_dir)
-        self.tmp = sandbox_dir / "tmp"
-        self.etc = owner_backend.etc_dir
-        self.egress_dir = sandbox_dir / "egress"
+        self.ws = Workspace(
+            sandbox_dir / "fs", lowers, self.owner, owner_backend.state_dir, disk_template
+        )
+        self.tmp = self.ws.tmp
+        self.etc = self.ws.etc or owner_backend.etc_dir
+        self.egress_dir = self.ws.egress
+        self.bridge = self.ws.bridge or BRIDGE_SOURCE
         self.cgroup = SandboxCgroup(owner_backend.cgroups, self.id, spec.limits)
         self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
         self.terminated = False
@@ -91,13 +108,8 @@ class LocalSandbox:
         self.ws.create()
         for sub in ("workspace", "home"):
             (self.ws.merged / sub).mkdir(exist_ok=True)
-        self.tmp.mkdir(mode=0o1777)
-        os.chmod(self.tmp, 0o1777)  # noqa: S103  (the sandbox's own /tmp, sticky)
-        if self.owner is not None:
-            os.chown(self.tmp, *self.owner)
         self.setup_cgroup()
         if self.spec.egress:
-            self.egress_dir.mkdir(mode=0o755)
             self._backend.egress.open(self.id, self.egress_dir / "proxy.sock", self.spec.egress)
 
     def setup_cgroup(self) -> None:
@@ -252,6 +264,9 @@ class LocalBackend:
         self._egress = egress
         self._egress_ports = egress_ports
         self._etc: Path | None = None
+        self._templates: dict[tuple[int, int], Path] = {}
+        self._template_lock = threading.Lock()
+        self._owner_checked = False
 
     @property
     def cgroups(self) -> CgroupLayout:
@@ -281,9 +296,32 @@ class LocalBackend:
 
     def check_available(self) -> None:
         """Raise SandboxUnavailable, naming the fix, when this backend cannot run here."""
+        if self.owner is not None and not self._owner_checked:
+            check_sandbox_uid(*self.owner)
+            self._owner_checked = True
+
+    def disk_template(self, limits: Limits) -> Path | None:
+        """The disk image sandboxes with `limits` start from (None: no disk quota)."""
+        if limits.disk_mb <= 0:
+            return None
+        key = (limits.disk_mb, limits.disk_inodes)
+        with self._template_lock:
+            if key not in self._templates:
+                spec = DiskSpec(limits.disk_mb, limits.disk_inodes, self.owner)
+                self._templates[key] = disk.template(
+                    self.state_dir / "disks", spec, self.etc_dir, {"bridge.py": BRIDGE_SOURCE}
+                )
+            return self._templates[key]
 
     def refuse_unenforceable(self, spec: SandboxSpec) -> None:
         """Raise UnsupportedSetting for a limit or policy this host cannot enforce."""
+        if spec.limits.disk_mb > 0 and not overlay_supported(str(self.state_dir)):
+            raise UnsupportedSetting(
+                "the sandbox disk quota needs root (a loop-mounted disk per sandbox under an "
+                "overlay); run as root or set NIGHTSHIFT_SANDBOX_DISK_MB=0 to go without one"
+            )
+        if spec.limits.disk_mb and spec.limits.disk_mb < MIN_DISK_MB:
+            raise UnsupportedSetting(f"a sandbox disk needs at least {MIN_DISK_MB} MB")
         if spec.egress and not Path(SANDBOX_PYTHON).exists():
             raise UnsupportedSetting(
                 f"egress needs {SANDBOX_PYTHON} inside the sandbox for its loopback bridge; "
@@ -295,7 +333,12 @@ class LocalBackend:
         lowers = snapshots.lowers(spec.source, backend=self.name, runtime=self.runtime_version())
         self.refuse_unenforceable(spec)
         sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
-        sandbox = self.sandbox_class(self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers)
+        template = self._templates.get((spec.limits.disk_mb, spec.limits.disk_inodes))
+        if template is None:  # the first sandbox of its size formats the template (mkfs)
+            template = await asyncio.to_thread(self.disk_template, spec.limits)
+        sandbox = self.sandbox_class(
+            self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers, template
+        )
         try:
             await asyncio.to_thread(sandbox.create)
             await sandbox.boot()
@@ -321,7 +364,19 @@ class LocalBackend:
             changes=sandbox.ws.changes_dir(),
             overlay=sandbox.ws.overlay,
             max_layers=self.max_layers,
+            max_bytes=sandbox.limits.disk_mb << 20 if sandbox.ws.template is not None else None,
         )
+
+    def release_stale(self) -> int:
+        """Unmount and remove the sandboxes of processes that have exited (a worker killed
+        mid-session); returns how many mounts went. Those of live processes, this one
+        included, are spared. Run periodically (`app.wiring.STALE_SWEEP_INTERVAL_S`)."""
+        released = release_stale_mounts(
+            self.state_dir / "sandboxes", set(self.live), spare_own=True
+        )
+        if released:
+            log.info("released %d sandbox mounts left by processes that have exited", released)
+        return released
 
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         in_use = {s.source.id for s in self.live.values() if isinstance(s.source, SnapshotRef)}

@@ -5,6 +5,11 @@ renamed into place when complete. A snapshot of a sandbox that itself started fr
 snapshot stacks on the older layers (`SnapshotRef.layers`), so each costs only what changed;
 past `max_layers` the stack is merged into one layer, honouring overlayfs whiteouts and
 opaque directories, so mounts stay short and fast.
+
+Setuid and setgid bits do not survive into a layer: a sandbox's files land on the host owned
+by the sandbox uid, and a setuid one there would let any local user act as that uid.
+A snapshot keeps at most the sandbox's disk quota, its older layers included (`size` beside
+`meta.json` records what each layer holds); a larger one is refused with `SnapshotTooLarge`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
-from images.sandboxes.base import ImageRef, SandboxError, SnapshotRef, SnapshotUnusable
+from images.sandboxes.base import (
+    ImageRef,
+    SandboxError,
+    SnapshotRef,
+    SnapshotTooLarge,
+    SnapshotUnusable,
+)
 from images.sandboxes.overlay import copy_tree
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -44,6 +55,42 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+def strip_setid(root: Path) -> None:
+    """Clear setuid and setgid bits on every file below `root` (symlinks have none)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes `root` takes on disk (allocated blocks, so sparse files count what they use)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        total += os.lstat(dirpath).st_blocks * 512
+        for name in filenames:
+            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def layer_bytes(layer: Path) -> int:
+    """What a snapshot layer holds, from the `size` recorded beside it when there is one."""
+    try:
+        return int((layer.parent / "size").read_text())
+    except (OSError, ValueError):
+        return tree_bytes(layer)
+
+
+def _refuse_if_over(held: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and held > max_bytes:
+        raise SnapshotTooLarge(
+            f"the snapshot would keep {held >> 20} MB, more than the sandbox disk quota of "
+            f"{max_bytes >> 20} MB (NIGHTSHIFT_SANDBOX_DISK_MB); it was not taken"
+        )
 
 
 def merge_layer(src: Path, dst: Path) -> None:
@@ -71,6 +118,7 @@ def merge_layer(src: Path, dst: Path) -> None:
     copy_tree(src, dst)
     for path in make_opaque:
         os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+    strip_setid(dst)
 
 
 def snapshot_root(state_dir: Path) -> Path:
@@ -86,9 +134,10 @@ def capture(
     changes: Path,
     overlay: bool,
     max_layers: int,
+    max_bytes: int | None = None,
 ) -> SnapshotRef:
     """Copy `changes` (a sandbox's upper dir, or its whole tree without overlayfs) into a new
-    snapshot stacked on `source`."""
+    snapshot stacked on `source`; refuse one holding more than `max_bytes` with its layers."""
     snap_id = f"snap-{secrets.token_hex(6)}"
     root = snapshot_root(state_dir)
     final, partial = root / snap_id, root / f".{snap_id}.partial"
@@ -101,13 +150,20 @@ def capture(
                 layers = (source.location, *source.layers)
         else:
             image = source
+        changed = tree_bytes(changes) if max_bytes is not None else 0
+        held = changed + sum(layer_bytes(Path(older)) for older in layers)
+        _refuse_if_over(held, max_bytes)
         if len(layers) + 1 > max_layers:
             for older in reversed(layers):  # oldest first
                 merge_layer(Path(older), partial / "layer")
             merge_layer(changes, partial / "layer")
             layers = ()
+            changed = tree_bytes(partial / "layer") if max_bytes is not None else 0
         else:
             copy_tree(changes, partial / "layer")
+            strip_setid(partial / "layer")
+        if max_bytes is not None:
+            (partial / "size").write_text(str(changed))
         ref = SnapshotRef(
             id=snap_id,
             image=image,

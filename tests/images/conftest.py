@@ -30,6 +30,8 @@ from tests.conftest import LIVE_MODAL
 from tests.factories import git
 
 BACKENDS = ["bwrap", "gvisor", "fake", *(["modal"] if LIVE_MODAL else [])]
+DISK_MB = 10240 if os.geteuid() == 0 else 0
+"""The disk quota needs a root host (loop mounts); elsewhere sandboxes run without one."""
 
 PUBLIC = {
     "pypi.org": "151.101.0.223",
@@ -205,7 +207,7 @@ class Starter:
         self.started: list[Sandbox] = []
 
     async def __call__(self, source: Any = None, **spec: Any) -> Sandbox:
-        spec.setdefault("limits", Limits(exec_timeout_s=60))
+        spec.setdefault("limits", Limits(exec_timeout_s=60, disk_mb=DISK_MB))
         sandbox = await self.backend.start(SandboxSpec(source or self.image, **spec))
         self.started.append(sandbox)
         return sandbox
