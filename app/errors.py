@@ -5,6 +5,7 @@ ServiceError
 ├── Invalid         422: the request is well-formed JSON but cannot be honoured
 ├── Conflict        409: it clashes with existing state (a repo name taken)
 ├── Unauthorized    401: no or bad credentials
+├── Forbidden       403: the caller may not do this (a host path outside NIGHTSHIFT_REPO_ROOTS)
 └── Unavailable     503: a service it depends on (Redis, a job) is not there right now
 """
 
@@ -29,6 +30,10 @@ class Conflict(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
 
 
 class Unavailable(ServiceError):

@@ -12,8 +12,9 @@ router = APIRouter(prefix="/api/repos", tags=["repos"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def add_repo(body: RepoCreate, user: CurrentUser, repos: ReposDep) -> RepoPublic:
-    """Register a repository: a local path (local forge) or `owner/name` (GitHub)."""
-    return RepoPublic.model_validate(repos.add(body))
+    """Register a repository: `owner/name` (GitHub), or a local path inside
+    NIGHTSHIFT_REPO_ROOTS (local forge; 403 elsewhere, and always inside the data dir)."""
+    return RepoPublic.model_validate(repos.add_from_api(body))
 
 
 @router.get("")
