@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from app.api.deps import CurrentUser, ReposDep, RuntimeDep
-from app.schemas import PullRequestPublic, RepoCreate, RepoPublic
+from app.schemas import ROW_MAX, PullRequestPublic, RepoCreate, RepoPublic
 
 router = APIRouter(prefix="/api/repos", tags=["repos"])
 
@@ -23,7 +25,12 @@ def list_repos(user: CurrentUser, repos: ReposDep) -> list[RepoPublic]:
 
 
 @router.get("/{repo:path}/pulls/{number}")
-def get_pull(repo: str, number: int, user: CurrentUser, runtime: RuntimeDep) -> PullRequestPublic:
+def get_pull(
+    repo: str,
+    number: Annotated[int, Path(ge=1, le=ROW_MAX)],
+    user: CurrentUser,
+    runtime: RuntimeDep,
+) -> PullRequestPublic:
     """A pull request record of the local forge."""
     return PullRequestPublic.model_validate(runtime.pulls.get(runtime.repos.get(repo), number))
 
