@@ -6,6 +6,7 @@ ServiceError
 ├── Conflict        409: it clashes with existing state (a repo name taken)
 ├── Unauthorized    401: no or bad credentials
 ├── TooMany         429: the caller holds as many sessions or streams as one person may
+├── Forbidden       403: the caller may not do this (a host path outside NIGHTSHIFT_REPO_ROOTS)
 └── Unavailable     503: a service it depends on (Redis, a job) is not there right now
 """
 
@@ -34,6 +35,10 @@ class Unauthorized(ServiceError):
 
 class TooMany(ServiceError):
     status_code = 429
+
+
+class Forbidden(ServiceError):
+    status_code = 403
 
 
 class Unavailable(ServiceError):

@@ -8,8 +8,10 @@ from importlib.metadata import version
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
     auth,
     github,
@@ -113,6 +115,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    # Outermost first: an unknown Host is refused before anything reads the request.
+    names = server_names(settings)
+    app.add_middleware(OriginCheck, allowed_hosts=names)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=names, www_redirect=False)
     app.include_router(health.router)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)

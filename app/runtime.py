@@ -257,7 +257,12 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     hub = EventHub(files)
     hub.handlers.append(observe)
     users = Users(engine)
-    repos = Repos(engine, github_enabled=settings.github_enabled)
+    repos = Repos(
+        engine,
+        github_enabled=settings.github_enabled,
+        data_dir=data_dir,
+        api_roots=settings.api_repo_roots(),
+    )
     sessions = Sessions(
         engine,
         files,

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from workers.events import SessionStatus
 
+ROW_MAX = 2**63 - 1
+"""The largest id or offset a database row can have (SQLite and PostgreSQL BIGINT); bigger
+numbers in a request are a 422, not an overflow in the driver."""
+
 
 class UserPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)

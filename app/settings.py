@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,38 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """Where people reach the web viewer (links in events, Slack and PRs)."""
     broker_url: str | None = None
+
+    # ---- what API users may reach on this host, and which names this server answers to
+    repo_roots: str = ""
+    """NIGHTSHIFT_REPO_ROOTS: directories under which API users may register local repositories
+    (os.pathsep- or comma-separated). Empty: the API refuses local paths and the operator adds
+    them with `nightshift repos add`; under NIGHTSHIFT_AUTH=local, the server user's home."""
+    allowed_hosts: str = ""
+    """NIGHTSHIFT_ALLOWED_HOSTS: host names the server answers to besides its bind address,
+    `localhost`, loopback and the hosts of NIGHTSHIFT_PUBLIC_URL / NIGHTSHIFT_CONTROL_URL
+    (comma-separated; `*.example.com` patterns; `*` turns the Host check off)."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        for name in names:
+            wildcard = name.startswith("*.") and "*" not in name[2:]
+            if ("*" in name and name != "*" and not wildcard) or "/" in name or " " in name:
+                raise ValueError(
+                    f"NIGHTSHIFT_ALLOWED_HOSTS: {name!r} is not a host name "
+                    "(write `ns.example.com`, `*.example.com` or `*`, without scheme or port)"
+                )
+        return ",".join(names)
+
+    def api_repo_roots(self) -> tuple[Path, ...]:
+        """Directories under which a local repository may be registered over the API."""
+        text = self.repo_roots.replace(os.pathsep, ",")
+        roots = [Path(p.strip()).expanduser() for p in text.split(",") if p.strip()]
+        if not roots and self.auth == "local":
+            # The one local user of NIGHTSHIFT_AUTH=local is the operator of this machine.
+            roots = [Path.home()]
+        return tuple(roots)
 
     # ---- agent
     model: str | None = None

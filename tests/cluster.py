@@ -137,6 +137,8 @@ class Cluster:
             NIGHTSHIFT_REAP_INTERVAL="0.5",
             NIGHTSHIFT_IDLE_SECONDS="0",
             NIGHTSHIFT_MODEL_RETRIES="3",
+            # Tests make their repositories in their own temporary directories, beside this one.
+            NIGHTSHIFT_REPO_ROOTS=str(self.root.parent),
             PYTHONUNBUFFERED="1",
         )
         env.update(self.model_env)

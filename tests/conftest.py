@@ -153,6 +153,10 @@ def _settings(data_dir: Path, **overrides: Any) -> Any:
         "auth": "token",
         "idle_seconds": 0,
         "model_retries": 3,
+        # Starlette's TestClient sends `Host: testserver`; servers on 127.0.0.1 pass as loopback.
+        "allowed_hosts": "testserver",
+        # Tests make their repositories beside the data dir, in their own temporary directory.
+        "repo_roots": str(data_dir.parent),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

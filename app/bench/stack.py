@@ -131,6 +131,7 @@ class Stack:
             NIGHTSHIFT_PUBLIC_URL=self.url,
             NIGHTSHIFT_IDLE_SECONDS=str(self.config.idle_seconds),
             NIGHTSHIFT_DATA_DIR=str(self.root / "api"),
+            NIGHTSHIFT_REPO_ROOTS=str(self.root),  # the bench registers its repo over the API
         )
         if self.database_url:
             env["NIGHTSHIFT_DATABASE_URL"] = self.database_url

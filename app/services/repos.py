@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
 from app.schemas import RepoCreate
 from images.spec import RepoSpec
@@ -22,13 +23,14 @@ from integrations.github.errors import GitHubError
 _GITHUB_RE = re.compile(
     r"^(?:https://github\.com/|git@github\.com:)?(?P<owner>[A-Za-z0-9-]+)/(?P<name>[A-Za-z0-9._-]+?)(?:\.git)?/?$"
 )
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def spec_of(repo: Repo) -> RepoSpec:
     return RepoSpec(
         name=repo.name,
         url=repo.url,
-        forge=repo.forge,  # type: ignore[arg-type]
+        forge=repo.forge,
         base=repo.base,
         setup=list(repo.setup),
         warm=list(repo.warm),
@@ -37,6 +39,45 @@ def spec_of(repo: Repo) -> RepoSpec:
         description=repo.description,
         pool_size=repo.pool_size,
     )
+
+
+def _looks_local(url: str, probe: bool) -> bool:
+    """Whether a reference names a path rather than a GitHub repository. Only the operator's
+    references are probed on disk (`owner/name` may be a relative directory); an API caller's
+    never are, so the answer cannot depend on what exists on the host."""
+    if url.startswith(("/", ".", "~")) or url[:5].lower() == "file:":
+        return True
+    if not probe:
+        return False
+    try:
+        return Path(url).expanduser().exists()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _path_text(url: str) -> str:
+    """The file system path a local reference names: `file://` URLs decoded, other schemes refused."""
+    if url[:5].lower() == "file:":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise Invalid(f"{url}: a file: URL must name a path on this host (file:///path)")
+        return unquote(parts.path)
+    if _SCHEME_RE.match(url):
+        raise Invalid(
+            f"{url}: only GitHub repositories (owner/name, https://github.com/owner/name) and "
+            "local paths can be registered"
+        )
+    return url
+
+
+def _resolve(text: str) -> Path:
+    """Absolute path with `~`, `..` and every symlink resolved; ValueError if it cannot be one."""
+    if "\x00" in text:
+        raise ValueError("a path cannot contain a NUL byte")
+    try:
+        return Path(text).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # an unknown ~user, a symlink loop
+        raise ValueError(str(exc)) from None
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -49,8 +90,15 @@ class Repos:
         engine: Engine,
         github_enabled: bool = False,
         github_default_branch: Callable[[str], str] | None = None,
+        *,
+        data_dir: Path | None = None,
+        api_roots: Sequence[Path] = (),
     ) -> None:
         self.engine = engine
+        self.data_dir = data_dir.resolve() if data_dir is not None else None
+        """Never registrable: it holds mirrors, images and every session's files."""
+        self.api_roots = tuple(r.resolve() for r in api_roots)
+        """Where API callers may register local repositories (NIGHTSHIFT_REPO_ROOTS)."""
         self.github_enabled = github_enabled
         self.github_default_branch = github_default_branch
         """`owner/name` → its default branch, checking the App can reach the repository."""
@@ -58,10 +106,52 @@ class Repos:
         """Checks a new repo must pass (e.g. its `.nightshift.toml`); raise Invalid to refuse."""
         self.on_added: list[Callable[[Repo], None]] = []
 
-    def _locate(self, url: str) -> tuple[str, str, str]:
+    def _refusal(self) -> str:
+        roots = ", ".join(str(r) for r in self.api_roots)
+        where = (
+            f"only inside {roots} (NIGHTSHIFT_REPO_ROOTS)"
+            if roots
+            else "only inside the directories in NIGHTSHIFT_REPO_ROOTS, and none are set"
+        )
+        return (
+            f"a local repository can be registered over the API {where}, never inside "
+            "Nightshift's data directory; the operator adds any other path on the host with "
+            "`nightshift repos add PATH`"
+        )
+
+    def _local_path(self, url: str, over_api: bool) -> Path:
+        """The resolved path of a local repository reference, checked for who asks.
+
+        Over the API every refusal is the same 403, whether the path exists or not, so the
+        API cannot be used to probe the host's file system outside NIGHTSHIFT_REPO_ROOTS."""
+        text = _path_text(url)
+        try:
+            path = _resolve(text)
+        except ValueError as exc:
+            if over_api:
+                raise Forbidden(self._refusal()) from None
+            raise Invalid(f"{url}: {exc}") from None
+        inside_data = self.data_dir is not None and path.is_relative_to(self.data_dir)
+        if over_api and (inside_data or not any(path.is_relative_to(r) for r in self.api_roots)):
+            raise Forbidden(self._refusal())
+        if inside_data:
+            raise Forbidden(
+                f"{url} is inside Nightshift's data directory ({self.data_dir}): register the "
+                "repository it came from instead"
+            )
+        try:
+            found = resolve_local_repo(str(path))
+        except ForgeError as exc:
+            raise Invalid(str(exc)) from exc
+        except OSError as exc:
+            raise Invalid(f"{url}: {exc.strerror or exc}") from exc
+        if found != path:  # a link was swapped while we looked
+            raise Forbidden(self._refusal())
+        return path
+
+    def _locate(self, url: str, over_api: bool) -> tuple[str, str, str]:
         """(forge, canonical url, default name) for a path or a GitHub reference."""
-        looks_local = url.startswith(("/", ".", "~")) or Path(url).expanduser().exists()
-        match = None if looks_local else _GITHUB_RE.match(url)
+        match = None if _looks_local(url, probe=not over_api) else _GITHUB_RE.match(url)
         if match:
             if not self.github_enabled:
                 raise Invalid(
@@ -70,14 +160,19 @@ class Repos:
                 )
             full = f"{match['owner']}/{match['name']}"
             return "github", full, full
-        try:
-            path = resolve_local_repo(url)
-        except ForgeError as exc:
-            raise Invalid(str(exc)) from exc
+        path = self._local_path(url, over_api)
         return "local", str(path), path.name.removesuffix(".git")
 
+    def add_from_api(self, body: RepoCreate) -> Repo:
+        """Register a repository for an API caller: local paths only under the API's roots."""
+        return self._add(body, None, over_api=True)
+
     def add(self, body: RepoCreate, default_base: str | None = None) -> Repo:
-        forge, url, default_name = self._locate(body.url)
+        """Register a repository as the operator (CLI on the host): any path but the data dir."""
+        return self._add(body, default_base, over_api=False)
+
+    def _add(self, body: RepoCreate, default_base: str | None, over_api: bool) -> Repo:
+        forge, url, default_name = self._locate(body.url, over_api)
         if forge == "github" and self.github_default_branch is not None:
             try:
                 found = self.github_default_branch(url)
@@ -90,7 +185,7 @@ class Repos:
             spec = RepoSpec(
                 name=body.name or default_name,
                 url=url,
-                forge=forge,  # type: ignore[arg-type]
+                forge=forge,
                 base=base,
                 setup=body.setup,
                 warm=body.warm,

@@ -7,6 +7,7 @@ import html
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -147,7 +148,7 @@ def test_cookie_writes_must_come_from_this_site_and_logout_revokes(gh: GitHubEnv
         assert replay.get("/api/me").status_code == 401
 
 
-def test_local_mode_refuses_writes_from_another_site(make_settings: Any) -> None:
+def test_local_mode_refuses_writes_from_another_site(make_settings: Any, tmp_path: Path) -> None:
     from app.main import create_app
     from app.runtime import build_runtime
     from tests.fakes.server import BackgroundServer
@@ -155,7 +156,7 @@ def test_local_mode_refuses_writes_from_another_site(make_settings: Any) -> None
     runtime = build_runtime(make_settings(auth="local"))
     try:
         with BackgroundServer(create_app(runtime=runtime)) as server:
-            body = {"url": "/nonexistent/repo"}
+            body = {"url": str(tmp_path / "nonexistent")}  # inside the test's repo roots
             foreign = httpx.post(
                 f"{server.url}/api/repos", json=body, headers={"Origin": "https://evil.example"}
             )

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from app.api.deps import CurrentUser, ReposDep, RuntimeDep
-from app.schemas import PullRequestPublic, RepoCreate, RepoPublic
+from app.schemas import ROW_MAX, PullRequestPublic, RepoCreate, RepoPublic
 
 router = APIRouter(prefix="/api/repos", tags=["repos"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def add_repo(body: RepoCreate, user: CurrentUser, repos: ReposDep) -> RepoPublic:
-    """Register a repository: a local path (local forge) or `owner/name` (GitHub)."""
-    return RepoPublic.model_validate(repos.add(body))
+    """Register a repository: `owner/name` (GitHub), or a local path inside
+    NIGHTSHIFT_REPO_ROOTS (local forge; 403 elsewhere, and always inside the data dir)."""
+    return RepoPublic.model_validate(repos.add_from_api(body))
 
 
 @router.get("")
@@ -22,7 +25,12 @@ def list_repos(user: CurrentUser, repos: ReposDep) -> list[RepoPublic]:
 
 
 @router.get("/{repo:path}/pulls/{number}")
-def get_pull(repo: str, number: int, user: CurrentUser, runtime: RuntimeDep) -> PullRequestPublic:
+def get_pull(
+    repo: str,
+    number: Annotated[int, Path(ge=1, le=ROW_MAX)],
+    user: CurrentUser,
+    runtime: RuntimeDep,
+) -> PullRequestPublic:
     """A pull request record of the local forge."""
     return PullRequestPublic.model_validate(runtime.pulls.get(runtime.repos.get(repo), number))
 

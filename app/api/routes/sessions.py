@@ -17,6 +17,7 @@ from app.errors import ServiceError
 from app.models import User
 from app.runtime import Runtime
 from app.schemas import (
+    ROW_MAX,
     DiffPublic,
     EventPublic,
     PresencePublic,
@@ -48,7 +49,7 @@ def list_sessions(
     author: Annotated[str | None, Query(description="The author's login")] = None,
     parent_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
 ) -> SessionList:
     if status_ is not None and status_ not in SESSION_STATUSES:
         raise HTTPException(422, f"status must be one of {', '.join(SESSION_STATUSES)}")
@@ -88,7 +89,7 @@ def list_events(
     session_id: str,
     user: CurrentUser,
     sessions: SessionsDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> list[dict[str, Any]]:
     """Stored events with id > `after`, oldest first (see `EventPublic` and `workers/events.py`)."""
@@ -150,7 +151,7 @@ async def _serve_stream(
         async with send_lock:  # two pumps share one socket; frames must not interleave
             await websocket.send_text(text)
 
-    events = runtime.hub.stream(session_id, max(after, 0))
+    events = runtime.hub.stream(session_id, min(max(after, 0), ROW_MAX))
 
     async def pump_events() -> None:
         async for event in events:
@@ -190,7 +191,10 @@ async def _serve_stream(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream_events_sse(
-    session_id: str, request: Request, runtime: RuntimeDep, after: Annotated[int, Query(ge=0)] = 0
+    session_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
 ) -> StreamingResponse:
     """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`. 429 when
     the caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here."""
@@ -201,8 +205,10 @@ async def stream_events_sse(
         slot = runtime.stream_slots.acquire(user.id)
     except ServiceError as exc:
         raise HTTPException(exc.status_code, str(exc)) from exc
-    last = request.headers.get("last-event-id")
-    start = int(last) if last and last.isdigit() else after
+    last = request.headers.get("last-event-id", "")
+    # Headers arrive as latin-1: "²".isdigit() holds, but it is no id.
+    resumable = last.isascii() and last.isdigit() and int(last) <= ROW_MAX
+    start = int(last) if resumable else after
 
     async def body() -> AsyncIterator[str]:
         events = runtime.hub.stream(session_id, start)

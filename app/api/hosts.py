@@ -1,0 +1,118 @@
+"""Which names this server answers to, and which pages may write to it.
+
+A server on loopback is still reachable from any web page the person opens: by DNS rebinding
+(a hostile name re-pointed at 127.0.0.1, so the browser sends `Host: rebind.example:8000`) or by
+a cross-site WebSocket, which browsers open without asking anyone. Two checks close both, for
+every request, cookie or not:
+
+- `Host` must be one of the server's own names (Starlette's `TrustedHostMiddleware`);
+- a WebSocket or a state-changing request that carries `Origin` must come from a page on one of
+  those names. Requests without `Origin` (the CLI, curl, webhooks) pass: browsers always send it
+  on the requests this guards, and `Origin: null` (sandboxed frames, `file:` pages) is refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.settings import Settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _host_name(host: str) -> str:
+    """A host as it appears in a `Host` header: lower case, IPv6 literals in brackets."""
+    host = host.strip().lower().strip("[]")
+    return f"[{host}]" if ":" in host else host
+
+
+def _host_of(header: str | None) -> str | None:
+    """The host of a `Host` header, without its port."""
+    try:
+        host = urlsplit(f"//{header}").hostname if header else None
+    except ValueError:
+        return None
+    return _host_name(host) if host else None
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def server_names(settings: Settings) -> list[str]:
+    """Every host name this server answers to (patterns as `TrustedHostMiddleware` reads them)."""
+    names: list[str] = ["localhost"]
+    bind = _address(settings.host)
+    if bind is None or not bind.is_unspecified:
+        names.append(_host_name(settings.host))  # 0.0.0.0 and :: are no one's name
+    if bind is not None and (bind.is_loopback or bind.is_unspecified):
+        names.extend(LOOPBACK_NAMES)
+    for url in (settings.public_url, settings.control_url):
+        host = urlsplit(url).hostname if url else None
+        if host:
+            names.append(_host_name(host))
+    names.extend(n for n in settings.allowed_hosts.split(",") if n)
+    return list(dict.fromkeys(names))
+
+
+def _matches(host: str, pattern: str) -> bool:
+    return host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+
+
+class OriginCheck:
+    """Refuse WebSockets and state-changing requests from pages on other sites (403)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        # `*` turns the Host check off; an Origin must then be the host the request was sent to.
+        self.patterns = [p.lower() for p in allowed_hosts if p != "*"]
+
+    def allows(self, origin: str, host_header: str | None) -> bool:
+        if origin == "null":
+            return False
+        try:
+            parts = urlsplit(origin)
+            host = parts.hostname
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not host:
+            return False
+        name = _host_name(host)
+        if name == _host_of(host_header):
+            return True
+        return any(_matches(name, p) for p in self.patterns)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] == "websocket" or (
+            scope["type"] == "http" and scope["method"] not in SAFE_METHODS
+        )
+        if guarded:
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin is not None and not self.allows(origin, headers.get("host")):
+                await _refuse(scope, receive, send, origin)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, origin: str) -> None:
+    detail = (
+        f"cross-site request refused: Origin {origin[:200]!r} is not one of this server's "
+        "names (NIGHTSHIFT_PUBLIC_URL, NIGHTSHIFT_ALLOWED_HOSTS)"
+    )
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
+        "extensions", {}
+    ):
+        await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+        return
+    await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
