@@ -34,7 +34,7 @@ from images.pool import WarmPool
 from workers.executor import InProcessExecutor, every
 from workers.jobs import JobContext, run_job
 from workers.registry import Runners
-from workers.runner import WorkerDeps, run_session
+from workers.runner import WorkerDeps
 from workers.wire import (
     RUN_SESSION,
     RUNNERS_CHANNEL,
@@ -144,7 +144,7 @@ class WorkerContext:
             with contextlib.suppress(aioredis.RedisError):
                 await self.redis().delete(dispatch_key(session_id))
             log.info("session %s: draining its queue", session_id)
-            await run_session(session_id, self.deps, self.runners)
+            await self.runners.run(session_id, self.deps)
 
         try:
             self.call(job)

@@ -11,7 +11,7 @@ import redis
 
 from workers.executor import InProcessExecutor
 from workers.registry import Runners
-from workers.runner import WorkerDeps, run_session
+from workers.runner import WorkerDeps
 from workers.wire import (
     DISPATCH_MARK_TTL_S,
     RUNNERS_CHANNEL,
@@ -50,7 +50,7 @@ class InProcessDispatcher:
             # waiting for a follow-up, this wakes it now.
             self.executor.call(lambda: self.runners.wake(session_id))
             return
-        self.executor.submit(lambda: run_session(session_id, self.deps, self.runners))
+        self.executor.submit(lambda: self.runners.run(session_id, self.deps))
 
     def stop_session(self, session_id: str) -> None:
         self.executor.call(lambda: self.runners.stop(session_id))

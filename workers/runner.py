@@ -39,7 +39,6 @@ from workers.events import (
 from workers.gitops import GitOpsError
 from workers.publish import publish_work
 from workers.redact import Redactor
-from workers.registry import Runners
 from workers.session_sandbox import SessionSandbox
 
 log = logging.getLogger("nightshift.runner")
@@ -308,17 +307,11 @@ def _user_text(job: PromptJob, ctx: SessionContext) -> str:
     return job.text
 
 
-async def run_session(session_id: str, deps: WorkerDeps, runners: Runners | None = None) -> None:
+async def run_session(session_id: str, deps: WorkerDeps) -> None:
     """The `run_session` task, under every dispatcher: drain a session's queue.
 
     A duplicate delivery (the lease is held elsewhere, or nothing is queued) returns at once
-    without touching the session.
+    without touching the session. Dispatchers run it through `Runners.run`, where stops and
+    nudges find the runner.
     """
-    runner = SessionRunner(session_id, deps)
-    if runners is not None:
-        runners.add(runner)
-    try:
-        await runner.run()
-    finally:
-        if runners is not None:
-            runners.discard(runner)
+    await SessionRunner(session_id, deps).run()
