@@ -112,6 +112,4 @@ async def collect_images(jobs: ImageJobs, repos: Sequence[str] | None = None) ->
 
 async def maintain_pool(jobs: ImageJobs) -> None:
     """Expire, replace (new image) and top up this process's warm pool for every repo."""
-    pool = jobs.provider.pool
-    if pool is not None:
-        await pool.maintain(await asyncio.to_thread(jobs.specs))
+    await jobs.provider.pool.maintain(await asyncio.to_thread(jobs.specs))

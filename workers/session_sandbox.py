@@ -9,9 +9,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from images.provider import Acquired, SandboxProvider
+from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
+from images.starter import Acquired
 from integrations.forge.base import ForgeError
 from workers.control import PromptJob, SessionContext
 from workers.events import Event, Notice, SandboxReady, SnapshotTaken, StatusChanged, SyncDone
