@@ -85,7 +85,6 @@ def image_stack(
 ) -> ImageStack:
     data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
-    owner = getattr(backend, "owner", None)
     registry = ImageRegistry(engine, backend.name, backend.runtime_version())
     mirrors = Mirrors(data_dir / "mirrors")
     builder = ImageBuilder(
@@ -95,7 +94,7 @@ def image_stack(
         mirrors,
         forge_for,
         settings.limits(),
-        owner,
+        backend.owner,
         command_timeout=settings.image_command_timeout,
     )
     starter = ImageStarter(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from images.builder import BuildResult, ImageBuilder
+from images.errors import ImagesError
 from images.provider import SandboxProvider
 from images.registry import ImageRegistry, Trigger
 from images.spec import RepoSpec
@@ -38,7 +39,7 @@ RepoProgress = Callable[[str, str], None]
 """Called with (repo name, what the build is doing now)."""
 
 
-class UnknownRepo(ValueError):
+class UnknownRepo(ImagesError, ValueError):
     """A repo name that is not registered."""
 
 

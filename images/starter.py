@@ -217,8 +217,8 @@ class ImageStarter:
     def images_in_use(self) -> set[str]:
         """Images that live sandboxes or starts in flight stand on."""
         used = set(self._pinned)
-        for sandbox in list(getattr(self.backend, "live", {}).values()):
-            source = getattr(sandbox, "source", None)
+        for sandbox in list(self.backend.live.values()):
+            source = sandbox.source
             if isinstance(source, SnapshotRef):
                 used.add(source.image.id)
             elif isinstance(source, ImageRef):

@@ -17,14 +17,11 @@ from images.sandboxes.base import Sandbox, SandboxError
 from images.spec import RepoSpec
 from integrations.llm.types import ToolSpec
 from workers.config import AgentConfig
-from workers.control import ControlPlane, ControlPlaneError
+from workers.control import ControlPlane
+from workers.errors import ControlPlaneError, ToolError
 from workers.events import Author, ChildSpawned, Event
 
 Emit = Callable[[Event], Awaitable[None]]
-
-
-class ToolError(Exception):
-    """A tool refused or failed; the message goes back to the model."""
 
 
 @dataclass
