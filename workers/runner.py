@@ -35,6 +35,7 @@ from workers.events import (
     SessionStatus,
     StatusChanged,
     ToolCalled,
+    for_prompt,
 )
 from workers.gitops import GitOpsError
 from workers.publish import publish_work
@@ -90,12 +91,12 @@ class SessionRunner:
     async def status(
         self, status: SessionStatus, reason: str | None = None, job: PromptJob | None = None
     ) -> None:
-        if job is None:
-            await self.emit(StatusChanged(status=status, reason=reason))
-        else:
-            await self.emit(
-                StatusChanged(status=status, reason=reason, prompt_id=job.id, attempt=job.attempt)
-            )
+        event = StatusChanged(status=status, reason=reason)
+        await (self.emit(event) if job is None else self.emit_for(job, event))
+
+    async def emit_for(self, job: PromptJob, event: Event) -> None:
+        """Publish an event of `job`'s run attempt."""
+        await for_prompt(self.emit, job.id, job.attempt)(event)
 
     def abandon(self) -> None:
         """This process is shutting down: stop working and give the session back."""
@@ -202,14 +203,8 @@ class SessionRunner:
     async def _stopped(self) -> None:
         # Cancellation was delivered once; these awaits run normally.
         job = self.current_job
-        await self.emit(
-            PromptFinished(
-                outcome="stopped",
-                summary="stopped on request",
-                prompt_id=job.id if job else None,
-                attempt=job.attempt if job else 1,
-            )
-        )
+        finished = PromptFinished(outcome="stopped", summary="stopped on request")
+        await (self.emit(finished) if job is None else self.emit_for(job, finished))
         await self.status("stopped", "stopped on request")
 
     def hooks(self) -> Hooks:
@@ -224,26 +219,16 @@ class SessionRunner:
         return hooks
 
     async def _fail(self, job: PromptJob, code: str, message: str) -> PromptOutcome:
-        await self.emit(
-            ErrorRaised(code=code, message=message, prompt_id=job.id, attempt=job.attempt)
-        )
-        await self.emit(
-            PromptFinished(outcome="failed", summary=message, prompt_id=job.id, attempt=job.attempt)
-        )
+        await self.emit_for(job, ErrorRaised(code=code, message=message))
+        await self.emit_for(job, PromptFinished(outcome="failed", summary=message))
         return "failed"
 
     async def _run_prompt(self, job: PromptJob) -> PromptOutcome:
         assert self.ctx is not None
         ctx = self.ctx
         self.current_job = job
-        await self.emit(
-            PromptStarted(
-                author=job.author,
-                ms_waiting=int((time.time() - job.created_at) * 1000),
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
+        waited = int((time.time() - job.created_at) * 1000)
+        await self.emit_for(job, PromptStarted(author=job.author, ms_waiting=waited))
         try:
             model = self.deps.model_factory(self.deps.config)
         except ModelNotConfigured as exc:
@@ -258,7 +243,7 @@ class SessionRunner:
                 author=job.author,
                 repo=acquired.spec or ctx.repo,
                 config=self.deps.config,
-                emit=self.emit,
+                publish=self.emit,
                 depth=ctx.depth,
                 prompt_id=job.id,
                 attempt=job.attempt,
@@ -290,14 +275,7 @@ class SessionRunner:
             return await self._fail(job, "internal", f"internal error: {type(exc).__name__}: {exc}")
         finally:
             await model.aclose()
-        await self.emit(
-            PromptFinished(
-                outcome=result.outcome,
-                summary=result.summary,
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
+        await self.emit_for(job, PromptFinished(outcome=result.outcome, summary=result.summary))
         return result.outcome
 
 
