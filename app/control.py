@@ -11,7 +11,8 @@ from app.jobs import ControlJobs
 from app.services.repos import spec_of
 from app.services.runners import RunnerService
 from images.spec import RepoSpec
-from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.errors import ControlPlaneError
 from workers.events import Author
 
 T = TypeVar("T")

@@ -57,10 +57,10 @@ from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from workers.bus import InProcessBus
-from workers.control import ControlPlaneError
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
+from workers.errors import ControlPlaneError, JobError
 from workers.executor import InProcessExecutor, every
-from workers.jobs import JobContext, JobError, run_job, schedule
+from workers.jobs import JobContext, run_job, schedule
 from workers.redact import Redactor
 from workers.runner import WorkerDeps
 
@@ -143,7 +143,7 @@ class Runtime:
         """
         self.executor.start()
         self.started_at = time.time()
-        live = set(getattr(self.backend, "live", {}))
+        live = set(self.backend.live)
         released = release_stale_mounts(self.settings.data_dir / "sandboxes", live)
         if released:
             log.info("released %d sandbox mounts left by a previous process", released)

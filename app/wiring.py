@@ -26,6 +26,7 @@ from images.registry import ImageRegistry
 from images.sandboxes import make_backend
 from images.sandboxes.base import SandboxBackend
 from images.spec import RepoSpec
+from images.starter import ImageStarter
 from integrations.forge.base import Forge
 from integrations.forge.local import LocalForge
 from workers.executor import InProcessExecutor
@@ -92,7 +93,6 @@ def image_stack(
 ) -> ImageStack:
     data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
-    owner = getattr(backend, "owner", None)
     registry = ImageRegistry(engine, backend.name, backend.runtime_version())
     mirrors = Mirrors(data_dir / "mirrors")
     builder = ImageBuilder(
@@ -102,10 +102,10 @@ def image_stack(
         mirrors,
         forge_for,
         settings.limits(),
-        owner,
+        backend.owner,
         command_timeout=settings.image_command_timeout,
     )
-    provider = SandboxProvider(
+    starter = ImageStarter(
         backend,
         registry,
         builder,
@@ -115,14 +115,13 @@ def image_stack(
         setup_timeout=settings.image_command_timeout,
     )
     pool = WarmPool(
-        provider.prepare_warm,
+        starter,
         lambda factory: _spawn(executor, factory),
-        lambda spec: _newest_image_id(provider, spec),
         pool_ttl=settings.pool_ttl,
         warm_ttl=settings.warm_ttl,
         debounce=settings.warm_debounce,
     )
-    provider.pool = pool
+    provider = SandboxProvider(starter, pool)
     service = Images(engine, repos, registry, pool, executor)
     jobs = ImageJobs(
         builder=builder,
@@ -159,8 +158,3 @@ def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) 
         await factory()
 
     executor.submit(run)
-
-
-def _newest_image_id(provider: SandboxProvider, spec: RepoSpec) -> str | None:
-    record = provider.usable_image(spec)
-    return record.id if record is not None else None

@@ -43,8 +43,9 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
     share its images and repository mirrors.
     """
     from workers.bus import RedisStreamBus
-    from workers.celery_app import CeleryConfig, WorkerContext, make_celery
+    from workers.celery_app import WorkerContext, make_celery
     from workers.control_http import HttpControlPlane
+    from workers.wire import CeleryConfig
 
     settings = resolved(settings)
     if not settings.broker_url:

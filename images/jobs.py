@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from images.builder import BuildResult, ImageBuilder
+from images.errors import ImagesError
 from images.provider import SandboxProvider
 from images.registry import ImageRegistry, Trigger
 from images.spec import RepoSpec
@@ -38,7 +39,7 @@ RepoProgress = Callable[[str, str], None]
 """Called with (repo name, what the build is doing now)."""
 
 
-class UnknownRepo(ValueError):
+class UnknownRepo(ImagesError, ValueError):
     """A repo name that is not registered."""
 
 
@@ -112,6 +113,4 @@ async def collect_images(jobs: ImageJobs, repos: Sequence[str] | None = None) ->
 
 async def maintain_pool(jobs: ImageJobs) -> None:
     """Expire, replace (new image) and top up this process's warm pool for every repo."""
-    pool = jobs.provider.pool
-    if pool is not None:
-        await pool.maintain(await asyncio.to_thread(jobs.specs))
+    await jobs.provider.pool.maintain(await asyncio.to_thread(jobs.specs))

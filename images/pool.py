@@ -25,18 +25,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from images.spec import RepoSpec
-
-if TYPE_CHECKING:
-    from images.provider import Acquired
+from images.starter import Acquired, ImageStarter
 
 log = logging.getLogger("nightshift.pool")
 
 WarmState = Literal["cold", "warming", "warm", "failed"]
-Starter = Callable[[RepoSpec, bool], Awaitable["Acquired"]]
-"""Start a sandbox for a spec from its newest image (cold when allowed and there is none)."""
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
@@ -82,18 +78,16 @@ class PoolEntry:
 class WarmPool:
     def __init__(
         self,
-        start: Starter,
+        starter: ImageStarter,
         spawn: Spawn,
-        newest: Callable[[RepoSpec], str | None],
         *,
         pool_ttl: float = 900.0,
         warm_ttl: float = 300.0,
         debounce: float = 2.0,
         claim_wait: float = 120.0,
     ) -> None:
-        self.start = start
+        self.starter = starter
         self.spawn = spawn
-        self.newest = newest
         self.pool_ttl = pool_ttl
         self.warm_ttl = warm_ttl
         self.debounce = debounce
@@ -194,7 +188,7 @@ class WarmPool:
         """
         for spec in specs:
             if only is None or spec.name == only:
-                newest = await asyncio.to_thread(self.newest, spec)
+                newest = await asyncio.to_thread(self.starter.newest_image_id, spec)
                 with self._lock:
                     self._newest[spec.name] = newest
         now = time.time()
@@ -304,7 +298,7 @@ class WarmPool:
     def _fill(self, entry: PoolEntry, *, cold_ok: bool) -> None:
         async def fill() -> None:
             try:
-                acquired = await self.start(entry.spec, cold_ok)
+                acquired = await self.starter.prepare_warm(entry.spec, cold_ok)
             except asyncio.CancelledError:
                 entry.state, entry.error, entry.failed_at = "failed", "cancelled", time.time()
                 entry.done.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from images.errors import ImagesError
 from images.sandboxes.base import ExecResult, Sandbox, SandboxError
 from images.spec import RepoSpec
 
@@ -15,7 +16,7 @@ COMMAND_TAIL = 16 * 1024
 Progress = Callable[[str], None]
 
 
-class BuildError(Exception):
+class BuildError(ImagesError):
     """A build step failed; the message says which and why."""
 
 

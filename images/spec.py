@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from images.errors import ImagesError
+
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
 SPEC_FILE_KEYS = ("setup", "warm", "env", "egress")
@@ -126,7 +128,7 @@ class RepoSpec(BaseModel):
         return self.model_copy(update=update)
 
 
-class SpecFileError(ValueError):
+class SpecFileError(ImagesError, ValueError):
     """A `.nightshift.toml` that cannot be used; `line` is 1-based (None: the whole file)."""
 
     def __init__(self, reason: str, line: int | None = None) -> None:

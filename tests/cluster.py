@@ -282,9 +282,9 @@ class Cluster:
             return row.lease_owner if row else None
 
     def celery(self) -> Any:
-        from workers.celery_app import CeleryConfig, make_celery
+        from workers.wire import CeleryConfig, celery_client
 
-        return make_celery(CeleryConfig(self.redis.url(), 6 * 3600 + 60))
+        return celery_client(CeleryConfig(self.redis.url(), 6 * 3600 + 60))
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

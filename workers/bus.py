@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from workers.errors import BusUnavailable
 from workers.events import Event
 
 if TYPE_CHECKING:
@@ -54,10 +55,6 @@ DOORBELL_MAXLEN = 10_000
 
 def stream_key(session_id: str) -> str:
     return f"nightshift:events:s:{session_id}"
-
-
-class BusUnavailable(Exception):
-    """Redis did not take an event within the retry window."""
 
 
 class RedisStreamBus:

@@ -1,6 +1,7 @@
 """Celery on Redis: the distributed dispatcher's workers.
 
-Tasks are thin and take ids; their bodies call the same functions the embedded default runs
+Tasks are thin and take ids (their names, queues and payloads are the wire's,
+`workers/wire.py`); their bodies call the same functions the embedded default runs
 (`workers.runner.run_session`, `workers.jobs.*`) on the worker process's own event loop.
 
 Crash safety, layer by layer:
@@ -23,8 +24,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -32,81 +31,29 @@ from celery import Celery, signals
 
 from images.jobs import ImageJobs
 from images.pool import WarmPool
-from workers.dispatch import RUNNERS_CHANNEL
 from workers.executor import InProcessExecutor, every
-from workers.jobs import JobContext, Scheduled, run_job
+from workers.jobs import JobContext, run_job
 from workers.registry import Runners
-from workers.runner import WorkerDeps, run_session
+from workers.runner import WorkerDeps
+from workers.wire import (
+    RUN_SESSION,
+    RUNNERS_CHANNEL,
+    CeleryConfig,
+    celery_client,
+    dispatch_key,
+    parse_nudge,
+    send_job,
+    task_name,
+)
 
 log = logging.getLogger("nightshift.celery")
 T = TypeVar("T")
 
-RUN_SESSION = "nightshift.run_session"
-SESSIONS_QUEUE = "nightshift.sessions"
-JOBS_QUEUE = "nightshift.jobs"
-DISPATCH_MARK_TTL_S = 900
-
-
-def task_name(job: str) -> str:
-    return f"nightshift.{job}"
-
-
-def stop_message(session_id: str) -> str:
-    return f"stop {session_id}"
-
-
-def wake_message(session_id: str) -> str:
-    return f"wake {session_id}"
-
-
-def dispatch_key(session_id: str) -> str:
-    """Set while a `run_session` task for the session waits in the queue (see CeleryDispatcher)."""
-    return f"nightshift:dispatch:{session_id}"
-
-
-@dataclass(frozen=True)
-class CeleryConfig:
-    broker_url: str
-    visibility_timeout: float
-    schedule: list[Scheduled] = field(default_factory=list)
-
 
 def make_celery(config: CeleryConfig) -> Celery:
-    """The Celery app; the same configuration for the API (sending), workers and beat."""
-    app = Celery("nightshift", broker=config.broker_url, set_as_current=False)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_transport_options={
-            "visibility_timeout": int(config.visibility_timeout),
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        },
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        # Keep running sessions going through a Redis restart: their lease, not the broker
-        # connection, says whether they may run.
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=JOBS_QUEUE,
-        task_routes={RUN_SESSION: {"queue": SESSIONS_QUEUE}},
-        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.3},
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        enable_utc=True,
-        beat_schedule={
-            f"{s.job} every {s.interval_s:g}s": {
-                "task": task_name(s.job),
-                "schedule": timedelta(seconds=s.interval_s),
-                # A run that waited a whole interval in the queue is superseded by the next.
-                "options": {"expires": s.interval_s},
-            }
-            for s in config.schedule
-        },
-    )
+    """The Celery app of a worker process: the wire's configuration (`workers/wire.py`) with
+    the task bodies registered."""
+    app = celery_client(config)
     _register_tasks(app)
     return app
 
@@ -157,7 +104,7 @@ class WorkerContext:
         if self._jobs is None:
 
             async def fan_out(job: str, arg: str) -> None:
-                await asyncio.to_thread(self.celery.send_task, task_name(job), args=[arg])
+                await asyncio.to_thread(send_job, self.celery, job, arg)
 
             self._jobs = JobContext(
                 control=self.deps.control, image_jobs=self.image_jobs, fan_out=fan_out
@@ -197,7 +144,7 @@ class WorkerContext:
             with contextlib.suppress(aioredis.RedisError):
                 await self.redis().delete(dispatch_key(session_id))
             log.info("session %s: draining its queue", session_id)
-            await run_session(session_id, self.deps, self.runners)
+            await self.runners.run(session_id, self.deps)
 
         try:
             self.call(job)
@@ -240,7 +187,10 @@ class WorkerContext:
             await asyncio.sleep(0.05)
 
     def _nudged(self, message: str) -> None:
-        verb, _, session_id = message.partition(" ")
+        nudge = parse_nudge(message)
+        if nudge is None:
+            return
+        verb, session_id = nudge
         if verb == "stop" and self.runners.stop(session_id):
             log.info("stop requested for %s: stopping its runner", session_id)
         elif verb == "wake":

@@ -56,10 +56,6 @@ class SessionSummary(BaseModel):
     last_events: list[str] = Field(default_factory=list)
 
 
-class ControlPlaneError(Exception):
-    """The control plane refused a request (unknown session, bad input, limit reached)."""
-
-
 class ControlPlane(Protocol):
     async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
         """Become the only runner of a session; False when another runner holds it."""

@@ -17,7 +17,8 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from images.spec import RepoSpec
-from workers.control import ControlPlaneError, LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.errors import ControlPlaneError, ControlPlaneUnavailable
 from workers.events import Author
 
 log = logging.getLogger("nightshift.control")
@@ -64,10 +65,6 @@ class Spawned(BaseModel):
 
 class JobDone(BaseModel):
     summary: str
-
-
-class ControlPlaneUnavailable(ControlPlaneError):
-    """The API did not answer within the retry window."""
 
 
 _RETRY_STATUS = {502, 503, 504}

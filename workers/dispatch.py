@@ -7,13 +7,23 @@ import logging
 import time
 from typing import Protocol
 
+import redis
+
 from workers.executor import InProcessExecutor
 from workers.registry import Runners
-from workers.runner import WorkerDeps, run_session
+from workers.runner import WorkerDeps
+from workers.wire import (
+    DISPATCH_MARK_TTL_S,
+    RUNNERS_CHANNEL,
+    CeleryConfig,
+    celery_client,
+    dispatch_key,
+    nudge_message,
+    send_job,
+    send_run_session,
+)
 
 log = logging.getLogger("nightshift.dispatch")
-RUNNERS_CHANNEL = "nightshift:runners"
-"""Pub/sub channel every worker listens on: `stop <session>` and `wake <session>` nudges."""
 
 
 class Dispatcher(Protocol):
@@ -40,7 +50,7 @@ class InProcessDispatcher:
             # waiting for a follow-up, this wakes it now.
             self.executor.call(lambda: self.runners.wake(session_id))
             return
-        self.executor.submit(lambda: run_session(session_id, self.deps, self.runners))
+        self.executor.submit(lambda: self.runners.run(session_id, self.deps))
 
     def stop_session(self, session_id: str) -> None:
         self.executor.call(lambda: self.runners.stop(session_id))
@@ -58,24 +68,18 @@ class CeleryDispatcher:
     """
 
     def __init__(self, broker_url: str, visibility_timeout: float) -> None:
-        import redis
-
-        from workers.celery_app import CeleryConfig, make_celery
-
-        self.celery = make_celery(CeleryConfig(broker_url, visibility_timeout))
+        self.celery = celery_client(CeleryConfig(broker_url, visibility_timeout))
         self.redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=3)
 
     def run_session(self, session_id: str) -> None:
-        from workers.celery_app import DISPATCH_MARK_TTL_S, RUN_SESSION, dispatch_key, wake_message
-
         key = dispatch_key(session_id)
         try:
             # An idle runner of this session, wherever it runs, takes the prompt at once.
-            self.redis.publish(RUNNERS_CHANNEL, wake_message(session_id))
+            self.redis.publish(RUNNERS_CHANNEL, nudge_message("wake", session_id))
             if not self.redis.set(key, str(time.time()), nx=True, ex=DISPATCH_MARK_TTL_S):
                 return  # a run_session for this session is queued and will drain every prompt
             try:
-                self.celery.send_task(RUN_SESSION, args=[session_id])
+                send_run_session(self.celery, session_id)
             except BaseException:
                 self.redis.delete(key)
                 raise
@@ -85,18 +89,14 @@ class CeleryDispatcher:
 
     def enqueue_job(self, job: str, *args: object, **kwargs: object) -> None:
         """Hand a job (e.g. `build_image <repo>`) to a worker now."""
-        from workers.celery_app import task_name
-
         try:
-            self.celery.send_task(task_name(job), args=list(args), kwargs=kwargs)
+            send_job(self.celery, job, *args, **kwargs)
         except Exception as exc:
             log.warning("could not queue %s %s (%s); the schedule runs it later", job, args, exc)
 
     def stop_session(self, session_id: str) -> None:
-        from workers.celery_app import stop_message
-
         try:
-            self.redis.publish(RUNNERS_CHANNEL, stop_message(session_id))
+            self.redis.publish(RUNNERS_CHANNEL, nudge_message("stop", session_id))
         except Exception as exc:
             log.warning(
                 "stop nudge for %s not sent (%s); the lease heartbeat carries it", session_id, exc

@@ -8,12 +8,13 @@ This module is the contract shared by workers, the control plane and every clien
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from images.provider import StartMode
 from images.sandboxes.base import SnapshotRef
+from images.starter import StartMode
 from integrations.llm.types import ChatMessage as ChatMessage
 from integrations.llm.types import ToolCallRecord as ToolCallRecord
 
@@ -227,6 +228,18 @@ Event = Annotated[
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+Emit = Callable[[Event], Awaitable[None]]
+"""Where a worker's events go: the runner's `emit`, which publishes them on the bus."""
+
+
+def for_prompt(emit: Emit, prompt_id: int | None, attempt: int) -> Emit:
+    """`emit`, stamping every event with the prompt and the run attempt it belongs to."""
+
+    async def stamped(event: Event) -> None:
+        await emit(event.model_copy(update={"prompt_id": prompt_id, "attempt": attempt}))
+
+    return stamped
 
 
 def parse_event(data: str | bytes | dict[str, Any]) -> Event:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from images.sandboxes.base import Sandbox, SandboxError
 from integrations.forge.base import Forge
+from workers.errors import WorkersError
 from workers.events import Author
 
 BUNDLE_PATH = ".git/nightshift-push.bundle"
 
 
-class GitOpsError(Exception):
+class GitOpsError(WorkersError):
     pass
 
 

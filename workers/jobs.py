@@ -20,11 +20,7 @@ from typing import Any
 from images import jobs as image_jobs
 from images.jobs import ImageJobs, UnknownRepo
 from workers.control import ControlPlane
-
-
-class JobError(Exception):
-    """A job could not run (an unknown repo, a part missing from this build)."""
-
+from workers.errors import JobError
 
 FanOut = Callable[[str, str], Awaitable[None]]
 

@@ -10,7 +10,7 @@ from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from workers.agent.loop import AgentResult
 from workers.control import PromptJob, SessionContext
-from workers.events import BranchPushed, CommitCreated, Event
+from workers.events import BranchPushed, CommitCreated, Event, for_prompt
 from workers.gitops import commit_changes, head_sha, push_commits
 
 
@@ -28,6 +28,7 @@ async def publish_work(
 
     `base_sha` is the base commit the workspace stands on once its sync has ended.
     """
+    emit = for_prompt(emit, job.id, job.attempt)
     title = result.title or ctx.title or _first_line(job.text)
     committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
     if committed is not None:
@@ -37,8 +38,6 @@ async def publish_work(
                 author=job.author.git_identity(),
                 co_authors=committed.co_authors,
                 message=committed.message,
-                prompt_id=job.id,
-                attempt=job.attempt,
             )
         )
     head = await head_sha(sandbox)
@@ -54,8 +53,6 @@ async def publish_work(
             base_sha=base_sha,
             title=title,
             body=result.summary,
-            prompt_id=job.id,
-            attempt=job.attempt,
         )
     )
 

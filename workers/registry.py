@@ -3,10 +3,7 @@ find them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from workers.runner import SessionRunner
+from workers.runner import SessionRunner, WorkerDeps
 
 
 class Runners:
@@ -21,15 +18,18 @@ class Runners:
     def __len__(self) -> int:
         return sum(len(r) for r in self._by_session.values())
 
-    def add(self, runner: SessionRunner) -> None:
-        self._by_session.setdefault(runner.session_id, set()).add(runner)
-
-    def discard(self, runner: SessionRunner) -> None:
-        runners = self._by_session.get(runner.session_id)
-        if runners is not None:
+    async def run(self, session_id: str, deps: WorkerDeps) -> None:
+        """The `run_session` task (`workers.runner.run_session`), with its runner findable
+        here while it runs."""
+        runner = SessionRunner(session_id, deps)
+        self._by_session.setdefault(session_id, set()).add(runner)
+        try:
+            await runner.run()
+        finally:
+            runners = self._by_session[session_id]
             runners.discard(runner)
             if not runners:
-                del self._by_session[runner.session_id]
+                del self._by_session[session_id]
 
     def active(self, session_id: str) -> bool:
         """A runner of this session is alive and not stopping."""

@@ -35,11 +35,11 @@ from workers.events import (
     SessionStatus,
     StatusChanged,
     ToolCalled,
+    for_prompt,
 )
 from workers.gitops import GitOpsError
 from workers.publish import publish_work
 from workers.redact import Redactor
-from workers.registry import Runners
 from workers.session_sandbox import SessionSandbox
 
 log = logging.getLogger("nightshift.runner")
@@ -91,12 +91,12 @@ class SessionRunner:
     async def status(
         self, status: SessionStatus, reason: str | None = None, job: PromptJob | None = None
     ) -> None:
-        if job is None:
-            await self.emit(StatusChanged(status=status, reason=reason))
-        else:
-            await self.emit(
-                StatusChanged(status=status, reason=reason, prompt_id=job.id, attempt=job.attempt)
-            )
+        event = StatusChanged(status=status, reason=reason)
+        await (self.emit(event) if job is None else self.emit_for(job, event))
+
+    async def emit_for(self, job: PromptJob, event: Event) -> None:
+        """Publish an event of `job`'s run attempt."""
+        await for_prompt(self.emit, job.id, job.attempt)(event)
 
     def abandon(self) -> None:
         """This process is shutting down: stop working and give the session back."""
@@ -203,14 +203,8 @@ class SessionRunner:
     async def _stopped(self) -> None:
         # Cancellation was delivered once; these awaits run normally.
         job = self.current_job
-        await self.emit(
-            PromptFinished(
-                outcome="stopped",
-                summary="stopped on request",
-                prompt_id=job.id if job else None,
-                attempt=job.attempt if job else 1,
-            )
-        )
+        finished = PromptFinished(outcome="stopped", summary="stopped on request")
+        await (self.emit(finished) if job is None else self.emit_for(job, finished))
         await self.status("stopped", "stopped on request")
 
     def hooks(self) -> Hooks:
@@ -225,26 +219,16 @@ class SessionRunner:
         return hooks
 
     async def _fail(self, job: PromptJob, code: str, message: str) -> PromptOutcome:
-        await self.emit(
-            ErrorRaised(code=code, message=message, prompt_id=job.id, attempt=job.attempt)
-        )
-        await self.emit(
-            PromptFinished(outcome="failed", summary=message, prompt_id=job.id, attempt=job.attempt)
-        )
+        await self.emit_for(job, ErrorRaised(code=code, message=message))
+        await self.emit_for(job, PromptFinished(outcome="failed", summary=message))
         return "failed"
 
     async def _run_prompt(self, job: PromptJob) -> PromptOutcome:
         assert self.ctx is not None
         ctx = self.ctx
         self.current_job = job
-        await self.emit(
-            PromptStarted(
-                author=job.author,
-                ms_waiting=int((time.time() - job.created_at) * 1000),
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
+        waited = int((time.time() - job.created_at) * 1000)
+        await self.emit_for(job, PromptStarted(author=job.author, ms_waiting=waited))
         try:
             model = self.deps.model_factory(self.deps.config)
         except ModelNotConfigured as exc:
@@ -259,7 +243,7 @@ class SessionRunner:
                 author=job.author,
                 repo=acquired.spec or ctx.repo,
                 config=self.deps.config,
-                emit=self.emit,
+                publish=self.emit,
                 depth=ctx.depth,
                 prompt_id=job.id,
                 attempt=job.attempt,
@@ -291,14 +275,7 @@ class SessionRunner:
             return await self._fail(job, "internal", f"internal error: {type(exc).__name__}: {exc}")
         finally:
             await model.aclose()
-        await self.emit(
-            PromptFinished(
-                outcome=result.outcome,
-                summary=result.summary,
-                prompt_id=job.id,
-                attempt=job.attempt,
-            )
-        )
+        await self.emit_for(job, PromptFinished(outcome=result.outcome, summary=result.summary))
         return result.outcome
 
 
@@ -308,17 +285,11 @@ def _user_text(job: PromptJob, ctx: SessionContext) -> str:
     return job.text
 
 
-async def run_session(session_id: str, deps: WorkerDeps, runners: Runners | None = None) -> None:
+async def run_session(session_id: str, deps: WorkerDeps) -> None:
     """The `run_session` task, under every dispatcher: drain a session's queue.
 
     A duplicate delivery (the lease is held elsewhere, or nothing is queued) returns at once
-    without touching the session.
+    without touching the session. Dispatchers run it through `Runners.run`, where stops and
+    nudges find the runner.
     """
-    runner = SessionRunner(session_id, deps)
-    if runners is not None:
-        runners.add(runner)
-    try:
-        await runner.run()
-    finally:
-        if runners is not None:
-            runners.discard(runner)
+    await SessionRunner(session_id, deps).run()

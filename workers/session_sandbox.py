@@ -9,12 +9,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from images.provider import Acquired, SandboxProvider
+from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
+from images.starter import Acquired
 from integrations.forge.base import ForgeError
 from workers.control import PromptJob, SessionContext
-from workers.events import Event, Notice, SandboxReady, SnapshotTaken, StatusChanged, SyncDone
+from workers.events import (
+    Event,
+    Notice,
+    SandboxReady,
+    SnapshotTaken,
+    StatusChanged,
+    SyncDone,
+    for_prompt,
+)
 
 log = logging.getLogger("nightshift.runner")
 SYNC_TIMEOUT_S = 600.0
@@ -44,7 +53,8 @@ class SessionSandbox:
         """The session's sandbox: the one already held, or one acquired for `job` now."""
         if self.acquired is not None:
             return self.acquired
-        await self.emit(StatusChanged(status="starting", prompt_id=job.id, attempt=job.attempt))
+        emit = for_prompt(self.emit, job.id, job.attempt)
+        await emit(StatusChanged(status="starting"))
         acquired = await self.provider.acquire(
             ctx.repo,
             snapshot=ctx.snapshot,
@@ -58,18 +68,16 @@ class SessionSandbox:
             # the base tip in the background while the agent reads (see `start_sync`).
             self.sync_done.clear()
             self._sync_due = (acquired, job)
-        await self.emit(
+        await emit(
             SandboxReady(
                 mode=acquired.mode,
                 sandbox_id=acquired.sandbox.id,
                 image=acquired.image.id,
                 ms_since_prompt=int((time.time() - job.created_at) * 1000),
-                prompt_id=job.id,
-                attempt=job.attempt,
             )
         )
         for note in acquired.notes:
-            await self.emit(Notice(message=note, prompt_id=job.id, attempt=job.attempt))
+            await emit(Notice(message=note))
         return acquired
 
     def start_sync(self, repo: RepoSpec) -> None:
@@ -86,25 +94,17 @@ class SessionSandbox:
 
     async def _sync_to_tip(self, acquired: Acquired, job: PromptJob, repo: RepoSpec) -> None:
         started = time.monotonic()
+        emit = for_prompt(self.emit, job.id, job.attempt)
         try:
             sha = await asyncio.wait_for(self.provider.sync(acquired, repo), SYNC_TIMEOUT_S)
             self.base_sha = sha
-            await self.emit(
-                SyncDone(
-                    sha=sha,
-                    ms=int((time.monotonic() - started) * 1000),
-                    prompt_id=job.id,
-                    attempt=job.attempt,
-                )
-            )
+            await emit(SyncDone(sha=sha, ms=int((time.monotonic() - started) * 1000)))
         except (SandboxError, ForgeError, OSError, TimeoutError) as exc:
             log.warning("sync of %s failed: %s", self.session_id, exc)
-            await self.emit(
+            await emit(
                 Notice(
                     message=f"could not bring the sandbox to the tip of {repo.base} "
-                    f"({exc}); working on {acquired.base_sha[:10]}",
-                    prompt_id=job.id,
-                    attempt=job.attempt,
+                    f"({exc}); working on {acquired.base_sha[:10]}"
                 )
             )
         finally:

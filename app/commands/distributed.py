@@ -66,7 +66,8 @@ def worker(
 ) -> None:
     """Run a Celery worker: sessions and scheduled jobs from Redis (distributed mode)."""
     from app.worker_runtime import build_worker
-    from workers.celery_app import CeleryConfig, WorkerContext, configure_worker, make_celery
+    from workers.celery_app import WorkerContext, configure_worker, make_celery
+    from workers.wire import CeleryConfig
 
     settings = load_settings()
     broker = _broker(settings)
@@ -125,8 +126,8 @@ def beat(
     and a build of an unchanged tip is skipped) but doubles the queue traffic. Warm pools are
     not on it: each worker tops up its own.
     """
-    from workers.celery_app import CeleryConfig, make_celery
     from workers.jobs import schedule
+    from workers.wire import CeleryConfig, celery_client
 
     settings = load_settings()
     broker = _broker(settings)
@@ -137,7 +138,7 @@ def beat(
         for j in schedule(settings.image_interval, settings.reconcile_interval)
         if j.interval_s > 0
     ]
-    celery = make_celery(CeleryConfig(broker, settings.visibility_timeout, jobs))
+    celery = celery_client(CeleryConfig(broker, settings.visibility_timeout, jobs))
     console.print(
         "Nightshift beat: " + ", ".join(f"{j.job} every {j.interval_s:g}s" for j in jobs),
         highlight=False,

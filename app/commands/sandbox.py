@@ -46,7 +46,7 @@ def scratch_image(data_dir: Path, backend: SandboxBackend) -> ImageRef:
     location = data_dir / "scratch" / image_id
     for sub in ("workspace", "home"):
         (location / "root" / sub).mkdir(parents=True)
-    chown_tree(location / "root", getattr(backend, "owner", None))
+    chown_tree(location / "root", backend.owner)
     return ImageRef(
         id=image_id,
         repo="",
@@ -78,14 +78,14 @@ def info(
     """Print, as JSON, the backend, its runtime version, and how each limit is enforced here."""
     settings = load_settings(**({"sandbox": backend} if backend else {}))
     chosen = make_backend(settings.sandbox, settings.data_dir.resolve(), settings.sandbox_config())
-    cgroups = getattr(chosen, "cgroups", None)
+    enforcement = chosen.enforcement()
     report: dict[str, object] = {
         "backend": chosen.name,
         "runtime": chosen.runtime_version(),
         "limits": asdict(settings.limits()),
     }
-    if cgroups is not None:
-        report["enforcement"] = cgroups.describe()
+    if enforcement:
+        report["enforcement"] = enforcement
     print(json.dumps(report, indent=2))
 
 

@@ -1,4 +1,5 @@
-"""The sandbox interface every backend implements, and its errors.
+"""The sandbox interface every backend implements, and its errors (the sandbox branch of the
+images layer's tree, `images/errors.py`).
 
 SandboxError
 ├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
@@ -15,12 +16,14 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from images.errors import ImagesError
+
 WORKDIR = "/workspace"
 HOME = "/home/agent"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 
-class SandboxError(Exception):
+class SandboxError(ImagesError):
     pass
 
 
@@ -183,8 +186,24 @@ class Sandbox(Protocol):
 class SandboxBackend(Protocol):
     name: str
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """The (uid, gid) that owns image and sandbox files on the host; None: this process's
+        user (and backends whose files are not on this host)."""
+        ...
+
+    @property
+    def live(self) -> Mapping[str, Sandbox]:
+        """The sandboxes this backend started that are not terminated yet, by id."""
+        ...
+
     def runtime_version(self) -> str:
         """Identifies what snapshots and images of this backend are compatible with."""
+        ...
+
+    def enforcement(self) -> dict[str, str]:
+        """How each limit is enforced on this host, by limit; empty where the backend's
+        provider enforces them out of this host's sight."""
         ...
 
     async def start(self, spec: SandboxSpec) -> Sandbox:

@@ -65,7 +65,7 @@ async def bench_backend(
     root = Path(tempfile.mkdtemp(prefix="nightshift-bench-"))
     os.chmod(root, 0o700)  # as the data dir is: sandboxes reach their files through mounts
     backend = make(root)
-    image = scratch_image(root, backend.name, getattr(backend, "owner", None))
+    image = scratch_image(root, backend.name, backend.owner)
     spec = SandboxSpec(image, Limits())
     try:
         warm = await backend.start(spec)  # first start builds helpers, probes cgroups

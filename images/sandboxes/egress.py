@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from images.errors import ImagesError
+
 log = logging.getLogger("nightshift.egress")
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
@@ -51,7 +53,7 @@ async def tcp_dial(address: str, port: int) -> tuple[asyncio.StreamReader, async
     return await asyncio.wait_for(asyncio.open_connection(address, port), 15)
 
 
-class Refused(Exception):
+class Refused(ImagesError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status

@@ -108,6 +108,7 @@ class FakeSandbox:
 
 class FakeBackend:
     name = "fake"
+    owner: tuple[int, int] | None = None
     snapshots: dict[str, dict[str, bytes]] = {}
     snapshot_times: dict[str, float] = {}
 
@@ -117,6 +118,13 @@ class FakeBackend:
 
     def runtime_version(self) -> str:
         return "fake-1"
+
+    def enforcement(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def live(self) -> dict[str, FakeSandbox]:
+        return {s.id: s for s in self.started if not s.terminated}
 
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         cutoff = time.time() - older_than_s

@@ -275,6 +275,9 @@ class LocalBackend:
             release_stale_cgroups(self._cgroups)
         return self._cgroups
 
+    def enforcement(self) -> dict[str, str]:
+        return self.cgroups.describe()
+
     @property
     def etc_dir(self) -> Path:
         if self._etc is None:

@@ -292,6 +292,7 @@ class ModalSandbox:
         if self.terminated:
             return
         self.terminated = True
+        self._backend.forget(self.id)
         modal = _modal()
         with contextlib.suppress(modal.exception.Error):
             await self.sb.terminate.aio()
@@ -315,11 +316,24 @@ class ModalBackend:
     """Sandboxes on Modal; credentials come from settings or Modal's own config."""
 
     name = "modal"
+    owner: tuple[int, int] | None = None
+    """Modal's files are not on this host."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self._client: Any = None
         self._app: Any = None
+        self.live: dict[str, ModalSandbox] = {}
+
+    def enforcement(self) -> dict[str, str]:
+        return {}
+
+    def _track(self, sandbox: ModalSandbox) -> ModalSandbox:
+        self.live[sandbox.id] = sandbox
+        return sandbox
+
+    def forget(self, sandbox_id: str) -> None:
+        self.live.pop(sandbox_id, None)
 
     def runtime_version(self) -> str:
         return RUNTIME
@@ -401,7 +415,7 @@ class ModalBackend:
             sb = await modal.Sandbox.create.aio(client=await self.client(), **kwargs)
         except modal.exception.Error as exc:
             raise SandboxError(f"modal could not create a sandbox: {exc}") from exc
-        return ModalSandbox(self, spec, sb)
+        return self._track(ModalSandbox(self, spec, sb))
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> ModalSandbox:
         """A running sandbox by id (after a worker restart)."""
@@ -410,7 +424,7 @@ class ModalBackend:
             sb = await modal.Sandbox.from_id.aio(sandbox_id, client=await self.client())
         except modal.exception.NotFoundError:
             raise SandboxError(f"no Modal sandbox {sandbox_id}") from None
-        return ModalSandbox(self, spec, sb)
+        return self._track(ModalSandbox(self, spec, sb))
 
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         """Modal deletes snapshots itself when their ttl passes (`snapshot_ttl_s`)."""

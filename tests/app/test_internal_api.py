@@ -19,8 +19,8 @@ import pytest
 from tests.factories import ApiClient, git, make_person, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
-from workers.control import ControlPlaneError
-from workers.control_http import ControlPlaneUnavailable, HttpControlPlane
+from workers.control_http import HttpControlPlane
+from workers.errors import ControlPlaneError, ControlPlaneUnavailable
 
 pytestmark = pytest.mark.redis
 TOKEN = "worker-token-" + secrets.token_hex(8)

@@ -19,8 +19,8 @@ import redis
 from app.schemas import RepoCreate
 from app.services.runners import MAX_ATTEMPTS
 from tests.factories import make_person, make_repo
-from workers.celery_app import dispatch_key
 from workers.events import ChatMessage, MessageAdded
+from workers.wire import dispatch_key
 
 pytestmark = pytest.mark.redis
 

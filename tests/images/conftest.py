@@ -181,7 +181,7 @@ def build_image(root: Path, backend: Any, files: dict[str, str] | None = None) -
     for rel, text in (files or {"README.md": "# demo\n", "src/app.py": "print('hi')\n"}).items():
         (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
         (workspace / rel).write_text(text)
-    chown_tree(image_dir / "root", getattr(backend, "owner", None))
+    chown_tree(image_dir / "root", backend.owner)
     return ImageRef(
         id=image_dir.name,
         repo="demo",
@@ -222,7 +222,7 @@ async def start(backend: Any, image: ImageRef) -> AsyncIterator[Starter]:
     starter = Starter(backend, image)
     yield starter
     await starter.close()
-    assert not getattr(backend, "live", {}), "a sandbox outlived terminate()"
+    assert not backend.live, "a sandbox outlived terminate()"
 
 
 # ---------------------------------------------------------------- image builds and pools

@@ -58,7 +58,7 @@ async def test_image_holds_the_setup_result_at_the_base_tip(rt: Any, tmp_path: P
     assert "$ mkdir -p build" in log and "→ exit 0" in log
     # A sandbox from the image sees the same tree.
     spec = rt.image_service.specs()[0]
-    acquired = await rt.provider.start(spec, cold_ok=False)
+    acquired = await rt.provider.starter.start(spec, cold_ok=False)
     try:
         assert acquired.mode == "image" and acquired.image.id == image.id
         out = await acquired.sandbox.exec(["bash", "-c", "cat build/out.txt ~/.cache/proj/c"])
@@ -169,7 +169,7 @@ async def test_old_images_are_collected_unless_in_use(rt: Any, tmp_path: Path) -
     _add(rt, repo)
     [first] = await build_images(rt.image_jobs)
     spec = rt.image_service.specs()[0]
-    held = await rt.provider.start(spec, cold_ok=False)  # a live sandbox on the first image
+    held = await rt.provider.starter.start(spec, cold_ok=False)  # a live sandbox on the first image
     try:
         commit(repo, {"a": "1"})
         [second] = await build_images(rt.image_jobs)

@@ -306,6 +306,19 @@ async def test_file_tools_round_trip(start: Starter) -> None:
         await sandbox.read_file("missing.txt")
 
 
+async def test_the_backend_lists_its_live_sandboxes_and_their_owner(
+    start: Starter, backend: Any
+) -> None:
+    first, second = await start(), await start()
+    assert set(backend.live) == {first.id, second.id}
+    assert backend.live[first.id].source == first.source
+    await first.terminate()
+    assert set(backend.live) == {second.id}
+    owner = backend.owner
+    assert owner is None or (len(owner) == 2 and all(isinstance(i, int) for i in owner))
+    assert isinstance(backend.enforcement(), dict)
+
+
 # ---------------------------------------------------------------- isolation and snapshots
 
 

@@ -15,7 +15,7 @@ from integrations.llm.scripted import ScriptedModel
 from integrations.llm.types import ChatMessage
 from workers.agent.hooks import Hooks, redact_output
 from workers.agent.loop import run_agent
-from workers.agent.tools import ToolContext
+from workers.agent.tools import FinishArgs, Finished, ToolContext, finish
 from workers.config import AgentConfig
 from workers.events import Author, Event
 from workers.redact import Redactor
@@ -70,8 +70,9 @@ def _run(
             author=AUTHOR,
             repo=RepoSpec(name="proj", url="/tmp/proj"),
             config=config or AgentConfig(),
-            emit=emit,
+            publish=emit,
             prompt_id=1,
+            attempt=2,
         )
         result = await run_agent(
             ctx,
@@ -134,6 +135,14 @@ def test_tools_act_on_the_sandbox_and_finish_ends_the_run(tmp_path: Path) -> Non
     ]  # the call after finish never ran
     types = [e.type for e in events]
     assert types[:2] == ["message", "model_request"] and "text_delta" in types and "usage" in types
+    # The tool context stamps every event with its prompt and run attempt.
+    assert {(e.prompt_id, e.attempt) for e in events} == {(1, 2)}
+
+
+def test_finish_hands_back_a_typed_result() -> None:
+    out = asyncio.run(finish(None, FinishArgs(summary="did it")))  # type: ignore[arg-type]
+    assert out.finished == Finished(summary="did it", title="")
+    assert not out.is_error
 
 
 def test_bad_tool_calls_become_errors_the_model_sees(tmp_path: Path) -> None:
@@ -270,7 +279,7 @@ def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
             author=AUTHOR,  # type: ignore[arg-type]
             repo=RepoSpec(name="p", url="/tmp/p"),
             config=AgentConfig(),
-            emit=emit,
+            publish=emit,
         )
         await run_agent(
             ctx, _StallingModel(), Hooks(), [], ChatMessage(role="user", text="go"), 0.0

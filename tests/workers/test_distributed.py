@@ -66,7 +66,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         celery = cluster.celery()
 
         def deliver(session_id: str) -> Callable[[], None]:
-            from workers.celery_app import RUN_SESSION
+            from workers.wire import RUN_SESSION
 
             task_id = celery.send_task(RUN_SESSION, args=[session_id]).id
             return lambda: wait_for(

@@ -13,7 +13,7 @@ from integrations.llm.base import ModelClient, ModelError, ModelTransientError
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
 from workers.agent.hooks import Hooks
 from workers.agent.prompts import system_prompt
-from workers.agent.tools import TOOLS, ToolContext, ToolOutput, call_tool
+from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
 from workers.events import (
     ErrorRaised,
     MessageAdded,
@@ -80,9 +80,7 @@ class _DeltaBuffer:
         async with self._lock:
             if self.parts:
                 text, self.parts, self.size = "".join(self.parts), [], 0
-                await self.ctx.emit(
-                    TextDelta(text=text, prompt_id=self.ctx.prompt_id, attempt=self.ctx.attempt)
-                )
+                await self.ctx.emit(TextDelta(text=text))
             self.last = time.monotonic()
 
 
@@ -121,8 +119,6 @@ async def _one_turn(
                     retry=retry,
                     reason=str(exc),
                     wait_s=round(wait, 3),
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             await asyncio.sleep(wait)
@@ -139,7 +135,7 @@ async def run_agent(
     cfg = ctx.config
     system = system_prompt(ctx.repo, ctx.author)
     messages = [*history, user_message]
-    await ctx.emit(MessageAdded(message=user_message, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+    await ctx.emit(MessageAdded(message=user_message))
     tokens = 0
     step = 0
     last_text = ""
@@ -149,8 +145,6 @@ async def run_agent(
                 ErrorRaised(
                     code="step_limit",
                     message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)",
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             return AgentResult("limit", last_text, steps=step, tokens=tokens)
@@ -159,8 +153,6 @@ async def run_agent(
                 ErrorRaised(
                     code="token_budget",
                     message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             return AgentResult("limit", last_text, steps=step, tokens=tokens)
@@ -170,8 +162,6 @@ async def run_agent(
                 model=model.name,
                 step=step,
                 ms_since_prompt=int((time.time() - prompt_received_at) * 1000),
-                prompt_id=ctx.prompt_id,
-                attempt=ctx.attempt,
             )
         )
         try:
@@ -181,8 +171,6 @@ async def run_agent(
                 ErrorRaised(
                     code="model_error",
                     message=str(exc),
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             return AgentResult("failed", str(exc), steps=step, tokens=tokens)
@@ -191,26 +179,22 @@ async def run_agent(
             UsageReported(
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
-                prompt_id=ctx.prompt_id,
-                attempt=ctx.attempt,
             )
         )
         message = completion.message
         messages.append(message)
-        await ctx.emit(MessageAdded(message=message, prompt_id=ctx.prompt_id, attempt=ctx.attempt))
+        await ctx.emit(MessageAdded(message=message))
         if message.text.strip():
             last_text = message.text.strip()
         if not message.tool_calls:
             return AgentResult("done", last_text, steps=step, tokens=tokens)
-        finished: ToolOutput | None = None
+        finished: Finished | None = None
         for call in message.tool_calls:
             await ctx.emit(
                 ToolCalled(
                     call_id=call.id,
                     name=call.name,
                     arguments=call.arguments,
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             started = time.monotonic()
@@ -231,20 +215,12 @@ async def run_agent(
                     is_error=out.is_error,
                     exit_code=out.exit_code,
                     ms=int((time.monotonic() - started) * 1000),
-                    prompt_id=ctx.prompt_id,
-                    attempt=ctx.attempt,
                 )
             )
             messages.append(
                 ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error)
             )
-            if out.finish and not out.is_error and finished is None:
-                finished = out
+            if out.finished is not None and not out.is_error and finished is None:
+                finished = out.finished
         if finished is not None:
-            return AgentResult(
-                "done",
-                str(finished.data.get("summary", "")),
-                str(finished.data.get("title", "")),
-                step,
-                tokens,
-            )
+            return AgentResult("done", finished.summary, finished.title, step, tokens)

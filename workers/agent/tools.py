@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -17,14 +17,9 @@ from images.sandboxes.base import Sandbox, SandboxError
 from images.spec import RepoSpec
 from integrations.llm.types import ToolSpec
 from workers.config import AgentConfig
-from workers.control import ControlPlane, ControlPlaneError
-from workers.events import Author, ChildSpawned, Event
-
-Emit = Callable[[Event], Awaitable[None]]
-
-
-class ToolError(Exception):
-    """A tool refused or failed; the message goes back to the model."""
+from workers.control import ControlPlane
+from workers.errors import ControlPlaneError, ToolError
+from workers.events import Author, ChildSpawned, Emit, Event, for_prompt
 
 
 @dataclass
@@ -35,10 +30,23 @@ class ToolContext:
     author: Author
     repo: RepoSpec
     config: AgentConfig
-    emit: Emit
+    publish: Emit
+    """The session's event sink; `emit` stamps what goes into it with this prompt."""
     depth: int = 0
     prompt_id: int | None = None
     attempt: int = 1
+
+    async def emit(self, event: Event) -> None:
+        """Publish an event of this prompt's run attempt."""
+        await for_prompt(self.publish, self.prompt_id, self.attempt)(event)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What `finish` hands the runner: the pull request's body and title."""
+
+    summary: str
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,8 @@ class ToolOutput:
     text: str
     is_error: bool = False
     exit_code: int | None = None
-    finish: bool = False
-    data: dict[str, Any] = field(default_factory=dict)
+    finished: Finished | None = None
+    """Set by `finish`: the run ends after this turn's tool calls."""
 
 
 @dataclass(frozen=True)
@@ -224,14 +232,9 @@ async def spawn_session(ctx: ToolContext, a: SpawnArgs) -> ToolOutput:
     except ControlPlaneError as exc:
         raise ToolError(str(exc)) from exc
     repo = a.repo or ctx.repo.name
-    await ctx.emit(
-        ChildSpawned(
-            child_id=child, repo=repo, prompt=a.prompt, prompt_id=ctx.prompt_id, attempt=ctx.attempt
-        )
-    )
+    await ctx.emit(ChildSpawned(child_id=child, repo=repo, prompt=a.prompt))
     return ToolOutput(
-        f"started session {child} on {repo}; check it with session_status(session_id={child!r})",
-        data={"child_id": child},
+        f"started session {child} on {repo}; check it with session_status(session_id={child!r})"
     )
 
 
@@ -253,7 +256,7 @@ class FinishArgs(BaseModel):
 
 
 async def finish(ctx: ToolContext, a: FinishArgs) -> ToolOutput:
-    return ToolOutput("finished", finish=True, data={"summary": a.summary, "title": a.title or ""})
+    return ToolOutput("finished", finished=Finished(a.summary, a.title or ""))
 
 
 TOOLS: dict[str, Tool] = {
@@ -309,20 +312,14 @@ async def call_tool(
         out = await tool.run(ctx, args)
     except (ToolError, SandboxError) as exc:
         out = ToolOutput(str(exc), is_error=True)
-    out = await hooks.after(ctx, tool, arguments, out)
+    shown: ToolOutput = await hooks.after(ctx, tool, arguments, out)
     limit = ctx.config.tool_output_chars
-    if len(out.text) > limit:
-        head = out.text[: limit // 2]
-        tail = out.text[-limit // 4 :]
-        omitted = len(out.text) - len(head) - len(tail)
-        out = ToolOutput(
-            f"{head}\n[... {omitted} characters omitted ...]\n{tail}",
-            out.is_error,
-            out.exit_code,
-            out.finish,
-            out.data,
-        )
-    return out
+    if len(shown.text) > limit:
+        head = shown.text[: limit // 2]
+        tail = shown.text[-limit // 4 :]
+        omitted = len(shown.text) - len(head) - len(tail)
+        shown = replace(shown, text=f"{head}\n[... {omitted} characters omitted ...]\n{tail}")
+    return shown
 
 
 def describe_call(name: str, arguments: dict[str, Any]) -> str:

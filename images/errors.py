@@ -1,0 +1,28 @@
+"""Errors the images layer raises; every one of them is an `ImagesError`.
+
+ImagesError
+├── SandboxError              a sandbox could not do what was asked
+│   ├── SandboxUnavailable    the backend cannot run on this host (missing binary, no token)
+│   ├── UnsupportedSetting    a limit or policy the backend cannot enforce: refused, not ignored
+│   ├── SandboxFileError      a file tool failed (missing file, not a directory, too large)
+│   │   └── PathEscape        a path or symlink leads outside the workspace
+│   ├── SnapshotUnusable      a snapshot's base image or runtime version is gone
+│   ├── SyncError             bringing a sandbox to the base tip failed, at the step named
+│   └── NoImage               the repo has no image for its current spec (no cold start asked)
+├── BuildError                an image build step failed; the message says which and why
+├── SpecFileError             a `.nightshift.toml` that cannot be used (also a ValueError)
+├── UnknownRepo               a repo name that is not registered (also a ValueError)
+└── Refused                   the egress proxy refused a connection (`status`: its HTTP code)
+
+Each class is defined beside what raises it, and the sandbox branch beside the interface its
+backends implement (`images/sandboxes/base.py`): SandboxError and its subclasses in
+`sandboxes/base.py`, SyncError and NoImage in `starter.py`, BuildError in `setup.py`,
+SpecFileError in `spec.py`, UnknownRepo in `jobs.py`, Refused in `sandboxes/egress.py`.
+This module holds the root only, so every one of them can import it without a circle.
+"""
+
+from __future__ import annotations
+
+
+class ImagesError(Exception):
+    """The root of every error the images layer defines."""

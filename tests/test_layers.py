@@ -1,0 +1,93 @@
+"""The layers' shape: each layer's errors form one tree, and no module of a layer imports
+itself back through others (an import circle)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+from images.errors import ImagesError
+from workers.errors import WorkersError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules(package: str) -> list[str]:
+    path = [str(ROOT / package)]
+    return [package] + [m.name for m in pkgutil.walk_packages(path, f"{package}.")]
+
+
+@pytest.mark.parametrize(("package", "root"), [("workers", WorkersError), ("images", ImagesError)])
+def test_every_error_a_layer_defines_joins_its_tree(package: str, root: type) -> None:
+    outside = []
+    for name in _modules(package):
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            defined_here = cls.__module__ == name
+            if defined_here and issubclass(cls, BaseException) and not issubclass(cls, root):
+                outside.append(f"{name}.{cls_name}")
+    assert outside == [], f"outside the {root.__name__} tree: {outside}"
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same layer it imports, at any depth of its code (an import
+    inside a function or under TYPE_CHECKING still ties the two)."""
+    known = set(_modules(package))
+    graph: dict[str, set[str]] = {}
+    for name in known:
+        file = ROOT / Path(*name.split("."))
+        source = file / "__init__.py" if file.is_dir() else file.with_suffix(".py")
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        graph[name] = {t for t in targets if t in known and t != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+@pytest.mark.parametrize("package", ["workers", "images", "integrations"])
+def test_no_import_circles_inside_a_layer(package: str) -> None:
+    graph = _imports(package)
+    # A package's __init__ that only hands names on ties nothing: leave it out.
+    faces = {n for n in graph if (ROOT / Path(*n.split("."))).is_dir()}
+    graph = {n: t - faces for n, t in graph.items() if n not in faces}
+    assert _circles(graph) == []
