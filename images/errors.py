@@ -7,6 +7,7 @@ ImagesError
 │   ├── SandboxFileError      a file tool failed (missing file, not a directory, too large)
 │   │   └── PathEscape        a path or symlink leads outside the workspace
 │   ├── SnapshotUnusable      a snapshot's base image or runtime version is gone
+│   ├── SnapshotTooLarge      a snapshot would keep more than the sandbox disk quota
 │   ├── SyncError             bringing a sandbox to the base tip failed, at the step named
 │   └── NoImage               the repo has no image for its current spec (no cold start asked)
 ├── BuildError                an image build step failed; the message says which and why
