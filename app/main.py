@@ -117,7 +117,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     # Outermost first: an unknown Host is refused before anything reads the request.
     names = server_names(settings)
-    app.add_middleware(OriginCheck, allowed_hosts=names)
+    app.add_middleware(
+        OriginCheck,
+        extra_hosts=[n for n in settings.allowed_hosts.split(",") if n],
+        public_url=settings.public_url,
+    )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=names, www_redirect=False)
     app.include_router(health.router)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id

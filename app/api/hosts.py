@@ -69,27 +69,44 @@ def _matches(host: str, pattern: str) -> bool:
     return host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
 
 
+def _origin_of(url: str) -> str | None:
+    """`scheme://host:port` of a URL, the default port spelled out; None when unusable."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https", "ws", "wss") or not host:
+        return None
+    secure = parts.scheme in ("https", "wss")
+    return f"{'https' if secure else 'http'}://{_host_name(host)}:{port or (443 if secure else 80)}"
+
+
 class OriginCheck:
-    """Refuse WebSockets and state-changing requests from pages on other sites (403)."""
+    """Refuse WebSockets and state-changing requests from pages on other sites (403).
 
-    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+    A page's origin is its scheme, host and port: a page on another port of the same machine
+    (`http://localhost:3000`, someone's dev server) is another site. An origin passes when it is
+    the address the request was sent to (its `Host`), the public URL, or a name the operator
+    listed in NIGHTSHIFT_ALLOWED_HOSTS (any port: the operator named that host as ours).
+    """
+
+    def __init__(
+        self, app: ASGIApp, extra_hosts: Sequence[str] = (), public_url: str | None = None
+    ) -> None:
         self.app = app
-        # `*` turns the Host check off; an Origin must then be the host the request was sent to.
-        self.patterns = [p.lower() for p in allowed_hosts if p != "*"]
+        self.patterns = [p.lower() for p in extra_hosts if p and p != "*"]
+        self.public = _origin_of(public_url) if public_url else None
 
-    def allows(self, origin: str, host_header: str | None) -> bool:
-        if origin == "null":
+    def allows(self, origin: str, host_header: str | None, scheme: str) -> bool:
+        own = _origin_of(origin)
+        if origin == "null" or own is None or not own.startswith(("http://", "https://")):
             return False
-        try:
-            parts = urlsplit(origin)
-            host = parts.hostname
-        except ValueError:
-            return False
-        if parts.scheme not in ("http", "https") or not host:
-            return False
-        name = _host_name(host)
-        if name == _host_of(host_header):
+        if host_header and own == _origin_of(f"{scheme}://{host_header}"):
             return True
+        if own == self.public:
+            return True
+        name = own.split("://", 1)[1].rsplit(":", 1)[0]
         return any(_matches(name, p) for p in self.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,7 +116,8 @@ class OriginCheck:
         if guarded:
             headers = Headers(scope=scope)
             origin = headers.get("origin")
-            if origin is not None and not self.allows(origin, headers.get("host")):
+            scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+            if origin is not None and not self.allows(origin, headers.get("host"), scheme):
                 await _refuse(scope, receive, send, origin)
                 return
         await self.app(scope, receive, send)

@@ -91,6 +91,26 @@ def test_cross_site_websockets_without_a_cookie_get_nothing(local: BackgroundSer
     assert [f["id"] for f in _stream(local, "localhost")] == [1, 2]
 
 
+def test_a_page_on_another_local_port_is_another_site(local: BackgroundServer) -> None:
+    # Another server on this machine (a dev server on :3000) serves pages under our host names.
+    for other in (
+        f"http://localhost:{local.port + 1}",
+        "http://127.0.0.1:3000",
+        "http://localhost",
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            _stream(local, "127.0.0.1", origin=other)  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403, other
+        with httpx.Client(base_url=local.url, timeout=10) as http:
+            r = http.post(
+                f"/api/sessions/{local.session_id}/stop",  # type: ignore[attr-defined]
+                headers={"Origin": other},
+            )
+            assert r.status_code == 403, other
+    own = _stream(local, "localhost", origin=f"http://localhost:{local.port}")  # type: ignore[arg-type]
+    assert [f["id"] for f in own] == [1, 2]
+
+
 def test_state_changing_requests_check_origin_cookie_or_token_or_neither(
     local: BackgroundServer,
 ) -> None:
