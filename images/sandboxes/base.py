@@ -3,8 +3,9 @@
 SandboxError
 ├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
 ├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
-├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
-│   └── PathEscape       a path or symlink leads outside the workspace
+├── SandboxFileError     a file tool failed (missing file, not a regular file, timed out)
+│   ├── PathEscape       a path or symlink leads outside the workspace
+│   └── FileTooLarge     a file is over the byte cap of the read or copy
 └── SnapshotUnusable     a snapshot's base image or runtime version is gone
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 WORKDIR = "/workspace"
@@ -36,6 +38,10 @@ class SandboxFileError(SandboxError):
 
 
 class PathEscape(SandboxFileError):
+    pass
+
+
+class FileTooLarge(SandboxFileError):
     pass
 
 
@@ -159,6 +165,11 @@ class Sandbox(Protocol):
         self, path: str = ".", recursive: bool = False, limit: int = 2000
     ) -> list[FileEntry]:
         """List a directory inside the workspace (without `.git`)."""
+        ...
+
+    async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Copy a workspace file to `dest`, a new file on the host, in chunks; FileTooLarge
+        past `max_bytes` (and `dest` is removed). Returns the bytes copied."""
         ...
 
     async def snapshot(self) -> SnapshotRef:
