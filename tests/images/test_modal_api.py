@@ -114,9 +114,8 @@ def test_commands_run_unprivileged_with_limits() -> None:
 
 
 def test_paths_are_confined_to_the_workspace() -> None:
-    assert backend_module.confine_cmd("src/a.py", True) == [
-        "realpath", "-e", "--", "/workspace/src/a.py",
-    ]  # fmt: skip
+    argv = backend_module.confine_cmd("src/a.py", True)
+    assert argv[:2] == ["sh", "-c"] and argv[-2:] == ["-e", "/workspace/src/a.py"]
     assert (
         backend_module.check_confined("/workspace/src/a.py\n", "src/a.py") == "/workspace/src/a.py"
     )
