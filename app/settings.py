@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(30.0, ge=1)
     """Seconds a runner's lease lasts without a heartbeat; a dead worker's session resumes after it."""
 
+    # ---- pushes
+    max_push_mb: int = Field(200, ge=1)
+    """Megabytes the git bundle of one push may weigh; a bigger push fails naming its biggest
+    files."""
+
     # ---- sandboxes
     sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
     sandbox_memory_mb: int = Field(2048, ge=64)
@@ -394,6 +399,7 @@ class Settings(BaseSettings):
             lease_ttl_s=self.lease_ttl,
             heartbeat_s=max(0.2, self.lease_ttl / 6),
             public_url=self.base_url,
+            max_push_bytes=self.max_push_mb * 1024 * 1024,
         )
 
     def secret_values(self) -> list[str]:

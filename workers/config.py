@@ -22,3 +22,5 @@ class AgentConfig:
     idle_s: float = 0.0
     """How long a runner keeps the sandbox alive after the queue drains, awaiting follow-ups."""
     public_url: str = "http://127.0.0.1:8000"
+    max_push_bytes: int = 200 * 1024 * 1024
+    """What the bundle of one push may weigh; a bigger push fails naming its biggest files."""

@@ -1,25 +1,57 @@
 """Finishing a prompt: commit inside the sandbox as the person who asked, carry the commits out
 as a git bundle, and push them from the host. No credential ever enters the sandbox.
+
+The bundle is streamed to a file on the host, never held in memory, and is capped
+(`NIGHTSHIFT_MAX_PUSH_MB`): a push over the cap fails naming the biggest files it carries.
+What the sandbox's git says about sizes is only used for that message and an early refusal;
+the cap itself is enforced on the bytes that leave the sandbox.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.sandboxes.base import Sandbox, SandboxError
+from images.sandboxes.base import FileTooLarge, Sandbox, SandboxError
 from integrations.forge.base import Forge
 from workers.errors import WorkersError
 from workers.events import Author
 
 BUNDLE_PATH = ".git/nightshift-push.bundle"
+MB = 1024 * 1024
+BIGGEST = 5
+# Sizes of every object the push carries: each object's size on disk (compressed, what the
+# bundle will roughly weigh) is summed, and the biggest blobs are kept with their paths.
+SIZES_SCRIPT = """set -e
+list=$(mktemp)
+git rev-list --objects "$1" \
+  | git cat-file --batch-check='%(objecttype) %(objectsize:disk) %(objectsize) %(rest)' > "$list"
+awk '{ disk += $2 } END { print "total", disk + 0 }' "$list"
+awk '$1 == "blob"' "$list" | sort -k3,3nr | head -n "$2"
+rm -f "$list"
+"""
 
 
 class GitOpsError(WorkersError):
-    pass
+    code = "git_error"
+
+
+class PushTooLarge(GitOpsError):
+    code = "push_too_large"
+
+
+@dataclass(frozen=True)
+class PushSize:
+    disk_bytes: int
+    """Compressed size of every object in the push: about what its bundle weighs."""
+    biggest: list[tuple[str, int]]
+    """The biggest files (path, bytes) in the pushed commits, biggest first."""
+
+    def describe(self) -> str:
+        return ", ".join(f"{path} ({_mb(size)})" for path, size in self.biggest) or "none"
 
 
 @dataclass(frozen=True)
@@ -89,23 +121,63 @@ async def commit_changes(
     return Committed(await head_sha(sandbox), message, trailers)
 
 
+def _mb(size: int) -> str:
+    return f"{size / MB:.1f} MB"
+
+
+async def push_size(sandbox: Sandbox, revisions: str) -> PushSize:
+    """What the commits in `revisions` weigh, and their biggest files, as the sandbox's git
+    reports them."""
+    result = await sandbox.exec(
+        ["sh", "-c", SIZES_SCRIPT, "sizes", revisions, str(BIGGEST)], timeout=300
+    )
+    if result.exit_code != 0:
+        raise GitOpsError(f"could not size the push: {(result.stderr or result.stdout).strip()}")
+    total, biggest = 0, []
+    for line in result.stdout.splitlines():
+        fields = line.split(" ", 3)
+        if fields[0] == "total" and len(fields) == 2 and fields[1].isdigit():
+            total = int(fields[1])
+        elif fields[0] == "blob" and len(fields) == 4 and fields[2].isdigit():
+            biggest.append((fields[3][:200], int(fields[2])))
+    return PushSize(total, biggest)
+
+
+def _too_large(size: PushSize, cap: int, measured: str) -> PushTooLarge:
+    return PushTooLarge(
+        f"the push is {measured}, more than the {cap // MB} MB a push may carry "
+        f"(NIGHTSHIFT_MAX_PUSH_MB); biggest files in its commits: {size.describe()}. Remove "
+        "them from the branch's commits (a follow-up can rewrite them), or raise the cap"
+    )
+
+
 async def push_commits(
-    sandbox: Sandbox, forge: Forge, url: str, branch: str, base_sha: str, expected_old: str | None
+    sandbox: Sandbox,
+    forge: Forge,
+    url: str,
+    branch: str,
+    base_sha: str,
+    expected_old: str | None,
+    max_bytes: int,
 ) -> str:
-    """Bundle `base_sha..HEAD` inside the sandbox, read it out, push it from the host."""
+    """Bundle `base_sha..HEAD` inside the sandbox, stream it out, push it from the host."""
+    revisions = f"{base_sha}..{branch}"
     await _git(sandbox, "branch", "--force", branch, "HEAD")
-    await _git(sandbox, "bundle", "create", "--quiet", BUNDLE_PATH, f"{base_sha}..{branch}")
+    size = await push_size(sandbox, revisions)
+    if size.disk_bytes > max_bytes:
+        raise _too_large(size, max_bytes, f"about {_mb(size.disk_bytes)}")
+    await _git(sandbox, "bundle", "create", "--quiet", BUNDLE_PATH, revisions)
+    scratch = tempfile.mkdtemp(prefix="nightshift-push-")
+    bundle = Path(scratch) / "push.bundle"
     try:
-        data = await sandbox.read_file(BUNDLE_PATH, max_bytes=2 * 1024**3)
-    except SandboxError as exc:
-        raise GitOpsError(f"could not read the bundle out of the sandbox: {exc}") from exc
-    fd, name = tempfile.mkstemp(suffix=".bundle", prefix="nightshift-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return await forge.push_bundle(url, Path(name), branch, expected_old)
+        try:
+            await sandbox.copy_out(BUNDLE_PATH, bundle, max_bytes)
+        except FileTooLarge:
+            raise _too_large(size, max_bytes, f"over {max_bytes // MB} MB as a bundle") from None
+        except SandboxError as exc:
+            raise GitOpsError(f"could not copy the bundle out of the sandbox: {exc}") from exc
+        return await forge.push_bundle(url, bundle, branch, expected_old)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+        shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(SandboxError):
             await sandbox.exec(["rm", "-f", BUNDLE_PATH], timeout=30)

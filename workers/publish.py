@@ -23,6 +23,7 @@ async def publish_work(
     result: AgentResult,
     forge_for: Callable[[RepoSpec], Forge],
     emit: Callable[[Event], Awaitable[None]],
+    max_push_bytes: int,
 ) -> None:
     """Commit as the prompting person, push from outside the sandbox, announce the branch.
 
@@ -44,7 +45,9 @@ async def publish_work(
     if head in (base_sha, ctx.pushed_sha):
         return
     forge = forge_for(ctx.repo)
-    pushed = await push_commits(sandbox, forge, ctx.repo.url, ctx.branch, base_sha, ctx.pushed_sha)
+    pushed = await push_commits(
+        sandbox, forge, ctx.repo.url, ctx.branch, base_sha, ctx.pushed_sha, max_push_bytes
+    )
     await emit(
         BranchPushed(
             branch=ctx.branch,

@@ -263,11 +263,17 @@ class SessionRunner:
                     result=result,
                     forge_for=self.deps.forge_for,
                     emit=self.emit,
+                    max_push_bytes=self.deps.config.max_push_bytes,
                 )
         except (SandboxError, ForgeError, GitOpsError) as exc:
-            return await self._fail(
-                job, "sandbox_error" if isinstance(exc, SandboxError) else "git_error", str(exc)
+            code = (
+                "sandbox_error"
+                if isinstance(exc, SandboxError)
+                else exc.code
+                if isinstance(exc, GitOpsError)
+                else "git_error"
             )
+            return await self._fail(job, code, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

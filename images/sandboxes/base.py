@@ -4,8 +4,9 @@ images layer's tree, `images/errors.py`).
 SandboxError
 ├── SandboxUnavailable   the backend cannot run on this host (missing binary, no token)
 ├── UnsupportedSetting   a limit or policy the backend cannot enforce: refused, not ignored
-├── SandboxFileError     a file tool failed (missing file, not a directory, too large)
-│   └── PathEscape       a path or symlink leads outside the workspace
+├── SandboxFileError     a file tool failed (missing file, not a regular file, timed out)
+│   ├── PathEscape       a path or symlink leads outside the workspace
+│   └── FileTooLarge     a file is over the byte cap of the read or copy
 ├── SnapshotUnusable     a snapshot's base image or runtime version is gone
 └── SnapshotTooLarge     a snapshot would keep more than the sandbox's disk quota
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from images.errors import ImagesError
@@ -40,6 +42,10 @@ class SandboxFileError(SandboxError):
 
 
 class PathEscape(SandboxFileError):
+    pass
+
+
+class FileTooLarge(SandboxFileError):
     pass
 
 
@@ -172,6 +178,11 @@ class Sandbox(Protocol):
         self, path: str = ".", recursive: bool = False, limit: int = 2000
     ) -> list[FileEntry]:
         """List a directory inside the workspace (without `.git`)."""
+        ...
+
+    async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Copy a workspace file to `dest`, a new file on the host, in chunks; FileTooLarge
+        past `max_bytes` (and `dest` is removed). Returns the bytes copied."""
         ...
 
     async def snapshot(self) -> SnapshotRef:

@@ -14,6 +14,7 @@ from pathlib import Path
 from images.sandboxes.base import (
     ExecResult,
     FileEntry,
+    FileTooLarge,
     ImageRef,
     SandboxError,
     SandboxFileError,
@@ -22,7 +23,7 @@ from images.sandboxes.base import (
     SnapshotUnusable,
     UnsupportedSetting,
 )
-from images.sandboxes.pathsafe import clean_relative
+from images.sandboxes.pathsafe import CHUNK, clean_relative
 
 Handler = Callable[["FakeSandbox", Sequence[str], str], ExecResult]
 
@@ -63,6 +64,15 @@ class FakeSandbox:
         if rel not in self.files:
             raise SandboxFileError(f"{path}: no such file or directory")
         return self.files[rel][:max_bytes]
+
+    async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
+        data = await self.read_file(path, max_bytes + 1)
+        if len(data) > max_bytes:
+            raise FileTooLarge(f"{path}: more than the {max_bytes}-byte limit")
+        with dest.open("xb") as fh:
+            for start in range(0, len(data), CHUNK):
+                fh.write(data[start : start + CHUNK])
+        return len(data)
 
     async def write_file(self, path: str, data: bytes) -> None:
         rel = clean_relative(path)

@@ -57,6 +57,7 @@ from images.sandboxes.limits import (
     detect,
     release_stale_cgroups,
 )
+from images.sandboxes.offload import FileWorkers
 from images.sandboxes.overlay import Workspace, overlay_supported, release_stale_mounts
 from images.sandboxes.pathsafe import ConfinedTree, clean_relative
 from images.sandboxes.process import name_limit, run_process
@@ -98,6 +99,7 @@ class LocalSandbox:
         self.terminated = False
         self._tasks: set[asyncio.Task[ExecResult]] = set()
         self.files = ConfinedTree(str(self.ws.merged / "workspace"), self.owner)
+        self.file_workers = FileWorkers(self.id)
 
     @property
     def uid(self) -> int:
@@ -197,17 +199,25 @@ class LocalSandbox:
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         self._check_live()
-        return await asyncio.to_thread(self.files.read, path, max_bytes)
+        return await self.file_workers.run(path, self.files.read, path, max_bytes)
 
     async def write_file(self, path: str, data: bytes) -> None:
         self._check_live()
-        await asyncio.to_thread(self.files.write, path, data)
+        await self.file_workers.run(path, self.files.write, path, data)
 
     async def list_files(
         self, path: str = ".", recursive: bool = False, limit: int = 2000
     ) -> list[FileEntry]:
         self._check_live()
-        return await asyncio.to_thread(self.files.listdir, path, recursive, limit)
+        return await self.file_workers.run(path, self.files.listdir, path, recursive, limit)
+
+    async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
+        self._check_live()
+        # A copy may be large; it gets the time a fast disk needs for it, and a floor.
+        timeout = 60.0 + max_bytes / (20 * 1024 * 1024)
+        return await self.file_workers.run(
+            path, self.files.copy_out, path, str(dest), max_bytes, timeout=timeout
+        )
 
     def _check_live(self) -> None:
         if self.terminated:

@@ -8,7 +8,8 @@
   `prlimit` around every command, which runs as the unprivileged `agent` via `setpriv`.
 - Network: `block_network=True`, or `outbound_domain_allowlist` with the repo's hosts.
 - Files: paths are resolved inside the sandbox (`realpath`) and refused when they leave
-  /workspace, then read and written with `sandbox.filesystem`.
+  /workspace or are not a regular file (a FIFO would hang the read), then read and written
+  with `sandbox.filesystem`; `copy_out` streams a file in chunks to the host, capped.
 - Snapshots: `snapshot_filesystem(timeout=300, ttl=...)`; Modal deletes them after the ttl.
 
 No credential reaches the sandbox: no `secrets=`, and its environment is built here from the
@@ -35,6 +36,7 @@ from images.sandboxes.base import (
     EndedBy,
     ExecResult,
     FileEntry,
+    FileTooLarge,
     ImageRef,
     PathEscape,
     SandboxError,
@@ -44,6 +46,7 @@ from images.sandboxes.base import (
     SnapshotRef,
     SnapshotUnusable,
 )
+from images.sandboxes.offload import FILE_TIMEOUT_S
 from images.sandboxes.pathsafe import clean_relative
 
 AGENT_UID = 1000
@@ -61,9 +64,23 @@ def _modal() -> Any:
     return modal
 
 
+_PROBE = (
+    'p=$(realpath "$1" -- "$2") || exit 1; printf "%s\\n" "$p"; [ ! -e "$p" ] || stat -c %F -- "$p"'
+)
+_KINDS = {
+    "fifo": "a FIFO",
+    "socket": "a socket",
+    "character special file": "a character device",
+    "block special file": "a block device",
+    "symbolic link": "a symlink",
+}
+
+
 def confine_cmd(rel: str, must_exist: bool) -> list[str]:
-    """argv printing the canonical path of `rel` under /workspace (symlinks resolved)."""
-    return ["realpath", "-e" if must_exist else "-m", "--", posixpath.join(WORKDIR, rel)]
+    """argv printing the canonical path of `rel` under /workspace (symlinks resolved) and, on
+    a second line, what kind of file is there (`stat`'s %F; nothing when there is none)."""
+    flag = "-e" if must_exist else "-m"
+    return ["sh", "-c", _PROBE, "probe", flag, posixpath.join(WORKDIR, rel)]
 
 
 def check_confined(resolved: str, path: str) -> str:
@@ -71,6 +88,20 @@ def check_confined(resolved: str, path: str) -> str:
     if resolved != WORKDIR and not resolved.startswith(WORKDIR + "/"):
         raise PathEscape(f"{path}: resolves outside the workspace (symlink or ..)")
     return resolved
+
+
+def check_kind(kind: str, path: str, want: str) -> None:
+    """Refuse anything but a regular file (`want` "file") or a directory (`want` "dir")."""
+    kind = kind.strip()
+    if not kind:  # nothing there yet: a write creates it
+        return
+    if kind == "directory" if want == "dir" else kind.startswith("regular"):
+        return
+    if kind == "directory":
+        raise SandboxFileError(f"{path}: is a directory; use list_files")
+    what = "a regular file" if kind.startswith("regular") else _KINDS.get(kind, f"a {kind}")
+    wanted = "a directory" if want == "dir" else "a regular file"
+    raise SandboxFileError(f"{path} is {what}, not {wanted}")
 
 
 def command_argv(argv: Sequence[str], pids: int, cpu_seconds: int) -> list[str]:
@@ -199,25 +230,57 @@ class ModalSandbox:
             limits_hit=tuple(hits),
         )
 
-    async def _resolve(self, path: str, must_exist: bool) -> str:
+    async def _resolve(self, path: str, must_exist: bool, want: str = "file") -> str:
         rel = clean_relative(path)
-        code, out, err = await self._run(confine_cmd(rel, must_exist))
+        code, out, err = await self._run(confine_cmd(rel, must_exist), timeout=FILE_TIMEOUT_S)
         if code != 0:
             raise SandboxFileError(f"{path}: {err.decode(errors='replace').strip() or 'not found'}")
-        return check_confined(out.decode(), path)
+        resolved, _, kind = out.decode(errors="replace").partition("\n")
+        target = check_confined(resolved, path)
+        check_kind(kind, path, want)
+        return target
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         modal = _modal()
         target = await self._resolve(path, must_exist=True)
         try:
-            data = bytes(await self.sb.filesystem.read_bytes.aio(target))
+            data = bytes(
+                await asyncio.wait_for(self.sb.filesystem.read_bytes.aio(target), FILE_TIMEOUT_S)
+            )
+        except TimeoutError:
+            raise SandboxFileError(f"{path}: no answer within {FILE_TIMEOUT_S:g} s") from None
         except modal.exception.Error as exc:
             raise SandboxFileError(f"{path}: {exc}") from exc
         if len(data) > max_bytes:
-            raise SandboxFileError(
-                f"{path}: {len(data)} bytes is more than the {max_bytes}-byte limit"
-            )
+            raise FileTooLarge(f"{path}: {len(data)} bytes is more than the {max_bytes}-byte limit")
         return data
+
+    async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Stream the file through `head -c` in the sandbox: never more than the cap crosses."""
+        modal = _modal()
+        target = await self._resolve(path, must_exist=True)
+        copied = 0
+        try:
+            with dest.open("xb") as fh:
+                proc = await self.sb.exec.aio(
+                    "head", "-c", str(max_bytes + 1), "--", target, timeout=600, text=False
+                )
+                async for chunk in proc.stdout:
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise FileTooLarge(f"{path}: more than the {max_bytes}-byte limit")
+                    fh.write(chunk)
+                code = int(await proc.wait.aio())
+            if code != 0:
+                err = (await proc.stderr.read.aio()).decode(errors="replace").strip()
+                raise SandboxFileError(f"{path}: copying it out failed: {err or code}")
+        except modal.exception.Error as exc:
+            dest.unlink(missing_ok=True)
+            raise SandboxFileError(f"{path}: {exc}") from exc
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return copied
 
     async def write_file(self, path: str, data: bytes) -> None:
         modal = _modal()
@@ -225,7 +288,9 @@ class ModalSandbox:
             raise SandboxFileError("a file path is required")
         target = await self._resolve(path, must_exist=False)
         try:
-            await self.sb.filesystem.write_bytes.aio(data, target)
+            await asyncio.wait_for(self.sb.filesystem.write_bytes.aio(data, target), FILE_TIMEOUT_S)
+        except TimeoutError:
+            raise SandboxFileError(f"{path}: no answer within {FILE_TIMEOUT_S:g} s") from None
         except modal.exception.Error as exc:
             raise SandboxFileError(f"{path}: {exc}") from exc
         # The filesystem API writes as root; hand the file and new parents to the agent.
@@ -238,7 +303,7 @@ class ModalSandbox:
         self, path: str = ".", recursive: bool = False, limit: int = 2000
     ) -> list[FileEntry]:
         rel = clean_relative(path)
-        target = await self._resolve(path, must_exist=True)
+        target = await self._resolve(path, must_exist=True, want="dir")
         depth = [] if recursive else ["-maxdepth", "1"]
         code, out, err = await self._run(
             [

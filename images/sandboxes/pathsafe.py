@@ -3,6 +3,12 @@
 Sandboxed code controls the tree, so every path is resolved by the kernel with `openat2`'s
 RESOLVE_BENEATH: `..`, absolute symlinks and symlinks that climb out are refused instead of
 followed (Linux >= 5.6).
+
+Sandboxed code also chooses what kind of file sits at a path. A FIFO or a socket opened for
+reading or writing can block the opening thread forever (and a file lease for up to the
+kernel's lease-break time), so every path is first opened with O_PATH, which never blocks,
+and anything that is not a regular file or a directory is refused before it is opened for
+real; the real open is O_NONBLOCK and is checked to be the same file.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import posixpath
 import stat
 import struct
 
-from images.sandboxes.base import FileEntry, PathEscape, SandboxFileError
+from images.sandboxes.base import FileEntry, FileTooLarge, PathEscape, SandboxFileError
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -38,7 +44,8 @@ def clean_relative(path: str) -> str:
     return norm
 
 
-def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+def _openat2_raw(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """The new fd, or minus the errno."""
     if _SYS_OPENAT2 is None:
         raise SandboxFileError(
             f"openat2 is not known on {platform.machine()}; file tools are disabled"
@@ -51,8 +58,13 @@ def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
         ctypes.c_char_p(how),
         ctypes.c_size_t(len(how)),
     )
+    return int(fd) if fd >= 0 else -ctypes.get_errno()
+
+
+def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    fd = _openat2_raw(dir_fd, path, flags, mode)
     if fd < 0:
-        err = ctypes.get_errno()
+        err = -fd
         if err in (errno.EXDEV, errno.ELOOP):
             raise PathEscape(f"{path}: resolves outside the workspace (symlink or ..)")
         if err == errno.ENOENT:
@@ -61,8 +73,29 @@ def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
             raise SandboxFileError(f"{path}: a parent is not a directory")
         if err == errno.EISDIR:
             raise SandboxFileError(f"{path}: is a directory")
+        if err == errno.ENXIO:  # a FIFO without a reader, a socket: swapped in after a probe
+            raise SandboxFileError(f"{path} is not a regular file")
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise SandboxFileError(
+                f"{path}: a process in the sandbox holds a lease on it; try again"
+            )
         raise SandboxFileError(f"{path}: {os.strerror(err)}")
     return int(fd)
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
+)
+CHUNK = 1 << 20
+
+
+def describe(mode: int) -> str:
+    """What kind of special file `mode` is, for messages the model reads."""
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
 class ConfinedTree:
@@ -75,27 +108,96 @@ class ConfinedTree:
     def _root_fd(self) -> int:
         return os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def read(self, path: str, max_bytes: int) -> bytes:
+    def _probe(self, root: int, rel: str, follow: bool) -> os.stat_result | None:
+        """What sits at `rel` (None: nothing), found without opening it for I/O."""
+        flags = os.O_PATH | (0 if follow else os.O_NOFOLLOW)
+        if _openat2_raw(root, rel, flags) == -errno.ENOENT:
+            return None
+        fd = _openat2(root, rel, flags)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _open_regular(self, path: str, flags: int, mode: int = 0) -> tuple[int, os.stat_result]:
+        """Open the regular file at `path` without ever blocking; refuse any other kind.
+
+        Writes (O_CREAT) do not follow a symlink at the last component; reads follow one that
+        stays beneath the root.
+        """
         rel = clean_relative(path)
+        writing = bool(flags & os.O_CREAT)
+        if rel == "." and writing:
+            raise SandboxFileError("a file path is required")
+        nofollow = os.O_NOFOLLOW if writing else 0
         root = self._root_fd()
         try:
-            fd = _openat2(root, rel, os.O_RDONLY)
+            if writing:
+                os.close(self._ensure_dir(root, posixpath.dirname(rel)))
+            before = self._probe(root, rel, follow=not writing)
+            if before is None and not writing:
+                raise SandboxFileError(f"{path}: no such file or directory")
+            if before is not None and stat.S_ISLNK(before.st_mode):
+                raise PathEscape(f"{path}: is a symlink; file writes do not follow symlinks")
+            if before is not None:
+                _require_regular(before, path)
+            fd = _openat2(root, rel, flags | os.O_NONBLOCK | os.O_NOCTTY | nofollow, mode)
         finally:
             os.close(root)
+        st = os.fstat(fd)
+        if before is not None and (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            os.close(fd)
+            raise SandboxFileError(f"{path}: changed while it was being opened; try again")
         try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise SandboxFileError(f"{path}: is a directory; use list_files")
-            if not stat.S_ISREG(st.st_mode):
-                raise SandboxFileError(f"{path}: not a regular file")
+            _require_regular(st, path)
+        except SandboxFileError:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        fd, st = self._open_regular(path, os.O_RDONLY)
+        try:
             if st.st_size > max_bytes:
-                raise SandboxFileError(
+                raise FileTooLarge(
                     f"{path}: {st.st_size} bytes is more than the {max_bytes}-byte limit"
                 )
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
+            chunks, size = [], 0
+            while size <= max_bytes and (chunk := os.read(fd, CHUNK)):
                 chunks.append(chunk)
+                size += len(chunk)
+            if size > max_bytes:
+                raise FileTooLarge(f"{path}: grew past the {max_bytes}-byte limit while read")
             return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def copy_out(self, path: str, dest: str, max_bytes: int) -> int:
+        """Copy the file at `path` to `dest` (a new host file, mode 0600) in chunks."""
+        fd, st = self._open_regular(path, os.O_RDONLY)
+        try:
+            if st.st_size > max_bytes:
+                raise FileTooLarge(
+                    f"{path}: {st.st_size} bytes is more than the {max_bytes}-byte limit"
+                )
+            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            copied = 0
+            try:
+                while chunk := os.read(fd, CHUNK):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise FileTooLarge(
+                            f"{path}: grew past the {max_bytes}-byte limit while copied"
+                        )
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view) :]
+            except BaseException:
+                os.close(out)
+                os.unlink(dest)
+                raise
+            os.close(out)
+            return copied
         finally:
             os.close(fd)
 
@@ -123,19 +225,8 @@ class ConfinedTree:
             os.close(parent_fd)
 
     def write(self, path: str, data: bytes) -> None:
-        rel = clean_relative(path)
-        if rel == ".":
-            raise SandboxFileError("a file path is required")
-        root = self._root_fd()
+        fd, _ = self._open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            parent, _ = posixpath.split(rel)
-            os.close(self._ensure_dir(root, parent))
-            fd = _openat2(root, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        finally:
-            os.close(root)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SandboxFileError(f"{path}: not a regular file")
             if self.owner is not None:
                 os.fchown(fd, *self.owner)
             view = memoryview(data)
@@ -148,12 +239,20 @@ class ConfinedTree:
         rel = clean_relative(path)
         root = self._root_fd()
         try:
-            fd = _openat2(root, rel, os.O_RDONLY | os.O_DIRECTORY)
+            found = self._probe(root, rel, follow=True)
+            if found is None:
+                raise SandboxFileError(f"{path}: no such file or directory")
+            if not stat.S_ISDIR(found.st_mode):
+                what = "a regular file" if stat.S_ISREG(found.st_mode) else describe(found.st_mode)
+                raise SandboxFileError(f"{path} is {what}, not a directory")
+            fd = _openat2(root, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
         finally:
             os.close(root)
         entries: list[FileEntry] = []
         prefix = "" if rel == "." else rel + "/"
         try:
+            # fwalk opens sub-directories O_NONBLOCK and checks each is the one it listed, and
+            # never opens anything else: FIFOs and sockets are only stat'ed.
             for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=fd):
                 dirnames[:] = sorted(d for d in dirnames if d != ".git")
                 base = "" if dirpath == "." else dirpath[2:] + "/"
@@ -176,3 +275,10 @@ class ConfinedTree:
         finally:
             os.close(fd)
         return entries
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise SandboxFileError(f"{path}: is a directory; use list_files")
+    if not stat.S_ISREG(st.st_mode):
+        raise SandboxFileError(f"{path} is {describe(st.st_mode)}, not a regular file")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from integrations.forge.base import ZERO_SHA, ForgeError, git
+from integrations.forge.base import ZERO_SHA, ForgeError, fetch_bundle, git
 
 
 def resolve_local_repo(path: str) -> Path:
@@ -66,16 +66,8 @@ class LocalForge:
     ) -> str:
         repo = resolve_local_repo(url)
         incoming = f"refs/nightshift-incoming/{secrets.token_hex(6)}"
-        await git(
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            str(bundle),
-            f"refs/heads/{branch}:{incoming}",
-            cwd=repo,
-        )
+        new = await fetch_bundle(repo, bundle, branch, incoming)
         try:
-            new = (await git("rev-parse", incoming, cwd=repo)).strip()
             try:
                 await git(
                     "update-ref", f"refs/heads/{branch}", new, expected_old or ZERO_SHA, cwd=repo

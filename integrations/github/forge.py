@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from integrations.forge.base import ForgeError, git
+from integrations.forge.base import ForgeError, fetch_bundle, git, read_bundle_header
 from integrations.github.app import GitHubApp, InstallationToken, split_repo
 from integrations.github.errors import GitHubError
 
@@ -29,16 +29,6 @@ _AUTH_FAILURE = re.compile(
     r"Authentication failed|returned error: 40[13]|could not read Username|terminal prompts disabled"
 )
 _SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
-
-
-def bundle_prerequisites(bundle: Path) -> list[str]:
-    """Commits a bundle needs the receiving repository to have already."""
-    with bundle.open("rb") as fh:
-        header = fh.read(1 << 20).split(b"\n\n", 1)[0]
-    lines = header.decode(errors="replace").splitlines()
-    if not lines or not lines[0].startswith("# v") or "git bundle" not in lines[0]:
-        raise ForgeError(f"{bundle.name} is not a git bundle")
-    return [line[1:].split()[0] for line in lines[1:] if line.startswith("-")]
 
 
 @contextlib.asynccontextmanager
@@ -205,17 +195,9 @@ class GitHubForge:
         incoming = f"refs/nightshift/incoming/{secrets.token_hex(6)}"
         async with locked(mirror):
             await self._ensure_mirror(mirror)
-            await self._fetch_commits(repo, bundle_prerequisites(bundle), mirror)
-            await git(
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                str(bundle),
-                f"refs/heads/{branch}:{incoming}",
-                cwd=mirror,
-            )
+            await self._fetch_commits(repo, read_bundle_header(bundle).prerequisites, mirror)
             try:
-                new = (await git("rev-parse", incoming, cwd=mirror)).strip()
+                new = await fetch_bundle(mirror, bundle, branch, incoming)
                 lease = f"--force-with-lease=refs/heads/{branch}:{expected_old or ''}"
                 try:
                     await self._remote(

@@ -5,6 +5,7 @@ tests that need one skip for it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from images.sandboxes.base import (
+    FileTooLarge,
     Limits,
     PathEscape,
     SandboxError,
@@ -28,6 +30,22 @@ from tests.images.conftest import PUBLIC, FakeInternet, Starter
 
 pytestmark = pytest.mark.slow
 LOCAL = ("bwrap", "gvisor")
+FIFO_READS = 70
+
+
+def socket_at(path: str) -> str:
+    return f"python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"{path}\")'"
+
+
+# Takes a write lease on README.md and ignores the kernel's request to give it back.
+LEASE_HOLDER = """
+import fcntl, os, signal, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open("README.md", os.O_RDONLY)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)
+open("leased", "w").close()
+time.sleep(25)
+"""
 
 
 @pytest.fixture
@@ -317,6 +335,81 @@ async def test_the_backend_lists_its_live_sandboxes_and_their_owner(
     owner = backend.owner
     assert owner is None or (len(owner) == 2 and all(isinstance(i, int) for i in owner))
     assert isinstance(backend.enforcement(), dict)
+
+
+@pytest.mark.usefixtures("runs_commands")
+async def test_fifos_and_sockets_through_file_tools_fail_fast(
+    start: Starter, backend_name: str, tmp_path: Path
+) -> None:
+    sandbox = await start()
+    made = await sandbox.exec(
+        ["sh", "-c", "mkfifo trap && ln -s trap alias && " + socket_at("sock")]
+    )
+    assert made.exit_code == 0, made
+    calls = {
+        "read trap": lambda: sandbox.read_file("trap"),
+        "read alias": lambda: sandbox.read_file("alias"),
+        "read sock": lambda: sandbox.read_file("sock"),
+        "list trap": lambda: sandbox.list_files("trap"),
+        "copy trap": lambda: sandbox.copy_out("trap", tmp_path / "out", 1024),
+    }
+    for what, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(SandboxFileError) as refused:
+            await asyncio.wait_for(call(), 10)
+        assert time.monotonic() - started < 5, what
+        if backend_name != "gvisor":  # gVisor keeps FIFOs and sockets in its own kernel
+            assert "not a" in str(refused.value), (what, refused.value)
+    assert not (tmp_path / "out").exists()
+    for _ in range(FIFO_READS):
+        with pytest.raises(SandboxFileError):
+            await asyncio.wait_for(sandbox.read_file("trap"), 10)
+    for path in ("trap", "sock"):
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(sandbox.write_file(path, b"x"), 10)
+            assert backend_name == "gvisor", f"a write into {path} was let through"
+        except SandboxFileError as exc:
+            assert "not a regular file" in str(exc)
+        assert time.monotonic() - started < 5
+    listed = await asyncio.wait_for(sandbox.list_files(".", recursive=True), 10)
+    assert "README.md" in {e.path for e in listed}
+    assert (await sandbox.exec(["echo", "still here"])).stdout == "still here\n"
+    assert await asyncio.to_thread(lambda: "the shared executor answers") != ""
+
+
+@pytest.mark.usefixtures("runs_commands", "local_only")
+async def test_a_lease_held_in_the_sandbox_does_not_hold_the_host(
+    start: Starter, backend_name: str
+) -> None:
+    if backend_name == "gvisor":
+        pytest.skip("gVisor keeps file leases in its own kernel")
+    sandbox = await start()
+    holder = asyncio.ensure_future(sandbox.exec(py(LEASE_HOLDER), timeout=30))
+    for _ in range(100):
+        if "leased" in [e.path for e in await sandbox.list_files(".")]:
+            break
+        await asyncio.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(SandboxFileError, match="lease"):
+        await asyncio.wait_for(sandbox.read_file("README.md"), 10)
+    assert time.monotonic() - started < 5  # the kernel would wait 45 s for the holder
+    holder.cancel()
+    with contextlib.suppress(asyncio.CancelledError, SandboxError):
+        await holder
+
+
+async def test_copy_out_streams_a_file_and_keeps_to_its_cap(start: Starter, tmp_path: Path) -> None:
+    sandbox = await start()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    await sandbox.write_file("big.bin", data)
+    assert await sandbox.copy_out("big.bin", tmp_path / "copy", len(data)) == len(data)
+    assert (tmp_path / "copy").read_bytes() == data
+    with pytest.raises(FileTooLarge):
+        await sandbox.copy_out("big.bin", tmp_path / "capped", len(data) - 1)
+    assert not (tmp_path / "capped").exists()
+    with pytest.raises(SandboxFileError):
+        await sandbox.copy_out("missing.bin", tmp_path / "missing", 1024)
 
 
 # ---------------------------------------------------------------- isolation and snapshots

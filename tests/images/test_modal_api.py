@@ -17,7 +17,14 @@ from modal.sandbox.sandbox import SandboxFilesystem
 
 from images.sandboxes import SandboxConfig
 from images.sandboxes import modal as backend_module
-from images.sandboxes.base import ImageRef, Limits, PathEscape, SandboxSpec, SandboxUnavailable
+from images.sandboxes.base import (
+    ImageRef,
+    Limits,
+    PathEscape,
+    SandboxFileError,
+    SandboxSpec,
+    SandboxUnavailable,
+)
 
 SOURCE = Path(backend_module.__file__)
 # Where each method the backend calls lives in the client.
@@ -114,9 +121,8 @@ def test_commands_run_unprivileged_with_limits() -> None:
 
 
 def test_paths_are_confined_to_the_workspace() -> None:
-    assert backend_module.confine_cmd("src/a.py", True) == [
-        "realpath", "-e", "--", "/workspace/src/a.py",
-    ]  # fmt: skip
+    argv = backend_module.confine_cmd("src/a.py", True)
+    assert argv[:2] == ["sh", "-c"] and argv[-2:] == ["-e", "/workspace/src/a.py"]
     assert (
         backend_module.check_confined("/workspace/src/a.py\n", "src/a.py") == "/workspace/src/a.py"
     )
@@ -131,3 +137,31 @@ async def test_missing_credentials_are_reported(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SandboxUnavailable, match="MODAL_TOKEN_ID"):
         await backend.client()
     assert backend.collect_snapshots(0) == []  # Modal expires snapshots by their ttl
+
+
+def test_the_path_probe_refuses_fifos_and_sockets(tmp_path: Path) -> None:
+    """The probe every Modal file call starts with, run here by the same `sh` and coreutils:
+    a FIFO or socket is refused before anything opens it."""
+    import os
+    import socket
+    import subprocess
+
+    os.mkfifo(tmp_path / "trap")
+    socket.socket(socket.AF_UNIX).bind(str(tmp_path / "sock"))
+    (tmp_path / "ok.txt").write_text("ok\n")
+
+    def probe(rel: str, want: str = "file") -> str:
+        argv = backend_module.confine_cmd(rel, must_exist=True)
+        argv[-1] = argv[-1].replace("/workspace", str(tmp_path))
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+        resolved, _, kind = out.partition("\n")
+        backend_module.check_kind(kind, rel, want)
+        return resolved
+
+    assert probe("ok.txt") == str(tmp_path / "ok.txt")
+    assert probe(".", want="dir") == str(tmp_path)
+    for rel, what in (("trap", "a FIFO"), ("sock", "a socket")):
+        with pytest.raises(SandboxFileError, match=f"{rel} is {what}, not a regular file"):
+            probe(rel)
+    with pytest.raises(SandboxFileError, match="trap is a FIFO, not a directory"):
+        probe("trap", want="dir")
