@@ -50,12 +50,22 @@ class DiskSpec:
     owner: tuple[int, int] | None
 
 
+BYTES_PER_INODE = 16384  # mkfs.ext4's own default ratio
+
+
+def inode_count(spec: DiskSpec) -> int:
+    """The inodes the disk gets: the cap asked for, but at most one per 16 KB of the quota, so
+    the inode tables (256 bytes each, inside the quota) never take more than 1/64 of it. A
+    million inodes on a 300 MB quota once left 56 MB for data."""
+    return max(1024, min(spec.inodes, (spec.size_mb << 20) // BYTES_PER_INODE))
+
+
 def _mkfs(image: Path, spec: DiskSpec, content: Path) -> None:
     with open(image, "wb") as f:
         f.truncate(spec.size_mb << 20)
     result = subprocess.run(
         [
-            "mkfs.ext4", "-q", "-F", "-b", "4096", "-N", str(spec.inodes), "-m", "0",
+            "mkfs.ext4", "-q", "-F", "-b", "4096", "-N", str(inode_count(spec)), "-m", "0",
             # No journal: the disk lives as long as its sandbox, and a crash ends both.
             "-O", "^has_journal,^resize_inode",
             "-E", "lazy_itable_init=1,nodiscard", "-d", str(content), str(image),

@@ -100,6 +100,17 @@ async def test_writes_past_the_disk_quota_fail_and_the_session_goes_on(
 
 
 @pytest.mark.usefixtures("local")
+async def test_the_whole_quota_is_there_for_data_whatever_the_inode_cap(start: Starter) -> None:
+    # A million inodes' tables (244 MB) once came out of the quota: a 300 MB quota left 56 MB.
+    sandbox = await start(limits=Limits(exec_timeout_s=60, disk_mb=64, disk_inodes=1_000_000))
+    made = await sandbox.exec(["dd", "if=/dev/zero", "of=/tmp/big", "bs=1M", "count=60"])
+    assert made.exit_code == 0, made
+    over = await sandbox.exec(["dd", "if=/dev/zero", "of=big", "bs=1M", "count=8"])
+    assert over.exit_code != 0 and "No space left on device" in over.stderr, over
+    await sandbox.terminate()
+
+
+@pytest.mark.usefixtures("local")
 async def test_a_snapshot_larger_than_the_quota_is_refused(start: Starter, state_dir: Path) -> None:
     first = await start(limits=QUOTA)
     made = await first.exec(["dd", "if=/dev/urandom", "of=a.bin", "bs=1M", "count=40"])
