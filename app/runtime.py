@@ -22,9 +22,8 @@ from app.control import LocalControlPlane
 from app.errors import Unavailable
 from app.jobs import ControlJobs
 from app.metrics import observe
-from app.services.github import GitHubServices, RebuildHook, build_github
+from app.services.github import GitHubServices, RebuildHook, build_github, reconcile_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
-from app.services.github_events import reconcile_github
 from app.services.hub import EventHub
 from app.services.images import Images
 from app.services.presence import Presence
@@ -381,7 +380,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if github is not None:
 
         def reconcile() -> str:
-            done = reconcile_github(runtime)
+            done = reconcile_github(github, pull_requests, engine, hub, sessions)
             return (
                 f"{done.checked} open PRs checked, {done.updated} updated, "
                 f"{done.deliveries} queued deliveries handled, {done.opened} PRs opened, "
@@ -393,7 +392,10 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if settings.slack_enabled:
         from app.services.slack import build_slack_bot
 
-        runtime.slack = build_slack_bot(runtime)
+        bot = build_slack_bot(settings, engine, repos, sessions, executor)
+        hub.handlers.append(bot.updater.on_event)
+        runtime.on_start.append(lambda: bot.start(runtime.periodic))
+        runtime.slack = bot
     return runtime
 
 

@@ -43,11 +43,13 @@ def rotate_keys() -> None:
 def reconcile() -> None:
     """Process webhook deliveries left queued and refresh the state of every open PR (the
     server does this every 10 minutes); prints JSON counts."""
-    from app.services.github_events import reconcile_github
+    from app.services.github import reconcile_github
 
     settings = load_settings()
     if not settings.github_enabled:
         fail("the GitHub App is not configured (GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY_PATH)")
     with runtime_from(settings) as runtime:
-        result = reconcile_github(runtime)
+        result = reconcile_github(
+            runtime.github, runtime.pull_requests, runtime.engine, runtime.hub, runtime.sessions
+        )
     print(json.dumps(asdict(result)))

@@ -3,7 +3,8 @@
 The opener opens each session's pull request with the token of the person whose prompt
 produced the push (see `github_accounts.py` for how that token is kept); the App's token is
 only used to clone and push (and, with `NIGHTSHIFT_PR_FALLBACK=app`, to open the PR on behalf
-of someone who has not linked GitHub). Webhooks and the reconciler are in `github_events.py`.
+of someone who has not linked GitHub). Webhooks are in `github_events.py`; the reconciler that
+catches what they missed is at the end of this module.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from sqlmodel import col, select
 
 from app.models import Participant, Repo, Session, User
 from app.services.github_accounts import GitHubAccounts, SignInRequired
+from app.services.github_events import GitHubWebhooks, RebuildHook
 from app.services.pulls import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
 from app.settings import reveal
-from images.spec import RepoSpec
 from integrations.github import (
     GitHubApp,
     GitHubAuthError,
@@ -36,15 +37,12 @@ from integrations.github import (
     NotInstalled,
 )
 from integrations.github.client import make_client
-from integrations.github.pulls import comment, create_pull_request
-from workers.events import BranchPushed
+from integrations.github.pulls import comment, create_pull_request, get_pull_request
+from workers.events import BranchPushed, PrStateChanged
 
 if TYPE_CHECKING:
-    from app.services.github_events import GitHubWebhooks
+    from app.services.hub import EventHub
     from app.settings import Settings
-
-RebuildHook = Callable[[RepoSpec, str], None]
-"""Called with (repo spec, new base sha) after a push to the repo's base branch."""
 
 log = logging.getLogger("nightshift.github")
 MAX_PR_ATTEMPTS = 3
@@ -260,8 +258,6 @@ def build_github(
 ) -> GitHubServices | None:
     if not settings.github_enabled:
         return None
-    from app.services.github_events import GitHubWebhooks
-
     config = github_config(settings)
     assert settings.github_app_id is not None
     app = GitHubApp(
@@ -287,11 +283,82 @@ def build_github(
     )
 
 
+# ---------------------------------------------------------------- the reconciler
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    deliveries: int
+    """Webhook deliveries left queued, processed now."""
+    checked: int
+    """Open PRs whose state was read from GitHub."""
+    updated: int
+    """Sessions whose `pr_state` changed."""
+    errors: int
+    opened: int = 0
+    """PRs opened on a retry after GitHub failed the first attempt."""
+
+
+def reconcile_github(
+    github: GitHubServices | None,
+    pulls: PullRequests,
+    engine: Engine,
+    hub: EventHub,
+    sessions: Sessions,
+) -> Reconciled:
+    """Catch up with GitHub: process deliveries left queued, then read every open PR's state
+    and apply changes. Safe to run anywhere, any time (Celery beat, the in-process schedule,
+    `nightshift github reconcile`)."""
+    if github is None:
+        return Reconciled(0, 0, 0, 0)
+    deliveries = github.webhooks.process_stale()
+    opened = len(github.opener.retry_failed(pulls))
+    with DB(engine) as db:
+        rows = db.exec(
+            select(Session, Repo)
+            .join(Repo, col(Repo.id) == Session.repo_id)
+            .where(
+                Repo.forge == "github",
+                col(Session.pr_number).is_not(None),
+                Session.pr_state == "open",
+            )
+        ).all()
+    checked = updated = errors = 0
+    clients: dict[str, Any] = {}
+    for session, repo in rows:
+        assert session.pr_number is not None
+        try:
+            gh = clients.get(repo.url) or github.app.as_installation(repo.url)
+            clients[repo.url] = gh
+            pr = get_pull_request(gh, repo.url, session.pr_number)
+        except GitHubError as exc:
+            errors += 1
+            log.warning("reconciling %s (%s#%s): %s", session.id, repo.url, session.pr_number, exc)
+            continue
+        checked += 1
+        with hub.lock(session.id):
+            if sessions.get(session.id).pr_state != pr.state:
+                hub.publish(session.id, PrStateChanged(state=pr.state))
+                updated += 1
+    if updated or deliveries or errors or opened:
+        log.info(
+            "GitHub reconciled: %d deliveries, %d PRs checked, %d updated, %d opened, %d errors",
+            deliveries,
+            checked,
+            updated,
+            opened,
+            errors,
+        )
+    return Reconciled(deliveries, checked, updated, errors, opened)
+
+
 __all__ = [
     "GitHubAccounts",
     "GitHubPullRequests",
     "GitHubServices",
     "RebuildHook",
+    "Reconciled",
     "SignInRequired",
     "build_github",
+    "reconcile_github",
 ]

@@ -1,4 +1,4 @@
-"""GitHub webhooks and the reconciler that catches what webhooks missed.
+"""GitHub webhooks (the reconciler that catches what they missed is in `github.py`).
 
 A delivery is verified (HMAC-SHA256 of the raw body) before anything parses it, recorded by
 its `X-GitHub-Delivery` id (insert-or-ignore: a redelivery is a no-op), answered at once, and
@@ -12,7 +12,7 @@ loses nothing: the reconciler picks up deliveries left queued. Processing:
   cached tokens of removed installations are dropped.
 
 GitHub does not redeliver failed deliveries by itself, so `reconcile_github` (every 10
-minutes) also reads the state of every open PR.
+minutes, in `github.py`) also reads the state of every open PR.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine, delete, func, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -34,13 +34,13 @@ from sqlmodel import col, select
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
-from integrations.github import GitHubApp, GitHubError, verify_signature
-from integrations.github.pulls import get_pull_request, state_of
+from images.spec import RepoSpec
+from integrations.github import GitHubApp, verify_signature
+from integrations.github.pulls import state_of
 from workers.events import PrOpened, PrStateChanged
 
-if TYPE_CHECKING:
-    from app.runtime import Runtime
-    from app.services.github import RebuildHook
+RebuildHook = Callable[[RepoSpec, str], None]
+"""Called with (repo spec, new base sha) after a push to the repo's base branch."""
 
 log = logging.getLogger("nightshift.github.webhooks")
 ZERO_SHA = "0" * 40
@@ -322,64 +322,3 @@ class GitHubWebhooks:
 
 
 # ---------------------------------------------------------------- the reconciler
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    deliveries: int
-    """Webhook deliveries left queued, processed now."""
-    checked: int
-    """Open PRs whose state was read from GitHub."""
-    updated: int
-    """Sessions whose `pr_state` changed."""
-    errors: int
-    opened: int = 0
-    """PRs opened on a retry after GitHub failed the first attempt."""
-
-
-def reconcile_github(runtime: Runtime) -> Reconciled:
-    """Catch up with GitHub: process deliveries left queued, then read every open PR's state
-    and apply changes. Safe to run anywhere, any time (Celery beat, the in-process schedule,
-    `nightshift github reconcile`)."""
-    github = runtime.github
-    if github is None:
-        return Reconciled(0, 0, 0, 0)
-    deliveries = github.webhooks.process_stale()
-    opened = len(github.opener.retry_failed(runtime.pull_requests))
-    with DB(runtime.engine) as db:
-        rows = db.exec(
-            select(Session, Repo)
-            .join(Repo, col(Repo.id) == Session.repo_id)
-            .where(
-                Repo.forge == "github",
-                col(Session.pr_number).is_not(None),
-                Session.pr_state == "open",
-            )
-        ).all()
-    checked = updated = errors = 0
-    clients: dict[str, Any] = {}
-    for session, repo in rows:
-        assert session.pr_number is not None
-        try:
-            gh = clients.get(repo.url) or github.app.as_installation(repo.url)
-            clients[repo.url] = gh
-            pr = get_pull_request(gh, repo.url, session.pr_number)
-        except GitHubError as exc:
-            errors += 1
-            log.warning("reconciling %s (%s#%s): %s", session.id, repo.url, session.pr_number, exc)
-            continue
-        checked += 1
-        with runtime.hub.lock(session.id):
-            if runtime.sessions.get(session.id).pr_state != pr.state:
-                runtime.hub.publish(session.id, PrStateChanged(state=pr.state))
-                updated += 1
-    if updated or deliveries or errors or opened:
-        log.info(
-            "GitHub reconciled: %d deliveries, %d PRs checked, %d updated, %d opened, %d errors",
-            deliveries,
-            checked,
-            updated,
-            opened,
-            errors,
-        )
-    return Reconciled(deliveries, checked, updated, errors, opened)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import Engine
 
 from app.models import SlackUserLink, User
 from app.services.classifier import RepoClassifier
@@ -45,9 +45,6 @@ from integrations.slack.bolt import (
 )
 from integrations.slack.client import web_client
 from workers.executor import InProcessExecutor
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
 
 
 class SlackBot:
@@ -95,7 +92,17 @@ class SlackBot:
             self.out,
             executor,
         )
-        self.commands = SlackCommands(self)
+        self.commands = SlackCommands(
+            repos,
+            directory,
+            links,
+            routing,
+            self.invites,
+            self.requests,
+            self.out,
+            client,
+            executor,
+        )
         assert settings.slack_signing_secret
         self.app = build_app(client, settings.slack_signing_secret.get_secret_value(), self)
         self.handler = AsyncSlackRequestHandler(self.app)
@@ -153,18 +160,24 @@ class SlackBot:
             await self.requests.route(request, user)
 
 
-def build_slack_bot(runtime: Runtime) -> SlackBot:
-    """Wire the bot into a runtime: its hub handler, its start-up recovery, its secrets."""
-    settings = runtime.settings
+def build_slack_bot(
+    settings: Settings,
+    engine: Engine,
+    repos: Repos,
+    sessions: Sessions,
+    executor: InProcessExecutor,
+) -> SlackBot:
+    """The bot and its parts, from the settings' secrets. The runtime hands the hub's events to
+    `bot.updater.on_event` and calls `bot.start` once it is running."""
     assert settings.slack_bot_token and settings.slack_signing_secret
     client = web_client(
         settings.slack_bot_token.get_secret_value(),
         settings.slack_api_url,
         retries=settings.slack_retries,
     )
-    directory = SlackDirectory(runtime.engine)
-    links = SlackLinks(runtime.engine)
-    routing = SlackRouting(runtime.engine)
+    directory = SlackDirectory(engine)
+    links = SlackLinks(engine)
+    routing = SlackRouting(engine)
     model = None
     if settings.classifier_model:
         model = ModelSettings(
@@ -177,27 +190,25 @@ def build_slack_bot(runtime: Runtime) -> SlackBot:
             stream=settings.model_stream,
         )
     classifier = RepoClassifier(
-        runtime.repos, routing, threshold=settings.classifier_threshold, model=model
+        repos, routing, threshold=settings.classifier_threshold, model=model
     )
     updater = StatusUpdater(
         directory,
-        runtime.sessions,
+        sessions,
         client,
-        runtime.executor,
+        executor,
         interval=settings.slack_update_interval,
     )
     bot = SlackBot(
         settings,
-        runtime.sessions,
-        runtime.repos,
+        sessions,
+        repos,
         directory,
         links,
         routing,
         classifier,
         updater,
         client,
-        runtime.executor,
+        executor,
     )
-    runtime.hub.handlers.append(updater.on_event)
-    runtime.on_start.append(lambda: bot.start(runtime.periodic))
     return bot

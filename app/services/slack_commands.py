@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import ServiceError
 from app.models import SlackRequest, User
-from app.services.slack_links import LINK_CODE_TTL_S
+from app.services.repos import Repos
+from app.services.slack_data import SlackDirectory
+from app.services.slack_invites import LinkInvites
+from app.services.slack_links import LINK_CODE_TTL_S, SlackLinks
+from app.services.slack_out import SlackOut
+from app.services.slack_requests import RequestFlow
+from app.services.slack_routing import SlackRouting
 from integrations.slack.blocks import new_session_modal
 from integrations.slack.bolt import ModalSubmission, Reply, SlashCommand
 from integrations.slack.client import error_code
 from integrations.slack.text import quote, to_plain
-
-if TYPE_CHECKING:
-    from app.services.slack import SlackBot
+from workers.executor import InProcessExecutor
 
 log = logging.getLogger("nightshift.slack")
 
@@ -31,14 +35,33 @@ HELP = """*Nightshift*: background coding agents that end in a pull request in y
 
 
 class SlackCommands:
-    def __init__(self, bot: SlackBot) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        repos: Repos,
+        directory: SlackDirectory,
+        links: SlackLinks,
+        routing: SlackRouting,
+        invites: LinkInvites,
+        requests: RequestFlow,
+        out: SlackOut,
+        client: AsyncWebClient,
+        executor: InProcessExecutor,
+    ) -> None:
+        self.repos = repos
+        self.directory = directory
+        self.links = links
+        self.routing = routing
+        self.invites = invites
+        self.requests = requests
+        self.out = out
+        self.client = client
+        self.executor = executor
 
     async def command(self, cmd: SlashCommand) -> Reply:
         """Answer `/nightshift ...` at once; anything slow goes to the executor."""
         sub, _, rest = cmd.text.partition(" ")
         sub, rest = sub.lower(), rest.strip()
-        links = self.bot.links
+        links = self.links
         if sub in ("help", "?"):
             return Reply(HELP)
         if sub == "link" and not rest:
@@ -56,18 +79,18 @@ class SlackCommands:
         if user is None:
             return await self._link(cmd, "First, connect your Slack account to Nightshift: ")
         if sub in ("", "new") and not rest:
-            self.bot.executor.submit(lambda: self._open_modal(cmd))
+            self.executor.submit(lambda: self._open_modal(cmd))
             return Reply()
         text = rest if sub == "new" else cmd.text
-        self.bot.executor.submit(lambda: self._from_text(cmd, user, text))
+        self.executor.submit(lambda: self._from_text(cmd, user, text))
         return Reply()
 
     async def _link(self, cmd: SlashCommand, intro: str = "") -> Reply:
-        linked = await asyncio.to_thread(self.bot.links.user_for, cmd.user_id)
+        linked = await asyncio.to_thread(self.links.user_for, cmd.user_id)
         code = await asyncio.to_thread(
-            self.bot.links.create_link_code, cmd.user_id, cmd.team_id, cmd.user_name
+            self.links.create_link_code, cmd.user_id, cmd.team_id, cmd.user_name
         )
-        url = self.bot.invites.link_url(code)
+        url = self.invites.link_url(code)
         lead = (
             f"You're connected as `{linked.login}`. To connect a different Nightshift account, "
             if linked is not None
@@ -80,7 +103,7 @@ class SlackCommands:
         )
 
     async def _default(self, cmd: SlashCommand, rest: str, user: User | None) -> Reply:
-        routing = self.bot.routing
+        routing = self.routing
         if not rest:
             current = await asyncio.to_thread(routing.channel_default, cmd.channel_id)
             if current is None:
@@ -95,7 +118,7 @@ class SlackCommands:
             if rest.lower() in ("none", "clear", "off"):
                 await asyncio.to_thread(routing.clear_channel_default, cmd.channel_id)
                 return Reply("This channel has no default repository any more.")
-            repo = await asyncio.to_thread(self.bot.repos.get, rest)
+            repo = await asyncio.to_thread(self.repos.get, rest)
             await asyncio.to_thread(
                 routing.set_channel_default, cmd.channel_id, repo.name, user.login
             )
@@ -106,20 +129,20 @@ class SlackCommands:
         )
 
     async def _open_modal(self, cmd: SlashCommand) -> None:
-        repos = await asyncio.to_thread(self.bot.repos.list)
+        repos = await asyncio.to_thread(self.repos.list)
         if not repos:
-            await self.bot.out.ephemeral(
+            await self.out.ephemeral(
                 cmd.channel_id,
                 cmd.user_id,
                 "No repositories are registered yet: add one with `nightshift repos add` first.",
             )
             return
-        default = await asyncio.to_thread(self.bot.routing.channel_default, cmd.channel_id)
+        default = await asyncio.to_thread(self.routing.channel_default, cmd.channel_id)
         view = new_session_modal(cmd.channel_id, [(r.name, r.description) for r in repos], default)
         try:
-            await self.bot.client.views_open(trigger_id=cmd.trigger_id, view=view)
+            await self.client.views_open(trigger_id=cmd.trigger_id, view=view)
         except SlackApiError as exc:
-            await self.bot.out.ephemeral(
+            await self.out.ephemeral(
                 cmd.channel_id, cmd.user_id, f"I could not open the form: {error_code(exc)}."
             )
 
@@ -128,31 +151,31 @@ class SlackCommands:
         prompt = sub.prompt.strip()
         if not prompt:
             errors["prompt"] = "Tell the agent what to do."
-        user = await asyncio.to_thread(self.bot.links.user_for, sub.user_id)
+        user = await asyncio.to_thread(self.links.user_for, sub.user_id)
         if user is None:
             errors["prompt"] = "Connect your Slack account first: type /nightshift link."
         if not sub.repo:
             errors["repo"] = "Pick a repository."
         else:
             try:
-                await asyncio.to_thread(self.bot.repos.get, sub.repo)
+                await asyncio.to_thread(self.repos.get, sub.repo)
             except ServiceError as exc:
                 errors["repo"] = str(exc)[:150]
         if errors or user is None or sub.repo is None:
             return errors
         repo = sub.repo
-        self.bot.executor.submit(lambda: self._from_modal(sub, user, repo, prompt))
+        self.executor.submit(lambda: self._from_modal(sub, user, repo, prompt))
         return {}
 
     async def _from_text(self, cmd: SlashCommand, user: User, text: str) -> None:
         request = await self._open_thread(cmd.channel_id, cmd.user_id, cmd.team_id, text)
         if request is not None:
-            await self.bot.requests.route(request, user)
+            await self.requests.route(request, user)
 
     async def _from_modal(self, sub: ModalSubmission, user: User, repo: str, prompt: str) -> None:
         request = await self._open_thread(sub.channel_id, sub.user_id, sub.team_id, prompt)
         if request is not None:
-            await self.bot.requests.start_session(request, user, repo, "picked in /nightshift")
+            await self.requests.start_session(request, user, repo, "picked in /nightshift")
 
     async def _open_thread(
         self, channel: str, slack_user: str, team_id: str, raw: str
@@ -160,7 +183,7 @@ class SlackCommands:
         """Post what someone asked as a message whose thread the session lives in (in their
         direct messages when the bot cannot post in the channel)."""
         header = f"<@{slack_user}> asked Nightshift:\n{quote(to_plain(raw), 1500)}"
-        client = self.bot.client
+        client = self.client
         try:
             response = await client.chat_postMessage(
                 channel=channel or slack_user, text=header, unfurl_links=False
@@ -180,7 +203,7 @@ class SlackCommands:
                 return None
         thread_ts = str(response["ts"])
         return await asyncio.to_thread(
-            self.bot.directory.add_request,
+            self.directory.add_request,
             kind="new",
             team_id=team_id,
             channel_id=str(response.get("channel") or channel),

@@ -17,6 +17,7 @@ from sqlmodel import select
 
 from app.models import GitHubAccount, GitHubDelivery, GitHubInstallation, User
 from app.schemas import RepoCreate
+from app.services.github import Reconciled, reconcile_github
 from integrations.github import sign
 from tests.app.conftest import GitHubEnv
 from tests.factories import git, make_person, wait_for
@@ -34,6 +35,12 @@ def _user(gh: GitHubEnv, login: str) -> User:
     user = gh.runtime.users.by_login(login)
     assert user is not None
     return user
+
+
+def _reconcile(gh: GitHubEnv) -> Reconciled:
+    """One pass of the reconciler over the runtime's own services."""
+    rt = gh.runtime
+    return reconcile_github(rt.github, rt.pull_requests, rt.engine, rt.hub, rt.sessions)
 
 
 def _push_session(gh: GitHubEnv, user: User, prompt: str = "tidy the README") -> str:
@@ -407,8 +414,6 @@ def test_fallback_opens_the_pr_as_the_app_naming_the_person(make_github_env: Any
 def test_github_failure_opening_the_pr_is_an_error_then_the_reconciler_retries(
     gh: GitHubEnv,
 ) -> None:
-    from app.services.github_events import reconcile_github
-
     _linked(gh)
     gh.fake.fail_next(500, "/pulls", times=3)
     session_id = _push_session(gh, _user(gh, "octocat"))
@@ -416,21 +421,19 @@ def test_github_failure_opening_the_pr_is_an_error_then_the_reconciler_retries(
     assert errors and errors[0].code == "pr_failed" and "500" in errors[0].message
     assert gh.runtime.sessions.get(session_id).pr_number is None
     gh.fake.fail_next(403, "/pulls", times=1)  # rate limited on the first retry
-    assert reconcile_github(gh.runtime).opened == 0
-    assert reconcile_github(gh.runtime).opened == 1
+    assert _reconcile(gh).opened == 0
+    assert _reconcile(gh).opened == 1
     assert gh.runtime.sessions.get(session_id).pr_number == 1
     assert gh.fake.pull("octo/proj", 1).author == "octocat"
-    assert reconcile_github(gh.runtime).opened == 0
+    assert _reconcile(gh).opened == 0
 
 
 def test_reconciler_gives_up_on_a_pr_github_keeps_refusing(gh: GitHubEnv) -> None:
-    from app.services.github_events import reconcile_github
-
     _linked(gh)
     gh.fake.fail_next(403, "/pulls", times=10)
     session_id = _push_session(gh, _user(gh, "octocat"))
     for _ in range(4):
-        reconcile_github(gh.runtime)
+        _reconcile(gh)
     errors = [e for e in _events(gh, session_id, "error") if e.code == "pr_failed"]
     assert len(errors) == 3 and "rate limit" in errors[-1].message
 
@@ -604,8 +607,6 @@ def test_bad_deliveries_get_clear_answers(gh: GitHubEnv, make_github_env: Any) -
 
 
 def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) -> None:
-    from app.services.github_events import reconcile_github
-
     _linked(gh)
     merged = _push_session(gh, _user(gh, "octocat"), "first change")
     lost = _push_session(gh, _user(gh, "octocat"), "second change")
@@ -623,7 +624,7 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
             )
         )
         db.commit()
-    result = reconcile_github(gh.runtime)
+    result = _reconcile(gh)
     assert result.deliveries == 1 and result.errors == 0
     assert gh.runtime.sessions.get(merged).pr_state == "merged"
     assert gh.runtime.sessions.get(lost).pr_state == "merged"
@@ -631,7 +632,7 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
 
     assert compute_stats(gh.runtime.engine).merged == 2
     # Nothing left to do the second time.
-    again = reconcile_github(gh.runtime)
+    again = _reconcile(gh)
     assert (again.deliveries, again.checked, again.updated) == (0, 0, 0)
     # Handled deliveries are remembered for a month, then forgotten.
     gh.runtime.github.webhooks.process_stale(now=time.time() + 29 * 86400)
