@@ -643,6 +643,37 @@ def test_reconciler_catches_a_missed_merge_and_a_lost_delivery(gh: GitHubEnv) ->
         assert db.get(GitHubDelivery, "lost-1") is None
 
 
+def test_reconcile_command_catches_a_missed_merge(gh: GitHubEnv) -> None:
+    """`nightshift github reconcile` runs the reconciler over a runtime of its own."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    _linked(gh)
+    session_id = _push_session(gh, _user(gh, "octocat"))
+    gh.fake.merge("octo/proj", 1)  # GitHub's delivery never arrived
+    settings = gh.runtime.settings
+    assert settings.secret_keys is not None
+    environ = {
+        "NIGHTSHIFT_DATA_DIR": str(settings.data_dir),
+        "NIGHTSHIFT_SECRET_KEYS": settings.secret_keys.get_secret_value(),
+        "GITHUB_APP_ID": str(settings.github_app_id),
+        "GITHUB_APP_PRIVATE_KEY": settings.github_app_private_key.get_secret_value(),
+        "GITHUB_CLIENT_ID": settings.github_client_id,
+        "GITHUB_CLIENT_SECRET": settings.github_client_secret.get_secret_value(),
+        "GITHUB_API_URL": settings.github_api_url,
+    }
+    if settings.database_url:
+        environ["NIGHTSHIFT_DATABASE_URL"] = settings.database_url
+    result = CliRunner().invoke(cli, ["github", "reconcile"], env=environ)
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output.strip().splitlines()[-1])
+    assert (counts["checked"], counts["updated"], counts["errors"]) == (1, 1, 0)
+    assert gh.runtime.sessions.get(session_id).pr_state == "merged"
+
+
 # ---------------------------------------------------------------- on PostgreSQL
 
 
