@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from app.control import LocalControlPlane
-from app.errors import Unavailable
 from app.jobs import ControlJobs
 from app.metrics import observe
 from app.services.github import GitHubServices, RebuildHook, build_github, reconcile_github
@@ -337,7 +336,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         celery_dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
         dispatcher = celery_dispatcher
         streams = StreamConsumer(settings.broker_url, hub.publish)
-        runners.sync_events = _drainer(streams)
+        runners.sync_events = streams.drain_or_unavailable
         # Images are built where sessions run: on the workers.
         image_service.send = lambda name, force, trigger: celery_dispatcher.enqueue_job(
             "build_image", name, force=force, trigger=trigger
@@ -380,12 +379,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if github is not None:
 
         def reconcile() -> str:
-            done = reconcile_github(github, pull_requests, engine, hub, sessions)
-            return (
-                f"{done.checked} open PRs checked, {done.updated} updated, "
-                f"{done.deliveries} queued deliveries handled, {done.opened} PRs opened, "
-                f"{done.errors} errors"
-            )
+            return reconcile_github(github, pull_requests, engine, hub, sessions).summary()
 
         control_jobs.register("reconcile_github", reconcile)
     # ---- Slack
@@ -397,15 +391,3 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         runtime.on_start.append(lambda: bot.start(runtime.periodic))
         runtime.slack = bot
     return runtime
-
-
-def _drainer(streams: StreamConsumer) -> Callable[[str], object]:
-    import redis
-
-    def drain(session_id: str) -> object:
-        try:
-            return streams.drain(session_id)
-        except redis.RedisError as exc:
-            raise Unavailable(f"the event bus (Redis) is unavailable: {exc}") from exc
-
-    return drain

@@ -298,6 +298,13 @@ class Reconciled:
     opened: int = 0
     """PRs opened on a retry after GitHub failed the first attempt."""
 
+    def summary(self) -> str:
+        return (
+            f"{self.checked} open PRs checked, {self.updated} updated, "
+            f"{self.deliveries} queued deliveries handled, {self.opened} PRs opened, "
+            f"{self.errors} errors"
+        )
+
 
 def reconcile_github(
     github: GitHubServices | None,

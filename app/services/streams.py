@@ -35,6 +35,7 @@ import redis
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
+from app.errors import Unavailable
 from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, DOORBELL_MAXLEN, stream_key
 from workers.events import Event, parse_event
 
@@ -331,3 +332,10 @@ class StreamConsumer:
             if read:
                 self.redis.hset(CURSORS_KEY, session_id, self.cursors[session_id])
             return read
+
+    def drain_or_unavailable(self, session_id: str) -> int:
+        """`drain`, with Redis down reported as `Unavailable` (a 503 to whoever is reading)."""
+        try:
+            return self.drain(session_id)
+        except redis.RedisError as exc:
+            raise Unavailable(f"the event bus (Redis) is unavailable: {exc}") from exc

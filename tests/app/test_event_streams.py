@@ -185,3 +185,23 @@ def test_publisher_rides_out_a_short_redis_outage(tmp_path: Path) -> None:
         assert len(entries) == 2 and len(set(sources)) == 2
     finally:
         server.stop(keep_data=False)
+
+
+def test_draining_with_redis_down_is_unavailable_not_a_crash() -> None:
+    """A reader asking for a session's events while Redis is down gets `Unavailable` (a 503),
+    not redis-py's own error."""
+    import socket
+
+    from app.errors import Unavailable
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    published: list[object] = []
+    consumer = StreamConsumer(f"redis://127.0.0.1:{port}/0", lambda *a: published.append(a))
+    try:
+        with pytest.raises(Unavailable, match=r"the event bus \(Redis\) is unavailable"):
+            consumer.drain_or_unavailable("s-1")
+    finally:
+        consumer.stop()
+    assert published == []
