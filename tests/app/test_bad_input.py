@@ -36,6 +36,13 @@ def test_a_session_list_offset_beyond_any_row_is_422(api: ApiClient) -> None:
     _refused(api.http.get("/api/sessions", params={"offset": HUGE}), "offset")
 
 
+def test_a_session_list_status_outside_the_statuses_is_422_naming_them(api: ApiClient) -> None:
+    r = api.http.get("/api/sessions", params={"status": "bogus"})
+    _refused(r, "status")
+    assert "'finished'" in r.text and "'stopped'" in r.text, r.text
+    assert api.http.get("/api/sessions", params={"status": "stopped"}).status_code == 200
+
+
 def test_events_after_an_id_beyond_any_row_is_422(api: ApiClient, finished: str) -> None:
     _refused(api.http.get(f"/api/sessions/{finished}/events", params={"after": HUGE}), "after")
     _refused(

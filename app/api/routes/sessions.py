@@ -28,7 +28,7 @@ from app.schemas import (
     SessionPublic,
 )
 from integrations.forge.base import ForgeError
-from workers.events import SESSION_STATUSES
+from workers.events import SessionStatus
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 SSE_KEEPALIVE_S = 15.0
@@ -45,14 +45,12 @@ def list_sessions(
     user: CurrentUser,
     sessions: SessionsDep,
     repo: str | None = None,
-    status_: Annotated[str | None, Query(alias="status")] = None,
+    status_: Annotated[SessionStatus | None, Query(alias="status")] = None,
     author: Annotated[str | None, Query(description="The author's login")] = None,
     parent_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
 ) -> SessionList:
-    if status_ is not None and status_ not in SESSION_STATUSES:
-        raise HTTPException(422, f"status must be one of {', '.join(SESSION_STATUSES)}")
     rows, total = sessions.query(
         repo=repo, status=status_, author=author, parent_id=parent_id, limit=limit, offset=offset
     )
