@@ -155,7 +155,7 @@ class RepoSpec(BaseModel):
 
     def image_hash(self) -> str:
         """Hash of everything that shapes an image; a change forces a rebuild."""
-        relevant = {
+        relevant: dict[str, object] = {
             "setup": self.setup,
             "warm": self.warm,
             "env": self.env,
