@@ -8,6 +8,8 @@ on (None: the host's tools). Backends that can build a declared environment hook
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -86,15 +88,80 @@ def base_environment(spec: RepoSpec, backend: SandboxBackend) -> None:
     )
 
 
-def uncommitted_spec_warning(spec: RepoSpec, committed: bool) -> str | None:
+def uncommitted_spec_warning(spec: RepoSpec, committed: bool | None = None) -> str | None:
     """A warning when a local repository's working tree has a `.nightshift.toml` that its base
-    branch does not: builds read the branch, so that file is ignored until it is committed."""
-    if committed or spec.forge != "local":
+    branch does not: builds read the branch, so that file is ignored until it is committed.
+    `committed` is asked of the repository's git when the caller does not know it."""
+    if spec.forge != "local":
         return None
     path = Path(spec.url) / SPEC_FILE
     if not path.is_file():
+        return None
+    if committed is None:
+        listed = subprocess.run(
+            ["git", "-C", spec.url, "ls-tree", "--name-only", spec.base, "--", SPEC_FILE],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        committed = listed.returncode == 0 and bool(listed.stdout.strip())
+    if committed:
         return None
     return (
         f"warning: {path} is not committed on branch {spec.base!r}; builds read the branch, "
         "so its settings are ignored until you commit it"
     )
+
+
+def effective_origins(
+    spec: RepoSpec, recorded: dict[str, Any] | None
+) -> list[tuple[str, Any, str]]:
+    """Each field of the effective spec as `(field, value, origin)`; origins are `stored`,
+    `.nightshift.toml`, devcontainer.json, `host` (no environment declared) or a `+` of them
+    (env entries and set-up steps that several places contributed)."""
+    recorded = recorded or {}
+    dev_data = recorded.get("devcontainer")
+    dev = Devcontainer(**dev_data) if dev_data else None
+    file = SpecFile.model_validate({k: v for k, v in recorded.items() if k != "devcontainer"})
+    with_file = spec.with_file(file)
+    effective = declared(with_file, dev)
+    dev_applies = effective is not with_file and dev is not None
+    out: list[tuple[str, Any, str]] = []
+    for name in ("setup", "warm", "egress"):
+        origins = [SPEC_FILE if getattr(file, name) is not None else "stored"]
+        if name == "setup" and dev_applies and dev is not None and dev.setup:
+            origins.insert(0, DEVCONTAINER_FILE)
+        out.append((name, getattr(effective, name), " + ".join(origins)))
+    for key, value in sorted(effective.env.items()):
+        if file.env is not None and key in file.env:
+            origin = SPEC_FILE
+        elif key in spec.env:
+            origin = "stored"
+        else:
+            origin = DEVCONTAINER_FILE
+        out.append((f"env.{key}", value, origin))
+    file_declares = file.image is not None or file.dockerfile is not None
+    origin = origin_of_environment(spec, file_declares, dev)
+    out.append(("environment", effective.environment(), origin))
+    for name in ("image", "dockerfile", "context"):
+        if getattr(effective, name) is not None:
+            out.append((name, getattr(effective, name), origin))
+    return out
+
+
+_STEP_RE = re.compile(r"^→ exit (-?\d+)(?: \(wall-clock timeout\))? in (\d+) ms$")
+
+
+def build_steps(log: str | None) -> list[tuple[str, int, int]]:
+    """The commands a build log ran, as `(command, exit code, milliseconds)`."""
+    steps: list[tuple[str, int, int]] = []
+    command: str | None = None
+    for line in (log or "").splitlines():
+        if line.startswith("$ "):
+            command = line[2:]
+            continue
+        done = _STEP_RE.match(line)
+        if done and command is not None:
+            steps.append((command, int(done.group(1)), int(done.group(2))))
+            command = None
+    return steps
