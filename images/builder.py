@@ -33,6 +33,7 @@ from images.devcontainer import DevcontainerError, read_devcontainer
 from images.environments import (
     base_environment,
     declared,
+    devcontainer_note,
     recorded_files,
     uncommitted_spec_warning,
 )
@@ -245,6 +246,9 @@ class ImageBuilder:
             if warning:
                 build_log.line(warning)
                 say(warning)
+            note = devcontainer_note(spec.with_file(file), dev)
+            if note:
+                build_log.line(note)
             build_log.line(f"environment: {effective.environment()}")
             base_environment(effective, self.backend)
             if sha != record.sha or effective.image_hash() != record.spec_hash:

@@ -2,10 +2,12 @@
 
 Honoured: `image`; `build.dockerfile` and `build.context` (relative to the file's folder, as
 the Dev Containers spec says; the older top-level `dockerFile`/`context` too); `containerEnv`;
-`postCreateCommand` (a string, an argument list, or an object of named commands) as set-up
-steps that run before the spec's own. Ignored: editor settings (`customizations`, `name`,
+`onCreateCommand`, `updateContentCommand` and `postCreateCommand` (each a string, an argument
+list, or an object of named commands) as set-up steps, in that order, before the spec's own. Ignored: editor settings (`customizations`, `name`,
 `forwardPorts`, `remoteUser`, ...). Refused with one line: `features` (they install software
-by scripts we do not run), `dockerComposeFile`, and a file that is not JSON with comments.
+by scripts we do not run) in a file that names no image or Dockerfile, `dockerComposeFile`,
+and a file that is not JSON with comments. (A file that names an image or a Dockerfile is set
+aside whole for now, features included: see `images.environments.declared`.)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from images.spec import check_env, check_image, check_repo_path
 
 DEVCONTAINER_FILE = ".devcontainer/devcontainer.json"
 MAX_BYTES = 256 * 1024
+LIFECYCLE = ("onCreateCommand", "updateContentCommand", "postCreateCommand")
+"""The commands a dev container runs once when it is created, in this order: set-up steps."""
 
 
 class DevcontainerError(ImagesError, ValueError):
@@ -43,6 +47,7 @@ class Devcontainer:
     context: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
 
 def strip_jsonc(text: str) -> str:
@@ -99,7 +104,7 @@ def _in_repo(folder: str, value: Any, what: str, line: int | None) -> str:
         raise DevcontainerError(str(exc), line) from exc
 
 
-def _commands(value: Any, line: int | None) -> list[str]:
+def _commands(value: Any, key: str, line: int | None) -> list[str]:
     if isinstance(value, str):
         return [value] if value.strip() else []
     if isinstance(value, list) and all(isinstance(a, str) for a in value):
@@ -108,13 +113,13 @@ def _commands(value: Any, line: int | None) -> list[str]:
         out: list[str] = []
         for name, item in value.items():
             try:
-                out += _commands(item, line)
+                out += _commands(item, key, line)
             except DevcontainerError:
                 raise DevcontainerError(
-                    f"postCreateCommand.{name} must be a string or a list of strings", line
+                    f"{key}.{name} must be a string or a list of strings", line
                 ) from None
         return out
-    raise DevcontainerError("postCreateCommand must be a string, a list or an object", line)
+    raise DevcontainerError(f"{key} must be a string, a list or an object", line)
 
 
 def parse_devcontainer(text: str) -> Devcontainer:
@@ -125,12 +130,6 @@ def parse_devcontainer(text: str) -> Devcontainer:
         raise DevcontainerError(f"not valid JSON with comments: {exc.msg}", exc.lineno) from exc
     if not isinstance(data, dict):
         raise DevcontainerError("must be a JSON object")
-    if data.get("features"):
-        names = ", ".join(data["features"]) if isinstance(data["features"], dict) else "features"
-        raise DevcontainerError(
-            f"features are not supported ({names}); install them in the image or a Dockerfile",
-            _line_of(text, "features"),
-        )
     if "dockerComposeFile" in data:
         raise DevcontainerError(
             "dockerComposeFile is not supported; name an image or a Dockerfile",
@@ -154,6 +153,15 @@ def parse_devcontainer(text: str) -> Devcontainer:
         result.dockerfile = _in_repo(folder, dockerfile, "dockerfile", _line_of(text, "dockerfile"))
         context = build.get("context", data.get("context", "."))
         result.context = _in_repo(folder, context, "context", _line_of(text, "context"))
+    if data.get("features"):
+        features = data["features"]
+        result.features = list(features) if isinstance(features, dict) else ["features"]
+        if result.image is None and result.dockerfile is None:
+            raise DevcontainerError(
+                f"features are not supported ({', '.join(result.features)}); install them in "
+                "the image or a Dockerfile",
+                _line_of(text, "features"),
+            )
     env = data.get("containerEnv", {})
     line = _line_of(text, "containerEnv")
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
@@ -162,8 +170,9 @@ def parse_devcontainer(text: str) -> Devcontainer:
         result.env = check_env(dict(env))
     except ValueError as exc:
         raise DevcontainerError(str(exc), line) from exc
-    if "postCreateCommand" in data:
-        result.setup = _commands(data["postCreateCommand"], _line_of(text, "postCreateCommand"))
+    for key in LIFECYCLE:
+        if key in data:
+            result.setup += _commands(data[key], key, _line_of(text, key))
     return result
 
 

@@ -22,22 +22,36 @@ from images.spec import SPEC_FILE, RepoSpec, SpecFile
 
 def declared(spec: RepoSpec, dev: Devcontainer | None) -> RepoSpec:
     """`spec` completed by the repository's devcontainer.json when it declares no environment
-    itself: its image or Dockerfile, `containerEnv` under the spec's own env, and
-    `postCreateCommand` as set-up steps before the spec's."""
+    itself: `containerEnv` under the spec's own env, and the lifecycle commands as set-up
+    steps before the spec's.
+
+    A devcontainer.json that names an image or a Dockerfile is set aside whole (see
+    `devcontainer_note`): its commands were written for that image, and this server does not
+    build declared environments yet, so the repository keeps running on the host's tools as
+    it did before it had the file. An environment declared on purpose (stored, or in
+    `.nightshift.toml`) is not set aside: its build fails instead (`base_environment`).
+    """
     if dev is None or spec.image is not None or spec.dockerfile is not None:
         return spec
-    if dev.image is None and dev.dockerfile is None:
-        return spec.model_copy(
-            update={"env": {**dev.env, **spec.env}, "setup": [*dev.setup, *spec.setup]}
-        )
+    if dev.image is not None or dev.dockerfile is not None:
+        return spec
     return spec.model_copy(
-        update={
-            "image": dev.image,
-            "dockerfile": dev.dockerfile,
-            "context": dev.context,
-            "env": {**dev.env, **spec.env},
-            "setup": [*dev.setup, *spec.setup],
-        }
+        update={"env": {**dev.env, **spec.env}, "setup": [*dev.setup, *spec.setup]}
+    )
+
+
+def devcontainer_note(spec: RepoSpec, dev: Devcontainer | None) -> str | None:
+    """A build-log line when `declared` set a devcontainer.json aside."""
+    if dev is None or spec.image is not None or spec.dockerfile is not None:
+        return None
+    if dev.image is None and dev.dockerfile is None:
+        return None
+    what = f"image {dev.image}" if dev.image is not None else f"dockerfile {dev.dockerfile}"
+    if dev.features:
+        what += f" with features {', '.join(dev.features)}"
+    return (
+        f"note: {DEVCONTAINER_FILE} declares {what}; this server does not build declared "
+        "environments yet, so the file is set aside and sandboxes run the host's tools"
     )
 
 
@@ -61,15 +75,13 @@ def effective_from_record(spec: RepoSpec, recorded: dict[str, Any] | None) -> Re
     return declared(spec.with_file(file), Devcontainer(**dev) if dev else None)
 
 
-def origin_of_environment(spec: RepoSpec, file_declares: bool, dev: Devcontainer | None) -> str:
-    """Where the effective environment came from: `stored`, the spec file, the devcontainer
-    file, or `host` when nothing declares one."""
+def origin_of_environment(spec: RepoSpec, file_declares: bool) -> str:
+    """Where the effective environment came from: `stored`, the spec file, or `host` when
+    nothing (that this server honours) declares one."""
     if file_declares:
         return SPEC_FILE
     if spec.image is not None or spec.dockerfile is not None:
         return "stored"
-    if dev is not None and (dev.image is not None or dev.dockerfile is not None):
-        return DEVCONTAINER_FILE
     return "host"
 
 
@@ -141,7 +153,7 @@ def effective_origins(
             origin = DEVCONTAINER_FILE
         out.append((f"env.{key}", value, origin))
     file_declares = file.image is not None or file.dockerfile is not None
-    origin = origin_of_environment(spec, file_declares, dev)
+    origin = origin_of_environment(spec, file_declares)
     out.append(("environment", effective.environment(), origin))
     for name in ("image", "dockerfile", "context"):
         if getattr(effective, name) is not None:

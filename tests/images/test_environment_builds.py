@@ -45,7 +45,7 @@ async def test_bad_devcontainer_fails_in_one_line_and_keeps_the_image(
     rt.repos.add(RepoCreate(url=str(repo)))
     [good] = await build_images(rt.image_jobs)
     assert good.outcome == "built"
-    features = {"image": "debian", "features": {"ghcr.io/devcontainers/features/node:1": {}}}
+    features = {"name": "proj", "features": {"ghcr.io/devcontainers/features/node:1": {}}}
     commit(repo, {".devcontainer/devcontainer.json": json.dumps(features, indent=2)})
     [bad] = await build_images(rt.image_jobs)
     assert bad.outcome == "failed"
@@ -56,6 +56,27 @@ async def test_bad_devcontainer_fails_in_one_line_and_keeps_the_image(
     [broken] = await build_images(rt.image_jobs)
     assert broken.message.startswith(".devcontainer/devcontainer.json line 3: not valid JSON")
     assert rt.images.newest("proj").id == good.image.id
+
+
+async def test_devcontainer_naming_an_image_is_set_aside_and_said_so(
+    rt: Any, tmp_path: Path
+) -> None:
+    dev = {
+        "image": "mcr.microsoft.com/devcontainers/python:3",
+        "features": {"ghcr.io/devcontainers/features/node:1": {}},
+        "onCreateCommand": "exit 7",
+    }
+    repo = make_repo(tmp_path, "proj", {".devcontainer/devcontainer.json": json.dumps(dev)})
+    rt.repos.add(RepoCreate(url=str(repo), setup=["echo host > host.txt"]))
+    [result] = await build_images(rt.image_jobs)
+    assert result.outcome == "built", result.message
+    log = rt.image_service.get(result.image.id).log
+    assert (
+        "note: .devcontainer/devcontainer.json declares image "
+        "mcr.microsoft.com/devcontainers/python:3 with features "
+        "ghcr.io/devcontainers/features/node:1" in log
+    )
+    assert "environment: host" in log and "exit 7" not in log
 
 
 async def test_declared_image_this_server_cannot_build_fails_clearly(
