@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +66,9 @@ class BuildResult:
     image: ImageRecord | None = None
     """The image built, the current one (skipped), or the failed attempt with its log."""
     ms: int = 0
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know although the build went on (an uncommitted spec file, a
+    devcontainer.json set aside)."""
 
 
 class ImageBuilder:
@@ -229,6 +232,7 @@ class ImageBuilder:
     ) -> BuildResult:
         started = time.monotonic()
         build_log = BuildLog()
+        warnings: list[str] = []
         repo_dir = self.root / spec.slug()
         staging = repo_dir / f".{record.id}.partial"
         final = repo_dir / record.id
@@ -243,12 +247,10 @@ class ImageBuilder:
             dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
             effective = declared(spec.with_file(file), dev)
             warning = uncommitted_spec_warning(spec, committed=file is not None)
-            if warning:
-                build_log.line(warning)
-                say(warning)
             note = devcontainer_note(spec.with_file(file), dev)
-            if note:
-                build_log.line(note)
+            for line in filter(None, (warning, note)):
+                build_log.line(line)
+                warnings.append(line)
             build_log.line(f"environment: {effective.environment()}")
             base_environment(effective, self.backend)
             if sha != record.sha or effective.image_hash() != record.spec_hash:
@@ -321,7 +323,9 @@ class ImageBuilder:
                 callback(spec, record)
             except Exception:
                 log.exception("an on_built callback failed for %s", record.id)
-        return BuildResult(spec.name, "built", f"built {record.id} at {record.sha}", record)
+        return BuildResult(
+            spec.name, "built", f"built {record.id} at {record.sha}", record, warnings=warnings
+        )
 
     async def _run_in_sandbox(
         self,

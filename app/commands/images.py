@@ -73,6 +73,8 @@ def images_build(
                     f"in {result.ms / 1000:.1f}s",
                     highlight=False,
                 )
+                for warning in result.warnings:
+                    console.print(f"  [yellow]{warning}[/]", highlight=False)
             elif result.outcome == "skipped":
                 console.print(f"[dim]· {result.repo}: {result.message}[/]", highlight=False)
             elif result.outcome == "busy":

@@ -85,6 +85,13 @@ def test_cli_add_warns_of_an_uncommitted_spec_file_and_shows_the_repo(tmp_path: 
     added = runner.invoke(app, ["repos", "add", str(repo), "--image", "debian:12"], env=env)
     assert added.exit_code == 0, added.output
     assert ".nightshift.toml is not committed on branch 'main'" in added.output
+    other = make_repo(tmp_path, "plain")
+    (other / ".nightshift.toml").write_text('setup = ["npm ci"]\n')
+    assert runner.invoke(app, ["repos", "add", str(other)], env=env).exit_code == 0
+    built = runner.invoke(app, ["images", "build", "plain"], env=env)
+    assert built.exit_code == 0, built.output
+    assert "✓ plain: built" in built.output
+    assert f"{other / '.nightshift.toml'} is not committed on branch 'main'" in built.output
     shown = runner.invoke(app, ["repos", "show", "proj"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "environment: image debian:12" in shown.output
