@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from images.ansi import strip_ansi
 from images.setup import BuildError, BuildLog, run_commands
 from images.spec import RepoSpec
 from tests.images.conftest import Starter
+from workers.agent.tools import RunArgs, ToolContext, run
+from workers.config import AgentConfig
+from workers.events import Author, Event
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +48,31 @@ async def test_build_log_and_failure_line_carry_no_escapes(start: Starter) -> No
     text = build_log.text()
     assert "\x1b" not in text
     assert "ok\n" in text and "boom\n" in text
+
+
+class _NoControl:
+    """The `run` tool never reaches the control plane; any call is a failure."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"control plane used: {name}")
+
+
+@pytest.mark.parametrize("backend_name", ["bwrap"], indirect=True)
+async def test_run_tool_output_reaches_the_model_without_escapes(start: Starter) -> None:
+    sandbox = await start()
+
+    async def publish(event: Event) -> None:
+        return None
+
+    ctx = ToolContext(
+        session_id="s1",
+        sandbox=sandbox,
+        control=_NoControl(),  # type: ignore[arg-type]
+        author=Author(id=1, login="dev", name="Dev", email="dev@example.com"),
+        repo=RepoSpec(name="demo", url="/nowhere"),
+        config=AgentConfig(),
+        publish=publish,
+    )
+    command = r"printf '\033[1;32mPASSED\033[0m\n'; printf '\033[31mwarn\033[0m\n' >&2"
+    output = await run(ctx, RunArgs(command=command))
+    assert output.text == "exit code 0\nstdout:\nPASSED\n\nstderr:\nwarn\n"
