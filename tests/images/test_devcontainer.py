@@ -80,3 +80,14 @@ def test_read_from_a_clone_and_symlinks_refused(tmp_path: Path) -> None:
     (tmp_path / ".devcontainer/devcontainer.json").write_text('{"image": "debian"} // ok')
     found = read_devcontainer(tmp_path)
     assert found is not None and found.image == "debian"
+
+
+def test_a_symlinked_devcontainer_folder_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "devcontainer.json").write_text('{"image": "debian"}')
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    os.symlink(elsewhere, clone / ".devcontainer")
+    with pytest.raises(DevcontainerError, match="its folder must not be a symlink"):
+        read_devcontainer(clone)
