@@ -2,8 +2,8 @@
 
 `parse_reference` refuses what does not parse with the reason; a reference with no registry
 is Docker Hub's (`python:3.12-slim` is `docker.io/library/python:3.12-slim`), one with no tag
-or digest is `:latest`. Registries on loopback addresses are reached over plain HTTP (as
-Docker does for localhost); every other over HTTPS.
+or digest is `:latest`. `plain_http` tells a registry on a loopback address (to be reached
+over plain HTTP, as Docker does for localhost) from every other (HTTPS).
 """
 
 from __future__ import annotations
