@@ -56,6 +56,9 @@ class RepoBase(SQLModel):
     base: str = Field(default="main", max_length=200)
     description: str = Field(default="", max_length=2000)
     pool_size: int = 0
+    image: str | None = Field(default=None, max_length=300)
+    dockerfile: str | None = Field(default=None, max_length=500)
+    context: str | None = Field(default=None, max_length=500)
 
 
 class Repo(RepoBase, table=True):

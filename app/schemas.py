@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -36,6 +36,15 @@ class RepoCreate(BaseModel):
     egress: list[str] = Field(default_factory=list, max_length=100)
     description: str = Field("", max_length=2000)
     pool_size: int = Field(0, ge=0, le=50)
+    image: str | None = Field(
+        None, max_length=300, description="OCI reference sandboxes run on (default: host tools)"
+    )
+    dockerfile: str | None = Field(
+        None, max_length=500, description="Dockerfile in the repository to build the environment"
+    )
+    context: str | None = Field(
+        None, max_length=500, description="The Dockerfile's build context, relative to the repo"
+    )
 
 
 class RepoPublic(BaseModel):
@@ -51,7 +60,30 @@ class RepoPublic(BaseModel):
     egress: list[str]
     description: str
     pool_size: int
+    image: str | None = None
+    dockerfile: str | None = None
+    context: str | None = None
     created_at: float
+
+
+class EffectiveField(BaseModel):
+    """One value of a repo's effective spec and where it came from."""
+
+    field: str
+    value: Any
+    origin: str
+    """`stored`, `.nightshift.toml`, `.devcontainer/devcontainer.json`, `host`, or a `+` of them."""
+
+
+class RepoDetail(RepoPublic):
+    """`GET /api/repos/{repo}`: the stored spec plus the effective one its base branch makes."""
+
+    environment: str
+    """`host` (the host's tools), `image <ref>` or `dockerfile <path>`."""
+    effective: list[EffectiveField]
+    effective_at: str | None
+    """The commit whose files the effective spec was read from (its newest image build);
+    None before the first build, when only the stored spec is known."""
 
 
 class SessionCreate(BaseModel):
@@ -186,6 +218,12 @@ class Stats(BaseModel):
     first_model_request: LatencyStats
 
 
+class BuildStep(BaseModel):
+    command: str
+    exit_code: int
+    ms: int
+
+
 class ImagePublic(BaseModel):
     """An image build attempt: `ready` images start sandboxes, `failed` ones keep their log."""
 
@@ -207,6 +245,10 @@ class ImagePublic(BaseModel):
     error: str | None
     log: str | None
     """The build log: listed for failed builds, always in `GET /api/images/{id}`."""
+    environment: str | None = None
+    """`host`, `image <ref>` or `dockerfile <path>` (None: its repo is no longer registered)."""
+    steps: list[BuildStep] = []
+    """Each set-up and warm command the build ran, with its exit code and time."""
 
 
 class ImageBuildRequest(BaseModel):

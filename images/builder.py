@@ -25,11 +25,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from images.layers import apply_layer, remove_tree
+from images.devcontainer import DevcontainerError, read_devcontainer
+from images.environments import (
+    base_environment,
+    declared,
+    devcontainer_note,
+    recorded_files,
+    uncommitted_spec_warning,
+)
+from images.layers import clean_partials, fold_snapshot, remove_tree
 from images.mirror import Mirrors
 from images.registry import ImageRecord, ImageRegistry, Trigger
 from images.sandboxes.base import (
@@ -38,7 +46,6 @@ from images.sandboxes.base import (
     SandboxBackend,
     SandboxError,
     SandboxSpec,
-    SnapshotRef,
 )
 from images.sandboxes.overlay import chown_tree
 from images.setup import BuildError, BuildLog, Progress, exclude_setup_output, run_commands
@@ -59,6 +66,9 @@ class BuildResult:
     image: ImageRecord | None = None
     """The image built, the current one (skipped), or the failed attempt with its log."""
     ms: int = 0
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know although the build went on (an uncommitted spec file, a
+    devcontainer.json set aside)."""
 
 
 class ImageBuilder:
@@ -161,7 +171,7 @@ class ImageBuilder:
     ) -> BuildResult:
         forge = self.forge_for(spec)
         await asyncio.to_thread(self.registry.interrupt_stale, spec.name)
-        await asyncio.to_thread(self._clean_partials, spec)
+        await asyncio.to_thread(clean_partials, self.root / spec.slug(), COLD_MIN_AGE_S)
         say("fetching the base branch")
         try:
             tip = await self.mirrors.update(spec, forge)
@@ -171,9 +181,10 @@ class ImageBuilder:
             )
         try:
             file = await self.mirrors.spec_file(spec, tip)
-        except (SpecFileError, ForgeError) as exc:
+            dev = await self.mirrors.devcontainer(spec, tip)
+        except (SpecFileError, DevcontainerError, ForgeError) as exc:
             return await asyncio.to_thread(self._failed_early, spec, trigger, tip, None, str(exc))
-        effective = spec.with_file(file)
+        effective = declared(spec.with_file(file), dev)
         spec_hash = effective.image_hash()
         if not force:
             existing = await asyncio.to_thread(self.registry.find, spec.name, tip, spec_hash)
@@ -187,11 +198,7 @@ class ImageBuilder:
             if (
                 existing is not None
                 and existing.status == "failed"
-                and trigger
-                in (
-                    "session",
-                    "warm",
-                )
+                and trigger in ("session", "warm")
             ):
                 return BuildResult(
                     spec.name,
@@ -202,7 +209,7 @@ class ImageBuilder:
                 )
         record = self.registry.new_record(spec.name, trigger)
         record.sha, record.spec_hash = tip, spec_hash
-        record.file_spec = file.model_dump() if file is not None else None
+        record.file_spec = recorded_files(file, dev)
         record = await asyncio.to_thread(self.registry.add, record)
         await asyncio.to_thread(
             self.registry.renew_lock, spec.name, self.holder, self.lock_ttl, record.id
@@ -225,6 +232,7 @@ class ImageBuilder:
     ) -> BuildResult:
         started = time.monotonic()
         build_log = BuildLog()
+        warnings: list[str] = []
         repo_dir = self.root / spec.slug()
         staging = repo_dir / f".{record.id}.partial"
         final = repo_dir / record.id
@@ -236,14 +244,22 @@ class ImageBuilder:
             sha = await forge.clone(spec.url, spec.base, root / "workspace")
             build_log.line(f"cloned {spec.name} ({spec.base}) at {sha}")
             file = await asyncio.to_thread(read_spec_file, root / "workspace")
-            effective = spec.with_file(file)
+            dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
+            effective = declared(spec.with_file(file), dev)
+            warning = uncommitted_spec_warning(spec, committed=file is not None)
+            note = devcontainer_note(spec.with_file(file), dev)
+            for line in filter(None, (warning, note)):
+                build_log.line(line)
+                warnings.append(line)
+            build_log.line(f"environment: {effective.environment()}")
+            base_environment(effective, self.backend)
             if sha != record.sha or effective.image_hash() != record.spec_hash:
                 # The tip moved between the fetch and the clone: stamp what was cloned.
                 await self._save(
                     record,
                     sha=sha,
                     spec_hash=effective.image_hash(),
-                    file_spec=file.model_dump() if file is not None else None,
+                    file_spec=recorded_files(file, dev),
                 )
             if file is not None:
                 build_log.line(f"{SPEC_FILE}: {json.dumps(file.model_dump(exclude_none=True))}")
@@ -265,7 +281,14 @@ class ImageBuilder:
             (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
             staging.rename(final)
             os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
-        except (SandboxError, ForgeError, SpecFileError, BuildError, OSError) as exc:
+        except (
+            SandboxError,
+            ForgeError,
+            SpecFileError,
+            DevcontainerError,
+            BuildError,
+            OSError,
+        ) as exc:
             build_log.line(f"error: {exc}")
             await asyncio.to_thread(remove_tree, staging)
             await self._save(
@@ -300,7 +323,9 @@ class ImageBuilder:
                 callback(spec, record)
             except Exception:
                 log.exception("an on_built callback failed for %s", record.id)
-        return BuildResult(spec.name, "built", f"built {record.id} at {record.sha}", record)
+        return BuildResult(
+            spec.name, "built", f"built {record.id} at {record.sha}", record, warnings=warnings
+        )
 
     async def _run_in_sandbox(
         self,
@@ -340,66 +365,7 @@ class ImageBuilder:
             snapshot = await sandbox.snapshot()
         finally:
             await sandbox.terminate()
-        await asyncio.to_thread(self._fold, snapshot, staging / "root")
-
-    def _fold(self, snapshot: SnapshotRef, root: Path) -> None:
-        """Make what the build sandbox wrote part of the image directory."""
-        layer = Path(snapshot.location)
-        if not layer.is_dir():
-            raise BuildError(
-                f"the {snapshot.backend} backend keeps snapshots outside this host "
-                f"({snapshot.location}); it cannot produce a local image directory"
-            )
-        holder = layer.parent if layer.parent.name == snapshot.id else None
-        try:
-            if snapshot.full:
-                remove_tree(root)
-                os.replace(layer, root)
-            else:
-                apply_layer(layer, root)
-        finally:
-            remove_tree(holder or layer)
-
-    def _clean_partials(self, spec: RepoSpec) -> None:
-        """Remove half-built directories a dead builder of this repo left behind."""
-        repo_dir = self.root / spec.slug()
-        if not repo_dir.is_dir():
-            return
-        for partial in repo_dir.glob(".img-*.partial"):
-            remove_tree(partial)
-        for partial in repo_dir.glob(".cold-*.partial"):
-            with contextlib.suppress(OSError):
-                if time.time() - partial.stat().st_mtime > COLD_MIN_AGE_S:
-                    remove_tree(partial)
-
-    # ------------------------------------------------------------ cold clones
-
-    async def cold_clone(self, spec: RepoSpec) -> tuple[ImageRecord, RepoSpec]:
-        """A bare clone of the base tip to start one sandbox from, while no image exists.
-
-        Returns the `cold` record and the spec as the clone's `.nightshift.toml` completes it.
-        """
-        forge = self.forge_for(spec)
-        record = self.registry.new_record(spec.name, "session", status="cold", prefix="cold")
-        repo_dir = self.root / spec.slug()
-        staging = repo_dir / f".{record.id}.partial"
-        final = repo_dir / record.id
-        try:
-            root = staging / "root"
-            (root / "home").mkdir(parents=True)
-            sha = await forge.clone(spec.url, spec.base, root / "workspace")
-            file = await asyncio.to_thread(read_spec_file, root / "workspace")
-            await asyncio.to_thread(chown_tree, root, self.owner)
-            staging.rename(final)
-        except BaseException:
-            await asyncio.to_thread(remove_tree, staging)
-            raise
-        effective = spec.with_file(file)
-        record.sha, record.spec_hash, record.location = sha, effective.image_hash(), str(final)
-        record.file_spec = file.model_dump() if file is not None else None
-        record.finished_at = time.time()
-        await asyncio.to_thread(self.registry.add, record)
-        return record, effective
+        await asyncio.to_thread(fold_snapshot, snapshot, staging / "root")
 
     # ------------------------------------------------------------ collection
 

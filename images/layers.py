@@ -7,8 +7,12 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from images.sandboxes.base import SnapshotRef
+from images.setup import BuildError
 
 _OVERLAY_XATTR = "trusted.overlay."
 _SETID = stat.S_ISUID | stat.S_ISGID
@@ -87,3 +91,34 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, onerror=on_error)
+
+
+def fold_snapshot(snapshot: SnapshotRef, root: Path) -> None:
+    """Make what a build sandbox wrote (its snapshot) part of the image directory `root`."""
+    layer = Path(snapshot.location)
+    if not layer.is_dir():
+        raise BuildError(
+            f"the {snapshot.backend} backend keeps snapshots outside this host "
+            f"({snapshot.location}); it cannot produce a local image directory"
+        )
+    holder = layer.parent if layer.parent.name == snapshot.id else None
+    try:
+        if snapshot.full:
+            remove_tree(root)
+            os.replace(layer, root)
+        else:
+            apply_layer(layer, root)
+    finally:
+        remove_tree(holder or layer)
+
+
+def clean_partials(repo_dir: Path, cold_min_age_s: float) -> None:
+    """Remove half-built directories a dead builder of a repo left behind in `repo_dir`."""
+    if not repo_dir.is_dir():
+        return
+    for partial in repo_dir.glob(".img-*.partial"):
+        remove_tree(partial)
+    for partial in repo_dir.glob(".cold-*.partial"):
+        with contextlib.suppress(OSError):
+            if time.time() - partial.stat().st_mtime > cold_min_age_s:
+                remove_tree(partial)

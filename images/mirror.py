@@ -10,6 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from images.devcontainer import (
+    DEVCONTAINER_FILE,
+    Devcontainer,
+    DevcontainerError,
+    parse_devcontainer,
+)
+from images.devcontainer import MAX_BYTES as DEVCONTAINER_MAX_BYTES
 from images.spec import (
     SPEC_FILE,
     SPEC_FILE_MAX_BYTES,
@@ -64,6 +71,20 @@ class Mirrors:
             raise SpecFileError(f"is larger than {SPEC_FILE_MAX_BYTES} bytes")
         text = await git("cat-file", "blob", oid, cwd=self.path(spec))
         return parse_spec_file(text)
+
+    async def devcontainer(self, spec: RepoSpec, sha: str) -> Devcontainer | None:
+        """The parsed `.devcontainer/devcontainer.json` at `sha`, None when there is none."""
+        listing = await git("ls-tree", "-l", sha, "--", DEVCONTAINER_FILE, cwd=self.path(spec))
+        if not listing.strip():
+            return None
+        meta, _, _name = listing.partition("\t")
+        mode, kind, oid, size = meta.split()
+        if kind != "blob" or mode not in ("100644", "100755"):
+            raise DevcontainerError("must be a regular file (it is a symlink or a directory)")
+        if size.isdigit() and int(size) > DEVCONTAINER_MAX_BYTES:
+            raise DevcontainerError(f"is larger than {DEVCONTAINER_MAX_BYTES} bytes")
+        text = await git("cat-file", "blob", oid, cwd=self.path(spec))
+        return parse_devcontainer(text)
 
     async def bundle(self, spec: RepoSpec, have: str, dest: Path) -> bool:
         """Write a bundle of the base branch's commits missing from `have` into `dest`.

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel import Session as DB
 
+from images.environments import effective_from_record
 from images.sandboxes.base import ImageRef
 from images.spec import RepoSpec, SpecFile
 
@@ -76,8 +77,8 @@ class ImageRecord(SQLModel, table=True):
         return SpecFile.model_validate(self.file_spec) if self.file_spec is not None else None
 
     def effective(self, spec: RepoSpec) -> RepoSpec:
-        """`spec` as this image's commit completes it (its `.nightshift.toml`)."""
-        return spec.with_file(self.spec_file())
+        """`spec` as this image's commit completes it (`.nightshift.toml`, devcontainer.json)."""
+        return effective_from_record(spec, self.file_spec)
 
 
 class BuildLock(SQLModel, table=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from images.ansi import strip_ansi
 from images.errors import ImagesError
 from images.sandboxes.base import ExecResult, Sandbox, SandboxError
 from images.spec import RepoSpec
@@ -26,6 +27,7 @@ class BuildLog:
     size: int = 0
 
     def line(self, text: str) -> None:
+        text = strip_ansi(text)
         self.parts.append(text.rstrip("\n") + "\n")
         self.size += len(text) + 1
 
@@ -67,7 +69,7 @@ async def run_commands(
             build_log.command(command, result)
             if not result.ok:
                 why = "timed out" if result.timed_out else f"exited {result.exit_code}"
-                last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+                last = strip_ansi(result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
                 raise BuildError(
                     f"{phase} command `{command}` {why}" + (f": {last[0][:300]}" if last[0] else "")
                 )

@@ -7,11 +7,16 @@ completed by a `.nightshift.toml` at the root of the repository's base branch:
     warm = [".venv/bin/python -m pytest -q"]
     egress = ["pypi.org", "files.pythonhosted.org"]
 
+    image = "registry.corp/dev/python:3.12"   # or: dockerfile = "ci/Dockerfile", context = "."
+
     [env]
     PYTHONDONTWRITEBYTECODE = "1"
 
 The file wins where both say something: its `setup`, `warm` and `egress` replace the stored
-lists, its `env` entries override stored ones of the same name. A malformed file is refused
+lists, its `env` entries override stored ones of the same name, and an `image` or
+`dockerfile` it names replaces the stored environment. `image` (an OCI reference) and
+`dockerfile` (a path in the repository, built with `context`, default its directory) are
+exclusive; with neither the environment is the host's tools. A malformed file is refused
 with its line and the reason (`SpecFileError`).
 """
 
@@ -27,13 +32,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from images.errors import ImagesError
+from images.oci import parse_reference
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
-SPEC_FILE_KEYS = ("setup", "warm", "env", "egress")
+SPEC_FILE_KEYS = ("setup", "warm", "env", "egress", "image", "dockerfile", "context")
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -53,6 +59,22 @@ def check_hosts(value: list[str]) -> list[str]:
             raise ValueError(f"egress entry {raw!r} is not a host name (IP literals are refused)")
         hosts.append(host)
     return hosts
+
+
+def check_repo_path(value: str, what: str) -> str:
+    """A relative path inside the repository, normalised; absolute paths and `..` are refused."""
+    text = value.strip()
+    if not text or "\x00" in text:
+        raise ValueError(f"{what} must be a path in the repository")
+    if text.startswith("/") or ".." in Path(text).parts:
+        raise ValueError(f"{what} {value!r} must be a relative path inside the repository")
+    return Path(text).as_posix()
+
+
+def check_image(value: str) -> str:
+    """An OCI reference that parses, as written (ReferenceError's reason otherwise)."""
+    parse_reference(value)
+    return value.strip()
 
 
 def check_env(value: dict[str, str]) -> dict[str, str]:
@@ -76,6 +98,43 @@ class RepoSpec(BaseModel):
     egress: list[str] = Field(default_factory=list)
     description: str = ""
     pool_size: int = 0
+    image: str | None = None
+    """An OCI reference the sandbox's root filesystem comes from (None: the host's tools)."""
+    dockerfile: str | None = None
+    """A Dockerfile in the repository to build the environment from."""
+    context: str | None = None
+    """The Dockerfile's build context, relative to the repository (None: its directory)."""
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else check_image(value)
+
+    @field_validator("dockerfile")
+    @classmethod
+    def _dockerfile(cls, value: str | None) -> str | None:
+        return None if value is None else check_repo_path(value, "dockerfile")
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value: str | None) -> str | None:
+        return None if value is None else check_repo_path(value, "context")
+
+    @model_validator(mode="after")
+    def _one_environment(self) -> RepoSpec:
+        if self.image is not None and self.dockerfile is not None:
+            raise ValueError("image and dockerfile are exclusive; give one of them")
+        if self.context is not None and self.dockerfile is None:
+            raise ValueError("context is the Dockerfile's build context; it needs dockerfile")
+        return self
+
+    def environment(self) -> str:
+        """Which environment sandboxes run: `host`, `image <ref>` or `dockerfile <path>`."""
+        if self.image is not None:
+            return f"image {self.image}"
+        if self.dockerfile is not None:
+            return f"dockerfile {self.dockerfile}"
+        return "host"
 
     @field_validator("base")
     @classmethod
@@ -96,13 +155,15 @@ class RepoSpec(BaseModel):
 
     def image_hash(self) -> str:
         """Hash of everything that shapes an image; a change forces a rebuild."""
-        relevant = {
+        relevant: dict[str, object] = {
             "setup": self.setup,
             "warm": self.warm,
             "env": self.env,
             "egress": self.egress,
             "base": self.base,
         }
+        if self.image is not None or self.dockerfile is not None:
+            relevant["environment"] = [self.image, self.dockerfile, self.context]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def slug(self) -> str:
@@ -125,6 +186,10 @@ class RepoSpec(BaseModel):
             update["egress"] = list(file.egress)
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
+        if file.image is not None:
+            update.update(image=file.image, dockerfile=None, context=None)
+        elif file.dockerfile is not None:
+            update.update(image=None, dockerfile=file.dockerfile, context=file.context)
         return self.model_copy(update=update)
 
 
@@ -145,6 +210,9 @@ class SpecFile(BaseModel):
     warm: list[str] | None = None
     env: dict[str, str] | None = None
     egress: list[str] | None = None
+    image: str | None = None
+    dockerfile: str | None = None
+    context: str | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -217,6 +285,26 @@ def parse_spec_file(text: str) -> SpecFile:
             result.egress = check_hosts(value)
         except ValueError as exc:
             raise SpecFileError(str(exc), line) from exc
+    for key, check in (("image", check_image), ("dockerfile", None), ("context", None)):
+        if key not in data:
+            continue
+        line = _key_line(lines, key)
+        value = data[key]
+        if not isinstance(value, str):
+            raise SpecFileError(f"{key} must be a string, got {type(value).__name__}", line)
+        try:
+            setattr(result, key, check(value) if check else check_repo_path(value, key))
+        except ValueError as exc:
+            raise SpecFileError(str(exc), line) from exc
+    if result.image is not None and result.dockerfile is not None:
+        raise SpecFileError(
+            "image and dockerfile are exclusive; give one of them", _key_line(lines, "dockerfile")
+        )
+    if result.context is not None and result.dockerfile is None:
+        raise SpecFileError(
+            "context is the Dockerfile's build context; it needs dockerfile",
+            _key_line(lines, "context"),
+        )
     if "env" in data:
         value = data["env"]
         table_line = _key_line(lines, "env") or _table_line(lines, "env")

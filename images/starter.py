@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from images.builder import ImageBuilder
+from images.cold import cold_clone
 from images.mirror import Mirrors
 from images.registry import SHARED_BACKENDS, ImageRecord, ImageRegistry, Trigger
 from images.sandboxes.base import (
@@ -147,7 +148,7 @@ class ImageStarter:
         return record.id if record is not None else None
 
     async def _start_cold(self, repo: RepoSpec, label: str) -> Acquired:
-        record, effective = await self.builder.cold_clone(repo)
+        record, effective = await cold_clone(self.builder, repo)
         self.queue_build(repo, "session")
         self._pin(record.id)
         try:

@@ -73,6 +73,8 @@ def images_build(
                     f"in {result.ms / 1000:.1f}s",
                     highlight=False,
                 )
+                for warning in result.warnings:
+                    console.print(f"  [yellow]{warning}[/]", highlight=False)
             elif result.outcome == "skipped":
                 console.print(f"[dim]· {result.repo}: {result.message}[/]", highlight=False)
             elif result.outcome == "busy":
@@ -100,7 +102,7 @@ def images_list(
             return
         table = Table()
         table.add_column("id", no_wrap=True)
-        for name in ("repo", "status", "sha", "built", "took", "error"):
+        for name in ("repo", "status", "sha", "environment", "built", "took", "steps", "error"):
             table.add_column(name)
         for r in rows:
             took = f"{r.duration_ms / 1000:.1f}s" if r.duration_ms is not None else ""
@@ -110,8 +112,10 @@ def images_list(
                 r.repo,
                 f"[{style}]{r.status}[/]",
                 _short(r.sha),
+                r.environment or "",
                 _when(r.built_at),
                 took,
+                " ".join(f"{s.ms / 1000:.1f}s" for s in r.steps),
                 (r.error or "")[:80],
             )
         console.print(table)

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, runtime_from
 from app.schemas import RepoCreate
+from app.services.repos import spec_of
+from images.environments import uncommitted_spec_warning
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
 
@@ -38,6 +40,16 @@ def repos_add(
         str, typer.Option(help="What the repository is, for people and the classifier")
     ] = "",
     pool_size: Annotated[int, typer.Option(help="Warm sandboxes to keep ready")] = 0,
+    image: Annotated[
+        str | None,
+        typer.Option(help="OCI image sandboxes run on, e.g. python:3.12-slim (default: host)"),
+    ] = None,
+    dockerfile: Annotated[
+        str | None, typer.Option(help="Dockerfile in the repository to build the environment")
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="The Dockerfile's build context, relative to the repo")
+    ] = None,
 ) -> None:
     """Register a repository."""
     from pydantic import ValidationError
@@ -52,6 +64,9 @@ def repos_add(
             egress=[h for h in (egress or "").split(",") if h.strip()],
             description=description,
             pool_size=pool_size,
+            image=image,
+            dockerfile=dockerfile,
+            context=context,
         )
     except ValidationError as exc:
         fail("; ".join(e["msg"] for e in exc.errors()))
@@ -60,6 +75,37 @@ def repos_add(
         console.print(
             f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base})", highlight=False
         )
+        warning = uncommitted_spec_warning(spec_of(row))
+        if warning:
+            console.print(f"[yellow]{warning}[/]", highlight=False)
+
+
+@app.command("show")
+def repos_show(
+    name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show a repo's effective spec: each value and where it came from."""
+    with runtime_from(load_settings()) as runtime:
+        detail = runtime.image_service.repo_detail(name)
+    if as_json:
+        print(detail.model_dump_json(indent=2))
+        return
+    console.print(
+        f"[bold]{detail.name}[/] ({detail.forge}: {detail.url}, base {detail.base})\n"
+        f"environment: {detail.environment}\n"
+        + (
+            f"effective spec as of {detail.effective_at[:10]}"
+            if detail.effective_at
+            else "not built yet: the stored spec only"
+        ),
+        highlight=False,
+    )
+    table = Table("field", "value", "from")
+    for item in detail.effective:
+        value = item.value if isinstance(item.value, str) else json.dumps(item.value)
+        table.add_row(item.field, value, item.origin)
+    console.print(table)
 
 
 @app.command("list")

@@ -14,8 +14,16 @@ from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound
 from app.models import Session, User
-from app.schemas import ImagePublic, WarmPublic
+from app.schemas import (
+    BuildStep,
+    EffectiveField,
+    ImagePublic,
+    RepoDetail,
+    RepoPublic,
+    WarmPublic,
+)
 from app.services.repos import Repos, spec_of
+from images.environments import build_steps, effective_origins
 from images.jobs import ImageJobs, build_images
 from images.pool import WarmInfo, WarmPool
 from images.registry import ImageRecord, ImageRegistry, Trigger
@@ -28,7 +36,7 @@ T = TypeVar("T")
 VALIDATE_TIMEOUT_S = 300.0
 
 
-def image_public(record: ImageRecord, with_log: bool) -> ImagePublic:
+def image_public(record: ImageRecord, with_log: bool, spec: RepoSpec | None = None) -> ImagePublic:
     return ImagePublic(
         id=record.id,
         repo=record.repo,
@@ -44,6 +52,8 @@ def image_public(record: ImageRecord, with_log: bool) -> ImagePublic:
         duration_ms=record.duration_ms,
         error=record.error,
         log=record.log if with_log or record.status == "failed" else None,
+        environment=record.effective(spec).environment() if spec is not None else None,
+        steps=[BuildStep(command=c, exit_code=e, ms=ms) for c, e, ms in build_steps(record.log)],
     )
 
 
@@ -123,13 +133,37 @@ class Images:
     def images(self, repo: str | None = None, limit: int = 100) -> list[ImagePublic]:
         if repo is not None:
             self.repos.get(repo)
-        return [image_public(r, with_log=False) for r in self.registry.history(repo, limit)]
+        specs = {spec.name: spec for spec in self.specs()}
+        return [
+            image_public(r, with_log=False, spec=specs.get(r.repo))
+            for r in self.registry.history(repo, limit)
+        ]
+
+    def repo_detail(self, name: str) -> RepoDetail:
+        """A repo with its effective spec, read from the files of its newest build attempt."""
+        repo = self.repos.get(name)
+        spec = spec_of(repo)
+        newest = next(
+            (r for r in self.registry.history(name, 20) if r.status != "building" and r.sha),
+            None,
+        )
+        recorded = newest.file_spec if newest is not None else None
+        return RepoDetail(
+            **RepoPublic.model_validate(repo).model_dump(),
+            environment=newest.effective(spec).environment() if newest else spec.environment(),
+            effective=[
+                EffectiveField(field=f, value=v, origin=o)
+                for f, v, o in effective_origins(spec, recorded)
+            ],
+            effective_at=newest.sha if newest is not None else None,
+        )
 
     def get(self, image_id: str) -> ImagePublic:
         record = self.registry.get(image_id)
         if record is None:
             raise NotFound(f"no image {image_id!r}")
-        return image_public(record, with_log=True)
+        specs = {spec.name: spec for spec in self.specs()}
+        return image_public(record, with_log=True, spec=specs.get(record.repo))
 
     def queue_build(
         self, repos: list[str] | None, *, force: bool = False, trigger: Trigger = "manual"

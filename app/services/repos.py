@@ -38,6 +38,9 @@ def spec_of(repo: Repo) -> RepoSpec:
         egress=list(repo.egress),
         description=repo.description,
         pool_size=repo.pool_size,
+        image=repo.image,
+        dockerfile=repo.dockerfile,
+        context=repo.context,
     )
 
 
@@ -193,6 +196,9 @@ class Repos:
                 egress=body.egress,
                 description=body.description,
                 pool_size=body.pool_size,
+                image=body.image,
+                dockerfile=body.dockerfile,
+                context=body.context,
             )
         except ValidationError as exc:
             raise Invalid(_validation_message(exc)) from exc
@@ -213,6 +219,9 @@ class Repos:
                 base=spec.base,
                 description=spec.description,
                 pool_size=spec.pool_size,
+                image=spec.image,
+                dockerfile=spec.dockerfile,
+                context=spec.context,
                 setup=spec.setup,
                 warm=spec.warm,
                 env=spec.env,

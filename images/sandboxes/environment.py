@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from images.ansi import NO_COLOR_ENV
 from images.sandboxes.base import HOME, SANDBOX_PATH, SandboxUnavailable
 from images.sandboxes.egress import PROXY_PORT
 from images.sandboxes.limits import pid_alive
@@ -162,6 +163,7 @@ def sandbox_env(
 ) -> dict[str, str]:
     """A command's whole environment: ours, the proxy's when egress is on, the spec's, the call's."""
     full = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+    full.update(NO_COLOR_ENV)
     if egress:
         full.update(proxy_env())
     full.update(spec_env)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from images.ansi import strip_ansi
 from images.sandboxes.base import Sandbox, SandboxError
 from images.spec import RepoSpec
 from integrations.llm.types import ToolSpec
@@ -209,9 +210,9 @@ async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
     if "pids" in result.limits_hit:
         parts.append("(the process limit refused some forks)")
     if result.stdout:
-        parts.append("stdout:\n" + result.stdout)
+        parts.append("stdout:\n" + strip_ansi(result.stdout))
     if result.stderr:
-        parts.append("stderr:\n" + result.stderr)
+        parts.append("stderr:\n" + strip_ansi(result.stderr))
     if result.truncated:
         parts.append("[output was truncated at the sandbox's output cap]")
     return ToolOutput("\n".join(parts), is_error=result.exit_code != 0, exit_code=result.exit_code)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from app.api.deps import CurrentUser, ReposDep, RuntimeDep
-from app.schemas import ROW_MAX, PullRequestPublic, RepoCreate, RepoPublic
+from app.schemas import ROW_MAX, PullRequestPublic, RepoCreate, RepoDetail, RepoPublic
 
 router = APIRouter(prefix="/api/repos", tags=["repos"])
 
@@ -43,5 +43,7 @@ def list_pulls(repo: str, user: CurrentUser, runtime: RuntimeDep) -> list[PullRe
 
 
 @router.get("/{repo:path}")
-def get_repo(repo: str, user: CurrentUser, repos: ReposDep) -> RepoPublic:
-    return RepoPublic.model_validate(repos.get(repo))
+def get_repo(repo: str, user: CurrentUser, runtime: RuntimeDep) -> RepoDetail:
+    """A repo with its effective spec: stored values completed by the `.nightshift.toml` and
+    devcontainer.json of its newest build, each with where it came from."""
+    return runtime.image_service.repo_detail(repo)

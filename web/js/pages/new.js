@@ -133,6 +133,28 @@ async function start(ev) {
   }
 }
 
+/** The chosen repository's environment and effective spec, each value with its origin. */
+async function renderEnvironment() {
+  const box = document.getElementById("environment");
+  const repo = repoSelect.value;
+  if (!repo) return (box.hidden = true);
+  try {
+    const detail = await api(repoPath(repo));
+    if (repo !== repoSelect.value) return;
+    document.getElementById("environment-name").textContent =
+      detail.environment + (detail.effective_at ? "" : " (not built yet: the stored spec only)");
+    clear(
+      document.getElementById("effective"),
+      detail.effective.map((f) =>
+        h("tr", {}, h("td", {}, f.field), h("td", {}, typeof f.value === "string" ? f.value : JSON.stringify(f.value)), h("td", {}, f.origin)),
+      ),
+    );
+    box.hidden = false;
+  } catch {
+    box.hidden = true;
+  }
+}
+
 async function loadRepos(preferred) {
   const repos = await api("/api/repos");
   clear(repoSelect, repos.map((r) => h("option", { value: r.name }, r.description ? `${r.name} — ${r.description}` : r.name)));
@@ -142,6 +164,7 @@ async function loadRepos(preferred) {
   const choice = [preferred, params.get("repo"), localStorage.getItem(LAST_REPO)].find((name) => name && repos.some((r) => r.name === name));
   if (choice) repoSelect.value = choice;
   renderWarm();
+  renderEnvironment();
 }
 
 async function main() {
@@ -151,6 +174,7 @@ async function main() {
   });
   repoSelect.addEventListener("change", () => {
     renderWarm();
+    renderEnvironment();
     if (prompt.value.trim()) warmSoon();
   });
   prompt.addEventListener("keydown", (ev) => {

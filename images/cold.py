@@ -1,0 +1,48 @@
+"""Cold starts: a bare clone of the base tip to start one sandbox from while a repo has no
+image yet. Its `.nightshift.toml` and devcontainer.json complete the spec as a build's would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from images.devcontainer import read_devcontainer
+from images.environments import base_environment, declared, recorded_files
+from images.layers import remove_tree
+from images.registry import ImageRecord
+from images.sandboxes.overlay import chown_tree
+from images.spec import RepoSpec, read_spec_file
+
+if TYPE_CHECKING:
+    from images.builder import ImageBuilder
+
+
+async def cold_clone(builder: ImageBuilder, spec: RepoSpec) -> tuple[ImageRecord, RepoSpec]:
+    """A bare clone of the base tip to start one sandbox from, while no image exists.
+
+    Returns the `cold` record and the spec as the clone's `.nightshift.toml` completes it.
+    """
+    forge = builder.forge_for(spec)
+    record = builder.registry.new_record(spec.name, "session", status="cold", prefix="cold")
+    repo_dir = builder.root / spec.slug()
+    staging = repo_dir / f".{record.id}.partial"
+    final = repo_dir / record.id
+    try:
+        root = staging / "root"
+        (root / "home").mkdir(parents=True)
+        sha = await forge.clone(spec.url, spec.base, root / "workspace")
+        file = await asyncio.to_thread(read_spec_file, root / "workspace")
+        dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
+        effective = declared(spec.with_file(file), dev)
+        base_environment(effective, builder.backend)
+        await asyncio.to_thread(chown_tree, root, builder.owner)
+        staging.rename(final)
+    except BaseException:
+        await asyncio.to_thread(remove_tree, staging)
+        raise
+    record.sha, record.spec_hash, record.location = sha, effective.image_hash(), str(final)
+    record.file_spec = recorded_files(file, dev)
+    record.finished_at = time.time()
+    await asyncio.to_thread(builder.registry.add, record)
+    return record, effective

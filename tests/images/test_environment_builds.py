@@ -1,0 +1,105 @@
+"""Builds of repositories that declare an environment or carry a devcontainer.json, and the
+warning for a `.nightshift.toml` that is not committed, on real bubblewrap and real git."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from app.schemas import RepoCreate
+from images.jobs import build_images
+from tests.factories import make_repo
+from tests.images.conftest import commit
+
+DEVCONTAINER = """// set up like the team's editors
+{
+  "name": "proj",
+  "containerEnv": {"GREETING": "from-devcontainer", },
+  "postCreateCommand": "echo \\"$GREETING\\" > made-by-devcontainer.txt",
+  "customizations": {"vscode": {}},
+}
+"""
+
+
+async def test_devcontainer_env_and_post_create_run_as_set_up(rt: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "proj", {".devcontainer/devcontainer.json": DEVCONTAINER})
+    rt.repos.add(RepoCreate(url=str(repo), setup=["cat made-by-devcontainer.txt > after.txt"]))
+    [result] = await build_images(rt.image_jobs, ["proj"])
+    assert result.outcome == "built", result.message
+    ws = Path(result.image.location) / "root" / "workspace"
+    assert (ws / "after.txt").read_text() == "from-devcontainer\n"
+    assert "environment: host" in rt.image_service.get(result.image.id).log
+    # The recorded files complete the spec the same way, so the image is usable and the
+    # unchanged tip is skipped.
+    spec = rt.image_service.specs()[0]
+    assert rt.provider.starter.usable_image(spec).id == result.image.id
+    [again] = await build_images(rt.image_jobs, ["proj"])
+    assert again.outcome == "skipped", again.message
+
+
+async def test_bad_devcontainer_fails_in_one_line_and_keeps_the_image(
+    rt: Any, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    rt.repos.add(RepoCreate(url=str(repo)))
+    [good] = await build_images(rt.image_jobs)
+    assert good.outcome == "built"
+    features = {"name": "proj", "features": {"ghcr.io/devcontainers/features/node:1": {}}}
+    commit(repo, {".devcontainer/devcontainer.json": json.dumps(features, indent=2)})
+    [bad] = await build_images(rt.image_jobs)
+    assert bad.outcome == "failed"
+    assert bad.message.startswith(".devcontainer/devcontainer.json line 3: features are not")
+    assert "\n" not in bad.message
+    assert rt.images.newest("proj").id == good.image.id
+    commit(repo, {".devcontainer/devcontainer.json": '{\n  "image": "debian"\n  "x": 1\n}'})
+    [broken] = await build_images(rt.image_jobs)
+    assert broken.message.startswith(".devcontainer/devcontainer.json line 3: not valid JSON")
+    assert rt.images.newest("proj").id == good.image.id
+
+
+async def test_devcontainer_naming_an_image_is_set_aside_and_said_so(
+    rt: Any, tmp_path: Path
+) -> None:
+    dev = {
+        "image": "mcr.microsoft.com/devcontainers/python:3",
+        "features": {"ghcr.io/devcontainers/features/node:1": {}},
+        "onCreateCommand": "exit 7",
+    }
+    repo = make_repo(tmp_path, "proj", {".devcontainer/devcontainer.json": json.dumps(dev)})
+    rt.repos.add(RepoCreate(url=str(repo), setup=["echo host > host.txt"]))
+    [result] = await build_images(rt.image_jobs)
+    assert result.outcome == "built", result.message
+    log = rt.image_service.get(result.image.id).log
+    assert (
+        "note: .devcontainer/devcontainer.json declares image "
+        "mcr.microsoft.com/devcontainers/python:3 with features "
+        "ghcr.io/devcontainers/features/node:1" in log
+    )
+    assert "environment: host" in log and "exit 7" not in log
+
+
+async def test_declared_image_this_server_cannot_build_fails_clearly(
+    rt: Any, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    rt.repos.add(RepoCreate(url=str(repo)))
+    [good] = await build_images(rt.image_jobs)
+    commit(repo, {".nightshift.toml": 'image = "127.0.0.1:5000/dev/tools:1"\n'})
+    [bad] = await build_images(rt.image_jobs)
+    assert bad.outcome == "failed"
+    assert "declares image 127.0.0.1:5000/dev/tools:1" in bad.message
+    assert rt.images.newest("proj").id == good.image.id
+
+
+async def test_uncommitted_spec_file_is_named_in_the_build_log(rt: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "proj")
+    (repo / ".nightshift.toml").write_text('setup = ["npm ci"]\n')
+    rt.repos.add(RepoCreate(url=str(repo)))
+    [result] = await build_images(rt.image_jobs)
+    assert result.outcome == "built", result.message
+    log = rt.image_service.get(result.image.id).log
+    assert f"warning: {repo / '.nightshift.toml'} is not committed on branch 'main'" in log
+    commit(repo, {})
+    [committed] = await build_images(rt.image_jobs)
+    assert "is not committed" not in rt.image_service.get(committed.image.id).log
