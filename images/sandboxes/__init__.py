@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from images.sandboxes.base import SandboxBackend, SandboxUnavailable
+from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
 
 BACKENDS = ("bwrap", "gvisor", "modal", "fake")
 
@@ -16,6 +17,10 @@ class SandboxConfig:
 
     egress_ports: tuple[int, ...] | None = (80, 443)
     """Ports the egress proxy lets sandboxes reach; None allows any port."""
+    egress_private_hosts: str = ""
+    """`host[:port],...` the egress proxy may reach on private addresses (egress_policy)."""
+    egress_upstream_proxy: str = ""
+    """`http://host:port` the egress proxy chains public destinations through; "": none."""
     runsc_platform: str = "ptrace"
     modal_app: str = "nightshift"
     modal_cpu: float = 1.0
@@ -37,7 +42,11 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
         from images.sandboxes.environment import default_owner
 
         return BwrapBackend(
-            state_dir, owner=default_owner(config.sandbox_uid), egress_ports=config.egress_ports
+            state_dir,
+            owner=default_owner(config.sandbox_uid),
+            egress_ports=config.egress_ports,
+            egress_private_hosts=parse_private_hosts(config.egress_private_hosts),
+            egress_upstream=_upstream(config),
         )
     if name == "gvisor":
         from images.sandboxes.environment import default_owner
@@ -48,6 +57,8 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
             owner=default_owner(config.sandbox_uid),
             platform=config.runsc_platform,
             egress_ports=config.egress_ports,
+            egress_private_hosts=parse_private_hosts(config.egress_private_hosts),
+            egress_upstream=_upstream(config),
         )
     if name == "modal":
         from images.sandboxes.modal import ModalBackend
@@ -60,3 +71,8 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
     raise SandboxUnavailable(
         f"sandbox backend {name!r} is not known; choose one of {', '.join(BACKENDS)}"
     )
+
+
+def _upstream(config: SandboxConfig) -> tuple[str, int] | None:
+    url = config.egress_upstream_proxy.strip()
+    return parse_upstream(url) if url else None

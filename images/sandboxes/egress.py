@@ -174,15 +174,13 @@ class EgressProxy:
                 f"{host} is not on this repository's egress allowlist (allowed: {allowed})",
                 ALLOWLIST_HINT,
             )
-        if self.ports is not None and port not in self.ports and not private:
-            ports = ", ".join(str(p) for p in sorted(self.ports))
-            raise Refused(403, f"{host}:{port}: only ports {ports} may be reached", PORTS_HINT)
         if is_ip_literal(host):
-            return [host.strip("[]")]
+            return [host.strip("[]")]  # a named private destination (checked above)
         try:
             addresses = await asyncio.wait_for(self.resolve(host, port), 10)
         except (OSError, TimeoutError) as exc:
             if self.upstream is not None and not private:
+                self._check_port(host, port)
                 return []  # the upstream proxy resolves what this network cannot
             raise Refused(502, f"{host}: cannot resolve ({exc})") from None
         if not addresses:
@@ -198,7 +196,14 @@ class EgressProxy:
                     f"{host} resolves to {address}, a non-public address; refused",
                     f"{PRIVATE_HINT}={host}:{port}",
                 )
+        if not private:
+            self._check_port(host, port)
         return addresses
+
+    def _check_port(self, host: str, port: int) -> None:
+        if self.ports is not None and port not in self.ports:
+            ports = ", ".join(str(p) for p in sorted(self.ports))
+            raise Refused(403, f"{host}:{port}: only ports {ports} may be reached", PORTS_HINT)
 
     def refusals(self, key: str) -> list[Decision]:
         """The refusals recorded for sandbox `key`, oldest first."""

@@ -39,6 +39,7 @@ from images.sandboxes.base import (
 )
 from images.sandboxes.disk import MIN_DISK_MB, DiskSpec
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
+from images.sandboxes.egress_policy import PrivateHost
 from images.sandboxes.environment import (
     BRIDGE_COMMAND,
     BRIDGE_SOURCE,
@@ -227,6 +228,11 @@ class LocalSandbox:
         self._check_live()
         return await asyncio.to_thread(self._backend.capture, self)
 
+    def egress_refusals(self) -> list[str]:
+        if not self.spec.egress:
+            return []
+        return [f"{d.host}:{d.port}: {d.reason}" for d in self._backend.egress.refusals(self.id)]
+
     async def terminate(self) -> None:
         if self.terminated:
             return
@@ -264,6 +270,8 @@ class LocalBackend:
         cgroups: CgroupLayout | None = None,
         egress: EgressProxy | None = None,
         egress_ports: Collection[int] | None = DEFAULT_PORTS,
+        egress_private_hosts: Sequence[PrivateHost] = (),
+        egress_upstream: tuple[str, int] | None = None,
         max_layers: int = MAX_LAYERS,
     ) -> None:
         self.state_dir = state_dir
@@ -273,6 +281,8 @@ class LocalBackend:
         self._cgroups = cgroups
         self._egress = egress
         self._egress_ports = egress_ports
+        self._egress_private_hosts = tuple(egress_private_hosts)
+        self._egress_upstream = egress_upstream
         self._etc: Path | None = None
         self._templates: dict[tuple[int, int], Path] = {}
         self._template_lock = threading.Lock()
@@ -301,7 +311,11 @@ class LocalBackend:
     @property
     def egress(self) -> EgressProxy:
         if self._egress is None:
-            self._egress = EgressProxy(ports=self._egress_ports)
+            self._egress = EgressProxy(
+                ports=self._egress_ports,
+                private_hosts=self._egress_private_hosts,
+                upstream=self._egress_upstream,
+            )
         return self._egress
 
     def runtime_version(self) -> str:

@@ -353,6 +353,9 @@ class ModalSandbox:
             full=True,
         )
 
+    def egress_refusals(self) -> list[str]:
+        return []  # Modal's outbound_domain_allowlist refuses out of this host's sight
+
     async def terminate(self) -> None:
         if self.terminated:
             return
