@@ -27,6 +27,11 @@ from images.setup import BuildError, BuildLog, run_commands
 from images.spec import RepoSpec
 from tests.images.conftest import DISK_MB, PUBLIC, FakeInternet, build_image, unavailable
 from tests.images.test_egress import ask
+from tests.workers.test_agent_loop import AUTHOR, _UnusedControl
+from workers.agent import tools
+from workers.agent.tools import ToolContext
+from workers.config import AgentConfig
+from workers.events import Event, Notice
 
 
 def _wheel() -> tuple[str, bytes]:
@@ -268,6 +273,24 @@ async def test_setup_installs_from_a_private_mirror_and_other_loopback_ports_sta
         )
         assert str(failed.value).endswith(refusal)
         assert refusal in log.text() and refusal in progress
+
+        events: list[Event] = []
+
+        async def publish(event: Event) -> None:
+            events.append(event)
+
+        ctx = ToolContext(
+            session_id="s1",
+            sandbox=sandbox,
+            control=_UnusedControl(),  # type: ignore[arg-type]
+            author=AUTHOR,
+            repo=spec,
+            config=AgentConfig(),
+            publish=publish,
+        )
+        out = await tools.run(ctx, tools.RunArgs(command=elsewhere.setup[0]))
+        assert out.is_error and refusal.removeprefix("egress refused ") in out.text
+        assert [e.message for e in events if isinstance(e, Notice)] == [refusal]
     finally:
         await sandbox.terminate()
         proxy.shutdown()
