@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from images.sandboxes.base import SandboxBackend, SandboxUnavailable
+from images.sandboxes.egress import EgressProxy
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
 
 BACKENDS = ("bwrap", "gvisor", "modal", "fake")
@@ -44,9 +45,7 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
         return BwrapBackend(
             state_dir,
             owner=default_owner(config.sandbox_uid),
-            egress_ports=config.egress_ports,
-            egress_private_hosts=parse_private_hosts(config.egress_private_hosts),
-            egress_upstream=_upstream(config),
+            egress=_egress_proxy(config),
         )
     if name == "gvisor":
         from images.sandboxes.environment import default_owner
@@ -56,9 +55,7 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
             state_dir,
             owner=default_owner(config.sandbox_uid),
             platform=config.runsc_platform,
-            egress_ports=config.egress_ports,
-            egress_private_hosts=parse_private_hosts(config.egress_private_hosts),
-            egress_upstream=_upstream(config),
+            egress=_egress_proxy(config),
         )
     if name == "modal":
         from images.sandboxes.modal import ModalBackend
@@ -73,6 +70,11 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
     )
 
 
-def _upstream(config: SandboxConfig) -> tuple[str, int] | None:
+def _egress_proxy(config: SandboxConfig) -> EgressProxy:
+    """The egress proxy of a local backend (its thread starts with the first allowlist)."""
     url = config.egress_upstream_proxy.strip()
-    return parse_upstream(url) if url else None
+    return EgressProxy(
+        ports=config.egress_ports,
+        private_hosts=parse_private_hosts(config.egress_private_hosts),
+        upstream=parse_upstream(url) if url else None,
+    )

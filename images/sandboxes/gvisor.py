@@ -44,7 +44,6 @@ from images.sandboxes.base import (
     UnsupportedSetting,
 )
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
-from images.sandboxes.egress_policy import PrivateHost
 from images.sandboxes.environment import host_env
 from images.sandboxes.gvisor_bundle import (
     SHIM_PATH,
@@ -274,18 +273,10 @@ class GvisorBackend(LocalBackend):
         platform: str = "ptrace",
         egress: EgressProxy | None = None,
         egress_ports: Collection[int] | None = DEFAULT_PORTS,
-        egress_private_hosts: Sequence[PrivateHost] = (),
-        egress_upstream: tuple[str, int] | None = None,
         max_layers: int = MAX_LAYERS,
     ) -> None:
         super().__init__(
-            state_dir,
-            owner,
-            egress=egress,
-            egress_ports=egress_ports,
-            egress_private_hosts=egress_private_hosts,
-            egress_upstream=egress_upstream,
-            max_layers=max_layers,
+            state_dir, owner, egress=egress, egress_ports=egress_ports, max_layers=max_layers
         )
         self.platform = platform
         self._stale_checked = False

@@ -39,7 +39,6 @@ from images.sandboxes.base import (
 )
 from images.sandboxes.disk import MIN_DISK_MB, DiskSpec
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
-from images.sandboxes.egress_policy import PrivateHost
 from images.sandboxes.environment import (
     BRIDGE_COMMAND,
     BRIDGE_SOURCE,
@@ -229,9 +228,8 @@ class LocalSandbox:
         return await asyncio.to_thread(self._backend.capture, self)
 
     def egress_refusals(self) -> list[str]:
-        if not self.spec.egress:
-            return []
-        return [f"{d.host}:{d.port}: {d.reason}" for d in self._backend.egress.refusals(self.id)]
+        refused = self._backend.egress.refusals(self.id) if self.spec.egress else []
+        return [f"{d.host}:{d.port}: {d.reason}" for d in refused]
 
     async def terminate(self) -> None:
         if self.terminated:
@@ -270,8 +268,6 @@ class LocalBackend:
         cgroups: CgroupLayout | None = None,
         egress: EgressProxy | None = None,
         egress_ports: Collection[int] | None = DEFAULT_PORTS,
-        egress_private_hosts: Sequence[PrivateHost] = (),
-        egress_upstream: tuple[str, int] | None = None,
         max_layers: int = MAX_LAYERS,
     ) -> None:
         self.state_dir = state_dir
@@ -281,8 +277,6 @@ class LocalBackend:
         self._cgroups = cgroups
         self._egress = egress
         self._egress_ports = egress_ports
-        self._egress_private_hosts = tuple(egress_private_hosts)
-        self._egress_upstream = egress_upstream
         self._etc: Path | None = None
         self._templates: dict[tuple[int, int], Path] = {}
         self._template_lock = threading.Lock()
@@ -311,11 +305,7 @@ class LocalBackend:
     @property
     def egress(self) -> EgressProxy:
         if self._egress is None:
-            self._egress = EgressProxy(
-                ports=self._egress_ports,
-                private_hosts=self._egress_private_hosts,
-                upstream=self._egress_upstream,
-            )
+            self._egress = EgressProxy(ports=self._egress_ports)
         return self._egress
 
     def runtime_version(self) -> str:

@@ -12,7 +12,7 @@ import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import (
@@ -32,9 +32,6 @@ from images.sandboxes.base import (
 )
 from images.sandboxes.offload import FILE_TIMEOUT_S
 from images.sandboxes.pathsafe import clean_relative
-
-if TYPE_CHECKING:
-    from images.sandboxes.modal import ModalBackend
 
 AGENT_UID = 1000
 RUNTIME = "modal-1"
@@ -130,10 +127,18 @@ def create_kwargs(spec: SandboxSpec, config: SandboxConfig, app: Any, image: Any
     return kwargs
 
 
+class SandboxOwner(Protocol):
+    """What a sandbox needs of the backend that started it (`modal.ModalBackend`)."""
+
+    config: SandboxConfig
+
+    def forget(self, sandbox_id: str) -> None: ...
+
+
 class ModalSandbox:
     backend = "modal"
 
-    def __init__(self, owner: ModalBackend, spec: SandboxSpec, sb: Any) -> None:
+    def __init__(self, owner: SandboxOwner, spec: SandboxSpec, sb: Any) -> None:
         self._backend = owner
         self.spec = spec
         self.source = spec.source

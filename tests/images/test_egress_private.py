@@ -20,6 +20,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import Settings
+from images.sandboxes import make_backend
 from images.sandboxes.base import Limits, SandboxSpec
 from images.sandboxes.egress import EgressProxy
 from images.sandboxes.egress_policy import PrivateHost, parse_private_hosts, parse_upstream
@@ -98,7 +99,7 @@ def mirror() -> Iterator[tuple[int, int]]:
         server.server_close()
 
 
-def test_private_hosts_setting_is_parsed_and_checked() -> None:
+def test_private_hosts_setting_is_parsed_and_checked(tmp_path: Path) -> None:
     assert parse_private_hosts(" Mirror.Corp.:3141, devpi ,[fd00::5]:80") == (
         PrivateHost("mirror.corp", 3141),
         PrivateHost("devpi", None),
@@ -117,6 +118,11 @@ def test_private_hosts_setting_is_parsed_and_checked() -> None:
     assert (config.egress_private_hosts, config.egress_upstream_proxy) == (
         "mirror.corp:3141",
         "http://p:3128",
+    )
+    proxy = make_backend("bwrap", tmp_path, config).egress  # type: ignore[attr-defined]
+    assert (proxy.private_hosts, proxy.upstream) == (
+        (PrivateHost("mirror.corp", 3141),),
+        ("p", 3128),
     )
 
 
