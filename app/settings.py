@@ -310,6 +310,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _no_disk_quota_on_modal(self) -> Settings:
+        if self.sandbox == "modal" and self.sandbox_disk_mb > 0:
+            raise ValueError(
+                f"NIGHTSHIFT_SANDBOX_DISK_MB={self.sandbox_disk_mb}: the Modal backend cannot "
+                "enforce a disk quota (Modal sizes sandbox disks itself); set it to 0 with "
+                "NIGHTSHIFT_SANDBOX=modal"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _visibility_above_longest_run(self) -> Settings:
         if self.visibility_timeout <= self.sandbox_timeout:
             raise ValueError(

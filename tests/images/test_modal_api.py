@@ -166,3 +166,15 @@ def test_the_path_probe_refuses_fifos_and_sockets(tmp_path: Path) -> None:
             probe(rel)
     with pytest.raises(SandboxFileError, match="trap is a FIFO, not a directory"):
         probe("trap", want="dir")
+
+
+def test_modal_refuses_a_disk_quota_it_cannot_enforce() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(
+        ValidationError, match="NIGHTSHIFT_SANDBOX_DISK_MB=10240: the Modal backend"
+    ):
+        Settings(sandbox="modal")
+    assert Settings(sandbox="modal", sandbox_disk_mb=0).limits().disk_mb == 0
