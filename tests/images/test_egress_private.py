@@ -9,6 +9,7 @@ import base64
 import hashlib
 import http.server
 import io
+import json
 import socketserver
 import threading
 import zipfile
@@ -26,6 +27,7 @@ from images.sandboxes.egress import EgressProxy
 from images.sandboxes.egress_policy import PrivateHost, parse_private_hosts, parse_upstream
 from images.setup import BuildError, BuildLog, run_commands
 from images.spec import RepoSpec
+from tests.factories import make_repo
 from tests.images.conftest import DISK_MB, PUBLIC, FakeInternet, build_image, unavailable
 from tests.images.test_egress import ask
 from tests.workers.test_agent_loop import AUTHOR, _UnusedControl
@@ -300,3 +302,49 @@ async def test_setup_installs_from_a_private_mirror_and_other_loopback_ports_sta
     finally:
         await sandbox.terminate()
         proxy.shutdown()
+
+
+PROBE = """import socket, sys
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+s.sendall(f"CONNECT localhost:{sys.argv[1]} HTTP/1.1\\r\\n\\r\\n".encode())
+status = s.recv(4096).decode().splitlines()[0]
+print(status)
+sys.exit(0 if " 200 " in status else 1)
+"""
+
+
+@pytest.mark.skipif(bool(unavailable("bwrap")), reason=str(unavailable("bwrap")))
+def test_images_show_names_each_refusal_and_the_setting(
+    tmp_path: Path, mirror: tuple[int, int]
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    port, other = mirror
+    runner = CliRunner()
+    env = {
+        "NIGHTSHIFT_DATA_DIR": str(tmp_path / "ns"),
+        "NIGHTSHIFT_EGRESS_PRIVATE_HOSTS": f"localhost:{port}",
+    }
+    repo = make_repo(tmp_path, "proj", {"probe.py": PROBE})
+    setup = ["--setup", f"python3 probe.py {port}", "--setup", f"python3 probe.py {other}"]
+    added = runner.invoke(
+        app, ["repos", "add", str(repo), "--egress", "localhost", *setup], env=env
+    )
+    assert added.exit_code == 0, added.output
+    built = runner.invoke(app, ["images", "build", "proj"], env=env)
+    refusal = (
+        f"egress refused localhost:{other}: localhost resolves to 127.0.0.1, a non-public "
+        f"address; refused (allow with NIGHTSHIFT_EGRESS_PRIVATE_HOSTS=localhost:{other})"
+    )
+    assert built.exit_code == 1
+    flat = " ".join(built.output.split())  # the console wraps long lines
+    assert f"✗ proj: setup command `python3 probe.py {other}` exited 1: {refusal}" in flat
+    listed = runner.invoke(app, ["images", "list", "--json"], env=env)
+    [image] = json.loads(listed.stdout)
+    shown = runner.invoke(app, ["images", "show", image["id"]], env=env)
+    assert shown.exit_code == 0
+    flat = " ".join(shown.output.split())
+    assert "HTTP/1.1 200 Connection established" in flat  # the named port opened
+    assert refusal in flat
