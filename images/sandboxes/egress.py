@@ -161,12 +161,8 @@ class EgressProxy:
     async def check(self, endpoint: _Endpoint, host: str, port: int) -> list[str]:
         """Addresses `host` may be reached at, or Refused with the reason."""
         private = self._private(host, port)
-        if is_ip_literal(host) and not private:
-            raise Refused(
-                403,
-                f"{host}: IP literals are refused; use an allowlisted host name",
-                f"{PRIVATE_HINT}={host}:{port}",
-            )
+        if is_ip_literal(host):
+            raise Refused(403, f"{host}: IP literals are refused; use an allowlisted host name")
         if host not in endpoint.hosts:
             allowed = ", ".join(sorted(endpoint.hosts)) or "nothing"
             raise Refused(
@@ -174,8 +170,6 @@ class EgressProxy:
                 f"{host} is not on this repository's egress allowlist (allowed: {allowed})",
                 ALLOWLIST_HINT,
             )
-        if is_ip_literal(host):
-            return [host.strip("[]")]  # a named private destination (checked above)
         try:
             addresses = await asyncio.wait_for(self.resolve(host, port), 10)
         except (OSError, TimeoutError) as exc:

@@ -44,6 +44,8 @@ def parse_private_hosts(text: str) -> tuple[PrivateHost, ...]:
             host, port = split_authority(item, 0) if _has_port(item) else (_bare(item), 0)
         except Refused as exc:
             raise ValueError(f"{item!r}: {exc.reason}") from None
+        if is_ip_literal(host):
+            raise ValueError(f"{item!r}: name a host, as repositories' egress lists do (no IPs)")
         entries.append(PrivateHost(host, port or None))
     return tuple(entries)
 
