@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
+from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
 
@@ -117,6 +118,11 @@ class Settings(BaseSettings):
     """Host uid/gid of sandboxed commands when the server runs as root; must be no one else's."""
     sandbox_egress_ports: str = "80,443"
     """Ports allowlisted hosts may be reached on, comma-separated; `*` for any."""
+    egress_private_hosts: str = ""
+    """`host[:port],...` allowlisted hosts may reach on private or loopback addresses (an
+    internal package mirror); nothing else on private ranges becomes reachable."""
+    egress_upstream_proxy: str = ""
+    """`http://host:port` of an HTTP proxy the egress proxy reaches public hosts through."""
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
     snapshot_max_age_days: float = Field(14.0, gt=0)
     """Local snapshots older than this are garbage-collected; Modal's expire after it."""
@@ -150,10 +156,31 @@ class Settings(BaseSettings):
             raise ValueError(f"NIGHTSHIFT_SANDBOX_EGRESS_PORTS: {value!r} needs ports 1-65535")
         return ",".join(str(p) for p in ports)
 
+    @field_validator("egress_private_hosts")
+    @classmethod
+    def _private_hosts(cls, value: str) -> str:
+        try:
+            parse_private_hosts(value)
+        except ValueError as exc:
+            raise ValueError(f"NIGHTSHIFT_EGRESS_PRIVATE_HOSTS: {exc}") from None
+        return value
+
+    @field_validator("egress_upstream_proxy")
+    @classmethod
+    def _upstream_proxy(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_upstream(value)
+            except ValueError as exc:
+                raise ValueError(f"NIGHTSHIFT_EGRESS_UPSTREAM_PROXY: {exc}") from None
+        return value
+
     def sandbox_config(self) -> SandboxConfig:
         ports = self.sandbox_egress_ports
         return SandboxConfig(
             egress_ports=None if ports == "*" else tuple(int(p) for p in ports.split(",")),
+            egress_private_hosts=self.egress_private_hosts,
+            egress_upstream_proxy=self.egress_upstream_proxy,
             runsc_platform=self.runsc_platform,
             modal_app=self.modal_app,
             modal_cpu=self.modal_cpu,
@@ -279,6 +306,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NIGHTSHIFT_SANDBOX=fake runs no commands and exists for the test suite only; "
                 "use bwrap, gvisor or modal"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_disk_quota_on_modal(self) -> Settings:
+        if self.sandbox == "modal" and self.sandbox_disk_mb > 0:
+            raise ValueError(
+                f"NIGHTSHIFT_SANDBOX_DISK_MB={self.sandbox_disk_mb}: the Modal backend cannot "
+                "enforce a disk quota (Modal sizes sandbox disks itself); set it to 0 with "
+                "NIGHTSHIFT_SANDBOX=modal"
             )
         return self
 

@@ -63,15 +63,22 @@ async def run_commands(
         for index, command in enumerate(commands, 1):
             if progress is not None:
                 progress(f"{phase} {index}/{len(commands)}: {command}")
+            seen = len(sandbox.egress_refusals())
             result = await sandbox.exec(
                 ["bash", "-c", command], timeout=timeout, output_cap=4 * COMMAND_TAIL
             )
             build_log.command(command, result)
+            refused = sandbox.egress_refusals()[seen:]
+            for line in refused:
+                build_log.line(f"egress refused {line}")
+                if progress is not None:
+                    progress(f"egress refused {line}")
             if not result.ok:
                 why = "timed out" if result.timed_out else f"exited {result.exit_code}"
                 last = strip_ansi(result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+                cause = f"egress refused {refused[-1]}" if refused else last[0][:300]
                 raise BuildError(
-                    f"{phase} command `{command}` {why}" + (f": {last[0][:300]}" if last[0] else "")
+                    f"{phase} command `{command}` {why}" + (f": {cause}" if cause else "")
                 )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from images.sandboxes.base import SandboxBackend, SandboxUnavailable
+from images.sandboxes.egress import EgressProxy
+from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
 
 BACKENDS = ("bwrap", "gvisor", "modal", "fake")
 
@@ -16,6 +18,10 @@ class SandboxConfig:
 
     egress_ports: tuple[int, ...] | None = (80, 443)
     """Ports the egress proxy lets sandboxes reach; None allows any port."""
+    egress_private_hosts: str = ""
+    """`host[:port],...` the egress proxy may reach on private addresses (egress_policy)."""
+    egress_upstream_proxy: str = ""
+    """`http://host:port` the egress proxy chains public destinations through; "": none."""
     runsc_platform: str = "ptrace"
     modal_app: str = "nightshift"
     modal_cpu: float = 1.0
@@ -37,7 +43,9 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
         from images.sandboxes.environment import default_owner
 
         return BwrapBackend(
-            state_dir, owner=default_owner(config.sandbox_uid), egress_ports=config.egress_ports
+            state_dir,
+            owner=default_owner(config.sandbox_uid),
+            egress=_egress_proxy(config),
         )
     if name == "gvisor":
         from images.sandboxes.environment import default_owner
@@ -47,7 +55,7 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
             state_dir,
             owner=default_owner(config.sandbox_uid),
             platform=config.runsc_platform,
-            egress_ports=config.egress_ports,
+            egress=_egress_proxy(config),
         )
     if name == "modal":
         from images.sandboxes.modal import ModalBackend
@@ -59,4 +67,14 @@ def make_backend(name: str, state_dir: Path, config: SandboxConfig | None = None
         return FakeBackend()
     raise SandboxUnavailable(
         f"sandbox backend {name!r} is not known; choose one of {', '.join(BACKENDS)}"
+    )
+
+
+def _egress_proxy(config: SandboxConfig) -> EgressProxy:
+    """The egress proxy of a local backend (its thread starts with the first allowlist)."""
+    url = config.egress_upstream_proxy.strip()
+    return EgressProxy(
+        ports=config.egress_ports,
+        private_hosts=parse_private_hosts(config.egress_private_hosts),
+        upstream=parse_upstream(url) if url else None,
     )

@@ -193,6 +193,12 @@ class Sandbox(Protocol):
         """Kill every process and release the sandbox's resources. Idempotent."""
         ...
 
+    def egress_refusals(self) -> list[str]:
+        """What the egress proxy refused this sandbox so far, oldest first, one line each
+        (`host:port: reason (allow with SETTING)`); empty where egress is enforced by a
+        provider out of this host's sight (Modal) or there is no network (fake)."""
+        ...
+
 
 class SandboxBackend(Protocol):
     name: str

@@ -10,7 +10,13 @@ requests. It refuses, with a 403 naming the reason:
 - a port outside the allowed set (80 and 443 unless configured);
 - a name that resolves to any loopback, private, link-local, CGNAT, multicast or otherwise
   non-global address (the check runs on the answer actually dialled, so DNS rebinding
-  between check and connect is not possible).
+  between check and connect is not possible) -- unless the operator named that destination
+  in `NIGHTSHIFT_EGRESS_PRIVATE_HOSTS` (`host[:port]`, e.g. an internal package mirror); a
+  named `host:port` opens that port of that host only, nothing else on private ranges.
+
+Every refusal names the setting that would allow it. With `NIGHTSHIFT_EGRESS_UPSTREAM_PROXY`
+the proxy reaches allowed public hosts through that HTTP proxy (`CONNECT` chaining); named
+private destinations are still dialled directly.
 
 All sockets are served by one thread with its own event loop, so a sandbox's proxy does not
 depend on which event loop started it.
@@ -30,7 +36,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from images.errors import ImagesError
+from images.sandboxes.egress_policy import (
+    ALLOWLIST_HINT,
+    PORTS_HINT,
+    PRIVATE_HINT,
+    PrivateHost,
+    Refused,
+    is_ip_literal,
+    split_authority,
+)
 
 log = logging.getLogger("nightshift.egress")
 
@@ -53,13 +67,6 @@ async def tcp_dial(address: str, port: int) -> tuple[asyncio.StreamReader, async
     return await asyncio.wait_for(asyncio.open_connection(address, port), 15)
 
 
-class Refused(ImagesError):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Decision:
     sandbox: str
@@ -67,33 +74,6 @@ class Decision:
     port: int
     allowed: bool
     reason: str
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
-def split_authority(authority: str, default_port: int) -> tuple[str, int]:
-    """`host[:port]` or `[v6]:port` -> (host, port); raises Refused(400) when malformed."""
-    authority = authority.strip()
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif authority.count(":") == 1:
-        host, _, port_text = authority.partition(":")
-    else:
-        host, port_text = authority, ""
-    try:
-        port = int(port_text) if port_text else default_port
-    except ValueError:
-        raise Refused(400, f"bad port in {authority!r}") from None
-    if not host or not 0 < port < 65536:
-        raise Refused(400, f"bad target {authority!r}")
-    return host.lower().rstrip("."), port
 
 
 @dataclass
@@ -114,10 +94,14 @@ class EgressProxy:
         dial: Dial | None = None,
         ports: Collection[int] | None = DEFAULT_PORTS,
         history: int = 1000,
+        private_hosts: Sequence[PrivateHost] = (),
+        upstream: tuple[str, int] | None = None,
     ) -> None:
         self.resolve = resolve or system_resolve
         self.dial = dial or tcp_dial
         self.ports = frozenset(ports) if ports is not None else None
+        self.private_hosts = tuple(private_hosts)
+        self.upstream = upstream
         self.decisions: deque[Decision] = deque(maxlen=history)
         self._endpoints: dict[str, _Endpoint] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,21 +155,27 @@ class EgressProxy:
 
     # ---------------------------------------------------------------- policy
 
+    def _private(self, host: str, port: int) -> bool:
+        return any(entry.allows(host, port) for entry in self.private_hosts)
+
     async def check(self, endpoint: _Endpoint, host: str, port: int) -> list[str]:
         """Addresses `host` may be reached at, or Refused with the reason."""
+        private = self._private(host, port)
         if is_ip_literal(host):
             raise Refused(403, f"{host}: IP literals are refused; use an allowlisted host name")
         if host not in endpoint.hosts:
             allowed = ", ".join(sorted(endpoint.hosts)) or "nothing"
             raise Refused(
-                403, f"{host} is not on this repository's egress allowlist (allowed: {allowed})"
+                403,
+                f"{host} is not on this repository's egress allowlist (allowed: {allowed})",
+                ALLOWLIST_HINT,
             )
-        if self.ports is not None and port not in self.ports:
-            ports = ", ".join(str(p) for p in sorted(self.ports))
-            raise Refused(403, f"{host}:{port}: only ports {ports} may be reached")
         try:
             addresses = await asyncio.wait_for(self.resolve(host, port), 10)
         except (OSError, TimeoutError) as exc:
+            if self.upstream is not None and not private:
+                self._check_port(host, port)
+                return []  # the upstream proxy resolves what this network cannot
             raise Refused(502, f"{host}: cannot resolve ({exc})") from None
         if not addresses:
             raise Refused(502, f"{host}: no addresses")
@@ -194,13 +184,29 @@ class EgressProxy:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                 ip = ip.ipv4_mapped
-            if not ip.is_global or ip.is_multicast:
-                raise Refused(403, f"{host} resolves to {address}, a non-public address; refused")
+            if (not ip.is_global or ip.is_multicast) and not private:
+                raise Refused(
+                    403,
+                    f"{host} resolves to {address}, a non-public address; refused",
+                    f"{PRIVATE_HINT}={host}:{port}",
+                )
+        if not private:
+            self._check_port(host, port)
         return addresses
+
+    def _check_port(self, host: str, port: int) -> None:
+        if self.ports is not None and port not in self.ports:
+            ports = ", ".join(str(p) for p in sorted(self.ports))
+            raise Refused(403, f"{host}:{port}: only ports {ports} may be reached", PORTS_HINT)
+
+    def refusals(self, key: str) -> list[Decision]:
+        """The refusals recorded for sandbox `key`, oldest first."""
+        return [d for d in list(self.decisions) if d.sandbox == key and not d.allowed]
 
     def _record(self, endpoint: _Endpoint, host: str, port: int, ok: bool, why: str) -> None:
         self.decisions.append(Decision(endpoint.key, host, port, ok, why))
-        log.info(
+        log.log(
+            logging.INFO if ok else logging.WARNING,
             "egress %s %s:%d for %s: %s",
             "allowed" if ok else "refused",
             host,
@@ -238,12 +244,15 @@ class EgressProxy:
                 else:
                     host, port, rest = _forward_request(method, target, version, lines[1:])
                 addresses = await self.check(endpoint, host, port)
-                up_reader, upstream = await self._dial_any(host, addresses, port)
+                if self.upstream is not None and not self._private(host, port):
+                    up_reader, upstream = await self._via_upstream(host, port)
+                else:
+                    up_reader, upstream = await self._dial_any(host, addresses, port)
             except Refused as refused:
                 self._record(endpoint, host, port, False, refused.reason)
                 await _reply(writer, refused.status, refused.reason)
                 return
-            self._record(endpoint, host, port, True, "on the allowlist")
+            self._record(endpoint, host, port, True, self._why_allowed(host, port))
             endpoint.conns.add(upstream)
             if method.upper() == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -260,6 +269,41 @@ class EgressProxy:
             if upstream is not None:
                 endpoint.conns.discard(upstream)
                 upstream.close()
+
+    def _why_allowed(self, host: str, port: int) -> str:
+        if self._private(host, port):
+            return f"on the allowlist; a private destination named in {PRIVATE_HINT}"
+        if self.upstream is not None:
+            return "on the allowlist; through the upstream proxy"
+        return "on the allowlist"
+
+    async def _via_upstream(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A tunnel to `host:port` through the operator's upstream proxy (CONNECT chaining)."""
+        assert self.upstream is not None
+        proxy_host, proxy_port = self.upstream
+        try:
+            reader, writer = await tcp_dial(proxy_host, proxy_port)
+        except (OSError, TimeoutError) as exc:
+            raise Refused(
+                502, f"upstream proxy {proxy_host}:{proxy_port} unreachable ({exc})"
+            ) from None
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        try:
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError):
+            writer.close()
+            raise Refused(502, f"upstream proxy {proxy_host}:{proxy_port} gave no answer") from None
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if status.split(" ")[1:2] != ["200"]:
+            writer.close()
+            raise Refused(
+                502, f"upstream proxy {proxy_host}:{proxy_port} refused {target}: {status}"
+            )
+        return reader, writer
 
     async def _dial_any(
         self, host: str, addresses: list[str], port: int

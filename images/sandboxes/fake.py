@@ -112,6 +112,9 @@ class FakeSandbox:
         FakeBackend.snapshot_times[snap.id] = snap.created_at
         return snap
 
+    def egress_refusals(self) -> list[str]:
+        return []  # the fake backend refuses egress at start (UnsupportedSetting)
+
     async def terminate(self) -> None:
         self.terminated = True
 

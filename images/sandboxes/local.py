@@ -227,6 +227,10 @@ class LocalSandbox:
         self._check_live()
         return await asyncio.to_thread(self._backend.capture, self)
 
+    def egress_refusals(self) -> list[str]:
+        refused = self._backend.egress.refusals(self.id) if self.spec.egress else []
+        return [f"{d.host}:{d.port}: {d.reason}" for d in refused]
+
     async def terminate(self) -> None:
         if self.terminated:
             return

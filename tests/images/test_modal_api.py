@@ -15,7 +15,7 @@ from modal.container_process import ContainerProcess
 from modal.io_streams import StreamReader, StreamWriter
 from modal.sandbox.sandbox import SandboxFilesystem
 
-from images.sandboxes import SandboxConfig
+from images.sandboxes import SandboxConfig, modal_sandbox
 from images.sandboxes import modal as backend_module
 from images.sandboxes.base import (
     ImageRef,
@@ -26,7 +26,7 @@ from images.sandboxes.base import (
     SandboxUnavailable,
 )
 
-SOURCE = Path(backend_module.__file__)
+SOURCES = [Path(backend_module.__file__), Path(modal_sandbox.__file__)]
 # Where each method the backend calls lives in the client.
 OWNERS: dict[str, list[Any]] = {
     "lookup": [modal.App],
@@ -55,7 +55,8 @@ OWNERS: dict[str, list[Any]] = {
 def _calls() -> list[tuple[str, bool, set[str], int]]:
     """(method, via .aio, keyword names, line) of every method call on a Modal object."""
     found = []
-    for node in ast.walk(ast.parse(SOURCE.read_text())):
+    nodes = [n for source in SOURCES for n in ast.walk(ast.parse(source.read_text()))]
+    for node in nodes:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         func, aio = node.func, False
@@ -95,7 +96,7 @@ def test_sandbox_create_arguments(egress: tuple[str, ...]) -> None:
     config = SandboxConfig(
         modal_token_id="ak-secret-id", modal_token_secret="as-secret", modal_environment="dev"
     )
-    kwargs = backend_module.create_kwargs(_spec(egress), config, app="APP", image="IMAGE")
+    kwargs = modal_sandbox.create_kwargs(_spec(egress), config, app="APP", image="IMAGE")
     params = inspect.signature(modal.Sandbox.create).parameters
     assert set(kwargs) <= set(params), set(kwargs) - set(params)
     assert "secrets" not in kwargs
@@ -111,24 +112,24 @@ def test_sandbox_create_arguments(egress: tuple[str, ...]) -> None:
 
 
 def test_commands_run_unprivileged_with_limits() -> None:
-    argv = backend_module.command_argv(["pytest", "-q"], pids=64, cpu_seconds=30)
+    argv = modal_sandbox.command_argv(["pytest", "-q"], pids=64, cpu_seconds=30)
     assert argv[:3] == ["setpriv", "--reuid=1000", "--regid=1000"]
     assert "--nproc=64:64" in argv and "--cpu=30:35" in argv
     assert argv[-2:] == ["pytest", "-q"]
-    env = backend_module.sandbox_env(_spec(), {"EXTRA": "x"})
+    env = modal_sandbox.sandbox_env(_spec(), {"EXTRA": "x"})
     assert env["REPO_FLAG"] == "1" and env["EXTRA"] == "x"
     assert not [k for k in env if k.startswith(("MODAL_", "OPENAI_", "NIGHTSHIFT_"))]
 
 
 def test_paths_are_confined_to_the_workspace() -> None:
-    argv = backend_module.confine_cmd("src/a.py", True)
+    argv = modal_sandbox.confine_cmd("src/a.py", True)
     assert argv[:2] == ["sh", "-c"] and argv[-2:] == ["-e", "/workspace/src/a.py"]
     assert (
-        backend_module.check_confined("/workspace/src/a.py\n", "src/a.py") == "/workspace/src/a.py"
+        modal_sandbox.check_confined("/workspace/src/a.py\n", "src/a.py") == "/workspace/src/a.py"
     )
     for resolved in ("/etc/shadow", "/workspace-other/x", "/"):
         with pytest.raises(PathEscape):
-            backend_module.check_confined(resolved, "link")
+            modal_sandbox.check_confined(resolved, "link")
 
 
 async def test_missing_credentials_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,11 +152,11 @@ def test_the_path_probe_refuses_fifos_and_sockets(tmp_path: Path) -> None:
     (tmp_path / "ok.txt").write_text("ok\n")
 
     def probe(rel: str, want: str = "file") -> str:
-        argv = backend_module.confine_cmd(rel, must_exist=True)
+        argv = modal_sandbox.confine_cmd(rel, must_exist=True)
         argv[-1] = argv[-1].replace("/workspace", str(tmp_path))
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
         resolved, _, kind = out.partition("\n")
-        backend_module.check_kind(kind, rel, want)
+        modal_sandbox.check_kind(kind, rel, want)
         return resolved
 
     assert probe("ok.txt") == str(tmp_path / "ok.txt")
@@ -165,3 +166,15 @@ def test_the_path_probe_refuses_fifos_and_sockets(tmp_path: Path) -> None:
             probe(rel)
     with pytest.raises(SandboxFileError, match="trap is a FIFO, not a directory"):
         probe("trap", want="dir")
+
+
+def test_modal_refuses_a_disk_quota_it_cannot_enforce() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(
+        ValidationError, match="NIGHTSHIFT_SANDBOX_DISK_MB=10240: the Modal backend"
+    ):
+        Settings(sandbox="modal")
+    assert Settings(sandbox="modal", sandbox_disk_mb=0).limits().disk_mb == 0

@@ -20,7 +20,7 @@ from integrations.llm.types import ToolSpec
 from workers.config import AgentConfig
 from workers.control import ControlPlane
 from workers.errors import ControlPlaneError, ToolError
-from workers.events import Author, ChildSpawned, Emit, Event, for_prompt
+from workers.events import Author, ChildSpawned, Emit, Event, Notice, for_prompt
 
 
 @dataclass
@@ -193,8 +193,13 @@ class RunArgs(BaseModel):
 
 
 async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
+    seen = len(ctx.sandbox.egress_refusals())
     result = await ctx.sandbox.exec(["bash", "-c", a.command], cwd=a.cwd, timeout=a.timeout_s)
+    refused = ctx.sandbox.egress_refusals()[seen:]
+    for line in refused:
+        await ctx.emit(Notice(message=f"egress refused {line}"))
     parts = [f"exit code {result.exit_code}"]
+    parts += [f"(the sandbox's egress proxy refused {line})" for line in refused]
     ended = {
         "timeout": f"(killed after {a.timeout_s:g}s wall-clock timeout)",
         "sandbox_timeout": "(killed: the sandbox reached its lifetime limit)",
