@@ -13,6 +13,8 @@ class AgentConfig:
     max_steps: int = 60
     token_budget: int = 2_000_000
     """Input plus output tokens one prompt may spend before the run stops."""
+    context_tokens: int | None = None
+    """The model's context window in tokens; None takes it from the table of known models."""
     model_retries: int = 5
     retry_base_s: float = 1.0
     tool_output_chars: int = 30_000

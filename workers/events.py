@@ -196,6 +196,18 @@ class Notice(_Event):
     link: str | None = None
 
 
+class ContextCompacted(_Event):
+    """The conversation was shortened to fit the model's context window."""
+
+    type: Literal["context_compacted"] = "context_compacted"
+    reason: Literal["threshold", "refused"]
+    tokens_before: int
+    tokens_after: int
+    window: int
+    outputs_elided: int = 0
+    summary: str = ""
+
+
 class ErrorRaised(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -223,6 +235,7 @@ Event = Annotated[
     | PrStateChanged
     | ChildSpawned
     | Notice
+    | ContextCompacted
     | ErrorRaised,
     Field(discriminator="type"),
 ]

@@ -7,7 +7,12 @@ from typing import Any
 
 import anthropic
 
-from integrations.llm.base import ModelFatalError, ModelTransientError, retry_after_seconds
+from integrations.llm.base import (
+    ModelContextOverflow,
+    ModelFatalError,
+    ModelTransientError,
+    retry_after_seconds,
+)
 from integrations.llm.types import (
     ChatMessage,
     Completion,
@@ -105,6 +110,10 @@ class AnthropicModel:
                 raise ModelTransientError(
                     f"{exc.status_code} from model endpoint: {exc.message}",
                     retry_after_seconds(exc.response.headers),
+                ) from exc
+            if exc.status_code == 400 and "prompt is too long" in str(exc.message):
+                raise ModelContextOverflow(
+                    f"{exc.status_code} from model endpoint: {exc.message}"
                 ) from exc
             raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:

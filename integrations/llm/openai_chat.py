@@ -9,6 +9,7 @@ from typing import Any
 import openai
 
 from integrations.llm.base import (
+    ModelContextOverflow,
     ModelFatalError,
     ModelTransientError,
     retry_after_seconds,
@@ -145,6 +146,10 @@ class OpenAIChatModel:
                 raise ModelTransientError(
                     f"{exc.status_code} from model endpoint: {exc.message}",
                     retry_after_seconds(exc.response.headers),
+                ) from exc
+            if getattr(exc, "code", None) == "context_length_exceeded":
+                raise ModelContextOverflow(
+                    f"{exc.status_code} from model endpoint: {exc.message}"
                 ) from exc
             raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:

@@ -207,6 +207,16 @@ export class Timeline {
     turn.usage.textContent = `${e.input_tokens.toLocaleString()} in · ${e.output_tokens.toLocaleString()} out tokens`;
   }
 
+  on_context_compacted(e) {
+    const why = e.reason === "refused" ? "the model refused its length" : "the window was filling up";
+    const head = `Context compacted (${why}): ${e.tokens_before.toLocaleString()} → ${e.tokens_after.toLocaleString()} of ${e.window.toLocaleString()} tokens, ${e.outputs_elided} old outputs elided`;
+    const item = h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, head));
+    if (e.summary) {
+      item.append(h("details", {}, h("summary", {}, "summary kept"), h("pre", {}, e.summary)));
+    }
+    this.add(own(item, e));
+  }
+
   on_model_retry(e) {
     this.add(line(e, "warn", `Model busy, retry ${e.retry} in ${e.wait_s.toFixed(1)} s:`, e.reason));
   }

@@ -9,12 +9,19 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-from integrations.llm.base import ModelClient, ModelError, ModelTransientError
+from integrations.llm.base import (
+    ModelClient,
+    ModelContextOverflow,
+    ModelError,
+    ModelTransientError,
+)
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
+from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
 from workers.agent.prompts import system_prompt
 from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
 from workers.events import (
+    ContextCompacted,
     ErrorRaised,
     MessageAdded,
     ModelRequest,
@@ -124,6 +131,52 @@ async def _one_turn(
             await asyncio.sleep(wait)
 
 
+COMPACT_RETRIES = 3
+"""How many times one turn compacts and retries after the provider refuses its length."""
+
+
+class _Context:
+    """Tracks how full the window is, from the provider's counts plus an estimate of what
+    was added since, and compacts the history before it overflows."""
+
+    def __init__(self, ctx: ToolContext, model: ModelClient, system: str) -> None:
+        self.ctx, self.model, self.system = ctx, model, system
+        self.window = context_window(model.name, ctx.config.context_tokens)
+        self.budget = int(self.window * COMPACT_AT)
+        self.counted = 0
+        """Input tokens of the last request, as the provider counted them."""
+        self.counted_len = 0
+        """How many messages that request held."""
+
+    def tokens(self, messages: list[ChatMessage]) -> int:
+        if self.counted and self.counted_len <= len(messages):
+            return self.counted + estimate_tokens("", messages[self.counted_len :])
+        return estimate_tokens(self.system, messages)
+
+    def reported(self, input_tokens: int, messages: list[ChatMessage]) -> None:
+        self.counted, self.counted_len = input_tokens, len(messages)
+
+    async def fit(self, messages: list[ChatMessage], refused: bool) -> list[ChatMessage]:
+        before = self.tokens(messages)
+        if not refused and before <= self.budget:
+            return messages
+        # After a refusal the provider's count is unknown: aim well below the window.
+        budget = self.budget if not refused else int(self.budget * 0.75)
+        out, elided, summary = await compact(self.model, self.system, messages, budget, refused)
+        self.counted = self.counted_len = 0
+        await self.ctx.emit(
+            ContextCompacted(
+                reason="refused" if refused else "threshold",
+                tokens_before=before,
+                tokens_after=self.tokens(out),
+                window=self.window,
+                outputs_elided=elided,
+                summary=summary,
+            )
+        )
+        return out
+
+
 async def run_agent(
     ctx: ToolContext,
     model: ModelClient,
@@ -135,6 +188,7 @@ async def run_agent(
     cfg = ctx.config
     system = system_prompt(ctx.repo, ctx.author)
     messages = [*history, user_message]
+    window = _Context(ctx, model, system)
     await ctx.emit(MessageAdded(message=user_message))
     tokens = 0
     step = 0
@@ -165,7 +219,17 @@ async def run_agent(
             )
         )
         try:
-            completion = await _one_turn(ctx, model, system, messages)
+            refusals = 0
+            messages = await window.fit(messages, refused=False)
+            while True:
+                try:
+                    completion = await _one_turn(ctx, model, system, messages)
+                    break
+                except ModelContextOverflow:
+                    refusals += 1
+                    if refusals > COMPACT_RETRIES:
+                        raise
+                    messages = await window.fit(messages, refused=True)
         except ModelError as exc:
             await ctx.emit(
                 ErrorRaised(
@@ -175,6 +239,7 @@ async def run_agent(
             )
             return AgentResult("failed", str(exc), steps=step, tokens=tokens)
         tokens += completion.input_tokens + completion.output_tokens
+        window.reported(completion.input_tokens, messages)
         await ctx.emit(
             UsageReported(
                 input_tokens=completion.input_tokens,
