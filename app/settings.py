@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
     model_context_tokens: int | None = Field(None, ge=2000)
+    skills_dir: Path | None = None
+    instructions_max_chars: int = Field(32_000, ge=1000)
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
@@ -395,6 +397,8 @@ class Settings(BaseSettings):
             max_steps=self.max_steps,
             token_budget=self.token_budget,
             context_tokens=self.model_context_tokens,
+            skills_dir=str(self.skills_dir) if self.skills_dir else None,
+            instructions_max_chars=self.instructions_max_chars,
             model_retries=self.model_retries,
             max_spawn_depth=self.max_spawn_depth,
             idle_s=self.idle_seconds,

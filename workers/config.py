@@ -15,6 +15,10 @@ class AgentConfig:
     """Input plus output tokens one prompt may spend before the run stops."""
     context_tokens: int | None = None
     """The model's context window in tokens; None takes it from the table of known models."""
+    skills_dir: str | None = None
+    """The operator's skills, offered in every repository (NIGHTSHIFT_SKILLS_DIR)."""
+    instructions_max_chars: int = 32_000
+    """An AGENTS.md or skill longer than this is cut, with a note to the model."""
     model_retries: int = 5
     retry_base_s: float = 1.0
     tool_output_chars: int = 30_000

@@ -196,6 +196,14 @@ class Notice(_Event):
     link: str | None = None
 
 
+class InstructionsLoaded(_Event):
+    """Which repository instructions and skills the agent was given for this run."""
+
+    type: Literal["instructions_loaded"] = "instructions_loaded"
+    agents_md: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+
+
 class ContextCompacted(_Event):
     """The conversation was shortened to fit the model's context window."""
 
@@ -236,6 +244,7 @@ Event = Annotated[
     | ChildSpawned
     | Notice
     | ContextCompacted
+    | InstructionsLoaded
     | ErrorRaised,
     Field(discriminator="type"),
 ]

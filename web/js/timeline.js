@@ -207,6 +207,13 @@ export class Timeline {
     turn.usage.textContent = `${e.input_tokens.toLocaleString()} in · ${e.output_tokens.toLocaleString()} out tokens`;
   }
 
+  on_instructions_loaded(e) {
+    const parts = [];
+    if (e.agents_md.length) parts.push(`instructions ${e.agents_md.join(", ")}`);
+    if (e.skills.length) parts.push(`skills offered: ${e.skills.join(", ")}`);
+    this.add(own(h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, `Loaded ${parts.join("; ")}`)), e));
+  }
+
   on_context_compacted(e) {
     const why = e.reason === "refused" ? "the model refused its length" : "the window was filling up";
     const head = `Context compacted (${why}): ${e.tokens_before.toLocaleString()} → ${e.tokens_after.toLocaleString()} of ${e.window.toLocaleString()} tokens, ${e.outputs_elided} old outputs elided`;

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 
 from integrations.llm.base import (
     ModelClient,
@@ -18,14 +19,17 @@ from integrations.llm.base import (
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
 from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
+from workers.agent.instructions import Instructions, load, nested_for
 from workers.agent.prompts import system_prompt
 from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
 from workers.events import (
     ContextCompacted,
     ErrorRaised,
+    InstructionsLoaded,
     MessageAdded,
     ModelRequest,
     ModelRetry,
+    Notice,
     PromptOutcome,
     TextDelta,
     ToolCalled,
@@ -177,6 +181,30 @@ class _Context:
         return out
 
 
+PATH_TOOLS = frozenset({"read_file", "write_file", "edit_file", "list_files"})
+"""Tools whose `path` puts the agent under a directory (and its nested AGENTS.md)."""
+
+
+def _nested_name(shown: str) -> str:
+    return shown.partition("[Instructions from ")[2].partition(",")[0]
+
+
+async def _instructions(ctx: ToolContext) -> Instructions:
+    cfg = ctx.config
+    skills_dir = Path(cfg.skills_dir) if cfg.skills_dir else None
+    found = await load(ctx.sandbox, skills_dir, cfg.instructions_max_chars)
+    for source, why in found.invalid:
+        await ctx.emit(Notice(message=f"skill {source} skipped: {why}"))
+    if found.agents or found.skills:
+        await ctx.emit(
+            InstructionsLoaded(
+                agents_md=["AGENTS.md"] if found.agents else [],
+                skills=sorted(found.skills),
+            )
+        )
+    return found
+
+
 async def run_agent(
     ctx: ToolContext,
     model: ModelClient,
@@ -186,7 +214,8 @@ async def run_agent(
     prompt_received_at: float,
 ) -> AgentResult:
     cfg = ctx.config
-    system = system_prompt(ctx.repo, ctx.author)
+    ctx.instructions = await _instructions(ctx)
+    system = system_prompt(ctx.repo, ctx.author, ctx.instructions)
     messages = [*history, user_message]
     window = _Context(ctx, model, system)
     await ctx.emit(MessageAdded(message=user_message))
@@ -272,6 +301,16 @@ async def run_agent(
                 )
             else:
                 out = await call_tool(ctx, tool, call.arguments, hooks)
+                path = call.arguments.get("path")
+                if call.name in PATH_TOOLS and isinstance(path, str) and not out.is_error:
+                    # A listed directory is itself "under" its own AGENTS.md.
+                    target = path.rstrip("/") + "/_" if call.name == "list_files" else path
+                    nested = await nested_for(
+                        ctx.sandbox, ctx.instructions, target, cfg.instructions_max_chars
+                    )
+                    if nested:
+                        out = replace(out, text=out.text + nested)
+                        await ctx.emit(InstructionsLoaded(agents_md=[_nested_name(nested)]))
             await ctx.emit(
                 ToolResult(
                     call_id=call.id,
