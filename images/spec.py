@@ -33,7 +33,7 @@ from images.errors import ImagesError
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
-SPEC_FILE_KEYS = ("setup", "warm", "env", "egress")
+SPEC_FILE_KEYS = ("setup", "warm", "verify", "env", "egress")
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -76,6 +76,8 @@ class RepoSpec(BaseModel):
     egress: list[str] = Field(default_factory=list)
     description: str = ""
     pool_size: int = 0
+    verify: list[str] = Field(default_factory=list)
+    """Commands (tests, lint, type checks) run when the agent calls `finish`."""
 
     @field_validator("base")
     @classmethod
@@ -121,6 +123,8 @@ class RepoSpec(BaseModel):
             update["setup"] = list(file.setup)
         if file.warm is not None:
             update["warm"] = list(file.warm)
+        if file.verify is not None:
+            update["verify"] = list(file.verify)
         if file.egress is not None:
             update["egress"] = list(file.egress)
         if file.env is not None:
@@ -143,6 +147,7 @@ class SpecFile(BaseModel):
 
     setup: list[str] | None = None
     warm: list[str] | None = None
+    verify: list[str] | None = None
     env: dict[str, str] | None = None
     egress: list[str] | None = None
 
@@ -205,7 +210,7 @@ def parse_spec_file(text: str) -> SpecFile:
                 _key_line(lines, key) or _table_line(lines, key),
             )
     result = SpecFile()
-    for key in ("setup", "warm"):
+    for key in ("setup", "warm", "verify"):
         if key in data:
             setattr(result, key, _commands(data[key], key, _key_line(lines, key)))
     if "egress" in data:

@@ -160,6 +160,8 @@ class BranchPushed(_Event):
     base_sha: str
     title: str = ""
     body: str = ""
+    draft: bool = False
+    """The verify commands still failed after the last attempt."""
 
 
 class SnapshotTaken(_Event):
@@ -194,6 +196,24 @@ class Notice(_Event):
     type: Literal["notice"] = "notice"
     message: str
     link: str | None = None
+
+
+class VerifyCheck(BaseModel):
+    command: str
+    ok: bool
+    exit_code: int
+    output: str = ""
+
+
+class VerifyRan(_Event):
+    """The repository's verify commands ran at `finish`."""
+
+    type: Literal["verify"] = "verify"
+    round: int
+    """Which run of the verify commands this was (`attempt` is the prompt's run attempt)."""
+    max_rounds: int
+    passed: bool
+    checks: list[VerifyCheck] = Field(default_factory=list)
 
 
 class InstructionsLoaded(_Event):
@@ -245,6 +265,7 @@ Event = Annotated[
     | Notice
     | ContextCompacted
     | InstructionsLoaded
+    | VerifyRan
     | ErrorRaised,
     Field(discriminator="type"),
 ]

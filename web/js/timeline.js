@@ -207,6 +207,17 @@ export class Timeline {
     turn.usage.textContent = `${e.input_tokens.toLocaleString()} in · ${e.output_tokens.toLocaleString()} out tokens`;
   }
 
+  on_verify(e) {
+    const head = `Verify ${e.passed ? "passed" : "failed"} (attempt ${e.round} of ${e.max_rounds})`;
+    const item = h("div", { class: `item ${e.passed ? "notice" : "error"}`, dataset: { type: e.type } }, h("strong", {}, head));
+    for (const c of e.checks) {
+      const row = h("details", {}, h("summary", {}, `${c.ok ? "✓" : "✗"} ${c.command}${c.ok ? "" : ` (exit ${c.exit_code})`}`));
+      if (c.output) row.append(h("pre", {}, c.output));
+      item.append(row);
+    }
+    this.add(own(item, e));
+  }
+
   on_instructions_loaded(e) {
     const parts = [];
     if (e.agents_md.length) parts.push(`instructions ${e.agents_md.join(", ")}`);

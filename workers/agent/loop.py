@@ -22,6 +22,7 @@ from workers.agent.hooks import Hooks
 from workers.agent.instructions import Instructions, load, nested_for
 from workers.agent.prompts import system_prompt
 from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
+from workers.agent.verify import Verification, failure_text, run_checks
 from workers.events import (
     ContextCompacted,
     ErrorRaised,
@@ -45,6 +46,10 @@ class AgentResult:
     title: str = ""
     steps: int = 0
     tokens: int = 0
+    verify_report: str = ""
+    """The verify commands and their results (Markdown), "" when the repo has none."""
+    draft: bool = False
+    """The verify commands still failed after the last attempt."""
 
 
 class _DeltaBuffer:
@@ -218,6 +223,7 @@ async def run_agent(
     system = system_prompt(ctx.repo, ctx.author, ctx.instructions)
     messages = [*history, user_message]
     window = _Context(ctx, model, system)
+    verification = Verification()
     await ctx.emit(MessageAdded(message=user_message))
     tokens = 0
     step = 0
@@ -301,6 +307,11 @@ async def run_agent(
                 )
             else:
                 out = await call_tool(ctx, tool, call.arguments, hooks)
+                if out.finished is not None and not out.is_error and ctx.repo.verify:
+                    ran = await run_checks(ctx, verification)
+                    await ctx.emit(ran)
+                    if not ran.passed and ran.round < cfg.verify_attempts:
+                        out = ToolOutput(failure_text(ran), is_error=True)
                 path = call.arguments.get("path")
                 if call.name in PATH_TOOLS and isinstance(path, str) and not out.is_error:
                     # A listed directory is itself "under" its own AGENTS.md.
@@ -327,4 +338,12 @@ async def run_agent(
             if out.finished is not None and not out.is_error and finished is None:
                 finished = out.finished
         if finished is not None:
-            return AgentResult("done", finished.summary, finished.title, step, tokens)
+            return AgentResult(
+                "done",
+                finished.summary,
+                finished.title,
+                step,
+                tokens,
+                verify_report=verification.report(),
+                draft=not verification.passed,
+            )
