@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     skills_dir: Path | None = None
     instructions_max_chars: int = Field(32_000, ge=1000)
     verify_attempts: int = Field(3, ge=1, le=20)
+    plugins: str = ""
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
@@ -401,6 +402,7 @@ class Settings(BaseSettings):
             skills_dir=str(self.skills_dir) if self.skills_dir else None,
             instructions_max_chars=self.instructions_max_chars,
             verify_attempts=self.verify_attempts,
+            plugins=tuple(p.strip() for p in self.plugins.split(",") if p.strip()),
             model_retries=self.model_retries,
             max_spawn_depth=self.max_spawn_depth,
             idle_s=self.idle_seconds,

@@ -33,7 +33,7 @@ from images.errors import ImagesError
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
-SPEC_FILE_KEYS = ("setup", "warm", "verify", "env", "egress")
+SPEC_FILE_KEYS = ("setup", "warm", "verify", "protected", "env", "egress")
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -78,6 +78,8 @@ class RepoSpec(BaseModel):
     pool_size: int = 0
     verify: list[str] = Field(default_factory=list)
     """Commands (tests, lint, type checks) run when the agent calls `finish`."""
+    protected: list[str] = Field(default_factory=list)
+    """Globs of paths the agent may read but not write (the `protected` plugin)."""
 
     @field_validator("base")
     @classmethod
@@ -125,6 +127,8 @@ class RepoSpec(BaseModel):
             update["warm"] = list(file.warm)
         if file.verify is not None:
             update["verify"] = list(file.verify)
+        if file.protected is not None:
+            update["protected"] = list(file.protected)
         if file.egress is not None:
             update["egress"] = list(file.egress)
         if file.env is not None:
@@ -148,6 +152,7 @@ class SpecFile(BaseModel):
     setup: list[str] | None = None
     warm: list[str] | None = None
     verify: list[str] | None = None
+    protected: list[str] | None = None
     env: dict[str, str] | None = None
     egress: list[str] | None = None
 
@@ -210,7 +215,7 @@ def parse_spec_file(text: str) -> SpecFile:
                 _key_line(lines, key) or _table_line(lines, key),
             )
     result = SpecFile()
-    for key in ("setup", "warm", "verify"):
+    for key in ("setup", "warm", "verify", "protected"):
         if key in data:
             setattr(result, key, _commands(data[key], key, _key_line(lines, key)))
     if "egress" in data:

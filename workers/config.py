@@ -19,6 +19,8 @@ class AgentConfig:
     """The operator's skills, offered in every repository (NIGHTSHIFT_SKILLS_DIR)."""
     instructions_max_chars: int = 32_000
     """An AGENTS.md or skill longer than this is cut, with a note to the model."""
+    plugins: tuple[str, ...] = ()
+    """`module:attr` of plugins beyond the built-in and installed ones (NIGHTSHIFT_PLUGINS)."""
     verify_attempts: int = 3
     """How many times `finish` runs the repository's verify commands before giving up."""
     model_retries: int = 5

@@ -220,7 +220,7 @@ async def run_agent(
 ) -> AgentResult:
     cfg = ctx.config
     ctx.instructions = await _instructions(ctx)
-    system = system_prompt(ctx.repo, ctx.author, ctx.instructions)
+    system = system_prompt(ctx.repo, ctx.author, ctx.instructions) + hooks.prompt(ctx)
     messages = [*history, user_message]
     window = _Context(ctx, model, system)
     verification = Verification()
