@@ -21,6 +21,10 @@ class AgentConfig:
     """An AGENTS.md or skill longer than this is cut, with a note to the model."""
     plugins: tuple[str, ...] = ()
     """`module:attr` of plugins beyond the built-in and installed ones (NIGHTSHIFT_PLUGINS)."""
+    model_prices: str = ""
+    """NIGHTSHIFT_MODEL_PRICES: `model=input/output[/cached],…` in USD per million tokens."""
+    session_budget_usd: float | None = None
+    """Estimated spend at which a session's run stops (NIGHTSHIFT_SESSION_BUDGET_USD)."""
     verify_attempts: int = 3
     """How many times `finish` runs the repository's verify commands before giving up."""
     model_retries: int = 5

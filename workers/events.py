@@ -142,6 +142,9 @@ class UsageReported(_Event):
     type: Literal["usage"] = "usage"
     input_tokens: int
     output_tokens: int
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+    """Estimated from NIGHTSHIFT_MODEL_PRICES; None when the model has no price."""
 
 
 class CommitCreated(_Event):

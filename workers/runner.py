@@ -86,6 +86,8 @@ class SessionRunner:
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self.spent_usd = 0.0
+        """Estimated spend of the prompts this runner ran (for NIGHTSHIFT_SESSION_BUDGET_USD)."""
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
@@ -259,8 +261,15 @@ class SessionRunner:
             )
             user = ChatMessage(role="user", text=_user_text(job, ctx))
             result = await run_agent(
-                tool_ctx, model, self.hooks(), ctx.history, user, job.created_at
+                tool_ctx,
+                model,
+                self.hooks(),
+                ctx.history,
+                user,
+                job.created_at,
+                spent_usd=self.spent_usd,
             )
+            self.spent_usd += result.cost_usd
             if result.outcome != "failed":
                 # Commits stand on the synced base, like every write.
                 await self.sandbox.synced(ctx.repo)

@@ -128,7 +128,9 @@ class AnthropicModel:
                 calls.append(ToolCallRecord(id=block.id, name=block.name, arguments=args))
         yield Completion(
             ChatMessage(role="assistant", text="".join(text_parts), tool_calls=calls),
-            final.usage.input_tokens,
+            # Anthropic counts cache reads apart from `input_tokens`; ours include them.
+            final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0),
             final.usage.output_tokens,
             final.stop_reason or "",
+            final.usage.cache_read_input_tokens or 0,
         )

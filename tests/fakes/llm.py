@@ -64,6 +64,8 @@ class ScriptBook:
         """When set, requests estimated (4 characters a token) above it are refused with the
         provider's real error, and usage reports the estimate."""
         self.refusals = 0
+        self.cached_tokens = 0
+        """Input tokens each answer reports as served from the provider's prompt cache."""
 
     def script(self, key: str, *turns: Turn) -> None:
         self.scripts[key] = list(turns)
@@ -232,7 +234,12 @@ def openai_app(book: ScriptBook) -> FastAPI:
         ]
         finish = "tool_calls" if calls else "stop"
         usage_in = book.usage_in(body)
-        usage = {"prompt_tokens": usage_in, "completion_tokens": 20, "total_tokens": usage_in + 20}
+        usage = {
+            "prompt_tokens": usage_in,
+            "completion_tokens": 20,
+            "total_tokens": usage_in + 20,
+            "prompt_tokens_details": {"cached_tokens": book.cached_tokens},
+        }
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
             if calls:
@@ -348,7 +355,11 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
                 "content": blocks,
                 "stop_reason": stop,
                 "stop_sequence": None,
-                "usage": {"input_tokens": book.usage_in(body), "output_tokens": 20},
+                "usage": {
+                    "input_tokens": book.usage_in(body) - book.cached_tokens,
+                    "output_tokens": 20,
+                    "cache_read_input_tokens": book.cached_tokens,
+                },
             }
 
         def sse(kind: str, data: dict[str, Any]) -> str:
@@ -366,7 +377,11 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": book.usage_in(body), "output_tokens": 1},
+                        "usage": {
+                            "input_tokens": book.usage_in(body) - book.cached_tokens,
+                            "output_tokens": 1,
+                            "cache_read_input_tokens": book.cached_tokens,
+                        },
                     }
                 },
             )

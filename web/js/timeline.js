@@ -204,7 +204,9 @@ export class Timeline {
   on_usage(e) {
     const turn = this.currentTurn(e);
     own(turn.el, e);
-    turn.usage.textContent = `${e.input_tokens.toLocaleString()} in · ${e.output_tokens.toLocaleString()} out tokens`;
+    const cached = e.cached_tokens ? ` (${e.cached_tokens.toLocaleString()} cached)` : "";
+    const cost = e.cost_usd != null ? ` · ~$${e.cost_usd.toFixed(4)}` : "";
+    turn.usage.textContent = `${e.input_tokens.toLocaleString()} in${cached} · ${e.output_tokens.toLocaleString()} out tokens${cost}`;
   }
 
   on_verify(e) {

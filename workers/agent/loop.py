@@ -17,6 +17,7 @@ from integrations.llm.base import (
     ModelTransientError,
 )
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
+from workers.agent.accounting import cost_usd, parse_prices
 from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
 from workers.agent.instructions import Instructions, load, nested_for
@@ -50,6 +51,8 @@ class AgentResult:
     """The verify commands and their results (Markdown), "" when the repo has none."""
     draft: bool = False
     """The verify commands still failed after the last attempt."""
+    cost_usd: float = 0.0
+    """Estimated spend of this prompt (NIGHTSHIFT_MODEL_PRICES)."""
 
 
 class _DeltaBuffer:
@@ -217,13 +220,17 @@ async def run_agent(
     history: list[ChatMessage],
     user_message: ChatMessage,
     prompt_received_at: float,
+    spent_usd: float = 0.0,
 ) -> AgentResult:
+    """Run one prompt. `spent_usd` is what the session spent before it (for the budget)."""
     cfg = ctx.config
     ctx.instructions = await _instructions(ctx)
     system = system_prompt(ctx.repo, ctx.author, ctx.instructions) + hooks.prompt(ctx)
     messages = [*history, user_message]
     window = _Context(ctx, model, system)
     verification = Verification()
+    prices = parse_prices(cfg.model_prices)
+    cost = 0.0
     await ctx.emit(MessageAdded(message=user_message))
     tokens = 0
     step = 0
@@ -236,7 +243,7 @@ async def run_agent(
                     message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
         if tokens >= cfg.token_budget:
             await ctx.emit(
                 ErrorRaised(
@@ -244,7 +251,17 @@ async def run_agent(
                     message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
+        budget = cfg.session_budget_usd
+        if budget is not None and spent_usd + cost >= budget:
+            await ctx.emit(
+                ErrorRaised(
+                    code="session_budget",
+                    message=f"stopped: the session's estimated cost ${spent_usd + cost:.4f} "
+                    f"reached its budget of ${budget:.2f} (NIGHTSHIFT_SESSION_BUDGET_USD)",
+                )
+            )
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
         step += 1
         await ctx.emit(
             ModelRequest(
@@ -272,13 +289,23 @@ async def run_agent(
                     message=str(exc),
                 )
             )
-            return AgentResult("failed", str(exc), steps=step, tokens=tokens)
+            return AgentResult("failed", str(exc), steps=step, tokens=tokens, cost_usd=cost)
         tokens += completion.input_tokens + completion.output_tokens
         window.reported(completion.input_tokens, messages)
+        turn_cost = cost_usd(
+            prices,
+            model.name,
+            completion.input_tokens,
+            completion.output_tokens,
+            completion.cached_tokens,
+        )
+        cost += turn_cost or 0.0
         await ctx.emit(
             UsageReported(
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
+                cached_tokens=completion.cached_tokens,
+                cost_usd=turn_cost,
             )
         )
         message = completion.message
@@ -287,7 +314,7 @@ async def run_agent(
         if message.text.strip():
             last_text = message.text.strip()
         if not message.tool_calls:
-            return AgentResult("done", last_text, steps=step, tokens=tokens)
+            return AgentResult("done", last_text, steps=step, tokens=tokens, cost_usd=cost)
         finished: Finished | None = None
         for call in message.tool_calls:
             await ctx.emit(
@@ -346,4 +373,5 @@ async def run_agent(
                 tokens,
                 verify_report=verification.report(),
                 draft=not verification.passed,
+                cost_usd=cost,
             )
