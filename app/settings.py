@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     model_stream: bool = True
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
+    model_context_tokens: int | None = Field(None, ge=2000)
+    skills_dir: Path | None = None
+    instructions_max_chars: int = Field(32_000, ge=1000)
+    verify_attempts: int = Field(3, ge=1, le=20)
+    plugins: str = ""
+    model_prices: str = ""
+    session_budget_usd: float | None = Field(None, gt=0)
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
@@ -133,6 +140,14 @@ class Settings(BaseSettings):
         None, validation_alias=_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=_alias("MODAL_ENVIRONMENT"))
+
+    @field_validator("model_prices")
+    @classmethod
+    def _prices(cls, value: str) -> str:
+        from workers.agent.accounting import parse_prices
+
+        parse_prices(value)  # a ValueError names the bad entry
+        return value
 
     @field_validator("sandbox_disk_mb")
     @classmethod
@@ -430,6 +445,13 @@ class Settings(BaseSettings):
             ),
             max_steps=self.max_steps,
             token_budget=self.token_budget,
+            context_tokens=self.model_context_tokens,
+            skills_dir=str(self.skills_dir) if self.skills_dir else None,
+            instructions_max_chars=self.instructions_max_chars,
+            verify_attempts=self.verify_attempts,
+            model_prices=self.model_prices,
+            session_budget_usd=self.session_budget_usd,
+            plugins=tuple(p.strip() for p in self.plugins.split(",") if p.strip()),
             model_retries=self.model_retries,
             max_spawn_depth=self.max_spawn_depth,
             idle_s=self.idle_seconds,

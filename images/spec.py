@@ -39,7 +39,17 @@ from images.oci import parse_reference
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
-SPEC_FILE_KEYS = ("setup", "warm", "env", "egress", "image", "dockerfile", "context")
+SPEC_FILE_KEYS = (
+    "setup",
+    "warm",
+    "verify",
+    "protected",
+    "env",
+    "egress",
+    "image",
+    "dockerfile",
+    "context",
+)
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -104,6 +114,10 @@ class RepoSpec(BaseModel):
     """A Dockerfile in the repository to build the environment from."""
     context: str | None = None
     """The Dockerfile's build context, relative to the repository (None: its directory)."""
+    verify: list[str] = Field(default_factory=list)
+    """Commands (tests, lint, type checks) run when the agent calls `finish`."""
+    protected: list[str] = Field(default_factory=list)
+    """Globs of paths the agent may read but not write (the `protected` plugin)."""
 
     @field_validator("image")
     @classmethod
@@ -182,6 +196,10 @@ class RepoSpec(BaseModel):
             update["setup"] = list(file.setup)
         if file.warm is not None:
             update["warm"] = list(file.warm)
+        if file.verify is not None:
+            update["verify"] = list(file.verify)
+        if file.protected is not None:
+            update["protected"] = list(file.protected)
         if file.egress is not None:
             update["egress"] = list(file.egress)
         if file.env is not None:
@@ -208,6 +226,8 @@ class SpecFile(BaseModel):
 
     setup: list[str] | None = None
     warm: list[str] | None = None
+    verify: list[str] | None = None
+    protected: list[str] | None = None
     env: dict[str, str] | None = None
     egress: list[str] | None = None
     image: str | None = None
@@ -273,7 +293,7 @@ def parse_spec_file(text: str) -> SpecFile:
                 _key_line(lines, key) or _table_line(lines, key),
             )
     result = SpecFile()
-    for key in ("setup", "warm"):
+    for key in ("setup", "warm", "verify", "protected"):
         if key in data:
             setattr(result, key, _commands(data[key], key, _key_line(lines, key)))
     if "egress" in data:

@@ -13,6 +13,20 @@ class AgentConfig:
     max_steps: int = 60
     token_budget: int = 2_000_000
     """Input plus output tokens one prompt may spend before the run stops."""
+    context_tokens: int | None = None
+    """The model's context window in tokens; None takes it from the table of known models."""
+    skills_dir: str | None = None
+    """The operator's skills, offered in every repository (NIGHTSHIFT_SKILLS_DIR)."""
+    instructions_max_chars: int = 32_000
+    """An AGENTS.md or skill longer than this is cut, with a note to the model."""
+    plugins: tuple[str, ...] = ()
+    """`module:attr` of plugins beyond the built-in and installed ones (NIGHTSHIFT_PLUGINS)."""
+    model_prices: str = ""
+    """NIGHTSHIFT_MODEL_PRICES: `model=input/output[/cached],…` in USD per million tokens."""
+    session_budget_usd: float | None = None
+    """Estimated spend at which a session's run stops (NIGHTSHIFT_SESSION_BUDGET_USD)."""
+    verify_attempts: int = 3
+    """How many times `finish` runs the repository's verify commands before giving up."""
     model_retries: int = 5
     retry_base_s: float = 1.0
     tool_output_chars: int = 30_000

@@ -134,6 +134,9 @@ class UsageReported(_Event):
     type: Literal["usage"] = "usage"
     input_tokens: int
     output_tokens: int
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+    """Estimated from NIGHTSHIFT_MODEL_PRICES; None when the model has no price."""
 
 
 class CommitCreated(_Event):
@@ -152,6 +155,8 @@ class BranchPushed(_Event):
     base_sha: str
     title: str = ""
     body: str = ""
+    draft: bool = False
+    """The verify commands still failed after the last attempt."""
 
 
 class SnapshotTaken(_Event):
@@ -188,6 +193,44 @@ class Notice(_Event):
     link: str | None = None
 
 
+class VerifyCheck(BaseModel):
+    command: str
+    ok: bool
+    exit_code: int
+    output: str = ""
+
+
+class VerifyRan(_Event):
+    """The repository's verify commands ran at `finish`."""
+
+    type: Literal["verify"] = "verify"
+    round: int
+    """Which run of the verify commands this was (`attempt` is the prompt's run attempt)."""
+    max_rounds: int
+    passed: bool
+    checks: list[VerifyCheck] = Field(default_factory=list)
+
+
+class InstructionsLoaded(_Event):
+    """Which repository instructions and skills the agent was given for this run."""
+
+    type: Literal["instructions_loaded"] = "instructions_loaded"
+    agents_md: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+
+
+class ContextCompacted(_Event):
+    """The conversation was shortened to fit the model's context window."""
+
+    type: Literal["context_compacted"] = "context_compacted"
+    reason: Literal["threshold", "refused"]
+    tokens_before: int
+    tokens_after: int
+    window: int
+    outputs_elided: int = 0
+    summary: str = ""
+
+
 class ErrorRaised(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -215,6 +258,9 @@ Event = Annotated[
     | PrStateChanged
     | ChildSpawned
     | Notice
+    | ContextCompacted
+    | InstructionsLoaded
+    | VerifyRan
     | ErrorRaised,
     Field(discriminator="type"),
 ]

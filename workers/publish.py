@@ -55,9 +55,22 @@ async def publish_work(
             base=ctx.repo.base,
             base_sha=base_sha,
             title=title,
-            body=result.summary,
+            body=_body(result),
+            draft=result.draft,
         )
     )
+
+
+def _body(result: AgentResult) -> str:
+    """The model's summary, then the verify commands with their results."""
+    parts = [result.summary.strip()]
+    if result.draft:
+        parts.append(
+            "**Draft: the repository's verify commands still fail after the last attempt.**"
+        )
+    if result.verify_report:
+        parts.append(result.verify_report)
+    return "\n\n".join(p for p in parts if p)
 
 
 def _first_line(text: str) -> str:

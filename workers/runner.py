@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ from integrations.llm.base import ModelClient, ModelNotConfigured
 from integrations.llm.types import ChatMessage
 from workers.agent.hooks import Hooks, redact_output, wait_for_sync
 from workers.agent.loop import run_agent
+from workers.agent.plugins import load_plugins, plugin_hooks
 from workers.agent.tools import ToolContext
 from workers.bus import EventPublisher
 from workers.config import AgentConfig
@@ -61,6 +63,10 @@ class WorkerDeps:
     extra_hooks: Callable[[SessionRunner], Hooks] | None = None
 
 
+_plugins = functools.cache(load_plugins)
+"""Plugins are imported once per process (and checked at `serve`/`worker` start)."""
+
+
 def runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -80,6 +86,8 @@ class SessionRunner:
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self.spent_usd = 0.0
+        """Estimated spend of the prompts this runner ran (for NIGHTSHIFT_SESSION_BUDGET_USD)."""
 
     async def emit(self, event: Event) -> None:
         await self.deps.bus.publish(self.session_id, event)
@@ -212,10 +220,13 @@ class SessionRunner:
             before_tool=[wait_for_sync(self.sandbox.sync_done)],
             after_tool=[redact_output(self.deps.redactor)],
         )
+        extras = [plugin_hooks(_plugins(self.deps.config.plugins))]
         if self.deps.extra_hooks is not None:
-            extra = self.deps.extra_hooks(self)
+            extras.append(self.deps.extra_hooks(self))
+        for extra in extras:
             hooks.before_tool += extra.before_tool
             hooks.after_tool += extra.after_tool
+            hooks.system_prompt += extra.system_prompt
         return hooks
 
     async def _fail(self, job: PromptJob, code: str, message: str) -> PromptOutcome:
@@ -250,8 +261,15 @@ class SessionRunner:
             )
             user = ChatMessage(role="user", text=_user_text(job, ctx))
             result = await run_agent(
-                tool_ctx, model, self.hooks(), ctx.history, user, job.created_at
+                tool_ctx,
+                model,
+                self.hooks(),
+                ctx.history,
+                user,
+                job.created_at,
+                spent_usd=self.spent_usd,
             )
+            self.spent_usd += result.cost_usd
             if result.outcome != "failed":
                 # Commits stand on the synced base, like every write.
                 await self.sandbox.synced(ctx.repo)

@@ -71,6 +71,12 @@ def worker(
 
     settings = load_settings()
     broker = _broker(settings)
+    from workers.agent.plugins import PluginLoadError, load_plugins
+
+    try:
+        load_plugins(settings.agent_config().plugins)
+    except PluginLoadError as exc:
+        fail(str(exc))
     if not settings.worker_token:
         fail(
             "NIGHTSHIFT_WORKER_TOKEN is not set: workers authenticate to the API's internal "

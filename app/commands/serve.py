@@ -25,6 +25,12 @@ def serve(
     if port:
         overrides["port"] = port
     settings = load_settings(**overrides)
+    from workers.agent.plugins import PluginLoadError, load_plugins
+
+    try:
+        load_plugins(settings.agent_config().plugins)
+    except PluginLoadError as exc:
+        fail(str(exc))
     who = ""
     if settings.auth == "local":
         from app.services.users import git_identity

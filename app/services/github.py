@@ -106,6 +106,7 @@ class GitHubPullRequests:
                     base=event.base,
                     title=title,
                     body=_body(event, session, self.base_url, None),
+                    draft=event.draft,
                 )
                 if not created:
                     self._follow_up(gh, repo, pr.number, event, session, None)
@@ -125,6 +126,7 @@ class GitHubPullRequests:
                 base=event.base,
                 title=title,
                 body=_body(event, session, self.base_url, author.login),
+                draft=event.draft,
             )
             if not created:
                 self._follow_up(gh, repo, pr.number, event, session, author.login)

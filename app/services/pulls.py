@@ -82,7 +82,7 @@ class LocalPullRequests:
                 number=number,
                 session_id=session.id,
                 title=event.title or session.title,
-                body=_body(event, session),
+                body=_body(event, session, self.base_url),
                 author_id=author.id,
                 base=event.base,
                 head=event.branch,
@@ -115,9 +115,11 @@ class LocalPullRequests:
         return pr
 
 
-def _body(event: BranchPushed, session: Session) -> str:
+def _body(event: BranchPushed, session: Session, base_url: str) -> str:
+    """The model's summary and verify results (from the worker), then the session's link."""
     summary = event.body.strip() or "(no summary)"
-    return f"{summary}\n\n---\nOpened by Nightshift for session {session.id}."
+    link = f"[{session.id}]({base_url}/sessions/{session.id})"
+    return f"{summary}\n\n---\nOpened by Nightshift for session {link}."
 
 
 class PullRequests:

@@ -55,15 +55,29 @@ def _already_open(exc: GitHubValidationFailed) -> bool:
 
 
 def create_pull_request(
-    gh: GitHub[Any], repo: str, *, head: str, base: str, title: str, body: str
+    gh: GitHub[Any],
+    repo: str,
+    *,
+    head: str,
+    base: str,
+    title: str,
+    body: str,
+    draft: bool = False,
 ) -> tuple[PullRequestInfo, bool]:
-    """Open a PR from `head` into `base`; (the PR, True) or (the open one for `head`, False)."""
+    """Open a PR from `head` into `base`; (the PR, True) or (the open one for `head`, False).
+    `draft` opens it as a draft (its checks still fail)."""
     owner, name = split_repo(repo)
     try:
         data = call(
             f"opening a pull request on {repo} from {head}",
             lambda: gh.rest.pulls.create(
-                owner, name, title=title[:256] or head, head=head, base=base, body=body
+                owner,
+                name,
+                title=title[:256] or head,
+                head=head,
+                base=base,
+                body=body,
+                draft=draft,
             ),
         )
     except GitHubValidationFailed as exc:

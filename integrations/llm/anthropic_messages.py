@@ -7,7 +7,12 @@ from typing import Any
 
 import anthropic
 
-from integrations.llm.base import ModelFatalError, ModelTransientError, retry_after_seconds
+from integrations.llm.base import (
+    ModelContextOverflow,
+    ModelFatalError,
+    ModelTransientError,
+    retry_after_seconds,
+)
 from integrations.llm.types import (
     ChatMessage,
     Completion,
@@ -106,6 +111,10 @@ class AnthropicModel:
                     f"{exc.status_code} from model endpoint: {exc.message}",
                     retry_after_seconds(exc.response.headers),
                 ) from exc
+            if exc.status_code == 400 and "prompt is too long" in str(exc.message):
+                raise ModelContextOverflow(
+                    f"{exc.status_code} from model endpoint: {exc.message}"
+                ) from exc
             raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             raise ModelTransientError(f"model endpoint unreachable: {exc}") from exc
@@ -119,7 +128,9 @@ class AnthropicModel:
                 calls.append(ToolCallRecord(id=block.id, name=block.name, arguments=args))
         yield Completion(
             ChatMessage(role="assistant", text="".join(text_parts), tool_calls=calls),
-            final.usage.input_tokens,
+            # Anthropic counts cache reads apart from `input_tokens`; ours include them.
+            final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0),
             final.usage.output_tokens,
             final.stop_reason or "",
+            final.usage.cache_read_input_tokens or 0,
         )

@@ -6,6 +6,7 @@ Errors form a small tree so the agent loop can decide what to retry:
     ├── ModelNotConfigured   no model or credentials: says exactly what to set
     ├── ModelTransientError  429 / 5xx / connection trouble: retry after `retry_after`
     └── ModelFatalError      anything retrying will not fix (401, 400, ...)
+        └── ModelContextOverflow  the conversation no longer fits the model's window
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class ModelTransientError(ModelError):
 
 class ModelFatalError(ModelError):
     pass
+
+
+class ModelContextOverflow(ModelFatalError):
+    """The provider refused the request as longer than its context window (OpenAI's
+    `context_length_exceeded`, Anthropic's "prompt is too long"): compact, then retry."""
 
 
 class ModelClient(Protocol):

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 
 from integrations.llm.base import (
+    ModelContextOverflow,
     ModelFatalError,
     ModelTransientError,
     retry_after_seconds,
@@ -56,6 +57,11 @@ def _parse_arguments(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw": raw}
 
 
+def _cached(usage: Any) -> int:
+    details = getattr(usage, "prompt_tokens_details", None)
+    return int(getattr(details, "cached_tokens", 0) or 0)
+
+
 class OpenAIChatModel:
     """Streams chat completions with tool calls; the agent loop owns retries."""
 
@@ -83,7 +89,7 @@ class OpenAIChatModel:
     ) -> AsyncIterator[StreamItem]:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
-        usage_in = usage_out = 0
+        usage_in = usage_out = cached = 0
         finish = ""
         request: dict[str, Any] = {
             "model": self._model,
@@ -118,6 +124,7 @@ class OpenAIChatModel:
                 if response.usage is not None:
                     usage_in = response.usage.prompt_tokens or 0
                     usage_out = response.usage.completion_tokens or 0
+                    cached = _cached(response.usage)
             else:
                 stream = await self._client.chat.completions.create(
                     **request, stream=True, stream_options={"include_usage": True}
@@ -126,6 +133,7 @@ class OpenAIChatModel:
                     if chunk.usage is not None:
                         usage_in = chunk.usage.prompt_tokens or 0
                         usage_out = chunk.usage.completion_tokens or 0
+                        cached = _cached(chunk.usage)
                     for choice in chunk.choices:
                         delta = choice.delta
                         if delta.content:
@@ -146,6 +154,10 @@ class OpenAIChatModel:
                     f"{exc.status_code} from model endpoint: {exc.message}",
                     retry_after_seconds(exc.response.headers),
                 ) from exc
+            if getattr(exc, "code", None) == "context_length_exceeded":
+                raise ModelContextOverflow(
+                    f"{exc.status_code} from model endpoint: {exc.message}"
+                ) from exc
             raise ModelFatalError(f"{exc.status_code} from model endpoint: {exc.message}") from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise ModelTransientError(f"model endpoint unreachable: {exc}") from exc
@@ -161,4 +173,4 @@ class OpenAIChatModel:
                 for index, slot in sorted(calls.items())
             ],
         )
-        yield Completion(message, usage_in, usage_out, finish)
+        yield Completion(message, usage_in, usage_out, finish, cached)

@@ -45,6 +45,8 @@ class Completion:
     input_tokens: int = 0
     output_tokens: int = 0
     stop_reason: str = ""
+    cached_tokens: int = 0
+    """Input tokens the provider served from its prompt cache (a part of `input_tokens`)."""
 
 
 StreamItem = TextChunk | Completion

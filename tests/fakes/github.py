@@ -98,6 +98,7 @@ class FakePull:
     token: str
     state: str = "open"
     merged: bool = False
+    draft: bool = False
     created_at: float = field(default_factory=time.time)
 
 
@@ -342,6 +343,7 @@ class FakeGitHub:
             "html_url": f"https://github.example/{pull.repo}/pull/{pull.number}",
             "state": pull.state,
             "merged": pull.merged,
+            "draft": pull.draft,
             "merged_at": _iso(time.time()) if pull.merged else None,
             "title": pull.title,
             "body": pull.body,
@@ -647,6 +649,7 @@ class FakeGitHub:
                     if who.kind == "user" and who.login
                     else f"{state.app_slug}[bot]",
                     token=str(token_of(request)),
+                    draft=bool(body.get("draft", False)),
                 )
                 state.pulls.append(pull)
             return JSONResponse(state._pull_json(pull), status_code=201)

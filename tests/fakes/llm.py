@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
@@ -59,6 +60,12 @@ class ScriptBook:
         self.lock = threading.Lock()
         self.started = threading.Event()
         """Set whenever a request arrives (tests wait on it to act mid-run)."""
+        self.context_window: int | None = None
+        """When set, requests estimated (4 characters a token) above it are refused with the
+        provider's real error, and usage reports the estimate."""
+        self.refusals = 0
+        self.cached_tokens = 0
+        """Input tokens each answer reports as served from the provider's prompt cache."""
 
     def script(self, key: str, *turns: Turn) -> None:
         self.scripts[key] = list(turns)
@@ -67,6 +74,8 @@ class ScriptBook:
         self.failures.extend(Failure(status, retry_after) for _ in range(times))
 
     def pick(self, latest_user: str, assistant_turns: int) -> Turn:
+        if latest_user.startswith(SUMMARY_REQUEST):
+            return Turn(text=_summary(latest_user))
         keys = sorted((k for k in self.scripts if k in latest_user), key=len, reverse=True)
         if not keys:
             return Turn(text=f"no script matches {latest_user[:60]!r}")
@@ -77,12 +86,70 @@ class ScriptBook:
             )
         return turns[assistant_turns]
 
+    def tokens(self, body: dict[str, Any]) -> int:
+        return len(json.dumps([body.get("system", ""), body["messages"]])) // 4
+
+    def overflow(self, body: dict[str, Any], kind: str) -> JSONResponse | None:
+        if self.context_window is None:
+            return None
+        used = self.tokens(body)
+        if used <= self.context_window:
+            return None
+        with self.lock:
+            self.refusals += 1
+        if kind == "anthropic":
+            return JSONResponse(
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"prompt is too long: {used} tokens > {self.context_window} maximum",
+                    },
+                },
+                status_code=400,
+            )
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"This model's maximum context length is {self.context_window} "
+                    f"tokens. However, your messages resulted in {used} tokens. Please reduce "
+                    "the length of the messages.",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+            status_code=400,
+        )
+
+    def usage_in(self, body: dict[str, Any]) -> int:
+        return self.tokens(body) if self.context_window is not None else 100
+
     def record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
         with self.lock:
             self.requests.append(body)
             self.headers.append(headers)
             self.started.set()
             return self.failures.pop(0) if self.failures else None
+
+
+SUMMARY_REQUEST = "Your conversation is about to be shortened"
+RECORD_PREFIX = "(Earlier turns were compacted"
+COMPACTED = re.compile(r"compacted to fit the context window: (\d+) model turns")
+
+
+def _summary(request: str) -> str:
+    """What a model would write when asked to compact: the task and every path it touched."""
+    task = request.partition("The task:\n")[2].partition("\n\nThe transcript")[0]
+    paths = sorted(set(re.findall(r'"path": "([^"]+)"', request)))
+    return f"Task: {task}\nFiles touched: {', '.join(paths) or 'none'}\nOpen problems: none"
+
+
+def _compacted_turns(texts: list[str]) -> int:
+    """Turns a compaction record stands for (only records, not transcripts quoting one)."""
+    return sum(
+        int(m.group(1)) for t in texts if t.startswith(RECORD_PREFIX) and (m := COMPACTED.search(t))
+    )
 
 
 async def _hold(turn: Turn, chunk_index: int) -> None:
@@ -120,11 +187,24 @@ def _error(failure: Failure, kind: str) -> JSONResponse:
 
 
 def _openai_position(messages: list[dict[str, Any]]) -> tuple[str, int]:
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    text = messages[last_user]["content"] if last_user >= 0 else ""
-    if isinstance(text, list):
-        text = " ".join(p.get("text", "") for p in text)
-    return text, sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant")
+    def text(m: dict[str, Any]) -> str:
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            return " ".join(p.get("text", "") for p in content)
+        return str(content)
+
+    last_user = max(
+        (
+            i
+            for i, m in enumerate(messages)
+            if m["role"] == "user" and not text(m).startswith(RECORD_PREFIX)
+        ),
+        default=-1,
+    )
+    prompt = text(messages[last_user]) if last_user >= 0 else ""
+    after = messages[last_user + 1 :]
+    turns = sum(1 for m in after if m["role"] == "assistant")
+    return prompt, turns + _compacted_turns([text(m) for m in after])
 
 
 def openai_app(book: ScriptBook) -> FastAPI:
@@ -136,13 +216,15 @@ def openai_app(book: ScriptBook) -> FastAPI:
         failure = book.record(body, dict(request.headers))
         if failure:
             return _error(failure, "openai")
+        if (refused := book.overflow(body, "openai")) is not None:
+            return refused
         prompt, index = _openai_position(body["messages"])
         turn = book.pick(prompt, index)
         await _wait(turn)
         cid = f"chatcmpl-{uuid.uuid4().hex[:8]}"
         created = int(time.time())
         model = body["model"]
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": f"call_{uuid.uuid4().hex[:8]}",
                 "type": "function",
@@ -151,7 +233,13 @@ def openai_app(book: ScriptBook) -> FastAPI:
             for c in turn.calls
         ]
         finish = "tool_calls" if calls else "stop"
-        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        usage_in = book.usage_in(body)
+        usage = {
+            "prompt_tokens": usage_in,
+            "completion_tokens": 20,
+            "total_tokens": usage_in + 20,
+            "prompt_tokens_details": {"cached_tokens": book.cached_tokens},
+        }
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
             if calls:
@@ -226,7 +314,8 @@ def _anthropic_position(messages: list[dict[str, Any]]) -> tuple[str, int]:
         (i for i, m in enumerate(messages) if m["role"] == "user" and texts(m)), default=-1
     )
     prompt = " ".join(texts(messages[last_user])) if last_user >= 0 else ""
-    return prompt, sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant")
+    turns = sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant")
+    return prompt, turns + _compacted_turns(texts(messages[last_user]))
 
 
 def anthropic_app(book: ScriptBook) -> FastAPI:
@@ -238,6 +327,8 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
         failure = book.record(body, dict(request.headers))
         if failure:
             return _error(failure, "anthropic")
+        if (refused := book.overflow(body, "anthropic")) is not None:
+            return refused
         prompt, index = _anthropic_position(body["messages"])
         turn = book.pick(prompt, index)
         await _wait(turn)
@@ -264,7 +355,11 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
                 "content": blocks,
                 "stop_reason": stop,
                 "stop_sequence": None,
-                "usage": {"input_tokens": 100, "output_tokens": 20},
+                "usage": {
+                    "input_tokens": book.usage_in(body) - book.cached_tokens,
+                    "output_tokens": 20,
+                    "cache_read_input_tokens": book.cached_tokens,
+                },
             }
 
         def sse(kind: str, data: dict[str, Any]) -> str:
@@ -282,7 +377,11 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": 100, "output_tokens": 1},
+                        "usage": {
+                            "input_tokens": book.usage_in(body) - book.cached_tokens,
+                            "output_tokens": 1,
+                            "cache_read_input_tokens": book.cached_tokens,
+                        },
                     }
                 },
             )

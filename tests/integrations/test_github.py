@@ -374,3 +374,19 @@ def test_missing_branch_is_a_clear_forge_error(github_fake: FakeGitHub, tmp_path
         asyncio.run(forge.clone("octo/proj", "nope", tmp_path / "d"))
     with pytest.raises(ForgeError, match="not a GitHub repository name"):
         asyncio.run(forge.tip("just-a-name", "main"))
+
+
+def test_pull_request_opened_as_draft(github_fake: FakeGitHub) -> None:
+    """A session whose verify commands still fail opens its PR as a draft."""
+    repo = github_fake.add_repo("octo/drafty")
+    git(repo.path, "branch", "feature", "main")
+    github_fake.add_user("octocat", "Mona", "mona@example.com")
+    oauth = _oauth(github_fake)
+    user = oauth.exchange_code(_authorize(github_fake, oauth, "octocat"), "http://x/cb")
+    from integrations.github.client import make_client
+
+    gh = make_client(GitHubConfig(api_url=github_fake.api_url), user.access_token)
+    pr, created = create_pull_request(
+        gh, "octo/drafty", head="feature", base="main", title="WIP", body="Body", draft=True
+    )
+    assert created and github_fake.pull("octo/drafty", pr.number).draft is True

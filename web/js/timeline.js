@@ -204,7 +204,37 @@ export class Timeline {
   on_usage(e) {
     const turn = this.currentTurn(e);
     own(turn.el, e);
-    turn.usage.textContent = `${e.input_tokens.toLocaleString()} in · ${e.output_tokens.toLocaleString()} out tokens`;
+    const cached = e.cached_tokens ? ` (${e.cached_tokens.toLocaleString()} cached)` : "";
+    const cost = e.cost_usd != null ? ` · ~$${e.cost_usd.toFixed(4)}` : "";
+    turn.usage.textContent = `${e.input_tokens.toLocaleString()} in${cached} · ${e.output_tokens.toLocaleString()} out tokens${cost}`;
+  }
+
+  on_verify(e) {
+    const head = `Verify ${e.passed ? "passed" : "failed"} (attempt ${e.round} of ${e.max_rounds})`;
+    const item = h("div", { class: `item ${e.passed ? "notice" : "error"}`, dataset: { type: e.type } }, h("strong", {}, head));
+    for (const c of e.checks) {
+      const row = h("details", {}, h("summary", {}, `${c.ok ? "✓" : "✗"} ${c.command}${c.ok ? "" : ` (exit ${c.exit_code})`}`));
+      if (c.output) row.append(h("pre", {}, c.output));
+      item.append(row);
+    }
+    this.add(own(item, e));
+  }
+
+  on_instructions_loaded(e) {
+    const parts = [];
+    if (e.agents_md.length) parts.push(`instructions ${e.agents_md.join(", ")}`);
+    if (e.skills.length) parts.push(`skills offered: ${e.skills.join(", ")}`);
+    this.add(own(h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, `Loaded ${parts.join("; ")}`)), e));
+  }
+
+  on_context_compacted(e) {
+    const why = e.reason === "refused" ? "the model refused its length" : "the window was filling up";
+    const head = `Context compacted (${why}): ${e.tokens_before.toLocaleString()} → ${e.tokens_after.toLocaleString()} of ${e.window.toLocaleString()} tokens, ${e.outputs_elided} old outputs elided`;
+    const item = h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, head));
+    if (e.summary) {
+      item.append(h("details", {}, h("summary", {}, "summary kept"), h("pre", {}, e.summary)));
+    }
+    this.add(own(item, e));
   }
 
   on_model_retry(e) {

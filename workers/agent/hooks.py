@@ -19,12 +19,19 @@ if TYPE_CHECKING:
 
 BeforeTool = Callable[["ToolContext", "Tool", dict[str, Any]], Awaitable[None]]
 AfterTool = Callable[["ToolContext", "Tool", dict[str, Any], "ToolOutput"], Awaitable["ToolOutput"]]
+PromptAddition = Callable[["ToolContext"], str]
 
 
 @dataclass
 class Hooks:
     before_tool: list[BeforeTool] = field(default_factory=list)
     after_tool: list[AfterTool] = field(default_factory=list)
+    system_prompt: list[PromptAddition] = field(default_factory=list)
+    """Text added to the system prompt (plugins)."""
+
+    def prompt(self, ctx: ToolContext) -> str:
+        parts = [text for add in self.system_prompt if (text := add(ctx))]
+        return "\n\n" + "\n".join(parts) + "\n" if parts else ""
 
     async def before(self, ctx: ToolContext, tool: Tool, args: dict[str, Any]) -> None:
         for hook in self.before_tool:

@@ -6,19 +6,32 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 
-from integrations.llm.base import ModelClient, ModelError, ModelTransientError
+from integrations.llm.base import (
+    ModelClient,
+    ModelContextOverflow,
+    ModelError,
+    ModelTransientError,
+)
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
+from workers.agent.accounting import cost_usd, parse_prices
+from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
+from workers.agent.instructions import Instructions, load, nested_for
 from workers.agent.prompts import system_prompt
 from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
+from workers.agent.verify import Verification, failure_text, run_checks
 from workers.events import (
+    ContextCompacted,
     ErrorRaised,
+    InstructionsLoaded,
     MessageAdded,
     ModelRequest,
     ModelRetry,
+    Notice,
     PromptOutcome,
     TextDelta,
     ToolCalled,
@@ -34,6 +47,12 @@ class AgentResult:
     title: str = ""
     steps: int = 0
     tokens: int = 0
+    verify_report: str = ""
+    """The verify commands and their results (Markdown), "" when the repo has none."""
+    draft: bool = False
+    """The verify commands still failed after the last attempt."""
+    cost_usd: float = 0.0
+    """Estimated spend of this prompt (NIGHTSHIFT_MODEL_PRICES)."""
 
 
 class _DeltaBuffer:
@@ -124,6 +143,76 @@ async def _one_turn(
             await asyncio.sleep(wait)
 
 
+COMPACT_RETRIES = 3
+"""How many times one turn compacts and retries after the provider refuses its length."""
+
+
+class _Context:
+    """Tracks how full the window is, from the provider's counts plus an estimate of what
+    was added since, and compacts the history before it overflows."""
+
+    def __init__(self, ctx: ToolContext, model: ModelClient, system: str) -> None:
+        self.ctx, self.model, self.system = ctx, model, system
+        self.window = context_window(model.name, ctx.config.context_tokens)
+        self.budget = int(self.window * COMPACT_AT)
+        self.counted = 0
+        """Input tokens of the last request, as the provider counted them."""
+        self.counted_len = 0
+        """How many messages that request held."""
+
+    def tokens(self, messages: list[ChatMessage]) -> int:
+        if self.counted and self.counted_len <= len(messages):
+            return self.counted + estimate_tokens("", messages[self.counted_len :])
+        return estimate_tokens(self.system, messages)
+
+    def reported(self, input_tokens: int, messages: list[ChatMessage]) -> None:
+        self.counted, self.counted_len = input_tokens, len(messages)
+
+    async def fit(self, messages: list[ChatMessage], refused: bool) -> list[ChatMessage]:
+        before = self.tokens(messages)
+        if not refused and before <= self.budget:
+            return messages
+        # After a refusal the provider's count is unknown: aim well below the window.
+        budget = self.budget if not refused else int(self.budget * 0.75)
+        out, elided, summary = await compact(self.model, self.system, messages, budget, refused)
+        self.counted = self.counted_len = 0
+        await self.ctx.emit(
+            ContextCompacted(
+                reason="refused" if refused else "threshold",
+                tokens_before=before,
+                tokens_after=self.tokens(out),
+                window=self.window,
+                outputs_elided=elided,
+                summary=summary,
+            )
+        )
+        return out
+
+
+PATH_TOOLS = frozenset({"read_file", "write_file", "edit_file", "list_files"})
+"""Tools whose `path` puts the agent under a directory (and its nested AGENTS.md)."""
+
+
+def _nested_name(shown: str) -> str:
+    return shown.partition("[Instructions from ")[2].partition(",")[0]
+
+
+async def _instructions(ctx: ToolContext) -> Instructions:
+    cfg = ctx.config
+    skills_dir = Path(cfg.skills_dir) if cfg.skills_dir else None
+    found = await load(ctx.sandbox, skills_dir, cfg.instructions_max_chars)
+    for source, why in found.invalid:
+        await ctx.emit(Notice(message=f"skill {source} skipped: {why}"))
+    if found.agents or found.skills:
+        await ctx.emit(
+            InstructionsLoaded(
+                agents_md=["AGENTS.md"] if found.agents else [],
+                skills=sorted(found.skills),
+            )
+        )
+    return found
+
+
 async def run_agent(
     ctx: ToolContext,
     model: ModelClient,
@@ -131,10 +220,17 @@ async def run_agent(
     history: list[ChatMessage],
     user_message: ChatMessage,
     prompt_received_at: float,
+    spent_usd: float = 0.0,
 ) -> AgentResult:
+    """Run one prompt. `spent_usd` is what the session spent before it (for the budget)."""
     cfg = ctx.config
-    system = system_prompt(ctx.repo, ctx.author)
+    ctx.instructions = await _instructions(ctx)
+    system = system_prompt(ctx.repo, ctx.author, ctx.instructions) + hooks.prompt(ctx)
     messages = [*history, user_message]
+    window = _Context(ctx, model, system)
+    verification = Verification()
+    prices = parse_prices(cfg.model_prices)
+    cost = 0.0
     await ctx.emit(MessageAdded(message=user_message))
     tokens = 0
     step = 0
@@ -147,7 +243,7 @@ async def run_agent(
                     message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
         if tokens >= cfg.token_budget:
             await ctx.emit(
                 ErrorRaised(
@@ -155,7 +251,17 @@ async def run_agent(
                     message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens)
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
+        budget = cfg.session_budget_usd
+        if budget is not None and spent_usd + cost >= budget:
+            await ctx.emit(
+                ErrorRaised(
+                    code="session_budget",
+                    message=f"stopped: the session's estimated cost ${spent_usd + cost:.4f} "
+                    f"reached its budget of ${budget:.2f} (NIGHTSHIFT_SESSION_BUDGET_USD)",
+                )
+            )
+            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
         step += 1
         await ctx.emit(
             ModelRequest(
@@ -165,7 +271,17 @@ async def run_agent(
             )
         )
         try:
-            completion = await _one_turn(ctx, model, system, messages)
+            refusals = 0
+            messages = await window.fit(messages, refused=False)
+            while True:
+                try:
+                    completion = await _one_turn(ctx, model, system, messages)
+                    break
+                except ModelContextOverflow:
+                    refusals += 1
+                    if refusals > COMPACT_RETRIES:
+                        raise
+                    messages = await window.fit(messages, refused=True)
         except ModelError as exc:
             await ctx.emit(
                 ErrorRaised(
@@ -173,12 +289,23 @@ async def run_agent(
                     message=str(exc),
                 )
             )
-            return AgentResult("failed", str(exc), steps=step, tokens=tokens)
+            return AgentResult("failed", str(exc), steps=step, tokens=tokens, cost_usd=cost)
         tokens += completion.input_tokens + completion.output_tokens
+        window.reported(completion.input_tokens, messages)
+        turn_cost = cost_usd(
+            prices,
+            model.name,
+            completion.input_tokens,
+            completion.output_tokens,
+            completion.cached_tokens,
+        )
+        cost += turn_cost or 0.0
         await ctx.emit(
             UsageReported(
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
+                cached_tokens=completion.cached_tokens,
+                cost_usd=turn_cost,
             )
         )
         message = completion.message
@@ -187,7 +314,7 @@ async def run_agent(
         if message.text.strip():
             last_text = message.text.strip()
         if not message.tool_calls:
-            return AgentResult("done", last_text, steps=step, tokens=tokens)
+            return AgentResult("done", last_text, steps=step, tokens=tokens, cost_usd=cost)
         finished: Finished | None = None
         for call in message.tool_calls:
             await ctx.emit(
@@ -207,6 +334,21 @@ async def run_agent(
                 )
             else:
                 out = await call_tool(ctx, tool, call.arguments, hooks)
+                if out.finished is not None and not out.is_error and ctx.repo.verify:
+                    ran = await run_checks(ctx, verification)
+                    await ctx.emit(ran)
+                    if not ran.passed and ran.round < cfg.verify_attempts:
+                        out = ToolOutput(failure_text(ran), is_error=True)
+                path = call.arguments.get("path")
+                if call.name in PATH_TOOLS and isinstance(path, str) and not out.is_error:
+                    # A listed directory is itself "under" its own AGENTS.md.
+                    target = path.rstrip("/") + "/_" if call.name == "list_files" else path
+                    nested = await nested_for(
+                        ctx.sandbox, ctx.instructions, target, cfg.instructions_max_chars
+                    )
+                    if nested:
+                        out = replace(out, text=out.text + nested)
+                        await ctx.emit(InstructionsLoaded(agents_md=[_nested_name(nested)]))
             await ctx.emit(
                 ToolResult(
                     call_id=call.id,
@@ -223,4 +365,13 @@ async def run_agent(
             if out.finished is not None and not out.is_error and finished is None:
                 finished = out.finished
         if finished is not None:
-            return AgentResult("done", finished.summary, finished.title, step, tokens)
+            return AgentResult(
+                "done",
+                finished.summary,
+                finished.title,
+                step,
+                tokens,
+                verify_report=verification.report(),
+                draft=not verification.passed,
+                cost_usd=cost,
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from images.spec import RepoSpec
+from workers.agent.instructions import Instructions, prompt_section
 from workers.events import Author
 
 SYSTEM_PROMPT = """\
@@ -30,7 +31,7 @@ Do not spawn for something you can do in a few steps, and never for the task you
 {description}"""
 
 
-def system_prompt(repo: RepoSpec, author: Author) -> str:
+def system_prompt(repo: RepoSpec, author: Author, found: Instructions | None = None) -> str:
     egress = (
         f" except these hosts, through a proxy: {', '.join(repo.egress)}" if repo.egress else ""
     )
@@ -41,4 +42,4 @@ def system_prompt(repo: RepoSpec, author: Author) -> str:
         egress=egress,
         author=author.git_identity(),
         description=description,
-    )
+    ) + (prompt_section(found) if found is not None else "")

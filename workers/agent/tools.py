@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -17,6 +17,7 @@ from images.ansi import strip_ansi
 from images.sandboxes.base import Sandbox, SandboxError
 from images.spec import RepoSpec
 from integrations.llm.types import ToolSpec
+from workers.agent.instructions import Instructions
 from workers.config import AgentConfig
 from workers.control import ControlPlane
 from workers.errors import ControlPlaneError, ToolError
@@ -36,6 +37,8 @@ class ToolContext:
     depth: int = 0
     prompt_id: int | None = None
     attempt: int = 1
+    instructions: Instructions = field(default_factory=Instructions)
+    """AGENTS.md and the skills found for this run (filled when the run starts)."""
 
     async def emit(self, event: Event) -> None:
         """Publish an event of this prompt's run attempt."""
@@ -265,6 +268,22 @@ async def finish(ctx: ToolContext, a: FinishArgs) -> ToolOutput:
     return ToolOutput("finished", finished=Finished(a.summary, a.title or ""))
 
 
+class LoadSkillArgs(BaseModel):
+    name: str = Field(min_length=1, description="The skill's name, as listed in your instructions")
+
+
+async def load_skill(ctx: ToolContext, a: LoadSkillArgs) -> ToolOutput:
+    skills = ctx.instructions.skills
+    skill = skills.get(a.name)
+    if skill is None:
+        known = ", ".join(sorted(skills)) or "none"
+        raise ToolError(f"no skill named {a.name!r}; available: {known}")
+    files = "".join(f"\n- {f}" for f in skill.files if f != "SKILL.md")
+    where = skill.source.removeprefix("operator:")
+    listing = f"\n\nFiles of this skill (beside {where}):{files}" if files else ""
+    return ToolOutput(f"# Skill: {skill.name}\n\n{skill.text}{listing}")
+
+
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in [
@@ -297,6 +316,12 @@ TOOLS: dict[str, Tool] = {
             "Status, branch, PR and latest events of a session.",
             StatusArgs,
             session_status,
+        ),
+        Tool(
+            "load_skill",
+            "Load the full text of a skill listed in your instructions.",
+            LoadSkillArgs,
+            load_skill,
         ),
         Tool(
             "finish",

@@ -1,0 +1,144 @@
+"""Usage and estimated cost per model turn, and the per-session budget, through the agent loop
+with both providers' fakes and the official SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from images.sandboxes.base import ExecResult, ImageRef, SandboxSpec
+from images.sandboxes.fake import FakeBackend, FakeSandbox
+from images.spec import RepoSpec
+from integrations.llm.anthropic_messages import AnthropicModel
+from integrations.llm.base import ModelClient
+from integrations.llm.openai_chat import OpenAIChatModel
+from integrations.llm.types import ChatMessage
+from tests.fakes.llm import ScriptBook, Turn
+from workers.agent.accounting import cost_usd, parse_prices
+from workers.agent.hooks import Hooks
+from workers.agent.loop import AgentResult, run_agent
+from workers.agent.tools import ToolContext
+from workers.config import AgentConfig
+from workers.events import Author, ErrorRaised, Event, UsageReported
+
+AUTHOR = Author(id=1, login="alice", name="Alice", email="alice@example.com")
+PRICES = "gpt-test=2/8/0.5,claude-test=3/15/0.3"
+
+
+class _UnusedControl:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"control plane used: {name}")
+
+
+def _none(sandbox: FakeSandbox, argv: Any, cwd: str) -> ExecResult:
+    return ExecResult(0, "ok\n", "", 1)
+
+
+def _run(
+    model: ModelClient, tmp_path: Path, config: AgentConfig, spent: float = 0.0
+) -> tuple[AgentResult, list[Event]]:
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    async def go() -> AgentResult:
+        image = ImageRef(
+            id="img",
+            repo="proj",
+            sha="0" * 40,
+            backend="fake",
+            location=str(tmp_path / "none"),
+            runtime="fake-1",
+            built_at=0,
+        )
+        sandbox = await FakeBackend(_none).start(SandboxSpec(source=image))
+        ctx = ToolContext(
+            session_id="s1",
+            sandbox=sandbox,
+            control=_UnusedControl(),
+            author=AUTHOR,
+            repo=RepoSpec(name="proj", url="/tmp/proj"),
+            config=config,
+            publish=emit,
+            prompt_id=1,
+        )
+        try:
+            return await run_agent(
+                ctx,
+                model,
+                Hooks(),
+                [],
+                ChatMessage(role="user", text="count the cost"),
+                0.0,
+                spent_usd=spent,
+            )
+        finally:
+            await model.aclose()
+
+    return asyncio.run(go()), events
+
+
+def _script(book: ScriptBook) -> None:
+    book.script(
+        "count the cost",
+        Turn.tool("run", command="echo 1"),
+        Turn.tool("run", command="echo 2"),
+        Turn.tool("finish", summary="counted"),
+    )
+    book.cached_tokens = 40
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_usage_events_carry_cached_tokens_and_cost(
+    provider: str, openai_fake: ScriptBook, anthropic_fake: ScriptBook, tmp_path: Path
+) -> None:
+    book = openai_fake if provider == "openai" else anthropic_fake
+    _script(book)
+    model: ModelClient = (
+        OpenAIChatModel("gpt-test", api_key="k", base_url=book.url)  # type: ignore[attr-defined]
+        if provider == "openai"
+        else AnthropicModel("claude-test", api_key="k", base_url=book.url)  # type: ignore[attr-defined]
+    )
+    result, events = _run(model, tmp_path, AgentConfig(model_prices=PRICES))
+    usage = [e for e in events if isinstance(e, UsageReported)]
+    assert len(usage) == 3
+    # Both providers report 100 input tokens of which 40 were cached, and 20 output.
+    assert {(u.input_tokens, u.cached_tokens, u.output_tokens) for u in usage} == {(100, 40, 20)}
+    rate_in, rate_out, rate_cached = (2, 8, 0.5) if provider == "openai" else (3, 15, 0.3)
+    each = (60 * rate_in + 40 * rate_cached + 20 * rate_out) / 1_000_000
+    assert all(u.cost_usd == pytest.approx(each) for u in usage)
+    assert result.cost_usd == pytest.approx(3 * each)
+
+
+def test_the_session_budget_stops_the_run(openai_fake: ScriptBook, tmp_path: Path) -> None:
+    _script(openai_fake)
+    model = OpenAIChatModel("gpt-test", api_key="k", base_url=openai_fake.url)  # type: ignore[attr-defined]
+    each = (60 * 2 + 40 * 0.5 + 20 * 8) / 1_000_000
+    # Earlier prompts of the session spent almost all of it: one turn crosses the line.
+    config = AgentConfig(model_prices=PRICES, session_budget_usd=0.01)
+    result, events = _run(model, tmp_path, config, spent=0.01 - each * 1.5)
+    assert result.outcome == "limit" and result.steps == 2
+    errors = [e for e in events if isinstance(e, ErrorRaised)]
+    assert [e.code for e in errors] == ["session_budget"]
+    assert "NIGHTSHIFT_SESSION_BUDGET_USD" in errors[0].message and "$0.01" in errors[0].message
+
+
+def test_unpriced_models_have_no_cost_and_bad_prices_are_refused(make_settings: Any) -> None:
+    prices = parse_prices(PRICES)
+    assert cost_usd(prices, "openai:gpt-other", 100, 10, 0) is None
+    assert cost_usd(prices, "openai:gpt-test-2025", 1_000_000, 0, 0) == 2.0
+    for bad, why in [
+        ("gpt=2", "model=input/output"),
+        ("gpt=a/b", "must be numbers"),
+        ("gpt=-1/2", ">= 0"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_prices(bad)
+    with pytest.raises(ValueError, match="NIGHTSHIFT_MODEL_PRICES"):
+        make_settings(model_prices="gpt=2")
+    config = make_settings(model_prices=PRICES, session_budget_usd=5).agent_config()
+    assert (config.model_prices, config.session_budget_usd) == (PRICES, 5)

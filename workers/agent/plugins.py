@@ -1,0 +1,130 @@
+"""Plugins: the public interface around the agent loop.
+
+A plugin is an object (or a class, instantiated once) found through the entry point group
+`nightshift.plugins` or listed in `NIGHTSHIFT_PLUGINS=module:attr,…`. It may define any of:
+
+- `name: str`
+- `async before_tool(ctx, tool, args)`: raise `workers.errors.ToolError` to refuse the call;
+  it may change `args` in place to rewrite it
+- `async after_tool(ctx, tool, args, out) -> ToolOutput`: rewrite the output
+- `system_prompt(ctx) -> str`: text added to the system prompt
+
+A plugin that raises anything else is reported as a `plugin_error` event and the call goes on
+as if it were not there. A plugin that cannot be imported stops `serve`/`worker` at start.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from workers.agent.hooks import Hooks
+from workers.errors import ToolError
+from workers.events import ErrorRaised
+
+if TYPE_CHECKING:
+    from workers.agent.tools import Tool, ToolContext, ToolOutput
+
+GROUP = "nightshift.plugins"
+BUILTIN = ("workers.agent.protected:ProtectedPaths",)
+"""Plugins every deployment runs; they act only when a repository asks (e.g. `protected`)."""
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be imported or built; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    obj: Any
+
+
+def _resolve(name: str, target: str) -> Plugin:
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise PluginLoadError(f"plugin {name!r}: {target!r} is not of the form module:attr")
+    try:
+        value: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            value = getattr(value, part)
+        obj = value() if isinstance(value, type) else value
+    except Exception as exc:
+        raise PluginLoadError(f"plugin {name!r} ({target}): {type(exc).__name__}: {exc}") from exc
+    return Plugin(str(getattr(obj, "name", name)), obj)
+
+
+def load_plugins(listed: tuple[str, ...]) -> list[Plugin]:
+    """The built-in plugins, those installed under the entry point group, then `listed`.
+
+    All or nothing: the first that fails raises `PluginLoadError`.
+    """
+    plugins = [_resolve(t.rpartition(":")[2], t) for t in BUILTIN]
+    for ep in entry_points(group=GROUP):
+        plugins.append(_resolve(ep.name, ep.value))
+    for target in listed:
+        if target.strip():
+            plugins.append(_resolve(target.strip(), target.strip()))
+    return plugins
+
+
+def plugin_hooks(plugins: list[Plugin]) -> Hooks:
+    """The plugins' tool hooks, each isolated: a crash becomes an event, never a failed call."""
+    hooks = Hooks()
+    for plugin in plugins:
+        before = getattr(plugin.obj, "before_tool", None)
+        after = getattr(plugin.obj, "after_tool", None)
+        if before is not None:
+            hooks.before_tool.append(_guard_before(plugin.name, before))
+        if after is not None:
+            hooks.after_tool.append(_guard_after(plugin.name, after))
+        if getattr(plugin.obj, "system_prompt", None) is not None:
+            hooks.system_prompt.append(_guard_prompt(plugin.obj))
+    return hooks
+
+
+async def _report(ctx: ToolContext, name: str, where: str, exc: Exception) -> None:
+    await ctx.emit(
+        ErrorRaised(
+            code="plugin_error",
+            message=f"plugin {name} raised in {where}: {type(exc).__name__}: {exc}",
+        )
+    )
+
+
+def _guard_before(name: str, hook: Any) -> Any:
+    async def guarded(ctx: ToolContext, tool: Tool, args: dict[str, Any]) -> None:
+        try:
+            await hook(ctx, tool, args)
+        except ToolError:
+            raise
+        except Exception as exc:
+            await _report(ctx, name, "before_tool", exc)
+
+    return guarded
+
+
+def _guard_after(name: str, hook: Any) -> Any:
+    async def guarded(
+        ctx: ToolContext, tool: Tool, args: dict[str, Any], out: ToolOutput
+    ) -> ToolOutput:
+        try:
+            result: ToolOutput = await hook(ctx, tool, args, out)
+            return result
+        except Exception as exc:
+            await _report(ctx, name, "after_tool", exc)
+            return out
+
+    return guarded
+
+
+def _guard_prompt(obj: Any) -> Any:
+    def guarded(ctx: ToolContext) -> str:
+        try:
+            return str(obj.system_prompt(ctx) or "")
+        except Exception:  # a crashing plugin adds nothing to the prompt
+            return ""
+
+    return guarded
