@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from images.ansi import NO_COLOR_ENV
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import (
     HOME,
@@ -100,6 +101,7 @@ def command_argv(argv: Sequence[str], pids: int, cpu_seconds: int) -> list[str]:
 
 def sandbox_env(spec: SandboxSpec, extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+    env.update(NO_COLOR_ENV)
     env.update(spec.env)
     env.update(extra or {})
     return env

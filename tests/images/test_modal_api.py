@@ -118,6 +118,7 @@ def test_commands_run_unprivileged_with_limits() -> None:
     assert argv[-2:] == ["pytest", "-q"]
     env = modal_sandbox.sandbox_env(_spec(), {"EXTRA": "x"})
     assert env["REPO_FLAG"] == "1" and env["EXTRA"] == "x"
+    assert env["NO_COLOR"] == "1" and env["TERM"] == "dumb"
     assert not [k for k in env if k.startswith(("MODAL_", "OPENAI_", "NIGHTSHIFT_"))]
 
 
