@@ -7,6 +7,8 @@ WorkersError
 ├── BusUnavailable              Redis did not take an event within the retry window
 ├── JobError                    a job could not run (an unknown repo, a part missing)
 ├── ToolError                   a tool refused or failed; the message goes back to the model
+├── PluginLoadError             a plugin could not be imported or built (`workers/agent/plugins.py`;
+│                               `serve` and `worker` stop at start naming it)
 └── GitOpsError                 committing or pushing the work failed (`workers/gitops.py`,
                                 where it is defined beside the git steps that raise it)
 

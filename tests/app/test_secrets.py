@@ -23,6 +23,7 @@ from tests.fakes.server import BackgroundServer
 CREDENTIAL_NAME = re.compile(r"token|secret|key|password|credential", re.IGNORECASE)
 NOT_CREDENTIALS = {
     "token_budget": "a number of model tokens",
+    "model_context_tokens": "a model's context window, in tokens",
     "github_app_private_key_path": "a path; the key it names is read and redacted",
 }
 

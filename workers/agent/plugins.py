@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from workers.agent.hooks import Hooks
-from workers.errors import ToolError
+from workers.errors import ToolError, WorkersError
 from workers.events import ErrorRaised
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ BUILTIN = ("workers.agent.protected:ProtectedPaths",)
 """Plugins every deployment runs; they act only when a repository asks (e.g. `protected`)."""
 
 
-class PluginLoadError(Exception):
+class PluginLoadError(WorkersError):
     """A plugin could not be imported or built; the message names it and says why."""
 
 
