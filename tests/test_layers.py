@@ -1,5 +1,5 @@
-"""The layers' shape: each layer's errors form one tree, and no module of a layer imports
-itself back through others (an import circle)."""
+"""The layers' shape: each layer's errors form one tree, no module of a layer imports itself
+back through others (an import circle), and no layer imports one above it."""
 
 from __future__ import annotations
 
@@ -84,10 +84,40 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["workers", "images", "integrations"])
+@pytest.mark.parametrize("package", ["app", "workers", "images", "integrations"])
 def test_no_import_circles_inside_a_layer(package: str) -> None:
     graph = _imports(package)
     # A package's __init__ that only hands names on ties nothing: leave it out.
     faces = {n for n in graph if (ROOT / Path(*n.split("."))).is_dir()}
     graph = {n: t - faces for n, t in graph.items() if n not in faces}
     assert _circles(graph) == []
+
+
+BELOW = {
+    "workers": {"images", "integrations"},
+    "images": {"integrations"},
+    "integrations": set(),
+}
+LAYERS = {"app", "workers", "images", "integrations"}
+
+
+@pytest.mark.parametrize("package", sorted(BELOW))
+def test_layers_only_point_down(package: str) -> None:
+    """app -> workers -> images -> integrations: no module imports a layer above its own (at
+    any depth of its code, TYPE_CHECKING and function-level imports included)."""
+    upward = []
+    for name in _modules(package):
+        file = ROOT / Path(*name.split("."))
+        source = file / "__init__.py" if file.is_dir() else file.with_suffix(".py")
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module]
+            else:
+                continue
+            for target in targets:
+                layer = target.split(".")[0]
+                if layer in LAYERS and layer != package and layer not in BELOW[package]:
+                    upward.append(f"{name} imports {target}")
+    assert upward == [], f"{package} reaches up: {upward}"
