@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, Index, Text, func, update
-from sqlmodel import Field, SQLModel, col, select
+from sqlalchemy import Connection, Engine, func, update
 from sqlmodel import Session as DB
+from sqlmodel import SQLModel, col, select
 
 from app.db import sqlite_engine
+from app.session_tables import SESSION_TABLES, EventRow, MessageRow, Prompt, ToolCallRow
 from workers.events import (
     Author,
     ChatMessage,
@@ -32,80 +33,6 @@ from workers.events import (
     parse_event,
 )
 from workers.redact import Redactor
-
-
-class Prompt(SQLModel, table=True):
-    __tablename__ = "prompts"
-
-    id: int | None = Field(default=None, primary_key=True)
-    text: str = Field(sa_type=Text)
-    author_id: int
-    author_login: str
-    author_name: str
-    author_email: str
-    state: str = Field(default="queued", index=True)
-    attempt: int = 0
-    runner: str | None = None
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def author(self) -> Author:
-        return Author(
-            id=self.author_id,
-            login=self.author_login,
-            name=self.author_name,
-            email=self.author_email,
-        )
-
-
-class EventRow(SQLModel, table=True):
-    __tablename__ = "events"
-    __table_args__ = (Index("ix_events_source", "source", unique=True),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    type: str = Field(index=True)
-    ts: float
-    prompt_id: int | None = None
-    attempt: int = 1
-    source: str | None = None
-    """Where the event came from on the bus (stream entry id), so a replay is stored once."""
-    data: str = Field(sa_type=Text)
-
-
-class MessageRow(SQLModel, table=True):
-    __tablename__ = "messages"
-
-    id: int | None = Field(default=None, primary_key=True)
-    prompt_id: int | None = None
-    attempt: int = 1
-    role: str
-    data: str = Field(sa_type=Text)
-
-
-class ToolCallRow(SQLModel, table=True):
-    __tablename__ = "tool_calls"
-
-    id: int | None = Field(default=None, primary_key=True)
-    prompt_id: int | None = None
-    attempt: int = 1
-    call_id: str = Field(index=True)
-    name: str
-    arguments: str = Field(sa_type=Text)
-    output: str | None = Field(default=None, sa_type=Text)
-    is_error: bool = False
-    exit_code: int | None = None
-    ms: int | None = None
-    started_at: float
-    finished_at: float | None = None
-
-
-SESSION_TABLES = [
-    Prompt.__table__,  # type: ignore[attr-defined]
-    EventRow.__table__,  # type: ignore[attr-defined]
-    MessageRow.__table__,  # type: ignore[attr-defined]
-    ToolCallRow.__table__,  # type: ignore[attr-defined]
-]
 
 _FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
 

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Protocol
 
 from sqlalchemy import Engine, func, update
@@ -22,18 +21,14 @@ from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic, UserPublic
 from app.services.hub import EventHub
 from app.services.repos import Repos
+from app.services.session_index import index_values
 from app.services.users import Users, author_of
-from app.sessionstore import Prompt, SessionFiles, SessionStore
+from app.session_tables import Prompt
+from app.sessionstore import SessionFiles, SessionStore
 from workers.events import (
     ACTIVE_STATUSES,
-    BranchPushed,
     Event,
-    ModelRequest,
     PromptQueued,
-    PrOpened,
-    PrStateChanged,
-    SandboxReady,
-    SnapshotTaken,
     StatusChanged,
 )
 
@@ -379,24 +374,7 @@ class Sessions:
     # ------------------------------------------------------------ applying events to the index
 
     def _apply(self, session_id: str, event: Event) -> None:
-        values: dict[str, object] = {}
-        prompt_values: dict[str, object] = {}
-        if isinstance(event, StatusChanged):
-            values["status"] = event.status
-        elif isinstance(event, SandboxReady):
-            values.update(start_mode=event.mode, start_ms=event.ms_since_prompt)
-            prompt_values.update(start_mode=event.mode, start_ms=event.ms_since_prompt)
-        elif isinstance(event, ModelRequest) and event.step == 1:
-            values["first_model_ms"] = event.ms_since_prompt
-            prompt_values["first_model_ms"] = event.ms_since_prompt
-        elif isinstance(event, BranchPushed):
-            values.update(head_sha=event.sha, base_sha=event.base_sha)
-        elif isinstance(event, PrOpened):
-            values.update(pr_url=event.url, pr_number=event.number, pr_state=event.state)
-        elif isinstance(event, PrStateChanged):
-            values["pr_state"] = event.state
-        elif isinstance(event, SnapshotTaken):
-            values["snapshot"] = asdict(event.snapshot)
+        values, prompt_values = index_values(event)
         if not values:
             return
         values["updated_at"] = time.time()

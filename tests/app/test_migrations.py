@@ -15,7 +15,7 @@ from sqlmodel import SQLModel
 from app.db import control_engine
 from app.migrate import BASELINE, differences, downgrade, head_revision, upgrade
 from app.models import CONTROL_TABLES
-from app.sessionstore import SESSION_TABLES
+from app.session_tables import SESSION_TABLES
 
 SESSION_NAMES = {t.name for t in SESSION_TABLES}
 CONTROL_NAMES = {t.name for t in CONTROL_TABLES}
