@@ -3,6 +3,7 @@ served over HTTP and driven by the official openai SDK."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -212,6 +213,73 @@ def test_spawn_session_creates_a_child_visible_in_the_parent(
     everything = {s["id"]: s for s in api.http.get("/api/sessions").json()["sessions"]}
     assert everything[parent["id"]]["children"] == [child["id"]]
     assert everything[child["id"]]["children"] == []
+
+
+def test_sub_sessions_nest_only_max_spawn_depth_deep(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """With NIGHTSHIFT_MAX_SPAWN_DEPTH at its default (2), a grandchild may not spawn again:
+    the model is told why, and no session is created."""
+    repo = make_repo(tmp_path, "proj")
+    api.add_repo(repo)
+    for level, nxt in (("alpha task", "beta task"), ("beta task", "gamma task")):
+        openai_fake.script(
+            level,
+            Turn.tool("spawn_session", "Delegating.", prompt=nxt),
+            Turn.tool("finish", summary=f"{level} delegated"),
+        )
+    openai_fake.script(
+        "gamma task",
+        Turn.tool("spawn_session", "Delegating again.", prompt="delta task"),
+        Turn.tool("finish", summary="gamma task done"),
+    )
+    openai_fake.script("delta task", *_edit_and_finish("DELTA.md", "too deep\n"))
+    root = api.create("proj", "alpha task")
+    api.wait_status(root["id"], "finished", "failed")
+    child = api.wait_status(api.session(root["id"])["children"][0], "finished", "failed")
+    wait_for(lambda: api.session(child["id"])["children"], 30, "the grandchild")
+    grandchild_id = api.session(child["id"])["children"][0]
+    api.wait_status(grandchild_id, "finished", "failed")
+    assert api.session(grandchild_id)["children"] == []
+    refused = [
+        e
+        for e in api.events(grandchild_id)
+        if e["type"] == "tool_result" and e["name"] == "spawn_session"
+    ]
+    assert len(refused) == 1 and refused[0]["is_error"]
+    assert "may nest 2 deep" in refused[0]["output"]
+    everything = api.http.get("/api/sessions").json()["sessions"]
+    assert len(everything) == 3
+
+
+def test_session_status_through_the_agent_loop_reports_any_session(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    api.add_repo(repo)
+    openai_fake.script("first job", *_edit_and_finish("FIRST.md", "first\n"))
+    first = api.create("proj", "first job")
+    assert api.wait_status(first["id"], "finished", "failed")["status"] == "finished"
+    openai_fake.script(
+        "second job",
+        Turn.tool("session_status", "Checking the first.", session_id=first["id"]),
+        Turn.tool("session_status", "Checking a stranger.", session_id="no-such-session"),
+        Turn.tool("finish", summary="checked"),
+    )
+    second = api.create("proj", "second job")
+    api.wait_status(second["id"], "finished", "failed")
+    results = [
+        e
+        for e in api.events(second["id"])
+        if e["type"] == "tool_result" and e["name"] == "session_status"
+    ]
+    assert len(results) == 2
+    known, unknown = results
+    assert not known["is_error"]
+    reported = json.loads(known["output"])
+    assert reported["id"] == first["id"] and reported["status"] == "finished"
+    assert reported["branch"] == f"nightshift/{first['id']}"
+    assert unknown["is_error"] and "no-such-session" in unknown["output"]
 
 
 def test_tool_errors_reach_the_model_and_change_nothing(
