@@ -13,6 +13,7 @@ from images.spec import RepoSpec
 from integrations.llm.base import ModelTransientError
 from integrations.llm.scripted import ScriptedModel
 from integrations.llm.types import ChatMessage
+from tests.workers.agentkit import fake_image
 from workers.agent.hooks import Hooks, redact_output
 from workers.agent.loop import run_agent
 from workers.agent.tools import FinishArgs, Finished, ToolContext, finish
@@ -52,15 +53,7 @@ def _run(
         events.append(event)
 
     async def go() -> Any:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_echo_handler).start(SandboxSpec(source=image))
         sandbox.files["README.md"] = b"# proj\nhello\nhello\n"
         ctx = ToolContext(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from images.sandboxes.base import ExecResult, ImageRef, SandboxSpec
+from images.sandboxes.base import ExecResult, SandboxSpec
 from images.sandboxes.fake import FakeBackend, FakeSandbox
 from images.spec import RepoSpec
 from integrations.llm.anthropic_messages import AnthropicModel
@@ -17,6 +17,7 @@ from integrations.llm.base import ModelClient, ModelContextOverflow
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage, ToolCallRecord
 from tests.fakes.llm import ScriptBook, Turn
+from tests.workers.agentkit import fake_image
 from workers.agent.context import context_window, elide_tool_outputs
 from workers.agent.hooks import Hooks
 from workers.agent.loop import AgentResult, run_agent
@@ -57,15 +58,7 @@ def _run(model: ModelClient, tmp_path: Path) -> tuple[AgentResult, list[Event]]:
         events.append(event)
 
     async def go() -> AgentResult:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_big_output).start(SandboxSpec(source=image))
         ctx = ToolContext(
             session_id="s1",
@@ -134,15 +127,7 @@ def test_a_refusal_compacts_and_retries(
         events.append(event)
 
     async def go() -> AgentResult:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_big_output).start(SandboxSpec(source=image))
         ctx = ToolContext(
             session_id="s1",

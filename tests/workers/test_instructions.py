@@ -7,12 +7,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from images.sandboxes.base import ExecResult, ImageRef, SandboxSpec
+from images.sandboxes.base import ExecResult, SandboxSpec
 from images.sandboxes.fake import FakeBackend, FakeSandbox
 from images.spec import RepoSpec
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage
 from tests.fakes.llm import Call, ScriptBook, Turn
+from tests.workers.agentkit import fake_image
 from workers.agent.hooks import Hooks
 from workers.agent.instructions import parse_front_matter
 from workers.agent.loop import AgentResult, run_agent
@@ -41,15 +42,7 @@ def _run(
         events.append(event)
 
     async def go() -> AgentResult:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_no_commands).start(SandboxSpec(source=image))
         for path, text in files.items():
             sandbox.files[path] = text.encode()

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from images.sandboxes.base import ExecResult, ImageRef, SandboxSpec
+from images.sandboxes.base import ExecResult, SandboxSpec
 from images.sandboxes.fake import FakeBackend, FakeSandbox
 from images.spec import RepoSpec, parse_spec_file
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage
 from tests.fakes.llm import ScriptBook, Turn
+from tests.workers.agentkit import fake_image
 from workers.agent.loop import AgentResult, run_agent
 from workers.agent.plugins import PluginLoadError, load_plugins, plugin_hooks
 from workers.agent.protected import is_protected
@@ -73,15 +74,7 @@ def _run(
         events.append(event)
 
     async def go() -> tuple[AgentResult, FakeSandbox]:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_none).start(SandboxSpec(source=image))
         sandbox.files["migrations/0001.sql"] = b"create table t();\n"
         model = OpenAIChatModel("gpt-test", api_key="k", base_url=book.url)  # type: ignore[attr-defined]

@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from images.sandboxes.base import ExecResult, ImageRef, SandboxSpec
+from images.sandboxes.base import ExecResult, SandboxSpec
 from images.sandboxes.fake import FakeBackend, FakeSandbox
 from images.spec import RepoSpec, parse_spec_file
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage
 from tests.fakes.llm import ScriptBook, Turn
+from tests.workers.agentkit import fake_image
 from workers.agent.hooks import Hooks
 from workers.agent.loop import AgentResult, run_agent
 from workers.agent.tools import ToolContext
@@ -49,15 +50,7 @@ def _run(
         events.append(event)
 
     async def go() -> AgentResult:
-        image = ImageRef(
-            id="img",
-            repo="proj",
-            sha="0" * 40,
-            backend="fake",
-            location=str(tmp_path / "none"),
-            runtime="fake-1",
-            built_at=0,
-        )
+        image = fake_image(tmp_path)
         sandbox = await FakeBackend(_checks).start(SandboxSpec(source=image))
         model = OpenAIChatModel("gpt-test", api_key="k", base_url=book.url)  # type: ignore[attr-defined]
         ctx = ToolContext(
