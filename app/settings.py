@@ -16,19 +16,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from app.settings_integrations import IntegrationSettings
+from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
-
-
-def _alias(name: str) -> AliasChoices:
-    return AliasChoices(name, name.lower())
 
 
 def reveal(value: SecretStr | None) -> str | None:
@@ -134,11 +130,11 @@ class Settings(IntegrationSettings):
     """Local snapshots older than this are garbage-collected; Modal's expire after it."""
     modal_app: str = "nightshift"
     modal_cpu: float = Field(1.0, gt=0)
-    modal_token_id: SecretStr | None = Field(None, validation_alias=_alias("MODAL_TOKEN_ID"))
+    modal_token_id: SecretStr | None = Field(None, validation_alias=env_alias("MODAL_TOKEN_ID"))
     modal_token_secret: SecretStr | None = Field(
-        None, validation_alias=_alias("MODAL_TOKEN_SECRET")
+        None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
     )
-    modal_environment: str | None = Field(None, validation_alias=_alias("MODAL_ENVIRONMENT"))
+    modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
 
     @field_validator("model_prices")
     @classmethod
@@ -236,10 +232,12 @@ class Settings(IntegrationSettings):
     """How often open pull requests are reconciled with GitHub (beat, or in-process)."""
 
     # ---- model providers (names their SDKs use)
-    openai_api_key: SecretStr | None = Field(None, validation_alias=_alias("OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(None, validation_alias=_alias("OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_alias("ANTHROPIC_API_KEY"))
-    anthropic_base_url: str | None = Field(None, validation_alias=_alias("ANTHROPIC_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=env_alias("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=env_alias("OPENAI_BASE_URL"))
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=env_alias("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(None, validation_alias=env_alias("ANTHROPIC_BASE_URL"))
 
     @model_validator(mode="after")
     def _local_auth_only_on_loopback(self) -> Settings:

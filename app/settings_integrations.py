@@ -13,7 +13,8 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _alias(name: str) -> AliasChoices:
+def env_alias(name: str) -> AliasChoices:
+    """Read a setting from the name its SDK uses (`GITHUB_APP_ID`), in either case."""
     return AliasChoices(name, name.lower())
 
 
@@ -27,22 +28,24 @@ class IntegrationSettings(BaseSettings):
     )
 
     # ---- GitHub
-    github_app_id: str | None = Field(None, validation_alias=_alias("GITHUB_APP_ID"))
+    github_app_id: str | None = Field(None, validation_alias=env_alias("GITHUB_APP_ID"))
     github_app_private_key: SecretStr | None = Field(
-        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY")
+        None, validation_alias=env_alias("GITHUB_APP_PRIVATE_KEY")
     )
     """The App's PEM private key itself (`\\n` escapes allowed), or set the _PATH variant."""
     github_app_private_key_path: Path | None = Field(
-        None, validation_alias=_alias("GITHUB_APP_PRIVATE_KEY_PATH")
+        None, validation_alias=env_alias("GITHUB_APP_PRIVATE_KEY_PATH")
     )
-    github_client_id: str | None = Field(None, validation_alias=_alias("GITHUB_CLIENT_ID"))
+    github_client_id: str | None = Field(None, validation_alias=env_alias("GITHUB_CLIENT_ID"))
     github_client_secret: SecretStr | None = Field(
-        None, validation_alias=_alias("GITHUB_CLIENT_SECRET")
+        None, validation_alias=env_alias("GITHUB_CLIENT_SECRET")
     )
     github_webhook_secret: SecretStr | None = Field(
-        None, validation_alias=_alias("GITHUB_WEBHOOK_SECRET")
+        None, validation_alias=env_alias("GITHUB_WEBHOOK_SECRET")
     )
-    github_api_url: str = Field("https://api.github.com", validation_alias=_alias("GITHUB_API_URL"))
+    github_api_url: str = Field(
+        "https://api.github.com", validation_alias=env_alias("GITHUB_API_URL")
+    )
     secret_keys: SecretStr | None = None
     """NIGHTSHIFT_SECRET_KEYS: comma-separated Fernet keys; the first encrypts, all decrypt."""
     pr_fallback: Literal["none", "app"] = "none"
@@ -70,12 +73,14 @@ class IntegrationSettings(BaseSettings):
         return _names(self.github_allowed_users)
 
     # ---- Slack
-    slack_bot_token: SecretStr | None = Field(None, validation_alias=_alias("SLACK_BOT_TOKEN"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=env_alias("SLACK_BOT_TOKEN"))
     """The bot token (`xoxb-...`); with the signing secret it turns the Slack bot on."""
     slack_signing_secret: SecretStr | None = Field(
-        None, validation_alias=_alias("SLACK_SIGNING_SECRET")
+        None, validation_alias=env_alias("SLACK_SIGNING_SECRET")
     )
-    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_alias("SLACK_API_URL"))
+    slack_api_url: str = Field(
+        "https://slack.com/api/", validation_alias=env_alias("SLACK_API_URL")
+    )
     """Base URL of the Slack Web API (tests point it at a fake)."""
     slack_follow_ups: Literal["mentions", "thread"] = "mentions"
     """Which replies in a session's thread become follow-ups: those that mention the bot, or

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -19,7 +19,6 @@ from integrations.llm.types import ChatMessage as ChatMessage
 from integrations.llm.types import ToolCallRecord as ToolCallRecord
 
 SessionStatus = Literal["queued", "starting", "running", "idle", "finished", "failed", "stopped"]
-SESSION_STATUSES: tuple[str, ...] = get_args(SessionStatus)
 ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "starting", "running", "idle"})
 PromptState = Literal["queued", "running", "done", "failed", "stopped", "cancelled"]
 PromptOutcome = Literal["done", "failed", "stopped", "limit"]
