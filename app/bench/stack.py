@@ -132,6 +132,9 @@ class Stack:
             NIGHTSHIFT_IDLE_SECONDS=str(self.config.idle_seconds),
             NIGHTSHIFT_DATA_DIR=str(self.root / "api"),
             NIGHTSHIFT_REPO_ROOTS=str(self.root),  # the bench registers its repo over the API
+            # every bench session is one user's: the per-user cap would refuse the burst
+            NIGHTSHIFT_MAX_SESSIONS_PER_USER=str(self.config.sessions),
+            NIGHTSHIFT_MAX_STREAMS_PER_USER=str(self.config.sessions + 10),
         )
         if self.database_url:
             env["NIGHTSHIFT_DATABASE_URL"] = self.database_url

@@ -42,9 +42,9 @@ class StreamSlots:
         with self.lock:
             if self.open[user_id] >= self.per_user:
                 raise TooMany(
-                    f"you have {self.open[user_id]} event streams open on this server, the most "
-                    f"allowed (NIGHTSHIFT_MAX_STREAMS_PER_USER={self.per_user}); close some tabs "
-                    "or clients and try again"
+                    # short enough for a WebSocket close reason (123 bytes)
+                    f"{self.open[user_id]} event streams open, the most allowed "
+                    f"(NIGHTSHIFT_MAX_STREAMS_PER_USER={self.per_user}); close one and retry"
                 )
             self.open[user_id] += 1
         return StreamSlot(self, user_id)
