@@ -27,6 +27,7 @@ from app.api.routes import (
     web,
 )
 from app.errors import ServiceError
+from app.loop_lag import LoopLag
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
 
@@ -93,11 +94,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         owned = runtime is None
         rt = runtime or build_runtime(settings)
         app.state.runtime = rt
+        app.state.loop_lag = LoopLag()
+        app.state.loop_lag.start()
         if owned:
             rt.start()
         try:
             yield
         finally:
+            await app.state.loop_lag.stop()
             if owned:
                 rt.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlmodel import Session as DB
@@ -33,6 +33,10 @@ def healthz(runtime: RuntimeDep) -> Health:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics() -> Response:
-    """Prometheus text format."""
+def metrics(request: Request) -> Response:
+    """Prometheus text format. `nightshift_event_loop_lag_max_seconds` is the worst lag of the
+    API's event loop since the previous read."""
+    loop_lag = getattr(request.app.state, "loop_lag", None)
+    if loop_lag is not None:
+        loop_lag.scraped()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
