@@ -61,7 +61,9 @@ class LocalPullRequests:
         with DB(self.engine, expire_on_commit=False) as db:
             existing = db.exec(
                 select(PullRequest).where(
-                    PullRequest.repo_id == repo.id, PullRequest.head == event.branch
+                    PullRequest.repo_id == repo.id,
+                    PullRequest.head == event.branch,
+                    PullRequest.state == "open",  # after a merge or close, new work: a new PR
                 )
             ).first()
             if existing is not None:

@@ -69,6 +69,11 @@ async def _git_rc(*args: str, cwd: Path) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+async def _branch_exists(repo: Path, branch: str) -> bool:
+    rc, _, _ = await _git_rc("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repo)
+    return rc == 0
+
+
 async def _worktree_of(repo: Path, branch: str) -> Path | None:
     """The work tree that has `branch` checked out, if any (none in a bare repository)."""
     listing = await git("worktree", "list", "--porcelain", cwd=repo)
@@ -136,6 +141,10 @@ class LocalForge:
         repo = resolve_local_repo(url)
         incoming = f"refs/nightshift-incoming/{secrets.token_hex(6)}"
         new = await fetch_bundle(repo, bundle, branch, incoming)
+        if expected_old and not await _branch_exists(repo, branch):
+            # Deleted when its pull request was merged or closed: a follow-up's push makes it
+            # again (nothing of anyone's can be overwritten on a branch that is not there).
+            expected_old = None
         try:
             try:
                 await git(

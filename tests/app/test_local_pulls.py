@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import ApiClient, Person, git, make_person, make_repo
+from tests.factories import ApiClient, Person, git, make_person, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 
 pytestmark = pytest.mark.slow
@@ -215,3 +215,27 @@ def test_cross_site_merge_from_a_signed_in_browser_is_refused(
         assert browser.get(f"/api/pulls/{pr['id']}").json()["state"] == "open"
         ok = browser.post(f"/api/pulls/{pr['id']}/merge", headers={"Origin": server.url})
         assert ok.status_code == 200, ok.text
+
+
+def test_a_follow_up_after_the_merge_opens_a_new_pull_request(
+    api: ApiClient, openai_fake: ScriptBook, repo: Path
+) -> None:
+    pr = _open_pr(api, openai_fake, "proj", "one.txt", "1\n")
+    assert api.http.post(f"/api/pulls/{pr['id']}/merge").status_code == 200
+    openai_fake.script(
+        "follow up two",
+        Turn.tool("write_file", "More.", path="two.txt", content="2\n"),
+        Turn.tool("finish", summary="Wrote two.txt.", title="Add two.txt"),
+    )
+    r = api.http.post(f"/api/sessions/{pr['session_id']}/prompts", json={"text": "follow up two"})
+    assert r.status_code in (200, 201, 202), r.text
+    done = wait_for(
+        lambda: (s := api.session(pr["session_id"]))["pr_number"] == pr["number"] + 1 and s,
+        what="the follow-up's pull request",
+    )
+    assert done["pr_state"] == "open"
+    second = api.http.get("/api/pulls/" + done["pr_url"].rsplit("/", 1)[1]).json()
+    assert second["id"] != pr["id"] and second["head"] == pr["head"]
+    assert [c["message"].splitlines()[0] for c in second["commits"]] == ["Add two.txt"]
+    assert api.http.get(f"/api/pulls/{pr['id']}").json()["state"] == "merged"
+    assert git(repo, "show", f"{pr['head']}:two.txt") == "2\n"
