@@ -9,7 +9,7 @@ import pytest
 
 from tests.factories import ApiClient, Person, git, make_repo
 from tests.fakes.llm import ScriptBook, Turn
-from tests.web.conftest import Web
+from tests.web.conftest import PHONE, Web
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,9 +37,10 @@ def test_review_merge_and_the_stats_count_it(
     href = page.get_attribute("#pr-link", "href", timeout=15_000)
     assert href is not None and href.endswith(pr_path)
 
-    # Bob may read, not merge.
-    seen_by_bob = web.page(bob, pr_path, name="bob")
+    # Bob may read, not merge; on a phone the page fits the width (the diff scrolls in its box).
+    seen_by_bob = web.page(bob, pr_path, name="bob", viewport=PHONE)
     seen_by_bob.wait_for_selector(".diff-file")
+    assert seen_by_bob.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
     assert seen_by_bob.locator("#actions").is_hidden()
     assert "admin may merge" in seen_by_bob.inner_text("#who-merges")
 
