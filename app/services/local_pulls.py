@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from app.errors import Conflict, Forbidden, NotFound
+from app.errors import Conflict, Forbidden, NotFound, Unavailable
 from app.models import PullRequest, Session, User
 from app.schemas_pulls import (
     CheckPublic,
@@ -93,7 +93,7 @@ class LocalPullReview:
         found: VerifyRan | None = None
         try:
             store = self.sessions.store(pr.session_id)
-        except Exception:  # a session file on another data dir: no checks to show
+        except Unavailable:  # its file is on another API host's data dir: no checks to show
             return None
         after = max(0, store.last_event_id() - 5000)
         for event in store.events(after, 5000):
@@ -153,9 +153,9 @@ class LocalPullReview:
             pr.merge_base = result.merge_base
             pr.merged_sha = result.sha
             self._finish(pr, session, user)
+            log.info("%s: pull request #%s merged by %s", repo.name, pr.number, user.login)
         finally:
             self.pulls.merging.discard(pr_id)
-        log.info("%s: pull request #%s merged by %s", repo.name, pr.number, user.login)
         return await self.detail(pr_id, user)
 
     async def close(self, pr_id: int, user: User) -> PullDetail:
