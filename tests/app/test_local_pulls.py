@@ -239,3 +239,15 @@ def test_a_follow_up_after_the_merge_opens_a_new_pull_request(
     assert [c["message"].splitlines()[0] for c in second["commits"]] == ["Add two.txt"]
     assert api.http.get(f"/api/pulls/{pr['id']}").json()["state"] == "merged"
     assert git(repo, "show", f"{pr['head']}:two.txt") == "2\n"
+
+
+def test_the_sessions_verify_results_are_the_checks(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    spec = 'verify = ["test -f checked.txt && echo verified-ok"]\n'
+    api.add_repo(make_repo(tmp_path, "checked", {".nightshift.toml": spec, "README.md": "x\n"}))
+    pr = _open_pr(api, openai_fake, "checked", "checked.txt", "yes\n")
+    checks = pr["checks"]
+    assert checks is not None and checks["passed"] is True, pr
+    assert [c["command"] for c in checks["checks"]] == ["test -f checked.txt && echo verified-ok"]
+    assert checks["checks"][0]["ok"] is True and "verified-ok" in checks["checks"][0]["output"]
