@@ -19,6 +19,7 @@ from app.api.routes import (
     images,
     internal,
     live,
+    pulls,
     repos,
     sessions,
     signin,
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(sessions.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)
+    app.include_router(pulls.router)
     app.include_router(stats.router)
     app.include_router(auth.router)
     app.include_router(github.router)

@@ -156,6 +156,12 @@ class PullRequest(SQLModel, table=True):
     url: str = Field(max_length=500)
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
+    merge_base: str | None = Field(default=None, max_length=64)
+    """Where the branch left its base, kept at merge so the merged diff stays readable."""
+    merged_sha: str | None = Field(default=None, max_length=64)
+    closed_by_id: int | None = Field(default=None, foreign_key="users.id")
+    """Who merged or closed it."""
+    closed_at: float | None = None
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in

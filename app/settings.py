@@ -71,6 +71,13 @@ class Settings(IntegrationSettings):
                 )
         return ",".join(names)
 
+    admins: str = ""
+    """NIGHTSHIFT_ADMINS: comma-separated Nightshift logins who may merge or close any local
+    pull request (besides the session's and the PR's author)."""
+
+    def admin_logins(self) -> frozenset[str]:
+        return frozenset(n.strip().lower() for n in self.admins.split(",") if n.strip())
+
     def api_repo_roots(self) -> tuple[Path, ...]:
         """Directories under which a local repository may be registered over the API."""
         text = self.repo_roots.replace(os.pathsep, ",")

@@ -47,9 +47,12 @@ class LocalPullRequests:
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url
+        self.merging: set[int] = set()
+        """PRs being merged or closed now; a second request meanwhile is refused."""
 
-    def url(self, repo: Repo, number: int) -> str:
-        return f"{self.base_url}/api/repos/{repo.name}/pulls/{number}"
+    def url(self, pr_id: int) -> str:
+        """The PR's review page (`/pulls/{id}`, web/pull.html), the link every client shows."""
+        return f"{self.base_url}/pulls/{pr_id}"
 
     def open(
         self, session: Session, repo: Repo, author: User, event: BranchPushed
@@ -58,12 +61,16 @@ class LocalPullRequests:
         with DB(self.engine, expire_on_commit=False) as db:
             existing = db.exec(
                 select(PullRequest).where(
-                    PullRequest.repo_id == repo.id, PullRequest.head == event.branch
+                    PullRequest.repo_id == repo.id,
+                    PullRequest.head == event.branch,
+                    PullRequest.state == "open",  # after a merge or close, new work: a new PR
                 )
             ).first()
             if existing is not None:
                 existing.head_sha = event.sha
                 existing.updated_at = time.time()
+                assert existing.id is not None
+                existing.url = self.url(existing.id)  # records from before the review page
                 db.add(existing)
                 db.commit()
                 return existing.url, existing.number, existing.state
@@ -87,8 +94,12 @@ class LocalPullRequests:
                 base=event.base,
                 head=event.branch,
                 head_sha=event.sha,
-                url=self.url(repo, number),
+                url="",
             )
+            db.add(pr)
+            db.flush()
+            assert pr.id is not None
+            pr.url = self.url(pr.id)
             db.add(pr)
             db.commit()
             return pr.url, pr.number, pr.state
@@ -102,6 +113,20 @@ class LocalPullRequests:
                     .order_by(col(PullRequest.number).desc())
                 ).all()
             )
+
+    def by_id(self, pr_id: int) -> PullRequest:
+        with DB(self.engine) as db:
+            pr = db.get(PullRequest, pr_id)
+        if pr is None:
+            raise NotFound(f"no pull request {pr_id}")
+        return pr
+
+    def save(self, pr: PullRequest) -> PullRequest:
+        pr.updated_at = time.time()
+        with DB(self.engine, expire_on_commit=False) as db:
+            db.add(pr)
+            db.commit()
+        return pr
 
     def get(self, repo: Repo, number: int) -> PullRequest:
         with DB(self.engine) as db:

@@ -42,6 +42,11 @@ def session_page(session_id: str) -> FileResponse:
     return _page("session.html")
 
 
+@router.get("/pulls/{pr_id}")
+def pull_page(pr_id: str) -> FileResponse:
+    return _page("pull.html")
+
+
 @router.get("/stats")
 def stats_page() -> FileResponse:
     return _page("stats.html")
