@@ -13,6 +13,7 @@ import typer
 
 from app.commands import (
     bench,
+    config,
     db,
     distributed,
     github,
@@ -44,6 +45,7 @@ app.add_typer(images.app, name="images")
 app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(config.app, name="config")
 
 
 def main() -> None:
