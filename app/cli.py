@@ -16,6 +16,7 @@ from app.commands import (
     config,
     db,
     distributed,
+    doctor,
     github,
     images,
     repos,
@@ -46,6 +47,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(config.app, name="config")
+app.command()(doctor.doctor)
 
 
 def main() -> None:
