@@ -137,3 +137,23 @@ def test_a_token_that_is_not_an_app_level_token_is_refused() -> None:
         Settings(slack_app_token=APP_TOKEN)  # type: ignore[call-arg]
     settings = Settings(slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN)  # type: ignore[call-arg]
     assert settings.slack_enabled and settings.slack_signing_secret is None
+
+
+def test_the_shipped_manifest_asks_for_what_the_bot_handles() -> None:
+    import yaml
+
+    from integrations.slack.bolt import COMMAND, HANDLED_EVENTS
+
+    manifest = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "infra" / "slack-manifest.yml").read_text()
+    )
+    settings = manifest["settings"]
+    assert settings["socket_mode_enabled"] is True and settings["interactivity"]["is_enabled"]
+    events = settings["event_subscriptions"]["bot_events"]
+    # Every event bolt listens for is subscribed to (`message` arrives as message.<channel kind>).
+    assert {e.split(".")[0] for e in events} == set(HANDLED_EVENTS)
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == [COMMAND]
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"app_mentions:read", "chat:write", "commands", "reactions:write"} <= scopes
+    # Socket Mode needs no request URL anywhere.
+    assert "request_url" not in json.dumps(manifest)
