@@ -211,6 +211,29 @@ async def check_slack(settings: Settings) -> Check:
     return _ok(name, f"bot @{answer.get('user')} in {answer.get('team') or answer.get('team_id')}")
 
 
+async def check_slack_socket_mode(settings: Settings) -> Check:
+    """The app-level token may open a Socket Mode connection (`apps.connections.open`)."""
+    name = "slack socket mode"
+    app_token = reveal(settings.slack_app_token)
+    if not app_token or not settings.slack_enabled:
+        return _skipped(name, "SLACK_APP_TOKEN is not set: Slack delivers over HTTP")
+    from integrations.slack.client import SlackApiError, error_code, web_client
+
+    fix = (
+        "check SLACK_APP_TOKEN (Slack app: Basic Information, App-Level Tokens, scope "
+        "connections:write) and that Socket Mode is on"
+    )
+    client = web_client(app_token, settings.slack_api_url, retries=0, timeout=20)
+    try:
+        # A URL is issued but not connected to; it expires unused.
+        await client.apps_connections_open(app_token=app_token)
+    except SlackApiError as exc:
+        return _failed(name, f"apps.connections.open: {error_code(exc)}", fix)
+    except Exception as exc:
+        return _failed(name, f"apps.connections.open: {_error(exc)}", fix)
+    return _ok(name, "the app-level token may open a Socket Mode connection")
+
+
 async def check_public_url(settings: Settings) -> Check:
     """`NIGHTSHIFT_PUBLIC_URL` reaches a Nightshift server from this host."""
     name = "public url"
@@ -331,6 +354,7 @@ CHECKS: dict[str, CheckFn] = {
     "github webhooks": check_github_webhooks,
     "github sign-in": check_github_sign_in,
     "slack": check_slack,
+    "slack socket mode": check_slack_socket_mode,
     "public url": check_public_url,
     "redis": check_redis,
     "database": check_database,

@@ -19,7 +19,7 @@ from app import doctor
 from tests.fakes.github import FakeGitHub, github_settings
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
-from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET
 
 CLOSED = "127.0.0.1:1"
 needs_bwrap = pytest.mark.skipif(
@@ -169,6 +169,31 @@ def test_a_bot_token_slack_refuses_fails(make_settings: Any, slack_fake: Any) ->
     assert skipped.status == "skipped" and "SLACK_BOT_TOKEN is not set" in skipped.detail
 
 
+def test_the_app_level_token_may_open_a_socket(make_settings: Any, slack_fake: Any) -> None:
+    settings = make_settings(
+        slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack_fake.url
+    )
+    check = _run(doctor.check_slack_socket_mode, settings)
+    assert check.status == "ok", check
+    assert len(slack_fake.of("apps.connections.open")) == 1
+
+
+def test_an_app_level_token_slack_refuses_fails(make_settings: Any, slack_fake: Any) -> None:
+    settings = make_settings(
+        slack_bot_token=BOT_TOKEN,
+        slack_app_token="xapp-1-A0-1-revokedtoken",
+        slack_api_url=slack_fake.url,
+    )
+    check = _run(doctor.check_slack_socket_mode, settings)
+    assert check == doctor.Check(
+        "slack socket mode", "failed", "apps.connections.open: invalid_auth", check.fix
+    )
+    assert "connections:write" in check.fix
+    http_only = make_settings(slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET)
+    skipped = _run(doctor.check_slack_socket_mode, http_only)
+    assert skipped.status == "skipped" and "over HTTP" in skipped.detail
+
+
 # ---------------------------------------------------------------- public URL
 
 
@@ -258,7 +283,8 @@ def test_doctor_prints_one_line_per_check_and_fails_on_a_failed_one(tmp_path: Pa
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     lines = healthy.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
-        "ok", "ok", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped", "ok"
+        "ok", "ok", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped",
+        "skipped", "ok",
     ]  # fmt: skip
     assert lines[5].split(None, 2)[1:] == [
         "slack",
