@@ -363,5 +363,10 @@ CHECKS: dict[str, CheckFn] = {
 
 async def run_checks(settings: Settings, min_free_gb: float = DEFAULT_MIN_FREE_GB) -> list[Check]:
     """Every check, at once, in the order of `CHECKS` and then the disk."""
+    from workers.redact import Redactor
+
     results = await asyncio.gather(*(check(settings) for check in CHECKS.values()))
-    return [*results, await check_disk(settings, min_free_gb)]
+    # An error a service answers with may quote a credential (a URL, a key): never print one.
+    redactor = Redactor(settings.secret_values())
+    checks = [*results, await check_disk(settings, min_free_gb)]
+    return [dataclasses.replace(c, detail=redactor.text(c.detail)) for c in checks]

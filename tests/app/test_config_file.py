@@ -124,6 +124,8 @@ def test_config_show_tells_where_each_value_came_from_and_masks_secrets(tmp_path
         'model = "openai:from-file"\nmax_steps = 7\n'
         + "".join(f'{k} = "{v}"\n' for k, v in SECRETS.items())
         + 'database_url = "postgresql+psycopg://ns:db-password-77@127.0.0.1/ns"\n'
+        + 'broker_url = "redis://:redis-password-88@127.0.0.1:6379/0"\n'
+        + 'worker_token = "file-worker-token-0123456789"\n'
     )
     (tmp_path / ".env").write_text("NIGHTSHIFT_PORT=8123\n")
     env = {
@@ -132,7 +134,9 @@ def test_config_show_tells_where_each_value_came_from_and_masks_secrets(tmp_path
         "GITHUB_WEBHOOK_SECRET": "env-webhook-secret-value",
         "NIGHTSHIFT_WORKER_TOKEN": "env-worker-token-0123456789",
     }
-    secrets = [*SECRETS.values(), "db-password-77", env["GITHUB_WEBHOOK_SECRET"]]
+    # The broker's password has no user before it: the form Redis URLs usually take.
+    secrets = [*SECRETS.values(), "db-password-77", "redis-password-88", "file-worker-token"]
+    secrets.append(env["GITHUB_WEBHOOK_SECRET"])
     secrets.append(env["NIGHTSHIFT_WORKER_TOKEN"])
 
     text = _cli(["config", "show"], tmp_path, env)
@@ -157,6 +161,8 @@ def test_config_show_tells_where_each_value_came_from_and_masks_secrets(tmp_path
     }
     assert data["database_url"]["value"] == "postgresql+psycopg://[redacted]@127.0.0.1/ns"
     assert data["database_url"]["secret"] is True
+    assert data["broker_url"]["value"] == "redis://[redacted]@127.0.0.1:6379/0"
+    assert data["worker_token"]["source"] == "NIGHTSHIFT_WORKER_TOKEN"  # env over the file
     assert data["max_steps"]["value"] == 9 and data["max_steps"]["secret"] is False
     assert data["slack_api_url"]["source"] == "default"
     assert data["github_client_secret"]["value"] is None

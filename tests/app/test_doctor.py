@@ -303,3 +303,23 @@ def test_doctor_prints_one_line_per_check_and_fails_on_a_failed_one(tmp_path: Pa
     assert broken.returncode == 1
     assert broken.stdout.splitlines()[-1].startswith("FAILED   disk")
     assert "— fix: free space" in broken.stdout
+
+
+def test_every_check_answers_and_no_detail_carries_a_credential(make_settings: Any) -> None:
+    settings = make_settings(
+        sandbox="fake",
+        model=None,
+        public_url=f"http://ops:url-secret-pw@{CLOSED}",
+        database_url=f"postgresql+psycopg://ns:db-secret-pw@{CLOSED}/ns",
+        broker_url=f"redis://:redis-secret-pw@{CLOSED}/0",
+        worker_token="worker-token-0123456789abcdef",
+    )
+    checks = asyncio.run(doctor.run_checks(settings, min_free_gb=0.001))
+    assert [c.name for c in checks] == [*doctor.CHECKS, "disk"]
+    by_name = {c.name: c for c in checks}
+    assert by_name["public url"].status == "failed"
+    assert by_name["public url"].detail.startswith("GET http://[redacted]@127.0.0.1:1/healthz")
+    assert by_name["redis"].status == by_name["database"].status == "failed"
+    text = repr(checks)
+    for secret in ("url-secret-pw", "db-secret-pw", "redis-secret-pw", "worker-token-0123"):
+        assert secret not in text
