@@ -20,8 +20,11 @@ def doctor(
         float, typer.Option(help="Free space the data dir's disk needs, in GB", min=0)
     ] = 5.0,
 ) -> None:
-    """Check what this deployment needs: sandbox, model, GitHub, Slack, public URL, Redis,
-    PostgreSQL and disk space. Exits 1 when a check fails; skipped checks say why."""
+    """Check what this deployment needs, one line per check with the fix.
+
+    Sandbox, model, GitHub App, webhooks and sign-in, Slack (and Socket Mode), public URL,
+    Redis and PostgreSQL (distributed mode), and disk space. Exits 1 when a check fails; a
+    check that does not apply says `skipped` and why."""
     from app.doctor import run_checks
 
     settings = load_settings()

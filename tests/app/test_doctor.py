@@ -4,6 +4,7 @@ once healthy and once broken, and the command's lines and exit code."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -303,6 +304,26 @@ def test_doctor_prints_one_line_per_check_and_fails_on_a_failed_one(tmp_path: Pa
     assert broken.returncode == 1
     assert broken.stdout.splitlines()[-1].startswith("FAILED   disk")
     assert "— fix: free space" in broken.stdout
+
+    as_json = subprocess.run(
+        [nightshift, "doctor", "--json", "--min-free-gb", "1000000000"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert as_json.returncode == 1
+    checks = json.loads(as_json.stdout)
+    assert [c["name"] for c in checks] == [*doctor.CHECKS, "disk"]
+    assert checks[-1]["status"] == "failed" and checks[-1]["fix"].startswith("free space")
+    assert checks[1] == {
+        "name": "model",
+        "status": "ok",
+        "detail": checks[1]["detail"],
+        "fix": "",
+    } and checks[1]["detail"].startswith("scripted:echo answered")
 
 
 def test_every_check_answers_and_no_detail_carries_a_credential(make_settings: Any) -> None:
