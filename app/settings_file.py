@@ -53,8 +53,16 @@ def config_path() -> Path | None:
 
 
 def setting_names(settings_cls: type[BaseSettings]) -> list[str]:
-    """The keys a settings file may use: the fields' names, in declaration order."""
-    return list(settings_cls.model_fields)
+    """The keys a settings file may use: the fields' names (and any other lower-case name a
+    field is read under), in declaration order."""
+    names: dict[str, None] = {}
+    for name, field in settings_cls.model_fields.items():
+        names[name] = None
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(
+                (c.lower(), None) for c in field.validation_alias.choices if isinstance(c, str)
+            )
+    return list(names)
 
 
 def _key_line(lines: list[str], key: str) -> int | None:
