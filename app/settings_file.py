@@ -3,9 +3,10 @@
 Settings come from, strongest first: a command's own options, the environment, `.env`, then the
 file (`nightshift.toml` in the working directory, or the path in `NIGHTSHIFT_CONFIG`), then the
 defaults. Reading the file goes through pydantic-settings' own `TomlConfigSettingsSource`; this
-module adds what it lacks: a file that does not parse or names an unknown setting stops start-up
-with one line naming the file, the line and the nearest valid name, because a typo that is
-silently ignored leaves a deployment running on a default nobody chose.
+module adds what it lacks: a file that does not parse, names an unknown setting or gives one a
+value of the wrong type stops start-up with one line naming the file, the line and the nearest
+valid name, because a typo that is silently ignored leaves a deployment running on a default
+nobody chose.
 
 Keys are the settings' lower-case names: the environment variable without the `NIGHTSHIFT_`
 prefix (`data_dir`, `model`), or the provider's own name (`slack_bot_token`, `openai_api_key`).
@@ -18,9 +19,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices
+from pydantic import AliasChoices, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, TomlConfigSettingsSource
 
 CONFIG_ENV = "NIGHTSHIFT_CONFIG"
@@ -85,19 +86,36 @@ def check_file(settings_cls: type[BaseSettings], path: Path) -> dict[str, Any]:
         message = str(exc)
         at = _TOML_AT_RE.search(message)
         reason = _TOML_AT_RE.sub("", message).replace("(at end of document)", "").strip()
-        line = int(at.group(1)) if at else max(len(text.splitlines()), 1)
-        raise SettingsFileError(path, f"not valid TOML: {reason}", line) from None
+        at_line = int(at.group(1)) if at else max(len(text.splitlines()), 1)
+        raise SettingsFileError(path, f"not valid TOML: {reason}", at_line) from None
     names = setting_names(settings_cls)
-    for key in data:
-        if key.lower() in names:
-            continue
-        guess = key.lower().removeprefix("nightshift_")
-        close = difflib.get_close_matches(guess, names, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else " (see `nightshift config show`)"
-        raise SettingsFileError(
-            path, f"unknown setting {key!r}{hint}", _key_line(text.splitlines(), key)
-        )
+    for key, value in data.items():
+        line = _key_line(text.splitlines(), key)
+        if key.lower() not in names:
+            guess = key.lower().removeprefix("nightshift_")
+            close = difflib.get_close_matches(guess, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see `nightshift config show`)"
+            raise SettingsFileError(path, f"unknown setting {key!r}{hint}", line)
+        problem = _value_problem(settings_cls, key.lower(), value)
+        if problem:
+            raise SettingsFileError(path, f"{key}: {problem}", line)
     return data
+
+
+def _value_problem(settings_cls: type[BaseSettings], key: str, value: Any) -> str | None:
+    """Why `value` cannot be this setting's (type and bounds; checks across settings run when
+    the settings are built), or None."""
+    field = settings_cls.model_fields.get(key)
+    if field is None:  # a key read under another name of its field: pydantic will check it
+        return None
+    kind: Any = field.annotation
+    if field.metadata:
+        kind = Annotated[(kind, *field.metadata)]
+    try:
+        TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"])
+    return None
 
 
 class SettingsFileSource(TomlConfigSettingsSource):

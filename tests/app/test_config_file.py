@@ -94,6 +94,25 @@ def test_an_unknown_setting_names_the_line_and_the_nearest_name(
         Settings()
 
 
+def test_a_value_of_the_wrong_kind_names_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nightshift.toml").write_text('model = "openai:x"\nmax_steps = 0\n')
+    with pytest.raises(SettingsFileError) as caught:
+        Settings()
+    assert str(caught.value) == (
+        "nightshift.toml:2: max_steps: Input should be greater than or equal to 1"
+    )
+    (tmp_path / "nightshift.toml").write_text('sandbox = "docker"\n')
+    with pytest.raises(SettingsFileError, match=r"^nightshift\.toml:1: sandbox: Input should be"):
+        Settings()
+    # Values of the right kind load as they are written.
+    (tmp_path / "nightshift.toml").write_text("max_steps = 12\nmodel_stream = false\n")
+    settings = Settings()
+    assert settings.max_steps == 12 and settings.model_stream is False
+
+
 def test_a_file_that_does_not_parse_names_its_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
