@@ -13,8 +13,10 @@ import typer
 
 from app.commands import (
     bench,
+    config,
     db,
     distributed,
+    doctor,
     github,
     images,
     repos,
@@ -44,6 +46,8 @@ app.add_typer(images.app, name="images")
 app.add_typer(bench.app, name="bench")
 app.add_typer(db.app, name="db")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(config.app, name="config")
+app.command()(doctor.doctor)
 
 
 def main() -> None:

@@ -116,7 +116,7 @@ class Runtime:
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
     slack: SlackBot | None = None
-    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set."""
+    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN) are set."""
     started: bool = False
     started_at: float = 0.0
 
@@ -225,6 +225,8 @@ class Runtime:
             log.info("resumed %d session(s): %s", len(dispatched), ", ".join(dispatched))
 
     def close(self) -> None:
+        if self.slack is not None:
+            self.slack.close()  # no Socket Mode envelope may arrive once the executor stops
         for future in self._periodic:
             future.cancel()
         if self.executor.pending() or self.started:

@@ -1,4 +1,5 @@
-"""Settings: one pydantic-settings class, read from the environment (and `.env`).
+"""Settings: one pydantic-settings class, read from the environment (and `.env`), then from
+`nightshift.toml` (or the file `NIGHTSHIFT_CONFIG` names; see `app/settings_file.py`).
 
 GitHub's and Slack's settings live in `app/settings_integrations.py`, which `Settings` inherits.
 
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from app.settings_file import SettingsFileSource
 from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
@@ -36,6 +38,19 @@ class Settings(IntegrationSettings):
     model_config = SettingsConfigDict(
         env_prefix="NIGHTSHIFT_", env_file=".env", extra="ignore", populate_by_name=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Options, then the environment, then `nightshift.toml` (app/settings_file.py).
+        file = SettingsFileSource(settings_cls)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings, file)
 
     # ---- core
     data_dir: Path = Path(".nightshift")

@@ -78,6 +78,9 @@ class IntegrationSettings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(
         None, validation_alias=env_alias("SLACK_SIGNING_SECRET")
     )
+    slack_app_token: SecretStr | None = Field(None, validation_alias=env_alias("SLACK_APP_TOKEN"))
+    """An app-level token (`xapp-...`, scope `connections:write`): the bot receives Slack over
+    Socket Mode (no public request URL; the signing secret is then optional)."""
     slack_api_url: str = Field(
         "https://slack.com/api/", validation_alias=env_alias("SLACK_API_URL")
     )
@@ -143,11 +146,23 @@ class IntegrationSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _slack_needs_both_secrets(self) -> IntegrationSettings:
-        if bool(self.slack_bot_token) != bool(self.slack_signing_secret):
-            have, missing = (
-                ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
+        app_token = self.slack_app_token.get_secret_value() if self.slack_app_token else ""
+        if app_token and not app_token.startswith("xapp-"):
+            raise ValueError(
+                "SLACK_APP_TOKEN must be an app-level token (xapp-...): Slack app settings, "
+                "Basic Information, App-Level Tokens (scope connections:write)"
+            )
+        inbound = bool(self.slack_signing_secret or app_token)
+        if bool(self.slack_bot_token) != inbound:
+            have = (
+                "SLACK_BOT_TOKEN"
                 if self.slack_bot_token
-                else ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
+                else ("SLACK_SIGNING_SECRET" if self.slack_signing_secret else "SLACK_APP_TOKEN")
+            )
+            missing = (
+                "SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for Socket Mode)"
+                if self.slack_bot_token
+                else "SLACK_BOT_TOKEN"
             )
             raise ValueError(
                 f"{have} is set but {missing} is not: the Slack bot needs both "
@@ -157,4 +172,4 @@ class IntegrationSettings(BaseSettings):
 
     @property
     def slack_enabled(self) -> bool:
-        return bool(self.slack_bot_token and self.slack_signing_secret)
+        return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))

@@ -21,7 +21,7 @@ _PATTERNS = [
     r"ns_[A-Za-z0-9_-]{30,}",  # our own API tokens
     r"AKIA[0-9A-Z]{16}",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-    r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # user:password@ in URLs
+    r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)",  # [user]:password@ in URLs (redis://:pw@ too)
 ]
 
 

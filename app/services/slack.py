@@ -44,6 +44,7 @@ from integrations.slack.bolt import (
     build_app,
 )
 from integrations.slack.client import web_client
+from integrations.slack.socket_mode import SocketModeConnection
 from workers.executor import InProcessExecutor
 
 
@@ -103,13 +104,23 @@ class SlackBot:
             client,
             executor,
         )
-        assert settings.slack_signing_secret
-        self.app = build_app(client, settings.slack_signing_secret.get_secret_value(), self)
-        self.handler = AsyncSlackRequestHandler(self.app)
+        signing_secret = reveal(settings.slack_signing_secret)
+        self.app = build_app(client, signing_secret, self)
+        self.handler = AsyncSlackRequestHandler(self.app) if signing_secret else None
+        """Serves `POST /slack/events`; None in Socket Mode without a signing secret."""
+        app_token = reveal(settings.slack_app_token)
+        self.socket = SocketModeConnection(self.app, app_token) if app_token else None
+        """The Socket Mode connection when SLACK_APP_TOKEN is set (`start` opens it)."""
 
     def start(self, periodic: Callable[[float, Callable[[], object], str], None]) -> None:
         self.executor.submit(lambda: asyncio.to_thread(self.updater.load))
         periodic(RECOVER_INTERVAL_S, self.events.recover, "slack-recover")
+        if self.socket is not None:
+            self.socket.start()
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
 
     # ------------------------------------------------------------ SlackSink (on the API's loop)
 
@@ -169,7 +180,7 @@ def build_slack_bot(
 ) -> SlackBot:
     """The bot and its parts, from the settings' secrets. The runtime hands the hub's events to
     `bot.updater.on_event` and calls `bot.start` once it is running."""
-    assert settings.slack_bot_token and settings.slack_signing_secret
+    assert settings.slack_bot_token and settings.slack_enabled
     client = web_client(
         settings.slack_bot_token.get_secret_value(),
         settings.slack_api_url,

@@ -156,15 +156,19 @@ class _TokenFromClient(logging.Filter):
         return "`token` will be unused" not in record.getMessage()
 
 
-def build_app(client: AsyncWebClient, signing_secret: str, sink: SlackSink) -> AsyncApp:
-    """The bolt app for `POST /slack/events` (events, the slash command and interactivity)."""
+def build_app(client: AsyncWebClient, signing_secret: str | None, sink: SlackSink) -> AsyncApp:
+    """The bolt app for `POST /slack/events` and Socket Mode (events, the slash command and
+    interactivity). Without a signing secret it serves Socket Mode only: nothing may hand it an
+    HTTP request, which it could not verify."""
     bolt_log = logging.getLogger("nightshift.slack.bolt")
     if not any(isinstance(f, _TokenFromClient) for f in bolt_log.filters):
         bolt_log.addFilter(_TokenFromClient())
     app = AsyncApp(
         name="nightshift",
         client=client,
-        signing_secret=signing_secret,
+        signing_secret=signing_secret or "",
+        # Socket Mode envelopes are not signed; bolt verifies HTTP requests only.
+        request_verification_enabled=bool(signing_secret),
         process_before_response=True,
         logger=bolt_log,
     )

@@ -53,6 +53,7 @@ def _every_secret(tmp_path: Path) -> dict[str, str]:
     values = {name: f"{name}-value-{i:04d}-x" for i, name in enumerate(_secret_fields())}
     values["secret_keys"] = f"{Fernet.generate_key().decode()},{Fernet.generate_key().decode()}"
     values["github_client_id"] = "Iv1.someclient"
+    values["slack_app_token"] = "xapp-" + values["slack_app_token"]  # Socket Mode's shape
     return values
 
 

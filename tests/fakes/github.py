@@ -428,6 +428,22 @@ class FakeGitHub:
                 return error(404, "Not Found")
             return issued
 
+        @api.get("/app/installations")
+        async def installations(request: Request) -> Any:
+            problem = app_jwt(request)
+            if problem:
+                return error(401, problem)
+            with state.lock:
+                return [
+                    {
+                        "id": installation_id,
+                        "app_id": state.app_id,
+                        "account": {"login": data["account"], "type": "Organization"},
+                        "repository_selection": "selected",
+                    }
+                    for installation_id, data in sorted(state.installations.items())
+                ]
+
         @api.post("/app/installations/{installation_id}/access_tokens", status_code=201)
         async def access_token(installation_id: int, request: Request) -> Any:
             problem = app_jwt(request)

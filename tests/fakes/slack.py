@@ -1,6 +1,8 @@
 """A fake Slack: the Web API methods the bot calls (real HTTP on 127.0.0.1, driven by the real
 `slack_sdk` client) and a sender that posts Events API, slash command and interactivity
-requests to Nightshift signed exactly as Slack signs them.
+requests to Nightshift signed exactly as Slack signs them. It also speaks Socket Mode:
+`apps.connections.open` (with the app-level token) returns a `ws://127.0.0.1` URL whose socket
+says `hello`, then delivers envelopes the test queues and records the app's acknowledgements.
 
 The Web API keeps channels of messages (so `conversations.replies` and `chat.update` behave),
 records every call, and can answer the next calls of a method with 429 + `Retry-After`.
@@ -8,10 +10,13 @@ records every call, and can answer the next calls of a method with 429 + `Retry-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
 import json
+import queue
 import threading
 import time
 import uuid
@@ -20,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 TEAM_ID = "TACME0001"
@@ -29,6 +34,7 @@ BOT_ID = "BNS000001"
 APP_ID = "ANS000001"
 BOT_TOKEN = "xoxb-1111-2222-fakebottoken"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+APP_TOKEN = "xapp-1-ANS000001-1111-fakeapptoken0001"
 
 
 @dataclass
@@ -76,6 +82,13 @@ class FakeSlack:
         self.unjoined: set[str] = set()
         """Channels the bot is not in: chat.postMessage answers not_in_channel."""
         self._clock = itertools.count(1)
+        # Socket Mode: tickets handed out by apps.connections.open, sockets that said hello,
+        # envelopes waiting to be sent, and the app's acknowledgements by envelope id.
+        self.tickets: set[str] = set()
+        self.sockets = 0
+        self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.acked = threading.Condition(self.lock)
 
     # ------------------------------------------------------------ set-up by tests
 
@@ -157,12 +170,101 @@ class FakeSlack:
             headers = {"Retry-After": retry_after} if retry_after is not None else {}
             error = "ratelimited" if status == 429 else "fatal_error"
             return status, {"ok": False, "error": error}, headers
+        if method == "apps.connections.open":
+            return 200, self._apps_connections_open(token), {}
         if token != BOT_TOKEN:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return 200, {"ok": False, "error": "unknown_method"}, {}
         return 200, handler(params), {}
+
+    def _apps_connections_open(self, token: str) -> dict[str, Any]:
+        if not token.startswith("xapp-"):
+            return {"ok": False, "error": "not_allowed_token_type"}
+        if token != APP_TOKEN:
+            return {"ok": False, "error": "invalid_auth"}
+        ticket = uuid.uuid4().hex
+        with self.lock:
+            self.tickets.add(ticket)
+        base = self.url.removesuffix("/").removesuffix("/api").replace("http://", "ws://", 1)
+        return {"ok": True, "url": f"{base}/link/?ticket={ticket}&app_id={APP_ID}"}
+
+    # ------------------------------------------------------------ Socket Mode
+
+    def socket_send(self, kind: str, payload: dict[str, Any], retry_attempt: int = 0) -> str:
+        """Queue one envelope (`events_api`, `slash_commands`, `interactive`); its id."""
+        envelope_id = str(uuid.uuid4())
+        self.outbox.put(
+            {
+                "envelope_id": envelope_id,
+                "payload": payload,
+                "type": kind,
+                "accepts_response_payload": kind != "events_api",
+                "retry_attempt": retry_attempt,
+                "retry_reason": "timeout" if retry_attempt else "",
+            }
+        )
+        return envelope_id
+
+    def wait_ack(self, envelope_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The app's acknowledgement of an envelope (AssertionError when none comes)."""
+        with self.acked:
+            if not self.acked.wait_for(lambda: envelope_id in self.acks, timeout):
+                raise AssertionError(f"envelope {envelope_id} was not acknowledged")
+            return self.acks[envelope_id]
+
+    def wait_socket(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.sockets:
+            if time.monotonic() > deadline:
+                raise AssertionError("the app did not open a Socket Mode connection")
+            time.sleep(0.02)
+
+    async def serve_socket(self, ws: WebSocket) -> None:
+        ticket = ws.query_params.get("ticket", "")
+        with self.lock:
+            known = ticket in self.tickets
+            self.tickets.discard(ticket)
+        if not known:
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        hello = {
+            "type": "hello",
+            "num_connections": 1,
+            "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
+            "connection_info": {"app_id": APP_ID},
+        }
+        await ws.send_json(hello)
+        with self.lock:
+            self.sockets += 1
+
+        async def receive() -> None:
+            while True:
+                message = json.loads(await ws.receive_text())
+                if "envelope_id" in message:
+                    with self.acked:
+                        self.acks[message["envelope_id"]] = message
+                        self.acked.notify_all()
+
+        receiving = asyncio.ensure_future(receive())
+        try:
+            while not receiving.done():
+                try:
+                    envelope = self.outbox.get_nowait()
+                except queue.Empty:
+                    await asyncio.sleep(0.02)
+                    continue
+                await ws.send_json(envelope)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await receiving
+            with self.lock:
+                self.sockets -= 1
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -276,6 +378,10 @@ def slack_api_app(slack: FakeSlack) -> FastAPI:
         token = auth.removeprefix("Bearer ").strip() or str(params.pop("token", ""))
         status, data, headers = slack.handle(method, params, token)
         return JSONResponse(data, status_code=status, headers=headers)
+
+    @app.websocket("/link/")
+    async def link(ws: WebSocket) -> None:
+        await slack.serve_socket(ws)
 
     return app
 
@@ -443,6 +549,17 @@ class SlackWorld:
     fake: FakeSlack
     sender: SlackSender
     channel: str = "CGENERAL01"
+    socket: bool = False
+    """Deliver events over the Socket Mode connection instead of signed HTTP requests."""
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Send one Events API event to the bot the way this world is set up, and see it acked."""
+        if self.socket:
+            self.fake.wait_socket()
+            self.fake.wait_ack(self.fake.socket_send("events_api", self.sender.envelope(event)))
+            return
+        response = self.sender.event(event)
+        assert response.status_code == 200, response.text
 
     def mention(
         self, user: str, text: str, thread_ts: str | None = None, channel: str | None = None
@@ -460,8 +577,7 @@ class SlackWorld:
         }
         if thread_ts:
             event["thread_ts"] = thread_ts
-        response = self.sender.event(event)
-        assert response.status_code == 200, response.text
+        self.deliver(event)
         return message
 
     def reply(self, user: str, text: str, thread_ts: str, channel: str | None = None) -> Message:

@@ -27,6 +27,10 @@ NOT_CONFIGURED = (
     "Slack is not configured on this server: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET "
     "(see README, Slack)"
 )
+SOCKET_MODE_ONLY = (
+    "this server receives Slack over Socket Mode (SLACK_APP_TOKEN); set SLACK_SIGNING_SECRET "
+    "to accept HTTP requests at /slack/events too"
+)
 GITHUB_LOGIN = "/auth/github/login"
 
 
@@ -49,6 +53,8 @@ async def slack_events(request: Request, bot: SlackDep) -> Response:
     """Point the Slack app's Event Subscriptions, Slash Commands and Interactivity request
     URLs here. Every request must carry Slack's `X-Slack-Signature` over a timestamp less than
     five minutes old; it is answered at once and the work runs in the background."""
+    if bot.handler is None:
+        raise HTTPException(404, SOCKET_MODE_ONLY)
     return await bot.handler.handle(request)
 
 
