@@ -110,6 +110,21 @@ class SessionSandbox:
         finally:
             self.sync_done.set()
 
+    async def checkpoint(self, job: PromptJob) -> None:
+        """Snapshot the workspace mid-prompt: should this runner die, the prompt's next attempt
+        starts from here (the session's snapshot is always its newest)."""
+        acquired = self.acquired
+        if acquired is None:
+            return
+        emit = for_prompt(self.emit, job.id, job.attempt)
+        try:
+            ref = await acquired.sandbox.snapshot()
+        except (SandboxError, OSError) as exc:
+            log.warning("checkpoint of %s failed: %s", acquired.sandbox.id, exc)
+            await emit(Notice(message=f"could not save a checkpoint of the workspace: {exc}"))
+            return
+        await emit(SnapshotTaken(snapshot=ref))
+
     async def release(self, snapshot: bool) -> None:
         """Stop any sync, snapshot the sandbox if asked, and terminate it."""
         acquired, self.acquired = self.acquired, None

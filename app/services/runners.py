@@ -22,6 +22,7 @@ from workers.events import (
     ACTIVE_STATUSES,
     Author,
     ErrorRaised,
+    Event,
     Notice,
     StatusChanged,
 )
@@ -157,6 +158,12 @@ class RunnerService:
             snapshot=_snapshot_from(row.snapshot),
             title=row.title,
         )
+
+    def stored_events(
+        self, session_id: str, types: list[str], prompt_id: int | None = None
+    ) -> list[Event]:
+        self.sync_events(session_id)
+        return self.files.get(session_id).events_of(types, prompt_id)
 
     def spawn(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
         parent = self.sessions.get(parent_id)
