@@ -241,6 +241,8 @@ class RunResumed(_Event):
     unsaved: list[str] = Field(default_factory=list)
     """Call ids of completed writing calls whose effect the restored workspace may lack (the
     worker died before the checkpoint after them)."""
+    note: str = ""
+    """What the model was told (it is added to the system prompt of the resumed attempt)."""
 
 
 class ErrorRaised(_Event):

@@ -270,10 +270,11 @@ async def run_agent(
     else:
         run = _Run([*history, *resumed.messages], resumed.verification, resumed.steps)
         run.tokens = resumed.tokens
-        finished, more = await resume(
+        finished, more, told = await resume(
             ctx, hooks, tools, resumed, run.verification, checkpoint, kept_sandbox
         )
         run.messages += more
+        system += f"\n\n{told}\n"
         if finished is not None:
             return run.finished(finished)
     window = _Context(ctx, model, system)

@@ -105,9 +105,10 @@ def rebuild(events: list[Event], writes: Callable[[str], bool]) -> Resumed | Non
 
 def note(resumed: Resumed, rerun: list[ToolCallRecord], kept_sandbox: bool) -> str:
     """The one short message that tells the model what happened."""
+    when = f"after your turn {resumed.steps}" if resumed.steps else "before your first answer"
     parts = [
-        "[Nightshift: the worker running this task stopped unexpectedly; another worker "
-        f"continues your conversation at turn {resumed.steps + 1}."
+        f"Note: the worker running this task stopped unexpectedly {when}; another worker "
+        "continues the conversation from there."
     ]
     if kept_sandbox:
         parts.append("The workspace is the one you were working in.")
@@ -117,13 +118,13 @@ def note(resumed: Resumed, rerun: list[ToolCallRecord], kept_sandbox: bool) -> s
         parts.append("The workspace was restored from where this task started.")
     if rerun:
         names = ", ".join(f"`{c.name}` ({c.id})" for c in rerun)
-        parts.append(f"Cut short, then run again: {names}; the result above is the new run.")
+        parts.append(f"Cut short, then run again: {names}; its result is from the new run.")
     if resumed.unsaved and not kept_sandbox:
         names = ", ".join(f"`{c.name}` ({c.id})" for c in resumed.unsaved)
         parts.append(
             f"The effect of {names} may be missing from the workspace: check it before going on."
         )
-    return " ".join(parts) + "]"
+    return " ".join(parts)
 
 
 async def resume(
@@ -134,16 +135,22 @@ async def resume(
     verification: Verification,
     checkpoint: Checkpoint | None,
     kept_sandbox: bool,
-) -> tuple[Finished | None, list[ChatMessage]]:
-    """Pick up where the dead attempt stopped: re-run the calls that had not returned and tell
-    the model. Returns a `finish` that returned (the run ends) and the messages added."""
+) -> tuple[Finished | None, list[ChatMessage], str]:
+    """Pick up where the dead attempt stopped: re-run the calls that had not returned.
+
+    Returns a `finish` that returned (the run ends), the tool messages added, and the note for
+    the model, which goes into this attempt's system prompt: the stored conversation stays what
+    the model said and saw.
+    """
     finished = finished_earlier(resumed.messages)
     rerun = [] if finished is not None else resumed.pending
+    told = note(resumed, rerun, kept_sandbox)
     await ctx.emit(
         RunResumed(
             from_turn=resumed.steps + 1,
             rerun=[c.id for c in rerun],
             unsaved=[] if kept_sandbox else [c.id for c in resumed.unsaved],
+            note=told,
         )
     )
     added: list[ChatMessage] = []
@@ -153,8 +160,4 @@ async def resume(
         if done.wrote and checkpoint is not None:
             await checkpoint()
         finished = done.finished
-    if finished is None:
-        told = ChatMessage(role="user", text=note(resumed, rerun, kept_sandbox))
-        added.append(told)
-        await ctx.emit(MessageAdded(message=told))
-    return finished, added
+    return finished, added, told
