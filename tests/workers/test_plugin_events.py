@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import ApiClient, make_repo
+from tests.factories import ApiClient, git, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.workers import plugin_sample
 from workers.agent.plugins import PluginLoadError, load_plugins
@@ -81,3 +81,45 @@ def test_a_plugin_tool_may_not_take_a_used_name() -> None:
         load_plugins((f"{SAMPLE}:Clashing",))
     with pytest.raises(PluginLoadError, match="already a tool of plugin 'recorder'"):
         load_plugins((f"{SAMPLE}:Recorder", f"{SAMPLE}:Recorder"))
+
+
+def test_protected_paths_written_by_run_are_restored(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    files = {
+        "README.md": "# proj\n",
+        ".nightshift.toml": 'protected = ["migrations/**"]\n',
+        "migrations/0001.sql": "create table t();\n",
+        "migrations/0002.sql": "create table u();\n",
+    }
+    repo = make_repo(tmp_path, "proj", files)
+    api.add_repo(repo)
+    command = (
+        "echo 'drop table t;' > migrations/0001.sql && rm migrations/0002.sql"
+        " && echo x > migrations/0003.sql && echo fine > NOTES.md && cat migrations/0001.sql"
+    )
+    openai_fake.script(
+        "sneak past",
+        Turn.tool("run", command=command),
+        Turn.tool("run", command="cat migrations/0001.sql migrations/0002.sql; ls migrations"),
+        Turn.tool("finish", summary="tried", title="Try"),
+    )
+    session = api.create("proj", "sneak past")
+    done = api.wait_status(session["id"], "finished", "failed", timeout=60)
+    events = api.events(session["id"])
+    assert done["status"] == "finished", events
+    runs = [e for e in events if e["type"] == "tool_result" and e["name"] == "run"]
+    # The command ran (its own output shows its write), then its protected writes were undone.
+    assert runs[0]["is_error"] and "drop table t;" in runs[0]["output"]
+    assert (
+        "refused: this command wrote to protected paths (migrations/0001.sql, "
+        "migrations/0002.sql, migrations/0003.sql); they were restored" in runs[0]["output"]
+    )
+    # The next command sees the files as they were; the unprotected write stayed.
+    assert not runs[1]["is_error"], runs[1]
+    assert "create table t();\ncreate table u();\n0001.sql\n0002.sql\n" in runs[1]["output"]
+    assert "refused" not in runs[1]["output"]
+    branch = f"nightshift/{session['id']}"
+    assert git(repo, "show", f"{branch}:NOTES.md") == "fine\n"
+    changed = git(repo, "diff", "--name-only", f"main...{branch}").split()
+    assert changed == ["NOTES.md"]
