@@ -285,7 +285,7 @@ class RunnerService:
                 Notice(
                     message=(
                         f"the runner of prompt #{prompt.id} stopped (attempt {prompt.attempt} "
-                        f"of {MAX_ATTEMPTS}); it runs again on a fresh sandbox"
+                        f"of {MAX_ATTEMPTS}); it runs again, resuming from its last completed turn"
                     ),
                     prompt_id=prompt.id,
                     attempt=prompt.attempt,
