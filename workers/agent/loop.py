@@ -197,10 +197,13 @@ class _Context:
         return out
 
 
-async def _instructions(ctx: ToolContext) -> Instructions:
+async def _instructions(ctx: ToolContext, announce: bool) -> Instructions:
+    """AGENTS.md and skills; `announce` is False on a resumed attempt (said once a prompt)."""
     cfg = ctx.config
     skills_dir = Path(cfg.skills_dir) if cfg.skills_dir else None
     found = await load(ctx.sandbox, skills_dir, cfg.instructions_max_chars)
+    if not announce:
+        return found
     for source, why in found.invalid:
         await ctx.emit(Notice(message=f"skill {source} skipped: {why}"))
     if found.agents or found.skills:
@@ -260,7 +263,7 @@ async def run_agent(
     is called after every turn whose tool calls wrote to the workspace.
     """
     cfg = ctx.config
-    ctx.instructions = await _instructions(ctx)
+    ctx.instructions = await _instructions(ctx, announce=resumed is None)
     system = system_prompt(ctx.repo, ctx.author, ctx.instructions) + hooks.prompt(ctx)
     tools = {**TOOLS, **{t.name: t for t in hooks.tools}}
     specs = _tool_specs(tools)
