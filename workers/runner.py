@@ -83,7 +83,9 @@ class SessionRunner:
         self.stop_requested = False
         self.lease_lost = False
         self.abandoned = False
-        self.sandbox = SessionSandbox(session_id, deps.sandboxes, self.emit)
+        self.sandbox = SessionSandbox(
+            session_id, deps.sandboxes, self.emit, deps.config.checkpoint_s
+        )
         self.ctx: SessionContext | None = None
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None

@@ -186,3 +186,36 @@ def test_a_run_that_died_in_its_first_turn_starts_that_turn_again(
     assert checkpoints == 2  # after write_file and after run
     system = openai_fake.requests[asked]["messages"][0]["content"]
     assert "stopped unexpectedly before your first answer" in system
+
+
+def _checkpoints(tmp_path: Path, every_s: float) -> list[Event]:
+    """Three checkpoints asked in a row, on a held sandbox, then one on the next sandbox."""
+    from images.starter import Acquired
+    from workers.control import PromptJob
+    from workers.session_sandbox import SessionSandbox
+
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    async def go() -> None:
+        backend = FakeBackend(lambda *_: ExecResult(0, "", "", 1))
+        image = fake_image(tmp_path)
+        held = SessionSandbox("s1", None, emit, every_s)  # type: ignore[arg-type]  # no acquire
+        job = PromptJob(id=7, text="t", author=AUTHOR, created_at=0.0, attempt=2)
+        for _ in range(2):
+            held.acquired = Acquired(await backend.start(SandboxSpec(source=image)), "image", image)
+            await held.checkpoint(job)
+            await held.checkpoint(job)
+            await held.release(snapshot=False)
+
+    asyncio.run(go())
+    return events
+
+
+def test_checkpoints_are_spaced_by_the_setting(tmp_path: Path) -> None:
+    spaced = _checkpoints(tmp_path, 3600)
+    # The first of each sandbox is always taken; a second within the interval is not.
+    assert [(e.type, e.prompt_id, e.attempt) for e in spaced] == [("snapshot", 7, 2)] * 2
+    assert len(_checkpoints(tmp_path, 0)) == 4
