@@ -113,7 +113,7 @@ def note(resumed: Resumed, rerun: list[ToolCallRecord], kept_sandbox: bool) -> s
     if kept_sandbox:
         parts.append("The workspace is the one you were working in.")
     elif resumed.checkpointed:
-        parts.append("The workspace was restored from the checkpoint after your last change.")
+        parts.append("The workspace was restored from the last checkpoint of this task.")
     else:
         parts.append("The workspace was restored from where this task started.")
     if rerun:
