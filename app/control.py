@@ -13,7 +13,7 @@ from app.services.runners import RunnerService
 from images.spec import RepoSpec
 from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.errors import ControlPlaneError
-from workers.events import Author
+from workers.events import Author, Event
 
 T = TypeVar("T")
 
@@ -43,6 +43,11 @@ class LocalControlPlane:
 
     async def session_context(self, session_id: str) -> SessionContext:
         return await self._call(lambda: self.runners.context(session_id))
+
+    async def stored_events(
+        self, session_id: str, types: list[str], prompt_id: int | None = None
+    ) -> list[Event]:
+        return await self._call(lambda: self.runners.stored_events(session_id, types, prompt_id))
 
     async def spawn_session(
         self, parent_id: str, repo: str | None, prompt: str, author: Author

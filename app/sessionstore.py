@@ -282,28 +282,35 @@ class SessionStore:
             ).all()
         return [parse_event(data) for data in rows]
 
+    def events_of(self, types: list[str], prompt_id: int | None = None) -> list[Event]:
+        """Every stored event of these types (of one prompt, all its attempts), oldest first."""
+        query = select(EventRow.data).where(col(EventRow.type).in_(types))
+        if prompt_id is not None:
+            query = query.where(EventRow.prompt_id == prompt_id)
+        with self._read() as db:
+            rows = db.exec(query.order_by(col(EventRow.id))).all()
+        return [parse_event(data) for data in rows]
+
     def last_event_id(self) -> int:
         with self._read() as db:
             return int(db.exec(select(func.coalesce(func.max(EventRow.id), 0))).one() or 0)
 
     def messages(self) -> list[ChatMessage]:
-        """The conversation of finished prompts, excluding attempts that were interrupted.
+        """The conversation of finished prompts.
 
-        A prompt that is queued again (its runner died) or running contributes nothing: its
-        next attempt starts from the conversation as it was before the prompt.
+        A prompt that is queued again (its runner died) or running contributes nothing here:
+        its next attempt rebuilds its own part from the prompt's events and continues it, so
+        the attempts of a prompt together make one conversation.
         """
         with self._read() as db:
             rows = db.exec(select(MessageRow).order_by(col(MessageRow.id))).all()
             unfinished = set(
                 db.exec(select(Prompt.id).where(col(Prompt.state).in_(["queued", "running"]))).all()
             )
-            latest: dict[int | None, int] = {}
-            for row in rows:
-                latest[row.prompt_id] = max(latest.get(row.prompt_id, 0), row.attempt)
             return [
                 ChatMessage.model_validate_json(row.data)
                 for row in rows
-                if row.attempt == latest[row.prompt_id] and row.prompt_id not in unfinished
+                if row.prompt_id not in unfinished
             ]
 
     def tool_calls(self) -> list[ToolCallRow]:

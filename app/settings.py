@@ -114,6 +114,7 @@ class Settings(IntegrationSettings):
     plugins: str = ""
     model_prices: str = ""
     session_budget_usd: float | None = Field(None, gt=0)
+    checkpoint_seconds: float = Field(30.0, ge=0)
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
@@ -350,6 +351,7 @@ class Settings(IntegrationSettings):
             heartbeat_s=max(0.2, self.lease_ttl / 6),
             public_url=self.base_url,
             max_push_bytes=self.max_push_mb * 1024 * 1024,
+            checkpoint_s=self.checkpoint_seconds,
         )
 
     def secret_values(self) -> list[str]:

@@ -36,5 +36,8 @@ class AgentConfig:
     idle_s: float = 0.0
     """How long a runner keeps the sandbox alive after the queue drains, awaiting follow-ups."""
     public_url: str = "http://127.0.0.1:8000"
+    checkpoint_s: float = 30.0
+    """Least time between two mid-prompt checkpoints of the workspace (each copies what the
+    sandbox changed); a resumed run names the writes made since the last one to the model."""
     max_push_bytes: int = 200 * 1024 * 1024
     """What the bundle of one push may weigh; a bigger push fails naming its biggest files."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from images.sandboxes.base import SnapshotRef
 from images.spec import RepoSpec
-from workers.events import Author, ChatMessage
+from workers.events import Author, ChatMessage, Event
 
 LeaseState = Literal["held", "lost", "stop"]
 
@@ -74,6 +74,14 @@ class ControlPlane(Protocol):
         ...
 
     async def session_context(self, session_id: str) -> SessionContext: ...
+
+    async def stored_events(
+        self, session_id: str, types: list[str], prompt_id: int | None = None
+    ) -> list[Event]:
+        """The session's stored events of these types, oldest first; with `prompt_id`, only
+        that prompt's (every attempt). What a runner needs to resume a prompt or to count the
+        session's spend."""
+        ...
 
     async def spawn_session(
         self, parent_id: str, repo: str | None, prompt: str, author: Author

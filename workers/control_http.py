@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -19,7 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from images.spec import RepoSpec
 from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.errors import ControlPlaneError, ControlPlaneUnavailable
-from workers.events import Author
+from workers.events import Author, Event
 
 log = logging.getLogger("nightshift.control")
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class JobDone(BaseModel):
 _RETRY_STATUS = {502, 503, 504}
 _PROMPT = TypeAdapter(PromptJob | None)
 _SPECS = TypeAdapter(list[RepoSpec])
+_EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
 class HttpControlPlane:
@@ -157,6 +159,15 @@ class HttpControlPlane:
         return SessionContext.model_validate(
             await self._call("GET", f"/sessions/{session_id}/context")
         )
+
+    async def stored_events(
+        self, session_id: str, types: list[str], prompt_id: int | None = None
+    ) -> list[Event]:
+        query = urlencode(
+            {"types": ",".join(types), **({} if prompt_id is None else {"prompt_id": prompt_id})}
+        )
+        data = await self._call("GET", f"/sessions/{session_id}/stored-events?{query}")
+        return _EVENTS.validate_python(data)
 
     async def spawn_session(
         self, parent_id: str, repo: str | None, prompt: str, author: Author

@@ -230,6 +230,21 @@ class ContextCompacted(_Event):
     summary: str = ""
 
 
+class RunResumed(_Event):
+    """A prompt whose runner died goes on from its stored conversation, not from scratch."""
+
+    type: Literal["run_resumed"] = "run_resumed"
+    from_turn: int
+    """The model turn the run continues with (the turns before it are not asked again)."""
+    rerun: list[str] = Field(default_factory=list)
+    """Call ids of tool calls that had not returned and were run again."""
+    unsaved: list[str] = Field(default_factory=list)
+    """Call ids of completed writing calls whose effect the restored workspace may lack (the
+    worker died before the checkpoint after them)."""
+    note: str = ""
+    """What the model was told (it is added to the system prompt of the resumed attempt)."""
+
+
 class ErrorRaised(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -260,6 +275,7 @@ Event = Annotated[
     | ContextCompacted
     | InstructionsLoaded
     | VerifyRan
+    | RunResumed
     | ErrorRaised,
     Field(discriminator="type"),
 ]

@@ -23,7 +23,8 @@ from integrations.llm.types import ChatMessage
 from workers.agent.hooks import Hooks, redact_output, wait_for_sync
 from workers.agent.loop import run_agent
 from workers.agent.plugins import load_plugins, plugin_hooks
-from workers.agent.tools import ToolContext
+from workers.agent.resume import RESUME_EVENT_TYPES, Resumed, rebuild
+from workers.agent.tools import TOOLS, ToolContext
 from workers.bus import EventPublisher
 from workers.config import AgentConfig
 from workers.control import ControlPlane, PromptJob, SessionContext
@@ -37,6 +38,7 @@ from workers.events import (
     SessionStatus,
     StatusChanged,
     ToolCalled,
+    UsageReported,
     for_prompt,
 )
 from workers.gitops import GitOpsError
@@ -81,20 +83,26 @@ class SessionRunner:
         self.stop_requested = False
         self.lease_lost = False
         self.abandoned = False
-        self.sandbox = SessionSandbox(session_id, deps.sandboxes, self.emit)
+        self.sandbox = SessionSandbox(
+            session_id, deps.sandboxes, self.emit, deps.config.checkpoint_s
+        )
         self.ctx: SessionContext | None = None
         self.current_job: PromptJob | None = None
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
-        self.spent_usd = 0.0
-        """Estimated spend of the prompts this runner ran (for NIGHTSHIFT_SESSION_BUDGET_USD)."""
+        self._hooks = self.hooks()
+
+    async def _publish(self, event: Event) -> None:
+        await self.deps.bus.publish(self.session_id, event)
 
     async def emit(self, event: Event) -> None:
-        await self.deps.bus.publish(self.session_id, event)
+        await self._publish(event)
         if isinstance(event, (ModelRequest, ToolCalled)) and self.ctx is not None:
             # The sync starts once the prompt is on its way to the model: it then runs while
             # the model thinks instead of competing with the path to the first request.
             self.sandbox.start_sync(self.ctx.repo)
+        for hook in self._hooks.on_event:
+            await hook(event)
 
     async def status(
         self, status: SessionStatus, reason: str | None = None, job: PromptJob | None = None
@@ -137,8 +145,8 @@ class SessionRunner:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-                # Only a drained queue leaves a snapshot: an interrupted or stopped prompt's
-                # half-done work must not become the starting point of the next attempt.
+                # A drained queue leaves a snapshot; an interrupted prompt's next attempt starts
+                # from the checkpoint after its last turn that wrote (`SessionSandbox.checkpoint`).
                 await self.sandbox.release(snapshot=final is not None)
                 if self.abandoned:
                     # This process is going away: let the reaper hand the session on now
@@ -220,14 +228,35 @@ class SessionRunner:
             before_tool=[wait_for_sync(self.sandbox.sync_done)],
             after_tool=[redact_output(self.deps.redactor)],
         )
-        extras = [plugin_hooks(_plugins(self.deps.config.plugins))]
+        extras = [plugin_hooks(_plugins(self.deps.config.plugins), report=self._publish)]
         if self.deps.extra_hooks is not None:
             extras.append(self.deps.extra_hooks(self))
         for extra in extras:
             hooks.before_tool += extra.before_tool
             hooks.after_tool += extra.after_tool
             hooks.system_prompt += extra.system_prompt
+            hooks.tools += extra.tools
+            hooks.on_event += extra.on_event
         return hooks
+
+    async def _spent_usd(self) -> float:
+        """The session's estimated spend so far, from its stored usage events (every prompt
+        and attempt, whichever worker ran it), for NIGHTSHIFT_SESSION_BUDGET_USD."""
+        if self.deps.config.session_budget_usd is None:
+            return 0.0
+        usage = await self.deps.control.stored_events(self.session_id, ["usage"])
+        return sum(e.cost_usd or 0.0 for e in usage if isinstance(e, UsageReported))
+
+    async def _resumed(self, job: PromptJob) -> Resumed | None:
+        """What earlier attempts of `job` stored to go on from (None on a first attempt)."""
+        if job.attempt <= 1:
+            return None
+        events = await self.deps.control.stored_events(
+            self.session_id, RESUME_EVENT_TYPES, prompt_id=job.id
+        )
+        tools = {**TOOLS, **{t.name: t for t in self._hooks.tools}}
+        # A tool no longer known is taken to write: the model is told to check its effect.
+        return rebuild(events, lambda name: name not in tools or tools[name].writes)
 
     async def _fail(self, job: PromptJob, code: str, message: str) -> PromptOutcome:
         await self.emit_for(job, ErrorRaised(code=code, message=message))
@@ -245,6 +274,8 @@ class SessionRunner:
         except ModelNotConfigured as exc:
             return await self._fail(job, "model_not_configured", str(exc))
         try:
+            kept_sandbox = self.sandbox.acquired is not None
+            resumed = await self._resumed(job)
             acquired = await self.sandbox.ensure(job, ctx)
             await self.status("running", job=job)
             tool_ctx = ToolContext(
@@ -263,13 +294,15 @@ class SessionRunner:
             result = await run_agent(
                 tool_ctx,
                 model,
-                self.hooks(),
+                self._hooks,
                 ctx.history,
                 user,
                 job.created_at,
-                spent_usd=self.spent_usd,
+                spent_usd=await self._spent_usd(),
+                resumed=resumed,
+                checkpoint=functools.partial(self.sandbox.checkpoint, job),
+                kept_sandbox=kept_sandbox,
             )
-            self.spent_usd += result.cost_usd
             if result.outcome != "failed":
                 # Commits stand on the synced base, like every write.
                 await self.sandbox.synced(ctx.repo)

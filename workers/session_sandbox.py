@@ -37,8 +37,11 @@ class SessionSandbox:
         session_id: str,
         provider: SandboxProvider,
         emit: Callable[[Event], Awaitable[None]],
+        checkpoint_every_s: float = 0.0,
     ) -> None:
         self.session_id = session_id
+        self.checkpoint_every_s = checkpoint_every_s
+        self._checkpointed_at: float | None = None
         self.provider = provider
         self.emit = emit
         self.acquired: Acquired | None = None
@@ -110,11 +113,32 @@ class SessionSandbox:
         finally:
             self.sync_done.set()
 
+    async def checkpoint(self, job: PromptJob) -> None:
+        """Snapshot the workspace mid-prompt: should this runner die, the prompt's next attempt
+        starts from here (the session's snapshot is always its newest). At most one per
+        `checkpoint_every_s` (NIGHTSHIFT_CHECKPOINT_SECONDS); the first always."""
+        acquired = self.acquired
+        if acquired is None:
+            return
+        last = self._checkpointed_at
+        if last is not None and time.monotonic() - last < self.checkpoint_every_s:
+            return
+        self._checkpointed_at = time.monotonic()
+        emit = for_prompt(self.emit, job.id, job.attempt)
+        try:
+            ref = await acquired.sandbox.snapshot()
+        except (SandboxError, OSError) as exc:
+            log.warning("checkpoint of %s failed: %s", acquired.sandbox.id, exc)
+            await emit(Notice(message=f"could not save a checkpoint of the workspace: {exc}"))
+            return
+        await emit(SnapshotTaken(snapshot=ref))
+
     async def release(self, snapshot: bool) -> None:
         """Stop any sync, snapshot the sandbox if asked, and terminate it."""
         acquired, self.acquired = self.acquired, None
         if acquired is None:
             return
+        self._checkpointed_at = None
         self._sync_due = None
         self.sync_done.set()
         if self._sync is not None:

@@ -22,6 +22,7 @@ from workers.events import (
     ACTIVE_STATUSES,
     Author,
     ErrorRaised,
+    Event,
     Notice,
     StatusChanged,
 )
@@ -158,6 +159,12 @@ class RunnerService:
             title=row.title,
         )
 
+    def stored_events(
+        self, session_id: str, types: list[str], prompt_id: int | None = None
+    ) -> list[Event]:
+        self.sync_events(session_id)
+        return self.files.get(session_id).events_of(types, prompt_id)
+
     def spawn(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
         parent = self.sessions.get(parent_id)
         user = self.sessions.users.get(author.id)
@@ -278,7 +285,7 @@ class RunnerService:
                 Notice(
                     message=(
                         f"the runner of prompt #{prompt.id} stopped (attempt {prompt.attempt} "
-                        f"of {MAX_ATTEMPTS}); it runs again on a fresh sandbox"
+                        f"of {MAX_ATTEMPTS}); it runs again, resuming from its last completed turn"
                     ),
                     prompt_id=prompt.id,
                     attempt=prompt.attempt,

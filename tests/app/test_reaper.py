@@ -76,7 +76,9 @@ def test_a_dead_runners_prompt_runs_again_with_its_attempt_on_record(
     assert rt.runners.reap() == [session_id]
     events = rt.sessions.events(session_id)
     notice = [e for e in events if e.type == "notice"][-1]
-    assert notice.attempt == 1 and notice.prompt_id == 1 and "runs again" in notice.message
+    assert (
+        notice.attempt == 1 and notice.prompt_id == 1 and "runs again, resuming" in notice.message
+    )
     row = rt.sessions.get(session_id)
     assert row.lease_owner is None and row.attempts == 1
     assert [p.state for p in rt.sessions.prompts(session_id)] == ["queued"]

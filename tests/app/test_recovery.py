@@ -34,17 +34,20 @@ def test_interrupted_prompt_resumes_after_restart(
     person = make_person(first, "alice", "Alice Example", "alice@example.com")
     first.repos.add(RepoCreate(url=str(repo)))
     session = first.sessions.create(person.user, "proj", "survive a crash")
+    # The first turn's write returned and its checkpoint was stored.
     wait_for(
-        lambda: any(e.type == "tool_result" for e in first.sessions.events(session.id)),
+        lambda: any(e.type == "snapshot" for e in first.sessions.events(session.id)),
         20,
-        "first tool call",
+        "first tool call and its checkpoint",
     )
     before = [e.id for e in first.sessions.events(session.id)]
     first.close()  # the process goes away mid-prompt: no stop, the lease is left to expire
 
+    # The resumed run asks for turn 2 only: turn 1 is not played again.
     openai_fake.script(
         "survive",
-        Turn.tool("write_file", "Again.", path="whole.txt", content="2"),
+        Turn.tool("write_file", "Not asked again.", path="again.txt", content="x"),
+        Turn.tool("write_file", "Then more.", path="whole.txt", content="2"),
         Turn.tool("finish", summary="survived", title="Survive"),
     )
     second = build_runtime(settings)
@@ -68,7 +71,11 @@ def test_interrupted_prompt_resumes_after_restart(
         assert any(e.type == "prompt_finished" and e.attempt == 2 for e in events)
         branch = f"nightshift/{session.id}"
         assert git(repo, "show", f"{branch}:whole.txt") == "2"
-        assert git(repo, "ls-tree", "--name-only", branch).split() == ["README.md", "whole.txt"]
+        assert git(repo, "show", f"{branch}:half.txt") == "1"  # from the checkpoint
+        listed = git(repo, "ls-tree", "--name-only", branch).split()
+        assert listed == ["README.md", "half.txt", "whole.txt"]
+        resumed = [e for e in events if e.type == "run_resumed"]
+        assert [(e.attempt, e.from_turn, e.rerun) for e in resumed] == [(2, 2, [])]  # type: ignore[union-attr]
         prompts = second.sessions.prompts(session.id)
         assert [(p.state, p.attempt) for p in prompts] == [("done", 2)]
     finally:

@@ -118,16 +118,20 @@ def test_derived_rows_and_redaction(tmp_path: Path) -> None:
     assert b"super-secret-value-123" not in raw and b"ghs_abcdefghijklmnopqrstuvwxyz0123" not in raw
 
 
-def test_messages_of_interrupted_attempts_are_dropped(tmp_path: Path) -> None:
+def test_attempts_of_a_prompt_make_one_conversation(tmp_path: Path) -> None:
     store = SessionFiles(tmp_path, Redactor()).create("att1")
     store.append(MessageAdded(message=ChatMessage(role="user", text="try"), prompt_id=1, attempt=1))
     store.append(
         MessageAdded(message=ChatMessage(role="assistant", text="half"), prompt_id=1, attempt=1)
     )
-    store.append(MessageAdded(message=ChatMessage(role="user", text="try"), prompt_id=1, attempt=2))
+    store.append(TextDelta(text="who", prompt_id=1, attempt=2))
     store.append(
         MessageAdded(message=ChatMessage(role="assistant", text="whole"), prompt_id=1, attempt=2)
     )
-    assert [m.text for m in store.messages()] == ["try", "whole"]
-    # The events of the interrupted attempt stay, marked with their attempt.
+    # A resumed attempt continues the one its runner died in.
+    assert [m.text for m in store.messages()] == ["try", "half", "whole"]
+    # What a resuming runner reads: the prompt's events of the asked types, every attempt.
+    kept = store.events_of(["message"], prompt_id=1)
+    assert [(e.type, e.attempt) for e in kept] == [("message", 1), ("message", 1), ("message", 2)]
+    assert store.events_of(["message"], prompt_id=2) == []
     assert [e.attempt for e in store.events()] == [1, 1, 2, 2]

@@ -16,6 +16,7 @@ from integrations.llm.anthropic_messages import AnthropicModel
 from integrations.llm.base import ModelClient
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage
+from tests.factories import ApiClient, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 from tests.workers.agentkit import fake_image
 from workers.agent.accounting import cost_usd, parse_prices
@@ -135,3 +136,52 @@ def test_unpriced_models_have_no_cost_and_bad_prices_are_refused(make_settings: 
         make_settings(model_prices="gpt=2")
     config = make_settings(model_prices=PRICES, session_budget_usd=5).agent_config()
     assert (config.model_prices, config.session_budget_usd) == (PRICES, 5)
+
+
+@pytest.fixture
+def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
+    # Each fake turn is 100 input + 20 output tokens: $0.12 at these prices.
+    return make_settings(
+        model="openai:fake-model",
+        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
+        openai_api_key="sk-test-fake-key-0123456789abcdef",
+        model_prices="fake-model=1000/1000",
+        session_budget_usd=0.2,
+    )
+
+
+@pytest.mark.slow
+def test_the_budget_counts_the_whole_session_across_prompts_and_runners(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    api.add_repo(repo)
+    openai_fake.script(
+        "first task",
+        Turn.tool("write_file", path="A.md", content="a\n"),
+        Turn.tool("finish", summary="done"),
+    )
+    openai_fake.script("second task", Turn.tool("finish", summary="never asked"))
+    session = api.create("proj", "first task")
+    api.wait_status(session["id"], "finished", "failed", timeout=60)
+    first = api.events(session["id"])
+    spent = sum(e["cost_usd"] for e in first if e["type"] == "usage")
+    assert spent == pytest.approx(0.24)  # under the budget before its second turn, over after
+    asked = len(openai_fake.requests)
+    # The follow-up runs on a new runner (no idle runner is kept): the spend comes from the
+    # session's stored usage, so the budget stops it before its first model turn.
+    r = api.http.post(f"/api/sessions/{session['id']}/prompts", json={"text": "second task"})
+    assert r.status_code in (200, 201, 202), r.text
+    wait_for(
+        lambda: any(
+            e["type"] == "prompt_finished" for e in api.events(session["id"], first[-1]["id"])
+        ),
+        60,
+        "the follow-up to finish",
+    )
+    later = api.events(session["id"], first[-1]["id"])
+    errors = [e for e in later if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["session_budget"], later
+    assert "$0.2400" in errors[0]["message"]
+    assert len(openai_fake.requests) == asked
+    assert not [e for e in later if e["type"] == "model_request"]

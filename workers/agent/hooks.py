@@ -1,8 +1,8 @@
-"""Hooks around every tool call. Built-in behaviour (redaction, waiting for the git sync) uses
-the same interface a plugin would.
+"""Hooks around every tool call and event. Built-in behaviour (redaction, waiting for the git
+sync) uses the same interface a plugin would.
 
 A `before_tool` hook may wait, or raise `ToolError` to refuse the call; an `after_tool` hook
-returns the (possibly rewritten) output.
+returns the (possibly rewritten) output; an `on_event` hook sees every event of the run.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from workers.redact import Redactor
 
 if TYPE_CHECKING:
     from workers.agent.tools import Tool, ToolContext, ToolOutput
+    from workers.events import Event
 
 BeforeTool = Callable[["ToolContext", "Tool", dict[str, Any]], Awaitable[None]]
 AfterTool = Callable[["ToolContext", "Tool", dict[str, Any], "ToolOutput"], Awaitable["ToolOutput"]]
 PromptAddition = Callable[["ToolContext"], str]
+OnEvent = Callable[["Event"], Awaitable[None]]
 
 
 @dataclass
@@ -28,6 +30,10 @@ class Hooks:
     after_tool: list[AfterTool] = field(default_factory=list)
     system_prompt: list[PromptAddition] = field(default_factory=list)
     """Text added to the system prompt (plugins)."""
+    tools: list[Tool] = field(default_factory=list)
+    """Tools added to the built-in ones (plugins); they run under the same hooks."""
+    on_event: list[OnEvent] = field(default_factory=list)
+    """Called with every event the run emits, after it is published (plugins)."""
 
     def prompt(self, ctx: ToolContext) -> str:
         parts = [text for add in self.system_prompt if (text := add(ctx))]

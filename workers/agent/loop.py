@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -18,12 +18,14 @@ from integrations.llm.base import (
 )
 from integrations.llm.types import ChatMessage, Completion, TextChunk, ToolSpec
 from workers.agent.accounting import cost_usd, parse_prices
+from workers.agent.calls import run_calls
 from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
-from workers.agent.instructions import Instructions, load, nested_for
+from workers.agent.instructions import Instructions, load
 from workers.agent.prompts import system_prompt
-from workers.agent.tools import TOOLS, Finished, ToolContext, ToolOutput, call_tool
-from workers.agent.verify import Verification, failure_text, run_checks
+from workers.agent.resume import Checkpoint, Resumed, resume
+from workers.agent.tools import TOOLS, Finished, Tool, ToolContext
+from workers.agent.verify import Verification
 from workers.events import (
     ContextCompacted,
     ErrorRaised,
@@ -34,8 +36,6 @@ from workers.events import (
     Notice,
     PromptOutcome,
     TextDelta,
-    ToolCalled,
-    ToolResult,
     UsageReported,
 )
 
@@ -104,16 +104,24 @@ class _DeltaBuffer:
 
 
 @cache
-def _tool_specs() -> tuple[ToolSpec, ...]:
-    """The tools as the model sees them (their JSON schemas are built once per process)."""
+def _builtin_specs() -> tuple[ToolSpec, ...]:
+    """The built-in tools as the model sees them (their schemas are built once per process)."""
     return tuple(t.spec() for t in TOOLS.values())
 
 
+def _tool_specs(tools: dict[str, Tool]) -> list[ToolSpec]:
+    extra = [t.spec() for name, t in tools.items() if name not in TOOLS]
+    return [*_builtin_specs(), *extra]
+
+
 async def _one_turn(
-    ctx: ToolContext, model: ModelClient, system: str, messages: list[ChatMessage]
+    ctx: ToolContext,
+    model: ModelClient,
+    system: str,
+    messages: list[ChatMessage],
+    tools: list[ToolSpec],
 ) -> Completion:
     """Stream one model turn, retrying transient failures with jittered exponential backoff."""
-    tools = list(_tool_specs())
     retry = 0
     while True:
         try:
@@ -189,18 +197,13 @@ class _Context:
         return out
 
 
-PATH_TOOLS = frozenset({"read_file", "write_file", "edit_file", "list_files"})
-"""Tools whose `path` puts the agent under a directory (and its nested AGENTS.md)."""
-
-
-def _nested_name(shown: str) -> str:
-    return shown.partition("[Instructions from ")[2].partition(",")[0]
-
-
-async def _instructions(ctx: ToolContext) -> Instructions:
+async def _instructions(ctx: ToolContext, announce: bool) -> Instructions:
+    """AGENTS.md and skills; `announce` is False on a resumed attempt (said once a prompt)."""
     cfg = ctx.config
     skills_dir = Path(cfg.skills_dir) if cfg.skills_dir else None
     found = await load(ctx.sandbox, skills_dir, cfg.instructions_max_chars)
+    if not announce:
+        return found
     for source, why in found.invalid:
         await ctx.emit(Notice(message=f"skill {source} skipped: {why}"))
     if found.agents or found.skills:
@@ -213,6 +216,34 @@ async def _instructions(ctx: ToolContext) -> Instructions:
     return found
 
 
+@dataclass
+class _Run:
+    """What one attempt of a prompt carries from turn to turn."""
+
+    messages: list[ChatMessage]
+    verification: Verification
+    step: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    last_text: str = ""
+
+    def result(self, outcome: PromptOutcome, summary: str | None = None) -> AgentResult:
+        text = self.last_text if summary is None else summary
+        return AgentResult(outcome, text, steps=self.step, tokens=self.tokens, cost_usd=self.cost)
+
+    def finished(self, done: Finished) -> AgentResult:
+        return AgentResult(
+            "done",
+            done.summary,
+            done.title,
+            self.step,
+            self.tokens,
+            verify_report=self.verification.report(),
+            draft=not self.verification.passed,
+            cost_usd=self.cost,
+        )
+
+
 async def run_agent(
     ctx: ToolContext,
     model: ModelClient,
@@ -221,77 +252,88 @@ async def run_agent(
     user_message: ChatMessage,
     prompt_received_at: float,
     spent_usd: float = 0.0,
+    *,
+    resumed: Resumed | None = None,
+    checkpoint: Checkpoint | None = None,
+    kept_sandbox: bool = False,
 ) -> AgentResult:
-    """Run one prompt. `spent_usd` is what the session spent before it (for the budget)."""
+    """Run one prompt, or continue it from `resumed` (what its earlier attempts stored).
+
+    `spent_usd` is what the session spent before this attempt (for the budget); `checkpoint`
+    is called after every turn whose tool calls wrote to the workspace.
+    """
     cfg = ctx.config
-    ctx.instructions = await _instructions(ctx)
+    ctx.instructions = await _instructions(ctx, announce=resumed is None)
     system = system_prompt(ctx.repo, ctx.author, ctx.instructions) + hooks.prompt(ctx)
-    messages = [*history, user_message]
+    tools = {**TOOLS, **{t.name: t for t in hooks.tools}}
+    specs = _tool_specs(tools)
+    if resumed is None:
+        run = _Run([*history, user_message], Verification())
+        await ctx.emit(MessageAdded(message=user_message))
+    else:
+        run = _Run([*history, *resumed.messages], resumed.verification, resumed.steps)
+        run.tokens = resumed.tokens
+        finished, more, told = await resume(
+            ctx, hooks, tools, resumed, run.verification, checkpoint, kept_sandbox
+        )
+        run.messages += more
+        system += f"\n\n{told}\n"
+        if finished is not None:
+            return run.finished(finished)
     window = _Context(ctx, model, system)
-    verification = Verification()
     prices = parse_prices(cfg.model_prices)
-    cost = 0.0
-    await ctx.emit(MessageAdded(message=user_message))
-    tokens = 0
-    step = 0
-    last_text = ""
     while True:
-        if step >= cfg.max_steps:
+        if run.step >= cfg.max_steps:
             await ctx.emit(
                 ErrorRaised(
                     code="step_limit",
                     message=f"stopped after {cfg.max_steps} model turns (NIGHTSHIFT_MAX_STEPS)",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
-        if tokens >= cfg.token_budget:
+            return run.result("limit")
+        if run.tokens >= cfg.token_budget:
             await ctx.emit(
                 ErrorRaised(
                     code="token_budget",
-                    message=f"stopped after spending {tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
+                    message=f"stopped after spending {run.tokens} tokens (NIGHTSHIFT_TOKEN_BUDGET={cfg.token_budget})",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
+            return run.result("limit")
         budget = cfg.session_budget_usd
-        if budget is not None and spent_usd + cost >= budget:
+        if budget is not None and spent_usd + run.cost >= budget:
             await ctx.emit(
                 ErrorRaised(
                     code="session_budget",
-                    message=f"stopped: the session's estimated cost ${spent_usd + cost:.4f} "
+                    message=f"stopped: the session's estimated cost ${spent_usd + run.cost:.4f} "
                     f"reached its budget of ${budget:.2f} (NIGHTSHIFT_SESSION_BUDGET_USD)",
                 )
             )
-            return AgentResult("limit", last_text, steps=step, tokens=tokens, cost_usd=cost)
-        step += 1
+            return run.result("limit")
+        run.step += 1
         await ctx.emit(
             ModelRequest(
                 model=model.name,
-                step=step,
+                step=run.step,
                 ms_since_prompt=int((time.time() - prompt_received_at) * 1000),
             )
         )
         try:
             refusals = 0
-            messages = await window.fit(messages, refused=False)
+            run.messages = await window.fit(run.messages, refused=False)
             while True:
                 try:
-                    completion = await _one_turn(ctx, model, system, messages)
+                    completion = await _one_turn(ctx, model, system, run.messages, specs)
                     break
                 except ModelContextOverflow:
                     refusals += 1
                     if refusals > COMPACT_RETRIES:
                         raise
-                    messages = await window.fit(messages, refused=True)
+                    run.messages = await window.fit(run.messages, refused=True)
         except ModelError as exc:
-            await ctx.emit(
-                ErrorRaised(
-                    code="model_error",
-                    message=str(exc),
-                )
-            )
-            return AgentResult("failed", str(exc), steps=step, tokens=tokens, cost_usd=cost)
-        tokens += completion.input_tokens + completion.output_tokens
-        window.reported(completion.input_tokens, messages)
+            await ctx.emit(ErrorRaised(code="model_error", message=str(exc)))
+            return run.result("failed", str(exc))
+        run.tokens += completion.input_tokens + completion.output_tokens
+        window.reported(completion.input_tokens, run.messages)
         turn_cost = cost_usd(
             prices,
             model.name,
@@ -299,7 +341,7 @@ async def run_agent(
             completion.output_tokens,
             completion.cached_tokens,
         )
-        cost += turn_cost or 0.0
+        run.cost += turn_cost or 0.0
         await ctx.emit(
             UsageReported(
                 input_tokens=completion.input_tokens,
@@ -309,69 +351,15 @@ async def run_agent(
             )
         )
         message = completion.message
-        messages.append(message)
+        run.messages.append(message)
         await ctx.emit(MessageAdded(message=message))
         if message.text.strip():
-            last_text = message.text.strip()
+            run.last_text = message.text.strip()
         if not message.tool_calls:
-            return AgentResult("done", last_text, steps=step, tokens=tokens, cost_usd=cost)
-        finished: Finished | None = None
-        for call in message.tool_calls:
-            await ctx.emit(
-                ToolCalled(
-                    call_id=call.id,
-                    name=call.name,
-                    arguments=call.arguments,
-                )
-            )
-            started = time.monotonic()
-            tool = TOOLS.get(call.name)
-            if finished is not None:
-                out = ToolOutput("not run: `finish` was already called", is_error=True)
-            elif tool is None:
-                out = ToolOutput(
-                    f"unknown tool {call.name!r}; available: {', '.join(TOOLS)}", is_error=True
-                )
-            else:
-                out = await call_tool(ctx, tool, call.arguments, hooks)
-                if out.finished is not None and not out.is_error and ctx.repo.verify:
-                    ran = await run_checks(ctx, verification)
-                    await ctx.emit(ran)
-                    if not ran.passed and ran.round < cfg.verify_attempts:
-                        out = ToolOutput(failure_text(ran), is_error=True)
-                path = call.arguments.get("path")
-                if call.name in PATH_TOOLS and isinstance(path, str) and not out.is_error:
-                    # A listed directory is itself "under" its own AGENTS.md.
-                    target = path.rstrip("/") + "/_" if call.name == "list_files" else path
-                    nested = await nested_for(
-                        ctx.sandbox, ctx.instructions, target, cfg.instructions_max_chars
-                    )
-                    if nested:
-                        out = replace(out, text=out.text + nested)
-                        await ctx.emit(InstructionsLoaded(agents_md=[_nested_name(nested)]))
-            await ctx.emit(
-                ToolResult(
-                    call_id=call.id,
-                    name=call.name,
-                    output=out.text,
-                    is_error=out.is_error,
-                    exit_code=out.exit_code,
-                    ms=int((time.monotonic() - started) * 1000),
-                )
-            )
-            messages.append(
-                ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error)
-            )
-            if out.finished is not None and not out.is_error and finished is None:
-                finished = out.finished
-        if finished is not None:
-            return AgentResult(
-                "done",
-                finished.summary,
-                finished.title,
-                step,
-                tokens,
-                verify_report=verification.report(),
-                draft=not verification.passed,
-                cost_usd=cost,
-            )
+            return run.result("done")
+        done = await run_calls(ctx, hooks, tools, message.tool_calls, run.verification)
+        run.messages += done.messages
+        if done.wrote and checkpoint is not None:
+            await checkpoint()
+        if done.finished is not None:
+            return run.finished(done.finished)

@@ -1,4 +1,4 @@
-"""Plugins: the public interface around the agent loop.
+"""Plugins: the public interface around the agent loop (docs/PLUGINS.md tells the whole of it).
 
 A plugin is an object (or a class, instantiated once) found through the entry point group
 `nightshift.plugins` or listed in `NIGHTSHIFT_PLUGINS=module:attr,…`. It may define any of:
@@ -8,24 +8,26 @@ A plugin is an object (or a class, instantiated once) found through the entry po
   it may change `args` in place to rewrite it
 - `async after_tool(ctx, tool, args, out) -> ToolOutput`: rewrite the output
 - `system_prompt(ctx) -> str`: text added to the system prompt
+- `async on_event(event)`: called with every event a run emits, after it is published
+- `tools() -> list[Tool]`: tools added to the model's list (`workers.agent.tools.Tool`); they
+  run through the same `before_tool`/`after_tool` hooks as the built-in ones
 
-A plugin that raises anything else is reported as a `plugin_error` event and the call goes on
-as if it were not there. A plugin that cannot be imported stops `serve`/`worker` at start.
+A plugin that raises anything else is reported as a `plugin_error` event and the run goes on
+as if it were not there (a raising tool returns an error to the model). A plugin that cannot be
+imported, or adds a tool whose name is taken, stops `serve`/`worker` at start.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workers.agent.hooks import Hooks
+from workers.agent.hooks import Hooks, OnEvent
+from workers.agent.tools import TOOLS, Tool, ToolContext, ToolOutput
 from workers.errors import ToolError, WorkersError
-from workers.events import ErrorRaised
-
-if TYPE_CHECKING:
-    from workers.agent.tools import Tool, ToolContext, ToolOutput
+from workers.events import Emit, ErrorRaised, Event
 
 GROUP = "nightshift.plugins"
 BUILTIN = ("workers.agent.protected:ProtectedPaths",)
@@ -40,6 +42,7 @@ class PluginLoadError(WorkersError):
 class Plugin:
     name: str
     obj: Any
+    tools: tuple[Tool, ...] = ()
 
 
 def _resolve(name: str, target: str) -> Plugin:
@@ -51,9 +54,26 @@ def _resolve(name: str, target: str) -> Plugin:
         for part in attr.split("."):
             value = getattr(value, part)
         obj = value() if isinstance(value, type) else value
+        tools = tuple(obj.tools()) if callable(getattr(obj, "tools", None)) else ()
     except Exception as exc:
         raise PluginLoadError(f"plugin {name!r} ({target}): {type(exc).__name__}: {exc}") from exc
-    return Plugin(str(getattr(obj, "name", name)), obj)
+    return Plugin(str(getattr(obj, "name", name)), obj, tools)
+
+
+def _check_tools(plugins: list[Plugin]) -> None:
+    taken: dict[str, str] = {name: "a built-in tool" for name in TOOLS}
+    for plugin in plugins:
+        for tool in plugin.tools:
+            if not isinstance(tool, Tool):
+                raise PluginLoadError(
+                    f"plugin {plugin.name!r}: tools() must return workers.agent.tools.Tool "
+                    f"objects, not {type(tool).__name__}"
+                )
+            if tool.name in taken:
+                raise PluginLoadError(
+                    f"plugin {plugin.name!r}: tool {tool.name!r} is already {taken[tool.name]}"
+                )
+            taken[tool.name] = f"a tool of plugin {plugin.name!r}"
 
 
 def load_plugins(listed: tuple[str, ...]) -> list[Plugin]:
@@ -67,13 +87,19 @@ def load_plugins(listed: tuple[str, ...]) -> list[Plugin]:
     for target in listed:
         if target.strip():
             plugins.append(_resolve(target.strip(), target.strip()))
+    _check_tools(plugins)
     return plugins
 
 
-def plugin_hooks(plugins: list[Plugin]) -> Hooks:
-    """The plugins' tool hooks, each isolated: a crash becomes an event, never a failed call."""
+def plugin_hooks(plugins: list[Plugin], report: Emit | None = None) -> Hooks:
+    """The plugins' hooks and tools, each isolated: a crash becomes an event, never a failed
+    call. `report` publishes what an `on_event` hook raised (without `on_event` seeing it)."""
     hooks = Hooks()
     for plugin in plugins:
+        hooks.tools += [_guard_tool(plugin.name, t) for t in plugin.tools]
+        on_event = getattr(plugin.obj, "on_event", None)
+        if on_event is not None and report is not None:
+            hooks.on_event.append(_guard_event(plugin.name, on_event, report))
         before = getattr(plugin.obj, "before_tool", None)
         after = getattr(plugin.obj, "after_tool", None)
         if before is not None:
@@ -126,5 +152,38 @@ def _guard_prompt(obj: Any) -> Any:
             return str(obj.system_prompt(ctx) or "")
         except Exception:  # a crashing plugin adds nothing to the prompt
             return ""
+
+    return guarded
+
+
+def _guard_tool(name: str, tool: Tool) -> Tool:
+    async def guarded(ctx: ToolContext, args: Any) -> ToolOutput:
+        try:
+            out = await tool.run(ctx, args)
+        except ToolError:
+            raise
+        except Exception as exc:
+            await _report(ctx, name, f"tool {tool.name}", exc)
+            return ToolOutput(f"{tool.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+        return out if isinstance(out, ToolOutput) else ToolOutput(str(out))
+
+    return replace(tool, run=guarded)
+
+
+def _guard_event(name: str, hook: Any, report: Emit) -> OnEvent:
+    async def guarded(event: Event) -> None:
+        try:
+            await hook(event)
+        except Exception as exc:
+            message = (
+                f"plugin {name} raised in on_event ({event.type}): {type(exc).__name__}: {exc}"
+            )
+            error = ErrorRaised(
+                code="plugin_error",
+                message=message,
+                prompt_id=event.prompt_id,
+                attempt=event.attempt,
+            )
+            await report(error)
 
     return guarded

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 
 from app.api.deps import RuntimeDep
 from app.services.repos import spec_of
@@ -28,6 +28,7 @@ from workers.control_http import (
     Spawned,
     SpawnRequest,
 )
+from workers.events import Event
 
 
 def require_worker(
@@ -77,6 +78,17 @@ def next_prompt(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> Pr
 @router.get("/sessions/{session_id}/context")
 def session_context(session_id: str, runtime: RuntimeDep) -> SessionContext:
     return runtime.runners.context(session_id)
+
+
+@router.get("/sessions/{session_id}/stored-events")
+def stored_events(
+    session_id: str,
+    runtime: RuntimeDep,
+    types: Annotated[str, Query(min_length=1)],
+    prompt_id: int | None = None,
+) -> list[Event]:
+    runtime.sessions.get(session_id)
+    return runtime.runners.stored_events(session_id, types.split(","), prompt_id)
 
 
 @router.get("/sessions/{session_id}/summary")
