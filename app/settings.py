@@ -135,6 +135,8 @@ class Settings(IntegrationSettings):
         None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
+    modal_base_image: str = ""
+    """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
 
     @field_validator("model_prices")
     @classmethod
@@ -197,6 +199,7 @@ class Settings(IntegrationSettings):
             modal_token_id=reveal(self.modal_token_id),
             modal_token_secret=reveal(self.modal_token_secret),
             modal_environment=self.modal_environment,
+            modal_base_image=self.modal_base_image,
             snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
             sandbox_uid=self.sandbox_uid,
         )
