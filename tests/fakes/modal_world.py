@@ -19,6 +19,7 @@ front of every command is dropped, since the fake cannot change uid; `prlimit` s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import shlex
@@ -263,15 +264,17 @@ class FakeModalWorld:
         try:
             if rel is None:
                 raise SandboxError(f"the fake runs commands under {WORKDIR} only, not {workdir}")
+            # The local backend hands output back as text; base64 keeps bytes (a git bundle)
+            # intact on the way, with pipefail keeping the command's own exit code.
             result = await sandbox.sandbox.exec(
-                argv,
+                ["bash", "-c", 'set -o pipefail; "$@" | base64 -w0', "fake-modal", *argv],
                 cwd=str(rel),
                 env=run.env,
                 timeout=run.timeout or None,
                 output_cap=OUTPUT_CAP,
                 stdin=bytes(run.stdin) if run.stdin_closed.is_set() and run.stdin else None,
             )
-            run.stdout, run.stderr = result.stdout.encode(), result.stderr.encode()
+            run.stdout, run.stderr = base64.b64decode(result.stdout), result.stderr.encode()
             run.code = 124 if result.timed_out else result.exit_code
         except SandboxError as exc:
             run.stderr, run.code = f"{exc}\n".encode(), 127

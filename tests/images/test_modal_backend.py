@@ -1,0 +1,242 @@
+"""The Modal backend end to end against a fake of Modal's API (tests/fakes/modal_server.py):
+the real `modal` client, the project's image builder, provider and agent sessions; each
+"Modal sandbox" is a real bubblewrap sandbox, so commands give real output."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpclib import Status
+
+from app.schemas import RepoCreate
+from images.jobs import build_images
+from tests.factories import ApiClient, git, make_repo, wait_for
+from tests.fakes.llm import ScriptBook, Turn
+from tests.fakes.modal_server import FakeModal, fake_modal
+from tests.images.conftest import commit
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+
+SETUP = [
+    "mkdir -p build && echo built > build/out.txt",
+    "mkdir -p ~/.cache/proj && echo hot > ~/.cache/proj/c",
+]
+
+
+@pytest.fixture
+def modal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModal]:
+    """The fake, and Modal's own settings pointing the client at it."""
+    with fake_modal(tmp_path / "fake-modal") as fake:
+        monkeypatch.setenv("MODAL_SERVER_URL", fake.url)
+        yield fake
+        assert fake.world.unserved == [], "the backend asked for an RPC the fake does not serve"
+
+
+def _modal_settings(modal: FakeModal, **overrides: Any) -> dict[str, Any]:
+    return {
+        "sandbox": "modal",
+        "sandbox_disk_mb": 0,
+        "modal_token_id": "ak-fake-token-id",
+        "modal_token_secret": "as-fake-token-secret",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def mrt(make_settings: Any, modal: FakeModal) -> Iterator[Any]:
+    """A runtime on the Modal backend that is built but not serving."""
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings(**_modal_settings(modal, image_interval=0)))
+    yield runtime
+    runtime.close()
+
+
+def _add(rt: Any, repo: Path, **extra: Any) -> Any:
+    return rt.repos.add(RepoCreate(url=str(repo), **extra))
+
+
+async def test_setup_runs_on_modal_and_its_snapshot_is_the_recorded_image(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj", {"README.md": "hi\n", "src/app.py": "print(1)\n"})
+    _add(mrt, repo, setup=SETUP, warm=["cat build/out.txt > build/warmed.txt"])
+    [result] = await build_images(mrt.image_jobs, ["proj"])
+    assert result.outcome == "built", result.message
+    image = result.image
+    assert image.backend == "modal" and image.location.startswith("im-")
+    assert image.location in modal.world.images, "the image id is not one Modal made"
+    assert image.sha == git(repo, "rev-parse", "main").strip()
+    assert "TaskSnapshotFilesystem" in modal.world.calls
+    # The clone was uploaded into the image, and nothing of it stays on this host.
+    assert any("COPY . /" in line for lines in modal.world.dockerfiles for line in lines)
+    assert not (mrt.settings.data_dir / "images" / "proj").exists() or not any(
+        (mrt.settings.data_dir / "images" / "proj").iterdir()
+    )
+    log = mrt.image_service.get(image.id).log
+    assert "$ mkdir -p build" in log and f"modal image {image.location}" in log
+    # A session's sandbox starts from that image and sees what set-up wrote.
+    spec = mrt.image_service.specs()[0]
+    acquired = await mrt.provider.starter.start(spec, cold_ok=False)
+    try:
+        assert acquired.mode == "image" and acquired.image.id == image.id
+        assert modal.world.created[-1].image_id == image.location
+        out = await acquired.sandbox.exec(["sh", "-c", "cat build/out.txt build/warmed.txt"])
+        assert (out.exit_code, out.stdout) == (0, "built\nbuilt\n"), out
+        assert (await acquired.sandbox.read_file("src/app.py")) == b"print(1)\n"
+        status = await acquired.sandbox.exec(["git", "status", "--porcelain"])
+        assert status.exit_code == 0 and "build" not in status.stdout  # set-up output excluded
+    finally:
+        await acquired.sandbox.terminate()
+
+
+async def test_declared_image_and_base_setting_reach_modal_as_registry_images(
+    make_settings: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    from app.runtime import build_runtime
+
+    rt = build_runtime(
+        make_settings(**_modal_settings(modal, modal_base_image="registry.example/team/base:3"))
+    )
+    try:
+        plain = make_repo(tmp_path, "plain")
+        _add(rt, plain, setup=["echo ok > ok.txt"])
+        declared = make_repo(tmp_path, "declared")
+        _add(rt, declared, image="ghcr.io/acme/devbox:1.2", setup=["echo ok > ok.txt"])
+        results = await build_images(rt.image_jobs, ["plain", "declared"])
+        assert [r.outcome for r in results] == ["built", "built"], [r.message for r in results]
+        assert modal.world.registry_refs.count("registry.example/team/base:3") >= 1
+        assert "ghcr.io/acme/devbox:1.2" in modal.world.registry_refs
+        assert all(r.image.location.startswith("im-") for r in results)
+        log = rt.image_service.get(results[1].image.id).log
+        assert "environment: image ghcr.io/acme/devbox:1.2" in log
+    finally:
+        rt.close()
+
+
+async def test_dockerfile_is_built_by_modal_and_one_outside_the_repo_is_refused(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    dockerfile = "FROM docker.io/library/debian:bookworm\nCOPY tools/ /workspace/tools\n"
+    repo = make_repo(tmp_path, "proj", {"env/Dockerfile": dockerfile, "tools/x.sh": "echo x\n"})
+    _add(mrt, repo, dockerfile="env/Dockerfile", context=".", setup=["test -f tools/x.sh"])
+    [result] = await build_images(mrt.image_jobs, ["proj"])
+    assert result.outcome == "built", result.message
+    assert "docker.io/library/debian:bookworm" in modal.world.registry_refs
+    assert any("COPY tools/ /workspace/tools" in lines for lines in modal.world.dockerfiles)
+    # A Dockerfile that is a symlink out of the repository is not read from the host.
+    (tmp_path / "host-secret").write_text("FROM secret\n")
+    git(repo, "rm", "-q", "env/Dockerfile")
+    (repo / "env" / "Dockerfile").parent.mkdir(exist_ok=True)
+    (repo / "env" / "Dockerfile").symlink_to(tmp_path / "host-secret")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=D", "-c", "user.email=d@example.com", "commit", "-qm", "link")
+    before = len(modal.world.dockerfiles)
+    [bad] = await build_images(mrt.image_jobs, ["proj"])
+    assert bad.outcome == "failed"
+    assert bad.message == "the dockerfile Dockerfile resolves outside the repository"
+    assert len(modal.world.dockerfiles) == before
+    assert mrt.images.newest("proj").id == result.image.id
+
+
+async def test_failing_setup_fails_the_build_in_one_line_and_keeps_the_image(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    _add(mrt, repo, setup=["echo fine > fine.txt"])
+    [good] = await build_images(mrt.image_jobs)
+    assert good.outcome == "built", good.message
+    commit(repo, {".nightshift.toml": 'setup = ["echo broken dependency >&2; exit 3"]\n'})
+    sandboxes = len(modal.world.sandboxes)
+    [bad] = await build_images(mrt.image_jobs)
+    assert bad.outcome == "failed"
+    assert "\n" not in bad.message and "exited 3" in bad.message, bad.message
+    assert "broken dependency" in bad.message
+    assert mrt.images.newest("proj").id == good.image.id
+    # The build sandbox was ended, and no image was snapshotted from it.
+    assert len(modal.world.sandboxes) == sandboxes + 1
+    assert all(s.terminated for s in modal.world.sandboxes.values())
+
+
+@pytest.mark.parametrize(
+    ("rpc", "status", "said"),
+    [
+        ("SandboxCreateV2", Status.RESOURCE_EXHAUSTED, "workspace sandbox quota reached"),
+        ("ImageGetOrCreate", Status.PERMISSION_DENIED, "token is not allowed to build images"),
+    ],
+)
+async def test_modal_refusing_is_one_clear_line(
+    mrt: Any, modal: FakeModal, tmp_path: Path, rpc: str, status: Status, said: str
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    _add(mrt, repo, setup=["true"])
+    [good] = await build_images(mrt.image_jobs)
+    assert good.outcome == "built", good.message
+    commit(repo, {"more.txt": "more\n"})
+    modal.world.refuse[rpc] = (status.value, said)
+    [bad] = await build_images(mrt.image_jobs)
+    assert bad.outcome == "failed"
+    assert bad.message.startswith("modal could not ") and said in bad.message, bad.message
+    assert "\n" not in bad.message
+    assert mrt.images.newest("proj").id == good.image.id
+
+
+# ---------------------------------------------------------------- a whole session on Modal
+
+
+@pytest.fixture
+def settings(make_settings: Any, openai_fake: ScriptBook, modal: FakeModal) -> Any:
+    return make_settings(
+        model="openai:fake-model",
+        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
+        openai_api_key="sk-test-fake-key-0123456789abcdef",
+        **_modal_settings(modal, image_interval=0),
+    )
+
+
+@pytest.mark.slow
+def test_a_session_runs_on_the_modal_image_and_its_follow_up_on_the_snapshot(
+    api: ApiClient, runtime: Any, openai_fake: ScriptBook, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    api.add_repo(repo, setup=["echo from-setup > .setup-mark"])  # adding it starts a build
+    image = wait_for(lambda: runtime.images.newest("proj"), 60, "the image build")
+    assert image.location.startswith("im-")
+    openai_fake.script(
+        "notes",
+        Turn.tool("run", command="cat .setup-mark"),
+        Turn.tool("write_file", "Writing.", path="NOTES.md", content="on modal\n"),
+        Turn.tool("finish", summary="Wrote NOTES.md.", title="Add notes"),
+    )
+    session = api.create("proj", "add notes")
+    done = api.wait_status(session["id"], "finished", "failed")
+    events = api.events(session["id"])
+    assert done["status"] == "finished", [e.get("message") for e in events if e["type"] == "error"]
+    ran = next(e for e in events if e["type"] == "tool_result" and e["name"] == "run")
+    assert ran["exit_code"] == 0 and "from-setup" in ran["output"]
+    assert git(repo, "show", f"{done['branch']}:NOTES.md") == "on modal\n"
+    assert image.location in [d.image_id for d in modal.world.created]
+    snapshots = [e for e in events if e["type"] == "snapshot"]
+    assert snapshots, "the session's sandbox was not snapshotted for follow-ups"
+    # The follow-up starts from that snapshot and sees the first prompt's file.
+    openai_fake.script(
+        "read them back",
+        Turn.tool("run", command="cat NOTES.md"),
+        Turn.tool("finish", summary="Read it.", title="Read notes"),
+    )
+    r = api.http.post(f"/api/sessions/{session['id']}/prompts", json={"text": "read them back"})
+    assert r.status_code == 202, r.text
+    wait_for(
+        lambda: len([e for e in api.events(session["id"]) if e["type"] == "prompt_finished"]) == 2,
+        60,
+        "the follow-up",
+    )
+    events = api.events(session["id"])
+    ready = [e for e in events if e["type"] == "sandbox_ready"]
+    assert ready[-1].get("mode") == "snapshot", ready
+    runs = [e for e in events if e["type"] == "tool_result" and e["name"] == "run"]
+    assert "on modal" in runs[-1]["output"], runs[-1]
