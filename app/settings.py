@@ -23,6 +23,7 @@ from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
+from images.spec import check_image
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
 
@@ -186,6 +187,16 @@ class Settings(IntegrationSettings):
             except ValueError as exc:
                 raise ValueError(f"NIGHTSHIFT_EGRESS_UPSTREAM_PROXY: {exc}") from None
         return value
+
+    @field_validator("modal_base_image")
+    @classmethod
+    def _modal_base_image(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            return check_image(value)
+        except ValueError as exc:
+            raise ValueError(f"NIGHTSHIFT_MODAL_BASE_IMAGE: {exc}") from None
 
     def sandbox_config(self) -> SandboxConfig:
         ports = self.sandbox_egress_ports

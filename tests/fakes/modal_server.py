@@ -330,7 +330,7 @@ class Router(TaskCommandRouterBase):
         async def snapshot(req: Any) -> sr_pb2.TaskSnapshotFilesystemResponse:
             sandbox = self.world.by_task(req.task_id)
             return sr_pb2.TaskSnapshotFilesystemResponse(
-                image_id=await self.world.snapshot(sandbox)
+                image_id=await self.world.snapshot(sandbox, req.ttl_seconds)
             )
 
         await _unary(self.world, "TaskSnapshotFilesystem", stream, snapshot)

@@ -101,6 +101,8 @@ class FakeModalWorld:
         """Every `FROM <reference>` of a registry image a build asked for, in order."""
         self.dockerfiles: list[list[str]] = []
         """The Dockerfile commands of every image definition built."""
+        self.snapshot_ttls: dict[str, int] = {}
+        """Image id of each filesystem snapshot → the ttl asked for (-1: no expiry)."""
         self.created: list[api_pb2.Sandbox] = []
         """The definition of every sandbox created."""
         self.refuse: dict[str, tuple[int, str]] = {}
@@ -228,10 +230,11 @@ class FakeModalWorld:
                 return sandbox
         raise FakeModalError(f"no task {task}")
 
-    async def snapshot(self, sandbox: FakeSandbox) -> str:
+    async def snapshot(self, sandbox: FakeSandbox, ttl_seconds: int) -> str:
         snap = await sandbox.sandbox.snapshot()
         image_id = new_id("im")
         self.images[image_id] = snap
+        self.snapshot_ttls[image_id] = ttl_seconds
         return image_id
 
     async def terminate(self, sandbox: FakeSandbox) -> None:

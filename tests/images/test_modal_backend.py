@@ -21,6 +21,7 @@ from tests.images.conftest import commit
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
 
+NO_EXPIRY = -1  # what the client sends for `snapshot_filesystem(ttl=None)`
 SETUP = [
     "mkdir -p build && echo built > build/out.txt",
     "mkdir -p ~/.cache/proj && echo hot > ~/.cache/proj/c",
@@ -71,7 +72,7 @@ async def test_setup_runs_on_modal_and_its_snapshot_is_the_recorded_image(
     assert image.backend == "modal" and image.location.startswith("im-")
     assert image.location in modal.world.images, "the image id is not one Modal made"
     assert image.sha == git(repo, "rev-parse", "main").strip()
-    assert "TaskSnapshotFilesystem" in modal.world.calls
+    assert modal.world.snapshot_ttls[image.location] == NO_EXPIRY  # an image does not expire
     # The clone was uploaded into the image, and nothing of it stays on this host.
     assert any("COPY . /" in line for lines in modal.world.dockerfiles for line in lines)
     assert not (mrt.settings.data_dir / "images" / "proj").exists() or not any(
@@ -118,6 +119,15 @@ async def test_declared_image_and_base_setting_reach_modal_as_registry_images(
         rt.close()
 
 
+def test_a_malformed_base_image_setting_is_refused_in_one_line(make_settings: Any) -> None:
+    with pytest.raises(ValueError, match="NIGHTSHIFT_MODAL_BASE_IMAGE: image reference") as got:
+        make_settings(sandbox="modal", sandbox_disk_mb=0, modal_base_image="debian: slim")
+    assert "contains whitespace" in str(got.value)
+    assert make_settings(modal_base_image="  ").sandbox_config().modal_base_image == ""
+    config = make_settings(modal_base_image="ghcr.io/acme/base:1").sandbox_config()
+    assert config.modal_base_image == "ghcr.io/acme/base:1"
+
+
 async def test_dockerfile_is_built_by_modal_and_one_outside_the_repo_is_refused(
     mrt: Any, modal: FakeModal, tmp_path: Path
 ) -> None:
@@ -141,6 +151,23 @@ async def test_dockerfile_is_built_by_modal_and_one_outside_the_repo_is_refused(
     assert bad.message == "the dockerfile Dockerfile resolves outside the repository"
     assert len(modal.world.dockerfiles) == before
     assert mrt.images.newest("proj").id == result.image.id
+
+
+async def test_symlinks_out_of_the_clone_are_not_uploaded(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    secret = tmp_path / "host-only.txt"
+    secret.write_text("host secret 7f3a\n")
+    repo = make_repo(tmp_path, "proj", {"inside.txt": "in the repo\n"})
+    (repo / "leak").symlink_to(secret)
+    (repo / "near").symlink_to("inside.txt")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=D", "-c", "user.email=d@example.com", "commit", "-qm", "links")
+    _add(mrt, repo, setup=["grep -q 'in the repo' near"])  # a copy: uploads follow links
+    [result] = await build_images(mrt.image_jobs, ["proj"])
+    assert result.outcome == "built", result.message
+    assert b"in the repo\n" in modal.world.blobs.values()
+    assert all(b"host secret" not in data for data in modal.world.blobs.values())
 
 
 async def test_failing_setup_fails_the_build_in_one_line_and_keeps_the_image(
@@ -222,6 +249,9 @@ def test_a_session_runs_on_the_modal_image_and_its_follow_up_on_the_snapshot(
     assert image.location in [d.image_id for d in modal.world.created]
     snapshots = [e for e in events if e["type"] == "snapshot"]
     assert snapshots, "the session's sandbox was not snapshotted for follow-ups"
+    # A session's snapshot keeps the configured ttl; the repo's image has none.
+    ttl = runtime.settings.sandbox_config().snapshot_ttl_s
+    assert modal.world.snapshot_ttls[snapshots[-1]["snapshot"]["location"]] == ttl
     # The follow-up starts from that snapshot and sees the first prompt's file.
     openai_fake.script(
         "read them back",
