@@ -5,20 +5,21 @@ the real `modal` client, the project's image builder, provider and agent session
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from grpclib import Status
 
 from app.schemas import RepoCreate
-from images.jobs import build_images
+from images.jobs import build_images, maintain_pool
 from tests.factories import ApiClient, git, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.modal_server import FakeModal, fake_modal
 from tests.images.conftest import commit
 
+T = TypeVar("T")
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
 
 NO_EXPIRY = -1  # what the client sends for `snapshot_filesystem(ttl=None)`
@@ -210,6 +211,48 @@ async def test_modal_refusing_is_one_clear_line(
     assert bad.message.startswith("modal could not ") and said in bad.message, bad.message
     assert "\n" not in bad.message
     assert mrt.images.newest("proj").id == good.image.id
+
+
+def test_pool_starts_from_the_modal_image_and_a_push_build_replaces_it(
+    make_settings: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    from app.runtime import build_runtime
+
+    rt = build_runtime(
+        make_settings(**_modal_settings(modal, image_interval=0, pool_interval=3600, pool_ttl=3600))
+    )
+    rt.start()
+    try:
+        repo = make_repo(tmp_path, "proj")
+        rt.repos.add(RepoCreate(url=str(repo), pool_size=1, setup=["echo s > s.txt"]))
+        first = wait_for(lambda: rt.images.newest("proj"), 60, "the first image")
+        assert first.location.startswith("im-")
+        on_loop(rt, lambda: maintain_pool(rt.image_jobs))
+        [entry] = wait_for(lambda: _warm(rt), 30, "a pooled sandbox")
+        assert entry.image_id == first.id
+        old = modal.world.sandboxes[entry.acquired.sandbox.id]
+        assert old.image_id == first.location
+        tip = commit(repo, {"new.txt": "new\n"})
+        [built] = on_loop(rt, lambda: build_images(rt.image_jobs, ["proj"], trigger="push"))
+        assert built.outcome == "built" and built.image.trigger == "push", built.message
+        assert built.image.location.startswith("im-") and built.image.location != first.location
+        [fresh] = wait_for(
+            lambda: [e for e in _warm(rt) if e.image_id == built.image.id], 30, "a new sandbox"
+        )
+        assert modal.world.sandboxes[fresh.acquired.sandbox.id].image_id == built.image.location
+        wait_for(lambda: old.terminated, 10, "the old pooled sandbox to end")
+        head = on_loop(rt, lambda: fresh.acquired.sandbox.exec(["git", "rev-parse", "HEAD"]))
+        assert head.stdout.strip() == tip
+    finally:
+        rt.close()
+
+
+def _warm(rt: Any) -> list[Any]:
+    return [e for e in rt.pool.entries("proj") if e.state == "warm"]
+
+
+def on_loop(rt: Any, factory: Callable[[], Awaitable[T]]) -> T:
+    return rt.executor.submit(factory).result(120)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- a whole session on Modal
