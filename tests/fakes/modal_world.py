@@ -105,6 +105,9 @@ class FakeModalWorld:
         """Image id of each filesystem snapshot → the ttl asked for (-1: no expiry)."""
         self.created: list[api_pb2.Sandbox] = []
         """The definition of every sandbox created."""
+        self.failing_step = ""
+        """When set, a build whose Dockerfile commands contain it fails at that step, with
+        the build log saying so (as an `apt-get install` of a missing package would)."""
         self.refuse: dict[str, tuple[int, str]] = {}
         """RPC name → (grpclib Status value, message) the fake answers with instead."""
         self.calls: list[str] = []
@@ -136,6 +139,9 @@ class FakeModalWorld:
                 elif word == "COPY":
                     files.update(self._copy(definition, rest))
                     log.append(line)
+                elif self.failing_step and self.failing_step in line:
+                    log.append(line)
+                    raise FakeModalError(f"build step `{line}` exited with status 100")
                 else:
                     log.append(f"{line}  [recorded, not run by the fake]")
             image = self._materialise(image_id, source, files)

@@ -255,6 +255,39 @@ def on_loop(rt: Any, factory: Callable[[], Awaitable[T]]) -> T:
     return rt.executor.submit(factory).result(120)  # type: ignore[no-any-return]
 
 
+async def test_an_image_build_failing_on_modal_is_one_line_with_its_step(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj")
+    _add(mrt, repo, image="ghcr.io/acme/alpine-no-apt:1", setup=["true"])
+    modal.world.failing_step = "apt-get install"
+    [bad] = await build_images(mrt.image_jobs)
+    assert bad.outcome == "failed" and "\n" not in bad.message
+    assert bad.message.startswith("modal could not build the image: Image build for im-")
+    assert "apt-get install" in bad.message and "exited with status 100" in bad.message
+    assert mrt.images.newest("proj") is None
+    assert modal.world.sandboxes == {}  # no sandbox was started on a broken image
+
+
+async def test_a_cold_start_on_modal_runs_on_the_clone_and_queues_the_build(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj", {"README.md": "cold\n"})
+    _add(mrt, repo, setup=["echo set > setup.txt"])
+    spec = mrt.image_service.specs()[0]
+    acquired = await mrt.provider.acquire(spec, label="t")
+    try:
+        assert acquired.mode == "cold"
+        assert await acquired.sandbox.read_file("setup.txt") == b"set\n"
+        assert await acquired.sandbox.read_file("README.md") == b"cold\n"
+        assert modal.world.created[-1].image_id in modal.world.images
+    finally:
+        await acquired.sandbox.terminate()
+    await mrt.provider.wait_background()
+    newest = mrt.images.newest("proj")
+    assert newest is not None and newest.trigger == "session" and newest.location.startswith("im-")
+
+
 # ---------------------------------------------------------------- a whole session on Modal
 
 
