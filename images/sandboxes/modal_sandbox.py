@@ -204,7 +204,11 @@ class ModalSandbox:
         except modal.exception.Error as exc:
             raise SandboxError(f"modal exec failed: {exc}") from exc
         elapsed = time.monotonic() - started
-        timed_out = code == 124 and elapsed >= wall * 0.9
+        # Past the exec deadline the client gives up waiting and reports -1 (it may beat
+        # Modal's own 124 to it); either way the command ran out of time.
+        timed_out = code in (124, -1) and elapsed >= wall * 0.9
+        if timed_out:
+            code = 124
         ended_by: EndedBy = ""
         hits: list[str] = []
         if timed_out:
