@@ -14,6 +14,7 @@ from grpclib import Status
 
 from app.schemas import RepoCreate
 from images.jobs import build_images, maintain_pool
+from images.sandboxes.base import SandboxError
 from tests.factories import ApiClient, git, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.modal_server import FakeModal, fake_modal
@@ -94,6 +95,11 @@ async def test_setup_runs_on_modal_and_its_snapshot_is_the_recorded_image(
         assert status.exit_code == 0 and "build" not in status.stdout  # set-up output excluded
     finally:
         await acquired.sandbox.terminate()
+    # Modal refusing a session's sandbox is one line naming what Modal said.
+    modal.world.refuse["SandboxCreateV2"] = (Status.RESOURCE_EXHAUSTED.value, "quota reached")
+    with pytest.raises(SandboxError) as refused:
+        await mrt.provider.starter.start(spec, cold_ok=False)
+    assert str(refused.value) == "modal could not create a sandbox: quota reached"
 
 
 async def test_declared_image_and_base_setting_reach_modal_as_registry_images(
