@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 from grpclib import Status
+from modal_proto import api_pb2
 
 from app.schemas import RepoCreate
 from images.jobs import build_images, maintain_pool
@@ -158,6 +159,26 @@ async def test_dockerfile_is_built_by_modal_and_one_outside_the_repo_is_refused(
     assert bad.message == "the dockerfile Dockerfile resolves outside the repository"
     assert len(modal.world.dockerfiles) == before
     assert mrt.images.newest("proj").id == result.image.id
+
+
+async def test_network_is_blocked_unless_the_repo_allows_hosts_and_no_credential_is_sent(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    closed = make_repo(tmp_path, "closed")
+    _add(mrt, closed, setup=["true"])
+    opened = make_repo(tmp_path, "opened")
+    _add(mrt, opened, setup=["true"], egress=["pypi.org"], env={"PIP_NO_INPUT": "1"})
+    results = await build_images(mrt.image_jobs, ["closed", "opened"])
+    assert [r.outcome for r in results] == ["built", "built"], [r.message for r in results]
+    closed_box, opened_box = modal.world.created[-2:]
+    blocked, allowlist = api_pb2.NetworkAccess.BLOCKED, api_pb2.NetworkAccess.ALLOWLIST
+    assert closed_box.network_access.network_access_type == blocked
+    assert opened_box.network_access.network_access_type == allowlist
+    assert list(opened_box.network_access.allowed_domains) == ["pypi.org"]
+    for box in (closed_box, opened_box):
+        assert not box.secret_ids
+        env = dict(box.environment_variables.contents)
+        assert not any(key.startswith("MODAL_") for key in env), env
 
 
 async def test_symlinks_out_of_the_clone_are_not_uploaded(
