@@ -167,6 +167,7 @@ def fake_modal_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     with fake_modal(tmp_path / "fake-modal") as fake:
         monkeypatch.setenv("MODAL_SERVER_URL", fake.url)
         yield fake
+        assert fake.world.unserved == [], "the backend asked for an RPC the fake does not serve"
 
 
 @pytest.fixture
