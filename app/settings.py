@@ -25,6 +25,7 @@ from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
+from images.spec import check_image
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
 
@@ -158,6 +159,8 @@ class Settings(IntegrationSettings):
         None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
+    modal_base_image: str = ""
+    """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
 
     @field_validator("model_prices")
     @classmethod
@@ -208,6 +211,16 @@ class Settings(IntegrationSettings):
                 raise ValueError(f"NIGHTSHIFT_EGRESS_UPSTREAM_PROXY: {exc}") from None
         return value
 
+    @field_validator("modal_base_image")
+    @classmethod
+    def _modal_base_image(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            return check_image(value)
+        except ValueError as exc:
+            raise ValueError(f"NIGHTSHIFT_MODAL_BASE_IMAGE: {exc}") from None
+
     def sandbox_config(self) -> SandboxConfig:
         ports = self.sandbox_egress_ports
         return SandboxConfig(
@@ -220,6 +233,7 @@ class Settings(IntegrationSettings):
             modal_token_id=reveal(self.modal_token_id),
             modal_token_secret=reveal(self.modal_token_secret),
             modal_environment=self.modal_environment,
+            modal_base_image=self.modal_base_image,
             snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
             sandbox_uid=self.sandbox_uid,
         )

@@ -40,6 +40,7 @@ from images.environments import (
 from images.layers import clean_partials, fold_snapshot, remove_tree
 from images.mirror import Mirrors
 from images.registry import ImageRecord, ImageRegistry, Trigger
+from images.remote_build import build_remote, remote_images
 from images.sandboxes.base import (
     ImageRef,
     Limits,
@@ -252,7 +253,9 @@ class ImageBuilder:
                 build_log.line(line)
                 warnings.append(line)
             build_log.line(f"environment: {effective.environment()}")
-            base_environment(effective, self.backend)
+            remote = remote_images(self.backend)
+            if remote is None:  # a remote backend builds the declared environment itself
+                base_environment(effective, self.backend)
             if sha != record.sha or effective.image_hash() != record.spec_hash:
                 # The tip moved between the fetch and the clone: stamp what was cloned.
                 await self._save(
@@ -264,7 +267,11 @@ class ImageBuilder:
             if file is not None:
                 build_log.line(f"{SPEC_FILE}: {json.dumps(file.model_dump(exclude_none=True))}")
             await asyncio.to_thread(chown_tree, root, self.owner)
-            if effective.setup or effective.warm:
+            location = str(final)
+            if remote is not None:
+                steps = (self.limits, self.command_timeout, build_log, say)
+                location = await build_remote(remote, record, effective, staging, *steps)
+            elif effective.setup or effective.warm:
                 await self._run_in_sandbox(record, effective, staging, build_log, say)
             say("saving the image")
             built_at = time.time()
@@ -278,9 +285,10 @@ class ImageBuilder:
                 built_at=built_at,
                 spec_hash=record.spec_hash or "",
             )
-            (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
-            staging.rename(final)
-            os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
+            if remote is None:
+                (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
+                staging.rename(final)
+                os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
         except (
             SandboxError,
             ForgeError,
@@ -312,7 +320,7 @@ class ImageBuilder:
         await self._save(
             record,
             status="ready",
-            location=str(final),
+            location=location,
             log=build_log.text(),
             finished_at=built_at,
             duration_ms=int((time.monotonic() - started) * 1000),
