@@ -23,7 +23,7 @@ from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
-from integrations.llm import ModelSettings
+from integrations.llm import ModelSettings, parse_models
 from workers.config import AgentConfig
 
 
@@ -82,6 +82,9 @@ class Settings(IntegrationSettings):
 
     # ---- agent
     model: str | None = None
+    models: str = ""
+    """NIGHTSHIFT_MODELS: the models a session may pick, comma-separated, the first the default
+    (unset: NIGHTSHIFT_MODEL alone)."""
     model_stream: bool = True
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
@@ -135,6 +138,16 @@ class Settings(IntegrationSettings):
         None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        parse_models(value, None)  # a ValueError names the bad entry
+        return value
+
+    def model_choices(self) -> tuple[str, ...]:
+        """The models sessions may run on; the first is the default."""
+        return parse_models(self.models, self.model)
 
     @field_validator("model_prices")
     @classmethod
@@ -305,7 +318,7 @@ class Settings(IntegrationSettings):
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
             model=ModelSettings(
-                model=self.model,
+                model=next(iter(self.model_choices()), None),
                 openai_api_key=reveal(self.openai_api_key),
                 openai_base_url=self.openai_base_url,
                 anthropic_api_key=reveal(self.anthropic_api_key),

@@ -156,15 +156,28 @@ class RunnerService:
             authors=list(authors.values()),
             snapshot=_snapshot_from(row.snapshot),
             title=row.title,
+            model=row.model,
         )
 
-    def spawn(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
+    def spawn(
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
+    ) -> str:
         parent = self.sessions.get(parent_id)
         user = self.sessions.users.get(author.id)
         if user is None:
             raise NotFound(f"unknown user {author.login!r}")
         child = self.sessions.create(
-            user, repo or parent.repo_name, prompt, parent_id=parent_id, source="agent"
+            user,
+            repo or parent.repo_name,
+            prompt,
+            parent_id=parent_id,
+            source="agent",
+            model=model or parent.model,
         )
         return child.id
 

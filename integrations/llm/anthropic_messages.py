@@ -63,22 +63,27 @@ class AnthropicModel:
         self,
         model: str,
         *,
-        api_key: str,
-        base_url: str | None,
+        client: anthropic.AsyncAnthropic,
         max_tokens: int = 8192,
-        timeout: float = 300.0,
         stream: bool = True,
+        owned: bool = False,
     ) -> None:
         self.name = f"anthropic:{model}"
         self._stream = stream
         self._model = model
         self._max_tokens = max_tokens
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._client = client
+        self._owned = owned
+        """Close the client with this model (a pooled client outlives its models)."""
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client requests go through (shared by a pool's Anthropic models)."""
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     async def stream(
         self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]

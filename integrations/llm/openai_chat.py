@@ -66,23 +66,23 @@ class OpenAIChatModel:
     """Streams chat completions with tool calls; the agent loop owns retries."""
 
     def __init__(
-        self,
-        model: str,
-        *,
-        api_key: str,
-        base_url: str | None,
-        timeout: float = 300.0,
-        stream: bool = True,
+        self, model: str, *, client: openai.AsyncOpenAI, stream: bool = True, owned: bool = False
     ) -> None:
         self.name = f"openai:{model}"
         self._model = model
         self._stream = stream
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._client = client
+        self._owned = owned
+        """Close the client with this model (a pooled client outlives its models)."""
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client requests go through (shared by a pool's OpenAI models)."""
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     async def stream(
         self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]
