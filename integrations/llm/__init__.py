@@ -71,59 +71,69 @@ def _split(spec: str | None) -> tuple[str, str]:
     return provider, name
 
 
-def _sdk_client(provider: str, spec: str, settings: ModelSettings) -> Any:
-    """A new SDK client for `provider` (the slow part: call once per provider and process)."""
-    if provider == "openai":
-        if not settings.openai_api_key:
-            raise ModelNotConfigured(
-                f"NIGHTSHIFT_MODEL={spec} needs OPENAI_API_KEY "
-                "(and OPENAI_BASE_URL for an endpoint other than api.openai.com)"
-            )
-        import openai
-
-        return openai.AsyncOpenAI(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url,
-            max_retries=0,
-            timeout=settings.timeout,
+def _check_credentials(provider: str, spec: str, settings: ModelSettings) -> None:
+    if provider == "openai" and not settings.openai_api_key:
+        raise ModelNotConfigured(
+            f"NIGHTSHIFT_MODEL={spec} needs OPENAI_API_KEY "
+            "(and OPENAI_BASE_URL for an endpoint other than api.openai.com)"
         )
-    if not settings.anthropic_api_key:
+    if provider == "anthropic" and not settings.anthropic_api_key:
         raise ModelNotConfigured(
             f"NIGHTSHIFT_MODEL={spec} needs ANTHROPIC_API_KEY "
             "(and ANTHROPIC_BASE_URL for an endpoint other than api.anthropic.com)"
         )
-    import anthropic
 
-    return anthropic.AsyncAnthropic(
-        api_key=settings.anthropic_api_key,
-        base_url=settings.anthropic_base_url,
-        max_retries=0,
-        timeout=settings.timeout,
+
+def _sdk_client(provider: str, settings: ModelSettings) -> Any:
+    """A new SDK client for `provider` (the slow part: once per provider and process)."""
+    if provider == "openai":
+        from integrations.llm import openai_chat
+
+        return openai_chat.new_client(
+            settings.openai_api_key, settings.openai_base_url, settings.timeout
+        )
+    from integrations.llm import anthropic_messages
+
+    return anthropic_messages.new_client(
+        settings.anthropic_api_key, settings.anthropic_base_url, settings.timeout
     )
 
 
-def _build(
-    provider: str, name: str, client: Any, settings: ModelSettings, owned: bool
-) -> ModelClient:
+def _build(provider: str, name: str, settings: ModelSettings, client: Any = None) -> ModelClient:
+    """A model sharing `client`; with None, one that builds its own and closes it with itself."""
+    if provider == "scripted":
+        from integrations.llm.scripted import ScriptedModel
+
+        return ScriptedModel(name or "echo")
     if provider == "openai":
         from integrations.llm.openai_chat import OpenAIChatModel
 
-        return OpenAIChatModel(name, client=client, stream=settings.stream, owned=owned)
+        return OpenAIChatModel(
+            name,
+            client=client,
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            timeout=settings.timeout,
+            stream=settings.stream,
+        )
     from integrations.llm.anthropic_messages import AnthropicModel
 
-    return AnthropicModel(name, client=client, stream=settings.stream, owned=owned)
+    return AnthropicModel(
+        name,
+        client=client,
+        api_key=settings.anthropic_api_key,
+        base_url=settings.anthropic_base_url,
+        timeout=settings.timeout,
+        stream=settings.stream,
+    )
 
 
 def make_model(settings: ModelSettings) -> ModelClient:
     """A stand-alone model for `settings.model` that owns its client (close it when done), or
     ModelNotConfigured saying exactly which variables are missing."""
     provider, name = _split(settings.model)
-    if provider == "scripted":
-        from integrations.llm.scripted import ScriptedModel
-
-        return ScriptedModel(name or "echo")
-    client = _sdk_client(provider, str(settings.model), settings)
-    return _build(provider, name, client, settings, owned=True)
+    _check_credentials(provider, str(settings.model), settings)
+    return _build(provider, name, settings)
 
 
 class ModelPool:
@@ -141,15 +151,13 @@ class ModelPool:
         if model is not None:
             return model
         provider, name = _split(spec)
-        if provider == "scripted":
-            from integrations.llm.scripted import ScriptedModel
-
-            model = ScriptedModel(name or "echo")
-        else:
+        _check_credentials(provider, spec, self.settings)
+        client = None
+        if provider != "scripted":
             client = self._clients.get(provider)
             if client is None:
-                client = self._clients[provider] = _sdk_client(provider, spec, self.settings)
-            model = _build(provider, name, client, self.settings, owned=False)
+                client = self._clients[provider] = _sdk_client(provider, self.settings)
+        model = _build(provider, name, self.settings, client)
         self._models[spec] = model
         return model
 
