@@ -21,7 +21,8 @@ _HOSTED = re.compile(
 )
 _STOP_WORDS = {"stop", "cancel", "stop it", "stop please", "please stop", "abort"}
 _NEW = re.compile(r"^\s*new\s*:\s*", re.I)
-_MODEL = re.compile(r"(?<![\w/])model:\s*([A-Za-z0-9][\w.:/@-]*[\w])", re.I)
+_MODEL = re.compile(r"(?<![\w/])model:([A-Za-z0-9][\w.:/@-]*[\w])", re.I)
+"""`model:NAME`, written without a space (so prose like "the data model: users" is not one)."""
 
 
 def mentions(text: str, user_id: str) -> bool:
