@@ -214,3 +214,31 @@ def test_nightshift_models_refuses_a_malformed_entry(make_settings: Any) -> None
     with pytest.raises(ValidationError, match=r"NIGHTSHIFT_MODELS entry 'gpt-4\.1'"):
         make_settings(models="openai:gpt-4.1,gpt-4.1")
     assert make_settings(model="openai:x").model_choices() == ("openai:x",)
+
+
+def test_the_model_clients_live_as_long_as_the_process(
+    settings: Any, tmp_path: Path, openai_fake: ScriptBook
+) -> None:
+    """Prompts share the process's one client per provider; closing the runtime closes it."""
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+
+    openai_fake.script("look around", *_look_and_finish("Looked."))
+    runtime = build_runtime(settings)
+    runtime.start()
+    try:
+        runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+        person = make_person(runtime, "alice", "Alice Example", "alice@example.com")
+        for _ in range(2):  # one after the other: a second session reuses the first's connection
+            session_id = runtime.sessions.create(person.user, "proj", "look around").id
+            wait_for(
+                lambda s=session_id: runtime.sessions.get(s).status == "finished",
+                what="the session to finish",
+            )
+        client = runtime.deps.models.client("openai")
+        assert client is not None and not client.is_closed()
+        assert runtime.deps.models.client("anthropic") is None  # built only when used
+        assert len(openai_fake.requests) == 4 and len(set(openai_fake.peers)) == 1
+    finally:
+        runtime.close()
+    assert client.is_closed()
