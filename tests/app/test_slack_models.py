@@ -61,3 +61,23 @@ def test_an_unknown_model_gets_the_choices_in_the_thread_and_no_session(
     assert "openai:fake-model, anthropic:fake-claude" in reply.text
     assert world.runtime.sessions.query()[1] == 0
     assert openai_fake.requests == []
+
+
+def test_the_slash_command_takes_a_model_too(world: SlackWorld, anthropic_fake: ScriptBook) -> None:
+    anthropic_fake.script("add a changelog", Turn.tool("finish", summary="Added."))
+    refused = world.sender.command(ALICE, world.channel, "model:openai:x add a changelog")
+    assert refused.status_code == 200
+    ephemeral = wait_for(
+        lambda: [
+            c for c in world.fake.of("chat.postEphemeral") if "choose one of" in c.params["text"]
+        ],
+        30,
+        "the refusal",
+    )
+    assert "unknown model 'openai:x'" in ephemeral[0].params["text"]
+    assert world.runtime.sessions.query()[1] == 0
+    world.sender.command(ALICE, world.channel, "add a changelog model:anthropic:fake-claude")
+    rows = wait_for(lambda: world.runtime.sessions.query()[0], 30, "the session")
+    assert rows[0].model == "anthropic:fake-claude" and rows[0].title == "add a changelog"
+    wait_for(lambda: anthropic_fake.requests, 30, "the model request")
+    assert anthropic_fake.requests[0]["model"] == "fake-claude"
