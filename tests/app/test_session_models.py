@@ -19,8 +19,22 @@ PRICES = "fake-model=2/8/0.5,fake-claude=3/15/0.3"  # fake-mini has no price: it
 
 
 @pytest.fixture
-def settings(make_settings: Any, openai_fake: ScriptBook, anthropic_fake: ScriptBook) -> Any:
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The control DB: SQLite unless a test asks for `postgresql` (indirect parametrize)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return None
+
+
+@pytest.fixture
+def settings(
+    make_settings: Any,
+    openai_fake: ScriptBook,
+    anthropic_fake: ScriptBook,
+    database_url: str | None,
+) -> Any:
     return make_settings(
+        database_url=database_url,
         model="openai:ignored-when-models-is-set",
         models=MODELS,
         model_prices=PRICES,
@@ -144,6 +158,7 @@ def test_sub_sessions_inherit_the_model_unless_the_tool_names_one(
     assert "unknown model 'openai:gpt-9'; choose one of: openai:fake-model" in refused[0]["output"]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_stats_total_tokens_and_cost_per_person_and_repository(
     api: ApiClient, runtime: Any, tmp_path: Path, openai_fake: ScriptBook
 ) -> None:
