@@ -177,9 +177,14 @@ class RunnerService:
             prompt,
             parent_id=parent_id,
             source="agent",
-            model=model or parent.model,
+            model=model or self._inherited_model(parent.model),
         )
         return child.id
+
+    def _inherited_model(self, model: str | None) -> str | None:
+        """The parent's model for a child, or the default once the operator stopped offering it
+        (a child must not fail for what its parent was allowed)."""
+        return model if model in self.sessions.models.specs else None
 
     def summary(self, session_id: str) -> SessionSummary:
         self.sync_events(session_id)

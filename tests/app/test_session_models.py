@@ -257,3 +257,30 @@ def test_the_model_clients_live_as_long_as_the_process(
     finally:
         runtime.close()
     assert client.is_closed()
+
+
+def test_a_child_of_a_session_on_a_retired_model_runs_on_the_default(
+    runtime: Any, tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+    from sqlmodel import Session as DB
+    from sqlmodel import col
+
+    from app.models import Session
+    from app.schemas import RepoCreate
+    from workers.events import Author
+
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+    person = make_person(runtime, "alice", "Alice Example", "alice@example.com")
+    parent = runtime.sessions.create(person.user, "proj", "parent", model="openai:fake-mini")
+    runtime.sessions.stop(person.user, parent.id)
+    # The operator has since taken the parent's model out of NIGHTSHIFT_MODELS.
+    with DB(runtime.engine) as db:
+        db.execute(update(Session).where(col(Session.id) == parent.id).values(model="openai:x"))
+        db.commit()
+    author = Author(
+        id=person.user.id, login="alice", name="Alice Example", email="alice@example.com"
+    )
+    child = runtime.runners.spawn(parent.id, None, "child", author)
+    assert runtime.sessions.get(child).model == "openai:fake-model"
+    runtime.sessions.stop(person.user, child)
