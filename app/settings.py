@@ -23,7 +23,7 @@ from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
-from integrations.llm import ModelSettings, parse_models
+from integrations.llm import ModelSettings
 from workers.config import AgentConfig
 
 
@@ -142,11 +142,15 @@ class Settings(IntegrationSettings):
     @field_validator("models")
     @classmethod
     def _models(cls, value: str) -> str:
+        from integrations.llm import parse_models
+
         parse_models(value, None)  # a ValueError names the bad entry
         return value
 
     def model_choices(self) -> tuple[str, ...]:
         """The models sessions may run on; the first is the default."""
+        from integrations.llm import parse_models
+
         return parse_models(self.models, self.model)
 
     @field_validator("model_prices")
