@@ -50,9 +50,14 @@ class LocalControlPlane:
         return await self._call(lambda: self.runners.stored_events(session_id, types, prompt_id))
 
     async def spawn_session(
-        self, parent_id: str, repo: str | None, prompt: str, author: Author
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
     ) -> str:
-        return await self._call(lambda: self.runners.spawn(parent_id, repo, prompt, author))
+        return await self._call(lambda: self.runners.spawn(parent_id, repo, prompt, author, model))
 
     async def session_status(self, session_id: str) -> SessionSummary:
         return await self._call(lambda: self.runners.summary(session_id))

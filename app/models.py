@@ -107,6 +107,13 @@ class Session(SQLModel, table=True):
     start_ms: int | None = None
     first_model_ms: int | None = None
     snapshot: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    model: str | None = Field(default=None, max_length=200)
+    """The model spec every prompt of the session runs on (None: rows from before 0006)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    """Estimated spend so far, summed from the session's `usage` events."""
 
 
 class Participant(SQLModel, table=True):
@@ -134,6 +141,10 @@ class PromptIndex(SQLModel, table=True):
     start_mode: str | None = Field(default=None, max_length=16)
     start_ms: int | None = None
     first_model_ms: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 # ---------------------------------------------------------------- pull requests (local forge)
@@ -343,6 +354,8 @@ class SlackRequest(SQLModel, table=True):
     """received, needs_link, needs_repo, started, failed or cancelled."""
     repo_name: str | None = Field(default=None, max_length=200)
     picker_ts: str | None = Field(default=None, max_length=32)
+    model: str | None = Field(default=None, max_length=200)
+    """The model the message named (`model:NAME`); None: the deployment's default."""
     session_id: str | None = Field(default=None, foreign_key="sessions.id", max_length=32)
     error: str | None = Field(default=None, max_length=500)
     created_at: float = Field(default_factory=now)

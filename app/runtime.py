@@ -25,6 +25,7 @@ from app.services.github import GitHubServices, RebuildHook, build_github, recon
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.hub import EventHub
 from app.services.images import Images
+from app.services.model_choices import ModelChoices
 from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests, PullRequests
 from app.services.repos import Repos
@@ -233,6 +234,9 @@ class Runtime:
             # Pooled sandboxes hold overlay mounts: end them before the loop stops.
             with contextlib.suppress(Exception):
                 self.executor.submit(self.pool.close).result(timeout=30)
+            # The model clients live on the executor's loop: close them there.
+            with contextlib.suppress(Exception):
+                self.executor.submit(self.deps.aclose).result(timeout=10)
         self.executor.shutdown()
         if self.streams is not None:
             self.streams.stop()
@@ -272,6 +276,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
         max_active_per_user=settings.max_sessions_per_user,
+        models=ModelChoices(settings.model_choices()),
     )
     runners = RunnerService(sessions)
     pull_requests = PullRequests(sessions)

@@ -94,6 +94,11 @@ class SessionCreate(BaseModel):
     repo: str = Field(min_length=1, max_length=200, description="A repo's name, as listed")
     prompt: str = Field(min_length=1, description="What the agent should do")
     parent_id: str | None = Field(None, max_length=32)
+    model: str | None = Field(
+        None,
+        max_length=200,
+        description="A model from `GET /api/models`; the deployment's default when omitted",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -131,6 +136,22 @@ class PromptPublic(BaseModel):
     """Place in the queue (0 = next) while queued."""
 
 
+class Usage(BaseModel):
+    """Tokens and estimated spend, summed over a session's (or a group's) model turns."""
+
+    input_tokens: int = 0
+    """Including cached input tokens."""
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    """Estimated from NIGHTSHIFT_MODEL_PRICES; turns of unpriced models count as 0."""
+
+    @field_validator("cost_usd")
+    @classmethod
+    def _cents(cls, value: float) -> float:
+        return round(value, 6)  # a sum of floats: drop the binary noise
+
+
 class SessionPublic(BaseModel):
     id: str
     status: SessionStatus
@@ -153,6 +174,22 @@ class SessionPublic(BaseModel):
     created_at: float
     updated_at: float
     url: str
+    model: str | None
+    """The model spec every prompt of this session runs on."""
+    usage: Usage
+
+
+class ModelPublic(BaseModel):
+    name: str
+    """A model spec, `<provider>:<model>`, as `POST /api/sessions` takes it."""
+    default: bool
+
+
+class ModelList(BaseModel):
+    """`GET /api/models`: what NIGHTSHIFT_MODELS offers; the default first."""
+
+    models: list[ModelPublic]
+    default: str | None
 
 
 class SessionList(BaseModel):
@@ -204,6 +241,13 @@ class DayStats(BaseModel):
     prompts: int
 
 
+class UsageGroup(Usage):
+    """The usage of one person's or one repository's prompts over the stats window."""
+
+    name: str
+    prompts: int
+
+
 class Stats(BaseModel):
     window_days: int
     sessions: int
@@ -216,6 +260,11 @@ class Stats(BaseModel):
     start_latency: dict[str, LatencyStats]
     """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
     first_model_request: LatencyStats
+    usage: Usage
+    """Every prompt of the window."""
+    usage_by_person: list[UsageGroup]
+    """By the prompt's author (login), biggest spender first."""
+    usage_by_repo: list[UsageGroup]
 
 
 class BuildStep(BaseModel):

@@ -105,6 +105,9 @@ class Settings(IntegrationSettings):
 
     # ---- agent
     model: str | None = None
+    models: str = ""
+    """NIGHTSHIFT_MODELS: the models a session may pick, comma-separated, the first the default
+    (unset: NIGHTSHIFT_MODEL alone)."""
     model_stream: bool = True
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
@@ -161,6 +164,20 @@ class Settings(IntegrationSettings):
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
     modal_base_image: str = ""
     """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        from integrations.llm import parse_models
+
+        parse_models(value, None)  # a ValueError names the bad entry
+        return value
+
+    def model_choices(self) -> tuple[str, ...]:
+        """The models sessions may run on; the first is the default."""
+        from integrations.llm import parse_models
+
+        return parse_models(self.models, self.model)
 
     @field_validator("model_prices")
     @classmethod
@@ -342,7 +359,7 @@ class Settings(IntegrationSettings):
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
             model=ModelSettings(
-                model=self.model,
+                model=next(iter(self.model_choices()), None),
                 openai_api_key=reveal(self.openai_api_key),
                 openai_base_url=self.openai_base_url,
                 anthropic_api_key=reveal(self.anthropic_api_key),

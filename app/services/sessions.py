@@ -18,8 +18,9 @@ from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
-from app.schemas import PromptPublic, SessionPublic, UserPublic
+from app.schemas import PromptPublic, SessionPublic, Usage, UserPublic
 from app.services.hub import EventHub
+from app.services.model_choices import ModelChoices
 from app.services.repos import Repos
 from app.services.session_index import index_values
 from app.services.users import Users, author_of
@@ -57,6 +58,7 @@ class Sessions:
         base_url: str,
         max_prompt_chars: int,
         max_active_per_user: int = 20,
+        models: ModelChoices | None = None,
     ) -> None:
         self.engine = engine
         self.files = files
@@ -67,6 +69,7 @@ class Sessions:
         self.max_prompt_chars = max_prompt_chars
         self.max_active_per_user = max_active_per_user
         """Sessions one author may have not yet over (queued, starting, running or idle)."""
+        self.models = models or ModelChoices(())
         self.dispatcher: Dispatch | None = None
         self.on_created: list[Callable[[Session], None]] = []
         hub.handlers.append(self._apply)
@@ -163,8 +166,10 @@ class Sessions:
         prompt: str,
         parent_id: str | None = None,
         source: str = "api",
+        model: str | None = None,
     ) -> Session:
         prompt = self._check_prompt(prompt)
+        chosen = self.models.choose(model)
         repo = self.repos.get(repo_name)
         self._check_active(user)
         depth = 0
@@ -183,6 +188,7 @@ class Sessions:
             depth=depth,
             branch=f"nightshift/{session_id}",
             prompt_count=1,
+            model=chosen,
         )
         with DB(self.engine, expire_on_commit=False) as db:
             db.add(row)
@@ -338,6 +344,8 @@ class Sessions:
             created_at=row.created_at,
             updated_at=row.updated_at,
             url=f"{self.base_url}/sessions/{row.id}",
+            model=row.model,
+            usage=Usage.model_validate(row, from_attributes=True),
         )
 
     def _prompt_public(self, prompt: Prompt, position: int | None = None) -> PromptPublic:

@@ -98,7 +98,9 @@ def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
 
 @router.post("/sessions/{session_id}/children")
 def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
-    return Spawned(id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author))
+    return Spawned(
+        id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author, body.model)
+    )
 
 
 @router.get("/repos")

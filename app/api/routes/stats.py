@@ -1,4 +1,5 @@
-"""Stats for the stats page and for anyone judging whether agents pay off."""
+"""Deployment-wide views: stats for the stats page and for anyone judging whether agents pay
+off (merged PRs, use, latency, spend), and the models sessions may run on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, RuntimeDep
-from app.schemas import Stats
+from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
+from app.schemas import ModelList, Stats
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])
@@ -18,5 +19,13 @@ def get_stats(
     user: CurrentUser, runtime: RuntimeDep, days: Annotated[int, Query(ge=1, le=365)] = 30
 ) -> Stats:
     """Merged-PR count and share, sessions and prompts per day, humans prompting in the last
-    five minutes, and start latency by mode."""
+    five minutes, start latency by mode, and tokens and estimated cost per person and per
+    repository over the window."""
     return compute_stats(runtime.engine, days)
+
+
+@router.get("/models", tags=["sessions"])
+def list_models(user: CurrentUser, sessions: SessionsDep) -> ModelList:
+    """The models a session may run on (NIGHTSHIFT_MODELS), the default marked and first;
+    pass one as `model` to `POST /api/sessions`."""
+    return sessions.models.public()

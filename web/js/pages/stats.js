@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { barChart } from "../chart.js";
-import { avatar, clear, debounce, fmtMs, h, initFrame, showError } from "../ui.js";
+import { avatar, clear, debounce, fmtMs, fmtUsd, h, initFrame, showError } from "../ui.js";
 
 const REFRESH_MS = 10_000;
 const MODES = ["warm", "image", "snapshot", "cold"];
@@ -26,6 +26,29 @@ export function fillDays(perDay, windowDays, now = new Date()) {
 }
 
 const shortDate = (iso) => new Date(`${iso}T00:00:00Z`).toLocaleDateString(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+
+const count = new Intl.NumberFormat();
+
+/** One row per person or repository: prompts, tokens and estimated cost, biggest first. */
+function usageTable(groups, what) {
+  const num = (cls, text) => h("td", { class: `num ${cls}` }, text);
+  return [
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, what), ...["Prompts", "Input tokens", "Cached", "Output tokens", "Est. cost"].map((t) => h("th", { class: "num", scope: "col" }, t)))),
+    h("tbody", {}, groups.length
+      ? groups.map((g) => h("tr", { dataset: { name: g.name } }, h("th", { scope: "row" }, g.name),
+        num("prompts", String(g.prompts)), num("input", count.format(g.input_tokens)), num("cached", count.format(g.cached_tokens)),
+        num("output", count.format(g.output_tokens)), num("cost", fmtUsd(g.cost_usd))))
+      : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No prompts in this window"))),
+  ];
+}
+
+function renderUsage(stats) {
+  const u = stats.usage;
+  $("spend-total").textContent = fmtUsd(u.cost_usd);
+  $("spend-tokens").textContent = `${count.format(u.input_tokens)} input tokens (${count.format(u.cached_tokens)} cached) · ${count.format(u.output_tokens)} output tokens`;
+  clear($("spend-people"), usageTable(stats.usage_by_person, "Person"));
+  clear($("spend-repos"), usageTable(stats.usage_by_repo, "Repository"));
+}
 
 function render(stats) {
   $("merged").textContent = String(stats.merged);
@@ -59,6 +82,7 @@ function render(stats) {
     h("tbody", {},
       modes.filter((m) => stats.start_latency[m]).map((m) => latencyRow(m, stats.start_latency[m], m)),
       latencyRow("first model request", stats.first_model_request, "first_model")));
+  renderUsage(stats);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
 }
 
