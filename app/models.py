@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from app.github_tables import GITHUB_TRIGGER_TABLES
 from images.registry import IMAGE_TABLES
 
 
@@ -386,4 +387,5 @@ CONTROL_TABLES = [
     SlackParticipant.__table__,  # type: ignore[attr-defined]
     RepoKeywords.__table__,  # type: ignore[attr-defined]
     *IMAGE_TABLES,
+    *GITHUB_TRIGGER_TABLES,
 ]
