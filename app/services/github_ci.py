@@ -79,14 +79,14 @@ class GitHubCI:
     def on_check_run(self, payload: dict[str, Any]) -> None:
         run = need(payload, "check_run")
         repo = self._completed(payload)
-        run_id = need_int(run, "id")
+        run_id = need_int(payload, "check_run", "id")
         summary = summary_of(run)
         self._handle(
             Completed(
                 kind="check run",
                 repo=repo,
-                name=need_str(run, "name", limit=200),
-                head_sha=need_str(run, "head_sha", limit=64),
+                name=need_str(payload, "check_run", "name", limit=200),
+                head_sha=need_str(payload, "check_run", "head_sha", limit=64),
                 conclusion=text_of(run, "conclusion"),
                 url=text_of(run, "html_url"),
                 jobs=lambda: [FailedJob(run_id, text_of(run, "name"), summary)],
@@ -96,13 +96,13 @@ class GitHubCI:
     def on_check_suite(self, payload: dict[str, Any]) -> None:
         suite = need(payload, "check_suite")
         repo = self._completed(payload)
-        suite_id = need_int(suite, "id")
+        suite_id = need_int(payload, "check_suite", "id")
         self._handle(
             Completed(
                 kind="check suite",
                 repo=repo,
                 name=text_of(suite, "app", "name") or "check suite",
-                head_sha=need_str(suite, "head_sha", limit=64),
+                head_sha=need_str(payload, "check_suite", "head_sha", limit=64),
                 conclusion=text_of(suite, "conclusion"),
                 url="",
                 jobs=lambda: failed_runs_of_suite(self._gh(repo), repo.url, suite_id),
@@ -112,13 +112,13 @@ class GitHubCI:
     def on_workflow_run(self, payload: dict[str, Any]) -> None:
         run = need(payload, "workflow_run")
         repo = self._completed(payload)
-        run_id = need_int(run, "id")
+        run_id = need_int(payload, "workflow_run", "id")
         self._handle(
             Completed(
                 kind="workflow run",
                 repo=repo,
-                name=need_str(run, "name", limit=200),
-                head_sha=need_str(run, "head_sha", limit=64),
+                name=need_str(payload, "workflow_run", "name", limit=200),
+                head_sha=need_str(payload, "workflow_run", "head_sha", limit=64),
                 conclusion=text_of(run, "conclusion"),
                 url=text_of(run, "html_url"),
                 jobs=lambda: failed_jobs_of_run(self._gh(repo), repo.url, run_id),

@@ -112,20 +112,21 @@ class GitHubTriggers:
         if not self.switches.issues:
             raise Ignored("issue triggers are off (NIGHTSHIFT_GITHUB_ISSUE_TRIGGERS)")
         issue = need(payload, "issue")
-        person = Person.of(issue, "user")
+        person = Person.of(payload, "issue", "user")
         self.gate.check_person(person)
         request = self._request(text_of(issue, "body"))
         repo = self._repo(payload)
-        number = need_int(issue, "number")
-        title = need_str(issue, "title", limit=1000)
+        number = need_int(payload, "issue", "number")
+        title = need_str(payload, "issue", "title", limit=1000)
+        issue_id = need_int(payload, "issue", "id")
         self._handle(
             Ask(
-                key=f"issue:{need_int(issue, 'id')}",
+                key=f"issue:{issue_id}",
                 kind="issue",
                 repo=repo,
                 number=number,
                 person=person,
-                url=need_str(issue, "html_url", limit=500),
+                url=need_str(payload, "issue", "html_url", limit=500),
                 what="an issue",
                 target=("issue", number),
                 build=lambda: issue_prompt(
@@ -145,13 +146,13 @@ class GitHubTriggers:
         comment = need(payload, "comment")
         on_pr = isinstance(issue.get("pull_request"), dict)
         self._check_switch(on_pr)
-        person = Person.of(comment, "user")
+        person = Person.of(payload, "comment", "user")
         self.gate.check_person(person)
         request = self._request(text_of(comment, "body"))
         repo = self._repo(payload)
-        number = need_int(issue, "number")
-        comment_id = need_int(comment, "id")
-        url = need_str(comment, "html_url", limit=500)
+        number = need_int(payload, "issue", "number")
+        comment_id = need_int(payload, "comment", "id")
+        url = need_str(payload, "comment", "html_url", limit=500)
         common = dict(
             key=f"comment:{comment_id}",
             repo=repo,
@@ -172,7 +173,7 @@ class GitHubTriggers:
                 )
             )
             return
-        title = need_str(issue, "title", limit=1000)
+        title = need_str(payload, "issue", "title", limit=1000)
         body = text_of(issue, "body")
 
         def build() -> str:
@@ -189,10 +190,10 @@ class GitHubTriggers:
             raise Ignored(f"pull_request_review_comment.{action}: only a new comment asks")
         self._check_switch(True)
         raw = need(payload, "comment")
-        person = Person.of(raw, "user")
+        person = Person.of(payload, "comment", "user")
         self.gate.check_person(person)
         request = self._request(text_of(raw, "body"))
-        need_int(raw, "id")
+        need_int(payload, "comment", "id")
         comment = review_comment_of(raw)
         repo = self._repo(payload)
         number = need_int(payload, "pull_request", "number")
@@ -215,18 +216,18 @@ class GitHubTriggers:
     def on_pull_request_review(self, payload: dict[str, Any]) -> None:
         action = need_str(payload, "action", limit=64)
         review = need(payload, "review")
-        state = need_str(review, "state", limit=64).lower()
+        state = need_str(payload, "review", "state", limit=64).lower()
         if action != "submitted" or state != "changes_requested":
             raise Ignored(
                 f"pull_request_review.{action} ({state}): only a review requesting changes asks"
             )
         self._check_switch(True)
-        person = Person.of(review, "user")
+        person = Person.of(payload, "review", "user")
         self.gate.check_person(person)
         repo = self._repo(payload)
         number = need_int(payload, "pull_request", "number")
-        review_id = need_int(review, "id")
-        url = need_str(review, "html_url", limit=500)
+        review_id = need_int(payload, "review", "id")
+        url = need_str(payload, "review", "html_url", limit=500)
         body = text_of(review, "body")
         session_id = self._pr_session(repo, number)
 
