@@ -229,7 +229,7 @@ class FakeGitHub:
     def add_issue_comment(self, repo: str, number: int, login: str, body: str) -> dict[str, Any]:
         """A comment someone wrote on an issue or a PR's conversation."""
         with self.lock:
-            comment_id = 9000 + len(self.comments)
+            comment_id = len(self.comments) + 1
             comment = {
                 "id": comment_id,
                 "body": body,
@@ -743,9 +743,9 @@ class FakeGitHub:
                 return who
             body = await request.json()
             comment = {
-                "id": 9000 + len(state.comments),
+                "id": len(state.comments) + 1,
                 "body": body.get("body", ""),
-                "html_url": f"https://github.example/{full}/pull/{number}#issuecomment-{9000 + len(state.comments)}",
+                "html_url": f"https://github.example/{full}/pull/{number}#issuecomment-{len(state.comments) + 1}",
                 "repo": full,
                 "number": number,
                 "token": token_of(request),
