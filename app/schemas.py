@@ -45,6 +45,9 @@ class RepoCreate(BaseModel):
     context: str | None = Field(
         None, max_length=500, description="The Dockerfile's build context, relative to the repo"
     )
+    ci_fix_attempts: int | None = Field(
+        None, ge=0, le=20, description="Failing checks sent back per PR (default: the server's)"
+    )
 
 
 class RepoPublic(BaseModel):
@@ -63,6 +66,7 @@ class RepoPublic(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    ci_fix_attempts: int | None = None
     created_at: float
 
 

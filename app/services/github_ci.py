@@ -64,15 +64,12 @@ class GitHubCI:
         app: GitHubApp,
         *,
         attempts: int,
-        attempts_for: Callable[[str], int | None] = lambda _repo: None,
     ) -> None:
         self.engine = engine
         self.sessions = sessions
         self.app = app
         self.attempts = attempts
-        """NIGHTSHIFT_CI_FIX_ATTEMPTS: follow-ups per PR (0: off)."""
-        self.attempts_for = attempts_for
-        """A repository's own cap, when its spec sets one."""
+        """NIGHTSHIFT_CI_FIX_ATTEMPTS: follow-ups per PR (0: off); a repo may set its own."""
 
     # ------------------------------------------------------------ webhooks
 
@@ -162,8 +159,7 @@ class GitHubCI:
         return row
 
     def cap(self, repo: Repo) -> int:
-        own = self.attempts_for(repo.name)
-        return self.attempts if own is None else own
+        return self.attempts if repo.ci_fix_attempts is None else repo.ci_fix_attempts
 
     def _handle(self, check: Completed) -> None:
         if check.conclusion == "success":

@@ -30,11 +30,11 @@ def env(make_github_env: Any) -> GitHubEnv:
     return _env(make_github_env)
 
 
-def _env(make_github_env: Any, **overrides: Any) -> GitHubEnv:
+def _env(make_github_env: Any, repo: dict[str, Any] | None = None, **overrides: Any) -> GitHubEnv:
     gh: GitHubEnv = make_github_env(github_allowed_users="octocat,monalisa", **overrides)
     gh.runtime.sessions.dispatcher = None
     gh.fake.add_repo(REPO)
-    gh.runtime.repos.add(RepoCreate(url=REPO))
+    gh.runtime.repos.add(RepoCreate(url=REPO, **(repo or {})))
     gh.fake.add_user("octocat", "Mona Octocat", "mona@example.com", user_id=583231)
     gh.fake.add_user("monalisa", "Mona Lisa", "lisa@example.com", user_id=600001)
     gh.fake.grant(REPO, "octocat", "admin")
@@ -446,3 +446,20 @@ def test_checks_passing_after_a_fix_attempt_record_the_outcome(env: GitHubEnv) -
         _deliver(env, "check_run", payloads.check_run_completed(env.fake, REPO, stranger)),
         "is not the head of an open pull request",
     )
+
+
+def test_a_repo_may_set_its_own_ci_fix_cap(make_github_env: Any) -> None:
+    gh = _env(make_github_env, repo={"ci_fix_attempts": 1}, ci_fix_attempts=0)
+    author = _sign_in(gh, "octocat")
+    session_id, _number, sha = _session_with_pr(gh, author)
+    run = payloads.check_run_json(gh.fake, REPO, 921, "tests", sha, "failure", log="E: one")
+    assert _deliver(gh, "check_run", payloads.check_run_completed(gh.fake, REPO, run)).status == (
+        "done"
+    )
+    assert "CI fix attempt 1 of 1" in _events(gh, session_id, "notice")[-1].message
+    again = _push(gh, session_id, "Fix one")
+    run2 = payloads.check_run_json(gh.fake, REPO, 922, "tests", again, "failure", log="E: two")
+    _ignored(
+        _deliver(gh, "check_run", payloads.check_run_completed(gh.fake, REPO, run2)), "used up (1)"
+    )
+    assert len(_prompts(gh, session_id)) == 2

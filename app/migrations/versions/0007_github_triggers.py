@@ -1,4 +1,4 @@
-"""github triggers: mentions, reviews and failing checks that ask for work
+"""github triggers: mentions, reviews and failing checks that ask for work; a repo's CI-fix cap
 
 Revision ID: 0007
 Revises: 0005
@@ -19,6 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("repos", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("ci_fix_attempts", sa.Integer(), nullable=True))
     op.create_table(
         "github_triggers",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -69,3 +71,5 @@ def downgrade() -> None:
         batch_op.drop_index("ix_github_triggers_user_state")
         batch_op.drop_index("ix_github_triggers_session")
     op.drop_table("github_triggers")
+    with op.batch_alter_table("repos", schema=None) as batch_op:
+        batch_op.drop_column("ci_fix_attempts")
