@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, select
@@ -294,6 +294,18 @@ class GitHubTriggers:
 
     def _handle(self, ask: Ask) -> None:
         row = self._claim(ask)
+        try:
+            self._ask(ask, row)
+        except Ignored:
+            raise
+        except Exception:
+            # GitHub failed us half-way: forget the claim so the delivery's retry asks again.
+            with DB(self.engine) as db:
+                db.exec(delete(GitHubTrigger).where(col(GitHubTrigger.id) == row))
+                db.commit()
+            raise
+
+    def _ask(self, ask: Ask, row: int) -> None:
         if not self.gate.may_write(ask.repo.url, ask.person.login):
             self._refuse(ask, row)
         if ask.target is not None:

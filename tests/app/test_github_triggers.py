@@ -463,3 +463,40 @@ def test_a_repo_may_set_its_own_ci_fix_cap(make_github_env: Any) -> None:
         _deliver(gh, "check_run", payloads.check_run_completed(gh.fake, REPO, run2)), "used up (1)"
     )
     assert len(_prompts(gh, session_id)) == 2
+
+
+def test_github_failing_half_way_is_retried_and_then_starts_once(env: GitHubEnv) -> None:
+    _sign_in(env, "octocat")
+    comment = env.fake.add_issue_comment(REPO, 6, "octocat", "@nightshift-test bump the version")
+    env.fake.fail_next(502, "/issues/6/comments", times=3)  # the thread cannot be read
+    answer = env.deliver(
+        "issue_comment", payloads.issue_comment(env.fake, REPO, 6, comment), delivery="d-flaky"
+    )
+    assert answer.status_code == 202
+
+    def retried() -> GitHubDelivery | None:
+        with DB(env.runtime.engine) as db:
+            row = db.get(GitHubDelivery, "d-flaky")
+        return row if row is not None and row.status == "queued" and row.error else None
+
+    assert "GitHubUnavailable" in (wait_for(retried, 20, "the failed attempt").error or "")
+    assert _sessions(env) == []
+    github = env.runtime.github
+    assert github is not None
+    assert github.webhooks.process("d-flaky") == "done"
+    [session] = _sessions(env)
+    assert "bump the version" in _prompts(env, session.id)[0].text
+
+
+def test_the_mention_is_the_apps_own_name_only(env: GitHubEnv) -> None:
+    github = env.runtime.github
+    assert github is not None
+    gate = github.triggers.gate
+    assert gate.slug() == "nightshift-test"
+    assert gate.request("@Nightshift-Test fix it") == "fix it"
+    assert gate.request("hey @nightshift-test, fix it") == "hey , fix it"
+    for text in ("@nightshift-testing fix", "mail me at a@nightshift-test", "nightshift-test"):
+        assert gate.request(text) is None, text
+    # The slug is read from GitHub once.
+    gate.slug()
+    assert sum(1 for r in env.fake.requests if r.path == "/app") == 1
