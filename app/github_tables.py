@@ -57,7 +57,27 @@ class GitHubCiAttempt(SQLModel, table=True):
     created_at: float = Field(default_factory=time.time)
 
 
+class GitHubPrStats(SQLModel, table=True):
+    """What happened to one session's pull request, for the PR stats: pushes and commits the
+    agent made (from the session's events), reviews and merge (from GitHub's webhooks)."""
+
+    __tablename__ = "github_pr_stats"
+
+    session_id: str = Field(primary_key=True, max_length=32)
+    pushes: int = 0
+    agent_commits: int = 0
+    pr_commits: int | None = None
+    """Commits on the PR when it closed, as GitHub counts them (the agent's and people's)."""
+    opened_at: float | None = None
+    merged_at: float | None = None
+    reviews: int = 0
+    approvals: int = 0
+    changes_requested: int = 0
+    updated_at: float = Field(default_factory=time.time)
+
+
 GITHUB_TRIGGER_TABLES = [
     GitHubTrigger.__table__,  # type: ignore[attr-defined]
     GitHubCiAttempt.__table__,  # type: ignore[attr-defined]
+    GitHubPrStats.__table__,  # type: ignore[attr-defined]
 ]

@@ -208,6 +208,20 @@ class DayStats(BaseModel):
     prompts: int
 
 
+class PrStats(BaseModel):
+    """How the sessions' pull requests fare on GitHub (None where nothing was measured yet)."""
+
+    prs: int
+    reviewed: int
+    approval_rate: float | None
+    """Reviewed PRs with at least one approving review, over reviewed PRs."""
+    revisions_per_pr: float | None
+    """Pushes to a PR's branch (the first included), on average."""
+    median_open_to_merge_s: float | None
+    agent_commit_share: float | None
+    """Commits the agent made over all commits of the merged PRs."""
+
+
 class Stats(BaseModel):
     window_days: int
     sessions: int
@@ -220,6 +234,8 @@ class Stats(BaseModel):
     start_latency: dict[str, LatencyStats]
     """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
     first_model_request: LatencyStats
+    pull_requests: PrStats | None = None
+    """GitHub PR outcomes (approval, revisions, time to merge, the agent's share)."""
 
 
 class BuildStep(BaseModel):

@@ -25,8 +25,8 @@ from app.models import Participant, Repo, Session, User
 from app.services.github_accounts import GitHubAccounts, SignInRequired
 from app.services.github_ci import GitHubCI
 from app.services.github_events import GitHubWebhooks, RebuildHook
-from app.services.github_gate import Gate
-from app.services.github_triggers import GitHubTriggers, TriggerSwitches
+from app.services.github_triggers import GitHubTriggers, TriggerSwitches, build_triggers
+from app.services.pr_stats import PrStatsRecorder
 from app.services.pulls import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
 from app.settings import reveal
@@ -273,11 +273,10 @@ def build_github(
     opener = GitHubPullRequests(
         config, app, accounts, base_url=settings.base_url, fallback=settings.pr_fallback
     )
-    triggers = GitHubTriggers(
+    triggers = build_triggers(
         engine,
         sessions,
         app,
-        Gate(app),
         linked_user_id=accounts.linked_user_id if accounts is not None else None,
         switches=TriggerSwitches(
             issues=settings.github_issue_triggers, pull_requests=settings.github_pr_followups
@@ -285,7 +284,8 @@ def build_github(
         base_url=settings.base_url,
         submit=submit,
     )
-    sessions.hub.handlers.append(triggers.on_event)  # on `pr_opened`: `Fixes #N`
+    pr_stats = PrStatsRecorder(engine)
+    sessions.hub.handlers.append(pr_stats.on_event)  # the agent's commits and pushes
     webhooks = GitHubWebhooks(
         engine,
         reveal(settings.github_webhook_secret) or "",
@@ -295,6 +295,7 @@ def build_github(
         rebuild_hooks=rebuild_hooks,
         triggers=triggers,
         ci=GitHubCI(engine, sessions, app, attempts=settings.ci_fix_attempts),
+        pr_stats=pr_stats,
     )
     return GitHubServices(
         config=config,

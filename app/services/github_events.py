@@ -42,6 +42,7 @@ from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
 from app.services.github_ci import GitHubCI
 from app.services.github_gate import Ignored
 from app.services.github_triggers import GitHubTriggers
+from app.services.pr_stats import PrStatsRecorder
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.spec import RepoSpec
@@ -86,7 +87,10 @@ class GitHubWebhooks:
         rebuild_hooks: list[RebuildHook],
         triggers: GitHubTriggers | None = None,
         ci: GitHubCI | None = None,
+        pr_stats: PrStatsRecorder | None = None,
     ) -> None:
+        self.pr_stats = pr_stats
+        """Records reviews and merges of sessions' PRs for `GET /api/stats`."""
         self.engine = engine
         self.triggers = triggers
         """Mentions and reviews that ask for work (None: those events are ignored)."""
@@ -263,6 +267,8 @@ class GitHubWebhooks:
                     | ((col(Session.branch) == head) & col(Session.pr_number).is_(None)),
                 )
             ).all()
+        if self.pr_stats is not None:
+            self.pr_stats.on_pull([row.id for row in rows], pr)
         for row in rows:
             with self.sessions.hub.lock(row.id):
                 current = self.sessions.get(row.id)
@@ -300,6 +306,8 @@ class GitHubWebhooks:
         self._need(self.triggers, "review comment").on_pull_request_review_comment(payload)
 
     def _on_pull_request_review(self, payload: dict[str, Any]) -> None:
+        if self.pr_stats is not None:
+            self.pr_stats.on_review(payload)
         self._need(self.triggers, "review").on_pull_request_review(payload)
 
     def _on_check_run(self, payload: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, RuntimeDep
 from app.schemas import Stats
+from app.services.pr_stats import compute_pr_stats
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])
@@ -19,4 +20,5 @@ def get_stats(
 ) -> Stats:
     """Merged-PR count and share, sessions and prompts per day, humans prompting in the last
     five minutes, and start latency by mode."""
-    return compute_stats(runtime.engine, days)
+    stats = compute_stats(runtime.engine, days)
+    return stats.model_copy(update={"pull_requests": compute_pr_stats(runtime.engine, days)})

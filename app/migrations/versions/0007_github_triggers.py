@@ -46,6 +46,20 @@ def upgrade() -> None:
             "ix_github_triggers_user_state", ["github_user_id", "state"], unique=False
         )
     op.create_table(
+        "github_pr_stats",
+        sa.Column("session_id", sa.String(length=32), nullable=False),
+        sa.Column("pushes", sa.Integer(), nullable=False),
+        sa.Column("agent_commits", sa.Integer(), nullable=False),
+        sa.Column("pr_commits", sa.Integer(), nullable=True),
+        sa.Column("opened_at", sa.Float(), nullable=True),
+        sa.Column("merged_at", sa.Float(), nullable=True),
+        sa.Column("reviews", sa.Integer(), nullable=False),
+        sa.Column("approvals", sa.Integer(), nullable=False),
+        sa.Column("changes_requested", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("session_id"),
+    )
+    op.create_table(
         "github_ci_attempts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("session_id", sa.String(length=32), nullable=False),
@@ -67,6 +81,7 @@ def downgrade() -> None:
     with op.batch_alter_table("github_ci_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_github_ci_attempts_session_id"))
     op.drop_table("github_ci_attempts")
+    op.drop_table("github_pr_stats")
     with op.batch_alter_table("github_triggers", schema=None) as batch_op:
         batch_op.drop_index("ix_github_triggers_user_state")
         batch_op.drop_index("ix_github_triggers_session")
