@@ -17,7 +17,7 @@ from app.schemas import RepoCreate
 from tests.app.conftest import GitHubEnv
 from tests.factories import git, wait_for
 from tests.fakes import github_payloads as payloads
-from workers.events import BranchPushed
+from workers.events import BranchPushed, CommitCreated
 
 REPO = "octo/proj"
 
@@ -500,3 +500,44 @@ def test_the_mention_is_the_apps_own_name_only(env: GitHubEnv) -> None:
     # The slug is read from GitHub once.
     gate.slug()
     assert sum(1 for r in env.fake.requests if r.path == "/app") == 1
+
+
+# ---------------------------------------------------------------- PR stats
+
+
+def test_pr_stats_count_approvals_pushes_time_to_merge_and_the_agents_share(
+    env: GitHubEnv,
+) -> None:
+    author = _sign_in(env, "octocat")
+    session = env.runtime.sessions.create(author, REPO, "tidy the README")
+    for message in ("Tidy the README", "Address the review"):
+        env.runtime.hub.publish(
+            session.id,
+            CommitCreated(sha="0" * 40, author="Mona Octocat", message=message, prompt_id=1),
+        )
+        _push(env, session.id, message)
+    number = wait_for(lambda: env.runtime.sessions.get(session.id).pr_number, 10, "PR")
+    # Someone pushes a commit of their own to the session's branch.
+    bare = env.fake.repos[REPO].path
+    mine = git(bare, "commit-tree", "main^{tree}", "-p", session.branch, "-m", "By hand").strip()
+    git(bare, "update-ref", f"refs/heads/{session.branch}", mine)
+
+    asked = payloads.review_submitted(
+        env.fake, REPO, number, 801, "monalisa", "changes_requested", "Not yet", []
+    )
+    approved = payloads.review_submitted(
+        env.fake, REPO, number, 802, "monalisa", "approved", "", []
+    )
+    _deliver(env, "pull_request_review", asked)
+    _ignored(_deliver(env, "pull_request_review", approved), "only a review requesting changes")
+    merged = env.fake.merge(REPO, number)
+    _deliver(env, "pull_request", env.fake.pull_payload(merged, "closed"))
+
+    with env.browser() as browser:
+        env.sign_in(browser, "octocat")
+        stats = browser.get("/api/stats").json()["pull_requests"]
+    assert stats["prs"] == 1 and stats["reviewed"] == 1
+    assert stats["approval_rate"] == 1.0
+    assert stats["revisions_per_pr"] == 2.0
+    assert stats["median_open_to_merge_s"] is not None and stats["median_open_to_merge_s"] >= 0
+    assert stats["agent_commit_share"] == round(2 / 3, 4)

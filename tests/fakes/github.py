@@ -388,6 +388,19 @@ class FakeGitHub:
             "default_branch": repo.default_branch,
         }
 
+    def _commits(self, pull: FakePull) -> int:
+        """Commits on the PR's branch that its base does not have."""
+        try:
+            out = git(
+                self.repos[pull.repo.lower()].path,
+                "rev-list",
+                "--count",
+                f"refs/heads/{pull.base}..refs/heads/{pull.head}",
+            )
+        except subprocess.CalledProcessError:
+            return 0
+        return int(out.strip() or 0)
+
     def _pull_json(self, pull: FakePull) -> dict[str, Any]:
         return {
             "number": pull.number,
@@ -396,6 +409,8 @@ class FakeGitHub:
             "merged": pull.merged,
             "draft": pull.draft,
             "merged_at": _iso(time.time()) if pull.merged else None,
+            "created_at": _iso(pull.created_at),
+            "commits": self._commits(pull),
             "title": pull.title,
             "body": pull.body,
             "user": {"login": pull.author},
