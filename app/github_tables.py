@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -27,7 +27,7 @@ class GitHubTrigger(SQLModel, table=True):
     repo: str = Field(max_length=200)
     number: int
     """The issue's or the pull request's number."""
-    github_user_id: int
+    github_user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     login: str = Field(max_length=100)
     prompt: str = Field(default="", sa_type=Text)
     url: str = Field(default="", max_length=500)

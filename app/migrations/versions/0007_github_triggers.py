@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=20), nullable=False),
         sa.Column("repo", sa.String(length=200), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
-        sa.Column("github_user_id", sa.Integer(), nullable=False),
+        sa.Column("github_user_id", sa.BigInteger(), nullable=False),
         sa.Column("login", sa.String(length=100), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=False),
         sa.Column("url", sa.String(length=500), nullable=False),
