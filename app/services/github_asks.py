@@ -140,6 +140,15 @@ class Asks:
         if problem is not None:
             raise Ignored(problem)
 
+    def handled(self, keys: set[str]) -> set[str]:
+        """Which of these GitHub objects already asked for something."""
+        if not keys:
+            return set()
+        with DB(self.engine) as db:
+            return set(
+                db.exec(select(GitHubTrigger.key).where(col(GitHubTrigger.key).in_(keys))).all()
+            )
+
     def _claim(self, ask: Ask) -> int:
         """The trigger's row, new; Ignored when this GitHub object already asked."""
         with DB(self.engine) as db:

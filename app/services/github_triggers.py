@@ -198,7 +198,10 @@ class GitHubTriggers:
 
         def build() -> str:
             comments = review_comments(self._gh(repo), repo.url, number, review_id)
-            return review_prompt(person.login, body, comments, url, self.limit)
+            asked = self.asks.handled({f"review_comment:{c.id}" for c in comments})
+            # A line comment that mentioned the App already asked on its own.
+            fresh = [c for c in comments if f"review_comment:{c.id}" not in asked]
+            return review_prompt(person.login, body, fresh, url, self.limit)
 
         self.asks.handle(
             Ask(

@@ -348,12 +348,27 @@ def test_a_review_requesting_changes_queues_one_follow_up_with_all_its_comments(
             env.fake, REPO, number, 42, "monalisa", "Handle None", path="app.py", line=9
         ),
     ]
+    mention = payloads.review_comment_json(
+        env.fake, REPO, number, 43, "monalisa", "@nightshift-test rename y too", line=4
+    )
+    # GitHub sends each line comment of a review as well: the one that mentions the App asks
+    # on its own, and the review's follow-up leaves it out.
+    line = payloads.review_comment_created(env.fake, REPO, number, mention)
+    assert _deliver(env, "pull_request_review_comment", line).status == "done"
     review = payloads.review_submitted(
-        env.fake, REPO, number, 501, "monalisa", "changes_requested", "Close, but:", comments
+        env.fake,
+        REPO,
+        number,
+        501,
+        "monalisa",
+        "changes_requested",
+        "Close, but:",
+        [*comments, mention],
     )
     assert _deliver(env, "pull_request_review", review).status == "done"
     prompts = _prompts(env, session_id)
-    assert len(prompts) == 2
+    assert len(prompts) == 3
+    assert "rename y too" in prompts[1].text and "rename y too" not in prompts[2].text
     text = prompts[-1].text
     assert prompts[-1].author.id == reviewer.id
     assert "Close, but:" in text and "Rename x" in text and "app.py:9" in text
@@ -363,7 +378,7 @@ def test_a_review_requesting_changes_queues_one_follow_up_with_all_its_comments(
         env.fake, REPO, number, 502, "monalisa", "approved", "LGTM", []
     )
     _ignored(_deliver(env, "pull_request_review", approved), "only a review requesting changes")
-    assert len(_prompts(env, session_id)) == 2
+    assert len(_prompts(env, session_id)) == 3
 
 
 def test_a_comment_longer_than_the_prompt_limit_is_cut_with_a_note(make_github_env: Any) -> None:
@@ -541,3 +556,19 @@ def test_pr_stats_count_approvals_pushes_time_to_merge_and_the_agents_share(
     assert stats["revisions_per_pr"] == 2.0
     assert stats["median_open_to_merge_s"] is not None and stats["median_open_to_merge_s"] >= 0
     assert stats["agent_commit_share"] == round(2 / 3, 4)
+
+
+def test_an_unlinked_reviewer_s_follow_up_waits_until_they_link(env: GitHubEnv) -> None:
+    author = _sign_in(env, "octocat")
+    session_id, number, _sha = _session_with_pr(env, author)
+    comment = env.fake.add_issue_comment(REPO, number, "monalisa", "@nightshift-test add docs")
+    payload = payloads.issue_comment(env.fake, REPO, number, comment, on_pr=True)
+    assert _deliver(env, "issue_comment", payload).status == "done"
+    assert len(_prompts(env, session_id)) == 1
+    assert "/auth/github/login" in env.fake.replies(REPO, number)[-1]
+
+    reviewer = _sign_in(env, "monalisa")
+    wait_for(lambda: len(_prompts(env, session_id)) == 2, 10, "the follow-up after linking")
+    follow = _prompts(env, session_id)[-1]
+    assert follow.author.id == reviewer.id and "add docs" in follow.text
+    assert _events(env, session_id, "notice")[-1].link == comment["html_url"]
