@@ -114,6 +114,16 @@ class Asks:
         prompt = ask.build()
         user_id = self.linked_user_id(ask.person.id) if self.linked_user_id else None
         self._set(row, prompt=prompt)
+        if user_id is None and self.linked_user_id is not None:
+            self._set(row, state="pending")
+            linked = self.linked_user_id(ask.person.id)
+            if linked is not None:
+                # They linked in the meantime, and the sign-in's pass may have come too early.
+                with DB(self.engine) as db:
+                    now_linked = db.get(User, linked)
+                if now_linked is not None:
+                    self.start_pending(now_linked)
+                    return
         if user_id is None:
             if self.linked_user_id is None:
                 self._set(row, state="failed", reason="GitHub sign-in is not configured")
@@ -162,6 +172,7 @@ class Asks:
                 url=ask.url,
                 session_id=ask.session_id,
                 reason=ask.what,
+                state="received",
             )
             db.add(row)
             try:
