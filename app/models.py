@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from app.github_tables import GITHUB_TRIGGER_TABLES
 from images.registry import IMAGE_TABLES
 
 
@@ -59,6 +60,8 @@ class RepoBase(SQLModel):
     image: str | None = Field(default=None, max_length=300)
     dockerfile: str | None = Field(default=None, max_length=500)
     context: str | None = Field(default=None, max_length=500)
+    ci_fix_attempts: int | None = None
+    """This repo's own cap of failing checks sent back per PR (None: NIGHTSHIFT_CI_FIX_ATTEMPTS)."""
 
 
 class Repo(RepoBase, table=True):
@@ -405,4 +408,5 @@ CONTROL_TABLES = [
     SlackParticipant.__table__,  # type: ignore[attr-defined]
     RepoKeywords.__table__,  # type: ignore[attr-defined]
     *IMAGE_TABLES,
+    *GITHUB_TRIGGER_TABLES,
 ]

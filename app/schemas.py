@@ -45,6 +45,9 @@ class RepoCreate(BaseModel):
     context: str | None = Field(
         None, max_length=500, description="The Dockerfile's build context, relative to the repo"
     )
+    ci_fix_attempts: int | None = Field(
+        None, ge=0, le=20, description="Failing checks sent back per PR (default: the server's)"
+    )
 
 
 class RepoPublic(BaseModel):
@@ -63,6 +66,7 @@ class RepoPublic(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    ci_fix_attempts: int | None = None
     created_at: float
 
 
@@ -248,6 +252,20 @@ class UsageGroup(Usage):
     prompts: int
 
 
+class PrStats(BaseModel):
+    """How the sessions' pull requests fare on GitHub (None where nothing was measured yet)."""
+
+    prs: int
+    reviewed: int
+    approval_rate: float | None
+    """Reviewed PRs with at least one approving review, over reviewed PRs."""
+    revisions_per_pr: float | None
+    """Pushes to a PR's branch (the first included), on average."""
+    median_open_to_merge_s: float | None
+    agent_commit_share: float | None
+    """Commits the agent made over all commits of the merged PRs."""
+
+
 class Stats(BaseModel):
     window_days: int
     sessions: int
@@ -265,6 +283,8 @@ class Stats(BaseModel):
     usage_by_person: list[UsageGroup]
     """By the prompt's author (login), biggest spender first."""
     usage_by_repo: list[UsageGroup]
+    pull_requests: PrStats | None = None
+    """GitHub PR outcomes (approval, revisions, time to merge, the agent's share)."""
 
 
 class BuildStep(BaseModel):

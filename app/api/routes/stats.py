@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
 from app.schemas import ModelList, Stats
+from app.services.pr_stats import compute_pr_stats
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])
@@ -20,8 +21,9 @@ def get_stats(
 ) -> Stats:
     """Merged-PR count and share, sessions and prompts per day, humans prompting in the last
     five minutes, start latency by mode, and tokens and estimated cost per person and per
-    repository over the window."""
-    return compute_stats(runtime.engine, days)
+    repository over the window, and how the PRs fared on GitHub."""
+    stats = compute_stats(runtime.engine, days)
+    return stats.model_copy(update={"pull_requests": compute_pr_stats(runtime.engine, days)})
 
 
 @router.get("/models", tags=["sessions"])
