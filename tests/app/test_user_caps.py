@@ -91,7 +91,9 @@ def test_event_streams_past_the_cap_are_refused(capped: tuple[Any, str]) -> None
         ):
             third.recv(timeout=10)
         assert refused.value.rcvd is not None and refused.value.rcvd.code == 4429
-        assert refused.value.rcvd.reason.endswith("(NIGHTSHIFT_MAX_STREAMS_PER_USER=2); close one and retry")
+        assert refused.value.rcvd.reason.endswith(
+            "(NIGHTSHIFT_MAX_STREAMS_PER_USER=2); close one and retry"
+        )
         # SSE streams count against the same cap.
         sse = httpx.get(f"{url}/api/sessions/{session_id}/events/stream", headers=auth, timeout=10)
         assert sse.status_code == 429 and "NIGHTSHIFT_MAX_STREAMS_PER_USER" in sse.text
