@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, func, text, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -34,6 +34,8 @@ from workers.events import (
 )
 
 log = logging.getLogger("nightshift.sessions")
+_CAP_LOCK = 0x6E73_0000_0000
+"""Advisory-lock keys of the per-user session cap: this plus the user id (PostgreSQL)."""
 
 
 class Dispatch(Protocol):
@@ -90,23 +92,35 @@ class Sessions:
             )
         return self.files.redactor.text(text)
 
-    def active_count(self, user_id: int) -> int:
+    def active_count(self, user_id: int, db: DB | None = None) -> int:
         """Sessions of `user_id` that are not over: queued, starting, running or idle."""
-        with DB(self.engine) as db:
-            return int(
-                db.exec(
-                    select(func.count())
-                    .select_from(Session)
-                    .where(
-                        Session.author_id == user_id,
-                        col(Session.status).in_(sorted(ACTIVE_STATUSES)),
-                    )
-                ).one()
-            )
+        if db is None:
+            with DB(self.engine) as own:
+                return self.active_count(user_id, own)
+        return int(
+            db.exec(
+                select(func.count())
+                .select_from(Session)
+                .where(
+                    Session.author_id == user_id,
+                    col(Session.status).in_(sorted(ACTIVE_STATUSES)),
+                )
+            ).one()
+        )
 
-    def _check_active(self, user: User) -> None:
+    def _check_active(self, user: User, db: DB | None = None) -> None:
+        """Refuse one more active session past NIGHTSHIFT_MAX_SESSIONS_PER_USER.
+
+        Given the transaction that will add or wake the session, the count and that write are
+        one step: on PostgreSQL a transaction-scoped advisory lock per user serialises them
+        across API processes; on SQLite the write transaction (BEGIN IMMEDIATE) already holds
+        the database's write lock from its first statement. Two creations at once can then
+        never both pass with one slot left.
+        """
         assert user.id is not None
-        active = self.active_count(user.id)
+        if db is not None and self.engine.dialect.name == "postgresql":
+            db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CAP_LOCK + user.id})
+        active = self.active_count(user.id, db)
         if active >= self.max_active_per_user:
             raise TooMany(
                 f"you have {active} sessions that are not over, the most one person may have "
@@ -190,11 +204,16 @@ class Sessions:
             prompt_count=1,
             model=chosen,
         )
-        with DB(self.engine, expire_on_commit=False) as db:
-            db.add(row)
-            db.flush()
-            self._join(db, session_id, user.id, "author")
-            db.commit()
+        try:
+            with DB(self.engine, expire_on_commit=False) as db:
+                self._check_active(user, db)  # again, atomically with the insert
+                db.add(row)
+                db.flush()
+                self._join(db, session_id, user.id, "author")
+                db.commit()
+        except BaseException:
+            self.files.discard(session_id)
+            raise
         queued, position = store.add_prompt(prompt, author_of(user))
         self._index_prompt(session_id, queued, source)
         self.hub.publish(session_id, StatusChanged(status="queued"))
@@ -220,6 +239,10 @@ class Sessions:
             row = db.get(Session, session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
+            woken = row.status not in ACTIVE_STATUSES
+            if woken:
+                self._check_active(user, db)  # again, atomically with the wake-up
+                row.status = "queued"
             row.prompt_count += 1
             row.stop_requested = False
             row.updated_at = time.time()
@@ -229,7 +252,7 @@ class Sessions:
         store = self.files.get(session_id)
         prompt, position = store.add_prompt(text, author_of(user))
         self._index_prompt(session_id, prompt, source)
-        if row.status not in ACTIVE_STATUSES:
+        if woken:
             self.hub.publish(session_id, StatusChanged(status="queued"))
         self.hub.publish(
             session_id,
