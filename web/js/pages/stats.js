@@ -50,6 +50,30 @@ function renderUsage(stats) {
   clear($("spend-repos"), usageTable(stats.usage_by_repo, "Repository"));
 }
 
+/** Seconds to merge, in the unit that reads best: seconds and minutes, hours, days. */
+function fmtWait(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 3600) return fmtMs(s * 1000);
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} days`;
+}
+
+const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`);
+
+/** How the sessions' GitHub PRs fared: one row per measure, "–" where nothing was measured. */
+function renderPrs(prs) {
+  const p = prs || { prs: 0, reviewed: 0, approval_rate: null, revisions_per_pr: null, median_open_to_merge_s: null, agent_commit_share: null };
+  const row = (key, label, value) => h("tr", { dataset: { key } }, h("th", { scope: "row" }, label), h("td", { class: "num" }, value));
+  const wait = fmtWait(p.median_open_to_merge_s);
+  clear($("prs"), h("tbody", {},
+    row("prs", "PRs opened", String(p.prs)),
+    row("reviewed", "PRs reviewed", String(p.reviewed)),
+    row("approval_rate", "Approval rate", pct(p.approval_rate)),
+    row("revisions_per_pr", "Pushes per PR", p.revisions_per_pr === null ? "–" : String(p.revisions_per_pr)),
+    row("median_open_to_merge", "Median time from opened to merged", wait),
+    row("agent_commit_share", "Agent's share of merged commits", pct(p.agent_commit_share))));
+}
+
 function render(stats) {
   $("merged").textContent = String(stats.merged);
   $("merged-share").textContent = `${(stats.merged_share * 100).toFixed(1)}%`;
@@ -83,6 +107,7 @@ function render(stats) {
       modes.filter((m) => stats.start_latency[m]).map((m) => latencyRow(m, stats.start_latency[m], m)),
       latencyRow("first model request", stats.first_model_request, "first_model")));
   renderUsage(stats);
+  renderPrs(stats.pull_requests);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
 }
 
