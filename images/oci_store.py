@@ -1,0 +1,260 @@
+"""Declared OCI environments on this host: resolved, pulled and unpacked once per digest.
+
+`OciStore.pull` resolves a reference to the digest of its manifest for this host's platform
+(`skopeo inspect --raw`), refuses an image whose layers add up to more than the size limit
+before a byte of them is fetched, copies it into an OCI layout (`skopeo copy`, which checks
+every blob against its digest) and unpacks it with `umoci unpack --rootless` into
+`<root>/<digest hex>/rootfs`. The unpack happens in a temporary directory renamed into place,
+under a file lock, so two builds of one digest unpack it once; a digest already unpacked is
+never fetched again (a rebuild only re-resolves the tag). The tree is shared by every repo
+that declares the image and read-only to sandboxes (they mount it read-only; its files belong
+to the server's user, never to the sandbox uid).
+
+Registry credentials (`auth_file`, a containers auth.json) are given to skopeo on the host
+only; nothing of them reaches a sandbox. A registry on a loopback address is reached over
+plain HTTP, every other one over verified TLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from images.oci import Reference, ReferenceError, parse_reference
+from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
+from images.setup import BuildError
+
+DEFAULT_MAX_MB = 8192
+_INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BuildError(
+            f"{name} is not installed on this server: `apt-get install {name}` (needed for "
+            "declared image environments)"
+        )
+    return path
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no output"
+
+
+def host_arch() -> str:
+    machine = platform.machine()
+    return _ARCH.get(machine, machine)
+
+
+class OciStore:
+    """Unpacked image root filesystems under `root`, one directory per manifest digest."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        auth_file: Path | None = None,
+        max_mb: int = DEFAULT_MAX_MB,
+        timeout: float = 1800.0,
+    ) -> None:
+        self.root = root
+        self.auth_file = auth_file
+        self.max_mb = max_mb
+        self.timeout = timeout
+
+    # ------------------------------------------------------------ skopeo
+
+    def _skopeo(self, ref: Reference, *args: str, timeout: float | None = None) -> str:
+        argv = [_tool("skopeo"), *args[:1]]
+        if self.auth_file is not None:
+            if not self.auth_file.is_file():
+                raise BuildError(f"NIGHTSHIFT_REGISTRY_AUTH: {self.auth_file} is not a file")
+            argv += ["--authfile", str(self.auth_file)]
+        tls = "false" if ref.plain_http else "true"
+        if args[:1] == ("copy",):
+            argv += [f"--src-tls-verify={tls}"]
+        else:
+            argv += [f"--tls-verify={tls}"]
+        argv += list(args[1:])
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout or self.timeout,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root)},
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BuildError(f"image {ref}: registry {ref.registry} did not answer") from exc
+        if done.returncode != 0:
+            raise BuildError(f"image {ref}: {_last_line(done.stderr)}")
+        return done.stdout
+
+    def _manifest(self, ref: Reference, target: str) -> tuple[bytes, dict[str, object]]:
+        raw = self._skopeo(ref, "inspect", "--raw", f"docker://{target}", timeout=120.0)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"image {ref}: the registry sent a manifest that is not JSON") from exc
+        if not isinstance(data, dict):
+            raise BuildError(f"image {ref}: the registry sent a manifest that is not an object")
+        return raw.encode(), data
+
+    def resolve(self, text: str) -> tuple[Reference, str, int]:
+        """`(reference, manifest digest for this platform, bytes of its layers)`."""
+        try:
+            ref = parse_reference(text)
+        except ReferenceError as exc:
+            raise BuildError(str(exc)) from exc
+        repo = f"{ref.registry}/{ref.path}"
+        raw, data = self._manifest(ref, str(ref))
+        if data.get("mediaType") in _INDEX_TYPES or "manifests" in data:
+            entries = data.get("manifests")
+            chosen = None
+            for entry in entries if isinstance(entries, list) else []:
+                plat = entry.get("platform", {}) if isinstance(entry, dict) else {}
+                if plat.get("os") == "linux" and plat.get("architecture") == host_arch():
+                    chosen = entry
+                    break
+            if chosen is None:
+                raise BuildError(f"image {ref}: no manifest for linux/{host_arch()}")
+            raw, data = self._manifest(ref, f"{repo}@{chosen['digest']}")
+        layers = data.get("layers")
+        if not isinstance(layers, list):
+            raise BuildError(f"image {ref}: the manifest lists no layers")
+        size = sum(int(layer.get("size", 0)) for layer in layers if isinstance(layer, dict))
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if ref.digest is not None and ref.digest != digest and "manifests" not in data:
+            # A digest naming an index resolves to a platform manifest; any other must match.
+            raw_index = self._skopeo(ref, "inspect", "--raw", f"docker://{ref}", timeout=120.0)
+            if "sha256:" + hashlib.sha256(raw_index.encode()).hexdigest() != ref.digest:
+                raise BuildError(f"image {ref}: the registry's manifest does not match its digest")
+        return ref, digest, size
+
+    # ------------------------------------------------------------ unpacking
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest.replace(":", "-")
+
+    def present(self, digest: str) -> ImageEnvironment | None:
+        directory = self.path(digest)
+        if (directory / ENVIRONMENT_FILE).is_file():
+            return ImageEnvironment.load(directory / ENVIRONMENT_FILE)
+        return None
+
+    def pull(self, text: str) -> ImageEnvironment:
+        """The unpacked environment of image reference `text`, pulled if this host lacks it."""
+        ref, digest, size = self.resolve(text)
+        found = self.present(digest)
+        if found is not None:
+            return found
+        if size > self.max_mb << 20:
+            raise BuildError(
+                f"image {ref} is {size >> 20} MB, over NIGHTSHIFT_IMAGE_MAX_MB={self.max_mb}"
+            )
+        repo = f"{ref.registry}/{ref.path}"
+
+        def fetch(layout: Path) -> None:
+            self._skopeo(ref, "copy", "--quiet", f"docker://{repo}@{digest}", f"oci:{layout}:img")
+
+        return self._unpack_once(digest, str(ref), fetch)
+
+    def unpack_layout(self, layout: Path, tag: str, reference: str) -> ImageEnvironment:
+        """Unpack image `tag` of a local OCI layout (a Dockerfile build's output)."""
+        index = json.loads((layout / "index.json").read_text())
+        digest = None
+        for entry in index.get("manifests", []):
+            if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+                digest = entry["digest"]
+        if digest is None:
+            raise BuildError(f"{reference}: the build produced no image")
+        found = self.present(digest)
+        if found is not None:
+            return found
+
+        def fetch(target: Path) -> None:
+            shutil.copytree(layout, target)
+            with contextlib.suppress(OSError):
+                (target / "index.json").write_text(
+                    json.dumps(
+                        {
+                            **index,
+                            "manifests": [
+                                {
+                                    **e,
+                                    "annotations": {"org.opencontainers.image.ref.name": "img"},
+                                }
+                                for e in index["manifests"]
+                                if e["digest"] == digest
+                            ],
+                        }
+                    )
+                )
+
+        return self._unpack_once(digest, reference, fetch)
+
+    def _unpack_once(
+        self, digest: str, reference: str, fetch: Callable[[Path], None]
+    ) -> ImageEnvironment:
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / f".{digest.replace(':', '-')}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            found = self.present(digest)
+            if found is not None:  # another build unpacked it while we waited
+                return found
+            with tempfile.TemporaryDirectory(dir=self.root, prefix=".unpack-") as tmp:
+                layout, bundle = Path(tmp) / "layout", Path(tmp) / "bundle"
+                fetch(layout)
+                self._umoci(layout, bundle, reference)
+                config = json.loads((bundle / "config.json").read_text())
+                process = config.get("process", {})
+                env = dict(item.split("=", 1) for item in process.get("env", []) if "=" in item)
+                final = self.path(digest)
+                staged = Path(tmp) / "final"
+                staged.mkdir()
+                os.replace(bundle / "rootfs", staged / "rootfs")
+                found = ImageEnvironment(
+                    digest=digest,
+                    reference=reference,
+                    rootfs=str(final / "rootfs"),
+                    env=env,
+                    workdir=str(process.get("cwd", "")),
+                )
+                (staged / ENVIRONMENT_FILE).write_text(json.dumps(asdict(found)))
+                os.chmod(staged / "rootfs", 0o755)  # noqa: S103  (an image root is 0755)
+                os.chmod(staged, 0o555)  # noqa: S103  (shared and read-only)
+                os.replace(staged, final)
+            return found
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _umoci(self, layout: Path, bundle: Path, reference: str) -> None:
+        done = subprocess.run(
+            [_tool("umoci"), "unpack", "--rootless", "--image", f"{layout}:img", str(bundle)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=self.timeout,
+        )
+        if done.returncode != 0:
+            raise BuildError(f"image {reference}: unpacking failed: {_last_line(done.stderr)}")

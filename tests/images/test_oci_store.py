@@ -1,0 +1,159 @@
+"""Declared images are resolved, pulled and unpacked once per digest, from a real registry on
+127.0.0.1; bad references, missing images, tampered blobs and oversized images fail with one
+line and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from images.oci_store import OciStore
+from images.setup import BuildError
+from tests.fakes.registry import missing_tool, push_image, start_registry
+
+pytestmark = pytest.mark.skipif(missing_tool() is not None, reason=str(missing_tool()))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def tool_image(registry, tmp_path_factory: pytest.TempPathFactory) -> str:  # type: ignore[no-untyped-def]
+    return push_image(
+        registry,
+        tmp_path_factory.mktemp("build"),
+        "team/tools:1",
+        {"/usr/bin/only-in-image": "#!/bin/sh\necho from-image\n"},
+        env=["PATH=/opt/tools:/usr/bin:/bin", "GREETING=hi"],
+    )
+
+
+def test_pull_unpacks_once_per_digest(tool_image: str, tmp_path: Path) -> None:
+    store = OciStore(tmp_path / "rootfs")
+    env = store.pull(tool_image)
+    rootfs = Path(env.rootfs)
+    assert env.digest.startswith("sha256:")
+    assert (rootfs / "usr/bin/only-in-image").read_text().endswith("echo from-image\n")
+    assert (rootfs / "bin/busybox").is_file()
+    assert env.env["PATH"] == "/opt/tools:/usr/bin:/bin"
+    assert env.env["GREETING"] == "hi"
+    assert rootfs.parent == store.path(env.digest)
+    assert not os.stat(rootfs.parent).st_mode & 0o222  # read-only directory
+    marker = rootfs.stat().st_mtime_ns
+    again = store.pull(tool_image)
+    assert again == env
+    assert rootfs.stat().st_mtime_ns == marker
+    assert [p.name for p in store.root.iterdir() if not p.name.startswith(".")] == [
+        rootfs.parent.name
+    ]
+
+
+def test_unchanged_digest_is_not_pulled_again(
+    tool_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = OciStore(tmp_path / "rootfs")
+    store.pull(tool_image)
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def record(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", record)
+    store.pull(tool_image)
+    assert calls and all("copy" not in argv for argv in calls)
+    assert all("umoci" not in argv[0] for argv in calls)
+
+
+def test_two_pulls_at_once_unpack_once(tool_image: str, tmp_path: Path) -> None:
+    store = OciStore(tmp_path / "rootfs")
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(store.pull(tool_image)))]
+    threads.append(threading.Thread(target=lambda: results.append(store.pull(tool_image))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0] == results[1]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".unpack-")]
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("Not A Ref", "whitespace"),
+        ("UPPER/case", "lowercase"),
+        ("127.0.0.1:1/nothing:here", "127.0.0.1:1"),
+    ],
+)
+def test_bad_references_fail_with_one_line(ref: str, expected: str, tmp_path: Path) -> None:
+    store = OciStore(tmp_path / "rootfs")
+    with pytest.raises(BuildError) as err:
+        store.pull(ref)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "rootfs").exists() or not list((tmp_path / "rootfs").iterdir())
+
+
+def test_missing_image_fails(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store = OciStore(tmp_path / "rootfs")
+    with pytest.raises(BuildError) as err:
+        store.pull(f"{registry.host}/team/absent:1")
+    assert "team/absent" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_image_over_the_size_limit_is_refused_before_pulling(
+    tool_image: str, tmp_path: Path
+) -> None:
+    store = OciStore(tmp_path / "rootfs", max_mb=0)
+    with pytest.raises(BuildError, match="NIGHTSHIFT_IMAGE_MAX_MB=0"):
+        store.pull(tool_image)
+    assert not [p for p in store.root.glob("*")] if store.root.exists() else True
+
+
+def test_missing_auth_file_is_named(tool_image: str, tmp_path: Path) -> None:
+    store = OciStore(tmp_path / "rootfs", auth_file=tmp_path / "nope.json")
+    with pytest.raises(BuildError, match="NIGHTSHIFT_REGISTRY_AUTH"):
+        store.pull(tool_image)
+
+
+def test_missing_tool_is_named(
+    tool_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BuildError, match="skopeo is not installed"):
+        OciStore(tmp_path / "rootfs").pull(tool_image)
+
+
+def test_tampered_layer_is_refused(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ref = push_image(
+        registry, tmp_path, "team/tampered:1", {"/usr/bin/marker": f"#!/bin/sh\n# {time.time()}\n"}
+    )
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    layer = json.loads(raw)["layers"][0]["digest"]
+    blob = registry.blob_path(layer)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    store = OciStore(tmp_path / "rootfs")
+    with pytest.raises(BuildError) as err:
+        store.pull(ref)
+    assert "\n" not in str(err.value)
+    assert not [p for p in store.root.iterdir() if not p.name.startswith(".")]
