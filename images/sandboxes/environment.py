@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from images.sandboxes.base import (
     HOME,
     SANDBOX_PATH,
     ImageRef,
+    SandboxSpec,
     SandboxUnavailable,
     SnapshotRef,
+    UnsupportedSetting,
 )
 from images.sandboxes.egress import PROXY_PORT
 from images.sandboxes.limits import pid_alive
@@ -280,3 +282,39 @@ def environment_layer(
     except OSError:  # another process built it first
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def environment_lowers(
+    state_dir: Path,
+    source: ImageRef | SnapshotRef,
+    lowers: list[Path],
+    owner: tuple[int, int] | None,
+) -> tuple[list[Path], ImageEnvironment | None]:
+    """The overlay layers of a sandbox from `source`, newest first: the repo's image (and
+    snapshots), then, for a declared image, our /etc files and the image's root filesystem
+    (a whole-tree snapshot already holds both)."""
+    environment = image_environment(source)
+    if environment is None or (isinstance(source, SnapshotRef) and source.full):
+        return lowers, environment
+    layer = environment_layer(state_dir, environment, owner)
+    return [*lowers, layer, Path(environment.rootfs)], environment
+
+
+def refuse_for_environment(spec: SandboxSpec, environment: ImageEnvironment | None) -> None:
+    """Refuse an egress allowlist when the sandbox's tree lacks the python its loopback
+    bridge runs on (the host's, or the declared image's)."""
+    if not spec.egress:
+        return
+    where = Path(environment.rootfs) if environment is not None else Path("/")
+    if not (where / SANDBOX_PYTHON.lstrip("/")).exists():
+        what = f"the image {environment.reference}" if environment is not None else "the host"
+        raise UnsupportedSetting(
+            f"egress needs {SANDBOX_PYTHON} inside the sandbox for its loopback bridge, and "
+            f"{what} has none; refusing the allowlist rather than ignoring it"
+        )
+
+
+def runs_on_image(environment: ImageEnvironment, argv: Sequence[str]) -> bool:
+    """Whether `argv` runs on the declared image's tools. The platform's own `git` (it commits,
+    bundles and syncs inside the sandbox) runs on the host's when the image has none."""
+    return not (argv and argv[0] == "git" and not environment.has_tool("git"))

@@ -15,27 +15,12 @@ import pytest
 
 from images.oci_store import OciStore
 from images.setup import BuildError
-from tests.fakes.registry import missing_tool, push_image, start_registry
+from tests.fakes.registry import missing_tool, push_image
+from tests.images.oci_fixtures import registry, tool_image
+
+__all__ = ["registry", "tool_image"]  # fixtures
 
 pytestmark = pytest.mark.skipif(missing_tool() is not None, reason=str(missing_tool()))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def tool_image(registry, tmp_path_factory: pytest.TempPathFactory) -> str:  # type: ignore[no-untyped-def]
-    return push_image(
-        registry,
-        tmp_path_factory.mktemp("build"),
-        "team/tools:1",
-        {"/usr/bin/only-in-image": "#!/bin/sh\necho from-image\n"},
-        env=["PATH=/opt/tools:/usr/bin:/bin", "GREETING=hi"],
-    )
 
 
 def test_pull_unpacks_once_per_digest(tool_image: str, tmp_path: Path) -> None:
