@@ -248,6 +248,60 @@ class OciStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def build(self, workspace: Path, dockerfile: str, context: str) -> ImageEnvironment:
+        """Build the repository's Dockerfile with buildah (chroot isolation, no network for
+        its RUN steps, its own throwaway storage) into an OCI layout, and unpack it."""
+        file, ctx = workspace / dockerfile, workspace / context
+        for path, what in ((file, "dockerfile"), (ctx, "context")):
+            if not path.resolve().is_relative_to(workspace.resolve()) or not path.exists():
+                raise BuildError(f"{what} {path.relative_to(workspace)} is not in the repository")
+        bases = [
+            line.split()[1]
+            for line in file.read_text(errors="replace").splitlines()
+            if line.strip().upper().startswith("FROM ") and len(line.split()) > 1
+        ]
+        loopback = bool(bases)
+        for base in bases:
+            with contextlib.suppress(ReferenceError):
+                loopback = loopback and parse_reference(base).plain_http
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".build-") as tmp:
+            store = ["--root", f"{tmp}/storage", "--runroot", f"{tmp}/run"]
+            store += ["--storage-driver", "vfs"]
+            argv = [_tool("buildah"), *store, "build", "--isolation", "chroot"]
+            argv += ["--network", "none", "--timestamp", "0", "--quiet"]
+            argv += [f"--tls-verify={'false' if loopback else 'true'}"]
+            if self.auth_file is not None:
+                argv += ["--authfile", str(self.auth_file)]
+            argv += ["-f", str(file), "-t", "nightshift-env", str(ctx)]
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
+            done = subprocess.run(
+                argv, capture_output=True, text=True, check=False, timeout=self.timeout, env=env
+            )
+            if done.returncode != 0:
+                steps = [line for line in done.stderr.splitlines() if "STEP" in line]
+                cause = steps[-1] if steps else _last_line(done.stderr)
+                raise BuildError(f"dockerfile {dockerfile}: {cause.strip()[:500]}")
+            layout = Path(tmp) / "layout"
+            pushed = subprocess.run(
+                [
+                    _tool("buildah"),
+                    *store,
+                    "push",
+                    "--quiet",
+                    "nightshift-env",
+                    f"oci:{layout}:img",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=self.timeout,
+                env=env,
+            )
+            if pushed.returncode != 0:
+                raise BuildError(f"dockerfile {dockerfile}: {_last_line(pushed.stderr)}")
+            return self.unpack_layout(layout, "img", f"dockerfile {dockerfile}")
+
     def _umoci(self, layout: Path, bundle: Path, reference: str) -> None:
         done = subprocess.run(
             [_tool("umoci"), "unpack", "--rootless", "--image", f"{layout}:img", str(bundle)],

@@ -54,6 +54,8 @@ class ImageRecord(SQLModel, table=True):
     location: str | None = Field(default=None, max_length=1000)
     file_spec: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     """What the repository's `.nightshift.toml` said at `sha` (None: no file)."""
+    environment_digest: str | None = Field(default=None, max_length=100)
+    """The manifest digest of the declared image the image was built on (None: host tools)."""
     error: str | None = Field(default=None, max_length=2000)
     log: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: float = Field(default_factory=time.time)
