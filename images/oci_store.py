@@ -17,7 +17,6 @@ plain HTTP, every other one over verified TLS.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -176,42 +175,22 @@ class OciStore:
 
         return self._unpack_once(digest, str(ref), fetch)
 
-    def unpack_layout(self, layout: Path, tag: str, reference: str) -> ImageEnvironment:
-        """Unpack image `tag` of a local OCI layout (a Dockerfile build's output)."""
+    def unpack_layout(self, layout: Path, reference: str) -> ImageEnvironment:
+        """Unpack the image tagged `img` in a local OCI layout (a Dockerfile build's output)."""
         index = json.loads((layout / "index.json").read_text())
         digest = None
         for entry in index.get("manifests", []):
-            if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == "img":
                 digest = entry["digest"]
         if digest is None:
             raise BuildError(f"{reference}: the build produced no image")
         found = self.present(digest)
         if found is not None:
             return found
-
-        def fetch(target: Path) -> None:
-            shutil.copytree(layout, target)
-            with contextlib.suppress(OSError):
-                (target / "index.json").write_text(
-                    json.dumps(
-                        {
-                            **index,
-                            "manifests": [
-                                {
-                                    **e,
-                                    "annotations": {"org.opencontainers.image.ref.name": "img"},
-                                }
-                                for e in index["manifests"]
-                                if e["digest"] == digest
-                            ],
-                        }
-                    )
-                )
-
-        return self._unpack_once(digest, reference, fetch)
+        return self._unpack_once(digest, reference, lambda target: shutil.copytree(layout, target))
 
     def _unpack_once(
-        self, digest: str, reference: str, fetch: Callable[[Path], None]
+        self, digest: str, reference: str, fetch: Callable[[Path], object]
     ) -> ImageEnvironment:
         self.root.mkdir(parents=True, exist_ok=True)
         lock_path = self.root / f".{digest.replace(':', '-')}.lock"
@@ -249,58 +228,60 @@ class OciStore:
             os.close(fd)
 
     def build(self, workspace: Path, dockerfile: str, context: str) -> ImageEnvironment:
-        """Build the repository's Dockerfile with buildah (chroot isolation, no network for
-        its RUN steps, its own throwaway storage) into an OCI layout, and unpack it."""
+        """Build the repository's Dockerfile with buildah into an OCI layout, and unpack it.
+
+        Its base images are pulled first (with the registry settings of a pull); the build
+        itself then runs in a network namespace of its own (`unshare --net`: chroot isolation
+        cannot cut RUN steps off otherwise) and never pulls. Storage is a throwaway directory.
+        """
         file, ctx = workspace / dockerfile, workspace / context
         for path, what in ((file, "dockerfile"), (ctx, "context")):
             if not path.resolve().is_relative_to(workspace.resolve()) or not path.exists():
                 raise BuildError(f"{what} {path.relative_to(workspace)} is not in the repository")
-        bases = [
-            line.split()[1]
-            for line in file.read_text(errors="replace").splitlines()
-            if line.strip().upper().startswith("FROM ") and len(line.split()) > 1
-        ]
-        loopback = bool(bases)
-        for base in bases:
-            with contextlib.suppress(ReferenceError):
-                loopback = loopback and parse_reference(base).plain_http
+        stages: set[str] = {"scratch"}
+        bases: list[str] = []
+        for line in file.read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) > 1 and words[0].upper() == "FROM":
+                if words[1] not in stages:
+                    bases.append(words[1])
+                if len(words) > 3 and words[2].upper() == "AS":
+                    stages.add(words[3])
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".build-") as tmp:
             store = ["--root", f"{tmp}/storage", "--runroot", f"{tmp}/run"]
             store += ["--storage-driver", "vfs"]
-            argv = [_tool("buildah"), *store, "build", "--isolation", "chroot"]
-            argv += ["--network", "none", "--timestamp", "0", "--quiet"]
-            argv += [f"--tls-verify={'false' if loopback else 'true'}"]
-            if self.auth_file is not None:
-                argv += ["--authfile", str(self.auth_file)]
-            argv += ["-f", str(file), "-t", "nightshift-env", str(ctx)]
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
+            for base in bases:
+                try:
+                    ref = parse_reference(base)
+                except ReferenceError as exc:
+                    raise BuildError(f"dockerfile {dockerfile}: {exc}") from exc
+                pull = ["pull", "--quiet", f"--tls-verify={str(not ref.plain_http).lower()}"]
+                if self.auth_file is not None:
+                    pull += ["--authfile", str(self.auth_file)]
+                self._buildah(tmp, [*store, *pull, f"docker://{ref}"], f"image {ref}")
+            isolate = ("unshare", "--net", *(() if os.geteuid() == 0 else ("--map-root-user",)))
+            build = ["build", "--isolation", "chroot", "--pull=never", "--timestamp", "0"]
+            build += ["--quiet", "-f", str(file), "-t", "nightshift-env", str(ctx)]
+            self._buildah(tmp, [*store, *build], f"dockerfile {dockerfile}", isolate)
+            layout = Path(tmp) / "layout"
+            push = ["push", "--quiet", "nightshift-env", f"oci:{layout}:img"]
+            self._buildah(tmp, [*store, *push], f"dockerfile {dockerfile}")
+            return self.unpack_layout(layout, f"dockerfile {dockerfile}")
+
+    def _buildah(self, home: str, args: list[str], what: str, prefix: tuple[str, ...] = ()) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home}
+        argv = [*prefix, _tool("buildah"), *args]
+        try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, check=False, timeout=self.timeout, env=env
             )
-            if done.returncode != 0:
-                steps = [line for line in done.stderr.splitlines() if "STEP" in line]
-                cause = steps[-1] if steps else _last_line(done.stderr)
-                raise BuildError(f"dockerfile {dockerfile}: {cause.strip()[:500]}")
-            layout = Path(tmp) / "layout"
-            pushed = subprocess.run(
-                [
-                    _tool("buildah"),
-                    *store,
-                    "push",
-                    "--quiet",
-                    "nightshift-env",
-                    f"oci:{layout}:img",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=self.timeout,
-                env=env,
-            )
-            if pushed.returncode != 0:
-                raise BuildError(f"dockerfile {dockerfile}: {_last_line(pushed.stderr)}")
-            return self.unpack_layout(layout, "img", f"dockerfile {dockerfile}")
+        except subprocess.TimeoutExpired as exc:
+            raise BuildError(f"{what}: timed out after {self.timeout:g} s") from exc
+        if done.returncode != 0:
+            steps = [line for line in done.stderr.splitlines() if "STEP" in line]
+            cause = steps[-1] if steps else _last_line(done.stderr)
+            raise BuildError(f"{what}: {cause.strip()[:500]}")
 
     def _umoci(self, layout: Path, bundle: Path, reference: str) -> None:
         done = subprocess.run(
