@@ -39,10 +39,11 @@ NSEXEC_C = r"""
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* nsexec UID GID NPROC CPU_S CMD...: CMD in a new PID namespace as UID:GID without
+/* nsexec [--root DIR] UID GID NPROC CPU_S CMD...: CMD in a new PID namespace as UID:GID without
    capabilities, with RLIMIT_NPROC and RLIMIT_CPU (soft CPU_S, hard CPU_S+5: SIGXCPU first).
    When CMD ends, everything it left behind is killed with the namespace. Exit status: CMD's,
-   or 128+N when signal N ended it. */
+   or 128+N when signal N ended it. With --root, CMD runs chrooted into DIR (the host's tools
+   view of a sandbox on a declared image), the container's /dev bound into it. */
 static int status_of(int st) { return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st); }
 
 static int wait_for(pid_t pid) {
@@ -55,6 +56,8 @@ static int wait_for(pid_t pid) {
 }
 
 int main(int argc, char **argv) {
+    const char *root = NULL;
+    if (argc > 2 && strcmp(argv[1], "--root") == 0) { root = argv[2]; argv += 2; argc -= 2; }
     if (argc < 6) { fputs("usage: nsexec UID GID NPROC CPU_S CMD...\n", stderr); return 125; }
     uid_t uid = (uid_t)strtoul(argv[1], NULL, 10);
     gid_t gid = (gid_t)strtoul(argv[2], NULL, 10);
@@ -67,6 +70,20 @@ int main(int argc, char **argv) {
     if (init > 0) return wait_for(init);
     /* pid 1 of the namespace: shows only its own processes in /proc, drops privileges, dies
        with the outer process, reaps. */
+    if (root != NULL) {
+        char cwd[4096], dev[4096];
+        if (getcwd(cwd, sizeof cwd) == NULL) strcpy(cwd, "/");
+        snprintf(dev, sizeof dev, "%s/dev", root);
+        /* gVisor's /dev is its own devtmpfs: a fresh one shows the same devices. */
+        if (mount("devtmpfs", dev, "devtmpfs", MS_NOSUID | MS_NOEXEC, NULL) != 0) {
+            perror("nsexec: mounting /dev for the host's tools");
+            return 125;
+        }
+        if (chroot(root) != 0 || chdir(cwd) != 0) {
+            perror("nsexec: entering the host's tools");
+            return 125;
+        }
+    }
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) {
         perror("nsexec: mounting /proc");
         return 125;
