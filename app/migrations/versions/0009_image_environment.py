@@ -19,6 +19,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # A control DB adopted from before migrations gets its missing `images` table from the
+    # current model, which already has the column.
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("images")}
+    if "environment_digest" in columns:
+        return
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.add_column(sa.Column("environment_digest", sa.String(length=100), nullable=True))
 
