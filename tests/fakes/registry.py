@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,23 @@ class FakeRegistry:
         self.process.wait(timeout=10)
 
 
-def start_registry(workdir: Path) -> FakeRegistry:
+def _htpasswd(path: Path, users: dict[str, str]) -> None:
+    """Write an htpasswd file of bcrypt hashes (what the registry's htpasswd auth reads)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        lines = [
+            f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+            for user, password in users.items()
+        ]
+    path.write_text("".join(lines))
+
+
+def start_registry(workdir: Path, users: dict[str, str] | None = None) -> FakeRegistry:
+    """Start a registry; with `users`, every request needs one of them (basic auth)."""
     storage = workdir / "storage"
     storage.mkdir(parents=True)
     port = _free_port()
@@ -65,6 +82,10 @@ def start_registry(workdir: Path) -> FakeRegistry:
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    if users:
+        _htpasswd(workdir / "htpasswd", users)
+        with config.open("a") as out:
+            out.write(f"auth:\n  htpasswd:\n    realm: test\n    path: {workdir / 'htpasswd'}\n")
     process = subprocess.Popen(
         [REGISTRY_BIN, "serve", str(config)],
         stdout=subprocess.DEVNULL,
@@ -75,6 +96,8 @@ def start_registry(workdir: Path) -> FakeRegistry:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
                 break
+        except urllib.error.HTTPError:
+            break  # 401: up, and asking for credentials
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
@@ -116,6 +139,7 @@ def push_image(
     name: str,
     extra: dict[str, str],
     env: list[str] | None = None,
+    creds: str | None = None,
 ) -> str:
     """Build a busybox image with umoci, push it as `<registry>/<name>`; returns the ref."""
     layout = workdir / f"layout-{name.replace('/', '-').replace(':', '-')}"
@@ -134,6 +158,7 @@ def push_image(
         "copy",
         "--quiet",
         "--dest-tls-verify=false",
+        *(["--dest-creds", creds] if creds else []),
         f"oci:{layout}:img",
         f"docker://{ref}",
     )

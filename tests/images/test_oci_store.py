@@ -4,6 +4,7 @@ line and leave nothing behind."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from images.oci_store import OciStore
 from images.setup import BuildError
-from tests.fakes.registry import missing_tool, push_image
+from tests.fakes.registry import missing_tool, push_image, start_registry
 from tests.images.oci_fixtures import registry, tool_image
 
 __all__ = ["registry", "tool_image"]  # fixtures
@@ -142,3 +143,21 @@ def test_tampered_layer_is_refused(registry, tmp_path: Path) -> None:  # type: i
         store.pull(ref)
     assert "\n" not in str(err.value)
     assert not [p for p in store.root.iterdir() if not p.name.startswith(".")]
+
+
+def test_private_registry_needs_the_auth_file(tmp_path: Path) -> None:
+    reg = start_registry(tmp_path / "private", users={"puller": "s3cret"})
+    try:
+        ref = push_image(
+            reg, tmp_path, "team/private:1", {"/usr/bin/p": "#!/bin/sh\n"}, creds="puller:s3cret"
+        )
+        with pytest.raises(BuildError) as refused:
+            OciStore(tmp_path / "rootfs").pull(ref)
+        assert "\n" not in str(refused.value) and ref in str(refused.value)
+        auth = tmp_path / "auth.json"
+        token = base64.b64encode(b"puller:s3cret").decode()
+        auth.write_text(json.dumps({"auths": {reg.host: {"auth": token}}}))
+        env = OciStore(tmp_path / "rootfs", auth_file=auth).pull(ref)
+        assert (Path(env.rootfs) / "usr/bin/p").is_file()
+    finally:
+        reg.stop()
