@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 
 from images.oci_store import OciStore
-from images.sandboxes.base import ImageRef, Limits, SandboxSpec, UnsupportedSetting
-from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
+from images.sandboxes.base import (
+    ImageRef,
+    Limits,
+    SandboxSpec,
+    SandboxUnavailable,
+    UnsupportedSetting,
+)
+from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment, image_environment
 from tests.fakes.registry import missing_tool
 from tests.images.conftest import DISK_MB, FakeInternet, build_image, make_backend_for, unavailable
 from tests.images.oci_fixtures import registry, tool_image
@@ -153,8 +159,5 @@ def test_a_gone_rootfs_is_named(tmp_path: Path) -> None:
     image_dir.mkdir()
     (image_dir / ENVIRONMENT_FILE).write_text(json.dumps(asdict(gone)))
     ref = ImageRef("i", "r", "0" * 40, "bwrap", str(image_dir), "x", time.time())
-    from images.sandboxes.base import SandboxUnavailable
-    from images.sandboxes.environment import image_environment
-
     with pytest.raises(SandboxUnavailable, match="rebuild the image"):
         image_environment(ref)
