@@ -394,4 +394,6 @@ class ImageBuilder:
             ):
                 await asyncio.to_thread(remove_tree, Path(record.location))
             collected.append(record.id)
+        if self.oci is not None:  # and the declared images no image of this host runs on
+            await asyncio.to_thread(self.oci.collect, self.registry.environment_digests())
         return collected

@@ -25,15 +25,18 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
+from images.layers import remove_tree
 from images.oci import Reference, ReferenceError, parse_reference
 from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
 from images.setup import BuildError
 
 DEFAULT_MAX_MB = 8192
+COLLECT_MIN_AGE_S = 3600.0
 _INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -157,6 +160,22 @@ class OciStore:
         if (directory / ENVIRONMENT_FILE).is_file():
             return ImageEnvironment.load(directory / ENVIRONMENT_FILE)
         return None
+
+    def collect(self, keep: Collection[str], min_age_s: float = COLLECT_MIN_AGE_S) -> list[str]:
+        """Remove unpacked images whose digest is not in `keep`, unpacked over `min_age_s`
+        ago (a build that just unpacked one records its digest right after); the digests."""
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        for child in self.root.iterdir():
+            if child.name.startswith(".") or not (child / ENVIRONMENT_FILE).is_file():
+                continue
+            digest = ImageEnvironment.load(child / ENVIRONMENT_FILE).digest
+            if digest in keep or time.time() - child.stat().st_mtime < min_age_s:
+                continue
+            remove_tree(child)
+            removed.append(digest)
+        return removed
 
     def pull(self, text: str) -> ImageEnvironment:
         """The unpacked environment of image reference `text`, pulled if this host lacks it."""

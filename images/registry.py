@@ -255,6 +255,15 @@ class ImageRegistry:
         cold = [r for r in rows if r.status == "cold"]
         return [r for r in ready[keep:] + cold if r.id not in in_use]
 
+    def environment_digests(self) -> set[str]:
+        """Digests of declared images that this host's images (not collected) run on."""
+        query = self._mine(select(ImageRecord.environment_digest)).where(
+            col(ImageRecord.status).in_(["ready", "cold", "building"]),
+            col(ImageRecord.environment_digest).is_not(None),
+        )
+        with DB(self.engine) as db:
+            return {d for d in db.exec(query).all() if d}
+
     def repos(self) -> list[str]:
         with DB(self.engine) as db:
             return sorted(set(db.exec(select(ImageRecord.repo).distinct()).all()))

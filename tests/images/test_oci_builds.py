@@ -48,6 +48,7 @@ async def test_setup_runs_on_the_declared_image(rt: Any, tool_image: str, tmp_pa
     assert made.read_text() == "from-image\nhi\n"
     record = rt.images.get(result.image.id)
     assert record.environment_digest and record.environment_digest.startswith("sha256:")
+    assert rt.images.environment_digests() == {record.environment_digest}  # kept by collection
     log = rt.image_service.get(result.image.id).log
     assert f"environment: image {tool_image}" in log
     assert f"environment digest: {record.environment_digest}" in log

@@ -161,3 +161,14 @@ def test_private_registry_needs_the_auth_file(tmp_path: Path) -> None:
         assert (Path(env.rootfs) / "usr/bin/p").is_file()
     finally:
         reg.stop()
+
+
+def test_collect_removes_only_unused_old_images(tool_image: str, tmp_path: Path) -> None:
+    store = OciStore(tmp_path / "rootfs")
+    env = store.pull(tool_image)
+    assert store.collect(set(), min_age_s=3600) == []  # just unpacked: a build may use it
+    assert store.collect({env.digest}, min_age_s=0) == []
+    assert Path(env.rootfs).is_dir()
+    assert store.collect(set(), min_age_s=0) == [env.digest]
+    assert not store.path(env.digest).exists()
+    assert store.pull(tool_image) == env  # pulled again when asked for again
