@@ -11,7 +11,9 @@ PORT ?= 8000
 # command:debian-package pairs; a package is installed only when its command is missing.
 GVISOR_DEBS := runsc:runsc cc:gcc cc:libc6-dev
 RUN_DEBS := bwrap:bubblewrap git:git $(if $(filter gvisor,$(NIGHTSHIFT_SANDBOX)),$(GVISOR_DEBS))
-TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chromium
+TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chromium \
+	skopeo:skopeo umoci:umoci buildah:buildah docker-registry:docker-registry \
+	mmdebstrap:mmdebstrap busybox:busybox-static
 
 .PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean
 

@@ -153,6 +153,10 @@ class Settings(IntegrationSettings):
     egress_upstream_proxy: str = ""
     """`http://host:port` of an HTTP proxy the egress proxy reaches public hosts through."""
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
+    registry_auth: Path | None = None
+    """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
+    image_max_mb: int = Field(8192, ge=1)
+    """Largest declared image (its layers, compressed) a build will pull."""
     snapshot_max_age_days: float = Field(14.0, gt=0)
     """Local snapshots older than this are garbage-collected; Modal's expire after it."""
     modal_app: str = "nightshift"

@@ -409,7 +409,7 @@ def test_stats_page_shows_what_the_api_returns(
     assert f"{today['sessions']} sessions" in (bars.text_content() or "")
     assert f"{today['prompts']} prompts" in (bars.text_content() or "")
     # How the PRs fared on GitHub: nothing measured yet reads as dashes, not zeros.
-    assert page.inner_text("#prs tr[data-key=approval_rate] td") == "–"
+    assert page.inner_text("#prs tr[data-key=approval_rate] td") == "\u2013"  # an en dash
     assert page.inner_text("#prs tr[data-key=prs] td") == "0"
     # Two sessions' PRs as the GitHub App's webhooks record them: one reviewed and approved,
     # merged 2 hours after it opened, 3 of its 4 commits by the agent; one not reviewed yet.
