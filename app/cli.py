@@ -17,6 +17,7 @@ from app.commands import (
     distributed,
     github,
     images,
+    login,
     repos,
     run,
     sandbox,
@@ -33,6 +34,10 @@ app = typer.Typer(
 )
 app.command()(serve.serve)
 app.command()(run.run)
+app.command()(sessions.attach)
+app.command()(sessions.prompt)
+app.command()(sessions.stop)
+app.command()(login.login)
 app.command()(distributed.worker)
 app.command()(distributed.beat)
 app.add_typer(repos.app, name="repos")

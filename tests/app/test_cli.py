@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cluster import free_port
 from tests.factories import git, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 
@@ -15,6 +16,8 @@ from tests.fakes.llm import ScriptBook, Turn
 def _cli(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
+    # No server answers on this port: `run` and `sessions` serve the data dir themselves.
+    env = {"NIGHTSHIFT_PORT": str(free_port()), **env}
     return subprocess.run(
         [str(Path(sys.executable).with_name("nightshift")), *args],
         env={**os.environ, **env, "COLUMNS": "200", "NO_COLOR": "1"},
@@ -110,7 +113,7 @@ def test_run_on_something_that_is_not_a_repo_is_an_error_line(tmp_path: Path) ->
         {"NIGHTSHIFT_DATA_DIR": str(tmp_path / "d")},
         tmp_path,
     )
-    assert result.returncode == 2 and "error: unknown repo 'no-such-repo'" in result.stderr
+    assert result.returncode == 1 and "error: unknown repo 'no-such-repo'" in result.stderr
 
 
 def test_repos_and_tokens(tmp_path: Path) -> None:
