@@ -126,7 +126,7 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(f"no Nightshift server answers at {self.server} ({exc})") from exc
+            raise Unreachable(f"no Nightshift server answers at {self.server}") from exc
         if response.status_code >= 400:
             message = _detail(response)
             if response.status_code == 401:
