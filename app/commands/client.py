@@ -9,6 +9,7 @@ Errors are `ApiError` with the server's own message; the commands turn them into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -231,13 +232,14 @@ class Client:
         lost_at: float | None = None
         while True:
             try:
-                async with websockets.connect(
+                ws = await websockets.connect(
                     self.stream_url(session_id, last),
                     additional_headers=headers,
                     compression=None,
                     open_timeout=10,
                     max_size=2**24,
-                ) as ws:
+                )
+                try:
                     lost_at = None
                     async for frame in ws:
                         data = json.loads(frame)
@@ -249,6 +251,11 @@ class Client:
                         if until(event):
                             return last
                     code, reason = ws.close_code, ws.close_reason
+                finally:
+                    # A polite close, but never wait on it: the events are all in hand.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(), 1)
+                    ws.transport.abort()
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else None
                 reason = exc.rcvd.reason if exc.rcvd else ""

@@ -140,6 +140,7 @@ def watch(
         )
 
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     task = loop.create_task(follow())
     try:
         if printer.as_json:
@@ -157,6 +158,7 @@ def watch(
     finally:
         printer.status = None
         printer.done()
+        asyncio.set_event_loop(None)
         loop.close()
 
 

@@ -23,10 +23,11 @@ import pytest
 
 from tests.cluster import BIN, _terminate, free_port
 from tests.factories import make_repo, wait_for
-from tests.fakes.llm import ScriptBook, Turn
+from tests.fakes.llm import Call, ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
 
 CLI_TIMEOUT = 120
+pytestmark = pytest.mark.timeout(400)
 PERSON = ("--name", "Dee Dev", "--email", "dee@example.com")
 
 
@@ -213,7 +214,7 @@ def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(
     openai_fake.script(
         "ATTACH",
         Turn.tool("list_files", "Looking first.", path="."),
-        Turn.tool("finish", "All done now.", summary="Looked.", gate=gate),
+        Turn("All done now.", [Call("finish", {"summary": "Looked."})], gate=gate),
     )
     session_id = _start_session(served, token, make_repo(tmp_path, "attach-me"), "ATTACH here")
     wait_for(
@@ -331,7 +332,7 @@ def test_the_stream_resumes_after_the_server_restarts(
         openai_fake.script(
             "RESTART",
             Turn.tool("write_file", "Half way.", path="half.txt", content="1"),
-            Turn.tool("finish", "Made it.", summary="Survived.", gate=gate),
+            Turn("Made it.", [Call("finish", {"summary": "Survived."})], gate=gate),
         )
         user = User(tmp_path, server.url)  # local auth on loopback: no login needed
         follower = user.popen("run", "-r", str(make_repo(tmp_path, "restart")), "RESTART now")
