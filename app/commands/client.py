@@ -288,12 +288,17 @@ def _seg(session_id: str) -> str:
     return quote(session_id, safe="")
 
 
-def until_resting(since: int, prompt_id: int | None = None) -> Callable[[Event], bool]:
+def until_resting(
+    since: int, prompt_id: int | None = None, through: int | None = None
+) -> Callable[[Event], bool]:
     """Stop at the first resting status after event `since` (older ones are history) and,
-    with `prompt_id`, after that prompt was queued (a status before it is the prompt ahead's)."""
+    with `prompt_id`, after that prompt was queued (a status before it is the prompt ahead's).
+    With `through` (a session already resting), stop at that event id."""
     seen = {"prompt": prompt_id is None}
 
     def done(event: Event) -> bool:
+        if through is not None and event.id >= through:
+            return True
         if event.id <= since:
             return False
         if prompt_id is not None and event.prompt_id == prompt_id:

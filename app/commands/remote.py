@@ -119,6 +119,7 @@ def watch(
     after: int = 0,
     embedded: bool = False,
     prompt_id: int | None = None,
+    through: int | None = None,
 ) -> None:
     """Follow the session's events after `after` until it rests after event `since`.
 
@@ -134,7 +135,7 @@ def watch(
         await client.follow(
             session_id,
             after,
-            until_resting(since, prompt_id),
+            until_resting(since, prompt_id, through),
             printer.show,
             on_reconnect=reconnecting,
         )

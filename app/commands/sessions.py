@@ -7,17 +7,20 @@ line with the server's message and exit 1.
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from app.commands.client import RESTING
 from app.commands.common import console, err
 from app.commands.remote import JsonOption, Printer, ServerOption, connected, print_outcome, watch
 from app.commands.render import flush_text, render
 
 app = typer.Typer(help="Sessions: read what agents did.", no_args_is_help=True)
+STOP_WAIT_S = 30.0
 SessionId = Annotated[str, typer.Argument(help="Session id")]
 
 
@@ -74,9 +77,19 @@ def attach(
 ) -> None:
     """Follow a session's stream: its history, then its work live until it rests."""
     with connected(server) as client:
-        since = int(client.session(session_id)["last_event_id"])
+        now = client.session(session_id)
+        since = int(now["last_event_id"])
+        resting = now["status"] in RESTING and since > 0  # show its history, then return
         printer = Printer(as_json)
-        watch(client, session_id, since, printer, after=max(after, 0))
+        if not resting or after < since:
+            watch(
+                client,
+                session_id,
+                since,
+                printer,
+                after=max(after, 0),
+                through=since if resting else None,
+            )
         print_outcome(client, session_id, printer)
 
 
@@ -109,4 +122,9 @@ def stop(session_id: SessionId, server: ServerOption = None) -> None:
     """Stop a session now: its running command and model call end, queued prompts are dropped."""
     with connected(server) as client:
         stopped = client.stop(session_id)
+        deadline = time.monotonic() + STOP_WAIT_S
+        with console.status("stopping…", spinner="dots"):
+            while stopped["status"] not in RESTING and time.monotonic() < deadline:
+                time.sleep(0.2)  # the runner ends its command and model call, then says so
+                stopped = client.session(session_id)
         console.print(f"session {stopped['id']}: {stopped['status']}", highlight=False)

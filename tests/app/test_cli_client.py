@@ -234,10 +234,11 @@ def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(
         assert api.get(f"/api/sessions/{session_id}").json()["status"] == "running"
 
     follower = dee.popen("attach", session_id, "--json")
-    wait_for(lambda: openai_fake.started.is_set(), 5, "the model to be asked")
+    assert follower.stdout is not None
+    first = follower.stdout.readline()  # attached while the model still thinks
     gate.set()
-    stdout, stderr = follower.communicate(timeout=CLI_TIMEOUT)
-    assert follower.returncode == 0, stderr
+    stdout = first + follower.stdout.read()  # to the end: the follower stops by itself
+    assert follower.wait(CLI_TIMEOUT) == 0, follower.communicate()[1]
     seen = [e["id"] for e in _json_events(stdout)]
     stored = [e["id"] for e in _server_events(served, token, session_id)]
     assert seen == stored  # everything, in order, once
@@ -262,9 +263,10 @@ def test_prompt_follows_up_and_stop_stops(
 
     gate = threading.Event()
     openai_fake.script("THIRD", Turn(text="Thinking forever.", gate=gate))
+    asked = len(openai_fake.requests)
     queued = dee.run("prompt", session_id, "THIRD thing", "--detach")
     assert queued.returncode == 0 and queued.stdout == "", queued.stdout + queued.stderr
-    wait_for(openai_fake.started.is_set, 60, "the third prompt to reach the model")
+    wait_for(lambda: len(openai_fake.requests) > asked, 60, "the third prompt to reach the model")
     stopped = dee.run("stop", session_id)
     assert stopped.returncode == 0, stopped.stderr
     assert f"session {session_id}: stopped" in stopped.stdout
