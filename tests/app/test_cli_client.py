@@ -337,7 +337,8 @@ def test_the_stream_resumes_after_the_server_restarts(
             Turn("Made it.", [Call("finish", {"summary": "Survived."})], gate=gate),
         )
         user = User(tmp_path, server.url)  # local auth on loopback: no login needed
-        follower = user.popen("run", "-r", str(make_repo(tmp_path, "restart")), "RESTART now")
+        repo = make_repo(tmp_path, "restart")
+        follower = user.popen("run", "-r", str(repo), "RESTART now", "--json")
         log = server.root / "server.log"
         wait_for(
             lambda: openai_fake.started.is_set() and len(openai_fake.requests) >= 2,
@@ -351,8 +352,12 @@ def test_the_stream_resumes_after_the_server_restarts(
         stdout, stderr = follower.communicate(timeout=CLI_TIMEOUT)
         assert follower.returncode == 0, stdout + stderr + log.read_text()[-3000:]
         assert "resuming after event" in stderr
-        assert stdout.count("Half way.") == 1 and stdout.count("Made it.") == 1
-        assert "pull request" in stdout
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            sessions = api.get("/api/sessions").json()["sessions"]
+            stored = api.get(f"/api/sessions/{sessions[0]['id']}/events").json()
+        assert [e["id"] for e in _json_events(stdout)] == [e["id"] for e in stored]
+        final = json.loads(stdout.splitlines()[-1])["session"]
+        assert final["status"] == "finished" and final["pr_url"].startswith(server.url + "/")
     finally:
         with contextlib.suppress(Exception):
             server.stop()
