@@ -54,6 +54,7 @@ def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
     result = _cli(["run", "--repo", str(repo), "add a CONTRIBUTING.md"], env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert "no server at http://127.0.0.1:" in out and "for this command only" in out
     assert "registered repo some-repo" in out
     assert "Writing the guide." in out and "write_file CONTRIBUTING.md" in out
     branch = next(line.split()[1] for line in out.splitlines() if line.startswith("branch "))
