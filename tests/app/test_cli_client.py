@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import signal
 import stat
 import subprocess
@@ -273,6 +274,41 @@ def test_prompt_follows_up_and_stop_stops(
     gate.set()
     with _api(served, token) as api:
         assert api.get(f"/api/sessions/{session_id}").json()["status"] == "stopped"
+
+    # On a terminal, Ctrl-C asks; answering "stop" stops the session.
+    fourth = threading.Event()
+    openai_fake.script("FOURTH", Turn(text="Thinking again.", gate=fourth))
+    asked = len(openai_fake.requests)
+    assert dee.run("prompt", session_id, "FOURTH thing", "--detach").returncode == 0
+    wait_for(lambda: len(openai_fake.requests) > asked, 60, "the fourth prompt to reach the model")
+    main, side = pty.openpty()
+    try:
+        asking = dee.popen("attach", session_id, stdin=side)
+        assert asking.stdout is not None
+        wait_for(lambda: "stopped" in asking.stdout.readline(), 60, "the history")
+        asking.send_signal(signal.SIGINT)
+        os.write(main, b"stop\n")  # the answer waits in the terminal until it is asked
+        _, stderr = asking.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        os.close(main)
+        os.close(side)
+        fourth.set()
+    assert asking.returncode == 130 and f"stopped session {session_id}" in stderr, stderr
+    with _api(served, token) as api:
+        wait_for(
+            lambda: api.get(f"/api/sessions/{session_id}").json()["status"] == "stopped",
+            30,
+            "the session to stop",
+        )
+
+
+def test_model_is_sent_only_when_named(served: Served, dee: User, tmp_path: Path) -> None:
+    """`--model` goes into the POST body; this server checks the name it got (or, without model
+    choice, refuses the field): either way one error line naming the model."""
+    result = dee.run("run", "-r", str(make_repo(tmp_path, "models")), "x", "--model", "nope-9")
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert "model" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
 
 
 def test_login_keeps_a_checked_token_in_a_private_file(
