@@ -141,7 +141,7 @@ class Client:
             body = self.request("GET", "/healthz", timeout=3)
         except Unreachable:
             raise
-        except ApiError as exc:
+        except ApiError as exc:  # something answers, but not as a Nightshift server would
             raise Unreachable(f"no Nightshift server answers at {self.server} ({exc})") from exc
         if not isinstance(body, dict) or body.get("status") != "ok":
             raise Unreachable(f"{self.server} does not answer as a Nightshift server")

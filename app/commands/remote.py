@@ -18,6 +18,7 @@ from app.commands.client import (
     ApiError,
     Client,
     Unreachable,
+    normalize,
     stored_token,
     until_resting,
 )
@@ -193,8 +194,6 @@ def _interrupted(client: Client, session_id: str, embedded: bool) -> None:
 
 
 def _default_normalized() -> str:
-    from app.commands.client import normalize
-
     return normalize(server_url(None)[0])
 
 
