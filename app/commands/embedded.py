@@ -28,6 +28,8 @@ from app.schemas import RepoCreate
 class Embedded:
     url: str
     runtime: Runtime
+    quiet: bool = False
+    """Notes go to stderr (stdout carries JSON lines)."""
 
     def register(self, repo: str) -> str:
         """The name of `repo`; a local repository path is registered first, as the operator
@@ -40,7 +42,9 @@ class Embedded:
                 row = self.runtime.repos.add(RepoCreate(url=repo))
             except ServiceError as exc:
                 raise ApiError(str(exc)) from exc
-            console.print(f"[dim]· registered repo {row.name} ({row.url})[/]", highlight=False)
+            (err if self.quiet else console).print(
+                f"[dim]· registered repo {row.name} ({row.url})[/]", highlight=False
+            )
         return row.name
 
     def wait_for_runner(self, session_id: str, timeout: float = 30.0) -> None:
@@ -95,7 +99,7 @@ def embedded_server(absent: str, quiet: bool = False) -> Iterator[Embedded]:
                 highlight=False,
             )
             try:
-                yield Embedded(url, runtime)
+                yield Embedded(url, runtime, quiet)
             finally:
                 server.should_exit = True
                 thread.join(10)

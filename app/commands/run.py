@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from app.commands.client import ApiError, Client, Unreachable
-from app.commands.common import console, fail
+from app.commands.common import console, err, fail
 from app.commands.embedded import embedded_server
 from app.commands.remote import (
     JsonOption,
@@ -58,7 +58,7 @@ def run(
         _run_embedded(url, prompt, repo, model, as_json)
         return
     try:
-        session_id = _start(client, _remote_repo(client, repo), prompt, model, as_json)
+        session_id = _start(client, _remote_repo(client, repo, as_json), prompt, model, as_json)
         printer = Printer(as_json)
         watch(client, session_id, 0, printer)
         print_outcome(client, session_id, printer)
@@ -69,7 +69,7 @@ def run(
 
 
 def _run_embedded(absent: str, prompt: str, repo: str, model: str | None, as_json: bool) -> None:
-    with embedded_server(absent) as embedded:
+    with embedded_server(absent, quiet=as_json) as embedded:
         client = make_client(embedded.url, token="")  # NIGHTSHIFT_AUTH=local: no token
         try:
             session_id = _start(client, embedded.register(repo), prompt, model, as_json)
@@ -83,7 +83,7 @@ def _run_embedded(absent: str, prompt: str, repo: str, model: str | None, as_jso
             client.close()
 
 
-def _remote_repo(client: Client, repo: str) -> str:
+def _remote_repo(client: Client, repo: str, as_json: bool) -> str:
     """The server's name for `repo`: a name as given, a local path as registered (or added)."""
     from integrations.forge.base import ForgeError
     from integrations.forge.local import resolve_local_repo
@@ -98,7 +98,9 @@ def _remote_repo(client: Client, repo: str) -> str:
         if row["url"] == resolved:
             return str(row["name"])
     row = client.add_repo(resolved)
-    console.print(f"[dim]· registered repo {row['name']} ({row['url']})[/]", highlight=False)
+    (err if as_json else console).print(
+        f"[dim]· registered repo {row['name']} ({row['url']})[/]", highlight=False
+    )
     return str(row["name"])
 
 

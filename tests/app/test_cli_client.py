@@ -391,6 +391,8 @@ def test_the_stream_resumes_after_the_server_restarts(
         with httpx.Client(base_url=server.url, timeout=30) as api:
             sessions = api.get("/api/sessions").json()["sessions"]
             stored = api.get(f"/api/sessions/{sessions[0]['id']}/events").json()
+        assert all(line.startswith("{") for line in stdout.splitlines())  # notes: stderr
+        assert "registered repo restart" in stderr
         assert [e["id"] for e in _json_events(stdout)] == [e["id"] for e in stored]
         final = json.loads(stdout.splitlines()[-1])["session"]
         assert final["status"] == "finished" and final["pr_url"].startswith(server.url + "/")
