@@ -71,9 +71,11 @@ def connected(option: str | None, local: bool = False) -> Iterator[Client]:
     try:
         try:
             client.health()
-        except Unreachable:
-            if named or not local:
+        except Unreachable as exc:
+            if named:
                 raise
+            if not local:
+                raise Unreachable(f"{exc}; start one with `nightshift serve`") from exc
             client.close()
             with embedded_server(url, quiet=True) as embedded:
                 client = make_client(embedded.url, token="")

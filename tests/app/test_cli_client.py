@@ -334,7 +334,7 @@ def test_login_keeps_a_checked_token_in_a_private_file(
     assert after.returncode == 0 and "sessions" in after.stdout
 
 
-def test_errors_are_one_line_from_the_server(served: Served, dee: User) -> None:
+def test_errors_are_one_line_from_the_server(served: Served, dee: User, tmp_path: Path) -> None:
     unknown = dee.run("sessions", "show", "nosuchsession")
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert unknown.stderr.startswith("error: ") and unknown.stderr.strip().count("\n") == 0
@@ -350,6 +350,11 @@ def test_errors_are_one_line_from_the_server(served: Served, dee: User) -> None:
         assert result.returncode == 1, result.stdout + result.stderr
         assert result.stderr.startswith(f"error: no Nightshift server answers at {nowhere}")
         assert result.stderr.strip().count("\n") == 0 and result.stdout == ""
+    # Nothing named and nothing at the default: only `run` and `sessions` serve the data dir.
+    alone = User(tmp_path, None)
+    alone.env["NIGHTSHIFT_PORT"] = str(free_port())
+    result = alone.run("stop", "nosuchsession")
+    assert result.returncode == 1 and "start one with `nightshift serve`" in result.stderr
 
 
 def test_the_stream_resumes_after_the_server_restarts(
