@@ -19,6 +19,7 @@ from app.commands import (
     doctor,
     github,
     images,
+    login,
     repos,
     run,
     sandbox,
@@ -35,6 +36,10 @@ app = typer.Typer(
 )
 app.command()(serve.serve)
 app.command()(run.run)
+app.command()(sessions.attach)
+app.command()(sessions.prompt)
+app.command()(sessions.stop)
+app.command()(login.login)
 app.command()(distributed.worker)
 app.command()(distributed.beat)
 app.add_typer(repos.app, name="repos")
