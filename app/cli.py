@@ -26,6 +26,7 @@ from app.commands import (
     serve,
     sessions,
     slack,
+    stats,
     tokens,
 )
 
@@ -53,6 +54,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(config.app, name="config")
 app.command()(doctor.doctor)
+app.command()(stats.stats)
 
 
 def main() -> None:

@@ -206,6 +206,15 @@ def test_run_streams_to_the_end_and_links_to_the_server(
     assert shown.returncode == 0 and '"status": "finished"' in shown.stdout
     listed = dee.run("sessions", "list", "--repo", "client-run")
     assert listed.returncode == 0 and session_id in listed.stdout and "finished" in listed.stdout
+    # `nightshift stats` prints the server's own figures, which count this session.
+    as_json = dee.run("stats", "--json", "--days", "7")
+    assert as_json.returncode == 0, as_json.stderr
+    figures = json.loads(as_json.stdout)
+    assert figures["window_days"] == 7 and figures["sessions"] >= 1
+    text = dee.run("stats")
+    assert text.returncode == 0, text.stderr
+    assert f"of {figures['sessions']} sessions in the last 30 days" in text.stdout
+    assert "How the pull requests fared on GitHub" in text.stdout and "approval rate" in text.stdout
 
 
 def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(
