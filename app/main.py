@@ -147,4 +147,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(web.router)
     app.include_router(internal.router)
     web.mount_static(app)
+    desktop.mount_novnc(app)
     return app

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketState
 
 from app.api.deps import CurrentUser, websocket_user
@@ -25,6 +27,14 @@ from workers.dispatch import InProcessDispatcher
 
 router = APIRouter(prefix="/api/sessions", tags=["desktop"])
 CHUNK = 64 * 1024
+NOVNC_DIR = Path("/usr/share/novnc")
+"""Debian's `novnc` package: the browser's VNC client, served read-only at `/novnc/`."""
+
+
+def mount_novnc(app: FastAPI, directory: Path = NOVNC_DIR) -> None:
+    """Serve noVNC's files at `/novnc/` when the package is installed (links not followed)."""
+    if (directory / "core" / "rfb.js").is_file():
+        app.mount("/novnc", StaticFiles(directory=directory), name="novnc")
 
 
 def build_desktops(runtime: Runtime) -> Desktops:
