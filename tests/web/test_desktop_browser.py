@@ -46,7 +46,7 @@ def test_session_page_opens_the_desktop_view_only_then_takes_control(
     page.click("#desktop-open")
     page.wait_for_selector("#desktop-panel[data-connected=true]", timeout=30_000)
     assert page.text_content("#desktop-status") == "Connected · view only"
-    # noVNC sized its canvas from the server's ServerInit: the sandbox's 1280×800 display.
+    # noVNC sized its canvas from the server's ServerInit: the sandbox's 1280x800 display.
     size = page.eval_on_selector("#desktop-screen canvas", "c => [c.width, c.height]")
     assert size == [1280, 800]
     assert page.is_visible("#desktop-control")
