@@ -248,3 +248,43 @@ def test_view_only_filter_keeps_the_picture_and_drops_every_kind_of_input() -> N
     big.feed(handshake)
     with pytest.raises(ProtocolError):
         big.feed(struct.pack(">BxxxI", 6, 64 << 20))
+
+
+def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
+    make_settings: Any, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from app.errors import Conflict
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+    from app.services.desktop import Desktops
+    from tests.factories import make_person
+
+    runtime = build_runtime(
+        make_settings(
+            model="openai:fake-model",
+            openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
+            openai_api_key="sk-test-fake-key-0123456789abcdef",
+            idle_seconds=600,
+            sandbox="fake",
+        )
+    )
+    runtime.start()
+    try:
+        alice = make_person(runtime, "alice", "Alice Example", "alice@example.com")
+        runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+        openai_fake.script("fake one", Turn.tool("finish", summary="Done."))
+        session = runtime.sessions.create(alice.user, "proj", "fake one")
+        wait_for(lambda: runtime.sessions.get(session.id).status == "idle", 60, "idle")
+        desktops = Desktops(
+            runtime.sessions, runtime.hub, runtime.executor, runtime.dispatcher.runners
+        )
+        with pytest.raises(Conflict, match="fake sandbox backend cannot show a desktop"):
+            asyncio.run(desktops.open(session.id, alice.user))
+        # Sessions run by Celery workers have their sandboxes elsewhere.
+        remote = Desktops(runtime.sessions, runtime.hub, runtime.executor, None)
+        with pytest.raises(Conflict, match="runs on a worker"):
+            asyncio.run(remote.open(session.id, alice.user))
+    finally:
+        runtime.close()
