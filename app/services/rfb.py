@@ -13,6 +13,7 @@ import struct
 VERSIONS = (b"RFB 003.008\n", b"RFB 003.007\n")
 SECURITY_NONE = 1
 MAX_CUT_TEXT = 1 << 20
+MAX_ENCODINGS = 64
 
 # type: (fixed length, forwarded). Variable-length ones are sized in `_length`.
 SET_PIXEL_FORMAT, SET_ENCODINGS, UPDATE_REQUEST = 0, 2, 3
@@ -75,6 +76,7 @@ class ViewOnly:
             return None
         kind = buf[0]
         chunk = self._take(length)
+        _check(chunk)
         if kind in DROPPED:
             self.dropped += 1
             return b""
@@ -113,3 +115,17 @@ class ViewOnly:
         chunk = bytes(self._buf[:n])
         del self._buf[:n]
         return chunk
+
+
+def _check(message: bytes) -> None:
+    """Refuse forwarded messages whose fields no real client sends: a watcher's bytes reach the
+    VNC server's parser, and only well-formed ones should."""
+    kind = message[0]
+    if kind == SET_PIXEL_FORMAT:
+        bpp, depth, _big, true_colour = message[4:8]
+        if bpp not in (8, 16, 32) or not 0 < depth <= bpp or true_colour > 1:
+            raise ProtocolError(f"pixel format of {bpp} bits, depth {depth} is not valid")
+    elif kind == SET_ENCODINGS and (len(message) - 4) // 4 > MAX_ENCODINGS:
+        raise ProtocolError(f"more than {MAX_ENCODINGS} encodings")
+    elif kind == CLIENT_FENCE and message[8] > 64:
+        raise ProtocolError("a fence payload is at most 64 bytes")

@@ -61,7 +61,7 @@ for wm in matchbox-window-manager openbox; do
   fi
 done
 exec x11vnc -display {DISPLAY} -unixsock /tmp/{SOCKET_DIR}/{SOCKET_NAME} -rfbport 0 -forever \\
-  -shared -nopw -noipv6 -nolookup -noxdamage -quiet -o /tmp/{SOCKET_DIR}/x11vnc.log
+  -shared -alwaysshared -dontdisconnect -nopw -noipv6 -nolookup -noxdamage -quiet -o /tmp/{SOCKET_DIR}/x11vnc.log
 """
 
 
@@ -143,6 +143,8 @@ async def start_desktop(sandbox: Sandbox, timeout: float = START_TIMEOUT_S) -> D
     task = asyncio.ensure_future(
         sandbox.exec(["/bin/sh", "-c", LAUNCH], timeout=max(lifetime, 1.0), output_cap=16384)
     )
+    # Its end (the sandbox terminated, a limit) is read by `alive`; nothing else awaits it.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     desktop = Desktop(sandbox.id, tmp, task)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

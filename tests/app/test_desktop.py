@@ -219,7 +219,7 @@ def test_view_only_filter_keeps_the_picture_and_drops_every_kind_of_input() -> N
     handshake = b"RFB 003.008\n" + b"\x01" + b"\x00"
     assert f.feed(handshake[:5]) == b""
     assert f.feed(handshake[5:]) == b"RFB 003.008\n\x01\x01"  # ClientInit forced to shared
-    pixel_format = b"\x00" + b"\0" * 19
+    pixel_format = struct.pack(">BxxxBBBBHHHBBBxxx", 0, 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
     encodings = b"\x02\x00" + struct.pack(">H", 2) + struct.pack(">ii", 0, -239)
     update = struct.pack(">BBHHHH", 3, 1, 0, 0, 10, 10)
     fence = b"\xf8\0\0\0" + struct.pack(">I", 0) + b"\x02ab"
@@ -244,10 +244,17 @@ def test_view_only_filter_keeps_the_picture_and_drops_every_kind_of_input() -> N
         ViewOnly().feed(b"RFB 003.003\n")
     with pytest.raises(ProtocolError):
         ViewOnly().feed(b"RFB 003.008\n\x02")  # VNC auth: never offered through this proxy
-    big = ViewOnly()
-    big.feed(handshake)
-    with pytest.raises(ProtocolError):
-        big.feed(struct.pack(">BxxxI", 6, 64 << 20))
+    malformed = [
+        struct.pack(">BxxxI", 6, 64 << 20),  # a clipboard too large to buffer
+        struct.pack(">BxxxBBBBHHHBBBxxx", 0, 12, 24, 0, 1, 255, 255, 255, 16, 8, 0),
+        b"\x02\x00" + struct.pack(">H", 65) + b"\0" * 4 * 65,  # 65 encodings
+        b"\xf8\0\0\0" + struct.pack(">I", 0) + b"\x41" + b"a" * 65,  # fence over 64 bytes
+    ]
+    for message in malformed:
+        watcher = ViewOnly()
+        watcher.feed(handshake)
+        with pytest.raises(ProtocolError):
+            watcher.feed(message)
 
 
 def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
