@@ -295,3 +295,20 @@ def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
             asyncio.run(remote.open(session.id, alice.user))
     finally:
         runtime.close()
+
+
+def test_only_novncs_client_library_is_served(server: BackgroundServer) -> None:
+    import httpx
+
+    from app.api.routes.desktop import NOVNC_DIR
+
+    if not (NOVNC_DIR / "core" / "rfb.js").is_file():
+        pytest.skip("novnc is not installed (apt-get install novnc)")
+    rfb = httpx.get(f"{server.url}/novnc/core/rfb.js")
+    assert rfb.status_code == 200 and "export default class RFB" in rfb.text
+    assert rfb.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert httpx.get(f"{server.url}/novnc/vendor/pako/lib/zlib/inflate.js").status_code == 200
+    # noVNC's own app connects wherever its address says: not on this origin.
+    for path in ("/novnc/vnc.html", "/novnc/vnc_lite.html", "/novnc/app/ui.js"):
+        assert httpx.get(f"{server.url}{path}").status_code == 404, path
+    assert httpx.get(f"{server.url}/novnc/core/../vnc.html").status_code == 404

@@ -32,9 +32,14 @@ NOVNC_DIR = Path("/usr/share/novnc")
 
 
 def mount_novnc(app: FastAPI, directory: Path = NOVNC_DIR) -> None:
-    """Serve noVNC's files at `/novnc/` when the package is installed (links not followed)."""
+    """Serve noVNC's client library at `/novnc/core/` and `/novnc/vendor/` when the package is
+    installed. Only the library: noVNC's own pages (`vnc.html`) connect wherever their address
+    says, and have no business on this origin."""
     if (directory / "core" / "rfb.js").is_file():
-        app.mount("/novnc", StaticFiles(directory=directory), name="novnc")
+        for part in ("core", "vendor"):
+            app.mount(
+                f"/novnc/{part}", StaticFiles(directory=directory / part), name=f"novnc-{part}"
+            )
 
 
 def build_desktops(runtime: Runtime) -> Desktops:
