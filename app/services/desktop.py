@@ -92,7 +92,7 @@ class Desktops:
         return self._public(session_id, desktop, can_control)
 
     async def _current(self, session_id: str) -> Desktop | str:
-        """On the executor's loop: the session's running desktop (Conflict when none runs)."""
+        """On the executor's loop: the session's running desktop, or why there is none."""
         sandbox = self._live_sandbox(session_id)
         desktop = self._desktops.get(sandbox.id) if sandbox is not None else None
         if desktop is None or not desktop.alive:
@@ -117,7 +117,11 @@ class Desktops:
             raise Conflict(f"the desktop of session {session_id} cannot be reached: {exc}") from exc
         if control:
             event = DesktopControlTaken(login=user.login, name=user.name)
-            await asyncio.to_thread(self.hub.publish, session_id, event)
+            try:
+                await asyncio.to_thread(self.hub.publish, session_id, event)
+            except BaseException:
+                conn.close()  # control that cannot be recorded is not given
+                raise
         return conn
 
     async def _on_loop(self, job: Coroutine[Any, Any, Desktop | str]) -> Desktop:
