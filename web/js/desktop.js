@@ -19,7 +19,9 @@ export function mountDesktop(panel, sessionId) {
   const closeButton = h("button", { type: "button", id: "desktop-close", hidden: true }, "Close");
   const screen = h("div", { class: "desktop-screen", id: "desktop-screen", hidden: true,
     style: "width:100%;aspect-ratio:1280/800;background:#000;margin-top:.5rem;overflow:hidden" });
-  clear(panel, h("h2", {}, "Desktop"), h("div", { class: "row" }, openButton, controlButton, closeButton, status), screen);
+  const hint = h("p", { class: "hint" }, "The screen of this session's sandbox while it is live; programs the agent runs with ",
+    h("code", {}, "DISPLAY=:99"), " show here. You watch; the session's participants may take control.");
+  clear(panel, h("h2", {}, "Desktop"), hint, h("div", { class: "row" }, openButton, controlButton, closeButton, status), screen);
 
   let rfb = null;
   let info = null;
