@@ -44,7 +44,7 @@ mkdir -p /tmp/.X11-unix /tmp/{SOCKET_DIR} || exit 1
 chmod 1777 /tmp/.X11-unix 2>/dev/null
 chmod 700 /tmp/{SOCKET_DIR}
 rm -f /tmp/{SOCKET_DIR}/{SOCKET_NAME}
-Xvfb {DISPLAY} -screen 0 {WIDTH}x{HEIGHT}x24 -nolisten tcp -noreset >/tmp/{SOCKET_DIR}/xvfb.log 2>&1 &
+Xvfb {DISPLAY} -screen 0 {WIDTH}x{HEIGHT}x24 -nolisten tcp -noreset -wr >/tmp/{SOCKET_DIR}/xvfb.log 2>&1 &
 n=0
 until [ -S /tmp/.X11-unix/X{DISPLAY[1:]} ]; do
   n=$((n + 1))

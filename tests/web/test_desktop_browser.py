@@ -49,6 +49,14 @@ def test_session_page_opens_the_desktop_view_only_then_takes_control(
     # noVNC sized its canvas from the server's ServerInit: the sandbox's 1280x800 display.
     size = page.eval_on_selector("#desktop-screen canvas", "c => [c.width, c.height]")
     assert size == [1280, 800]
+    # Its pixels came from the sandbox: Xvfb's white root (`-wr`), not an empty canvas.
+    page.wait_for_function(
+        """() => {
+          const c = document.querySelector('#desktop-screen canvas');
+          const [r, g, b, a] = c.getContext('2d').getImageData(20, 20, 1, 1).data;
+          return r === 255 && g === 255 && b === 255 && a === 255;
+        }"""
+    )
     assert page.is_visible("#desktop-control")
 
     page.click("#desktop-control")
