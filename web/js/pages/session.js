@@ -1,6 +1,7 @@
 // `/sessions/{id}`: one session, live. Anyone with the link sees the same stream.
 
 import { ApiError, api, sessionPath } from "../api.js";
+import { mountDesktop } from "../desktop.js";
 import { renderDiff } from "../diff.js";
 import { EventStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
@@ -24,6 +25,7 @@ let diffLoadedFor = null; // the head the Changes tab shows (or is loading)
 let replayUntil = 0; // events up to here were stored before the page loaded
 const timing = { mode: null, ready: null, model: null };
 const timeline = new Timeline(timelineEl);
+mountDesktop($("desktop-panel"), sessionId);
 
 // ---------------------------------------------------------------- header and side panel
 
