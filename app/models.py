@@ -176,6 +176,9 @@ class PullRequest(SQLModel, table=True):
     closed_by_id: int | None = Field(default=None, foreign_key="users.id")
     """Who merged or closed it."""
     closed_at: float | None = None
+    draft: bool = False
+    """Opened while the session's verify commands still failed: not mergeable until someone
+    marks it ready (or a later push passes them)."""
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in
