@@ -85,6 +85,8 @@ async def test_unreachable_registry_fails_in_one_line_and_keeps_the_image(
     assert bad.outcome == "failed"
     assert bad.message.startswith("image 127.0.0.1:9/dev/tools:1: ")
     assert "\n" not in bad.message
+    # skopeo's log framing (`time=… level=fatal msg="…"`) is reduced to its message.
+    assert "level=" not in bad.message and "connection refused" in bad.message, bad.message
     assert rt.images.newest("proj").id == good.image.id
 
 
