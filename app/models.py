@@ -60,6 +60,8 @@ class RepoBase(SQLModel):
     image: str | None = Field(default=None, max_length=300)
     dockerfile: str | None = Field(default=None, max_length=500)
     context: str | None = Field(default=None, max_length=500)
+    devcontainer: bool = True
+    """Whether the repository's devcontainer.json may declare its environment."""
     ci_fix_attempts: int | None = None
     """This repo's own cap of failing checks sent back per PR (None: NIGHTSHIFT_CI_FIX_ATTEMPTS)."""
 

@@ -7,8 +7,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from images.devcontainer import read_devcontainer
-from images.environments import base_environment, declared, recorded_files
+from images.environments import base_environment, declared, devcontainer_of, recorded_files
 from images.layers import remove_tree
 from images.registry import ImageRecord
 from images.sandboxes.overlay import chown_tree
@@ -33,7 +32,7 @@ async def cold_clone(builder: ImageBuilder, spec: RepoSpec) -> tuple[ImageRecord
         (root / "home").mkdir(parents=True)
         sha = await forge.clone(spec.url, spec.base, root / "workspace")
         file = await asyncio.to_thread(read_spec_file, root / "workspace")
-        dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
+        dev = await asyncio.to_thread(devcontainer_of, spec.with_file(file), root / "workspace")
         effective = declared(spec.with_file(file), dev)
         await asyncio.to_thread(base_environment, effective, builder.backend, builder.oci, staging)
         await asyncio.to_thread(chown_tree, root, builder.owner)

@@ -8,6 +8,7 @@ completed by a `.nightshift.toml` at the root of the repository's base branch:
     egress = ["pypi.org", "files.pythonhosted.org"]
 
     image = "registry.corp/dev/python:3.12"   # or: dockerfile = "ci/Dockerfile", context = "."
+    devcontainer = false                       # never read .devcontainer/devcontainer.json
 
     [env]
     PYTHONDONTWRITEBYTECODE = "1"
@@ -49,6 +50,7 @@ SPEC_FILE_KEYS = (
     "image",
     "dockerfile",
     "context",
+    "devcontainer",
 )
 
 _HOST_RE = re.compile(
@@ -118,6 +120,10 @@ class RepoSpec(BaseModel):
     """Commands (tests, lint, type checks) run when the agent calls `finish`."""
     protected: list[str] = Field(default_factory=list)
     """Globs of paths the agent may read but not write (the `protected` plugin)."""
+    devcontainer: bool = True
+    """Whether the repository's `.devcontainer/devcontainer.json` may declare the environment
+    (when nothing else does). Off: a server that cannot reach the registry it names, or a
+    team that wants the host's tools, opts out without changing the repository."""
 
     @field_validator("image")
     @classmethod
@@ -204,6 +210,8 @@ class RepoSpec(BaseModel):
             update["egress"] = list(file.egress)
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
+        if file.use_devcontainer is not None:
+            update["devcontainer"] = file.use_devcontainer
         if file.image is not None:
             update.update(image=file.image, dockerfile=None, context=None)
         elif file.dockerfile is not None:
@@ -233,6 +241,9 @@ class SpecFile(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    use_devcontainer: bool | None = None
+    """The file's `devcontainer = true|false` (named apart from the devcontainer.json an
+    image record keeps under `devcontainer`)."""
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -316,6 +327,12 @@ def parse_spec_file(text: str) -> SpecFile:
             setattr(result, key, check(value) if check else check_repo_path(value, key))
         except ValueError as exc:
             raise SpecFileError(str(exc), line) from exc
+    if "devcontainer" in data:
+        if not isinstance(data["devcontainer"], bool):
+            raise SpecFileError(
+                "devcontainer must be true or false", _key_line(lines, "devcontainer")
+            )
+        result.use_devcontainer = data["devcontainer"]
     if result.image is not None and result.dockerfile is not None:
         raise SpecFileError(
             "image and dockerfile are exclusive; give one of them", _key_line(lines, "dockerfile")
