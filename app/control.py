@@ -8,10 +8,11 @@ from typing import TypeVar
 
 from app.errors import ServiceError
 from app.jobs import ControlJobs
+from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.services.runners import RunnerService
 from images.spec import RepoSpec
-from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import ArtifactStored, LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.errors import ControlPlaneError
 from workers.events import Author, Event
 
@@ -19,9 +20,10 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, runners: RunnerService, jobs: ControlJobs) -> None:
+    def __init__(self, runners: RunnerService, jobs: ControlJobs, artifacts: Artifacts) -> None:
         self.runners = runners
         self.jobs = jobs
+        self.artifacts = artifacts
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -56,6 +58,13 @@ class LocalControlPlane:
 
     async def session_status(self, session_id: str) -> SessionSummary:
         return await self._call(lambda: self.runners.summary(session_id))
+
+    async def store_artifact(self, session_id: str, data: bytes) -> ArtifactStored:
+        def store() -> ArtifactStored:
+            self.runners.sessions.get(session_id)  # NotFound for a session that is not there
+            return self.artifacts.store(session_id, data)
+
+        return await self._call(store)
 
     async def repo_specs(self) -> list[RepoSpec]:
         return await self._call(lambda: [spec_of(r) for r in self.runners.sessions.repos.list()])

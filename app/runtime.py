@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from app.control import LocalControlPlane
 from app.jobs import ControlJobs
 from app.metrics import observe
+from app.services.artifacts import Artifacts
 from app.services.github import GitHubServices, RebuildHook, build_github, reconcile_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.hub import EventHub
@@ -108,6 +109,7 @@ class Runtime:
     jobs: JobContext
     stream_slots: StreamSlots
     """Event streams each person holds open here (NIGHTSHIFT_MAX_STREAMS_PER_USER)."""
+    artifacts: Artifacts
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     presence: Presence = field(default_factory=Presence)
@@ -321,7 +323,8 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
 
     rebuild_hooks.append(pushed)
     control_jobs = ControlJobs()
-    control = LocalControlPlane(runners, control_jobs)
+    artifacts = Artifacts(data_dir / "artifacts")
+    control = LocalControlPlane(runners, control_jobs, artifacts)
     deps = WorkerDeps(
         control=control,
         bus=InProcessBus(hub.publish),
@@ -377,6 +380,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         jobs=JobContext(control=control, image_jobs=stack.jobs),
         streams=streams,
         stream_slots=StreamSlots(settings.max_streams_per_user),
+        artifacts=artifacts,
     )
     if github is not None:
 

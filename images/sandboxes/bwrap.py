@@ -11,6 +11,12 @@ namespace (unprivileged hosts), a seccomp filter (`seccomp.py`) where it runs as
 exception is a root host without a pids cgroup, where a user namespace per command is what
 holds the processes limit (`limits.py`); there the command may make more of them.
 
+Commands get a fresh network namespace each, until a background job asks the sandbox to
+`share_network`: then one namespace, kept alive by a bind mount at `<sandbox dir>/netns`,
+is joined (`nsenter`) by every later command, so a server one started is reachable on
+loopback from the next. Root hosts only; with an egress allowlist it is refused (each command's
+loopback bridge holds the proxy port).
+
 Nothing of the host's layout shows inside: bwrap reads its options from a file (`--args`), so
 /proc/1/cmdline (bwrap's init) holds no host path, and every writable mount and /etc come from
 the sandbox's own disk and overlay, whose mount options name no host path (`overlay.py`).
@@ -18,6 +24,7 @@ the sandbox's own disk and overlay, whose mount options name no host path (`over
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -29,6 +36,7 @@ from images.sandboxes.base import (
     HOME,
     WORKDIR,
     ExecResult,
+    SandboxError,
     SandboxSpec,
     SandboxUnavailable,
     UnsupportedSetting,
@@ -42,6 +50,7 @@ from images.sandboxes.environment import (
 )
 from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
 from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
+from images.sandboxes.overlay import unmount
 from images.sandboxes.process import run_process
 from images.sandboxes.seccomp import write_filter
 
@@ -91,6 +100,30 @@ class BwrapSandbox(LocalSandbox):
 
     backend = "bwrap"
     _execs = 0
+    netns: Path | None = None
+    """The network namespace every command joins, once `share_network` made one."""
+
+    async def share_network(self) -> None:
+        if self.netns is not None:
+            return
+        if self.owner is None:
+            raise UnsupportedSetting(
+                "a network shared between commands (background jobs) needs a root host "
+                "under bubblewrap; use the gVisor backend or run as root"
+            )
+        if self.spec.egress:
+            raise UnsupportedSetting(
+                "background jobs under bubblewrap cannot be combined with an egress "
+                "allowlist yet; use the gVisor backend"
+            )
+        path = self.dir / "netns"
+        await asyncio.to_thread(_make_netns, path)
+        self.netns = path
+
+    def destroy(self) -> None:
+        if self.netns is not None:
+            unmount(str(self.netns))
+        super().destroy()
 
     async def _run(
         self,
@@ -126,6 +159,8 @@ class BwrapSandbox(LocalSandbox):
         backend = self._backend
         assert isinstance(backend, BwrapBackend)
         args = list(backend.static_args[1:])
+        if self.netns is not None:
+            args.remove("--unshare-net")
         layout = self.cgroup.layout
         inputs = [str(args_file or self.dir / "bwrap.args")]
         if self.owner is None:
@@ -173,12 +208,26 @@ class BwrapSandbox(LocalSandbox):
         fd = os.open(inputs[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(b"".join(a.encode() + b"\0" for a in args))
+        join = ["nsenter", f"--net={self.netns}", "--"] if self.netns is not None else []
         return join_and_exec(
             self.cgroup.procs_files(),
             rlimit_script(self.limits, layout),
-            ["bwrap", "--args", "3", "--", *inner],
+            [*join, "bwrap", "--args", "3", "--", *inner],
             inputs,
         )
+
+
+def _make_netns(path: Path) -> None:
+    """A network namespace with only `lo` (up), held by a bind mount at `path`."""
+    path.touch()
+    for argv in (
+        ["unshare", f"--net={path}", "true"],
+        ["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=host_env())
+        if done.returncode != 0:
+            unmount(str(path))
+            raise SandboxError(f"could not make the sandbox's network: {done.stderr.strip()}")
 
 
 class BwrapBackend(LocalBackend):

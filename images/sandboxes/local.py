@@ -188,14 +188,14 @@ class LocalSandbox:
         )
 
     async def ready(self) -> None:
-        """Make sure the runtime can take a command (gVisor restarts a container killed for
-        memory here)."""
+        """Make sure the runtime can take a command (gVisor restarts one killed for memory)."""
 
-    def interpret(
-        self, result: ExecResult, before: Counters, after: Counters, by_deadline: bool
-    ) -> ExecResult:
+    async def share_network(self) -> None:  # gVisor's commands share its container's network
+        return None
+
+    def interpret(self, result: ExecResult, b: Counters, a: Counters, late: bool) -> ExecResult:
         """Name the limit that ended the command, from its exit and the cgroup counters."""
-        return name_limit(result, before, after, by_deadline)
+        return name_limit(result, b, a, late)
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         self._check_live()

@@ -347,6 +347,9 @@ class ModalSandbox:
             full=True,
         )
 
+    async def share_network(self) -> None:
+        """Every exec already runs in the sandbox's one container and network."""
+
     def egress_refusals(self) -> list[str]:
         return []  # Modal's outbound_domain_allowlist refuses out of this host's sight
 

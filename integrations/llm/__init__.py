@@ -19,6 +19,8 @@ class ModelSettings:
     timeout: float = 300.0
     stream: bool = True
     """Stream tokens; turn off for endpoints that cannot stream tool calls."""
+    images: bool | None = None
+    """Send images (screenshots) to the model; None: the known-models table decides."""
 
 
 def make_model(settings: ModelSettings) -> ModelClient:
@@ -54,6 +56,7 @@ def make_model(settings: ModelSettings) -> ModelClient:
             base_url=settings.openai_base_url,
             timeout=settings.timeout,
             stream=settings.stream,
+            images=settings.images,
         )
     if provider == "anthropic":
         if not settings.anthropic_api_key:
@@ -69,6 +72,7 @@ def make_model(settings: ModelSettings) -> ModelClient:
             base_url=settings.anthropic_base_url,
             timeout=settings.timeout,
             stream=settings.stream,
+            images=settings.images,
         )
     raise ModelNotConfigured(
         f"NIGHTSHIFT_MODEL={spec!r}: unknown provider {provider!r}; "
