@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import ApiClient, make_repo
+from tests.factories import ApiClient, Person, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
 from workers.control_http import HttpControlPlane
@@ -92,7 +92,12 @@ def pixel(png: bytes, x: int, y: int) -> tuple[int, int, int]:
 
 
 def test_a_screenshot_of_the_served_app_is_kept_shown_and_served(
-    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path, server: BackgroundServer, runtime: Any
+    api: ApiClient,
+    openai_fake: ScriptBook,
+    tmp_path: Path,
+    server: BackgroundServer,
+    runtime: Any,
+    alice: Person,
 ) -> None:
     repo = make_repo(tmp_path, "site", {"index.html": PAGE})
     api.add_repo(repo)
@@ -182,3 +187,27 @@ def test_a_screenshot_of_the_served_app_is_kept_shown_and_served(
         f"{server.url}/internal/v1/sessions/{other['id']}/artifacts", content=got.content
     )
     assert no_token.status_code == 401
+
+    # The session page shows it as a thumbnail that links to the full size.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
+        try:
+            context = browser.new_context(base_url=server.url)
+            cookie = runtime.web_sessions.create(alice.user)
+            context.add_cookies(
+                [{"name": "nightshift_session", "value": cookie, "url": server.url}]
+            )
+            page = context.new_page()
+            page.goto(f"/sessions/{session['id']}")
+            img = page.wait_for_selector(f"figure.shot[data-artifact='{sha}'] img")
+            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img)
+            assert img.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [640, 400]
+            link = page.locator("figure.shot a").get_attribute("href")
+            assert link == art["url"]
+            assert "640\u00d7400" in page.locator("figure.shot figcaption").inner_text()
+        finally:
+            browser.close()
