@@ -79,20 +79,26 @@ async def _call(ctx: ToolContext, name: str, **arguments: Any) -> ToolOutput:
     return await call_tool(ctx, TOOLS[name], arguments, Hooks())
 
 
-@pytest.fixture
-async def bwrap_ctx(tmp_path: Path) -> AsyncIterator[ToolContext]:
+@pytest.fixture(params=["bwrap", "gvisor"])
+async def bwrap_ctx(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ToolContext]:
+    """A tool context on a real sandbox: bubblewrap (its network shared on the first job)
+    or gVisor (whose commands share the container's network)."""
     from images.sandboxes.bwrap import BwrapBackend
     from images.sandboxes.environment import default_owner
-    from tests.images.conftest import build_image
+    from images.sandboxes.gvisor import GvisorBackend
+    from tests.images.conftest import build_image, unavailable
 
-    backend = BwrapBackend(tmp_path / "state", default_owner())
+    if (why := unavailable(request.param)) is not None:
+        pytest.skip(why)
+    kind = BwrapBackend if request.param == "bwrap" else GvisorBackend
+    backend = kind(tmp_path / "state", default_owner())
     image = build_image(tmp_path, backend, {"index.html": "<h1>hello from the app</h1>\n"})
     sandbox = await backend.start(SandboxSpec(image, Limits(exec_timeout_s=60, disk_mb=0)))
     try:
         yield _ctx(sandbox, [])
     finally:
         await sandbox.terminate()
-    assert not (sandbox.dir / "netns").exists()  # the shared network went with the sandbox
+    assert not sandbox.dir.exists()  # with the sandbox went its shared network's mount
 
 
 @pytest.mark.slow
