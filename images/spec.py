@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from images.errors import ImagesError
 from images.oci import parse_reference
+from images.pages import PAGE_KEYS, Page, parse_pages
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
@@ -49,6 +50,7 @@ SPEC_FILE_KEYS = (
     "image",
     "dockerfile",
     "context",
+    *PAGE_KEYS,
 )
 
 _HOST_RE = re.compile(
@@ -118,6 +120,10 @@ class RepoSpec(BaseModel):
     """Commands (tests, lint, type checks) run when the agent calls `finish`."""
     protected: list[str] = Field(default_factory=list)
     """Globs of paths the agent may read but not write (the `protected` plugin)."""
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] = Field(default_factory=list)
+    """Pages captured after each finished prompt (`images/pages.py`)."""
 
     @field_validator("image")
     @classmethod
@@ -204,6 +210,9 @@ class RepoSpec(BaseModel):
             update["egress"] = list(file.egress)
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
+        if file.screenshots is not None:
+            update.update(serve=file.serve, serve_port=file.serve_port)
+            update["screenshots"] = list(file.screenshots)
         if file.image is not None:
             update.update(image=file.image, dockerfile=None, context=None)
         elif file.dockerfile is not None:
@@ -233,6 +242,9 @@ class SpecFile(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -341,6 +353,13 @@ def parse_spec_file(text: str) -> SpecFile:
                 raise SpecFileError(str(exc), line) from exc
             env[name] = item
         result.env = env
+    try:
+        pages = parse_pages(data)
+    except ValueError as exc:
+        line = next((_key_line(lines, k) for k in PAGE_KEYS if k in data), None)
+        raise SpecFileError(str(exc), line) from exc
+    result.serve, result.serve_port = pages.serve, pages.serve_port
+    result.screenshots = pages.screenshots
     return result
 
 

@@ -16,6 +16,7 @@ import binascii
 import contextlib
 import ipaddress
 import struct
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 from images.sandboxes.base import SandboxError
 from integrations.llm.types import ImagePart
 from workers.agent.toolbase import Tool, ToolContext, ToolOutput
-from workers.control import MAX_ARTIFACT_BYTES
+from workers.control import MAX_ARTIFACT_BYTES, ArtifactStored
 from workers.errors import ControlPlaneError, ToolError
 from workers.events import ArtifactCreated
 
@@ -113,7 +114,17 @@ def png_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-async def screenshot(ctx: ToolContext, a: ScreenshotArgs) -> ToolOutput:
+@dataclass(frozen=True)
+class Captured:
+    url: str
+    stored: ArtifactStored
+    width: int
+    height: int
+    png: bytes
+
+
+async def capture(ctx: ToolContext, a: ScreenshotArgs) -> Captured:
+    """Capture `a.url` in the sandbox, keep it as an artifact and announce it."""
     url = check_url(a.url, list(ctx.repo.egress))
     if _is_loopback((urlsplit(url).hostname or "").lower()):
         # The page is served by a background job: join its network. Where that cannot be
@@ -155,9 +166,15 @@ async def screenshot(ctx: ToolContext, a: ScreenshotArgs) -> ToolOutput:
             bytes=stored.bytes,
         )
     )
-    note = f"[screenshot of {url}, {width}x{height}: {stored.url}]"
-    text = f"captured {url} at {width}x{height} ({stored.bytes} bytes), kept at {stored.url}"
-    image = ImagePart(data=base64.b64encode(data).decode(), note=note)
+    return Captured(url, stored, width, height, data)
+
+
+async def screenshot(ctx: ToolContext, a: ScreenshotArgs) -> ToolOutput:
+    shot = await capture(ctx, a)
+    size, link = f"{shot.width}x{shot.height}", shot.stored.url
+    note = f"[screenshot of {shot.url}, {size}: {link}]"
+    text = f"captured {shot.url} at {size} ({shot.stored.bytes} bytes), kept at {link}"
+    image = ImagePart(data=base64.b64encode(shot.png).decode(), note=note)
     return ToolOutput(text, images=(image,))
 
 
