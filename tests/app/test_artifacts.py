@@ -211,3 +211,73 @@ def test_a_screenshot_of_the_served_app_is_kept_shown_and_served(
             assert "640\u00d7400" in page.locator("figure.shot figcaption").inner_text()
         finally:
             browser.close()
+
+
+SPEC = """
+serve = "python3 -m http.server 8770 --bind 127.0.0.1"
+serve_port = 8770
+screenshots = [{path = "/", name = "home"}, {path = "/gone.html", name = "gone"}]
+"""
+
+
+def test_the_repos_pages_are_captured_from_the_sessions_tree_into_the_pull_request(
+    api: ApiClient,
+    openai_fake: ScriptBook,
+    tmp_path: Path,
+    server: BackgroundServer,
+    runtime: Any,
+    alice: Person,
+) -> None:
+    repo = make_repo(tmp_path, "pages", {"index.html": PAGE, ".nightshift.toml": SPEC})
+    api.add_repo(repo)
+    openai_fake.script(
+        "make it green",
+        Turn.tool(
+            "edit_file",
+            path="index.html",
+            old_text="background:#1e90ff",
+            new_text="background:#22aa44",
+        ),
+        Turn.tool("finish", summary="The page is green now.", title="Green page"),
+    )
+    session = api.create("pages", "make it green")
+    done = api.wait_status(session["id"], "finished", "failed", timeout=120)
+    events = api.events(session["id"])
+    assert done["status"] == "finished", events
+    shots = [e for e in events if e["type"] == "artifact_created"]
+    assert [s["title"] for s in shots] == [
+        "http://127.0.0.1:8770/",
+        "http://127.0.0.1:8770/gone.html",
+    ]
+    home = api.http.get(shots[0]["url"])
+    assert home.status_code == 200
+    # Captured from the session's tree: the agent's change, not the base branch.
+    assert pixel(home.content, 1200, 700) == (0x22, 0xAA, 0x44)
+
+    pr = api.http.get("/api/repos/pages/pulls/1").json()
+    body = pr["body"]
+    assert body.startswith("The page is green now.") and "### Screenshots" in body
+    base = pr["url"].split("/pulls/")[0]  # the server's public URL
+    assert f"![home]({base}{shots[0]['url']})" in body  # absolute: the PR is read elsewhere
+    assert f"![gone]({base}{shots[1]['url']})" in body
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
+        try:
+            context = browser.new_context(base_url=server.url)
+            cookie = runtime.web_sessions.create(alice.user)
+            context.add_cookies(
+                [{"name": "nightshift_session", "value": cookie, "url": server.url}]
+            )
+            page = context.new_page()
+            page.goto(pr["url"].removeprefix(base))
+            img = page.wait_for_selector("#shots figure.shot[data-name=home] img")
+            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img)
+            assert img.evaluate("(img) => img.naturalWidth") == 1280
+            assert page.locator("#shots figure.shot").count() == 2
+        finally:
+            browser.close()

@@ -264,3 +264,29 @@ def test_which_models_are_sent_images_and_images_are_never_stored() -> None:
     assert accepts_images("openai", "my-local-llava", override=True)
     message = _conversation("note")[2]
     assert "images" not in message.model_dump() and "iVBOR" not in message.model_dump_json()
+
+
+def test_a_repo_names_its_pages_with_the_command_that_serves_them() -> None:
+    from images.spec import RepoSpec, SpecFileError, parse_spec_file
+
+    good = parse_spec_file(
+        'serve = "npm run dev"\nserve_port = 3000\n'
+        'screenshots = [{path = "/", name = "home"}, {path = "/docs?x=1", name = "docs"}]\n'
+    )
+    spec = RepoSpec(name="web", url="/tmp/web").with_file(good)
+    assert (spec.serve, spec.serve_port) == ("npm run dev", 3000)
+    assert [(p.path, p.name) for p in spec.screenshots] == [("/", "home"), ("/docs?x=1", "docs")]
+    refused = {
+        'screenshots = [{path = "/", name = "home"}]': "need serve",
+        'serve = "x"\nserve_port = 80\nscreenshots = [{path = "//evil.example", name = "h"}]': (
+            "starting with one /"
+        ),
+        'serve = "x"\nserve_port = 80\nscreenshots = [{path = "/", name = "../up"}]': "letters",
+        'serve = "x"\nserve_port = 70000\nscreenshots = []': "serve_port",
+        'serve = "x"\nserve_port = 80\nscreenshots = [{path = "/", name = "a"}, {name = "a"}]': (
+            "distinct"
+        ),
+    }
+    for text, reason in refused.items():
+        with pytest.raises(SpecFileError, match=reason):
+            parse_spec_file(text)
