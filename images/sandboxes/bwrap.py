@@ -14,8 +14,8 @@ holds the processes limit (`limits.py`); there the command may make more of them
 Commands get a fresh network namespace each, until a background job asks the sandbox to
 `share_network`: then one namespace, kept alive by a bind mount at `<sandbox dir>/netns`,
 is joined (`nsenter`) by every later command, so a server one started is reachable on
-loopback from the next. Root hosts only; with an egress allowlist it is refused (each command's
-loopback bridge holds the proxy port).
+loopback from the next. Root hosts only. With an egress allowlist, one loopback bridge to the
+proxy then serves the shared network instead of one per command.
 
 Nothing of the host's layout shows inside: bwrap reads its options from a file (`--args`), so
 /proc/1/cmdline (bwrap's init) holds no host path, and every writable mount and /etc come from
@@ -42,6 +42,7 @@ from images.sandboxes.base import (
     UnsupportedSetting,
 )
 from images.sandboxes.environment import (
+    BRIDGE_COMMAND,
     BRIDGE_PATH,
     EGRESS_DIR,
     RUN_DIR,
@@ -53,6 +54,8 @@ from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
 from images.sandboxes.overlay import unmount
 from images.sandboxes.process import run_process
 from images.sandboxes.seccomp import write_filter
+
+EGRESS_READY = ".nightshift-egress-ready"
 
 
 @cache
@@ -102,6 +105,7 @@ class BwrapSandbox(LocalSandbox):
     _execs = 0
     netns: Path | None = None
     """The network namespace every command joins, once `share_network` made one."""
+    _bridge: asyncio.Future[ExecResult] | None = None
 
     async def share_network(self) -> None:
         if self.netns is not None:
@@ -111,14 +115,32 @@ class BwrapSandbox(LocalSandbox):
                 "a network shared between commands (background jobs) needs a root host "
                 "under bubblewrap; use the gVisor backend or run as root"
             )
-        if self.spec.egress:
-            raise UnsupportedSetting(
-                "background jobs under bubblewrap cannot be combined with an egress "
-                "allowlist yet; use the gVisor backend"
-            )
         path = self.dir / "netns"
         await asyncio.to_thread(_make_netns, path)
         self.netns = path
+        if self.spec.egress:
+            await self._start_bridge()
+
+    async def _start_bridge(self) -> None:
+        """One loopback bridge to the egress proxy for the shared network (each command's
+        own bridge would find the port taken), held like a background job."""
+        marker = self.tmp / EGRESS_READY
+        marker.unlink(missing_ok=True)
+        argv = [*BRIDGE_COMMAND, "--ready", f"/tmp/{EGRESS_READY}"]  # noqa: S108 (its own /tmp)
+        task = asyncio.ensure_future(self.exec(argv, timeout=self.limits.sandbox_timeout_s))
+        for _ in range(200):
+            if marker.exists():
+                self._bridge = task
+                return
+            if task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        raise SandboxError(f"sandbox {self.id}: the egress bridge of its shared network failed")
+
+    def inner(self, argv: Sequence[str]) -> list[str]:
+        # On a shared network one bridge serves every command (`_start_bridge`).
+        return list(argv) if self.netns is not None else super().inner(argv)
 
     def destroy(self) -> None:
         if self.netns is not None:

@@ -26,6 +26,7 @@ from integrations.llm.anthropic_messages import AnthropicModel
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage, ImagePart, ToolCallRecord, accepts_images
 from tests.fakes.llm import ScriptBook
+from tests.images.conftest import fake_internet  # noqa: F401 (a fixture)
 from tests.workers.agentkit import fake_image
 from workers.agent.hooks import Hooks
 from workers.agent.screenshot import png_size
@@ -290,3 +291,35 @@ def test_a_repo_names_its_pages_with_the_command_that_serves_them() -> None:
     for text, reason in refused.items():
         with pytest.raises(SpecFileError, match=reason):
             parse_spec_file(text)
+
+
+@pytest.mark.slow
+@needs_bwrap
+async def test_background_jobs_keep_the_egress_allowlist_on_bubblewrap(
+    tmp_path: Path,
+    fake_internet: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    from images.sandboxes.bwrap import BwrapBackend
+    from images.sandboxes.environment import default_owner
+    from tests.images.conftest import build_image
+
+    backend = BwrapBackend(tmp_path / "state", default_owner(), egress=fake_internet.proxy())
+    image = build_image(tmp_path, backend, {"index.html": "<h1>served</h1>\n"})
+    limits = Limits(exec_timeout_s=60, disk_mb=0)
+    sandbox = await backend.start(SandboxSpec(image, limits, egress=["pypi.org"]))
+    try:
+        ctx = _ctx(sandbox, [], egress=["pypi.org"])
+        started = await _call(
+            ctx, "run", command="exec python3 -m http.server 8124 --bind 127.0.0.1", background=True
+        )
+        assert not started.is_error, started.text
+        wait = "for i in $(seq 50); do curl -fs http://127.0.0.1:8124/ && break; sleep 0.1; done"
+        local = await _call(ctx, "run", command=wait)
+        assert "served" in local.text
+        allowed = await _call(ctx, "run", command="curl -fsS http://pypi.org/simple/")
+        assert "hello from pypi.org/simple/" in allowed.text
+        refused = await _call(ctx, "run", command="curl -fsS http://not-allowed.example.com/")
+        assert refused.exit_code != 0
+        assert "egress proxy refused not-allowed.example.com:80" in refused.text
+    finally:
+        await sandbox.terminate()
