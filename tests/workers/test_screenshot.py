@@ -323,3 +323,25 @@ async def test_background_jobs_keep_the_egress_allowlist_on_bubblewrap(
         assert "egress proxy refused not-allowed.example.com:80" in refused.text
     finally:
         await sandbox.terminate()
+
+
+def test_only_the_newest_screenshots_are_resent_older_ones_become_their_links() -> None:
+    from integrations.llm.anthropic_messages import _to_anthropic
+    from integrations.llm.openai_chat import _to_openai
+
+    data = base64.b64encode(tiny_png()).decode()
+    messages = [ChatMessage(role="user", text="look four times")]
+    for n in range(4):
+        call = ToolCallRecord(id=f"c{n}", name="screenshot", arguments={})
+        image = ImagePart(data=data, note=f"[shot {n}]")
+        messages += [
+            ChatMessage(role="assistant", tool_calls=[call]),
+            ChatMessage(role="tool", tool_call_id=f"c{n}", text=f"captured {n}", images=[image]),
+        ]
+    sent = _to_openai("system", messages, images=True)
+    parts = [p for m in sent if isinstance(m["content"], list) for p in m["content"]]
+    assert [p["type"] for p in parts].count("image_url") == 3
+    assert sent[3] == {"role": "tool", "tool_call_id": "c0", "content": "captured 0\n[shot 0]"}
+    blocks = _to_anthropic(messages, images=True)
+    assert blocks[2]["content"][0]["content"] == "captured 0\n[shot 0]"
+    assert [b["type"] for b in blocks[-1]["content"][0]["content"]] == ["text", "image"]
