@@ -11,7 +11,11 @@ PORT ?= 8000
 # command:debian-package pairs; a package is installed only when its command is missing.
 GVISOR_DEBS := runsc:runsc cc:gcc cc:libc6-dev
 RUN_DEBS := bwrap:bubblewrap git:git $(if $(filter gvisor,$(NIGHTSHIFT_SANDBOX)),$(GVISOR_DEBS))
-TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chromium
+# The session desktop (optional for `make run`): a path stands for a package without a command.
+DESKTOP_DEBS := Xvfb:xvfb x11vnc:x11vnc matchbox-window-manager:matchbox-window-manager /usr/share/novnc/core/rfb.js:novnc
+TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chromium \
+	skopeo:skopeo umoci:umoci buildah:buildah docker-registry:docker-registry \
+	mmdebstrap:mmdebstrap busybox:busybox-static $(DESKTOP_DEBS)
 
 .PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean
 
@@ -25,7 +29,7 @@ install: $(STAMP)
 
 define apt_missing
 	@missing=""; for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -e "$$cmd" ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \

@@ -19,12 +19,14 @@ from app.commands import (
     doctor,
     github,
     images,
+    login,
     repos,
     run,
     sandbox,
     serve,
     sessions,
     slack,
+    stats,
     tokens,
 )
 
@@ -35,6 +37,10 @@ app = typer.Typer(
 )
 app.command()(serve.serve)
 app.command()(run.run)
+app.command()(sessions.attach)
+app.command()(sessions.prompt)
+app.command()(sessions.stop)
+app.command()(login.login)
 app.command()(distributed.worker)
 app.command()(distributed.beat)
 app.add_typer(repos.app, name="repos")
@@ -48,6 +54,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(config.app, name="config")
 app.command()(doctor.doctor)
+app.command()(stats.stats)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from app.errors import ServiceError
@@ -20,10 +21,10 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, runners: RunnerService, jobs: ControlJobs, artifacts: Artifacts) -> None:
+    def __init__(self, runners: RunnerService, jobs: ControlJobs, data_dir: Path) -> None:
         self.runners = runners
         self.jobs = jobs
-        self.artifacts = artifacts
+        self.artifacts = Artifacts.of(data_dir)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -52,9 +53,14 @@ class LocalControlPlane:
         return await self._call(lambda: self.runners.stored_events(session_id, types, prompt_id))
 
     async def spawn_session(
-        self, parent_id: str, repo: str | None, prompt: str, author: Author
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
     ) -> str:
-        return await self._call(lambda: self.runners.spawn(parent_id, repo, prompt, author))
+        return await self._call(lambda: self.runners.spawn(parent_id, repo, prompt, author, model))
 
     async def session_status(self, session_id: str) -> SessionSummary:
         return await self._call(lambda: self.runners.summary(session_id))

@@ -15,6 +15,7 @@ from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
     artifacts,
     auth,
+    desktop,
     github,
     health,
     images,
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         owned = runtime is None
         rt = runtime or build_runtime(settings)
         app.state.runtime = rt
+        if owned:
+            app.state.desktops = desktop.build_desktops(rt)
         app.state.loop_lag = LoopLag()
         app.state.loop_lag.start()
         if owned:
@@ -115,6 +118,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     if runtime is not None:
         app.state.runtime = runtime
+        app.state.desktops = desktop.build_desktops(runtime)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -133,6 +137,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)
     app.include_router(artifacts.router)
+    app.include_router(desktop.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)
     app.include_router(pulls.router)
@@ -144,4 +149,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(web.router)
     app.include_router(internal.router)
     web.mount_static(app)
+    desktop.mount_novnc(app)
     return app

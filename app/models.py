@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from app.github_tables import GITHUB_TRIGGER_TABLES
 from images.registry import IMAGE_TABLES
 
 
@@ -59,6 +60,8 @@ class RepoBase(SQLModel):
     image: str | None = Field(default=None, max_length=300)
     dockerfile: str | None = Field(default=None, max_length=500)
     context: str | None = Field(default=None, max_length=500)
+    ci_fix_attempts: int | None = None
+    """This repo's own cap of failing checks sent back per PR (None: NIGHTSHIFT_CI_FIX_ATTEMPTS)."""
 
 
 class Repo(RepoBase, table=True):
@@ -107,6 +110,13 @@ class Session(SQLModel, table=True):
     start_ms: int | None = None
     first_model_ms: int | None = None
     snapshot: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    model: str | None = Field(default=None, max_length=200)
+    """The model spec every prompt of the session runs on (None: rows from before 0006)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    """Estimated spend so far, summed from the session's `usage` events."""
 
 
 class Participant(SQLModel, table=True):
@@ -134,6 +144,10 @@ class PromptIndex(SQLModel, table=True):
     start_mode: str | None = Field(default=None, max_length=16)
     start_ms: int | None = None
     first_model_ms: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 # ---------------------------------------------------------------- pull requests (local forge)
@@ -162,6 +176,9 @@ class PullRequest(SQLModel, table=True):
     closed_by_id: int | None = Field(default=None, foreign_key="users.id")
     """Who merged or closed it."""
     closed_at: float | None = None
+    draft: bool = False
+    """Opened while the session's verify commands still failed: not mergeable until someone
+    marks it ready (or a later push passes them)."""
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in
@@ -343,6 +360,8 @@ class SlackRequest(SQLModel, table=True):
     """received, needs_link, needs_repo, started, failed or cancelled."""
     repo_name: str | None = Field(default=None, max_length=200)
     picker_ts: str | None = Field(default=None, max_length=32)
+    model: str | None = Field(default=None, max_length=200)
+    """The model the message named (`model:NAME`); None: the deployment's default."""
     session_id: str | None = Field(default=None, foreign_key="sessions.id", max_length=32)
     error: str | None = Field(default=None, max_length=500)
     created_at: float = Field(default_factory=now)
@@ -392,4 +411,5 @@ CONTROL_TABLES = [
     SlackParticipant.__table__,  # type: ignore[attr-defined]
     RepoKeywords.__table__,  # type: ignore[attr-defined]
     *IMAGE_TABLES,
+    *GITHUB_TRIGGER_TABLES,
 ]

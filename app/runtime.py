@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 from app.control import LocalControlPlane
 from app.jobs import ControlJobs
 from app.metrics import observe
-from app.services.artifacts import Artifacts
 from app.services.github import GitHubServices, RebuildHook, build_github, reconcile_github
 from app.services.github_accounts import GitHubAccounts, build_accounts
 from app.services.hub import EventHub
 from app.services.images import Images
+from app.services.model_choices import ModelChoices
 from app.services.presence import Presence
 from app.services.pulls import LocalPullRequests, PullRequests
 from app.services.repos import Repos
@@ -109,7 +109,6 @@ class Runtime:
     jobs: JobContext
     stream_slots: StreamSlots
     """Event streams each person holds open here (NIGHTSHIFT_MAX_STREAMS_PER_USER)."""
-    artifacts: Artifacts
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     presence: Presence = field(default_factory=Presence)
@@ -235,6 +234,9 @@ class Runtime:
             # Pooled sandboxes hold overlay mounts: end them before the loop stops.
             with contextlib.suppress(Exception):
                 self.executor.submit(self.pool.close).result(timeout=30)
+            # The model clients live on the executor's loop: close them there.
+            with contextlib.suppress(Exception):
+                self.executor.submit(self.deps.aclose).result(timeout=10)
         self.executor.shutdown()
         if self.streams is not None:
             self.streams.stop()
@@ -274,6 +276,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
         max_active_per_user=settings.max_sessions_per_user,
+        models=ModelChoices(settings.model_choices()),
     )
     runners = RunnerService(sessions)
     pull_requests = PullRequests(sessions)
@@ -323,8 +326,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
 
     rebuild_hooks.append(pushed)
     control_jobs = ControlJobs()
-    artifacts = Artifacts(data_dir / "artifacts")
-    control = LocalControlPlane(runners, control_jobs, artifacts)
+    control = LocalControlPlane(runners, control_jobs, data_dir)
     deps = WorkerDeps(
         control=control,
         bus=InProcessBus(hub.publish),
@@ -380,7 +382,6 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         jobs=JobContext(control=control, image_jobs=stack.jobs),
         streams=streams,
         stream_slots=StreamSlots(settings.max_streams_per_user),
-        artifacts=artifacts,
     )
     if github is not None:
 

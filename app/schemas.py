@@ -45,6 +45,9 @@ class RepoCreate(BaseModel):
     context: str | None = Field(
         None, max_length=500, description="The Dockerfile's build context, relative to the repo"
     )
+    ci_fix_attempts: int | None = Field(
+        None, ge=0, le=20, description="Failing checks sent back per PR (default: the server's)"
+    )
 
 
 class RepoPublic(BaseModel):
@@ -63,6 +66,7 @@ class RepoPublic(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    ci_fix_attempts: int | None = None
     created_at: float
 
 
@@ -94,6 +98,11 @@ class SessionCreate(BaseModel):
     repo: str = Field(min_length=1, max_length=200, description="A repo's name, as listed")
     prompt: str = Field(min_length=1, description="What the agent should do")
     parent_id: str | None = Field(None, max_length=32)
+    model: str | None = Field(
+        None,
+        max_length=200,
+        description="A model from `GET /api/models`; the deployment's default when omitted",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -131,6 +140,22 @@ class PromptPublic(BaseModel):
     """Place in the queue (0 = next) while queued."""
 
 
+class Usage(BaseModel):
+    """Tokens and estimated spend, summed over a session's (or a group's) model turns."""
+
+    input_tokens: int = 0
+    """Including cached input tokens."""
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    """Estimated from NIGHTSHIFT_MODEL_PRICES; turns of unpriced models count as 0."""
+
+    @field_validator("cost_usd")
+    @classmethod
+    def _cents(cls, value: float) -> float:
+        return round(value, 6)  # a sum of floats: drop the binary noise
+
+
 class SessionPublic(BaseModel):
     id: str
     status: SessionStatus
@@ -153,6 +178,22 @@ class SessionPublic(BaseModel):
     created_at: float
     updated_at: float
     url: str
+    model: str | None
+    """The model spec every prompt of this session runs on."""
+    usage: Usage
+
+
+class ModelPublic(BaseModel):
+    name: str
+    """A model spec, `<provider>:<model>`, as `POST /api/sessions` takes it."""
+    default: bool
+
+
+class ModelList(BaseModel):
+    """`GET /api/models`: what NIGHTSHIFT_MODELS offers; the default first."""
+
+    models: list[ModelPublic]
+    default: str | None
 
 
 class SessionList(BaseModel):
@@ -204,6 +245,27 @@ class DayStats(BaseModel):
     prompts: int
 
 
+class UsageGroup(Usage):
+    """The usage of one person's or one repository's prompts over the stats window."""
+
+    name: str
+    prompts: int
+
+
+class PrStats(BaseModel):
+    """How the sessions' pull requests fare on GitHub (None where nothing was measured yet)."""
+
+    prs: int
+    reviewed: int
+    approval_rate: float | None
+    """Reviewed PRs with at least one approving review, over reviewed PRs."""
+    revisions_per_pr: float | None
+    """Pushes to a PR's branch (the first included), on average."""
+    median_open_to_merge_s: float | None
+    agent_commit_share: float | None
+    """Commits the agent made over all commits of the merged PRs."""
+
+
 class Stats(BaseModel):
     window_days: int
     sessions: int
@@ -216,6 +278,13 @@ class Stats(BaseModel):
     start_latency: dict[str, LatencyStats]
     """Prompt received to sandbox ready, by how the sandbox started (warm, image, snapshot, cold)."""
     first_model_request: LatencyStats
+    usage: Usage
+    """Every prompt of the window."""
+    usage_by_person: list[UsageGroup]
+    """By the prompt's author (login), biggest spender first."""
+    usage_by_repo: list[UsageGroup]
+    pull_requests: PrStats | None = None
+    """GitHub PR outcomes (approval, revisions, time to merge, the agent's share)."""
 
 
 class BuildStep(BaseModel):

@@ -359,6 +359,21 @@ class SessionFiles:
                 old.close()
             return store
 
+    def discard(self, session_id: str) -> None:
+        """Close and delete the file of a session that was never indexed (its creation was
+        refused after the file was made)."""
+        with self._lock:
+            store = self._open.pop(session_id, None)
+        if store is not None:
+            store.close()
+        path = self.path(session_id)
+        for leftover in (
+            path,
+            path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+
     def close(self) -> None:
         with self._lock:
             for store in self._open.values():

@@ -25,6 +25,7 @@ from app.settings_integrations import IntegrationSettings, env_alias
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
+from images.spec import check_image
 from integrations.llm import ModelSettings
 from workers.config import AgentConfig
 
@@ -104,6 +105,9 @@ class Settings(IntegrationSettings):
 
     # ---- agent
     model: str | None = None
+    models: str = ""
+    """NIGHTSHIFT_MODELS: the models a session may pick, comma-separated, the first the default
+    (unset: NIGHTSHIFT_MODEL alone)."""
     model_stream: bool = True
     model_images: bool | None = None  # send screenshots as images; None: known models only
     max_steps: int = Field(60, ge=1)
@@ -150,6 +154,10 @@ class Settings(IntegrationSettings):
     egress_upstream_proxy: str = ""
     """`http://host:port` of an HTTP proxy the egress proxy reaches public hosts through."""
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
+    registry_auth: Path | None = None
+    """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
+    image_max_mb: int = Field(8192, ge=1)
+    """Largest declared image (its layers, compressed) a build will pull."""
     snapshot_max_age_days: float = Field(14.0, gt=0)
     """Local snapshots older than this are garbage-collected; Modal's expire after it."""
     modal_app: str = "nightshift"
@@ -159,6 +167,22 @@ class Settings(IntegrationSettings):
         None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
     )
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
+    modal_base_image: str = ""
+    """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        from integrations.llm import parse_models
+
+        parse_models(value, None)  # a ValueError names the bad entry
+        return value
+
+    def model_choices(self) -> tuple[str, ...]:
+        """The models sessions may run on; the first is the default."""
+        from integrations.llm import parse_models
+
+        return parse_models(self.models, self.model)
 
     @field_validator("model_prices")
     @classmethod
@@ -209,6 +233,16 @@ class Settings(IntegrationSettings):
                 raise ValueError(f"NIGHTSHIFT_EGRESS_UPSTREAM_PROXY: {exc}") from None
         return value
 
+    @field_validator("modal_base_image")
+    @classmethod
+    def _modal_base_image(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            return check_image(value)
+        except ValueError as exc:
+            raise ValueError(f"NIGHTSHIFT_MODAL_BASE_IMAGE: {exc}") from None
+
     def sandbox_config(self) -> SandboxConfig:
         ports = self.sandbox_egress_ports
         return SandboxConfig(
@@ -221,6 +255,7 @@ class Settings(IntegrationSettings):
             modal_token_id=reveal(self.modal_token_id),
             modal_token_secret=reveal(self.modal_token_secret),
             modal_environment=self.modal_environment,
+            modal_base_image=self.modal_base_image,
             snapshot_ttl_s=int(self.snapshot_max_age_days * 86400),
             sandbox_uid=self.sandbox_uid,
         )
@@ -329,7 +364,7 @@ class Settings(IntegrationSettings):
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
             model=ModelSettings(
-                model=self.model,
+                model=next(iter(self.model_choices()), None),
                 openai_api_key=reveal(self.openai_api_key),
                 openai_base_url=self.openai_base_url,
                 anthropic_api_key=reveal(self.anthropic_api_key),

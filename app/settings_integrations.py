@@ -51,6 +51,13 @@ class IntegrationSettings(BaseSettings):
     pr_fallback: Literal["none", "app"] = "none"
     """NIGHTSHIFT_PR_FALLBACK: `app` opens the PR as the App when the person has not linked
     GitHub (the body names them); `none` asks them to sign in first."""
+    github_issue_triggers: bool = True
+    """NIGHTSHIFT_GITHUB_ISSUE_TRIGGERS: a mention of the App in an issue starts a session."""
+    github_pr_followups: bool = True
+    """NIGHTSHIFT_GITHUB_PR_FOLLOWUPS: a mention or a review requesting changes on a PR a
+    session opened queues a follow-up in that session."""
+    ci_fix_attempts: int = Field(2, ge=0, le=20)
+    """NIGHTSHIFT_CI_FIX_ATTEMPTS: failing checks sent back to the session per PR (0: off)."""
 
     # ---- who may sign in with GitHub, and how much one person may hold open
     github_allowed_orgs: str = ""

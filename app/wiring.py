@@ -20,6 +20,7 @@ from app.settings import Settings
 from images.builder import ImageBuilder
 from images.jobs import ImageJobs
 from images.mirror import Mirrors
+from images.oci_store import OciStore
 from images.pool import WarmPool
 from images.provider import SandboxProvider
 from images.registry import ImageRegistry
@@ -104,6 +105,9 @@ def image_stack(
         settings.limits(),
         backend.owner,
         command_timeout=settings.image_command_timeout,
+        oci=OciStore(
+            data_dir / "rootfs", auth_file=settings.registry_auth, max_mb=settings.image_max_mb
+        ),
     )
     starter = ImageStarter(
         backend,

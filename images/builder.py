@@ -33,13 +33,15 @@ from images.devcontainer import DevcontainerError, read_devcontainer
 from images.environments import (
     base_environment,
     declared,
-    devcontainer_note,
+    environment_digest,
     recorded_files,
     uncommitted_spec_warning,
 )
 from images.layers import clean_partials, fold_snapshot, remove_tree
 from images.mirror import Mirrors
+from images.oci_store import OciStore
 from images.registry import ImageRecord, ImageRegistry, Trigger
+from images.remote_build import build_remote, remote_images
 from images.sandboxes.base import (
     ImageRef,
     Limits,
@@ -86,6 +88,7 @@ class ImageBuilder:
         *,
         command_timeout: float = 1800.0,
         lock_ttl: float = 120.0,
+        oci: OciStore | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -96,6 +99,7 @@ class ImageBuilder:
         self.owner = owner
         self.command_timeout = command_timeout
         self.lock_ttl = lock_ttl
+        self.oci = oci  # where declared images are pulled and unpacked (None: refused)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._guard = threading.Lock()
         self._building: set[str] = set()
@@ -186,9 +190,15 @@ class ImageBuilder:
             return await asyncio.to_thread(self._failed_early, spec, trigger, tip, None, str(exc))
         effective = declared(spec.with_file(file), dev)
         spec_hash = effective.image_hash()
+        try:  # a declared image's tag may have moved: only its digest is looked up, not pulled
+            digest = await asyncio.to_thread(environment_digest, effective, self.backend, self.oci)
+        except BuildError as exc:
+            return await asyncio.to_thread(
+                self._failed_early, spec, trigger, tip, spec_hash, str(exc)
+            )
         if not force:
             existing = await asyncio.to_thread(self.registry.find, spec.name, tip, spec_hash)
-            if existing is not None and existing.status == "ready":
+            if existing and existing.status == "ready" and existing.environment_digest == digest:
                 return BuildResult(
                     spec.name,
                     "skipped",
@@ -247,12 +257,18 @@ class ImageBuilder:
             dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
             effective = declared(spec.with_file(file), dev)
             warning = uncommitted_spec_warning(spec, committed=file is not None)
-            note = devcontainer_note(spec.with_file(file), dev)
-            for line in filter(None, (warning, note)):
-                build_log.line(line)
-                warnings.append(line)
-            build_log.line(f"environment: {effective.environment()}")
-            base_environment(effective, self.backend)
+            if warning is not None:
+                build_log.line(warning)
+                warnings.append(warning)
+            remote = remote_images(self.backend)
+            if remote is None:  # a remote backend builds the declared environment itself
+                env = await asyncio.to_thread(
+                    base_environment, effective, self.backend, self.oci, staging, build_log
+                )
+                if env is not None:
+                    await self._save(record, environment_digest=env.digest)
+            else:
+                build_log.line(f"environment: {effective.environment()}")
             if sha != record.sha or effective.image_hash() != record.spec_hash:
                 # The tip moved between the fetch and the clone: stamp what was cloned.
                 await self._save(
@@ -264,7 +280,11 @@ class ImageBuilder:
             if file is not None:
                 build_log.line(f"{SPEC_FILE}: {json.dumps(file.model_dump(exclude_none=True))}")
             await asyncio.to_thread(chown_tree, root, self.owner)
-            if effective.setup or effective.warm:
+            location = str(final)
+            if remote is not None:
+                steps = (self.limits, self.command_timeout, build_log, say)
+                location = await build_remote(remote, record, effective, staging, *steps)
+            elif effective.setup or effective.warm:
                 await self._run_in_sandbox(record, effective, staging, build_log, say)
             say("saving the image")
             built_at = time.time()
@@ -278,9 +298,10 @@ class ImageBuilder:
                 built_at=built_at,
                 spec_hash=record.spec_hash or "",
             )
-            (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
-            staging.rename(final)
-            os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
+            if remote is None:
+                (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
+                staging.rename(final)
+                os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
         except (
             SandboxError,
             ForgeError,
@@ -312,7 +333,7 @@ class ImageBuilder:
         await self._save(
             record,
             status="ready",
-            location=str(final),
+            location=location,
             log=build_log.text(),
             finished_at=built_at,
             duration_ms=int((time.monotonic() - started) * 1000),
@@ -383,4 +404,6 @@ class ImageBuilder:
             ):
                 await asyncio.to_thread(remove_tree, Path(record.location))
             collected.append(record.id)
+        if self.oci is not None:  # and the declared images no image of this host runs on
+            await asyncio.to_thread(self.oci.collect, self.registry.environment_digests())
         return collected

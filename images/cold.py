@@ -35,7 +35,7 @@ async def cold_clone(builder: ImageBuilder, spec: RepoSpec) -> tuple[ImageRecord
         file = await asyncio.to_thread(read_spec_file, root / "workspace")
         dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
         effective = declared(spec.with_file(file), dev)
-        base_environment(effective, builder.backend)
+        await asyncio.to_thread(base_environment, effective, builder.backend, builder.oci, staging)
         await asyncio.to_thread(chown_tree, root, builder.owner)
         staging.rename(final)
     except BaseException:

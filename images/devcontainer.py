@@ -3,11 +3,11 @@
 Honoured: `image`; `build.dockerfile` and `build.context` (relative to the file's folder, as
 the Dev Containers spec says; the older top-level `dockerFile`/`context` too); `containerEnv`;
 `onCreateCommand`, `updateContentCommand` and `postCreateCommand` (each a string, an argument
-list, or an object of named commands) as set-up steps, in that order, before the spec's own. Ignored: editor settings (`customizations`, `name`,
-`forwardPorts`, `remoteUser`, ...). Refused with one line: `features` (they install software
-by scripts we do not run) in a file that names no image or Dockerfile, `dockerComposeFile`,
-and a file that is not JSON with comments. (A file that names an image or a Dockerfile is set
-aside whole for now, features included: see `images.environments.declared`.)
+list, or an object of named commands) as set-up steps, in that order, before the spec's own,
+run on the image or Dockerfile the file names (`images.environments.declared`). Ignored:
+editor settings (`customizations`, `name`, `forwardPorts`, `remoteUser`, ...). Refused with
+one line: `features` (they install software by scripts we do not run; install it in the
+image or a Dockerfile instead), `dockerComposeFile`, and a file that is not JSON with comments.
 """
 
 from __future__ import annotations
@@ -156,12 +156,11 @@ def parse_devcontainer(text: str) -> Devcontainer:
     if data.get("features"):
         features = data["features"]
         result.features = list(features) if isinstance(features, dict) else ["features"]
-        if result.image is None and result.dockerfile is None:
-            raise DevcontainerError(
-                f"features are not supported ({', '.join(result.features)}); install them in "
-                "the image or a Dockerfile",
-                _line_of(text, "features"),
-            )
+        raise DevcontainerError(
+            f"features are not supported ({', '.join(result.features)}); install them in "
+            "the image or a Dockerfile",
+            _line_of(text, "features"),
+        )
     env = data.get("containerEnv", {})
     line = _line_of(text, "containerEnv")
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):

@@ -2,12 +2,14 @@
 
 `declared` folds a repository's `.devcontainer/devcontainer.json` into a spec that declares
 no environment itself (neither stored nor in `.nightshift.toml`). `base_environment` is the
-build's environment step: given the effective spec, it produces the base the image is built
-on (None: the host's tools). Backends that can build a declared environment hook in here.
+build's environment step: given the effective spec, it pulls the declared image or builds the
+declared Dockerfile (`images.oci_store`), and records the unpacked root beside the image
+(`environment.json`), where the local backends find it (None: the host's tools).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import asdict
@@ -15,44 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from images.devcontainer import DEVCONTAINER_FILE, Devcontainer
+from images.oci_store import OciStore
 from images.sandboxes.base import SandboxBackend
-from images.setup import BuildError
+from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
+from images.setup import BuildError, BuildLog
 from images.spec import SPEC_FILE, RepoSpec, SpecFile
 
 
 def declared(spec: RepoSpec, dev: Devcontainer | None) -> RepoSpec:
     """`spec` completed by the repository's devcontainer.json when it declares no environment
-    itself: `containerEnv` under the spec's own env, and the lifecycle commands as set-up
-    steps before the spec's.
-
-    A devcontainer.json that names an image or a Dockerfile is set aside whole (see
-    `devcontainer_note`): its commands were written for that image, and this server does not
-    build declared environments yet, so the repository keeps running on the host's tools as
-    it did before it had the file. An environment declared on purpose (stored, or in
-    `.nightshift.toml`) is not set aside: its build fails instead (`base_environment`).
-    """
+    itself: the file's image or Dockerfile, `containerEnv` under the spec's own env, and the
+    lifecycle commands as set-up steps before the spec's. An environment declared on purpose
+    (stored, or in `.nightshift.toml`) wins over the file whole: its commands were written
+    for another environment."""
     if dev is None or spec.image is not None or spec.dockerfile is not None:
         return spec
+    update: dict[str, Any] = {"env": {**dev.env, **spec.env}, "setup": [*dev.setup, *spec.setup]}
     if dev.image is not None or dev.dockerfile is not None:
-        return spec
-    return spec.model_copy(
-        update={"env": {**dev.env, **spec.env}, "setup": [*dev.setup, *spec.setup]}
-    )
-
-
-def devcontainer_note(spec: RepoSpec, dev: Devcontainer | None) -> str | None:
-    """A build-log line when `declared` set a devcontainer.json aside."""
-    if dev is None or spec.image is not None or spec.dockerfile is not None:
-        return None
-    if dev.image is None and dev.dockerfile is None:
-        return None
-    what = f"image {dev.image}" if dev.image is not None else f"dockerfile {dev.dockerfile}"
-    if dev.features:
-        what += f" with features {', '.join(dev.features)}"
-    return (
-        f"note: {DEVCONTAINER_FILE} declares {what}; this server does not build declared "
-        "environments yet, so the file is set aside and sandboxes run the host's tools"
-    )
+        update.update(image=dev.image, dockerfile=dev.dockerfile, context=dev.context)
+    return spec.model_copy(update=update)
 
 
 def recorded_files(file: SpecFile | None, dev: Devcontainer | None) -> dict[str, Any] | None:
@@ -85,19 +68,52 @@ def origin_of_environment(spec: RepoSpec, file_declares: bool) -> str:
     return "host"
 
 
-def base_environment(spec: RepoSpec, backend: SandboxBackend) -> None:
-    """The build's environment step: None when sandboxes run on the host's tools.
+LOCAL_BACKENDS = ("bwrap", "gvisor")
 
-    A declared image or Dockerfile cannot be honoured by this build yet: the build fails with
-    one line (the repository keeps its previous image) rather than running the repository's
-    commands on the host's tools it did not ask for.
+
+def base_environment(
+    spec: RepoSpec,
+    backend: SandboxBackend,
+    store: OciStore | None,
+    image_dir: Path,
+    build_log: BuildLog | None = None,
+) -> ImageEnvironment | None:
+    """The build's environment step: None when sandboxes run on the host's tools; else the
+    declared image pulled (or Dockerfile built) and unpacked, recorded in `image_dir`.
+
+    A backend that cannot run a declared environment fails the build with one line (the
+    repository keeps its previous image) rather than running the repository's commands on
+    the host's tools it did not ask for.
     """
+    if build_log is not None:
+        build_log.line(f"environment: {spec.environment()}")
     if spec.image is None and spec.dockerfile is None:
-        return
-    raise BuildError(
-        f"the repository declares {spec.environment()}, and the {backend.name} backend "
-        "cannot build declared environments on this server; remove it to use the host's tools"
-    )
+        return None
+    if backend.name not in LOCAL_BACKENDS or store is None:
+        raise BuildError(
+            f"the repository declares {spec.environment()}, and the {backend.name} backend "
+            "cannot build declared environments on this server; remove it to use the host's tools"
+        )
+    if spec.image is not None:
+        environment = store.pull(spec.image)
+    else:
+        assert spec.dockerfile is not None
+        workspace = image_dir / "root" / "workspace"
+        environment = store.build(workspace, spec.dockerfile, spec.context or ".")
+    (image_dir / ENVIRONMENT_FILE).write_text(json.dumps(asdict(environment)))
+    if build_log is not None:
+        build_log.line(f"environment digest: {environment.digest}")
+    return environment
+
+
+def environment_digest(
+    spec: RepoSpec, backend: SandboxBackend, store: OciStore | None
+) -> str | None:
+    """The digest a declared image's reference names now (None: no image declared, or none
+    this backend pulls): what decides whether a scheduled rebuild must pull."""
+    if spec.image is None or store is None or backend.name not in LOCAL_BACKENDS:
+        return None
+    return store.resolve(spec.image)[1]
 
 
 def uncommitted_spec_warning(spec: RepoSpec, committed: bool | None = None) -> str | None:
@@ -154,6 +170,8 @@ def effective_origins(
         out.append((f"env.{key}", value, origin))
     file_declares = file.image is not None or file.dockerfile is not None
     origin = origin_of_environment(spec, file_declares)
+    if dev_applies and dev is not None and (dev.image or dev.dockerfile):
+        origin = DEVCONTAINER_FILE
     out.append(("environment", effective.environment(), origin))
     for name in ("image", "dockerfile", "context"):
         if getattr(effective, name) is not None:

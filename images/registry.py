@@ -54,6 +54,8 @@ class ImageRecord(SQLModel, table=True):
     location: str | None = Field(default=None, max_length=1000)
     file_spec: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     """What the repository's `.nightshift.toml` said at `sha` (None: no file)."""
+    environment_digest: str | None = Field(default=None, max_length=100)
+    """The manifest digest of the declared image the image was built on (None: host tools)."""
     error: str | None = Field(default=None, max_length=2000)
     log: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: float = Field(default_factory=time.time)
@@ -252,6 +254,15 @@ class ImageRegistry:
         ready = [r for r in rows if r.status == "ready"]
         cold = [r for r in rows if r.status == "cold"]
         return [r for r in ready[keep:] + cold if r.id not in in_use]
+
+    def environment_digests(self) -> set[str]:
+        """Digests of declared images that this host's images (not collected) run on."""
+        query = self._mine(select(ImageRecord.environment_digest)).where(
+            col(ImageRecord.status).in_(["ready", "cold", "building"]),
+            col(ImageRecord.environment_digest).is_not(None),
+        )
+        with DB(self.engine) as db:
+            return {d for d in db.exec(query).all() if d}
 
     def repos(self) -> list[str]:
         with DB(self.engine) as db:

@@ -40,6 +40,8 @@ class SessionContext(BaseModel):
     authors: list[Author] = Field(default_factory=list)
     snapshot: SnapshotRef | None = None
     title: str = ""
+    model: str | None = None
+    """The session's model spec (`openai:gpt-4.1`); None: the deployment's default."""
 
 
 class SessionSummary(BaseModel):
@@ -97,9 +99,15 @@ class ControlPlane(Protocol):
         ...
 
     async def spawn_session(
-        self, parent_id: str, repo: str | None, prompt: str, author: Author
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
     ) -> str:
-        """Create a child session through the same service layer as any client; its id."""
+        """Create a child session through the same service layer as any client; its id. The
+        child runs on `model`, or on its parent's model when None."""
         ...
 
     async def session_status(self, session_id: str) -> SessionSummary: ...

@@ -65,6 +65,7 @@ class SpawnRequest(BaseModel):
     repo: str | None = None
     prompt: str
     author: Author
+    model: str | None = None
 
 
 class Spawned(BaseModel):
@@ -177,12 +178,17 @@ class HttpControlPlane:
         return _EVENTS.validate_python(data)
 
     async def spawn_session(
-        self, parent_id: str, repo: str | None, prompt: str, author: Author
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
     ) -> str:
         data = await self._call(
             "POST",
             f"/sessions/{parent_id}/children",
-            SpawnRequest(repo=repo, prompt=prompt, author=author),
+            SpawnRequest(repo=repo, prompt=prompt, author=author, model=model),
             idempotent=False,
         )
         return Spawned.model_validate(data).id

@@ -184,6 +184,15 @@ class ChildSpawned(_Event):
     prompt: str
 
 
+class DesktopControlTaken(_Event):
+    """A participant took control of the session's desktop: their keyboard and mouse reach
+    the sandbox until they disconnect."""
+
+    type: Literal["desktop_control_taken"] = "desktop_control_taken"
+    login: str
+    name: str = ""
+
+
 class Notice(_Event):
     """Something a person should read or act on (a sign-in link, a queued build)."""
 
@@ -287,6 +296,7 @@ Event = Annotated[
     | PrOpened
     | PrStateChanged
     | ChildSpawned
+    | DesktopControlTaken
     | Notice
     | ContextCompacted
     | InstructionsLoaded

@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from images.errors import ImagesError
 from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
 from integrations.forge.base import Forge, ForgeError
-from integrations.llm import make_model
-from integrations.llm.base import ModelClient, ModelNotConfigured
+from integrations.llm import ModelPool
+from integrations.llm.base import ModelNotConfigured
 from integrations.llm.types import ChatMessage
 from workers.agent.hooks import Hooks, redact_output, wait_for_sync
 from workers.agent.loop import run_agent
@@ -59,10 +60,16 @@ class WorkerDeps:
     forge_for: Callable[[RepoSpec], Forge]
     config: AgentConfig
     redactor: Redactor = field(default_factory=Redactor)
-    model_factory: Callable[[AgentConfig], ModelClient] = field(
-        default=lambda cfg: make_model(cfg.model)
-    )
     extra_hooks: Callable[[SessionRunner], Hooks] | None = None
+    models: ModelPool = field(init=False)
+    """The process's long-lived model clients, one per provider (closed by `aclose`)."""
+
+    def __post_init__(self) -> None:
+        self.models = ModelPool(self.config.model)
+
+    async def aclose(self) -> None:
+        """Close what the runners share (the model clients) at shutdown."""
+        await self.models.aclose()
 
 
 _plugins = functools.cache(load_plugins)
@@ -270,7 +277,7 @@ class SessionRunner:
         waited = int((time.time() - job.created_at) * 1000)
         await self.emit_for(job, PromptStarted(author=job.author, ms_waiting=waited))
         try:
-            model = self.deps.model_factory(self.deps.config)
+            model = self.deps.models.get(ctx.model)
         except ModelNotConfigured as exc:
             return await self._fail(job, "model_not_configured", str(exc))
         try:
@@ -316,10 +323,14 @@ class SessionRunner:
                     emit=self.emit,
                     max_push_bytes=self.deps.config.max_push_bytes,
                 )
-        except (SandboxError, ForgeError, GitOpsError) as exc:
+        except (ImagesError, ForgeError, GitOpsError) as exc:
+            # ImagesError: a sandbox that would not start or do what was asked, or a cold
+            # start's environment (a declared image) that could not be pulled or built.
             code = (
                 "sandbox_error"
                 if isinstance(exc, SandboxError)
+                else "image_error"
+                if isinstance(exc, ImagesError)
                 else exc.code
                 if isinstance(exc, GitOpsError)
                 else "git_error"
@@ -330,8 +341,6 @@ class SessionRunner:
         except Exception as exc:
             log.exception("prompt %s of session %s failed", job.id, self.session_id)
             return await self._fail(job, "internal", f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            await model.aclose()
         await self.emit_for(job, PromptFinished(outcome=result.outcome, summary=result.summary))
         return result.outcome
 

@@ -40,6 +40,13 @@ def bench_startup(
         str, typer.Option(help="Comma-separated: cold,image,warm")
     ] = "cold,image,warm",
     keep: Annotated[bool, typer.Option(help="Keep the scratch directory (printed)")] = False,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Declare this OCI image as the project's environment: also times its first "
+            "pull and unpack (needs bash and python3 with venv in the image)"
+        ),
+    ] = None,
 ) -> None:
     """Prompt → first model request, per start mode (cold, image, warm), as JSON.
 
@@ -58,7 +65,7 @@ def bench_startup(
         if keep:
             err.print(f"scratch directory: {scratch}")
         try:
-            report = run_startup(scratch, files, wanted, sessions, latency_ms, err)
+            report = run_startup(scratch, files, wanted, sessions, latency_ms, err, image)
         except BenchError as exc:
             fail(str(exc))
         print(json.dumps(report, indent=2))

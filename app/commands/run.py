@@ -1,45 +1,30 @@
-"""`nightshift run`: one prompt from the terminal, the agent's work streamed as it happens."""
+"""`nightshift run`: one prompt from the terminal, the agent's work streamed as it happens.
+
+A client of the server (`--server`, NIGHTSHIFT_SERVER, else where `nightshift serve` listens):
+the server runs the session and is the one writer of its events, so the web viewer and other
+clients see the same stream. With no server named and none answering, the command serves the
+local data dir itself for its own duration (`app/commands/embedded.py`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.commands.common import console, err, fail, load_settings, runtime_from
-from app.commands.render import flush_text, render
-from app.errors import ServiceError
-from app.runtime import Runtime
-from app.schemas import RepoCreate
-from workers.events import StatusChanged
-
-
-async def _follow(runtime: Runtime, session_id: str, state: dict[str, object]) -> None:
-    events = runtime.hub.stream(session_id, 0)
-    try:
-        with console.status("working…", spinner="dots") as status:
-            async for event in events:
-                render(event, state)
-                if isinstance(event, StatusChanged):
-                    status.update(f"{event.status}…")
-                    if event.status in ("finished", "failed", "stopped"):
-                        return
-    finally:
-        flush_text(state, everything=True)
-        await events.aclose()
-
-
-def _wait_for_runner(runtime: Runtime, session_id: str, timeout: float = 30.0) -> None:
-    """Let the runner finish its clean-up (snapshot, lease) before the process exits."""
-    import time
-
-    runners = getattr(runtime.dispatcher, "runners", {})
-    deadline = time.monotonic() + timeout
-    while session_id in runners and time.monotonic() < deadline:
-        time.sleep(0.05)
+from app.commands.client import ApiError, Client, Unreachable
+from app.commands.common import console, err, fail
+from app.commands.embedded import embedded_server
+from app.commands.remote import (
+    JsonOption,
+    Printer,
+    ServerOption,
+    make_client,
+    print_outcome,
+    server_url,
+    watch,
+)
 
 
 def run(
@@ -50,53 +35,81 @@ def run(
             "--repo", "-r", help="A registered repo's name or a local git repository path"
         ),
     ],
+    server: ServerOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="A model from the server's list (GET /api/models); default: its own"),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run one prompt from the terminal: stream the agent's work, print the branch and PR."""
-    settings = load_settings(idle_seconds=0, image_interval=0)  # one prompt: no build schedule
-    with runtime_from(settings) as runtime:
+    """Run one prompt on a server: stream the agent's work, print the branch and PR.
+
+    With no server named and none answering at the default URL, an embedded one serves the
+    local data dir (NIGHTSHIFT_DATA_DIR) for this command only.
+    """
+    url, named = server_url(server)
+    client = make_client(url)
+    try:
+        client.health()
+    except Unreachable as exc:
+        client.close()
+        if named:
+            fail(str(exc), 1)
+        _run_embedded(url, prompt, repo, model, as_json)
+        return
+    try:
+        session_id = _start(client, _remote_repo(client, repo, as_json), prompt, model, as_json)
+        printer = Printer(as_json)
+        watch(client, session_id, 0, printer)
+        print_outcome(client, session_id, printer)
+    except ApiError as exc:
+        fail(str(exc), 1)
+    finally:
+        client.close()
+
+
+def _run_embedded(absent: str, prompt: str, repo: str, model: str | None, as_json: bool) -> None:
+    with embedded_server(absent, quiet=as_json) as embedded:
+        client = make_client(embedded.url, token="")  # NIGHTSHIFT_AUTH=local: no token
         try:
-            user = runtime.users.local_user()
-        except ServiceError as exc:
-            fail(str(exc))
-        row = runtime.repos.find_local(repo) if Path(repo).expanduser().exists() else None
-        if row is None:
-            try:
-                row = runtime.repos.get(repo)
-            except ServiceError:
-                if not Path(repo).expanduser().exists():
-                    raise
-                row = runtime.repos.add(RepoCreate(url=repo))
-                console.print(f"[dim]· registered repo {row.name} ({row.url})[/]", highlight=False)
-        runtime.start()
-        session = runtime.sessions.create(user, row.name, prompt, source="cli")
-        console.print(
-            f"[bold]session {session.id}[/] on {row.name} as {user.name} <{user.email}>",
-            highlight=False,
-        )
-        state: dict[str, object] = {}
-        loop = asyncio.new_event_loop()
-        task = loop.create_task(_follow(runtime, session.id, state))
-        try:
-            loop.run_until_complete(task)
-        except KeyboardInterrupt:
-            err.print("\n[yellow]stopping the session…[/]")
-            runtime.sessions.stop(user, session.id)
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(asyncio.wait_for(task, 15))
-            raise typer.Exit(130) from None
+            session_id = _start(client, embedded.register(repo), prompt, model, as_json)
+            printer = Printer(as_json)
+            watch(client, session_id, 0, printer, embedded=True)
+            embedded.wait_for_runner(session_id)
+            print_outcome(client, session_id, printer)
+        except ApiError as exc:
+            fail(str(exc), 1)
         finally:
-            loop.close()
-        _wait_for_runner(runtime, session.id)
-        final = runtime.sessions.get(session.id)
-        if state.get("outcome") == "failed" or final.status == "failed":
-            fail(str(state.get("error") or state.get("summary") or "the session failed"), 1)
-        if final.status == "stopped":
-            fail("the session was stopped", 1)
-        if final.head_sha:
-            console.print(
-                f"\n[bold green]branch[/] {final.branch} @ {final.head_sha[:10]}", highlight=False
-            )
-            if final.pr_url:
-                console.print(f"[bold green]pull request[/] {final.pr_url}", highlight=False)
-        else:
-            console.print("\n[bold]done[/] — the agent changed nothing, so there is no branch.")
+            client.close()
+
+
+def _remote_repo(client: Client, repo: str, as_json: bool) -> str:
+    """The server's name for `repo`: a name as given, a local path as registered (or added)."""
+    from integrations.forge.base import ForgeError
+    from integrations.forge.local import resolve_local_repo
+
+    if not Path(repo).expanduser().exists():
+        return repo
+    try:
+        resolved = str(resolve_local_repo(repo))
+    except ForgeError as exc:
+        fail(str(exc), 1)
+    for row in client.repos():
+        if row["url"] == resolved:
+            return str(row["name"])
+    row = client.add_repo(resolved)
+    (err if as_json else console).print(
+        f"[dim]· registered repo {row['name']} ({row['url']})[/]", highlight=False
+    )
+    return str(row["name"])
+
+
+def _start(client: Client, repo: str, prompt: str, model: str | None, as_json: bool) -> str:
+    session = client.create_session(repo, prompt, model)
+    author = session["author"]
+    line = f"session {session['id']} on {session['repo']} as {author['name']} <{author['email']}>"
+    if as_json:
+        typer.echo(line, err=True)
+    else:
+        console.print(f"[bold]{line}[/]\n[dim]{session['url']}[/]", highlight=False)
+    return str(session["id"])

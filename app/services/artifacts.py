@@ -29,6 +29,12 @@ def artifact_url(session_id: str, artifact_id: str) -> str:
 
 
 class Artifacts:
+    """The artifact store of a data dir; it holds no state beyond the files."""
+
+    @classmethod
+    def of(cls, data_dir: Path) -> Artifacts:
+        return cls(data_dir / "artifacts")
+
     def __init__(self, root: Path, max_bytes: int = MAX_ARTIFACT_BYTES) -> None:
         self.root = root
         self.max_bytes = max_bytes

@@ -23,7 +23,10 @@ from sqlmodel import col, select
 
 from app.models import Participant, Repo, Session, User
 from app.services.github_accounts import GitHubAccounts, SignInRequired
+from app.services.github_ci import GitHubCI
 from app.services.github_events import GitHubWebhooks, RebuildHook
+from app.services.github_triggers import GitHubTriggers, TriggerSwitches, build_triggers
+from app.services.pr_stats import PrStatsRecorder
 from app.services.pulls import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
 from app.settings import reveal
@@ -232,6 +235,8 @@ class GitHubServices:
     forge: GitHubForge
     opener: GitHubPullRequests
     webhooks: GitHubWebhooks
+    triggers: GitHubTriggers
+    """Mentions and reviews that start sessions or queue follow-ups."""
 
     def default_branch(self, repo: str) -> str:
         """For `repos add`: the repo's default branch, or a clear error when the App cannot
@@ -269,6 +274,19 @@ def build_github(
     opener = GitHubPullRequests(
         config, app, accounts, base_url=settings.base_url, fallback=settings.pr_fallback
     )
+    triggers = build_triggers(
+        engine,
+        sessions,
+        app,
+        linked_user_id=accounts.linked_user_id if accounts is not None else None,
+        switches=TriggerSwitches(
+            issues=settings.github_issue_triggers, pull_requests=settings.github_pr_followups
+        ),
+        base_url=settings.base_url,
+        submit=submit,
+    )
+    pr_stats = PrStatsRecorder(engine)
+    sessions.hub.handlers.append(pr_stats.on_event)  # the agent's commits and pushes
     webhooks = GitHubWebhooks(
         engine,
         reveal(settings.github_webhook_secret) or "",
@@ -276,6 +294,9 @@ def build_github(
         app,
         submit=submit,
         rebuild_hooks=rebuild_hooks,
+        triggers=triggers,
+        ci=GitHubCI(engine, sessions, app, attempts=settings.ci_fix_attempts),
+        pr_stats=pr_stats,
     )
     return GitHubServices(
         config=config,
@@ -283,6 +304,7 @@ def build_github(
         forge=GitHubForge(app, data_dir / "github" / "mirrors"),
         opener=opener,
         webhooks=webhooks,
+        triggers=triggers,
     )
 
 

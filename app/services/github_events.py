@@ -9,7 +9,14 @@ loses nothing: the reconciler picks up deliveries left queued. Processing:
   so it is persisted, streamed, and applied to the index);
 - `push` to a repo's base branch → the image rebuild hooks (the image builder fills them);
 - `installation`, `installation_repositories` → the installations table, and the App's
-  cached tokens of removed installations are dropped.
+  cached tokens of removed installations are dropped;
+- `issues`, `issue_comment`, `pull_request_review_comment`, `pull_request_review` → sessions
+  and follow-ups asked for by mentions and reviews (`github_triggers.py`);
+- `check_run`, `check_suite`, `workflow_run` → failing checks sent back as work
+  (`github_ci.py`).
+
+A delivery that asks for nothing (a field missing, an unknown repository or PR, a bot, a person
+without write access, an empty mention) is recorded as `ignored` with its reason in `error`.
 
 GitHub does not redeliver failed deliveries by itself, so `reconcile_github` (every 10
 minutes, in `github.py`) also reads the state of every open PR.
@@ -22,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, delete, func, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -32,12 +39,18 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
+from app.services.github_ci import GitHubCI
+from app.services.github_gate import Ignored
+from app.services.github_triggers import GitHubTriggers
+from app.services.pr_stats import PrStatsRecorder
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.spec import RepoSpec
 from integrations.github import GitHubApp, verify_signature
 from integrations.github.pulls import state_of
 from workers.events import PrOpened, PrStateChanged
+
+_S = TypeVar("_S")
 
 RebuildHook = Callable[[RepoSpec, str], None]
 """Called with (repo spec, new base sha) after a push to the repo's base branch."""
@@ -72,8 +85,17 @@ class GitHubWebhooks:
         *,
         submit: Callable[[Callable[[], object]], object],
         rebuild_hooks: list[RebuildHook],
+        triggers: GitHubTriggers | None = None,
+        ci: GitHubCI | None = None,
+        pr_stats: PrStatsRecorder | None = None,
     ) -> None:
+        self.pr_stats = pr_stats
+        """Records reviews and merges of sessions' PRs for `GET /api/stats`."""
         self.engine = engine
+        self.triggers = triggers
+        """Mentions and reviews that ask for work (None: those events are ignored)."""
+        self.ci = ci
+        """Failing checks sent back as work (None: those events are ignored)."""
         self.secret = secret
         self.sessions = sessions
         self.app = app
@@ -163,10 +185,14 @@ class GitHubWebhooks:
             return None
         handler = getattr(self, f"_on_{row.event}", None)
         if handler is None:
-            self._finish(delivery, "ignored")
+            self._finish(delivery, "ignored", f"{row.event} events are not used")
             return "ignored"
         try:
             handler(json.loads(row.payload))
+        except Ignored as exc:
+            log.info("GitHub %s delivery %s ignored: %s", row.event, delivery, exc)
+            self._finish(delivery, "ignored", str(exc)[:2000])
+            return "ignored"
         except Exception as exc:
             log.exception("GitHub %s delivery %s failed", row.event, delivery)
             retry = row.attempts < MAX_ATTEMPTS
@@ -241,6 +267,8 @@ class GitHubWebhooks:
                     | ((col(Session.branch) == head) & col(Session.pr_number).is_(None)),
                 )
             ).all()
+        if self.pr_stats is not None:
+            self.pr_stats.on_pull([row.id for row in rows], pr)
         for row in rows:
             with self.sessions.hub.lock(row.id):
                 current = self.sessions.get(row.id)
@@ -265,6 +293,37 @@ class GitHubWebhooks:
                 log.info("%s: base moved to %s; the next image check rebuilds", repo.name, after)
             for hook in list(self.rebuild_hooks):
                 hook(spec_of(repo), after)
+
+    # Mentions, reviews and checks: each kind goes to the service that owns it.
+
+    def _on_issues(self, payload: dict[str, Any]) -> None:
+        self._need(self.triggers, "issue").on_issues(payload)
+
+    def _on_issue_comment(self, payload: dict[str, Any]) -> None:
+        self._need(self.triggers, "comment").on_issue_comment(payload)
+
+    def _on_pull_request_review_comment(self, payload: dict[str, Any]) -> None:
+        self._need(self.triggers, "review comment").on_pull_request_review_comment(payload)
+
+    def _on_pull_request_review(self, payload: dict[str, Any]) -> None:
+        if self.pr_stats is not None:
+            self.pr_stats.on_review(payload)
+        self._need(self.triggers, "review").on_pull_request_review(payload)
+
+    def _on_check_run(self, payload: dict[str, Any]) -> None:
+        self._need(self.ci, "check").on_check_run(payload)
+
+    def _on_check_suite(self, payload: dict[str, Any]) -> None:
+        self._need(self.ci, "check").on_check_suite(payload)
+
+    def _on_workflow_run(self, payload: dict[str, Any]) -> None:
+        self._need(self.ci, "check").on_workflow_run(payload)
+
+    @staticmethod
+    def _need(service: _S | None, what: str) -> _S:
+        if service is None:
+            raise Ignored(f"{what} triggers are not set up on this server")
+        return service
 
     def _on_installation(self, payload: dict[str, Any]) -> None:
         action = payload.get("action")

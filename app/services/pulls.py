@@ -68,6 +68,7 @@ class LocalPullRequests:
             ).first()
             if existing is not None:
                 existing.head_sha = event.sha
+                existing.draft = event.draft  # a later push that passes verify is ready
                 existing.updated_at = time.time()
                 assert existing.id is not None
                 existing.url = self.url(existing.id)  # records from before the review page
@@ -95,6 +96,7 @@ class LocalPullRequests:
                 head=event.branch,
                 head_sha=event.sha,
                 url="",
+                draft=event.draft,
             )
             db.add(pr)
             db.flush()

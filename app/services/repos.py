@@ -222,6 +222,7 @@ class Repos:
                 image=spec.image,
                 dockerfile=spec.dockerfile,
                 context=spec.context,
+                ci_fix_attempts=body.ci_fix_attempts,
                 setup=spec.setup,
                 warm=spec.warm,
                 env=spec.env,

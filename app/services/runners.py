@@ -157,6 +157,7 @@ class RunnerService:
             authors=list(authors.values()),
             snapshot=_snapshot_from(row.snapshot),
             title=row.title,
+            model=row.model,
         )
 
     def stored_events(
@@ -165,15 +166,32 @@ class RunnerService:
         self.sync_events(session_id)
         return self.files.get(session_id).events_of(types, prompt_id)
 
-    def spawn(self, parent_id: str, repo: str | None, prompt: str, author: Author) -> str:
+    def spawn(
+        self,
+        parent_id: str,
+        repo: str | None,
+        prompt: str,
+        author: Author,
+        model: str | None = None,
+    ) -> str:
         parent = self.sessions.get(parent_id)
         user = self.sessions.users.get(author.id)
         if user is None:
             raise NotFound(f"unknown user {author.login!r}")
         child = self.sessions.create(
-            user, repo or parent.repo_name, prompt, parent_id=parent_id, source="agent"
+            user,
+            repo or parent.repo_name,
+            prompt,
+            parent_id=parent_id,
+            source="agent",
+            model=model or self._inherited_model(parent.model),
         )
         return child.id
+
+    def _inherited_model(self, model: str | None) -> str | None:
+        """The parent's model for a child, or the default once the operator stopped offering it
+        (a child must not fail for what its parent was allowed)."""
+        return model if model in self.sessions.models.specs else None
 
     def summary(self, session_id: str) -> SessionSummary:
         self.sync_events(session_id)

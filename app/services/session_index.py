@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from sqlmodel import col
+
+from app.models import PromptIndex, Session
 from workers.events import (
     BranchPushed,
     Event,
@@ -14,6 +17,7 @@ from workers.events import (
     SandboxReady,
     SnapshotTaken,
     StatusChanged,
+    UsageReported,
 )
 
 
@@ -37,4 +41,13 @@ def index_values(event: Event) -> tuple[dict[str, object], dict[str, object]]:
         values["pr_state"] = event.state
     elif isinstance(event, SnapshotTaken):
         values["snapshot"] = asdict(event.snapshot)
+    elif isinstance(event, UsageReported):
+        # Increments, not values: every model turn adds its usage to the totals.
+        for table, out in ((Session, values), (PromptIndex, prompt_values)):
+            out.update(
+                input_tokens=col(table.input_tokens) + event.input_tokens,
+                output_tokens=col(table.output_tokens) + event.output_tokens,
+                cached_tokens=col(table.cached_tokens) + event.cached_tokens,
+                cost_usd=col(table.cost_usd) + (event.cost_usd or 0.0),
+            )
     return values, prompt_values

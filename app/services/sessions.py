@@ -12,14 +12,15 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, func, text, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
-from app.schemas import PromptPublic, SessionPublic, UserPublic
+from app.schemas import PromptPublic, SessionPublic, Usage, UserPublic
 from app.services.hub import EventHub
+from app.services.model_choices import ModelChoices
 from app.services.repos import Repos
 from app.services.session_index import index_values
 from app.services.users import Users, author_of
@@ -33,6 +34,8 @@ from workers.events import (
 )
 
 log = logging.getLogger("nightshift.sessions")
+_CAP_LOCK = 0x6E73_0000_0000
+"""Advisory-lock keys of the per-user session cap: this plus the user id (PostgreSQL)."""
 
 
 class Dispatch(Protocol):
@@ -57,6 +60,7 @@ class Sessions:
         base_url: str,
         max_prompt_chars: int,
         max_active_per_user: int = 20,
+        models: ModelChoices | None = None,
     ) -> None:
         self.engine = engine
         self.files = files
@@ -67,6 +71,7 @@ class Sessions:
         self.max_prompt_chars = max_prompt_chars
         self.max_active_per_user = max_active_per_user
         """Sessions one author may have not yet over (queued, starting, running or idle)."""
+        self.models = models or ModelChoices(())
         self.dispatcher: Dispatch | None = None
         self.on_created: list[Callable[[Session], None]] = []
         hub.handlers.append(self._apply)
@@ -87,23 +92,35 @@ class Sessions:
             )
         return self.files.redactor.text(text)
 
-    def active_count(self, user_id: int) -> int:
+    def active_count(self, user_id: int, db: DB | None = None) -> int:
         """Sessions of `user_id` that are not over: queued, starting, running or idle."""
-        with DB(self.engine) as db:
-            return int(
-                db.exec(
-                    select(func.count())
-                    .select_from(Session)
-                    .where(
-                        Session.author_id == user_id,
-                        col(Session.status).in_(sorted(ACTIVE_STATUSES)),
-                    )
-                ).one()
-            )
+        if db is None:
+            with DB(self.engine) as own:
+                return self.active_count(user_id, own)
+        return int(
+            db.exec(
+                select(func.count())
+                .select_from(Session)
+                .where(
+                    Session.author_id == user_id,
+                    col(Session.status).in_(sorted(ACTIVE_STATUSES)),
+                )
+            ).one()
+        )
 
-    def _check_active(self, user: User) -> None:
+    def _check_active(self, user: User, db: DB | None = None) -> None:
+        """Refuse one more active session past NIGHTSHIFT_MAX_SESSIONS_PER_USER.
+
+        Given the transaction that will add or wake the session, the count and that write are
+        one step: on PostgreSQL a transaction-scoped advisory lock per user serialises them
+        across API processes; on SQLite the write transaction (BEGIN IMMEDIATE) already holds
+        the database's write lock from its first statement. Two creations at once can then
+        never both pass with one slot left.
+        """
         assert user.id is not None
-        active = self.active_count(user.id)
+        if db is not None and self.engine.dialect.name == "postgresql":
+            db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CAP_LOCK + user.id})
+        active = self.active_count(user.id, db)
         if active >= self.max_active_per_user:
             raise TooMany(
                 f"you have {active} sessions that are not over, the most one person may have "
@@ -163,8 +180,10 @@ class Sessions:
         prompt: str,
         parent_id: str | None = None,
         source: str = "api",
+        model: str | None = None,
     ) -> Session:
         prompt = self._check_prompt(prompt)
+        chosen = self.models.choose(model)
         repo = self.repos.get(repo_name)
         self._check_active(user)
         depth = 0
@@ -183,12 +202,18 @@ class Sessions:
             depth=depth,
             branch=f"nightshift/{session_id}",
             prompt_count=1,
+            model=chosen,
         )
-        with DB(self.engine, expire_on_commit=False) as db:
-            db.add(row)
-            db.flush()
-            self._join(db, session_id, user.id, "author")
-            db.commit()
+        try:
+            with DB(self.engine, expire_on_commit=False) as db:
+                self._check_active(user, db)  # again, atomically with the insert
+                db.add(row)
+                db.flush()
+                self._join(db, session_id, user.id, "author")
+                db.commit()
+        except BaseException:
+            self.files.discard(session_id)
+            raise
         queued, position = store.add_prompt(prompt, author_of(user))
         self._index_prompt(session_id, queued, source)
         self.hub.publish(session_id, StatusChanged(status="queued"))
@@ -214,6 +239,10 @@ class Sessions:
             row = db.get(Session, session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
+            woken = row.status not in ACTIVE_STATUSES
+            if woken:
+                self._check_active(user, db)  # again, atomically with the wake-up
+                row.status = "queued"
             row.prompt_count += 1
             row.stop_requested = False
             row.updated_at = time.time()
@@ -223,7 +252,7 @@ class Sessions:
         store = self.files.get(session_id)
         prompt, position = store.add_prompt(text, author_of(user))
         self._index_prompt(session_id, prompt, source)
-        if row.status not in ACTIVE_STATUSES:
+        if woken:
             self.hub.publish(session_id, StatusChanged(status="queued"))
         self.hub.publish(
             session_id,
@@ -338,6 +367,8 @@ class Sessions:
             created_at=row.created_at,
             updated_at=row.updated_at,
             url=f"{self.base_url}/sessions/{row.id}",
+            model=row.model,
+            usage=Usage.model_validate(row, from_attributes=True),
         )
 
     def _prompt_public(self, prompt: Prompt, position: int | None = None) -> PromptPublic:

@@ -21,7 +21,7 @@ from app.services.slack_routing import SlackRouting
 from integrations.slack.blocks import new_session_modal
 from integrations.slack.bolt import ModalSubmission, Reply, SlashCommand
 from integrations.slack.client import error_code
-from integrations.slack.text import quote, to_plain
+from integrations.slack.text import quote, split_model, to_plain
 from workers.executor import InProcessExecutor
 
 log = logging.getLogger("nightshift.slack")
@@ -168,6 +168,13 @@ class SlackCommands:
         return {}
 
     async def _from_text(self, cmd: SlashCommand, user: User, text: str) -> None:
+        model, _ = split_model(to_plain(text))
+        if model is not None:
+            try:
+                self.requests.sessions.models.choose(model)
+            except ServiceError as exc:
+                await self.out.ephemeral(cmd.channel_id, cmd.user_id, str(exc))
+                return
         request = await self._open_thread(cmd.channel_id, cmd.user_id, cmd.team_id, text)
         if request is not None:
             await self.requests.route(request, user)
@@ -202,6 +209,7 @@ class SlackCommands:
                 log.warning("cannot reach %s either: %s", slack_user, error_code(again))
                 return None
         thread_ts = str(response["ts"])
+        model, text = split_model(to_plain(raw))
         return await asyncio.to_thread(
             self.directory.add_request,
             kind="new",
@@ -211,6 +219,7 @@ class SlackCommands:
             message_ts=thread_ts,
             slack_user_id=slack_user,
             raw=raw,
-            text=to_plain(raw),
+            text=text,
             state="received",
+            model=model,
         )

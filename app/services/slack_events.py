@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from app.errors import ServiceError
 from app.models import SlackThread
 from app.services.slack_data import SlackDirectory
 from app.services.slack_invites import LinkInvites
@@ -21,7 +22,7 @@ from app.services.slack_requests import RequestFlow, request_id, thread_id
 from app.services.slack_status import StatusUpdater
 from app.services.slack_threads import SessionThreads
 from integrations.slack.bolt import Envelope, MessageEvent, ReactionEvent
-from integrations.slack.text import is_stop, mentions, split_new, to_plain
+from integrations.slack.text import is_stop, mentions, split_model, split_new, to_plain
 from workers.executor import InProcessExecutor
 
 log = logging.getLogger("nightshift.slack")
@@ -166,6 +167,13 @@ class SlackEvents:
             await self.threads.stop(thread, msg.user, team_id)
             return
         new, plain = split_new(plain)
+        model, plain = split_model(plain)
+        if model is not None:
+            try:
+                self.requests.sessions.models.choose(model)
+            except ServiceError as exc:
+                await self.out.say(msg.channel, root, f"<@{msg.user}> {exc}")
+                return
         if not plain:
             await self.out.say(
                 msg.channel,
@@ -174,10 +182,12 @@ class SlackEvents:
                 "repo:acme/web`. Type `/nightshift help` for more.",
             )
             return
-        if thread is not None and not new and await self.threads.same_repo(msg.text, thread):
+        # A model is chosen when a session starts: naming one asks for a new session.
+        follow_up = not new and model is None
+        if thread is not None and follow_up and await self.threads.same_repo(msg.text, thread):
             await self.threads.follow_up(thread, msg, plain, team_id, event_id)
             return
-        await self._new_request(msg, plain, team_id, event_id, thread)
+        await self._new_request(msg, plain, team_id, event_id, thread, model)
 
     async def _on_reaction(self, reaction: ReactionEvent, team_id: str) -> None:
         thread = await asyncio.to_thread(
@@ -197,6 +207,7 @@ class SlackEvents:
         team_id: str,
         event_id: str,
         thread: SlackThread | None,
+        model: str | None = None,
     ) -> None:
         assert msg.user is not None
         existing = await asyncio.to_thread(self.directory.request_for_event, event_id)
@@ -218,6 +229,7 @@ class SlackEvents:
             text=plain,
             context=context,
             state="received",
+            model=model,
         )
         user = await asyncio.to_thread(self.links.user_for, msg.user)
         if user is None:

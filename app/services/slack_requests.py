@@ -167,7 +167,7 @@ class RequestFlow:
             prompt += f"\n\nEarlier in the Slack thread:\n{request.context}"
         try:
             session = await asyncio.to_thread(
-                self.sessions.create, user, repo, prompt, None, "slack"
+                self.sessions.create, user, repo, prompt, None, "slack", request.model
             )
         except ServiceError as exc:
             await asyncio.to_thread(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import PromptIndex, Session, User
-from app.schemas import DayStats, LatencyStats, Stats
+from app.schemas import DayStats, LatencyStats, Stats, Usage, UsageGroup
 
 
 def _percentile(values: list[int], q: float) -> int | None:
@@ -30,6 +33,52 @@ def _latency(values: list[int]) -> LatencyStats:
 
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def _usage(engine: Engine, since: float) -> tuple[Usage, list[UsageGroup], list[UsageGroup]]:
+    """Tokens and estimated cost of the window's prompts: in all, per author, per repository."""
+    columns: tuple[Any, ...] = (
+        func.count(),
+        func.coalesce(func.sum(PromptIndex.input_tokens), 0),
+        func.coalesce(func.sum(PromptIndex.output_tokens), 0),
+        func.coalesce(func.sum(PromptIndex.cached_tokens), 0),
+        func.coalesce(func.sum(PromptIndex.cost_usd), 0.0),
+    )
+    in_window = col(PromptIndex.created_at) >= since
+    with DB(engine) as db:
+        total = db.execute(sa_select(*columns).where(in_window)).one()
+        people = db.execute(
+            sa_select(*(cast(Any, User.login), *columns))
+            .join(User, col(User.id) == PromptIndex.user_id)
+            .where(in_window)
+            .group_by(User.login)
+        ).all()
+        repos = db.execute(
+            sa_select(*(cast(Any, Session.repo_name), *columns))
+            .join(Session, col(Session.id) == PromptIndex.session_id)
+            .where(in_window)
+            .group_by(Session.repo_name)
+        ).all()
+
+    def group(row: Any) -> UsageGroup:
+        name, prompts, tokens_in, tokens_out, cached, cost = row
+        return UsageGroup(
+            name=name,
+            prompts=prompts,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cached_tokens=cached,
+            cost_usd=cost,
+        )
+
+    def order(rows: Sequence[Any]) -> list[UsageGroup]:
+        groups = [group(r) for r in rows]
+        return sorted(
+            groups, key=lambda g: (-g.cost_usd, -g.input_tokens - g.output_tokens, g.name)
+        )
+
+    summed = group(("", *total))
+    return Usage.model_validate(summed.model_dump()), order(people), order(repos)
 
 
 def compute_stats(engine: Engine, window_days: int = 30, now: float | None = None) -> Stats:
@@ -58,6 +107,7 @@ def compute_stats(engine: Engine, window_days: int = 30, now: float | None = Non
     prompt_days = Counter(_day(created) for created, *_ in prompts)
     days = sorted(set(session_days) | set(prompt_days))
     by_mode: dict[str, list[int]] = {"warm": [], "image": [], "snapshot": [], "cold": []}
+    usage, by_person, by_repo = _usage(engine, since)
     first_model: list[int] = []
     for _, mode, start_ms, first_ms in prompts:
         if mode is not None and start_ms is not None:
@@ -74,4 +124,7 @@ def compute_stats(engine: Engine, window_days: int = 30, now: float | None = Non
         active_humans=sorted(active),
         start_latency={mode: _latency(values) for mode, values in by_mode.items()},
         first_model_request=_latency(first_model),
+        usage=usage,
+        usage_by_person=by_person,
+        usage_by_repo=by_repo,
     )

@@ -28,6 +28,8 @@ class SandboxConfig:
     modal_token_id: str | None = None
     modal_token_secret: str | None = None
     modal_environment: str | None = None
+    modal_base_image: str = ""
+    """Registry image repos without a declared environment are built on; "": debian_slim."""
     snapshot_ttl_s: int = 14 * 24 * 3600
     """How long a provider keeps a snapshot (Modal's `ttl`); local ones go by `collect_snapshots`."""
     sandbox_uid: int = 65600

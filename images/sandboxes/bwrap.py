@@ -20,6 +20,15 @@ proxy then serves the shared network instead of one per command.
 Nothing of the host's layout shows inside: bwrap reads its options from a file (`--args`), so
 /proc/1/cmdline (bwrap's init) holds no host path, and every writable mount and /etc come from
 the sandbox's own disk and overlay, whose mount options name no host path (`overlay.py`).
+
+On a declared image (`environment.image_environment`) the image's top-level directories come
+from the sandbox's overlay (the image's root is its lowest layer) instead of the host's /usr,
+/bin, /lib..., and so does /etc (the image's, under our `passwd`, `hosts`...). Two things the
+platform needs inside keep working whatever the image holds: dropping to the sandbox uid is a
+statically linked helper bound at a private path (`DROPUID_PATH`), and the platform's own
+`git` (commits, bundles, syncs run inside the sandbox), when the image has no `git` on its
+PATH, runs on the host's tools view of the same sandbox: the same namespaces, cgroups, uid,
+workspace and home, only /usr and /etc are the host's, read-only, as without an image.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from images.sandboxes.base import (
@@ -48,7 +57,10 @@ from images.sandboxes.environment import (
     RUN_DIR,
     SANDBOX_UID,
     host_env,
+    image_environment,
+    runs_on_image,
 )
+from images.sandboxes.gvisor_helpers import static_helper
 from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
 from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
 from images.sandboxes.overlay import unmount
@@ -69,8 +81,15 @@ def bwrap_version() -> str:
     return out.stdout.strip().replace("bubblewrap ", "") or "unknown"
 
 
+DROPUID_PATH = f"{RUN_DIR}/dropuid"
+
+
 def _static_args() -> list[str]:
-    args = [
+    return [*_namespace_args(), *_host_root_args(), "--proc", "/proc", "--dev", "/dev"]
+
+
+def _namespace_args() -> list[str]:
+    return [
         "bwrap",
         # Every namespace but the user one (added only on unprivileged hosts, see `command`).
         "--unshare-ipc",
@@ -84,17 +103,17 @@ def _static_args() -> list[str]:
         "--hostname",
         "sandbox",
         "--perms", "0755", "--dir", "/home",
-        "--ro-bind",
-        "/usr",
-        "/usr",
     ]  # fmt: skip
+
+
+def _host_root_args() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / top
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), f"/{top}"]
         elif path.is_dir():
             args += ["--ro-bind", str(path), f"/{top}"]
-    args += ["--proc", "/proc", "--dev", "/dev"]
     return args
 
 
@@ -180,7 +199,8 @@ class BwrapSandbox(LocalSandbox):
         """The host argv; bwrap's options go to `args_file`, read as descriptor 3."""
         backend = self._backend
         assert isinstance(backend, BwrapBackend)
-        args = list(backend.static_args[1:])
+        on_image = self.environment is not None and runs_on_image(self.environment, argv)
+        args = list(self.image_args if on_image else backend.static_args[1:])
         if self.netns is not None:
             args.remove("--unshare-net")
         layout = self.cgroup.layout
@@ -192,14 +212,17 @@ class BwrapSandbox(LocalSandbox):
         elif layout.pids is not None:
             args += ["--seccomp", "4"]
             inputs.append(str(backend.seccomp_filter))
-        args += ["--ro-bind", str(self.etc), "/etc"]
+        args += ["--ro-bind", str(self.ws.merged / "etc") if on_image else str(self.etc), "/etc"]
         args += [
             "--bind", str(self.tmp), "/tmp",  # noqa: S108
             "--bind", str(self.ws.merged / "workspace"), WORKDIR,
             "--bind", str(self.ws.merged / "home"), HOME,
         ]  # fmt: skip
-        if self.spec.egress:
+        if self.spec.egress or on_image:
             args += ["--perms", "0755", "--dir", RUN_DIR]
+        if on_image and self.owner is not None:
+            args += ["--ro-bind", str(backend.dropuid), DROPUID_PATH]
+        if self.spec.egress:
             args += ["--ro-bind", str(self.bridge), BRIDGE_PATH]
             args += ["--ro-bind", str(self.egress_dir), EGRESS_DIR]
         args += ["--chdir", cwd]
@@ -223,10 +246,13 @@ class BwrapSandbox(LocalSandbox):
             # dir wherever it is), then the command drops to the unprivileged host uid with no
             # capabilities and no way to regain any.
             uid, gid = self.owner
-            inner = [
-                "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *inner,
-            ]  # fmt: skip
+            if on_image:
+                inner = [DROPUID_PATH, str(uid), str(gid), *inner]
+            else:
+                inner = [
+                    "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *inner,
+                ]  # fmt: skip
         fd = os.open(inputs[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(b"".join(a.encode() + b"\0" for a in args))
@@ -237,6 +263,19 @@ class BwrapSandbox(LocalSandbox):
             [*join, "bwrap", "--args", "3", "--", *inner],
             inputs,
         )
+
+    @cached_property
+    def image_args(self) -> list[str]:
+        """bwrap's options up to /dev for a command on the declared image: its top-level
+        directories bound read-only from the sandbox's overlay, its symlinks as they are."""
+        assert self.environment is not None
+        args = _namespace_args()[1:]
+        for name, target in self.environment.tops():
+            if target is not None:
+                args += ["--symlink", target, f"/{name}"]
+            else:
+                args += ["--ro-bind", str(self.ws.merged / name), f"/{name}"]
+        return [*args, "--proc", "/proc", "--dev", "/dev"]
 
 
 def _make_netns(path: Path) -> None:
@@ -268,6 +307,11 @@ class BwrapBackend(LocalBackend):
             self._seccomp = write_filter(self.state_dir / "bwrap" / "no-userns.bpf")
         return self._seccomp
 
+    @cached_property
+    def dropuid(self) -> Path:
+        """The static helper that drops to the sandbox uid inside a declared image."""
+        return static_helper(self.state_dir, "dropuid")
+
     @property
     def static_args(self) -> list[str]:
         if self._static is None:
@@ -283,6 +327,14 @@ class BwrapBackend(LocalBackend):
 
     def refuse_unenforceable(self, spec: SandboxSpec) -> None:
         super().refuse_unenforceable(spec)
+        environment = image_environment(spec.source)
+        # Without a pids cgroup the process limit is set by a shell inside (`command`).
+        shell = environment is not None and (Path(environment.rootfs) / "bin/sh").exists()
+        if environment is not None and self.cgroups.pids is None and (self.owner or not shell):
+            raise UnsupportedSetting(
+                f"the image {environment.reference} needs a pids cgroup on this host (or, "
+                "without root, a /bin/sh of its own) to hold the process limit"
+            )
         if self.cgroups.pids is None and not userns_available():
             raise UnsupportedSetting(
                 "no writable pids cgroup and no user namespaces on this host: the process "

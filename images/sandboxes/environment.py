@@ -11,13 +11,23 @@ subordinate id range.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from images.ansi import NO_COLOR_ENV
-from images.sandboxes.base import HOME, SANDBOX_PATH, SandboxUnavailable
+from images.sandboxes.base import (
+    HOME,
+    SANDBOX_PATH,
+    ImageRef,
+    SandboxSpec,
+    SandboxUnavailable,
+    SnapshotRef,
+    UnsupportedSetting,
+)
 from images.sandboxes.egress import PROXY_PORT
 from images.sandboxes.limits import pid_alive
 
@@ -159,10 +169,16 @@ def proxy_env() -> dict[str, str]:
 
 
 def sandbox_env(
-    spec_env: Mapping[str, str], egress: bool, env: Mapping[str, str] | None
+    spec_env: Mapping[str, str],
+    egress: bool,
+    env: Mapping[str, str] | None,
+    image_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """A command's whole environment: ours, the proxy's when egress is on, the spec's, the call's."""
+    """A command's whole environment: ours, the declared image's (its `PATH` first of all;
+    never its `HOME` or `USER`: the sandbox's user stays), the proxy's when egress is on, the
+    spec's, the call's."""
     full = {"PATH": SANDBOX_PATH, "HOME": HOME, "LANG": "C.UTF-8", "USER": "agent"}
+    full.update({k: v for k, v in (image_env or {}).items() if k not in ("HOME", "USER")})
     full.update(NO_COLOR_ENV)
     if egress:
         full.update(proxy_env())
@@ -174,3 +190,131 @@ def sandbox_env(
 def host_env() -> dict[str, str]:
     """The environment of the host-side launcher (bwrap, runsc): nothing of ours leaks in."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+ENVIRONMENT_FILE = "environment.json"
+"""Beside an image's `root/`: the declared environment it was built on (absent: host tools)."""
+OWN_TOPS = frozenset({"etc", "tmp", "proc", "dev", "sys", "home", "run", "workspace"})
+"""Top-level directories a sandbox gets from us, never from a declared image."""
+
+
+@dataclass(frozen=True)
+class ImageEnvironment:
+    """A declared image unpacked on this host: its root filesystem and its config's `Env`."""
+
+    digest: str
+    reference: str
+    rootfs: str
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+
+    @staticmethod
+    def load(path: Path) -> ImageEnvironment:
+        return ImageEnvironment(**json.loads(path.read_text()))
+
+    def has_tool(self, name: str) -> bool:
+        """Whether `name` is on the image's `PATH` (looked up in its tree, not run)."""
+        path = self.env.get("PATH", SANDBOX_PATH)
+        root = Path(self.rootfs)
+        for directory in path.split(":"):
+            rel = directory.strip("/")
+            if rel and os.path.lexists(root / rel / name):
+                return True
+        return False
+
+    def tops(self) -> list[tuple[str, str | None]]:
+        """The image's top-level entries a sandbox sees: `(name, symlink target or None)`."""
+        out: list[tuple[str, str | None]] = []
+        for child in sorted(Path(self.rootfs).iterdir(), key=lambda p: p.name):
+            if child.name in OWN_TOPS:
+                continue
+            if child.is_symlink():
+                out.append((child.name, os.readlink(child)))
+            elif child.is_dir():
+                out.append((child.name, None))
+        return out
+
+
+def image_environment(source: ImageRef | SnapshotRef) -> ImageEnvironment | None:
+    """The declared environment a sandbox from `source` runs on (None: the host's tools)."""
+    image = source.image if isinstance(source, SnapshotRef) else source
+    path = Path(image.location) / ENVIRONMENT_FILE
+    if not path.is_file():
+        return None
+    found = ImageEnvironment.load(path)
+    if not Path(found.rootfs).is_dir():
+        raise SandboxUnavailable(
+            f"image {image.id} runs on {found.reference} ({found.digest}), whose root "
+            "filesystem is gone from this host: rebuild the image"
+        )
+    return found
+
+
+def environment_layer(
+    state_dir: Path, environment: ImageEnvironment, owner: tuple[int, int] | None
+) -> Path:
+    """The overlay layer between a declared image and the repo's image: our `/etc` files
+    (`passwd`, `hosts`, ...) over the image's own, so its `/etc` stays the image's (its CA
+    certificates, its loader's cache) while the sandbox's user, host name and resolver are
+    ours. Built once per digest and uid."""
+    uid, gid = owner or (SANDBOX_UID, SANDBOX_UID)
+    name = f"{environment.digest.replace(':', '-')}-{uid}"
+    target = state_dir / "environments" / name
+    if target.is_dir():
+        return target
+    partial = target.with_name(f".{name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "etc").mkdir(parents=True)
+    shell = "/bin/sh" if os.path.lexists(Path(environment.rootfs) / "bin/sh") else "/nonexistent"
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/sbin/nologin\nagent:x:{uid}:{gid}:agent:{HOME}:{shell}\n",
+        "group": f"root:x:0:\nagent:x:{gid}:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "hostname": "sandbox\n",
+        "resolv.conf": "",
+    }
+    for file_name, text in files.items():
+        (partial / "etc" / file_name).write_text(text)
+        os.chmod(partial / "etc" / file_name, 0o644)
+    os.chmod(partial / "etc", 0o755)  # noqa: S103  (the sandbox's /etc, read-only inside)
+    try:
+        partial.rename(target)
+    except OSError:  # another process built it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def environment_lowers(
+    state_dir: Path,
+    source: ImageRef | SnapshotRef,
+    lowers: list[Path],
+    owner: tuple[int, int] | None,
+) -> tuple[list[Path], ImageEnvironment | None]:
+    """The overlay layers of a sandbox from `source`, newest first: the repo's image (and
+    snapshots), then, for a declared image, our /etc files and the image's root filesystem
+    (a whole-tree snapshot already holds both)."""
+    environment = image_environment(source)
+    if environment is None or (isinstance(source, SnapshotRef) and source.full):
+        return lowers, environment
+    layer = environment_layer(state_dir, environment, owner)
+    return [*lowers, layer, Path(environment.rootfs)], environment
+
+
+def refuse_for_environment(spec: SandboxSpec, environment: ImageEnvironment | None) -> None:
+    """Refuse an egress allowlist when the sandbox's tree lacks the python its loopback
+    bridge runs on (the host's, or the declared image's)."""
+    if not spec.egress:
+        return
+    where = Path(environment.rootfs) if environment is not None else Path("/")
+    if not (where / SANDBOX_PYTHON.lstrip("/")).exists():
+        what = f"the image {environment.reference}" if environment is not None else "the host"
+        raise UnsupportedSetting(
+            f"egress needs {SANDBOX_PYTHON} inside the sandbox for its loopback bridge, and "
+            f"{what} has none; refusing the allowlist rather than ignoring it"
+        )
+
+
+def runs_on_image(environment: ImageEnvironment, argv: Sequence[str]) -> bool:
+    """Whether `argv` runs on the declared image's tools. The platform's own `git` (it commits,
+    bundles and syncs inside the sandbox) runs on the host's when the image has none."""
+    return not (argv and argv[0] == "git" and not environment.has_tool("git"))

@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 from images.sandboxes.base import (
@@ -44,7 +45,7 @@ from images.sandboxes.base import (
     UnsupportedSetting,
 )
 from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
-from images.sandboxes.environment import host_env
+from images.sandboxes.environment import ImageEnvironment, host_env, runs_on_image
 from images.sandboxes.gvisor_bundle import (
     SHIM_PATH,
     bundle_config,
@@ -52,7 +53,12 @@ from images.sandboxes.gvisor_bundle import (
     exec_process,
     runsc_layout,
 )
-from images.sandboxes.gvisor_helpers import build_helpers, release_stale_containers, runsc_version
+from images.sandboxes.gvisor_helpers import (
+    build_helpers,
+    release_stale_containers,
+    runsc_version,
+    static_helper,
+)
 from images.sandboxes.limits import Counters
 from images.sandboxes.local import LAYOUT_VERSION, MAX_LAYERS, LocalBackend, LocalSandbox
 from images.sandboxes.process import XCPU_EXIT, run_process
@@ -70,8 +76,9 @@ class GvisorSandbox(LocalSandbox):
         sandbox_dir: Path,
         lowers: list[Path],
         disk_template: Path | None = None,
+        environment: ImageEnvironment | None = None,
     ) -> None:
-        super().__init__(owner_backend, spec, sandbox_dir, lowers, disk_template)
+        super().__init__(owner_backend, spec, sandbox_dir, lowers, disk_template, environment)
         self.cgroup.layout = runsc_layout()
         self.cid = self.cgroup.name
         self.bundle = self.dir / "bundle"
@@ -105,16 +112,27 @@ class GvisorSandbox(LocalSandbox):
             tmp=self.tmp,
             workspace=self.ws.merged / "workspace",
             home=self.ws.merged / "home",
-            nsexec=self.gv.nsexec,
+            nsexec=self.gv.static_nsexec if self.environment is not None else self.gv.nsexec,
             shim=self.gv.shim,
             egress=(self.egress_dir, self.ready_dir) if self.spec.egress else None,
             limits=self.limits,
             cgroup_name=self.cgroup.name,
+            image=self.image_tops(),
         )
+
+    def image_tops(self) -> tuple[Path, list[str]] | None:
+        """The overlay's root and the image's top-level directories (None: host tools)."""
+        if self.environment is None:
+            return None
+        names = [name for name, target in self.environment.tops() if target is None]
+        return self.ws.merged, names
 
     def create(self) -> None:
         super().create()
         (self.bundle / "rootfs").mkdir(parents=True)
+        for name, target in self.environment.tops() if self.environment is not None else []:
+            if target is not None:  # the image's symlinks (`/bin -> usr/bin`) in the empty root
+                (self.bundle / "rootfs" / name).symlink_to(target)
         self.ready_dir.mkdir()
         config = self.config()
         (self.bundle / "config.json").write_text(json.dumps(config))
@@ -164,7 +182,10 @@ class GvisorSandbox(LocalSandbox):
         self, n: int, argv: Sequence[str], cwd: str, env: Mapping[str, str]
     ) -> list[str]:
         owner = self.owner or (self.uid, self.uid)
-        process = exec_process(argv, cwd=cwd, env=env, owner=owner, limits=self.limits)
+        host_view = self.environment is not None and not runs_on_image(self.environment, argv)
+        process = exec_process(
+            argv, cwd=cwd, env=env, owner=owner, limits=self.limits, host_view=host_view
+        )
         spec = self.dir / f"exec-{n}.json"
         spec.write_text(json.dumps(process))
         pid_file = self.dir / f"exec-{n}.pid"
@@ -309,6 +330,11 @@ class GvisorBackend(LocalBackend):
         self._build()
         assert self._nsexec is not None
         return self._nsexec
+
+    @cached_property
+    def static_nsexec(self) -> Path:
+        """`nsexec` linked statically, for sandboxes on a declared image."""
+        return static_helper(self.state_dir, "nsexec")
 
     @property
     def shim(self) -> Path | None:

@@ -5,6 +5,12 @@ The container sees the same tree as under bubblewrap (read-only /usr and /etc fi
 overlay workspace and home, a private /tmp) served by gVisor's gofer; its init is the egress
 bridge when the repo allows egress, else a sleeper. Memory and host tasks are limited for the
 container as a whole by its cgroups; processes and CPU time per command by `nsexec`.
+
+On a declared image (`image=`), the image's top-level directories and /etc come from the
+sandbox's overlay instead of the host's (its symlinks are made in the bundle's empty root), and
+`nsexec` is the statically linked build. The host's tools are mounted read-only at `HOST_ROOT`
+with the same workspace, home and /tmp, for the platform's own `git` when the image has none:
+`nsexec --root` runs it chrooted there, in the same container.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ HOST_TASKS_PER_PROCESS = 16
 NSEXEC_PATH = f"{RUN_DIR}/nsexec"
 SHIM_PATH = f"{RUN_DIR}/statx-shim.so"
 READY_DIR = f"{RUN_DIR}/state"
+HOST_ROOT = f"{RUN_DIR}/host"
+HOST_TOPS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 EXEC_CAPS = ["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable")
 
@@ -73,35 +81,47 @@ def bundle_config(
     egress: tuple[Path, Path] | None,
     limits: Limits,
     cgroup_name: str,
+    image: tuple[Path, list[str]] | None = None,
 ) -> dict[str, object]:
     """The container's `config.json`; `egress` is (proxy socket dir, bridge ready dir) when
-    the repo allows egress."""
+    the repo allows egress; `image` is (the overlay's merged root, the image's top-level
+    directories) on a declared image."""
     ro = ["rbind", "ro", "nosuid", "nodev"]
     rw = ["rbind", "rw", "nosuid", "nodev"]
     mounts: list[dict[str, object]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-        {"destination": "/usr", "type": "bind", "source": "/usr", "options": ro},
     ]
-    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / top
-        if path.exists():
-            mounts.append(
-                {
-                    "destination": f"/{top}",
-                    "type": "bind",
-                    "source": str(path.resolve()),
-                    "options": ro,
-                }
-            )
-    mounts.append({"destination": "/etc", "type": "bind", "source": str(etc), "options": ro})
+    host_tops = [(f"/{t}", str(Path("/", t).resolve())) for t in HOST_TOPS if Path("/", t).exists()]
+    if image is None:
+        tops, root_etc = host_tops, Path(etc)
+    else:
+        merged, names = image
+        tops = [(f"/{name}", str(merged / name)) for name in names]
+        root_etc = merged / "etc"
+        tops += [(f"{HOST_ROOT}{dest}", src) for dest, src in host_tops]
+        tops += [(f"{HOST_ROOT}/etc", str(etc))]
+    for top, source in tops:
+        mounts.append({"destination": top, "type": "bind", "source": source, "options": ro})
+    mounts.append({"destination": "/etc", "type": "bind", "source": str(root_etc), "options": ro})
+    if image is not None:
+        for dest in ("/dev", "/proc"):
+            mounts.append({"destination": f"{HOST_ROOT}{dest}", "type": "tmpfs", "source": "tmpfs"})
     binds = [
         ("/tmp", tmp, rw),  # noqa: S108
         (WORKDIR, workspace, rw),
         (HOME, home, rw),
         (NSEXEC_PATH, nsexec, ro),
     ]
-    if shim is not None:
+    if image is not None:
+        binds += [
+            (f"{HOST_ROOT}/tmp", tmp, rw),  # noqa: S108
+            (f"{HOST_ROOT}{WORKDIR}", workspace, rw),
+            (f"{HOST_ROOT}{HOME}", home, rw),
+        ]
+        if shim is not None:  # only the host's tools view preloads it (its /etc says so)
+            binds.append((f"{HOST_ROOT}{SHIM_PATH}", shim, ro))
+    elif shim is not None:
         binds.append((SHIM_PATH, shim, ro))
     if egress is not None:
         egress_dir, ready_dir = egress
@@ -158,14 +178,24 @@ def exec_process(
     env: Mapping[str, str],
     owner: tuple[int, int],
     limits: Limits,
+    host_view: bool = False,
 ) -> dict[str, object]:
     """The `runsc exec --process` spec of one command: `nsexec` as root, which drops to
     `owner` with the per-command limits, then runs `argv`."""
     uid, gid = owner
+    caps = [*EXEC_CAPS, "CAP_SYS_CHROOT"] if host_view else EXEC_CAPS  # nsexec drops them all
     return {
         "user": {"uid": 0, "gid": 0},
-        "args": [NSEXEC_PATH, str(uid), str(gid), str(limits.pids), str(limits.cpu_seconds), *argv],
+        "args": [
+            NSEXEC_PATH,
+            *(["--root", HOST_ROOT] if host_view else []),
+            str(uid),
+            str(gid),
+            str(limits.pids),
+            str(limits.cpu_seconds),
+            *argv,
+        ],
         "env": [f"{k}={v}" for k, v in env.items()],
         "cwd": cwd,
-        "capabilities": {k: EXEC_CAPS for k in ("bounding", "effective", "permitted")},
+        "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
     }

@@ -2,14 +2,15 @@
 gVisor (`gvisor.py`); this module holds the lifecycle both share, and `environment.py` what
 the sandbox is given (its /etc, environment and uid).
 
-What a command sees: the host's /usr (read-only) and a few harmless /etc files, its workspace
-at /workspace and home at /home/agent (both on the sandbox's overlay), a private /tmp, /proc
-and a minimal /dev. No network (an allowlisting proxy when the repo asks for egress), no host
-processes, no data dir, no other sandbox. When the host process is root, commands run as an
-unprivileged host uid of their own (65600 unless configured; `environment.check_sandbox_uid`),
-so even a namespace escape lands without privileges. Everything a sandbox writes lands on its
-own disk (`disk.py`: bytes and inodes capped, mounted nosuid,nodev). Limits: see `limits.py`;
-each command is its own process tree that ends with it.
+What a command sees: the host's /usr (read-only) and a few harmless /etc files, or the root
+of the image the repo declares (`environment.image_environment`, the lowest overlay layer),
+its workspace and home (on the sandbox's overlay), a private /tmp, /proc and a minimal /dev.
+No network (an allowlisting proxy when the repo asks for egress), no host processes, no data
+dir, no other sandbox. When the host process is root, commands run as an unprivileged host
+uid of their own (65600 unless configured; `environment.check_sandbox_uid`), so even a
+namespace escape lands without privileges. Everything a sandbox writes lands on its own disk
+(`disk.py`: bytes and inodes capped, mounted nosuid,nodev). Limits: see `limits.py`; each
+command is its own process tree that ends with it.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ from images.sandboxes.egress import DEFAULT_PORTS, EgressProxy
 from images.sandboxes.environment import (
     BRIDGE_COMMAND,
     BRIDGE_SOURCE,
-    SANDBOX_PYTHON,
     SANDBOX_UID,
+    ImageEnvironment,
     build_etc,
     check_sandbox_uid,
+    environment_lowers,
     host_env,
+    image_environment,
+    refuse_for_environment,
     sandbox_env,
 )
 from images.sandboxes.limits import (
@@ -79,8 +83,10 @@ class LocalSandbox:
         sandbox_dir: Path,
         lowers: list[Path],
         disk_template: Path | None = None,
+        environment: ImageEnvironment | None = None,
     ) -> None:
         self.id = sandbox_dir.name
+        self.environment = environment
         self.source = spec.source
         self.spec = spec
         self.limits = spec.limits
@@ -132,7 +138,8 @@ class LocalSandbox:
         """Kill a timed-out command; the process group is killed after this in any case."""
 
     def env_for(self, env: Mapping[str, str] | None) -> dict[str, str]:
-        return sandbox_env(self.spec.env, bool(self.spec.egress), env)
+        image = self.environment.env if self.environment is not None else None
+        return sandbox_env(self.spec.env, bool(self.spec.egress), env, image)
 
     async def exec(
         self,
@@ -213,11 +220,9 @@ class LocalSandbox:
 
     async def copy_out(self, path: str, dest: Path, max_bytes: int) -> int:
         self._check_live()
-        # A copy may be large; it gets the time a fast disk needs for it, and a floor.
-        timeout = 60.0 + max_bytes / (20 * 1024 * 1024)
-        return await self.file_workers.run(
-            path, self.files.copy_out, path, str(dest), max_bytes, timeout=timeout
-        )
+        timeout = 60.0 + max_bytes / (20 * 1024 * 1024)  # what a fast disk needs, and a floor
+        run = self.file_workers.run
+        return await run(path, self.files.copy_out, path, str(dest), max_bytes, timeout=timeout)
 
     def _check_live(self) -> None:
         if self.terminated:
@@ -339,23 +344,19 @@ class LocalBackend:
             )
         if spec.limits.disk_mb and spec.limits.disk_mb < MIN_DISK_MB:
             raise UnsupportedSetting(f"a sandbox disk needs at least {MIN_DISK_MB} MB")
-        if spec.egress and not Path(SANDBOX_PYTHON).exists():
-            raise UnsupportedSetting(
-                f"egress needs {SANDBOX_PYTHON} inside the sandbox for its loopback bridge; "
-                "refusing the allowlist rather than ignoring it"
-            )
+        refuse_for_environment(spec, image_environment(spec.source))
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
         self.check_available()
         lowers = snapshots.lowers(spec.source, backend=self.name, runtime=self.runtime_version())
         self.refuse_unenforceable(spec)
+        lowers, environment = environment_lowers(self.state_dir, spec.source, lowers, self.owner)
         sandbox_id = f"sb-{os.getpid()}-{secrets.token_hex(6)}"
         template = self._templates.get((spec.limits.disk_mb, spec.limits.disk_inodes))
         if template is None:  # the first sandbox of its size formats the template (mkfs)
             template = await asyncio.to_thread(self.disk_template, spec.limits)
-        sandbox = self.sandbox_class(
-            self, spec, self.state_dir / "sandboxes" / sandbox_id, lowers, template
-        )
+        where = self.state_dir / "sandboxes" / sandbox_id
+        sandbox = self.sandbox_class(self, spec, where, lowers, template, environment)
         try:
             await asyncio.to_thread(sandbox.create)
             await sandbox.boot()
@@ -388,9 +389,8 @@ class LocalBackend:
         """Unmount and remove the sandboxes of processes that have exited (a worker killed
         mid-session); returns how many mounts went. Those of live processes, this one
         included, are spared. Run periodically (`app.wiring.STALE_SWEEP_INTERVAL_S`)."""
-        released = release_stale_mounts(
-            self.state_dir / "sandboxes", set(self.live), spare_own=True
-        )
+        live = set(self.live)
+        released = release_stale_mounts(self.state_dir / "sandboxes", live, spare_own=True)
         if released:
             log.info("released %d sandbox mounts left by processes that have exited", released)
         return released

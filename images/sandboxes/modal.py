@@ -1,8 +1,10 @@
 """The Modal backend: each sandbox is a `modal.Sandbox`, driven with the async (`.aio`) API.
 
-- Images: a Modal image id (`im-...`) is used as is (`Image.from_id`); a local image directory
-  (what `ImageStore` builds) is turned into a Modal image once (Debian slim, git, an `agent`
-  user with uid 1000, the workspace copied in) and its id cached next to it.
+- Images: a repository's image is built on Modal (`declared_environment`, `start_build`, see
+  `modal_images.py` and `images/remote_build.py`) and recorded by its id (`im-...`), which is
+  used as is (`Image.from_id`). A local image directory (a cold start's bare clone) is turned
+  into a Modal image once (the default base, the workspace copied in) and its id cached next
+  to it.
 - Limits: `memory` as request and limit (Modal kills past it: 137), `timeout` for the sandbox,
   `idle_timeout`, exec `timeout` (Modal reports 124), and RLIMIT_NPROC / RLIMIT_CPU set by
   `prlimit` around every command, which runs as the unprivileged `agent` via `setpriv`.
@@ -21,12 +23,10 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import (
-    HOME,
-    WORKDIR,
     ImageRef,
     SandboxError,
     SandboxSpec,
@@ -34,14 +34,22 @@ from images.sandboxes.base import (
     SnapshotRef,
     SnapshotUnusable,
 )
+from images.sandboxes.modal_images import (
+    default_base,
+    environment_image,
+    with_workspace,
+)
 from images.sandboxes.modal_sandbox import (
-    AGENT_UID,
     IMAGE_CACHE,
     RUNTIME,
     ModalSandbox,
     create_kwargs,
     load_modal,
+    one_line,
 )
+
+if TYPE_CHECKING:
+    from images.spec import RepoSpec
 
 
 class ModalBackend:
@@ -111,7 +119,12 @@ class ModalBackend:
                     f"snapshot {source.id} is gone from Modal (its ttl passed or it was deleted)"
                 ) from None
         if source.location.startswith("im-"):
-            return await modal.Image.from_id.aio(source.location, client=client)
+            try:
+                return await modal.Image.from_id.aio(source.location, client=client)
+            except modal.exception.Error as exc:
+                raise SandboxError(
+                    f"image {source.id} ({source.location}) is not usable on Modal: {one_line(exc)}"
+                ) from exc
         return await self._build_image(source)
 
     async def _build_image(self, source: ImageRef) -> Any:
@@ -128,25 +141,38 @@ class ModalBackend:
         workspace = root / "root" / "workspace"
         if not workspace.is_dir():
             raise SandboxError(f"image {source.id} has no workspace at {workspace}")
-        image = (
-            modal.Image.debian_slim()
-            .apt_install("git", "ca-certificates", "util-linux")
-            .run_commands(f"useradd --uid {AGENT_UID} --create-home --home-dir {HOME} agent")
-            .add_local_dir(workspace, WORKDIR, copy=True)
-            .run_commands(f"chown -R {AGENT_UID}:{AGENT_UID} {WORKDIR} {HOME}")
-        )
-        built = await image.build.aio(await self.app())
+        image = with_workspace(default_base(modal, self.config.modal_base_image), workspace)
+        built = await self._built(image)
         cache.write_text(json.dumps({"image_id": built.object_id, "image": source.id}))
         return built
 
-    async def start(self, spec: SandboxSpec) -> ModalSandbox:
+    async def _built(self, image: Any) -> Any:
+        """`image` built by Modal (layers it has already built are reused)."""
         modal = load_modal()
-        image = await self.image_for(spec.source)
+        try:
+            return await image.build.aio(await self.app())
+        except modal.exception.Error as exc:
+            raise SandboxError(f"modal could not build the image: {one_line(exc)}") from exc
+
+    def declared_environment(self, spec: RepoSpec, workspace: Path) -> Any:
+        """The Modal image a build of `spec` starts from: the environment it declares (or the
+        default base) with the clone at `workspace` copied to /workspace."""
+        return environment_image(load_modal(), spec, workspace, self.config.modal_base_image)
+
+    async def start_build(self, environment: Any, spec: SandboxSpec) -> ModalSandbox:
+        """A build sandbox on `environment` (from `declared_environment`), built first."""
+        return await self._create(await self._built(environment), spec)
+
+    async def start(self, spec: SandboxSpec) -> ModalSandbox:
+        return await self._create(await self.image_for(spec.source), spec)
+
+    async def _create(self, image: Any, spec: SandboxSpec) -> ModalSandbox:
+        modal = load_modal()
         kwargs = create_kwargs(spec, self.config, await self.app(), image)
         try:
             sb = await modal.Sandbox.create.aio(client=await self.client(), **kwargs)
         except modal.exception.Error as exc:
-            raise SandboxError(f"modal could not create a sandbox: {exc}") from exc
+            raise SandboxError(f"modal could not create a sandbox: {one_line(exc)}") from exc
         return self._track(ModalSandbox(self, spec, sb))
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> ModalSandbox:

@@ -49,6 +49,12 @@ def load_modal() -> Any:
     return modal
 
 
+def one_line(exc: BaseException) -> str:
+    """An error from Modal on one line (a build error comes with the build's log)."""
+    text = " ".join(str(exc).split())
+    return text[:500] or type(exc).__name__
+
+
 _PROBE = (
     'p=$(realpath "$1" -- "$2") || exit 1; printf "%s\\n" "$p"; [ ! -e "$p" ] || stat -c %F -- "$p"'
 )
@@ -198,7 +204,11 @@ class ModalSandbox:
         except modal.exception.Error as exc:
             raise SandboxError(f"modal exec failed: {exc}") from exc
         elapsed = time.monotonic() - started
-        timed_out = code == 124 and elapsed >= wall * 0.9
+        # Past the exec deadline the client gives up waiting and reports -1 (it may beat
+        # Modal's own 124 to it); either way the command ran out of time.
+        timed_out = code in (124, -1) and elapsed >= wall * 0.9
+        if timed_out:
+            code = 124
         ended_by: EndedBy = ""
         hits: list[str] = []
         if timed_out:
@@ -349,6 +359,16 @@ class ModalSandbox:
 
     async def share_network(self) -> None:
         """Every exec already runs in the sandbox's one container and network."""
+
+    async def snapshot_image(self) -> str:
+        """The sandbox's filesystem as a Modal image that does not expire: a repo's image,
+        which stays until the image collection retires it, however long the tip stays put."""
+        modal = load_modal()
+        try:
+            image = await self.sb.snapshot_filesystem.aio(timeout=SNAPSHOT_TIMEOUT_S, ttl=None)
+        except modal.exception.Error as exc:
+            raise SandboxError(f"modal snapshot failed: {one_line(exc)}") from exc
+        return str(image.object_id)
 
     def egress_refusals(self) -> list[str]:
         return []  # Modal's outbound_domain_allowlist refuses out of this host's sight

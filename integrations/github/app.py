@@ -97,6 +97,7 @@ class GitHubApp:
         self._tokens: dict[str, InstallationToken] = {}
         self._installations: dict[str, tuple[int, float]] = {}
         self._repos: dict[str, tuple[RepoInfo, float]] = {}
+        self._slug: str | None = None
         self.minted = 0
 
     def _lock(self, key: str) -> threading.Lock:
@@ -105,6 +106,17 @@ class GitHubApp:
 
     def as_app(self) -> GitHub[Any]:
         return make_client(self.config, self._strategy, self._jwt_cache)
+
+    def slug(self) -> str:
+        """The App's slug (its `@name` on GitHub), read once from `GET /app`."""
+        if self._slug is None:
+            gh = self.as_app()
+            data = call("reading the App's own settings", lambda: gh.rest.apps.get_authenticated())
+            slug = str((data or {}).get("slug") or "").strip()
+            if not slug:
+                raise GitHubError("GitHub did not say the App's slug (GET /app)")
+            self._slug = slug
+        return self._slug
 
     # ------------------------------------------------------------ installations
 

@@ -76,13 +76,26 @@ def _to_anthropic(messages: list[ChatMessage], images: bool = False) -> list[dic
     return out
 
 
+def new_client(
+    api_key: str | None, base_url: str | None, timeout: float
+) -> anthropic.AsyncAnthropic:
+    """An SDK client (slow to build: share it, see `ModelPool`); retries are the loop's."""
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+    )
+
+
 class AnthropicModel:
+    """Given a `client`, it shares it (a pool's, closed by the pool); without one it builds its
+    own from `api_key`/`base_url`/`timeout` and closes it in `aclose`."""
+
     def __init__(
         self,
         model: str,
         *,
-        api_key: str,
-        base_url: str | None,
+        client: anthropic.AsyncAnthropic | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
         max_tokens: int = 8192,
         timeout: float = 300.0,
         stream: bool = True,
@@ -93,12 +106,17 @@ class AnthropicModel:
         self._model = model
         self._images = accepts_images("anthropic", model, images)
         self._max_tokens = max_tokens
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._owned = client is None
+        self._client = client or new_client(api_key, base_url, timeout)
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client requests go through (shared by a pool's Anthropic models)."""
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     async def stream(
         self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]

@@ -90,15 +90,25 @@ def _cached(usage: Any) -> int:
     return int(getattr(details, "cached_tokens", 0) or 0)
 
 
+def new_client(api_key: str | None, base_url: str | None, timeout: float) -> openai.AsyncOpenAI:
+    """An SDK client (slow to build: share it, see `ModelPool`); retries are the loop's."""
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+
+
 class OpenAIChatModel:
-    """Streams chat completions with tool calls; the agent loop owns retries."""
+    """Streams chat completions with tool calls; the agent loop owns retries.
+
+    Given a `client`, it shares it (a pool's, closed by the pool); without one it builds its
+    own from `api_key`/`base_url`/`timeout` and closes it in `aclose`.
+    """
 
     def __init__(
         self,
         model: str,
         *,
-        api_key: str,
-        base_url: str | None,
+        client: openai.AsyncOpenAI | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
         timeout: float = 300.0,
         stream: bool = True,
         images: bool | None = None,
@@ -107,12 +117,17 @@ class OpenAIChatModel:
         self._model = model
         self._images = accepts_images("openai", model, images)
         self._stream = stream
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._owned = client is None
+        self._client = client or new_client(api_key, base_url, timeout)
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client requests go through (shared by a pool's OpenAI models)."""
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     async def stream(
         self, system: str, messages: list[ChatMessage], tools: list[ToolSpec]

@@ -21,6 +21,8 @@ _HOSTED = re.compile(
 )
 _STOP_WORDS = {"stop", "cancel", "stop it", "stop please", "please stop", "abort"}
 _NEW = re.compile(r"^\s*new\s*:\s*", re.I)
+_MODEL = re.compile(r"(?<![\w/])model:([A-Za-z0-9][\w.:/@-]*[\w])", re.I)
+"""`model:NAME`, written without a space (so prose like "the data model: users" is not one)."""
 
 
 def mentions(text: str, user_id: str) -> bool:
@@ -105,6 +107,16 @@ def split_new(plain: str) -> tuple[bool, str]:
     if match is None:
         return False, plain
     return True, plain[match.end() :].strip()
+
+
+def split_model(plain: str) -> tuple[str | None, str]:
+    """`model:NAME` anywhere in the text picks the session's model; the prompt is the rest.
+    The first one counts; every one is removed."""
+    match = _MODEL.search(plain)
+    if match is None:
+        return None, plain
+    rest = _MODEL.sub(" ", plain)
+    return match.group(1), re.sub(r"[ \t]{2,}", " ", rest).strip()
 
 
 def escape(text: str) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cluster import free_port
 from tests.factories import git, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 
@@ -15,6 +16,8 @@ from tests.fakes.llm import ScriptBook, Turn
 def _cli(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
+    # No server answers on this port: `run` and `sessions` serve the data dir themselves.
+    env = {"NIGHTSHIFT_PORT": str(free_port()), **env}
     return subprocess.run(
         [str(Path(sys.executable).with_name("nightshift")), *args],
         env={**os.environ, **env, "COLUMNS": "200", "NO_COLOR": "1"},
@@ -51,6 +54,7 @@ def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
     result = _cli(["run", "--repo", str(repo), "add a CONTRIBUTING.md"], env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert "no server at http://127.0.0.1:" in out and "for this command only" in out
     assert "registered repo some-repo" in out
     assert "Writing the guide." in out and "write_file CONTRIBUTING.md" in out
     branch = next(line.split()[1] for line in out.splitlines() if line.startswith("branch "))
@@ -110,7 +114,7 @@ def test_run_on_something_that_is_not_a_repo_is_an_error_line(tmp_path: Path) ->
         {"NIGHTSHIFT_DATA_DIR": str(tmp_path / "d")},
         tmp_path,
     )
-    assert result.returncode == 2 and "error: unknown repo 'no-such-repo'" in result.stderr
+    assert result.returncode == 1 and "error: unknown repo 'no-such-repo'" in result.stderr
 
 
 def test_repos_and_tokens(tmp_path: Path) -> None:

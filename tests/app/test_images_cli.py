@@ -75,3 +75,19 @@ def test_bench_startup_prints_json_per_mode(cli: tuple[CliRunner, dict[str, str]
     assert report["met"]["cold"] is None  # not measured in this run
     bad = runner.invoke(app, ["bench", "startup", "--modes", "lukewarm"], env=env)
     assert bad.exit_code == 2 and "unknown mode(s) lukewarm" in bad.output
+
+
+def test_bench_startup_with_an_unpullable_image_fails_in_one_line(
+    cli: tuple[CliRunner, dict[str, str]],
+) -> None:
+    runner, env = cli
+    result = runner.invoke(
+        app,
+        [
+            *("bench", "startup", "--sessions", "1", "--files", "20", "--modes", "image"),
+            *("--image", "127.0.0.1:9/bench/none:1"),
+        ],
+        env=env,
+    )
+    assert result.exit_code == 2, result.output
+    assert "image 127.0.0.1:9/bench/none:1: " in result.output

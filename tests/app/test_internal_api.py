@@ -172,6 +172,40 @@ def test_the_http_control_plane(
     asyncio.run(go())
 
 
+def test_spawning_over_http_carries_the_model(
+    api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
+) -> None:
+    """A remote worker's `spawn_session` names a model or inherits the parent's, and an
+    unknown one is refused with the choices, creating nothing."""
+    from app.schemas import RepoCreate
+    from workers.events import Author
+
+    person = make_person(api_runtime, "hank", "Hank Http", "hank@example.com")
+    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "plane"))))
+    parent = api_runtime.sessions.create(person.user, "plane", "parent", model="openai:fake-model")
+    author = Author(id=person.user.id, login="hank", name="Hank Http", email="hank@example.com")
+
+    async def go() -> tuple[str, str]:
+        control = HttpControlPlane(api_server.url, TOKEN)
+        try:
+            inherited = await control.spawn_session(parent.id, None, "child one", author)
+            named = await control.spawn_session(
+                parent.id, None, "child two", author, "openai:fake-model"
+            )
+            with pytest.raises(ControlPlaneError, match="choose one of: openai:fake-model"):
+                await control.spawn_session(parent.id, None, "child three", author, "openai:x")
+            context = await control.session_context(named)
+            assert context.model == "openai:fake-model"
+            return inherited, named
+        finally:
+            await control.aclose()
+
+    inherited, named = asyncio.run(go())
+    assert api_runtime.sessions.get(inherited).model == "openai:fake-model"
+    assert api_runtime.sessions.get(named).model == "openai:fake-model"
+    assert api_runtime.sessions.query(parent_id=parent.id)[1] == 2
+
+
 def test_an_unreachable_control_plane_is_reported_after_retrying() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,11 +20,15 @@ from tests.fakes.server import BackgroundServer
 
 @pytest.fixture
 def capped(make_settings: Any, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    yield from _capped(make_settings, tmp_path)
+
+
+def _capped(make_settings: Any, tmp_path: Path, **extra: Any) -> Iterator[tuple[Any, str]]:
     """A server whose sessions stay queued (nothing runs them), with small caps."""
     from app.main import create_app
     from app.runtime import build_runtime
 
-    runtime = build_runtime(make_settings(max_sessions_per_user=2, max_streams_per_user=2))
+    runtime = build_runtime(make_settings(max_sessions_per_user=2, max_streams_per_user=2, **extra))
     runtime.sessions.dispatcher = None
     runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
     try:
@@ -91,7 +95,9 @@ def test_event_streams_past_the_cap_are_refused(capped: tuple[Any, str]) -> None
         ):
             third.recv(timeout=10)
         assert refused.value.rcvd is not None and refused.value.rcvd.code == 4429
-        assert refused.value.rcvd.reason.endswith("(NIGHTSHIFT_MAX_STREAMS_PER_USER=2); close one and retry")
+        assert refused.value.rcvd.reason.endswith(
+            "(NIGHTSHIFT_MAX_STREAMS_PER_USER=2); close one and retry"
+        )
         # SSE streams count against the same cap.
         sse = httpx.get(f"{url}/api/sessions/{session_id}/events/stream", headers=auth, timeout=10)
         assert sse.status_code == 429 and "NIGHTSHIFT_MAX_STREAMS_PER_USER" in sse.text
@@ -131,3 +137,39 @@ def test_a_slot_is_freed_when_a_stream_response_never_starts(capped: tuple[Any, 
     assert runtime.stream_slots.count(alice.user.id) == 1
     del response
     assert runtime.stream_slots.count(alice.user.id) == 0
+
+
+@pytest.mark.parametrize("control_db", ["sqlite", "postgresql"])
+def test_concurrent_creations_never_pass_the_cap(
+    control_db: str, make_settings: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Twelve creations at once with two places: exactly two pass (the count and the insert
+    are one step), and the refused ones leave no session file behind."""
+    import threading
+
+    extra = {}
+    if control_db == "postgresql":
+        extra["database_url"] = request.getfixturevalue("postgres_url")
+    capped = _capped(make_settings, tmp_path, **extra)
+    runtime, url = next(capped)
+    request.addfinalizer(lambda: next(capped, None))
+    carol = make_person(runtime, "carol", "Carol", "carol@example.com")
+    barrier = threading.Barrier(12)
+    codes: list[int] = []
+
+    def create(i: int) -> None:
+        with _client(url, carol) as api:
+            barrier.wait()
+            r = api.post("/api/sessions", json={"repo": "proj", "prompt": f"burst {i}"})
+            codes.append(r.status_code)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(codes) == [201, 201] + [429] * 10
+    with _client(url, carol) as api:
+        assert api.get("/api/sessions").json()["total"] == 2
+    files = list((runtime.settings.data_dir / "sessions").glob("*/*.db"))
+    assert len(files) == 2

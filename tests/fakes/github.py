@@ -140,6 +140,17 @@ class FakeGitHub:
         self.installations: dict[int, dict[str, Any]] = {}
         self.pulls: list[FakePull] = []
         self.comments: list[dict[str, Any]] = []
+        self.permissions: dict[tuple[str, str], str] = {}
+        """(repo, login), lower case → `admin`/`write`/`read`/`none`; `read` when unset."""
+        self.reactions: list[dict[str, Any]] = []
+        self.review_comments: dict[int, list[dict[str, Any]]] = {}
+        """Review id → the line comments of that review."""
+        self.job_logs: dict[int, str] = {}
+        """Actions job id (= its check run id) → the job's log."""
+        self.run_jobs: dict[int, list[dict[str, Any]]] = {}
+        """Workflow run id → its jobs."""
+        self.suite_runs: dict[int, list[dict[str, Any]]] = {}
+        """Check suite id → its check runs."""
         self.requests: list[Recorded] = []
         self.git_requests: list[tuple[str, str, str | None]] = []
         """(repo, service, token) of every git request, allowed or not."""
@@ -210,6 +221,46 @@ class FakeGitHub:
         """The next `times` API requests whose path contains `match` answer `status`."""
         with self.lock:
             self.failures.extend(Failure(status, match, reset_s) for _ in range(times))
+
+    def grant(self, repo: str, login: str, permission: str) -> None:
+        with self.lock:
+            self.permissions[(repo.lower(), login.lower())] = permission
+
+    def add_issue_comment(self, repo: str, number: int, login: str, body: str) -> dict[str, Any]:
+        """A comment someone wrote on an issue or a PR's conversation."""
+        with self.lock:
+            comment_id = len(self.comments) + 1
+            comment = {
+                "id": comment_id,
+                "body": body,
+                "html_url": f"https://github.example/{repo}/issues/{number}#issuecomment-{comment_id}",
+                "repo": repo,
+                "number": number,
+                "user": self.user_json(login),
+                "created_at": _iso(time.time()),
+                "token": None,
+            }
+            self.comments.append(comment)
+        return comment
+
+    def user_json(self, login: str) -> dict[str, Any]:
+        user = self.users.get(login)
+        bot = login.endswith("[bot]")
+        return {
+            "login": login,
+            "id": user.id if user else 40000 + sum(map(ord, login)),
+            "type": "Bot" if bot else "User",
+            "site_admin": False,
+        }
+
+    def replies(self, repo: str, number: int) -> list[str]:
+        """What the App said on an issue or PR conversation."""
+        with self.lock:
+            return [
+                str(c["body"])
+                for c in self.comments
+                if c["repo"].lower() == repo.lower() and c["number"] == number and c["token"]
+            ]
 
     def merge(self, repo: str, number: int) -> FakePull:
         pull = self.pull(repo, number)
@@ -337,6 +388,19 @@ class FakeGitHub:
             "default_branch": repo.default_branch,
         }
 
+    def _commits(self, pull: FakePull) -> int:
+        """Commits on the PR's branch that its base does not have."""
+        try:
+            out = git(
+                self.repos[pull.repo.lower()].path,
+                "rev-list",
+                "--count",
+                f"refs/heads/{pull.base}..refs/heads/{pull.head}",
+            )
+        except subprocess.CalledProcessError:
+            return 0
+        return int(out.strip() or 0)
+
     def _pull_json(self, pull: FakePull) -> dict[str, Any]:
         return {
             "number": pull.number,
@@ -345,6 +409,8 @@ class FakeGitHub:
             "merged": pull.merged,
             "draft": pull.draft,
             "merged_at": _iso(time.time()) if pull.merged else None,
+            "created_at": _iso(pull.created_at),
+            "commits": self._commits(pull),
             "title": pull.title,
             "body": pull.body,
             "user": {"login": pull.author},
@@ -714,10 +780,149 @@ class FakeGitHub:
                 "repo": full,
                 "number": number,
                 "token": token_of(request),
+                "user": state.user_json(
+                    who.login if who.kind == "user" and who.login else f"{state.app_slug}[bot]"
+                ),
+                "created_at": _iso(time.time()),
             }
             with state.lock:
                 state.comments.append(comment)
             return JSONResponse(comment, status_code=201)
+
+        # ---- the App itself, issues, reviews and checks (GitHub as a client)
+
+        @api.get("/app")
+        async def get_app(request: Request) -> Any:
+            problem = app_jwt(request)
+            if problem:
+                return error(401, problem)
+            return {
+                "id": state.app_id,
+                "slug": state.app_slug,
+                "name": "Nightshift (test)",
+                "owner": {"login": "octo", "id": 1},
+                "permissions": {"issues": "write", "checks": "read", "actions": "read"},
+                "events": ["issues", "issue_comment", "check_run"],
+            }
+
+        @api.get("/repos/{owner}/{name}/collaborators/{login}/permission")
+        async def get_permission(owner: str, name: str, login: str, request: Request) -> Any:
+            full = f"{owner}/{name}"
+            who = user_or_installation(request, full)
+            if isinstance(who, JSONResponse):
+                return who
+            level = state.permissions.get((full.lower(), login.lower()), "read")
+            return {
+                "permission": "write" if level == "maintain" else level,
+                "role_name": level,
+                "user": state.user_json(login),
+            }
+
+        async def add_reaction(kind: str, full: str, target: int, request: Request) -> Any:
+            who = user_or_installation(request, full)
+            if isinstance(who, JSONResponse):
+                return who
+            body = await request.json()
+            allowed = {"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"}
+            if body.get("content") not in allowed:
+                return error(422, "Validation Failed")
+            reaction = {"kind": kind, "repo": full, "target": target, "content": body["content"]}
+            with state.lock:
+                state.reactions.append(reaction)
+            return JSONResponse(
+                {"id": len(state.reactions), "content": body["content"]}, status_code=201
+            )
+
+        @api.post("/repos/{owner}/{name}/issues/{number}/reactions")
+        async def react_issue(owner: str, name: str, number: int, request: Request) -> Any:
+            return await add_reaction("issue", f"{owner}/{name}", number, request)
+
+        @api.post("/repos/{owner}/{name}/issues/comments/{comment_id}/reactions")
+        async def react_comment(owner: str, name: str, comment_id: int, request: Request) -> Any:
+            return await add_reaction("comment", f"{owner}/{name}", comment_id, request)
+
+        @api.post("/repos/{owner}/{name}/pulls/comments/{comment_id}/reactions")
+        async def react_review_comment(
+            owner: str, name: str, comment_id: int, request: Request
+        ) -> Any:
+            return await add_reaction("review_comment", f"{owner}/{name}", comment_id, request)
+
+        @api.get("/repos/{owner}/{name}/issues/{number}/comments")
+        async def list_comments(owner: str, name: str, number: int, request: Request) -> Any:
+            full = f"{owner}/{name}"
+            who = user_or_installation(request, full)
+            if isinstance(who, JSONResponse):
+                return who
+            per_page = int(request.query_params.get("per_page", "30"))
+            found = [
+                {k: v for k, v in c.items() if k != "token"}
+                for c in state.comments
+                if c["repo"].lower() == full.lower() and c["number"] == number
+            ]
+            return found[:per_page]
+
+        @api.get("/repos/{owner}/{name}/pulls/{number}/reviews/{review_id}/comments")
+        async def list_review_comments(
+            owner: str, name: str, number: int, review_id: int, request: Request
+        ) -> Any:
+            who = user_or_installation(request, f"{owner}/{name}")
+            if isinstance(who, JSONResponse):
+                return who
+            if review_id not in state.review_comments:
+                return error(404, "Not Found")
+            return state.review_comments[review_id]
+
+        @api.patch("/repos/{owner}/{name}/pulls/{number}")
+        async def update_pull(owner: str, name: str, number: int, request: Request) -> Any:
+            full = f"{owner}/{name}"
+            who = user_or_installation(request, full)
+            if isinstance(who, JSONResponse):
+                return who
+            try:
+                pull = state.pull(full, number)
+            except KeyError:
+                return error(404, "Not Found")
+            body = await request.json()
+            with state.lock:
+                if "body" in body:
+                    pull.body = str(body["body"])
+                if "title" in body:
+                    pull.title = str(body["title"])
+            return state._pull_json(pull)
+
+        @api.get("/repos/{owner}/{name}/actions/jobs/{job_id}/logs")
+        async def job_logs(owner: str, name: str, job_id: int, request: Request) -> Any:
+            who = user_or_installation(request, f"{owner}/{name}")
+            if isinstance(who, JSONResponse):
+                return who
+            if job_id not in state.job_logs:
+                return error(404, "Not Found")
+            # As GitHub does: a redirect to a short-lived download URL.
+            return RedirectResponse(
+                f"{state.api_url}/_blobs/jobs/{job_id}?sig={_random(16)}", status_code=302
+            )
+
+        @api.get("/_blobs/jobs/{job_id}")
+        async def job_log_blob(job_id: int) -> Any:
+            if job_id not in state.job_logs:
+                return error(404, "Not Found")
+            return Response(state.job_logs[job_id], media_type="text/plain")
+
+        @api.get("/repos/{owner}/{name}/actions/runs/{run_id}/jobs")
+        async def run_jobs(owner: str, name: str, run_id: int, request: Request) -> Any:
+            who = user_or_installation(request, f"{owner}/{name}")
+            if isinstance(who, JSONResponse):
+                return who
+            jobs = state.run_jobs.get(run_id, [])
+            return {"total_count": len(jobs), "jobs": jobs}
+
+        @api.get("/repos/{owner}/{name}/check-suites/{suite_id}/check-runs")
+        async def suite_runs(owner: str, name: str, suite_id: int, request: Request) -> Any:
+            who = user_or_installation(request, f"{owner}/{name}")
+            if isinstance(who, JSONResponse):
+                return who
+            runs = state.suite_runs.get(suite_id, [])
+            return {"total_count": len(runs), "check_runs": runs}
 
         return api
 

@@ -57,6 +57,8 @@ class ScriptBook:
         self.failures: list[Failure] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.peers: list[str] = []
+        """The client's `host:port` of each request: one TCP connection reused shows as one."""
         self.lock = threading.Lock()
         self.started = threading.Event()
         """Set whenever a request arrives (tests wait on it to act mid-run)."""
@@ -125,10 +127,13 @@ class ScriptBook:
     def usage_in(self, body: dict[str, Any]) -> int:
         return self.tokens(body) if self.context_window is not None else 100
 
-    def record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
+    def record(
+        self, body: dict[str, Any], headers: dict[str, str], peer: str = ""
+    ) -> Failure | None:
         with self.lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.peers.append(peer)
             self.started.set()
             return self.failures.pop(0) if self.failures else None
 
@@ -150,6 +155,11 @@ def _compacted_turns(texts: list[str]) -> int:
     return sum(
         int(m.group(1)) for t in texts if t.startswith(RECORD_PREFIX) and (m := COMPACTED.search(t))
     )
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else ""
 
 
 async def _hold(turn: Turn, chunk_index: int) -> None:
@@ -217,7 +227,7 @@ def openai_app(book: ScriptBook) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Any:
         body = await request.json()
-        failure = book.record(body, dict(request.headers))
+        failure = book.record(body, dict(request.headers), _peer(request))
         if failure:
             return _error(failure, "openai")
         if (refused := book.overflow(body, "openai")) is not None:
@@ -328,7 +338,7 @@ def anthropic_app(book: ScriptBook) -> FastAPI:
     @app.post("/v1/messages")
     async def messages(request: Request) -> Any:
         body = await request.json()
-        failure = book.record(body, dict(request.headers))
+        failure = book.record(body, dict(request.headers), _peer(request))
         if failure:
             return _error(failure, "anthropic")
         if (refused := book.overflow(body, "anthropic")) is not None:

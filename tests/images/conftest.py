@@ -29,7 +29,9 @@ from images.sandboxes.overlay import chown_tree
 from tests.conftest import LIVE_MODAL
 from tests.factories import git
 
-BACKENDS = ["bwrap", "gvisor", "fake", *(["modal"] if LIVE_MODAL else [])]
+BACKENDS = ["bwrap", "gvisor", "fake", "modal"]
+"""`modal` runs against the fake of Modal's API (tests/fakes/modal_server.py) unless the live
+suite is asked for (NIGHTSHIFT_LIVE_MODAL=1)."""
 DISK_MB = 10240 if os.geteuid() == 0 else 0
 """The disk quota needs a root host (loop mounts); elsewhere sandboxes run without one."""
 
@@ -97,8 +99,8 @@ def unavailable(name: str) -> str | None:
             return "the gVisor backend needs root"
         if shutil.which("cc") is None and shutil.which("gcc") is None:
             return "no C compiler for the gVisor helpers (make test installs gcc)"
-    if name == "modal" and not LIVE_MODAL:
-        return "live Modal tests are opt-in: NIGHTSHIFT_LIVE_MODAL=1"
+    if name == "modal" and not LIVE_MODAL and shutil.which("bwrap") is None:
+        return "the fake Modal runs its sandboxes under bubblewrap, which is not installed"
     return None
 
 
@@ -123,8 +125,8 @@ def make_backend_for(name: str, state_dir: Path, internet: FakeInternet) -> Any:
     return ModalBackend(
         SandboxConfig(
             modal_app="nightshift-tests",
-            modal_token_id=LIVE_MODAL.get("MODAL_TOKEN_ID"),
-            modal_token_secret=LIVE_MODAL.get("MODAL_TOKEN_SECRET"),
+            modal_token_id=LIVE_MODAL.get("MODAL_TOKEN_ID", "ak-fake-token-id"),
+            modal_token_secret=LIVE_MODAL.get("MODAL_TOKEN_SECRET", "as-fake-token-secret"),
             modal_environment=LIVE_MODAL.get("MODAL_ENVIRONMENT"),
             snapshot_ttl_s=3600,
         )
@@ -153,8 +155,19 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     if reason:
         pytest.skip(reason)
     if name == "modal":
-        request.getfixturevalue("live_network")
+        request.getfixturevalue("live_network" if LIVE_MODAL else "fake_modal_api")
     return name
+
+
+@pytest.fixture
+def fake_modal_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake of Modal's API, and Modal's own setting pointing the client at it."""
+    from tests.fakes.modal_server import fake_modal
+
+    with fake_modal(tmp_path / "fake-modal") as fake:
+        monkeypatch.setenv("MODAL_SERVER_URL", fake.url)
+        yield fake
+        assert fake.world.unserved == [], "the backend asked for an RPC the fake does not serve"
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from images.sandboxes.base import (
     SnapshotUnusable,
     UnsupportedSetting,
 )
+from tests.conftest import LIVE_MODAL
 from tests.images.conftest import PUBLIC, FakeInternet, Starter
 
 pytestmark = pytest.mark.slow
@@ -274,7 +275,9 @@ async def test_cpu_time_past_the_limit_ends_with_152(start: Starter) -> None:
 
 
 @pytest.mark.usefixtures("runs_commands")
-async def test_output_flood_is_capped(start: Starter) -> None:
+async def test_output_flood_is_capped(start: Starter, backend_name: str) -> None:
+    if backend_name == "modal" and not LIVE_MODAL:
+        pytest.skip("the fake Modal hands a command's output back when it ends, not as it flows")
     sandbox = await start()
     result = await sandbox.exec(
         ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"], output_cap=4096

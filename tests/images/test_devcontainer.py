@@ -34,12 +34,10 @@ def test_honoured_fields_of_a_dockerfile_devcontainer() -> None:
 def test_image_devcontainer_with_lifecycle_commands_in_order() -> None:
     dev = parse_devcontainer(
         '{"image": "127.0.0.1:5000/dev/py:1", "postCreateCommand": "make",'
-        ' "onCreateCommand": ".devcontainer/on-create.sh", "updateContentCommand": ["uv", "sync"],'
-        ' "features": {"ghcr.io/devcontainers/features/node:1": {}}}'
+        ' "onCreateCommand": ".devcontainer/on-create.sh", "updateContentCommand": ["uv", "sync"]}'
     )
     assert (dev.image, dev.dockerfile) == ("127.0.0.1:5000/dev/py:1", None)
     assert dev.setup == [".devcontainer/on-create.sh", "uv sync", "make"]
-    assert dev.features == ["ghcr.io/devcontainers/features/node:1"]
 
 
 @pytest.mark.parametrize(
@@ -47,6 +45,11 @@ def test_image_devcontainer_with_lifecycle_commands_in_order() -> None:
     [
         (
             '{\n  "name": "x",\n  "features": {"ghcr.io/devcontainers/features/node:1": {}}\n}',
+            3,
+            "features are not supported .ghcr.io/devcontainers/features/node:1",
+        ),
+        (
+            '{\n  "image": "debian",\n  "features": {"ghcr.io/devcontainers/features/node:1": {}}\n}',
             3,
             "features are not supported .ghcr.io/devcontainers/features/node:1",
         ),

@@ -15,7 +15,7 @@ from modal.container_process import ContainerProcess
 from modal.io_streams import StreamReader, StreamWriter
 from modal.sandbox.sandbox import SandboxFilesystem
 
-from images.sandboxes import SandboxConfig, modal_sandbox
+from images.sandboxes import SandboxConfig, modal_images, modal_sandbox
 from images.sandboxes import modal as backend_module
 from images.sandboxes.base import (
     ImageRef,
@@ -26,7 +26,7 @@ from images.sandboxes.base import (
     SandboxUnavailable,
 )
 
-SOURCES = [Path(backend_module.__file__), Path(modal_sandbox.__file__)]
+SOURCES = [Path(m.__file__) for m in (backend_module, modal_sandbox, modal_images)]
 # Where each method the backend calls lives in the client.
 OWNERS: dict[str, list[Any]] = {
     "lookup": [modal.App],
@@ -45,6 +45,8 @@ OWNERS: dict[str, list[Any]] = {
     "from_credentials": [modal.Client],
     "from_env": [modal.Client],
     "debian_slim": [modal.Image],
+    "from_registry": [modal.Image],
+    "from_dockerfile": [modal.Image],
     "apt_install": [modal.Image],
     "run_commands": [modal.Image],
     "add_local_dir": [modal.Image],

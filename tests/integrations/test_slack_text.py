@@ -15,6 +15,7 @@ from integrations.slack.text import (
     mentions,
     quote,
     repo_refs,
+    split_model,
     split_new,
     to_plain,
 )
@@ -60,6 +61,22 @@ def test_stop_and_new_are_whole_commands() -> None:
     assert split_new("new: add tests") == (True, "add tests")
     assert split_new("New:add tests") == (True, "add tests")
     assert split_new("new tests for the parser") == (False, "new tests for the parser")
+
+
+def test_model_anywhere_in_the_text_is_taken_out() -> None:
+    assert split_model("model:openai:gpt-4.1 fix the test") == ("openai:gpt-4.1", "fix the test")
+    assert split_model("fix model:anthropic:claude-sonnet-4-5 it") == (
+        "anthropic:claude-sonnet-4-5",
+        "fix it",
+    )
+    assert split_model("fix the test, Model:openai:gpt-4.1.") == (
+        "openai:gpt-4.1",
+        "fix the test, .",
+    )
+    assert split_model("a\nmodel:x:y\nb") == ("x:y", "a\n \nb")
+    assert split_model("the data model: users") == (None, "the data model: users")
+    assert split_model("remodel:the kitchen") == (None, "remodel:the kitchen")
+    assert split_model("no model here") == (None, "no model here")
 
 
 def test_quote_escapes_and_shortens() -> None:

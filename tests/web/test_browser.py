@@ -408,6 +408,45 @@ def test_stats_page_shows_what_the_api_returns(
     bars = page.locator(f"#chart svg g.bars[data-category='{today['date']}'] title")
     assert f"{today['sessions']} sessions" in (bars.text_content() or "")
     assert f"{today['prompts']} prompts" in (bars.text_content() or "")
+    # How the PRs fared on GitHub: nothing measured yet reads as dashes, not zeros.
+    assert page.inner_text("#prs tr[data-key=approval_rate] td") == "\u2013"  # an en dash
+    assert page.inner_text("#prs tr[data-key=prs] td") == "0"
+    # Two sessions' PRs as the GitHub App's webhooks record them: one reviewed and approved,
+    # merged 2 hours after it opened, 3 of its 4 commits by the agent; one not reviewed yet.
+    from sqlmodel import Session as DB
+
+    from app.github_tables import GitHubPrStats
+    from app.models import Session
+
+    with DB(runtime.engine) as db:
+        for number, session_id in enumerate(ids[:2], start=7):
+            row = db.get(Session, session_id)
+            assert row is not None
+            row.pr_number = number
+            db.add(row)
+        db.add(
+            GitHubPrStats(
+                session_id=ids[0],
+                pushes=2,
+                agent_commits=3,
+                pr_commits=4,
+                opened_at=1000.0,
+                merged_at=1000.0 + 7200,
+                reviews=1,
+                approvals=1,
+            )
+        )
+        db.add(GitHubPrStats(session_id=ids[1], pushes=1, agent_commits=1, opened_at=5000.0))
+        db.commit()
+    page.reload()
+    page.wait_for_selector("#prs tr[data-key=prs]")
+    prs = api.http.get("/api/stats").json()["pull_requests"]
+    assert prs["prs"] == 2 and prs["reviewed"] == 1
+    assert page.inner_text("#prs tr[data-key=prs] td") == "2"
+    assert page.inner_text("#prs tr[data-key=approval_rate] td") == "100.0%"
+    assert page.inner_text("#prs tr[data-key=revisions_per_pr] td") == "1.5"
+    assert page.inner_text("#prs tr[data-key=median_open_to_merge] td") == "2.0 h"
+    assert page.inner_text("#prs tr[data-key=agent_commit_share] td") == "75.0%"
     web.screenshot(page, "stats")
 
     # Live: someone prompts, and the page counts them without a reload.

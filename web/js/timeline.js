@@ -334,6 +334,10 @@ export class Timeline {
       h("span", {}, e.prompt.split("\n")[0].slice(0, 160))));
   }
 
+  on_desktop_control_taken(e) {
+    this.add(line(e, "", `${e.name || e.login} took control of the desktop`));
+  }
+
   on_notice(e) {
     this.add(own(h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, e.message),
       e.link ? [" ", extLink(e.link, e.link)] : null), e));

@@ -47,6 +47,12 @@ export function fmtMs(ms) {
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
 }
 
+/** An estimated cost in US dollars: cents once it is worth a cent, else four decimals. */
+export function fmtUsd(usd) {
+  if (usd === null || usd === undefined) return "–";
+  return `$${usd >= 0.01 || usd === 0 ? usd.toFixed(2) : usd.toFixed(4)}`;
+}
+
 export function timeAgo(ts) {
   const s = Math.max(0, Date.now() / 1000 - ts);
   if (s < 45) return "just now";

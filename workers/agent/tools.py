@@ -170,6 +170,11 @@ async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
 class SpawnArgs(BaseModel):
     prompt: str = Field(min_length=1, description="Complete instructions for the sub-session")
     repo: str | None = Field(None, description="Repository name; defaults to this session's repo")
+    model: str | None = Field(
+        None,
+        description="Model spec from the deployment's list (e.g. openai:gpt-4.1); "
+        "defaults to this session's model",
+    )
 
 
 async def spawn_session(ctx: ToolContext, a: SpawnArgs) -> ToolOutput:
@@ -178,7 +183,9 @@ async def spawn_session(ctx: ToolContext, a: SpawnArgs) -> ToolOutput:
             f"sub-sessions may nest {ctx.config.max_spawn_depth} deep; do this work yourself"
         )
     try:
-        child = await ctx.control.spawn_session(ctx.session_id, a.repo, a.prompt, ctx.author)
+        child = await ctx.control.spawn_session(
+            ctx.session_id, a.repo, a.prompt, ctx.author, a.model
+        )
     except ControlPlaneError as exc:
         raise ToolError(str(exc)) from exc
     repo = a.repo or ctx.repo.name

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app.api.deps import CurrentUser, RuntimeDep
+from app.services.artifacts import Artifacts
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
@@ -34,5 +35,7 @@ async def get_artifact(
     """A screenshot the session's agent took (its id is the SHA-256 of the PNG); 404 for an
     artifact of any other session."""
     await asyncio.to_thread(runtime.sessions.get, session_id)
-    path = await asyncio.to_thread(runtime.artifacts.path, session_id, artifact_id)
+    path = await asyncio.to_thread(
+        Artifacts.of(runtime.settings.data_dir).path, session_id, artifact_id
+    )
     return FileResponse(path, media_type="image/png", headers=HEADERS)

@@ -216,6 +216,8 @@ def github_callback(
         runtime.executor.submit(
             lambda: asyncio.to_thread(github.opener.open_pending, runtime.pull_requests, user)
         )
+        # So do the GitHub mentions that waited for them to link.
+        runtime.executor.submit(lambda: asyncio.to_thread(github.triggers.start_pending, user))
     return response
 
 

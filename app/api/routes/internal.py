@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 
 from app.api.deps import RuntimeDep
+from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.settings import reveal
 from images.spec import RepoSpec
@@ -105,7 +106,9 @@ def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
 
 @router.post("/sessions/{session_id}/children")
 def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
-    return Spawned(id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author))
+    return Spawned(
+        id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author, body.model)
+    )
 
 
 @router.post("/sessions/{session_id}/artifacts")
@@ -117,7 +120,9 @@ async def store_artifact(session_id: str, request: Request, runtime: RuntimeDep)
         if len(data) > MAX_ARTIFACT_BYTES:
             raise HTTPException(413, f"an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes")
     await asyncio.to_thread(runtime.sessions.get, session_id)
-    return await asyncio.to_thread(runtime.artifacts.store, session_id, bytes(data))
+    return await asyncio.to_thread(
+        Artifacts.of(runtime.settings.data_dir).store, session_id, bytes(data)
+    )
 
 
 @router.get("/repos")

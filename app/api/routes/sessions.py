@@ -36,8 +36,11 @@ SSE_KEEPALIVE_S = 15.0
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_session(body: SessionCreate, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
-    """Start a session on a repo with a first prompt (queued at once, run by a worker)."""
-    return sessions.public(sessions.create(user, body.repo, body.prompt, body.parent_id))
+    """Start a session on a repo with a first prompt (queued at once, run by a worker), on
+    `model` (one of `GET /api/models`; the default when omitted)."""
+    return sessions.public(
+        sessions.create(user, body.repo, body.prompt, body.parent_id, model=body.model)
+    )
 
 
 @router.get("")

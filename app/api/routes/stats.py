@@ -1,4 +1,5 @@
-"""Stats for the stats page and for anyone judging whether agents pay off."""
+"""Deployment-wide views: stats for the stats page and for anyone judging whether agents pay
+off (merged PRs, use, latency, spend), and the models sessions may run on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, RuntimeDep
-from app.schemas import Stats
+from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
+from app.schemas import ModelList, Stats
+from app.services.pr_stats import compute_pr_stats
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])
@@ -18,5 +20,14 @@ def get_stats(
     user: CurrentUser, runtime: RuntimeDep, days: Annotated[int, Query(ge=1, le=365)] = 30
 ) -> Stats:
     """Merged-PR count and share, sessions and prompts per day, humans prompting in the last
-    five minutes, and start latency by mode."""
-    return compute_stats(runtime.engine, days)
+    five minutes, start latency by mode, and tokens and estimated cost per person and per
+    repository over the window, and how the PRs fared on GitHub."""
+    stats = compute_stats(runtime.engine, days)
+    return stats.model_copy(update={"pull_requests": compute_pr_stats(runtime.engine, days)})
+
+
+@router.get("/models", tags=["sessions"])
+def list_models(user: CurrentUser, sessions: SessionsDep) -> ModelList:
+    """The models a session may run on (NIGHTSHIFT_MODELS), the default marked and first;
+    pass one as `model` to `POST /api/sessions`."""
+    return sessions.models.public()

@@ -9,9 +9,11 @@ const WARM_POLL_MS = 1000;
 const WARM_POLL_LIMIT_MS = 5 * 60_000;
 const WARM_RENEW_MS = 20_000; // typing on keeps the reservation alive this often
 const LAST_REPO = "nightshift.lastRepo";
+const LAST_MODEL = "nightshift.lastModel";
 
 const form = document.getElementById("compose");
 const repoSelect = document.getElementById("repo");
+const modelSelect = document.getElementById("model");
 const prompt = document.getElementById("prompt");
 const warmEl = document.getElementById("warm");
 const submit = document.getElementById("submit");
@@ -123,8 +125,11 @@ async function start(ev) {
   try {
     const body = { repo, prompt: text };
     if (parentId) body.parent_id = parentId;
+    // Hidden when the server offers one model: the server's default applies.
+    if (!document.getElementById("model-field").hidden && modelSelect.value) body.model = modelSelect.value;
     const session = await api("/api/sessions", { method: "POST", body });
     localStorage.setItem(LAST_REPO, repo);
+    if (body.model) localStorage.setItem(LAST_MODEL, body.model);
     location.assign(`/sessions/${session.id}`);
   } catch (err) {
     showError(errorBar, err);
@@ -167,6 +172,20 @@ async function loadRepos(preferred) {
   renderEnvironment();
 }
 
+/** The models the server offers (`GET /api/models`); the picker shows only when there is a choice. */
+async function loadModels() {
+  let list;
+  try {
+    list = await api("/api/models");
+  } catch {
+    return; // an older server: sessions take its one model
+  }
+  clear(modelSelect, list.models.map((m) => h("option", { value: m.name }, m.default ? `${m.name} (default)` : m.name)));
+  const last = localStorage.getItem(LAST_MODEL);
+  modelSelect.value = list.models.some((m) => m.name === last) ? last : list.default ?? "";
+  document.getElementById("model-field").hidden = list.models.length < 2;
+}
+
 async function main() {
   // Listen first: someone quick may type before the repositories have loaded.
   prompt.addEventListener("input", () => {
@@ -199,7 +218,7 @@ async function main() {
     parent.hidden = false;
     parent.append("This will be a sub-session of ", h("a", { href: `/sessions/${parentId}` }, parentId), ".");
   }
-  await loadRepos();
+  await Promise.all([loadRepos(), loadModels()]);
   if (prompt.value.trim()) warmSoon();
   if (!form.hidden && document.activeElement === document.body) prompt.focus();
 }

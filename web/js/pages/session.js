@@ -1,10 +1,11 @@
 // `/sessions/{id}`: one session, live. Anyone with the link sees the same stream.
 
 import { ApiError, api, sessionPath } from "../api.js";
+import { mountDesktop } from "../desktop.js";
 import { renderDiff } from "../diff.js";
 import { EventStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
-import { announce, badge, clear, debounce, extLink, fmtMs, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
+import { announce, badge, clear, debounce, extLink, fmtMs, fmtUsd, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
 
 const ACTIVE = new Set(["queued", "starting", "running", "idle"]);
 const sessionId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
@@ -24,6 +25,7 @@ let diffLoadedFor = null; // the head the Changes tab shows (or is loading)
 let replayUntil = 0; // events up to here were stored before the page loaded
 const timing = { mode: null, ready: null, model: null };
 const timeline = new Timeline(timelineEl);
+mountDesktop($("desktop-panel"), sessionId);
 
 // ---------------------------------------------------------------- header and side panel
 
@@ -43,6 +45,7 @@ function renderSession(s, fromStream = false) {
 
   clear($("facts"),
     h("dt", {}, "Repository"), h("dd", {}, s.repo),
+    h("dt", {}, "Model"), h("dd", { id: "model" }, s.model ? h("code", {}, s.model) : h("span", { class: "muted" }, "the server's default")),
     h("dt", {}, "Branch"), h("dd", {}, h("code", {}, s.branch), s.head_sha ? h("span", { class: "muted" }, ` @ ${s.head_sha.slice(0, 10)}`) : h("span", { class: "muted" }, " (not pushed)")),
     h("dt", {}, "Prompts"), h("dd", {}, String(s.prompt_count)),
     h("dt", {}, "Participants"), h("dd", {}, s.participants.map((p) => p.name).join(", ")),
@@ -55,6 +58,7 @@ function renderSession(s, fromStream = false) {
   if (timing.ready === null && s.start_ms !== null) Object.assign(timing, { mode: s.start_mode, ready: s.start_ms });
   if (timing.model === null && s.first_model_ms !== null) timing.model = s.first_model_ms;
   renderTiming();
+  renderUsage(s.usage);
   renderRelated();
   if (!$("changes").hidden && (s.head_sha ?? null) !== diffLoadedFor) loadDiff();
 }
@@ -63,6 +67,18 @@ function renderTiming() {
   clear($("timing"),
     h("dt", {}, "Sandbox ready"), h("dd", { id: "t-ready" }, timing.ready === null ? "–" : `${fmtMs(timing.ready)}${timing.mode ? ` · ${timing.mode}` : ""}`),
     h("dt", {}, "First model request"), h("dd", { id: "t-model" }, timing.model === null ? "–" : fmtMs(timing.model)),
+  );
+}
+
+const count = new Intl.NumberFormat();
+
+/** Tokens and estimated cost over the session's prompts (NIGHTSHIFT_MODEL_PRICES). */
+function renderUsage(u) {
+  clear($("usage"),
+    h("dt", {}, "Input tokens"), h("dd", { id: "u-input" }, count.format(u.input_tokens)),
+    h("dt", {}, "Cached"), h("dd", { id: "u-cached" }, count.format(u.cached_tokens)),
+    h("dt", {}, "Output tokens"), h("dd", { id: "u-output" }, count.format(u.output_tokens)),
+    h("dt", {}, "Estimated cost"), h("dd", { id: "u-cost" }, fmtUsd(u.cost_usd)),
   );
 }
 
@@ -235,6 +251,7 @@ function onEvent(event) {
       refreshPromptsSoon();
       refreshSessionSoon();
       break;
+    case "usage":
     case "branch_pushed":
     case "pr_opened":
     case "pr_state":

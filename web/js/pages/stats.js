@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { barChart } from "../chart.js";
-import { avatar, clear, debounce, fmtMs, h, initFrame, showError } from "../ui.js";
+import { avatar, clear, debounce, fmtMs, fmtUsd, h, initFrame, showError } from "../ui.js";
 
 const REFRESH_MS = 10_000;
 const MODES = ["warm", "image", "snapshot", "cold"];
@@ -26,6 +26,53 @@ export function fillDays(perDay, windowDays, now = new Date()) {
 }
 
 const shortDate = (iso) => new Date(`${iso}T00:00:00Z`).toLocaleDateString(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+
+const count = new Intl.NumberFormat();
+
+/** One row per person or repository: prompts, tokens and estimated cost, biggest first. */
+function usageTable(groups, what) {
+  const num = (cls, text) => h("td", { class: `num ${cls}` }, text);
+  return [
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, what), ...["Prompts", "Input tokens", "Cached", "Output tokens", "Est. cost"].map((t) => h("th", { class: "num", scope: "col" }, t)))),
+    h("tbody", {}, groups.length
+      ? groups.map((g) => h("tr", { dataset: { name: g.name } }, h("th", { scope: "row" }, g.name),
+        num("prompts", String(g.prompts)), num("input", count.format(g.input_tokens)), num("cached", count.format(g.cached_tokens)),
+        num("output", count.format(g.output_tokens)), num("cost", fmtUsd(g.cost_usd))))
+      : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No prompts in this window"))),
+  ];
+}
+
+function renderUsage(stats) {
+  const u = stats.usage;
+  $("spend-total").textContent = fmtUsd(u.cost_usd);
+  $("spend-tokens").textContent = `${count.format(u.input_tokens)} input tokens (${count.format(u.cached_tokens)} cached) · ${count.format(u.output_tokens)} output tokens`;
+  clear($("spend-people"), usageTable(stats.usage_by_person, "Person"));
+  clear($("spend-repos"), usageTable(stats.usage_by_repo, "Repository"));
+}
+
+/** Seconds to merge, in the unit that reads best: seconds and minutes, hours, days. */
+function fmtWait(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 3600) return fmtMs(s * 1000);
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} days`;
+}
+
+const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`);
+
+/** How the sessions' GitHub PRs fared: one row per measure, "–" where nothing was measured. */
+function renderPrs(prs) {
+  const p = prs || { prs: 0, reviewed: 0, approval_rate: null, revisions_per_pr: null, median_open_to_merge_s: null, agent_commit_share: null };
+  const row = (key, label, value) => h("tr", { dataset: { key } }, h("th", { scope: "row" }, label), h("td", { class: "num" }, value));
+  const wait = fmtWait(p.median_open_to_merge_s);
+  clear($("prs"), h("tbody", {},
+    row("prs", "PRs opened", String(p.prs)),
+    row("reviewed", "PRs reviewed", String(p.reviewed)),
+    row("approval_rate", "Approval rate", pct(p.approval_rate)),
+    row("revisions_per_pr", "Pushes per PR", p.revisions_per_pr === null ? "–" : String(p.revisions_per_pr)),
+    row("median_open_to_merge", "Median time from opened to merged", wait),
+    row("agent_commit_share", "Agent's share of merged commits", pct(p.agent_commit_share))));
+}
 
 function render(stats) {
   $("merged").textContent = String(stats.merged);
@@ -59,6 +106,8 @@ function render(stats) {
     h("tbody", {},
       modes.filter((m) => stats.start_latency[m]).map((m) => latencyRow(m, stats.start_latency[m], m)),
       latencyRow("first model request", stats.first_model_request, "first_model")));
+  renderUsage(stats);
+  renderPrs(stats.pull_requests);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
 }
 

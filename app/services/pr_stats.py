@@ -1,0 +1,135 @@
+"""Pull-request stats: do the agents' PRs get approved, how often are they revised, how long do
+they wait to be merged, and how much of what is merged did the agent write?
+
+Facts are recorded as they happen, one `GitHubPrStats` row per session: pushes and commits from
+the session's own events (a hub handler), reviews and the merge from GitHub's webhooks. The
+agent's share of the code is counted in commits: the commits the agent made over all commits on
+the merged PRs (people may push to a session's branch too).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session as DB
+from sqlmodel import col, select
+
+from app.github_tables import GitHubPrStats
+from app.models import Repo, Session
+from app.schemas import PrStats
+from workers.events import BranchPushed, CommitCreated, Event
+
+
+def _ts(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class PrStatsRecorder:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _change(self, session_id: str, **add: int) -> None:
+        """Add to the session's counters (the row is made on first use)."""
+        for _ in range(2):  # a concurrent first insert: the second try finds its row
+            with DB(self.engine) as db:
+                row = db.get(GitHubPrStats, session_id) or GitHubPrStats(session_id=session_id)
+                for name, value in add.items():
+                    setattr(row, name, getattr(row, name) + value)
+                row.updated_at = time.time()
+                db.add(row)
+                try:
+                    db.commit()
+                    return
+                except IntegrityError:
+                    db.rollback()
+
+    def on_event(self, session_id: str, event: Event) -> None:
+        """A hub handler: the agent's commits and pushes."""
+        if isinstance(event, CommitCreated):
+            self._change(session_id, agent_commits=1)
+        elif isinstance(event, BranchPushed):
+            self._change(session_id, pushes=1)
+
+    def on_pull(self, session_ids: list[str], pr: dict[str, Any]) -> None:
+        """A `pull_request` delivery for these sessions' PR: when it opened, merged, its commits."""
+        opened, merged = _ts(pr.get("created_at")), _ts(pr.get("merged_at"))
+        commits = pr.get("commits")
+        for session_id in session_ids:
+            self._change(session_id)
+            with DB(self.engine) as db:
+                row = db.get(GitHubPrStats, session_id)
+                assert row is not None
+                row.opened_at = row.opened_at or opened
+                row.merged_at = merged or row.merged_at
+                if isinstance(commits, int) and not isinstance(commits, bool) and commits >= 0:
+                    row.pr_commits = commits
+                db.add(row)
+                db.commit()
+
+    def on_review(self, payload: dict[str, Any]) -> None:
+        """A submitted review on a session's PR (any state) counts; others are not ours."""
+        review, pull = payload.get("review"), payload.get("pull_request")
+        repo = (payload.get("repository") or {}).get("full_name")
+        if payload.get("action") != "submitted" or not isinstance(review, dict):
+            return
+        number = pull.get("number") if isinstance(pull, dict) else None
+        if not isinstance(repo, str) or not isinstance(number, int):
+            return
+        with DB(self.engine) as db:
+            session_id = db.exec(
+                select(Session.id)
+                .join(Repo, col(Repo.id) == Session.repo_id)
+                .where(
+                    Repo.forge == "github",
+                    func.lower(Repo.url) == repo.lower(),
+                    Session.pr_number == number,
+                )
+            ).first()
+        if session_id is None:
+            return
+        state = str(review.get("state") or "").lower()
+        self._change(
+            session_id,
+            reviews=1,
+            approvals=int(state == "approved"),
+            changes_requested=int(state == "changes_requested"),
+        )
+
+
+def compute_pr_stats(engine: Engine, window_days: int = 30, now: float | None = None) -> PrStats:
+    """The PR stats of sessions created in the window that opened a PR."""
+    since = (now or time.time()) - window_days * 86400
+    with DB(engine) as db:
+        rows = db.exec(
+            select(GitHubPrStats)
+            .join(Session, col(Session.id) == GitHubPrStats.session_id)
+            .where(col(Session.created_at) >= since, col(Session.pr_number).is_not(None))
+        ).all()
+    reviewed = [r for r in rows if r.reviews]
+    approved = [r for r in reviewed if r.approvals]
+    waits = [
+        r.merged_at - r.opened_at
+        for r in rows
+        if r.merged_at is not None and r.opened_at is not None and r.merged_at >= r.opened_at
+    ]
+    merged = [r for r in rows if r.merged_at is not None and r.pr_commits]
+    all_commits = sum(r.pr_commits or 0 for r in merged)
+    agent_commits = sum(min(r.agent_commits, r.pr_commits or 0) for r in merged)
+    return PrStats(
+        prs=len(rows),
+        reviewed=len(reviewed),
+        approval_rate=round(len(approved) / len(reviewed), 4) if reviewed else None,
+        revisions_per_pr=round(sum(r.pushes for r in rows) / len(rows), 2) if rows else None,
+        median_open_to_merge_s=round(statistics.median(waits), 1) if waits else None,
+        agent_commit_share=round(agent_commits / all_commits, 4) if all_commits else None,
+    )
