@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
+    artifacts,
     auth,
     desktop,
     github,
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)
+    app.include_router(artifacts.router)
     app.include_router(desktop.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)

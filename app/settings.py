@@ -109,6 +109,7 @@ class Settings(IntegrationSettings):
     """NIGHTSHIFT_MODELS: the models a session may pick, comma-separated, the first the default
     (unset: NIGHTSHIFT_MODEL alone)."""
     model_stream: bool = True
+    model_images: bool | None = None  # send screenshots as images; None: known models only
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
     model_context_tokens: int | None = Field(None, ge=2000)
@@ -369,6 +370,7 @@ class Settings(IntegrationSettings):
                 anthropic_api_key=reveal(self.anthropic_api_key),
                 anthropic_base_url=self.anthropic_base_url,
                 stream=self.model_stream,
+                images=self.model_images,
             ),
             max_steps=self.max_steps,
             token_budget=self.token_budget,

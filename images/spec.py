@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from images.errors import ImagesError
 from images.oci import parse_reference
+from images.pages import PAGE_KEYS, Page, parse_pages
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
@@ -51,6 +52,7 @@ SPEC_FILE_KEYS = (
     "dockerfile",
     "context",
     "devcontainer",
+    *PAGE_KEYS,
 )
 
 _HOST_RE = re.compile(
@@ -124,6 +126,10 @@ class RepoSpec(BaseModel):
     """Whether the repository's `.devcontainer/devcontainer.json` may declare the environment
     (when nothing else does). Off: a server that cannot reach the registry it names, or a
     team that wants the host's tools, opts out without changing the repository."""
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] = Field(default_factory=list)
+    """Pages captured after each finished prompt (`images/pages.py`)."""
 
     @field_validator("image")
     @classmethod
@@ -212,6 +218,9 @@ class RepoSpec(BaseModel):
             update["env"] = {**self.env, **file.env}
         if file.use_devcontainer is not None:
             update["devcontainer"] = file.use_devcontainer
+        if file.screenshots is not None:
+            update.update(serve=file.serve, serve_port=file.serve_port)
+            update["screenshots"] = list(file.screenshots)
         if file.image is not None:
             update.update(image=file.image, dockerfile=None, context=None)
         elif file.dockerfile is not None:
@@ -244,6 +253,9 @@ class SpecFile(BaseModel):
     use_devcontainer: bool | None = None
     """The file's `devcontainer = true|false` (named apart from the devcontainer.json an
     image record keeps under `devcontainer`)."""
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -358,6 +370,13 @@ def parse_spec_file(text: str) -> SpecFile:
                 raise SpecFileError(str(exc), line) from exc
             env[name] = item
         result.env = env
+    try:
+        pages = parse_pages(data)
+    except ValueError as exc:
+        line = next((_key_line(lines, k) for k in PAGE_KEYS if k in data), None)
+        raise SpecFileError(str(exc), line) from exc
+    result.serve, result.serve_port = pages.serve, pages.serve_port
+    result.screenshots = pages.screenshots
     return result
 
 

@@ -145,6 +145,8 @@ class LocalPullRequests:
 def _body(event: BranchPushed, session: Session, base_url: str) -> str:
     """The model's summary and verify results (from the worker), then the session's link."""
     summary = event.body.strip() or "(no summary)"
+    # The worker links the session's screenshots by path; the PR is read elsewhere.
+    summary = summary.replace("](/api/sessions/", f"]({base_url}/api/sessions/")
     link = f"[{session.id}]({base_url}/sessions/{session.id})"
     return f"{summary}\n\n---\nOpened by Nightshift for session {link}."
 

@@ -24,6 +24,7 @@ function render(pr) {
     relTime(pr.created_at),
   );
   $("body").textContent = pr.body || "(no description)";
+  renderShots(pr.body || "");
   clear(
     $("commits"),
     pr.commits.map((c) => {
@@ -49,6 +50,20 @@ function render(pr) {
   $("who-merges").textContent = pr.state === "open" && !pr.can_merge
     ? "Only the session's author, the pull request's author or an admin may merge or close it."
     : "";
+}
+
+// The screenshots the body links (`![name](…/api/sessions/<id>/artifacts/<sha256>)`), shown
+// under it; only this server's own artifact paths become images.
+const SHOT = /!\[([\w-]{1,40})\]\((?:https?:\/\/[^)\s]*?)?(\/api\/sessions\/[\w-]+\/artifacts\/[0-9a-f]{64})\)/g;
+
+function renderShots(body) {
+  const shots = [...body.matchAll(SHOT)].map(([, name, src]) =>
+    h("figure", { class: "shot", dataset: { name } },
+      h("a", { href: src, target: "_blank", rel: "noopener", title: "Open full size" },
+        h("img", { src, alt: `Screenshot: ${name}`, loading: "lazy" })),
+      h("figcaption", {}, name)));
+  clear($("shots"), shots);
+  $("shots").hidden = shots.length === 0;
 }
 
 function renderChecks(checks) {
