@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -141,6 +142,7 @@ class SessionStore:
 
     One sqlite3 connection writes (BEGIN IMMEDIATE, under this store's lock); reads go through
     a second connection, opened on the first read, so a replay never waits for a write.
+    `close` only lets the connections go: whoever still holds the store reopens them on use.
     """
 
     def __init__(self, path: Path, redactor: Redactor) -> None:
@@ -175,8 +177,8 @@ class SessionStore:
         """One write transaction (BEGIN IMMEDIATE: a write never fails half-way on a lock)."""
         with self._lock:
             conn = self._writer
-            if conn is None:
-                raise RuntimeError(f"session file {self.path} is closed")
+            if conn is None:  # closed to make room (`SessionFiles`): a holder still writes
+                conn = self._writer = sqlite_connect(self.path)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -189,8 +191,6 @@ class SessionStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._read_lock:
             if self._reader is None:
-                if self._writer is None:
-                    raise RuntimeError(f"session file {self.path} is closed")
                 self._reader = sqlite_connect(self.path)
             yield self._reader
 
@@ -454,7 +454,11 @@ class SessionFiles:
             return store
 
     def close(self) -> None:
+        """Close every open file. Closing the last connection of a file checkpoints its WAL
+        into it (a sync each), so they are closed side by side rather than one by one."""
         with self._lock:
-            for store in self._open.values():
-                store.close()
-            self._open.clear()
+            stores, self._open = list(self._open.values()), OrderedDict()
+        if not stores:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(stores))) as pool:
+            list(pool.map(SessionStore.close, stores))
