@@ -7,7 +7,8 @@ the sessions over HTTP, follows every session's WebSocket, and polls the API as 
 Measured:
 - API latency: every request this client makes while the load runs: creating the sessions,
   and, as people would meanwhile, reading a session 4 times a second and the list once; and
-  the `POST /api/sessions` of the burst on their own (`create_latency`), with how many were
+  the `POST /api/sessions` of the burst on their own: each answer (`post_latency`, a 201 or
+  a 503), each session to its 201 (`create_latency`, retries included), and how many were
   shed (503 + `Retry-After`, retried after the time the server asked for);
 - API work: CPU milliseconds the API process spent per session (`cpu_ms_per_session`), and
   sessions created per second during the burst;
@@ -61,7 +62,9 @@ class Client:
         self.config = config
         self.api_ms: list[float] = []
         self.create_ms: list[float] = []
-        """Each `POST /api/sessions` of the burst, to its final answer (shed tries included)."""
+        """Each session of the burst, from its first `POST /api/sessions` to its 201."""
+        self.post_ms: list[float] = []
+        """Each `POST /api/sessions` answer of the burst, a 201 or a 503 alike."""
         self.shed = 0
         self.lag_ms: list[float] = []
         self.lag_at: list[float] = []
@@ -129,9 +132,11 @@ class Client:
         """`POST /api/sessions`, retried when the server sheds it (503 with `Retry-After`)."""
         started = time.perf_counter()
         while True:
+            sent = time.perf_counter()
             r = await self.http.post(
                 "/api/sessions", json={"repo": self.stack.repo, "prompt": prompt}
             )
+            self.post_ms.append((time.perf_counter() - sent) * 1000)
             if r.status_code != 503 or "retry-after" not in r.headers:
                 break
             self.shed += 1
@@ -175,6 +180,7 @@ class Client:
         await asyncio.wait_for(self.follow(str(r.json()["id"]), opened), 120)
         self.api_ms.clear()
         self.create_ms.clear()
+        self.post_ms.clear()
         self.shed = 0
         self.lag_ms.clear()
         self.lag_at.clear()
@@ -268,6 +274,7 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         "sessions_created_per_s": (
             round(created / result["created_s"], 1) if result["created_s"] else None
         ),
+        "post_latency": latency_summary(client.post_ms),
         "create_latency": latency_summary(client.create_ms),
         "creates_shed": client.shed,
         "load_average": os.getloadavg()[0],
