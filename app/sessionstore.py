@@ -8,7 +8,9 @@ per-session monotonic event id), the conversation and the tool calls. Files live
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -124,7 +126,33 @@ def session_schema() -> str:
             str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
             for index in sorted(table.indexes, key=lambda index: str(index.name))
         )
-    return ";\n".join(s.strip() for s in statements) + ";\n"
+    return "BEGIN;\n" + "".join(f"{s.strip()};\n" for s in statements) + "COMMIT;\n"
+
+
+@cache
+def empty_session_file() -> bytes:
+    """The bytes of a new session file (WAL mode, every table and index, no rows): a new
+    session writes them at once instead of building the schema statement by statement."""
+    with tempfile.TemporaryDirectory(prefix="nightshift-session-") as scratch:
+        path = Path(scratch) / "empty.db"
+        conn = sqlite_connect(path)
+        conn.executescript(session_schema())
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        return path.read_bytes()
+
+
+def _write_new(path: Path, data: bytes) -> bool:
+    """Write a file that must not exist yet, durably; False if it was already there."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as new:
+        new.write(data)
+        new.flush()
+        os.fsync(new.fileno())
+    return True
 
 
 def _prompt(row: tuple[Any, ...]) -> Prompt:
@@ -158,9 +186,10 @@ class SessionStore:
             raise FileNotFoundError(self.path)
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = create and _write_new(self.path, empty_session_file())
         self._writer = sqlite_connect(self.path)
-        if create:
-            self._writer.executescript(session_schema())
+        if create and not fresh:
+            self._writer.executescript(session_schema())  # adds only what is missing
 
     def close(self) -> None:
         with self._lock:
