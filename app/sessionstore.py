@@ -8,24 +8,18 @@ per-session monotonic event id), the conversation and the tool calls. Files live
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.schema import CreateIndex, CreateTable
-
+import app.session_sql as q
 from app.db import sqlite_connect
-from app.session_tables import SESSION_TABLES, Prompt, ToolCallRow
+from app.session_tables import Prompt, ToolCallRow
 from workers.events import (
     Author,
     ChatMessage,
@@ -38,131 +32,6 @@ from workers.events import (
     parse_event,
 )
 from workers.redact import Redactor
-
-_FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
-
-# Every session's hot paths in plain SQL over the tables of `app/session_tables.py`: a
-# session file is opened for each new session and on every cold read, so neither an engine
-# nor the ORM stands between a request and its file.
-_SOURCE_SEEN = "SELECT 1 FROM events WHERE source = ?"
-_NEXT_EVENT_ID = "SELECT COALESCE(MAX(id), 0) + 1 FROM events"
-_INSERT_EVENT = (
-    "INSERT INTO events (id, type, ts, prompt_id, attempt, source, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_MESSAGE = "INSERT INTO messages (prompt_id, attempt, role, data) VALUES (?, ?, ?, ?)"
-_INSERT_TOOL_CALL = (
-    "INSERT INTO tool_calls (prompt_id, attempt, call_id, name, arguments, is_error, started_at) "
-    "VALUES (?, ?, ?, ?, ?, 0, ?)"
-)
-_FINISH_TOOL_CALL = (
-    "UPDATE tool_calls SET output = ?, is_error = ?, exit_code = ?, ms = ?, finished_at = ? "
-    "WHERE id = (SELECT MAX(id) FROM tool_calls WHERE call_id = ?)"
-)
-_PROMPT_STARTED = "UPDATE prompts SET started_at = ? WHERE id = ? AND started_at IS NULL"
-_PROMPT_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE id = ?"
-_RUNNING_PROMPTS_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE state = 'running'"
-_INSERT_PROMPT = (
-    "INSERT INTO prompts (text, author_id, author_login, author_name, author_email, state, "
-    "attempt, created_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?)"
-)
-_QUEUED_AHEAD = "SELECT COUNT(*) FROM prompts WHERE state = 'queued' AND id < ?"
-_PROMPT_FIELDS = [
-    "id",
-    "text",
-    "author_id",
-    "author_login",
-    "author_name",
-    "author_email",
-    "state",
-    "attempt",
-    "runner",
-    "created_at",
-    "started_at",
-    "finished_at",
-]
-_SELECT_PROMPTS = (
-    "SELECT id, text, author_id, author_login, author_name, author_email, state, attempt, "
-    "runner, created_at, started_at, finished_at FROM prompts"
-)
-_NEXT_QUEUED = _SELECT_PROMPTS + " WHERE state = 'queued' ORDER BY id LIMIT 1"
-_RUNNING = _SELECT_PROMPTS + " WHERE state = 'running' ORDER BY id"
-_UNFINISHED = _SELECT_PROMPTS + " WHERE state IN ('running', 'queued') ORDER BY id"
-_ALL_PROMPTS = _SELECT_PROMPTS + " ORDER BY id"
-_ONE_PROMPT = _SELECT_PROMPTS + " WHERE id = ?"
-_RUNNING_BY = _SELECT_PROMPTS + " WHERE state = 'running' AND runner = ? LIMIT 1"
-_TOOL_CALL_FIELDS = [
-    "id",
-    "prompt_id",
-    "attempt",
-    "call_id",
-    "name",
-    "arguments",
-    "output",
-    "is_error",
-    "exit_code",
-    "ms",
-    "started_at",
-    "finished_at",
-]
-_ALL_TOOL_CALLS = (
-    "SELECT id, prompt_id, attempt, call_id, name, arguments, output, is_error, exit_code, ms, "
-    "started_at, finished_at FROM tool_calls ORDER BY id"
-)
-_EVENTS_OF_TYPES = (
-    "SELECT data FROM events WHERE type IN (SELECT value FROM json_each(?)) "
-    "AND (? IS NULL OR prompt_id = ?) ORDER BY id"
-)
-
-
-@cache
-def session_schema() -> str:
-    """The DDL of a session file, compiled once from the table models (one `executescript`)."""
-    dialect = sqlite_dialect.dialect()
-    statements = []
-    for table in SESSION_TABLES:
-        statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
-        statements.extend(
-            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
-            for index in sorted(table.indexes, key=lambda index: str(index.name))
-        )
-    return "BEGIN;\n" + "".join(f"{s.strip()};\n" for s in statements) + "COMMIT;\n"
-
-
-@cache
-def empty_session_file() -> bytes:
-    """The bytes of a new session file (WAL mode, every table and index, no rows): a new
-    session writes them at once instead of building the schema statement by statement."""
-    with tempfile.TemporaryDirectory(prefix="nightshift-session-") as scratch:
-        path = Path(scratch) / "empty.db"
-        conn = sqlite_connect(path)
-        conn.executescript(session_schema())
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
-        return path.read_bytes()
-
-
-def _write_new(path: Path, data: bytes) -> bool:
-    """Write a file that must not exist yet, durably; False if it was already there."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as new:
-        new.write(data)
-        new.flush()
-        os.fsync(new.fileno())
-    return True
-
-
-def _prompt(row: tuple[Any, ...]) -> Prompt:
-    return Prompt(**dict(zip(_PROMPT_FIELDS, row, strict=True)))
-
-
-def _tool_call(row: tuple[Any, ...]) -> ToolCallRow:
-    values = dict(zip(_TOOL_CALL_FIELDS, row, strict=True))
-    values["is_error"] = bool(values["is_error"])
-    return ToolCallRow(**values)
 
 
 class SessionStore:
@@ -186,10 +55,10 @@ class SessionStore:
             raise FileNotFoundError(self.path)
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = create and _write_new(self.path, empty_session_file())
+        fresh = create and q.write_new(self.path, q.empty_session_file())
         self._writer = sqlite_connect(self.path)
         if create and not fresh:
-            self._writer.executescript(session_schema())  # adds only what is missing
+            self._writer.executescript(q.session_schema())  # adds only what is missing
 
     def close(self) -> None:
         with self._lock:
@@ -230,11 +99,11 @@ class SessionStore:
         created = time.time()
         with self._write() as conn:
             cursor = conn.execute(
-                _INSERT_PROMPT,
+                q.INSERT_PROMPT,
                 (text, author.id, author.login, author.name, author.email, created),
             )
             prompt_id = cursor.lastrowid
-            ahead = conn.execute(_QUEUED_AHEAD, (prompt_id,)).fetchone()[0]
+            ahead = conn.execute(q.QUEUED_AHEAD, (prompt_id,)).fetchone()[0]
         prompt = Prompt(
             id=prompt_id,
             text=text,
@@ -250,10 +119,10 @@ class SessionStore:
 
     def claim_next(self, runner: str) -> Prompt | None:
         with self._write() as conn:
-            row = conn.execute(_NEXT_QUEUED).fetchone()
+            row = conn.execute(q.NEXT_QUEUED).fetchone()
             if row is None:
                 return None
-            prompt = _prompt(row)
+            prompt = q.prompt_of(row)
             prompt.state = "running"
             prompt.runner = runner
             prompt.attempt += 1
@@ -276,11 +145,11 @@ class SessionStore:
     def requeue_running(self) -> list[Prompt]:
         """Put prompts whose runner died back at the head of the queue; returns them."""
         with self._write() as conn:
-            rows = conn.execute(_RUNNING).fetchall()
+            rows = conn.execute(q.RUNNING).fetchall()
             conn.execute(
                 "UPDATE prompts SET state = 'queued', runner = NULL WHERE state = 'running'"
             )
-        running = [_prompt(row) for row in rows]
+        running = [q.prompt_of(row) for row in rows]
         for prompt in running:
             prompt.state, prompt.runner = "queued", None
         return running
@@ -288,26 +157,26 @@ class SessionStore:
     def fail_running(self, reason: str) -> list[Prompt]:
         now = time.time()
         with self._write() as conn:
-            rows = conn.execute(_UNFINISHED).fetchall()
+            rows = conn.execute(q.UNFINISHED).fetchall()
             conn.execute(
                 "UPDATE prompts SET state = 'failed', finished_at = ? "
                 "WHERE state IN ('running', 'queued')",
                 (now,),
             )
-        failed = [_prompt(row) for row in rows]
+        failed = [q.prompt_of(row) for row in rows]
         for prompt in failed:
             prompt.state, prompt.finished_at = "failed", now
         return failed
 
     def prompts(self) -> list[Prompt]:
         with self._read() as conn:
-            rows = conn.execute(_ALL_PROMPTS).fetchall()
-        return [_prompt(row) for row in rows]
+            rows = conn.execute(q.ALL_PROMPTS).fetchall()
+        return [q.prompt_of(row) for row in rows]
 
     def prompt(self, prompt_id: int) -> Prompt | None:
         with self._read() as conn:
-            row = conn.execute(_ONE_PROMPT, (prompt_id,)).fetchone()
-        return _prompt(row) if row is not None else None
+            row = conn.execute(q.ONE_PROMPT, (prompt_id,)).fetchone()
+        return q.prompt_of(row) if row is not None else None
 
     def pending_count(self) -> int:
         with self._read() as conn:
@@ -318,8 +187,8 @@ class SessionStore:
     def running_by(self, runner: str) -> Prompt | None:
         """The prompt `runner` claimed and has not finished, if any."""
         with self._read() as conn:
-            row = conn.execute(_RUNNING_BY, (runner,)).fetchone()
-        return _prompt(row) if row is not None else None
+            row = conn.execute(q.RUNNING_BY, (runner,)).fetchone()
+        return q.prompt_of(row) if row is not None else None
 
     def has_running(self) -> bool:
         with self._read() as conn:
@@ -337,12 +206,12 @@ class SessionStore:
         clean = parse_event(self.redactor.value(event.model_dump(mode="json")))
         with self._write() as conn:
             sql = conn.execute
-            if source is not None and sql(_SOURCE_SEEN, (source,)).fetchone() is not None:
+            if source is not None and sql(q.SOURCE_SEEN, (source,)).fetchone() is not None:
                 return None
             # The writer holds the file's write lock (BEGIN IMMEDIATE): max + 1 is ours.
-            clean.id = int(sql(_NEXT_EVENT_ID).fetchone()[0])
+            clean.id = int(sql(q.NEXT_EVENT_ID).fetchone()[0])
             sql(
-                _INSERT_EVENT,
+                q.INSERT_EVENT,
                 (
                     clean.id,
                     clean.type,
@@ -361,7 +230,7 @@ class SessionStore:
         sql = conn.execute
         if isinstance(event, MessageAdded):
             sql(
-                _INSERT_MESSAGE,
+                q.INSERT_MESSAGE,
                 (
                     event.prompt_id,
                     event.attempt,
@@ -371,7 +240,7 @@ class SessionStore:
             )
         elif isinstance(event, ToolCalled):
             sql(
-                _INSERT_TOOL_CALL,
+                q.INSERT_TOOL_CALL,
                 (
                     event.prompt_id,
                     event.attempt,
@@ -383,24 +252,24 @@ class SessionStore:
             )
         elif isinstance(event, ToolResult):
             sql(
-                _FINISH_TOOL_CALL,
+                q.FINISH_TOOL_CALL,
                 (event.output, event.is_error, event.exit_code, event.ms, event.ts, event.call_id),
             )
             tool_message = ChatMessage(
                 role="tool", text=event.output, tool_call_id=event.call_id, is_error=event.is_error
             )
             sql(
-                _INSERT_MESSAGE,
+                q.INSERT_MESSAGE,
                 (event.prompt_id, event.attempt, "tool", tool_message.model_dump_json()),
             )
         elif isinstance(event, PromptStarted) and event.prompt_id is not None:
-            sql(_PROMPT_STARTED, (event.ts, event.prompt_id))
+            sql(q.PROMPT_STARTED, (event.ts, event.prompt_id))
         elif isinstance(event, PromptFinished):
-            state = _FINISHED_STATE[event.outcome]
+            state = q.FINISHED_STATE[event.outcome]
             if event.prompt_id is None:
-                sql(_RUNNING_PROMPTS_FINISHED, (state, event.ts))
+                sql(q.RUNNING_PROMPTS_FINISHED, (state, event.ts))
             else:
-                sql(_PROMPT_FINISHED, (state, event.ts, event.prompt_id))
+                sql(q.PROMPT_FINISHED, (state, event.ts, event.prompt_id))
 
     def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         with self._read() as conn:
@@ -413,7 +282,7 @@ class SessionStore:
         """Every stored event of these types (of one prompt, all its attempts), oldest first."""
         with self._read() as conn:
             rows = conn.execute(
-                _EVENTS_OF_TYPES, (json.dumps(types), prompt_id, prompt_id)
+                q.EVENTS_OF_TYPES, (json.dumps(types), prompt_id, prompt_id)
             ).fetchall()
         return [parse_event(data) for (data,) in rows]
 
@@ -437,8 +306,8 @@ class SessionStore:
 
     def tool_calls(self) -> list[ToolCallRow]:
         with self._read() as conn:
-            rows = conn.execute(_ALL_TOOL_CALLS).fetchall()
-        return [_tool_call(row) for row in rows]
+            rows = conn.execute(q.ALL_TOOL_CALLS).fetchall()
+        return [q.tool_call_of(row) for row in rows]
 
 
 class SessionFiles:
