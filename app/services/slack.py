@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from app.models import SlackUserLink, User
 from app.services.classifier import RepoClassifier
+from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.slack_commands import SlackCommands
@@ -63,6 +64,7 @@ class SlackBot:
         updater: StatusUpdater,
         client: AsyncWebClient,
         executor: InProcessExecutor,
+        images: Images,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -76,7 +78,7 @@ class SlackBot:
         self.executor = executor
         self.out = SlackOut(client)
         self.requests = RequestFlow(
-            directory, links, sessions, repos, classifier, updater, client, self.out
+            directory, links, sessions, repos, classifier, updater, client, self.out, images
         )
         self.invites = LinkInvites(settings.base_url, links, client, self.out)
         self.threads = SessionThreads(
@@ -177,6 +179,7 @@ def build_slack_bot(
     repos: Repos,
     sessions: Sessions,
     executor: InProcessExecutor,
+    images: Images,
 ) -> SlackBot:
     """The bot and its parts, from the settings' secrets. The runtime hands the hub's events to
     `bot.updater.on_event` and calls `bot.start` once it is running."""
@@ -221,5 +224,6 @@ def build_slack_bot(
         updater,
         client,
         executor,
+        images,
     )
     return bot
