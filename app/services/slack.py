@@ -28,7 +28,7 @@ from app.services.slack_commands import SlackCommands
 from app.services.slack_data import SlackDirectory
 from app.services.slack_events import RECOVER_INTERVAL_S, SlackEvents
 from app.services.slack_invites import LinkInvites
-from app.services.slack_links import SlackLinks
+from app.services.slack_links import SlackLinks, hash_code
 from app.services.slack_out import SlackOut
 from app.services.slack_requests import RequestFlow, request_id
 from app.services.slack_routing import SlackRouting
@@ -143,7 +143,14 @@ class SlackBot:
     def complete_link(self, code: str, user: User) -> SlackUserLink:
         """Bind the code's Slack user to `user` (from the web), then pick up what they asked
         while unlinked."""
-        link = self.links.redeem(code, user)
+        return self.complete_bound_link(hash_code(code), None, user)
+
+    def complete_bound_link(
+        self, code_hash: str, slack_user_id: str | None, user: User
+    ) -> SlackUserLink:
+        """As `complete_link`, for the code an OAuth round trip carried by hash, still issued
+        to `slack_user_id`."""
+        link = self.links.redeem_bound(code_hash, slack_user_id, user)
         slack_user = link.slack_user_id
         self.executor.submit(lambda: self._linked(slack_user, user))
         return link
