@@ -180,3 +180,35 @@ def test_spent_expired_and_forged_links_change_nothing(
             "set-cookie", ""
         )
         assert bare.post(f"/slack/link/{fresh}/github").status_code == 403
+
+
+def test_a_signed_in_person_links_github_to_their_account_and_a_refusal_spends_nothing(
+    make_github_env: Any, slack_fake: Any
+) -> None:
+    from tests.factories import make_person
+
+    gh, _ = _world(make_github_env, slack_fake, github_allowed_users="", github_allowed_orgs="")
+    dana = make_person(gh.runtime, "dana", "Dana Local", "dana@corp.example")
+    gh.fake.add_user("dana-gh", "Dana Example", "dana@example.com", user_id=5150)
+    gh.fake.add_user("stranger", "Stranger", "s@example.com", user_id=5151)
+    links = gh.runtime.slack.links
+    code = links.create_link_code("UDANA00001", "T1", "Dana")
+    path = f"/slack/link/{code}"
+    # Nobody may get a new user here: a stranger is refused and the link stays usable.
+    gh.fake.authorizing = "stranger"
+    with gh.browser() as browser:
+        refused = _follow(browser, path)
+        assert refused.status_code == 403 and "@stranger" in refused.text
+    assert links.user_for("UDANA00001") is None and links.code(code).used_at is None
+    # Dana, signed in with her API token, links GitHub to her own account in the same flow.
+    gh.fake.authorizing = "dana-gh"
+    with gh.browser() as browser:
+        assert browser.post("/api/auth/token", json={"token": dana.token}).status_code == 200
+        page = browser.get(path)
+        assert "Dana Local" in page.text and "Continue with GitHub" in page.text
+        done = browser.post(f"{path}/github", follow_redirects=True)
+        assert done.status_code == 200 and "@dana-gh" in done.text, done.text
+        assert browser.get("/api/me").json()["user"]["id"] == dana.user.id
+    linked = links.user_for("UDANA00001")
+    assert linked is not None and linked.id == dana.user.id
+    assert [(a.user_id, a.github_id) for a in _accounts(gh)] == [(dana.user.id, 5150)]
