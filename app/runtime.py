@@ -393,7 +393,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if settings.slack_enabled:
         from app.services.slack import build_slack_bot
 
-        bot = build_slack_bot(settings, engine, repos, sessions, executor)
+        bot = build_slack_bot(settings, engine, repos, sessions, executor, image_service)
         hub.handlers.append(bot.updater.on_event)
         runtime.on_start.append(lambda: bot.start(runtime.periodic))
         runtime.slack = bot

@@ -21,13 +21,14 @@ from sqlalchemy import Engine
 
 from app.models import SlackUserLink, User
 from app.services.classifier import RepoClassifier
+from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.slack_commands import SlackCommands
 from app.services.slack_data import SlackDirectory
 from app.services.slack_events import RECOVER_INTERVAL_S, SlackEvents
 from app.services.slack_invites import LinkInvites
-from app.services.slack_links import SlackLinks
+from app.services.slack_links import SlackLinks, hash_code
 from app.services.slack_out import SlackOut
 from app.services.slack_requests import RequestFlow, request_id
 from app.services.slack_routing import SlackRouting
@@ -63,6 +64,7 @@ class SlackBot:
         updater: StatusUpdater,
         client: AsyncWebClient,
         executor: InProcessExecutor,
+        images: Images,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -76,7 +78,7 @@ class SlackBot:
         self.executor = executor
         self.out = SlackOut(client)
         self.requests = RequestFlow(
-            directory, links, sessions, repos, classifier, updater, client, self.out
+            directory, links, sessions, repos, classifier, updater, client, self.out, images
         )
         self.invites = LinkInvites(settings.base_url, links, client, self.out)
         self.threads = SessionThreads(
@@ -141,7 +143,14 @@ class SlackBot:
     def complete_link(self, code: str, user: User) -> SlackUserLink:
         """Bind the code's Slack user to `user` (from the web), then pick up what they asked
         while unlinked."""
-        link = self.links.redeem(code, user)
+        return self.complete_bound_link(hash_code(code), None, user)
+
+    def complete_bound_link(
+        self, code_hash: str, slack_user_id: str | None, user: User
+    ) -> SlackUserLink:
+        """As `complete_link`, for the code an OAuth round trip carried by hash, still issued
+        to `slack_user_id`."""
+        link = self.links.redeem_bound(code_hash, slack_user_id, user)
         slack_user = link.slack_user_id
         self.executor.submit(lambda: self._linked(slack_user, user))
         return link
@@ -177,6 +186,7 @@ def build_slack_bot(
     repos: Repos,
     sessions: Sessions,
     executor: InProcessExecutor,
+    images: Images,
 ) -> SlackBot:
     """The bot and its parts, from the settings' secrets. The runtime hands the hub's events to
     `bot.updater.on_event` and calls `bot.start` once it is running."""
@@ -221,5 +231,6 @@ def build_slack_bot(
         updater,
         client,
         executor,
+        images,
     )
     return bot

@@ -67,9 +67,14 @@ class SlackLinks:
 
     def code(self, code: str) -> SlackLinkCode:
         """A usable code, or a NotFound that says why it is not."""
+        return self.bound_code(hash_code(code))
+
+    def bound_code(self, code_hash: str, slack_user_id: str | None = None) -> SlackLinkCode:
+        """A usable code by its hash, still issued to `slack_user_id` when one is given (the
+        binding an OAuth round trip carries); else a NotFound that says why not."""
         with DB(self.engine) as db:
-            row = db.get(SlackLinkCode, hash_code(code))
-        if row is None:
+            row = db.get(SlackLinkCode, code_hash)
+        if row is None or (slack_user_id is not None and row.slack_user_id != slack_user_id):
             raise NotFound("this link is not valid: type `/nightshift link` in Slack for a new one")
         if row.used_at is not None:
             raise NotFound(
@@ -81,7 +86,12 @@ class SlackLinks:
 
     def redeem(self, code: str, user: User) -> SlackUserLink:
         """Bind the code's Slack user to `user`; a code works once."""
-        row = self.code(code)
+        return self.redeem_bound(hash_code(code), None, user)
+
+    def redeem_bound(self, code_hash: str, slack_user_id: str | None, user: User) -> SlackUserLink:
+        """Bind the Slack user of the code with this hash to `user`; a code works once, and
+        only for the Slack user it was issued to."""
+        row = self.bound_code(code_hash, slack_user_id)
         assert user.id is not None
         now = time.time()
         with DB(self.engine, expire_on_commit=False) as db:
@@ -89,6 +99,7 @@ class SlackLinks:
                 update(SlackLinkCode)
                 .where(
                     col(SlackLinkCode.code_hash) == row.code_hash,
+                    col(SlackLinkCode.slack_user_id) == row.slack_user_id,
                     col(SlackLinkCode.used_at).is_(None),
                     col(SlackLinkCode.expires_at) > now,
                 )

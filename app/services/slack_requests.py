@@ -12,6 +12,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from app.errors import ServiceError
 from app.models import SlackRequest, SlackThread, User
 from app.services.classifier import RepoClassifier
+from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
 from app.services.slack_data import SlackDirectory
@@ -50,6 +51,7 @@ class RequestFlow:
         updater: StatusUpdater,
         client: AsyncWebClient,
         out: SlackOut,
+        images: Images,
     ) -> None:
         self.directory = directory
         self.links = links
@@ -59,6 +61,7 @@ class RequestFlow:
         self.updater = updater
         self.client = client
         self.out = out
+        self.images = images
 
     async def route(self, request: SlackRequest, user: User) -> None:
         """Pick the repository of a new request and start it, or ask which one."""
@@ -162,6 +165,7 @@ class RequestFlow:
         how: str,
         status_ts: str | None = None,
     ) -> None:
+        await self.warm(user, repo)
         prompt = request.text
         if request.context:
             prompt += f"\n\nEarlier in the Slack thread:\n{request.context}"
@@ -202,6 +206,14 @@ class RequestFlow:
             # The updater tries again with the session's next event.
             self.updater.track(session.id, thread_id(thread))
             self.updater.poke(thread_id(thread))
+
+    async def warm(self, user: User, repo: str) -> None:
+        """Reserve a warm sandbox of `repo` for `user`, as the web prompt box does while they
+        type: the session claims it. A failure only loses the head start, never the request."""
+        try:
+            await asyncio.to_thread(self.images.warm, user, repo)
+        except Exception:
+            log.warning("warming %s for a Slack request failed", repo, exc_info=True)
 
     async def thread_context(self, msg: MessageEvent) -> str:
         """Earlier messages of the thread a mention was made in, oldest first."""

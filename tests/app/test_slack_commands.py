@@ -174,7 +174,9 @@ def test_the_link_can_go_through_github_sign_in(make_github_env: Any, slack_fake
     assert reply["text"].startswith("To connect") and env.url in reply["text"]
     with env.browser() as browser:
         page = browser.get(f"/slack/link/{code}")
-        assert f'href="/auth/github/login?next=/slack/link/{code}"' in page.text
+        # Nobody signed in: the one-flow button (tests/app/test_slack_onboarding.py).
+        assert f'action="/slack/link/{code}/github"' in page.text
+        # Someone already signed in with GitHub just confirms.
         done = env.sign_in(browser, "octocat", next_=f"/slack/link/{code}")
         assert done.headers["location"] == f"/slack/link/{code}"
         page = browser.get(f"/slack/link/{code}")

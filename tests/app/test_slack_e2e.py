@@ -309,3 +309,29 @@ def test_a_notice_and_a_later_pr_reach_the_status_message_of_a_finished_session(
         "the PR link",
     )
     assert "Sign in with GitHub" not in _blocks_text(status)
+
+
+def test_a_mention_warms_a_sandbox_that_its_session_then_claims(
+    slack_world: SlackWorld, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    alice, _ = _world_with_repo(slack_world, tmp_path)
+    openai_fake.script("warm me", *_edit_and_finish("WARM.md", "warm\n", "Warm"))
+    with httpx.Client(
+        base_url=slack_world.url, headers={"Authorization": f"Bearer {alice.token}"}
+    ) as api:
+        assert api.get("/api/repos/proj/warm").json()["state"] == "cold"
+        mention = slack_world.mention(ALICE, "warm me")
+        status = wait_for(lambda: slack_world.status_message(mention.ts), 40, "the status message")
+        session_id = re.search(r"/sessions/([0-9a-f]{12})", _blocks_text(status)).group(1)  # type: ignore[union-attr]
+        sessions = slack_world.runtime.sessions
+        ready = wait_for(
+            lambda: [e for e in sessions.events(session_id) if e.type == "sandbox_ready"],
+            60,
+            "the sandbox",
+        )
+        # The sandbox Alice's mention reserved (as the web prompt box does) is the one her
+        # session started in; nothing else warms a sandbox for her.
+        assert ready[0].mode == "warm"
+        # Claimed, it is no longer reserved for her.
+        assert api.get("/api/repos/proj/warm").json()["state"] == "cold"
+        wait_for(lambda: sessions.get(session_id).status == "finished", 60, "the end")

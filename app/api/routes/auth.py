@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.api import slack_onboarding as onboarding
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
 from app.api.pages import html_page
 from app.errors import Unauthorized
@@ -53,11 +54,25 @@ def _callback_url(runtime: Runtime) -> str:
     return f"{runtime.settings.base_url}/auth/github/callback"
 
 
-def _start(runtime: Runtime, next_: str | None, link_to: int | None) -> RedirectResponse:
+def start_sign_in(
+    runtime: Runtime,
+    next_: str | None,
+    link_to: int | None,
+    slack: dict[str, str] | None = None,
+) -> RedirectResponse:
+    """Redirect to GitHub's authorize page; what the callback must know is sealed into a
+    browser-bound cookie (`slack`: a Slack link code's binding, `app/api/slack_onboarding.py`)."""
     accounts = _accounts(runtime)
     state = secrets.token_urlsafe(24)
     sealed = accounts.cipher.seal(
-        json.dumps({"state": state, "next": _safe_next(next_), "link": link_to})
+        json.dumps(
+            {
+                "state": state,
+                "next": _safe_next(next_),
+                "link": link_to,
+                onboarding.STATE_KEY: slack,
+            }
+        )
     )
     response = RedirectResponse(
         accounts.oauth.authorize_url(state, _callback_url(runtime)), status_code=302
@@ -81,7 +96,7 @@ def github_login(
 ) -> RedirectResponse:
     """Start GitHub sign-in: redirects to GitHub, which asks the person to authorize. Only an
     account already linked, or one the deployment allows, gets in."""
-    return _start(runtime, next_, None)
+    return start_sign_in(runtime, next_, None)
 
 
 @router.post(
@@ -98,7 +113,7 @@ def github_link(
     """Link the caller's Nightshift account to the GitHub account they authorize next (a form
     POST from this site while signed in). A GitHub account linked to another user is refused."""
     assert user.id is not None
-    response = _start(runtime, next_, user.id)
+    response = start_sign_in(runtime, next_, user.id)
     response.status_code = 303
     return response
 
@@ -181,6 +196,11 @@ def github_callback(
             "again and start the link from there.",
             403,
         )
+    slack = expected.get(onboarding.STATE_KEY)
+    if slack is not None and (gone := onboarding.refused(runtime, slack)) is not None:
+        # A spent or expired Slack link: refused before GitHub is asked anything.
+        gone.delete_cookie(STATE_COOKIE, path="/auth/github")
+        return gone
     try:
         user = accounts.sign_in(code, _callback_url(runtime), link_to=link_to)
     except SignInRefused as exc:
@@ -198,7 +218,11 @@ def github_callback(
         raise HTTPException(400, str(exc)) from exc
     except GitHubError as exc:
         raise HTTPException(502, str(exc)) from exc
-    response = RedirectResponse(_safe_next(expected.get("next")), status_code=303)
+    response = (
+        onboarding.finish(runtime, slack, user)
+        if slack is not None
+        else RedirectResponse(_safe_next(expected.get("next")), status_code=303)
+    )
     response.set_cookie(
         COOKIE_NAME,
         runtime.web_sessions.create(user),

@@ -13,8 +13,10 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
+from app.api import slack_onboarding as onboarding
 from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
 from app.api.pages import html_page as _page
+from app.api.routes.auth import start_sign_in
 from app.errors import NotFound, Unauthorized
 from app.models import SlackLinkCode, SlackUserLink, User
 from app.runtime import Runtime
@@ -31,7 +33,6 @@ SOCKET_MODE_ONLY = (
     "this server receives Slack over Socket Mode (SLACK_APP_TOKEN); set SLACK_SIGNING_SECRET "
     "to accept HTTP requests at /slack/events too"
 )
-GITHUB_LOGIN = "/auth/github/login"
 
 
 def get_bot(runtime: RuntimeDep) -> SlackBot:
@@ -106,6 +107,9 @@ def link_page(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
         return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
     user = _viewer(request, runtime)
     action = html.escape(f"/slack/link/{code}")
+    accounts = runtime.accounts
+    if accounts is not None and (user is None or accounts.account(user.id or 0) is None):
+        return _github_page(info, code, user)
     if user is not None:
         return _page(
             "Connect your Slack account",
@@ -116,21 +120,65 @@ commits and pull requests it starts from Slack are made in this name.</p>
 <button type="submit">Connect</button></form>
 <p class="muted">Not you? Close this page; the link expires on its own.</p>""",
         )
-    github = runtime.settings.github_oauth_enabled
-    sign_in = (
-        f'<p><a class="button" href="{GITHUB_LOGIN}?next={action}">Sign in with GitHub</a></p>'
-        "<p>or</p>"
-        if github
-        else ""
-    )
     return _page(
         "Connect your Slack account",
         f"""<p>Slack user <b>{_who(info)}</b> wants to start Nightshift sessions. Sign in to say
-which Nightshift account that is.</p>{sign_in}
+which Nightshift account that is.</p>
 <form method="post" action="{action}"><label>Your Nightshift API token
 (from <code>nightshift tokens create</code>)<input type="password" name="token" autocomplete="off" required></label>
 <button type="submit">Connect</button></form>""",
     )
+
+
+def _github_page(info: SlackLinkCode, code: str, user: User | None) -> HTMLResponse:
+    """One flow: GitHub's consent signs the person in and links GitHub and Slack together."""
+    action = html.escape(f"/slack/link/{code}")
+    whom = (
+        f"your Nightshift account <b>{html.escape(user.name or user.login)}</b> "
+        f"({html.escape(user.login)}), linked to the GitHub account you authorize next"
+        if user is not None
+        else "the Nightshift account of the GitHub account you authorize next"
+    )
+    return _page(
+        "Connect Slack and GitHub",
+        f"""<p>Slack user <b>{_who(info)}</b> will act as {whom}: sessions, commits and pull
+requests it starts from Slack are made in that name.</p>
+<form method="post" action="{action}/github"><button type="submit">Continue with GitHub</button></form>
+<p class="muted">Not you? Close this page; the link expires on its own.</p>
+<details><summary class="muted">No GitHub account? Use a Nightshift API token</summary>
+<form method="post" action="{action}"><label>Your Nightshift API token
+(from <code>nightshift tokens create</code>)<input type="password" name="token" autocomplete="off" required></label>
+<button type="submit">Connect</button></form></details>""",
+    )
+
+
+@router.post("/slack/link/{code}/github", include_in_schema=False, response_model=None)
+def link_with_github(code: str, request: Request, runtime: RuntimeDep) -> Response:
+    """Start GitHub sign-in carrying the code's binding; the callback finishes the link. Only
+    from this site's own page: another site must not start it in a visitor's browser (GitHub
+    skips its consent for an app it already authorized)."""
+    if runtime.slack is None or runtime.accounts is None:
+        return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
+    bot = runtime.slack
+    if not same_origin(runtime, request.headers, request.url.scheme):
+        return _page(
+            "That did not work",
+            "<p>The form was sent from another site. Open the link from Slack again.</p>",
+            403,
+        )
+    try:
+        info = bot.links.code(code)
+    except NotFound as exc:
+        return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
+    viewer = _viewer(request, runtime)
+    response = start_sign_in(
+        runtime,
+        "/",
+        viewer.id if viewer is not None else None,
+        slack=onboarding.binding(info.code_hash, info.slack_user_id),
+    )
+    response.status_code = 303
+    return response
 
 
 @router.post("/slack/link/{code}", response_class=HTMLResponse, include_in_schema=False)
