@@ -84,6 +84,9 @@ class RepoDetail(RepoPublic):
 
     environment: str
     """`host` (the host's tools), `image <ref>` or `dockerfile <path>`."""
+    environment_digest: str | None = None
+    """The digest of the declared image its newest ready image runs on (None: host tools,
+    not built yet, or built by a provider such as Modal)."""
     effective: list[EffectiveField]
     effective_at: str | None
     """The commit whose files the effective spec was read from (its newest image build);

@@ -151,9 +151,11 @@ class Images:
             None,
         )
         recorded = newest.file_spec if newest is not None else None
+        ready = next(iter(self.registry.ready(name)), None)
         return RepoDetail(
             **RepoPublic.model_validate(repo).model_dump(),
             environment=newest.effective(spec).environment() if newest else spec.environment(),
+            environment_digest=ready.environment_digest if ready is not None else None,
             effective=[
                 EffectiveField(field=f, value=v, origin=o)
                 for f, v, o in effective_origins(spec, recorded)

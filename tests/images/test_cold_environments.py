@@ -96,3 +96,13 @@ async def test_an_image_records_its_size_and_the_shared_roots(
     [row] = [line for line in listed.output.splitlines() if declared.id in line]
     assert f"image {tool_image} @ {record.environment_digest[:19]}" in row
     assert f"{declared.size_bytes / 1e6:.1f} MB + " in row and " MB shared" in row
+    # The repo says which environment it uses, with the digest its image runs on.
+    detail = rt.image_service.repo_detail("proj")
+    assert detail.environment == f"image {tool_image}"
+    assert detail.environment_digest == record.environment_digest
+    assert rt.image_service.repo_detail("plain").environment_digest is None
+    shown = CliRunner().invoke(app, ["repos", "show", "proj"], env=env)
+    assert f"environment: image {tool_image} ({record.environment_digest})" in shown.output
+    repos = CliRunner().invoke(app, ["repos", "list"], env=env)
+    rows = {line.split()[1]: line for line in repos.output.splitlines() if "│" in line[:3]}
+    assert f"image {tool_image}" in rows["proj"] and "host" in rows["plain"], repos.output
