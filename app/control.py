@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from app.errors import ServiceError
 from app.jobs import ControlJobs
+from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.services.runners import RunnerService
 from images.spec import RepoSpec
-from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import ArtifactStored, LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.errors import ControlPlaneError
 from workers.events import Author, Event
 
@@ -19,9 +21,10 @@ T = TypeVar("T")
 
 
 class LocalControlPlane:
-    def __init__(self, runners: RunnerService, jobs: ControlJobs) -> None:
+    def __init__(self, runners: RunnerService, jobs: ControlJobs, data_dir: Path) -> None:
         self.runners = runners
         self.jobs = jobs
+        self.artifacts = Artifacts.of(data_dir)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -61,6 +64,13 @@ class LocalControlPlane:
 
     async def session_status(self, session_id: str) -> SessionSummary:
         return await self._call(lambda: self.runners.summary(session_id))
+
+    async def store_artifact(self, session_id: str, data: bytes) -> ArtifactStored:
+        def store() -> ArtifactStored:
+            self.runners.sessions.get(session_id)  # NotFound for a session that is not there
+            return self.artifacts.store(session_id, data)
+
+        return await self._call(store)
 
     async def repo_specs(self) -> list[RepoSpec]:
         return await self._call(lambda: [spec_of(r) for r in self.runners.sessions.repos.list()])

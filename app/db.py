@@ -26,6 +26,20 @@ def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     cur.close()
 
 
+def sqlite_connect(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection with our pragmas, shareable across threads (callers lock).
+
+    Autocommit at the driver (`isolation_level=None`): transactions are the caller's own
+    `BEGIN IMMEDIATE` ... `COMMIT`, as with the engines below. For files opened per session,
+    where building an engine and its pool would cost more than the work itself.
+    """
+    conn = sqlite3.connect(
+        path, timeout=SQLITE_BUSY_MS / 1000, check_same_thread=False, isolation_level=None
+    )
+    _sqlite_pragmas(conn, None)
+    return conn
+
+
 def _writer_connection(lock: threading.RLock) -> type[sqlite3.Connection]:
     """A sqlite3 connection class whose write transactions take `lock` first.
 

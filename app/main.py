@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
+    artifacts,
     auth,
     desktop,
     github,
@@ -30,6 +31,7 @@ from app.api.routes import (
 )
 from app.errors import ServiceError
 from app.loop_lag import LoopLag
+from app.overload import Backlog, PromptBacklog
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings, get_settings
 
@@ -123,6 +125,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    app.state.prompt_backlog = backlog = Backlog(settings.max_pending_creates)
+    app.add_middleware(PromptBacklog, backlog=backlog)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     # Outermost first: an unknown Host is refused before anything reads the request.
     names = server_names(settings)
@@ -135,6 +139,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)
+    app.include_router(artifacts.router)
     app.include_router(desktop.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)

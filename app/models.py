@@ -60,6 +60,8 @@ class RepoBase(SQLModel):
     image: str | None = Field(default=None, max_length=300)
     dockerfile: str | None = Field(default=None, max_length=500)
     context: str | None = Field(default=None, max_length=500)
+    devcontainer: bool = True
+    """Whether the repository's devcontainer.json may declare its environment."""
     ci_fix_attempts: int | None = None
     """This repo's own cap of failing checks sent back per PR (None: NIGHTSHIFT_CI_FIX_ATTEMPTS)."""
 
@@ -176,6 +178,9 @@ class PullRequest(SQLModel, table=True):
     closed_by_id: int | None = Field(default=None, foreign_key="users.id")
     """Who merged or closed it."""
     closed_at: float | None = None
+    draft: bool = False
+    """Opened while the session's verify commands still failed: not mergeable until someone
+    marks it ready (or a later push passes them)."""
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in

@@ -326,7 +326,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
 
     rebuild_hooks.append(pushed)
     control_jobs = ControlJobs()
-    control = LocalControlPlane(runners, control_jobs)
+    control = LocalControlPlane(runners, control_jobs, data_dir)
     deps = WorkerDeps(
         control=control,
         bus=InProcessBus(hub.publish),

@@ -45,6 +45,11 @@ class RepoCreate(BaseModel):
     context: str | None = Field(
         None, max_length=500, description="The Dockerfile's build context, relative to the repo"
     )
+    devcontainer: bool = Field(
+        True,
+        description="Let the repository's .devcontainer/devcontainer.json declare the "
+        "environment when nothing else does (false: never read it)",
+    )
     ci_fix_attempts: int | None = Field(
         None, ge=0, le=20, description="Failing checks sent back per PR (default: the server's)"
     )
@@ -66,6 +71,7 @@ class RepoPublic(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    devcontainer: bool = True
     ci_fix_attempts: int | None = None
     created_at: float
 

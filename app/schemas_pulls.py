@@ -46,6 +46,9 @@ class PullDetail(BaseModel):
     head: str
     head_sha: str
     state: str
+    draft: bool
+    """Opened while its verify commands failed: merging is refused until it is marked ready
+    (`POST /api/pulls/{id}/ready`) or a later push passes them."""
     url: str
     created_at: float
     updated_at: float

@@ -8,19 +8,18 @@ per-session monotonic event id), the conversation and the tool calls. Files live
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, func, update
-from sqlmodel import Session as DB
-from sqlmodel import SQLModel, col, select
-
-from app.db import sqlite_engine
-from app.session_tables import SESSION_TABLES, EventRow, MessageRow, Prompt, ToolCallRow
+import app.session_sql as q
+from app.db import sqlite_connect
+from app.session_tables import Prompt, ToolCallRow
 from workers.events import (
     Author,
     ChatMessage,
@@ -34,167 +33,167 @@ from workers.events import (
 )
 from workers.redact import Redactor
 
-_FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
-
-# The event hot path (`SessionStore.append`) in plain SQL over the tables above.
-_SOURCE_SEEN = "SELECT 1 FROM events WHERE source = ?"
-_NEXT_EVENT_ID = "SELECT COALESCE(MAX(id), 0) + 1 FROM events"
-_INSERT_EVENT = (
-    "INSERT INTO events (id, type, ts, prompt_id, attempt, source, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_MESSAGE = "INSERT INTO messages (prompt_id, attempt, role, data) VALUES (?, ?, ?, ?)"
-_INSERT_TOOL_CALL = (
-    "INSERT INTO tool_calls (prompt_id, attempt, call_id, name, arguments, is_error, started_at) "
-    "VALUES (?, ?, ?, ?, ?, 0, ?)"
-)
-_FINISH_TOOL_CALL = (
-    "UPDATE tool_calls SET output = ?, is_error = ?, exit_code = ?, ms = ?, finished_at = ? "
-    "WHERE id = (SELECT MAX(id) FROM tool_calls WHERE call_id = ?)"
-)
-_PROMPT_STARTED = "UPDATE prompts SET started_at = ? WHERE id = ? AND started_at IS NULL"
-_PROMPT_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE id = ?"
-_RUNNING_PROMPTS_FINISHED = "UPDATE prompts SET state = ?, finished_at = ? WHERE state = 'running'"
-
 
 class SessionStore:
-    """The single writer of one session file. Thread-safe; readers never block it (WAL)."""
+    """The single writer of one session file. Thread-safe; readers never block it (WAL).
+
+    One sqlite3 connection writes (BEGIN IMMEDIATE, under this store's lock); reads go through
+    a second connection, opened on the first read, so a replay never waits for a write.
+    `close` only lets the connections go: whoever still holds the store reopens them on use.
+    """
 
     def __init__(self, path: Path, redactor: Redactor) -> None:
         self.path = path
         self.redactor = redactor
         self._lock = threading.Lock()
-        self._writer: Engine | None = None
-        self._reader: Engine | None = None
+        self._read_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
 
     def open(self, create: bool = False) -> None:
         if not create and not self.path.exists():
             raise FileNotFoundError(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = sqlite_engine(self.path, writer=True)
-        self._reader = sqlite_engine(self.path, writer=False)
         if create:
-            SQLModel.metadata.create_all(self._writer, tables=SESSION_TABLES)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = create and q.write_new(self.path, q.empty_session_file())
+        self._writer = sqlite_connect(self.path)
+        if create and not fresh:
+            self._writer.executescript(q.session_schema())  # adds only what is missing
 
     def close(self) -> None:
-        for engine in (self._writer, self._reader):
-            if engine is not None:
-                engine.dispose()
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     @contextmanager
-    def _write(self) -> Iterator[DB]:
-        assert self._writer is not None
-        with self._lock, DB(self._writer, expire_on_commit=False) as db:
-            yield db
-            db.commit()
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: a write never fails half-way on a lock)."""
+        with self._lock:
+            conn = self._writer
+            if conn is None:  # closed to make room (`SessionFiles`): a holder still writes
+                conn = self._writer = sqlite_connect(self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     @contextmanager
-    def _write_sql(self) -> Iterator[Connection]:
-        """A write transaction for plain SQL (the event hot path skips the ORM)."""
-        assert self._writer is not None
-        with self._lock, self._writer.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[DB]:
-        assert self._reader is not None
-        with DB(self._reader) as db:
-            yield db
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite_connect(self.path)
+            yield self._reader
 
     # ------------------------------------------------------------ prompts
 
     def add_prompt(self, text: str, author: Author) -> tuple[Prompt, int]:
         """Queue a prompt; returns it and its place in the queue (0 = next to run)."""
-        with self._write() as db:
-            prompt = Prompt(
-                text=text,
-                author_id=author.id,
-                author_login=author.login,
-                author_name=author.name,
-                author_email=author.email,
+        created = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                q.INSERT_PROMPT,
+                (text, author.id, author.login, author.name, author.email, created),
             )
-            db.add(prompt)
-            db.flush()
-            ahead = db.exec(
-                select(func.count())
-                .select_from(Prompt)
-                .where(Prompt.state == "queued", col(Prompt.id) < prompt.id)
-            ).one()
-            return prompt, int(ahead)
+            prompt_id = cursor.lastrowid
+            ahead = conn.execute(q.QUEUED_AHEAD, (prompt_id,)).fetchone()[0]
+        prompt = Prompt(
+            id=prompt_id,
+            text=text,
+            author_id=author.id,
+            author_login=author.login,
+            author_name=author.name,
+            author_email=author.email,
+            state="queued",
+            attempt=0,
+            created_at=created,
+        )
+        return prompt, int(ahead)
 
     def claim_next(self, runner: str) -> Prompt | None:
-        with self._write() as db:
-            prompt = db.exec(
-                select(Prompt).where(Prompt.state == "queued").order_by(col(Prompt.id)).limit(1)
-            ).first()
-            if prompt is None:
+        with self._write() as conn:
+            row = conn.execute(q.NEXT_QUEUED).fetchone()
+            if row is None:
                 return None
+            prompt = q.prompt_of(row)
             prompt.state = "running"
             prompt.runner = runner
             prompt.attempt += 1
             prompt.started_at = time.time()
-            db.add(prompt)
+            conn.execute(
+                "UPDATE prompts SET state = 'running', runner = ?, attempt = ?, started_at = ? "
+                "WHERE id = ?",
+                (runner, prompt.attempt, prompt.started_at, prompt.id),
+            )
             return prompt
 
     def cancel_queued(self) -> int:
-        with self._write() as db:
-            result = db.exec(
-                update(Prompt)
-                .where(col(Prompt.state) == "queued")
-                .values(state="cancelled", finished_at=time.time())
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE prompts SET state = 'cancelled', finished_at = ? WHERE state = 'queued'",
+                (time.time(),),
             )
-            return int(result.rowcount)
+            return int(cursor.rowcount)
 
     def requeue_running(self) -> list[Prompt]:
         """Put prompts whose runner died back at the head of the queue; returns them."""
-        with self._write() as db:
-            running = list(db.exec(select(Prompt).where(Prompt.state == "running")).all())
-            for prompt in running:
-                prompt.state = "queued"
-                prompt.runner = None
-                db.add(prompt)
-            return running
+        with self._write() as conn:
+            rows = conn.execute(q.RUNNING).fetchall()
+            conn.execute(
+                "UPDATE prompts SET state = 'queued', runner = NULL WHERE state = 'running'"
+            )
+        running = [q.prompt_of(row) for row in rows]
+        for prompt in running:
+            prompt.state, prompt.runner = "queued", None
+        return running
 
     def fail_running(self, reason: str) -> list[Prompt]:
-        with self._write() as db:
-            running = list(
-                db.exec(select(Prompt).where(col(Prompt.state).in_(["running", "queued"]))).all()
+        now = time.time()
+        with self._write() as conn:
+            rows = conn.execute(q.UNFINISHED).fetchall()
+            conn.execute(
+                "UPDATE prompts SET state = 'failed', finished_at = ? "
+                "WHERE state IN ('running', 'queued')",
+                (now,),
             )
-            for prompt in running:
-                prompt.state = "failed"
-                prompt.finished_at = time.time()
-                db.add(prompt)
-            return running
+        failed = [q.prompt_of(row) for row in rows]
+        for prompt in failed:
+            prompt.state, prompt.finished_at = "failed", now
+        return failed
 
     def prompts(self) -> list[Prompt]:
-        with self._read() as db:
-            return list(db.exec(select(Prompt).order_by(col(Prompt.id))).all())
+        with self._read() as conn:
+            rows = conn.execute(q.ALL_PROMPTS).fetchall()
+        return [q.prompt_of(row) for row in rows]
 
     def prompt(self, prompt_id: int) -> Prompt | None:
-        with self._read() as db:
-            return db.get(Prompt, prompt_id)
+        with self._read() as conn:
+            row = conn.execute(q.ONE_PROMPT, (prompt_id,)).fetchone()
+        return q.prompt_of(row) if row is not None else None
 
     def pending_count(self) -> int:
-        with self._read() as db:
+        with self._read() as conn:
             return int(
-                db.exec(
-                    select(func.count()).select_from(Prompt).where(Prompt.state == "queued")
-                ).one()
+                conn.execute("SELECT COUNT(*) FROM prompts WHERE state = 'queued'").fetchone()[0]
             )
 
     def running_by(self, runner: str) -> Prompt | None:
         """The prompt `runner` claimed and has not finished, if any."""
-        with self._read() as db:
-            return db.exec(
-                select(Prompt).where(Prompt.state == "running", Prompt.runner == runner).limit(1)
-            ).first()
+        with self._read() as conn:
+            row = conn.execute(q.RUNNING_BY, (runner,)).fetchone()
+        return q.prompt_of(row) if row is not None else None
 
     def has_running(self) -> bool:
-        with self._read() as db:
-            return (
-                db.exec(select(Prompt.id).where(Prompt.state == "running").limit(1)).first()
-                is not None
-            )
+        with self._read() as conn:
+            row = conn.execute("SELECT 1 FROM prompts WHERE state = 'running' LIMIT 1").fetchone()
+        return row is not None
 
     # ------------------------------------------------------------ events
 
@@ -205,14 +204,14 @@ class SessionStore:
         session's hot path, so it speaks plain SQL to the tables defined above.
         """
         clean = parse_event(self.redactor.value(event.model_dump(mode="json")))
-        with self._write_sql() as conn:
-            sql = conn.exec_driver_sql
-            if source is not None and sql(_SOURCE_SEEN, (source,)).first() is not None:
+        with self._write() as conn:
+            sql = conn.execute
+            if source is not None and sql(q.SOURCE_SEEN, (source,)).fetchone() is not None:
                 return None
             # The writer holds the file's write lock (BEGIN IMMEDIATE): max + 1 is ours.
-            clean.id = int(sql(_NEXT_EVENT_ID).scalar_one())
+            clean.id = int(sql(q.NEXT_EVENT_ID).fetchone()[0])
             sql(
-                _INSERT_EVENT,
+                q.INSERT_EVENT,
                 (
                     clean.id,
                     clean.type,
@@ -227,11 +226,11 @@ class SessionStore:
             return clean
 
     @staticmethod
-    def _derive(conn: Connection, event: Event) -> None:
-        sql = conn.exec_driver_sql
+    def _derive(conn: sqlite3.Connection, event: Event) -> None:
+        sql = conn.execute
         if isinstance(event, MessageAdded):
             sql(
-                _INSERT_MESSAGE,
+                q.INSERT_MESSAGE,
                 (
                     event.prompt_id,
                     event.attempt,
@@ -241,7 +240,7 @@ class SessionStore:
             )
         elif isinstance(event, ToolCalled):
             sql(
-                _INSERT_TOOL_CALL,
+                q.INSERT_TOOL_CALL,
                 (
                     event.prompt_id,
                     event.attempt,
@@ -253,47 +252,43 @@ class SessionStore:
             )
         elif isinstance(event, ToolResult):
             sql(
-                _FINISH_TOOL_CALL,
+                q.FINISH_TOOL_CALL,
                 (event.output, event.is_error, event.exit_code, event.ms, event.ts, event.call_id),
             )
             tool_message = ChatMessage(
                 role="tool", text=event.output, tool_call_id=event.call_id, is_error=event.is_error
             )
             sql(
-                _INSERT_MESSAGE,
+                q.INSERT_MESSAGE,
                 (event.prompt_id, event.attempt, "tool", tool_message.model_dump_json()),
             )
         elif isinstance(event, PromptStarted) and event.prompt_id is not None:
-            sql(_PROMPT_STARTED, (event.ts, event.prompt_id))
+            sql(q.PROMPT_STARTED, (event.ts, event.prompt_id))
         elif isinstance(event, PromptFinished):
-            state = _FINISHED_STATE[event.outcome]
+            state = q.FINISHED_STATE[event.outcome]
             if event.prompt_id is None:
-                sql(_RUNNING_PROMPTS_FINISHED, (state, event.ts))
+                sql(q.RUNNING_PROMPTS_FINISHED, (state, event.ts))
             else:
-                sql(_PROMPT_FINISHED, (state, event.ts, event.prompt_id))
+                sql(q.PROMPT_FINISHED, (state, event.ts, event.prompt_id))
 
     def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
-        with self._read() as db:
-            rows = db.exec(
-                select(EventRow.data)
-                .where(col(EventRow.id) > after)
-                .order_by(col(EventRow.id))
-                .limit(limit)
-            ).all()
-        return [parse_event(data) for data in rows]
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+        return [parse_event(data) for (data,) in rows]
 
     def events_of(self, types: list[str], prompt_id: int | None = None) -> list[Event]:
         """Every stored event of these types (of one prompt, all its attempts), oldest first."""
-        query = select(EventRow.data).where(col(EventRow.type).in_(types))
-        if prompt_id is not None:
-            query = query.where(EventRow.prompt_id == prompt_id)
-        with self._read() as db:
-            rows = db.exec(query.order_by(col(EventRow.id))).all()
-        return [parse_event(data) for data in rows]
+        with self._read() as conn:
+            rows = conn.execute(
+                q.EVENTS_OF_TYPES, (json.dumps(types), prompt_id, prompt_id)
+            ).fetchall()
+        return [parse_event(data) for (data,) in rows]
 
     def last_event_id(self) -> int:
-        with self._read() as db:
-            return int(db.exec(select(func.coalesce(func.max(EventRow.id), 0))).one() or 0)
+        with self._read() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
     def messages(self) -> list[ChatMessage]:
         """The conversation of finished prompts.
@@ -302,20 +297,17 @@ class SessionStore:
         its next attempt rebuilds its own part from the prompt's events and continues it, so
         the attempts of a prompt together make one conversation.
         """
-        with self._read() as db:
-            rows = db.exec(select(MessageRow).order_by(col(MessageRow.id))).all()
-            unfinished = set(
-                db.exec(select(Prompt.id).where(col(Prompt.state).in_(["queued", "running"]))).all()
-            )
-            return [
-                ChatMessage.model_validate_json(row.data)
-                for row in rows
-                if row.prompt_id not in unfinished
-            ]
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT data FROM messages WHERE prompt_id IS NULL OR prompt_id NOT IN "
+                "(SELECT id FROM prompts WHERE state IN ('queued', 'running')) ORDER BY id"
+            ).fetchall()
+        return [ChatMessage.model_validate_json(data) for (data,) in rows]
 
     def tool_calls(self) -> list[ToolCallRow]:
-        with self._read() as db:
-            return list(db.exec(select(ToolCallRow).order_by(col(ToolCallRow.id))).all())
+        with self._read() as conn:
+            rows = conn.execute(q.ALL_TOOL_CALLS).fetchall()
+        return [q.tool_call_of(row) for row in rows]
 
 
 class SessionFiles:
@@ -375,7 +367,11 @@ class SessionFiles:
             leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Close every open file. Closing the last connection of a file checkpoints its WAL
+        into it (a sync each), so they are closed side by side rather than one by one."""
         with self._lock:
-            for store in self._open.values():
-                store.close()
-            self._open.clear()
+            stores, self._open = list(self._open.values()), OrderedDict()
+        if not stores:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(stores))) as pool:
+            list(pool.map(SessionStore.close, stores))

@@ -109,6 +109,7 @@ class Settings(IntegrationSettings):
     """NIGHTSHIFT_MODELS: the models a session may pick, comma-separated, the first the default
     (unset: NIGHTSHIFT_MODEL alone)."""
     model_stream: bool = True
+    model_images: bool | None = None  # send screenshots as images; None: known models only
     max_steps: int = Field(60, ge=1)
     token_budget: int = Field(2_000_000, ge=1000)
     model_context_tokens: int | None = Field(None, ge=2000)
@@ -122,6 +123,8 @@ class Settings(IntegrationSettings):
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
+    max_pending_creates: int = Field(16, ge=1)
+    """Session creations and follow-ups one API process takes in at once; past it, 503."""
     max_spawn_depth: int = Field(2, ge=0)
     lease_ttl: float = Field(30.0, ge=1)
     """Seconds a runner's lease lasts without a heartbeat; a dead worker's session resumes after it."""
@@ -369,6 +372,7 @@ class Settings(IntegrationSettings):
                 anthropic_api_key=reveal(self.anthropic_api_key),
                 anthropic_base_url=self.anthropic_base_url,
                 stream=self.model_stream,
+                images=self.model_images,
             ),
             max_steps=self.max_steps,
             token_budget=self.token_budget,

@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from images.devcontainer import DevcontainerError, read_devcontainer
+from images.devcontainer import DevcontainerError
 from images.environments import (
     base_environment,
     declared,
+    devcontainer_of,
     environment_digest,
     recorded_files,
     uncommitted_spec_warning,
@@ -185,7 +186,11 @@ class ImageBuilder:
             )
         try:
             file = await self.mirrors.spec_file(spec, tip)
-            dev = await self.mirrors.devcontainer(spec, tip)
+            dev = (
+                await self.mirrors.devcontainer(spec, tip)
+                if spec.with_file(file).devcontainer
+                else None
+            )
         except (SpecFileError, DevcontainerError, ForgeError) as exc:
             return await asyncio.to_thread(self._failed_early, spec, trigger, tip, None, str(exc))
         effective = declared(spec.with_file(file), dev)
@@ -254,7 +259,7 @@ class ImageBuilder:
             sha = await forge.clone(spec.url, spec.base, root / "workspace")
             build_log.line(f"cloned {spec.name} ({spec.base}) at {sha}")
             file = await asyncio.to_thread(read_spec_file, root / "workspace")
-            dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
+            dev = await asyncio.to_thread(devcontainer_of, spec.with_file(file), root / "workspace")
             effective = declared(spec.with_file(file), dev)
             warning = uncommitted_spec_warning(spec, committed=file is not None)
             if warning is not None:

@@ -10,8 +10,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from images.devcontainer import read_devcontainer
-from images.environments import base_environment, declared, recorded_files
+from images.environments import base_environment, declared, devcontainer_of, recorded_files
 from images.layers import remove_tree
 from images.registry import ImageRecord
 from images.remote_build import remote_images
@@ -37,7 +36,7 @@ async def cold_clone(builder: ImageBuilder, spec: RepoSpec) -> tuple[ImageRecord
         (root / "home").mkdir(parents=True)
         sha = await forge.clone(spec.url, spec.base, root / "workspace")
         file = await asyncio.to_thread(read_spec_file, root / "workspace")
-        dev = await asyncio.to_thread(read_devcontainer, root / "workspace")
+        dev = await asyncio.to_thread(devcontainer_of, spec.with_file(file), root / "workspace")
         effective = declared(spec.with_file(file), dev)
         remote = remote_images(builder.backend)
         if remote is not None:  # the provider builds the declared environment with the clone

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from images.devcontainer import DEVCONTAINER_FILE, Devcontainer
+from images.devcontainer import DEVCONTAINER_FILE, Devcontainer, read_devcontainer
 from images.oci_store import OciStore
 from images.sandboxes.base import SandboxBackend
 from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
@@ -24,13 +24,19 @@ from images.setup import BuildError, BuildLog
 from images.spec import SPEC_FILE, RepoSpec, SpecFile
 
 
+def devcontainer_of(spec: RepoSpec, workspace: Path) -> Devcontainer | None:
+    """The clone's devcontainer.json, unless the spec opted out (`devcontainer = false`): then
+    the file is not even read, so one this server cannot use stands in nobody's way."""
+    return read_devcontainer(workspace) if spec.devcontainer else None
+
+
 def declared(spec: RepoSpec, dev: Devcontainer | None) -> RepoSpec:
     """`spec` completed by the repository's devcontainer.json when it declares no environment
     itself: the file's image or Dockerfile, `containerEnv` under the spec's own env, and the
     lifecycle commands as set-up steps before the spec's. An environment declared on purpose
     (stored, or in `.nightshift.toml`) wins over the file whole: its commands were written
-    for another environment."""
-    if dev is None or spec.image is not None or spec.dockerfile is not None:
+    for another environment. A spec with `devcontainer = false` never reads the file."""
+    if dev is None or not spec.devcontainer or spec.image is not None or spec.dockerfile:
         return spec
     update: dict[str, Any] = {"env": {**dev.env, **spec.env}, "setup": [*dev.setup, *spec.setup]}
     if dev.image is not None or dev.dockerfile is not None:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -54,9 +55,20 @@ def _tool(name: str) -> str:
     return path
 
 
+_LOGRUS_MSG = re.compile(r'level=\w+ msg="((?:[^"\\]|\\.)*)"')
+
+
 def _last_line(text: str) -> str:
+    """The tool's last line; skopeo's and buildah's `time=… level=fatal msg="…"` reduced to
+    the message, its quoting undone."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "no output"
+    if not lines:
+        return "no output"
+    line = lines[-1]
+    found = _LOGRUS_MSG.search(line)
+    if found:
+        line = found.group(1).replace('\\"', '"').replace("\\\\", "\\")
+    return line[:500]
 
 
 def host_arch() -> str:

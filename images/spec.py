@@ -8,6 +8,7 @@ completed by a `.nightshift.toml` at the root of the repository's base branch:
     egress = ["pypi.org", "files.pythonhosted.org"]
 
     image = "registry.corp/dev/python:3.12"   # or: dockerfile = "ci/Dockerfile", context = "."
+    devcontainer = false                       # never read .devcontainer/devcontainer.json
 
     [env]
     PYTHONDONTWRITEBYTECODE = "1"
@@ -36,6 +37,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from images.errors import ImagesError
 from images.oci import parse_reference
+from images.pages import PAGE_KEYS, Page, parse_pages
 
 SPEC_FILE = ".nightshift.toml"
 SPEC_FILE_MAX_BYTES = 64 * 1024
@@ -49,6 +51,8 @@ SPEC_FILE_KEYS = (
     "image",
     "dockerfile",
     "context",
+    "devcontainer",
+    *PAGE_KEYS,
 )
 
 _HOST_RE = re.compile(
@@ -118,6 +122,14 @@ class RepoSpec(BaseModel):
     """Commands (tests, lint, type checks) run when the agent calls `finish`."""
     protected: list[str] = Field(default_factory=list)
     """Globs of paths the agent may read but not write (the `protected` plugin)."""
+    devcontainer: bool = True
+    """Whether the repository's `.devcontainer/devcontainer.json` may declare the environment
+    (when nothing else does). Off: a server that cannot reach the registry it names, or a
+    team that wants the host's tools, opts out without changing the repository."""
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] = Field(default_factory=list)
+    """Pages captured after each finished prompt (`images/pages.py`)."""
 
     @field_validator("image")
     @classmethod
@@ -204,6 +216,11 @@ class RepoSpec(BaseModel):
             update["egress"] = list(file.egress)
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
+        if file.use_devcontainer is not None:
+            update["devcontainer"] = file.use_devcontainer
+        if file.screenshots is not None:
+            update.update(serve=file.serve, serve_port=file.serve_port)
+            update["screenshots"] = list(file.screenshots)
         if file.image is not None:
             update.update(image=file.image, dockerfile=None, context=None)
         elif file.dockerfile is not None:
@@ -233,6 +250,12 @@ class SpecFile(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    use_devcontainer: bool | None = None
+    """The file's `devcontainer = true|false` (named apart from the devcontainer.json an
+    image record keeps under `devcontainer`)."""
+    serve: str | None = None
+    serve_port: int | None = None
+    screenshots: list[Page] | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -316,6 +339,12 @@ def parse_spec_file(text: str) -> SpecFile:
             setattr(result, key, check(value) if check else check_repo_path(value, key))
         except ValueError as exc:
             raise SpecFileError(str(exc), line) from exc
+    if "devcontainer" in data:
+        if not isinstance(data["devcontainer"], bool):
+            raise SpecFileError(
+                "devcontainer must be true or false", _key_line(lines, "devcontainer")
+            )
+        result.use_devcontainer = data["devcontainer"]
     if result.image is not None and result.dockerfile is not None:
         raise SpecFileError(
             "image and dockerfile are exclusive; give one of them", _key_line(lines, "dockerfile")
@@ -341,6 +370,13 @@ def parse_spec_file(text: str) -> SpecFile:
                 raise SpecFileError(str(exc), line) from exc
             env[name] = item
         result.env = env
+    try:
+        pages = parse_pages(data)
+    except ValueError as exc:
+        line = next((_key_line(lines, k) for k in PAGE_KEYS if k in data), None)
+        raise SpecFileError(str(exc), line) from exc
+    result.serve, result.serve_port = pages.serve, pages.serve_port
+    result.screenshots = pages.screenshots
     return result
 
 

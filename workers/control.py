@@ -58,6 +58,19 @@ class SessionSummary(BaseModel):
     last_events: list[str] = Field(default_factory=list)
 
 
+class ArtifactStored(BaseModel):
+    """Where the API keeps an artifact a worker handed it."""
+
+    id: str
+    """The content's SHA-256, hex."""
+    url: str
+    bytes: int
+
+
+MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
+"""The largest artifact (a screenshot PNG) a worker may hand the API."""
+
+
 class ControlPlane(Protocol):
     async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
         """Become the only runner of a session; False when another runner holds it."""
@@ -98,6 +111,10 @@ class ControlPlane(Protocol):
         ...
 
     async def session_status(self, session_id: str) -> SessionSummary: ...
+
+    async def store_artifact(self, session_id: str, data: bytes) -> ArtifactStored:
+        """Keep a PNG the session's agent made (at most `MAX_ARTIFACT_BYTES`) for people."""
+        ...
 
     async def repo_specs(self) -> list[RepoSpec]:
         """Every registered repository (scheduled jobs walk them)."""

@@ -18,7 +18,14 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from images.spec import RepoSpec
-from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import (
+    MAX_ARTIFACT_BYTES,
+    ArtifactStored,
+    LeaseState,
+    PromptJob,
+    SessionContext,
+    SessionSummary,
+)
 from workers.errors import ControlPlaneError, ControlPlaneUnavailable
 from workers.events import Author, Event
 
@@ -190,6 +197,21 @@ class HttpControlPlane:
         return SessionSummary.model_validate(
             await self._call("GET", f"/sessions/{session_id}/summary")
         )
+
+    async def store_artifact(self, session_id: str, data: bytes) -> ArtifactStored:
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise ControlPlaneError(f"an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes")
+        try:  # content-addressed: storing the same bytes twice is harmless, so one retry is too
+            response = await self._client.post(
+                f"/sessions/{session_id}/artifacts",
+                content=data,
+                headers={"Content-Type": "image/png"},
+            )
+        except httpx.TransportError as exc:
+            raise ControlPlaneError(f"the control plane did not answer: {exc}") from exc
+        if response.status_code >= 400:
+            raise ControlPlaneError(_detail(response))
+        return ArtifactStored.model_validate(response.json())
 
     async def repo_specs(self) -> list[RepoSpec]:
         return _SPECS.validate_python(await self._call("GET", "/repos"))

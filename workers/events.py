@@ -254,6 +254,22 @@ class RunResumed(_Event):
     """What the model was told (it is added to the system prompt of the resumed attempt)."""
 
 
+class ArtifactCreated(_Event):
+    """A file the agent made for people to look at (a screenshot), kept by the API and served
+    at `url` (`GET /api/sessions/{id}/artifacts/{artifact_id}`) to those who see the session."""
+
+    type: Literal["artifact_created"] = "artifact_created"
+    artifact_id: str
+    url: str
+    media_type: str = "image/png"
+    kind: Literal["screenshot"] = "screenshot"
+    title: str = ""
+    """What it shows (the page's URL)."""
+    width: int = 0
+    height: int = 0
+    bytes: int = 0
+
+
 class ErrorRaised(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -286,6 +302,7 @@ Event = Annotated[
     | InstructionsLoaded
     | VerifyRan
     | RunResumed
+    | ArtifactCreated
     | ErrorRaised,
     Field(discriminator="type"),
 ]

@@ -70,6 +70,8 @@ def _body(result: AgentResult) -> str:
         )
     if result.verify_report:
         parts.append(result.verify_report)
+    if result.pages:
+        parts.append(result.pages)
     return "\n\n".join(p for p in parts if p)
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from images.errors import ImagesError
 from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
@@ -322,10 +323,14 @@ class SessionRunner:
                     emit=self.emit,
                     max_push_bytes=self.deps.config.max_push_bytes,
                 )
-        except (SandboxError, ForgeError, GitOpsError) as exc:
+        except (ImagesError, ForgeError, GitOpsError) as exc:
+            # ImagesError: a sandbox that would not start or do what was asked, or a cold
+            # start's environment (a declared image) that could not be pulled or built.
             code = (
                 "sandbox_error"
                 if isinstance(exc, SandboxError)
+                else "image_error"
+                if isinstance(exc, ImagesError)
                 else exc.code
                 if isinstance(exc, GitOpsError)
                 else "git_error"

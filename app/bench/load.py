@@ -6,7 +6,12 @@ the sessions over HTTP, follows every session's WebSocket, and polls the API as 
 
 Measured:
 - API latency: every request this client makes while the load runs: creating the sessions,
-  and, as people would meanwhile, reading a session 4 times a second and the list once;
+  and, as people would meanwhile, reading a session 4 times a second and the list once; and
+  the `POST /api/sessions` of the burst on their own: each answer (`post_latency`, a 201 or
+  a 503), each session to its 201 (`create_latency`, retries included), and how many were
+  shed (503 + `Retry-After`, retried after the time the server asked for);
+- API work: CPU milliseconds the API process spent per session (`cpu_ms_per_session`), and
+  sessions created per second during the burst;
 - event delivery lag: an event's creation time (`ts`, stamped where the runner made it) to its
   arrival on the client's WebSocket, for events created after the socket was open;
 - memory per idle session: resident memory of the server processes with every session idle
@@ -56,6 +61,11 @@ class Client:
         self.token = token
         self.config = config
         self.api_ms: list[float] = []
+        self.create_ms: list[float] = []
+        """Each session of the burst, from its first `POST /api/sessions` to its 201."""
+        self.post_ms: list[float] = []
+        """Each `POST /api/sessions` answer of the burst, a 201 or a 503 alike."""
+        self.shed = 0
         self.lag_ms: list[float] = []
         self.lag_at: list[float] = []
         """When each lagged event was created (to split the start burst from steady running)."""
@@ -118,10 +128,28 @@ class Client:
                     return last
         return last
 
+    async def create(self, prompt: str) -> httpx.Response:
+        """`POST /api/sessions`, retried when the server sheds it (503 with `Retry-After`)."""
+        started = time.perf_counter()
+        while True:
+            sent = time.perf_counter()
+            r = await self.http.post(
+                "/api/sessions", json={"repo": self.stack.repo, "prompt": prompt}
+            )
+            self.post_ms.append((time.perf_counter() - sent) * 1000)
+            if r.status_code != 503 or "retry-after" not in r.headers:
+                break
+            self.shed += 1
+            await asyncio.sleep(float(r.headers["retry-after"]))
+        elapsed = (time.perf_counter() - started) * 1000
+        self.api_ms.append(elapsed)
+        self.create_ms.append(elapsed)
+        if r.status_code >= 400:
+            self.errors.append(f"POST /api/sessions: {r.status_code} {r.text[:200]}")
+        return r
+
     async def start_one(self, n: int, followers: list[asyncio.Task[None]]) -> str | None:
-        r = await self.request(
-            "POST", "/api/sessions", json={"repo": self.stack.repo, "prompt": f"look around #{n}"}
-        )
+        r = await self.create(f"look around #{n}")
         if r.status_code != 201:
             return None
         session_id = str(r.json()["id"])
@@ -151,6 +179,9 @@ class Client:
         r.raise_for_status()
         await asyncio.wait_for(self.follow(str(r.json()["id"]), opened), 120)
         self.api_ms.clear()
+        self.create_ms.clear()
+        self.post_ms.clear()
+        self.shed = 0
         self.lag_ms.clear()
         self.lag_at.clear()
         self.status.clear()
@@ -226,6 +257,8 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         await client.http.aclose()
     completed = sum(1 for s in result["ids"] if client.outcome.get(s) == "done")
     per_idle = (idle_kb - baseline_kb) / len(idle) if idle else None
+    api_cpu_s = cpu_after["api"] - cpu_before["api"]
+    created = len(result["ids"])
     return {
         "benchmark": "load",
         "mode": config.mode,
@@ -237,6 +270,13 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
         "elapsed_s": round(result["elapsed_s"], 2),
         "create_s": round(result["created_s"], 2),
         "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+        "cpu_ms_per_session": round(api_cpu_s * 1000 / created, 1) if created else None,
+        "sessions_created_per_s": (
+            round(created / result["created_s"], 1) if result["created_s"] else None
+        ),
+        "post_latency": latency_summary(client.post_ms),
+        "create_latency": latency_summary(client.create_ms),
+        "creates_shed": client.shed,
         "load_average": os.getloadavg()[0],
         "api_latency": latency_summary(client.api_ms),
         "event_lag": latency_summary(client.lag_ms),

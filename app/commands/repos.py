@@ -50,6 +50,13 @@ def repos_add(
     context: Annotated[
         str | None, typer.Option(help="The Dockerfile's build context, relative to the repo")
     ] = None,
+    devcontainer: Annotated[
+        bool,
+        typer.Option(
+            help="Let .devcontainer/devcontainer.json declare the environment when nothing "
+            "else does (--no-devcontainer: never read it)"
+        ),
+    ] = True,
 ) -> None:
     """Register a repository."""
     from pydantic import ValidationError
@@ -67,6 +74,7 @@ def repos_add(
             image=image,
             dockerfile=dockerfile,
             context=context,
+            devcontainer=devcontainer,
         )
     except ValidationError as exc:
         fail("; ".join(e["msg"] for e in exc.errors()))

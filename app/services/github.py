@@ -56,6 +56,7 @@ MAX_PR_ATTEMPTS = 3
 
 def _body(event: BranchPushed, session: Session, base_url: str, requested_by: str | None) -> str:
     summary = event.body.strip() or "(no summary)"
+    summary = summary.replace("](/api/sessions/", f"]({base_url}/api/sessions/")
     lines = [summary, "", "---"]
     if requested_by:
         lines.append(f"Requested by @{requested_by}.")

@@ -75,6 +75,7 @@ class LocalPullReview:
             head=pr.head,
             head_sha=pr.head_sha,
             state=pr.state,
+            draft=pr.draft,
             url=pr.url,
             created_at=pr.created_at,
             updated_at=pr.updated_at,
@@ -137,6 +138,11 @@ class LocalPullReview:
     async def merge(self, pr_id: int, user: User) -> PullDetail:
         pr, session = self._claim(pr_id, user)
         try:
+            if pr.draft:
+                raise Conflict(
+                    f"pull request {pr_id} is a draft: its verify commands failed; mark it "
+                    "ready for review first"
+                )
             repo = self.sessions.repos.by_id(pr.repo_id)
             branch_tip = await self._branch_tip(repo.url, pr)
             message = f"Merge pull request #{pr.number} from {pr.head}\n\n{pr.title}\n"
@@ -154,6 +160,18 @@ class LocalPullReview:
             pr.merged_sha = result.sha
             self._finish(pr, session, user)
             log.info("%s: pull request #%s merged by %s", repo.name, pr.number, user.login)
+        finally:
+            self.pulls.merging.discard(pr_id)
+        return await self.detail(pr_id, user)
+
+    async def ready(self, pr_id: int, user: User) -> PullDetail:
+        """Mark a draft ready for review (it may then be merged), by those who may merge it."""
+        pr, _session = self._claim(pr_id, user)
+        try:
+            if pr.draft:
+                pr.draft = False
+                self.pulls.save(pr)
+                log.info("pull request %s marked ready by %s", pr_id, user.login)
         finally:
             self.pulls.merging.discard(pr_id)
         return await self.detail(pr_id, user)

@@ -68,6 +68,7 @@ class LocalPullRequests:
             ).first()
             if existing is not None:
                 existing.head_sha = event.sha
+                existing.draft = event.draft  # a later push that passes verify is ready
                 existing.updated_at = time.time()
                 assert existing.id is not None
                 existing.url = self.url(existing.id)  # records from before the review page
@@ -95,6 +96,7 @@ class LocalPullRequests:
                 head=event.branch,
                 head_sha=event.sha,
                 url="",
+                draft=event.draft,
             )
             db.add(pr)
             db.flush()
@@ -143,6 +145,8 @@ class LocalPullRequests:
 def _body(event: BranchPushed, session: Session, base_url: str) -> str:
     """The model's summary and verify results (from the worker), then the session's link."""
     summary = event.body.strip() or "(no summary)"
+    # The worker links the session's screenshots by path; the PR is read elsewhere.
+    summary = summary.replace("](/api/sessions/", f"]({base_url}/api/sessions/")
     link = f"[{session.id}]({base_url}/sessions/{session.id})"
     return f"{summary}\n\n---\nOpened by Nightshift for session {link}."
 

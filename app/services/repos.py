@@ -41,6 +41,7 @@ def spec_of(repo: Repo) -> RepoSpec:
         image=repo.image,
         dockerfile=repo.dockerfile,
         context=repo.context,
+        devcontainer=repo.devcontainer,
     )
 
 
@@ -199,6 +200,7 @@ class Repos:
                 image=body.image,
                 dockerfile=body.dockerfile,
                 context=body.context,
+                devcontainer=body.devcontainer,
             )
         except ValidationError as exc:
             raise Invalid(_validation_message(exc)) from exc
@@ -222,6 +224,7 @@ class Repos:
                 image=spec.image,
                 dockerfile=spec.dockerfile,
                 context=spec.context,
+                devcontainer=spec.devcontainer,
                 ci_fix_attempts=body.ci_fix_attempts,
                 setup=spec.setup,
                 warm=spec.warm,

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import Engine, func, text, update
+from sqlalchemy import Engine, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -22,7 +22,7 @@ from app.schemas import PromptPublic, SessionPublic, Usage, UserPublic
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
 from app.services.repos import Repos
-from app.services.session_index import index_values
+from app.services.session_index import IndexWriter
 from app.services.users import Users, author_of
 from app.session_tables import Prompt
 from app.sessionstore import SessionFiles, SessionStore
@@ -74,6 +74,7 @@ class Sessions:
         self.models = models or ModelChoices(())
         self.dispatcher: Dispatch | None = None
         self.on_created: list[Callable[[Session], None]] = []
+        self.index = IndexWriter(engine)
         hub.handlers.append(self._apply)
 
     # ------------------------------------------------------------ helpers
@@ -405,19 +406,4 @@ class Sessions:
     # ------------------------------------------------------------ applying events to the index
 
     def _apply(self, session_id: str, event: Event) -> None:
-        values, prompt_values = index_values(event)
-        if not values:
-            return
-        values["updated_at"] = time.time()
-        with DB(self.engine) as db:
-            db.exec(update(Session).where(col(Session.id) == session_id).values(**values))
-            if prompt_values and event.prompt_id is not None:
-                db.exec(
-                    update(PromptIndex)
-                    .where(
-                        col(PromptIndex.session_id) == session_id,
-                        col(PromptIndex.prompt_id) == event.prompt_id,
-                    )
-                    .values(**prompt_values)
-                )
-            db.commit()
+        self.index.apply(session_id, event)

@@ -6,7 +6,9 @@ import hashlib
 import re
 import secrets
 import subprocess
+import threading
 import time
+from collections import OrderedDict
 
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
@@ -18,6 +20,11 @@ from workers.events import Author
 
 TOKEN_PREFIX = "ns_"  # noqa: S105  (a prefix, not a secret)
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+TOKEN_CACHE_SECONDS = 10.0
+"""How long a checked API token is trusted without asking the control DB again: a token
+revoked in the database stops working within this time (see README, "API tokens")."""
+_TOKEN_CACHE_SIZE = 4096
 
 
 def hash_token(token: str) -> str:
@@ -49,8 +56,12 @@ def git_identity() -> tuple[str, str]:
 
 
 class Users:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, token_cache_seconds: float = TOKEN_CACHE_SECONDS) -> None:
         self.engine = engine
+        self.token_cache_seconds = token_cache_seconds
+        # Every request is authenticated; a token checked a moment ago needs no query.
+        self._tokens: OrderedDict[str, tuple[float, User]] = OrderedDict()
+        self._tokens_lock = threading.Lock()
 
     def upsert(self, login: str, name: str, email: str) -> User:
         if not _EMAIL_RE.match(email):
@@ -95,10 +106,27 @@ class Users:
         return token
 
     def authenticate(self, token: str) -> User:
+        """The token's user; a token seen valid in the last `token_cache_seconds` is trusted."""
         if not token.startswith(TOKEN_PREFIX):
             raise Unauthorized("invalid API token")
+        digest = hash_token(token)
+        now = time.monotonic()
+        with self._tokens_lock:
+            cached = self._tokens.get(digest)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        user = self._check_token(digest)
+        if self.token_cache_seconds > 0:
+            with self._tokens_lock:
+                self._tokens[digest] = (now + self.token_cache_seconds, user)
+                self._tokens.move_to_end(digest)
+                while len(self._tokens) > _TOKEN_CACHE_SIZE:
+                    self._tokens.popitem(last=False)
+        return user
+
+    def _check_token(self, digest: str) -> User:
         with DB(self.engine, expire_on_commit=False) as db:
-            row = db.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+            row = db.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
             if row is None or row.revoked_at is not None:
                 raise Unauthorized("invalid or revoked API token")
             user = db.get(User, row.user_id)

@@ -193,6 +193,13 @@ class Sandbox(Protocol):
         """Kill every process and release the sandbox's resources. Idempotent."""
         ...
 
+    async def share_network(self) -> None:
+        """From now on every command of this sandbox shares one network namespace, so a server
+        one command started (a background job) is reachable from the next on loopback; a no-op
+        where commands always share it (gVisor's container, Modal). UnsupportedSetting where
+        it cannot be done."""
+        ...
+
     def egress_refusals(self) -> list[str]:
         """What the egress proxy refused this sandbox so far, oldest first, one line each
         (`host:port: reason (allow with SETTING)`); empty where egress is enforced by a

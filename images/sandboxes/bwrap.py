@@ -11,6 +11,12 @@ namespace (unprivileged hosts), a seccomp filter (`seccomp.py`) where it runs as
 exception is a root host without a pids cgroup, where a user namespace per command is what
 holds the processes limit (`limits.py`); there the command may make more of them.
 
+Commands get a fresh network namespace each, until a background job asks the sandbox to
+`share_network`: then one namespace, kept alive by a bind mount at `<sandbox dir>/netns`,
+is joined (`nsenter`) by every later command, so a server one started is reachable on
+loopback from the next. Root hosts only. With an egress allowlist, one loopback bridge to the
+proxy then serves the shared network instead of one per command.
+
 Nothing of the host's layout shows inside: bwrap reads its options from a file (`--args`), so
 /proc/1/cmdline (bwrap's init) holds no host path, and every writable mount and /etc come from
 the sandbox's own disk and overlay, whose mount options name no host path (`overlay.py`).
@@ -27,6 +33,7 @@ workspace and home, only /usr and /etc are the host's, read-only, as without an 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -38,11 +45,13 @@ from images.sandboxes.base import (
     HOME,
     WORKDIR,
     ExecResult,
+    SandboxError,
     SandboxSpec,
     SandboxUnavailable,
     UnsupportedSetting,
 )
 from images.sandboxes.environment import (
+    BRIDGE_COMMAND,
     BRIDGE_PATH,
     EGRESS_DIR,
     RUN_DIR,
@@ -54,8 +63,11 @@ from images.sandboxes.environment import (
 from images.sandboxes.gvisor_helpers import static_helper
 from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
 from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
+from images.sandboxes.overlay import unmount
 from images.sandboxes.process import run_process
 from images.sandboxes.seccomp import write_filter
+
+EGRESS_READY = ".nightshift-egress-ready"
 
 
 @cache
@@ -110,6 +122,49 @@ class BwrapSandbox(LocalSandbox):
 
     backend = "bwrap"
     _execs = 0
+    netns: Path | None = None
+    """The network namespace every command joins, once `share_network` made one."""
+    _bridge: asyncio.Future[ExecResult] | None = None
+
+    async def share_network(self) -> None:
+        if self.netns is not None:
+            return
+        if self.owner is None:
+            raise UnsupportedSetting(
+                "a network shared between commands (background jobs) needs a root host "
+                "under bubblewrap; use the gVisor backend or run as root"
+            )
+        path = self.dir / "netns"
+        await asyncio.to_thread(_make_netns, path)
+        self.netns = path
+        if self.spec.egress:
+            await self._start_bridge()
+
+    async def _start_bridge(self) -> None:
+        """One loopback bridge to the egress proxy for the shared network (each command's
+        own bridge would find the port taken), held like a background job."""
+        marker = self.tmp / EGRESS_READY
+        marker.unlink(missing_ok=True)
+        argv = [*BRIDGE_COMMAND, "--ready", f"/tmp/{EGRESS_READY}"]  # noqa: S108 (its own /tmp)
+        task = asyncio.ensure_future(self.exec(argv, timeout=self.limits.sandbox_timeout_s))
+        for _ in range(200):
+            if marker.exists():
+                self._bridge = task
+                return
+            if task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        raise SandboxError(f"sandbox {self.id}: the egress bridge of its shared network failed")
+
+    def inner(self, argv: Sequence[str]) -> list[str]:
+        # On a shared network one bridge serves every command (`_start_bridge`).
+        return list(argv) if self.netns is not None else super().inner(argv)
+
+    def destroy(self) -> None:
+        if self.netns is not None:
+            unmount(str(self.netns))
+        super().destroy()
 
     async def _run(
         self,
@@ -146,6 +201,8 @@ class BwrapSandbox(LocalSandbox):
         assert isinstance(backend, BwrapBackend)
         on_image = self.environment is not None and runs_on_image(self.environment, argv)
         args = list(self.image_args if on_image else backend.static_args[1:])
+        if self.netns is not None:
+            args.remove("--unshare-net")
         layout = self.cgroup.layout
         inputs = [str(args_file or self.dir / "bwrap.args")]
         if self.owner is None:
@@ -199,10 +256,11 @@ class BwrapSandbox(LocalSandbox):
         fd = os.open(inputs[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(b"".join(a.encode() + b"\0" for a in args))
+        join = ["nsenter", f"--net={self.netns}", "--"] if self.netns is not None else []
         return join_and_exec(
             self.cgroup.procs_files(),
             rlimit_script(self.limits, layout),
-            ["bwrap", "--args", "3", "--", *inner],
+            [*join, "bwrap", "--args", "3", "--", *inner],
             inputs,
         )
 
@@ -218,6 +276,19 @@ class BwrapSandbox(LocalSandbox):
             else:
                 args += ["--ro-bind", str(self.ws.merged / name), f"/{name}"]
         return [*args, "--proc", "/proc", "--dev", "/dev"]
+
+
+def _make_netns(path: Path) -> None:
+    """A network namespace with only `lo` (up), held by a bind mount at `path`."""
+    path.touch()
+    for argv in (
+        ["unshare", f"--net={path}", "true"],
+        ["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=host_env())
+        if done.returncode != 0:
+            unmount(str(path))
+            raise SandboxError(f"could not make the sandbox's network: {done.stderr.strip()}")
 
 
 class BwrapBackend(LocalBackend):

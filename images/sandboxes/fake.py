@@ -112,6 +112,9 @@ class FakeSandbox:
         FakeBackend.snapshot_times[snap.id] = snap.created_at
         return snap
 
+    async def share_network(self) -> None:
+        """Nothing to share: the fake runs no processes."""
+
     def egress_refusals(self) -> list[str]:
         return []  # the fake backend refuses egress at start (UnsupportedSetting)
 

@@ -197,11 +197,12 @@ class LocalSandbox:
     async def ready(self) -> None:
         """Make sure the runtime can take a command (gVisor restarts one killed for memory)."""
 
-    def interpret(
-        self, result: ExecResult, before: Counters, after: Counters, by_deadline: bool
-    ) -> ExecResult:
+    async def share_network(self) -> None:  # gVisor's commands share its container's network
+        return None
+
+    def interpret(self, result: ExecResult, b: Counters, a: Counters, late: bool) -> ExecResult:
         """Name the limit that ended the command, from its exit and the cgroup counters."""
-        return name_limit(result, before, after, by_deadline)
+        return name_limit(result, b, a, late)
 
     async def read_file(self, path: str, max_bytes: int = 4 * 1024 * 1024) -> bytes:
         self._check_live()
@@ -388,9 +389,8 @@ class LocalBackend:
         """Unmount and remove the sandboxes of processes that have exited (a worker killed
         mid-session); returns how many mounts went. Those of live processes, this one
         included, are spared. Run periodically (`app.wiring.STALE_SWEEP_INTERVAL_S`)."""
-        released = release_stale_mounts(
-            self.state_dir / "sandboxes", set(self.live), spare_own=True
-        )
+        live = set(self.live)
+        released = release_stale_mounts(self.state_dir / "sandboxes", live, spare_own=True)
         if released:
             log.info("released %d sandbox mounts left by processes that have exited", released)
         return released

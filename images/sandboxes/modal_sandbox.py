@@ -357,6 +357,9 @@ class ModalSandbox:
             full=True,
         )
 
+    async def share_network(self) -> None:
+        """Every exec already runs in the sandbox's one container and network."""
+
     async def snapshot_image(self) -> str:
         """The sandbox's filesystem as a Modal image that does not expire: a repo's image,
         which stays until the image collection retires it, however long the tip stays put."""

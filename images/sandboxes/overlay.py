@@ -207,7 +207,7 @@ def release_stale_mounts(
         # Newest first: an overlay comes off before the disk under it.
         for line in reversed(lines):
             target = line.split()[4].replace("\\040", " ")
-            if not (target.startswith(root) and target.endswith(("/merged", "/disk"))):
+            if not (target.startswith(root) and target.endswith(("/merged", "/disk", "/netns"))):
                 continue
             sandbox_id = Path(target).relative_to(root.rstrip("/")).parts[0]
             if not _stale(sandbox_id, keep, spare_own):

@@ -27,6 +27,8 @@ class ModelSettings:
     timeout: float = 300.0
     stream: bool = True
     """Stream tokens; turn off for endpoints that cannot stream tool calls."""
+    images: bool | None = None
+    """Send images (screenshots) to the model; None: the known-models table decides."""
 
 
 def parse_models(text: str | None, default: str | None) -> tuple[str, ...]:
@@ -115,6 +117,7 @@ def _build(provider: str, name: str, settings: ModelSettings, client: Any = None
             base_url=settings.openai_base_url,
             timeout=settings.timeout,
             stream=settings.stream,
+            images=settings.images,
         )
     from integrations.llm.anthropic_messages import AnthropicModel
 
@@ -125,6 +128,7 @@ def _build(provider: str, name: str, settings: ModelSettings, client: Any = None
         base_url=settings.anthropic_base_url,
         timeout=settings.timeout,
         stream=settings.stream,
+        images=settings.images,
     )
 
 

@@ -20,13 +20,31 @@ from integrations.llm.types import (
     TextChunk,
     ToolCallRecord,
     ToolSpec,
+    accepts_images,
     repair_history,
+    with_images,
 )
 
 
-def _to_anthropic(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+def _tool_content(m: ChatMessage, recent: set[str]) -> str | list[dict[str, Any]]:
+    """A tool result's content: its text, with its images as image blocks (or their notes,
+    for a model that cannot see images)."""
+    text = m.text or "(no output)"
+    if not m.images:
+        return text
+    if m.tool_call_id not in recent:
+        return "\n".join([text, *(i.note for i in m.images)])
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    for image in m.images:
+        source = {"type": "base64", "media_type": image.media_type, "data": image.data}
+        blocks.append({"type": "image", "source": source})
+    return blocks
+
+
+def _to_anthropic(messages: list[ChatMessage], images: bool = False) -> list[dict[str, Any]]:
     """Anthropic wants tool results as user turns, and consecutive same-role turns merged."""
     out: list[dict[str, Any]] = []
+    recent = with_images(messages) if images else set()
     for m in repair_history(messages):
         blocks: list[dict[str, Any]]
         if m.role == "tool":
@@ -35,7 +53,7 @@ def _to_anthropic(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 {
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id,
-                    "content": m.text or "(no output)",
+                    "content": _tool_content(m, recent),
                     "is_error": m.is_error,
                 }
             ]
@@ -81,10 +99,12 @@ class AnthropicModel:
         max_tokens: int = 8192,
         timeout: float = 300.0,
         stream: bool = True,
+        images: bool | None = None,
     ) -> None:
         self.name = f"anthropic:{model}"
         self._stream = stream
         self._model = model
+        self._images = accepts_images("anthropic", model, images)
         self._max_tokens = max_tokens
         self._owned = client is None
         self._client = client or new_client(api_key, base_url, timeout)
@@ -105,7 +125,7 @@ class AnthropicModel:
             "model": self._model,
             "max_tokens": self._max_tokens,
             "system": system,
-            "messages": _to_anthropic(messages),
+            "messages": _to_anthropic(messages, self._images),
             "tools": [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in tools

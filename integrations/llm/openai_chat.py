@@ -21,15 +21,42 @@ from integrations.llm.types import (
     TextChunk,
     ToolCallRecord,
     ToolSpec,
+    accepts_images,
     repair_history,
+    with_images,
 )
 
 
-def _to_openai(system: str, messages: list[ChatMessage]) -> list[dict[str, Any]]:
+def _to_openai(
+    system: str, messages: list[ChatMessage], images: bool = False
+) -> list[dict[str, Any]]:
+    """Chat messages; a tool message cannot hold images, so those of a turn's tool results
+    follow its last tool message as one user message (or, for a model that cannot see
+    images, their notes are added to the tool result)."""
     out: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    shown: list[dict[str, Any]] = []
+    recent = with_images(messages) if images else set()
+
+    def flush() -> None:
+        if shown:
+            out.append({"role": "user", "content": list(shown)})
+            shown.clear()
+
     for m in repair_history(messages):
+        if m.role != "tool":
+            flush()
         if m.role == "tool":
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text})
+            text = m.text
+            for image in m.images:
+                if m.tool_call_id in recent:
+                    shown.append(
+                        {"type": "text", "text": f"{image.note} (tool call {m.tool_call_id}):"}
+                    )
+                    url = f"data:{image.media_type};base64,{image.data}"
+                    shown.append({"type": "image_url", "image_url": {"url": url}})
+                else:
+                    text += f"\n{image.note}"
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": text})
         elif m.role == "assistant":
             item: dict[str, Any] = {"role": "assistant", "content": m.text or None}
             if m.tool_calls:
@@ -44,6 +71,7 @@ def _to_openai(system: str, messages: list[ChatMessage]) -> list[dict[str, Any]]
             out.append(item)
         else:
             out.append({"role": "user", "content": m.text})
+    flush()
     return out
 
 
@@ -83,9 +111,11 @@ class OpenAIChatModel:
         base_url: str | None = None,
         timeout: float = 300.0,
         stream: bool = True,
+        images: bool | None = None,
     ) -> None:
         self.name = f"openai:{model}"
         self._model = model
+        self._images = accepts_images("openai", model, images)
         self._stream = stream
         self._owned = client is None
         self._client = client or new_client(api_key, base_url, timeout)
@@ -108,7 +138,7 @@ class OpenAIChatModel:
         finish = ""
         request: dict[str, Any] = {
             "model": self._model,
-            "messages": _to_openai(system, messages),
+            "messages": _to_openai(system, messages, self._images),
             "tools": [
                 {
                     "type": "function",

@@ -251,3 +251,23 @@ def test_the_sessions_verify_results_are_the_checks(
     assert checks is not None and checks["passed"] is True, pr
     assert [c["command"] for c in checks["checks"]] == ["test -f checked.txt && echo verified-ok"]
     assert checks["checks"][0]["ok"] is True and "verified-ok" in checks["checks"][0]["output"]
+
+
+def test_a_pr_whose_verify_failed_is_a_draft_until_marked_ready(
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path, bob: Person
+) -> None:
+    spec = 'verify = ["test -f never-there.txt"]\n'
+    path = make_repo(tmp_path, "strict", {".nightshift.toml": spec, "README.md": "x\n"})
+    api.add_repo(path)
+    pr = _open_pr(api, openai_fake, "strict", "attempt.txt", "yes\n")
+    assert pr["draft"] is True and pr["checks"]["passed"] is False
+    refused = api.http.post(f"/api/pulls/{pr['id']}/merge")
+    assert refused.status_code == 409 and "draft" in refused.json()["detail"]
+    assert git(path, "rev-parse", "main").strip() != pr["head_sha"]  # nothing merged
+    # Someone else may not mark it ready.
+    with api.as_(bob) as other:
+        assert other.post(f"/api/pulls/{pr['id']}/ready").status_code == 403
+    ready = api.http.post(f"/api/pulls/{pr['id']}/ready")
+    assert ready.status_code == 200 and ready.json()["draft"] is False
+    merged = api.http.post(f"/api/pulls/{pr['id']}/merge")
+    assert merged.status_code == 200 and merged.json()["state"] == "merged"

@@ -341,3 +341,22 @@ def test_model_429_and_500_are_retried(
     retries = [e for e in api.events(session["id"]) if e["type"] == "model_retry"]
     assert [r["retry"] for r in retries] == [1, 2]
     assert "429" in retries[0]["reason"] and "500" in retries[1]["reason"]
+
+
+def test_a_declared_image_that_cannot_be_pulled_fails_the_session_in_one_line(
+    api: ApiClient, tmp_path: Path
+) -> None:
+    """A repository with no image yet whose devcontainer.json names an image this server
+    cannot reach (an air-gapped host, a registry down): the session fails with the registry's
+    reason as an `image_error`, never an internal error."""
+    dev = '{"image": "127.0.0.1:9/devcontainers/python:3"}\n'
+    repo = make_repo(tmp_path, "proj", {".devcontainer/devcontainer.json": dev})
+    api.add_repo(repo)
+    session = api.create("proj", "anything")
+    done = api.wait_status(session["id"], "failed", "finished", timeout=60)
+    errors = [e for e in api.events(session["id"]) if e["type"] == "error"]
+    assert done["status"] == "failed" and errors, api.events(session["id"])
+    assert errors[-1]["code"] == "image_error", errors
+    message = errors[-1]["message"]
+    assert "127.0.0.1:9/devcontainers/python:3" in message and "\n" not in message
+    assert "internal error" not in message and "level=" not in message

@@ -135,3 +135,38 @@ def test_attempts_of_a_prompt_make_one_conversation(tmp_path: Path) -> None:
     assert [(e.type, e.attempt) for e in kept] == [("message", 1), ("message", 1), ("message", 2)]
     assert store.events_of(["message"], prompt_id=2) == []
     assert [e.attempt for e in store.events()] == [1, 1, 2, 2]
+
+
+def test_a_store_closed_to_make_room_still_serves_whoever_holds_it(tmp_path: Path) -> None:
+    files = SessionFiles(tmp_path, Redactor(), keep_open=1)
+    held = files.create("old1")
+    held.append(TextDelta(text="before"))
+    files.create("new1")  # evicts old1: its connections are let go
+    held.append(TextDelta(text="after"))
+    assert [e.text for e in held.events() if isinstance(e, TextDelta)] == ["before", "after"]
+    assert [e.id for e in files.get("old1").events()] == [1, 2]
+    files.close()
+    assert files.get("new1").last_event_id() == 0  # a closed set of files opens again on demand
+    files.close()
+
+
+def test_schema_is_the_table_models_and_creating_twice_keeps_the_data(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    from app.db import sqlite_engine
+
+    files = SessionFiles(tmp_path, Redactor())
+    store = files.create("sch1")
+    store.append(TextDelta(text="kept"))
+    store.open(create=True)  # the DDL only creates what is missing
+    assert store.last_event_id() == 1
+    engine = sqlite_engine(store.path, writer=False)
+    columns = {
+        t: {c["name"] for c in inspect(engine).get_columns(t)} for t in ("events", "prompts")
+    }
+    indexes = {i["name"] for i in inspect(engine).get_indexes("events")}
+    engine.dispose()
+    assert columns["events"] == {"id", "type", "ts", "prompt_id", "attempt", "source", "data"}
+    assert "runner" in columns["prompts"] and "author_email" in columns["prompts"]
+    assert {"ix_events_source", "ix_events_type"} <= indexes
+    files.close()

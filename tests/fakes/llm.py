@@ -203,11 +203,15 @@ def _openai_position(messages: list[dict[str, Any]]) -> tuple[str, int]:
             return " ".join(p.get("text", "") for p in content)
         return str(content)
 
+    def shows(m: dict[str, Any]) -> bool:  # the images a turn's tool results carry
+        content = m.get("content")
+        return isinstance(content, list) and any(p.get("type") == "image_url" for p in content)
+
     last_user = max(
         (
             i
             for i, m in enumerate(messages)
-            if m["role"] == "user" and not text(m).startswith(RECORD_PREFIX)
+            if m["role"] == "user" and not text(m).startswith(RECORD_PREFIX) and not shows(m)
         ),
         default=-1,
     )

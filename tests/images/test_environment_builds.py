@@ -85,6 +85,8 @@ async def test_unreachable_registry_fails_in_one_line_and_keeps_the_image(
     assert bad.outcome == "failed"
     assert bad.message.startswith("image 127.0.0.1:9/dev/tools:1: ")
     assert "\n" not in bad.message
+    # skopeo's log framing (`time=… level=fatal msg="…"`) is reduced to its message.
+    assert "level=" not in bad.message and "connection refused" in bad.message, bad.message
     assert rt.images.newest("proj").id == good.image.id
 
 
@@ -99,3 +101,40 @@ async def test_uncommitted_spec_file_is_named_in_the_build_log(rt: Any, tmp_path
     commit(repo, {})
     [committed] = await build_images(rt.image_jobs)
     assert "is not committed" not in rt.image_service.get(committed.image.id).log
+
+
+async def test_a_repo_may_opt_out_of_its_devcontainer(rt: Any, tmp_path: Path) -> None:
+    """A devcontainer.json naming an image this server cannot pull (and features it cannot
+    build): `devcontainer = false` in `.nightshift.toml`, or stored at `repos add`, runs the
+    repository on the host's tools without reading the file at all."""
+    dev = {
+        "image": "127.0.0.1:9/devcontainers/python:3",
+        "features": {"ghcr.io/devcontainers/features/node:1": {}},
+    }
+    files = {".devcontainer/devcontainer.json": json.dumps(dev, indent=2)}
+    repo = make_repo(tmp_path, "proj", files)
+    rt.repos.add(RepoCreate(url=str(repo)))
+    [refused] = await build_images(rt.image_jobs, ["proj"])
+    assert refused.outcome == "failed", refused.message
+    commit(repo, {".nightshift.toml": "devcontainer = false\n"})
+    [built] = await build_images(rt.image_jobs, ["proj"])
+    assert built.outcome == "built", built.message
+    assert "environment: host" in rt.image_service.get(built.image.id).log
+    # Stored instead, for a repository whose files the team cannot change.
+    other = make_repo(tmp_path, "other", files)
+    rt.repos.add(RepoCreate(url=str(other), devcontainer=False))
+    [stored] = await build_images(rt.image_jobs, ["other"])
+    assert stored.outcome == "built", stored.message
+    assert rt.repos.get("other").devcontainer is False
+
+
+def test_devcontainer_in_the_spec_file_must_be_a_boolean() -> None:
+    from images.spec import SpecFileError, parse_spec_file
+
+    assert parse_spec_file("devcontainer = false\n").use_devcontainer is False
+    try:
+        parse_spec_file('setup = []\ndevcontainer = "no"\n')
+    except SpecFileError as exc:
+        assert exc.line == 2 and "true or false" in str(exc)
+    else:
+        raise AssertionError("a string was taken for devcontainer")

@@ -284,6 +284,23 @@ export class Timeline {
     tool.body.append(h("div", { class: "label" }, e.is_error ? "error" : "output"), h("pre", { class: "output" }, e.output || "(no output)"));
   }
 
+  on_artifact_created(e) {
+    // Only a link to one of this API's own artifacts becomes an image.
+    const ok = /^\/api\/sessions\/[\w-]+\/artifacts\/[0-9a-f]{64}$/.test(e.url ?? "");
+    if (!ok) {
+      this.add(line(e, "warn", "Artifact with an unexpected link was not shown"));
+      return;
+    }
+    const caption = `Screenshot of ${e.title || "a page"} · ${e.width}×${e.height}`;
+    const figure = own(h("figure", { class: "shot", dataset: { type: e.type, artifact: e.artifact_id } },
+      h("a", { href: e.url, target: "_blank", rel: "noopener", title: "Open full size" },
+        h("img", { src: e.url, alt: caption, loading: "lazy", width: e.width, height: e.height })),
+      h("figcaption", {}, caption)), e);
+    const turn = this.turns.get(this.turnKey(e));
+    if (turn) turn.el.append(figure);
+    else this.add(figure);
+  }
+
   // ------------------------------------------------------------ session-level lines
 
   on_status(e) {

@@ -86,7 +86,13 @@ async def run_calls(
             )
         )
         done.messages.append(
-            ChatMessage(role="tool", text=out.text, tool_call_id=call.id, is_error=out.is_error)
+            ChatMessage(
+                role="tool",
+                text=out.text,
+                tool_call_id=call.id,
+                is_error=out.is_error,
+                images=list(out.images),
+            )
         )
         if out.finished is not None and not out.is_error and done.finished is None:
             done.finished = out.finished

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from workers.agent.calls import run_calls
 from workers.agent.context import COMPACT_AT, compact, context_window, estimate_tokens
 from workers.agent.hooks import Hooks
 from workers.agent.instructions import Instructions, load
+from workers.agent.pages import capture_pages
 from workers.agent.prompts import system_prompt
 from workers.agent.resume import Checkpoint, Resumed, resume
 from workers.agent.tools import TOOLS, Finished, Tool, ToolContext
@@ -53,6 +54,8 @@ class AgentResult:
     """The verify commands still failed after the last attempt."""
     cost_usd: float = 0.0
     """Estimated spend of this prompt (NIGHTSHIFT_MODEL_PRICES)."""
+    pages: str = ""
+    """The repo's pages as captured after `finish` (Markdown), "" when it names none."""
 
 
 class _DeltaBuffer:
@@ -362,4 +365,5 @@ async def run_agent(
         if done.wrote and checkpoint is not None:
             await checkpoint()
         if done.finished is not None:
-            return run.finished(done.finished)
+            pages = await capture_pages(ctx)
+            return replace(run.finished(done.finished), pages=pages)

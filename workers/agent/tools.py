@@ -7,86 +7,20 @@ repository root); `run` executes one command as its own sandboxed process.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from images.ansi import strip_ansi
-from images.sandboxes.base import Sandbox, SandboxError
-from images.spec import RepoSpec
-from integrations.llm.types import ToolSpec
-from workers.agent.instructions import Instructions
-from workers.config import AgentConfig
-from workers.control import ControlPlane
+from images.sandboxes.base import SandboxError
+from workers.agent.background import JOB_TOOLS, start_job
+from workers.agent.screenshot import SCREENSHOT
+from workers.agent.toolbase import Finished, Tool, ToolContext, ToolOutput
 from workers.errors import ControlPlaneError, ToolError
-from workers.events import Author, ChildSpawned, Emit, Event, Notice, for_prompt
+from workers.events import ChildSpawned, Notice
 
-
-@dataclass
-class ToolContext:
-    session_id: str
-    sandbox: Sandbox
-    control: ControlPlane
-    author: Author
-    repo: RepoSpec
-    config: AgentConfig
-    publish: Emit
-    """The session's event sink; `emit` stamps what goes into it with this prompt."""
-    depth: int = 0
-    prompt_id: int | None = None
-    attempt: int = 1
-    instructions: Instructions = field(default_factory=Instructions)
-    """AGENTS.md and the skills found for this run (filled when the run starts)."""
-
-    async def emit(self, event: Event) -> None:
-        """Publish an event of this prompt's run attempt."""
-        await for_prompt(self.publish, self.prompt_id, self.attempt)(event)
-
-
-@dataclass(frozen=True)
-class Finished:
-    """What `finish` hands the runner: the pull request's body and title."""
-
-    summary: str
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class ToolOutput:
-    text: str
-    is_error: bool = False
-    exit_code: int | None = None
-    finished: Finished | None = None
-    """Set by `finish`: the run ends after this turn's tool calls."""
-
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str
-    args: type[BaseModel]
-    run: Callable[[ToolContext, Any], Awaitable[ToolOutput]]
-    writes: bool = False
-    """Writes to the workspace: waits for the git sync (see the `before_tool` hooks)."""
-
-    def spec(self) -> ToolSpec:
-        schema = self.args.model_json_schema()
-        schema.pop("title", None)
-        return ToolSpec(name=self.name, description=self.description, parameters=schema)
-
-    def parse(self, arguments: dict[str, Any]) -> BaseModel:
-        if "_error" in arguments:
-            raise ToolError(f"{self.name}: {arguments['_error']}")
-        try:
-            return self.args.model_validate(arguments)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            raise ToolError(f"{self.name}: invalid arguments ({problems})") from exc
+__all__ = ["TOOLS", "Finished", "Tool", "ToolContext", "ToolOutput", "call_tool", "describe_call"]
 
 
 def _decode(data: bytes, path: str) -> str:
@@ -193,9 +127,16 @@ class RunArgs(BaseModel):
     )
     timeout_s: float = Field(600, gt=0, le=3600, description="Wall-clock limit in seconds")
     cwd: str = Field(".", description="Directory relative to the repository root")
+    background: bool = Field(
+        False,
+        description="Keep it running (a server) and return a job id at once; read it with "
+        "job_output, stop it with job_stop. It ends with the sandbox or after timeout_s.",
+    )
 
 
 async def run(ctx: ToolContext, a: RunArgs) -> ToolOutput:
+    if a.background:
+        return await start_job(ctx, a.command, a.cwd, a.timeout_s)
     seen = len(ctx.sandbox.egress_refusals())
     result = await ctx.sandbox.exec(["bash", "-c", a.command], cwd=a.cwd, timeout=a.timeout_s)
     refused = ctx.sandbox.egress_refusals()[seen:]
@@ -307,7 +248,8 @@ TOOLS: dict[str, Tool] = {
         ),
         Tool(
             "run",
-            "Run a bash command in the sandbox (no network unless the repo allows hosts).",
+            "Run a bash command in the sandbox (no network unless the repo allows hosts); "
+            "background=true keeps it running (a server) and returns a job id.",
             RunArgs,
             run,
             writes=True,
@@ -330,6 +272,8 @@ TOOLS: dict[str, Tool] = {
             LoadSkillArgs,
             load_skill,
         ),
+        *JOB_TOOLS,
+        SCREENSHOT,
         Tool(
             "finish",
             "End this task: your changes are committed and proposed as a pull request.",
@@ -363,9 +307,12 @@ async def call_tool(
 def describe_call(name: str, arguments: dict[str, Any]) -> str:
     """A one-line human summary of a tool call, for terminals and Slack."""
     if name == "run":
-        return f"$ {arguments.get('command', '')}"
+        suffix = " &" if arguments.get("background") is True else ""
+        return f"$ {arguments.get('command', '')}{suffix}"
     if name in ("read_file", "write_file", "edit_file", "list_files"):
         return f"{name} {arguments.get('path', '.')}"
+    if name == "screenshot":
+        return f"screenshot {arguments.get('url', '')}"
     if name == "search":
         return f"search {shlex.quote(str(arguments.get('pattern', '')))}"
     return name

@@ -7,16 +7,24 @@ configured token the routes refuse every call.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 
 from app.api.deps import RuntimeDep
+from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.settings import reveal
 from images.spec import RepoSpec
-from workers.control import PromptJob, SessionContext, SessionSummary
+from workers.control import (
+    MAX_ARTIFACT_BYTES,
+    ArtifactStored,
+    PromptJob,
+    SessionContext,
+    SessionSummary,
+)
 from workers.control_http import (
     PREFIX,
     JobDone,
@@ -100,6 +108,20 @@ def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
 def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
     return Spawned(
         id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author, body.model)
+    )
+
+
+@router.post("/sessions/{session_id}/artifacts")
+async def store_artifact(session_id: str, request: Request, runtime: RuntimeDep) -> ArtifactStored:
+    """A PNG the session's agent made; read with a cap, so an oversized body is cut off."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise HTTPException(413, f"an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes")
+    await asyncio.to_thread(runtime.sessions.get, session_id)
+    return await asyncio.to_thread(
+        Artifacts.of(runtime.settings.data_dir).store, session_id, bytes(data)
     )
 
 

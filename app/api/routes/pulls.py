@@ -55,6 +55,13 @@ async def merge_pull(pr_id: PullId, user: CurrentUser, review: ReviewDep) -> Pul
     return await review.merge(pr_id, user)
 
 
+@router.post("/{pr_id}/ready")
+async def ready_pull(pr_id: PullId, user: CurrentUser, review: ReviewDep) -> PullDetail:
+    """Mark a draft (opened while its verify commands failed) ready for review, so it may be
+    merged. Same permissions as merging; a PR that is not a draft is returned unchanged."""
+    return await review.ready(pr_id, user)
+
+
 @router.post("/{pr_id}/close")
 async def close_pull(pr_id: PullId, user: CurrentUser, review: ReviewDep) -> PullDetail:
     """Close without merging; the branch is deleted. Same permissions as merging."""

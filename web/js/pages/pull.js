@@ -16,6 +16,7 @@ function render(pr) {
   clear(
     $("meta"),
     h("span", { id: "state" }, badge(pr.state)),
+    pr.draft && pr.state === "open" ? h("span", { id: "draft", class: "badge" }, "draft: its verify commands failed") : null,
     person(pr.author),
     h("span", {}, "wants to merge ", h("code", {}, pr.head), " into ", h("code", {}, pr.base)),
     h("span", {}, "in ", pr.repo),
@@ -23,6 +24,7 @@ function render(pr) {
     relTime(pr.created_at),
   );
   $("body").textContent = pr.body || "(no description)";
+  renderShots(pr.body || "");
   clear(
     $("commits"),
     pr.commits.map((c) => {
@@ -42,9 +44,26 @@ function render(pr) {
   if (pr.closed_at) facts.push(["When", relTime(pr.closed_at)]);
   clear($("facts"), facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   $("actions").hidden = !pr.can_merge;
+  $("ready").hidden = !pr.draft;
+  $("merge").disabled = pr.draft;
+  $("merge").title = pr.draft ? "A draft: mark it ready for review first" : "";
   $("who-merges").textContent = pr.state === "open" && !pr.can_merge
     ? "Only the session's author, the pull request's author or an admin may merge or close it."
     : "";
+}
+
+// The screenshots the body links (`![name](…/api/sessions/<id>/artifacts/<sha256>)`), shown
+// under it; only this server's own artifact paths become images.
+const SHOT = /!\[([\w-]{1,40})\]\((?:https?:\/\/[^)\s]*?)?(\/api\/sessions\/[\w-]+\/artifacts\/[0-9a-f]{64})\)/g;
+
+function renderShots(body) {
+  const shots = [...body.matchAll(SHOT)].map(([, name, src]) =>
+    h("figure", { class: "shot", dataset: { name } },
+      h("a", { href: src, target: "_blank", rel: "noopener", title: "Open full size" },
+        h("img", { src, alt: `Screenshot: ${name}`, loading: "lazy" })),
+      h("figcaption", {}, name)));
+  clear($("shots"), shots);
+  $("shots").hidden = shots.length === 0;
 }
 
 function renderChecks(checks) {
@@ -75,24 +94,26 @@ async function loadDiff() {
 }
 
 async function act(action) {
-  const verb = action === "merge" ? "Merge" : "Close";
+  const verb = { merge: "Merge", close: "Close", ready: "Marked ready" }[action];
   if (action === "close" && !window.confirm("Close this pull request without merging? Its branch is deleted.")) return;
   for (const b of document.querySelectorAll("#actions button")) b.disabled = true;
   $("error").hidden = true;
   try {
     const pr = await api(`${path}/${action}`, { method: "POST" });
     render(pr);
-    announce(`${verb}d: the pull request is ${pr.state}`);
+    announce(action === "ready" ? "Marked ready for review" : `${verb}d: the pull request is ${pr.state}`);
   } catch (err) {
     showError($("error"), err);
   } finally {
     for (const b of document.querySelectorAll("#actions button")) b.disabled = false;
+    if (!$("ready").hidden) $("merge").disabled = true;
   }
 }
 
 async function main() {
   await initFrame();
   $("merge").addEventListener("click", () => act("merge"));
+  $("ready").addEventListener("click", () => act("ready"));
   $("close").addEventListener("click", () => act("close"));
   try {
     render(await api(path));

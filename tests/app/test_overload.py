@@ -1,0 +1,94 @@
+"""Shedding load: past NIGHTSHIFT_MAX_PENDING_CREATES prompts in flight, the API answers 503 with
+`Retry-After` at once instead of queueing, and what it answered 2xx is kept."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.schemas import RepoCreate
+from tests.factories import Person, make_person, make_repo, wait_for
+from tests.fakes.server import BackgroundServer
+
+
+@pytest.fixture
+def one_at_a_time(make_settings: Any, tmp_path: Path) -> Iterator[tuple[Any, Any, str]]:
+    """A server that takes in one prompt at a time (nothing runs the sessions)."""
+    from app.main import create_app
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings(max_pending_creates=1))
+    runtime.sessions.dispatcher = None
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+    app = create_app(runtime=runtime)
+    try:
+        with BackgroundServer(app) as server:
+            yield runtime, app, server.url
+    finally:
+        runtime.close()
+
+
+def _client(url: str, person: Person) -> httpx.Client:
+    return httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {person.token}"}, timeout=30
+    )
+
+
+def _session_files(runtime: Any) -> int:
+    return len(list(runtime.sessions.files.root.glob("*/*.db")))
+
+
+def test_a_full_backlog_sheds_with_retry_after_and_keeps_what_it_accepted(
+    one_at_a_time: tuple[Any, Any, str],
+) -> None:
+    runtime, app, url = one_at_a_time
+    alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+    with _client(url, alice) as api:
+        earlier = api.post("/api/sessions", json={"repo": "proj", "prompt": "earlier"})
+        assert earlier.status_code == 201
+        # Another process holds the control DB's write lock: the next creation waits for it,
+        # and so stays in flight.
+        control_db = sqlite3.connect(
+            runtime.settings.control_db_url.removeprefix("sqlite:///"), isolation_level=None
+        )
+        control_db.execute("BEGIN IMMEDIATE")
+        held: dict[str, httpx.Response] = {}
+        first = threading.Thread(
+            target=lambda: held.setdefault(
+                "first", api.post("/api/sessions", json={"repo": "proj", "prompt": "held"})
+            )
+        )
+        first.start()
+        try:
+            wait_for(lambda: app.state.prompt_backlog.in_flight == 1, what="a held creation")
+            shed = api.post("/api/sessions", json={"repo": "proj", "prompt": "second"})
+            assert shed.status_code == 503
+            assert shed.headers["retry-after"] == "1"
+            assert "NIGHTSHIFT_MAX_PENDING_CREATES" in shed.json()["detail"]
+            follow_up = api.post(
+                f"/api/sessions/{earlier.json()['id']}/prompts", json={"text": "more"}
+            )
+            assert follow_up.status_code == 503 and "retry-after" in follow_up.headers
+        finally:
+            control_db.execute("COMMIT")
+            control_db.close()
+        first.join(30)
+        assert held["first"].status_code == 201
+        assert app.state.prompt_backlog.shed == 2
+        # The shed requests changed nothing; sent again, they are served.
+        assert _session_files(runtime) == 2
+        again = api.post("/api/sessions", json={"repo": "proj", "prompt": "second"})
+        assert again.status_code == 201
+        more = api.post(f"/api/sessions/{earlier.json()['id']}/prompts", json={"text": "more"})
+        assert more.status_code == 202
+        listed = api.get("/api/sessions").json()
+        assert listed["total"] == 3
+        assert sorted(s["title"] for s in listed["sessions"]) == ["earlier", "held", "second"]
+        prompts = api.get(f"/api/sessions/{earlier.json()['id']}/prompts").json()
+        assert [p["text"] for p in prompts] == ["earlier", "more"]
