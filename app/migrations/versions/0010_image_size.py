@@ -1,7 +1,8 @@
 """images: each image's size on disk, and the size of the declared image's shared root
 
 Revision ID: 0010
-Revises: 0009
+Revises: 0012 (numbered before 0011 and 0012 but landed after them, so a control DB already
+at 0012 still gets it)
 Create Date: 2026-12-06 04:40:00
 """
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0009"
+down_revision: str | Sequence[str] | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
