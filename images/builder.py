@@ -340,7 +340,10 @@ class ImageBuilder:
                 remove_tree(staging)
                 self.registry.delete(record.id)
             raise
-        build_log.line(f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms")
+        on_disk = f", {size / 1e6:.1f} MB on disk" if size is not None else ""
+        build_log.line(
+            f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms{on_disk}"
+        )
         await self._save(
             record,
             status="ready",

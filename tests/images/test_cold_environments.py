@@ -89,6 +89,10 @@ async def test_an_image_records_its_size_and_the_shared_roots(
     assert declared.size_bytes == tree_size(Path(record.location)) > 0
     assert declared.environment_size_bytes == tree_size(rootfs) > 0
     assert plain.size_bytes is not None and plain.size_bytes > 0
+    assert (
+        "ready in " in declared.log
+        and f", {declared.size_bytes / 1e6:.1f} MB on disk" in declared.log
+    )
     assert plain.environment_digest is None and plain.environment_size_bytes is None
     env = {"NIGHTSHIFT_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "300"}
     listed = CliRunner().invoke(app, ["images", "list", "--repo", "proj"], env=env)
