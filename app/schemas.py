@@ -90,6 +90,9 @@ class RepoDetail(RepoPublic):
 
     environment: str
     """`host` (the host's tools), `image <ref>` or `dockerfile <path>`."""
+    environment_digest: str | None = None
+    """The digest of the declared image its newest ready image runs on (None: host tools,
+    not built yet, or built by a provider such as Modal)."""
     effective: list[EffectiveField]
     effective_at: str | None
     """The commit whose files the effective spec was read from (its newest image build);
@@ -322,6 +325,14 @@ class ImagePublic(BaseModel):
     """The build log: listed for failed builds, always in `GET /api/images/{id}`."""
     environment: str | None = None
     """`host`, `image <ref>` or `dockerfile <path>` (None: its repo is no longer registered)."""
+    environment_digest: str | None = None
+    """The manifest digest of the declared image it was built on (None: the host's tools, or
+    a provider's build)."""
+    size_bytes: int | None = None
+    """The image's size on disk on its host (None: still building, failed, or kept by a
+    provider, e.g. Modal, whose size is not known here)."""
+    environment_size_bytes: int | None = None
+    """The size of the declared image's unpacked root, shared by every image built on it."""
     steps: list[BuildStep] = []
     """Each set-up and warm command the build ran, with its exit code and time."""
 

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +38,8 @@ from images.environments import (
     recorded_files,
     uncommitted_spec_warning,
 )
-from images.layers import clean_partials, fold_snapshot, remove_tree
+from images.layers import clean_partials, remove_tree, tree_size
+from images.local_build import build_local
 from images.mirror import Mirrors
 from images.oci_store import OciStore
 from images.registry import ImageRecord, ImageRegistry, Trigger
@@ -48,10 +49,9 @@ from images.sandboxes.base import (
     Limits,
     SandboxBackend,
     SandboxError,
-    SandboxSpec,
 )
 from images.sandboxes.overlay import chown_tree
-from images.setup import BuildError, BuildLog, Progress, exclude_setup_output, run_commands
+from images.setup import BuildError, BuildLog, Progress
 from images.spec import SPEC_FILE, RepoSpec, SpecFileError, read_spec_file
 from integrations.forge.base import Forge, ForgeError
 
@@ -271,7 +271,10 @@ class ImageBuilder:
                     base_environment, effective, self.backend, self.oci, staging, build_log
                 )
                 if env is not None:
-                    await self._save(record, environment_digest=env.digest)
+                    env_size = await asyncio.to_thread(tree_size, Path(env.rootfs))
+                    await self._save(
+                        record, environment_digest=env.digest, environment_size_bytes=env_size
+                    )
             else:
                 build_log.line(f"environment: {effective.environment()}")
             if sha != record.sha or effective.image_hash() != record.spec_hash:
@@ -290,7 +293,8 @@ class ImageBuilder:
                 steps = (self.limits, self.command_timeout, build_log, say)
                 location = await build_remote(remote, record, effective, staging, *steps)
             elif effective.setup or effective.warm:
-                await self._run_in_sandbox(record, effective, staging, build_log, say)
+                steps = (self.limits, self.command_timeout, build_log, say)
+                await build_local(self.backend, record, effective, staging, *steps)
             say("saving the image")
             built_at = time.time()
             stamp = ImageRef(
@@ -303,8 +307,10 @@ class ImageBuilder:
                 built_at=built_at,
                 spec_hash=record.spec_hash or "",
             )
+            size = None  # a provider's image: its size is not known here
             if remote is None:
                 (staging / "meta.json").write_text(json.dumps(asdict(stamp)))
+                size = await asyncio.to_thread(tree_size, staging)
                 staging.rename(final)
                 os.chmod(final, 0o555)  # noqa: S103  (read-only: nothing adds to an image)
         except (
@@ -334,11 +340,15 @@ class ImageBuilder:
                 remove_tree(staging)
                 self.registry.delete(record.id)
             raise
-        build_log.line(f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms")
+        on_disk = f", {size / 1e6:.1f} MB on disk" if size is not None else ""
+        build_log.line(
+            f"image {record.id} ready in {int((time.monotonic() - started) * 1000)} ms{on_disk}"
+        )
         await self._save(
             record,
             status="ready",
             location=location,
+            size_bytes=size,
             log=build_log.text(),
             finished_at=built_at,
             duration_ms=int((time.monotonic() - started) * 1000),
@@ -352,46 +362,6 @@ class ImageBuilder:
         return BuildResult(
             spec.name, "built", f"built {record.id} at {record.sha}", record, warnings=warnings
         )
-
-    async def _run_in_sandbox(
-        self,
-        record: ImageRecord,
-        spec: RepoSpec,
-        staging: Path,
-        build_log: BuildLog,
-        say: Progress,
-    ) -> None:
-        source = ImageRef(
-            id=record.id,
-            repo=spec.name,
-            sha=record.sha or "",
-            backend=self.backend.name,
-            location=str(staging),
-            runtime=self.backend.runtime_version(),
-            built_at=time.time(),
-            spec_hash=record.spec_hash or "",
-        )
-        say("starting the build sandbox")
-        sandbox = await self.backend.start(
-            SandboxSpec(
-                source=source,
-                limits=replace(self.limits, exec_timeout_s=self.command_timeout),
-                env=spec.env,
-                egress=spec.egress,
-                label=f"build:{spec.name}",
-            )
-        )
-        try:
-            await run_commands(
-                sandbox, spec, ("setup", "warm"), self.command_timeout, build_log, say
-            )
-            excluded = await exclude_setup_output(sandbox)
-            if excluded:
-                build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
-            snapshot = await sandbox.snapshot()
-        finally:
-            await sandbox.terminate()
-        await asyncio.to_thread(fold_snapshot, snapshot, staging / "root")
 
     # ------------------------------------------------------------ collection
 

@@ -93,6 +93,21 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=on_error)
 
 
+def tree_size(path: Path) -> int:
+    """Bytes `path` takes on disk (allocated blocks, each hard-linked file counted once, links
+    not followed); parts a build left unreadable are not counted."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for directory, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(directory, name))
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+    return total
+
+
 def fold_snapshot(snapshot: SnapshotRef, root: Path) -> None:
     """Make what a build sandbox wrote (its snapshot) part of the image directory `root`."""
     layer = Path(snapshot.location)

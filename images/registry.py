@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Column, Engine, Index, Text, delete, or_, update
+from sqlalchemy import JSON, BigInteger, Column, Engine, Index, Text, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel import Session as DB
@@ -56,6 +56,12 @@ class ImageRecord(SQLModel, table=True):
     """What the repository's `.nightshift.toml` said at `sha` (None: no file)."""
     environment_digest: str | None = Field(default=None, max_length=100)
     """The manifest digest of the declared image the image was built on (None: host tools)."""
+    size_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    """The image directory's size on disk at the end of its build (None: a provider's image)."""
+    environment_size_bytes: int | None = Field(
+        default=None, sa_column=Column(BigInteger, nullable=True)
+    )
+    """The size of the shared, unpacked root of its declared image (None: host tools)."""
     error: str | None = Field(default=None, max_length=2000)
     log: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: float = Field(default_factory=time.time)

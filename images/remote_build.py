@@ -40,6 +40,11 @@ class RemoteImages(Protocol):
         """The provider's image definition for `spec`'s environment with `workspace` in it."""
         ...
 
+    async def cold_image(self, spec: RepoSpec, image_dir: Path, image_id: str) -> None:
+        """Make the cold start image `image_id` (a bare clone in `image_dir`) run on `spec`'s
+        declared environment on the provider."""
+        ...
+
     async def start_build(self, environment: object, spec: SandboxSpec) -> BuildSandbox:
         """A sandbox on `environment`, the provider building it first."""
         ...

@@ -51,6 +51,14 @@ if __name__ == "__main__":
     unittest.main()
 """
 MODES = ("cold", "image", "warm")
+IMAGE_P50_MS = 400
+IMAGE_ENV_P50_MS = 150
+"""Prompt → first model request from an image on a declared environment (`--image`)."""
+NO_PYTHON_SPEC = """\
+# Image spec of the benchmark project on an image without python3: no set-up to run.
+[env]
+PIP_DISABLE_PIP_VERSION_CHECK = "1"
+"""
 
 
 def _wheel(dest: Path) -> None:
@@ -161,6 +169,9 @@ def run_startup(
     with err.status("timing a plain git clone plus the set-up…"):
         baseline = baseline_ms(repo, scratch, setup)
     result = _run_modes(scratch, repo, modes, sessions, latency_ms, err, image)
+    # From a declared image the start also stacks its root: a tighter bar than a plain image's
+    # first request, as nothing but the sandbox's start and the sync differ.
+    image_bar = IMAGE_ENV_P50_MS if image is not None else IMAGE_P50_MS
     cold = result["modes"].get("cold", {}).get("first_model_request_ms", {})
     from_image = result["modes"].get("image", {}).get("first_model_request_ms", {})
     warm = result["modes"].get("warm", {}).get("first_model_request_ms", {})
@@ -173,14 +184,14 @@ def run_startup(
         **{k: v for k, v in result.items() if k != "model"},
         "targets": {
             "warm_p50_ms": 100,
-            "image_p50_ms": 400,
+            "image_p50_ms": image_bar,
             "cold_p50_max_ms": baseline["total"],
         },
         "met": {
             mode: (p50 <= bar if (p50 := figures.get("p50")) is not None else None)
             for mode, figures, bar in (
                 ("warm", warm, 100),
-                ("image", from_image, 400),
+                ("image", from_image, image_bar),
                 ("cold", cold, baseline["total"]),
             )
         },
@@ -220,6 +231,9 @@ def _run_modes(
         out: dict[str, Any] = {"model": model, "modes": {}}
         if image is not None:
             out["environment"] = _first_pull(settings, image, err)
+            if not out["environment"].pop("has_python3"):
+                _commit_spec(repo, NO_PYTHON_SPEC)
+                out["environment"]["setup"] = "none: the image has no python3"
         for mode in modes:
             if mode in ("image", "warm") and "image_build_ms" not in out:
                 with err.status("building the image…"):
@@ -276,7 +290,7 @@ def _first_pull(settings: Any, image: str, err: Any) -> dict[str, Any]:
             started = time.monotonic()
             _ref, digest, size = store.resolve(image)
             resolve_ms = int((time.monotonic() - started) * 1000)
-            store.pull(image)
+            environment = store.pull(image)
             pull_ms = int((time.monotonic() - started) * 1000)
     except BuildError as exc:
         raise BenchError(str(exc)) from exc
@@ -286,7 +300,15 @@ def _first_pull(settings: Any, image: str, err: Any) -> dict[str, Any]:
         "layers_mb": round(size / 2**20, 1),
         "resolve_ms": resolve_ms,
         "first_pull_and_unpack_ms": pull_ms,
+        "has_python3": environment.has_tool("python3"),
     }
+
+
+def _commit_spec(repo: Path, text: str) -> None:
+    """Replace the project's `.nightshift.toml` on its base branch."""
+    (repo / ".nightshift.toml").write_text(text)
+    identity = ["-c", "user.name=Bench", "-c", "user.email=bench@example.com"]
+    _git(repo, *identity, "commit", "-qam", "spec for an image without python3")
 
 
 def _warm_up(runtime: Any, user: Any, repo: str, timeout: float = 300.0) -> None:

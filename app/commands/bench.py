@@ -44,7 +44,8 @@ def bench_startup(
         str | None,
         typer.Option(
             help="Declare this OCI image as the project's environment: also times its first "
-            "pull and unpack (needs bash and python3 with venv in the image)"
+            "pull and unpack; image mode's target becomes p50 ≤ 150 ms. Without python3 in "
+            "the image the project has no set-up"
         ),
     ] = None,
 ) -> None:

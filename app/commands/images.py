@@ -12,6 +12,7 @@ from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, runtime_from
 from app.errors import ServiceError
+from app.schemas import ImagePublic
 from images.builder import BuildResult
 from images.jobs import build_images
 
@@ -20,6 +21,23 @@ app = typer.Typer(help="Repo images: fresh clones with set-up done.", no_args_is
 
 def _short(sha: str | None) -> str:
     return sha[:10] if sha else ""
+
+
+def _mb(size: int | None) -> str:
+    return f"{size / 1e6:.1f} MB" if size is not None else ""
+
+
+def _environment(r: ImagePublic) -> str:
+    """`host`, or the declared image with the digest it was built on."""
+    digest = f" @ {r.environment_digest[:19]}" if r.environment_digest else ""
+    return f"{r.environment or ''}{digest}"
+
+
+def _size(r: ImagePublic) -> str:
+    """The image's own size, and the declared root it shares with other images."""
+    shared = f" + {_mb(r.environment_size_bytes)} shared" if r.environment_size_bytes else ""
+    own = _mb(r.size_bytes) or ("?" if shared else "")
+    return f"{own}{shared}"
 
 
 def _when(ts: float | None) -> str:
@@ -94,7 +112,9 @@ def images_list(
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """List image builds, newest first (failed ones with their error)."""
+    """List image builds, newest first: environment (host, or the declared image and its
+    digest), size on disk (and the shared declared root), time per set-up step, and the error
+    of failed ones."""
     with runtime_from(load_settings()) as runtime:
         rows = runtime.image_service.images(repo, limit)
         if as_json:
@@ -102,7 +122,18 @@ def images_list(
             return
         table = Table()
         table.add_column("id", no_wrap=True)
-        for name in ("repo", "status", "sha", "environment", "built", "took", "steps", "error"):
+        columns = (
+            "repo",
+            "status",
+            "sha",
+            "environment",
+            "size",
+            "built",
+            "took",
+            "steps",
+            "error",
+        )
+        for name in columns:
             table.add_column(name)
         for r in rows:
             took = f"{r.duration_ms / 1000:.1f}s" if r.duration_ms is not None else ""
@@ -112,7 +143,8 @@ def images_list(
                 r.repo,
                 f"[{style}]{r.status}[/]",
                 _short(r.sha),
-                r.environment or "",
+                _environment(r),
+                _size(r),
                 _when(r.built_at),
                 took,
                 " ".join(f"{s.ms / 1000:.1f}s" for s in r.steps),

@@ -101,7 +101,8 @@ def repos_show(
         return
     console.print(
         f"[bold]{detail.name}[/] ({detail.forge}: {detail.url}, base {detail.base})\n"
-        f"environment: {detail.environment}\n"
+        f"environment: {detail.environment}"
+        + (f" ({detail.environment_digest})\n" if detail.environment_digest else "\n")
         + (
             f"effective spec as of {detail.effective_at[:10]}"
             if detail.effective_at
@@ -118,7 +119,7 @@ def repos_show(
 
 @app.command("list")
 def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
-    """List registered repositories."""
+    """List registered repositories and the environment each uses (host, or its image)."""
     with runtime_from(load_settings()) as runtime:
         rows = runtime.repos.list()
         if as_json:
@@ -126,7 +127,8 @@ def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON"
 
             print(json.dumps([RepoPublic.model_validate(r).model_dump() for r in rows], indent=2))
             return
-        table = Table("name", "forge", "base", "url")
+        table = Table("name", "forge", "base", "environment", "url")
         for r in rows:
-            table.add_row(r.name, r.forge, r.base, r.url)
+            environment = runtime.image_service.repo_detail(r.name).environment
+            table.add_row(r.name, r.forge, r.base, environment, r.url)
         console.print(table)

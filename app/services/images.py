@@ -53,6 +53,9 @@ def image_public(record: ImageRecord, with_log: bool, spec: RepoSpec | None = No
         error=record.error,
         log=record.log if with_log or record.status == "failed" else None,
         environment=record.effective(spec).environment() if spec is not None else None,
+        environment_digest=record.environment_digest,
+        size_bytes=record.size_bytes,
+        environment_size_bytes=record.environment_size_bytes,
         steps=[BuildStep(command=c, exit_code=e, ms=ms) for c, e, ms in build_steps(record.log)],
     )
 
@@ -148,9 +151,11 @@ class Images:
             None,
         )
         recorded = newest.file_spec if newest is not None else None
+        ready = next(iter(self.registry.ready(name)), None)
         return RepoDetail(
             **RepoPublic.model_validate(repo).model_dump(),
             environment=newest.effective(spec).environment() if newest else spec.environment(),
+            environment_digest=ready.environment_digest if ready is not None else None,
             effective=[
                 EffectiveField(field=f, value=v, origin=o)
                 for f, v, o in effective_origins(spec, recorded)

@@ -2,9 +2,9 @@
 
 - Images: a repository's image is built on Modal (`declared_environment`, `start_build`, see
   `modal_images.py` and `images/remote_build.py`) and recorded by its id (`im-...`), which is
-  used as is (`Image.from_id`). A local image directory (a cold start's bare clone) is turned
-  into a Modal image once (the default base, the workspace copied in) and its id cached next
-  to it.
+  used as is (`Image.from_id`). A cold start's bare clone is turned into a Modal image once
+  (`cold_image`: the declared environment, or the default base, with the workspace copied in)
+  and its id cached next to it.
 - Limits: `memory` as request and limit (Modal kills past it: 137), `timeout` for the sandbox,
   `idle_timeout`, exec `timeout` (Modal reports 124), and RLIMIT_NPROC / RLIMIT_CPU set by
   `prlimit` around every command, which runs as the unprivileged `agent` via `setpriv`.
@@ -158,6 +158,14 @@ class ModalBackend:
         """The Modal image a build of `spec` starts from: the environment it declares (or the
         default base) with the clone at `workspace` copied to /workspace."""
         return environment_image(load_modal(), spec, workspace, self.config.modal_base_image)
+
+    async def cold_image(self, spec: RepoSpec, image_dir: Path, image_id: str) -> None:
+        """Build the Modal image a cold start of `spec` runs on (its declared environment with
+        the bare clone in `image_dir`) and cache its id there, as `_build_image` reads it."""
+        image = self.declared_environment(spec, image_dir / "root" / "workspace")
+        built = await self._built(image)
+        cache = {"image_id": built.object_id, "image": image_id}
+        (image_dir / IMAGE_CACHE).write_text(json.dumps(cache))
 
     async def start_build(self, environment: Any, spec: SandboxSpec) -> ModalSandbox:
         """A build sandbox on `environment` (from `declared_environment`), built first."""

@@ -52,6 +52,8 @@ def test_api_shows_the_effective_spec_and_declared_images(api: ApiClient, tmp_pa
         ("echo file > file.txt", 0),
     ]
     assert all(s["ms"] >= 0 for s in image["steps"])
+    assert image["size_bytes"] > 0 and image["environment_digest"] is None
+    assert image["environment_size_bytes"] is None  # the host's tools are not part of it
 
     other = make_repo(tmp_path, "other")
     added = api.add_repo(other, image="127.0.0.1:5000/dev/tools:1")
@@ -92,6 +94,12 @@ def test_cli_add_warns_of_an_uncommitted_spec_file_and_shows_the_repo(tmp_path: 
     assert built.exit_code == 0, built.output
     assert "✓ plain: built" in built.output
     assert f"{other / '.nightshift.toml'} is not committed on branch 'main'" in built.output
+    listed = runner.invoke(app, ["images", "list", "--repo", "plain"], env=env)
+    assert listed.exit_code == 0, listed.output
+    [row] = [line for line in listed.output.splitlines() if "plain" in line]
+    assert "host" in row and " MB" in row and "ready" in row
+    [image] = json.loads(runner.invoke(app, ["images", "list", "--json"], env=env).stdout)
+    assert image["size_bytes"] > 0 and image["environment"] == "host"
     shown = runner.invoke(app, ["repos", "show", "proj"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "environment: image debian:12" in shown.output

@@ -315,6 +315,29 @@ async def test_a_cold_start_on_modal_runs_on_the_clone_and_queues_the_build(
     assert newest is not None and newest.trigger == "session" and newest.location.startswith("im-")
 
 
+async def test_a_cold_start_on_modal_runs_on_the_declared_environment(
+    mrt: Any, modal: FakeModal, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "proj", {"README.md": "cold\n"})
+    _add(mrt, repo, image="ghcr.io/acme/devbox:1.2", setup=["echo set > setup.txt"])
+    spec = mrt.image_service.specs()[0]
+    acquired = await mrt.provider.acquire(spec, label="t")
+    try:
+        assert acquired.mode == "cold" and acquired.notes == []
+        assert "ghcr.io/acme/devbox:1.2" in modal.world.registry_refs
+        assert await acquired.sandbox.read_file("setup.txt") == b"set\n"
+        assert await acquired.sandbox.read_file("README.md") == b"cold\n"
+        assert modal.world.created[-1].image_id in modal.world.images
+    finally:
+        await acquired.sandbox.terminate()
+    await mrt.provider.wait_background()
+    newest = mrt.images.newest("proj")
+    assert newest is not None and newest.status == "ready", newest and newest.error
+    public = mrt.image_service.get(newest.id)
+    assert public.environment == "image ghcr.io/acme/devbox:1.2"
+    assert public.size_bytes is None and public.environment_size_bytes is None  # on Modal
+
+
 # ---------------------------------------------------------------- a whole session on Modal
 
 

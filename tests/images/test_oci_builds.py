@@ -96,8 +96,9 @@ async def test_unchanged_digest_is_skipped_and_a_moved_tag_rebuilt(
         "team/moving:1",
         {"/usr/bin/tool": "#!/bin/sh\necho v2\n", "/bin/bash": BASH},
     )
-    [moved] = await build_images(rt.image_jobs, ["proj"])
+    [moved] = await build_images(rt.image_jobs, ["proj"])  # the scheduled job's build
     assert moved.outcome == "built", moved.message
+    assert rt.images.get(moved.image.id).trigger == "schedule"
     ws = Path(moved.image.location) / "root" / "workspace"
     assert (ws / "v.txt").read_text() == "v2\n"
     assert (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from images.oci_store import OciStore
 from images.setup import BuildError
-from tests.fakes.registry import missing_tool, push_image, start_registry
+from tests.fakes.registry import FakeRegistry, missing_tool, push_image, start_registry
 from tests.images.oci_fixtures import registry, tool_image
 
 __all__ = ["registry", "tool_image"]  # fixtures
@@ -172,3 +173,31 @@ def test_collect_removes_only_unused_old_images(tool_image: str, tmp_path: Path)
     assert store.collect(set(), min_age_s=0) == [env.digest]
     assert not store.path(env.digest).exists()
     assert store.pull(tool_image) == env  # pulled again when asked for again
+
+
+def _loopback_name() -> str | None:
+    """A name of this host, not `localhost`, that resolves to 127.0.0.1 (via /etc/hosts)."""
+    name = socket.gethostname()
+    try:
+        return name if name != "localhost" and socket.gethostbyname(name) == "127.0.0.1" else None
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(_loopback_name() is None, reason="this host's name is not 127.0.0.1")
+def test_loopback_registries_are_plain_http_and_others_https(
+    registry: FakeRegistry, tool_image: str, tmp_path: Path
+) -> None:
+    port = registry.host.rsplit(":", 1)[1]
+    path = tool_image.split("/", 1)[1]
+    # By address or as `localhost`, the registry is reached over plain HTTP, as Docker does.
+    digest = OciStore(tmp_path / "a").pull(tool_image).digest
+    assert OciStore(tmp_path / "b").pull(f"localhost:{port}/{path}").digest == digest
+    # The same server by any other name is spoken to over HTTPS only: its plain HTTP answer
+    # fails the pull in one line, and nothing is unpacked.
+    store = OciStore(tmp_path / "c")
+    with pytest.raises(BuildError) as refused:
+        store.pull(f"{_loopback_name()}:{port}/{path}")
+    message = str(refused.value)
+    assert "HTTP response to HTTPS client" in message and "\n" not in message
+    assert not store.root.exists() or not list(store.root.glob("sha256-*"))

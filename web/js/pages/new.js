@@ -147,7 +147,9 @@ async function renderEnvironment() {
     const detail = await api(repoPath(repo));
     if (repo !== repoSelect.value) return;
     document.getElementById("environment-name").textContent =
-      detail.environment + (detail.effective_at ? "" : " (not built yet: the stored spec only)");
+      detail.environment +
+      (detail.environment_digest ? ` (${detail.environment_digest})` : "") +
+      (detail.effective_at ? "" : " (not built yet: the stored spec only)");
     clear(
       document.getElementById("effective"),
       detail.effective.map((f) =>
