@@ -19,7 +19,7 @@ from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import Engine
 
-from app.models import SlackUserLink, User
+from app.models import User
 from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
@@ -35,6 +35,7 @@ from app.services.slack_routing import SlackRouting
 from app.services.slack_status import StatusUpdater
 from app.services.slack_threads import SessionThreads
 from app.settings import Settings, reveal
+from app.slack_tables import SlackUserLink
 from integrations.llm import ModelSettings
 from integrations.slack.bolt import (
     Envelope,

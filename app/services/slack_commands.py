@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import ServiceError
-from app.models import SlackRequest, User
+from app.models import User
 from app.services.repos import Repos
 from app.services.slack_data import SlackDirectory
 from app.services.slack_invites import LinkInvites
@@ -18,6 +18,7 @@ from app.services.slack_links import LINK_CODE_TTL_S, SlackLinks
 from app.services.slack_out import SlackOut
 from app.services.slack_requests import RequestFlow
 from app.services.slack_routing import SlackRouting
+from app.slack_tables import SlackRequest
 from integrations.slack.blocks import new_session_modal
 from integrations.slack.bolt import ModalSubmission, Reply, SlashCommand
 from integrations.slack.client import error_code

@@ -18,13 +18,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.liveness import process_alive
-from app.models import (
-    Session,
-    SlackEventRecord,
-    SlackParticipant,
-    SlackRequest,
-    SlackThread,
-)
+from app.models import Session
+from app.slack_tables import SlackEventRecord, SlackParticipant, SlackRequest, SlackThread
 from workers.events import ACTIVE_STATUSES
 
 EVENT_RETENTION_S = 7 * 86400.0

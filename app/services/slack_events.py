@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from app.models import SlackThread
 from app.services.slack_data import SlackDirectory
 from app.services.slack_invites import LinkInvites
 from app.services.slack_links import SlackLinks
@@ -21,6 +20,7 @@ from app.services.slack_out import SlackOut
 from app.services.slack_requests import RequestFlow, request_id, thread_id
 from app.services.slack_status import StatusUpdater
 from app.services.slack_threads import SessionThreads
+from app.slack_tables import SlackThread
 from integrations.slack.bolt import Envelope, MessageEvent, ReactionEvent
 from integrations.slack.text import is_stop, mentions, split_model, split_new, to_plain
 from workers.executor import InProcessExecutor

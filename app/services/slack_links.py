@@ -13,7 +13,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound
-from app.models import SlackLinkCode, SlackUserLink, User
+from app.models import User
+from app.slack_tables import SlackLinkCode, SlackUserLink
 
 LINK_CODE_TTL_S = 3600.0
 

@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import ServiceError
-from app.models import SlackRequest, SlackThread, User
+from app.models import User
 from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
@@ -19,6 +19,7 @@ from app.services.slack_data import SlackDirectory
 from app.services.slack_links import SlackLinks
 from app.services.slack_out import SlackOut
 from app.services.slack_status import StatusUpdater
+from app.slack_tables import SlackRequest, SlackThread
 from integrations.slack.blocks import repo_picker
 from integrations.slack.bolt import MessageEvent, RepoPick
 from integrations.slack.client import error_code

@@ -11,7 +11,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Invalid
-from app.models import RepoKeywords, SlackChannelDefault
+from app.slack_tables import RepoKeywords, SlackChannelDefault
 
 _CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 

@@ -21,9 +21,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import NotFound
-from app.models import SlackThread
 from app.services.sessions import Sessions
 from app.services.slack_data import SlackDirectory
+from app.slack_tables import SlackThread
 from integrations.slack.blocks import StatusView, status_message
 from integrations.slack.client import error_code
 from workers.agent.tools import describe_call

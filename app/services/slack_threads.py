@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from app.errors import ServiceError
-from app.models import SlackThread, User
+from app.models import User
 from app.services.classifier import resolve
 from app.services.repos import Repos
 from app.services.sessions import Sessions
@@ -16,6 +16,7 @@ from app.services.slack_links import SlackLinks
 from app.services.slack_out import SlackOut
 from app.services.slack_requests import thread_id
 from app.services.slack_status import StatusUpdater
+from app.slack_tables import SlackThread
 from integrations.slack.bolt import MessageEvent
 from integrations.slack.text import repo_refs
 from workers.events import ACTIVE_STATUSES

@@ -15,7 +15,8 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
-from app.models import GitHubAccount, SlackLinkCode, User
+from app.models import GitHubAccount, User
+from app.slack_tables import SlackLinkCode
 from tests.app.conftest import GitHubEnv
 from tests.factories import make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn

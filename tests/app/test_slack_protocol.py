@@ -17,8 +17,8 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
-from app.models import SlackEventRecord
 from app.schemas import RepoCreate
+from app.slack_tables import SlackEventRecord
 from tests.factories import make_person, make_repo, wait_for
 from tests.fakes.slack import BOT_ID, BOT_USER_ID, SlackWorld, signature
 

@@ -18,11 +18,12 @@ from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, sam
 from app.api.pages import html_page as _page
 from app.api.routes.auth import start_sign_in
 from app.errors import NotFound, Unauthorized
-from app.models import SlackLinkCode, SlackUserLink, User
+from app.models import User
 from app.runtime import Runtime
 from app.schemas import SlackLinkCreate, SlackLinkPublic, UserPublic
 from app.services.slack import SlackBot
 from app.settings import reveal
+from app.slack_tables import SlackLinkCode, SlackUserLink
 
 router = APIRouter(tags=["slack"])
 NOT_CONFIGURED = (
