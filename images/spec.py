@@ -49,7 +49,10 @@ SPEC_FILE_KEYS = (
     "image",
     "dockerfile",
     "context",
+    "ci_fix_attempts",
 )
+SPEC_CI_FIX_MAX = 10
+"""The most CI fix attempts per PR a repository's own file may ask for."""
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -118,6 +121,8 @@ class RepoSpec(BaseModel):
     """Commands (tests, lint, type checks) run when the agent calls `finish`."""
     protected: list[str] = Field(default_factory=list)
     """Globs of paths the agent may read but not write (the `protected` plugin)."""
+    ci_fix_attempts: int | None = None
+    """Failing checks sent back per PR, from the spec file (None: the repo's or server's)."""
 
     @field_validator("image")
     @classmethod
@@ -202,6 +207,8 @@ class RepoSpec(BaseModel):
             update["protected"] = list(file.protected)
         if file.egress is not None:
             update["egress"] = list(file.egress)
+        if file.ci_fix_attempts is not None:
+            update["ci_fix_attempts"] = file.ci_fix_attempts
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
         if file.image is not None:
@@ -233,6 +240,7 @@ class SpecFile(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     context: str | None = None
+    ci_fix_attempts: int | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -325,6 +333,18 @@ def parse_spec_file(text: str) -> SpecFile:
             "context is the Dockerfile's build context; it needs dockerfile",
             _key_line(lines, "context"),
         )
+    if "ci_fix_attempts" in data:
+        value = data["ci_fix_attempts"]
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= SPEC_CI_FIX_MAX
+        ):
+            raise SpecFileError(
+                f"ci_fix_attempts must be a whole number from 0 to {SPEC_CI_FIX_MAX}",
+                _key_line(lines, "ci_fix_attempts"),
+            )
+        result.ci_fix_attempts = value
     if "env" in data:
         value = data["env"]
         table_line = _key_line(lines, "env") or _table_line(lines, "env")
