@@ -307,6 +307,8 @@ class GitHubCI:
     def _notice(
         self, session_id: str, message: str, link: str, prompt_id: int | None = None
     ) -> None:
-        self.sessions.hub.publish(
-            session_id, Notice(message=message, link=link or None, prompt_id=prompt_id)
+        """A notice with `prompt_id` says where that queued follow-up came from."""
+        notice = Notice(
+            message=message, link=link or None, prompt_id=prompt_id, follow_up=prompt_id is not None
         )
+        self.sessions.hub.publish(session_id, notice)

@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
+from app.commands.render import event_line
 from app.github_tables import GitHubCiAttempt, GitHubTrigger
 from app.models import GitHubDelivery, PromptIndex, User
 from app.schemas import RepoCreate
@@ -571,7 +572,13 @@ def test_an_unlinked_reviewer_s_follow_up_waits_until_they_link(env: GitHubEnv) 
     wait_for(lambda: len(_prompts(env, session_id)) == 2, 10, "the follow-up after linking")
     follow = _prompts(env, session_id)[-1]
     assert follow.author.id == reviewer.id and "add docs" in follow.text
-    assert _events(env, session_id, "notice")[-1].link == comment["html_url"]
+    origin = _events(env, session_id, "notice")[-1]
+    assert origin.link == comment["html_url"] and origin.follow_up
+    assert origin.prompt_id == follow.id
+    # `nightshift attach` prints it with the comment's link.
+    lines = [event_line(e) for e in env.runtime.sessions.events(session_id)]
+    assert f"↪ prompt {follow.id}: Follow-up from GitHub" in "\n".join(filter(None, lines))
+    assert comment["html_url"] in "\n".join(filter(None, lines))
 
 
 def test_the_repos_nightshift_toml_sets_the_ci_fix_cap(make_github_env: Any) -> None:

@@ -566,6 +566,37 @@ def test_prompts_and_model_output_render_as_text_never_markup(
     assert page.evaluate("window.__owned") is None
 
 
+def test_a_follow_up_shows_where_it_came_from_on_its_prompt(
+    web: Web, api: ApiClient, alice: Person, runtime: Any, openai_fake: ScriptBook, proj: str
+) -> None:
+    from workers.events import Notice
+
+    openai_fake.script("origin", Turn.tool("finish", summary="ok"))
+    session = api.create(proj, "origin of a prompt")
+    api.wait_status(session["id"], "finished")
+    [prompt] = api.http.get(f"/api/sessions/{session['id']}/prompts").json()
+    comment = "https://github.com/acme/proj/pull/3#issuecomment-42"
+    # As a GitHub mention queues it: the origin names the prompt it belongs to.
+    runtime.hub.publish(
+        session["id"],
+        Notice(
+            message="Follow-up from GitHub: a comment by @monalisa",
+            link=comment,
+            prompt_id=prompt["id"],
+            follow_up=True,
+        ),
+    )
+    page = web.page(alice, f"/sessions/{session['id']}")
+    origin = page.wait_for_selector(
+        f"#timeline .item.prompt[data-prompt-id='{prompt['id']}'] .origin"
+    )
+    assert origin is not None
+    assert "a comment by @monalisa" in origin.inner_text()
+    assert origin.query_selector("a") is not None
+    assert origin.query_selector("a").get_attribute("href") == comment  # type: ignore[union-attr]
+    assert page.locator("#timeline .item.notice").count() == 0
+
+
 def test_parent_and_sub_sessions_link_to_each_other(
     web: Web, api: ApiClient, alice: Person, openai_fake: ScriptBook, proj: str
 ) -> None:
