@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, select
@@ -33,6 +33,8 @@ from integrations.github.commits import commit_stats
 log = logging.getLogger("nightshift.github.code_share")
 MAX_PUSH_COMMITS = 20
 """Commits measured per push (GitHub's push payload lists at most 20)."""
+LISTED_MAX = 100
+"""Listed commits looked at per push (GitHub lists at most 20; a longer list is not GitHub's)."""
 SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
@@ -67,7 +69,7 @@ class CodeShare:
         """A push to `repo`'s base branch: measure the commits it added."""
         listed = payload.get("commits")
         shas: list[str] = []
-        for commit in listed if isinstance(listed, list) else []:
+        for commit in listed[:LISTED_MAX] if isinstance(listed, list) else []:
             sha = str(commit.get("id") or "").lower() if isinstance(commit, dict) else ""
             if SHA.match(sha) and sha not in shas:
                 shas.append(sha)
@@ -111,17 +113,17 @@ class CodeShare:
 
 def line_share(engine: Engine, since: float) -> LineShare:
     """Lines added to base branches since `since`, and how many of them were Nightshift's."""
+    added = func.coalesce(func.sum(GitHubBaseCommit.additions), 0)
+    window = col(GitHubBaseCommit.pushed_at) >= since
+    ours = col(GitHubBaseCommit.sha).in_(select(GitHubAgentCommit.sha))
     with DB(engine) as db:
-        rows = db.exec(
-            select(GitHubBaseCommit).where(col(GitHubBaseCommit.pushed_at) >= since)
-        ).all()
-        shas = [r.sha for r in rows]
-        ours = set(
-            db.exec(select(GitHubAgentCommit.sha).where(col(GitHubAgentCommit.sha).in_(shas))).all()
-        )
-    measured = [r for r in rows if r.additions is not None]
+        lines = db.exec(select(added).where(window)).one()
+        agent_lines = db.exec(select(added).where(window, ours)).one()
+        unmeasured = db.exec(
+            select(func.count())
+            .select_from(GitHubBaseCommit)
+            .where(window, col(GitHubBaseCommit.additions).is_(None))
+        ).one()
     return LineShare(
-        agent_lines=sum(r.additions or 0 for r in measured if r.sha in ours),
-        lines=sum(r.additions or 0 for r in measured),
-        unmeasured=len(rows) - len(measured),
+        agent_lines=int(agent_lines or 0), lines=int(lines or 0), unmeasured=int(unmeasured)
     )

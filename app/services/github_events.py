@@ -293,12 +293,12 @@ class GitHubWebhooks:
         for repo in self._repos_named(payload["repository"]["full_name"]):
             if repo.base != branch:
                 continue
-            if self.code_share is not None:
-                self.code_share.on_push(repo.url, payload)
             if not self.rebuild_hooks:
                 log.info("%s: base moved to %s; the next image check rebuilds", repo.name, after)
             for hook in list(self.rebuild_hooks):
                 hook(spec_of(repo), after)
+            if self.code_share is not None:
+                self.code_share.on_push(repo.url, payload)
 
     # Mentions, reviews and checks: each kind goes to the service that owns it.
 
