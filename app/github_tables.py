@@ -73,11 +73,45 @@ class GitHubPrStats(SQLModel, table=True):
     reviews: int = 0
     approvals: int = 0
     changes_requested: int = 0
+    follow_ups: int = 0
+    """Prompts queued on the session after its PR opened (revisions asked for)."""
     updated_at: float = Field(default_factory=time.time)
+
+
+class GitHubAgentCommit(SQLModel, table=True):
+    """A commit that is Nightshift's: one a session made (`CommitCreated`), or the merge
+    commit of a session's PR (`merge`: a squash or rebase merge gives the work new SHAs)."""
+
+    __tablename__ = "github_agent_commits"
+    __table_args__ = (UniqueConstraint("session_id", "sha", name="uq_github_agent_commit"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(max_length=32)
+    sha: str = Field(max_length=64, index=True)
+    kind: str = Field(default="commit", max_length=16)
+    created_at: float = Field(default_factory=time.time)
+
+
+class GitHubBaseCommit(SQLModel, table=True):
+    """A commit pushed to a known repo's base branch, with the lines it added (from
+    `GET /repos/{o}/{r}/commits/{sha}`; None, with the reason, when it was not measured)."""
+
+    __tablename__ = "github_base_commits"
+    __table_args__ = (UniqueConstraint("repo", "sha", name="uq_github_base_commit"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo: str = Field(max_length=200)
+    """The repository's full name, lower case."""
+    sha: str = Field(max_length=64, index=True)
+    additions: int | None = None
+    reason: str | None = Field(default=None, max_length=300)
+    pushed_at: float = Field(default_factory=time.time, index=True)
 
 
 GITHUB_TRIGGER_TABLES = [
     GitHubTrigger.__table__,  # type: ignore[attr-defined]
     GitHubCiAttempt.__table__,  # type: ignore[attr-defined]
     GitHubPrStats.__table__,  # type: ignore[attr-defined]
+    GitHubAgentCommit.__table__,  # type: ignore[attr-defined]
+    GitHubBaseCommit.__table__,  # type: ignore[attr-defined]
 ]

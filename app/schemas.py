@@ -270,9 +270,17 @@ class PrStats(BaseModel):
     """Reviewed PRs with at least one approving review, over reviewed PRs."""
     revisions_per_pr: float | None
     """Pushes to a PR's branch (the first included), on average."""
+    follow_ups_per_pr: float | None = None
+    """Prompts queued on a session after its PR opened, on average."""
     median_open_to_merge_s: float | None
     agent_commit_share: float | None
     """Commits the agent made over all commits of the merged PRs."""
+    agent_line_share: float | None = None
+    """Lines added to base branches by Nightshift's commits over all lines added to them."""
+    base_lines_added: int = 0
+    agent_lines_added: int = 0
+    unmeasured_commits: int = 0
+    """Base-branch commits whose lines are not counted (past the per-push cap, or GitHub failed)."""
 
 
 class Stats(BaseModel):

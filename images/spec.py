@@ -53,7 +53,10 @@ SPEC_FILE_KEYS = (
     "context",
     "devcontainer",
     *PAGE_KEYS,
+    "ci_fix_attempts",
 )
+SPEC_CI_FIX_MAX = 10
+"""The most CI fix attempts per PR a repository's own file may ask for."""
 
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -130,6 +133,8 @@ class RepoSpec(BaseModel):
     serve_port: int | None = None
     screenshots: list[Page] = Field(default_factory=list)
     """Pages captured after each finished prompt (`images/pages.py`)."""
+    ci_fix_attempts: int | None = None
+    """Failing checks sent back per PR, from the spec file (None: the repo's or server's)."""
 
     @field_validator("image")
     @classmethod
@@ -214,6 +219,8 @@ class RepoSpec(BaseModel):
             update["protected"] = list(file.protected)
         if file.egress is not None:
             update["egress"] = list(file.egress)
+        if file.ci_fix_attempts is not None:
+            update["ci_fix_attempts"] = file.ci_fix_attempts
         if file.env is not None:
             update["env"] = {**self.env, **file.env}
         if file.use_devcontainer is not None:
@@ -256,6 +263,7 @@ class SpecFile(BaseModel):
     serve: str | None = None
     serve_port: int | None = None
     screenshots: list[Page] | None = None
+    ci_fix_attempts: int | None = None
 
 
 def _key_line(lines: list[str], key: str, table: str | None = None) -> int | None:
@@ -354,6 +362,18 @@ def parse_spec_file(text: str) -> SpecFile:
             "context is the Dockerfile's build context; it needs dockerfile",
             _key_line(lines, "context"),
         )
+    if "ci_fix_attempts" in data:
+        value = data["ci_fix_attempts"]
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= SPEC_CI_FIX_MAX
+        ):
+            raise SpecFileError(
+                f"ci_fix_attempts must be a whole number from 0 to {SPEC_CI_FIX_MAX}",
+                _key_line(lines, "ci_fix_attempts"),
+            )
+        result.ci_fix_attempts = value
     if "env" in data:
         value = data["env"]
         table_line = _key_line(lines, "env") or _table_line(lines, "env")

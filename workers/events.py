@@ -199,6 +199,9 @@ class Notice(_Event):
     type: Literal["notice"] = "notice"
     message: str
     link: str | None = None
+    follow_up: bool = False
+    """It says where prompt `prompt_id` came from (a GitHub comment, review or failing check);
+    clients show it with that prompt."""
 
 
 class VerifyCheck(BaseModel):

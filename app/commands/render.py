@@ -79,6 +79,10 @@ def event_line(event: Event) -> str | None:
         return f"[green]· pull request #{event.number}: {event.url}[/]"
     if isinstance(event, ChildSpawned):
         return f"[magenta]· spawned session {event.child_id} on {event.repo}[/]"
+    if isinstance(event, Notice) and event.follow_up:
+        # Where the follow-up came from, with its link: said once, next to its prompt.
+        link = f" {escape(event.link)}" if event.link else ""
+        return f"[cyan]↪ prompt {event.prompt_id}: {escape(event.message)}{link}[/]"
     if isinstance(event, Notice):
         return f"[yellow]· {escape(event.message)}{f' {event.link}' if event.link else ''}[/]"
     if isinstance(event, ErrorRaised):

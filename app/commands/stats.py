@@ -59,8 +59,18 @@ def _print(stats: dict[str, Any]) -> None:
     table.add_row("approval rate", _pct(prs.get("approval_rate")))
     revisions = prs.get("revisions_per_pr")
     table.add_row("pushes per PR", NONE if revisions is None else str(revisions))
+    follow_ups = prs.get("follow_ups_per_pr")
+    table.add_row("follow-ups per PR", NONE if follow_ups is None else str(follow_ups))
     table.add_row("median opened → merged", _wait(prs.get("median_open_to_merge_s")))
     table.add_row("agent's share of merged commits", _pct(prs.get("agent_commit_share")))
+    lines = f"{prs.get('agent_lines_added', 0)} of {prs.get('base_lines_added', 0)}"
+    unmeasured = prs.get("unmeasured_commits", 0)
+    if unmeasured:
+        lines += f"; {unmeasured} commits not measured"
+    table.add_row(
+        "agent's share of base lines",
+        f"{_pct(prs.get('agent_line_share'))} ({lines})",
+    )
     console.print(table)
     usage = stats["usage"]
     spend = Table("who", "prompts", "input", "cached", "output", "est. cost", title="Spend")

@@ -22,6 +22,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import Participant, Repo, Session, User
+from app.services.code_share import CodeShare
 from app.services.github_accounts import GitHubAccounts, SignInRequired
 from app.services.github_ci import GitHubCI
 from app.services.github_events import GitHubWebhooks, RebuildHook
@@ -297,6 +298,7 @@ def build_github(
         triggers=triggers,
         ci=GitHubCI(engine, sessions, app, attempts=settings.ci_fix_attempts),
         pr_stats=pr_stats,
+        code_share=CodeShare(engine, app),
     )
     return GitHubServices(
         config=config,

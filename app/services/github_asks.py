@@ -244,6 +244,7 @@ class Asks:
                     message=f"Follow-up from GitHub: {row.reason} by @{row.login}",
                     link=row.url or None,
                     prompt_id=prompt.id,
+                    follow_up=True,
                 ),
             )
             self._set(row_id, state="queued")

@@ -2,7 +2,8 @@
 completes with a failure on the head commit of a pull request a session opened queues a
 follow-up in that session, with the check's name and the tail of its log.
 
-At most `NIGHTSHIFT_CI_FIX_ATTEMPTS` follow-ups per PR (0: never); one per head commit, so the
+At most `NIGHTSHIFT_CI_FIX_ATTEMPTS` follow-ups per PR (0: never; the repo's setting, or
+`ci_fix_attempts` in its `.nightshift.toml`, overrides it); one per head commit, so the
 check run, its suite and its workflow run reporting the same failure ask once. Each attempt,
 the cap being reached, and checks passing after an attempt are events on the session (a
 `Notice` with the check's link) and rows of `GitHubCiAttempt`. The follow-up is the session
@@ -26,7 +27,10 @@ from app.github_tables import GitHubCiAttempt
 from app.models import Repo, Session, User
 from app.services.github_gate import Ignored, need, need_int, need_str, text_of
 from app.services.github_prompts import ci_prompt
+from app.services.repos import spec_of
 from app.services.sessions import Sessions
+from images.environments import effective_from_record
+from images.registry import ImageRecord
 from integrations.github import GitHubApp, GitHubError
 from integrations.github.checks import (
     FAILED,
@@ -159,6 +163,18 @@ class GitHubCI:
         return row
 
     def cap(self, repo: Repo) -> int:
+        """The repo's `.nightshift.toml` (as its newest image recorded it) decides first, then
+        the repo's setting, then NIGHTSHIFT_CI_FIX_ATTEMPTS."""
+        with DB(self.engine) as db:
+            newest = db.exec(
+                select(ImageRecord)
+                .where(ImageRecord.repo == repo.name, ImageRecord.status == "ready")
+                .order_by(col(ImageRecord.finished_at).desc())
+            ).first()
+        recorded = newest.file_spec if newest is not None else None
+        from_file = effective_from_record(spec_of(repo), recorded).ci_fix_attempts
+        if from_file is not None:
+            return from_file
         return self.attempts if repo.ci_fix_attempts is None else repo.ci_fix_attempts
 
     def _handle(self, check: Completed) -> None:
@@ -291,6 +307,8 @@ class GitHubCI:
     def _notice(
         self, session_id: str, message: str, link: str, prompt_id: int | None = None
     ) -> None:
-        self.sessions.hub.publish(
-            session_id, Notice(message=message, link=link or None, prompt_id=prompt_id)
+        """A notice with `prompt_id` says where that queued follow-up came from."""
+        notice = Notice(
+            message=message, link=link or None, prompt_id=prompt_id, follow_up=prompt_id is not None
         )
+        self.sessions.hub.publish(session_id, notice)

@@ -7,7 +7,8 @@ loses nothing: the reconciler picks up deliveries left queued. Processing:
 
 - `pull_request` → the session's PR number, URL and state (`PrStateChanged` through the hub,
   so it is persisted, streamed, and applied to the index);
-- `push` to a repo's base branch → the image rebuild hooks (the image builder fills them);
+- `push` to a repo's base branch → the image rebuild hooks, and the lines each pushed commit
+  added (`code_share.py`);
 - `installation`, `installation_repositories` → the installations table, and the App's
   cached tokens of removed installations are dropped;
 - `issues`, `issue_comment`, `pull_request_review_comment`, `pull_request_review` → sessions
@@ -39,6 +40,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
+from app.services.code_share import CodeShare
 from app.services.github_ci import GitHubCI
 from app.services.github_gate import Ignored
 from app.services.github_triggers import GitHubTriggers
@@ -88,8 +90,10 @@ class GitHubWebhooks:
         triggers: GitHubTriggers | None = None,
         ci: GitHubCI | None = None,
         pr_stats: PrStatsRecorder | None = None,
+        code_share: CodeShare | None = None,
     ) -> None:
         self.pr_stats = pr_stats
+        self.code_share = code_share
         """Records reviews and merges of sessions' PRs for `GET /api/stats`."""
         self.engine = engine
         self.triggers = triggers
@@ -293,6 +297,8 @@ class GitHubWebhooks:
                 log.info("%s: base moved to %s; the next image check rebuilds", repo.name, after)
             for hook in list(self.rebuild_hooks):
                 hook(spec_of(repo), after)
+            if self.code_share is not None:
+                self.code_share.on_push(repo.url, payload)
 
     # Mentions, reviews and checks: each kind goes to the service that owns it.
 

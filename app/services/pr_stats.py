@@ -1,10 +1,11 @@
 """Pull-request stats: do the agents' PRs get approved, how often are they revised, how long do
 they wait to be merged, and how much of what is merged did the agent write?
 
-Facts are recorded as they happen, one `GitHubPrStats` row per session: pushes and commits from
-the session's own events (a hub handler), reviews and the merge from GitHub's webhooks. The
-agent's share of the code is counted in commits: the commits the agent made over all commits on
-the merged PRs (people may push to a session's branch too).
+Facts are recorded as they happen, one `GitHubPrStats` row per session: pushes, commits and
+follow-ups queued after the PR opened from the session's own events (a hub handler), reviews
+and the merge from GitHub's webhooks. The agent's share of the code is counted two ways: in
+commits (the commits the agent made over all commits on the merged PRs; people may push to a
+session's branch too) and in lines added to the base branches (`app/services/code_share.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from sqlmodel import col, select
 from app.github_tables import GitHubPrStats
 from app.models import Repo, Session
 from app.schemas import PrStats
-from workers.events import BranchPushed, CommitCreated, Event
+from app.services.code_share import line_share, record_agent_commit
+from workers.events import BranchPushed, CommitCreated, Event, PromptQueued, PrOpened
 
 
 def _ts(value: Any) -> float | None:
@@ -54,17 +56,34 @@ class PrStatsRecorder:
                     db.rollback()
 
     def on_event(self, session_id: str, event: Event) -> None:
-        """A hub handler: the agent's commits and pushes."""
+        """A hub handler: the agent's commits and pushes, the PR opening, later follow-ups."""
         if isinstance(event, CommitCreated):
             self._change(session_id, agent_commits=1)
+            record_agent_commit(self.engine, session_id, event.sha)
         elif isinstance(event, BranchPushed):
             self._change(session_id, pushes=1)
+        elif isinstance(event, PrOpened):
+            self._change(session_id)
+            with DB(self.engine) as db:
+                row = db.get(GitHubPrStats, session_id)
+                assert row is not None
+                row.opened_at = row.opened_at or time.time()
+                db.add(row)
+                db.commit()
+        elif isinstance(event, PromptQueued):
+            with DB(self.engine) as db:
+                row = db.get(GitHubPrStats, session_id)
+            if row is not None and row.opened_at is not None:
+                self._change(session_id, follow_ups=1)
 
     def on_pull(self, session_ids: list[str], pr: dict[str, Any]) -> None:
         """A `pull_request` delivery for these sessions' PR: when it opened, merged, its commits."""
         opened, merged = _ts(pr.get("created_at")), _ts(pr.get("merged_at"))
         commits = pr.get("commits")
+        merge_sha = pr.get("merge_commit_sha")
         for session_id in session_ids:
+            if pr.get("merged") is True and isinstance(merge_sha, str):
+                record_agent_commit(self.engine, session_id, merge_sha, "merge")
             self._change(session_id)
             with DB(self.engine) as db:
                 row = db.get(GitHubPrStats, session_id)
@@ -125,11 +144,17 @@ def compute_pr_stats(engine: Engine, window_days: int = 30, now: float | None = 
     merged = [r for r in rows if r.merged_at is not None and r.pr_commits]
     all_commits = sum(r.pr_commits or 0 for r in merged)
     agent_commits = sum(min(r.agent_commits, r.pr_commits or 0) for r in merged)
+    lines = line_share(engine, since)
     return PrStats(
         prs=len(rows),
         reviewed=len(reviewed),
         approval_rate=round(len(approved) / len(reviewed), 4) if reviewed else None,
         revisions_per_pr=round(sum(r.pushes for r in rows) / len(rows), 2) if rows else None,
         median_open_to_merge_s=round(statistics.median(waits), 1) if waits else None,
+        follow_ups_per_pr=round(sum(r.follow_ups for r in rows) / len(rows), 2) if rows else None,
         agent_commit_share=round(agent_commits / all_commits, 4) if all_commits else None,
+        agent_line_share=round(lines.agent_lines / lines.lines, 4) if lines.lines else None,
+        base_lines_added=lines.lines,
+        agent_lines_added=lines.agent_lines,
+        unmeasured_commits=lines.unmeasured,
     )

@@ -264,9 +264,14 @@ class StatusUpdater:
         failure: str | None = None
         summary: str | None = None
         notice: Notice | None = None
+        origins: dict[int | None, Notice] = {}  # where each follow-up came from
+        running: int | None = None
         for event in store.events(max(0, last - RECENT_EVENTS), RECENT_EVENTS):
             if isinstance(event, PromptStarted):
                 activity, failure, summary, notice = "reading the request", None, None, None
+                running = event.prompt_id
+            elif isinstance(event, Notice) and event.follow_up:
+                origins[event.prompt_id] = event
             elif isinstance(event, Notice):
                 notice = event
             elif isinstance(event, StatusChanged):
@@ -302,6 +307,8 @@ class StatusUpdater:
             failure=failure,
             notice=notice.message if notice else None,
             notice_link=notice.link if notice else None,
+            origin=origins[running].message if running in origins else None,
+            origin_link=origins[running].link if running in origins else None,
             participants=tuple(self.directory.participants(thread.channel_id, thread.thread_ts)),
         )
 

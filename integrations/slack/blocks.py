@@ -70,6 +70,9 @@ class StatusView:
     notice: str | None = None
     """Something a person must do (sign in with GitHub so the PR opens in their name)."""
     notice_link: str | None = None
+    origin: str | None = None
+    """Where the prompt being worked on came from (a GitHub comment, review or check)."""
+    origin_link: str | None = None
     participants: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -106,6 +109,14 @@ def status_message(view: StatusView) -> tuple[str, list[Block]]:
         link = f" <{view.notice_link}|Open>" if view.notice_link else ""
         blocks.append(section(f":warning: {escape(view.notice)}{link}"))
         fallback += f" — {view.notice}"
+    if view.origin:
+        link = view.origin_link or ""
+        safe = link.startswith(("https://", "http://")) and not set(link) & set("<>| \n")
+        blocks.append(
+            context(
+                f":speech_balloon: {escape(view.origin[:300])}{f' <{link}|Open>' if safe else ''}"
+            )
+        )
     if view.queued and view.status not in TERMINAL:
         s = "" if view.queued == 1 else "s"
         blocks.append(context(f":inbox_tray: {view.queued} follow-up{s} queued"))

@@ -215,6 +215,7 @@ def test_run_streams_to_the_end_and_links_to_the_server(
     assert text.returncode == 0, text.stderr
     assert f"of {figures['sessions']} sessions in the last 30 days" in text.stdout
     assert "How the pull requests fared on GitHub" in text.stdout and "approval rate" in text.stdout
+    assert "follow-ups per PR" in text.stdout and "agent's share of base lines" in text.stdout
 
 
 def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(

@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import Session as DB
 from sqlmodel import select
 
+from app.commands.render import event_line
 from app.github_tables import GitHubCiAttempt, GitHubTrigger
 from app.models import GitHubDelivery, PromptIndex, User
 from app.schemas import RepoCreate
@@ -571,4 +572,47 @@ def test_an_unlinked_reviewer_s_follow_up_waits_until_they_link(env: GitHubEnv) 
     wait_for(lambda: len(_prompts(env, session_id)) == 2, 10, "the follow-up after linking")
     follow = _prompts(env, session_id)[-1]
     assert follow.author.id == reviewer.id and "add docs" in follow.text
-    assert _events(env, session_id, "notice")[-1].link == comment["html_url"]
+    origin = _events(env, session_id, "notice")[-1]
+    assert origin.link == comment["html_url"] and origin.follow_up
+    assert origin.prompt_id == follow.id
+    # `nightshift attach` prints it with the comment's link.
+    lines = [event_line(e) for e in env.runtime.sessions.events(session_id)]
+    assert f"↪ prompt {follow.id}: Follow-up from GitHub" in "\n".join(filter(None, lines))
+    assert comment["html_url"] in "\n".join(filter(None, lines))
+
+
+def test_the_repos_nightshift_toml_sets_the_ci_fix_cap(make_github_env: Any) -> None:
+    """`ci_fix_attempts` in `.nightshift.toml`, as the newest image read it, wins over the
+    repo's setting and the server's."""
+    from images.registry import ImageRecord
+
+    gh = _env(make_github_env, repo={"ci_fix_attempts": 2}, ci_fix_attempts=2)
+    bare = gh.fake.repos[REPO].path
+    work = bare.parent / "spec-work"
+    git(bare.parent, "clone", "-q", str(bare), str(work))
+    (work / ".nightshift.toml").write_text("ci_fix_attempts = 1\n")
+    git(work, "add", ".nightshift.toml")
+    git(work, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "Spec")
+    git(work, "push", "-q", "origin", "main")
+    [name] = [r.name for r in gh.runtime.repos.list()]
+    gh.runtime.image_service.queue_build([name], force=True)
+
+    def built() -> ImageRecord | None:
+        with DB(gh.runtime.engine) as db:
+            rows = db.exec(select(ImageRecord).where(ImageRecord.status == "ready")).all()
+        return next((r for r in rows if r.file_spec), None)
+
+    image = wait_for(built, 120, "an image of the spec's commit")
+    assert image.file_spec is not None and image.file_spec["ci_fix_attempts"] == 1
+    author = _sign_in(gh, "octocat")
+    session_id, _number, sha = _session_with_pr(gh, author)
+    run = payloads.check_run_json(gh.fake, REPO, 931, "tests", sha, "failure", log="E: one")
+    assert _deliver(gh, "check_run", payloads.check_run_completed(gh.fake, REPO, run)).status == (
+        "done"
+    )
+    assert "CI fix attempt 1 of 1" in _events(gh, session_id, "notice")[-1].message
+    again = _push(gh, session_id, "Fix one")
+    run2 = payloads.check_run_json(gh.fake, REPO, 932, "tests", again, "failure", log="E: two")
+    _ignored(
+        _deliver(gh, "check_run", payloads.check_run_completed(gh.fake, REPO, run2)), "used up (1)"
+    )

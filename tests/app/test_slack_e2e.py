@@ -309,6 +309,24 @@ def test_a_notice_and_a_later_pr_reach_the_status_message_of_a_finished_session(
         "the PR link",
     )
     assert "Sign in with GitHub" not in _blocks_text(status)
+    # Where the prompt came from (a GitHub comment on the PR) stays shown beside the PR.
+    [prompt] = sessions.prompts(session_id)
+    comment = "https://github.com/acme/proj/pull/9#issuecomment-77"
+    slack_world.runtime.hub.publish(
+        session_id,
+        Notice(
+            message="Follow-up from GitHub: a comment by @monalisa",
+            link=comment,
+            prompt_id=prompt.id,
+            follow_up=True,
+        ),
+    )
+    wait_for(
+        lambda: f"a comment by @monalisa <{comment}|Open>" in _blocks_text(status),
+        30,
+        "the follow-up's origin",
+    )
+    assert "Pull request #9" in _blocks_text(status)
 
 
 def test_a_mention_warms_a_sandbox_that_its_session_then_claims(

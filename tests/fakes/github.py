@@ -100,6 +100,7 @@ class FakePull:
     merged: bool = False
     draft: bool = False
     created_at: float = field(default_factory=time.time)
+    merge_commit_sha: str | None = None
 
 
 @dataclass
@@ -268,6 +269,48 @@ class FakeGitHub:
             pull.state, pull.merged = "closed", True
         return pull
 
+    def squash_merge(self, repo: str, number: int) -> tuple[FakePull, str]:
+        """Merge as GitHub's "Squash and merge" does: one new commit on the base with the PR's
+        tree. Returns the PR and the base's tip before the merge (for the push payload)."""
+        pull = self.pull(repo, number)
+        bare = self.repos[repo.lower()].path
+        before = git(bare, "rev-parse", f"refs/heads/{pull.base}").strip()
+        tree = f"refs/heads/{pull.head}^{{tree}}"
+        sha = git(bare, "commit-tree", tree, "-p", before, "-m", f"{pull.title} (#{number})")
+        git(bare, "update-ref", f"refs/heads/{pull.base}", sha.strip(), before)
+        with self.lock:
+            pull.state, pull.merged, pull.merge_commit_sha = "closed", True, sha.strip()
+        return pull, before
+
+    def commit_json(self, repo: str, sha: str) -> dict[str, Any] | None:
+        """`GET /repos/{o}/{r}/commits/{sha}`: its parents and line counts, read from git."""
+        bare = self.repos[repo.lower()].path
+        try:
+            line = git(bare, "rev-list", "--parents", "-n", "1", sha).split()
+        except subprocess.CalledProcessError:
+            return None
+        parents = line[1:]
+        args = (
+            ["diff", "--numstat", parents[0], line[0]]
+            if parents
+            else ["diff-tree", "--numstat", "-r", "--root", line[0]]
+        )
+        additions = deletions = 0
+        for row in git(bare, *args).splitlines():
+            fields = row.split("\t")
+            if len(fields) == 3 and fields[0].isdigit():  # "-" for a binary file
+                additions, deletions = additions + int(fields[0]), deletions + int(fields[1])
+        return {
+            "sha": line[0],
+            "parents": [{"sha": p} for p in parents],
+            "stats": {
+                "additions": additions,
+                "deletions": deletions,
+                "total": additions + deletions,
+            },
+            "files": [],
+        }
+
     def pull(self, repo: str, number: int) -> FakePull:
         for pull in self.pulls:
             if pull.repo.lower() == repo.lower() and pull.number == number:
@@ -364,11 +407,27 @@ class FakeGitHub:
             "installation": {"id": self.repos[pull.repo.lower()].installation_id},
         }
 
-    def push_payload(self, repo: str, ref: str, after: str) -> dict[str, Any]:
+    def push_payload(self, repo: str, ref: str, after: str, before: str = "") -> dict[str, Any]:
+        """A push of `ref` to `after`; with `before`, listing the commits it added (oldest
+        first, at most 20, as GitHub does), without line counts."""
+        commits = []
+        if before:
+            bare = self.repos[repo.lower()].path
+            shas = git(bare, "rev-list", "--reverse", f"{before}..{after}").split()
+            commits = [
+                {
+                    "id": sha,
+                    "distinct": True,
+                    "message": git(bare, "log", "-1", "--format=%s", sha).strip(),
+                }
+                for sha in shas[:20]
+            ]
         return {
             "ref": ref,
-            "before": "0" * 40,
+            "before": before or "0" * 40,
             "after": after,
+            "commits": commits,
+            "head_commit": commits[-1] if commits else None,
             "repository": self._repo_json(self.repos[repo.lower()]),
             "installation": {"id": self.repos[repo.lower()].installation_id},
         }
@@ -409,6 +468,7 @@ class FakeGitHub:
             "merged": pull.merged,
             "draft": pull.draft,
             "merged_at": _iso(time.time()) if pull.merged else None,
+            "merge_commit_sha": pull.merge_commit_sha,
             "created_at": _iso(pull.created_at),
             "commits": self._commits(pull),
             "title": pull.title,
@@ -889,6 +949,14 @@ class FakeGitHub:
                 if "title" in body:
                     pull.title = str(body["title"])
             return state._pull_json(pull)
+
+        @api.get("/repos/{owner}/{name}/commits/{sha}")
+        async def get_commit(owner: str, name: str, sha: str, request: Request) -> Any:
+            who = user_or_installation(request, f"{owner}/{name}")
+            if isinstance(who, JSONResponse):
+                return who
+            found = state.commit_json(f"{owner}/{name}", sha)
+            return found if found is not None else error(422, f"No commit found for SHA: {sha}")
 
         @api.get("/repos/{owner}/{name}/actions/jobs/{job_id}/logs")
         async def job_logs(owner: str, name: str, job_id: int, request: Request) -> Any:

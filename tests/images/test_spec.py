@@ -14,6 +14,7 @@ def test_full_file_parses() -> None:
 setup = ["python3 -m venv .venv", ".venv/bin/pip install -e ."]
 warm = ["make test"]
 egress = ["PyPI.org", "files.pythonhosted.org."]
+ci_fix_attempts = 0
 
 [env]
 CI = "1"
@@ -23,6 +24,8 @@ CI = "1"
     assert spec.warm == ["make test"]
     assert spec.egress == ["pypi.org", "files.pythonhosted.org"]
     assert spec.env == {"CI": "1"}
+    assert spec.ci_fix_attempts == 0
+    assert RepoSpec(name="p", url="/x").with_file(spec).ci_fix_attempts == 0
 
 
 def test_empty_file_says_nothing() -> None:
@@ -40,6 +43,10 @@ def test_empty_file_says_nothing() -> None:
         ('\n[env]\nGOOD = "1"\nBAD = 2\n', 4, "env.BAD must be a string"),
         ('[env]\n"1BAD" = "x"\n', 2, "not a valid variable name"),
         ("[pool]\nsize = 2\n", 1, "unknown key 'pool'"),
+        ('setup = []\nci_fix_attempts = "2"\n', 2, "ci_fix_attempts must be a whole number"),
+        ("ci_fix_attempts = 11\n", 1, "from 0 to 10"),
+        ("ci_fix_attempts = -1\n", 1, "from 0 to 10"),
+        ("ci_fix_attempts = true\n", 1, "from 0 to 10"),
     ],
 )
 def test_malformed_file_names_line_and_reason(text: str, line: int, reason: str) -> None:

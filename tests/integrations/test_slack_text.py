@@ -156,3 +156,21 @@ def test_a_notice_shows_until_the_pr_is_open() -> None:
         _view(status="finished", pr_url="http://x/pr/1", pr_number=1, **notice)
     )
     assert "Sign in" not in json.dumps(blocks)
+
+
+def test_where_the_running_follow_up_came_from_shows_beside_the_pr() -> None:
+    origin = "Follow-up from GitHub: a review comment by @monalisa"
+    view = _view(
+        status="running",
+        pr_url="http://x/pr/1",
+        pr_number=1,
+        origin=origin,
+        origin_link="https://github.com/o/r/pull/1#discussion_r5",
+    )
+    shown = json.dumps(status_message(view)[1])
+    assert origin in shown and "<https://github.com/o/r/pull/1#discussion_r5|Open>" in shown
+    # A link that would break out of Slack's <url|text> syntax is left out, the text kept.
+    for hostile in ("https://x/a|Click here", "https://x/a>b", "javascript:alert(1)"):
+        shown = json.dumps(status_message(_view(status="running", origin=origin,
+                                                origin_link=hostile))[1])  # fmt: skip
+        assert origin in shown and "Open>" not in shown

@@ -415,7 +415,7 @@ def test_stats_page_shows_what_the_api_returns(
     # merged 2 hours after it opened, 3 of its 4 commits by the agent; one not reviewed yet.
     from sqlmodel import Session as DB
 
-    from app.github_tables import GitHubPrStats
+    from app.github_tables import GitHubAgentCommit, GitHubBaseCommit, GitHubPrStats
     from app.models import Session
 
     with DB(runtime.engine) as db:
@@ -434,9 +434,18 @@ def test_stats_page_shows_what_the_api_returns(
                 merged_at=1000.0 + 7200,
                 reviews=1,
                 approvals=1,
+                follow_ups=3,
             )
         )
-        db.add(GitHubPrStats(session_id=ids[1], pushes=1, agent_commits=1, opened_at=5000.0))
+        db.add(
+            GitHubPrStats(
+                session_id=ids[1], pushes=1, agent_commits=1, opened_at=5000.0, follow_ups=1
+            )
+        )
+        # Pushed to the base branch: 30 lines by the first session's commit, 10 by a person.
+        db.add(GitHubAgentCommit(session_id=ids[0], sha="a" * 40))
+        db.add(GitHubBaseCommit(repo=proj, sha="a" * 40, additions=30))
+        db.add(GitHubBaseCommit(repo=proj, sha="b" * 40, additions=10))
         db.commit()
     page.reload()
     page.wait_for_selector("#prs tr[data-key=prs]")
@@ -447,6 +456,8 @@ def test_stats_page_shows_what_the_api_returns(
     assert page.inner_text("#prs tr[data-key=revisions_per_pr] td") == "1.5"
     assert page.inner_text("#prs tr[data-key=median_open_to_merge] td") == "2.0 h"
     assert page.inner_text("#prs tr[data-key=agent_commit_share] td") == "75.0%"
+    assert page.inner_text("#prs tr[data-key=follow_ups_per_pr] td") == "2"
+    assert page.inner_text("#prs tr[data-key=agent_line_share] td") == "75.0% (30 of 40)"
     web.screenshot(page, "stats")
 
     # Live: someone prompts, and the page counts them without a reload.
@@ -553,6 +564,37 @@ def test_prompts_and_model_output_render_as_text_never_markup(
     assert page.locator("#timeline img, #timeline script").count() == 0
     assert page.locator("#timeline .item.notice a").count() == 0  # no javascript: link
     assert page.evaluate("window.__owned") is None
+
+
+def test_a_follow_up_shows_where_it_came_from_on_its_prompt(
+    web: Web, api: ApiClient, alice: Person, runtime: Any, openai_fake: ScriptBook, proj: str
+) -> None:
+    from workers.events import Notice
+
+    openai_fake.script("origin", Turn.tool("finish", summary="ok"))
+    session = api.create(proj, "origin of a prompt")
+    api.wait_status(session["id"], "finished")
+    [prompt] = api.http.get(f"/api/sessions/{session['id']}/prompts").json()
+    comment = "https://github.com/acme/proj/pull/3#issuecomment-42"
+    # As a GitHub mention queues it: the origin names the prompt it belongs to.
+    runtime.hub.publish(
+        session["id"],
+        Notice(
+            message="Follow-up from GitHub: a comment by @monalisa",
+            link=comment,
+            prompt_id=prompt["id"],
+            follow_up=True,
+        ),
+    )
+    page = web.page(alice, f"/sessions/{session['id']}")
+    origin = page.wait_for_selector(
+        f"#timeline .item.prompt[data-prompt-id='{prompt['id']}'] .origin"
+    )
+    assert origin is not None
+    assert "a comment by @monalisa" in origin.inner_text()
+    assert origin.query_selector("a") is not None
+    assert origin.query_selector("a").get_attribute("href") == comment  # type: ignore[union-attr]
+    assert page.locator("#timeline .item.notice").count() == 0
 
 
 def test_parent_and_sub_sessions_link_to_each_other(

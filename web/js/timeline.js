@@ -339,6 +339,15 @@ export class Timeline {
   }
 
   on_notice(e) {
+    if (e.follow_up && e.prompt_id != null) {
+      // Where a follow-up came from (a GitHub comment, review or failing check): on its prompt.
+      const p = this.promptEl(e);
+      own(p.el, e);
+      p.el.querySelector(".origin")?.remove();
+      p.el.querySelector(".who").after(h("div", { class: "origin muted", dataset: { type: e.type } },
+        "↪ ", h("span", {}, e.message), e.link ? [" · ", extLink(e.link, "open on GitHub")] : null));
+      return;
+    }
     this.add(own(h("div", { class: "item notice", dataset: { type: e.type } }, h("span", {}, e.message),
       e.link ? [" ", extLink(e.link, e.link)] : null), e));
   }

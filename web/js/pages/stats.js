@@ -62,16 +62,21 @@ const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed
 
 /** How the sessions' GitHub PRs fared: one row per measure, "–" where nothing was measured. */
 function renderPrs(prs) {
-  const p = prs || { prs: 0, reviewed: 0, approval_rate: null, revisions_per_pr: null, median_open_to_merge_s: null, agent_commit_share: null };
+  const p = prs || { prs: 0, reviewed: 0, approval_rate: null, revisions_per_pr: null, follow_ups_per_pr: null, median_open_to_merge_s: null, agent_commit_share: null, agent_line_share: null, agent_lines_added: 0, base_lines_added: 0, unmeasured_commits: 0 };
+  const num = (x) => (x === null || x === undefined ? "–" : String(x));
+  const unmeasured = p.unmeasured_commits ? `; ${p.unmeasured_commits} commits not measured` : "";
   const row = (key, label, value) => h("tr", { dataset: { key } }, h("th", { scope: "row" }, label), h("td", { class: "num" }, value));
   const wait = fmtWait(p.median_open_to_merge_s);
   clear($("prs"), h("tbody", {},
     row("prs", "PRs opened", String(p.prs)),
     row("reviewed", "PRs reviewed", String(p.reviewed)),
     row("approval_rate", "Approval rate", pct(p.approval_rate)),
-    row("revisions_per_pr", "Pushes per PR", p.revisions_per_pr === null ? "–" : String(p.revisions_per_pr)),
+    row("revisions_per_pr", "Pushes per PR", num(p.revisions_per_pr)),
+    row("follow_ups_per_pr", "Follow-ups per PR (after it opened)", num(p.follow_ups_per_pr)),
     row("median_open_to_merge", "Median time from opened to merged", wait),
-    row("agent_commit_share", "Agent's share of merged commits", pct(p.agent_commit_share))));
+    row("agent_commit_share", "Agent's share of merged commits", pct(p.agent_commit_share)),
+    row("agent_line_share", "Agent's share of lines added to base branches",
+      `${pct(p.agent_line_share)} (${p.agent_lines_added ?? 0} of ${p.base_lines_added ?? 0}${unmeasured})`)));
 }
 
 function render(stats) {
