@@ -136,10 +136,12 @@ def compute_pr_stats(engine: Engine, window_days: int = 30, now: float | None = 
         ).all()
     reviewed = [r for r in rows if r.reviews]
     approved = [r for r in reviewed if r.approvals]
+    # Times come from several sources (GitHub's second-resolution stamps, our own clock): a
+    # merge stamped a fraction of a second "before" its opening counts as no wait, not none.
     waits = [
-        r.merged_at - r.opened_at
+        max(0.0, r.merged_at - r.opened_at)
         for r in rows
-        if r.merged_at is not None and r.opened_at is not None and r.merged_at >= r.opened_at
+        if r.merged_at is not None and r.opened_at is not None
     ]
     merged = [r for r in rows if r.merged_at is not None and r.pr_commits]
     all_commits = sum(r.pr_commits or 0 for r in merged)
