@@ -52,7 +52,8 @@ from images.sandboxes.base import (
 )
 from images.sandboxes.overlay import chown_tree
 from images.setup import BuildError, BuildLog, Progress
-from images.spec import SPEC_FILE, RepoSpec, SpecFileError, read_spec_file
+from images.spec import SPEC_FILE, RepoSpec, SpecFileError
+from images.spec_file import read_spec_file
 from integrations.forge.base import Forge, ForgeError
 
 log = logging.getLogger("nightshift.images")

@@ -15,7 +15,8 @@ from images.layers import remove_tree
 from images.registry import ImageRecord
 from images.remote_build import remote_images
 from images.sandboxes.overlay import chown_tree
-from images.spec import RepoSpec, read_spec_file
+from images.spec import RepoSpec
+from images.spec_file import read_spec_file
 
 if TYPE_CHECKING:
     from images.builder import ImageBuilder

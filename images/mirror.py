@@ -17,14 +17,8 @@ from images.devcontainer import (
     parse_devcontainer,
 )
 from images.devcontainer import MAX_BYTES as DEVCONTAINER_MAX_BYTES
-from images.spec import (
-    SPEC_FILE,
-    SPEC_FILE_MAX_BYTES,
-    RepoSpec,
-    SpecFile,
-    SpecFileError,
-    parse_spec_file,
-)
+from images.spec import SPEC_FILE, SPEC_FILE_MAX_BYTES, RepoSpec, SpecFile, SpecFileError
+from images.spec_file import parse_spec_file
 from integrations.forge.base import Forge, ForgeError, git
 
 

@@ -162,7 +162,7 @@ def run_startup(
     """Generate the project, time the baseline and every mode; the report printed as JSON."""
     with err.status("generating the project…"):
         repo = make_project(scratch / "src", files)
-    from images.spec import parse_spec_file
+    from images.spec_file import parse_spec_file
 
     spec_file = parse_spec_file(SPEC_TOML)
     setup = spec_file.setup or []

@@ -129,7 +129,8 @@ async def test_a_repo_may_opt_out_of_its_devcontainer(rt: Any, tmp_path: Path) -
 
 
 def test_devcontainer_in_the_spec_file_must_be_a_boolean() -> None:
-    from images.spec import SpecFileError, parse_spec_file
+    from images.spec import SpecFileError
+    from images.spec_file import parse_spec_file
 
     assert parse_spec_file("devcontainer = false\n").use_devcontainer is False
     try:

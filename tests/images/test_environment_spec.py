@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from images.oci import ReferenceError, parse_reference
-from images.spec import RepoSpec, SpecFileError, parse_spec_file
+from images.spec import RepoSpec, SpecFileError
+from images.spec_file import parse_spec_file
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from images.spec import RepoSpec, SpecFile, SpecFileError, parse_spec_file
+from images.spec import RepoSpec, SpecFile, SpecFileError
+from images.spec_file import parse_spec_file
 
 
 def test_full_file_parses() -> None:

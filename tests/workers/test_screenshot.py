@@ -268,7 +268,8 @@ def test_which_models_are_sent_images_and_images_are_never_stored() -> None:
 
 
 def test_a_repo_names_its_pages_with_the_command_that_serves_them() -> None:
-    from images.spec import RepoSpec, SpecFileError, parse_spec_file
+    from images.spec import RepoSpec, SpecFileError
+    from images.spec_file import parse_spec_file
 
     good = parse_spec_file(
         'serve = "npm run dev"\nserve_port = 3000\n'

@@ -8,7 +8,8 @@ from typing import Any
 
 from images.sandboxes.base import ExecResult, SandboxSpec
 from images.sandboxes.fake import FakeBackend, FakeSandbox
-from images.spec import RepoSpec, parse_spec_file
+from images.spec import RepoSpec
+from images.spec_file import parse_spec_file
 from integrations.llm.openai_chat import OpenAIChatModel
 from integrations.llm.types import ChatMessage
 from tests.fakes.llm import ScriptBook, Turn
