@@ -12,7 +12,7 @@ from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, runtime_from
 from app.errors import ServiceError
-from app.schemas import ImagePublic
+from app.schemas_images import ImagePublic
 from images.builder import BuildResult
 from images.jobs import build_images
 

@@ -14,14 +14,8 @@ from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound
 from app.models import Session, User
-from app.schemas import (
-    BuildStep,
-    EffectiveField,
-    ImagePublic,
-    RepoDetail,
-    RepoPublic,
-    WarmPublic,
-)
+from app.schemas import EffectiveField, RepoDetail, RepoPublic
+from app.schemas_images import BuildStep, ImagePublic, WarmPublic
 from app.services.repos import Repos, spec_of
 from images.environments import build_steps, effective_origins
 from images.jobs import ImageJobs, build_images

@@ -22,7 +22,7 @@ from sqlmodel import col, select
 
 from app.github_tables import GitHubPrStats
 from app.models import Repo, Session
-from app.schemas import PrStats
+from app.schemas_stats import PrStats
 from app.services.code_share import line_share, record_agent_commit
 from workers.events import BranchPushed, CommitCreated, Event, PromptQueued, PrOpened
 

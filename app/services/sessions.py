@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -18,7 +17,8 @@ from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
-from app.schemas import PromptPublic, SessionPublic, Usage, UserPublic
+from app.schemas import PromptPublic, SessionPublic
+from app.services import session_views
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
 from app.services.repos import Repos
@@ -313,81 +313,10 @@ class Sessions:
 
     def public_many(self, rows: Sequence[Session]) -> list[SessionPublic]:
         """The public shape of several sessions: three queries however many rows."""
-        ids = [row.id for row in rows]
-        if not ids:
-            return []
-        children: dict[str, list[str]] = defaultdict(list)
-        participants: dict[str, list[User]] = defaultdict(list)
-        with DB(self.engine) as db:
-            authors = {
-                user.id: user
-                for user in db.exec(
-                    select(User).where(col(User.id).in_({row.author_id for row in rows}))
-                ).all()
-            }
-            for child_id, parent_id in db.exec(
-                select(Session.id, Session.parent_id)
-                .where(col(Session.parent_id).in_(ids))
-                .order_by(col(Session.created_at))
-            ).all():
-                children[str(parent_id)].append(child_id)
-            for session_id, user in db.exec(
-                select(Participant.session_id, User)
-                .join(User, col(Participant.user_id) == User.id)
-                .where(col(Participant.session_id).in_(ids))
-                .order_by(col(Participant.joined_at))
-            ).all():
-                participants[session_id].append(user)
-        return [
-            self._public(row, authors[row.author_id], children[row.id], participants[row.id])
-            for row in rows
-        ]
-
-    def _public(
-        self, row: Session, author: User, children: list[str], participants: list[User]
-    ) -> SessionPublic:
-        return SessionPublic(
-            id=row.id,
-            status=row.status,
-            repo=row.repo_name,
-            title=row.title,
-            author=UserPublic.model_validate(author),
-            branch=row.branch,
-            head_sha=row.head_sha,
-            pr_url=row.pr_url,
-            pr_number=row.pr_number,
-            pr_state=row.pr_state,
-            parent_id=row.parent_id,
-            children=children,
-            participants=[UserPublic.model_validate(p) for p in participants],
-            prompt_count=row.prompt_count,
-            last_event_id=self._last_event_id(row.id),
-            start_mode=row.start_mode,
-            start_ms=row.start_ms,
-            first_model_ms=row.first_model_ms,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            url=f"{self.base_url}/sessions/{row.id}",
-            model=row.model,
-            usage=Usage.model_validate(row, from_attributes=True),
-        )
+        return session_views.public_many(self.engine, rows, self._last_event_id, self.base_url)
 
     def _prompt_public(self, prompt: Prompt, position: int | None = None) -> PromptPublic:
-        author = prompt.author()
-        assert prompt.id is not None
-        return PromptPublic(
-            id=prompt.id,
-            text=self.files.redactor.text(prompt.text),
-            author=UserPublic(
-                id=author.id, login=author.login, name=author.name, email=author.email
-            ),
-            state=prompt.state,
-            created_at=prompt.created_at,
-            started_at=prompt.started_at,
-            finished_at=prompt.finished_at,
-            attempt=max(prompt.attempt, 1),
-            position=position,
-        )
+        return session_views.prompt_public(self.files.redactor, prompt, position)
 
     def prompts(self, session_id: str) -> list[PromptPublic]:
         out = []

@@ -14,7 +14,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import PromptIndex, Session, User
-from app.schemas import DayStats, LatencyStats, Stats, Usage, UsageGroup
+from app.schemas import Usage
+from app.schemas_stats import DayStats, LatencyStats, Stats, UsageGroup
 
 
 def _percentile(values: list[int], q: float) -> int | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import CurrentUser, ImagesDep
-from app.schemas import ImageBuildQueued, ImageBuildRequest, ImagePublic, WarmPublic
+from app.schemas_images import ImageBuildQueued, ImageBuildRequest, ImagePublic, WarmPublic
 
 router = APIRouter(tags=["images"])
 

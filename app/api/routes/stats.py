@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
-from app.schemas import ModelList, Stats
+from app.schemas import ModelList
+from app.schemas_stats import Stats
 from app.services.pr_stats import compute_pr_stats
 from app.services.stats import compute_stats
 
