@@ -49,6 +49,12 @@ class PrStats(BaseModel):
     """Base-branch commits whose lines are not counted (past the per-push cap, or GitHub failed)."""
 
 
+class RepoPrStats(PrStats):
+    """`PrStats` of one repository."""
+
+    name: str
+
+
 class Stats(BaseModel):
     window_days: int
     sessions: int
@@ -67,4 +73,6 @@ class Stats(BaseModel):
     """By the prompt's author (login), biggest spender first."""
     usage_by_repo: list[UsageGroup]
     pull_requests: PrStats | None = None
+    pull_requests_by_repo: list[RepoPrStats] = []
+    """The same per repository with a PR in the window, most PRs first."""
     """GitHub PR outcomes (approval, revisions, time to merge, the agent's share)."""

@@ -72,6 +72,28 @@ def _print(stats: dict[str, Any]) -> None:
         f"{_pct(prs.get('agent_line_share'))} ({lines})",
     )
     console.print(table)
+    by_repo = stats.get("pull_requests_by_repo") or []
+    if by_repo:
+        repos = Table(
+            "repository",
+            "PRs",
+            "approval",
+            "pushes/PR",
+            "to merge",
+            "agent lines",
+            title="Per repo",
+        )
+        for row in by_repo:
+            pushes = row.get("revisions_per_pr")
+            repos.add_row(
+                row["name"],
+                str(row["prs"]),
+                _pct(row.get("approval_rate")),
+                NONE if pushes is None else str(pushes),
+                _wait(row.get("median_open_to_merge_s")),
+                _pct(row.get("agent_line_share")),
+            )
+        console.print(repos)
     usage = stats["usage"]
     spend = Table("who", "prompts", "input", "cached", "output", "est. cost", title="Spend")
     spend.add_row(

@@ -111,10 +111,13 @@ class CodeShare:
                 db.rollback()  # a concurrent delivery of the same push measured it
 
 
-def line_share(engine: Engine, since: float) -> LineShare:
-    """Lines added to base branches since `since`, and how many of them were Nightshift's."""
+def line_share(engine: Engine, since: float, repo: str | None = None) -> LineShare:
+    """Lines added to base branches since `since` (of one repo: its full name, lower case),
+    and how many of them were Nightshift's."""
     added = func.coalesce(func.sum(GitHubBaseCommit.additions), 0)
     window = col(GitHubBaseCommit.pushed_at) >= since
+    if repo is not None:
+        window = window & (col(GitHubBaseCommit.repo) == repo)
     ours = col(GitHubBaseCommit.sha).in_(select(GitHubAgentCommit.sha))
     with DB(engine) as db:
         lines = db.exec(select(added).where(window)).one()

@@ -22,8 +22,8 @@ from sqlmodel import col, select
 
 from app.github_tables import GitHubPrStats
 from app.models import Repo, Session
-from app.schemas_stats import PrStats
-from app.services.code_share import line_share, record_agent_commit
+from app.schemas_stats import PrStats, RepoPrStats
+from app.services.code_share import LineShare, line_share, record_agent_commit
 from workers.events import BranchPushed, CommitCreated, Event, PromptQueued, PrOpened
 
 
@@ -126,14 +126,44 @@ class PrStatsRecorder:
 
 
 def compute_pr_stats(engine: Engine, window_days: int = 30, now: float | None = None) -> PrStats:
-    """The PR stats of sessions created in the window that opened a PR."""
+    """The PR stats of sessions created in the window that opened a PR, over every repo."""
     since = (now or time.time()) - window_days * 86400
+    rows = [stats for stats, _repo, _url in _rows(engine, since)]
+    return _stats_of(rows, line_share(engine, since))
+
+
+def compute_pr_stats_by_repo(
+    engine: Engine, window_days: int = 30, now: float | None = None
+) -> list[RepoPrStats]:
+    """The same, per repository (those with a PR in the window), most PRs first."""
+    since = (now or time.time()) - window_days * 86400
+    groups: dict[str, tuple[str, list[GitHubPrStats]]] = {}
+    for stats, repo, url in _rows(engine, since):
+        groups.setdefault(repo, (url, []))[1].append(stats)
+    out = [
+        RepoPrStats(
+            name=repo,
+            **_stats_of(rows, line_share(engine, since, repo=url.lower())).model_dump(),
+        )
+        for repo, (url, rows) in groups.items()
+    ]
+    return sorted(out, key=lambda r: (-r.prs, r.name))
+
+
+def _rows(engine: Engine, since: float) -> list[tuple[GitHubPrStats, str, str]]:
     with DB(engine) as db:
-        rows = db.exec(
-            select(GitHubPrStats)
-            .join(Session, col(Session.id) == GitHubPrStats.session_id)
-            .where(col(Session.created_at) >= since, col(Session.pr_number).is_not(None))
-        ).all()
+        return [
+            (stats, repo, url)
+            for stats, repo, url in db.exec(
+                select(GitHubPrStats, Session.repo_name, Repo.url)
+                .join(Session, col(Session.id) == GitHubPrStats.session_id)
+                .join(Repo, col(Repo.id) == Session.repo_id)
+                .where(col(Session.created_at) >= since, col(Session.pr_number).is_not(None))
+            ).all()
+        ]
+
+
+def _stats_of(rows: list[GitHubPrStats], lines: LineShare) -> PrStats:
     reviewed = [r for r in rows if r.reviews]
     approved = [r for r in reviewed if r.approvals]
     # Times come from several sources (GitHub's second-resolution stamps, our own clock): a
@@ -146,7 +176,6 @@ def compute_pr_stats(engine: Engine, window_days: int = 30, now: float | None = 
     merged = [r for r in rows if r.merged_at is not None and r.pr_commits]
     all_commits = sum(r.pr_commits or 0 for r in merged)
     agent_commits = sum(min(r.agent_commits, r.pr_commits or 0) for r in merged)
-    lines = line_share(engine, since)
     return PrStats(
         prs=len(rows),
         reviewed=len(reviewed),

@@ -134,6 +134,12 @@ def test_the_agents_line_share_counts_its_commits_and_its_prs_squash_merges(
     # Follow-ups after the PR opened: 2 on the first session, 0 on the second.
     assert stats["follow_ups_per_pr"] == 1.0
     assert stats["prs"] == 2
+    # Per repository: the same figures, since both sessions are this repository's.
+    from app.services.pr_stats import compute_pr_stats_by_repo
+
+    [repo] = compute_pr_stats_by_repo(env.runtime.engine)
+    assert repo.prs == 2 and repo.agent_lines_added == 7 and repo.base_lines_added == 12
+    assert repo.agent_line_share == round(7 / 12, 4)
 
     # A redelivered push asks GitHub nothing again and counts nothing twice.
     asked = sum(1 for r in env.fake.requests if "/commits/" in r.path)

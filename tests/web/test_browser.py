@@ -458,6 +458,11 @@ def test_stats_page_shows_what_the_api_returns(
     assert page.inner_text("#prs tr[data-key=agent_commit_share] td") == "75.0%"
     assert page.inner_text("#prs tr[data-key=follow_ups_per_pr] td") == "2"
     assert page.inner_text("#prs tr[data-key=agent_line_share] td") == "75.0% (30 of 40)"
+    # Per repository: both PRs are this repository's.
+    [mine] = api.http.get("/api/stats").json()["pull_requests_by_repo"]
+    assert mine["name"] == proj and mine["prs"] == 2 and mine["approval_rate"] == 1.0
+    cells = page.locator(f"#prs-repos tr[data-name='{proj}'] td").all_inner_texts()
+    assert cells[:4] == ["2", "100.0%", "1.5", "2.0 h"], cells
     web.screenshot(page, "stats")
 
     # Live: someone prompts, and the page counts them without a reload.

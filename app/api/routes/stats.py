@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
 from app.schemas import ModelList
 from app.schemas_stats import Stats
-from app.services.pr_stats import compute_pr_stats
+from app.services.pr_stats import compute_pr_stats, compute_pr_stats_by_repo
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])
@@ -24,7 +24,12 @@ def get_stats(
     five minutes, start latency by mode, and tokens and estimated cost per person and per
     repository over the window, and how the PRs fared on GitHub."""
     stats = compute_stats(runtime.engine, days)
-    return stats.model_copy(update={"pull_requests": compute_pr_stats(runtime.engine, days)})
+    return stats.model_copy(
+        update={
+            "pull_requests": compute_pr_stats(runtime.engine, days),
+            "pull_requests_by_repo": compute_pr_stats_by_repo(runtime.engine, days),
+        }
+    )
 
 
 @router.get("/models", tags=["sessions"])

@@ -79,6 +79,18 @@ function renderPrs(prs) {
       `${pct(p.agent_line_share)} (${p.agent_lines_added ?? 0} of ${p.base_lines_added ?? 0}${unmeasured})`)));
 }
 
+/** The same measures, one row per repository with a PR in the window. */
+function renderPrRepos(repos) {
+  const cols = [["PRs", (r) => String(r.prs)], ["Approval", (r) => pct(r.approval_rate)],
+    ["Pushes/PR", (r) => (r.revisions_per_pr === null ? "–" : String(r.revisions_per_pr))],
+    ["To merge", (r) => fmtWait(r.median_open_to_merge_s)], ["Agent lines", (r) => pct(r.agent_line_share)]];
+  clear($("prs-repos"),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Repository"), ...cols.map(([t]) => h("th", { class: "num", scope: "col" }, t)))),
+    h("tbody", {}, repos.length
+      ? repos.map((r) => h("tr", { dataset: { name: r.name } }, h("th", { scope: "row" }, r.name), ...cols.map(([, f]) => h("td", { class: "num" }, f(r)))))
+      : h("tr", {}, h("td", { colspan: cols.length + 1, class: "muted" }, "No pull requests in this window"))));
+}
+
 function render(stats) {
   $("merged").textContent = String(stats.merged);
   $("merged-share").textContent = `${(stats.merged_share * 100).toFixed(1)}%`;
@@ -113,6 +125,7 @@ function render(stats) {
       latencyRow("first model request", stats.first_model_request, "first_model")));
   renderUsage(stats);
   renderPrs(stats.pull_requests);
+  renderPrRepos(stats.pull_requests_by_repo || []);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
 }
 
