@@ -234,10 +234,9 @@ class Runtime:
             # Pooled sandboxes hold overlay mounts: end them before the loop stops.
             with contextlib.suppress(Exception):
                 self.executor.submit(self.pool.close).result(timeout=30)
-            # The model clients live on the executor's loop: close them there.
-            with contextlib.suppress(Exception):
-                self.executor.submit(self.deps.aclose).result(timeout=10)
-        self.executor.shutdown()
+        # The model clients live on the executor's loop: closed there, once the runs using
+        # them are cancelled (a run must not fail on a client closed under it).
+        self.executor.shutdown(last=self.deps.aclose)
         if self.streams is not None:
             self.streams.stop()
         close_dispatcher = getattr(self.dispatcher, "close", None)

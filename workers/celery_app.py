@@ -205,9 +205,8 @@ class WorkerContext:
                 abandoned.result(20)
             with contextlib.suppress(Exception):
                 self.executor.submit(self.pool.close).result(30)
-            with contextlib.suppress(Exception):
-                self.executor.submit(self.deps.aclose).result(10)
-        self.executor.shutdown(timeout=15)
+        # Model clients close once the runs using them are cancelled, on their own loop.
+        self.executor.shutdown(timeout=15, last=self.deps.aclose)
         for callback in self.on_close:
             with contextlib.suppress(Exception):
                 callback()

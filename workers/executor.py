@@ -74,8 +74,15 @@ class InProcessExecutor:
     def pending(self) -> int:
         return len(self._tasks)
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel running jobs (their sessions are picked up again after a restart) and stop."""
+    def shutdown(
+        self,
+        timeout: float = 10.0,
+        last: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Cancel running jobs (their sessions are picked up again after a restart) and stop.
+
+        `last` runs on the loop once the jobs have stopped (closing what they shared, such as
+        the model clients): a job never meets a client closed under it."""
         if not self._started or not self._thread.is_alive():
             self._started = False
             return
@@ -106,7 +113,17 @@ class InProcessExecutor:
                     _where(task),
                 )
 
-        settling = asyncio.run_coroutine_threadsafe(settle(), self._loop)
+        async def settle_then_last() -> None:
+            try:
+                await settle()
+            finally:
+                if last is not None:
+                    try:
+                        await asyncio.wait_for(last(), timeout=5.0)
+                    except Exception:
+                        log.exception("closing after the executor's jobs failed")
+
+        settling = asyncio.run_coroutine_threadsafe(settle_then_last(), self._loop)
         try:
             settling.result(timeout + 5)
         except (concurrent.futures.TimeoutError, RuntimeError):

@@ -19,7 +19,7 @@ import pytest
 from fastapi import APIRouter
 from websockets.sync.client import connect
 
-from tests.factories import ApiClient, make_person, make_repo
+from tests.factories import ApiClient, make_person, make_repo, wait_for
 from tests.fakes.llm import Call, ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
 from tests.loopwatch import LoopWatch
@@ -65,12 +65,17 @@ def test_the_watch_catches_a_handler_that_blocks(
     server, _ = watched
     person = make_person(runtime, "alice", "Alice Example", "alice@example.com")
     auth = {"Authorization": f"Bearer {person.token}"}
+    # The handler's callback may still be finishing when the response arrives: wait for it.
     with LoopWatch(_wait_ident(server)) as watch:
         assert httpx.get(f"{server.url}/test-only/computes", headers=auth).json()["blocked"]
-    assert [b for b in watch.blocked if b.cpu_ms >= 100], watch.blocked
+        wait_for(lambda: [b for b in watch.blocked if b.cpu_ms >= 100], 10, "the computing one")
     with LoopWatch(_wait_ident(server)) as watch:
         assert httpx.get(f"{server.url}/test-only/sleeps", headers=auth).json()["blocked"]
-    assert [b for b in watch.blocked if b.held_ms >= 300 and b.cpu_ms < 50], watch.blocked
+        wait_for(
+            lambda: [b for b in watch.blocked if b.held_ms >= 300 and b.cpu_ms < 50],
+            10,
+            "the sleeping one",
+        )
 
 
 def test_no_request_handler_blocks_the_event_loop(
