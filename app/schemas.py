@@ -266,6 +266,10 @@ class Me(BaseModel):
     """None when the person has not signed in with GitHub (their PRs cannot be opened as them)."""
     github_login_url: str | None
     """Where to link GitHub (None when GitHub sign-in is not configured)."""
+    desktop: bool = False
+    """Whether this server shows sandboxes' desktops (NIGHTSHIFT_DESKTOP=1)."""
+    ide: bool = False
+    """Whether this server opens VS Code in sandboxes (NIGHTSHIFT_IDE=1)."""
 
 
 class TokenCreate(BaseModel):

@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlmodel import Session as DB
 
-from app.errors import Conflict, Forbidden
+from app.errors import Conflict, Forbidden, NotFound
 from app.models import Participant, User
+from app.services.attendance import Attendance, stop_when_idle
 from app.services.hub import EventHub
 from app.services.sessions import Sessions
 from images.sandboxes.base import Sandbox
@@ -62,6 +63,8 @@ class Desktops:
         hub: EventHub,
         executor: InProcessExecutor,
         runners: Runners | None,
+        enabled: bool,
+        idle_s: float,
         start_timeout_s: float = 20.0,
     ) -> None:
         self.sessions = sessions
@@ -69,8 +72,12 @@ class Desktops:
         self.executor = executor
         self.runners = runners
         """The in-process runners; None in distributed mode (sandboxes live on workers)."""
+        self.enabled = enabled
+        """NIGHTSHIFT_DESKTOP: off, every path answers 404 naming the setting."""
+        self.idle_s = idle_s
         self.start_timeout_s = start_timeout_s
         self._desktops: dict[str, Desktop] = {}
+        self._attendance: dict[str, Attendance] = {}
         self._starting: dict[str, asyncio.Future[Desktop]] = {}
 
     def may_control(self, session_id: str, user: User) -> bool:
@@ -81,6 +88,7 @@ class Desktops:
 
     async def open(self, session_id: str, user: User) -> DesktopPublic:
         """Start the desktop of the session's live sandbox, or return the one running."""
+        self.check_enabled()
         row = await asyncio.to_thread(self.sessions.get, session_id)
         if self.runners is None:
             raise Conflict(
@@ -90,6 +98,16 @@ class Desktops:
         desktop = await self._on_loop(self._ensure(row.id))
         can_control = await asyncio.to_thread(self.may_control, session_id, user)
         return self._public(session_id, desktop, can_control)
+
+    def check_enabled(self) -> None:
+        if not self.enabled:
+            raise NotFound(
+                "the desktop is off on this server; the operator enables it with NIGHTSHIFT_DESKTOP=1"
+            )
+
+    def attendance(self, desktop: Desktop) -> Attendance:
+        """The viewers of `desktop` (a WebSocket holds `watching()` while it is open)."""
+        return self._attendance.setdefault(desktop.sandbox_id, Attendance(self.idle_s))
 
     async def _current(self, session_id: str) -> Desktop | str:
         """On the executor's loop: the session's running desktop, or why there is none."""
@@ -102,8 +120,12 @@ class Desktops:
             )
         return desktop
 
-    async def connect(self, session_id: str, user: User, control: bool) -> socket.socket:
-        """A connection to the session's desktop for `user`; taking control is recorded."""
+    async def connect(
+        self, session_id: str, user: User, control: bool
+    ) -> tuple[socket.socket, Attendance]:
+        """A connection to the session's desktop for `user`, and the desktop's viewers; taking
+        control is recorded."""
+        self.check_enabled()
         await asyncio.to_thread(self.sessions.get, session_id)
         if control and not await asyncio.to_thread(self.may_control, session_id, user):
             raise Forbidden(
@@ -122,7 +144,7 @@ class Desktops:
             except BaseException:
                 conn.close()  # control that cannot be recorded is not given
                 raise
-        return conn
+        return conn, self.attendance(desktop)
 
     async def _on_loop(self, job: Coroutine[Any, Any, Desktop | str]) -> Desktop:
         """Run `job` on the runners' loop; a refusal comes back as text (the executor logs
@@ -167,6 +189,9 @@ class Desktops:
         finally:
             self._starting.pop(sandbox.id, None)
         self._desktops[sandbox.id] = desktop
+        attendance = self._attendance[sandbox.id] = Attendance(self.idle_s)
+        # Its end is read by `alive`; nothing else awaits this task.
+        asyncio.ensure_future(stop_when_idle(attendance, lambda: desktop.alive, desktop.stop))
         return desktop
 
     def _public(self, session_id: str, desktop: Desktop, can_control: bool) -> DesktopPublic:

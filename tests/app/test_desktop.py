@@ -37,6 +37,7 @@ def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
         openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
         openai_api_key="sk-test-fake-key-0123456789abcdef",
         idle_seconds=600,
+        desktop=True,
     )
 
 
@@ -274,6 +275,7 @@ def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
             openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
             openai_api_key="sk-test-fake-key-0123456789abcdef",
             idle_seconds=600,
+        desktop=True,
             sandbox="fake",
         )
     )
@@ -285,12 +287,19 @@ def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
         session = runtime.sessions.create(alice.user, "proj", "fake one")
         wait_for(lambda: runtime.sessions.get(session.id).status == "idle", 60, "idle")
         desktops = Desktops(
-            runtime.sessions, runtime.hub, runtime.executor, runtime.dispatcher.runners
+            runtime.sessions,
+            runtime.hub,
+            runtime.executor,
+            runtime.dispatcher.runners,
+            enabled=True,
+            idle_s=900,
         )
         with pytest.raises(Conflict, match="fake sandbox backend cannot show a desktop"):
             asyncio.run(desktops.open(session.id, alice.user))
         # Sessions run by Celery workers have their sandboxes elsewhere.
-        remote = Desktops(runtime.sessions, runtime.hub, runtime.executor, None)
+        remote = Desktops(
+            runtime.sessions, runtime.hub, runtime.executor, None, enabled=True, idle_s=900
+        )
         with pytest.raises(Conflict, match="runs on a worker"):
             asyncio.run(remote.open(session.id, alice.user))
     finally:

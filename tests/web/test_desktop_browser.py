@@ -25,12 +25,13 @@ pytestmark = [
 
 
 @pytest.fixture
-def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
+def settings(make_settings: Any, openai_fake: ScriptBook, request: pytest.FixtureRequest) -> Any:
+    values = {"idle_seconds": 600, "desktop": True, **getattr(request, "param", {})}
     return make_settings(
         model="openai:fake-model",
         openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
         openai_api_key="sk-test-fake-key-0123456789abcdef",
-        idle_seconds=600,
+        **values,
     )
 
 
@@ -103,3 +104,18 @@ def test_desktop_button_says_why_when_the_session_has_no_live_sandbox(
     )
     assert page.is_visible("#desktop-open")
     assert page.is_hidden("#desktop-screen")
+
+
+
+@pytest.mark.parametrize("settings", [{"desktop": False}], indirect=True)
+def test_the_desktop_panel_is_hidden_on_a_server_that_does_not_show_desktops(
+    web: Web, api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    api.add_repo(make_repo(tmp_path, "proj"))
+    openai_fake.script("quick one", Turn.tool("finish", summary="Done."))
+    session_id = api.create("proj", "quick one")["id"]
+    page = web.page(api.person, f"/sessions/{session_id}")
+    page.wait_for_selector("#desktop-open", state="attached")
+    page.wait_for_load_state("networkidle")
+    assert not page.is_visible("#desktop-panel")
+    assert not page.is_visible("#desktop-open")

@@ -11,8 +11,11 @@ function socketUrl(sessionId, control) {
   return `${scheme}//${location.host}${sessionPath(sessionId)}/desktop${control ? "?control=true" : ""}`;
 }
 
-/** Fill `panel` with the desktop's controls; nothing connects until the person asks. */
+/** Fill `panel` with the desktop's controls; nothing connects until the person asks. The
+ * panel stays hidden on servers that do not show desktops (NIGHTSHIFT_DESKTOP). */
 export function mountDesktop(panel, sessionId) {
+  panel.hidden = true;
+  api("/api/me").then((me) => { panel.hidden = !me.desktop; }, () => {});
   const status = h("span", { class: "hint", id: "desktop-status", role: "status" }, "Not open");
   const openButton = h("button", { type: "button", id: "desktop-open" }, "Open desktop");
   const controlButton = h("button", { type: "button", id: "desktop-control", hidden: true }, "Take control");

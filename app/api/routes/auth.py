@@ -277,6 +277,8 @@ def me(user: CurrentUser, runtime: RuntimeDep) -> Me:
         github_login_url=(
             f"{runtime.settings.base_url}/auth/github/link" if runtime.accounts else None
         ),
+        desktop=runtime.settings.desktop,
+        ide=runtime.settings.ide,
     )
 
 

@@ -46,7 +46,15 @@ def build_desktops(runtime: Runtime) -> Desktops:
     """The desktops service of `runtime` (its runners, when sessions run in this process)."""
     dispatcher = runtime.dispatcher
     runners = dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None
-    return Desktops(runtime.sessions, runtime.hub, runtime.executor, runners)
+    settings = runtime.settings
+    return Desktops(
+        runtime.sessions,
+        runtime.hub,
+        runtime.executor,
+        runners,
+        enabled=settings.desktop,
+        idle_s=settings.ide_idle_seconds,
+    )
 
 
 def get_desktops(request: Request) -> Desktops:
@@ -85,7 +93,7 @@ async def desktop_socket(websocket: WebSocket, session_id: str, control: bool = 
         return
     try:
         try:
-            conn = await desktops.connect(session_id, user, control)
+            conn, attendance = await desktops.connect(session_id, user, control)
         except ServiceError as exc:
             await websocket.accept()
             await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
@@ -94,7 +102,8 @@ async def desktop_socket(websocket: WebSocket, session_id: str, control: bool = 
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         reader, writer = await asyncio.open_unix_connection(sock=conn)
         try:
-            await _relay(websocket, reader, writer, None if control else ViewOnly())
+            with attendance.watching():
+                await _relay(websocket, reader, writer, None if control else ViewOnly())
         finally:
             writer.close()
             with contextlib.suppress(OSError):
