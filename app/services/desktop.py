@@ -78,6 +78,7 @@ class Desktops:
         self.start_timeout_s = start_timeout_s
         self._desktops: dict[str, Desktop] = {}
         self._attendance: dict[str, Attendance] = {}
+        self._watchdogs: set[asyncio.Future[None]] = set()
         self._starting: dict[str, asyncio.Future[Desktop]] = {}
 
     def may_control(self, session_id: str, user: User) -> bool:
@@ -190,8 +191,11 @@ class Desktops:
             self._starting.pop(sandbox.id, None)
         self._desktops[sandbox.id] = desktop
         attendance = self._attendance[sandbox.id] = Attendance(self.idle_s)
-        # Its end is read by `alive`; nothing else awaits this task.
-        asyncio.ensure_future(stop_when_idle(attendance, lambda: desktop.alive, desktop.stop))
+        watchdog = asyncio.ensure_future(
+            stop_when_idle(attendance, lambda: desktop.alive, desktop.stop)
+        )
+        self._watchdogs.add(watchdog)
+        watchdog.add_done_callback(self._watchdogs.discard)
         return desktop
 
     def _public(self, session_id: str, desktop: Desktop, can_control: bool) -> DesktopPublic:

@@ -275,7 +275,7 @@ def test_backends_and_modes_that_cannot_show_a_desktop_say_so(
             openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
             openai_api_key="sk-test-fake-key-0123456789abcdef",
             idle_seconds=600,
-        desktop=True,
+            desktop=True,
             sandbox="fake",
         )
     )

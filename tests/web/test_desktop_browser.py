@@ -106,7 +106,6 @@ def test_desktop_button_says_why_when_the_session_has_no_live_sandbox(
     assert page.is_hidden("#desktop-screen")
 
 
-
 @pytest.mark.parametrize("settings", [{"desktop": False}], indirect=True)
 def test_the_desktop_panel_is_hidden_on_a_server_that_does_not_show_desktops(
     web: Web, api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
