@@ -158,12 +158,9 @@ class Settings(IntegrationSettings):
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
     desktop: bool = False
     """NIGHTSHIFT_DESKTOP=1: a session's page may open its sandbox's desktop (Xvfb + x11vnc)."""
-    ide: bool = False
-    """NIGHTSHIFT_IDE=1: a session's page may open VS Code (code-server) in its sandbox."""
-    ide_command: str = "code-server"
-    """The code-server program as the sandbox finds it (its PATH: /usr/local/bin from `make ide`)."""
     ide_idle_seconds: float = Field(900.0, gt=0)
-    """Seconds a desktop or IDE runs with no one viewing it before it is stopped."""
+    """Seconds a desktop runs with no one viewing it before it is stopped (the IDE of the issue
+    will share it)."""
     registry_auth: Path | None = None
     """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
     image_max_mb: int = Field(8192, ge=1)
