@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Test files run on three workers: most tests wait on real processes (servers, sandboxes,
+# browsers), so three keep two cores busy. `make test PYTEST_ARGS=` runs them in one process.
+PYTEST_ARGS ?= -n 3 --dist loadfile
 
 # command:debian-package pairs; a package is installed only when its command is missing.
 GVISOR_DEBS := runsc:runsc cc:gcc cc:libc6-dev

@@ -1,7 +1,8 @@
 """Settings: one pydantic-settings class, read from the environment (and `.env`), then from
 `nightshift.toml` (or the file `NIGHTSHIFT_CONFIG` names; see `app/settings_file.py`).
 
-GitHub's and Slack's settings live in `app/settings_integrations.py`, which `Settings` inherits.
+GitHub's and Slack's settings live in `app/settings_integrations.py`, the sandboxes' in
+`app/settings_sandbox.py`; `Settings` inherits both.
 
 Nightshift's own variables carry the `NIGHTSHIFT_` prefix; provider credentials keep the names
 their SDKs use (`OPENAI_API_KEY`, `GITHUB_APP_ID`, `SLACK_BOT_TOKEN`, ...).
@@ -21,7 +22,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.settings_file import SettingsFileSource
-from app.settings_integrations import IntegrationSettings, env_alias
+from app.settings_integrations import env_alias
+from app.settings_sandbox import SandboxSettings
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
@@ -35,7 +37,7 @@ def reveal(value: SecretStr | None) -> str | None:
     return value.get_secret_value() or None if value is not None else None
 
 
-class Settings(IntegrationSettings):
+class Settings(SandboxSettings):
     model_config = SettingsConfigDict(
         env_prefix="NIGHTSHIFT_", env_file=".env", extra="ignore", populate_by_name=True
     )
@@ -133,49 +135,6 @@ class Settings(IntegrationSettings):
     max_push_mb: int = Field(200, ge=1)
     """Megabytes the git bundle of one push may weigh; a bigger push fails naming its biggest
     files."""
-
-    # ---- sandboxes
-    sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
-    sandbox_memory_mb: int = Field(2048, ge=64)
-    sandbox_pids: int = Field(256, ge=16)
-    sandbox_cpu_seconds: int = Field(600, ge=1)
-    exec_timeout: float = Field(600.0, gt=0)
-    sandbox_timeout: float = Field(4 * 3600.0, gt=0)
-    output_cap_bytes: int = Field(256 * 1024, ge=1024)
-    sandbox_disk_mb: int = Field(10240, ge=0)
-    """Disk quota per local sandbox (workspace, home, /tmp) and per snapshot; 0: none."""
-    sandbox_inodes: int = Field(1_000_000, ge=1024)
-    """Files and directories a local sandbox may create (with a disk quota)."""
-    sandbox_uid: int = Field(65600, ge=1, lt=2**31)
-    """Host uid/gid of sandboxed commands when the server runs as root; must be no one else's."""
-    sandbox_egress_ports: str = "80,443"
-    """Ports allowlisted hosts may be reached on, comma-separated; `*` for any."""
-    egress_private_hosts: str = ""
-    """`host[:port],...` allowlisted hosts may reach on private or loopback addresses (an
-    internal package mirror); nothing else on private ranges becomes reachable."""
-    egress_upstream_proxy: str = ""
-    """`http://host:port` of an HTTP proxy the egress proxy reaches public hosts through."""
-    runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
-    desktop: bool = False
-    """NIGHTSHIFT_DESKTOP=1: a session's page may open its sandbox's desktop (Xvfb + x11vnc)."""
-    ide_idle_seconds: float = Field(900.0, gt=0)
-    """Seconds a desktop runs with no one viewing it before it is stopped (the IDE of the issue
-    will share it)."""
-    registry_auth: Path | None = None
-    """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
-    image_max_mb: int = Field(8192, ge=1)
-    """Largest declared image (its layers, compressed) a build will pull."""
-    snapshot_max_age_days: float = Field(14.0, gt=0)
-    """Local snapshots older than this are garbage-collected; Modal's expire after it."""
-    modal_app: str = "nightshift"
-    modal_cpu: float = Field(1.0, gt=0)
-    modal_token_id: SecretStr | None = Field(None, validation_alias=env_alias("MODAL_TOKEN_ID"))
-    modal_token_secret: SecretStr | None = Field(
-        None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
-    )
-    modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
-    modal_base_image: str = ""
-    """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
 
     @field_validator("models")
     @classmethod

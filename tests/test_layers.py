@@ -121,3 +121,18 @@ def test_layers_only_point_down(package: str) -> None:
                 if layer in LAYERS and layer != package and layer not in BELOW[package]:
                     upward.append(f"{name} imports {target}")
     assert upward == [], f"{package} reaches up: {upward}"
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_product_module_is_over_400_lines() -> None:
+    """A module past 400 lines is two things that want their own names (docs/ARCHITECTURE.md)."""
+    long = {
+        str(path.relative_to(ROOT)): count
+        for package in ("app", "workers", "images", "integrations")
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts
+        and (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split these (lines): {long}"

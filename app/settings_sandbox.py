@@ -1,0 +1,59 @@
+"""The settings of sandboxes: the backend, its limits, egress, declared images and Modal.
+
+`app.settings.Settings` inherits them; read them from there (`get_settings()`), never from
+this class alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from app.settings_integrations import IntegrationSettings, env_alias
+
+
+class SandboxSettings(IntegrationSettings):
+    # ---- sandboxes
+    sandbox: Literal["bwrap", "gvisor", "modal", "fake"] = "bwrap"
+    sandbox_memory_mb: int = Field(2048, ge=64)
+    sandbox_pids: int = Field(256, ge=16)
+    sandbox_cpu_seconds: int = Field(600, ge=1)
+    exec_timeout: float = Field(600.0, gt=0)
+    sandbox_timeout: float = Field(4 * 3600.0, gt=0)
+    output_cap_bytes: int = Field(256 * 1024, ge=1024)
+    sandbox_disk_mb: int = Field(10240, ge=0)
+    """Disk quota per local sandbox (workspace, home, /tmp) and per snapshot; 0: none."""
+    sandbox_inodes: int = Field(1_000_000, ge=1024)
+    """Files and directories a local sandbox may create (with a disk quota)."""
+    sandbox_uid: int = Field(65600, ge=1, lt=2**31)
+    """Host uid/gid of sandboxed commands when the server runs as root; must be no one else's."""
+    sandbox_egress_ports: str = "80,443"
+    """Ports allowlisted hosts may be reached on, comma-separated; `*` for any."""
+    egress_private_hosts: str = ""
+    """`host[:port],...` allowlisted hosts may reach on private or loopback addresses (an
+    internal package mirror); nothing else on private ranges becomes reachable."""
+    egress_upstream_proxy: str = ""
+    """`http://host:port` of an HTTP proxy the egress proxy reaches public hosts through."""
+    runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
+    desktop: bool = False
+    """NIGHTSHIFT_DESKTOP=1: a session's page may open its sandbox's desktop (Xvfb + x11vnc)."""
+    ide_idle_seconds: float = Field(900.0, gt=0)
+    """Seconds a desktop runs with no one viewing it before it is stopped (the IDE of the issue
+    will share it)."""
+    registry_auth: Path | None = None
+    """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
+    image_max_mb: int = Field(8192, ge=1)
+    """Largest declared image (its layers, compressed) a build will pull."""
+    snapshot_max_age_days: float = Field(14.0, gt=0)
+    """Local snapshots older than this are garbage-collected; Modal's expire after it."""
+    modal_app: str = "nightshift"
+    modal_cpu: float = Field(1.0, gt=0)
+    modal_token_id: SecretStr | None = Field(None, validation_alias=env_alias("MODAL_TOKEN_ID"))
+    modal_token_secret: SecretStr | None = Field(
+        None, validation_alias=env_alias("MODAL_TOKEN_SECRET")
+    )
+    modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
+    modal_base_image: str = ""
+    """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
