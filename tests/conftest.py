@@ -14,6 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+# The CLI's rich consoles are made at import and take their width from COLUMNS then: one
+# width for every run (a terminal, CI, an xdist worker without one), so output is the same.
+os.environ["COLUMNS"] = "200"
+
 from tests.factories import ApiClient, Person, make_person
 from tests.fakes.llm import ScriptBook, anthropic_app, openai_app
 from tests.fakes.server import BackgroundServer
