@@ -66,3 +66,31 @@ def test_review_merge_and_the_stats_count_it(
     stats = web.page(alice, "/stats", name="stats")
     stats.wait_for_function("document.getElementById('merged').textContent === '1'")
     assert stats.inner_text("#merged-of").startswith("of 1 sessions")
+
+
+def test_a_conflicting_merge_is_refused_on_the_page_and_changes_nothing(
+    web: Web, api: ApiClient, alice: Person, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, "clash", {"notes.txt": "one\n"})
+    api.add_repo(repo)
+    openai_fake.script(
+        "clash page",
+        Turn.tool("write_file", "Editing.", path="notes.txt", content="agent\n"),
+        Turn.tool("finish", summary="Edits notes.", title="Edit notes"),
+    )
+    session = api.create("clash", "clash page please")
+    done = api.wait_status(session["id"], "finished", "failed")
+    assert done["status"] == "finished", api.events(session["id"])
+    # Meanwhile someone changes the same line on the base branch.
+    (repo / "notes.txt").write_text("person\n")
+    git(repo, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qam", "mine")
+    base = git(repo, "rev-parse", "main").strip()
+
+    web.allow_console(r"status of 409 \(Conflict\).*/merge")  # the refusal, provoked on purpose
+    page = web.page(alice, "/pulls/" + done["pr_url"].rsplit("/", 1)[1], name="alice-clash")
+    page.wait_for_selector(".diff-file")
+    page.click("#merge")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "notes.txt" in page.inner_text("#error")  # the message names the conflicting file
+    assert page.locator("#state .badge.s-open").count() == 1
+    assert git(repo, "rev-parse", "main").strip() == base  # nothing was merged
