@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from images.layers import fold_snapshot
 from images.registry import ImageRecord
-from images.sandboxes.base import ImageRef, Limits, SandboxBackend, SandboxSpec
-from images.setup import BuildLog, Progress, exclude_setup_output, run_commands
+from images.sandboxes.base import ImageRef, Limits, SandboxBackend
+from images.setup import BuildLog, Progress, build_sandbox_spec, run_setup
 from images.spec import RepoSpec
 
 
@@ -43,20 +42,9 @@ async def build_local(
         spec_hash=record.spec_hash or "",
     )
     say("starting the build sandbox")
-    sandbox = await backend.start(
-        SandboxSpec(
-            source=source,
-            limits=replace(limits, exec_timeout_s=command_timeout),
-            env=spec.env,
-            egress=spec.egress,
-            label=f"build:{spec.name}",
-        )
-    )
+    sandbox = await backend.start(build_sandbox_spec(spec, source, limits, command_timeout))
     try:
-        await run_commands(sandbox, spec, ("setup", "warm"), command_timeout, build_log, say)
-        excluded = await exclude_setup_output(sandbox)
-        if excluded:
-            build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
+        await run_setup(sandbox, spec, command_timeout, build_log, say)
         snapshot = await sandbox.snapshot()
     finally:
         await sandbox.terminate()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from images.layers import remove_tree
 from images.registry import ImageRecord
 from images.sandboxes.base import ImageRef, Limits, Sandbox, SandboxBackend, SandboxSpec
-from images.setup import BuildLog, Progress, exclude_setup_output, run_commands
+from images.setup import BuildLog, Progress, build_sandbox_spec, run_setup
 from images.spec import RepoSpec
 
 
@@ -108,20 +107,10 @@ async def _build(
     say(f"building the environment on {backend.name}")
     environment = backend.declared_environment(spec, workspace)
     sandbox = await backend.start_build(
-        environment,
-        SandboxSpec(
-            source=source,
-            limits=replace(limits, exec_timeout_s=command_timeout),
-            env=spec.env,
-            egress=spec.egress,
-            label=f"build:{spec.name}",
-        ),
+        environment, build_sandbox_spec(spec, source, limits, command_timeout)
     )
     try:
-        await run_commands(sandbox, spec, ("setup", "warm"), command_timeout, build_log, say)
-        excluded = await exclude_setup_output(sandbox)
-        if excluded:
-            build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
+        await run_setup(sandbox, spec, command_timeout, build_log, say)
         say("snapshotting the build sandbox")
         image_id = await sandbox.snapshot_image()
     finally:

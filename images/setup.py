@@ -5,11 +5,11 @@ sandbox while no image exists)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from images.ansi import strip_ansi
 from images.errors import ImagesError
-from images.sandboxes.base import ExecResult, Sandbox, SandboxError
+from images.sandboxes.base import ExecResult, ImageRef, Limits, Sandbox, SandboxError, SandboxSpec
 from images.spec import RepoSpec
 
 LOG_CAP = 256 * 1024
@@ -109,3 +109,26 @@ async def exclude_setup_output(sandbox: Sandbox) -> list[str]:
     lines += [_exclude_pattern(p.rstrip("/")) for p in paths]
     await sandbox.write_file(".git/info/exclude", ("\n".join(lines).lstrip("\n") + "\n").encode())
     return paths
+
+
+def build_sandbox_spec(
+    spec: RepoSpec, source: ImageRef, limits: Limits, command_timeout: float
+) -> SandboxSpec:
+    """The sandbox a build runs the repository's set-up in, on any backend."""
+    return SandboxSpec(
+        source=source,
+        limits=replace(limits, exec_timeout_s=command_timeout),
+        env=spec.env,
+        egress=spec.egress,
+        label=f"build:{spec.name}",
+    )
+
+
+async def run_setup(
+    sandbox: Sandbox, spec: RepoSpec, command_timeout: float, build_log: BuildLog, say: Progress
+) -> None:
+    """Set-up and warm commands in a build sandbox, their output kept out of commits."""
+    await run_commands(sandbox, spec, ("setup", "warm"), command_timeout, build_log, say)
+    excluded = await exclude_setup_output(sandbox)
+    if excluded:
+        build_log.line(f"kept out of commits (.git/info/exclude): {', '.join(excluded)}")
