@@ -186,7 +186,6 @@ class Sessions:
         prompt = self._check_prompt(prompt)
         chosen = self.models.choose(model)
         repo = self.repos.get(repo_name)
-        self._check_active(user)
         depth = 0
         if parent_id is not None:
             depth = self.get(parent_id).depth + 1
@@ -207,7 +206,7 @@ class Sessions:
         )
         try:
             with DB(self.engine, expire_on_commit=False) as db:
-                self._check_active(user, db)  # again, atomically with the insert
+                self._check_active(user, db)  # atomically with the insert
                 db.add(row)
                 db.flush()
                 self._join(db, session_id, user.id, "author")
@@ -234,15 +233,13 @@ class Sessions:
     ) -> PromptPublic:
         text = self._check_prompt(text)
         assert user.id is not None
-        if self.get(session_id).status not in ACTIVE_STATUSES:
-            self._check_active(user)  # a follow-up wakes a session that was over
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Session, session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
             woken = row.status not in ACTIVE_STATUSES
             if woken:
-                self._check_active(user, db)  # again, atomically with the wake-up
+                self._check_active(user, db)  # a follow-up wakes a session that was over
                 row.status = "queued"
             row.prompt_count += 1
             row.stop_requested = False
