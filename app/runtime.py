@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from app.control import LocalControlPlane
-from app.jobs import ControlJobs
+from app.control_jobs import ControlJobs
+from app.local_control import LocalControlPlane
 from app.metrics import observe
-from app.services.github import GitHubServices, RebuildHook, build_github, reconcile_github
-from app.services.github_accounts import GitHubAccounts, build_accounts
+from app.services.github.accounts import GitHubAccounts, build_accounts
+from app.services.github.app import GitHubServices, RebuildHook, build_github, reconcile_github
 from app.services.hub import EventHub
 from app.services.images import Images
 from app.services.model_choices import ModelChoices
 from app.services.presence import Presence
-from app.services.pulls import LocalPullRequests, PullRequests
+from app.services.pull_requests import LocalPullRequests, PullRequests
 from app.services.repos import Repos
 from app.services.runners import RunnerService
 from app.services.sessions import Sessions
@@ -47,7 +47,7 @@ from app.wiring import (
     secrets_and_control_db,
 )
 from images.builder import ImageBuilder
-from images.jobs import ImageJobs, maintain_pool
+from images.image_jobs import ImageJobs, maintain_pool
 from images.pool import WarmPool
 from images.provider import SandboxProvider
 from images.registry import ImageRegistry
@@ -59,12 +59,12 @@ from workers.bus import InProcessBus
 from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from workers.errors import ControlPlaneError, JobError
 from workers.executor import InProcessExecutor, every
-from workers.jobs import JobContext, run_job, schedule
 from workers.redact import Redactor
 from workers.runner import WorkerDeps
+from workers.scheduled import JobContext, run_job, schedule
 
 if TYPE_CHECKING:
-    from app.services.slack import SlackBot
+    from app.services.slack.bot import SlackBot
     from app.services.streams import StreamConsumer
 
 log = logging.getLogger("nightshift")
@@ -83,14 +83,14 @@ class Runtime:
     runners: RunnerService
     """The runner-facing side of sessions (leases, queue, recovery)."""
     pull_requests: PullRequests
-    pulls: LocalPullRequests
+    local_pulls: LocalPullRequests
     """The local forge's PR records."""
     backend: SandboxBackend
-    images: ImageRegistry
+    image_registry: ImageRegistry
     builder: ImageBuilder
     pool: WarmPool
     image_jobs: ImageJobs
-    image_service: Images
+    images: Images
     provider: SandboxProvider
     executor: InProcessExecutor
     deps: WorkerDeps
@@ -361,13 +361,13 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         sessions=sessions,
         runners=runners,
         pull_requests=pull_requests,
-        pulls=pulls,
+        local_pulls=pulls,
         backend=stack.backend,
-        images=stack.registry,
+        image_registry=stack.registry,
         builder=stack.builder,
         pool=stack.pool,
         image_jobs=stack.jobs,
-        image_service=image_service,
+        images=image_service,
         provider=stack.provider,
         executor=executor,
         deps=deps,
@@ -390,7 +390,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         control_jobs.register("reconcile_github", reconcile)
     # ---- Slack
     if settings.slack_enabled:
-        from app.services.slack import build_slack_bot
+        from app.services.slack.bot import build_slack_bot
 
         bot = build_slack_bot(settings, engine, repos, sessions, executor, image_service)
         hub.handlers.append(bot.updater.on_event)

@@ -18,7 +18,7 @@ from app.services.images import Images
 from app.services.repos import Repos
 from app.settings import Settings
 from images.builder import ImageBuilder
-from images.jobs import ImageJobs
+from images.image_jobs import ImageJobs
 from images.mirror import Mirrors
 from images.oci_store import OciStore
 from images.pool import WarmPool

@@ -62,7 +62,7 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
     if settings.github_enabled:
         # Workers clone and push GitHub repositories themselves, with installation tokens
         # minted here (redacted like every secret); PRs are opened by the API.
-        from app.services.github import github_config
+        from app.services.github.app import github_config
         from integrations.github.app import GitHubApp
         from integrations.github.forge import GitHubForge
 

@@ -2,7 +2,7 @@
 
 Tasks are thin and take ids (their names, queues and payloads are the wire's,
 `workers/wire.py`); their bodies call the same functions the embedded default runs
-(`workers.runner.run_session`, `workers.jobs.*`) on the worker process's own event loop.
+(`workers.runner.run_session`, `workers.scheduled.*`) on the worker process's own event loop.
 
 Crash safety, layer by layer:
 - a task is acknowledged only after it ran (`task_acks_late`), and is handed back when the
@@ -29,12 +29,12 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from celery import Celery, signals
 
-from images.jobs import ImageJobs
+from images.image_jobs import ImageJobs
 from images.pool import WarmPool
 from workers.executor import InProcessExecutor, every
-from workers.jobs import JobContext, run_job
-from workers.registry import Runners
+from workers.live_runners import Runners
 from workers.runner import WorkerDeps
+from workers.scheduled import JobContext, run_job
 from workers.wire import (
     RUN_SESSION,
     RUNNERS_CHANNEL,

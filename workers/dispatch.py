@@ -10,7 +10,7 @@ from typing import Protocol
 import redis
 
 from workers.executor import InProcessExecutor
-from workers.registry import Runners
+from workers.live_runners import Runners
 from workers.runner import WorkerDeps
 from workers.wire import (
     DISPATCH_MARK_TTL_S,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from workers.jobs import Scheduled
+from workers.scheduled import Scheduled
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -36,7 +36,7 @@ Nudge = Literal["stop", "wake"]
 
 
 def task_name(job: str) -> str:
-    """The Celery task that runs the scheduled job `job` (`workers/jobs.py`)."""
+    """The Celery task that runs the scheduled job `job` (`workers/scheduled.py`)."""
     return f"nightshift.{job}"
 
 

@@ -42,7 +42,7 @@ def get_repos(runtime: RuntimeDep) -> Repos:
 
 
 def get_images(runtime: RuntimeDep) -> Images:
-    return runtime.image_service
+    return runtime.images
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -210,7 +210,7 @@ def _run_modes(
     from app.runtime import build_runtime
     from app.schemas import RepoCreate
     from app.settings import Settings
-    from images.jobs import build_images
+    from images.image_jobs import build_images
 
     script = scratch / "script.json"
     script.write_text(json.dumps({"turns": [{"text": "Nothing to change."}]}))
@@ -248,7 +248,7 @@ def _run_modes(
                 ).result()
                 out["unchanged_skip_ms"] = again[0].ms  # what every scheduled check costs
             samples: dict[str, list[int]] = {"first": [], "ready": [], "sync": []}
-            lock = runtime.images if mode == "cold" else None
+            lock = runtime.image_registry if mode == "cold" else None
             if lock is not None:
                 # Hold the build lock so the build each cold start queues stays out of the way.
                 lock.acquire_lock(name, "bench", 3600)
@@ -313,12 +313,12 @@ def _commit_spec(repo: Path, text: str) -> None:
 
 def _warm_up(runtime: Any, user: Any, repo: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    state = runtime.image_service.warm(user, repo)
+    state = runtime.images.warm(user, repo)
     while state.state != "warm":
         if state.state == "failed" or time.monotonic() > deadline:
             raise BenchError(f"warming a sandbox failed: {state.error or 'timed out'}")
         time.sleep(0.02)
-        state = runtime.image_service.warm_state(user, repo)
+        state = runtime.images.warm_state(user, repo)
     time.sleep(0.2)  # let the pool settle, as when a person is still typing
 
 

@@ -132,7 +132,7 @@ def beat(
     and a build of an unchanged tip is skipped) but doubles the queue traffic. Warm pools are
     not on it: each worker tops up its own.
     """
-    from workers.jobs import schedule
+    from workers.scheduled import schedule
     from workers.wire import CeleryConfig, celery_client
 
     settings = load_settings()

@@ -43,7 +43,7 @@ def rotate_keys() -> None:
 def reconcile() -> None:
     """Process webhook deliveries left queued and refresh the state of every open PR (the
     server does this every 10 minutes); prints JSON counts."""
-    from app.services.github import reconcile_github
+    from app.services.github.app import reconcile_github
 
     settings = load_settings()
     if not settings.github_enabled:

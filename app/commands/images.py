@@ -14,7 +14,7 @@ from app.commands.common import console, fail, load_settings, runtime_from
 from app.errors import ServiceError
 from app.schemas_images import ImagePublic
 from images.builder import BuildResult
-from images.jobs import build_images
+from images.image_jobs import build_images
 
 app = typer.Typer(help="Repo images: fresh clones with set-up done.", no_args_is_help=True)
 
@@ -116,7 +116,7 @@ def images_list(
     digest), size on disk (and the shared declared root), time per set-up step, and the error
     of failed ones."""
     with runtime_from(load_settings()) as runtime:
-        rows = runtime.image_service.images(repo, limit)
+        rows = runtime.images.images(repo, limit)
         if as_json:
             print(json.dumps([r.model_dump() for r in rows], indent=2))
             return
@@ -158,7 +158,7 @@ def images_show(image_id: Annotated[str, typer.Argument(help="Image id")]) -> No
     """Show one build with its whole log."""
     with runtime_from(load_settings()) as runtime:
         try:
-            image = runtime.image_service.get(image_id)
+            image = runtime.images.get(image_id)
         except ServiceError as exc:
             fail(str(exc))
         console.print_json(image.model_dump_json(exclude={"log"}))

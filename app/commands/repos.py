@@ -95,7 +95,7 @@ def repos_show(
 ) -> None:
     """Show a repo's effective spec: each value and where it came from."""
     with runtime_from(load_settings()) as runtime:
-        detail = runtime.image_service.repo_detail(name)
+        detail = runtime.images.repo_detail(name)
     if as_json:
         print(detail.model_dump_json(indent=2))
         return
@@ -129,6 +129,6 @@ def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON"
             return
         table = Table("name", "forge", "base", "environment", "url")
         for r in rows:
-            environment = runtime.image_service.repo_detail(r.name).environment
+            environment = runtime.images.repo_detail(r.name).environment
             table.add_row(r.name, r.forge, r.base, environment, r.url)
         console.print(table)

@@ -18,8 +18,8 @@ from rich.table import Table
 from app.commands.common import console, fail
 from app.errors import ServiceError
 from app.services.repos import Repos
-from app.services.slack_links import SlackLinks
-from app.services.slack_routing import SlackRouting, check_channel
+from app.services.slack.links import SlackLinks
+from app.services.slack.routing import SlackRouting, check_channel
 from app.services.users import Users
 from app.settings import Settings
 

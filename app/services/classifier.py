@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from app.models import Repo
 from app.services.repos import Repos
-from app.services.slack_routing import SlackRouting
+from app.services.slack.routing import SlackRouting
 from integrations.llm import ModelSettings, make_model
 from integrations.llm.base import ModelError
 from integrations.llm.types import ChatMessage, Completion, ToolSpec

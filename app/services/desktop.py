@@ -35,7 +35,7 @@ from images.sandboxes.desktop import (
 )
 from workers.events import DesktopControlTaken
 from workers.executor import InProcessExecutor
-from workers.registry import Runners
+from workers.live_runners import Runners
 
 
 class DesktopPublic(BaseModel):

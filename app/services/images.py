@@ -18,7 +18,7 @@ from app.schemas import EffectiveField, RepoDetail, RepoPublic
 from app.schemas_images import BuildStep, ImagePublic, WarmPublic
 from app.services.repos import Repos, spec_of
 from images.environments import build_steps, effective_origins
-from images.jobs import ImageJobs, build_images
+from images.image_jobs import ImageJobs, build_images
 from images.pool import WarmInfo, WarmPool
 from images.registry import ImageRecord, ImageRegistry, Trigger
 from images.spec import RepoSpec, SpecFileError

@@ -59,7 +59,7 @@ def active_snapshot_ids(engine: Engine) -> set[str]:
 class RunnerService:
     """What runners ask of the control plane, answered from the control DB and session files.
 
-    In-process runners call it directly (`app/control.py`); workers over `/internal`.
+    In-process runners call it directly (`app/local_control.py`); workers over `/internal`.
     """
 
     def __init__(self, sessions: Sessions) -> None:

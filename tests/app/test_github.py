@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from app.models import GitHubAccount, GitHubDelivery, GitHubInstallation, User
 from app.schemas import RepoCreate
-from app.services.github import Reconciled, reconcile_github
+from app.services.github.app import Reconciled, reconcile_github
 from integrations.github import sign
 from tests.app.conftest import GitHubEnv
 from tests.factories import git, make_person, wait_for
@@ -262,7 +262,7 @@ def test_expired_token_is_refreshed_once_by_concurrent_callers(gh: GitHubEnv) ->
 
 
 def test_two_processes_refreshing_at_once_keep_the_pair(gh: GitHubEnv) -> None:
-    from app.services.github_accounts import GitHubAccounts
+    from app.services.github.accounts import GitHubAccounts
 
     user_id = _linked(gh)
     mine = gh.runtime.accounts
@@ -292,7 +292,7 @@ def test_two_processes_refreshing_at_once_keep_the_pair(gh: GitHubEnv) -> None:
 
 
 def test_dead_refresh_token_means_sign_in_again(gh: GitHubEnv) -> None:
-    from app.services.github_accounts import SignInRequired
+    from app.services.github.accounts import SignInRequired
 
     user_id = _linked(gh)
     gh.runtime.accounts.peer_wait_s = 0.3
@@ -681,7 +681,7 @@ def test_reconcile_command_catches_a_missed_merge(gh: GitHubEnv) -> None:
 def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
     postgres_url: str, make_github_env: Any
 ) -> None:
-    from app.services.github_accounts import GitHubAccounts
+    from app.services.github.accounts import GitHubAccounts
 
     env = make_github_env(database_url=postgres_url)
     assert env.runtime.engine.dialect.name == "postgresql"

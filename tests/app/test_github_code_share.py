@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from app.github_tables import GitHubBaseCommit
 from app.models import User
-from app.services.code_share import CodeShare
+from app.services.github.code_share import CodeShare
 from tests.app.conftest import GitHubEnv
 from tests.app.test_github_triggers import REPO, _deliver, _env, _sign_in
 from tests.factories import git, wait_for
@@ -135,7 +135,7 @@ def test_the_agents_line_share_counts_its_commits_and_its_prs_squash_merges(
     assert stats["follow_ups_per_pr"] == 1.0
     assert stats["prs"] == 2
     # Per repository: the same figures, since both sessions are this repository's.
-    from app.services.pr_stats import compute_pr_stats_by_repo
+    from app.services.github.pr_stats import compute_pr_stats_by_repo
 
     [repo] = compute_pr_stats_by_repo(env.runtime.engine)
     assert repo.prs == 2 and repo.agent_lines_added == 7 and repo.base_lines_added == 12

@@ -597,7 +597,7 @@ def test_the_repos_nightshift_toml_sets_the_ci_fix_cap(make_github_env: Any) -> 
     git(work, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "Spec")
     git(work, "push", "-q", "origin", "main")
     [name] = [r.name for r in gh.runtime.repos.list()]
-    gh.runtime.image_service.queue_build([name], force=True)
+    gh.runtime.images.queue_build([name], force=True)
 
     def built() -> ImageRecord | None:
         with DB(gh.runtime.engine) as db:

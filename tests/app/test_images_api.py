@@ -143,11 +143,11 @@ def test_next_scheduled_build_picks_up_a_new_commit(make_settings: Any, tmp_path
     try:
         repo = make_repo(tmp_path, "proj")
         rt.repos.add(RepoCreate(url=str(repo)))
-        first = wait_for(lambda: rt.images.newest("proj"), 60, "the first image")
+        first = wait_for(lambda: rt.image_registry.newest("proj"), 60, "the first image")
         assert first.sha == git(repo, "rev-parse", "main").strip()
         tip = commit(repo, {"feature.py": "x = 1\n"})
         second = wait_for(
-            lambda: (n := rt.images.newest("proj")) is not None and n.sha == tip and n,
+            lambda: (n := rt.image_registry.newest("proj")) is not None and n.sha == tip and n,
             60,
             "the scheduled build of the new commit",
         )

@@ -145,7 +145,7 @@ def test_a_push_to_the_base_branch_rebuilds_the_image(gh: Any, tmp_path: Path) -
     gh.runtime.repos.add(RepoCreate(url="octo/proj"))
 
     def ready_images() -> list[Any]:
-        return [i for i in gh.runtime.image_service.images("octo/proj") if i.status == "ready"]
+        return [i for i in gh.runtime.images.images("octo/proj") if i.status == "ready"]
 
     first = wait_for(ready_images, 60, "the image built when the repo was added")[0]
     work = tmp_path / "push-work"

@@ -13,7 +13,7 @@ import pytest
 
 from app.schemas import RepoCreate
 from app.services.classifier import RepoClassifier
-from app.services.slack_routing import SlackRouting
+from app.services.slack.routing import SlackRouting
 from integrations.llm import ModelSettings
 from tests.factories import make_person, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn

@@ -185,7 +185,7 @@ def _dead_pid() -> int:
 @pytest.mark.postgres
 def test_event_ids_are_inserted_or_ignored_on_postgres(postgres_url: str) -> None:
     from app.db import control_engine
-    from app.services.slack_data import SlackDirectory
+    from app.services.slack.data import SlackDirectory
     from app.wiring import init_control_db
 
     engine = control_engine(postgres_url)

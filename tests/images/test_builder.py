@@ -11,7 +11,7 @@ import pytest
 
 from app.schemas import RepoCreate
 from images.builder import ImageBuilder
-from images.jobs import UnknownRepo, build_images, collect_images
+from images.image_jobs import UnknownRepo, build_images, collect_images
 from images.mirror import Mirrors
 from images.registry import ImageRegistry
 from tests.factories import git, make_repo
@@ -54,10 +54,10 @@ async def test_image_holds_the_setup_result_at_the_base_tip(rt: Any, tmp_path: P
     assert sorted(p.name for p in (ws / "docs").iterdir()) == ["new.md"]
     assert (ws / ".git").is_dir()
     # The log tells what ran.
-    log = rt.image_service.get(image.id).log
+    log = rt.images.get(image.id).log
     assert "$ mkdir -p build" in log and "→ exit 0" in log
     # A sandbox from the image sees the same tree.
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     acquired = await rt.provider.starter.start(spec, cold_ok=False)
     try:
         assert acquired.mode == "image" and acquired.image.id == image.id
@@ -78,12 +78,12 @@ async def test_new_commit_is_built_and_unchanged_tip_is_skipped(rt: Any, tmp_pat
     [again] = await build_images(rt.image_jobs)
     assert again.outcome == "skipped" and again.image.id == first.image.id
     assert "is current" in again.message
-    assert len(rt.images.history("proj")) == 1  # a skip leaves no build record behind
+    assert len(rt.image_registry.history("proj")) == 1  # a skip leaves no build record behind
     tip = commit(repo, {"new.py": "print('new')\n"})
     [second] = await build_images(rt.image_jobs)
     assert second.outcome == "built" and second.image.sha == tip
     assert (_image_root(second.image) / "workspace" / "new.py").is_file()
-    newest = rt.images.newest("proj")
+    newest = rt.image_registry.newest("proj")
     assert newest is not None and newest.id == second.image.id
     # A changed spec (not only a new commit) rebuilds too.
     commit(repo, {".nightshift.toml": 'setup = ["echo other > .ready"]\n'})
@@ -107,15 +107,15 @@ async def test_failing_setup_keeps_the_previous_image_and_records_the_log(
     assert bad.outcome == "failed"
     assert "setup command `echo broken dependency >&2; exit 3` exited 3" in bad.message
     assert "broken dependency" in bad.message
-    failed = rt.image_service.get(bad.image.id)
+    failed = rt.images.get(bad.image.id)
     assert failed.status == "failed" and "installing" in failed.log and "→ exit 3" in failed.log
-    newest = rt.images.newest("proj")
+    newest = rt.image_registry.newest("proj")
     assert newest is not None and newest.id == good.image.id
     assert _image_root(newest).is_dir()
     # No half-built directory is left behind.
     assert [p.name for p in (rt.settings.data_dir / "images" / "proj").iterdir()] == [newest.id]
     # Listing shows the log of the failure, not of the success.
-    listed = {i.id: i for i in rt.image_service.images("proj")}
+    listed = {i.id: i for i in rt.images.images("proj")}
     assert listed[bad.image.id].log and listed[good.image.id].log is None
 
 
@@ -129,7 +129,7 @@ async def test_malformed_spec_file_and_egress_fail_clearly(rt: Any, tmp_path: Pa
     assert bad.message == (
         ".nightshift.toml line 2: warm must be a list of command strings, got str"
     )
-    assert rt.images.newest("proj").id == good.image.id
+    assert rt.image_registry.newest("proj").id == good.image.id
     # Egress goes through the allowlisting proxy: set-up sees it, the build succeeds.
     commit(
         repo,
@@ -137,13 +137,13 @@ async def test_malformed_spec_file_and_egress_fail_clearly(rt: Any, tmp_path: Pa
     )
     [egress] = await build_images(rt.image_jobs)
     assert egress.outcome == "built", egress.message
-    assert rt.images.newest("proj").id == egress.image.id
+    assert rt.image_registry.newest("proj").id == egress.image.id
 
 
 async def test_builds_are_single_flight_across_builders(rt: Any, tmp_path: Path) -> None:
     repo = make_repo(tmp_path, "proj")
     _add(rt, repo, setup=["sleep 0.5"])
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     # A second builder, as another process would have: same control DB, its own holder id.
     other = ImageBuilder(
         ImageRegistry(rt.engine, rt.backend.name, rt.backend.runtime_version()),
@@ -168,22 +168,22 @@ async def test_old_images_are_collected_unless_in_use(rt: Any, tmp_path: Path) -
     repo = make_repo(tmp_path, "proj")
     _add(rt, repo)
     [first] = await build_images(rt.image_jobs)
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     held = await rt.provider.starter.start(spec, cold_ok=False)  # a live sandbox on the first image
     try:
         commit(repo, {"a": "1"})
         [second] = await build_images(rt.image_jobs)
         commit(repo, {"b": "2"})
         [third] = await build_images(rt.image_jobs)  # keep=2: the first is past it, but used
-        assert rt.images.get(first.image.id).status == "ready"
+        assert rt.image_registry.get(first.image.id).status == "ready"
     finally:
         await held.sandbox.terminate()
     collected = await collect_images(rt.image_jobs)
     assert collected == [first.image.id]
-    assert rt.images.get(first.image.id).status == "collected"
+    assert rt.image_registry.get(first.image.id).status == "collected"
     assert not Path(first.image.location).exists()
     assert {second.image.id, third.image.id} <= {
-        r.id for r in rt.images.history("proj") if r.status == "ready"
+        r.id for r in rt.image_registry.history("proj") if r.status == "ready"
     }
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.schemas import RepoCreate
-from images.jobs import build_images
+from images.image_jobs import build_images
 from images.layers import tree_size
 from images.setup import BuildError
 from tests.factories import make_repo
@@ -30,7 +30,7 @@ async def test_a_cold_start_runs_on_the_declared_image(
 ) -> None:
     repo = make_repo(tmp_path, "proj", {".nightshift.toml": f'image = "{tool_image}"\n'})
     rt.repos.add(RepoCreate(url=str(repo)))
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     acquired = await rt.provider.acquire(spec, label="t")
     try:
         assert acquired.mode == "cold"
@@ -40,7 +40,7 @@ async def test_a_cold_start_runs_on_the_declared_image(
     finally:
         await acquired.sandbox.terminate()
     await rt.provider.wait_background()
-    built = rt.images.newest("proj")
+    built = rt.image_registry.newest("proj")
     assert built is not None and built.trigger == "session" and built.status == "ready"
     assert built.environment_digest is not None
 
@@ -60,12 +60,12 @@ async def test_a_cold_start_over_the_size_cap_is_refused_in_one_line(
     try:
         repo = make_repo(tmp_path, "proj")
         rt.repos.add(RepoCreate(url=str(repo), image=big))
-        spec = rt.image_service.specs()[0]
+        spec = rt.images.specs()[0]
         with pytest.raises(BuildError) as refused:
             await rt.provider.acquire(spec, label="t")
         message = str(refused.value)
         assert "over NIGHTSHIFT_IMAGE_MAX_MB=1" in message and "\n" not in message
-        assert rt.images.newest("proj") is None  # no cold record is left behind
+        assert rt.image_registry.newest("proj") is None  # no cold record is left behind
         rootfs = Path(rt.settings.data_dir) / "rootfs"
         assert not rootfs.exists() or not [p for p in rootfs.iterdir() if p.name[0] != "."]
         assert rt.backend.live == {}  # nothing was started
@@ -82,8 +82,8 @@ async def test_an_image_records_its_size_and_the_shared_roots(
     rt.repos.add(RepoCreate(url=str(host)))
     results = await build_images(rt.image_jobs, ["proj", "plain"])
     assert [r.outcome for r in results] == ["built", "built"], [r.message for r in results]
-    declared, plain = (rt.image_service.get(r.image.id) for r in results)
-    record = rt.images.get(declared.id)
+    declared, plain = (rt.images.get(r.image.id) for r in results)
+    record = rt.image_registry.get(declared.id)
     rootfs = Path(rt.builder.oci.present(record.environment_digest).rootfs)
     assert declared.environment_digest == record.environment_digest
     assert declared.size_bytes == tree_size(Path(record.location)) > 0
@@ -101,10 +101,10 @@ async def test_an_image_records_its_size_and_the_shared_roots(
     assert f"image {tool_image} @ {record.environment_digest[:19]}" in row
     assert f"{declared.size_bytes / 1e6:.1f} MB + " in row and " MB shared" in row
     # The repo says which environment it uses, with the digest its image runs on.
-    detail = rt.image_service.repo_detail("proj")
+    detail = rt.images.repo_detail("proj")
     assert detail.environment == f"image {tool_image}"
     assert detail.environment_digest == record.environment_digest
-    assert rt.image_service.repo_detail("plain").environment_digest is None
+    assert rt.images.repo_detail("plain").environment_digest is None
     shown = CliRunner().invoke(app, ["repos", "show", "proj"], env=env)
     assert f"environment: image {tool_image} ({record.environment_digest})" in shown.output
     repos = CliRunner().invoke(app, ["repos", "list"], env=env)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.schemas import RepoCreate
-from images.jobs import build_images
+from images.image_jobs import build_images
 from tests.factories import make_repo
 from tests.images.conftest import commit
 
@@ -29,10 +29,10 @@ async def test_devcontainer_env_and_post_create_run_as_set_up(rt: Any, tmp_path:
     assert result.outcome == "built", result.message
     ws = Path(result.image.location) / "root" / "workspace"
     assert (ws / "after.txt").read_text() == "from-devcontainer\n"
-    assert "environment: host" in rt.image_service.get(result.image.id).log
+    assert "environment: host" in rt.images.get(result.image.id).log
     # The recorded files complete the spec the same way, so the image is usable and the
     # unchanged tip is skipped.
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     assert rt.provider.starter.usable_image(spec).id == result.image.id
     [again] = await build_images(rt.image_jobs, ["proj"])
     assert again.outcome == "skipped", again.message
@@ -51,11 +51,11 @@ async def test_bad_devcontainer_fails_in_one_line_and_keeps_the_image(
     assert bad.outcome == "failed"
     assert bad.message.startswith(".devcontainer/devcontainer.json line 3: features are not")
     assert "\n" not in bad.message
-    assert rt.images.newest("proj").id == good.image.id
+    assert rt.image_registry.newest("proj").id == good.image.id
     commit(repo, {".devcontainer/devcontainer.json": '{\n  "image": "debian"\n  "x": 1\n}'})
     [broken] = await build_images(rt.image_jobs)
     assert broken.message.startswith(".devcontainer/devcontainer.json line 3: not valid JSON")
-    assert rt.images.newest("proj").id == good.image.id
+    assert rt.image_registry.newest("proj").id == good.image.id
 
 
 async def test_devcontainer_features_are_refused_in_one_line_even_with_an_image(
@@ -87,7 +87,7 @@ async def test_unreachable_registry_fails_in_one_line_and_keeps_the_image(
     assert "\n" not in bad.message
     # skopeo's log framing (`time=… level=fatal msg="…"`) is reduced to its message.
     assert "level=" not in bad.message and "connection refused" in bad.message, bad.message
-    assert rt.images.newest("proj").id == good.image.id
+    assert rt.image_registry.newest("proj").id == good.image.id
 
 
 async def test_uncommitted_spec_file_is_named_in_the_build_log(rt: Any, tmp_path: Path) -> None:
@@ -96,11 +96,11 @@ async def test_uncommitted_spec_file_is_named_in_the_build_log(rt: Any, tmp_path
     rt.repos.add(RepoCreate(url=str(repo)))
     [result] = await build_images(rt.image_jobs)
     assert result.outcome == "built", result.message
-    log = rt.image_service.get(result.image.id).log
+    log = rt.images.get(result.image.id).log
     assert f"warning: {repo / '.nightshift.toml'} is not committed on branch 'main'" in log
     commit(repo, {})
     [committed] = await build_images(rt.image_jobs)
-    assert "is not committed" not in rt.image_service.get(committed.image.id).log
+    assert "is not committed" not in rt.images.get(committed.image.id).log
 
 
 async def test_a_repo_may_opt_out_of_its_devcontainer(rt: Any, tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ async def test_a_repo_may_opt_out_of_its_devcontainer(rt: Any, tmp_path: Path) -
     commit(repo, {".nightshift.toml": "devcontainer = false\n"})
     [built] = await build_images(rt.image_jobs, ["proj"])
     assert built.outcome == "built", built.message
-    assert "environment: host" in rt.image_service.get(built.image.id).log
+    assert "environment: host" in rt.images.get(built.image.id).log
     # Stored instead, for a repository whose files the team cannot change.
     other = make_repo(tmp_path, "other", files)
     rt.repos.add(RepoCreate(url=str(other), devcontainer=False))

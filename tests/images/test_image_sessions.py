@@ -42,7 +42,7 @@ def test_a_session_command_finds_a_tool_only_the_image_has(
 ) -> None:
     repo = make_repo(tmp_path, "proj", {".nightshift.toml": f'image = "{tool_image}"\n'})
     api.add_repo(repo)  # adding it starts a build
-    image = wait_for(lambda: runtime.images.newest("proj"), 120, "the image build")
+    image = wait_for(lambda: runtime.image_registry.newest("proj"), 120, "the image build")
     assert image.environment_digest is not None
     openai_fake.script(
         "use the tool",

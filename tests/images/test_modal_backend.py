@@ -14,7 +14,7 @@ from grpclib import Status
 from modal_proto import api_pb2
 
 from app.schemas import RepoCreate
-from images.jobs import build_images, maintain_pool
+from images.image_jobs import build_images, maintain_pool
 from images.sandboxes.base import SandboxError
 from tests.factories import ApiClient, git, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
@@ -81,10 +81,10 @@ async def test_setup_runs_on_modal_and_its_snapshot_is_the_recorded_image(
     assert not (mrt.settings.data_dir / "images" / "proj").exists() or not any(
         (mrt.settings.data_dir / "images" / "proj").iterdir()
     )
-    log = mrt.image_service.get(image.id).log
+    log = mrt.images.get(image.id).log
     assert "$ mkdir -p build" in log and f"modal image {image.location}" in log
     # A session's sandbox starts from that image and sees what set-up wrote.
-    spec = mrt.image_service.specs()[0]
+    spec = mrt.images.specs()[0]
     acquired = await mrt.provider.starter.start(spec, cold_ok=False)
     try:
         assert acquired.mode == "image" and acquired.image.id == image.id
@@ -121,7 +121,7 @@ async def test_declared_image_and_base_setting_reach_modal_as_registry_images(
         assert modal.world.registry_refs.count("registry.example/team/base:3") >= 1
         assert "ghcr.io/acme/devbox:1.2" in modal.world.registry_refs
         assert all(r.image.location.startswith("im-") for r in results)
-        log = rt.image_service.get(results[1].image.id).log
+        log = rt.images.get(results[1].image.id).log
         assert "environment: image ghcr.io/acme/devbox:1.2" in log
     finally:
         rt.close()
@@ -158,7 +158,7 @@ async def test_dockerfile_is_built_by_modal_and_one_outside_the_repo_is_refused(
     assert bad.outcome == "failed"
     assert bad.message == "the dockerfile Dockerfile resolves outside the repository"
     assert len(modal.world.dockerfiles) == before
-    assert mrt.images.newest("proj").id == result.image.id
+    assert mrt.image_registry.newest("proj").id == result.image.id
 
 
 async def test_network_is_blocked_unless_the_repo_allows_hosts_and_no_credential_is_sent(
@@ -211,7 +211,7 @@ async def test_failing_setup_fails_the_build_in_one_line_and_keeps_the_image(
     assert bad.outcome == "failed"
     assert "\n" not in bad.message and "exited 3" in bad.message, bad.message
     assert "broken dependency" in bad.message
-    assert mrt.images.newest("proj").id == good.image.id
+    assert mrt.image_registry.newest("proj").id == good.image.id
     # The build sandbox was ended, and no image was snapshotted from it.
     assert len(modal.world.sandboxes) == sandboxes + 1
     assert all(s.terminated for s in modal.world.sandboxes.values())
@@ -237,7 +237,7 @@ async def test_modal_refusing_is_one_clear_line(
     assert bad.outcome == "failed"
     assert bad.message.startswith("modal could not ") and said in bad.message, bad.message
     assert "\n" not in bad.message
-    assert mrt.images.newest("proj").id == good.image.id
+    assert mrt.image_registry.newest("proj").id == good.image.id
 
 
 def test_pool_starts_from_the_modal_image_and_a_push_build_replaces_it(
@@ -252,7 +252,7 @@ def test_pool_starts_from_the_modal_image_and_a_push_build_replaces_it(
     try:
         repo = make_repo(tmp_path, "proj")
         rt.repos.add(RepoCreate(url=str(repo), pool_size=1, setup=["echo s > s.txt"]))
-        first = wait_for(lambda: rt.images.newest("proj"), 60, "the first image")
+        first = wait_for(lambda: rt.image_registry.newest("proj"), 60, "the first image")
         assert first.location.startswith("im-")
         on_loop(rt, lambda: maintain_pool(rt.image_jobs))
         [entry] = wait_for(lambda: _warm(rt), 30, "a pooled sandbox")
@@ -292,7 +292,7 @@ async def test_an_image_build_failing_on_modal_is_one_line_with_its_step(
     assert bad.outcome == "failed" and "\n" not in bad.message
     assert bad.message.startswith("modal could not build the image: Image build for im-")
     assert "apt-get install" in bad.message and "exited with status 100" in bad.message
-    assert mrt.images.newest("proj") is None
+    assert mrt.image_registry.newest("proj") is None
     assert modal.world.sandboxes == {}  # no sandbox was started on a broken image
 
 
@@ -301,7 +301,7 @@ async def test_a_cold_start_on_modal_runs_on_the_clone_and_queues_the_build(
 ) -> None:
     repo = make_repo(tmp_path, "proj", {"README.md": "cold\n"})
     _add(mrt, repo, setup=["echo set > setup.txt"])
-    spec = mrt.image_service.specs()[0]
+    spec = mrt.images.specs()[0]
     acquired = await mrt.provider.acquire(spec, label="t")
     try:
         assert acquired.mode == "cold"
@@ -311,7 +311,7 @@ async def test_a_cold_start_on_modal_runs_on_the_clone_and_queues_the_build(
     finally:
         await acquired.sandbox.terminate()
     await mrt.provider.wait_background()
-    newest = mrt.images.newest("proj")
+    newest = mrt.image_registry.newest("proj")
     assert newest is not None and newest.trigger == "session" and newest.location.startswith("im-")
 
 
@@ -320,7 +320,7 @@ async def test_a_cold_start_on_modal_runs_on_the_declared_environment(
 ) -> None:
     repo = make_repo(tmp_path, "proj", {"README.md": "cold\n"})
     _add(mrt, repo, image="ghcr.io/acme/devbox:1.2", setup=["echo set > setup.txt"])
-    spec = mrt.image_service.specs()[0]
+    spec = mrt.images.specs()[0]
     acquired = await mrt.provider.acquire(spec, label="t")
     try:
         assert acquired.mode == "cold" and acquired.notes == []
@@ -331,9 +331,9 @@ async def test_a_cold_start_on_modal_runs_on_the_declared_environment(
     finally:
         await acquired.sandbox.terminate()
     await mrt.provider.wait_background()
-    newest = mrt.images.newest("proj")
+    newest = mrt.image_registry.newest("proj")
     assert newest is not None and newest.status == "ready", newest and newest.error
-    public = mrt.image_service.get(newest.id)
+    public = mrt.images.get(newest.id)
     assert public.environment == "image ghcr.io/acme/devbox:1.2"
     assert public.size_bytes is None and public.environment_size_bytes is None  # on Modal
 
@@ -357,7 +357,7 @@ def test_a_session_runs_on_the_modal_image_and_its_follow_up_on_the_snapshot(
 ) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo, setup=["echo from-setup > .setup-mark"])  # adding it starts a build
-    image = wait_for(lambda: runtime.images.newest("proj"), 60, "the image build")
+    image = wait_for(lambda: runtime.image_registry.newest("proj"), 60, "the image build")
     assert image.location.startswith("im-")
     openai_fake.script(
         "notes",

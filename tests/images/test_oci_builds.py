@@ -14,7 +14,7 @@ import pytest
 
 from app.schemas import RepoCreate
 from images.environments import effective_origins
-from images.jobs import build_images
+from images.image_jobs import build_images
 from images.sandboxes.base import Limits, SandboxSpec
 from tests.factories import make_repo
 from tests.fakes.registry import FakeRegistry, missing_tool, push_image
@@ -46,14 +46,16 @@ async def test_setup_runs_on_the_declared_image(rt: Any, tool_image: str, tmp_pa
     assert result.outcome == "built", result.message
     made = Path(result.image.location) / "root" / "workspace" / "made.txt"
     assert made.read_text() == "from-image\nhi\n"
-    record = rt.images.get(result.image.id)
+    record = rt.image_registry.get(result.image.id)
     assert record.environment_digest and record.environment_digest.startswith("sha256:")
-    assert rt.images.environment_digests() == {record.environment_digest}  # kept by collection
-    log = rt.image_service.get(result.image.id).log
+    assert rt.image_registry.environment_digests() == {
+        record.environment_digest
+    }  # kept by collection
+    log = rt.images.get(result.image.id).log
     assert f"environment: image {tool_image}" in log
     assert f"environment digest: {record.environment_digest}" in log
     # A session sandbox from the image runs on the image too.
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     image = rt.provider.starter.usable_image(spec)
     sandbox = await rt.backend.start(
         SandboxSpec(image.ref(), limits=Limits(exec_timeout_s=60, disk_mb=DISK_MB))
@@ -98,12 +100,12 @@ async def test_unchanged_digest_is_skipped_and_a_moved_tag_rebuilt(
     )
     [moved] = await build_images(rt.image_jobs, ["proj"])  # the scheduled job's build
     assert moved.outcome == "built", moved.message
-    assert rt.images.get(moved.image.id).trigger == "schedule"
+    assert rt.image_registry.get(moved.image.id).trigger == "schedule"
     ws = Path(moved.image.location) / "root" / "workspace"
     assert (ws / "v.txt").read_text() == "v2\n"
     assert (
-        rt.images.get(moved.image.id).environment_digest
-        != rt.images.get(first.image.id).environment_digest
+        rt.image_registry.get(moved.image.id).environment_digest
+        != rt.image_registry.get(first.image.id).environment_digest
     )
 
 
@@ -115,8 +117,8 @@ async def test_devcontainer_image_is_used(rt: Any, tool_image: str, tmp_path: Pa
     assert result.outcome == "built", result.message
     ws = Path(result.image.location) / "root" / "workspace"
     assert (ws / "dev.txt").read_text() == "from-image\n"
-    recorded = rt.images.get(result.image.id).file_spec
-    origins = {f: o for f, _v, o in effective_origins(rt.image_service.specs()[0], recorded)}
+    recorded = rt.image_registry.get(result.image.id).file_spec
+    origins = {f: o for f, _v, o in effective_origins(rt.images.specs()[0], recorded)}
     assert origins["environment"] == ".devcontainer/devcontainer.json"
 
 
@@ -131,7 +133,7 @@ async def test_missing_image_fails_in_one_line_and_keeps_the_image(
     assert bad.outcome == "failed"
     assert bad.message.startswith(f"image {registry.host}/team/absent:1: ")
     assert "\n" not in bad.message
-    assert rt.images.newest("proj").id == good.image.id
+    assert rt.image_registry.newest("proj").id == good.image.id
 
 
 @pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is not installed")
@@ -152,4 +154,4 @@ async def test_dockerfile_is_built_without_network(
     [bad] = await build_images(rt.image_jobs, ["proj"])
     assert bad.outcome == "failed"
     assert "RUN exit 3" in bad.message and "\n" not in bad.message
-    assert rt.images.newest("proj").id == result.image.id
+    assert rt.image_registry.newest("proj").id == result.image.id

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from app.schemas import RepoCreate
-from images.jobs import build_images, maintain_pool
+from images.image_jobs import build_images, maintain_pool
 from tests.factories import make_repo, wait_for
 from tests.images.conftest import commit
 
@@ -44,7 +44,7 @@ def warm_entries(rt: Any, repo: str) -> list[Any]:
 def test_cold_start_runs_setup_and_queues_the_image_build(rt: Any, tmp_path: Path) -> None:
     repo = make_repo(tmp_path, "proj")
     rt.repos.add(RepoCreate(url=str(repo), setup=["echo set > setup.txt"]))
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
 
     async def cold() -> Any:
         acquired = await rt.provider.acquire(spec, label="t")
@@ -55,7 +55,7 @@ def test_cold_start_runs_setup_and_queues_the_image_build(rt: Any, tmp_path: Pat
 
     acquired, seen = on_loop(rt, cold)
     assert acquired.mode == "cold" and seen == b"set\n"
-    newest = rt.images.newest("proj")
+    newest = rt.image_registry.newest("proj")
     assert newest is not None and newest.trigger == "session"
 
     async def next_start() -> Any:
@@ -71,7 +71,7 @@ def test_pool_is_refilled_from_the_new_image(served: Any, tmp_path: Path) -> Non
     rt = served
     repo = make_repo(tmp_path, "proj")
     rt.repos.add(RepoCreate(url=str(repo), pool_size=1))
-    first = wait_for(lambda: rt.images.newest("proj"), 60, "the first image")
+    first = wait_for(lambda: rt.image_registry.newest("proj"), 60, "the first image")
     on_loop(rt, lambda: maintain_pool(rt.image_jobs))
     [entry] = wait_for(lambda: warm_entries(rt, "proj"), 30, "a pooled sandbox")
     assert entry.image_id == first.id and entry.claimant is None
@@ -99,7 +99,7 @@ def test_pooled_sandboxes_expire(make_settings: Any, tmp_path: Path) -> None:
     try:
         repo = make_repo(tmp_path, "proj")
         rt.repos.add(RepoCreate(url=str(repo), pool_size=1))
-        wait_for(lambda: rt.images.newest("proj"), 60, "the image")
+        wait_for(lambda: rt.image_registry.newest("proj"), 60, "the image")
         on_loop(rt, lambda: maintain_pool(rt.image_jobs))
         [entry] = wait_for(lambda: warm_entries(rt, "proj"), 30, "a pooled sandbox")
         first_id = entry.acquired.sandbox.id
@@ -116,7 +116,7 @@ def test_a_pooled_sandbox_is_claimed_by_exactly_one_session(served: Any, tmp_pat
     rt = served
     repo = make_repo(tmp_path, "proj")
     rt.repos.add(RepoCreate(url=str(repo), pool_size=1))
-    wait_for(lambda: rt.images.newest("proj"), 60, "the image")
+    wait_for(lambda: rt.image_registry.newest("proj"), 60, "the image")
     on_loop(rt, lambda: maintain_pool(rt.image_jobs))
     [entry] = wait_for(lambda: warm_entries(rt, "proj"), 30, "a pooled sandbox")
     pooled = entry.acquired.sandbox.id
@@ -140,8 +140,8 @@ def test_warm_up_is_per_caller_idempotent_and_debounced(served: Any, tmp_path: P
     rt = served
     repo = make_repo(tmp_path, "proj")
     rt.repos.add(RepoCreate(url=str(repo)))
-    spec = rt.image_service.specs()[0]
-    wait_for(lambda: rt.images.newest("proj"), 60, "the image")
+    spec = rt.images.specs()[0]
+    wait_for(lambda: rt.image_registry.newest("proj"), 60, "the image")
     first = rt.pool.request_warm(spec, "7")
     assert first.state in ("warming", "warm")
     second = rt.pool.request_warm(spec, "7")
@@ -163,7 +163,7 @@ def test_failed_warm_up_is_retried_only_after_the_debounce(served: Any, tmp_path
     repo = make_repo(tmp_path, "proj")
     rt.repos.add(RepoCreate(url=str(repo)))
     shutil.rmtree(repo)  # the clone a cold warm-up needs now fails
-    spec = rt.image_service.specs()[0]
+    spec = rt.images.specs()[0]
     rt.pool.request_warm(spec, "7")
     failed = wait_for(
         lambda: (s := rt.pool.status("proj", "7")).state == "failed" and s, 60, "the failure"

@@ -44,8 +44,8 @@ def test_new_session_page_shows_the_digest_its_image_runs_on(
 ) -> None:
     repo = make_repo(tmp_path, "imaged", {".nightshift.toml": f'image = "{tool_image}"\n'})
     web.runtime.repos.add(RepoCreate(url=str(repo)))
-    web.runtime.image_service.queue_build(["imaged"])
-    image = wait_for(lambda: web.runtime.images.newest("imaged"), 120, "the image build")
+    web.runtime.images.queue_build(["imaged"])
+    image = wait_for(lambda: web.runtime.image_registry.newest("imaged"), 120, "the image build")
     assert image.environment_digest is not None
     page = web.page(alice, "/new?repo=imaged")
     page.wait_for_selector("#environment:not([hidden])")

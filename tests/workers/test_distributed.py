@@ -42,8 +42,8 @@ def _unique(name: str) -> str:
 @pytest.fixture(params=["embedded", "celery"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
     if request.param == "embedded":
-        from workers.jobs import run_job
         from workers.runner import run_session
+        from workers.scheduled import run_job
 
         runtime = request.getfixturevalue("runtime")
         server = request.getfixturevalue("server")

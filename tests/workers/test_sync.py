@@ -35,7 +35,7 @@ def test_write_issued_before_the_sync_finishes_lands_on_the_synced_tree(
     runtime.forges["local"] = forge
     repo = make_repo(tmp_path, "proj", {"app.py": "VERSION = 1\n"})
     api.add_repo(repo)
-    image = wait_for(lambda: runtime.images.newest("proj"), 60, "the image")
+    image = wait_for(lambda: runtime.image_registry.newest("proj"), 60, "the image")
     tip = commit(repo, {"app.py": "VERSION = 2\n"}, "bump")  # the image is now behind
     assert image.sha != tip
     forge.gate.clear()  # hold the host-side fetch of the base branch

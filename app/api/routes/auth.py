@@ -20,7 +20,7 @@ from app.api.pages import html_page
 from app.errors import Unauthorized
 from app.runtime import Runtime
 from app.schemas import GitHubLink, Me, TokenCreate, TokenCreated, UserPublic
-from app.services.github_accounts import GitHubAccounts, LinkRefused, SignInRefused
+from app.services.github.accounts import GitHubAccounts, LinkRefused, SignInRefused
 from integrations.github import GitHubAuthError, GitHubError, GitHubUnavailable
 
 router = APIRouter(tags=["auth"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import RuntimeDep
-from app.services.github_events import BadDelivery
+from app.services.github.events import BadDelivery
 from integrations.github import InvalidSignature
 
 router = APIRouter(tags=["github"])

@@ -16,7 +16,7 @@ from app.api.deps import CurrentUser, RuntimeDep
 from app.errors import NotFound
 from app.schemas import ROW_MAX
 from app.schemas_pulls import PullDetail, PullDiff
-from app.services.local_pulls import LocalPullReview
+from app.services.local_pull_review import LocalPullReview
 from integrations.forge.local import LocalForge
 
 router = APIRouter(prefix="/api/pulls", tags=["pulls"])
@@ -26,7 +26,9 @@ def get_review(runtime: RuntimeDep) -> LocalPullReview:
     forge = runtime.forges.get("local")
     if not isinstance(forge, LocalForge):
         raise NotFound("the local forge is not configured on this server")
-    return LocalPullReview(runtime.pulls, runtime.sessions, forge, runtime.settings.admin_logins())
+    return LocalPullReview(
+        runtime.local_pulls, runtime.sessions, forge, runtime.settings.admin_logins()
+    )
 
 
 ReviewDep = Annotated[LocalPullReview, Depends(get_review)]

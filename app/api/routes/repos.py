@@ -32,13 +32,16 @@ def get_pull(
     runtime: RuntimeDep,
 ) -> PullRequestPublic:
     """A pull request record of the local forge."""
-    return PullRequestPublic.model_validate(runtime.pulls.get(runtime.repos.get(repo), number))
+    return PullRequestPublic.model_validate(
+        runtime.local_pulls.get(runtime.repos.get(repo), number)
+    )
 
 
 @router.get("/{repo:path}/pulls")
 def list_pulls(repo: str, user: CurrentUser, runtime: RuntimeDep) -> list[PullRequestPublic]:
     return [
-        PullRequestPublic.model_validate(p) for p in runtime.pulls.list(runtime.repos.get(repo))
+        PullRequestPublic.model_validate(p)
+        for p in runtime.local_pulls.list(runtime.repos.get(repo))
     ]
 
 
@@ -46,4 +49,4 @@ def list_pulls(repo: str, user: CurrentUser, runtime: RuntimeDep) -> list[PullRe
 def get_repo(repo: str, user: CurrentUser, runtime: RuntimeDep) -> RepoDetail:
     """A repo with its effective spec: stored values completed by the `.nightshift.toml` and
     devcontainer.json of its newest build, each with where it came from."""
-    return runtime.image_service.repo_detail(repo)
+    return runtime.images.repo_detail(repo)

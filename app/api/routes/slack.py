@@ -21,7 +21,7 @@ from app.errors import NotFound, Unauthorized
 from app.models import User
 from app.runtime import Runtime
 from app.schemas import SlackLinkCreate, SlackLinkPublic, UserPublic
-from app.services.slack import SlackBot
+from app.services.slack.bot import SlackBot
 from app.settings import reveal
 from app.slack_tables import SlackLinkCode, SlackUserLink
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import CurrentUser, RuntimeDep, SessionsDep
 from app.schemas import ModelList
 from app.schemas_stats import Stats
-from app.services.pr_stats import compute_pr_stats, compute_pr_stats_by_repo
+from app.services.github.pr_stats import compute_pr_stats, compute_pr_stats_by_repo
 from app.services.stats import compute_stats
 
 router = APIRouter(prefix="/api", tags=["stats"])

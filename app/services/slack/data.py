@@ -1,8 +1,8 @@
 """The Slack bot's conversation rows in the control DB: delivered events, threads and their
 status messages, requests waiting for something, and thread participants.
 
-Identity links and link codes live in `app/services/slack_links.py`; channel defaults and
-classifier keywords in `app/services/slack_routing.py`.
+Identity links and link codes live in `app/services/slack/links.py`; channel defaults and
+classifier keywords in `app/services/slack/routing.py`.
 """
 
 from __future__ import annotations

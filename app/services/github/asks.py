@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from app.errors import ServiceError
 from app.github_tables import GitHubTrigger
 from app.models import GitHubAccount, Repo, User
-from app.services.github_gate import Gate, Ignored, Person
+from app.services.github.gate import Gate, Ignored, Person
 from app.services.sessions import Sessions
 from integrations.github import GitHubApp, GitHubError
 from integrations.github.issues import pull_body, react, reply, set_pull_body

@@ -13,13 +13,13 @@ from typing import Literal
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from app.services.slack_data import SlackDirectory
-from app.services.slack_invites import LinkInvites
-from app.services.slack_links import SlackLinks
-from app.services.slack_out import SlackOut
-from app.services.slack_requests import RequestFlow, request_id, thread_id
-from app.services.slack_status import StatusUpdater
-from app.services.slack_threads import SessionThreads
+from app.services.slack.data import SlackDirectory
+from app.services.slack.invites import LinkInvites
+from app.services.slack.links import SlackLinks
+from app.services.slack.out import SlackOut
+from app.services.slack.requests import RequestFlow, request_id, thread_id
+from app.services.slack.status import StatusUpdater
+from app.services.slack.threads import SessionThreads
 from app.slack_tables import SlackThread
 from integrations.slack.bolt import Envelope, MessageEvent, ReactionEvent
 from integrations.slack.text import is_stop, mentions, split_model, split_new, to_plain

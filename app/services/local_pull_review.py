@@ -21,7 +21,7 @@ from app.schemas_pulls import (
     PullDiff,
     PullFile,
 )
-from app.services.pulls import LocalPullRequests
+from app.services.pull_requests import LocalPullRequests
 from app.services.sessions import Sessions
 from integrations.forge.base import ForgeError
 from integrations.forge.local import BaseCheckedOut, LocalForge, MergeConflict

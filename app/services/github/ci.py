@@ -25,8 +25,8 @@ from sqlmodel import col, select
 from app.errors import ServiceError
 from app.github_tables import GitHubCiAttempt
 from app.models import Repo, Session, User
-from app.services.github_gate import Ignored, need, need_int, need_str, text_of
-from app.services.github_prompts import ci_prompt
+from app.services.github.gate import Ignored, need, need_int, need_str, text_of
+from app.services.github.prompts import ci_prompt
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.environments import effective_from_record

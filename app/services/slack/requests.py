@@ -15,10 +15,10 @@ from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
-from app.services.slack_data import SlackDirectory
-from app.services.slack_links import SlackLinks
-from app.services.slack_out import SlackOut
-from app.services.slack_status import StatusUpdater
+from app.services.slack.data import SlackDirectory
+from app.services.slack.links import SlackLinks
+from app.services.slack.out import SlackOut
+from app.services.slack.status import StatusUpdater
 from app.slack_tables import SlackRequest, SlackThread
 from integrations.slack.blocks import repo_picker
 from integrations.slack.bolt import MessageEvent, RepoPick

@@ -10,8 +10,8 @@ import time
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from app.services.slack_links import LINK_CODE_TTL_S, SlackLinks
-from app.services.slack_out import SlackOut
+from app.services.slack.links import LINK_CODE_TTL_S, SlackLinks
+from app.services.slack.out import SlackOut
 from integrations.slack.blocks import link_invitation
 from integrations.slack.client import error_code
 

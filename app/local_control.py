@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from app.control_jobs import ControlJobs
 from app.errors import ServiceError
-from app.jobs import ControlJobs
 from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.services.runners import RunnerService

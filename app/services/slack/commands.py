@@ -12,12 +12,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from app.errors import ServiceError
 from app.models import User
 from app.services.repos import Repos
-from app.services.slack_data import SlackDirectory
-from app.services.slack_invites import LinkInvites
-from app.services.slack_links import LINK_CODE_TTL_S, SlackLinks
-from app.services.slack_out import SlackOut
-from app.services.slack_requests import RequestFlow
-from app.services.slack_routing import SlackRouting
+from app.services.slack.data import SlackDirectory
+from app.services.slack.invites import LinkInvites
+from app.services.slack.links import LINK_CODE_TTL_S, SlackLinks
+from app.services.slack.out import SlackOut
+from app.services.slack.requests import RequestFlow
+from app.services.slack.routing import SlackRouting
 from app.slack_tables import SlackRequest
 from integrations.slack.blocks import new_session_modal
 from integrations.slack.bolt import ModalSubmission, Reply, SlashCommand

@@ -5,7 +5,7 @@ Facts are recorded as they happen, one `GitHubPrStats` row per session: pushes, 
 follow-ups queued after the PR opened from the session's own events (a hub handler), reviews
 and the merge from GitHub's webhooks. The agent's share of the code is counted two ways: in
 commits (the commits the agent made over all commits on the merged PRs; people may push to a
-session's branch too) and in lines added to the base branches (`app/services/code_share.py`).
+session's branch too) and in lines added to the base branches (`app/services/github/code_share.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlmodel import col, select
 from app.github_tables import GitHubPrStats
 from app.models import Repo, Session
 from app.schemas_stats import PrStats, RepoPrStats
-from app.services.code_share import LineShare, line_share, record_agent_commit
+from app.services.github.code_share import LineShare, line_share, record_agent_commit
 from workers.events import BranchPushed, CommitCreated, Event, PromptQueued, PrOpened
 
 

@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import NotFound
 from app.services.sessions import Sessions
-from app.services.slack_data import SlackDirectory
+from app.services.slack.data import SlackDirectory
 from app.slack_tables import SlackThread
 from integrations.slack.blocks import StatusView, status_message
 from integrations.slack.client import error_code

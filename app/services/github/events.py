@@ -12,9 +12,9 @@ loses nothing: the reconciler picks up deliveries left queued. Processing:
 - `installation`, `installation_repositories` → the installations table, and the App's
   cached tokens of removed installations are dropped;
 - `issues`, `issue_comment`, `pull_request_review_comment`, `pull_request_review` → sessions
-  and follow-ups asked for by mentions and reviews (`github_triggers.py`);
+  and follow-ups asked for by mentions and reviews (`triggers.py`);
 - `check_run`, `check_suite`, `workflow_run` → failing checks sent back as work
-  (`github_ci.py`).
+  (`ci.py`).
 
 A delivery that asks for nothing (a field missing, an unknown repository or PR, a bot, a person
 without write access, an empty mention) is recorded as `ignored` with its reason in `error`.
@@ -40,11 +40,11 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
-from app.services.code_share import CodeShare
-from app.services.github_ci import GitHubCI
-from app.services.github_gate import Ignored
-from app.services.github_triggers import GitHubTriggers
-from app.services.pr_stats import PrStatsRecorder
+from app.services.github.ci import GitHubCI
+from app.services.github.code_share import CodeShare
+from app.services.github.gate import Ignored
+from app.services.github.pr_stats import PrStatsRecorder
+from app.services.github.triggers import GitHubTriggers
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.spec import RepoSpec

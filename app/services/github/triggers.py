@@ -4,7 +4,7 @@ on a pull request a session opened queues a follow-up in that session.
 Each trigger is attributed to the person who wrote the comment, through the Nightshift user
 their GitHub account (by id) is linked to. Someone not linked yet gets a reply with a sign-in
 link and the trigger waits (`GitHubTrigger`, state `pending`) until they link, like Slack's
-unlinked-user flow. Only people with write access trigger (`github_gate.py`); a trigger is
+unlinked-user flow. Only people with write access trigger (`gate.py`); a trigger is
 keyed by the GitHub object it came from, so a redelivery or an edit never asks twice. A
 session started from issue #N gets `Fixes #N` in its pull request's description.
 """
@@ -20,9 +20,9 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import Repo, Session, User
-from app.services.github_asks import Ask, Asks, find_repo
-from app.services.github_gate import Gate, Ignored, Person, need, need_int, need_str, text_of
-from app.services.github_prompts import (
+from app.services.github.asks import Ask, Asks, find_repo
+from app.services.github.gate import Gate, Ignored, Person, need, need_int, need_str, text_of
+from app.services.github.prompts import (
     comment_prompt,
     issue_prompt,
     review_comment_prompt,

@@ -2,10 +2,10 @@
 or an :octagonal_sign: reaction stops it.
 
 `SlackBot` composes the parts and is what Slack's adapter calls. What Slack sends is handled in
-`app/services/slack_events.py`; stop and follow-ups in a session's thread in
-`app/services/slack_threads.py`; a new request in `app/services/slack_requests.py`; asking an
-unlinked user to connect in `app/services/slack_invites.py`; the slash command and the modal in
-`app/services/slack_commands.py`; the status message in `app/services/slack_status.py`.
+`app/services/slack/events.py`; stop and follow-ups in a session's thread in
+`app/services/slack/threads.py`; a new request in `app/services/slack/requests.py`; asking an
+unlinked user to connect in `app/services/slack/invites.py`; the slash command and the modal in
+`app/services/slack/commands.py`; the status message in `app/services/slack/status.py`.
 Sessions are made as the Nightshift user the Slack user linked to; what an unlinked user asked
 waits for the link and is picked up here when it is made.
 """
@@ -24,16 +24,16 @@ from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
 from app.services.sessions import Sessions
-from app.services.slack_commands import SlackCommands
-from app.services.slack_data import SlackDirectory
-from app.services.slack_events import RECOVER_INTERVAL_S, SlackEvents
-from app.services.slack_invites import LinkInvites
-from app.services.slack_links import SlackLinks, hash_code
-from app.services.slack_out import SlackOut
-from app.services.slack_requests import RequestFlow, request_id
-from app.services.slack_routing import SlackRouting
-from app.services.slack_status import StatusUpdater
-from app.services.slack_threads import SessionThreads
+from app.services.slack.commands import SlackCommands
+from app.services.slack.data import SlackDirectory
+from app.services.slack.events import RECOVER_INTERVAL_S, SlackEvents
+from app.services.slack.invites import LinkInvites
+from app.services.slack.links import SlackLinks, hash_code
+from app.services.slack.out import SlackOut
+from app.services.slack.requests import RequestFlow, request_id
+from app.services.slack.routing import SlackRouting
+from app.services.slack.status import StatusUpdater
+from app.services.slack.threads import SessionThreads
 from app.settings import Settings, reveal
 from app.slack_tables import SlackUserLink
 from integrations.llm import ModelSettings

@@ -3,7 +3,7 @@
 The embedded default calls `run_job(ctx, name)` on its executor every interval; in distributed
 mode beat enqueues the Celery task of the same name (`workers/celery_app.py`), whose body calls
 the same `run_job` on a worker. The work itself is the images area's job functions
-(`images/jobs.py`: builds are single-flight per repo across processes, an unchanged tip is
+(`images/image_jobs.py`: builds are single-flight per repo across processes, an unchanged tip is
 skipped) and, for pull requests, the control plane's reconciler, asked for through the port.
 
 The warm pool is not on this schedule: pooled sandboxes belong to the process that holds them,
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from images import jobs as image_jobs
-from images.jobs import ImageJobs, UnknownRepo
+from images import image_jobs
+from images.image_jobs import ImageJobs, UnknownRepo
 from workers.control import ControlPlane
 from workers.errors import JobError
 

@@ -1,9 +1,9 @@
 """GitHub on the control plane: the PR opener and the wiring of the App's services.
 
 The opener opens each session's pull request with the token of the person whose prompt
-produced the push (see `github_accounts.py` for how that token is kept); the App's token is
+produced the push (see `accounts.py` for how that token is kept); the App's token is
 only used to clone and push (and, with `NIGHTSHIFT_PR_FALLBACK=app`, to open the PR on behalf
-of someone who has not linked GitHub). Webhooks are in `github_events.py`; the reconciler that
+of someone who has not linked GitHub). Webhooks are in `events.py`; the reconciler that
 catches what they missed is at the end of this module.
 """
 
@@ -22,13 +22,13 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.models import Participant, Repo, Session, User
-from app.services.code_share import CodeShare
-from app.services.github_accounts import GitHubAccounts, SignInRequired
-from app.services.github_ci import GitHubCI
-from app.services.github_events import GitHubWebhooks, RebuildHook
-from app.services.github_triggers import GitHubTriggers, TriggerSwitches, build_triggers
-from app.services.pr_stats import PrStatsRecorder
-from app.services.pulls import PullRequestDeferred, PullRequests
+from app.services.github.accounts import GitHubAccounts, SignInRequired
+from app.services.github.ci import GitHubCI
+from app.services.github.code_share import CodeShare
+from app.services.github.events import GitHubWebhooks, RebuildHook
+from app.services.github.pr_stats import PrStatsRecorder
+from app.services.github.triggers import GitHubTriggers, TriggerSwitches, build_triggers
+from app.services.pull_requests import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
 from app.settings import reveal
 from integrations.github import (

@@ -1,0 +1,1 @@
+"""Slack: the bot, its events and commands, threads, links and status messages."""
