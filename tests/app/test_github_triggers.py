@@ -574,7 +574,12 @@ def test_an_unlinked_reviewer_s_follow_up_waits_until_they_link(env: GitHubEnv) 
     wait_for(lambda: len(_prompts(env, session_id)) == 2, 10, "the follow-up after linking")
     follow = _prompts(env, session_id)[-1]
     assert follow.author.id == reviewer.id and "add docs" in follow.text
-    origin = _events(env, session_id, "notice")[-1]
+    # The notice naming the comment is published right after the prompt is queued.
+    origin = wait_for(
+        lambda: next((e for e in _events(env, session_id, "notice") if e.follow_up), None),
+        10,
+        "the follow-up's notice",
+    )
     assert origin.link == comment["html_url"] and origin.follow_up
     assert origin.prompt_id == follow.id
     # `nightshift attach` prints it with the comment's link.
