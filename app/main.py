@@ -24,6 +24,7 @@ from app.api.routes import (
     pulls,
     repos,
     sessions,
+    shared,
     signin,
     slack,
     stats,
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(live.router)  # before sessions: `/api/sessions/changes` is not an id
     app.include_router(sessions.router)
     app.include_router(artifacts.router)
+    app.include_router(shared.router)
     app.include_router(desktop.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)

@@ -64,7 +64,10 @@ class ArtifactStored(BaseModel):
     id: str
     """The content's SHA-256, hex."""
     url: str
+    """Its link for people who can see the session."""
     bytes: int
+    shared_url: str = ""
+    """Its link for anyone holding it (an unguessable token): what a pull request shows."""
 
 
 MAX_ARTIFACT_BYTES = 10 * 1024 * 1024

@@ -296,6 +296,7 @@ class SessionRunner:
                 depth=ctx.depth,
                 prompt_id=job.id,
                 attempt=job.attempt,
+                base=lambda: self.sandbox.base_sha,
             )
             user = ChatMessage(role="user", text=_user_text(job, ctx))
             result = await run_agent(

@@ -147,6 +147,7 @@ def _body(event: BranchPushed, session: Session, base_url: str) -> str:
     summary = event.body.strip() or "(no summary)"
     # The worker links the session's screenshots by path; the PR is read elsewhere.
     summary = summary.replace("](/api/sessions/", f"]({base_url}/api/sessions/")
+    summary = summary.replace("](/shared/artifacts/", f"]({base_url}/shared/artifacts/")
     link = f"[{session.id}]({base_url}/sessions/{session.id})"
     return f"{summary}\n\n---\nOpened by Nightshift for session {link}."
 

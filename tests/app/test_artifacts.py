@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -244,22 +245,43 @@ def test_the_repos_pages_are_captured_from_the_sessions_tree_into_the_pull_reque
     done = api.wait_status(session["id"], "finished", "failed", timeout=120)
     events = api.events(session["id"])
     assert done["status"] == "finished", events
-    shots = [e for e in events if e["type"] == "artifact_created"]
-    assert [s["title"] for s in shots] == [
-        "http://127.0.0.1:8770/",
-        "http://127.0.0.1:8770/gone.html",
-    ]
-    home = api.http.get(shots[0]["url"])
-    assert home.status_code == 200
-    # Captured from the session's tree: the agent's change, not the base branch.
-    assert pixel(home.content, 1200, 700) == (0x22, 0xAA, 0x44)
+    shots = {e["title"]: e for e in events if e["type"] == "artifact_created"}
+    assert sorted(shots) == ["gone (after)", "gone (before)", "home (after)", "home (before)"]
+    after = api.http.get(shots["home (after)"]["url"])
+    before = api.http.get(shots["home (before)"]["url"])
+    assert after.status_code == before.status_code == 200
+    # "After" is the session's tree (the agent's change), "before" the base commit.
+    assert pixel(after.content, 1200, 700) == (0x22, 0xAA, 0x44)
+    assert pixel(before.content, 1200, 700) == (0x1E, 0x90, 0xFF)
 
     pr = api.http.get("/api/repos/pages/pulls/1").json()
     body = pr["body"]
-    assert body.startswith("The page is green now.") and "### Screenshots" in body
+    assert body.startswith("The page is green now.") and "### Screenshots (before" in body
     base = pr["url"].split("/pulls/")[0]  # the server's public URL
-    assert f"![home]({base}{shots[0]['url']})" in body  # absolute: the PR is read elsewhere
-    assert f"![gone]({base}{shots[1]['url']})" in body
+    links = dict(re.findall(r"!\[([\w-]+:(?:before|after))\]\(([^)]+)\)", body))
+    assert sorted(links) == ["gone:after", "gone:before", "home:after", "home:before"]
+    row = next(line for line in body.splitlines() if line.startswith("| **home**"))
+    assert row.index("home:before") < row.index("home:after")  # side by side, before first
+    # Shared links, absolute: the PR is read where nobody is signed in to Nightshift.
+    assert links["home:after"].startswith(f"{base}/shared/artifacts/{session['id']}/")
+    shared = server.url + links["home:after"].removeprefix(base)  # no cookie, no token
+    anonymous = httpx.get(shared)
+    assert anonymous.status_code == 200 and anonymous.content == after.content
+    assert anonymous.headers["content-type"] == "image/png"
+    assert anonymous.headers["x-content-type-options"] == "nosniff"
+    # The token is the key: a changed one, or another artifact under this one, is refused.
+    wrong = shared[:-1] + ("0" if shared[-1] != "0" else "1")
+    assert httpx.get(wrong).status_code == 404
+    before_id = links["home:before"].split("/")[-2]
+    swapped = shared.replace(shared.split("/")[-2], before_id)
+    assert httpx.get(swapped).status_code == 404
+    # Deleting the data dir's share key revokes every shared link at once.
+    key = runtime.settings.data_dir / "artifacts" / ".share-key"
+    saved = key.read_bytes()
+    key.unlink()
+    assert httpx.get(shared).status_code == 404
+    key.write_bytes(saved)
+    assert httpx.get(shared).status_code == 200
 
     from playwright.sync_api import sync_playwright
 
@@ -275,9 +297,17 @@ def test_the_repos_pages_are_captured_from_the_sessions_tree_into_the_pull_reque
             )
             page = context.new_page()
             page.goto(pr["url"].removeprefix(base))
-            img = page.wait_for_selector("#shots figure.shot[data-name=home] img")
+            img = page.wait_for_selector("#shots figure.shot[data-name=home] img[data-side=after]")
             page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img)
             assert img.evaluate("(img) => img.naturalWidth") == 1280
             assert page.locator("#shots figure.shot").count() == 2
+            pair = page.locator("#shots figure.shot.pair[data-name=home] img")
+            assert pair.evaluate_all("(imgs) => imgs.map((i) => i.dataset.side)") == [
+                "before",
+                "after",
+            ]
+            # Side by side: the before image's right edge is left of the after image.
+            boxes = [pair.nth(i).bounding_box() for i in range(2)]
+            assert boxes[0] and boxes[1] and boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"]
         finally:
             browser.close()

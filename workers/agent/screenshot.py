@@ -123,8 +123,9 @@ class Captured:
     png: bytes
 
 
-async def capture(ctx: ToolContext, a: ScreenshotArgs) -> Captured:
-    """Capture `a.url` in the sandbox, keep it as an artifact and announce it."""
+async def capture(ctx: ToolContext, a: ScreenshotArgs, title: str = "") -> Captured:
+    """Capture `a.url` in the sandbox, keep it as an artifact and announce it (`title` names it
+    in the timeline; the URL when empty)."""
     url = check_url(a.url, list(ctx.repo.egress))
     if _is_loopback((urlsplit(url).hostname or "").lower()):
         # The page is served by a background job: join its network. Where that cannot be
@@ -160,7 +161,7 @@ async def capture(ctx: ToolContext, a: ScreenshotArgs) -> Captured:
         ArtifactCreated(
             artifact_id=stored.id,
             url=stored.url,
-            title=url,
+            title=title or url,
             width=width,
             height=height,
             bytes=stored.bytes,

@@ -37,6 +37,9 @@ class ToolContext:
     attempt: int = 1
     instructions: Instructions = field(default_factory=Instructions)
     """AGENTS.md and the skills found for this run (filled when the run starts)."""
+    base: Callable[[], str] | None = None
+    """The base commit the pull request is compared against, once the sandbox's sync with
+    the base tip has ended (the "before" of the repo's pages)."""
 
     async def emit(self, event: Event) -> None:
         """Publish an event of this prompt's run attempt."""

@@ -52,15 +52,31 @@ function render(pr) {
     : "";
 }
 
-// The screenshots the body links (`![name](…/api/sessions/<id>/artifacts/<sha256>)`), shown
-// under it; only this server's own artifact paths become images.
-const SHOT = /!\[([\w-]{1,40})\]\((?:https?:\/\/[^)\s]*?)?(\/api\/sessions\/[\w-]+\/artifacts\/[0-9a-f]{64})\)/g;
+// The screenshots the body links (`![name](…/api/sessions/<id>/artifacts/<sha256>)`, or the
+// shared link `/shared/artifacts/<id>/<sha256>/<token>`; `![name:before]` and `![name:after]`
+// for the repo's pages), shown under it with a page's before and after side by side; only this
+// server's own artifact paths become images.
+const SHOT = /!\[([\w-]{1,40})(?::(before|after))?\]\((?:https?:\/\/[^)\s]*?)?(\/api\/sessions\/[\w-]+\/artifacts\/[0-9a-f]{64}|\/shared\/artifacts\/[\w-]+\/[0-9a-f]{64}\/[0-9a-f]{32})\)/g;
+
+function shotImage(name, side, src) {
+  const label = side ? `${name} (${side})` : name;
+  return h("a", { href: src, target: "_blank", rel: "noopener", title: "Open full size" },
+    h("img", { src, alt: `Screenshot: ${label}`, loading: "lazy", dataset: { side: side || "" } }));
+}
 
 function renderShots(body) {
-  const shots = [...body.matchAll(SHOT)].map(([, name, src]) =>
-    h("figure", { class: "shot", dataset: { name } },
-      h("a", { href: src, target: "_blank", rel: "noopener", title: "Open full size" },
-        h("img", { src, alt: `Screenshot: ${name}`, loading: "lazy" })),
+  const byName = new Map();
+  for (const [, name, side, src] of body.matchAll(SHOT)) {
+    if (!byName.has(name)) byName.set(name, []);
+    byName.get(name).push({ side, src });
+  }
+  const shots = [...byName].map(([name, images]) =>
+    h("figure", { class: images.length > 1 ? "shot pair" : "shot", dataset: { name } },
+      h("div", { class: "shot-images" },
+        ...images.map(({ side, src }) =>
+          h("div", { class: "shot-side" },
+            shotImage(name, side, src),
+            side ? h("span", { class: "muted" }, side) : null))),
       h("figcaption", {}, name)));
   clear($("shots"), shots);
   $("shots").hidden = shots.length === 0;
