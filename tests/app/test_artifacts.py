@@ -262,6 +262,10 @@ def test_the_repos_pages_are_captured_from_the_sessions_tree_into_the_pull_reque
     assert sorted(links) == ["gone:after", "gone:before", "home:after", "home:before"]
     row = next(line for line in body.splitlines() if line.startswith("| **home**"))
     assert row.index("home:before") < row.index("home:after")  # side by side, before first
+    assert "(unchanged)" not in row
+    # The missing page looks the same on both sides: said in its row.
+    gone = next(line for line in body.splitlines() if line.startswith("| **gone**"))
+    assert "(unchanged)" in gone
     # Shared links, absolute: the PR is read where nobody is signed in to Nightshift.
     assert links["home:after"].startswith(f"{base}/shared/artifacts/{session['id']}/")
     shared = server.url + links["home:after"].removeprefix(base)  # no cookie, no token

@@ -47,6 +47,8 @@ _DROP = 'git worktree remove --force "$1" >/dev/null 2>&1 || rm -rf "$1"; git wo
 class Shot:
     url: str = ""
     """The artifact's link, when captured."""
+    artifact: str = ""
+    """Its id (the PNG's SHA-256): the same before and after when the page did not change."""
     error: str = ""
     """Why not, otherwise."""
 
@@ -78,9 +80,11 @@ async def capture_pages(ctx: ToolContext) -> str:
         "|---|---|---|",
     ]
     for page in repo.screenshots:
+        old, new = before[page.name], after[page.name]
+        same = " (unchanged)" if old.artifact and old.artifact == new.artifact else ""
         lines.append(
-            f"| **{page.name}** `{page.path}` | {_cell(before[page.name], page, 'before')} "
-            f"| {_cell(after[page.name], page, 'after')} |"
+            f"| **{page.name}** `{page.path}`{same} | {_cell(old, page, 'before')} "
+            f"| {_cell(new, page, 'after')} |"
         )
     return "\n".join(lines)
 
@@ -130,7 +134,8 @@ async def _capture_tree(ctx: ToolContext, cwd: str, side: str) -> dict[str, Shot
                 shots[page.name] = Shot(error=str(exc))
                 await ctx.emit(Notice(message=f"page {page.name} ({side}) was not captured: {exc}"))
                 continue
-            shots[page.name] = Shot(url=shot.stored.shared_url or shot.stored.url)
+            stored = shot.stored
+            shots[page.name] = Shot(url=stored.shared_url or stored.url, artifact=stored.id)
     finally:
         await jobs.stop(ctx.sandbox, job)
     return shots
