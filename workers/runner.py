@@ -66,6 +66,7 @@ class WorkerDeps:
 
     def __post_init__(self) -> None:
         self.models = ModelPool(self.config.model)
+        self.models.prepare()  # the default model's client exists before the first prompt
 
     async def aclose(self) -> None:
         """Close what the runners share (the model clients) at shutdown."""

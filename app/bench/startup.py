@@ -54,6 +54,8 @@ MODES = ("cold", "image", "warm")
 IMAGE_P50_MS = 400
 IMAGE_ENV_P50_MS = 150
 """Prompt → first model request from an image on a declared environment (`--image`)."""
+SERVER_TARGETS_MS = {"warm": 60, "image": 80}
+"""Prompt → first request at an HTTP model server (`--model-server`), p50."""
 NO_PYTHON_SPEC = """\
 # Image spec of the benchmark project on an image without python3: no set-up to run.
 [env]
@@ -158,6 +160,7 @@ def run_startup(
     latency_ms: int,
     err: Any,
     image: str | None = None,
+    model_server: bool = False,
 ) -> dict[str, Any]:
     """Generate the project, time the baseline and every mode; the report printed as JSON."""
     with err.status("generating the project…"):
@@ -168,13 +171,34 @@ def run_startup(
     setup = spec_file.setup or []
     with err.status("timing a plain git clone plus the set-up…"):
         baseline = baseline_ms(repo, scratch, setup)
-    result = _run_modes(scratch, repo, modes, sessions, latency_ms, err, image)
+    if model_server:
+        from app.bench.model_server import ModelServer
+
+        with ModelServer() as server:
+            result = _run_modes(scratch, repo, modes, sessions, latency_ms, err, image, server)
+    else:
+        result = _run_modes(scratch, repo, modes, sessions, latency_ms, err, image)
     # From a declared image the start also stacks its root: a tighter bar than a plain image's
     # first request, as nothing but the sandbox's start and the sync differ.
     image_bar = IMAGE_ENV_P50_MS if image is not None else IMAGE_P50_MS
     cold = result["modes"].get("cold", {}).get("first_model_request_ms", {})
     from_image = result["modes"].get("image", {}).get("first_model_request_ms", {})
     warm = result["modes"].get("warm", {}).get("first_model_request_ms", {})
+    at_server = {
+        mode: result["modes"][mode]["first_request_at_server_ms"]
+        for mode in result["modes"]
+        if "first_request_at_server_ms" in result["modes"][mode]
+    }
+    server_report = {
+        "model_server": {
+            "targets_p50_ms": SERVER_TARGETS_MS,
+            "met": {
+                mode: figures.get("p50") is not None and figures["p50"] <= bar
+                for mode, bar in SERVER_TARGETS_MS.items()
+                if (figures := at_server.get(mode)) is not None
+            },
+        }
+    }
     return {
         "benchmark": "startup",
         "repo": {"tracked_files": files, "setup": setup, "warm": spec_file.warm or []},
@@ -195,6 +219,7 @@ def run_startup(
                 ("cold", cold, baseline["total"]),
             )
         },
+        **(server_report if at_server else {}),
     }
 
 
@@ -206,7 +231,10 @@ def _run_modes(
     latency_ms: int,
     err: Any,
     image: str | None = None,
+    server: Any = None,
 ) -> dict[str, Any]:
+    from pydantic import SecretStr
+
     from app.runtime import build_runtime
     from app.schemas import RepoCreate
     from app.settings import Settings
@@ -215,10 +243,15 @@ def _run_modes(
     script = scratch / "script.json"
     script.write_text(json.dumps({"turns": [{"text": "Nothing to change."}]}))
     model = f"scripted:{script}?latency_ms={latency_ms}"
+    over_http: dict[str, Any] = {}
+    if server is not None:  # an OpenAI-compatible server on 127.0.0.1 (`model_server.py`)
+        model = "openai:bench-model"
+        over_http = {"openai_base_url": server.url, "openai_api_key": SecretStr("bench")}
     settings = Settings(
         _env_file=None,
         data_dir=scratch / "data",
         model=model,
+        **over_http,
         image_interval=0,
         idle_seconds=0,
         auth="token",
@@ -247,7 +280,7 @@ def _run_modes(
                     lambda: build_images(runtime.image_jobs, [name], trigger="manual")
                 ).result()
                 out["unchanged_skip_ms"] = again[0].ms  # what every scheduled check costs
-            samples: dict[str, list[int]] = {"first": [], "ready": [], "sync": []}
+            samples: dict[str, list[int]] = {"first": [], "ready": [], "sync": [], "server": []}
             lock = runtime.image_registry if mode == "cold" else None
             if lock is not None:
                 # Hold the build lock so the build each cold start queues stays out of the way.
@@ -257,7 +290,10 @@ def _run_modes(
                     err.print(f"[dim]{mode} {run + 1}/{sessions}[/]")
                     if mode == "warm":
                         _warm_up(runtime, user, name)
-                    first, ready, sync, seen = _one_session(runtime, user, name, f"{mode} {run}")
+                    prompt = f"[{mode}-{run}] nothing to do"
+                    first, ready, sync, seen, sid = _one_session(runtime, user, name, prompt)
+                    if server is not None:
+                        samples["server"].append(_at_server(runtime, server, sid, prompt))
                     if seen != mode:
                         raise BenchError(f"a {mode} run started its sandbox from {seen}")
                     samples["first"].append(first)
@@ -272,9 +308,23 @@ def _run_modes(
                 "sandbox_ready_ms": samples_summary(samples["ready"]),
                 "sync_ms": samples_summary(samples["sync"]),
             }
+            if server is not None:
+                out["modes"][mode]["first_request_at_server_ms"] = samples_summary(
+                    samples["server"]
+                )
         return out
     finally:
         runtime.close()
+
+
+def _at_server(runtime: Any, server: Any, session_id: str, prompt: str) -> int:
+    """Prompt → its first request's arrival at the model server, in ms."""
+    tag = prompt.split("]")[0] + "]"
+    arrived = server.first_request(tag)
+    if arrived is None:
+        raise BenchError(f"the model server saw no request for {tag}")
+    queued = runtime.sessions.prompts(session_id)[0].created_at
+    return int((arrived - queued) * 1000)
 
 
 def _first_pull(settings: Any, image: str, err: Any) -> dict[str, Any]:
@@ -324,8 +374,8 @@ def _warm_up(runtime: Any, user: Any, repo: str, timeout: float = 300.0) -> None
 
 def _one_session(
     runtime: Any, user: Any, repo: str, prompt: str, timeout: float = 600.0
-) -> tuple[int, int, int | None, str]:
-    """Run one session; (prompt → first model request, → sandbox ready, sync ms, mode)."""
+) -> tuple[int, int, int | None, str, str]:
+    """Run one session; (prompt → first model request, → sandbox ready, sync ms, mode, id)."""
     session = runtime.sessions.create(user, repo, prompt, source="cli")
     deadline = time.monotonic() + timeout
     while runtime.sessions.get(session.id).status not in ("finished", "failed", "stopped"):
@@ -341,4 +391,5 @@ def _one_session(
     if first is None or ready is None:
         errors = "; ".join(e.message for e in events if e.type == "error") or "no model request"
         raise BenchError(f"session {session.id} did not reach the model: {errors}")
-    return first.ms_since_prompt, ready.ms_since_prompt, sync.ms if sync else None, ready.mode
+    synced = sync.ms if sync else None
+    return first.ms_since_prompt, ready.ms_since_prompt, synced, ready.mode, session.id

@@ -48,6 +48,15 @@ def bench_startup(
             "the image the project has no set-up"
         ),
     ] = None,
+    model_server: Annotated[
+        bool,
+        typer.Option(
+            "--model-server",
+            help="Run the sessions against an OpenAI-compatible HTTP model server on 127.0.0.1 "
+            "instead of the scripted model, and time prompt → first request at that server "
+            "(targets: warm p50 ≤ 60 ms, image p50 ≤ 80 ms)",
+        ),
+    ] = False,
 ) -> None:
     """Prompt → first model request, per start mode (cold, image, warm), as JSON.
 
@@ -66,7 +75,9 @@ def bench_startup(
         if keep:
             err.print(f"scratch directory: {scratch}")
         try:
-            report = run_startup(scratch, files, wanted, sessions, latency_ms, err, image)
+            report = run_startup(
+                scratch, files, wanted, sessions, latency_ms, err, image, model_server
+            )
         except BenchError as exc:
             fail(str(exc))
         print(json.dumps(report, indent=2))

@@ -9,10 +9,13 @@ shutdown. `make_model` builds a stand-alone model that owns its client, for one-
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from integrations.llm.base import ModelClient, ModelNotConfigured
+from integrations.llm.base import ModelClient, ModelError, ModelNotConfigured
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,22 @@ class ModelPool:
         model = _build(provider, name, self.settings, client)
         self._models[spec] = model
         return model
+
+    def prepare(self, specs: tuple[str, ...] = ()) -> list[str]:
+        """Build the default model and `specs` now, at process start, so no prompt pays for an
+        SDK client's construction (tens of ms of blocking work). A model that cannot be built
+        here (missing credentials) is left for its first prompt to report; the ones built."""
+        built: list[str] = []
+        for spec in (self.settings.model or "", *specs):
+            if not spec.strip() or spec.strip() in built:
+                continue
+            try:
+                self.get(spec)
+            except (ModelError, ValueError, OSError) as exc:
+                log.info("model %s is built on first use instead: %s", spec, exc)
+                continue
+            built.append(spec.strip())
+        return built
 
     def client(self, provider: str) -> object | None:
         """The SDK client `provider`'s models share, once one was built (None before)."""
