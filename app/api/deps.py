@@ -17,13 +17,8 @@ from fastapi import Depends, HTTPException, Request, Security
 from sqlalchemy import Engine
 from starlette.requests import HTTPConnection
 
-from app.api.credentials import (
-    COOKIE_NAME,
-    Authenticator,
-    BearerCredential,
-    Credential,
-    read_credential,
-)
+from app.api.credentials import Authenticator, BearerCredential, Credential, read_credential
+from app.api.hosts import SAFE_METHODS
 from app.control_jobs import ControlJobs
 from app.errors import ServiceError, Unauthorized
 from app.loop_lag import LoopLag
@@ -51,8 +46,6 @@ from integrations.forge.base import Forge
 from workers.dispatch import InProcessDispatcher
 from workers.executor import InProcessExecutor
 
-__all__ = ["COOKIE_NAME"]
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 bearer = BearerCredential(description="An API token from `nightshift tokens create`")
 
 
