@@ -1,125 +1,245 @@
-"""Dependencies of the API, as `Annotated` aliases so route signatures read like sentences."""
+"""Dependencies of the API, as `Annotated` aliases so route signatures read like sentences.
+
+This is the one module that reads the app's state: each getter hands a route the one service
+it uses (`SessionsDep`, `HubDep`, ...), so a route's signature says what it touches and no
+route sees the whole runtime. Who the caller is comes from `CurrentUser` (a request),
+`StreamUser` (an SSE stream, which may pass `?token=`) or `WebSocketAdmission`; all read the
+credential through `app/api/credentials.py`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, WebSocket
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, HTTPException, Request, Security
+from sqlalchemy import Engine
+from starlette.requests import HTTPConnection
 
-from app.errors import Unauthorized
+from app.api.credentials import Authenticator, BearerCredential, Credential, read_credential
+from app.api.hosts import SAFE_METHODS
+from app.control_jobs import ControlJobs
+from app.errors import ServiceError, Unauthorized
+from app.loop_lag import LoopLag
 from app.models import User
 from app.runtime import Runtime
+from app.services.desktop import Desktops
+from app.services.github.accounts import GitHubAccounts
+from app.services.github.app import GitHubServices
+from app.services.hub import EventHub
 from app.services.images import Images
+from app.services.presence import Presence
+from app.services.pull_requests import LocalPullRequests, PullRequests
 from app.services.repos import Repos
+from app.services.runners import RunnerService
 from app.services.sessions import Sessions
+from app.services.slack.bot import SlackBot
+from app.services.stream_slots import StreamSlots
+from app.services.streams import StreamConsumer
+from app.services.users import Users
+from app.services.websessions import WebSessions
 from app.settings import Settings
+from images.sandboxes.base import SandboxBackend
+from images.spec import RepoSpec
+from integrations.forge.base import Forge
+from workers.dispatch import InProcessDispatcher
+from workers.executor import InProcessExecutor
 
-COOKIE_NAME = "nightshift_session"
-"""The browser sign-in cookie: a web session id (see `app/services/websessions.py`)."""
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-bearer = HTTPBearer(auto_error=False, description="An API token from `nightshift tokens create`")
+bearer = BearerCredential(description="An API token from `nightshift tokens create`")
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def _runtime(conn: HTTPConnection) -> Runtime:
+    runtime: Runtime = conn.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+# ---------------------------------------------------------------- one getter per service
 
 
-def get_settings_dep(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
+def get_settings_dep(conn: HTTPConnection) -> Settings:
+    return _runtime(conn).settings
 
 
-def get_sessions(runtime: RuntimeDep) -> Sessions:
-    return runtime.sessions
+def get_engine(conn: HTTPConnection) -> Engine:
+    return _runtime(conn).engine
 
 
-def get_repos(runtime: RuntimeDep) -> Repos:
-    return runtime.repos
+def get_sessions(conn: HTTPConnection) -> Sessions:
+    return _runtime(conn).sessions
 
 
-def get_images(runtime: RuntimeDep) -> Images:
-    return runtime.images
+def get_repos(conn: HTTPConnection) -> Repos:
+    return _runtime(conn).repos
+
+
+def get_images(conn: HTTPConnection) -> Images:
+    return _runtime(conn).images
+
+
+def get_hub(conn: HTTPConnection) -> EventHub:
+    return _runtime(conn).hub
+
+
+def get_presence(conn: HTTPConnection) -> Presence:
+    return _runtime(conn).presence
+
+
+def get_stream_slots(conn: HTTPConnection) -> StreamSlots:
+    return _runtime(conn).stream_slots
+
+
+def get_runners(conn: HTTPConnection) -> RunnerService:
+    return _runtime(conn).runners
+
+
+def get_control_jobs(conn: HTTPConnection) -> ControlJobs:
+    return _runtime(conn).control_jobs
+
+
+def get_local_pulls(conn: HTTPConnection) -> LocalPullRequests:
+    return _runtime(conn).local_pulls
+
+
+def get_pull_requests(conn: HTTPConnection) -> PullRequests:
+    return _runtime(conn).pull_requests
+
+
+def get_forges(conn: HTTPConnection) -> dict[str, Forge]:
+    return _runtime(conn).forges
+
+
+def get_forge_for(conn: HTTPConnection) -> Callable[[RepoSpec], Forge]:
+    """The forge of a repo's spec; ForgeError when this server has no such forge."""
+    return _runtime(conn).forge_for
+
+
+def get_executor(conn: HTTPConnection) -> InProcessExecutor:
+    return _runtime(conn).executor
+
+
+def get_backend(conn: HTTPConnection) -> SandboxBackend:
+    return _runtime(conn).backend
+
+
+def get_event_streams(conn: HTTPConnection) -> StreamConsumer | None:
+    """Distributed mode's consumer of the workers' event streams; None when embedded."""
+    return _runtime(conn).streams
+
+
+def get_accounts(conn: HTTPConnection) -> GitHubAccounts | None:
+    """Linked GitHub accounts; None unless GitHub sign-in is configured."""
+    return _runtime(conn).accounts
+
+
+def get_github(conn: HTTPConnection) -> GitHubServices | None:
+    """The GitHub App's side; None unless the App is configured."""
+    return _runtime(conn).github
+
+
+def get_slack_bot(conn: HTTPConnection) -> SlackBot | None:
+    """The Slack bot; None unless Slack is configured."""
+    return _runtime(conn).slack
+
+
+def get_users(conn: HTTPConnection) -> Users:
+    return _runtime(conn).users
+
+
+def get_web_sessions(conn: HTTPConnection) -> WebSessions:
+    return _runtime(conn).web_sessions
+
+
+def get_desktops(conn: HTTPConnection) -> Desktops:
+    desktops: Desktops = conn.app.state.desktops
+    return desktops
+
+
+def get_loop_lag(conn: HTTPConnection) -> LoopLag | None:
+    """The API event loop's lag meter, once the app has started."""
+    loop_lag: LoopLag | None = getattr(conn.app.state, "loop_lag", None)
+    return loop_lag
+
+
+def get_authenticator(conn: HTTPConnection) -> Authenticator:
+    """One per app and runtime, so the local user (NIGHTSHIFT_AUTH=local) is looked up once."""
+    runtime = _runtime(conn)
+    auth: Authenticator | None = getattr(conn.app.state, "authenticator", None)
+    if auth is None or auth.users is not runtime.users:
+        auth = Authenticator(runtime.users, runtime.web_sessions, runtime.settings)
+        conn.app.state.authenticator = auth
+    return auth
+
+
+def build_desktops(runtime: Runtime) -> Desktops:
+    """The desktops service of `runtime` (its runners, when sessions run in this process)."""
+    dispatcher = runtime.dispatcher
+    runners = dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None
+    settings = runtime.settings
+    return Desktops(
+        runtime.sessions,
+        runtime.hub,
+        runtime.executor,
+        runners,
+        enabled=settings.desktop,
+        idle_s=settings.ide_idle_seconds,
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-ImagesDep = Annotated[Images, Depends(get_images)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 ReposDep = Annotated[Repos, Depends(get_repos)]
+ImagesDep = Annotated[Images, Depends(get_images)]
+HubDep = Annotated[EventHub, Depends(get_hub)]
+PresenceDep = Annotated[Presence, Depends(get_presence)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
+RunnersDep = Annotated[RunnerService, Depends(get_runners)]
+ControlJobsDep = Annotated[ControlJobs, Depends(get_control_jobs)]
+LocalPullsDep = Annotated[LocalPullRequests, Depends(get_local_pulls)]
+PullRequestsDep = Annotated[PullRequests, Depends(get_pull_requests)]
+ForgesDep = Annotated[dict[str, Forge], Depends(get_forges)]
+ForgeForDep = Annotated[Callable[[RepoSpec], Forge], Depends(get_forge_for)]
+ExecutorDep = Annotated[InProcessExecutor, Depends(get_executor)]
+BackendDep = Annotated[SandboxBackend, Depends(get_backend)]
+EventStreamsDep = Annotated[StreamConsumer | None, Depends(get_event_streams)]
+AccountsDep = Annotated[GitHubAccounts | None, Depends(get_accounts)]
+GitHubDep = Annotated[GitHubServices | None, Depends(get_github)]
+SlackBotDep = Annotated[SlackBot | None, Depends(get_slack_bot)]
+UsersDep = Annotated[Users, Depends(get_users)]
+WebSessionsDep = Annotated[WebSessions, Depends(get_web_sessions)]
+DesktopsDep = Annotated[Desktops, Depends(get_desktops)]
+LoopLagDep = Annotated[LoopLag | None, Depends(get_loop_lag)]
+AuthDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme.lower()}://{rest.split('/', 1)[0].lower()}"
-
-
-def same_origin(runtime: Runtime, headers: Any, url_scheme: str) -> bool:
-    """Whether a browser request comes from one of our own pages: its `Origin` (or `Referer`)
-    is our public URL or the host it was sent to. Browsers send `Origin` on every cross-site
-    POST and WebSocket, so a forged request from another site fails this check."""
-    own = {_origin(runtime.settings.base_url)}
-    host = headers.get("host")
-    if host:
-        own.add(_origin(f"{url_scheme}://{host}"))
-    origin = headers.get("origin")
-    if origin:
-        return origin != "null" and _origin(origin) in own
-    referer = headers.get("referer")
-    if referer:
-        return _origin(referer) in own
-    return headers.get("sec-fetch-site") in ("same-origin", "none")
-
-
-def resolve_user(runtime: Runtime, token: str | None, cookie: str | None = None) -> User:
-    """The caller: a valid API token's user, else the signed-in browser's user, else the local
-    user when NIGHTSHIFT_AUTH=local."""
-    if token:
-        return runtime.users.authenticate(token)
-    if cookie:
-        try:
-            return runtime.web_sessions.authenticate(cookie)
-        except Unauthorized:
-            if runtime.settings.auth != "local":
-                raise
-    if runtime.settings.auth == "local":
-        user: User | None = getattr(runtime, "local_user", None)
-        if user is None:
-            user = runtime.users.local_user()
-            runtime.local_user = user  # type: ignore[attr-defined]
-        return user
-    raise Unauthorized("authentication required: send `Authorization: Bearer <token>`")
+# ---------------------------------------------------------------- who is calling
 
 
 def current_user(
     request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    auth: AuthDep,
+    credential: Annotated[Credential, Security(bearer)],
 ) -> User:
-    token = credentials.credentials if credentials else None
-    cookie = None if token else request.cookies.get(COOKIE_NAME)
-    if (
-        cookie
-        and request.method not in SAFE_METHODS
-        and not same_origin(runtime, request.headers, request.url.scheme)
-    ):
+    """The caller of a request: a bearer token, else the sign-in cookie (writes only from this
+    site), else the local user when NIGHTSHIFT_AUTH=local."""
+    unsafe = request.method not in SAFE_METHODS
+    if credential.cookie and unsafe and not auth.same_origin(request.headers, request.url.scheme):
         raise HTTPException(
             403, "cross-site request refused: a signed-in browser may only write from this site"
         )
     if (
-        not token
-        and not cookie
-        and runtime.settings.auth == "local"
-        and request.method not in SAFE_METHODS
+        not credential.token
+        and not credential.cookie
+        and auth.local
+        and unsafe
         and request.headers.get("origin")
-        and not same_origin(runtime, request.headers, request.url.scheme)
+        and not auth.same_origin(request.headers, request.url.scheme)
     ):
         # Local mode trusts whoever reaches the port; a page on another site must not.
         raise HTTPException(403, "cross-site request refused")
     try:
-        return resolve_user(runtime, token, cookie)
+        return auth.user(credential)
     except Unauthorized as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
 
@@ -127,22 +247,35 @@ def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def stream_user(request: Request, runtime: Runtime) -> User:
-    """Streams (WebSocket, SSE) may also pass the token as `?token=`: browsers cannot set
-    headers on them."""
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    token = token or request.query_params.get("token")
-    return resolve_user(runtime, token, None if token else request.cookies.get(COOKIE_NAME))
+def stream_user(conn: HTTPConnection, auth: AuthDep) -> User:
+    """The caller of a server-sent event stream, which may also pass the token as `?token=`:
+    browsers cannot set headers on streams. A refusal is the ServiceError's status (401)."""
+    return auth.user(read_credential(conn, query=True))
 
 
-def websocket_user(websocket: WebSocket, runtime: Runtime) -> User:
-    header = websocket.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    token = token or websocket.query_params.get("token")
-    cookie = None if token else websocket.cookies.get(COOKIE_NAME)
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    if cookie and not same_origin(runtime, websocket.headers, scheme):
-        # Cross-site WebSocket hijacking: a foreign page must not ride the cookie.
-        raise Unauthorized("cross-site WebSocket refused: connect from this site")
-    return resolve_user(runtime, token, cookie)
+StreamUser = Annotated[User, Depends(stream_user)]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The caller of a WebSocket, or why they are refused: read before the socket is accepted,
+    told after it (a close code and reason the client can see, not a bare 403)."""
+
+    user: User | None
+    refusal: ServiceError | None = None
+
+    def caller(self) -> User:
+        if self.refusal is not None:
+            raise self.refusal
+        assert self.user is not None and self.user.id is not None
+        return self.user
+
+
+def websocket_admission(conn: HTTPConnection, auth: AuthDep) -> Admission:
+    try:
+        return Admission(auth.websocket_user(conn))
+    except ServiceError as exc:
+        return Admission(None, exc)
+
+
+WebSocketAdmission = Annotated[Admission, Depends(websocket_admission)]

@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse
 from app.api.pages import html_page
 from app.errors import NotFound
 from app.models import User
-from app.runtime import Runtime
+from app.services.github.accounts import GitHubAccounts
+from app.services.slack.bot import SlackBot
 
 STATE_KEY = "slack"
 
@@ -31,22 +32,23 @@ def _gone(message: str) -> HTMLResponse:
     return html_page("This link does not work", f"<p>{html.escape(message)}</p>", 410)
 
 
-def refused(runtime: Runtime, bound: Any) -> HTMLResponse | None:
+def refused(bot: SlackBot | None, bound: Any) -> HTMLResponse | None:
     """A page refusing the sealed binding when its code can no longer be used; else None."""
-    if runtime.slack is None:
+    if bot is None:
         return _gone("Slack is not configured on this server any more.")
     if not isinstance(bound, dict) or not bound.get("code") or not bound.get("user"):
         return _gone("this link is not valid: type `/nightshift link` in Slack for a new one")
     try:
-        runtime.slack.links.bound_code(str(bound["code"]), str(bound["user"]))
+        bot.links.bound_code(str(bound["code"]), str(bound["user"]))
     except NotFound as exc:
         return _gone(str(exc))
     return None
 
 
-def finish(runtime: Runtime, bound: dict[str, str], user: User) -> HTMLResponse:
+def finish(
+    bot: SlackBot | None, accounts: GitHubAccounts | None, bound: dict[str, str], user: User
+) -> HTMLResponse:
     """Bind the Slack user to the person who just signed in; their waiting requests start."""
-    bot = runtime.slack
     if bot is None:
         return _gone("Slack is not configured on this server any more.")
     try:
@@ -54,7 +56,7 @@ def finish(runtime: Runtime, bound: dict[str, str], user: User) -> HTMLResponse:
     except NotFound as exc:
         return _gone(f"You are signed in, but Slack was not connected: {exc}")
     assert user.id is not None
-    account = runtime.accounts.account(user.id) if runtime.accounts is not None else None
+    account = accounts.account(user.id) if accounts is not None else None
     github = f" and GitHub account <b>@{html.escape(account.login)}</b>" if account else ""
     return html_page(
         "Connected",

@@ -133,7 +133,17 @@ def test_a_slot_is_freed_when_a_stream_response_never_starts(capped: tuple[Any, 
         "headers": [(b"authorization", f"Bearer {alice.token}".encode())],
         "query_string": b"",
     }
-    response = asyncio.run(stream_events_sse(session_id, Request(scope), runtime, 0))
+    response = asyncio.run(
+        stream_events_sse(
+            session_id,
+            Request(scope),
+            user=alice.user,
+            sessions=runtime.sessions,
+            hub=runtime.hub,
+            slots=runtime.stream_slots,
+            after=0,
+        )
+    )
     assert runtime.stream_slots.count(alice.user.id) == 1
     del response
     assert runtime.stream_slots.count(alice.user.id) == 0

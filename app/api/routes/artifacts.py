@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentUser, RuntimeDep
+from app.api.deps import SessionsDep, SettingsDep, current_user
 from app.services.artifacts import Artifacts
 
-router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+router = APIRouter(prefix="/api/sessions", tags=["sessions"], dependencies=[Depends(current_user)])
 
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -30,12 +30,10 @@ HEADERS = {
     responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such artifact"}},
 )
 async def get_artifact(
-    session_id: str, artifact_id: str, user: CurrentUser, runtime: RuntimeDep
+    session_id: str, artifact_id: str, sessions: SessionsDep, settings: SettingsDep
 ) -> FileResponse:
     """A screenshot the session's agent took (its id is the SHA-256 of the PNG); 404 for an
     artifact of any other session."""
-    await asyncio.to_thread(runtime.sessions.get, session_id)
-    path = await asyncio.to_thread(
-        Artifacts.of(runtime.settings.data_dir).path, session_id, artifact_id
-    )
+    await asyncio.to_thread(sessions.get, session_id)
+    path = await asyncio.to_thread(Artifacts.of(settings.data_dir).path, session_id, artifact_id)
     return FileResponse(path, media_type="image/png", headers=HEADERS)

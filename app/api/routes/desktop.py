@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketState
 
-from app.api.deps import CurrentUser, websocket_user
+from app.api.deps import CurrentUser, DesktopsDep, StreamSlotsDep, WebSocketAdmission
 from app.errors import ServiceError
-from app.runtime import Runtime
-from app.services.desktop import DesktopPublic, Desktops
+from app.services.desktop import DesktopPublic
 from app.services.rfb import ProtocolError, ViewOnly
-from workers.dispatch import InProcessDispatcher
 
 router = APIRouter(prefix="/api/sessions", tags=["desktop"])
 CHUNK = 64 * 1024
@@ -42,29 +39,6 @@ def mount_novnc(app: FastAPI, directory: Path = NOVNC_DIR) -> None:
             )
 
 
-def build_desktops(runtime: Runtime) -> Desktops:
-    """The desktops service of `runtime` (its runners, when sessions run in this process)."""
-    dispatcher = runtime.dispatcher
-    runners = dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None
-    settings = runtime.settings
-    return Desktops(
-        runtime.sessions,
-        runtime.hub,
-        runtime.executor,
-        runners,
-        enabled=settings.desktop,
-        idle_s=settings.ide_idle_seconds,
-    )
-
-
-def get_desktops(request: Request) -> Desktops:
-    desktops: Desktops = request.app.state.desktops
-    return desktops
-
-
-DesktopsDep = Annotated[Desktops, Depends(get_desktops)]
-
-
 @router.post("/{session_id}/desktop")
 async def open_desktop(session_id: str, user: CurrentUser, desktops: DesktopsDep) -> DesktopPublic:
     """Start a desktop (Xvfb, a window manager, x11vnc) in the session's live sandbox, or
@@ -73,7 +47,14 @@ async def open_desktop(session_id: str, user: CurrentUser, desktops: DesktopsDep
 
 
 @router.websocket("/{session_id}/desktop")
-async def desktop_socket(websocket: WebSocket, session_id: str, control: bool = False) -> None:
+async def desktop_socket(
+    websocket: WebSocket,
+    session_id: str,
+    admission: WebSocketAdmission,
+    desktops: DesktopsDep,
+    slots: StreamSlotsDep,
+    control: bool = False,
+) -> None:
     """The desktop as RFB over binary frames (noVNC speaks it), view-only by default.
 
     `control=true` lets the caller's keyboard and mouse through, for the session's participants
@@ -81,12 +62,10 @@ async def desktop_socket(websocket: WebSocket, session_id: str, control: bool = 
     4000 + the HTTP status and a reason: 4401, 4403, 4404, 4409 (no desktop running: `POST` this
     path first), or 4429 (NIGHTSHIFT_MAX_STREAMS_PER_USER).
     """
-    runtime: Runtime = websocket.app.state.runtime
-    desktops: Desktops = websocket.app.state.desktops
     try:
-        user = await asyncio.to_thread(websocket_user, websocket, runtime)
+        user = admission.caller()
         assert user.id is not None
-        slot = runtime.stream_slots.acquire(user.id)
+        slot = slots.acquire(user.id)
     except ServiceError as exc:
         await websocket.accept()
         await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])

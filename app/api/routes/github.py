@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from app.api.deps import RuntimeDep
+from app.api.deps import GitHubDep
 from app.services.github.events import BadDelivery
 from integrations.github import InvalidSignature
 
@@ -22,9 +22,8 @@ router = APIRouter(tags=["github"])
         401: {"description": "Missing, non-SHA-256 or wrong X-Hub-Signature-256"},
     },
 )
-async def github_webhook(request: Request, runtime: RuntimeDep) -> JSONResponse:
+async def github_webhook(request: Request, github: GitHubDep) -> JSONResponse:
     """Receive a GitHub App webhook delivery (pull_request, push, installation, ...)."""
-    github = runtime.github
     if github is None:
         raise HTTPException(404, "the GitHub App is not configured on this server")
     if not github.webhooks.secret:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
-from app.api.deps import CurrentUser, ImagesDep
+from app.api.deps import CurrentUser, ImagesDep, current_user
 from app.schemas_images import ImageBuildQueued, ImageBuildRequest, ImagePublic, WarmPublic
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], dependencies=[Depends(current_user)])
 
 
 @router.get("/api/images")
 def list_images(
-    user: CurrentUser,
     images: ImagesDep,
     repo: Annotated[str | None, Query(description="Only this repo's images")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -25,13 +24,13 @@ def list_images(
 
 
 @router.post("/api/images/build", status_code=status.HTTP_202_ACCEPTED)
-def build_images(body: ImageBuildRequest, user: CurrentUser, images: ImagesDep) -> ImageBuildQueued:
+def build_images(body: ImageBuildRequest, images: ImagesDep) -> ImageBuildQueued:
     """Build now (in the background) rather than at the next scheduled run."""
     return ImageBuildQueued(queued=images.queue_build(body.repos, force=body.force))
 
 
 @router.get("/api/images/{image_id}")
-def get_image(image_id: str, user: CurrentUser, images: ImagesDep) -> ImagePublic:
+def get_image(image_id: str, images: ImagesDep) -> ImagePublic:
     """One build attempt with its whole log."""
     return images.get(image_id)
 

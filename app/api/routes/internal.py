@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 
-from app.api.deps import RuntimeDep
+from app.api.deps import ControlJobsDep, ReposDep, RunnersDep, SessionsDep, SettingsDep
 from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.settings import reveal
@@ -40,10 +40,10 @@ from workers.events import Event
 
 
 def require_worker(
-    runtime: RuntimeDep,
+    settings: SettingsDep,
     token: Annotated[str | None, Header(alias="X-Nightshift-Worker-Token")] = None,
 ) -> None:
-    expected = reveal(runtime.settings.worker_token)
+    expected = reveal(settings.worker_token)
     if not expected:
         raise HTTPException(
             403, "the worker API is disabled: set NIGHTSHIFT_WORKER_TOKEN on the API server"
@@ -61,75 +61,74 @@ router = APIRouter(
 
 
 @router.post("/sessions/{session_id}/lease")
-def acquire_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseAcquired:
-    runtime.sessions.get(session_id)
-    return LeaseAcquired(
-        acquired=runtime.runners.acquire_lease(session_id, body.runner_id, body.ttl_s)
-    )
+def acquire_lease(
+    session_id: str, body: LeaseRequest, sessions: SessionsDep, runners: RunnersDep
+) -> LeaseAcquired:
+    sessions.get(session_id)
+    return LeaseAcquired(acquired=runners.acquire_lease(session_id, body.runner_id, body.ttl_s))
 
 
 @router.post("/sessions/{session_id}/lease/renew")
-def renew_lease(session_id: str, body: LeaseRequest, runtime: RuntimeDep) -> LeaseRenewed:
-    return LeaseRenewed(state=runtime.runners.renew_lease(session_id, body.runner_id, body.ttl_s))
+def renew_lease(session_id: str, body: LeaseRequest, runners: RunnersDep) -> LeaseRenewed:
+    return LeaseRenewed(state=runners.renew_lease(session_id, body.runner_id, body.ttl_s))
 
 
 @router.post("/sessions/{session_id}/lease/release")
-def release_lease(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> LeaseReleased:
-    return LeaseReleased(more=runtime.runners.release_lease(session_id, body.runner_id))
+def release_lease(session_id: str, body: RunnerRequest, runners: RunnersDep) -> LeaseReleased:
+    return LeaseReleased(more=runners.release_lease(session_id, body.runner_id))
 
 
 @router.post("/sessions/{session_id}/next-prompt")
-def next_prompt(session_id: str, body: RunnerRequest, runtime: RuntimeDep) -> PromptJob | None:
-    return runtime.runners.next_prompt(session_id, body.runner_id)
+def next_prompt(session_id: str, body: RunnerRequest, runners: RunnersDep) -> PromptJob | None:
+    return runners.next_prompt(session_id, body.runner_id)
 
 
 @router.get("/sessions/{session_id}/context")
-def session_context(session_id: str, runtime: RuntimeDep) -> SessionContext:
-    return runtime.runners.context(session_id)
+def session_context(session_id: str, runners: RunnersDep) -> SessionContext:
+    return runners.context(session_id)
 
 
 @router.get("/sessions/{session_id}/stored-events")
 def stored_events(
     session_id: str,
-    runtime: RuntimeDep,
+    sessions: SessionsDep,
+    runners: RunnersDep,
     types: Annotated[str, Query(min_length=1)],
     prompt_id: int | None = None,
 ) -> list[Event]:
-    runtime.sessions.get(session_id)
-    return runtime.runners.stored_events(session_id, types.split(","), prompt_id)
+    sessions.get(session_id)
+    return runners.stored_events(session_id, types.split(","), prompt_id)
 
 
 @router.get("/sessions/{session_id}/summary")
-def session_summary(session_id: str, runtime: RuntimeDep) -> SessionSummary:
-    return runtime.runners.summary(session_id)
+def session_summary(session_id: str, runners: RunnersDep) -> SessionSummary:
+    return runners.summary(session_id)
 
 
 @router.post("/sessions/{session_id}/children")
-def spawn_session(session_id: str, body: SpawnRequest, runtime: RuntimeDep) -> Spawned:
-    return Spawned(
-        id=runtime.runners.spawn(session_id, body.repo, body.prompt, body.author, body.model)
-    )
+def spawn_session(session_id: str, body: SpawnRequest, runners: RunnersDep) -> Spawned:
+    return Spawned(id=runners.spawn(session_id, body.repo, body.prompt, body.author, body.model))
 
 
 @router.post("/sessions/{session_id}/artifacts")
-async def store_artifact(session_id: str, request: Request, runtime: RuntimeDep) -> ArtifactStored:
+async def store_artifact(
+    session_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep
+) -> ArtifactStored:
     """A PNG the session's agent made; read with a cap, so an oversized body is cut off."""
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_ARTIFACT_BYTES:
             raise HTTPException(413, f"an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes")
-    await asyncio.to_thread(runtime.sessions.get, session_id)
-    return await asyncio.to_thread(
-        Artifacts.of(runtime.settings.data_dir).store, session_id, bytes(data)
-    )
+    await asyncio.to_thread(sessions.get, session_id)
+    return await asyncio.to_thread(Artifacts.of(settings.data_dir).store, session_id, bytes(data))
 
 
 @router.get("/repos")
-def repo_specs(runtime: RuntimeDep) -> list[RepoSpec]:
-    return [spec_of(r) for r in runtime.repos.list()]
+def repo_specs(repos: ReposDep) -> list[RepoSpec]:
+    return [spec_of(r) for r in repos.list()]
 
 
 @router.post("/jobs/{name}")
-def run_job(name: str, runtime: RuntimeDep) -> JobDone:
-    return JobDone(summary=runtime.control_jobs.run(name))
+def run_job(name: str, control_jobs: ControlJobsDep) -> JobDone:
+    return JobDone(summary=control_jobs.run(name))

@@ -12,23 +12,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from app.api.deps import CurrentUser, RuntimeDep
+from app.api.deps import (
+    CurrentUser,
+    ForgesDep,
+    LocalPullsDep,
+    SessionsDep,
+    SettingsDep,
+    current_user,
+)
 from app.errors import NotFound
 from app.schemas import ROW_MAX
 from app.schemas_pulls import PullDetail, PullDiff
 from app.services.local_pull_review import LocalPullReview
 from integrations.forge.local import LocalForge
 
-router = APIRouter(prefix="/api/pulls", tags=["pulls"])
+router = APIRouter(prefix="/api/pulls", tags=["pulls"], dependencies=[Depends(current_user)])
 
 
-def get_review(runtime: RuntimeDep) -> LocalPullReview:
-    forge = runtime.forges.get("local")
+def get_review(
+    forges: ForgesDep, local_pulls: LocalPullsDep, sessions: SessionsDep, settings: SettingsDep
+) -> LocalPullReview:
+    forge = forges.get("local")
     if not isinstance(forge, LocalForge):
         raise NotFound("the local forge is not configured on this server")
-    return LocalPullReview(
-        runtime.local_pulls, runtime.sessions, forge, runtime.settings.admin_logins()
-    )
+    return LocalPullReview(local_pulls, sessions, forge, settings.admin_logins())
 
 
 ReviewDep = Annotated[LocalPullReview, Depends(get_review)]
@@ -43,7 +50,7 @@ async def get_pull(pr_id: PullId, user: CurrentUser, review: ReviewDep) -> PullD
 
 
 @router.get("/{pr_id}/diff")
-async def get_pull_diff(pr_id: PullId, user: CurrentUser, review: ReviewDep) -> PullDiff:
+async def get_pull_diff(pr_id: PullId, review: ReviewDep) -> PullDiff:
     """The files changed and the unified diff of the head against where it left its base."""
     return await review.diff(pr_id)
 

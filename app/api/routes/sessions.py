@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    HTTPException,
+    Query,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketState
 
-from app.api.deps import CurrentUser, RuntimeDep, SessionsDep, stream_user, websocket_user
+from app.api.deps import (
+    CurrentUser,
+    ForgeForDep,
+    HubDep,
+    PresenceDep,
+    ReposDep,
+    SessionsDep,
+    StreamSlotsDep,
+    StreamUser,
+    WebSocketAdmission,
+    current_user,
+)
+from app.api.sse import event_stream, frame
 from app.errors import ServiceError
 from app.models import User
-from app.runtime import Runtime
 from app.schemas import (
     ROW_MAX,
     DiffPublic,
@@ -27,14 +46,19 @@ from app.schemas import (
     SessionList,
     SessionPublic,
 )
+from app.services.hub import EventHub
+from app.services.presence import Presence
+from app.services.repos import spec_of
 from integrations.forge.base import ForgeError
-from workers.events import SessionStatus
+from workers.events import Event, SessionStatus
 
-router = APIRouter(prefix="/api/sessions", tags=["sessions"])
-SSE_KEEPALIVE_S = 15.0
+PREFIX = "/api/sessions"
+api = APIRouter(prefix=PREFIX, tags=["sessions"], dependencies=[Depends(current_user)])
+streams = APIRouter(prefix=PREFIX, tags=["sessions"])
+"""Event streams authenticate themselves: a stream may also pass its token as `?token=`."""
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@api.post("", status_code=status.HTTP_201_CREATED)
 def create_session(body: SessionCreate, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
     """Start a session on a repo with a first prompt (queued at once, run by a worker), on
     `model` (one of `GET /api/models`; the default when omitted)."""
@@ -43,9 +67,8 @@ def create_session(body: SessionCreate, user: CurrentUser, sessions: SessionsDep
     )
 
 
-@router.get("")
+@api.get("")
 def list_sessions(
-    user: CurrentUser,
     sessions: SessionsDep,
     repo: str | None = None,
     status_: Annotated[SessionStatus | None, Query(alias="status")] = None,
@@ -60,18 +83,18 @@ def list_sessions(
     return SessionList(sessions=sessions.public_many(rows), total=total)
 
 
-@router.get("/{session_id}")
-def get_session(session_id: str, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
+@api.get("/{session_id}")
+def get_session(session_id: str, sessions: SessionsDep) -> SessionPublic:
     return sessions.public(sessions.get(session_id))
 
 
-@router.get("/{session_id}/prompts")
-def list_prompts(session_id: str, user: CurrentUser, sessions: SessionsDep) -> list[PromptPublic]:
+@api.get("/{session_id}/prompts")
+def list_prompts(session_id: str, sessions: SessionsDep) -> list[PromptPublic]:
     """The session's prompts in order, with authors, states and queue positions."""
     return sessions.prompts(session_id)
 
 
-@router.post("/{session_id}/prompts", status_code=status.HTTP_202_ACCEPTED)
+@api.post("/{session_id}/prompts", status_code=status.HTTP_202_ACCEPTED)
 def add_prompt(
     session_id: str, body: PromptCreate, user: CurrentUser, sessions: SessionsDep
 ) -> PromptPublic:
@@ -79,16 +102,15 @@ def add_prompt(
     return sessions.add_prompt(user, session_id, body.text)
 
 
-@router.post("/{session_id}/stop")
+@api.post("/{session_id}/stop")
 def stop_session(session_id: str, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
     """Stop now: cancel the model stream, kill the running command, drop queued prompts."""
     return sessions.public(sessions.stop(user, session_id))
 
 
-@router.get("/{session_id}/events")
+@api.get("/{session_id}/events")
 def list_events(
     session_id: str,
-    user: CurrentUser,
     sessions: SessionsDep,
     after: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -97,25 +119,33 @@ def list_events(
     return [e.model_dump(mode="json") for e in sessions.events(session_id, after, limit)]
 
 
-@router.get("/{session_id}/diff")
-async def get_diff(session_id: str, user: CurrentUser, runtime: RuntimeDep) -> DiffPublic:
+@api.get("/{session_id}/diff")
+async def get_diff(
+    session_id: str, sessions: SessionsDep, repos: ReposDep, forge_for: ForgeForDep
+) -> DiffPublic:
     """The pushed branch against the repo's base branch."""
-    row = await asyncio.to_thread(runtime.sessions.get, session_id)
-    repo = await asyncio.to_thread(runtime.repos.by_id, row.repo_id)
+    row = await asyncio.to_thread(sessions.get, session_id)
+    repo = await asyncio.to_thread(repos.by_id, row.repo_id)
     if not row.head_sha:
         return DiffPublic(base=repo.base, head=None, branch=row.branch, diff="")
-    from app.services.repos import spec_of
-
     try:
-        text = await runtime.forge_for(spec_of(repo)).diff(repo.url, repo.base, row.head_sha)
+        text = await forge_for(spec_of(repo)).diff(repo.url, repo.base, row.head_sha)
     except ForgeError as exc:
         raise HTTPException(502, str(exc)) from exc
     return DiffPublic(base=repo.base, head=row.head_sha, branch=row.branch, diff=text)
 
 
-@router.websocket("/{session_id}/stream")
+@streams.websocket("/{session_id}/stream")
 async def stream_events(
-    websocket: WebSocket, session_id: str, after: int = 0, presence: bool = False
+    websocket: WebSocket,
+    session_id: str,
+    admission: WebSocketAdmission,
+    sessions: SessionsDep,
+    hub: HubDep,
+    viewing: PresenceDep,
+    slots: StreamSlotsDep,
+    after: int = 0,
+    presence: bool = False,
 ) -> None:
     """Every event with id > `after` as JSON text frames: stored ones, then live ones.
 
@@ -125,25 +155,30 @@ async def stream_events(
     then closed with code 4000 + the HTTP status and a reason: 4401, 4404, or 4429 when the
     caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here.
     """
-    runtime = websocket.app.state.runtime
     try:
-        user = await asyncio.to_thread(websocket_user, websocket, runtime)
-        await asyncio.to_thread(runtime.sessions.get, session_id)
+        user = admission.caller()
+        await asyncio.to_thread(sessions.get, session_id)
         assert user.id is not None
-        slot = runtime.stream_slots.acquire(user.id)
+        slot = slots.acquire(user.id)
     except ServiceError as exc:
         # Accept first so the client sees the close code (4401, 4404) and reason, not a bare 403.
         await websocket.accept()
         await websocket.close(code=4000 + exc.status_code, reason=str(exc)[:120])
         return
     try:
-        await _serve_stream(websocket, runtime, session_id, user, after, presence)
+        await _serve_stream(websocket, hub, viewing, session_id, user, after, presence)
     finally:
         slot.release()
 
 
 async def _serve_stream(
-    websocket: WebSocket, runtime: Runtime, session_id: str, user: User, after: int, presence: bool
+    websocket: WebSocket,
+    hub: EventHub,
+    viewing: Presence,
+    session_id: str,
+    user: User,
+    after: int,
+    presence: bool,
 ) -> None:
     await websocket.accept()
     send_lock = asyncio.Lock()
@@ -152,14 +187,14 @@ async def _serve_stream(
         async with send_lock:  # two pumps share one socket; frames must not interleave
             await websocket.send_text(text)
 
-    events = runtime.hub.stream(session_id, min(max(after, 0), ROW_MAX))
+    events = hub.stream(session_id, min(max(after, 0), ROW_MAX))
 
     async def pump_events() -> None:
         async for event in events:
             await send(event.model_dump_json())
 
     async def pump_presence() -> None:
-        async for viewers in runtime.presence.watch(session_id):
+        async for viewers in viewing.watch(session_id):
             frame = PresencePublic(session_id=session_id, viewers=viewers)
             await send(frame.model_dump_json())
 
@@ -168,14 +203,14 @@ async def _serve_stream(
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
 
-    key = runtime.presence.join(session_id, user)
+    key = viewing.join(session_id, user)
     tasks = [asyncio.create_task(pump_events()), asyncio.create_task(receive())]
     if presence:
         tasks.append(asyncio.create_task(pump_presence()))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        runtime.presence.leave(session_id, key)
+        viewing.leave(session_id, key)
         for task in tasks:
             task.cancel()
         # A send to a socket the client closed raises; either way this stream is over.
@@ -186,7 +221,12 @@ async def _serve_stream(
                 await websocket.close()
 
 
-@router.get(
+async def _event_frames(events: list[Event]) -> AsyncIterator[str]:
+    for event in events:
+        yield frame(event.model_dump_json(), event.type, event.id)
+
+
+@streams.get(
     "/{session_id}/events/stream",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
@@ -194,53 +234,26 @@ async def _serve_stream(
 async def stream_events_sse(
     session_id: str,
     request: Request,
-    runtime: RuntimeDep,
+    user: StreamUser,
+    sessions: SessionsDep,
+    hub: HubDep,
+    slots: StreamSlotsDep,
     after: Annotated[int, Query(ge=0, le=ROW_MAX)] = 0,
 ) -> StreamingResponse:
     """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`. 429 when
     the caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here."""
-    try:
-        user = await asyncio.to_thread(stream_user, request, runtime)
-        await asyncio.to_thread(runtime.sessions.get, session_id)
-        assert user.id is not None
-        slot = runtime.stream_slots.acquire(user.id)
-    except ServiceError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from exc
+    await asyncio.to_thread(sessions.get, session_id)
+    assert user.id is not None
+    slot = slots.acquire(user.id)
     last = request.headers.get("last-event-id", "")
     # Headers arrive as latin-1: "²".isdigit() holds, but it is no id.
     resumable = last.isascii() and last.isdigit() and int(last) <= ROW_MAX
     start = int(last) if resumable else after
+    return event_stream(hub.stream(session_id, start), _event_frames, slot)
 
-    async def body() -> AsyncIterator[str]:
-        events = runtime.hub.stream(session_id, start)
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
 
-        async def pump() -> None:
-            async for event in events:
-                await queue.put(
-                    f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
-                )
-
-        task = asyncio.create_task(pump())
-        try:
-            yield "retry: 2000\n\n"
-            while True:
-                try:
-                    yield await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
-                except TimeoutError:
-                    yield ": keepalive\n\n"
-        finally:
-            slot.release()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            await events.aclose()
-
-    stream = body()
-    weakref.finalize(stream, slot.release)  # also when the response never starts its body
-    return StreamingResponse(
-        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
-
+router = APIRouter()
+router.include_router(api)
+router.include_router(streams)
 
 __all__ = ["EventPublic", "router"]

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api import slack_onboarding as onboarding
-from app.api.deps import COOKIE_NAME, CurrentUser, RuntimeDep, resolve_user, same_origin
+from app.api.credentials import COOKIE_NAME
+from app.api.deps import AccountsDep, AuthDep, CurrentUser, SettingsDep, SlackBotDep, UsersDep
 from app.api.pages import html_page as _page
 from app.api.routes.auth import start_sign_in
 from app.errors import NotFound, Unauthorized
 from app.models import User
-from app.runtime import Runtime
 from app.schemas import SlackLinkCreate, SlackLinkPublic, UserPublic
 from app.services.slack.bot import SlackBot
 from app.settings import reveal
@@ -36,10 +36,10 @@ SOCKET_MODE_ONLY = (
 )
 
 
-def get_bot(runtime: RuntimeDep) -> SlackBot:
-    if runtime.slack is None:
+def get_bot(bot: SlackBotDep) -> SlackBot:
+    if bot is None:
         raise HTTPException(503, NOT_CONFIGURED)
-    return runtime.slack
+    return bot
 
 
 SlackDep = Annotated[SlackBot, Depends(get_bot)]
@@ -84,31 +84,23 @@ def _csrf(bot: SlackBot, code: str, user: User) -> str:
     return hmac.new(key, f"{code}:{user.id}".encode(), hashlib.sha256).hexdigest()
 
 
-def _viewer(request: Request, runtime: Runtime) -> User | None:
-    """Whoever the browser is signed in as (session cookie, or the local user), if anyone."""
-    try:
-        return resolve_user(runtime, None, request.cookies.get(COOKIE_NAME))
-    except Unauthorized:
-        return None
-
-
 def _who(info: SlackLinkCode) -> str:
     name = f"{info.slack_name} ({info.slack_user_id})" if info.slack_name else info.slack_user_id
     return html.escape(name)
 
 
 @router.get("/slack/link/{code}", response_class=HTMLResponse, include_in_schema=False)
-def link_page(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
-    if runtime.slack is None:
+def link_page(
+    code: str, request: Request, bot: SlackBotDep, auth: AuthDep, accounts: AccountsDep
+) -> HTMLResponse:
+    if bot is None:
         return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
-    bot = runtime.slack
     try:
         info = bot.links.code(code)
     except NotFound as exc:
         return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
-    user = _viewer(request, runtime)
+    user = auth.viewer(request)
     action = html.escape(f"/slack/link/{code}")
-    accounts = runtime.accounts
     if accounts is not None and (user is None or accounts.account(user.id or 0) is None):
         return _github_page(info, code, user)
     if user is not None:
@@ -154,14 +146,20 @@ requests it starts from Slack are made in that name.</p>
 
 
 @router.post("/slack/link/{code}/github", include_in_schema=False, response_model=None)
-def link_with_github(code: str, request: Request, runtime: RuntimeDep) -> Response:
+def link_with_github(
+    code: str,
+    request: Request,
+    bot: SlackBotDep,
+    accounts: AccountsDep,
+    auth: AuthDep,
+    settings: SettingsDep,
+) -> Response:
     """Start GitHub sign-in carrying the code's binding; the callback finishes the link. Only
     from this site's own page: another site must not start it in a visitor's browser (GitHub
     skips its consent for an app it already authorized)."""
-    if runtime.slack is None or runtime.accounts is None:
+    if bot is None or accounts is None:
         return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
-    bot = runtime.slack
-    if not same_origin(runtime, request.headers, request.url.scheme):
+    if not auth.same_origin(request.headers, request.url.scheme):
         return _page(
             "That did not work",
             "<p>The form was sent from another site. Open the link from Slack again.</p>",
@@ -171,9 +169,10 @@ def link_with_github(code: str, request: Request, runtime: RuntimeDep) -> Respon
         info = bot.links.code(code)
     except NotFound as exc:
         return _page("This link does not work", f"<p>{html.escape(str(exc))}</p>", 410)
-    viewer = _viewer(request, runtime)
+    viewer = auth.viewer(request)
     response = start_sign_in(
-        runtime,
+        accounts,
+        settings,
         "/",
         viewer.id if viewer is not None else None,
         slack=onboarding.binding(info.code_hash, info.slack_user_id),
@@ -183,19 +182,20 @@ def link_with_github(code: str, request: Request, runtime: RuntimeDep) -> Respon
 
 
 @router.post("/slack/link/{code}", response_class=HTMLResponse, include_in_schema=False)
-async def link_submit(code: str, request: Request, runtime: RuntimeDep) -> HTMLResponse:
-    if runtime.slack is None:
+async def link_submit(
+    code: str, request: Request, bot: SlackBotDep, auth: AuthDep, users: UsersDep
+) -> HTMLResponse:
+    if bot is None:
         return _page("Slack is not set up", f"<p>{html.escape(NOT_CONFIGURED)}</p>", 503)
-    bot = runtime.slack
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     if token:
         try:
-            user = await asyncio.to_thread(runtime.users.authenticate, token)
+            user = await asyncio.to_thread(users.authenticate, token)
         except Unauthorized as exc:
             return _page("That did not work", f"<p>{html.escape(str(exc))}.</p>", 401)
     else:
-        if not same_origin(runtime, request.headers, request.url.scheme) and (
+        if not auth.same_origin(request.headers, request.url.scheme) and (
             COOKIE_NAME in request.cookies or request.headers.get("origin")
         ):
             return _page(
@@ -203,7 +203,7 @@ async def link_submit(code: str, request: Request, runtime: RuntimeDep) -> HTMLR
                 "<p>The form was sent from another site. Open the link from Slack again.</p>",
                 403,
             )
-        viewer = await asyncio.to_thread(_viewer, request, runtime)
+        viewer = await asyncio.to_thread(auth.viewer, request)
         if viewer is None:
             return _page("Sign in first", "<p>Open the link again and sign in.</p>", 401)
         sent = (form.get("csrf") or [""])[0]
