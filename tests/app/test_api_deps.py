@@ -48,6 +48,9 @@ PUBLIC = {
     ("GET", "/slack/link/{code}"),
     ("POST", "/slack/link/{code}"),
     ("POST", "/slack/link/{code}/github"),
+    # A pull request's screenshots, for readers not signed in (GitHub): the HMAC token in the
+    # path is the credential (`app/api/routes/shared.py`).
+    ("GET", "/shared/artifacts/{session_id}/{artifact_id}/{token}"),
     # Static pages of the web client; they fetch what the signed-in person may see.
     ("GET", "/"),
     ("GET", "/new"),

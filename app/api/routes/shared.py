@@ -10,14 +10,12 @@ as the signed-in route does, and with no referrer sent on.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.api.deps import get_settings_dep
+from app.api.deps import SettingsDep
 from app.services.artifacts import Artifacts
-from app.settings import Settings
 
 router = APIRouter(prefix="/shared", tags=["sessions"])
 
@@ -38,7 +36,7 @@ async def get_shared_artifact(
     session_id: str,
     artifact_id: str,
     token: str,
-    settings: Annotated[Settings, Depends(get_settings_dep)],
+    settings: SettingsDep,
 ) -> FileResponse:
     """A screenshot linked from a pull request: no sign-in, the link's token is the key."""
     path = await asyncio.to_thread(
