@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -31,13 +30,13 @@ from app.services.github.triggers import GitHubTriggers, TriggerSwitches, build_
 from app.services.pull_requests import PullRequestDeferred, PullRequests
 from app.services.sessions import Sessions
 from app.settings import reveal
+from integrations.forge.base import Forge
 from integrations.github import (
     GitHubApp,
     GitHubAuthError,
     GitHubConfig,
     GitHubError,
     GitHubForbidden,
-    GitHubForge,
     NotInstalled,
 )
 from integrations.github.client import make_client
@@ -233,48 +232,70 @@ class GitHubServices:
 
     config: GitHubConfig
     app: GitHubApp
-    forge: GitHubForge
+    forge: Forge
     opener: GitHubPullRequests
     webhooks: GitHubWebhooks
     triggers: GitHubTriggers
     """Mentions and reviews that start sessions or queue follow-ups."""
+    pr_stats: PrStatsRecorder
+    """Records the agent's commits and pushes and its PRs' reviews for `GET /api/stats`."""
 
     def default_branch(self, repo: str) -> str:
-        """For `repos add`: the repo's default branch, or a clear error when the App cannot
-        reach it."""
-        try:
-            return self.app.repo_info(repo).default_branch
-        except NotInstalled:
-            raise
-        except GitHubError as exc:
-            raise GitHubError(f"cannot read {repo} on GitHub: {exc}") from exc
+        return default_branch(self.app, repo)
+
+
+def default_branch(app: GitHubApp, repo: str) -> str:
+    """For `repos add`: the repo's default branch, or a clear error when the App cannot
+    reach it."""
+    try:
+        return app.repo_info(repo).default_branch
+    except NotInstalled:
+        raise
+    except GitHubError as exc:
+        raise GitHubError(f"cannot read {repo} on GitHub: {exc}") from exc
 
 
 def github_config(settings: Settings) -> GitHubConfig:
     return GitHubConfig(api_url=settings.github_api_url.rstrip("/"))
 
 
+def github_app(settings: Settings, on_secret: Callable[[str], None]) -> GitHubApp | None:
+    """The App's identity (installation tokens, learnt by `on_secret` to be redacted), or None
+    when it is not configured. The API and every worker start from this one."""
+    if not settings.github_enabled:
+        return None
+    assert settings.github_app_id is not None
+    return GitHubApp(
+        github_config(settings),
+        settings.github_app_id,
+        settings.github_private_key(),
+        on_token=on_secret,
+    )
+
+
+def github_opener(
+    settings: Settings, app: GitHubApp, accounts: GitHubAccounts | None
+) -> GitHubPullRequests:
+    return GitHubPullRequests(
+        app.config, app, accounts, base_url=settings.base_url, fallback=settings.pr_fallback
+    )
+
+
 def build_github(
     settings: Settings,
     *,
+    app: GitHubApp,
+    forge: Forge,
+    opener: GitHubPullRequests,
     engine: Engine,
     sessions: Sessions,
     accounts: GitHubAccounts | None,
-    on_secret: Callable[[str], None],
     submit: Callable[[Callable[[], object]], object],
     rebuild_hooks: list[RebuildHook],
-    data_dir: Path,
-) -> GitHubServices | None:
-    if not settings.github_enabled:
-        return None
-    config = github_config(settings)
-    assert settings.github_app_id is not None
-    app = GitHubApp(
-        config, settings.github_app_id, settings.github_private_key(), on_token=on_secret
-    )
-    opener = GitHubPullRequests(
-        config, app, accounts, base_url=settings.base_url, fallback=settings.pr_fallback
-    )
+) -> GitHubServices:
+    """The App's services on the API: webhooks, and the triggers and CI they hand work to.
+    The event table sends events to `triggers.asks` and `pr_stats`."""
+    config = app.config
     triggers = build_triggers(
         engine,
         sessions,
@@ -287,7 +308,6 @@ def build_github(
         submit=submit,
     )
     pr_stats = PrStatsRecorder(engine)
-    sessions.hub.handlers.append(pr_stats.on_event)  # the agent's commits and pushes
     webhooks = GitHubWebhooks(
         engine,
         reveal(settings.github_webhook_secret) or "",
@@ -303,10 +323,11 @@ def build_github(
     return GitHubServices(
         config=config,
         app=app,
-        forge=GitHubForge(app, data_dir / "github" / "mirrors"),
+        forge=forge,
         opener=opener,
         webhooks=webhooks,
         triggers=triggers,
+        pr_stats=pr_stats,
     )
 
 
