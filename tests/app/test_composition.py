@@ -162,7 +162,7 @@ def test_a_push_to_the_base_branch_queues_an_image_build(gh: GitHubEnv) -> None:
         busy = rt.image_registry.lock_holder("octo/proj")
         return bool(history) and all(r.status != "building" for r in history) and busy is None
 
-    wait_for(settled, 120, "the image build of the added repo")
+    wait_for(settled, 60, "the image build of the added repo")
     assert all(r.trigger == "added" for r in rt.image_registry.history("octo/proj", 10))
     bare = gh.fake.repos["octo/proj"].path
     sha = git(bare, "commit-tree", "main^{tree}", "-p", "main", "-m", "moved on").strip()
@@ -173,6 +173,6 @@ def test_a_push_to_the_base_branch_queues_an_image_build(gh: GitHubEnv) -> None:
     def pushed() -> list[object]:
         return [r for r in rt.image_registry.history("octo/proj", 10) if r.trigger == "push"]
 
-    wait_for(pushed, 120, "an image build triggered by the push")
+    wait_for(pushed, 60, "an image build triggered by the push")
     [build] = pushed()
     assert build.sha == sha  # type: ignore[attr-defined]
