@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         rt = runtime or build_runtime(settings)
         app.state.runtime = rt
         if owned:
-            app.state.desktops = desktop.build_desktops(rt)
+            app.state.desktops = rt.desktops
         app.state.loop_lag = LoopLag()
         app.state.loop_lag.start()
         if owned:
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     if runtime is not None:
         app.state.runtime = runtime
-        app.state.desktops = desktop.build_desktops(runtime)
+        app.state.desktops = runtime.desktops
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from app.control_jobs import ControlJobs
+from app.services.desktop import Desktops
 from app.services.github.accounts import GitHubAccounts
 from app.services.github.app import GitHubServices, RebuildHook
 from app.services.hub import EventHub
@@ -137,6 +138,8 @@ class Runtime:
     """Runs this process's periodic jobs: `runtime.periodic(interval, fn, name)`."""
     running: threading.Event
     """Set once `start` has run: new images and repos act on the pool and builds from then."""
+    desktops: Desktops
+    """Session desktops (`/api/sessions/{id}/desktop`)."""
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     presence: Presence = field(default_factory=Presence)

@@ -21,6 +21,7 @@ from app.control_jobs import ControlJobs
 from app.local_control import LocalControlPlane
 from app.metrics import observe
 from app.process import Periodic, Runtime
+from app.services.desktop import Desktops
 from app.services.github.accounts import build_accounts
 from app.services.github.app import (
     GitHubServices,
@@ -230,7 +231,16 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         config=settings.agent_config(),
         redactor=redactor,
     )
-    # 10. Slack.
+    # 10. Session desktops (their sandboxes are the in-process runners'; none distributed).
+    desktops = Desktops(
+        sessions,
+        hub,
+        executor,
+        dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None,
+        enabled=settings.desktop,
+        idle_s=settings.ide_idle_seconds,
+    )
+    # 11. Slack.
     slack: SlackBot | None = None
     on_start: list[Callable[[], None]] = []
     if settings.slack_enabled:
@@ -270,6 +280,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         stream_slots=StreamSlots(settings.max_streams_per_user),
         periodic=periodic,
         running=running,
+        desktops=desktops,
         streams=streams,
         on_start=on_start,
         slack=slack,
