@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from app.control_jobs import ControlJobs
 from app.local_control import LocalControlPlane
 from app.metrics import observe
+from app.models import Repo
 from app.process import Periodic, Runtime
 from app.services.desktop import Desktops
 from app.services.github.accounts import build_accounts
@@ -152,9 +153,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     )
     images = stack.service
 
-    def build_added_repo(repo: object) -> None:
+    def build_added_repo(repo: Repo) -> None:
         if running.is_set():
-            images.queue_build([getattr(repo, "name", "")], trigger="added")
+            images.queue_build([repo.name], trigger="added")
 
     # 4. Repos and people.
     repos = Repos(
