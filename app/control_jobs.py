@@ -1,11 +1,11 @@
 """Jobs that belong to the control plane: they change sessions or the index, so they run in
-the process that owns the session files. Areas register theirs at wiring time; workers (and
+the process that owns the session files. The composition root names them at construction; workers (and
 beat, through a worker) ask for them through `ControlPlane.run_job`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from app.errors import Unavailable
 
@@ -19,11 +19,8 @@ MISSING = {
 
 
 class ControlJobs:
-    def __init__(self) -> None:
-        self._jobs: dict[str, Callable[[], str]] = {}
-
-    def register(self, name: str, job: Callable[[], str]) -> None:
-        self._jobs[name] = job
+    def __init__(self, jobs: Mapping[str, Callable[[], str]]) -> None:
+        self._jobs = dict(jobs)
 
     def available(self, name: str) -> bool:
         return name in self._jobs

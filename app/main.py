@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import build_desktops
 from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
     artifacts,
@@ -101,7 +100,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         rt = runtime or build_runtime(settings)
         app.state.runtime = rt
         if owned:
-            app.state.desktops = build_desktops(rt)
+            app.state.desktops = rt.desktops
         app.state.loop_lag = LoopLag()
         app.state.loop_lag.start()
         if owned:
@@ -121,7 +120,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     if runtime is not None:
         app.state.runtime = runtime
-        app.state.desktops = build_desktops(runtime)
+        app.state.desktops = runtime.desktops
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -1,35 +1,44 @@
-"""Wiring: build every service of one Nightshift process from its settings.
+"""The composition root of the API process: `build_runtime(settings)` builds every service,
+each with its collaborators passed to its constructor, in dependency order; `event_handlers`
+is the one table of which service acts on which event.
 
 `serve`, `run` and the tests all start from `build_runtime(settings)`; `nightshift worker`
-from `build_worker(settings)` (`app/worker_runtime.py`). Nothing happens at import time.
+from `build_worker(settings)` (`app/worker_runtime.py`); what both share is `app/wiring.py`.
+Nothing happens at import time, and nothing is assigned onto a service once it is built.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import inspect
-import logging
-import time
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from pydantic import BaseModel
 
 from app.control_jobs import ControlJobs
 from app.local_control import LocalControlPlane
 from app.metrics import observe
-from app.services.github.accounts import GitHubAccounts, build_accounts
-from app.services.github.app import GitHubServices, RebuildHook, build_github, reconcile_github
-from app.services.hub import EventHub
-from app.services.images import Images
+from app.models import Repo
+from app.process import Periodic, Runtime
+from app.services.desktop import Desktops
+from app.services.github.accounts import build_accounts
+from app.services.github.app import (
+    GitHubServices,
+    RebuildHook,
+    build_github,
+    default_branch,
+    github_app,
+    github_opener,
+    reconcile_github,
+)
+from app.services.hub import EventHub, On
 from app.services.model_choices import ModelChoices
-from app.services.presence import Presence
-from app.services.pull_requests import LocalPullRequests, PullRequests
-from app.services.repos import Repos
+from app.services.pull_requests import LocalPullRequests, PullRequestOpener, PullRequests
+from app.services.repos import RepoCatalog, Repos
 from app.services.runners import RunnerService
+from app.services.session_index import IndexWriter
 from app.services.sessions import Sessions
 from app.services.stream_slots import StreamSlots
 from app.services.users import Users
@@ -37,215 +46,74 @@ from app.services.websessions import WebSessions
 from app.sessionstore import SessionFiles
 from app.settings import Settings
 from app.wiring import (
-    SNAPSHOT_GC_INTERVAL_S,
-    STALE_SWEEP_INTERVAL_S,
     distributed_checks,
+    forge_finder,
     image_stack,
     make_forges,
-    release_stale_sandboxes,
     resolved,
     secrets_and_control_db,
 )
-from images.builder import ImageBuilder
-from images.image_jobs import ImageJobs, maintain_pool
-from images.pool import WarmPool
-from images.provider import SandboxProvider
-from images.registry import ImageRegistry
+from images.registry import Trigger
 from images.sandboxes.base import SandboxBackend
-from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
-from integrations.forge.base import Forge
 from workers.bus import InProcessBus
-from workers.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
-from workers.errors import ControlPlaneError, JobError
-from workers.executor import InProcessExecutor, every
-from workers.redact import Redactor
+from workers.dispatch import CeleryDispatcher, InProcessDispatcher
+from workers.events import BranchPushed, CommitCreated, PromptQueued, PrOpened
+from workers.executor import InProcessExecutor
 from workers.runner import WorkerDeps
-from workers.scheduled import JobContext, run_job, schedule
+from workers.scheduled import JobContext
 
 if TYPE_CHECKING:
     from app.services.slack.bot import SlackBot
     from app.services.streams import StreamConsumer
 
-log = logging.getLogger("nightshift")
+__all__ = ["Runtime", "build_runtime", "event_handlers"]
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    engine: Engine
-    redactor: Redactor
-    files: SessionFiles
-    hub: EventHub
-    users: Users
-    repos: Repos
-    sessions: Sessions
-    runners: RunnerService
-    """The runner-facing side of sessions (leases, queue, recovery)."""
-    pull_requests: PullRequests
-    local_pulls: LocalPullRequests
-    """The local forge's PR records."""
-    backend: SandboxBackend
-    image_registry: ImageRegistry
-    builder: ImageBuilder
-    pool: WarmPool
-    image_jobs: ImageJobs
-    images: Images
-    provider: SandboxProvider
-    executor: InProcessExecutor
-    deps: WorkerDeps
-    dispatcher: Dispatcher
-    forges: dict[str, Forge]
-    web_sessions: WebSessions
-    accounts: GitHubAccounts | None
-    """People's linked GitHub accounts (None unless GitHub sign-in is configured)."""
-    github: GitHubServices | None
-    """The GitHub App's side: forge, PR opener, webhooks (None unless the App is configured)."""
-    image_rebuild_hooks: list[RebuildHook]
-    """Called with (repo spec, new base sha) when a push moves a repo's base branch; the image
-    builder registers here to rebuild early."""
-    control_jobs: ControlJobs
-    """Jobs that change sessions or the index, run here (workers ask for them over HTTP)."""
-    jobs: JobContext
-    stream_slots: StreamSlots
-    """Event streams each person holds open here (NIGHTSHIFT_MAX_STREAMS_PER_USER)."""
-    streams: StreamConsumer | None = None
-    """Distributed mode: persists the events workers publish on Redis streams."""
-    presence: Presence = field(default_factory=Presence)
-    """Who is viewing which session (web viewer); in memory, never persisted."""
-    _periodic: list[concurrent.futures.Future[None]] = field(default_factory=list)
-    on_start: list[Callable[[], None]] = field(default_factory=list)
-    on_close: list[Callable[[], None]] = field(default_factory=list)
-    slack: SlackBot | None = None
-    """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN) are set."""
-    started: bool = False
-    started_at: float = 0.0
+def of(*kinds: type[BaseModel]) -> frozenset[str]:
+    """The `type` names of event classes, for a row of the table."""
+    return frozenset(str(kind.model_fields["type"].default) for kind in kinds)
 
-    @property
-    def distributed(self) -> bool:
-        return self.settings.broker_url is not None
 
-    def forge_for(self, spec: RepoSpec) -> Forge:
-        forge = self.forges.get(spec.forge)
-        if forge is None:
-            from integrations.forge.base import ForgeError
+def event_handlers(
+    index: IndexWriter,
+    pull_requests: PullRequests,
+    github: GitHubServices | None,
+    slack: SlackBot | None,
+) -> list[On]:
+    """What happens when an event is published (`EventHub.publish`), in this order.
 
-            raise ForgeError(f"the {spec.forge} forge is not configured on this server")
-        return forge
+    Every row but the PR opener runs in the publisher's thread under the session's publish
+    lock. The PR opener runs `after_lock`: once the outermost publish of that thread has
+    released its lock, in the same thread, before that publish returns (a runner's
+    `branch_pushed` therefore opens the PR before the runner's publish call comes back).
+    """
+    table = [
+        # every event → the Prometheus counters (`GET /metrics`)
+        On(None, observe),
+        # every event → the control DB's index (status, pushed branch, PR, snapshot, usage)
+        On(None, index.apply),
+        # `branch_pushed` → open (or update) the session's PR through its forge's opener
+        On(of(BranchPushed), pull_requests.on_pushed, after_lock=True),
+    ]
+    if github is not None:
+        table += [
+            # `pr_opened` of a session started from an issue → add `Fixes #N` to the PR
+            On(of(PrOpened), github.triggers.asks.on_event),
+            # the agent's commits, pushes, PR and follow-ups → `GET /api/stats`
+            On(of(CommitCreated, BranchPushed, PrOpened, PromptQueued), github.pr_stats.on_event),
+        ]
+    if slack is not None:
+        from app.services.slack.status import TRIGGERS
 
-    def start(self) -> None:
-        """Recover sessions a previous process left behind and start periodic jobs.
+        # what a Slack thread shows (status, progress, PR) → refresh the thread's message
+        table.append(On(TRIGGERS, slack.updater.on_event))
+    return table
 
-        The reaper runs here, in the process that owns the session files, in both modes. In
-        distributed mode this process also consumes the event streams, while beat schedules
-        image builds and PR reconciliation and each worker looks after its own warm pool.
-        """
-        self.executor.start()
-        self.started_at = time.time()
-        live = set(self.backend.live)
-        released = release_stale_mounts(self.settings.data_dir / "sandboxes", live)
-        if released:
-            log.info("released %d sandbox mounts left by a previous process", released)
-        if self.streams is not None:
-            self.streams.start()
-        self.periodic(self.settings.reap_interval, self._reap, "reaper")
-        self.periodic(SNAPSHOT_GC_INTERVAL_S, self.collect_snapshots, "snapshot collection")
-        self.periodic(
-            STALE_SWEEP_INTERVAL_S, lambda: release_stale_sandboxes(self.backend), "stale sweep"
-        )
-        self.started = True
-        if not self.distributed:
-            self._schedule_jobs()
-            self.periodic(
-                self.settings.pool_interval,
-                lambda: maintain_pool(self.image_jobs),
-                "warm pool",
-                on_loop=True,
-            )
-        for callback in self.on_start:
-            callback()
 
-    def _schedule_jobs(self) -> None:
-        """The embedded default's scheduler: what beat schedules in distributed mode."""
-        s = self.settings
-        for item in schedule(s.image_interval, s.reconcile_interval):
-            if item.job == "reconcile_github" and not self.control_jobs.available(item.job):
-                continue  # GitHub is not configured
-            if item.interval_s <= 0:
-                continue
-            self.periodic(
-                item.interval_s,
-                lambda name=item.job: self._run_scheduled(name),  # type: ignore[misc]
-                item.job,
-                on_loop=True,
-            )
-
-    async def _run_scheduled(self, name: str) -> None:
-        try:
-            log.info("%s: %s", name, await run_job(self.jobs, name))
-        except (JobError, ControlPlaneError) as exc:
-            log.warning("%s: %s", name, exc)
-
-    def periodic(
-        self,
-        interval: float,
-        fn: Callable[[], object],
-        name: str,
-        *,
-        on_loop: bool = False,
-    ) -> None:
-        """Run `fn` every `interval` seconds: in a thread, or (`on_loop`) on the worker loop,
-        awaiting what it returns (for async jobs such as image builds)."""
-
-        async def job() -> None:
-            if on_loop:
-                result = fn()
-                if inspect.isawaitable(result):
-                    await result
-            else:
-                await asyncio.to_thread(fn)
-
-        self._periodic.append(self.executor.submit(lambda: every(interval, job, name)))
-
-    def collect_snapshots(self) -> list[str]:
-        """Delete snapshots past NIGHTSHIFT_SNAPSHOT_MAX_AGE_DAYS, except those an active
-        session will start its next prompt from (an old session's follow-up falls back to the
-        newest image, with a notice)."""
-        keep = self.runners.active_snapshot_ids()
-        older_than = self.settings.snapshot_max_age_days * 86400
-        removed = self.backend.collect_snapshots(older_than, keep)
-        if removed:
-            log.info("collected %d old snapshot(s)", len(removed))
-        return removed
-
-    def _reap(self) -> None:
-        # Right after a start, a lease may have lapsed only because nobody could renew it.
-        settled = time.time() - self.started_at > self.deps.config.lease_ttl_s
-        dispatched = self.runners.reap(trust_expiry=settled)
-        if dispatched:
-            log.info("resumed %d session(s): %s", len(dispatched), ", ".join(dispatched))
-
-    def close(self) -> None:
-        if self.slack is not None:
-            self.slack.close()  # no Socket Mode envelope may arrive once the executor stops
-        for future in self._periodic:
-            future.cancel()
-        if self.executor.pending() or self.started:
-            # Pooled sandboxes hold overlay mounts: end them before the loop stops.
-            with contextlib.suppress(Exception):
-                self.executor.submit(self.pool.close).result(timeout=30)
-        # The model clients live on the executor's loop: closed there, once the runs using
-        # them are cancelled (a run must not fail on a client closed under it).
-        self.executor.shutdown(last=self.deps.aclose)
-        if self.streams is not None:
-            self.streams.stop()
-        close_dispatcher = getattr(self.dispatcher, "close", None)
-        if close_dispatcher is not None:
-            close_dispatcher()
-        for callback in self.on_close:
-            callback()
-        self.files.close()
-        self.engine.dispose()
+def in_background(executor: InProcessExecutor) -> Callable[[Callable[[], object]], object]:
+    """`submit(fn)`: run blocking `fn` in a thread, started from the executor's loop."""
+    return lambda fn: executor.submit(lambda: asyncio.to_thread(fn))
 
 
 def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) -> Runtime:
@@ -253,78 +121,108 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     data_dir = settings.data_dir
     if settings.broker_url:
         distributed_checks(settings)
+    # 1. Secrets, the control DB, the loop every background job runs on.
     redactor, engine = secrets_and_control_db(settings)
+    running = threading.Event()
+    executor = InProcessExecutor()
+    periodic = Periodic(executor)
+    # 2. Forges and who we are on GitHub.
+    app = github_app(settings, redactor.learn)
+    forges = make_forges(settings, app)
+    forge_for = forge_finder(forges, "server")
+    accounts = build_accounts(settings, engine, redactor.learn)
+    celery = (
+        CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
+        if settings.broker_url
+        else None
+    )
+    # 3. Images: built here, or (distributed) handed to the workers, where sessions run.
+    send: Callable[[str, bool, Trigger], None] | None = None
+    if celery is not None:
+        send = partial(_send_build, celery)
+    stack = image_stack(
+        settings,
+        engine,
+        RepoCatalog(engine),
+        data_dir,
+        forge_for,
+        executor,
+        refresh_pool=running.is_set,
+        send=send,
+        backend=backend,
+    )
+    images = stack.service
 
-    redact_secret = redactor.learn
-    files = SessionFiles(data_dir / "sessions", redactor)
-    hub = EventHub(files)
-    hub.handlers.append(observe)
-    users = Users(engine)
+    def build_added_repo(repo: Repo) -> None:
+        if running.is_set():
+            images.queue_build([repo.name], trigger="added")
+
+    # 4. Repos and people.
     repos = Repos(
         engine,
         github_enabled=settings.github_enabled,
+        github_default_branch=partial(default_branch, app) if app is not None else None,
         data_dir=data_dir,
         api_roots=settings.api_repo_roots(),
+        validators=[images.validate_spec_file],
+        on_added=[build_added_repo],
     )
+    users = Users(engine)
+    # 5. Session files and the event hub. The hub's table names services built below (they
+    # publish through the hub); it is read at the first publish.
+    files = SessionFiles(data_dir / "sessions", redactor)
+    index = IndexWriter(engine)
+    hub = EventHub(files, lambda: event_handlers(index, pull_requests, github, slack))
+    streams: StreamConsumer | None = None
+    if settings.broker_url:
+        from app.services.streams import StreamConsumer
+
+        streams = StreamConsumer(settings.broker_url, hub.publish)
+    # 6. Sessions and what runs them. In-process runners call back into the control plane
+    # (which creates and dispatches sessions): the dispatcher reads `deps` per run.
+    dispatcher = celery or InProcessDispatcher(executor, lambda: deps)
     sessions = Sessions(
         engine,
         files,
         hub,
         repos,
         users,
+        index,
+        dispatcher,
         base_url=settings.base_url,
         max_prompt_chars=settings.max_prompt_chars,
         max_active_per_user=settings.max_sessions_per_user,
         models=ModelChoices(settings.model_choices()),
     )
-    runners = RunnerService(sessions)
-    pull_requests = PullRequests(sessions)
-    pulls = LocalPullRequests(engine, settings.base_url)
-    pull_requests.openers["local"] = pulls
-    forges = make_forges(settings)
-    accounts = build_accounts(settings, engine, redact_secret)
-    rebuild_hooks: list[RebuildHook] = []
-    github = build_github(
-        settings,
-        engine=engine,
-        sessions=sessions,
-        accounts=accounts,
-        on_secret=redact_secret,
-        submit=lambda fn: runtime.executor.submit(lambda: asyncio.to_thread(fn)),
-        rebuild_hooks=rebuild_hooks,
-        data_dir=data_dir,
+    runners = (
+        RunnerService(sessions, sync_events=streams.drain_or_unavailable)
+        if streams is not None
+        else RunnerService(sessions)
     )
-    if github is not None:
-        forges["github"] = github.forge
-        pull_requests.openers["github"] = github.opener
-        repos.github_default_branch = github.default_branch
-
-    def forge_for(spec: RepoSpec) -> Forge:
-        return runtime.forge_for(spec)
-
-    executor = InProcessExecutor()
-    stack = image_stack(settings, engine, repos, data_dir, forge_for, executor, backend)
-    image_service = stack.service
-    repos.validators.append(image_service.validate_spec_file)
-
-    def image_landed(spec: RepoSpec, _record: object) -> None:
-        if runtime.started:
-            stack.pool.image_landed(spec)
-
-    stack.builder.on_built.append(image_landed)
-
-    def repo_added(repo: object) -> None:
-        if runtime.started:
-            image_service.queue_build([getattr(repo, "name", "")], trigger="added")
-
-    repos.on_added.append(repo_added)
-
-    def pushed(spec: RepoSpec, _sha: str) -> None:
-        # A push to the base branch (GitHub webhook) rebuilds now rather than at the next run.
-        image_service.queue_build([spec.name], trigger="push")
-
-    rebuild_hooks.append(pushed)
-    control_jobs = ControlJobs()
+    # 7. Pull requests, opened by the event table's `branch_pushed` row.
+    local_pulls = LocalPullRequests(engine, settings.base_url)
+    openers: dict[str, PullRequestOpener] = {"local": local_pulls}
+    gh_opener = github_opener(settings, app, accounts) if app is not None else None
+    if gh_opener is not None:
+        openers["github"] = gh_opener
+    pull_requests = PullRequests(sessions, openers)
+    # 8. GitHub's webhooks, triggers and CI. A push to a repo's base branch rebuilds its image.
+    rebuild_hooks: list[RebuildHook] = [partial(_rebuild_on_push, images.queue_build)]
+    github: GitHubServices | None = None
+    if app is not None and gh_opener is not None:
+        github = build_github(
+            settings,
+            app=app,
+            forge=forges["github"],
+            opener=gh_opener,
+            engine=engine,
+            sessions=sessions,
+            accounts=accounts,
+            submit=in_background(executor),
+            rebuild_hooks=rebuild_hooks,
+        )
+    # 9. The control plane as in-process runners see it.
+    control_jobs = ControlJobs(_control_jobs(github, pull_requests, sessions))
     control = LocalControlPlane(runners, control_jobs, data_dir)
     deps = WorkerDeps(
         control=control,
@@ -334,23 +232,24 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         config=settings.agent_config(),
         redactor=redactor,
     )
-    dispatcher: Dispatcher
-    streams: StreamConsumer | None = None
-    if settings.broker_url:
-        from app.services.streams import StreamConsumer
+    # 10. Session desktops (their sandboxes are the in-process runners'; none distributed).
+    desktops = Desktops(
+        sessions,
+        hub,
+        executor,
+        dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None,
+        enabled=settings.desktop,
+        idle_s=settings.ide_idle_seconds,
+    )
+    # 11. Slack.
+    slack: SlackBot | None = None
+    on_start: list[Callable[[], None]] = []
+    if settings.slack_enabled:
+        from app.services.slack.bot import build_slack_bot
 
-        celery_dispatcher = CeleryDispatcher(settings.broker_url, settings.visibility_timeout)
-        dispatcher = celery_dispatcher
-        streams = StreamConsumer(settings.broker_url, hub.publish)
-        runners.sync_events = streams.drain_or_unavailable
-        # Images are built where sessions run: on the workers.
-        image_service.send = lambda name, force, trigger: celery_dispatcher.enqueue_job(
-            "build_image", name, force=force, trigger=trigger
-        )
-    else:
-        dispatcher = InProcessDispatcher(executor, deps)
-    sessions.dispatcher = dispatcher
-    runtime = Runtime(
+        slack = build_slack_bot(settings, engine, repos, sessions, executor, images)
+        on_start.append(partial(slack.start, periodic))
+    return Runtime(
         settings=settings,
         engine=engine,
         redactor=redactor,
@@ -361,13 +260,13 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         sessions=sessions,
         runners=runners,
         pull_requests=pull_requests,
-        local_pulls=pulls,
+        local_pulls=local_pulls,
         backend=stack.backend,
         image_registry=stack.registry,
         builder=stack.builder,
         pool=stack.pool,
         image_jobs=stack.jobs,
-        images=image_service,
+        images=images,
         provider=stack.provider,
         executor=executor,
         deps=deps,
@@ -379,21 +278,32 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         image_rebuild_hooks=rebuild_hooks,
         control_jobs=control_jobs,
         jobs=JobContext(control=control, image_jobs=stack.jobs),
-        streams=streams,
         stream_slots=StreamSlots(settings.max_streams_per_user),
+        periodic=periodic,
+        running=running,
+        desktops=desktops,
+        streams=streams,
+        on_start=on_start,
+        slack=slack,
     )
-    if github is not None:
 
-        def reconcile() -> str:
-            return reconcile_github(github, pull_requests, engine, hub, sessions).summary()
 
-        control_jobs.register("reconcile_github", reconcile)
-    # ---- Slack
-    if settings.slack_enabled:
-        from app.services.slack.bot import build_slack_bot
+def _send_build(celery: CeleryDispatcher, name: str, force: bool, trigger: Trigger) -> None:
+    celery.enqueue_job("build_image", name, force=force, trigger=trigger)
 
-        bot = build_slack_bot(settings, engine, repos, sessions, executor, image_service)
-        hub.handlers.append(bot.updater.on_event)
-        runtime.on_start.append(lambda: bot.start(runtime.periodic))
-        runtime.slack = bot
-    return runtime
+
+def _rebuild_on_push(queue_build: Callable[..., object], spec: RepoSpec, _sha: str) -> None:
+    """A push to the base branch (GitHub webhook) rebuilds now rather than at the next run."""
+    queue_build([spec.name], trigger="push")
+
+
+def _control_jobs(
+    github: GitHubServices | None, pull_requests: PullRequests, sessions: Sessions
+) -> dict[str, Callable[[], str]]:
+    if github is None:
+        return {}
+    return {
+        "reconcile_github": lambda: reconcile_github(
+            github, pull_requests, sessions.engine, sessions.hub, sessions
+        ).summary()
+    }

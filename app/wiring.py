@@ -1,21 +1,24 @@
-"""Pieces both kinds of process are built from: the control DB, forges and the image stack.
+"""Start-up that both kinds of process share: the control DB, forges, the GitHub App, the
+image stack, and the clean-up of what an earlier process left behind.
 
-`app/runtime.py` builds the API process (`build_runtime`), `app/worker_runtime.py` a
-`nightshift worker` (`build_worker`).
+This module, `app/runtime.py` (`build_runtime`, the API process) and `app/worker_runtime.py`
+(`build_worker`, a `nightshift worker`) are the composition root: the only code that builds
+services, each with its collaborators passed to its constructor. Nothing is assigned onto a
+service once it is built. See "Composition root" in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from app.db import control_engine
-from app.services.images import Images
-from app.services.repos import Repos
+from app.services.images import Images, repo_specs, snapshot_images
+from app.services.repos import RepoCatalog
 from app.settings import Settings
 from images.builder import ImageBuilder
 from images.image_jobs import ImageJobs
@@ -23,19 +26,20 @@ from images.mirror import Mirrors
 from images.oci_store import OciStore
 from images.pool import WarmPool
 from images.provider import SandboxProvider
-from images.registry import ImageRegistry
+from images.registry import ImageRegistry, Trigger
 from images.sandboxes import make_backend
 from images.sandboxes.base import SandboxBackend
+from images.sandboxes.overlay import release_stale_mounts
 from images.spec import RepoSpec
 from images.starter import ImageStarter
-from integrations.forge.base import Forge
+from integrations.forge.base import Forge, ForgeError
 from integrations.forge.local import LocalForge
+from integrations.github.app import GitHubApp
+from integrations.github.forge import GitHubForge
 from workers.executor import InProcessExecutor
 from workers.redact import Redactor, install_log_redaction
 
-if TYPE_CHECKING:
-    pass
-
+log = logging.getLogger("nightshift")
 
 SNAPSHOT_GC_INTERVAL_S = 6 * 3600.0
 STALE_SWEEP_INTERVAL_S = 60.0
@@ -65,9 +69,42 @@ def init_control_db(engine: Engine) -> None:
     upgrade(engine)
 
 
-def make_forges(settings: Settings) -> dict[str, Forge]:
-    """The forges every process has; GitHub's is added where the App is configured."""
-    return {"local": LocalForge()}
+def make_forges(settings: Settings, github: GitHubApp | None) -> dict[str, Forge]:
+    """The forges of a process: the local one, and GitHub's where the App is configured
+    (a worker clones and pushes with installation tokens it mints itself)."""
+    forges: dict[str, Forge] = {"local": LocalForge()}
+    if github is not None:
+        forges["github"] = GitHubForge(github, settings.data_dir / "github" / "mirrors")
+    return forges
+
+
+def forge_finder(forges: dict[str, Forge], where: str) -> Callable[[RepoSpec], Forge]:
+    """`forge_for(spec)`: the forge of a repo, or a clear error naming `where` it is missing."""
+
+    def forge_for(spec: RepoSpec) -> Forge:
+        forge = forges.get(spec.forge)
+        if forge is None:
+            raise ForgeError(f"the {spec.forge} forge is not configured on this {where}")
+        return forge
+
+    return forge_for
+
+
+def collect_snapshots(backend: SandboxBackend, max_age_days: float, keep: set[str]) -> list[str]:
+    """Delete snapshots past NIGHTSHIFT_SNAPSHOT_MAX_AGE_DAYS, except `keep` (those an active
+    session will start its next prompt from)."""
+    removed = backend.collect_snapshots(max_age_days * 86400, keep)
+    if removed:
+        log.info("collected %d old snapshot(s)", len(removed))
+    return removed
+
+
+def release_left_mounts(state_dir: Path, live: set[str], left_by: str) -> int:
+    """Unmount the sandboxes under `state_dir` that a process before this one left mounted."""
+    released = release_stale_mounts(state_dir / "sandboxes", live)
+    if released:
+        log.info("released %d sandbox mounts left by %s", released, left_by)
+    return released
 
 
 @dataclass
@@ -86,16 +123,29 @@ class ImageStack:
 def image_stack(
     settings: Settings,
     engine: Engine,
-    repos: Repos,
+    repos: RepoCatalog,
     state_dir: Path,
     forge_for: Callable[[RepoSpec], Forge],
     executor: InProcessExecutor,
+    *,
+    refresh_pool: Callable[[], bool],
+    send: Callable[[str, bool, Trigger], None] | None = None,
     backend: SandboxBackend | None = None,
 ) -> ImageStack:
+    """Built in this order: backend, registry, mirrors, builder, starter, warm pool, provider,
+    image jobs, the Images service. A new image refreshes the pool when `refresh_pool()` says
+    so; `send` hands builds to workers (distributed mode)."""
     data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
     registry = ImageRegistry(engine, backend.name, backend.runtime_version())
     mirrors = Mirrors(data_dir / "mirrors")
+
+    def image_landed(spec: RepoSpec, _record: object) -> None:
+        # The pool is built from the builder (through the starter), so it is named here, in
+        # a call made only once a build finishes, long after this function has returned.
+        if refresh_pool():
+            pool.image_landed(spec)
+
     builder = ImageBuilder(
         registry,
         backend,
@@ -108,6 +158,7 @@ def image_stack(
         oci=OciStore(
             data_dir / "rootfs", auth_file=settings.registry_auth, max_mb=settings.image_max_mb
         ),
+        on_built=image_landed,
     )
     starter = ImageStarter(
         backend,
@@ -126,16 +177,15 @@ def image_stack(
         debounce=settings.warm_debounce,
     )
     provider = SandboxProvider(starter, pool)
-    service = Images(engine, repos, registry, pool, executor)
     jobs = ImageJobs(
         builder=builder,
         provider=provider,
         registry=registry,
-        specs=service.specs,
-        snapshot_images=service.snapshot_images,
+        specs=lambda: repo_specs(repos),
+        snapshot_images=lambda: snapshot_images(engine),
         keep=settings.images_keep,
     )
-    service.jobs = jobs
+    service = Images(engine, repos, registry, pool, executor, jobs, send)
     return ImageStack(backend, registry, builder, provider, pool, service, jobs)
 
 

@@ -1,4 +1,5 @@
-"""The runtime of one `nightshift worker` process (distributed mode)."""
+"""The composition root of one `nightshift worker` process (distributed mode); the start-up
+it shares with the API is `app/wiring.py`."""
 
 from __future__ import annotations
 
@@ -6,22 +7,23 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from app.services.repos import Repos
+from app.services.github.app import github_app
+from app.services.repos import RepoCatalog
 from app.services.runners import active_snapshot_ids
 from app.settings import Settings
 from app.wiring import (
     SNAPSHOT_GC_INTERVAL_S,
     STALE_SWEEP_INTERVAL_S,
+    collect_snapshots,
     distributed_checks,
+    forge_finder,
     image_stack,
     make_forges,
+    release_left_mounts,
     release_stale_sandboxes,
     resolved,
     secrets_and_control_db,
 )
-from images.sandboxes.overlay import release_stale_mounts
-from images.spec import RepoSpec
-from integrations.forge.base import Forge
 from workers.executor import InProcessExecutor
 from workers.runner import WorkerDeps
 
@@ -58,39 +60,22 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
             "own SQLite file; point it at the API's PostgreSQL so images are shared"
         )
     redactor, engine = secrets_and_control_db(settings)
-    forges = make_forges(settings)
-    if settings.github_enabled:
-        # Workers clone and push GitHub repositories themselves, with installation tokens
-        # minted here (redacted like every secret); PRs are opened by the API.
-        from app.services.github.app import github_config
-        from integrations.github.app import GitHubApp
-        from integrations.github.forge import GitHubForge
-
-        assert settings.github_app_id is not None
-        app = GitHubApp(
-            github_config(settings),
-            settings.github_app_id,
-            settings.github_private_key(),
-            on_token=redactor.learn,
-        )
-        forges["github"] = GitHubForge(app, settings.data_dir / "github" / "mirrors")
-
-    def forge_for(spec: RepoSpec) -> Forge:
-        forge = forges.get(spec.forge)
-        if forge is None:
-            from integrations.forge.base import ForgeError
-
-            raise ForgeError(f"the {spec.forge} forge is not configured on this worker")
-        return forge
-
+    # Workers clone and push GitHub repositories themselves, with installation tokens minted
+    # here (redacted like every secret); PRs are opened by the API.
+    forges = make_forges(settings, github_app(settings, redactor.learn))
+    forge_for = forge_finder(forges, "worker")
     state_dir = settings.data_dir / "workers" / re.sub(r"[^A-Za-z0-9._-]+", "_", node)
     executor = InProcessExecutor("nightshift-celery-worker")
-    repos = Repos(engine, github_enabled=settings.github_enabled)
-    stack = image_stack(settings, engine, repos, state_dir, forge_for, executor)
-    stack.builder.on_built.append(lambda spec, _record: stack.pool.image_landed(spec))
-    released = release_stale_mounts(state_dir / "sandboxes", set())
-    if released:
-        log.info("released %d sandbox mounts left by a previous worker %s", released, node)
+    stack = image_stack(
+        settings,
+        engine,
+        RepoCatalog(engine),
+        state_dir,
+        forge_for,
+        executor,
+        refresh_pool=lambda: True,
+    )
+    release_left_mounts(state_dir, set(), f"a previous worker {node}")
     control = HttpControlPlane(
         settings.worker_control_url, settings.worker_token.get_secret_value()
     )
@@ -104,10 +89,11 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
     )
     celery = make_celery(CeleryConfig(settings.broker_url, settings.visibility_timeout))
 
-    def collect_snapshots() -> object:
+    def collect_old_snapshots() -> object:
         # Snapshots of local backends live on the worker that took them: it collects them.
-        older_than = settings.snapshot_max_age_days * 86400
-        return stack.backend.collect_snapshots(older_than, active_snapshot_ids(engine))
+        return collect_snapshots(
+            stack.backend, settings.snapshot_max_age_days, active_snapshot_ids(engine)
+        )
 
     return WorkerContext(
         deps,
@@ -118,7 +104,7 @@ def build_worker(settings: Settings, *, node: str = "worker") -> WorkerContext:
         celery,
         pool_interval=settings.pool_interval,
         housekeeping=[
-            ("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_snapshots),
+            ("snapshot collection", SNAPSHOT_GC_INTERVAL_S, collect_old_snapshots),
             ("stale sweep", STALE_SWEEP_INTERVAL_S, lambda: release_stale_sandboxes(stack.backend)),
         ],
         on_close=[engine.dispose],

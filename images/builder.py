@@ -91,6 +91,7 @@ class ImageBuilder:
         command_timeout: float = 1800.0,
         lock_ttl: float = 120.0,
         oci: OciStore | None = None,
+        on_built: Callable[[RepoSpec, ImageRecord], None] | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -105,7 +106,7 @@ class ImageBuilder:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._guard = threading.Lock()
         self._building: set[str] = set()
-        self.on_built: list[Callable[[RepoSpec, ImageRecord], None]] = []
+        self.on_built = on_built
         """Called (on the builder's loop) when a new image is ready, e.g. to refresh pools."""
 
     # ------------------------------------------------------------ building
@@ -355,9 +356,9 @@ class ImageBuilder:
             duration_ms=int((time.monotonic() - started) * 1000),
         )
         say("ready")
-        for callback in self.on_built:
+        if self.on_built is not None:
             try:
-                callback(spec, record)
+                self.on_built(spec, record)
             except Exception:
                 log.exception("an on_built callback failed for %s", record.id)
         return BuildResult(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import redis
@@ -39,7 +40,9 @@ class Dispatcher(Protocol):
 class InProcessDispatcher:
     """Runs sessions on the in-process executor; stop reaches the runner directly."""
 
-    def __init__(self, executor: InProcessExecutor, deps: WorkerDeps) -> None:
+    def __init__(self, executor: InProcessExecutor, deps: Callable[[], WorkerDeps]) -> None:
+        """`deps` returns what runners use; it is called per run, because the control plane
+        in there creates and dispatches sessions through this dispatcher (a cycle)."""
         self.executor = executor
         self.deps = deps
         self.runners = Runners()
@@ -50,7 +53,7 @@ class InProcessDispatcher:
             # waiting for a follow-up, this wakes it now.
             self.executor.call(lambda: self.runners.wake(session_id))
             return
-        self.executor.submit(lambda: self.runners.run(session_id, self.deps))
+        self.executor.submit(lambda: self.runners.run(session_id, self.deps()))
 
     def stop_session(self, session_id: str) -> None:
         self.executor.call(lambda: self.runners.stop(session_id))

@@ -43,7 +43,6 @@ from app.settings import Settings
 from images.sandboxes.base import SandboxBackend
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
-from workers.dispatch import InProcessDispatcher
 from workers.executor import InProcessExecutor
 
 bearer = BearerCredential(description="An API token from `nightshift tokens create`")
@@ -169,21 +168,6 @@ def get_authenticator(conn: HTTPConnection) -> Authenticator:
         auth = Authenticator(runtime.users, runtime.web_sessions, runtime.settings)
         conn.app.state.authenticator = auth
     return auth
-
-
-def build_desktops(runtime: Runtime) -> Desktops:
-    """The desktops service of `runtime` (its runners, when sessions run in this process)."""
-    dispatcher = runtime.dispatcher
-    runners = dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None
-    settings = runtime.settings
-    return Desktops(
-        runtime.sessions,
-        runtime.hub,
-        runtime.executor,
-        runners,
-        enabled=settings.desktop,
-        idle_s=settings.ide_idle_seconds,
-    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -4,6 +4,9 @@ Publishing holds a per-session lock from the write to the fan-out, so every subs
 session's events in id order. Subscribers replay what is stored after their last id before
 they get live events, and fill any gap from the file: a client that resumes with `after=N`
 misses nothing and sees nothing twice.
+
+Which services act on which events is not decided here: the composition root
+(`app/runtime.py` `event_handlers`) hands the hub its table of `On` rows at construction.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.sessionstore import SessionFiles
@@ -22,6 +25,21 @@ from workers.events import Event
 log = logging.getLogger("nightshift.hub")
 
 Handler = Callable[[str, Event], None]
+
+
+@dataclass(frozen=True)
+class On:
+    """One row of the event table: `handler` gets the events of `types` (None: every event).
+
+    Handlers run in the publisher's thread, in table order, under the session's publish lock,
+    so they see a session's events in id order. An `after_lock` handler runs later: once the
+    outermost publish of this thread has released its lock, still before that publish returns
+    (for slow work such as opening a PR over the network).
+    """
+
+    types: frozenset[str] | None
+    handler: Handler
+    after_lock: bool = False
 
 
 @dataclass(eq=False)
@@ -39,9 +57,14 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self, files: SessionFiles) -> None:
+    def __init__(self, files: SessionFiles, table: Callable[[], Sequence[On]] = lambda: ()) -> None:
+        """`table` returns the event table; it is read once, at the first publish, because
+        the services it names publish through this hub and so are built after it."""
         self.files = files
+        self._table = table
+        self._routes: list[Handler] | None = None
         self.handlers: list[Handler] = []
+        """Handlers called after the table's (tests listen here)."""
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._subs: defaultdict[str, set[Subscriber]] = defaultdict(set)
         self._all: set[Subscriber] = set()
@@ -76,7 +99,7 @@ class EventHub:
                     targets = list(self._subs.get(session_id, ())) + list(self._all)
                 for sub in targets:
                     sub.push(session_id, stored)
-                for handler in self.handlers:
+                for handler in self._table_handlers() + self.handlers:
                     try:
                         handler(session_id, stored)
                     except Exception:
@@ -90,6 +113,30 @@ class EventHub:
                         job()
                     except Exception:
                         log.exception("deferred work after a %s event failed", session_id)
+
+    def _table_handlers(self) -> list[Handler]:
+        routes = self._routes
+        if routes is None:
+            with self._guard:
+                if self._routes is None:
+                    self._routes = [self._route(row) for row in self._table()]
+                routes = self._routes
+        return routes
+
+    def _route(self, row: On) -> Handler:
+        if row.types is None and not row.after_lock:
+            return row.handler
+        types, handler, after_lock = row.types, row.handler, row.after_lock
+
+        def route(session_id: str, event: Event) -> None:
+            if types is not None and event.type not in types:
+                return
+            if after_lock:
+                self.defer(lambda: handler(session_id, event))
+            else:
+                handler(session_id, event)
+
+        return route
 
     def defer(self, job: Callable[[], None]) -> None:
         """Run `job` once the current publish has released its lock (at once outside one)."""

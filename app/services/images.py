@@ -16,7 +16,7 @@ from app.errors import Invalid, NotFound
 from app.models import Session, User
 from app.schemas import EffectiveField, RepoDetail, RepoPublic
 from app.schemas_images import BuildStep, ImagePublic, WarmPublic
-from app.services.repos import Repos, spec_of
+from app.services.repos import RepoCatalog, spec_of
 from images.environments import build_steps, effective_origins
 from images.image_jobs import ImageJobs, build_images
 from images.pool import WarmInfo, WarmPool
@@ -64,22 +64,41 @@ def warm_public(info: WarmInfo) -> WarmPublic:
     )
 
 
+def repo_specs(repos: RepoCatalog) -> list[RepoSpec]:
+    """Every registered repo's spec (what the image jobs build)."""
+    return [spec_of(r) for r in repos.list()]
+
+
+def snapshot_images(engine: Engine) -> set[str]:
+    """Images that stored session snapshots stand on: a follow-up may start from them."""
+    with DB(engine) as db:
+        rows = db.exec(select(Session.snapshot).where(col(Session.snapshot).is_not(None)))
+        used = set()
+        for snapshot in rows:
+            image = (snapshot or {}).get("image") or {}
+            if isinstance(image, dict) and image.get("id"):
+                used.add(str(image["id"]))
+        return used
+
+
 class Images:
     def __init__(
         self,
         engine: Engine,
-        repos: Repos,
+        repos: RepoCatalog,
         registry: ImageRegistry,
         pool: WarmPool,
         executor: InProcessExecutor,
+        jobs: ImageJobs,
+        send: Callable[[str, bool, Trigger], None] | None = None,
     ) -> None:
         self.engine = engine
         self.repos = repos
         self.registry = registry
         self.pool = pool
         self.executor = executor
-        self.jobs: ImageJobs | None = None
-        self.send: Callable[[str, bool, Trigger], None] | None = None
+        self.jobs = jobs
+        self.send = send
         """Distributed mode: hands a repo's build to a worker (images live where sessions
         run) instead of building it in this process."""
 
@@ -95,23 +114,15 @@ class Images:
     # ------------------------------------------------------------ for the image jobs
 
     def specs(self) -> list[RepoSpec]:
-        return [spec_of(r) for r in self.repos.list()]
+        return repo_specs(self.repos)
 
     def snapshot_images(self) -> set[str]:
         """Images that stored session snapshots stand on: a follow-up may start from them."""
-        with DB(self.engine) as db:
-            rows = db.exec(select(Session.snapshot).where(col(Session.snapshot).is_not(None)))
-            used = set()
-            for snapshot in rows:
-                image = (snapshot or {}).get("image") or {}
-                if isinstance(image, dict) and image.get("id"):
-                    used.add(str(image["id"]))
-            return used
+        return snapshot_images(self.engine)
 
     def validate_spec_file(self, spec: RepoSpec) -> None:
         """Refuse a repo whose base branch is unreadable or whose `.nightshift.toml` is
         malformed (the line and the reason)."""
-        assert self.jobs is not None
         mirrors, forge_for = self.jobs.builder.mirrors, self.jobs.builder.forge_for
 
         async def check() -> None:
@@ -168,7 +179,6 @@ class Images:
         self, repos: list[str] | None, *, force: bool = False, trigger: Trigger = "manual"
     ) -> list[str]:
         """Build in the background; returns the repo names queued."""
-        assert self.jobs is not None
         names = [r.name for r in self.repos.list()] if repos is None else repos
         for name in names:
             self.repos.get(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine, func
@@ -155,19 +156,20 @@ def _body(event: BranchPushed, session: Session, base_url: str) -> str:
 class PullRequests:
     """Opens each session's PR through its forge's opener once a branch is pushed."""
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, openers: Mapping[str, PullRequestOpener]) -> None:
         self.sessions = sessions
         self.hub = sessions.hub
         self.files = sessions.files
-        self.openers: dict[str, PullRequestOpener] = {}
+        self.openers = dict(openers)
+        """Forge name (`local`, `github`) → the opener of its PRs."""
         self._pr_locks: dict[str, threading.Lock] = {}
         self._pr_locks_guard = threading.Lock()
-        self.hub.handlers.append(self._on_event)
 
-    def _on_event(self, session_id: str, event: Event) -> None:
+    def on_pushed(self, session_id: str, event: Event) -> None:
+        """The event table's `branch_pushed` row (run after the publish lock is released:
+        opening may wait on the network)."""
         if isinstance(event, BranchPushed):
-            # After the publish lock is released: opening may wait on the network.
-            self.hub.defer(lambda: self.open(session_id, event))
+            self.open(session_id, event)
 
     def _pr_lock(self, session_id: str) -> threading.Lock:
         with self._pr_locks_guard:

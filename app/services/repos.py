@@ -88,7 +88,44 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
-class Repos:
+class RepoCatalog:
+    """The registered repositories, read-only: what services that only look repos up use
+    (built before `Repos`, whose additions may already act on them)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def list(self) -> list[Repo]:
+        with DB(self.engine) as db:
+            return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
+
+    def get(self, name: str) -> Repo:
+        with DB(self.engine) as db:
+            repo = db.exec(select(Repo).where(Repo.name == name)).first()
+        if repo is None:
+            known = ", ".join(r.name for r in self.list()) or "none yet"
+            raise NotFound(f"unknown repo {name!r} (registered: {known})")
+        return repo
+
+    def by_id(self, repo_id: int) -> Repo:
+        with DB(self.engine) as db:
+            repo = db.get(Repo, repo_id)
+        if repo is None:
+            raise NotFound(f"unknown repo id {repo_id}")
+        return repo
+
+    def find_local(self, path: str) -> Repo | None:
+        try:
+            resolved = str(resolve_local_repo(path))
+        except ForgeError:
+            return None
+        with DB(self.engine) as db:
+            return db.exec(select(Repo).where(Repo.url == resolved)).first()
+
+
+class Repos(RepoCatalog):
+    """The catalog, and registering repositories."""
+
     def __init__(
         self,
         engine: Engine,
@@ -97,8 +134,10 @@ class Repos:
         *,
         data_dir: Path | None = None,
         api_roots: Sequence[Path] = (),
+        validators: Sequence[Callable[[RepoSpec], None]] = (),
+        on_added: Sequence[Callable[[Repo], None]] = (),
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.data_dir = data_dir.resolve() if data_dir is not None else None
         """Never registrable: it holds mirrors, images and every session's files."""
         self.api_roots = tuple(r.resolve() for r in api_roots)
@@ -106,9 +145,10 @@ class Repos:
         self.github_enabled = github_enabled
         self.github_default_branch = github_default_branch
         """`owner/name` → its default branch, checking the App can reach the repository."""
-        self.validators: list[Callable[[RepoSpec], None]] = []
+        self.validators = tuple(validators)
         """Checks a new repo must pass (e.g. its `.nightshift.toml`); raise Invalid to refuse."""
-        self.on_added: list[Callable[[Repo], None]] = []
+        self.on_added = tuple(on_added)
+        """Called with each repo once it is registered (e.g. to build its image)."""
 
     def _refusal(self) -> str:
         roots = ", ".join(str(r) for r in self.api_roots)
@@ -237,33 +277,6 @@ class Repos:
         for callback in self.on_added:
             callback(repo)
         return repo
-
-    def list(self) -> list[Repo]:
-        with DB(self.engine) as db:
-            return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
-
-    def get(self, name: str) -> Repo:
-        with DB(self.engine) as db:
-            repo = db.exec(select(Repo).where(Repo.name == name)).first()
-        if repo is None:
-            known = ", ".join(r.name for r in self.list()) or "none yet"
-            raise NotFound(f"unknown repo {name!r} (registered: {known})")
-        return repo
-
-    def by_id(self, repo_id: int) -> Repo:
-        with DB(self.engine) as db:
-            repo = db.get(Repo, repo_id)
-        if repo is None:
-            raise NotFound(f"unknown repo id {repo_id}")
-        return repo
-
-    def find_local(self, path: str) -> Repo | None:
-        try:
-            resolved = str(resolve_local_repo(path))
-        except ForgeError:
-            return None
-        with DB(self.engine) as db:
-            return db.exec(select(Repo).where(Repo.url == resolved)).first()
 
 
 def _default_branch(url: str, forge: str) -> str:

@@ -62,13 +62,15 @@ class RunnerService:
     In-process runners call it directly (`app/local_control.py`); workers over `/internal`.
     """
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(
+        self, sessions: Sessions, sync_events: Callable[[str], object] = lambda _session_id: None
+    ) -> None:
         self.sessions = sessions
         self.engine = sessions.engine
         self.files = sessions.files
         self.hub = sessions.hub
         self._orphans: set[str] = set()
-        self.sync_events: Callable[[str], object] = lambda _session_id: None
+        self.sync_events = sync_events
         """Persist what a session's runner published that the bus has not delivered yet.
 
         A no-op in-process; in distributed mode the Redis stream is drained, so the answers

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy import Engine, func, text
@@ -56,6 +56,8 @@ class Sessions:
         hub: EventHub,
         repos: Repos,
         users: Users,
+        index: IndexWriter,
+        dispatcher: Dispatch | None,
         *,
         base_url: str,
         max_prompt_chars: int,
@@ -72,10 +74,10 @@ class Sessions:
         self.max_active_per_user = max_active_per_user
         """Sessions one author may have not yet over (queued, starting, running or idle)."""
         self.models = models or ModelChoices(())
-        self.dispatcher: Dispatch | None = None
-        self.on_created: list[Callable[[Session], None]] = []
-        self.index = IndexWriter(engine)
-        hub.handlers.append(self._apply)
+        self.dispatcher = dispatcher
+        """Runs a session's queued prompts (None: they stay queued, e.g. for tests)."""
+        self.index = index
+        """Applies events to the index; the composition root's event table calls it."""
 
     # ------------------------------------------------------------ helpers
 
@@ -223,8 +225,6 @@ class Sessions:
                 author=author_of(user), text=prompt, position=position, prompt_id=queued.id
             ),
         )
-        for callback in self.on_created:
-            callback(row)
         self.dispatch(session_id)
         return row
 
@@ -328,8 +328,3 @@ class Sessions:
 
     def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         return self.store(session_id).events(after, limit)
-
-    # ------------------------------------------------------------ applying events to the index
-
-    def _apply(self, session_id: str, event: Event) -> None:
-        self.index.apply(session_id, event)

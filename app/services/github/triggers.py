@@ -260,7 +260,8 @@ def build_triggers(
     base_url: str,
     submit: Callable[[Callable[[], object]], object],
 ) -> GitHubTriggers:
-    """The triggers and what they use; `pr_opened` events get `Fixes #N` added."""
+    """The triggers and what they use (the event table sends `pr_opened` to
+    `triggers.asks.on_event`, which adds `Fixes #N`)."""
     gate = Gate(app)
     asks = Asks(
         engine,
@@ -271,5 +272,4 @@ def build_triggers(
         base_url=base_url,
         submit=submit,
     )
-    sessions.hub.handlers.append(asks.on_event)
     return GitHubTriggers(engine, sessions, app, gate, asks, switches=switches)
