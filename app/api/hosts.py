@@ -92,11 +92,18 @@ class OriginCheck:
     """
 
     def __init__(
-        self, app: ASGIApp, extra_hosts: Sequence[str] = (), public_url: str | None = None
+        self,
+        app: ASGIApp,
+        extra_hosts: Sequence[str] = (),
+        public_url: str | None = None,
+        refused: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.patterns = [p.lower() for p in extra_hosts if p and p != "*"]
         self.public = _origin_of(public_url) if public_url else None
+        self.refused = {o for o in map(_origin_of, refused) if o}
+        """Origins refused on every request, reads too: the IDE's, whose pages the sandbox
+        writes (`app/api/ide_proxy.py`)."""
 
     def allows(self, origin: str, host_header: str | None, scheme: str) -> bool:
         own = _origin_of(origin)
@@ -110,6 +117,11 @@ class OriginCheck:
         return any(_matches(name, p) for p in self.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.refused and scope["type"] in ("http", "websocket"):
+            origin = Headers(scope=scope).get("origin")
+            if origin is not None and _origin_of(origin) in self.refused:
+                await _refuse(scope, receive, send, origin, "the IDE's origin may not use the API")
+                return
         guarded = scope["type"] == "websocket" or (
             scope["type"] == "http" and scope["method"] not in SAFE_METHODS
         )
@@ -123,10 +135,9 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, origin: str) -> None:
-    detail = (
-        f"cross-site request refused: Origin {origin[:200]!r} is not one of this server's "
-        "names (NIGHTSHIFT_PUBLIC_URL, NIGHTSHIFT_ALLOWED_HOSTS)"
+async def _refuse(scope: Scope, receive: Receive, send: Send, origin: str, why: str = "") -> None:
+    detail = f"cross-site request refused: Origin {origin[:200]!r}: " + (
+        why or "not one of this server's names (NIGHTSHIFT_PUBLIC_URL, NIGHTSHIFT_ALLOWED_HOSTS)"
     )
     if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
         "extensions", {}

@@ -278,6 +278,7 @@ def me(user: CurrentUser, runtime: RuntimeDep) -> Me:
             f"{runtime.settings.base_url}/auth/github/link" if runtime.accounts else None
         ),
         desktop=runtime.settings.desktop,
+        ide=runtime.settings.ide,
     )
 
 
