@@ -2,8 +2,8 @@
 the IDE origin's proxy (`app/api/ide_proxy.py`), and whoever edits there co-authors the next
 commit.
 
-Who may open it: the session's participants (the people who prompted it), since the IDE writes
-to the session's workspace. Opening it returns a ticket: a single-use token, good for
+Who may open it: whoever may send the session a follow-up, since that already changes its
+workspace (through the agent); what they change here is credited to them. Opening it returns a ticket: a single-use token, good for
 `TICKET_TTL_S`, in a URL on the IDE's own origin (NIGHTSHIFT_IDE_ORIGIN), which the IDE origin
 exchanges for an HttpOnly cookie scoped to that session's path. code-server's pages, which the
 sandbox can rewrite, so run on an origin that holds none of the API's credentials.
@@ -28,10 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
-from sqlmodel import Session as DB
 
 from app.errors import Conflict, Forbidden, NotFound, Unavailable
-from app.models import Participant, User
+from app.models import User
 from app.services.attendance import Attendance
 from app.services.hub import EventHub
 from app.services.sessions import Sessions
@@ -97,6 +96,7 @@ class Ides:
         idle_s: float,
         check_s: float = 3.0,
         start_timeout_s: float = 60.0,
+        ticket_ttl_s: float = TICKET_TTL_S,
     ) -> None:
         self.sessions = sessions
         self.hub = hub
@@ -110,6 +110,7 @@ class Ides:
         self.idle_s = idle_s
         self.check_s = check_s
         self.start_timeout_s = start_timeout_s
+        self.ticket_ttl_s = ticket_ttl_s
         self._running: dict[str, Running] = {}
         self._starting: dict[str, asyncio.Future[Ide]] = {}
         self._tickets: dict[str, Pass] = {}
@@ -122,18 +123,10 @@ class Ides:
                 "the IDE is off on this server; the operator enables it with NIGHTSHIFT_IDE=1"
             )
 
-    def _participant(self, session_id: str, user: User) -> bool:
-        assert user.id is not None
-        with DB(self.sessions.engine) as db:
-            return db.get(Participant, (session_id, user.id)) is not None
-
     async def check_access(self, session_id: str, user: User) -> None:
-        """404 for no such session; 403 unless `user` prompted it (the IDE writes to it)."""
+        """404 for no such session. Whoever may send the session a follow-up (any signed-in
+        person) may edit its workspace here: their edits are credited to them."""
         await asyncio.to_thread(self.sessions.get, session_id)
-        if not await asyncio.to_thread(self._participant, session_id, user):
-            raise Forbidden(
-                "only the session's participants (people who prompted it) may open its IDE"
-            )
 
     async def open(self, session_id: str, user: User) -> IdePublic:
         """Start code-server in the session's live sandbox (or find it running) and issue a
@@ -159,16 +152,20 @@ class Ides:
                     "no workspace to open; send a follow-up prompt to start it again"
                 )
             raise Conflict(outcome)
-        ticket = secrets.token_urlsafe(32)
-        self._tickets[ticket] = Pass(session_id, user, time.monotonic() + TICKET_TTL_S)
         return IdePublic(
             session_id=session_id,
             sandbox_id=outcome.sandbox_id,
-            url=f"{self.origin}{path_of(session_id)}?ticket={ticket}",
-            expires_in=TICKET_TTL_S,
+            url=f"{self.origin}{path_of(session_id)}?ticket={self.issue(session_id, user)}",
+            expires_in=self.ticket_ttl_s,
             started_at=outcome.started_at,
             ready_s=round(outcome.ready_s, 3),
         )
+
+    def issue(self, session_id: str, user: User) -> str:
+        """A ticket that lets `user` into the session's IDE once, for `ticket_ttl_s`."""
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[ticket] = Pass(session_id, user, time.monotonic() + self.ticket_ttl_s)
+        return ticket
 
     def redeem(self, session_id: str, ticket: str) -> tuple[str, Pass]:
         """Exchange a ticket (once, before it expires, for its own session) for a pass: the
@@ -189,7 +186,7 @@ class Ides:
 
     async def admit(self, session_id: str, cookie: str | None) -> tuple[User, Running]:
         """The person behind the IDE origin's cookie and the session's running IDE; 403 for no
-        valid pass to this session (or access since lost), 409 when no IDE runs."""
+        valid pass to this session, 409 when no IDE runs."""
         granted = self._passes.get(cookie or "")
         if granted is None or granted.session_id != session_id:
             raise Forbidden(
@@ -199,7 +196,6 @@ class Ides:
         if granted.expires < time.monotonic():
             self._passes.pop(cookie or "", None)
             raise Forbidden("this IDE pass has expired: open the IDE again from the session")
-        await self.check_access(session_id, granted.user)
         running = await self._on_loop(self._current(session_id))
         return granted.user, running
 

@@ -44,7 +44,6 @@ IdesDep = Annotated[Ides, Depends(get_ides)]
 @router.post("/{session_id}/ide")
 async def open_ide(session_id: str, user: CurrentUser, ides: IdesDep) -> IdePublic:
     """Start VS Code (code-server) on the session's workspace, or find it running, and return
-    a link that opens it once, within a minute. 403 for people who did not prompt the session,
-    409 when it has no live sandbox (finished, or on a worker), 503 when code-server is not
+    a link that opens it once, within a minute. 409 when it has no live sandbox (finished, or on a worker), 503 when code-server is not
     installed where the sandbox looks, 404 when the server does not offer the IDE."""
     return await ides.open(session_id, user)
