@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,20 @@ def ide_command() -> str:
 
 
 @pytest.fixture
-def settings(make_settings: Any, openai_fake: ScriptBook, ide_port: int, ide_command: str) -> Any:
+def ide_idle_seconds() -> float:
+    return 900.0
+
+
+@pytest.fixture
+def settings(
+    make_settings: Any,
+    openai_fake: ScriptBook,
+    ide_port: int,
+    ide_command: str,
+    ide_idle_seconds: float,
+) -> Any:
     return make_settings(
+        ide_idle_seconds=ide_idle_seconds,
         model="openai:fake-model",
         openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
         openai_api_key="sk-test-fake-key-0123456789abcdef",
@@ -282,3 +295,33 @@ def test_an_ide_that_is_not_installed_answers_503_naming_it(
     detail = refused.json()["detail"]
     assert "code-server-not-installed-here is not installed" in detail
     assert "make ide" in detail
+
+
+def _answers(runtime: Any, session_id: str) -> bool:
+    """Whether the IDE's socket in the session's sandbox answers (asked without going through
+    the proxy, which would count as a viewer)."""
+    from images.sandboxes.desktop import open_socket
+    from images.sandboxes.ide import SOCKET_DIR, SOCKET_NAME
+
+    runner = next(r for r in runtime.dispatcher.runners.all() if r.session_id == session_id)
+    try:
+        open_socket(runner.sandbox.acquired.sandbox.tmp, SOCKET_DIR, SOCKET_NAME).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("ide_idle_seconds", [1.0])
+def test_the_ide_runs_while_used_and_stops_after_the_idle_time_without_viewers(
+    api: ApiClient, ide: BackgroundServer, runtime: Any, idle_session: str
+) -> None:
+    _, token = _open(api.http, idle_session)
+    ws_url = f"{ide.url}/api/sessions/{idle_session}/ide/ws".replace("http://", "ws://")
+    with connect(ws_url, additional_headers={"Cookie": f"nightshift_ide={token}"}) as ws:
+        ws.recv(timeout=10)
+        time.sleep(4.5)  # past the idle time and a check, but watched all along
+        ws.send("still here")
+        assert ws.recv(timeout=10) == "echo:still here"
+    wait_for(lambda: not _answers(runtime, idle_session), 30, "the unwatched IDE to stop")
+    gone = httpx.get(ws_url.replace("ws://", "http://")[:-2], cookies={"nightshift_ide": token})
+    assert gone.status_code == 409 and "no IDE running" in gone.json()["detail"]
