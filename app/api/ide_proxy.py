@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -68,7 +68,7 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     for name, value in headers:
         if name.lower() == b"cookie":
             jar: SimpleCookie = SimpleCookie()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(CookieError):  # what cannot be parsed is not forwarded
                 jar.load(value.decode("latin-1"))
             kept += [f"{k}={m.coded_value}" for k, m in jar.items() if k not in OURS]
     if kept:

@@ -123,17 +123,18 @@ class Ides:
                 "the IDE is off on this server; the operator enables it with NIGHTSHIFT_IDE=1"
             )
 
-    async def check_access(self, session_id: str, user: User) -> None:
-        """404 for no such session. Whoever may send the session a follow-up (any signed-in
-        person) may edit its workspace here: their edits are credited to them."""
-        await asyncio.to_thread(self.sessions.get, session_id)
-
     async def open(self, session_id: str, user: User) -> IdePublic:
         """Start code-server in the session's live sandbox (or find it running) and issue a
-        ticket for `user` to open it on the IDE origin."""
+        ticket for `user` to open it on the IDE origin. Whoever may send the session a
+        follow-up (any signed-in person) may edit its workspace here: 404 only for no such
+        session; 409 for one that ended or has no live sandbox here."""
         self.check_enabled()
-        await self.check_access(session_id, user)
         row = await asyncio.to_thread(self.sessions.get, session_id)
+        if row.status in ENDED:
+            raise Conflict(
+                f"session {session_id} has {row.status}: its sandbox is gone, so there is no "
+                "workspace to open; a follow-up prompt starts it again"
+            )
         if self.runners is None:
             raise Conflict(
                 "this session's sandbox runs on a worker, not on this server; the IDE needs "
@@ -146,11 +147,6 @@ class Ides:
                 f"(NIGHTSHIFT_IDE_COMMAND={self.command!r}), a declared image must carry it"
             )
         if isinstance(outcome, str):
-            if row.status in ENDED and "no live sandbox" in outcome:
-                outcome = (
-                    f"session {session_id} has {row.status}: its sandbox is gone, so there is "
-                    "no workspace to open; send a follow-up prompt to start it again"
-                )
             raise Conflict(outcome)
         return IdePublic(
             session_id=session_id,
@@ -172,8 +168,9 @@ class Ides:
         value of the IDE origin's cookie."""
         issued = self._tickets.pop(ticket, None)
         now = time.monotonic()
-        for key in [k for k, p in self._tickets.items() if p.expires < now]:
-            del self._tickets[key]
+        for issued_or_granted in (self._tickets, self._passes):
+            for key in [k for k, p in issued_or_granted.items() if p.expires < now]:
+                del issued_or_granted[key]
         if issued is None or issued.expires < now or issued.session_id != session_id:
             raise Forbidden(
                 "this IDE link is used, expired or for another session: open the IDE again "
@@ -260,11 +257,9 @@ class Ides:
             self._starting.pop(sandbox.id, None)
         if sandbox.id in self._running:  # another request finished starting it
             return self._running[sandbox.id].ide
-        try:
-            tree, _ = await edits(sandbox, "")
-        except SandboxError:
-            tree = ""  # not a git workspace: edits are not followed
-        running = self._running[sandbox.id] = Running(ide, Attendance(self.idle_s), tree)
+        running = self._running[sandbox.id] = Running(ide, Attendance(self.idle_s))
+        with contextlib.suppress(SandboxError):  # not a git workspace: edits are not followed
+            running.tree, _ = await edits(sandbox, "")
         watchdog = asyncio.ensure_future(self._watch(session_id, running))
         self._watchdogs.add(watchdog)
         watchdog.add_done_callback(self._watchdogs.discard)
@@ -274,8 +269,10 @@ class Ides:
         """Until the IDE ends: record who changed what, and stop it once no one uses it."""
         while running.ide.alive:
             await asyncio.sleep(self.check_s)
-            with contextlib.suppress(SandboxError, asyncio.TimeoutError):
+            try:
                 await self._record_edits(session_id, running)
+            except Exception:  # a failed reading must not keep an unused IDE running
+                log.exception("reading the IDE's edits in session %s failed", session_id)
             if running.attendance.idle():
                 await running.ide.stop()
         self._running.pop(running.ide.sandbox_id, None)
