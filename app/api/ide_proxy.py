@@ -59,6 +59,15 @@ HOP = frozenset(
 )
 DROPPED = HOP | {"authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data: blob:; "
+    "media-src 'self' data: blob:; connect-src 'self'; worker-src 'self' data: blob:; "
+    "frame-src 'self' blob:; frame-ancestors 'self'; form-action 'self'; base-uri 'self'"
+)
+"""Added to every page code-server serves (on top of its own): its pages, which the sandbox
+can rewrite, may load and reach only this origin, so they cannot hand the workspace to another
+site through the viewer's browser by a request (a top-level navigation still could)."""
 
 
 def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -82,13 +91,15 @@ def _sets_our_cookie(value: bytes) -> bool:
 
 
 def returned_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """code-server's response headers as the browser gets them: it may not set our cookies."""
-    return [
+    """code-server's response headers as the browser gets them: it may not set our cookies,
+    and our content policy comes on top of its own."""
+    kept = [
         (k.lower(), v)
         for k, v in headers
         if k.decode("latin-1").lower() not in HOP
         and not (k.lower() == b"set-cookie" and _sets_our_cookie(v))
     ]
+    return [*kept, (b"content-security-policy", CSP.encode())]
 
 
 def _refusal(exc: ServiceError) -> Response:

@@ -182,6 +182,9 @@ def test_the_proxy_strips_our_credentials_both_ways_over_http_and_websockets(
     # code-server cannot set the proxy's cookie (nor the API's).
     answered = httpx.get(prefix + "set-cookies", cookies={"nightshift_ide": token})
     assert answered.headers.get_list("set-cookie") == ["standin_pref=dark; Path=/"]
+    # Its pages may reach only the IDE origin (not another site, through the viewer's browser).
+    policy = answered.headers["content-security-policy"]
+    assert "connect-src 'self';" in policy and "default-src 'self';" in policy
 
     ws_url = prefix.replace("http://", "ws://") + "ws?q=1"
     with connect(ws_url, additional_headers=secrets) as ws:

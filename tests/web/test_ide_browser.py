@@ -171,6 +171,8 @@ def test_real_code_server_loads_and_an_edit_lands_in_the_sessions_diff(
     figures["rss_idle_mb"], figures["threads_idle"] = _usage(".nightshift-ide/ide.sock")
 
     tab = web.context(None).new_page()
+    refused: list[str] = []  # what the proxy's content policy stopped code-server doing
+    tab.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
     began = time.monotonic()
     tab.goto(opened.json()["url"])
     figures["first_page_s"] = time.monotonic() - began
@@ -197,6 +199,7 @@ def test_real_code_server_loads_and_an_edit_lands_in_the_sessions_diff(
     assert edited[0]["author"]["login"] == "alice"
     assert edited[0]["files"] == ["README.md"]
     web.screenshot(tab, "code-server-workbench")
+    assert not refused, refused
 
     openai_fake.script("keep it", Turn.tool("finish", summary="Kept."))
     api.http.post(f"/api/sessions/{session_id}/prompts", json={"text": "keep it"})
