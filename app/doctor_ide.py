@@ -60,6 +60,7 @@ async def ide_readiness(
         return (
             "warning",
             f"{detail}, the API's host on another port: browsers share cookies between ports",
-            "give the IDE a host name of its own (NIGHTSHIFT_IDE_ORIGIN=https://ide.example.com)",
+            "give the IDE host names of its own "
+            "(NIGHTSHIFT_IDE_ORIGIN=https://{session}.ide.example.com)",
         )
     return "ok", detail, ""

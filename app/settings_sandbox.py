@@ -6,6 +6,7 @@ this class alone.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -13,6 +14,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from app.settings_integrations import IntegrationSettings, env_alias
+
+SESSION = "{session}"
+"""In NIGHTSHIFT_IDE_ORIGIN's host: each session's IDE gets a host name of its own."""
 
 
 class SandboxSettings(IntegrationSettings):
@@ -49,7 +53,8 @@ class SandboxSettings(IntegrationSettings):
     ide_origin: str = ""
     """The IDE listener's public origin (`https://ide.example.com`); "": the API's scheme and
     host on NIGHTSHIFT_IDE_PORT. A host name of its own is safer: browsers share cookies
-    between the ports of one host."""
+    between the ports of one host. `https://{session}.ide.example.com` gives each session's
+    IDE an origin of its own (a wildcard name and certificate)."""
     ide_idle_seconds: float = Field(900.0, gt=0)
     """Seconds a desktop or IDE runs with no one viewing it before it is stopped."""
     registry_auth: Path | None = None
@@ -74,8 +79,13 @@ class SandboxSettings(IntegrationSettings):
         value = value.strip().rstrip("/")
         if not value:
             return value
+        if SESSION in value and not re.fullmatch(r"https?://\{session\}\.[^{}]+", value):
+            raise ValueError(
+                "NIGHTSHIFT_IDE_ORIGIN may hold {session} once, as the first label of its host "
+                "(https://{session}.ide.example.com)"
+            )
         try:
-            parts = urlsplit(value)
+            parts = urlsplit(value.replace(SESSION, "session"))
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError as exc:
             raise ValueError(f"NIGHTSHIFT_IDE_ORIGIN {value!r} is not a URL: {exc}") from exc

@@ -37,8 +37,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from app.api.deps import COOKIE_NAME
 from app.api.hosts import LOOPBACK_NAMES, OriginCheck, _host_name
-from app.errors import ServiceError
+from app.errors import Forbidden, ServiceError
 from app.services.ide import Ides, Running, path_of
+from app.settings_sandbox import SESSION
 from images.sandboxes.ide import IdeUnavailable
 
 IDE_COOKIE = "nightshift_ide"
@@ -109,9 +110,10 @@ def _refusal(exc: ServiceError) -> Response:
 class IdeProxy:
     """The routes of the IDE origin, over the `Ides` service the API app holds."""
 
-    def __init__(self, api_state: Any, secure: bool) -> None:
+    def __init__(self, api_state: Any, secure: bool, per_session: bool) -> None:
         self.api_state = api_state
         self.secure = secure
+        self.per_session = per_session
 
     @property
     def ides(self) -> Ides:
@@ -121,6 +123,9 @@ class IdeProxy:
     async def http(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         rest = request.path_params.get("rest", "")
+        wrong = _wrong_host(session_id, request.headers.get("host"), self.per_session)
+        if wrong is not None:
+            return _refusal(wrong)
         tickets = parse_qs(request.url.query).get("ticket")
         if tickets and rest == "" and request.method == "GET":
             return self._redeem(session_id, tickets[0])
@@ -165,6 +170,9 @@ class IdeProxy:
         session_id = websocket.path_params["session_id"]
         rest = websocket.path_params.get("rest", "")
         try:
+            wrong = _wrong_host(session_id, websocket.headers.get("host"), self.per_session)
+            if wrong is not None:
+                raise wrong
             self.ides.check_enabled()
             user, running = await self.ides.admit(session_id, websocket.cookies.get(IDE_COOKIE))
             conn = await asyncio.to_thread(running.ide.connect)
@@ -320,15 +328,26 @@ async def _relay_ws(websocket: WebSocket, upstream: Any, used: Any) -> None:
 
 
 def ide_hosts(origin: str) -> list[str]:
-    """The names the IDE listener answers to: its origin's host (and loopback's, if it is)."""
-    host = _host_name(urlsplit(origin).hostname or "localhost")
+    """The names the IDE listener answers to: its origin's host (and loopback's, if it is), or
+    every name under it when each session has its own (`{session}.host`)."""
+    host = _host_name(urlsplit(origin.replace(SESSION, "session")).hostname or "localhost")
+    if SESSION in origin:
+        return ["*." + host.split(".", 1)[1]]
     return list(dict.fromkeys([host, *(LOOPBACK_NAMES if host in LOOPBACK_NAMES else ())]))
+
+
+def _wrong_host(session_id: str, host: str | None, per_session: bool) -> ServiceError | None:
+    """With a host name per session, a session's IDE is served only on its own."""
+    label = (host or "").split(":", 1)[0].split(".", 1)[0].lower()
+    if per_session and label != session_id.lower():
+        return Forbidden(f"session {session_id}'s IDE is served at its own address, not here")
+    return None
 
 
 def create_ide_app(api: Any, origin: str) -> Starlette:
     """The IDE origin's app, over the `Ides` of the API app `api` (read from its state when a
     request comes: the API builds it in its lifespan)."""
-    proxy = IdeProxy(api.state, secure=origin.startswith("https://"))
+    proxy = IdeProxy(api.state, secure=origin.startswith("https://"), per_session=SESSION in origin)
     pattern = "/api/sessions/{session_id}/ide/{rest:path}"
     return Starlette(
         routes=[
@@ -337,6 +356,6 @@ def create_ide_app(api: Any, origin: str) -> Starlette:
         ],
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=ide_hosts(origin), www_redirect=False),
-            Middleware(OriginCheck, public_url=origin),
+            Middleware(OriginCheck, public_url=None if SESSION in origin else origin),
         ],
     )

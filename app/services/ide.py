@@ -35,6 +35,7 @@ from app.services.attendance import Attendance
 from app.services.hub import EventHub
 from app.services.sessions import Sessions
 from app.settings import Settings
+from app.settings_sandbox import SESSION
 from images.sandboxes.base import Sandbox, SandboxError
 from images.sandboxes.ide import MAX_FILES, Ide, IdeNotInstalled, IdeUnavailable, edits, start_ide
 from workers.events import Author, IdeFilesEdited
@@ -106,7 +107,8 @@ class Ides:
         self.enabled = enabled
         self.command = command
         self.origin = origin
-        """The IDE origin (`http://host:port`), where tickets are redeemed and code-server shown."""
+        """The IDE origin (`http://host:port`, or `http://{session}.host:port`), where tickets
+        are redeemed and code-server shown."""
         self.idle_s = idle_s
         self.check_s = check_s
         self.start_timeout_s = start_timeout_s
@@ -151,11 +153,17 @@ class Ides:
         return IdePublic(
             session_id=session_id,
             sandbox_id=outcome.sandbox_id,
-            url=f"{self.origin}{path_of(session_id)}?ticket={self.issue(session_id, user)}",
+            url=f"{self.origin_for(session_id)}{path_of(session_id)}"
+            f"?ticket={self.issue(session_id, user)}",
             expires_in=self.ticket_ttl_s,
             started_at=outcome.started_at,
             ready_s=round(outcome.ready_s, 3),
         )
+
+    def origin_for(self, session_id: str) -> str:
+        """Where the session's IDE is shown: the IDE origin, or the session's own host under it
+        when NIGHTSHIFT_IDE_ORIGIN names `{session}`."""
+        return self.origin.replace(SESSION, session_id)
 
     def issue(self, session_id: str, user: User) -> str:
         """A ticket that lets `user` into the session's IDE once, for `ticket_ttl_s`."""

@@ -51,12 +51,19 @@ def ide_idle_seconds() -> float:
 
 
 @pytest.fixture
+def ide_host() -> str:
+    """The IDE origin's host; `{session}.localhost` gives each session a host of its own."""
+    return "127.0.0.1"
+
+
+@pytest.fixture
 def settings(
     make_settings: Any,
     openai_fake: ScriptBook,
     ide_port: int,
     ide_command: str,
     ide_idle_seconds: float,
+    ide_host: str,
 ) -> Any:
     return make_settings(
         ide_idle_seconds=ide_idle_seconds,
@@ -66,7 +73,7 @@ def settings(
         idle_seconds=600,
         ide=True,
         ide_command=ide_command,
-        ide_origin=f"http://127.0.0.1:{ide_port}",
+        ide_origin=f"http://{ide_host}:{ide_port}",
     )
 
 
@@ -328,3 +335,44 @@ def test_the_ide_runs_while_used_and_stops_after_the_idle_time_without_viewers(
     wait_for(lambda: not _answers(runtime, idle_session), 30, "the unwatched IDE to stop")
     gone = httpx.get(ws_url.replace("ws://", "http://")[:-2], cookies={"nightshift_ide": token})
     assert gone.status_code == 409 and "no IDE running" in gone.json()["detail"]
+
+
+@pytest.mark.parametrize("ide_host", ["{session}.localhost"])
+def test_each_session_can_have_an_ide_origin_of_its_own(
+    api: ApiClient, ide: BackgroundServer, idle_session: str, settings: Any
+) -> None:
+    own = f"{idle_session}.localhost:{ide.port}"
+    opened = api.http.post(f"/api/sessions/{idle_session}/ide")
+    assert opened.status_code == 200, opened.text
+    url = opened.json()["url"]
+    assert url.startswith(f"http://{own}/api/sessions/{idle_session}/ide/?ticket=")
+    local = url.replace(own, f"127.0.0.1:{ide.port}")  # *.localhost is loopback to browsers
+    # The ticket is refused on another session's host (and not spent there).
+    elsewhere = httpx.get(local, headers={"Host": f"other0session.localhost:{ide.port}"})
+    assert elsewhere.status_code == 403 and "its own address" in elsewhere.json()["detail"]
+    redeemed = httpx.get(local, headers={"Host": own})
+    assert redeemed.status_code == 303, redeemed.text
+    token = redeemed.cookies["nightshift_ide"]
+    prefix = f"http://127.0.0.1:{ide.port}/api/sessions/{idle_session}/ide/"
+    page = httpx.get(prefix, headers={"Host": own, "Cookie": f"nightshift_ide={token}"})
+    assert page.status_code == 200 and "stand-in workbench" in page.text
+    moved = httpx.get(
+        prefix,
+        headers={
+            "Host": f"other0session.localhost:{ide.port}",
+            "Cookie": f"nightshift_ide={token}",
+        },
+    )
+    assert moved.status_code == 403
+    ws = f"ws://other0session.localhost:{ide.port}/api/sessions/{idle_session}/ide/ws"
+    sock = socket.create_connection(("127.0.0.1", ide.port))
+    cookie = {"Cookie": f"nightshift_ide={token}"}
+    with (
+        connect(ws, sock=sock, additional_headers=cookie) as c,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        c.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    # The API refuses pages of every session's IDE host.
+    refused = api.http.get("/api/me", headers={"Origin": f"http://another.localhost:{ide.port}"})
+    assert refused.status_code == 403

@@ -46,14 +46,20 @@ def ide_port() -> int:
 def settings(
     make_settings: Any, openai_fake: ScriptBook, ide_port: int, request: pytest.FixtureRequest
 ) -> Any:
-    values = {"ide": True, "ide_command": "python3 /workspace/ide_standin.py"}
+    values = {
+        "ide": True,
+        "ide_command": "python3 /workspace/ide_standin.py",
+        "ide_host": "127.0.0.1",
+        **getattr(request, "param", {}),
+    }
+    host = values.pop("ide_host")
     return make_settings(
         model="openai:fake-model",
         openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
         openai_api_key="sk-test-fake-key-0123456789abcdef",
         idle_seconds=600,
-        ide_origin=f"http://127.0.0.1:{ide_port}",
-        **{**values, **getattr(request, "param", {})},
+        ide_origin=f"http://{host}:{ide_port}",
+        **values,
     )
 
 
@@ -101,6 +107,27 @@ def test_open_vs_code_opens_a_tab_on_the_ide_origin(
     assert tab.evaluate("document.cookie") == ""
     elsewhere = tab.context.cookies(f"{ide.url}/api/sessions/another/ide/")
     assert not [c for c in elsewhere if c["name"] == "nightshift_ide"]
+
+
+@pytest.mark.parametrize("settings", [{"ide_host": "{session}.localhost"}], indirect=True)
+def test_each_sessions_ide_opens_on_a_host_of_its_own(
+    web: Web, api: ApiClient, ide: BackgroundServer, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    session_id = _idle_session(api, openai_fake, tmp_path)
+    page = web.page(api.person, f"/sessions/{session_id}")
+    page.wait_for_selector("#ide-panel:not([hidden])")
+    with page.context.expect_page() as opened:
+        page.click("#ide-open")
+    tab = opened.value
+    tab.wait_for_selector("#ok")
+    own = f"http://{session_id}.localhost:{ide.port}"
+    assert tab.url == f"{own}/api/sessions/{session_id}/ide/"
+    # The pass lives on the session's own host: no other session's IDE host gets it.
+    assert [c["domain"] for c in tab.context.cookies(tab.url) if c["name"] == "nightshift_ide"] == [
+        f"{session_id}.localhost"
+    ]
+    other = f"http://other0session.localhost:{ide.port}/api/sessions/{session_id}/ide/"
+    assert not [c for c in tab.context.cookies(other) if c["name"] == "nightshift_ide"]
 
 
 @pytest.mark.parametrize("settings", [{"ide": False}], indirect=True)
