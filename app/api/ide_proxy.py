@@ -33,7 +33,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from app.api.deps import COOKIE_NAME
 from app.api.hosts import LOOPBACK_NAMES, OriginCheck, _host_name
@@ -103,6 +103,14 @@ def returned_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return [*kept, (b"content-security-policy", CSP.encode())]
 
 
+def upstream_path(scope: Scope, session_id: str) -> bytes:
+    """The request's path as code-server serves it: without the session's prefix, and still
+    percent-encoded as the browser sent it (file names may hold spaces and `%`)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    prefix = path_of(session_id).encode()
+    return b"/" + (raw[len(prefix) :] if raw.startswith(prefix) else b"")
+
+
 def _refusal(exc: ServiceError) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
@@ -135,7 +143,7 @@ class IdeProxy:
         except ServiceError as exc:
             return _refusal(exc)
         self.ides.used(running, user)
-        return await self._forward(request, running, rest)
+        return await self._forward(request, running)
 
     def _redeem(self, session_id: str, ticket: str) -> Response:
         try:
@@ -159,16 +167,17 @@ class IdeProxy:
         answer.headers["Cache-Control"] = "no-store"
         return answer
 
-    async def _forward(self, request: Request, running: Running, rest: str) -> Response:
+    async def _forward(self, request: Request, running: Running) -> Response:
         try:
             conn = await asyncio.to_thread(running.ide.connect)
         except (OSError, IdeUnavailable) as exc:
             return JSONResponse({"detail": f"the IDE cannot be reached: {exc}"}, 409)
-        return _Relay(request, conn, rest)
+        return _Relay(
+            request, conn, upstream_path(request.scope, request.path_params["session_id"])
+        )
 
     async def websocket(self, websocket: WebSocket) -> None:
         session_id = websocket.path_params["session_id"]
-        rest = websocket.path_params.get("rest", "")
         try:
             wrong = _wrong_host(session_id, websocket.headers.get("host"), self.per_session)
             if wrong is not None:
@@ -185,7 +194,8 @@ class IdeProxy:
             await websocket.close(code=4409, reason=f"the IDE cannot be reached: {exc}"[:120])
             return
         query = websocket.url.query
-        target = f"ws://{websocket.headers.get('host', 'localhost')}/{rest}"
+        path = upstream_path(websocket.scope, session_id).decode("latin-1")
+        target = f"ws://{websocket.headers.get('host', 'localhost')}{path}"
         upstream_headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in forwarded_headers(list(websocket.scope["headers"]))
@@ -203,7 +213,7 @@ class IdeProxy:
                 ping_interval=None,
                 compression=None,
             )
-        except (OSError, InvalidHandshake) as exc:
+        except (OSError, WebSocketException) as exc:
             conn.close()
             await websocket.accept()
             await websocket.close(code=1011, reason=f"the IDE refused the socket: {exc}"[:120])
@@ -216,11 +226,11 @@ class IdeProxy:
 class _Relay(Response):
     """One request to code-server over its socket (h11), streamed both ways."""
 
-    def __init__(self, request: Request, conn: socket.socket, rest: str) -> None:
+    def __init__(self, request: Request, conn: socket.socket, path: bytes) -> None:
         super().__init__()
         self.request = request
         self.conn = conn
-        self.rest = rest
+        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=self.conn)
@@ -241,7 +251,7 @@ class _Relay(Response):
     ) -> None:
         client = h11.Connection(h11.CLIENT)
         query = scope.get("query_string", b"")
-        target = b"/" + self.rest.encode() + (b"?" + query if query else b"")
+        target = self.path + (b"?" + query if query else b"")
         headers = forwarded_headers(list(scope["headers"]))
         host = dict(scope["headers"]).get(b"host", b"localhost")
         chunked = any(

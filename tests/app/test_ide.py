@@ -186,6 +186,9 @@ def test_the_proxy_strips_our_credentials_both_ways_over_http_and_websockets(
     assert "authorization" not in headers
     assert headers["cookie"] == "theirs=1"
     assert api.person.token not in json.dumps(seen) and token not in json.dumps(seen)
+    # Paths reach code-server as the browser encoded them (a file name with a space, a `%`).
+    named = httpx.get(prefix + "headers/a%20b%25c.txt", cookies={"nightshift_ide": token})
+    assert named.json()["path"] == "/headers/a%20b%25c.txt"
     # code-server cannot set the proxy's cookie (nor the API's).
     answered = httpx.get(prefix + "set-cookies", cookies={"nightshift_ide": token})
     assert answered.headers.get_list("set-cookie") == ["standin_pref=dark; Path=/"]

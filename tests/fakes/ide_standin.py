@@ -2,7 +2,7 @@
 command line (`--socket PATH ... WORKSPACE`), serves HTTP and WebSockets on that Unix socket,
 and shows what reached it. Standard library only: the sandbox runs it with the system python3.
 
-- `GET /` a page; `GET /headers` the request's path and headers as JSON;
+- `GET /` a page; `GET /headers[/...]` the request's path (as sent) and headers as JSON;
 - `POST /write?path=NAME` writes the body to NAME in the workspace (an edit in the IDE);
 - `GET /set-cookies` answers with two cookies, one of them named like the proxy's own;
 - WebSocket `/ws`: first sends the handshake's headers as JSON, then echoes every message.
@@ -61,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
-        if url.path == "/headers":
+        if url.path.startswith("/headers"):
             seen = {"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]}
             self._send(200, json.dumps(seen).encode(), "application/json", [])
         elif url.path == "/set-cookies":
