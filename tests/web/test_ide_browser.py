@@ -107,6 +107,11 @@ def test_open_vs_code_opens_a_tab_on_the_ide_origin(
     assert tab.evaluate("document.cookie") == ""
     elsewhere = tab.context.cookies(f"{ide.url}/api/sessions/another/ide/")
     assert not [c for c in elsewhere if c["name"] == "nightshift_ide"]
+    # A save in the IDE (the stand-in's write) shows in the session's timeline, with who made it.
+    tab.evaluate("fetch('write?path=notes.txt', {method: 'POST', body: 'hi'}).then(r => r.text())")
+    page.wait_for_selector("#timeline [data-type=ide_files_edited]", timeout=30_000)
+    shown = page.text_content("#timeline [data-type=ide_files_edited]") or ""
+    assert "Alice Example edited in VS Code:" in shown and "notes.txt" in shown
 
 
 @pytest.mark.parametrize("settings", [{"ide_host": "{session}.localhost"}], indirect=True)
