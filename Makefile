@@ -20,7 +20,7 @@ TEST_DEBS := $(RUN_DEBS) $(GVISOR_DEBS) redis-server:redis-server chromium:chrom
 	skopeo:skopeo umoci:umoci buildah:buildah docker-registry:docker-registry \
 	mmdebstrap:mmdebstrap busybox:busybox-static $(DESKTOP_DEBS)
 
-.PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean
+.PHONY: run test install lint typecheck bench system-deps-run system-deps-test redis clean ide
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,32 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# VS Code in the browser (NIGHTSHIFT_IDE=1): code-server from the npm registry, installed under
+# /usr, which local sandboxes see read-only. Its install scripts would download ripgrep from
+# GitHub, so they are skipped: Debian's ripgrep stands in, and the native modules are rebuilt.
+IDE_VERSION ?= 4.100.3
+IDE_DIR ?= /usr/local/lib/nightshift-ide
+IDE_BIN ?= /usr/local/bin/code-server
+ide:
+	$(call apt_missing,node:nodejs npm:npm rg:ripgrep g++:g++ make:make)
+	@if [ -x $(IDE_DIR)/node_modules/.bin/code-server ] && \
+	  [ "$$($(IDE_DIR)/node_modules/.bin/code-server --version 2>/dev/null | grep -v ' info ' | head -1 | cut -d' ' -f1)" = "$(IDE_VERSION)" ]; then \
+	  echo "code-server $(IDE_VERSION) is installed in $(IDE_DIR)"; \
+	else \
+	  $(SUDO) mkdir -p $(IDE_DIR) && \
+	  $(SUDO) npm install --prefix $(IDE_DIR) --ignore-scripts --no-audit --no-fund --omit=dev \
+	    code-server@$(IDE_VERSION) >/dev/null && \
+	  cd $(IDE_DIR)/node_modules/code-server && \
+	  ( cd lib/vscode && $(SUDO) npm install --ignore-scripts --no-audit --no-fund --omit=dev >/dev/null ) && \
+	  for d in $$(find . -path '*/@vscode/ripgrep' -type d); do \
+	    $(SUDO) mkdir -p $$d/bin && $(SUDO) ln -sf "$$(command -v rg)" $$d/bin/rg; done && \
+	  $(SUDO) npm rebuild --prefix $(IDE_DIR) argon2 >/dev/null 2>&1; \
+	  for m in $$(find lib/vscode -name binding.gyp -not -path '*/test/*' -printf '%h\n'); do \
+	    ( cd $$m && $(SUDO) npx --yes node-gyp rebuild >/dev/null 2>&1 || echo "note: $$m did not build" ); done; \
+	  $(SUDO) ln -sf $(IDE_DIR)/node_modules/.bin/code-server $(IDE_BIN) && \
+	  $(IDE_BIN) --version | grep -v ' info ' | head -1; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

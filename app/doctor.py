@@ -346,6 +346,17 @@ async def check_disk(settings: Settings, min_free_gb: float = DEFAULT_MIN_FREE_G
     return _ok(name, detail)
 
 
+async def check_ide(settings: Settings) -> Check:
+    """VS Code in the browser: code-server where sandboxes find it, and where it is shown."""
+    from app.doctor_ide import ide_readiness
+
+    try:
+        status, detail, fix = await ide_readiness(settings)
+    except Exception as exc:
+        return _failed("ide", _error(exc), "run `make ide`")
+    return Check("ide", status, detail, fix)
+
+
 CheckFn = Callable[[Settings], Awaitable[Check]]
 CHECKS: dict[str, CheckFn] = {
     "sandbox": check_sandbox,
@@ -358,6 +369,7 @@ CHECKS: dict[str, CheckFn] = {
     "public url": check_public_url,
     "redis": check_redis,
     "database": check_database,
+    "ide": check_ide,
 }
 
 

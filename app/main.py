@@ -18,6 +18,7 @@ from app.api.routes import (
     desktop,
     github,
     health,
+    ide,
     images,
     internal,
     live,
@@ -34,6 +35,7 @@ from app.errors import ServiceError
 from app.loop_lag import LoopLag
 from app.overload import Backlog, PromptBacklog
 from app.runtime import Runtime, build_runtime
+from app.services.ide import ide_origin
 from app.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = rt
         if owned:
             app.state.desktops = rt.desktops
+            app.state.ides = rt.ides
         app.state.loop_lag = LoopLag()
         app.state.loop_lag.start()
         if owned:
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
         app.state.desktops = runtime.desktops
+        app.state.ides = runtime.ides
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -135,6 +139,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OriginCheck,
         extra_hosts=[n for n in settings.allowed_hosts.split(",") if n],
         public_url=settings.public_url,
+        refused=[ide_origin(settings)] if settings.ide else [],
     )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=names, www_redirect=False)
     app.include_router(health.router)
@@ -143,6 +148,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(artifacts.router)
     app.include_router(shared.router)
     app.include_router(desktop.router)
+    app.include_router(ide.router)
     app.include_router(images.router)  # before repos: its `/{repo:path}` would swallow `/warm`
     app.include_router(repos.router)
     app.include_router(pulls.router)

@@ -21,6 +21,7 @@ from app.services.desktop import Desktops
 from app.services.github.accounts import GitHubAccounts
 from app.services.github.app import GitHubServices, RebuildHook
 from app.services.hub import EventHub
+from app.services.ide import Ides
 from app.services.images import Images
 from app.services.presence import Presence
 from app.services.pull_requests import LocalPullRequests, PullRequests
@@ -140,6 +141,8 @@ class Runtime:
     """Set once `start` has run: new images and repos act on the pool and builds from then."""
     desktops: Desktops
     """Session desktops (`/api/sessions/{id}/desktop`)."""
+    ides: Ides
+    """VS Code in the browser (`/api/sessions/{id}/ide`, shown on the IDE origin)."""
     streams: StreamConsumer | None = None
     """Distributed mode: persists the events workers publish on Redis streams."""
     presence: Presence = field(default_factory=Presence)

@@ -34,6 +34,7 @@ from app.services.github.app import (
     reconcile_github,
 )
 from app.services.hub import EventHub, On
+from app.services.ide import Ides, ide_origin
 from app.services.model_choices import ModelChoices
 from app.services.pull_requests import LocalPullRequests, PullRequestOpener, PullRequests
 from app.services.repos import RepoCatalog, Repos
@@ -232,13 +233,20 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         config=settings.agent_config(),
         redactor=redactor,
     )
-    # 10. Session desktops (their sandboxes are the in-process runners'; none distributed).
+    # 10. Session desktops and IDEs (their sandboxes are the in-process runners'; none
+    # distributed).
+    live = dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None
     desktops = Desktops(
+        sessions, hub, executor, live, enabled=settings.desktop, idle_s=settings.ide_idle_seconds
+    )
+    ides = Ides(
         sessions,
         hub,
         executor,
-        dispatcher.runners if isinstance(dispatcher, InProcessDispatcher) else None,
-        enabled=settings.desktop,
+        live,
+        enabled=settings.ide,
+        command=settings.ide_command,
+        origin=ide_origin(settings),
         idle_s=settings.ide_idle_seconds,
     )
     # 11. Slack.
@@ -282,6 +290,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         periodic=periodic,
         running=running,
         desktops=desktops,
+        ides=ides,
         streams=streams,
         on_start=on_start,
         slack=slack,

@@ -268,6 +268,8 @@ class Me(BaseModel):
     """Where to link GitHub (None when GitHub sign-in is not configured)."""
     desktop: bool = False
     """Whether this server shows sandboxes' desktops (NIGHTSHIFT_DESKTOP=1)."""
+    ide: bool = False
+    """Whether this server opens VS Code in sandboxes (NIGHTSHIFT_IDE=1)."""
 
 
 class TokenCreate(BaseModel):

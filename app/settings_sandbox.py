@@ -6,12 +6,17 @@ this class alone.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from app.settings_integrations import IntegrationSettings, env_alias
+
+SESSION = "{session}"
+"""In NIGHTSHIFT_IDE_ORIGIN's host: each session's IDE gets a host name of its own."""
 
 
 class SandboxSettings(IntegrationSettings):
@@ -39,9 +44,19 @@ class SandboxSettings(IntegrationSettings):
     runsc_platform: Literal["ptrace", "kvm"] = "ptrace"
     desktop: bool = False
     """NIGHTSHIFT_DESKTOP=1: a session's page may open its sandbox's desktop (Xvfb + x11vnc)."""
+    ide: bool = False
+    """NIGHTSHIFT_IDE=1: a session's page may open VS Code (code-server) in its sandbox."""
+    ide_command: str = "code-server"
+    """The code-server program as the sandbox finds it (`make ide` puts it in /usr/local/bin)."""
+    ide_port: int = Field(8001, ge=1, le=65535)
+    """The IDE's own listener: code-server's pages never run on the API's origin."""
+    ide_origin: str = ""
+    """The IDE listener's public origin (`https://ide.example.com`); "": the API's scheme and
+    host on NIGHTSHIFT_IDE_PORT. A host name of its own is safer: browsers share cookies
+    between the ports of one host. `https://{session}.ide.example.com` gives each session's
+    IDE an origin of its own (a wildcard name and certificate)."""
     ide_idle_seconds: float = Field(900.0, gt=0)
-    """Seconds a desktop runs with no one viewing it before it is stopped (the IDE of the issue
-    will share it)."""
+    """Seconds a desktop or IDE runs with no one viewing it before it is stopped."""
     registry_auth: Path | None = None
     """A containers auth.json skopeo reads to pull declared images; never enters a sandbox."""
     image_max_mb: int = Field(8192, ge=1)
@@ -57,3 +72,25 @@ class SandboxSettings(IntegrationSettings):
     modal_environment: str | None = Field(None, validation_alias=env_alias("MODAL_ENVIRONMENT"))
     modal_base_image: str = ""
     """Registry image Modal builds repos on when they declare none; "": Modal's debian_slim."""
+
+    @field_validator("ide_origin")
+    @classmethod
+    def _an_origin(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return value
+        if SESSION in value and not re.fullmatch(r"https?://\{session\}\.[^{}]+", value):
+            raise ValueError(
+                "NIGHTSHIFT_IDE_ORIGIN may hold {session} once, as the first label of its host "
+                "(https://{session}.ide.example.com)"
+            )
+        try:
+            parts = urlsplit(value.replace(SESSION, "session"))
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"NIGHTSHIFT_IDE_ORIGIN {value!r} is not a URL: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ValueError(
+                "NIGHTSHIFT_IDE_ORIGIN must be an origin: http(s)://host[:port], no path"
+            )
+        return value

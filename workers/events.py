@@ -193,6 +193,17 @@ class DesktopControlTaken(_Event):
     name: str = ""
 
 
+class IdeFilesEdited(_Event):
+    """A person changed files through the session's IDE (VS Code in the browser); the next
+    commit names them as a co-author."""
+
+    type: Literal["ide_files_edited"] = "ide_files_edited"
+    author: Author
+    files: list[str] = Field(default_factory=list)
+    more: int = 0
+    """Changed files left out of `files` (it names at most 200)."""
+
+
 class Notice(_Event):
     """Something a person should read or act on (a sign-in link, a queued build)."""
 
@@ -300,6 +311,7 @@ Event = Annotated[
     | PrStateChanged
     | ChildSpawned
     | DesktopControlTaken
+    | IdeFilesEdited
     | Notice
     | ContextCompacted
     | InstructionsLoaded

@@ -3,14 +3,21 @@ push of the session branch, each announced as an event."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from images.sandboxes.base import Sandbox
 from images.spec import RepoSpec
 from integrations.forge.base import Forge
 from workers.agent.loop import AgentResult
 from workers.control import PromptJob, SessionContext
-from workers.events import BranchPushed, CommitCreated, Event, for_prompt
+from workers.events import (
+    Author,
+    BranchPushed,
+    CommitCreated,
+    Event,
+    IdeFilesEdited,
+    for_prompt,
+)
 from workers.gitops import commit_changes, head_sha, push_commits
 
 
@@ -24,14 +31,18 @@ async def publish_work(
     forge_for: Callable[[RepoSpec], Forge],
     emit: Callable[[Event], Awaitable[None]],
     max_push_bytes: int,
+    editors: Sequence[Author] = (),
 ) -> None:
     """Commit as the prompting person, push from outside the sandbox, announce the branch.
 
-    `base_sha` is the base commit the workspace stands on once its sync has ended.
+    `base_sha` is the base commit the workspace stands on once its sync has ended; `editors`
+    changed files through the IDE since the last commit, and co-author this one.
     """
     emit = for_prompt(emit, job.id, job.attempt)
     title = result.title or ctx.title or _first_line(job.text)
-    committed = await commit_changes(sandbox, title, result.summary, job.author, ctx.authors)
+    committed = await commit_changes(
+        sandbox, title, result.summary, job.author, [*ctx.authors, *editors]
+    )
     if committed is not None:
         await emit(
             CommitCreated(
@@ -59,6 +70,19 @@ async def publish_work(
             draft=result.draft,
         )
     )
+
+
+def ide_editors(events: Sequence[Event]) -> list[Author]:
+    """Who changed files through the IDE after the last commit (`commit_created` and
+    `ide_files_edited` events, oldest first). Read from the session's stored events, which only
+    the API writes: nothing in the sandbox can add a co-author."""
+    editors: dict[int, Author] = {}
+    for event in events:
+        if isinstance(event, CommitCreated):
+            editors.clear()
+        elif isinstance(event, IdeFilesEdited):
+            editors.setdefault(event.author.id, event.author)
+    return list(editors.values())
 
 
 def _body(result: AgentResult) -> str:

@@ -43,7 +43,7 @@ from workers.events import (
     for_prompt,
 )
 from workers.gitops import GitOpsError
-from workers.publish import publish_work
+from workers.publish import ide_editors, publish_work
 from workers.redact import Redactor
 from workers.session_sandbox import SessionSandbox
 
@@ -324,6 +324,11 @@ class SessionRunner:
                     forge_for=self.deps.forge_for,
                     emit=self.emit,
                     max_push_bytes=self.deps.config.max_push_bytes,
+                    editors=ide_editors(
+                        await self.deps.control.stored_events(
+                            self.session_id, ["commit_created", "ide_files_edited"]
+                        )
+                    ),
                 )
         except (ImagesError, ForgeError, GitOpsError) as exc:
             # ImagesError: a sandbox that would not start or do what was asked, or a cold

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from sqlalchemy import Engine
@@ -28,6 +28,7 @@ from app.services.desktop import Desktops
 from app.services.github.accounts import GitHubAccounts
 from app.services.github.app import GitHubServices
 from app.services.hub import EventHub
+from app.services.ide import Ides
 from app.services.images import Images
 from app.services.presence import Presence
 from app.services.pull_requests import LocalPullRequests, PullRequests
@@ -149,6 +150,18 @@ def get_web_sessions(conn: HTTPConnection) -> WebSessions:
     return _runtime(conn).web_sessions
 
 
+def get_ides(conn: HTTPConnection) -> Ides:
+    ides: Ides = conn.app.state.ides
+    return ides
+
+
+def api_ides(api: Any) -> Ides:
+    """The `Ides` of the API app `api`, for the IDE origin's own app (built in the API's
+    lifespan, so read when a request comes)."""
+    ides: Ides = api.state.ides
+    return ides
+
+
 def get_desktops(conn: HTTPConnection) -> Desktops:
     desktops: Desktops = conn.app.state.desktops
     return desktops
@@ -193,6 +206,7 @@ SlackBotDep = Annotated[SlackBot | None, Depends(get_slack_bot)]
 UsersDep = Annotated[Users, Depends(get_users)]
 WebSessionsDep = Annotated[WebSessions, Depends(get_web_sessions)]
 DesktopsDep = Annotated[Desktops, Depends(get_desktops)]
+IdesDep = Annotated[Ides, Depends(get_ides)]
 LoopLagDep = Annotated[LoopLag | None, Depends(get_loop_lag)]
 AuthDep = Annotated[Authenticator, Depends(get_authenticator)]
 

@@ -14,6 +14,7 @@ every request, cookie or not:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -82,6 +83,14 @@ def _origin_of(url: str) -> str | None:
     return f"{'https' if secure else 'http'}://{_host_name(host)}:{port or (443 if secure else 80)}"
 
 
+def _origin_pattern(origin: str) -> re.Pattern[str] | None:
+    """A pattern of `origin` as `_origin_of` spells it, `{session}` matching one host label."""
+    spelled = _origin_of(origin.replace("{session}", "session-label"))
+    if spelled is None:
+        return None
+    return re.compile(re.escape(spelled).replace(re.escape("session-label"), "[a-z0-9-]+"))
+
+
 class OriginCheck:
     """Refuse WebSockets and state-changing requests from pages on other sites (403).
 
@@ -92,11 +101,18 @@ class OriginCheck:
     """
 
     def __init__(
-        self, app: ASGIApp, extra_hosts: Sequence[str] = (), public_url: str | None = None
+        self,
+        app: ASGIApp,
+        extra_hosts: Sequence[str] = (),
+        public_url: str | None = None,
+        refused: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.patterns = [p.lower() for p in extra_hosts if p and p != "*"]
         self.public = _origin_of(public_url) if public_url else None
+        self.refused = [p for p in map(_origin_pattern, refused) if p]
+        """Origins refused on every request, reads too: the IDE's, whose pages the sandbox
+        writes (`app/api/ide_proxy.py`); `{session}` in one stands for any host label."""
 
     def allows(self, origin: str, host_header: str | None, scheme: str) -> bool:
         own = _origin_of(origin)
@@ -110,6 +126,12 @@ class OriginCheck:
         return any(_matches(name, p) for p in self.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.refused and scope["type"] in ("http", "websocket"):
+            origin = Headers(scope=scope).get("origin")
+            own = _origin_of(origin) if origin is not None else None
+            if origin is not None and own and any(p.fullmatch(own) for p in self.refused):
+                await _refuse(scope, receive, send, origin, "the IDE's origin may not use the API")
+                return
         guarded = scope["type"] == "websocket" or (
             scope["type"] == "http" and scope["method"] not in SAFE_METHODS
         )
@@ -123,10 +145,9 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, origin: str) -> None:
-    detail = (
-        f"cross-site request refused: Origin {origin[:200]!r} is not one of this server's "
-        "names (NIGHTSHIFT_PUBLIC_URL, NIGHTSHIFT_ALLOWED_HOSTS)"
+async def _refuse(scope: Scope, receive: Receive, send: Send, origin: str, why: str = "") -> None:
+    detail = f"cross-site request refused: Origin {origin[:200]!r}: " + (
+        why or "not one of this server's names (NIGHTSHIFT_PUBLIC_URL, NIGHTSHIFT_ALLOWED_HOSTS)"
     )
     if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
         "extensions", {}

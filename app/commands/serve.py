@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Any
 
 import typer
 
@@ -47,13 +48,41 @@ def serve(
         f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
         highlight=False,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
+    app = create_app(settings)
+    options: dict[str, Any] = {
+        "log_level": "info",
         # Events are small JSON frames: compressing each costs more CPU than it saves.
-        ws_per_message_deflate=False,
+        "ws_per_message_deflate": False,
         # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
-        timeout_graceful_shutdown=3,
-    )
+        "timeout_graceful_shutdown": 3,
+    }
+    if not settings.ide:
+        uvicorn.run(app, host=settings.host, port=settings.port, **options)
+        return
+    from app.api.ide_proxy import create_ide_app
+    from app.services.ide import ide_origin
+
+    origin = ide_origin(settings)
+    console.print(f"  VS Code     {origin}/ (NIGHTSHIFT_IDE=1)", highlight=False)
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, **options)),
+        # The IDE's own origin: a second listener in this process, where the sandboxes are.
+        uvicorn.Server(
+            uvicorn.Config(
+                create_ide_app(app, origin),
+                host=settings.host,
+                port=settings.ide_port,
+                lifespan="off",
+                **options,
+            )
+        ),
+    ]
+
+    async def both() -> None:
+        running = [asyncio.ensure_future(s.serve()) for s in servers]
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*running, return_exceptions=True)
+
+    asyncio.run(both())

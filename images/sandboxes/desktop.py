@@ -69,19 +69,20 @@ class DesktopUnavailable(SandboxError):
     """This sandbox cannot show a desktop: its backend, missing programs, or a failed start."""
 
 
-def open_socket(tmp: Path) -> socket.socket:
-    """A connection to the desktop's VNC socket under `tmp` (the sandbox's /tmp on the host),
-    following no link the sandbox may have placed; OSError when there is none to be had."""
+def open_socket(tmp: Path, directory: str = SOCKET_DIR, name: str = SOCKET_NAME) -> socket.socket:
+    """A connection to the socket `directory/name` under `tmp` (the sandbox's /tmp on the host;
+    the desktop's VNC socket by default), following no link the sandbox may have placed;
+    OSError when there is none to be had."""
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     top = os.open(tmp, flags | os.O_DIRECTORY)
     fds = [top]
     try:
-        sub = os.open(SOCKET_DIR, flags | os.O_DIRECTORY, dir_fd=top)
+        sub = os.open(directory, flags | os.O_DIRECTORY, dir_fd=top)
         fds.append(sub)
-        target = os.open(SOCKET_NAME, flags, dir_fd=sub)
+        target = os.open(name, flags, dir_fd=sub)
         fds.append(target)
         if not stat.S_ISSOCK(os.fstat(target).st_mode):
-            raise OSError(f"{SOCKET_DIR}/{SOCKET_NAME} in the sandbox is not a socket")
+            raise OSError(f"{directory}/{name} in the sandbox is not a socket")
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(f"/proc/self/fd/{target}")

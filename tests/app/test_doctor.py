@@ -54,6 +54,30 @@ def test_sandbox_runs_a_command(make_settings: Any) -> None:
     assert not list((settings.data_dir / "scratch").iterdir())  # the probe left nothing
 
 
+def test_the_ide_line_says_what_the_ide_needs(make_settings: Any) -> None:
+    off = _run(doctor.check_ide, make_settings(ide=False))
+    assert off.status == "skipped" and "NIGHTSHIFT_IDE is off" in off.detail
+    elsewhere = _run(doctor.check_ide, make_settings(ide=True, sandbox="gvisor"))
+    assert elsewhere.status == "failed" and "NIGHTSHIFT_SANDBOX=bwrap" in elsewhere.fix
+    missing = _run(
+        doctor.check_ide, make_settings(ide=True, sandbox="bwrap", ide_command="no-such-ide")
+    )
+    assert missing.status == "failed" and "make ide" in missing.fix
+    assert "no-such-ide is not under /usr" in missing.detail
+    # git stands in for code-server: a program under /usr that answers `--version`.
+    version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.split()[2]
+    shared = make_settings(ide=True, sandbox="bwrap", ide_command="/usr/bin/git")
+    check = _run(doctor.check_ide, shared)
+    assert check.status == "warning", check
+    assert check.detail.startswith(f"/usr/bin/git {version} at /usr/bin/git;")
+    assert "shown on http://127.0.0.1:8001" in check.detail and "cookies" in check.detail
+    assert "NIGHTSHIFT_IDE_ORIGIN" in check.fix
+    own = make_settings(
+        ide=True, sandbox="bwrap", ide_command="/usr/bin/git", ide_origin="https://ide.example"
+    )
+    assert _run(doctor.check_ide, own).status == "ok"
+
+
 def test_a_sandbox_that_runs_nothing_fails(make_settings: Any) -> None:
     check = _run(doctor.check_sandbox, make_settings(sandbox="fake"))
     assert check.status == "failed"
@@ -285,8 +309,12 @@ def test_doctor_prints_one_line_per_check_and_fails_on_a_failed_one(tmp_path: Pa
     lines = healthy.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
         "ok", "ok", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped", "skipped",
-        "skipped", "ok",
+        "skipped", "skipped", "ok",
     ]  # fmt: skip
+    assert lines[10].split(None, 2)[1:] == [
+        "ide",
+        "NIGHTSHIFT_IDE is off: sessions offer no VS Code",
+    ]
     assert lines[5].split(None, 2)[1:] == [
         "slack",
         "SLACK_BOT_TOKEN is not set: the Slack bot is off",

@@ -59,8 +59,8 @@ def test_the_desktop_and_ide_are_off_unless_enabled_and_say_which_setting(
                 base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
             )
             me = http.get("/api/me").json()
-            assert me["desktop"] is False
-            for path, setting in (("desktop", "NIGHTSHIFT_DESKTOP=1"),):
+            assert (me["desktop"], me["ide"]) == (False, False)
+            for path, setting in (("desktop", "NIGHTSHIFT_DESKTOP=1"), ("ide", "NIGHTSHIFT_IDE=1")):
                 refused = http.post(f"/api/sessions/any/{path}")
                 assert refused.status_code == 404
                 assert setting in refused.json()["detail"]

@@ -11,10 +11,12 @@ import uvicorn
 
 
 class BackgroundServer:
-    def __init__(self, app: Any, host: str = "127.0.0.1", loop: str = "auto") -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", loop: str = "auto", port: int = 0
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.host = host
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(

@@ -73,7 +73,9 @@ class Web:
         ctx.set_default_timeout(15_000)
         if person is not None:  # signed in, as after `/signin` or GitHub
             session = self.runtime.web_sessions.create(person.user)
-            ctx.add_cookies([{"name": COOKIE, "value": session, "url": self.base_url}])
+            # As `/signin` sets it: HttpOnly and SameSite=Lax.
+            cookie = {"name": COOKIE, "value": session, "url": self.base_url}
+            ctx.add_cookies([{**cookie, "httpOnly": True, "sameSite": "Lax"}])
         self.contexts.append(ctx)
         return ctx
 

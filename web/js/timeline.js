@@ -338,6 +338,14 @@ export class Timeline {
     this.add(line(e, "", `${e.name || e.login} took control of the desktop`));
   }
 
+  on_ide_files_edited(e) {
+    const shown = e.files.slice(0, 5);
+    const rest = e.files.length - shown.length + (e.more || 0);
+    this.add(line(e, "", `${e.author.name || e.author.login} edited in VS Code:`,
+      h("code", {}, shown.join(", ") + (rest > 0 ? ` and ${rest} more` : "")),
+      h("span", { class: "muted" }, " · co-authors the next commit")));
+  }
+
   on_notice(e) {
     if (e.follow_up && e.prompt_id != null) {
       // Where a follow-up came from (a GitHub comment, review or failing check): on its prompt.

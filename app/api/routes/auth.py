@@ -288,6 +288,7 @@ def me(user: CurrentUser, accounts: AccountsDep, settings: SettingsDep) -> Me:
         # The page that links GitHub to this account (a plain GitHub sign-in never does).
         github_login_url=f"{settings.base_url}/auth/github/link" if accounts else None,
         desktop=settings.desktop,
+        ide=settings.ide,
     )
 
 

@@ -3,6 +3,7 @@
 import { ApiError, api, sessionPath } from "../api.js";
 import { mountDesktop } from "../desktop.js";
 import { renderDiff } from "../diff.js";
+import { mountIde } from "../ide.js";
 import { EventStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
 import { announce, badge, clear, debounce, extLink, fmtMs, fmtUsd, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
@@ -26,6 +27,7 @@ let replayUntil = 0; // events up to here were stored before the page loaded
 const timing = { mode: null, ready: null, model: null };
 const timeline = new Timeline(timelineEl);
 mountDesktop($("desktop-panel"), sessionId);
+mountIde($("ide-panel"), sessionId);
 
 // ---------------------------------------------------------------- header and side panel
 
