@@ -146,9 +146,7 @@ def test_ide_opens_once_per_ticket_behind_a_session_scoped_cookie(
 
 
 def test_tickets_expire_and_belong_to_one_session(runtime: Any, alice: Person) -> None:
-    from app.api.routes.ide import build_ides
-
-    ides = build_ides(runtime)
+    ides = runtime.ides
     ticket = ides.issue("s1", alice.user)
     with pytest.raises(Forbidden):
         ides.redeem("s2", ticket)
