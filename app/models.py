@@ -120,6 +120,13 @@ class Session(SQLModel, table=True):
     cached_tokens: int = 0
     cost_usd: float = 0.0
     """Estimated spend so far, summed from the session's `usage` events."""
+    last_push: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The last `branch_pushed` event, what the PR is (re)opened from. None with a `head_sha`:
+    a row from before 0014, filled from the session's events on first read."""
+    last_verify: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The last `verify` event: the checks a local PR shows for the push that follows it."""
+    pr_failures: int = 0
+    """How many times opening the PR failed (`pr_failed` errors); the reconciler retries a few."""
 
 
 class Participant(SQLModel, table=True):
@@ -182,6 +189,10 @@ class PullRequest(SQLModel, table=True):
     draft: bool = False
     """Opened while the session's verify commands still failed: not mergeable until someone
     marks it ready (or a later push passes them)."""
+    checks: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The session's last `verify` event before the push of `checks_sha` (None: none ran)."""
+    checks_sha: str | None = Field(default=None, max_length=64)
+    """The head `checks` belong to; another head (rows from before 0014): read from the log."""
 
 
 # ---------------------------------------------------------------- GitHub and web sign-in

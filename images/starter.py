@@ -26,6 +26,7 @@ from images.builder import ImageBuilder
 from images.cold import cold_clone
 from images.mirror import Mirrors
 from images.registry import SHARED_BACKENDS, ImageRecord, ImageRegistry, Trigger
+from images.sandbox_git import sandbox_git
 from images.sandboxes.base import (
     ImageRef,
     Limits,
@@ -271,9 +272,4 @@ class ImageStarter:
 
 
 async def _git(sandbox: Sandbox, *args: str) -> str:
-    result = await sandbox.exec(["git", *args], timeout=300)
-    if not result.ok:
-        raise SyncError(
-            f"git {args[0]} failed in the sandbox: {(result.stderr or result.stdout).strip()}"
-        )
-    return result.stdout
+    return await sandbox_git(sandbox, *args, error=SyncError)

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from images.sandbox_git import sandbox_git
 from images.sandboxes.base import FileTooLarge, Sandbox, SandboxError
 from integrations.forge.base import Forge
 from workers.errors import WorkersError
@@ -77,12 +78,7 @@ def commit_message(
 
 
 async def _git(sandbox: Sandbox, *args: str, env: dict[str, str] | None = None) -> str:
-    result = await sandbox.exec(["git", *args], env=env, timeout=300)
-    if result.exit_code != 0:
-        raise GitOpsError(
-            f"git {args[0]} failed in the sandbox: {(result.stderr or result.stdout).strip()}"
-        )
-    return result.stdout
+    return await sandbox_git(sandbox, *args, error=GitOpsError, env=env)
 
 
 async def head_sha(sandbox: Sandbox) -> str:

@@ -22,10 +22,11 @@ from app.schemas_pulls import (
     PullFile,
 )
 from app.services.pull_requests import LocalPullRequests
+from app.services.session_index import verify_before
 from app.services.sessions import Sessions
 from integrations.forge.base import ForgeError
 from integrations.forge.local import BaseCheckedOut, LocalForge, MergeConflict
-from workers.events import BranchPushed, PrStateChanged, VerifyRan
+from workers.events import PrStateChanged, VerifyRan
 
 log = logging.getLogger("nightshift.pulls")
 
@@ -89,21 +90,20 @@ class LocalPullReview:
         )
 
     def _checks(self, pr: PullRequest) -> ChecksPublic | None:
-        """The last verify run before the push of this head, from the session's events."""
-        last: VerifyRan | None = None
-        found: VerifyRan | None = None
-        try:
-            store = self.sessions.store(pr.session_id)
-        except Unavailable:  # its file is on another API host's data dir: no checks to show
+        """The session's last verify run before the push of this head: kept on the PR when a
+        push opens or updates it; read from the session's events once for older rows."""
+        if pr.checks_sha != pr.head_sha:
+            try:
+                store = self.sessions.store(pr.session_id)
+            except Unavailable:  # its file is on another API host's data dir: no checks to show
+                return None
+            pr.checks = verify_before(store, pr.head_sha)
+            pr.checks_sha = pr.head_sha
+            assert pr.id is not None
+            self.pulls.keep_checks(pr.id, pr.checks, pr.head_sha)
+        if pr.checks is None:
             return None
-        after = max(0, store.last_event_id() - 5000)
-        for event in store.events(after, 5000):
-            if isinstance(event, VerifyRan):
-                last = event
-            elif isinstance(event, BranchPushed) and event.sha == pr.head_sha:
-                found = last
-        if found is None:
-            return None
+        found = VerifyRan.model_validate(pr.checks)
         return ChecksPublic(
             passed=found.passed,
             round=found.round,

@@ -69,6 +69,7 @@ class LocalPullRequests:
             ).first()
             if existing is not None:
                 existing.head_sha = event.sha
+                existing.checks, existing.checks_sha = session.last_verify, event.sha
                 existing.draft = event.draft  # a later push that passes verify is ready
                 existing.updated_at = time.time()
                 assert existing.id is not None
@@ -98,6 +99,8 @@ class LocalPullRequests:
                 head_sha=event.sha,
                 url="",
                 draft=event.draft,
+                checks=session.last_verify,
+                checks_sha=event.sha,
             )
             db.add(pr)
             db.flush()
@@ -130,6 +133,15 @@ class LocalPullRequests:
             db.add(pr)
             db.commit()
         return pr
+
+    def keep_checks(self, pr_id: int, checks: dict[str, object] | None, sha: str) -> None:
+        """Keep the checks found for head `sha` (a row from before they were kept on it)."""
+        with DB(self.engine) as db:
+            pr = db.get(PullRequest, pr_id)
+            if pr is not None and pr.head_sha == sha:
+                pr.checks, pr.checks_sha = checks, sha
+                db.add(pr)
+                db.commit()
 
     def get(self, repo: Repo, number: int) -> PullRequest:
         with DB(self.engine) as db:
@@ -226,21 +238,26 @@ class PullRequests:
                         ),
                     )
 
+    def pushed(self, session_id: str) -> Session:
+        """The session's row with its last push and PR failures (filled from its events once,
+        for a row from before they were columns)."""
+        row = self.sessions.get(session_id)
+        if row.head_sha is None or row.last_push is not None:
+            return row
+        return self.sessions.index.fill_from_log(row, self.sessions.store(session_id))
+
     def retry(self, session_id: str, only_author: int | None = None) -> bool:
         """Try again to open the PR of the session's last pushed branch (say, once its author
         has signed in). With `only_author`, only when that user prompted the push. True when
         the session has a PR afterwards."""
-        store = self.sessions.store(session_id)
-        pushed = None
-        after = max(0, store.last_event_id() - 5000)
-        for event in store.events(after, 5000):
-            if isinstance(event, BranchPushed):
-                pushed = event
-        if pushed is None:
+        row = self.pushed(session_id)
+        if row.last_push is None:
             return False
+        pushed = BranchPushed.model_validate(row.last_push)
         if only_author is not None:
+            store = self.files.get(session_id)
             prompt = store.prompt(pushed.prompt_id) if pushed.prompt_id else None
-            author = prompt.author_id if prompt else self.sessions.get(session_id).author_id
+            author = prompt.author_id if prompt else row.author_id
             if author != only_author:
                 return False
         self.open(session_id, pushed, only_if_missing=True)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, update
 from sqlmodel import col
 
 from app.models import PromptIndex, Session
+from app.sessionstore import SessionStore
 from workers.events import (
     BranchPushed,
+    ErrorRaised,
     Event,
     ModelRequest,
     PrOpened,
@@ -21,7 +24,11 @@ from workers.events import (
     SnapshotTaken,
     StatusChanged,
     UsageReported,
+    VerifyRan,
 )
+
+QUIET = frozenset({"last_verify", "pr_failures"})
+"""Columns whose change does not make the session `updated_at` (they never did)."""
 
 
 def index_values(event: Event) -> tuple[dict[str, object], dict[str, object]]:
@@ -37,7 +44,13 @@ def index_values(event: Event) -> tuple[dict[str, object], dict[str, object]]:
         values["first_model_ms"] = event.ms_since_prompt
         prompt_values["first_model_ms"] = event.ms_since_prompt
     elif isinstance(event, BranchPushed):
-        values.update(head_sha=event.sha, base_sha=event.base_sha)
+        values.update(
+            head_sha=event.sha, base_sha=event.base_sha, last_push=event.model_dump(mode="json")
+        )
+    elif isinstance(event, VerifyRan):
+        values["last_verify"] = event.model_dump(mode="json")
+    elif isinstance(event, ErrorRaised) and event.code == "pr_failed":
+        values["pr_failures"] = Increment(1)
     elif isinstance(event, PrOpened):
         values.update(pr_url=event.url, pr_number=event.number, pr_state=event.state)
     elif isinstance(event, PrStateChanged):
@@ -54,6 +67,35 @@ def index_values(event: Event) -> tuple[dict[str, object], dict[str, object]]:
                 cost_usd=Increment(event.cost_usd or 0.0),
             )
     return values, prompt_values
+
+
+def replay_columns(store: SessionStore) -> dict[str, object]:
+    """`last_push`, `last_verify` and `pr_failures` as the session's whole event log says:
+    for a row from before they were columns (revision 0014)."""
+    values: dict[str, object] = {"last_push": None, "last_verify": None, "pr_failures": 0}
+    failures = 0
+    for event in store.events_of(["branch_pushed", "verify", "error"]):
+        if isinstance(event, BranchPushed):
+            values["last_push"] = event.model_dump(mode="json")
+        elif isinstance(event, VerifyRan):
+            values["last_verify"] = event.model_dump(mode="json")
+        elif isinstance(event, ErrorRaised) and event.code == "pr_failed":
+            failures += 1
+    values["pr_failures"] = failures
+    return values
+
+
+def verify_before(store: SessionStore, head_sha: str) -> dict[str, Any] | None:
+    """The last `verify` event before the push of `head_sha`, from the session's whole log:
+    the checks of a local PR from before revision 0014 kept them on its row."""
+    last: VerifyRan | None = None
+    found: VerifyRan | None = None
+    for event in store.events_of(["verify", "branch_pushed"]):
+        if isinstance(event, VerifyRan):
+            last = event
+        elif isinstance(event, BranchPushed) and event.sha == head_sha:
+            found = last
+    return found.model_dump(mode="json") if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -113,7 +155,8 @@ class IndexWriter:
         values, prompt_values = index_values(event)
         if not values:
             return
-        values["updated_at"] = time.time()
+        if not values.keys() <= QUIET:
+            values["updated_at"] = time.time()
         with self._cond:
             _merge(self._pending.sessions.setdefault(session_id, {}), values)
             if prompt_values and event.prompt_id is not None:
@@ -155,3 +198,25 @@ class IndexWriter:
                     )
                     .values(**_sql(PromptIndex, values))
                 )
+
+    def fill_from_log(self, row: Session, store: SessionStore) -> Session:
+        """The row with the columns of 0014 filled from the session's events, once, when it
+        predates them (a `head_sha` but no `last_push`); any other row is returned as it is.
+
+        Done on first read rather than in the migration: the process that reads the row holds
+        the session file (the migrating one may not), and the migration lock is not held
+        while thousands of files are read."""
+        if row.head_sha is None or row.last_push is not None:
+            return row
+        values = replay_columns(store)
+        if values["last_push"] is None:
+            return row  # the pushed event is gone (a file restored from before the push)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Session)
+                .where(col(Session.id) == row.id, col(Session.last_push).is_(None))
+                .values(**values)
+            )
+        for key, value in values.items():
+            setattr(row, key, value)
+        return row

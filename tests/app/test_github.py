@@ -22,7 +22,7 @@ from integrations.github import sign
 from tests.app.conftest import GitHubEnv
 from tests.factories import git, make_person, wait_for
 from tests.fakes.github import FakeGitHub
-from workers.events import BranchPushed
+from workers.events import BranchPushed, Notice
 
 # ---------------------------------------------------------------- helpers
 
@@ -426,6 +426,28 @@ def test_github_failure_opening_the_pr_is_an_error_then_the_reconciler_retries(
     assert gh.runtime.sessions.get(session_id).pr_number == 1
     assert gh.fake.pull("octo/proj", 1).author == "octocat"
     assert _reconcile(gh).opened == 0
+
+
+def _bury(gh: GitHubEnv, session_id: str, events: int = 5001) -> None:
+    """Many later events of the session (a long conversation) after its push."""
+    store = gh.runtime.files.get(session_id)
+    for n in range(events):
+        store.append(Notice(message=f"later event {n}"))
+
+
+def test_a_failed_pr_is_retried_however_many_events_came_after_its_push(gh: GitHubEnv) -> None:
+    """The push and the failures are kept on the session's row, not looked for among recent
+    events: neither the reconciler nor a sign-in loses them behind a long conversation."""
+    _linked(gh)
+    gh.fake.fail_next(500, "/pulls", times=3)
+    session_id = _push_session(gh, _user(gh, "octocat"))
+    row = gh.runtime.sessions.get(session_id)
+    assert row.pr_number is None and row.pr_failures == 1
+    assert row.last_push is not None and row.last_push["sha"] == row.head_sha
+    _bury(gh, session_id)
+    assert _reconcile(gh).opened == 1
+    assert gh.runtime.sessions.get(session_id).pr_number == 1
+    assert gh.fake.pull("octo/proj", 1).title == "Tidy the readme"
 
 
 def test_reconciler_gives_up_on_a_pr_github_keeps_refusing(gh: GitHubEnv) -> None:

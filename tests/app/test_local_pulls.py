@@ -11,6 +11,7 @@ import pytest
 
 from tests.factories import ApiClient, Person, git, make_person, make_repo, wait_for
 from tests.fakes.llm import ScriptBook, Turn
+from workers.events import Notice
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +243,7 @@ def test_a_follow_up_after_the_merge_opens_a_new_pull_request(
 
 
 def test_the_sessions_verify_results_are_the_checks(
-    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
+    api: ApiClient, openai_fake: ScriptBook, tmp_path: Path, runtime: Any
 ) -> None:
     spec = 'verify = ["test -f checked.txt && echo verified-ok"]\n'
     api.add_repo(make_repo(tmp_path, "checked", {".nightshift.toml": spec, "README.md": "x\n"}))
@@ -251,6 +252,11 @@ def test_the_sessions_verify_results_are_the_checks(
     assert checks is not None and checks["passed"] is True, pr
     assert [c["command"] for c in checks["checks"]] == ["test -f checked.txt && echo verified-ok"]
     assert checks["checks"][0]["ok"] is True and "verified-ok" in checks["checks"][0]["output"]
+    # They are kept on the PR: a long conversation after the push does not hide them.
+    store = runtime.files.get(pr["session_id"])
+    for n in range(5001):
+        store.append(Notice(message=f"later event {n}"))
+    assert api.http.get(f"/api/pulls/{pr['id']}").json()["checks"] == checks
 
 
 def test_a_pr_whose_verify_failed_is_a_draft_until_marked_ready(

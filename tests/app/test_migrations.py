@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
-from sqlmodel import SQLModel
+from sqlalchemy import MetaData, inspect
+from sqlmodel import SQLModel, select
 
 from app.db import control_engine
 from app.migrate import BASELINE, differences, downgrade, head_revision, upgrade
@@ -132,3 +132,80 @@ def test_db_commands(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode != 0 and "migrating" in bad.stderr and "failed" in bad.stderr
+
+
+def test_rows_from_before_0014_get_their_event_columns_from_their_log(tmp_path: Path) -> None:
+    """Revision 0014 adds the last push, the last verify run and the PR failures as columns;
+    a session from before it has them filled from its events on first read, once, however
+    many events came after its push."""
+    from sqlmodel import Session as DB
+
+    from app.models import PullRequest, Repo, Session, User
+    from app.services.session_index import IndexWriter, verify_before
+    from app.sessionstore import SessionFiles
+    from workers.events import BranchPushed, ErrorRaised, Notice, VerifyCheck, VerifyRan
+    from workers.redact import Redactor
+
+    engine = control_engine(f"sqlite:///{tmp_path / 'control.db'}")
+    upgrade(engine)
+    store = SessionFiles(tmp_path / "sessions", Redactor()).create("s1")
+    check = VerifyCheck(command="make test", ok=True, exit_code=0, output="ok")
+    store.append(VerifyRan(round=1, max_rounds=2, passed=True, checks=[check]))
+    pushed = BranchPushed(branch="ns/s1", sha="a" * 40, base="main", base_sha="b" * 40)
+    store.append(pushed)
+    for _ in range(2):
+        store.append(ErrorRaised(code="pr_failed", message="GitHub said 500"))
+    store.append(VerifyRan(round=1, max_rounds=2, passed=False))  # after the push
+    for n in range(5001):
+        store.append(Notice(message=f"later event {n}"))
+    upgrade(engine, "0013")  # a release before 0014 ...
+    tables = MetaData()
+    tables.reflect(engine)
+    new = {"last_push", "last_verify", "pr_failures", "checks", "checks_sha"}
+    with engine.begin() as conn:
+        for old in (
+            User(id=1, login="old", name="Old", email="old@example.com"),
+            Repo(id=1, name="proj", url="/srv/proj"),
+            Session(
+                id="s1",
+                repo_id=1,
+                repo_name="proj",
+                author_id=1,
+                branch="ns/s1",
+                head_sha="a" * 40,
+            ),
+            PullRequest(
+                id=1,
+                repo_id=1,
+                number=1,
+                session_id="s1",
+                title="t",
+                author_id=1,
+                base="main",
+                head="ns/s1",
+                head_sha="a" * 40,
+                url="/pulls/1",
+            ),
+        ):
+            values = {k: v for k, v in old.model_dump().items() if k not in new}
+            conn.execute(tables.tables[str(old.__tablename__)].insert().values(**values))
+    upgrade(engine)  # ... and its rows, migrated: the columns are there, empty
+    with DB(engine) as db:
+        row = db.get(Session, "s1")
+        pr = db.exec(select(PullRequest)).one()
+    assert row is not None and row.last_push is None and row.pr_failures == 0
+    assert pr.checks is None and pr.checks_sha is None
+
+    filled = IndexWriter(engine).fill_from_log(row, store)
+    assert filled.last_push is not None and filled.last_push["sha"] == "a" * 40
+    assert filled.pr_failures == 2 and filled.last_verify is not None
+    assert filled.last_verify["passed"] is False  # the session's last run, after the push
+    with DB(engine) as db:
+        kept = db.get(Session, "s1")
+    assert kept is not None and kept.last_push == filled.last_push and kept.pr_failures == 2
+    # The PR's checks are the run before its head was pushed, not the session's last one.
+    before = verify_before(store, "a" * 40)
+    assert before is not None and before["passed"] is True
+    assert before["checks"][0]["command"] == "make test"
+    assert verify_before(store, "c" * 40) is None
+    engine.dispose()

@@ -27,7 +27,7 @@ from typing import Any
 from workers.agent.hooks import Hooks, OnEvent
 from workers.agent.tools import TOOLS, Tool, ToolContext, ToolOutput
 from workers.errors import ToolError, WorkersError
-from workers.events import Emit, ErrorRaised, Event
+from workers.events import Emit, ErrorRaised, Event, for_prompt
 
 GROUP = "nightshift.plugins"
 BUILTIN = ("workers.agent.protected:ProtectedPaths",)
@@ -178,12 +178,9 @@ def _guard_event(name: str, hook: Any, report: Emit) -> OnEvent:
             message = (
                 f"plugin {name} raised in on_event ({event.type}): {type(exc).__name__}: {exc}"
             )
-            error = ErrorRaised(
-                code="plugin_error",
-                message=message,
-                prompt_id=event.prompt_id,
-                attempt=event.attempt,
+            # The error belongs to the run of the event the plugin failed on.
+            await for_prompt(report, event.prompt_id, event.attempt)(
+                ErrorRaised(code="plugin_error", message=message)
             )
-            await report(error)
 
     return guarded

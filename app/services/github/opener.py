@@ -154,7 +154,8 @@ class GitHubPullRequests:
 
     def retry_failed(self, pulls: PullRequests, days: float = 7.0) -> list[str]:
         """Open the PRs whose opening failed (GitHub down, rate limited), a few times at most:
-        each failed attempt leaves a `pr_failed` error, and after MAX_PR_ATTEMPTS we stop."""
+        each failed attempt leaves a `pr_failed` error, counted in the session's `pr_failures`,
+        and after MAX_PR_ATTEMPTS we stop."""
         with DB(pulls.sessions.engine) as db:
             rows = db.exec(
                 select(Session.id)
@@ -168,11 +169,7 @@ class GitHubPullRequests:
             ).all()
         opened = []
         for session_id in rows:
-            store = pulls.files.get(session_id)
-            recent = store.events(max(0, store.last_event_id() - 5000), 5000)
-            failures = sum(
-                1 for e in recent if e.type == "error" and getattr(e, "code", "") == "pr_failed"
-            )
+            failures = pulls.pushed(session_id).pr_failures
             if 0 < failures < MAX_PR_ATTEMPTS and pulls.retry(session_id):
                 opened.append(session_id)
         return opened
