@@ -15,3 +15,9 @@ def process_alive(host: str, pid: str) -> bool:
     if host != socket.gethostname():
         return True  # another host: only the owner's expiry can tell
     return pid.isdigit() and pid_alive(int(pid))
+
+
+def owner_alive(owner: str) -> bool:
+    """For an owner id `host-pid-x`: False only when that process is certainly gone."""
+    host, _, pid = owner.rpartition("-")[0].rpartition("-")
+    return process_alive(host, pid)

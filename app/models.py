@@ -122,6 +122,20 @@ class Session(SQLModel, table=True):
     """Estimated spend so far, summed from the session's `usage` events."""
 
 
+class SessionOwner(SQLModel, table=True):
+    """Which API process owns a session (several API processes): only the owner writes the
+    session's file and runs its runners; others forward to `peer_url`. A lease, renewed by the
+    owner's heartbeat (`app/services/ownership.py`); an expired one may be claimed."""
+
+    __tablename__ = "session_owners"
+    __table_args__ = (Index("ix_session_owners_process", "process_id"),)
+
+    session_id: str = Field(primary_key=True, max_length=32)
+    process_id: str = Field(max_length=200)
+    peer_url: str = Field(max_length=500)
+    expires_at: float
+
+
 class Participant(SQLModel, table=True):
     __tablename__ = "session_participants"
 

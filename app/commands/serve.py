@@ -13,6 +13,16 @@ from app.errors import ServiceError
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (NIGHTSHIFT_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (NIGHTSHIFT_PORT)")] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes sharing the port (SO_REUSEPORT); process i also listens on "
+            "port+1+i for the others, which forward it the requests of the sessions it owns",
+        ),
+    ] = 1,
+    child: Annotated[int | None, typer.Option(hidden=True, min=0, max=63)] = None,
 ) -> None:
     """Serve the API, the web viewer and an in-process worker."""
     import uvicorn
@@ -25,6 +35,11 @@ def serve(
     if port:
         overrides["port"] = port
     settings = load_settings(**overrides)
+    if processes > 1 and settings.broker_url:
+        fail(
+            "--processes runs embedded API processes; with NIGHTSHIFT_BROKER_URL set run one "
+            "API process (several in distributed mode are not supported yet)"
+        )
     from workers.agent.plugins import PluginLoadError, load_plugins
 
     try:
@@ -40,14 +55,21 @@ def serve(
         except ServiceError as exc:
             fail(str(exc))
         who = f" as {name} <{email}> (NIGHTSHIFT_AUTH=local)"
-    console.print(
-        f"Nightshift is serving at [bold]{settings.base_url}[/]{who}\n"
-        f"  web viewer  {settings.base_url}/\n  API docs    {settings.base_url}/docs\n"
-        f"  data dir    {settings.data_dir.resolve()}\n"
-        f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
-        highlight=False,
-    )
-    uvicorn.run(
+    if child is None:
+        console.print(
+            f"Nightshift is serving at [bold]{settings.base_url}[/]{who}\n"
+            f"  web viewer  {settings.base_url}/\n  API docs    {settings.base_url}/docs\n"
+            f"  data dir    {settings.data_dir.resolve()}\n"
+            f"  model       {settings.model or 'not configured (set NIGHTSHIFT_MODEL)'}",
+            highlight=False,
+        )
+    if processes > 1:
+        from app.commands.processes import supervise
+
+        last = settings.port + processes
+        console.print(f"  processes   {processes}, peer ports {settings.port + 1}-{last}")
+        raise typer.Exit(supervise(settings, processes, host, port))
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -57,3 +79,12 @@ def serve(
         # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
         timeout_graceful_shutdown=3,
     )
+    server = uvicorn.Server(config)
+    if child is None:
+        server.run()
+    else:  # one of `--processes N`: the shared port and its own peer port
+        from app.commands.processes import child_sockets
+
+        server.run(sockets=child_sockets(settings, child))
+    if not server.started:
+        raise typer.Exit(3)

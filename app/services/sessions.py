@@ -21,6 +21,7 @@ from app.schemas import PromptPublic, SessionPublic
 from app.services import session_views
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
+from app.services.ownership import Ownership
 from app.services.repos import Repos
 from app.services.session_index import IndexWriter
 from app.services.users import Users, author_of
@@ -63,8 +64,11 @@ class Sessions:
         max_prompt_chars: int,
         max_active_per_user: int = 20,
         models: ModelChoices | None = None,
+        owners: Ownership | None = None,
     ) -> None:
         self.engine = engine
+        self.owners = owners
+        """Several API processes: the creating process owns a new session."""
         self.files = files
         self.hub = hub
         self.repos = repos
@@ -210,6 +214,8 @@ class Sessions:
             with DB(self.engine, expire_on_commit=False) as db:
                 self._check_active(user, db)  # atomically with the insert
                 db.add(row)
+                if self.owners is not None:  # in the same transaction: never unowned
+                    db.add(self.owners.new_row(session_id))
                 db.flush()
                 self._join(db, session_id, user.id, "author")
                 db.commit()
