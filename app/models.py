@@ -269,6 +269,7 @@ CONTROL_TABLES = [
     ApiToken.__table__,  # type: ignore[attr-defined]
     Repo.__table__,  # type: ignore[attr-defined]
     Session.__table__,  # type: ignore[attr-defined]
+    SessionOwner.__table__,  # type: ignore[attr-defined]
     Participant.__table__,  # type: ignore[attr-defined]
     PromptIndex.__table__,  # type: ignore[attr-defined]
     PullRequest.__table__,  # type: ignore[attr-defined]
