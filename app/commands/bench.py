@@ -93,6 +93,9 @@ def bench_load(
         str, typer.Option(help="embedded (in-process), distributed (Celery on Redis) or both")
     ] = "embedded",
     workers: Annotated[int, typer.Option(help="Celery worker processes (distributed)", min=1)] = 2,
+    processes: Annotated[
+        int, typer.Option(help="API processes (`serve --processes N`, embedded)", min=1, max=64)
+    ] = 1,
     worker_concurrency: Annotated[
         int | None, typer.Option(help="Sessions per worker (default: enough for all)", min=1)
     ] = None,
@@ -128,6 +131,8 @@ def bench_load(
     }
     if mode not in choices:
         fail(f"unknown mode {mode!r}; choose embedded, distributed or both")
+    if processes > 1 and mode != "embedded":
+        fail("--processes runs embedded API processes: use it with --mode embedded")
     results = []
     for one in choices[mode]:
         config = LoadConfig(
@@ -135,6 +140,7 @@ def bench_load(
             latency_ms=latency_ms,
             mode=one,
             workers=workers,
+            processes=processes,
             worker_concurrency=worker_concurrency,
             idle_seconds=idle_seconds,
             database_url=database_url,
