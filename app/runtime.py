@@ -126,6 +126,11 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         distributed_checks(settings)
     if settings.peer_url:
         peer_secret(settings)  # several API processes sign what they forward to each other
+        if settings.broker_url:
+            raise ValueError(
+                "NIGHTSHIFT_PEER_URL (several API processes) works in the embedded mode only "
+                "for now: unset it, or NIGHTSHIFT_BROKER_URL"
+            )
     # 1. Secrets, the control DB, the loop every background job runs on.
     redactor, engine = secrets_and_control_db(settings)
     running = threading.Event()
