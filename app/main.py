@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.forward import OwnerRouter, PeerSigner
+from app.api.forward import OwnerRouter
 from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
     artifacts,
@@ -22,6 +22,7 @@ from app.api.routes import (
     images,
     internal,
     live,
+    peers,
     pulls,
     repos,
     sessions,
@@ -35,6 +36,7 @@ from app.errors import ServiceError
 from app.loop_lag import LoopLag
 from app.overload import Backlog, PromptBacklog
 from app.runtime import Runtime, build_runtime
+from app.services.peers import PeerSigner
 from app.settings import Settings, get_settings
 from app.wiring import peer_secret
 
@@ -162,6 +164,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(signin.router)
     app.include_router(web.router)
     app.include_router(internal.router)
+    app.include_router(peers.router)
     web.mount_static(app)
     desktop.mount_novnc(app)
     return app

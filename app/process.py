@@ -24,6 +24,7 @@ from app.services.github.app import GitHubServices, RebuildHook
 from app.services.hub import EventHub
 from app.services.images import Images
 from app.services.ownership import Ownership
+from app.services.peers import SessionPeers
 from app.services.presence import Presence
 from app.services.pull_requests import LocalPullRequests, PullRequests
 from app.services.repos import Repos
@@ -153,6 +154,8 @@ class Runtime:
     started_at: float = 0.0
     owners: Ownership | None = None
     """Several API processes: the sessions this one owns (None: it owns every session)."""
+    peers: SessionPeers | None = None
+    """Several API processes: writes to sessions another process owns go to it."""
     state_dir: Path | None = None
     """Where this process's sandboxes live (None: the data dir)."""
 
@@ -258,5 +261,7 @@ class Runtime:
             # Its runners are stopped: the other processes take its sessions over at once.
             with contextlib.suppress(Exception):
                 self.owners.release()
+        if self.peers is not None:
+            self.peers.close()
         self.files.close()
         self.engine.dispose()

@@ -36,6 +36,7 @@ from app.services.github.app import (
 from app.services.hub import EventHub, On
 from app.services.model_choices import ModelChoices
 from app.services.ownership import Ownership
+from app.services.peers import PeerSigner, SessionPeers
 from app.services.pull_requests import LocalPullRequests, PullRequestOpener, PullRequests
 from app.services.repos import RepoCatalog, Repos
 from app.services.runners import RunnerService
@@ -185,7 +186,8 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     # publish through the hub); it is read at the first publish.
     files = SessionFiles(data_dir / "sessions", redactor)
     index = IndexWriter(engine)
-    hub = EventHub(files, lambda: event_handlers(index, pull_requests, github, slack))
+    peers = SessionPeers(owners, PeerSigner(peer_secret(settings))) if owners else None
+    hub = EventHub(files, lambda: event_handlers(index, pull_requests, github, slack), peers)
     streams: StreamConsumer | None = None
     if settings.broker_url:
         from app.services.streams import StreamConsumer
@@ -206,7 +208,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         max_prompt_chars=settings.max_prompt_chars,
         max_active_per_user=settings.max_sessions_per_user,
         models=ModelChoices(settings.model_choices()),
-        owners=owners,
+        peers=peers,
     )
     runners = (
         RunnerService(sessions, sync_events=streams.drain_or_unavailable, owners=owners)
@@ -300,6 +302,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         on_start=on_start,
         slack=slack,
         owners=owners,
+        peers=peers,
         state_dir=state_dir,
     )
 

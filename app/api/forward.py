@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,13 +29,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.services.ownership import Owner, Ownership
+from app.services.peers import PeerSigner
 
 log = logging.getLogger("nightshift.forward")
 
 PEER_HEADER = b"x-nightshift-peer"
 SESSION_PATH = re.compile(r"^/(?:api|internal/v1)/sessions/([0-9a-f]{12})(?:/[A-Za-z0-9_.~-]+)*/?$")
 """The paths of one session (ids are 12 hex digits; `/api/sessions/changes` is not one)."""
-SIGNATURE_AGE_S = 60
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -54,30 +51,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 WS_HEADERS = frozenset({b"authorization", b"cookie", b"host", b"user-agent"})
-
-
-class PeerSigner:
-    """Signs and checks `X-Nightshift-Peer`: `<unix time>.<hex HMAC-SHA256 of the time, the
-    method and the target>` under the secret the API processes share."""
-
-    def __init__(self, secret: str) -> None:
-        self.key = secret.encode()
-
-    def _mac(self, stamp: int, method: str, target: str) -> str:
-        message = f"{stamp}\n{method}\n{target}".encode()
-        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
-
-    def sign(self, method: str, target: str) -> str:
-        stamp = int(time.time())
-        return f"{stamp}.{self._mac(stamp, method, target)}"
-
-    def valid(self, value: str, method: str, target: str) -> bool:
-        stamp, _, mac = value.partition(".")
-        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
-            return False
-        if abs(time.time() - int(stamp)) > SIGNATURE_AGE_S:
-            return False
-        return hmac.compare_digest(mac, self._mac(int(stamp), method, target))
 
 
 class _HostAsSent(ClientConnection):

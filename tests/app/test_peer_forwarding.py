@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.api.forward import SESSION_PATH, PeerSigner
+from app.api.forward import SESSION_PATH
+from app.services.peers import PeerSigner
 
 
 def test_a_peer_signature_covers_method_target_and_time() -> None:
@@ -107,3 +108,82 @@ def test_a_lease_moves_only_when_its_process_is_gone_or_expired(runtime: Any, al
     assert not second.holds(session.id)
     first.release()
     assert first.owner_row(session.id) is None
+
+
+def _bound() -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_writes_that_start_away_from_the_owner_are_done_by_the_owner(
+    make_settings: Any, openai_fake: Any, tmp_path: Any
+) -> None:
+    """Two API processes' runtimes on one data dir: a follow-up, an event and a stop that
+    start on the process that does not own the session (as Slack, GitHub or a PR merge
+    would) are sent to the owner, which stores and publishes them; the other never does."""
+    import threading
+
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+    from tests.factories import make_person, make_repo, wait_for
+    from tests.fakes.llm import Turn
+    from tests.fakes.server import BackgroundServer
+    from workers.events import Notice
+
+    gate = threading.Event()
+    openai_fake.script(
+        "hold here", Turn(text="Waiting.", gate=gate), Turn.tool("finish", summary="ok")
+    )
+    socks = [_bound(), _bound()]
+    runtimes = []
+    for sock in socks:
+        settings = make_settings(
+            model="openai:fake-model",
+            openai_base_url=openai_fake.url,
+            openai_api_key="sk-test-fake-key-0123456789abcdef",
+            peer_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
+            peer_secret="peer-secret-0123456789abcdef",
+        )
+        runtimes.append(build_runtime(settings))
+    owner, other = runtimes
+    seen: dict[str, list[str]] = {"owner": [], "other": []}
+    owner.hub.handlers.append(lambda _sid, event: seen["owner"].append(event.type))
+    other.hub.handlers.append(lambda _sid, event: seen["other"].append(event.type))
+    servers = []
+    try:
+        for rt, sock in zip(runtimes, socks, strict=True):
+            rt.start()
+            servers.append(BackgroundServer(create_app(runtime=rt), sock=sock).start())
+        pat = make_person(owner, "pat", "Pat Peer", "pat@example.com")
+        owner.repos.add(RepoCreate(url=str(make_repo(tmp_path, "peer"))))
+        session = owner.sessions.create(pat.user, "peer", "hold here")
+        wait_for(lambda: owner.sessions.get(session.id).status == "running", 30, "running")
+        assert other.peers.local(session.id) == owner.settings.peer_url
+
+        other.hub.publish(session.id, Notice(message="from afar"))
+        prompt = other.sessions.add_prompt(pat.user, session.id, "and then this", "slack")
+        assert prompt.text == "and then this" and prompt.state == "queued"
+        other.sessions.stop(pat.user, session.id)
+        gate.set()
+        wait_for(lambda: owner.sessions.get(session.id).status == "stopped", 30, "stopped")
+
+        assert "notice" in seen["owner"] and "prompt_queued" in seen["owner"]
+        assert seen["other"] == []  # it wrote nothing of a session it does not own
+        events = owner.sessions.events(session.id)
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+        assert any(e.type == "notice" and e.message == "from afar" for e in events)  # type: ignore[union-attr]
+        assert [p.text for p in owner.sessions.prompts(session.id)] == [
+            "hold here",
+            "and then this",
+        ]
+        assert owner.owners.holds(session.id) and not other.owners.holds(session.id)
+    finally:
+        gate.set()
+        for server in servers:
+            server.stop()
+        for rt in runtimes:
+            rt.close()
