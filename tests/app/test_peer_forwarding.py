@@ -187,3 +187,37 @@ def test_writes_that_start_away_from_the_owner_are_done_by_the_owner(
             server.stop()
         for rt in runtimes:
             rt.close()
+
+
+def test_peer_routes_need_a_signature(make_settings: Any, openai_fake: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from app.services.peers import PEER_HEADER, PeerSigner
+
+    alone = build_runtime(make_settings())
+    try:
+        with TestClient(create_app(runtime=alone)) as client:
+            path = "/internal/v1/peers/sessions/0123456789ab/stop"
+            assert client.post(path, json={"user_id": 1}).status_code == 404
+    finally:
+        alone.close()
+    secret = "peer-secret-0123456789abcdef"
+    rt = build_runtime(make_settings(peer_url="http://127.0.0.1:9", peer_secret=secret))
+    try:
+        with TestClient(create_app(runtime=rt)) as client:
+            path = "/internal/v1/peers/sessions/0123456789ab/stop"
+            assert client.post(path, json={"user_id": 1}).status_code == 401
+            forged = PeerSigner("not-the-secret-0123456789abcdef").sign("POST", path)
+            answer = client.post(path, json={"user_id": 1}, headers={PEER_HEADER: forged})
+            assert answer.status_code == 401
+            other = PeerSigner(secret).sign("POST", path.replace("stop", "prompts"))
+            answer = client.post(path, json={"user_id": 1}, headers={PEER_HEADER: other})
+            assert answer.status_code == 401
+            signed = PeerSigner(secret).sign("POST", path)
+            answer = client.post(path, json={"user_id": 1}, headers={PEER_HEADER: signed})
+            assert answer.status_code == 404, answer.text  # through: no such session here
+            assert "/internal/v1/peers" not in str(client.get("/openapi.json").json())
+    finally:
+        rt.close()
