@@ -318,6 +318,14 @@ class Sessions:
             ).all()
         return list(rows), int(total)
 
+    def changed_since(self, since: float) -> list[tuple[str, float]]:
+        """Sessions whose index row changed after `since` (by any API process), with when."""
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(Session.id, Session.updated_at).where(col(Session.updated_at) > since)
+            ).all()
+        return [(str(r[0]), float(r[1])) for r in rows]
+
     def public(self, row: Session) -> SessionPublic:
         return self.public_many([row])[0]
 

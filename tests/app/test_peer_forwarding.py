@@ -118,12 +118,26 @@ def _bound() -> Any:
     return sock
 
 
+def _watch_changes(url: str, token: str, out: list[str]) -> None:
+    import json
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.stream("GET", url + "/api/sessions/changes", headers=headers, timeout=60) as r:
+        out.append("open")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                out.append(json.loads(line[len("data: ") :])["id"])
+
+
 def test_writes_that_start_away_from_the_owner_are_done_by_the_owner(
     make_settings: Any, openai_fake: Any, tmp_path: Any
 ) -> None:
     """Two API processes' runtimes on one data dir: a follow-up, an event and a stop that
     start on the process that does not own the session (as Slack, GitHub or a PR merge
-    would) are sent to the owner, which stores and publishes them; the other never does."""
+    would) are sent to the owner, which stores and publishes them; the other never does.
+    The other's live list (`/api/sessions/changes`) shows the owner's session changing."""
     import threading
 
     from app.main import create_app
@@ -160,8 +174,15 @@ def test_writes_that_start_away_from_the_owner_are_done_by_the_owner(
             servers.append(BackgroundServer(create_app(runtime=rt), sock=sock).start())
         pat = make_person(owner, "pat", "Pat Peer", "pat@example.com")
         owner.repos.add(RepoCreate(url=str(make_repo(tmp_path, "peer"))))
+        listed: list[str] = []  # the live list on the other process sees the owner's changes
+        watcher = threading.Thread(
+            target=_watch_changes, args=(servers[1].url, pat.token, listed), daemon=True
+        )
+        watcher.start()
+        wait_for(lambda: listed, 10, "the changes stream to open")
         session = owner.sessions.create(pat.user, "peer", "hold here")
         wait_for(lambda: owner.sessions.get(session.id).status == "running", 30, "running")
+        wait_for(lambda: session.id in listed, 30, "the change on the other process")
         assert other.peers.local(session.id) == owner.settings.peer_url
 
         other.hub.publish(session.id, Notice(message="from afar"))
