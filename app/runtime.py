@@ -127,11 +127,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         distributed_checks(settings)
     if settings.peer_url:
         peer_secret(settings)  # several API processes sign what they forward to each other
-        if settings.broker_url:
-            raise ValueError(
-                "NIGHTSHIFT_PEER_URL (several API processes) works in the embedded mode only "
-                "for now: unset it, or NIGHTSHIFT_BROKER_URL"
-            )
+
     # 1. Secrets, the control DB, the loop every background job runs on.
     redactor, engine = secrets_and_control_db(settings)
     running = threading.Event()
@@ -192,7 +188,10 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     if settings.broker_url:
         from app.services.streams import StreamConsumer
 
-        streams = StreamConsumer(settings.broker_url, hub.publish)
+        # Several API processes: each persists the events of the sessions it owns.
+        streams = StreamConsumer(
+            settings.broker_url, hub.publish, owns=owners.holds if owners else None
+        )
     # 6. Sessions and what runs them. In-process runners call back into the control plane
     # (which creates and dispatches sessions): the dispatcher reads `deps` per run.
     dispatcher = celery or InProcessDispatcher(executor, lambda: deps)

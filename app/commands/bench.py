@@ -94,7 +94,7 @@ def bench_load(
     ] = "embedded",
     workers: Annotated[int, typer.Option(help="Celery worker processes (distributed)", min=1)] = 2,
     processes: Annotated[
-        int, typer.Option(help="API processes (`serve --processes N`, embedded)", min=1, max=64)
+        int, typer.Option(help="API processes (`serve --processes N`)", min=1, max=64)
     ] = 1,
     worker_concurrency: Annotated[
         int | None, typer.Option(help="Sessions per worker (default: enough for all)", min=1)
@@ -131,8 +131,6 @@ def bench_load(
     }
     if mode not in choices:
         fail(f"unknown mode {mode!r}; choose embedded, distributed or both")
-    if processes > 1 and mode != "embedded":
-        fail("--processes runs embedded API processes: use it with --mode embedded")
     results = []
     for one in choices[mode]:
         config = LoadConfig(

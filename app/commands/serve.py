@@ -35,11 +35,6 @@ def serve(
     if port:
         overrides["port"] = port
     settings = load_settings(**overrides)
-    if processes > 1 and settings.broker_url:
-        fail(
-            "--processes runs embedded API processes; with NIGHTSHIFT_BROKER_URL set run one "
-            "API process (several in distributed mode are not supported yet)"
-        )
     from workers.agent.plugins import PluginLoadError, load_plugins
 
     try:

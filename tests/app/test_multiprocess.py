@@ -320,3 +320,96 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
         other.close()
     finally:
         _stop(proc)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_distributed_three_processes_persist_each_sessions_events_once(
+    openai_fake: ScriptBook, postgres_url: str, tmp_path: Path
+) -> None:
+    """Distributed mode: a Celery worker runs the sessions and publishes on Redis streams;
+    each API process persists the streams of the sessions it owns. One API process is
+    SIGKILLed mid-run: the others take its sessions over and persist the rest of their events,
+    none twice."""
+    from tests.cluster import WORKER_TOKEN, RedisServer
+
+    repo = make_repo(tmp_path, "dist")
+    gate = threading.Event()
+    openai_fake.script(
+        "distributed task",
+        Turn.tool("write_file", "Writing.", path="D.md", content="distributed\n"),
+        Turn(text="Looking again.", calls=[Call("list_files", {"path": "."})], gate=gate),
+        Turn.tool("finish", summary="done", title="Distributed"),
+    )
+    redis_server = RedisServer(tmp_path).start()
+    ports = [free_port() for _ in range(3)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    broker = {
+        "NIGHTSHIFT_BROKER_URL": redis_server.url(),
+        "NIGHTSHIFT_WORKER_TOKEN": WORKER_TOKEN,
+        "NIGHTSHIFT_CONTROL_URL": urls[1],  # a survivor; it forwards to each session's owner
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    worker = None
+    try:
+        for i, (port, url) in enumerate(zip(ports, urls, strict=True)):
+            env = _env(tmp_path, openai_fake, postgres_url, NIGHTSHIFT_PEER_URL=url, **broker)
+            procs.append(_spawn(tmp_path, f"api{i}", ["serve", "--port", str(port)], env))
+            name = f"api{i}"
+            wait_for(lambda u=url, n=name: _up(u, procs[-1], tmp_path, n), 60, name)
+        env = _env(
+            tmp_path,
+            openai_fake,
+            postgres_url,
+            NIGHTSHIFT_DATA_DIR=str(tmp_path / "worker-data"),
+            **broker,
+        )
+        worker = _spawn(tmp_path, "w1", ["worker", "--name", "w1", "--concurrency", "8"], env)
+        log = tmp_path / "w1.log"
+        wait_for(lambda: "@w1 ready." in log.read_text(errors="replace"), 60, "the worker")
+        pat = _person(postgres_url)
+        clients = [
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {pat.token}"}, timeout=60)
+            for url in urls
+        ]
+        assert clients[0].post("/api/repos", json={"url": str(repo)}).status_code == 201
+
+        def create(i: int) -> tuple[int, str]:
+            answer = clients[i % 3].post(
+                "/api/sessions", json={"repo": "dist", "prompt": f"distributed task {i}"}
+            )
+            assert answer.status_code == 201, answer.text
+            return i % 3, answer.json()["id"]
+
+        with ThreadPoolExecutor(6) as pool:
+            created = list(pool.map(create, range(6)))
+        owners = _owners(postgres_url)
+        assert {sid: owners[sid] for _, sid in created} == {sid: urls[i] for i, sid in created}
+
+        def started(session_id: str) -> bool:
+            events = clients[1].get(f"/api/sessions/{session_id}/events").json()
+            return any(e["type"] == "tool_result" for e in events)
+
+        for _, sid in created:
+            wait_for(lambda sid=sid: started(sid), 120, f"session {sid} to run its first tool")
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        gate.set()
+        for n, (_, sid) in enumerate(created):
+            http = clients[1 + n % 2]
+            done = wait_for(lambda sid=sid, h=http: _done(h, sid), 180, f"session {sid}")
+            assert done["status"] == "finished", done
+        for _, sid in created:
+            events = clients[1].get(f"/api/sessions/{sid}/events", params={"limit": 5000}).json()
+            _check_events(events)
+            assert events == clients[2].get(f"/api/sessions/{sid}/events?limit=5000").json()
+        moved = _owners(postgres_url)
+        assert all(moved[sid] in urls[1:] for _, sid in created)
+        for client in clients:
+            client.close()
+    finally:
+        for proc in procs:
+            _stop(proc)
+        if worker is not None:
+            _stop(worker)
+        redis_server.stop(keep_data=False)

@@ -48,20 +48,11 @@ def test_only_a_sessions_own_paths_are_forwarded() -> None:
         assert not SESSION_PATH.match(path) or ".." in path, path
 
 
-def test_a_peer_url_needs_a_shared_secret_and_the_embedded_mode(make_settings: Any) -> None:
+def test_a_peer_url_needs_a_shared_secret(make_settings: Any) -> None:
     from app.runtime import build_runtime
 
     with pytest.raises(ValueError, match="NIGHTSHIFT_PEER_SECRET"):
         build_runtime(make_settings(peer_url="http://127.0.0.1:9"))
-    with pytest.raises(ValueError, match="embedded mode only"):
-        build_runtime(
-            make_settings(
-                peer_url="http://127.0.0.1:9",
-                peer_secret="peer-secret-0123456789abcdef",
-                broker_url="redis://127.0.0.1:6379/15",
-                worker_token="worker-token-0123456789abcdef",
-            )
-        )
 
 
 def test_a_lease_moves_only_when_its_process_is_gone_or_expired(runtime: Any, alice: Any) -> None:
