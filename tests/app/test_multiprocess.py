@@ -276,6 +276,7 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
             f"/api/sessions/{sid}",
             f"/api/sessions/{sid}/prompts",
             f"/api/sessions/{sid}/events?after=3",
+            f"/api/sessions/{sid}/events?after=2&note=a%20b|c'd%2F~",  # forwarded byte for byte
         ):
             assert other.get(path).json() == owner.get(path).json(), path
         events = owner.get(f"/api/sessions/{sid}/events").json()
