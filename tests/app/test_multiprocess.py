@@ -98,8 +98,8 @@ def _person(database_url: str) -> Person:
         engine.dispose()
 
 
-def _owners(database_url: str) -> dict[str, str]:
-    """session id → the peer URL of the process that owns it."""
+def _owners(database_url: str, column: str = "peer_url") -> dict[str, str]:
+    """session id → the peer URL (or the process id) of the process that owns it."""
     from sqlalchemy import text
 
     from app.db import control_engine
@@ -107,7 +107,8 @@ def _owners(database_url: str) -> dict[str, str]:
     engine = control_engine(database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT session_id, peer_url FROM session_owners")).all()
+            query = text(f"SELECT session_id, {column} FROM session_owners")  # noqa: S608
+            rows = conn.execute(query).all()
         return {str(r[0]): str(r[1]) for r in rows}
     finally:
         engine.dispose()
@@ -317,6 +318,21 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
         forged = other.get(f"/api/sessions/{sid}", headers={"X-Nightshift-Peer": "1.abc"})
         assert forged.status_code == 403
         assert other.get(f"/api/sessions/{sid}", headers={"Authorization": ""}).status_code == 401
+
+        # The owner dies: the other process answers for the session at once (it claims it),
+        # and the supervisor restarts the dead one, which then forwards to the new owner.
+        os.kill(int(_owners(database, "process_id")[sid].rsplit("-", 2)[-2]), signal.SIGKILL)
+        # Until the process is seen gone its requests answer 503 (Retry-After), as clients expect.
+        taken = wait_for(
+            lambda: (r := other.get(f"/api/sessions/{sid}/events")).status_code == 200 and r,
+            30,
+            "the other process to take the session over",
+        )
+        assert taken.json() == events
+        assert _owners(database)[sid] == other_url
+        wait_for(lambda: _up(owner_url, proc, tmp_path, "serve"), 90, "the restarted process")
+        assert owner.get(f"/api/sessions/{sid}/events").json() == events
+        assert _owners(database)[sid] == other_url
         owner.close()
         other.close()
     finally:
