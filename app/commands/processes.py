@@ -23,6 +23,8 @@ from app.settings import Settings
 
 RESTART_DELAY_S = 1.0
 STOP_GRACE_S = 20.0
+STARTUP_FAILED = 3
+"""A child's exit status when it could not start (`serve` exits so too)."""
 
 
 def peer_host(settings: Settings) -> str:
@@ -82,13 +84,19 @@ def supervise(settings: Settings, count: int, host: str | None, port: int | None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     children = {slot: start(slot) for slot in range(count)}
+    status = 0
     while not stopping:
         time.sleep(0.2)
         for slot, child in list(children.items()):
-            if child.poll() is not None and not stopping:
-                print(f"API process {slot} exited with {child.returncode}; restarting it")
-                time.sleep(RESTART_DELAY_S)
-                children[slot] = start(slot)
+            if child.poll() is None or stopping:
+                continue
+            if child.returncode == STARTUP_FAILED:  # a port taken, bad settings: not transient
+                print(f"API process {slot} could not start; stopping the others")
+                stopping, status = True, STARTUP_FAILED
+                break
+            print(f"API process {slot} exited with {child.returncode}; restarting it")
+            time.sleep(RESTART_DELAY_S)
+            children[slot] = start(slot)
     for child in children.values():
         if child.poll() is None:
             child.terminate()
@@ -99,4 +107,4 @@ def supervise(settings: Settings, count: int, host: str | None, port: int | None
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    return 0
+    return status

@@ -80,6 +80,10 @@ def serve(
     else:  # one of `--processes N`: the shared port and its own peer port
         from app.commands.processes import child_sockets
 
-        server.run(sockets=child_sockets(settings, child))
+        try:
+            sockets = child_sockets(settings, child)
+        except OSError as exc:
+            fail(f"API process {child} cannot listen: {exc}", 3)
+        server.run(sockets=sockets)
     if not server.started:
         raise typer.Exit(3)

@@ -430,3 +430,25 @@ def test_distributed_three_processes_persist_each_sessions_events_once(
         if worker is not None:
             _stop(worker)
         redis_server.stop(keep_data=False)
+
+
+def test_processes_stop_when_one_cannot_listen(openai_fake: ScriptBook, tmp_path: Path) -> None:
+    """A peer port taken is no transient failure: `serve --processes` stops, saying why."""
+    import socket
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 2))  # the second process's peer port
+        taken.listen(1)
+        result = subprocess.run(
+            [str(BIN / "nightshift"), "serve", "--port", str(port), "--processes", "2"],
+            env=_env(tmp_path, openai_fake, None),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "API process 1 cannot listen" in result.stderr
+    assert "could not start; stopping the others" in result.stdout
