@@ -85,7 +85,10 @@ class Session(SQLModel, table=True):
     """The index row of a session; its contents live in the session's own SQLite file."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_sessions_created", "created_at"),
+        Index("ix_sessions_updated", "updated_at"),  # the live list's poll (several processes)
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     repo_id: int = Field(foreign_key="repos.id", index=True)

@@ -1,4 +1,5 @@
-"""session owners: which API process owns a session when several serve the same control DB
+"""session owners: which API process owns a session when several serve the same control DB;
+sessions indexed by their last change (the live list polls it)
 
 Revision ID: 0014
 Revises: 0013
@@ -28,8 +29,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("session_id"),
     )
     op.create_index("ix_session_owners_process", "session_owners", ["process_id"])
+    op.create_index("ix_sessions_updated", "sessions", ["updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sessions_updated", table_name="sessions")
     op.drop_index("ix_session_owners_process", table_name="session_owners")
     op.drop_table("session_owners")
