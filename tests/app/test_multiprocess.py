@@ -53,15 +53,15 @@ def _env(root: Path, openai_fake: ScriptBook, database_url: str | None, **extra:
 
 
 def _spawn(root: Path, name: str, args: list[str], env: dict) -> subprocess.Popen[bytes]:
-    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        [str(BIN / "nightshift"), *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-        start_new_session=True,
-    )
+    with open(root / f"{name}.log", "ab") as log:  # the child has its own copy
+        return subprocess.Popen(
+            [str(BIN / "nightshift"), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            start_new_session=True,
+        )
 
 
 def _up(url: str, proc: subprocess.Popen[bytes], root: Path, name: str) -> bool:
