@@ -27,6 +27,7 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from app.services.ownership import Owner, Ownership
 from app.services.peers import PeerSigner
@@ -193,6 +194,7 @@ class OwnerRouter:
                 open_timeout=10,
                 max_size=None,
                 create_connection=_HostAsSent,
+                subprotocols=[Subprotocol(p) for p in scope.get("subprotocols") or ()] or None,
             )
         except InvalidStatus as exc:
             code = 4000 + exc.response.status_code
@@ -204,9 +206,11 @@ class OwnerRouter:
             await send({"type": "websocket.accept"})
             await send({"type": "websocket.close", "code": 4503, "reason": "owner unreachable"})
             return
-        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+        closed = False
 
         async def down() -> None:
+            nonlocal closed
             with contextlib.suppress(ConnectionClosed):
                 async for data in upstream:
                     key = "text" if isinstance(data, str) else "bytes"
@@ -215,6 +219,7 @@ class OwnerRouter:
             if code is None or code in (1005, 1006, 1015):
                 code = 1000 if code != 1006 else 1011
             reason = upstream.close_reason or ""
+            closed = True
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": code, "reason": reason})
 
@@ -232,6 +237,9 @@ class OwnerRouter:
             await _first_of(down(), up())
         finally:
             await upstream.close()
+            if not closed:  # the owner's side failed first; a client already gone ignores it
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": 1011})
 
 
 async def _first_of(*jobs: Any) -> None:
