@@ -266,6 +266,10 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
             session = shared.post("/api/sessions", json={"repo": "same", "prompt": "same answer"})
             assert session.status_code == 201, session.text
         sid = session.json()["id"]
+        # Each process says where its peers reach it, and how many sessions it owns.
+        health = [httpx.get(url + "/healthz").json() for url in peers]
+        assert [h["peer_url"] for h in health] == peers
+        assert sorted(h["sessions_owned"] for h in health) == [0, 1]
         owner_url = _owners(database)[sid]
         other_url = next(url for url in peers if url != owner_url)
         owner = httpx.Client(base_url=owner_url, headers=auth, timeout=60)
