@@ -29,6 +29,7 @@ from app.liveness import owner_alive
 from app.models import Session, SessionOwner
 
 log = logging.getLogger("nightshift.ownership")
+STALL_TTLS = 3
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,16 @@ class Ownership:
         return owned
 
     def _claimable(self, row: SessionOwner, now: float) -> bool:
+        """Its process is certainly gone, or its lease expired. A process on this host that
+        still runs is only late with its heartbeat (a busy machine): its lease is left to it
+        for STALL_TTLS times the TTL before it counts as hung."""
         if row.process_id == self.process_id:
             return False
-        return row.expires_at < now or not owner_alive(row.process_id)
+        if not owner_alive(row.process_id):
+            return True
+        here = row.process_id.rpartition("-")[0].rpartition("-")[0] == socket.gethostname()
+        grace = (STALL_TTLS - 1) * self.ttl if here else 0.0
+        return row.expires_at + grace < now
 
     def _claim(self, session_id: str, seen: SessionOwner | None) -> Owner | None:
         """Take the lease `seen` (None: there was none), unless another process took it first."""

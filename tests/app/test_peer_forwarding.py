@@ -85,15 +85,22 @@ def test_a_lease_moves_only_when_its_process_is_gone_or_expired(runtime: Any, al
         db.commit()
     assert second.claim_all([session.id]) == {session.id}
     assert second.holds(session.id)
-    # The first one's heartbeat learns it lost the session; an expired lease moves too.
+    # The first one's heartbeat learns it lost the session. An expired lease of a process
+    # that runs on this host stays with it (a late heartbeat) until three TTLs have passed.
     first.renew()
     assert not first.holds(session.id)
-    with DB(runtime.engine) as db:
-        row = db.get(SessionOwner, session.id)
-        assert row is not None
-        row.expires_at = time.time() - 1
-        db.add(row)
-        db.commit()
+
+    def expire(seconds_ago: float) -> None:
+        with DB(runtime.engine) as db:
+            row = db.get(SessionOwner, session.id)
+            assert row is not None
+            row.expires_at = time.time() - seconds_ago
+            db.add(row)
+            db.commit()
+
+    expire(1)
+    assert not first.owner(session.id).mine  # type: ignore[union-attr]
+    expire(2 * 60 + 1)
     assert first.owner(session.id).mine  # type: ignore[union-attr]
     second.renew()
     assert not second.holds(session.id)
