@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.forward import OwnerRouter
 from app.api.hosts import OriginCheck, server_names
 from app.api.routes import (
     artifacts,
@@ -22,6 +23,7 @@ from app.api.routes import (
     images,
     internal,
     live,
+    peers,
     pulls,
     repos,
     sessions,
@@ -36,7 +38,9 @@ from app.loop_lag import LoopLag
 from app.overload import Backlog, PromptBacklog
 from app.runtime import Runtime, build_runtime
 from app.services.ide import ide_origin
+from app.services.peers import PeerSigner
 from app.settings import Settings, get_settings
+from app.wiring import peer_secret
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -130,6 +134,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    if settings.peer_url:
+        # Innermost: a request is checked (host, origin, size, backlog) before it is forwarded.
+        app.add_middleware(
+            OwnerRouter,
+            owners=lambda: getattr(app.state, "runtime", None) and app.state.runtime.owners,
+            signer=PeerSigner(peer_secret(settings)),
+        )
     app.state.prompt_backlog = backlog = Backlog(settings.max_pending_creates)
     app.add_middleware(PromptBacklog, backlog=backlog)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
@@ -159,6 +170,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(signin.router)
     app.include_router(web.router)
     app.include_router(internal.router)
+    app.include_router(peers.router)
     web.mount_static(app)
     desktop.mount_novnc(app)
     return app

@@ -85,7 +85,10 @@ class Session(SQLModel, table=True):
     """The index row of a session; its contents live in the session's own SQLite file."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_sessions_created", "created_at"),
+        Index("ix_sessions_updated", "updated_at"),  # the live list's poll (several processes)
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     repo_id: int = Field(foreign_key="repos.id", index=True)
@@ -127,6 +130,20 @@ class Session(SQLModel, table=True):
     """The last `verify` event: the checks a local PR shows for the push that follows it."""
     pr_failures: int = 0
     """How many times opening the PR failed (`pr_failed` errors); the reconciler retries a few."""
+
+
+class SessionOwner(SQLModel, table=True):
+    """Which API process owns a session (several API processes): only the owner writes the
+    session's file and runs its runners; others forward to `peer_url`. A lease, renewed by the
+    owner's heartbeat (`app/services/ownership.py`); an expired one may be claimed."""
+
+    __tablename__ = "session_owners"
+    __table_args__ = (Index("ix_session_owners_process", "process_id"),)
+
+    session_id: str = Field(primary_key=True, max_length=32)
+    process_id: str = Field(max_length=200)
+    peer_url: str = Field(max_length=500)
+    expires_at: float
 
 
 class Participant(SQLModel, table=True):
@@ -266,6 +283,7 @@ CONTROL_TABLES = [
     ApiToken.__table__,  # type: ignore[attr-defined]
     Repo.__table__,  # type: ignore[attr-defined]
     Session.__table__,  # type: ignore[attr-defined]
+    SessionOwner.__table__,  # type: ignore[attr-defined]
     Participant.__table__,  # type: ignore[attr-defined]
     PromptIndex.__table__,  # type: ignore[attr-defined]
     PullRequest.__table__,  # type: ignore[attr-defined]

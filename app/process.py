@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -23,6 +24,8 @@ from app.services.github.app import GitHubServices, RebuildHook
 from app.services.hub import EventHub
 from app.services.ide import Ides
 from app.services.images import Images
+from app.services.ownership import Ownership
+from app.services.peers import SessionPeers
 from app.services.presence import Presence
 from app.services.pull_requests import LocalPullRequests, PullRequests
 from app.services.repos import Repos
@@ -152,6 +155,12 @@ class Runtime:
     slack: SlackBot | None = None
     """The Slack bot, when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN) are set."""
     started_at: float = 0.0
+    owners: Ownership | None = None
+    """Several API processes: the sessions this one owns (None: it owns every session)."""
+    peers: SessionPeers | None = None
+    """Several API processes: writes to sessions another process owns go to it."""
+    state_dir: Path | None = None
+    """Where this process's sandboxes live (None: the data dir)."""
 
     @property
     def distributed(self) -> bool:
@@ -173,7 +182,11 @@ class Runtime:
         """
         self.executor.start()
         self.started_at = time.time()
-        release_left_mounts(self.settings.data_dir, set(self.backend.live), "a previous process")
+        release_left_mounts(
+            self.state_dir or self.settings.data_dir, set(self.backend.live), "a previous process"
+        )
+        if self.owners is not None:
+            self.periodic(self.owners.ttl / 3, self.owners.renew, "session ownership")
         if self.streams is not None:
             self.streams.start()
         self.periodic(self.settings.reap_interval, self._reap, "reaper")
@@ -247,5 +260,11 @@ class Runtime:
             close_dispatcher()
         for callback in self.on_close:
             callback()
+        if self.owners is not None:
+            # Its runners are stopped: the other processes take its sessions over at once.
+            with contextlib.suppress(Exception):
+                self.owners.release()
+        if self.peers is not None:
+            self.peers.close()
         self.files.close()
         self.engine.dispose()

@@ -36,6 +36,8 @@ from app.services.github.app import (
 from app.services.hub import EventHub, On
 from app.services.ide import Ides, ide_origin
 from app.services.model_choices import ModelChoices
+from app.services.ownership import Ownership
+from app.services.peers import PeerSigner, SessionPeers
 from app.services.pull_requests import LocalPullRequests, PullRequestOpener, PullRequests
 from app.services.repos import RepoCatalog, Repos
 from app.services.runners import RunnerService
@@ -51,6 +53,8 @@ from app.wiring import (
     forge_finder,
     image_stack,
     make_forges,
+    peer_secret,
+    process_state_dir,
     resolved,
     secrets_and_control_db,
 )
@@ -122,9 +126,15 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     data_dir = settings.data_dir
     if settings.broker_url:
         distributed_checks(settings)
+    if settings.peer_url:
+        peer_secret(settings)  # several API processes sign what they forward to each other
+
     # 1. Secrets, the control DB, the loop every background job runs on.
     redactor, engine = secrets_and_control_db(settings)
     running = threading.Event()
+    # Several API processes: each owns some sessions (`Ownership`) and has its own sandboxes.
+    owners = Ownership(engine, settings.peer_url, settings.owner_ttl) if settings.peer_url else None
+    state_dir = process_state_dir(settings)
     executor = InProcessExecutor()
     periodic = Periodic(executor)
     # 2. Forges and who we are on GitHub.
@@ -145,7 +155,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         settings,
         engine,
         RepoCatalog(engine),
-        data_dir,
+        state_dir,
         forge_for,
         executor,
         refresh_pool=running.is_set,
@@ -173,12 +183,16 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     # publish through the hub); it is read at the first publish.
     files = SessionFiles(data_dir / "sessions", redactor)
     index = IndexWriter(engine)
-    hub = EventHub(files, lambda: event_handlers(index, pull_requests, github, slack))
+    peers = SessionPeers(owners, PeerSigner(peer_secret(settings))) if owners else None
+    hub = EventHub(files, lambda: event_handlers(index, pull_requests, github, slack), peers)
     streams: StreamConsumer | None = None
     if settings.broker_url:
         from app.services.streams import StreamConsumer
 
-        streams = StreamConsumer(settings.broker_url, hub.publish)
+        # Several API processes: each persists the events of the sessions it owns.
+        streams = StreamConsumer(
+            settings.broker_url, hub.publish, owns=owners.holds if owners else None
+        )
     # 6. Sessions and what runs them. In-process runners call back into the control plane
     # (which creates and dispatches sessions): the dispatcher reads `deps` per run.
     dispatcher = celery or InProcessDispatcher(executor, lambda: deps)
@@ -194,11 +208,12 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         max_prompt_chars=settings.max_prompt_chars,
         max_active_per_user=settings.max_sessions_per_user,
         models=ModelChoices(settings.model_choices()),
+        peers=peers,
     )
     runners = (
-        RunnerService(sessions, sync_events=streams.drain_or_unavailable)
+        RunnerService(sessions, sync_events=streams.drain_or_unavailable, owners=owners)
         if streams is not None
-        else RunnerService(sessions)
+        else RunnerService(sessions, owners=owners)
     )
     # 7. Pull requests, opened by the event table's `branch_pushed` row.
     local_pulls = LocalPullRequests(engine, settings.base_url)
@@ -294,6 +309,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         streams=streams,
         on_start=on_start,
         slack=slack,
+        owners=owners,
+        peers=peers,
+        state_dir=state_dir,
     )
 
 

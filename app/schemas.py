@@ -251,6 +251,10 @@ class Health(BaseModel):
     event_bus: str | None = None
     """Distributed mode: `ok` while the API reads the workers' event streams from Redis,
     `unavailable` while it cannot (events wait in Redis meanwhile)."""
+    peer_url: str | None = None
+    """Several API processes: where the others reach this one (None: it runs alone)."""
+    sessions_owned: int | None = None
+    """Several API processes: how many sessions this one owns."""
 
 
 class GitHubLink(BaseModel):

@@ -242,6 +242,15 @@ class Settings(SandboxSettings):
     warm_debounce: float = Field(2.0, ge=0)
     """Seconds before a failed warm-up of the same person and repo is tried again."""
 
+    # ---- several API processes (`serve --processes N`, or N `serve` processes on one control DB)
+    peer_url: str | None = None
+    """Where the other API processes reach this one (e.g. `http://10.0.0.5:8000`); setting it
+    turns session ownership on: each session is owned by one process, the others forward."""
+    peer_secret: SecretStr | None = Field(None, min_length=16)
+    """Shared by the API processes: signs forwarded requests (default: the worker token)."""
+    owner_ttl: float = Field(15.0, ge=1)
+    """Seconds a process's ownership of its sessions lasts unless its heartbeat renews it."""
+
     # ---- distributed mode (Celery, Redis, PostgreSQL)
     worker_token: SecretStr | None = Field(None, min_length=16)
     """Shared secret remote workers present to the API's internal routes."""

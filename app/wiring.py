@@ -10,9 +10,11 @@ service once it is built. See "Composition root" in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
@@ -212,3 +214,26 @@ def _spawn(executor: InProcessExecutor, factory: Callable[[], Awaitable[None]]) 
         await factory()
 
     executor.submit(run)
+
+
+def peer_secret(settings: Settings) -> str:
+    """The key API processes sign forwarded requests with (several API processes)."""
+    secret = settings.peer_secret or settings.worker_token
+    if secret is None:
+        raise ValueError(
+            "NIGHTSHIFT_PEER_URL is set (several API processes), so they sign the requests "
+            "they forward to each other: set NIGHTSHIFT_PEER_SECRET (a long random string, the "
+            "same on every API process) or NIGHTSHIFT_WORKER_TOKEN"
+        )
+    return secret.get_secret_value()
+
+
+def process_state_dir(settings: Settings) -> Path:
+    """Where this API process keeps its sandboxes: the data dir; with several processes a
+    directory of its own under it, named after its peer address, so a restart on the same
+    address releases what the process before it left mounted."""
+    if not settings.peer_url:
+        return settings.data_dir
+    parts = urlsplit(settings.peer_url)
+    slot = re.sub(r"[^A-Za-z0-9.-]", "_", f"{parts.hostname}-{parts.port or 80}")
+    return settings.data_dir / "processes" / slot

@@ -30,6 +30,7 @@ from app.services.github.app import GitHubServices
 from app.services.hub import EventHub
 from app.services.ide import Ides
 from app.services.images import Images
+from app.services.peers import SessionPeers
 from app.services.presence import Presence
 from app.services.pull_requests import LocalPullRequests, PullRequests
 from app.services.repos import Repos
@@ -167,6 +168,11 @@ def get_desktops(conn: HTTPConnection) -> Desktops:
     return desktops
 
 
+def get_peers(conn: HTTPConnection) -> SessionPeers | None:
+    """The other API processes (None when this one runs alone)."""
+    return _runtime(conn).peers
+
+
 def get_loop_lag(conn: HTTPConnection) -> LoopLag | None:
     """The API event loop's lag meter, once the app has started."""
     loop_lag: LoopLag | None = getattr(conn.app.state, "loop_lag", None)
@@ -204,6 +210,7 @@ AccountsDep = Annotated[GitHubAccounts | None, Depends(get_accounts)]
 GitHubDep = Annotated[GitHubServices | None, Depends(get_github)]
 SlackBotDep = Annotated[SlackBot | None, Depends(get_slack_bot)]
 UsersDep = Annotated[Users, Depends(get_users)]
+PeersDep = Annotated[SessionPeers | None, Depends(get_peers)]
 WebSessionsDep = Annotated[WebSessions, Depends(get_web_sessions)]
 DesktopsDep = Annotated[Desktops, Depends(get_desktops)]
 IdesDep = Annotated[Ides, Depends(get_ides)]

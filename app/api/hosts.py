@@ -58,7 +58,7 @@ def server_names(settings: Settings) -> list[str]:
         names.append(_host_name(settings.host))  # 0.0.0.0 and :: are no one's name
     if bind is not None and (bind.is_loopback or bind.is_unspecified):
         names.extend(LOOPBACK_NAMES)
-    for url in (settings.public_url, settings.control_url):
+    for url in (settings.public_url, settings.control_url, settings.peer_url):
         host = urlsplit(url).hostname if url else None
         if host:
             names.append(_host_name(host))

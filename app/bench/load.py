@@ -262,6 +262,7 @@ async def _measure(stack: Stack, token: str, config: LoadConfig) -> dict[str, An
     return {
         "benchmark": "load",
         "mode": config.mode,
+        "api_processes": config.processes,
         "sessions": config.sessions,
         "sessions_completed": completed,
         "sessions_idle_at_end": len(idle),

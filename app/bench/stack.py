@@ -51,6 +51,8 @@ class LoadConfig:
     latency_ms: int = 1000
     mode: Mode = "embedded"
     workers: int = 2
+    processes: int = 1
+    """API processes (`serve --processes N`); their CPU and memory count as the API's."""
     worker_concurrency: int | None = None
     idle_seconds: float = 60.0
     database_url: str | None = None
@@ -163,7 +165,10 @@ class Stack:
         if self.config.mode == "distributed" and not self.broker_url:
             self._start_redis()
         env = self.env()
-        self.spawn("api", [str(self.bin), "serve", "--port", str(self.port)], env)
+        serve = [str(self.bin), "serve", "--port", str(self.port)]
+        if self.config.processes > 1:
+            serve += ["--processes", str(self.config.processes)]
+        self.spawn("api", serve, env)
         self._wait(lambda: self._healthy(), 60, "the API")
         if self.config.mode == "distributed":
             per_worker = self.config.worker_concurrency or max(

@@ -93,6 +93,9 @@ def bench_load(
         str, typer.Option(help="embedded (in-process), distributed (Celery on Redis) or both")
     ] = "embedded",
     workers: Annotated[int, typer.Option(help="Celery worker processes (distributed)", min=1)] = 2,
+    processes: Annotated[
+        int, typer.Option(help="API processes (`serve --processes N`)", min=1, max=64)
+    ] = 1,
     worker_concurrency: Annotated[
         int | None, typer.Option(help="Sessions per worker (default: enough for all)", min=1)
     ] = None,
@@ -135,6 +138,7 @@ def bench_load(
             latency_ms=latency_ms,
             mode=one,
             workers=workers,
+            processes=processes,
             worker_concurrency=worker_concurrency,
             idle_seconds=idle_seconds,
             database_url=database_url,

@@ -19,8 +19,9 @@ from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from app.services.peers import SessionPeers
 from app.sessionstore import SessionFiles
-from workers.events import Event
+from workers.events import Event, parse_event
 
 log = logging.getLogger("nightshift.hub")
 
@@ -57,10 +58,18 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self, files: SessionFiles, table: Callable[[], Sequence[On]] = lambda: ()) -> None:
+    def __init__(
+        self,
+        files: SessionFiles,
+        table: Callable[[], Sequence[On]] = lambda: (),
+        peers: SessionPeers | None = None,
+    ) -> None:
         """`table` returns the event table; it is read once, at the first publish, because
-        the services it names publish through this hub and so are built after it."""
+        the services it names publish through this hub and so are built after it. With
+        `peers` (several API processes) an event of a session another process owns is sent
+        to that process to publish."""
         self.files = files
+        self.peers = peers
         self._table = table
         self._routes: list[Handler] | None = None
         self.handlers: list[Handler] = []
@@ -83,6 +92,10 @@ class EventHub:
         this call returns, so slow side effects (opening a PR over the network) never hold up
         the session's other events.
         """
+        if self.peers is not None and (peer := self.peers.local(session_id)) is not None:
+            body = {"event": event.model_dump(mode="json"), "source": source}
+            answer = self.peers.call(peer, session_id, "events", body)
+            return parse_event(answer["event"]) if answer.get("event") else None
         outermost = getattr(self._local, "deferred", None) is None
         if outermost:
             self._local.deferred = []

@@ -12,8 +12,9 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import NotFound
-from app.liveness import process_alive
+from app.liveness import owner_alive
 from app.models import Session
+from app.services.ownership import Ownership
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.sandboxes.base import ImageRef, SnapshotRef
@@ -40,12 +41,6 @@ def _snapshot_from(data: dict[str, object] | None) -> SnapshotRef | None:
     return SnapshotRef(**fields)  # type: ignore[arg-type]
 
 
-def _pid_alive(owner: str) -> bool:
-    """For a lease owner `host-pid-x` on this host: is that process still running?"""
-    host, _, pid = owner.rpartition("-")[0].rpartition("-")
-    return process_alive(host, pid)
-
-
 def active_snapshot_ids(engine: Engine) -> set[str]:
     """Snapshots that sessions still queued or running will start from (workers collecting
     their own snapshots ask too)."""
@@ -63,9 +58,14 @@ class RunnerService:
     """
 
     def __init__(
-        self, sessions: Sessions, sync_events: Callable[[str], object] = lambda _session_id: None
+        self,
+        sessions: Sessions,
+        sync_events: Callable[[str], object] = lambda _session_id: None,
+        owners: Ownership | None = None,
     ) -> None:
         self.sessions = sessions
+        self.owners = owners
+        """Several API processes: runners here run only sessions this process owns."""
         self.engine = sessions.engine
         self.files = sessions.files
         self.hub = sessions.hub
@@ -77,7 +77,13 @@ class RunnerService:
         below (next prompt, conversation, lease release) see every event the runner sent.
         """
 
+    def _foreign(self, session_id: str) -> bool:
+        """Owned by another API process (several of them): no runner of ours may run it."""
+        return self.owners is not None and not self.owners.holds(session_id)
+
     def acquire_lease(self, session_id: str, runner: str, ttl: float) -> bool:
+        if self._foreign(session_id):
+            return False
         now = time.time()
         with DB(self.engine) as db:
             result = db.exec(
@@ -96,6 +102,8 @@ class RunnerService:
             return bool(result.rowcount == 1)
 
     def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
+        if self._foreign(session_id):
+            return "lost"  # another process claimed the session: its runner takes over
         # One statement per heartbeat: every runner sends one every few seconds.
         with self.engine.begin() as conn:
             stop = conn.execute(
@@ -230,13 +238,17 @@ class RunnerService:
         process is gone. With `trust_expiry=False` (just after this process started, when
         leases may have lapsed only because nobody could renew them) an expired lease whose
         runner may still be alive is left alone. A prompt interrupted MAX_ATTEMPTS times fails
-        with an event saying so.
+        with an event saying so. With several API processes only this process's sessions are
+        looked at, and first those a dead process owned are claimed (`Ownership.claim_all`).
         """
         now = now or time.time()
         with DB(self.engine) as db:
             rows = db.exec(
                 select(Session).where(col(Session.status).in_(list(ACTIVE_STATUSES)))
             ).all()
+        if self.owners is not None:  # ours, and those a dead process left, which we claim
+            owned = self.owners.claim_all(row.id for row in rows)
+            rows = [row for row in rows if row.id in owned]
         dispatched = []
         for row in rows:
             if not self.files.path(row.id).exists():
@@ -253,7 +265,7 @@ class RunnerService:
                 continue
             if (
                 row.lease_owner is not None
-                and _pid_alive(row.lease_owner)
+                and owner_alive(row.lease_owner)
                 and ((row.lease_expires_at or 0) >= now or not trust_expiry)
             ):
                 continue

@@ -21,6 +21,7 @@ from app.schemas import PromptPublic, SessionPublic
 from app.services import session_views
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
+from app.services.peers import SessionPeers
 from app.services.repos import Repos
 from app.services.session_index import IndexWriter
 from app.services.users import Users, author_of
@@ -63,8 +64,12 @@ class Sessions:
         max_prompt_chars: int,
         max_active_per_user: int = 20,
         models: ModelChoices | None = None,
+        peers: SessionPeers | None = None,
     ) -> None:
         self.engine = engine
+        self.peers = peers
+        """Several API processes: the creating process owns a new session; a follow-up or a
+        stop of a session another process owns is sent to that process."""
         self.files = files
         self.hub = hub
         self.repos = repos
@@ -210,6 +215,8 @@ class Sessions:
             with DB(self.engine, expire_on_commit=False) as db:
                 self._check_active(user, db)  # atomically with the insert
                 db.add(row)
+                if self.peers is not None:  # in the same transaction: never unowned
+                    db.add(self.peers.owners.new_row(session_id))
                 db.flush()
                 self._join(db, session_id, user.id, "author")
                 db.commit()
@@ -233,6 +240,9 @@ class Sessions:
     ) -> PromptPublic:
         text = self._check_prompt(text)
         assert user.id is not None
+        if self.peers is not None and (peer := self.peers.local(session_id)) is not None:
+            body = {"user_id": user.id, "text": text, "source": source}
+            return PromptPublic.model_validate(self.peers.call(peer, session_id, "prompts", body))
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Session, session_id)
             if row is None:
@@ -260,6 +270,9 @@ class Sessions:
         return self._prompt_public(prompt, position)
 
     def stop(self, user: User, session_id: str) -> Session:
+        if self.peers is not None and (peer := self.peers.local(session_id)) is not None:
+            self.peers.call(peer, session_id, "stop", {"user_id": user.id})
+            return self.get(session_id)
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Session, session_id)
             if row is None:
@@ -304,6 +317,14 @@ class Sessions:
                 query.order_by(col(Session.created_at).desc()).offset(offset).limit(limit)
             ).all()
         return list(rows), int(total)
+
+    def changed_since(self, since: float) -> list[tuple[str, float]]:
+        """Sessions whose index row changed after `since` (by any API process), with when."""
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(Session.id, Session.updated_at).where(col(Session.updated_at) > since)
+            ).all()
+        return [(str(r[0]), float(r[1])) for r in rows]
 
     def public(self, row: Session) -> SessionPublic:
         return self.public_many([row])[0]

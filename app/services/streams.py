@@ -70,9 +70,12 @@ class StreamConsumer:
         forget_after_s: float = 60.0,
         trim_every: int = 200,
         threads: int = 8,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.url = url
         self.publish = publish
+        self.owns = owns or (lambda _session_id: True)
+        """Several API processes: only the streams of the sessions this one owns are read."""
         self.block_ms = block_ms
         self.batch = batch
         self.refresh_s = refresh_s
@@ -186,7 +189,11 @@ class StreamConsumer:
         # never holds up every other session's events.
         streams: dict[str, str] = {DOORBELL_KEY: self._doorbell}
         streams.update(
-            {stream_key(s): c for s, c in self.cursors.items() if s not in self._inflight}
+            {
+                stream_key(s): c
+                for s, c in self.cursors.items()
+                if s not in self._inflight and self.owns(s)
+            }
         )
         reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
         for key, entries in reply or ():
@@ -278,7 +285,11 @@ class StreamConsumer:
     def _maintain(self) -> None:
         """Forget streams that are fully persisted and quiet; delete them from Redis."""
         cutoff = time.monotonic() - self.forget_after_s
-        quiet = [s for s, t in self._seen.items() if t < cutoff and s not in self._inflight]
+        quiet = [
+            s
+            for s, t in self._seen.items()
+            if t < cutoff and s not in self._inflight and self.owns(s)
+        ]
         for session_id in quiet:
             with self._lock(session_id):
                 if self._forget(session_id):

@@ -20,9 +20,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import random
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ MS_NOSUID, MS_NODEV, MS_NOATIME = 2, 4, 1024
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4
+LOOP_ATTEMPTS = 100
 _LOOP_INFO64 = "QQQQQIIII64s64s32s2Q"
 MOUNT_OPTS = "noinit_itable,errors=remount-ro"
 MIN_DISK_MB = 16
@@ -162,7 +165,9 @@ def _attach(image: Path) -> tuple[str, int]:
     try:
         ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
         try:
-            for _attempt in range(20):
+            # Processes attaching at once (several API processes or workers on one host) are
+            # handed the same free device; the losers back off a little and ask again.
+            for attempt in range(LOOP_ATTEMPTS):
                 number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
                 device = f"/dev/loop{number}"
                 try:
@@ -182,6 +187,7 @@ def _attach(image: Path) -> tuple[str, int]:
                     os.close(fd)
                     if exc.errno != errno.EBUSY:  # another process took it first: next one
                         raise SandboxError(f"attaching {device} failed: {exc}") from exc
+                    time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
             raise SandboxError("no free loop device for the sandbox disk")
         finally:
             os.close(ctl)

@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 
 from app.api import deps
 from app.api.credentials import COOKIE_NAME, Credential, bearer_token, read_credential
-from app.api.routes import internal
+from app.api.routes import internal, peers
 from app.main import create_app
 
 API = Path(__file__).resolve().parents[2] / "app" / "api"
@@ -26,6 +26,7 @@ AUTHENTICATORS = {
     deps.stream_user: "the caller of a server-sent event stream (may pass ?token=)",
     deps.websocket_admission: "the caller of a WebSocket, refused with a close code",
     internal.require_worker: "a remote worker (X-Nightshift-Worker-Token)",
+    peers.require_peer: "another API process (X-Nightshift-Peer, signed)",
 }
 PUBLIC = {
     ("GET", "/openapi.json"),

@@ -12,11 +12,20 @@ import uvicorn
 
 class BackgroundServer:
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", loop: str = "auto", port: int = 0
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        loop: str = "auto",
+        port: int = 0,
+        sock: socket.socket | None = None,
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        """Serve `app` on `port` (a free one by default), or on `sock` (bound by the caller,
+        who needed to know the address before building the app)."""
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        self.sock = sock
         self.host = host
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(

@@ -7,7 +7,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlmodel import Session as DB
 
-from app.api.deps import BackendDep, EngineDep, EventStreamsDep, LoopLagDep, SettingsDep
+from app.api.deps import (
+    BackendDep,
+    EngineDep,
+    EventStreamsDep,
+    LoopLagDep,
+    PeersDep,
+    SettingsDep,
+)
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -15,7 +22,11 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz(
-    engine: EngineDep, settings: SettingsDep, backend: BackendDep, streams: EventStreamsDep
+    engine: EngineDep,
+    settings: SettingsDep,
+    backend: BackendDep,
+    streams: EventStreamsDep,
+    peers: PeersDep,
 ) -> Health:
     with DB(engine) as db:
         db.exec(text("SELECT 1"))  # type: ignore[call-overload]
@@ -28,6 +39,8 @@ def healthz(
         sandbox=backend.runtime_version(),
         database=engine.dialect.name,
         event_bus=None if streams is None else ("ok" if streams.healthy else "unavailable"),
+        peer_url=peers.owners.peer_url if peers is not None else None,
+        sessions_owned=len(peers.owners.held()) if peers is not None else None,
     )
 
 

@@ -4,7 +4,8 @@ clients that are not on the session's WebSocket (SSE or polling fallbacks)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import StreamingResponse
@@ -12,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import (
     CurrentUser,
     HubDep,
+    PeersDep,
     PresenceDep,
     SessionsDep,
     StreamSlotsDep,
@@ -21,6 +23,7 @@ from app.api.deps import (
 from app.api.sse import event_stream, frame
 from app.errors import ServiceError
 from app.schemas import PresenceBeat, PresencePublic
+from app.services.sessions import Sessions
 from workers.events import Event
 
 PREFIX = "/api/sessions"
@@ -31,6 +34,8 @@ CHANGES = frozenset(
     {"status", "prompt_queued", "branch_pushed", "pr_opened", "pr_state", "child_spawned"}
 )
 """Event types that change what a sessions list shows."""
+POLL_S = 1.0
+SKEW_S = 5.0
 
 
 @streams.get(
@@ -39,7 +44,11 @@ CHANGES = frozenset(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def session_changes(
-    user: StreamUser, sessions: SessionsDep, hub: HubDep, slots: StreamSlotsDep
+    user: StreamUser,
+    sessions: SessionsDep,
+    hub: HubDep,
+    slots: StreamSlotsDep,
+    peers: PeersDep,
 ) -> StreamingResponse:
     """Server-sent events: `event: session` with the session (as `GET /api/sessions/{id}`
     returns it) whenever any session is created or changes status, gets a prompt, a branch,
@@ -47,9 +56,8 @@ async def session_changes(
     assert user.id is not None
     slot = slots.acquire(user.id)
 
-    async def frames(burst: list[tuple[str, Event]]) -> AsyncIterator[str]:
-        changed = dict.fromkeys(session_id for session_id, _ in burst)  # one frame per session
-        for session_id in changed:
+    async def frames(burst: list[str]) -> AsyncIterator[str]:
+        for session_id in dict.fromkeys(burst):  # one frame per session
             try:
                 row = await asyncio.to_thread(sessions.get, session_id)
                 public = await asyncio.to_thread(sessions.public, row)
@@ -57,7 +65,54 @@ async def session_changes(
                 continue
             yield frame(public.model_dump_json(), "session")
 
-    return event_stream(hub.watch(types=CHANGES), frames, slot)
+    local = _ids(hub.watch(types=CHANGES))
+    if peers is None:
+        return event_stream(local, frames, slot)
+    # Several API processes: this one's hub sees its own sessions' events only.
+    return event_stream(_merged(local, _polled(sessions, peers.owners.holds)), frames, slot)
+
+
+async def _ids(events: AsyncGenerator[tuple[str, Event], None]) -> AsyncGenerator[str, None]:
+    try:
+        async for session_id, _ in events:
+            yield session_id
+    finally:
+        await events.aclose()
+
+
+async def _polled(sessions: Sessions, ours: Callable[[str], bool]) -> AsyncGenerator[str, None]:
+    """Sessions of other processes (not `ours`) whose index row changed, read from the control
+    DB every POLL_S seconds. The window overlaps by SKEW_S for other hosts' clocks; a change
+    is sent once."""
+    seen: dict[str, float] = {}
+    since = time.time() - SKEW_S
+    while True:
+        await asyncio.sleep(POLL_S)
+        for session_id, at in await asyncio.to_thread(sessions.changed_since, since):
+            if seen.get(session_id, 0.0) < at and not ours(session_id):
+                seen[session_id] = at
+                yield session_id
+        since = time.time() - SKEW_S
+        seen = {k: v for k, v in seen.items() if v > since}
+
+
+async def _merged(*sources: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def pump(source: AsyncGenerator[str, None]) -> None:
+        async for item in source:
+            await queue.put(item)
+
+    tasks = [asyncio.create_task(pump(source)) for source in sources]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for source in sources:
+            await source.aclose()
 
 
 @api.get("/{session_id}/presence")
