@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.errors import AppError
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
 from app.services.github.ci import GitHubCI
 from app.services.github.code_share import CodeShare
@@ -66,7 +67,7 @@ MAX_ATTEMPTS = 5
 KEEP_DELIVERIES_S = 30 * 86400.0
 
 
-class BadDelivery(ValueError):
+class BadDelivery(AppError, ValueError):
     """A signed delivery we cannot use (missing headers, not a JSON object)."""
 
 
