@@ -153,6 +153,8 @@ class ModalSandbox:
         self.sb = sb
         self.id: str = sb.object_id
         self.terminated = False
+        self.tmp: Path | None = None
+        self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
 
     async def _run(
         self, argv: Sequence[str], timeout: float | None = None
