@@ -62,12 +62,14 @@ class NetworkBlocked(RuntimeError):
 
 def _guarded_connect(self: socket.socket, address: Any) -> Any:
     if not _allowed(address):
+        self.close()  # NetworkBlocked is no OSError: `create_connection` would not close it
         raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
     return _real_connect(self, address)
 
 
 def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
     if not _allowed(address):
+        self.close()  # NetworkBlocked is no OSError: `create_connection` would not close it
         raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
     return _real_connect_ex(self, address)
 
