@@ -53,15 +53,16 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Served:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the child owns it)
-        self.proc = subprocess.Popen(
-            [str(BIN / "nightshift"), "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            start_new_session=True,
-        )
+        # The child holds its own copy of the descriptor: ours is closed once it has started.
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "nightshift"), "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
         wait_for(self._up, 60, "nightshift serve to answer")
         return self
 
