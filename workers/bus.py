@@ -21,6 +21,7 @@ from workers.events import Event
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("nightshift.bus")
 
@@ -86,7 +87,10 @@ class RedisStreamBus:
     async def publish(self, session_id: str, event: Event) -> None:
         from redis.exceptions import ConnectionError, TimeoutError
 
-        fields = {"src": f"{self.publisher}:{next(self._seq)}", "data": event.model_dump_json()}
+        fields: dict[FieldT, EncodableT] = {
+            "src": f"{self.publisher}:{next(self._seq)}",
+            "data": event.model_dump_json(),
+        }
         now = time.monotonic()
         announce = now - self._announced.get(session_id, -1e9) > self.announce_ttl
         deadline = now + self.retry_for
@@ -94,7 +98,7 @@ class RedisStreamBus:
         while True:
             try:
                 async with self._redis().pipeline(transaction=True) as pipe:
-                    pipe.xadd(stream_key(session_id), fields)  # type: ignore[arg-type]
+                    pipe.xadd(stream_key(session_id), fields)
                     pipe.sadd(ACTIVE_KEY, session_id)
                     if announce:
                         pipe.xadd(

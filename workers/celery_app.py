@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -128,8 +129,8 @@ class WorkerContext:
             for name, interval, job in self.housekeeping:
                 self._background.append(
                     self.executor.submit(
-                        lambda name=name, interval=interval, job=job: every(  # type: ignore[misc]
-                            interval, lambda: asyncio.to_thread(job), name
+                        functools.partial(
+                            every, interval, functools.partial(asyncio.to_thread, job), name
                         )
                     )
                 )

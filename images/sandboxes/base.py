@@ -141,10 +141,13 @@ class ExecResult:
         return self.exit_code == 0
 
 
+FileKind = Literal["file", "dir", "symlink", "other"]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str
-    kind: Literal["file", "dir", "symlink", "other"]
+    kind: FileKind
     size: int
 
 
