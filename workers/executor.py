@@ -34,7 +34,10 @@ class InProcessExecutor:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()  # its self-pipe and thread pool, once nothing runs on it
 
     def start(self) -> None:
         if self._started:
@@ -88,6 +91,8 @@ class InProcessExecutor:
             self._close()
             return
 
+        late: list[asyncio.Task[Any]] = []
+
         async def settle() -> None:
             current = asyncio.current_task()
             deadline = self._loop.time() + timeout
@@ -110,6 +115,7 @@ class InProcessExecutor:
                             timeout,
                             _where(task),
                         )
+                    late.extend(tasks)
                     return
                 _, pending = await asyncio.wait(tasks, timeout=min(2.0, left))
                 if pending and not warned:
@@ -136,14 +142,22 @@ class InProcessExecutor:
         except (concurrent.futures.TimeoutError, RuntimeError):
             settling.cancel()
             log.warning("executor jobs did not settle within %.0fs", timeout)
+        self._started = False
+        if late:
+            # Stopping the loop under them would leave their clean-up (releasing a sandbox)
+            # to the garbage collector, with no loop to run on: they finish first.
+            async def stop_when_done() -> None:
+                await asyncio.wait(late)
+                asyncio.get_running_loop().stop()
+
+            asyncio.run_coroutine_threadsafe(stop_when_done(), self._loop)
+            return
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
-        self._started = False
-        self._close()
 
     def _close(self) -> None:
-        """Close the loop (its self-pipe, its thread pool) once its thread has left it."""
-        if not self._thread.is_alive() and not self._loop.is_closed():
+        """Close the loop of an executor whose thread never ran it."""
+        if self._thread.ident is None and not self._loop.is_closed():
             self._loop.close()
 
 
