@@ -29,6 +29,10 @@ log = logging.getLogger("nightshift.bus")
 class EventPublisher(Protocol):
     async def publish(self, session_id: str, event: Event) -> None: ...
 
+    async def aclose(self) -> None:
+        """Close its connections, on the loop that used them, once nothing publishes."""
+        ...
+
 
 class InProcessBus:
     """Calls the persisting sink in a worker thread; returns once the event is stored."""
@@ -38,6 +42,9 @@ class InProcessBus:
 
     async def publish(self, session_id: str, event: Event) -> None:
         await asyncio.to_thread(self._sink, session_id, event)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the sink belongs to the control plane."""
 
 
 # ---------------------------------------------------------------- distributed: Redis streams

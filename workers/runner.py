@@ -70,8 +70,10 @@ class WorkerDeps:
         self.models = ModelPool(self.config.model)
 
     async def aclose(self) -> None:
-        """Close what the runners share (the model clients) at shutdown."""
+        """Close what the runners share (the model clients, the bus's connections) at
+        shutdown."""
         await self.models.aclose()
+        await self.bus.aclose()
 
 
 _plugins = functools.cache(load_plugins)
