@@ -250,7 +250,8 @@ def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(
     first = follower.stdout.readline()  # attached while the model still thinks
     gate.set()
     stdout = first + follower.stdout.read()  # to the end: the follower stops by itself
-    assert follower.wait(CLI_TIMEOUT) == 0, follower.communicate()[1]
+    _, stderr = follower.communicate(timeout=CLI_TIMEOUT)
+    assert follower.returncode == 0, stderr
     seen = [e["id"] for e in _json_events(stdout)]
     stored = [e["id"] for e in _server_events(served, token, session_id)]
     assert seen == stored  # everything, in order, once
