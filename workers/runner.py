@@ -70,10 +70,11 @@ class WorkerDeps:
         self.models = ModelPool(self.config.model)
 
     async def aclose(self) -> None:
-        """Close what the runners share (the model clients, the bus's connections) at
-        shutdown."""
+        """Close what the runners share (the model clients, the bus's and the control plane's
+        connections) at shutdown."""
         await self.models.aclose()
         await self.bus.aclose()
+        await self.control.aclose()
 
 
 _plugins = functools.cache(load_plugins)
