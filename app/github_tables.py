@@ -8,6 +8,8 @@ import time
 from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from images.sql import table_of
+
 
 class GitHubTrigger(SQLModel, table=True):
     """One mention or review that asked Nightshift for work, by the GitHub object it came from
@@ -109,9 +111,9 @@ class GitHubBaseCommit(SQLModel, table=True):
 
 
 GITHUB_TRIGGER_TABLES = [
-    GitHubTrigger.__table__,  # type: ignore[attr-defined]
-    GitHubCiAttempt.__table__,  # type: ignore[attr-defined]
-    GitHubPrStats.__table__,  # type: ignore[attr-defined]
-    GitHubAgentCommit.__table__,  # type: ignore[attr-defined]
-    GitHubBaseCommit.__table__,  # type: ignore[attr-defined]
+    table_of(GitHubTrigger),
+    table_of(GitHubCiAttempt),
+    table_of(GitHubPrStats),
+    table_of(GitHubAgentCommit),
+    table_of(GitHubBaseCommit),
 ]

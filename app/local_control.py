@@ -77,3 +77,6 @@ class LocalControlPlane:
 
     async def run_job(self, name: str) -> str:
         return await self._call(lambda: self.jobs.run(name))
+
+    async def aclose(self) -> None:
+        """Nothing to close: its services belong to the API process."""

@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 from app.github_tables import GITHUB_TRIGGER_TABLES
 from app.slack_tables import SLACK_TABLES
 from images.registry import IMAGE_TABLES
+from images.sql import table_of
 
 
 def now() -> float:
@@ -279,18 +280,18 @@ class WebSession(SQLModel, table=True):
 
 
 CONTROL_TABLES = [
-    User.__table__,  # type: ignore[attr-defined]
-    ApiToken.__table__,  # type: ignore[attr-defined]
-    Repo.__table__,  # type: ignore[attr-defined]
-    Session.__table__,  # type: ignore[attr-defined]
-    SessionOwner.__table__,  # type: ignore[attr-defined]
-    Participant.__table__,  # type: ignore[attr-defined]
-    PromptIndex.__table__,  # type: ignore[attr-defined]
-    PullRequest.__table__,  # type: ignore[attr-defined]
-    GitHubAccount.__table__,  # type: ignore[attr-defined]
-    GitHubInstallation.__table__,  # type: ignore[attr-defined]
-    GitHubDelivery.__table__,  # type: ignore[attr-defined]
-    WebSession.__table__,  # type: ignore[attr-defined]
+    table_of(User),
+    table_of(ApiToken),
+    table_of(Repo),
+    table_of(Session),
+    table_of(SessionOwner),
+    table_of(Participant),
+    table_of(PromptIndex),
+    table_of(PullRequest),
+    table_of(GitHubAccount),
+    table_of(GitHubInstallation),
+    table_of(GitHubDelivery),
+    table_of(WebSession),
     *SLACK_TABLES,
     *IMAGE_TABLES,
     *GITHUB_TRIGGER_TABLES,

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -216,7 +217,7 @@ class Runtime:
                 continue
             self.periodic(
                 item.interval_s,
-                lambda name=item.job: self._run_scheduled(name),  # type: ignore[misc]
+                partial(self._run_scheduled, item.job),
                 item.job,
                 on_loop=True,
             )

@@ -7,6 +7,7 @@ import time
 from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
+from images.sql import table_of
 from workers.events import Author
 
 
@@ -77,8 +78,8 @@ class ToolCallRow(SQLModel, table=True):
 
 
 SESSION_TABLES = [
-    Prompt.__table__,  # type: ignore[attr-defined]
-    EventRow.__table__,  # type: ignore[attr-defined]
-    MessageRow.__table__,  # type: ignore[attr-defined]
-    ToolCallRow.__table__,  # type: ignore[attr-defined]
+    table_of(Prompt),
+    table_of(EventRow),
+    table_of(MessageRow),
+    table_of(ToolCallRow),
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -35,6 +34,12 @@ from workers.config import AgentConfig
 def reveal(value: SecretStr | None) -> str | None:
     """A credential setting's value (None or empty: not configured)."""
     return value.get_secret_value() or None if value is not None else None
+
+
+FAKE_SANDBOX_ALLOWED = False
+"""The test suite's switch, set by its conftest and nothing else: only there may
+NIGHTSHIFT_SANDBOX=fake (which runs no commands) be chosen. Not an environment variable, so
+no deployment and no process the suite starts can turn it on."""
 
 
 class Settings(SandboxSettings):
@@ -285,7 +290,7 @@ class Settings(SandboxSettings):
     @model_validator(mode="after")
     def _fake_sandbox_only_in_tests(self) -> Settings:
         # The fake backend runs nothing: a server on it would report work it never did.
-        if self.sandbox == "fake" and "pytest" not in sys.modules:
+        if self.sandbox == "fake" and not FAKE_SANDBOX_ALLOWED:
             raise ValueError(
                 "NIGHTSHIFT_SANDBOX=fake runs no commands and exists for the test suite only; "
                 "use bwrap, gvisor or modal"

@@ -24,12 +24,14 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, TomlConfigSettingsSource
 
+from app.errors import AppError
+
 CONFIG_ENV = "NIGHTSHIFT_CONFIG"
 DEFAULT_FILE = "nightshift.toml"
 _TOML_AT_RE = re.compile(r"\(at line (\d+), column \d+\)")
 
 
-class SettingsFileError(ValueError):
+class SettingsFileError(AppError, ValueError):
     """A settings file that cannot be used: `path:line: reason`, one line."""
 
     def __init__(self, path: Path, reason: str, line: int | None = None) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from images.sql import table_of
+
 
 def now() -> float:
     return time.time()
@@ -155,12 +157,12 @@ class RepoKeywords(SQLModel, table=True):
 
 
 SLACK_TABLES = [
-    SlackEventRecord.__table__,  # type: ignore[attr-defined]
-    SlackThread.__table__,  # type: ignore[attr-defined]
-    SlackUserLink.__table__,  # type: ignore[attr-defined]
-    SlackLinkCode.__table__,  # type: ignore[attr-defined]
-    SlackChannelDefault.__table__,  # type: ignore[attr-defined]
-    SlackRequest.__table__,  # type: ignore[attr-defined]
-    SlackParticipant.__table__,  # type: ignore[attr-defined]
-    RepoKeywords.__table__,  # type: ignore[attr-defined]
+    table_of(SlackEventRecord),
+    table_of(SlackThread),
+    table_of(SlackUserLink),
+    table_of(SlackLinkCode),
+    table_of(SlackChannelDefault),
+    table_of(SlackRequest),
+    table_of(SlackParticipant),
+    table_of(RepoKeywords),
 ]

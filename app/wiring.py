@@ -48,10 +48,9 @@ STALE_SWEEP_INTERVAL_S = 60.0
 """How often a process releases sandboxes (mounts, disks) that exited processes left behind."""
 
 
-def release_stale_sandboxes(backend: object) -> int:
+def release_stale_sandboxes(backend: SandboxBackend) -> int:
     """The local backends' sweep of dead processes' sandboxes; nothing for the others."""
-    release = getattr(backend, "release_stale", None)
-    return int(release()) if release is not None else 0
+    return backend.release_stale()
 
 
 def secrets_and_control_db(settings: Settings) -> tuple[Redactor, Engine]:

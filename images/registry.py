@@ -25,6 +25,7 @@ from sqlmodel import Session as DB
 from images.environments import effective_from_record
 from images.sandboxes.base import ImageRef
 from images.spec import RepoSpec, SpecFile
+from images.sql import table_of
 
 ImageStatus = Literal["building", "ready", "failed", "cold", "collected"]
 Trigger = Literal["schedule", "manual", "added", "session", "warm", "push"]
@@ -101,8 +102,8 @@ class BuildLock(SQLModel, table=True):
 
 
 IMAGE_TABLES = [
-    ImageRecord.__table__,  # type: ignore[attr-defined]
-    BuildLock.__table__,  # type: ignore[attr-defined]
+    table_of(ImageRecord),
+    table_of(BuildLock),
 ]
 
 

@@ -146,15 +146,16 @@ class Cluster:
         return env
 
     def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
-        return subprocess.Popen(
-            [str(BIN / "nightshift"), *args],
-            env=self.env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            start_new_session=True,
-        )
+        # The child holds its own copy of the descriptor: ours is closed once it has started.
+        with open(self.root / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [str(BIN / "nightshift"), *args],
+                env=self.env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
 
     def start_api(self) -> None:
         self.api = self._spawn(

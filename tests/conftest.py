@@ -18,9 +18,13 @@ import pytest
 # width for every run (a terminal, CI, an xdist worker without one), so output is the same.
 os.environ["COLUMNS"] = "200"
 
+import app.settings
 from tests.factories import ApiClient, Person, make_person
 from tests.fakes.llm import ScriptBook, anthropic_app, openai_app
 from tests.fakes.server import BackgroundServer
+
+# The fake sandbox backend runs no commands: the suite, and only the suite, may pick it.
+app.settings.FAKE_SANDBOX_ALLOWED = True
 
 # ---------------------------------------------------------------- no network, no real credentials
 
@@ -62,12 +66,14 @@ class NetworkBlocked(RuntimeError):
 
 def _guarded_connect(self: socket.socket, address: Any) -> Any:
     if not _allowed(address):
+        self.close()  # NetworkBlocked is no OSError: `create_connection` would not close it
         raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
     return _real_connect(self, address)
 
 
 def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
     if not _allowed(address):
+        self.close()  # NetworkBlocked is no OSError: `create_connection` would not close it
         raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
     return _real_connect_ex(self, address)
 

@@ -21,12 +21,17 @@ from workers.events import Event
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("nightshift.bus")
 
 
 class EventPublisher(Protocol):
     async def publish(self, session_id: str, event: Event) -> None: ...
+
+    async def aclose(self) -> None:
+        """Close its connections, on the loop that used them, once nothing publishes."""
+        ...
 
 
 class InProcessBus:
@@ -37,6 +42,9 @@ class InProcessBus:
 
     async def publish(self, session_id: str, event: Event) -> None:
         await asyncio.to_thread(self._sink, session_id, event)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the sink belongs to the control plane."""
 
 
 # ---------------------------------------------------------------- distributed: Redis streams
@@ -86,7 +94,10 @@ class RedisStreamBus:
     async def publish(self, session_id: str, event: Event) -> None:
         from redis.exceptions import ConnectionError, TimeoutError
 
-        fields = {"src": f"{self.publisher}:{next(self._seq)}", "data": event.model_dump_json()}
+        fields: dict[FieldT, EncodableT] = {
+            "src": f"{self.publisher}:{next(self._seq)}",
+            "data": event.model_dump_json(),
+        }
         now = time.monotonic()
         announce = now - self._announced.get(session_id, -1e9) > self.announce_ttl
         deadline = now + self.retry_for
@@ -94,7 +105,7 @@ class RedisStreamBus:
         while True:
             try:
                 async with self._redis().pipeline(transaction=True) as pipe:
-                    pipe.xadd(stream_key(session_id), fields)  # type: ignore[arg-type]
+                    pipe.xadd(stream_key(session_id), fields)
                     pipe.sadd(ACTIVE_KEY, session_id)
                     if announce:
                         pipe.xadd(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -128,8 +129,8 @@ class WorkerContext:
             for name, interval, job in self.housekeeping:
                 self._background.append(
                     self.executor.submit(
-                        lambda name=name, interval=interval, job=job: every(  # type: ignore[misc]
-                            interval, lambda: asyncio.to_thread(job), name
+                        functools.partial(
+                            every, interval, functools.partial(asyncio.to_thread, job), name
                         )
                     )
                 )
@@ -196,6 +197,11 @@ class WorkerContext:
         elif verb == "wake":
             self.runners.wake(session_id)
 
+    async def _aclose(self) -> None:
+        await self.deps.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
     def shutdown(self) -> None:
         """Give running sessions back (the reaper hands them to another worker), end the
         warm pool's sandboxes, and stop."""
@@ -205,8 +211,9 @@ class WorkerContext:
                 abandoned.result(20)
             with contextlib.suppress(Exception):
                 self.executor.submit(self.pool.close).result(30)
-        # Model clients close once the runs using them are cancelled, on their own loop.
-        self.executor.shutdown(timeout=15, last=self.deps.aclose)
+        # Model clients and Redis connections close once the runs using them are cancelled,
+        # on their own loop.
+        self.executor.shutdown(timeout=15, last=self._aclose)
         for callback in self.on_close:
             with contextlib.suppress(Exception):
                 callback()

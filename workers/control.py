@@ -126,3 +126,7 @@ class ControlPlane(Protocol):
     async def run_job(self, name: str) -> str:
         """Run a job that belongs to the control plane (e.g. `reconcile_github`); its summary."""
         ...
+
+    async def aclose(self) -> None:
+        """Close its connections, on the loop that used them, once no runner uses it."""
+        ...

@@ -10,10 +10,11 @@ WorkersError
 ├── PluginLoadError             a plugin could not be imported or built (`workers/agent/plugins.py`;
 │                               `serve` and `worker` stop at start naming it)
 └── GitOpsError                 committing or pushing the work failed (`workers/gitops.py`,
-                                where it is defined beside the git steps that raise it)
+    │                           where it is defined beside the git steps that raise it)
+    └── PushTooLarge            the work's bundle is over NIGHTSHIFT_MAX_PUSH_BYTES
 
 Failures of the layers below keep their own trees: `images.errors.ImagesError` (sandboxes,
-images) and the ports' errors in `integrations/` (`ForgeError`, `ModelError`, `GitHubError`).
+images) and `integrations.errors.IntegrationsError` (`ForgeError`, `ModelError`, `GitHubError`).
 """
 
 from __future__ import annotations

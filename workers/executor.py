@@ -34,7 +34,10 @@ class InProcessExecutor:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()  # its self-pipe and thread pool, once nothing runs on it
 
     def start(self) -> None:
         if self._started:
@@ -85,33 +88,43 @@ class InProcessExecutor:
         the model clients): a job never meets a client closed under it."""
         if not self._started or not self._thread.is_alive():
             self._started = False
+            self._close()
             return
+
+        late: list[asyncio.Task[Any]] = []
 
         async def settle() -> None:
             current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                # Once only: a second cancel would interrupt a job's clean-up (releasing its
-                # sandbox) in its `finally`.
-                if not task.cancelling():
-                    task.cancel()
-            if not tasks:
-                return
-            _, pending = await asyncio.wait(tasks, timeout=min(2.0, timeout))
-            if pending:
-                log.info(
-                    "waiting for %d job(s) to stop: %s",
-                    len(pending),
-                    "; ".join(_where(task) for task in pending),
-                )
-                _, pending = await asyncio.wait(pending, timeout=max(0.0, timeout - 2.0))
-            for task in pending:
-                log.warning(
-                    "job %s did not stop within %.0fs (at %s)",
-                    task.get_name(),
-                    timeout,
-                    _where(task),
-                )
+            deadline = self._loop.time() + timeout
+            warned = False
+            # Until none is left: a job may start another while it stops (publishing its last
+            # event), and a task left pending when the loop closes would run its `finally`
+            # (releasing a sandbox) with no loop under it.
+            while tasks := [t for t in asyncio.all_tasks() if t is not current]:
+                for task in tasks:
+                    # Once only: a second cancel would interrupt a job's clean-up (releasing
+                    # its sandbox) in its `finally`.
+                    if not task.cancelling():
+                        task.cancel()
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    for task in tasks:
+                        log.warning(
+                            "job %s did not stop within %.0fs (at %s)",
+                            task.get_name(),
+                            timeout,
+                            _where(task),
+                        )
+                    late.extend(tasks)
+                    return
+                _, pending = await asyncio.wait(tasks, timeout=min(2.0, left))
+                if pending and not warned:
+                    warned = True
+                    log.info(
+                        "waiting for %d job(s) to stop: %s",
+                        len(pending),
+                        "; ".join(_where(task) for task in pending),
+                    )
 
         async def settle_then_last() -> None:
             try:
@@ -129,9 +142,23 @@ class InProcessExecutor:
         except (concurrent.futures.TimeoutError, RuntimeError):
             settling.cancel()
             log.warning("executor jobs did not settle within %.0fs", timeout)
+        self._started = False
+        if late:
+            # Stopping the loop under them would leave their clean-up (releasing a sandbox)
+            # to the garbage collector, with no loop to run on: they finish first.
+            async def stop_when_done() -> None:
+                await asyncio.wait(late)
+                asyncio.get_running_loop().stop()
+
+            asyncio.run_coroutine_threadsafe(stop_when_done(), self._loop)
+            return
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
-        self._started = False
+
+    def _close(self) -> None:
+        """Close the loop of an executor whose thread never ran it."""
+        if self._thread.ident is None and not self._loop.is_closed():
+            self._loop.close()
 
 
 def _where(task: asyncio.Task[Any]) -> str:

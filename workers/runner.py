@@ -17,6 +17,7 @@ from images.errors import ImagesError
 from images.provider import SandboxProvider
 from images.sandboxes.base import SandboxError
 from images.spec import RepoSpec
+from integrations.errors import IntegrationsError
 from integrations.forge.base import Forge, ForgeError
 from integrations.llm import ModelPool
 from integrations.llm.base import ModelNotConfigured
@@ -29,6 +30,7 @@ from workers.agent.tools import TOOLS, ToolContext
 from workers.bus import EventPublisher
 from workers.config import AgentConfig
 from workers.control import ControlPlane, PromptJob, SessionContext
+from workers.errors import WorkersError
 from workers.events import (
     ErrorRaised,
     Event,
@@ -69,8 +71,11 @@ class WorkerDeps:
         self.models.prepare()  # the default model's client exists before the first prompt
 
     async def aclose(self) -> None:
-        """Close what the runners share (the model clients) at shutdown."""
+        """Close what the runners share (the model clients, the bus's and the control plane's
+        connections) at shutdown."""
         await self.models.aclose()
+        await self.bus.aclose()
+        await self.control.aclose()
 
 
 _plugins = functools.cache(load_plugins)
@@ -271,6 +276,21 @@ class SessionRunner:
         await self.emit_for(job, PromptFinished(outcome="failed", summary=message))
         return "failed"
 
+    def _failure(self, job: PromptJob, exc: Exception) -> tuple[str, str]:
+        """The code and message a prompt fails with: a failure a layer names keeps its message;
+        anything else is a bug, logged with its trace."""
+        if isinstance(exc, SandboxError):
+            return "sandbox_error", str(exc)
+        if isinstance(exc, ImagesError):
+            # A cold start's environment (a declared image) that could not be pulled or built.
+            return "image_error", str(exc)
+        if isinstance(exc, GitOpsError):
+            return exc.code, str(exc)
+        if isinstance(exc, ForgeError):
+            return "git_error", str(exc)
+        log.exception("prompt %s of session %s failed", job.id, self.session_id)
+        return "internal", f"internal error: {type(exc).__name__}: {exc}"
+
     async def _run_prompt(self, job: PromptJob) -> PromptOutcome:
         assert self.ctx is not None
         ctx = self.ctx
@@ -330,24 +350,15 @@ class SessionRunner:
                         )
                     ),
                 )
-        except (ImagesError, ForgeError, GitOpsError) as exc:
-            # ImagesError: a sandbox that would not start or do what was asked, or a cold
-            # start's environment (a declared image) that could not be pulled or built.
-            code = (
-                "sandbox_error"
-                if isinstance(exc, SandboxError)
-                else "image_error"
-                if isinstance(exc, ImagesError)
-                else exc.code
-                if isinstance(exc, GitOpsError)
-                else "git_error"
-            )
-            return await self._fail(job, code, str(exc))
         except asyncio.CancelledError:
             raise
+        except (ImagesError, WorkersError, IntegrationsError) as exc:
+            return await self._fail(job, *self._failure(job, exc))
         except Exception as exc:
-            log.exception("prompt %s of session %s failed", job.id, self.session_id)
-            return await self._fail(job, "internal", f"internal error: {type(exc).__name__}: {exc}")
+            # Last resort: hooks from plugins and embedders (`extra_hooks`) run on the model's
+            # tool calls inside this prompt; a crash of theirs fails the prompt with its
+            # message instead of killing the runner and leaving the session to its lease.
+            return await self._fail(job, *self._failure(job, exc))
         await self.emit_for(job, PromptFinished(outcome=result.outcome, summary=result.summary))
         return result.outcome
 

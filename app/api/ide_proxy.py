@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.typing import Origin
 
 from app.api.credentials import COOKIE_NAME
 from app.api.deps import api_ides
@@ -206,7 +207,9 @@ class IdeProxy:
             upstream = await ws_connect(
                 target + (f"?{query}" if query else ""),
                 sock=conn,
-                origin=websocket.headers.get("origin"),  # type: ignore[arg-type]
+                origin=Origin(websocket.headers["origin"])
+                if "origin" in websocket.headers
+                else None,
                 additional_headers=upstream_headers,
                 subprotocols=offered or None,
                 max_size=None,

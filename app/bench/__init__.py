@@ -6,6 +6,8 @@ line, so no benchmark exits the process itself.
 
 from __future__ import annotations
 
+from app.errors import AppError
 
-class BenchError(Exception):
+
+class BenchError(AppError):
     """A benchmark could not produce its figures (a build failed, a session never finished)."""

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import httpx
 from sqlalchemy.engine import make_url
 
+from app.bench import BenchError
+
 Mode = Literal["embedded", "distributed"]
 
 SCRIPT = {
@@ -197,7 +199,7 @@ class Stack:
     def _start_redis(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError(
+            raise BenchError(
                 "distributed mode needs Redis: pass --broker-url, or install redis-server"
             )
         port = _free_port()
@@ -231,13 +233,13 @@ class Stack:
     def _worker_ready(self, name: str) -> bool:
         proc = self.procs[name]
         if proc.poll() is not None:
-            raise RuntimeError(f"worker {name} exited; see {self.root / (name + '.log')}")
+            raise BenchError(f"worker {name} exited; see {self.root / (name + '.log')}")
         return f"@{name} ready." in (self.root / f"{name}.log").read_text(errors="replace")
 
     def _healthy(self) -> bool:
         proc = self.procs["api"]
         if proc.poll() is not None:
-            raise RuntimeError(f"the API exited; see {self.root / 'api.log'}")
+            raise BenchError(f"the API exited; see {self.root / 'api.log'}")
         try:
             return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -248,7 +250,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
+                raise BenchError(f"timed out waiting for {what}")
             time.sleep(0.1)
 
     def token(self) -> str:

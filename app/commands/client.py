@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from app.errors import AppError
 from workers.events import Event, StatusChanged, parse_event
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -29,7 +30,7 @@ RECONNECT_FOR_S = 120.0
 """How long a dropped stream keeps trying to reconnect before giving up."""
 
 
-class ApiError(Exception):
+class ApiError(AppError):
     """A request the server refused (its message), or a server that does not answer."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

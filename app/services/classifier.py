@@ -300,9 +300,12 @@ def _parse_choice(completion: Completion) -> tuple[str, float] | None:
 
 def _choice(data: dict[str, object]) -> tuple[str, float] | None:
     repo = data.get("repo")
+    confidence = data.get("confidence", 0)
+    if not isinstance(confidence, int | float | str):
+        return None
     try:
-        sure = float(data.get("confidence", 0))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        sure = float(confidence)
+    except ValueError:
         return None
     if not isinstance(repo, str) or repo.lower() == "none":
         return None

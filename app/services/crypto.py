@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from app.errors import AppError
 
-class BadKeys(ValueError):
+
+class BadKeys(AppError, ValueError):
     """NIGHTSHIFT_SECRET_KEYS is malformed."""
 
 
@@ -37,7 +39,7 @@ def parse_keys(raw: str) -> list[Fernet]:
     return fernets
 
 
-class Undecryptable(Exception):
+class Undecryptable(AppError):
     """A stored secret was encrypted under a key that is no longer configured."""
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.errors import NotFound
+from app.errors import AppError, NotFound
 from app.models import PullRequest, Repo, Session, User
 from workers.events import BranchPushed, ErrorRaised, Event, Notice, PrOpened
 
@@ -31,7 +31,7 @@ class PullRequestOpener(Protocol):
         ...
 
 
-class PullRequestDeferred(Exception):
+class PullRequestDeferred(AppError):
     """An opener cannot open the PR yet; the message (and link) tell the person what to do.
 
     The session gets a `Notice` instead of an error: the branch is pushed and nothing failed.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from app.errors import AppError
+
 VERSIONS = (b"RFB 003.008\n", b"RFB 003.007\n")
 SECURITY_NONE = 1
 MAX_CUT_TEXT = 1 << 20
@@ -24,7 +26,7 @@ FORWARDED = frozenset({SET_PIXEL_FORMAT, SET_ENCODINGS, UPDATE_REQUEST, CONTINUO
 DROPPED = frozenset({KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, XVP, SET_DESKTOP_SIZE, QEMU})
 
 
-class ProtocolError(Exception):
+class ProtocolError(AppError):
     """The client sent something the view-only filter does not know; the connection ends."""
 
 

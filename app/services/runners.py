@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from pydantic import TypeAdapter
 from sqlalchemy import Engine, or_, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
@@ -17,7 +18,7 @@ from app.models import Session
 from app.services.ownership import Ownership
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
-from images.sandboxes.base import ImageRef, SnapshotRef
+from images.sandboxes.base import SnapshotRef
 from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
 from workers.events import (
     ACTIVE_STATUSES,
@@ -30,15 +31,14 @@ from workers.events import (
 
 log = logging.getLogger("nightshift.runners")
 MAX_ATTEMPTS = 3
+SNAPSHOT_REF = TypeAdapter(SnapshotRef)
+"""A stored snapshot reference (its image nested, its layers a list in JSON) read back."""
 
 
 def _snapshot_from(data: dict[str, object] | None) -> SnapshotRef | None:
     if not data:
         return None
-    fields = dict(data)
-    fields["image"] = ImageRef(**fields["image"])  # type: ignore[arg-type]
-    fields["layers"] = tuple(fields.get("layers", ()))  # type: ignore[arg-type]
-    return SnapshotRef(**fields)  # type: ignore[arg-type]
+    return SNAPSHOT_REF.validate_python(data)
 
 
 def active_snapshot_ids(engine: Engine) -> set[str]:

@@ -141,10 +141,13 @@ class ExecResult:
         return self.exit_code == 0
 
 
+FileKind = Literal["file", "dir", "symlink", "other"]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str
-    kind: Literal["file", "dir", "symlink", "other"]
+    kind: FileKind
     size: int
 
 
@@ -152,6 +155,17 @@ class Sandbox(Protocol):
     id: str
     backend: str
     source: ImageRef | SnapshotRef
+
+    @property
+    def tmp(self) -> Path | None:
+        """The sandbox's /tmp as a directory on this host (where a desktop's VNC socket is
+        reached); None where the sandbox's files are not on this host (Modal, fake)."""
+        ...
+
+    @property
+    def deadline(self) -> float:
+        """The `time.monotonic()` at which the sandbox's lifetime (`sandbox_timeout_s`) ends."""
+        ...
 
     async def exec(
         self,
@@ -237,4 +251,9 @@ class SandboxBackend(Protocol):
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         """Delete snapshots older than `older_than_s` seconds except `keep` (and what they
         stack on); returns the ids deleted."""
+        ...
+
+    def release_stale(self) -> int:
+        """Release what sandboxes of exited processes left on this host (mounts, cgroups,
+        containers); returns how many. 0 where nothing of a sandbox is on this host."""
         ...

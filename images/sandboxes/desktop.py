@@ -128,7 +128,7 @@ def supported(sandbox: Sandbox) -> str:
             f"NIGHTSHIFT_SANDBOX={' or '.join(BACKENDS)} and the API in the same process "
             "(embedded mode)"
         )
-    if not isinstance(getattr(sandbox, "tmp", None), Path):
+    if sandbox.tmp is None:
         return "this sandbox has no /tmp on the host"
     return ""
 
@@ -139,8 +139,9 @@ async def start_desktop(sandbox: Sandbox, timeout: float = START_TIMEOUT_S) -> D
     reason = supported(sandbox)
     if reason:
         raise DesktopUnavailable(reason)
-    tmp: Path = sandbox.tmp  # type: ignore[attr-defined]
-    lifetime = getattr(sandbox, "deadline", time.monotonic() + 4 * 3600.0) - time.monotonic()
+    tmp = sandbox.tmp
+    assert tmp is not None  # `supported` refused a sandbox without one
+    lifetime = sandbox.deadline - time.monotonic()
     task = asyncio.ensure_future(
         sandbox.exec(["/bin/sh", "-c", LAUNCH], timeout=max(lifetime, 1.0), output_cap=16384)
     )

@@ -45,6 +45,7 @@ from images.sandboxes.egress_policy import (
     is_ip_literal,
     split_authority,
 )
+from images.sandboxes.loop_thread import LoopThread
 
 log = logging.getLogger("nightshift.egress")
 
@@ -104,18 +105,16 @@ class EgressProxy:
         self.upstream = upstream
         self.decisions: deque[Decision] = deque(maxlen=history)
         self._endpoints: dict[str, _Endpoint] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: LoopThread | None = None
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True).start()
-                self._loop = loop
-            return self._loop
+            if self._loop is None:
+                self._loop = LoopThread("egress-proxy")
+            return self._loop.loop
 
     def open(self, key: str, socket_path: Path, hosts: Sequence[str]) -> None:
         """Listen on `socket_path` for sandbox `key`, allowing `hosts`."""
@@ -145,13 +144,15 @@ class EgressProxy:
                     await asyncio.wait_for(endpoint.server.wait_closed(), 2)
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(stop(), self._loop.loop).result(5)
 
     def shutdown(self) -> None:
         for key in list(self._endpoints):
             self.close(key)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.stop()
 
     # ---------------------------------------------------------------- policy
 

@@ -43,6 +43,8 @@ class FakeSandbox:
         self.handler = handler
         self.commands: list[list[str]] = []
         self.terminated = False
+        self.tmp: Path | None = None
+        self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
 
     async def exec(
         self,
@@ -141,6 +143,9 @@ class FakeBackend:
     @property
     def live(self) -> dict[str, FakeSandbox]:
         return {s.id: s for s in self.started if not s.terminated}
+
+    def release_stale(self) -> int:
+        return 0
 
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         cutoff = time.time() - older_than_s

@@ -108,7 +108,7 @@ def supported(sandbox: Sandbox) -> str:
             f"NIGHTSHIFT_SANDBOX={' or '.join(BACKENDS)} and the API in the same process "
             "(embedded mode)"
         )
-    if not isinstance(getattr(sandbox, "tmp", None), Path):
+    if sandbox.tmp is None:
         return "this sandbox has no /tmp on the host"
     return ""
 
@@ -122,8 +122,10 @@ async def start_ide(sandbox: Sandbox, command: str, timeout: float = START_TIMEO
     argv = shlex.split(command)
     if not argv:
         raise IdeUnavailable("NIGHTSHIFT_IDE_COMMAND is empty")
-    tmp: Path = sandbox.tmp  # type: ignore[attr-defined]
-    lifetime = getattr(sandbox, "deadline", time.monotonic() + 4 * 3600.0) - time.monotonic()
+    tmp = sandbox.tmp
+    if tmp is None:
+        raise IdeUnavailable("this sandbox has no /tmp on this host for the IDE's socket")
+    lifetime = (sandbox.deadline or time.monotonic() + 4 * 3600.0) - time.monotonic()
     began = time.monotonic()
     task = asyncio.ensure_future(
         sandbox.exec(

@@ -192,6 +192,10 @@ class ModalBackend:
             raise SandboxError(f"no Modal sandbox {sandbox_id}") from None
         return self._track(ModalSandbox(self, spec, sb))
 
+    def release_stale(self) -> int:
+        """Modal's sandboxes leave nothing on this host: their provider ends them."""
+        return 0
+
     def collect_snapshots(self, older_than_s: float, keep: Collection[str] = ()) -> list[str]:
         """Modal deletes snapshots itself when their ttl passes (`snapshot_ttl_s`)."""
         return []

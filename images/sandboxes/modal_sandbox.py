@@ -23,6 +23,7 @@ from images.sandboxes.base import (
     EndedBy,
     ExecResult,
     FileEntry,
+    FileKind,
     FileTooLarge,
     PathEscape,
     SandboxError,
@@ -153,6 +154,8 @@ class ModalSandbox:
         self.sb = sb
         self.id: str = sb.object_id
         self.terminated = False
+        self.tmp: Path | None = None
+        self.deadline = time.monotonic() + spec.limits.sandbox_timeout_s
 
     async def _run(
         self, argv: Sequence[str], timeout: float | None = None
@@ -326,14 +329,14 @@ class ModalSandbox:
         )
         if code != 0:
             raise SandboxFileError(f"{path}: {err.decode(errors='replace').strip()}")
-        kinds = {"f": "file", "d": "dir", "l": "symlink"}
+        kinds: dict[str, FileKind] = {"f": "file", "d": "dir", "l": "symlink"}
         prefix = "" if rel == "." else rel + "/"
         entries = []
         for record in sorted(out.decode(errors="replace").split("\0")):
             if not record:
                 continue
             kind, size, name = record.split(" ", 2)
-            entries.append(FileEntry(prefix + name, kinds.get(kind, "other"), int(size)))  # type: ignore[arg-type]
+            entries.append(FileEntry(prefix + name, kinds.get(kind, "other"), int(size)))
             if len(entries) >= limit:
                 break
         return entries

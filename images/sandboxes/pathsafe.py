@@ -21,7 +21,7 @@ import posixpath
 import stat
 import struct
 
-from images.sandboxes.base import FileEntry, FileTooLarge, PathEscape, SandboxFileError
+from images.sandboxes.base import FileEntry, FileKind, FileTooLarge, PathEscape, SandboxFileError
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -258,7 +258,7 @@ class ConfinedTree:
                 base = "" if dirpath == "." else dirpath[2:] + "/"
                 for name in sorted(dirnames) + sorted(filenames):
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    kind = (
+                    kind: FileKind = (
                         "dir"
                         if stat.S_ISDIR(st.st_mode)
                         else "symlink"
@@ -267,7 +267,7 @@ class ConfinedTree:
                         if stat.S_ISREG(st.st_mode)
                         else "other"
                     )
-                    entries.append(FileEntry(prefix + base + name, kind, st.st_size))  # type: ignore[arg-type]
+                    entries.append(FileEntry(prefix + base + name, kind, st.st_size))
                     if len(entries) >= limit:
                         return entries
                 if not recursive:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from integrations.errors import IntegrationsError
 
-class ForgeError(Exception):
+
+class ForgeError(IntegrationsError):
     """A git host refused or failed an operation; the message says which and why."""
 
 

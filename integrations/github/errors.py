@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from integrations.errors import IntegrationsError
 
-class GitHubError(Exception):
+
+class GitHubError(IntegrationsError):
     status_code: int | None = None
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from integrations.forge.base import ForgeError, fetch_bundle, git, read_bundle_header
-from integrations.github.app import GitHubApp, InstallationToken, split_repo
+from integrations.github.app import GitHubApp, InstallationToken, RepoInfo, split_repo
 from integrations.github.errors import GitHubError
 
 _AUTH_FAILURE = re.compile(
@@ -88,7 +88,8 @@ class GitHubForge:
 
     async def _clone_url(self, repo: str) -> str:
         info = await self._call(lambda: self.app.repo_info(repo))
-        return str(info.clone_url)  # type: ignore[attr-defined]
+        assert isinstance(info, RepoInfo)
+        return str(info.clone_url)
 
     async def _remote(self, repo: str, args: Callable[[str], list[str]], cwd: Path | None) -> str:
         """Run git against the repository's remote with a current installation token; a token

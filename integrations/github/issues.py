@@ -17,6 +17,8 @@ from integrations.github.client import call
 
 Reaction = Literal["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"]
 Permission = Literal["admin", "maintain", "write", "triage", "read", "none"]
+ROLES: tuple[Permission, ...] = ("admin", "maintain", "write", "triage", "read")
+"""The roles GitHub names (`role_name`), custom roles aside, strongest first."""
 WRITERS: frozenset[str] = frozenset({"admin", "maintain", "write"})
 MAX_THREAD_COMMENTS = 100
 
@@ -140,9 +142,13 @@ def permission(gh: GitHub[Any], repo: str, login: str) -> Permission:
     )
     role = str((data or {}).get("role_name") or "")
     level = str((data or {}).get("permission") or "none")
-    if role in ("admin", "maintain", "write", "triage", "read"):
-        return role  # type: ignore[return-value]
-    return level if level in ("admin", "write", "read", "none") else "none"  # type: ignore[return-value]
+    for known in ROLES:
+        if role == known:
+            return known
+    for known in ("admin", "write", "read"):
+        if level == known:
+            return known
+    return "none"
 
 
 def pull_body(gh: GitHub[Any], repo: str, number: int) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from integrations.errors import IntegrationsError
 
-class InvalidSignature(Exception):
+
+class InvalidSignature(IntegrationsError):
     """The delivery is not from GitHub (or not for this secret); the message says why."""
 
 

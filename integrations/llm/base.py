@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from integrations.errors import IntegrationsError
 from integrations.llm.types import ChatMessage, StreamItem, ToolSpec
 
 
-class ModelError(Exception):
+class ModelError(IntegrationsError):
     pass
 
 

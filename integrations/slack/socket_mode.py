@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -74,7 +76,9 @@ class SocketModeConnection:
 
     async def _connect(self, handler: AsyncSocketModeHandler) -> None:
         try:
-            await handler.connect_async()  # type: ignore[no-untyped-call]
+            # slack_sdk leaves these untyped; the variable says what they are.
+            connect: Callable[[], Awaitable[None]] = handler.connect_async
+            await connect()
         except Exception:
             log.exception("Slack Socket Mode: could not connect")
 
@@ -84,7 +88,8 @@ class SocketModeConnection:
         if loop is None or thread is None:
             return
         if handler is not None and not loop.is_closed():
-            future = asyncio.run_coroutine_threadsafe(handler.close_async(), loop)  # type: ignore[no-untyped-call]
+            close: Callable[[], Coroutine[Any, Any, None]] = handler.close_async
+            future = asyncio.run_coroutine_threadsafe(close(), loop)
             try:
                 future.result(timeout)
             except Exception:

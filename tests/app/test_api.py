@@ -187,8 +187,19 @@ def test_the_fake_sandbox_is_refused_outside_the_test_suite(tmp_path: Path) -> N
         "NIGHTSHIFT_SANDBOX": "fake",
         "NIGHTSHIFT_DATA_DIR": str(tmp_path / "ns"),
     }
+    # A server asked to start on it stops at once, naming the setting.
+    serve = subprocess.run(
+        [str(Path(sys.executable).parent / "nightshift"), "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode == 2, serve.stdout + serve.stderr
+    assert "NIGHTSHIFT_SANDBOX=fake runs no commands" in serve.stderr
+    # Having pytest at hand is not being the test suite: only the suite's switch allows it.
     out = subprocess.run(
-        [sys.executable, "-c", "from app.settings import Settings; Settings()"],
+        [sys.executable, "-c", "import pytest; from app.settings import Settings; Settings()"],
         env=env,
         capture_output=True,
         text=True,

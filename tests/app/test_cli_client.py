@@ -53,15 +53,16 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Served:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the child owns it)
-        self.proc = subprocess.Popen(
-            [str(BIN / "nightshift"), "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            start_new_session=True,
-        )
+        # The child holds its own copy of the descriptor: ours is closed once it has started.
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "nightshift"), "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
         wait_for(self._up, 60, "nightshift serve to answer")
         return self
 
@@ -249,7 +250,8 @@ def test_attach_mid_run_sees_the_rest_once_and_ctrl_c_detaches(
     first = follower.stdout.readline()  # attached while the model still thinks
     gate.set()
     stdout = first + follower.stdout.read()  # to the end: the follower stops by itself
-    assert follower.wait(CLI_TIMEOUT) == 0, follower.communicate()[1]
+    _, stderr = follower.communicate(timeout=CLI_TIMEOUT)
+    assert follower.returncode == 0, stderr
     seen = [e["id"] for e in _json_events(stdout)]
     stored = [e["id"] for e in _server_events(served, token, session_id)]
     assert seen == stored  # everything, in order, once

@@ -149,7 +149,8 @@ def test_desktop_speaks_rfb_and_is_view_only_until_a_participant_takes_control(
     again = api.http.post(f"/api/sessions/{idle_session}/desktop").json()
     assert again["sandbox_id"] == body["sandbox_id"]
     assert again["started_at"] == body["started_at"]
-    assert api.as_(bob).post(f"/api/sessions/{idle_session}/desktop").json()["can_control"] is False
+    with api.as_(bob) as as_bob:
+        assert as_bob.post(f"/api/sessions/{idle_session}/desktop").json()["can_control"] is False
 
     with _open_ws(server, idle_session, bob) as ws:
         watcher = Rfb(ws)

@@ -138,6 +138,14 @@ def test_session_status_reports_a_child_through_the_agent_loop(
     reported = json.loads(status[0]["output"])
     assert reported["id"] == child_id and reported["status"] == "finished"
     assert reported["parent_id"] == parent["id"] and reported["branch"] == f"nightshift/{child_id}"
+    # ... and the model was shown it: the next request carries it as the call's result.
+    shown = [
+        str(m.get("content"))
+        for body in openai_fake.requests
+        for m in body["messages"]
+        if m.get("role") == "tool" and '"status": "finished"' in str(m.get("content"))
+    ]
+    assert shown and child_id in shown[-1], shown
 
 
 def test_a_push_to_the_base_branch_rebuilds_the_image(gh: Any, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -52,12 +53,12 @@ def test_the_desktop_and_ide_are_off_unless_enabled_and_say_which_setting(
     runtime.start()
     try:
         alice = make_person(runtime, "alice", "Alice Example", "alice@example.com")
-        with BackgroundServer(create_app(runtime=runtime)) as server:
-            import httpx
-
-            http = httpx.Client(
+        with (
+            BackgroundServer(create_app(runtime=runtime)) as server,
+            httpx.Client(
                 base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
-            )
+            ) as http,
+        ):
             me = http.get("/api/me").json()
             assert (me["desktop"], me["ide"]) == (False, False)
             for path, setting in (("desktop", "NIGHTSHIFT_DESKTOP=1"), ("ide", "NIGHTSHIFT_IDE=1")):

@@ -171,7 +171,8 @@ def test_stats_total_tokens_and_cost_per_person_and_repository(
         api.create("web", "look around"),  # alice, fake-model, 2 turns
         api.create("cli", "one turn", model="openai:fake-mini"),  # alice, unpriced, 1 turn
     ]
-    r = bob.post("/api/sessions", json={"repo": "web", "prompt": "one turn"})  # bob, 1 turn
+    with bob:
+        r = bob.post("/api/sessions", json={"repo": "web", "prompt": "one turn"})  # bob, 1 turn
     assert r.status_code == 201, r.text
     runs.append(r.json())
     for run in runs:

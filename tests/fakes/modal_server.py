@@ -340,6 +340,29 @@ _fill_unserved(ControlPlane)
 _fill_unserved(Router)
 
 
+class _Server(Server):
+    """grpclib's server, closing its clients' connections when it closes (grpclib's own
+    ends their requests but leaves the sockets to the garbage collector)."""
+
+    _transports: set[asyncio.BaseTransport]
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            self._transports = getattr(self, "_transports", set()) | {transport}
+            made(transport)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        for transport in getattr(self, "_transports", set()):
+            transport.close()
+
+
 class FakeModal:
     """The fake in a background thread with its own event loop; `world` is its state."""
 
@@ -361,7 +384,7 @@ class FakeModal:
 
     async def _start(self) -> None:
         self.world = FakeModalWorld(self.root)
-        server = Server([ControlPlane(self.world, lambda: self.url), Router(self.world)])
+        server = _Server([ControlPlane(self.world, lambda: self.url), Router(self.world)])
         await server.start("127.0.0.1", 0)
         assert server._server is not None and server._server.sockets
         self.port = server._server.sockets[0].getsockname()[1]
@@ -382,6 +405,8 @@ class FakeModal:
         self.call(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @contextmanager

@@ -86,11 +86,11 @@ def start_registry(workdir: Path, users: dict[str, str] | None = None) -> FakeRe
         _htpasswd(workdir / "htpasswd", users)
         with config.open("a") as out:
             out.write(f"auth:\n  htpasswd:\n    realm: test\n    path: {workdir / 'htpasswd'}\n")
-    process = subprocess.Popen(
-        [REGISTRY_BIN, "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "registry.log").open("wb"),
-    )
+    # The registry holds its own copy of the log's descriptor; ours closes once it started.
+    with (workdir / "registry.log").open("wb") as log:
+        process = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=log
+        )
     deadline = time.monotonic() + 20
     while True:
         try:

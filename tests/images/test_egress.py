@@ -59,6 +59,9 @@ async def _open_long(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWr
     fd = os.open(path.parent, os.O_PATH)
     try:
         sock.connect(f"/proc/self/fd/{fd}/{path.name}")
+    except OSError:
+        sock.close()
+        raise
     finally:
         os.close(fd)
     return await asyncio.open_unix_connection(sock=sock)

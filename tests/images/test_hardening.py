@@ -281,6 +281,8 @@ async def test_the_periodic_sweep_releases_what_a_killed_worker_left(
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
     assert backend.release_stale() >= 2  # the overlay and the disk under it
     assert not mounts_under(state_dir / "sandboxes" / orphan)
     assert not (state_dir / "sandboxes" / orphan).exists()

@@ -151,7 +151,8 @@ def test_the_path_probe_refuses_fifos_and_sockets(tmp_path: Path) -> None:
     import subprocess
 
     os.mkfifo(tmp_path / "trap")
-    socket.socket(socket.AF_UNIX).bind(str(tmp_path / "sock"))
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "sock"))
     (tmp_path / "ok.txt").write_text("ok\n")
 
     def probe(rel: str, want: str = "file") -> str:

@@ -29,13 +29,15 @@ TOOLS = [
 
 async def _collect(model, messages):  # type: ignore[no-untyped-def]
     chunks, completion = [], None
-    async for item in model.stream("system text", messages, TOOLS):
-        if isinstance(item, TextChunk):
-            chunks.append(item.text)
-        else:
-            assert isinstance(item, Completion)
-            completion = item
-    await model.aclose()
+    try:
+        async for item in model.stream("system text", messages, TOOLS):
+            if isinstance(item, TextChunk):
+                chunks.append(item.text)
+            else:
+                assert isinstance(item, Completion)
+                completion = item
+    finally:
+        await model.aclose()
     return chunks, completion
 
 

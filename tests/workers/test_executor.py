@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -40,3 +41,33 @@ def test_a_shut_down_executor_refuses_jobs_and_shuts_down_again_cleanly(
     with caplog.at_level(logging.WARNING, logger="nightshift.executor"):
         executor.shutdown(timeout=0.2)  # nothing to settle: no wait on a loop that is gone
     assert not caplog.records
+
+
+def test_a_job_slower_to_stop_than_the_timeout_finishes_its_clean_up_on_a_live_loop() -> None:
+    """Its `finally` awaits a thread (as releasing a sandbox does): the loop stays up until it
+    is done, then closes, instead of leaving it to the garbage collector with no loop."""
+    executor = InProcessExecutor("test-executor")
+    release = threading.Event()
+    released = threading.Event()
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.to_thread(release.wait, 30)
+            released.set()
+
+    executor.submit(job)
+    time.sleep(0.05)
+    executor.shutdown(timeout=0.2)  # returns while the job still cleans up
+    assert not released.is_set()
+    release.set()
+    assert released.wait(30)
+    executor._thread.join(30)
+    assert executor.loop.is_closed()
+
+
+def test_shutting_down_an_executor_that_never_ran_closes_its_loop() -> None:
+    executor = InProcessExecutor("test-executor")
+    executor.shutdown()
+    assert executor.loop.is_closed()

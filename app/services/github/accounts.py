@@ -23,6 +23,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.errors import AppError
 from app.models import GitHubAccount, User
 from app.services.crypto import TokenCipher
 from integrations.github import (
@@ -42,15 +43,15 @@ PEER_REFRESH_WAIT_S = 5.0
 _LOGIN_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class SignInRequired(Exception):
+class SignInRequired(AppError):
     """The person has no usable GitHub token: they must sign in with GitHub (again)."""
 
 
-class SignInRefused(Exception):
+class SignInRefused(AppError):
     """GitHub vouched for who the person is, and this server does not let them in."""
 
 
-class LinkRefused(Exception):
+class LinkRefused(AppError):
     """A GitHub identity cannot be linked to the user who asked (it belongs to another)."""
 
 

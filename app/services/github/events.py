@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.errors import AppError
 from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
 from app.services.github.ci import GitHubCI
 from app.services.github.code_share import CodeShare
@@ -48,6 +49,7 @@ from app.services.github.triggers import GitHubTriggers
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.spec import RepoSpec
+from images.sql import table_of
 from integrations.github import GitHubApp, verify_signature
 from integrations.github.pulls import state_of
 from workers.events import PrOpened, PrStateChanged
@@ -66,7 +68,7 @@ MAX_ATTEMPTS = 5
 KEEP_DELIVERIES_S = 30 * 86400.0
 
 
-class BadDelivery(ValueError):
+class BadDelivery(AppError, ValueError):
     """A signed delivery we cannot use (missing headers, not a JSON object)."""
 
 
@@ -139,7 +141,7 @@ class GitHubWebhooks:
 
     def _insert_new(self, row: dict[str, Any]) -> bool:
         """Insert-or-ignore by delivery id; True when the row is new."""
-        table = GitHubDelivery.__table__  # type: ignore[attr-defined]
+        table = table_of(GitHubDelivery)
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
             statement: Any = sqlite_insert(table).values(**row).on_conflict_do_nothing()

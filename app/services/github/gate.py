@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from app.errors import AppError
 from integrations.github import GitHubApp
 from integrations.github.issues import WRITERS, permission
 
 PERMISSION_TTL_S = 60.0
 
 
-class Ignored(Exception):
+class Ignored(AppError):
     """A delivery that asks for nothing we will do; the message is the reason recorded."""
 
 

@@ -118,7 +118,7 @@ class GitHubTriggers:
         number = need_int(payload, "issue", "number")
         comment_id = need_int(payload, "comment", "id")
         url = need_str(payload, "comment", "html_url", limit=500)
-        common = dict(
+        common: dict[str, Any] = dict(
             key=f"comment:{comment_id}",
             repo=repo,
             number=number,
@@ -130,7 +130,7 @@ class GitHubTriggers:
             session_id = self._pr_session(repo, number)
             self.asks.handle(
                 Ask(
-                    **common,  # type: ignore[arg-type]
+                    **common,
                     kind="follow_up",
                     what="a comment",
                     build=lambda: comment_prompt(person.login, request, url, self.limit),
@@ -147,7 +147,7 @@ class GitHubTriggers:
                 repo.url, number, title, body, earlier, request, person.login, self.limit
             )
 
-        self.asks.handle(Ask(**common, kind="issue", what="an issue comment", build=build))  # type: ignore[arg-type]
+        self.asks.handle(Ask(**common, kind="issue", what="an issue comment", build=build))
 
     def on_pull_request_review_comment(self, payload: dict[str, Any]) -> None:
         action = need_str(payload, "action", limit=64)
