@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from app.settings_file import SettingsFileSource
 from app.settings_integrations import env_alias
-from app.settings_sandbox import SandboxSettings
+from app.settings_processes import ProcessSettings
 from images.sandboxes import SandboxConfig
 from images.sandboxes.base import Limits
 from images.sandboxes.egress_policy import parse_private_hosts, parse_upstream
@@ -42,7 +42,7 @@ NIGHTSHIFT_SANDBOX=fake (which runs no commands) be chosen. Not an environment v
 no deployment and no process the suite starts can turn it on."""
 
 
-class Settings(SandboxSettings):
+class Settings(ProcessSettings):
     model_config = SettingsConfigDict(
         env_prefix="NIGHTSHIFT_", env_file=".env", extra="ignore", populate_by_name=True
     )
@@ -246,15 +246,6 @@ class Settings(SandboxSettings):
     """Seconds a sandbox warmed for a person (`POST /api/repos/{repo}/warm`) is kept for them."""
     warm_debounce: float = Field(2.0, ge=0)
     """Seconds before a failed warm-up of the same person and repo is tried again."""
-
-    # ---- several API processes (`serve --processes N`, or N `serve` processes on one control DB)
-    peer_url: str | None = None
-    """Where the other API processes reach this one (e.g. `http://10.0.0.5:8000`); setting it
-    turns session ownership on: each session is owned by one process, the others forward."""
-    peer_secret: SecretStr | None = Field(None, min_length=16)
-    """Shared by the API processes: signs forwarded requests (default: the worker token)."""
-    owner_ttl: float = Field(15.0, ge=1)
-    """Seconds a process's ownership of its sessions lasts unless its heartbeat renews it."""
 
     # ---- distributed mode (Celery, Redis, PostgreSQL)
     worker_token: SecretStr | None = Field(None, min_length=16)

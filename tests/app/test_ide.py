@@ -117,7 +117,8 @@ def test_ide_opens_once_per_ticket_behind_a_session_scoped_cookie(
         refused = httpx.get(prefix + path)
         assert refused.status_code == 403, (path, refused.text)
         assert "no access" in refused.json()["detail"]
-    opened = api.as_(bob).post(f"/api/sessions/{idle_session}/ide")
+    with api.as_(bob) as as_bob:
+        opened = as_bob.post(f"/api/sessions/{idle_session}/ide")
     assert opened.status_code == 200, opened.text
     body = opened.json()
     assert body["url"].startswith(prefix + "?ticket=")
