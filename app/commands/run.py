@@ -8,6 +8,7 @@ local data dir itself for its own duration (`app/commands/embedded.py`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -104,7 +105,26 @@ def _remote_repo(client: Client, repo: str, as_json: bool) -> str:
     return str(row["name"])
 
 
+def process_age_ms() -> int | None:
+    """Milliseconds since this process started (Linux's /proc), None where that is unknown."""
+    try:
+        # Field 22 of /proc/self/stat, counted after the command name's closing parenthesis.
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0, int((uptime - started / os.sysconf("SC_CLK_TCK")) * 1000))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _start(client: Client, repo: str, prompt: str, model: str | None, as_json: bool) -> str:
+    # The command's own start-up (Python, the CLI, and the embedded server when there is one),
+    # apart from the sandbox's figure, which counts from the prompt.
+    age = process_age_ms()
+    if age is not None:
+        (err if as_json else console).print(
+            f"[dim]· command ready to send the prompt {age} ms after it started[/]",
+            highlight=False,
+        )
     session = client.create_session(repo, prompt, model)
     author = session["author"]
     line = f"session {session['id']} on {session['repo']} as {author['name']} <{author['email']}>"

@@ -56,6 +56,10 @@ def test_run_streams_and_ends_with_a_branch_authored_by_the_git_user(
     out = result.stdout
     assert "no server at http://127.0.0.1:" in out and "for this command only" in out
     assert "registered repo some-repo" in out
+    # Its own start-up, apart from the sandbox's (which counts from the prompt).
+    ready = re.search(r"command ready to send the prompt (\d+) ms after it started", out)
+    assert ready is not None and 0 < int(ready.group(1)) < 600_000
+    assert out.index(ready.group(0)) < out.index("sandbox ready from")
     assert "Writing the guide." in out and "write_file CONTRIBUTING.md" in out
     branch = next(line.split()[1] for line in out.splitlines() if line.startswith("branch "))
     assert branch.startswith("nightshift/")
