@@ -15,7 +15,6 @@ from sqlalchemy import Engine, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from app.db import reader
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic
@@ -138,7 +137,7 @@ class Sessions:
             )
 
     def get(self, session_id: str) -> Session:
-        with DB(reader(self.engine)) as db:
+        with DB(self.engine) as db:
             row = db.get(Session, session_id)
         if row is None:
             raise NotFound(f"no session {session_id!r}")
