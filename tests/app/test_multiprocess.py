@@ -23,7 +23,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.cluster import BIN, free_port
+from tests.cluster import BIN, free_port_run
 from tests.factories import Person, make_repo, wait_for
 from tests.fakes.llm import Call, ScriptBook, Turn
 
@@ -165,7 +165,8 @@ def test_three_processes_share_sessions_and_take_over_a_killed_ones(
         Turn(text="Looking again.", calls=[Call("list_files", {"path": "."})], gate=gate),
         Turn.tool("finish", summary="done", title="Parallel"),
     )
-    ports = [free_port() for _ in range(3)]
+    base = free_port_run(3)  # below the ephemeral range: no other test's port-0 server
+    ports = [base, base + 1, base + 2]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -251,7 +252,7 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
         Turn.tool("finish", summary="done", title="Same"),
     )
     openai_fake.script("follow along", Turn.tool("finish", summary="again", title="Again"))
-    port = free_port()
+    port = free_port_run(3)  # the shared port and the two peer ports after it
     env = _env(tmp_path, openai_fake, None)
     proc = _spawn(tmp_path, "serve", ["serve", "--port", str(port), "--processes", "2"], env)
     peers = [f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}"]
@@ -363,7 +364,8 @@ def test_distributed_three_processes_persist_each_sessions_events_once(
         Turn.tool("finish", summary="done", title="Distributed"),
     )
     redis_server = RedisServer(tmp_path).start()
-    ports = [free_port() for _ in range(3)]
+    base = free_port_run(3)  # below the ephemeral range: no other test's port-0 server
+    ports = [base, base + 1, base + 2]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     broker = {
         "NIGHTSHIFT_BROKER_URL": redis_server.url(),
@@ -440,7 +442,7 @@ def test_processes_stop_when_one_cannot_listen(openai_fake: ScriptBook, tmp_path
     """A peer port taken is no transient failure: `serve --processes` stops, saying why."""
     import socket
 
-    port = free_port()
+    port = free_port_run(3)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 2))  # the second process's peer port
         taken.listen(1)
