@@ -11,7 +11,7 @@ WorkersError
 │                               `serve` and `worker` stop at start naming it)
 └── GitOpsError                 committing or pushing the work failed (`workers/gitops.py`,
     │                           where it is defined beside the git steps that raise it)
-    └── PushTooLarge            the work's bundle is over NIGHTSHIFT_MAX_PUSH_BYTES
+    └── PushTooLarge            the work's bundle is over NIGHTSHIFT_MAX_PUSH_MB
 
 Failures of the layers below keep their own trees: `images.errors.ImagesError` (sandboxes,
 images) and `integrations.errors.IntegrationsError` (`ForgeError`, `ModelError`, `GitHubError`).

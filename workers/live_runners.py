@@ -3,6 +3,7 @@ find them."""
 
 from __future__ import annotations
 
+from images.sandboxes.base import Sandbox
 from workers.runner import SessionRunner, WorkerDeps
 
 
@@ -48,6 +49,15 @@ class Runners:
         for runner in runners:
             runner.request_stop()
         return len(runners)
+
+    def sandbox_of(self, session_id: str) -> Sandbox | None:
+        """The sandbox a live runner of the session holds here (desktops and IDEs run in it)."""
+        for runner in self._by_session.get(session_id, ()):
+            acquired = runner.sandbox.acquired
+            if acquired is not None:
+                sandbox: Sandbox = acquired.sandbox
+                return sandbox
+        return None
 
     def all(self) -> list[SessionRunner]:
         return [r for rs in self._by_session.values() for r in rs]

@@ -156,14 +156,7 @@ class Desktops:
         return outcome
 
     def _live_sandbox(self, session_id: str) -> Sandbox | None:
-        if self.runners is None:
-            return None
-        for runner in self.runners.all():
-            acquired = runner.sandbox.acquired
-            if runner.session_id == session_id and acquired is not None:
-                sandbox: Sandbox = acquired.sandbox
-                return sandbox
-        return None
+        return self.runners.sandbox_of(session_id) if self.runners is not None else None
 
     async def _ensure(self, session_id: str) -> Desktop | str:
         """On the executor's loop: the desktop of the session's sandbox, started if need be."""

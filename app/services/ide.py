@@ -227,14 +227,7 @@ class Ides:
         return running
 
     def _live_sandbox(self, session_id: str) -> Sandbox | None:
-        if self.runners is None:
-            return None
-        for runner in self.runners.all():
-            acquired = runner.sandbox.acquired
-            if runner.session_id == session_id and acquired is not None:
-                sandbox: Sandbox = acquired.sandbox
-                return sandbox
-        return None
+        return self.runners.sandbox_of(session_id) if self.runners is not None else None
 
     async def _ensure(self, session_id: str) -> Ide | IdeNotInstalled | str:
         """On the executor's loop: the IDE of the session's sandbox, started if need be;

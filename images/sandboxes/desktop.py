@@ -120,11 +120,12 @@ class Desktop:
             await self.task
 
 
-def supported(sandbox: Sandbox) -> str:
-    """Why `sandbox` cannot show a desktop, or "" when it can."""
+def supported(sandbox: Sandbox, what: str = "show a desktop") -> str:
+    """Why `sandbox` cannot `what` (a desktop, the IDE: programs reached on a socket in its
+    host-side /tmp), or "" when it can."""
     if sandbox.backend not in BACKENDS:
         return (
-            f"the {sandbox.backend} sandbox backend cannot show a desktop; it needs "
+            f"the {sandbox.backend} sandbox backend cannot {what}; it needs "
             f"NIGHTSHIFT_SANDBOX={' or '.join(BACKENDS)} and the API in the same process "
             "(embedded mode)"
         )

@@ -25,12 +25,11 @@ from pathlib import Path
 
 from images.sandboxes.base import WORKDIR, ExecResult, Sandbox, SandboxError
 from images.sandboxes.desktop import open_socket
+from images.sandboxes.desktop import supported as desktop_supported
 
 SOCKET_DIR = ".nightshift-ide"
 SOCKET_NAME = "ide.sock"
 START_TIMEOUT_S = 60.0
-BACKENDS = ("bwrap",)
-"""Backends whose sandbox /tmp is a host directory the API can reach (as for the desktop)."""
 NOT_INSTALLED = 127
 MAX_FILES = 200
 """Most file names one `edits` call reports (the event says how many more there were)."""
@@ -101,16 +100,8 @@ class Ide:
 
 
 def supported(sandbox: Sandbox) -> str:
-    """Why `sandbox` cannot run the IDE, or "" when it can."""
-    if sandbox.backend not in BACKENDS:
-        return (
-            f"the {sandbox.backend} sandbox backend cannot run the IDE; it needs "
-            f"NIGHTSHIFT_SANDBOX={' or '.join(BACKENDS)} and the API in the same process "
-            "(embedded mode)"
-        )
-    if sandbox.tmp is None:
-        return "this sandbox has no /tmp on the host"
-    return ""
+    """Why `sandbox` cannot run the IDE, or "" when it can (the desktop's rule)."""
+    return desktop_supported(sandbox, "run the IDE")
 
 
 async def start_ide(sandbox: Sandbox, command: str, timeout: float = START_TIMEOUT_S) -> Ide:
