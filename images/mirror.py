@@ -8,6 +8,7 @@ without a checkout, and where the bundle that brings a started sandbox up to dat
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from images.devcontainer import (
@@ -26,21 +27,37 @@ class Mirrors:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
+        self._fetched: dict[tuple[str, str, str], tuple[float, str]] = {}
+        """(repo, url, base) -> when the last fetch that succeeded began, and the tip it got."""
 
     def path(self, spec: RepoSpec) -> Path:
         return self.root / f"{spec.slug()}.git"
 
     async def update(self, spec: RepoSpec, forge: Forge) -> str:
-        """Fetch the base branch into the mirror; returns the tip sha."""
+        """Fetch the base branch into the mirror; returns the tip sha.
+
+        Single-flight: callers that asked while a fetch was queued behind the lock share the
+        next fetch that begins after they asked (its tip is at least as new as the one they
+        would have fetched themselves), so a burst of sessions on one repo costs a couple of
+        fetches instead of one each, queued one after the other.
+        """
+        asked = time.monotonic()
+        key = (spec.name, spec.url, spec.base)
         lock = self._locks.setdefault(spec.name, asyncio.Lock())
         async with lock:
+            last = self._fetched.get(key)
+            if last is not None and last[0] >= asked:
+                return last[1]
+            began = time.monotonic()
             self.root.mkdir(parents=True, exist_ok=True)
             try:
-                return await forge.fetch(spec.url, spec.base, self.path(spec))
+                tip = await forge.fetch(spec.url, spec.base, self.path(spec))
             except ForgeError:
                 # Another process may hold a ref lock in the same mirror; one retry settles it.
                 await asyncio.sleep(0.2)
-                return await forge.fetch(spec.url, spec.base, self.path(spec))
+                tip = await forge.fetch(spec.url, spec.base, self.path(spec))
+            self._fetched[key] = (began, tip)
+            return tip
 
     async def has_commit(self, spec: RepoSpec, sha: str) -> bool:
         try:
