@@ -23,6 +23,7 @@ from app.metrics import observe
 from app.models import Repo
 from app.process import Periodic, Runtime
 from app.services.desktop import Desktops
+from app.services.event_writer import EventWriter
 from app.services.github.accounts import build_accounts
 from app.services.github.app import (
     GitHubServices,
@@ -61,7 +62,6 @@ from app.wiring import (
 from images.registry import Trigger
 from images.sandboxes.base import SandboxBackend
 from images.spec import RepoSpec
-from workers.bus import InProcessBus
 from workers.dispatch import CeleryDispatcher, InProcessDispatcher
 from workers.events import BranchPushed, CommitCreated, PromptQueued, PrOpened
 from workers.executor import InProcessExecutor
@@ -242,7 +242,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     control = LocalControlPlane(runners, control_jobs, data_dir)
     deps = WorkerDeps(
         control=control,
-        bus=InProcessBus(hub.publish),
+        bus=EventWriter(hub, index),
         sandboxes=stack.provider,
         forge_for=forge_for,
         config=settings.agent_config(),

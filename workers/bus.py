@@ -1,7 +1,8 @@
 """The event bus: how workers hand events to the control plane that persists them.
 
-In the embedded default the bus is a direct call into `app/`'s writer (so nothing sits only
-in memory); in distributed mode it is one Redis stream per session.
+In the embedded default the bus is `app/`'s event writer (`app/services/event_writer.py`: a
+publish returns once the event is stored, so nothing sits only in memory); in distributed mode
+it is one Redis stream per session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from workers.errors import BusUnavailable
@@ -32,19 +32,6 @@ class EventPublisher(Protocol):
     async def aclose(self) -> None:
         """Close its connections, on the loop that used them, once nothing publishes."""
         ...
-
-
-class InProcessBus:
-    """Calls the persisting sink in a worker thread; returns once the event is stored."""
-
-    def __init__(self, sink: Callable[[str, Event], object]) -> None:
-        self._sink = sink
-
-    async def publish(self, session_id: str, event: Event) -> None:
-        await asyncio.to_thread(self._sink, session_id, event)
-
-    async def aclose(self) -> None:
-        """Nothing to close: the sink belongs to the control plane."""
 
 
 # ---------------------------------------------------------------- distributed: Redis streams

@@ -10,8 +10,9 @@ Measured:
   the `POST /api/sessions` of the burst on their own: each answer (`post_latency`, a 201 or
   a 503), each session to its 201 (`create_latency`, retries included), and how many were
   shed (503 + `Retry-After`, retried after the time the server asked for);
-- API work: CPU milliseconds the API process spent per session (`cpu_ms_per_session`), and
-  sessions created per second during the burst;
+- API work: CPU milliseconds the API processes spent per session (`cpu_ms_per_session`: the
+  Python processes themselves, in embedded mode runners included; the sandbox commands and git
+  they start are `cpu_s.subprocesses`), and sessions created per second during the burst;
 - event delivery lag: an event's creation time (`ts`, stamped where the runner made it) to its
   arrival on the client's WebSocket, for events created after the socket was open;
 - memory per idle session: resident memory of the server processes with every session idle

@@ -88,24 +88,32 @@ def _rss_kb(pid: int) -> int:
     return total
 
 
-def _cpu_s(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of a process and its live descendants, and of the children
-    they waited for (git, bubblewrap, cp: the sandbox and forge work)."""
+def _cpu_s(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) of a process and its live descendants that are ours (the
+    Python processes: `serve --processes N` children, Celery's pool), of its other live
+    descendants (sandbox commands still running), and of the children they all waited for
+    (git, bubblewrap, cp: the sandbox and forge work)."""
     tick = os.sysconf("SC_CLK_TCK")
-    own = children = 0.0
+    own = other = children = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = Path(f"/proc/{current}/stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
             # utime, stime, cutime, cstime: fields 14-17 of the line, 12-15 after the name.
-            own += (int(fields[11]) + int(fields[12])) / tick
+            spent = (int(fields[11]) + int(fields[12])) / tick
+            if current == pid or name.startswith(("nightshift", "python", "celery")):
+                own += spent
+            else:
+                other += spent
             children += (int(fields[13]) + int(fields[14])) / tick
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
             continue
-    return own, children
+    return own, other, children
 
 
 class Stack:
@@ -137,7 +145,8 @@ class Stack:
             NIGHTSHIFT_DATA_DIR=str(self.root / "api"),
             NIGHTSHIFT_REPO_ROOTS=str(self.root),  # the bench registers its repo over the API
             # every bench session is one user's: the per-user cap would refuse the burst
-            NIGHTSHIFT_MAX_SESSIONS_PER_USER=str(self.config.sessions),
+            # The warm-up session stays idle (not over) through the load: one more.
+            NIGHTSHIFT_MAX_SESSIONS_PER_USER=str(self.config.sessions + 1),
             NIGHTSHIFT_MAX_STREAMS_PER_USER=str(self.config.sessions + 10),
         )
         if self.database_url:
@@ -280,14 +289,15 @@ class Stack:
         return sum(_rss_kb(pid) for pid in self.server_pids())
 
     def cpu_s(self) -> dict[str, float]:
-        """CPU seconds so far: the API, the workers, and the subprocesses they ran."""
+        """CPU seconds so far: the API processes, the workers, and the subprocesses they ran
+        (sandbox commands, git), finished or still running."""
         out = {"api": 0.0, "workers": 0.0, "subprocesses": 0.0}
         for name, proc in self.procs.items():
             if name == "redis":
                 continue
-            own, children = _cpu_s(proc.pid)
+            own, other, children = _cpu_s(proc.pid)
             out["api" if name == "api" else "workers"] += own
-            out["subprocesses"] += children
+            out["subprocesses"] += other + children
         return out
 
     def _admin_url(self) -> str:

@@ -72,6 +72,8 @@ class EventHub:
         self.peers = peers
         self._table = table
         self._routes: list[Handler] | None = None
+        self._slow_types: frozenset[str] = frozenset()
+        self._every_type_slow = False
         self.handlers: list[Handler] = []
         """Handlers called after the table's (tests listen here)."""
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
@@ -106,10 +108,11 @@ class EventHub:
                 stored = self.files.get(session_id).append(event, source)
                 if stored is None:
                     return None
-                # Stored, so it can go out: watchers never wait on the index update below
-                # (which queues behind every other write to the control DB).
+                # Stored, so it can go out: the session's streams never wait on the index
+                # update below (which queues behind every other write to the control DB).
                 with self._guard:
-                    targets = list(self._subs.get(session_id, ())) + list(self._all)
+                    targets = list(self._subs.get(session_id, ()))
+                    watchers = list(self._all)
                 for sub in targets:
                     sub.push(session_id, stored)
                 for handler in self._table_handlers() + self.handlers:
@@ -117,6 +120,11 @@ class EventHub:
                         handler(session_id, stored)
                     except Exception:
                         log.exception("event handler failed for %s event %s", session_id, stored.id)
+                if watchers:
+                    # Watchers (the sessions list's changes feed) re-read the index on an
+                    # event: they get it once its values are written, here or, for a staged
+                    # publish, when the event writer's batch is.
+                    self._after_index(session_id, stored, watchers)
                 return stored
         finally:
             if outermost:
@@ -127,12 +135,48 @@ class EventHub:
                     except Exception:
                         log.exception("deferred work after a %s event failed", session_id)
 
+    def _after_index(self, session_id: str, stored: Event, watchers: list[Subscriber]) -> None:
+        def push() -> None:
+            for sub in watchers:
+                sub.push(session_id, stored)
+
+        later = getattr(self._local, "later", None)
+        if later is None:
+            push()
+        else:
+            later.append(push)
+
+    def publish_staged(
+        self, session_id: str, event: Event
+    ) -> tuple[Event | None, list[Callable[[], None]]]:
+        """`publish` for the event writer (`app/services/event_writer.py`), on a thread whose
+        index values are staged (`IndexWriter.begin_staging`): returns the stored event and
+        what to run once the staged values are written (the watchers' pushes)."""
+        self._local.later = []
+        try:
+            return self.publish(session_id, event), self._local.later
+        finally:
+            self._local.later = None
+
+    def slow(self, session_id: str, event: Event) -> bool:
+        """Whether publishing `event` may wait on the network: a session another process owns
+        (sent to it), or a row that runs after the lock (opening a PR). The event writer
+        leaves those to a thread of their own."""
+        if self.peers is not None and self.peers.local(session_id) is not None:
+            return True
+        self._table_handlers()  # reads the table (and so the slow rows) on first use
+        return self._every_type_slow or event.type in self._slow_types
+
     def _table_handlers(self) -> list[Handler]:
         routes = self._routes
         if routes is None:
             with self._guard:
                 if self._routes is None:
-                    self._routes = [self._route(row) for row in self._table()]
+                    rows = list(self._table())
+                    slow = [row.types for row in rows if row.after_lock]
+                    self._every_type_slow = any(types is None for types in slow)
+                    self._slow_types = frozenset(t for types in slow for t in types or ())
+                    self._routes = [self._route(row) for row in rows]
                 routes = self._routes
         return routes
 

@@ -150,11 +150,26 @@ class IndexWriter:
         self._writing = False
         self.batches = 0
         """Transactions written so far."""
+        self._local = threading.local()
 
     def apply(self, session_id: str, event: Event) -> None:
+        """Write the event's values; returns once they are written. On a thread that is
+        `staging` (the event writer's), they only join the pending batch."""
+        generation = self.stage(session_id, event)
+        if generation is None:
+            return
+        staged = getattr(self._local, "staged", None)
+        if staged is not None:
+            self._local.staged = max(staged, generation)
+            return
+        self.wait(generation)
+
+    def stage(self, session_id: str, event: Event) -> int | None:
+        """Add the event's values to the pending batch; returns the batch's generation (for
+        `wait`), None when the event changes nothing in the index."""
         values, prompt_values = index_values(event)
         if not values:
-            return
+            return None
         if not values.keys() <= QUIET:
             values["updated_at"] = time.time()
         with self._cond:
@@ -162,8 +177,24 @@ class IndexWriter:
             if prompt_values and event.prompt_id is not None:
                 key = (session_id, event.prompt_id)
                 _merge(self._pending.prompts.setdefault(key, {}), prompt_values)
-            mine = self._generation
-            while self._written <= mine:
+            return self._generation
+
+    def begin_staging(self) -> None:
+        """From now on `apply` on this thread stages instead of writing (see `end_staging`)."""
+        self._local.staged = -1
+
+    def end_staging(self) -> int:
+        """Stop staging on this thread; returns the newest generation it staged (-1: none),
+        for `wait`."""
+        staged: int = self._local.staged
+        self._local.staged = None
+        return staged
+
+    def wait(self, generation: int) -> None:
+        """Return once the batch of `generation` is written: write it (with everything
+        queued since) when no other caller is writing, else wait for the one who is."""
+        with self._cond:
+            while self._written <= generation:
                 if not self._writing:
                     break
                 self._cond.wait()
@@ -177,7 +208,7 @@ class IndexWriter:
         finally:
             with self._cond:
                 self._writing = False
-                self._written = mine + 1
+                self._written = generation + 1
                 self.batches += 1
                 self._cond.notify_all()
 
