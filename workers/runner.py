@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import secrets
 import socket
 import time
@@ -50,6 +51,9 @@ from workers.redact import Redactor
 from workers.session_sandbox import SessionSandbox
 
 log = logging.getLogger("nightshift.runner")
+HEARTBEAT_PHASE = random.uniform(0, 60)
+"""Where this process's heartbeat tick falls: the same for its runners, different from other
+processes' (whose renewals then reach a shared control plane spread out, not all at once)."""
 IDLE_CHECK_S = 30.0
 """How often an idle runner looks at its queue when no nudge came (a nudge wakes it at once)."""
 
@@ -175,7 +179,9 @@ class SessionRunner:
     async def _heartbeat(self) -> None:
         cfg = self.deps.config
         while True:
-            await asyncio.sleep(cfg.heartbeat_s)
+            # On this process's tick, not on a clock of the runner's own: the runners of one
+            # process renew together, and the control plane writes their renewals at once.
+            await asyncio.sleep(cfg.heartbeat_s - (time.time() - HEARTBEAT_PHASE) % cfg.heartbeat_s)
             try:
                 state = await self.deps.control.renew_lease(
                     self.session_id, self.id, cfg.lease_ttl_s

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from app.errors import NotFound
 from app.liveness import owner_alive
 from app.models import Session
+from app.services.leases import LeaseRenewals
 from app.services.ownership import Ownership
 from app.services.repos import spec_of
 from app.services.sessions import Sessions
@@ -70,6 +71,7 @@ class RunnerService:
         self.files = sessions.files
         self.hub = sessions.hub
         self._orphans: set[str] = set()
+        self.leases = LeaseRenewals(self.engine)
         self.sync_events = sync_events
         """Persist what a session's runner published that the bus has not delivered yet.
 
@@ -104,17 +106,8 @@ class RunnerService:
     def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
         if self._foreign(session_id):
             return "lost"  # another process claimed the session: its runner takes over
-        # One statement per heartbeat: every runner sends one every few seconds.
-        with self.engine.begin() as conn:
-            stop = conn.execute(
-                update(Session)
-                .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
-                .values(lease_expires_at=time.time() + ttl)
-                .returning(col(Session.stop_requested))
-            ).scalar_one_or_none()
-        if stop is None:
-            return "lost"
-        return "stop" if stop else "held"
+        # Heartbeats of many runners arrive together: one statement renews them all.
+        return self.leases.renew(session_id, runner, ttl)
 
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)

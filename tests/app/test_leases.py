@@ -1,0 +1,67 @@
+"""Lease renewals: heartbeats of many runners arriving together are written as one statement,
+and each runner still hears its own answer (held, stop, lost)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlmodel import Session as DB
+
+from app.models import Session
+from app.schemas import RepoCreate
+from tests.factories import make_person, make_repo
+
+
+def test_renewals_arriving_together_share_a_statement_and_each_gets_its_answer(
+    make_settings: Any, tmp_path: Any
+) -> None:
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings())
+    runtime.sessions.dispatcher = None
+    try:
+        runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+        alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+        runtime.sessions.max_active_per_user = 100
+        ids = [runtime.sessions.create(alice.user, "proj", f"task {n}").id for n in range(40)]
+        runners = runtime.runners
+        for n, session_id in enumerate(ids):
+            assert runners.acquire_lease(session_id, f"runner-{n}", 1.0)
+        stopping, stolen = ids[0], ids[1]
+        with DB(runtime.engine) as db:
+            row = db.get(Session, stopping)
+            assert row is not None
+            row.stop_requested = True
+            db.add(row)
+            db.commit()
+        answers: dict[str, str] = {}
+        start = threading.Barrier(len(ids) + 1)
+
+        def heartbeat(n: int, session_id: str) -> None:
+            start.wait()
+            runner = "someone-else" if session_id == stolen else f"runner-{n}"
+            answers[session_id] = runners.renew_lease(session_id, runner, 60.0)
+
+        before = runners.leases.statements
+        threads = [threading.Thread(target=heartbeat, args=(n, s)) for n, s in enumerate(ids)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        for thread in threads:
+            thread.join()
+
+        assert answers[stopping] == "stop"
+        assert answers[stolen] == "lost"
+        assert all(answers[s] == "held" for s in ids[2:])
+        # 40 heartbeats at once: a handful of statements, not 40 transactions.
+        assert 0 < runners.leases.statements - before < len(ids) // 2
+        with DB(runtime.engine) as db:
+            for session_id in ids:
+                row = db.get(Session, session_id)
+                assert row is not None and row.lease_expires_at is not None
+                renewed = row.lease_expires_at > time.time() + 30
+                assert renewed == (session_id != stolen)
+    finally:
+        runtime.close()
