@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +26,11 @@ class LocalControlPlane:
         self.runners = runners
         self.jobs = jobs
         self.artifacts = Artifacts.of(data_dir)
+        self._renewals: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop,
+            dict[tuple[str, str, float], list[asyncio.Future[LeaseState]]],
+        ] = weakref.WeakKeyDictionary()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -36,7 +42,38 @@ class LocalControlPlane:
         return await self._call(lambda: self.runners.acquire_lease(session_id, runner_id, ttl_s))
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
-        return await self._call(lambda: self.runners.renew_lease(session_id, runner_id, ttl_s))
+        """Heartbeats of one loop's runners come on the same tick (`workers/runner.py`): they
+        are gathered until the loop has run them all, then renewed in one statement from one
+        thread, instead of a thread and a transaction each."""
+        loop = asyncio.get_running_loop()
+        batch = self._renewals.get(loop)
+        if batch is None:
+            batch = self._renewals[loop] = {}
+            loop.call_soon(self._start_renewal, loop)
+        answer: asyncio.Future[LeaseState] = loop.create_future()
+        batch.setdefault((session_id, runner_id, ttl_s), []).append(answer)
+        return await answer
+
+    def _start_renewal(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self._renew(loop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._renewals.pop(loop, {})
+        keys = {(sid, runner): ttl for sid, runner, ttl in batch}
+        try:
+            answers = await self._call(lambda: self.runners.renew_leases(keys))
+        except Exception as exc:  # each runner hears it, as from its own call
+            for waiters in batch.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+            return
+        for (sid, runner, _ttl), waiters in batch.items():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(answers[(sid, runner)])
 
     async def release_lease(self, session_id: str, runner_id: str) -> bool:
         return await self._call(lambda: self.runners.release_lease(session_id, runner_id))

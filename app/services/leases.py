@@ -73,6 +73,11 @@ class LeaseRenewals:
             raise answers
         return answers.get(key, "lost")
 
+    def renew_many(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
+        """Renew every lease of `batch` (key -> ttl) in one transaction, at once: for callers
+        that gathered the renewals themselves (the in-process control plane, per tick)."""
+        return self._write(batch)
+
     def _write(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
         by_ttl: defaultdict[float, list[Key]] = defaultdict(list)
         for key, ttl in batch.items():

@@ -109,6 +109,14 @@ class RunnerService:
         # Heartbeats of many runners arrive together: one statement renews them all.
         return self.leases.renew(session_id, runner, ttl)
 
+    def renew_leases(
+        self, batch: dict[tuple[str, str], float]
+    ) -> dict[tuple[str, str], LeaseState]:
+        """Renew many runners' leases ((session, runner) -> ttl) in one statement."""
+        mine = {key: ttl for key, ttl in batch.items() if not self._foreign(key[0])}
+        answers = self.leases.renew_many(mine) if mine else {}
+        return {key: answers.get(key, "lost") for key in batch}
+
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)
         with DB(self.engine) as db:

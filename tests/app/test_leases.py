@@ -3,6 +3,7 @@ and each runner still hears its own answer (held, stop, lost)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -63,5 +64,37 @@ def test_renewals_arriving_together_share_a_statement_and_each_gets_its_answer(
                 assert row is not None and row.lease_expires_at is not None
                 renewed = row.lease_expires_at > time.time() + 30
                 assert renewed == (session_id != stolen)
+    finally:
+        runtime.close()
+
+
+def test_in_process_runners_heartbeats_on_one_tick_are_one_statement(
+    make_settings: Any, tmp_path: Any
+) -> None:
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings())
+    runtime.sessions.dispatcher = None
+    try:
+        runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+        alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+        runtime.sessions.max_active_per_user = 100
+        ids = [runtime.sessions.create(alice.user, "proj", f"task {n}").id for n in range(30)]
+        control = runtime.deps.control
+        leases = runtime.runners.leases
+
+        async def scenario() -> list[str]:
+            for n, session_id in enumerate(ids):
+                assert await control.acquire_lease(session_id, f"runner-{n}", 1.0)
+            before = leases.statements
+            answers = await asyncio.gather(
+                *(control.renew_lease(s, f"runner-{n}", 60.0) for n, s in enumerate(ids)),
+                control.renew_lease(ids[0], "not-the-holder", 60.0),
+            )
+            assert leases.statements - before == 1
+            return list(answers)
+
+        answers = asyncio.run(scenario())
+        assert answers == ["held"] * len(ids) + ["lost"]
     finally:
         runtime.close()
