@@ -19,6 +19,7 @@ from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic
 from app.services import session_views
+from app.services.event_writer import publish_together
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
 from app.services.peers import SessionPeers
@@ -168,18 +169,20 @@ class Sessions:
     # ------------------------------------------------------------ client side
 
     def _index_prompt(self, session_id: str, prompt: Prompt, source: str) -> None:
-        assert prompt.id is not None
         with DB(self.engine) as db:
-            db.add(
-                PromptIndex(
-                    session_id=session_id,
-                    prompt_id=prompt.id,
-                    user_id=prompt.author_id,
-                    source=source,
-                    created_at=prompt.created_at,
-                )
-            )
+            db.add(self._prompt_row(session_id, prompt, source))
             db.commit()
+
+    @staticmethod
+    def _prompt_row(session_id: str, prompt: Prompt, source: str) -> PromptIndex:
+        assert prompt.id is not None
+        return PromptIndex(
+            session_id=session_id,
+            prompt_id=prompt.id,
+            user_id=prompt.author_id,
+            source=source,
+            created_at=prompt.created_at,
+        )
 
     def create(
         self,
@@ -199,6 +202,14 @@ class Sessions:
         assert user.id is not None and repo.id is not None
         session_id = uuid.uuid4().hex[:12]
         store = self.files.create(session_id)
+        author = author_of(user)
+        try:
+            # The file is this request's alone until the row below makes the session exist:
+            # its prompt goes in first, so the row and the prompt's index entry are one commit.
+            queued, position = store.add_prompt(prompt, author)
+        except BaseException:
+            self.files.discard(session_id)
+            raise
         row = Session(
             id=session_id,
             repo_id=repo.id,
@@ -218,19 +229,17 @@ class Sessions:
                 if self.peers is not None:  # in the same transaction: never unowned
                     db.add(self.peers.owners.new_row(session_id))
                 db.flush()
-                self._join(db, session_id, user.id, "author")
+                db.add(Participant(session_id=session_id, user_id=user.id, role="author"))
+                db.add(self._prompt_row(session_id, queued, source))
                 db.commit()
         except BaseException:
             self.files.discard(session_id)
             raise
-        queued, position = store.add_prompt(prompt, author_of(user))
-        self._index_prompt(session_id, queued, source)
-        self.hub.publish(session_id, StatusChanged(status="queued"))
-        self.hub.publish(
-            session_id,
-            PromptQueued(
-                author=author_of(user), text=prompt, position=position, prompt_id=queued.id
-            ),
+        queued_event = PromptQueued(
+            author=author, text=prompt, position=position, prompt_id=queued.id
+        )
+        publish_together(
+            self.hub, self.index, session_id, [StatusChanged(status="queued"), queued_event]
         )
         self.dispatch(session_id)
         return row
