@@ -119,20 +119,21 @@ class RunnerService:
 
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)
-        with DB(self.engine) as db:
-            db.exec(
+        with self.engine.begin() as conn:
+            conn.execute(
                 update(Session)
                 .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
-            db.commit()
-            row = db.get(Session, session_id)
-            stopped = row is None or row.stop_requested
+            stop = conn.execute(
+                select(Session.stop_requested).where(col(Session.id) == session_id)
+            ).scalar_one_or_none()
+        stopped = stop is None or stop
         return not stopped and self.files.get(session_id).pending_count() > 0
 
     def next_prompt(self, session_id: str, runner: str) -> PromptJob | None:
         self.sync_events(session_id)
-        if self.sessions.get(session_id).stop_requested:
+        if self.sessions.stop_requested(session_id):
             return None
         store = self.files.get(session_id)
         # Runners report a prompt finished before they ask for the next one, so a prompt this

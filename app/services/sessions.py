@@ -137,6 +137,16 @@ class Sessions:
                 "wait for one to finish"
             )
 
+    def stop_requested(self, session_id: str) -> bool:
+        """Whether a stop was asked for (the one column a runner checks between prompts)."""
+        with self.engine.connect() as conn:
+            stop = conn.execute(
+                select(Session.stop_requested).where(col(Session.id) == session_id)
+            ).scalar_one_or_none()
+        if stop is None:
+            raise NotFound(f"no session {session_id!r}")
+        return bool(stop)
+
     def get(self, session_id: str) -> Session:
         with DB(self.engine) as db:
             row = db.get(Session, session_id)
