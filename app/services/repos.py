@@ -96,6 +96,7 @@ class RepoCatalog:
         self.engine = engine
         self._by_name: dict[str, Repo] = {}
         self._by_id: dict[int, Repo] = {}
+        self._specs: dict[int, RepoSpec] = {}
         """Repos found so far. A registered repo never changes and is never removed (there
         is no such operation), so every session's lookups after the first are answered here;
         a name or id not found yet is always looked up in the control DB (another process
@@ -120,6 +121,13 @@ class RepoCatalog:
             known = ", ".join(r.name for r in self.list()) or "none yet"
             raise NotFound(f"unknown repo {name!r} (registered: {known})")
         return repo
+
+    def spec_by_id(self, repo_id: int) -> RepoSpec:
+        """The repo's spec (validated once: a registered repo never changes)."""
+        spec = self._specs.get(repo_id)
+        if spec is None:
+            spec = self._specs[repo_id] = spec_of(self.by_id(repo_id))
+        return spec
 
     def by_id(self, repo_id: int) -> Repo:
         repo = self._by_id.get(repo_id)

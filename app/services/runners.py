@@ -17,7 +17,6 @@ from app.liveness import owner_alive
 from app.models import Session
 from app.services.leases import LeaseRenewals
 from app.services.ownership import Ownership
-from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.sandboxes.base import SnapshotRef
 from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
@@ -153,14 +152,14 @@ class RunnerService:
     def context(self, session_id: str) -> SessionContext:
         self.sync_events(session_id)
         row = self.sessions.get(session_id)
-        repo = self.sessions.repos.by_id(row.repo_id)
+        spec = self.sessions.repos.spec_by_id(row.repo_id)
         store = self.files.get(session_id)
         authors: dict[str, Author] = {}
         for prompt in store.prompts():
             authors.setdefault(prompt.author_email.lower(), prompt.author())
         return SessionContext(
             session_id=session_id,
-            repo=spec_of(repo),
+            repo=spec,
             branch=row.branch,
             parent_id=row.parent_id,
             depth=row.depth,
