@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.db import reader
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic
@@ -148,7 +149,7 @@ class Sessions:
         return bool(stop)
 
     def get(self, session_id: str) -> Session:
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:
             row = db.get(Session, session_id)
         if row is None:
             raise NotFound(f"no session {session_id!r}")
