@@ -140,7 +140,7 @@ class Sessions:
 
     def stop_requested(self, session_id: str) -> bool:
         """Whether a stop was asked for (the one column a runner checks between prompts)."""
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             stop = conn.execute(
                 select(Session.stop_requested).where(col(Session.id) == session_id)
             ).scalar_one_or_none()
@@ -331,7 +331,7 @@ class Sessions:
             query = query.join(User, col(User.id) == Session.author_id).where(User.login == author)
         if parent_id:
             query = query.where(Session.parent_id == parent_id)
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:
             total = db.exec(select(func.count()).select_from(query.subquery())).one()
             rows = db.exec(
                 query.order_by(col(Session.created_at).desc()).offset(offset).limit(limit)
@@ -351,7 +351,9 @@ class Sessions:
 
     def public_many(self, rows: Sequence[Session]) -> list[SessionPublic]:
         """The public shape of several sessions: three queries however many rows."""
-        return session_views.public_many(self.engine, rows, self._last_event_id, self.base_url)
+        return session_views.public_many(
+            reader(self.engine), rows, self._last_event_id, self.base_url
+        )
 
     def _prompt_public(self, prompt: Prompt, position: int | None = None) -> PromptPublic:
         return session_views.prompt_public(self.files.redactor, prompt, position)
