@@ -173,6 +173,14 @@ class SessionStore:
             rows = conn.execute(q.ALL_PROMPTS).fetchall()
         return [q.prompt_of(row) for row in rows]
 
+    def authors(self) -> list[Author]:
+        """Who prompted the session, in the order of their first prompt."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT author_id, author_login, author_name, author_email FROM prompts ORDER BY id"
+            ).fetchall()
+        return [Author(id=i, login=login, name=name, email=email) for i, login, name, email in rows]
+
     def prompt(self, prompt_id: int) -> Prompt | None:
         with self._read() as conn:
             row = conn.execute(q.ONE_PROMPT, (prompt_id,)).fetchone()

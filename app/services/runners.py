@@ -86,8 +86,8 @@ class RunnerService:
         if self._foreign(session_id):
             return False
         now = time.time()
-        with DB(self.engine) as db:
-            result = db.exec(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 update(Session)
                 .where(col(Session.id) == session_id)
                 .where(
@@ -99,7 +99,6 @@ class RunnerService:
                 )
                 .values(lease_owner=runner, lease_expires_at=now + ttl)
             )
-            db.commit()
             return bool(result.rowcount == 1)
 
     def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
@@ -155,8 +154,8 @@ class RunnerService:
         spec = self.sessions.repos.spec_by_id(row.repo_id)
         store = self.files.get(session_id)
         authors: dict[str, Author] = {}
-        for prompt in store.prompts():
-            authors.setdefault(prompt.author_email.lower(), prompt.author())
+        for author in store.authors():
+            authors.setdefault(author.email.lower(), author)
         return SessionContext(
             session_id=session_id,
             repo=spec,
