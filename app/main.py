@@ -141,7 +141,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             owners=lambda: getattr(app.state, "runtime", None) and app.state.runtime.owners,
             signer=PeerSigner(peer_secret(settings)),
         )
-    app.state.prompt_backlog = backlog = Backlog(settings.max_pending_creates)
+    app.state.prompt_backlog = backlog = Backlog(
+        settings.max_pending_creates, wait_s=settings.max_pending_wait_ms / 1000
+    )
     app.add_middleware(PromptBacklog, backlog=backlog)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     # Outermost first: an unknown Host is refused before anything reads the request.

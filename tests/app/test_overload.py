@@ -92,3 +92,47 @@ def test_a_full_backlog_sheds_with_retry_after_and_keeps_what_it_accepted(
         assert sorted(s["title"] for s in listed["sessions"]) == ["earlier", "held", "second"]
         prompts = api.get(f"/api/sessions/{earlier.json()['id']}/prompts").json()
         assert [p["text"] for p in prompts] == ["earlier", "more"]
+
+
+def test_a_request_that_finds_no_slot_waits_briefly_for_one_before_it_is_shed(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """A slot freed within NIGHTSHIFT_MAX_PENDING_WAIT_MS goes to the request waiting for it
+    (first come, first served) instead of a 503."""
+    from app.main import create_app
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(make_settings(max_pending_creates=1, max_pending_wait_ms=10_000))
+    runtime.sessions.dispatcher = None
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+    app = create_app(runtime=runtime)
+    try:
+        with BackgroundServer(app) as server:
+            alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+            backlog = app.state.prompt_backlog
+            control_db = sqlite3.connect(
+                runtime.settings.control_db_url.removeprefix("sqlite:///"), isolation_level=None
+            )
+            control_db.execute("BEGIN IMMEDIATE")
+            answers: dict[str, httpx.Response] = {}
+
+            def post(name: str) -> None:
+                with _client(server.url, alice) as api:
+                    answers[name] = api.post("/api/sessions", json={"repo": "proj", "prompt": name})
+
+            threads = [threading.Thread(target=post, args=(name,)) for name in ("held", "waiting")]
+            try:
+                threads[0].start()
+                wait_for(lambda: backlog.in_flight == 1, what="a held creation")
+                threads[1].start()
+                wait_for(lambda: len(backlog.waiting) == 1, what="a creation waiting for a slot")
+            finally:
+                control_db.execute("COMMIT")
+                control_db.close()
+            for thread in threads:
+                thread.join(30)
+            assert answers["held"].status_code == 201
+            assert answers["waiting"].status_code == 201
+            assert backlog.shed == 0 and backlog.in_flight == 0 and not backlog.waiting
+    finally:
+        runtime.close()
