@@ -163,6 +163,8 @@ def test_the_http_control_plane(
             assert summary.id == session.id
             with pytest.raises(ControlPlaneError, match="no session"):
                 await control.session_context("nope")
+            with pytest.raises(ControlPlaneError, match="no session"):
+                await control.acquire_lease("ffffffffffff", "runner-a", 30)
             with pytest.raises(ControlPlaneError, match="needs the GitHub App"):
                 await control.run_job("reconcile_github")
             assert await control.release_lease(session.id, "runner-a") is False

@@ -66,8 +66,10 @@ router = APIRouter(
 def acquire_lease(
     session_id: str, body: LeaseRequest, sessions: SessionsDep, runners: RunnersDep
 ) -> LeaseAcquired:
-    sessions.get(session_id)
-    return LeaseAcquired(acquired=runners.acquire_lease(session_id, body.runner_id, body.ttl_s))
+    acquired = runners.acquire_lease(session_id, body.runner_id, body.ttl_s)
+    if not acquired:
+        sessions.get(session_id)  # an unknown session is a 404, not a lease held elsewhere
+    return LeaseAcquired(acquired=acquired)
 
 
 @router.post("/sessions/{session_id}/lease/renew")
