@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,35 @@ def sqlite_engine(path: Path, *, writer: bool, pooled: bool = True) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READERS_GUARD = threading.Lock()
+
+
+def _query_only(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA query_only=ON")  # a write here is an error, never a lock wait
+
+
+def reader(engine: Engine) -> Engine:
+    """The read-only companion of a control-DB engine, for reads on hot paths.
+
+    SQLite: a second engine on the same file whose transactions begin with plain BEGIN and
+    whose connections refuse writes (`query_only`), so under WAL a read never queues for the
+    writer's lock behind index updates and lease renewals, and still sees every committed
+    write. Other databases: the engine itself (their reads never take a write lock).
+    """
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return engine
+    with _READERS_GUARD:
+        found = _READERS.get(engine)
+        if found is None:
+            found = sqlite_engine(Path(engine.url.database), writer=False)
+            event.listen(found, "connect", _query_only)
+            # Closed with its writer: `engine.dispose()` at shutdown closes both.
+            event.listen(engine, "engine_disposed", lambda _e, r=found: r.dispose())
+            _READERS[engine] = found
+        return found
 
 
 def control_engine(url: str) -> Engine:

@@ -55,6 +55,29 @@ class _Batch:
     outcomes: list[tuple[_Item, BaseException | None]] = field(default_factory=list)
 
 
+def publish_together(
+    hub: EventHub, index: IndexWriter, session_id: str, events: list[Event]
+) -> list[Event | None]:
+    """Publish several events of one session from this thread with one index write for all
+    of them (a new session's `queued` and its prompt): returns once they are stored and their
+    values written, and only then do the watchers see them."""
+    stored: list[Event | None] = []
+    after_index: list[Callable[[], None]] = []
+    index.begin_staging()
+    try:
+        for event in events:
+            one, later = hub.publish_staged(session_id, event)
+            stored.append(one)
+            after_index.extend(later)
+    finally:
+        generation = index.end_staging()
+    if generation >= 0:
+        index.wait(generation)
+    for push in after_index:
+        push()
+    return stored
+
+
 def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for waiter, error in outcomes:
         if waiter.done():  # its publisher was cancelled; the event is stored all the same

@@ -12,9 +12,9 @@ Which services act on which events is not decided here: the composition root
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,18 +43,63 @@ class On:
     after_lock: bool = False
 
 
+class Inbox:
+    """What other threads hand to one event loop's subscribers, delivered in one callback.
+
+    Publishing threads push many events at once (a batch of the event writer, a burst of
+    sessions): each push wakes the loop only when nothing is waiting for it already, so the
+    loop wakes once per burst instead of once per event and subscriber.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue[tuple[str, Event]], tuple[str, Event]]] = []
+        self._lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue[tuple[str, Event]], item: tuple[str, Event]) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:
+                return  # a delivery is already on its way
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # a closed loop: its subscribers are going away
+            with self._lock:
+                self._items.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
+_inboxes_guard = threading.Lock()
+
+
+def inbox_of(loop: asyncio.AbstractEventLoop) -> Inbox:
+    with _inboxes_guard:
+        inbox = _inboxes.get(loop)
+        if inbox is None:
+            inbox = _inboxes[loop] = Inbox(loop)
+        return inbox
+
+
 @dataclass(eq=False)
 class Subscriber:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[tuple[str, Event]] = field(default_factory=asyncio.Queue)
     types: frozenset[str] | None = None
+    inbox: Inbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbox = inbox_of(self.loop)
 
     def push(self, session_id: str, event: Event) -> None:
         if self.types is not None and event.type not in self.types:
             return
-        # A closed loop means the subscriber is going away.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (session_id, event))
+        self.inbox.put(self.queue, (session_id, event))
 
 
 class EventHub:

@@ -95,6 +95,6 @@ class LeaseRenewals:
                     )
                 )
                 for session_id, runner, stop in rows:
-                    answers[(session_id, runner)] = "stop" if stop else "held"
+                    answers[(session_id, str(runner))] = "stop" if stop else "held"
         self.statements += 1
         return answers

@@ -94,22 +94,47 @@ class RepoCatalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._by_name: dict[str, Repo] = {}
+        self._by_id: dict[int, Repo] = {}
+        self._specs: dict[int, RepoSpec] = {}
+        """Repos found so far. A registered repo never changes and is never removed (there
+        is no such operation), so every session's lookups after the first are answered here;
+        a name or id not found yet is always looked up in the control DB (another process
+        may have registered it)."""
+
+    def _remember(self, repo: Repo | None) -> Repo | None:
+        if repo is not None and repo.id is not None:
+            self._by_name[repo.name] = self._by_id[repo.id] = repo
+        return repo
 
     def list(self) -> list[Repo]:
         with DB(self.engine) as db:
             return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
 
     def get(self, name: str) -> Repo:
+        repo = self._by_name.get(name)
+        if repo is not None:
+            return repo
         with DB(self.engine) as db:
-            repo = db.exec(select(Repo).where(Repo.name == name)).first()
+            repo = self._remember(db.exec(select(Repo).where(Repo.name == name)).first())
         if repo is None:
             known = ", ".join(r.name for r in self.list()) or "none yet"
             raise NotFound(f"unknown repo {name!r} (registered: {known})")
         return repo
 
+    def spec_by_id(self, repo_id: int) -> RepoSpec:
+        """The repo's spec (validated once: a registered repo never changes)."""
+        spec = self._specs.get(repo_id)
+        if spec is None:
+            spec = self._specs[repo_id] = spec_of(self.by_id(repo_id))
+        return spec
+
     def by_id(self, repo_id: int) -> Repo:
+        repo = self._by_id.get(repo_id)
+        if repo is not None:
+            return repo
         with DB(self.engine) as db:
-            repo = db.get(Repo, repo_id)
+            repo = self._remember(db.get(Repo, repo_id))
         if repo is None:
             raise NotFound(f"unknown repo id {repo_id}")
         return repo

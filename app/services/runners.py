@@ -17,7 +17,6 @@ from app.liveness import owner_alive
 from app.models import Session
 from app.services.leases import LeaseRenewals
 from app.services.ownership import Ownership
-from app.services.repos import spec_of
 from app.services.sessions import Sessions
 from images.sandboxes.base import SnapshotRef
 from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
@@ -119,20 +118,21 @@ class RunnerService:
 
     def release_lease(self, session_id: str, runner: str) -> bool:
         self.sync_events(session_id)
-        with DB(self.engine) as db:
-            db.exec(
+        with self.engine.begin() as conn:
+            conn.execute(
                 update(Session)
                 .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
-            db.commit()
-            row = db.get(Session, session_id)
-            stopped = row is None or row.stop_requested
+            stop = conn.execute(
+                select(Session.stop_requested).where(col(Session.id) == session_id)
+            ).scalar_one_or_none()
+        stopped = stop is None or stop
         return not stopped and self.files.get(session_id).pending_count() > 0
 
     def next_prompt(self, session_id: str, runner: str) -> PromptJob | None:
         self.sync_events(session_id)
-        if self.sessions.get(session_id).stop_requested:
+        if self.sessions.stop_requested(session_id):
             return None
         store = self.files.get(session_id)
         # Runners report a prompt finished before they ask for the next one, so a prompt this
@@ -152,14 +152,14 @@ class RunnerService:
     def context(self, session_id: str) -> SessionContext:
         self.sync_events(session_id)
         row = self.sessions.get(session_id)
-        repo = self.sessions.repos.by_id(row.repo_id)
+        spec = self.sessions.repos.spec_by_id(row.repo_id)
         store = self.files.get(session_id)
         authors: dict[str, Author] = {}
         for prompt in store.prompts():
             authors.setdefault(prompt.author_email.lower(), prompt.author())
         return SessionContext(
             session_id=session_id,
-            repo=spec_of(repo),
+            repo=spec,
             branch=row.branch,
             parent_id=row.parent_id,
             depth=row.depth,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, update
-from sqlmodel import col
+from sqlalchemy import Engine, Update, bindparam, update
+from sqlmodel import SQLModel, col
 
 from app.models import PromptIndex, Session
 from app.sessionstore import SessionStore
@@ -115,9 +117,37 @@ def _merge(into: dict[str, object], values: dict[str, object]) -> None:
             into[key] = value
 
 
-def _sql(table: type[Session] | type[PromptIndex], values: dict[str, object]) -> dict[str, object]:
+Signature = tuple[tuple[str, bool], ...]
+"""The columns one row's values set, each with whether it is an increment."""
+
+
+def _signature(values: dict[str, object]) -> Signature:
+    return tuple(sorted((key, isinstance(value, Increment)) for key, value in values.items()))
+
+
+@cache
+def _update(table: type[Session] | type[PromptIndex], signature: Signature) -> Update:
+    """The UPDATE of one row of `table` by its key, setting the columns of `signature` from
+    bound parameters: built once per shape, so a batch is an executemany of a statement whose
+    compiled form SQLAlchemy keeps."""
+    columns = SQLModel.metadata.tables[str(table.__tablename__)].c
+    sets: dict[str, Any] = {}
+    for key, increment in signature:
+        value = bindparam(f"v_{key}", type_=columns[key].type)
+        sets[key] = columns[key] + value if increment else value
+    if table is Session:
+        where = [columns["id"] == bindparam("k_id")]
+    else:
+        where = [
+            columns["session_id"] == bindparam("k_session"),
+            columns["prompt_id"] == bindparam("k_prompt"),
+        ]
+    return update(table).where(*where).values(sets)
+
+
+def _params(values: dict[str, object]) -> dict[str, object]:
     return {
-        key: col(getattr(table, key)) + value.amount if isinstance(value, Increment) else value
+        f"v_{key}": value.amount if isinstance(value, Increment) else value
         for key, value in values.items()
     }
 
@@ -213,22 +243,18 @@ class IndexWriter:
                 self._cond.notify_all()
 
     def _write(self, batch: _Batch) -> None:
+        groups: defaultdict[
+            tuple[type[Session] | type[PromptIndex], Signature], list[dict[str, object]]
+        ] = defaultdict(list)
+        for session_id, values in batch.sessions.items():
+            groups[(Session, _signature(values))].append({"k_id": session_id, **_params(values)})
+        for (session_id, prompt_id), values in batch.prompts.items():
+            groups[(PromptIndex, _signature(values))].append(
+                {"k_session": session_id, "k_prompt": prompt_id, **_params(values)}
+            )
         with self.engine.begin() as conn:
-            for session_id, values in batch.sessions.items():
-                conn.execute(
-                    update(Session)
-                    .where(col(Session.id) == session_id)
-                    .values(**_sql(Session, values))
-                )
-            for (session_id, prompt_id), values in batch.prompts.items():
-                conn.execute(
-                    update(PromptIndex)
-                    .where(
-                        col(PromptIndex.session_id) == session_id,
-                        col(PromptIndex.prompt_id) == prompt_id,
-                    )
-                    .values(**_sql(PromptIndex, values))
-                )
+            for (table, signature), rows in groups.items():
+                conn.execute(_update(table, signature), rows)
 
     def fill_from_log(self, row: Session, store: SessionStore) -> Session:
         """The row with the columns of 0014 filled from the session's events, once, when it

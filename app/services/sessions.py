@@ -15,10 +15,12 @@ from sqlalchemy import Engine, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.db import reader
 from app.errors import Invalid, NotFound, TooMany, Unavailable
 from app.models import Participant, PromptIndex, Session, User
 from app.schemas import PromptPublic, SessionPublic
 from app.services import session_views
+from app.services.event_writer import publish_together
 from app.services.hub import EventHub
 from app.services.model_choices import ModelChoices
 from app.services.peers import SessionPeers
@@ -136,8 +138,18 @@ class Sessions:
                 "wait for one to finish"
             )
 
+    def stop_requested(self, session_id: str) -> bool:
+        """Whether a stop was asked for (the one column a runner checks between prompts)."""
+        with reader(self.engine).connect() as conn:
+            stop = conn.execute(
+                select(Session.stop_requested).where(col(Session.id) == session_id)
+            ).scalar_one_or_none()
+        if stop is None:
+            raise NotFound(f"no session {session_id!r}")
+        return bool(stop)
+
     def get(self, session_id: str) -> Session:
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:
             row = db.get(Session, session_id)
         if row is None:
             raise NotFound(f"no session {session_id!r}")
@@ -168,18 +180,20 @@ class Sessions:
     # ------------------------------------------------------------ client side
 
     def _index_prompt(self, session_id: str, prompt: Prompt, source: str) -> None:
-        assert prompt.id is not None
         with DB(self.engine) as db:
-            db.add(
-                PromptIndex(
-                    session_id=session_id,
-                    prompt_id=prompt.id,
-                    user_id=prompt.author_id,
-                    source=source,
-                    created_at=prompt.created_at,
-                )
-            )
+            db.add(self._prompt_row(session_id, prompt, source))
             db.commit()
+
+    @staticmethod
+    def _prompt_row(session_id: str, prompt: Prompt, source: str) -> PromptIndex:
+        assert prompt.id is not None
+        return PromptIndex(
+            session_id=session_id,
+            prompt_id=prompt.id,
+            user_id=prompt.author_id,
+            source=source,
+            created_at=prompt.created_at,
+        )
 
     def create(
         self,
@@ -199,6 +213,14 @@ class Sessions:
         assert user.id is not None and repo.id is not None
         session_id = uuid.uuid4().hex[:12]
         store = self.files.create(session_id)
+        author = author_of(user)
+        try:
+            # The file is this request's alone until the row below makes the session exist:
+            # its prompt goes in first, so the row and the prompt's index entry are one commit.
+            queued, position = store.add_prompt(prompt, author)
+        except BaseException:
+            self.files.discard(session_id)
+            raise
         row = Session(
             id=session_id,
             repo_id=repo.id,
@@ -218,19 +240,17 @@ class Sessions:
                 if self.peers is not None:  # in the same transaction: never unowned
                     db.add(self.peers.owners.new_row(session_id))
                 db.flush()
-                self._join(db, session_id, user.id, "author")
+                db.add(Participant(session_id=session_id, user_id=user.id, role="author"))
+                db.add(self._prompt_row(session_id, queued, source))
                 db.commit()
         except BaseException:
             self.files.discard(session_id)
             raise
-        queued, position = store.add_prompt(prompt, author_of(user))
-        self._index_prompt(session_id, queued, source)
-        self.hub.publish(session_id, StatusChanged(status="queued"))
-        self.hub.publish(
-            session_id,
-            PromptQueued(
-                author=author_of(user), text=prompt, position=position, prompt_id=queued.id
-            ),
+        queued_event = PromptQueued(
+            author=author, text=prompt, position=position, prompt_id=queued.id
+        )
+        publish_together(
+            self.hub, self.index, session_id, [StatusChanged(status="queued"), queued_event]
         )
         self.dispatch(session_id)
         return row
@@ -311,7 +331,7 @@ class Sessions:
             query = query.join(User, col(User.id) == Session.author_id).where(User.login == author)
         if parent_id:
             query = query.where(Session.parent_id == parent_id)
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:
             total = db.exec(select(func.count()).select_from(query.subquery())).one()
             rows = db.exec(
                 query.order_by(col(Session.created_at).desc()).offset(offset).limit(limit)
@@ -331,7 +351,9 @@ class Sessions:
 
     def public_many(self, rows: Sequence[Session]) -> list[SessionPublic]:
         """The public shape of several sessions: three queries however many rows."""
-        return session_views.public_many(self.engine, rows, self._last_event_id, self.base_url)
+        return session_views.public_many(
+            reader(self.engine), rows, self._last_event_id, self.base_url
+        )
 
     def _prompt_public(self, prompt: Prompt, position: int | None = None) -> PromptPublic:
         return session_views.prompt_public(self.files.redactor, prompt, position)
