@@ -74,7 +74,7 @@ class StreamConsumer:
         refresh_s: float = 1.0,
         forget_after_s: float = 60.0,
         trim_every: int = 200,
-        threads: int = 8,
+        threads: int = 32,
         gather_s: float = 0.01,
         save_every_s: float = 0.2,
         owns: Callable[[str], bool] | None = None,
@@ -122,8 +122,9 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self.persisted = 0
         self.healthy = False
-        # Sessions are persisted in parallel (each in order): a session file write and its
-        # index update mostly wait on disk, and concurrent commits share a flush.
+        # Sessions are persisted in parallel (each in order): an event whose index values are
+        # written holds its thread until the control DB's group commit lands, so enough threads
+        # that other sessions' events never queue behind those waits.
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nightshift-persist")
 
     # ------------------------------------------------------------ lifecycle
