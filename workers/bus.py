@@ -58,6 +58,11 @@ class RedisStreamBus:
     Every event carries a source id (`<publisher>:<sequence>`), stable across retries, so an
     `XADD` repeated after a lost reply is stored once by the API. Publishing waits out a Redis
     restart for up to `retry_for` seconds.
+
+    Publishes are group-committed: the events published while one batch is on its way to
+    Redis go together in the next, as one `MULTI`/`EXEC` (one round trip however many runners
+    published), so a session's events reach its stream in the order they were published and
+    each `publish` still returns once its event is stored.
     """
 
     def __init__(self, url: str, *, retry_for: float = 60.0, announce_ttl: float = 20.0) -> None:
@@ -68,6 +73,10 @@ class RedisStreamBus:
         self._seq = itertools.count(1)
         self._announced: dict[str, float] = {}
         self._client: aioredis.Redis | None = None
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        """Batches sent so far."""
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
@@ -79,22 +88,48 @@ class RedisStreamBus:
         return self._client
 
     async def publish(self, session_id: str, event: Event) -> None:
-        from redis.exceptions import ConnectionError, TimeoutError
-
         fields: dict[FieldT, EncodableT] = {
             "src": f"{self.publisher}:{next(self._seq)}",
             "data": event.model_dump_json(),
         }
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[None] = loop.create_future()
+        self._pending.append((session_id, fields, stored))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            self._flusher = loop.create_task(self._flush())
+        await stored
+
+    async def _flush(self) -> None:
+        """Send what is pending, batch after batch, until nothing is."""
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._send(batch)
+            except Exception as exc:  # every publisher of the batch hears it
+                _settle(batch, exc)
+            except BaseException:  # cancelled with the loop: nobody is left waiting
+                batch, self._pending = batch + self._pending, []
+                _settle(batch, BusUnavailable("publishing was cancelled"))
+                raise
+            else:
+                _settle(batch, None)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        from redis.exceptions import ConnectionError, TimeoutError
+
         now = time.monotonic()
-        announce = now - self._announced.get(session_id, -1e9) > self.announce_ttl
+        sessions = list(dict.fromkeys(session_id for session_id, _, _ in batch))
+        announce = [s for s in sessions if now - self._announced.get(s, -1e9) > self.announce_ttl]
         deadline = now + self.retry_for
         delay = 0.05
         while True:
             try:
                 async with self._redis().pipeline(transaction=True) as pipe:
-                    pipe.xadd(stream_key(session_id), fields)
-                    pipe.sadd(ACTIVE_KEY, session_id)
-                    if announce:
+                    for session_id, fields, _ in batch:
+                        pipe.xadd(stream_key(session_id), fields)
+                    pipe.sadd(ACTIVE_KEY, *sessions)
+                    for session_id in announce:
                         pipe.xadd(
                             DOORBELL_KEY,
                             {"sid": session_id},
@@ -111,13 +146,31 @@ class RedisStreamBus:
                 log.warning("publishing to Redis failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        if announce:
+        self.batches += 1
+        for session_id in announce:
             self._announced[session_id] = now
-            if len(self._announced) > 10_000:
-                cutoff = now - self.announce_ttl
-                self._announced = {k: v for k, v in self._announced.items() if v > cutoff}
+        if len(self._announced) > 10_000:
+            cutoff = now - self.announce_ttl
+            self._announced = {k: v for k, v in self._announced.items() if v > cutoff}
 
     async def aclose(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+_Pending = tuple[str, "dict[FieldT, EncodableT]", "asyncio.Future[None]"]
+"""(session id, stream entry, settled once it is stored)"""
+
+
+def _settle(batch: list[_Pending], error: Exception | None) -> None:
+    for _, _, stored in batch:
+        if stored.done():  # its publisher was cancelled; the event went (or goes) all the same
+            continue
+        if error is None:
+            stored.set_result(None)
+        else:
+            stored.set_exception(error)

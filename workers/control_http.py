@@ -4,6 +4,13 @@ Remote workers never open a session file: they call the API's internal routes
 (`app/api/routes/internal.py`) with the shared worker token. Calls that are safe to repeat are
 retried through an API restart (connection errors, 502/503/504) for up to `retry_for`
 seconds; creating a child session is retried only when the request never reached the API.
+
+Lease renewals are gathered: the runners of a worker process heartbeat on one tick
+(`workers/runner.py`), and the renewals that arrive within `RENEW_GATHER_S` of each other go
+as one request (`POST /internal/v1/leases/renew`), which the API writes in one statement,
+instead of a request and a transaction each. A renewal the API cannot answer there (its
+session is owned by another API process) is sent again on the session's own route, which
+reaches the owner; an API without the batch route is asked one session at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from images.spec import RepoSpec
 from workers.control import (
@@ -34,6 +41,10 @@ T = TypeVar("T")
 
 PREFIX = "/internal/v1"
 TOKEN_HEADER = "X-Nightshift-Worker-Token"  # noqa: S105 (a header name)
+RENEW_GATHER_S = 0.05
+"""How long the first renewal of a batch waits for others (heartbeats of one tick)."""
+MAX_RENEWALS = 1000
+"""Renewals in one batch request, at most."""
 
 
 # ---------------------------------------------------------------- wire shapes (shared with app/)
@@ -50,6 +61,22 @@ class LeaseAcquired(BaseModel):
 
 class LeaseRenewed(BaseModel):
     state: LeaseState
+
+
+class LeaseRenewal(BaseModel):
+    session_id: str = Field(min_length=1, max_length=64)
+    runner_id: str = Field(min_length=1, max_length=256)
+    ttl_s: float = Field(default=30.0, gt=0, le=86_400)
+
+
+class LeaseRenewals(BaseModel):
+    leases: list[LeaseRenewal] = Field(min_length=1, max_length=MAX_RENEWALS)
+
+
+class LeasesRenewed(BaseModel):
+    states: list[LeaseState | None]
+    """One per renewal asked, in order; None: its session is owned by another API process,
+    so this one cannot answer (ask the session's own route, which reaches the owner)."""
 
 
 class LeaseReleased(BaseModel):
@@ -77,6 +104,9 @@ class JobDone(BaseModel):
 
 
 _RETRY_STATUS = {502, 503, 504}
+_ABSENT = object()
+_Renewal = tuple[str, str, float]
+"""(session id, runner id, ttl)"""
 _PROMPT = TypeAdapter(PromptJob | None)
 _SPECS = TypeAdapter(list[RepoSpec])
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
@@ -101,13 +131,24 @@ class HttpControlPlane:
             transport=transport,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
+        self._renewals: dict[_Renewal, list[asyncio.Future[LeaseState]]] | None = None
+        self._renewing: set[asyncio.Task[None]] = set()
+        self._batch_route = True
+        """False once the API answered that it has no batch route (an older version)."""
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def _call(
-        self, method: str, path: str, body: BaseModel | None = None, *, idempotent: bool = True
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
+        *,
+        idempotent: bool = True,
+        absent: object = None,
     ) -> Any:
+        """The answer's JSON; with `absent`, that value when the API has no such route."""
         deadline = time.monotonic() + self.retry_for
         delay = 0.1
         while True:
@@ -122,6 +163,8 @@ class HttpControlPlane:
             else:
                 if response.status_code < 400:
                     return response.json()
+                if absent is not None and response.status_code in (404, 405):
+                    return absent
                 detail = _detail(response)
                 if response.status_code not in _RETRY_STATUS or not idempotent:
                     raise ControlPlaneError(detail)
@@ -143,6 +186,63 @@ class HttpControlPlane:
         return LeaseAcquired.model_validate(data).acquired
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
+        """Gathered with the other renewals of the next `RENEW_GATHER_S` into one request."""
+        loop = asyncio.get_running_loop()
+        if self._renewals is None:
+            self._renewals = {}
+            loop.call_later(RENEW_GATHER_S, self._start_renewals)
+        answer: asyncio.Future[LeaseState] = loop.create_future()
+        self._renewals.setdefault((session_id, runner_id, ttl_s), []).append(answer)
+        return await answer
+
+    def _start_renewals(self) -> None:
+        batch, self._renewals = self._renewals or {}, None
+        task = asyncio.get_running_loop().create_task(self._renew(batch))
+        self._renewing.add(task)
+        task.add_done_callback(self._renewing.discard)
+
+    async def _renew(self, batch: dict[_Renewal, list[asyncio.Future[LeaseState]]]) -> None:
+        keys = list(batch)
+        answers: list[LeaseState | BaseException]
+        try:
+            answers = await self._renew_many(keys)
+        except Exception as exc:  # each runner hears it, as from its own call
+            answers = [exc] * len(keys)
+        for key, answer in zip(keys, answers, strict=True):
+            for waiter in batch[key]:
+                if waiter.done():  # its heartbeat was cancelled meanwhile
+                    continue
+                if isinstance(answer, BaseException):
+                    waiter.set_exception(answer)
+                else:
+                    waiter.set_result(answer)
+
+    async def _renew_many(self, keys: list[_Renewal]) -> list[LeaseState | BaseException]:
+        answers: list[LeaseState | BaseException | None] = [None] * len(keys)
+        if self._batch_route:
+            for start in range(0, len(keys), MAX_RENEWALS):
+                chunk = keys[start : start + MAX_RENEWALS]
+                body = LeaseRenewals(
+                    leases=[LeaseRenewal(session_id=s, runner_id=r, ttl_s=t) for s, r, t in chunk]
+                )
+                data = await self._call("POST", "/leases/renew", body, absent=_ABSENT)
+                if data is _ABSENT:
+                    self._batch_route = False
+                    break
+                states = LeasesRenewed.model_validate(data).states
+                if len(states) != len(chunk):
+                    raise ControlPlaneError("the control plane answered a renewal batch wrongly")
+                answers[start : start + len(chunk)] = states
+        # Not answered in a batch: owned by another API process, or an API without the route.
+        missing = [n for n, answer in enumerate(answers) if answer is None]
+        singles = await asyncio.gather(
+            *(self._renew_one(*keys[n]) for n in missing), return_exceptions=True
+        )
+        for n, answer in zip(missing, singles, strict=True):
+            answers[n] = answer
+        return [answer if answer is not None else "lost" for answer in answers]
+
+    async def _renew_one(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
         data = await self._call(
             "POST",
             f"/sessions/{session_id}/lease/renew",

@@ -77,9 +77,12 @@ class CeleryDispatcher:
     def run_session(self, session_id: str) -> None:
         key = dispatch_key(session_id)
         try:
-            # An idle runner of this session, wherever it runs, takes the prompt at once.
-            self.redis.publish(RUNNERS_CHANNEL, nudge_message("wake", session_id))
-            if not self.redis.set(key, str(time.time()), nx=True, ex=DISPATCH_MARK_TTL_S):
+            # An idle runner of this session, wherever it runs, takes the prompt at once; and
+            # the marker, in the same round trip.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.publish(RUNNERS_CHANNEL, nudge_message("wake", session_id))
+            pipe.set(key, str(time.time()), nx=True, ex=DISPATCH_MARK_TTL_S)
+            if not pipe.execute()[1]:
                 return  # a run_session for this session is queued and will drain every prompt
             try:
                 send_run_session(self.celery, session_id)

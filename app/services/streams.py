@@ -3,12 +3,15 @@ event through the hub (session file first, then index and fan-out), remember how
 
 Discovery: workers add a session to a Redis set when they publish to its stream and ring a
 doorbell stream when they start; one blocking `XREAD` waits on the doorbell and on every
-active stream at once, so an event is persisted as soon as it lands. Sessions are persisted in
-parallel; one whose batch is still being written is left out of the read until it is done
-(its events stay in order), and finishing a batch rings the doorbell so the read wakes for
-that session at once. The id of the last
-persisted entry of each stream is kept in a Redis hash: a restarted API resumes there, and an
-entry read twice is stored once because its source id is already in the session file.
+active stream at once, so an event is persisted as soon as it lands. Reading runs ahead of
+persisting: what a read returns joins its session's queue, which one pool thread at a time
+persists in order (sessions in parallel), while the next read goes on from the last entry
+read. After a read that found entries the next waits `gather_s`, so under load one read takes
+what many sessions published meanwhile. A session with a full queue is left out of the reads
+until its queue is taken (then the doorbell wakes the read); one whose entry failed is read
+again from that entry a second later. The last persisted entry of each stream is saved in a
+Redis hash: a restarted API resumes there, and an entry read twice is stored once because its
+source id is already in the session file.
 
 Trimming: once persisted, entries are trimmed (`XTRIM MINID`); a stream idle for a while and
 fully persisted is deleted, atomically with its set membership (`WATCH`), so a worker that
@@ -27,8 +30,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -52,10 +54,13 @@ _PREFIX = stream_key("")
 Publish = Callable[[str, Event, str], object]
 
 
+def _order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _after(entry_id: str, cursor: str) -> bool:
-    a, _, b = entry_id.partition("-")
-    c, _, d = cursor.partition("-")
-    return (int(a), int(b or 0)) > (int(c), int(d or 0))
+    return _order(entry_id) > _order(cursor)
 
 
 class StreamConsumer:
@@ -69,7 +74,9 @@ class StreamConsumer:
         refresh_s: float = 1.0,
         forget_after_s: float = 60.0,
         trim_every: int = 200,
-        threads: int = 8,
+        threads: int = 32,
+        gather_s: float = 0.01,
+        save_every_s: float = 0.2,
         owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.url = url
@@ -81,6 +88,8 @@ class StreamConsumer:
         self.refresh_s = refresh_s
         self.forget_after_s = forget_after_s
         self.trim_every = trim_every
+        self.gather_s = gather_s
+        self.save_every_s = save_every_s
         # decode_responses=True: every reply is str; redis-py's stubs cannot say so.
         self.redis: Any = redis.Redis.from_url(
             url,
@@ -90,6 +99,20 @@ class StreamConsumer:
             health_check_interval=30,
         )
         self.cursors: dict[str, str] = {}
+        """Session id -> the last entry persisted."""
+        self._read: dict[str, str] = {}
+        """Session id -> the last entry read (queued, persisted or not)."""
+        self._queued: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        self._busy: set[str] = set()
+        """Sessions whose queue a pool thread is persisting."""
+        self._epoch: defaultdict[str, int] = defaultdict(int)
+        """Bumped when a failed entry restarts a session's reading: a read then under way is
+        dropped."""
+        self._held: set[str] = set()
+        """Left out of the reads while their queue is full."""
+        self._retry_at: dict[str, float] = {}
+        self._dirty: dict[str, str] = {}
+        """Cursors persisted since the last save."""
         self._seen: dict[str, float] = {}
         self._untrimmed: defaultdict[str, int] = defaultdict(int)
         self._locks: dict[str, threading.Lock] = {}
@@ -99,10 +122,10 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self.persisted = 0
         self.healthy = False
-        # Sessions are persisted in parallel (each in order): a session file write and its
-        # index update mostly wait on disk, and concurrent commits share a flush.
+        # Sessions are persisted in parallel (each in order): an event whose index values are
+        # written holds its thread until the control DB's group commit lands, so enough threads
+        # that other sessions' events never queue behind those waits.
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nightshift-persist")
-        self._inflight: dict[str, Future[str | None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -119,9 +142,9 @@ class StreamConsumer:
         if self._thread is not None:
             self._thread.join(self.block_ms / 1000 + 5)
             self._thread = None
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)  # what was read is persisted first
         try:
-            self._collect()  # the cursors of the last batches, so a restart resumes after them
+            self._save()  # the last cursors, so a restart resumes after them
         except redis.RedisError as exc:
             log.warning("event streams: could not save the last cursors (%s)", exc)
         self.redis.close()
@@ -155,15 +178,11 @@ class StreamConsumer:
         last = self.redis.xrevrange(DOORBELL_KEY, count=1)
         self._doorbell = last[0][0] if last else "0-0"
         self._refresh()
-        self._last_refresh = time.monotonic()
-        self._last_maintain = time.monotonic()
+        self._last_refresh = self._last_save = self._last_maintain = time.monotonic()
 
     def _lock(self, session_id: str) -> threading.Lock:
         with self._guard:
-            lock = self._locks.get(session_id)
-            if lock is None:
-                lock = self._locks[session_id] = threading.Lock()
-            return lock
+            return self._locks.setdefault(session_id, threading.Lock())
 
     def _track(self, session_ids: list[str]) -> None:
         new = [s for s in session_ids if s not in self.cursors]
@@ -171,80 +190,102 @@ class StreamConsumer:
             return
         saved = self.redis.hmget(CURSORS_KEY, new)
         now = time.monotonic()
-        for session_id, cursor in zip(new, saved, strict=True):
-            self.cursors.setdefault(session_id, cursor or "0-0")
-            self._seen[session_id] = now
+        with self._guard:
+            for session_id, cursor in zip(new, saved, strict=True):
+                self.cursors.setdefault(session_id, cursor or "0-0")
+                self._seen[session_id] = now
 
     def _refresh(self) -> None:
         self._track(sorted(self.redis.smembers(ACTIVE_KEY)))
+
+    def _positions(self) -> dict[str, tuple[str, int]]:
+        """Where to read each stream on from (and its epoch), for the sessions read now."""
+        now = time.monotonic()
+        with self._guard:
+            return {
+                s: (max(self._read.get(s, c), c, key=_order), self._epoch[s])
+                for s, c in self.cursors.items()
+                if s not in self._held and self._retry_at.get(s, 0) <= now and self.owns(s)
+            }
 
     def _step(self) -> None:
         now = time.monotonic()
         if now - self._last_refresh >= self.refresh_s:
             self._refresh()
             self._last_refresh = now
-        self._collect()
-        # A session whose last batch is still being persisted is not read again until it is
-        # done (its events stay in order); the others are read meanwhile, so one slow write
-        # never holds up every other session's events.
-        streams: dict[str, str] = {DOORBELL_KEY: self._doorbell}
-        streams.update(
-            {
-                stream_key(s): c
-                for s, c in self.cursors.items()
-                if s not in self._inflight and self.owns(s)
-            }
-        )
+        positions = self._positions()
+        streams = {DOORBELL_KEY: self._doorbell}
+        streams.update({stream_key(s): at for s, (at, _) in positions.items()})
         reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
+        found = False
         for key, entries in reply or ():
             if key == DOORBELL_KEY:
                 self._doorbell = entries[-1][0]
                 self._track(list(dict.fromkeys(fields["sid"] for _, fields in entries)))
                 continue
             session_id = key[len(_PREFIX) :]
-            job = self._pool.submit(self._persist_locked, session_id, entries)
-            job.add_done_callback(partial(self._ring, session_id))
-            self._inflight[session_id] = job
-        self._collect()
-        if time.monotonic() - self._last_maintain >= 5.0:
+            found = self._queue(session_id, positions[session_id][1], entries) or found
+        now = time.monotonic()
+        if self._dirty and now - self._last_save >= self.save_every_s:
+            self._save()
+            self._last_save = now
+        if now - self._last_maintain >= 5.0:
             self._maintain()
             self._last_maintain = time.monotonic()
+        if found:
+            # Let what other sessions publish meanwhile gather for the next read.
+            self._stop.wait(self.gather_s)
 
-    def _ring(self, session_id: str, _job: Future[str | None]) -> None:
-        """A batch is persisted: ring the doorbell so the blocking read wakes and reads the
-        session again at once (failing that, it is read after `block_ms`)."""
-        with contextlib.suppress(redis.RedisError):
-            self.redis.xadd(
-                DOORBELL_KEY, {"sid": session_id}, maxlen=DOORBELL_MAXLEN, approximate=True
-            )
+    def _queue(
+        self, session_id: str, epoch: int, entries: list[tuple[str, dict[str, str]]]
+    ) -> bool:
+        """Hand entries read to the session's queue; start a pool thread on it if none is."""
+        with self._guard:
+            if self._epoch[session_id] != epoch:
+                return False  # read before a failed entry reset the session: read again
+            queue = self._queued.setdefault(session_id, [])
+            queue.extend(entries)
+            self._read[session_id] = entries[-1][0]
+            if len(queue) >= self.batch:
+                self._held.add(session_id)
+            if session_id in self._busy:
+                return True
+            self._busy.add(session_id)
+        self._pool.submit(self._work, session_id)
+        return True
 
-    def _collect(self) -> None:
-        """Save the cursors of the batches persisted since the last call."""
-        touched: dict[str, str] = {}
-        for session_id, job in list(self._inflight.items()):
-            if not job.done():
-                continue
-            del self._inflight[session_id]
+    def _work(self, session_id: str) -> None:
+        """Persist the session's queue until it is empty (the only thread doing so)."""
+        while True:
+            with self._guard:
+                entries = self._queued.pop(session_id, [])
+                if not entries:
+                    self._busy.discard(session_id)
+                    return
+                held = session_id in self._held
+                self._held.discard(session_id)
+            if held:  # its queue is taken: wake the read, which left the session out
+                with contextlib.suppress(redis.RedisError):
+                    self.redis.xadd(DOORBELL_KEY, {"sid": session_id}, maxlen=DOORBELL_MAXLEN)
             try:
-                cursor = job.result()
+                with self._lock(session_id):
+                    failed = self._persist(session_id, entries)
             except Exception:
                 log.exception("persisting a batch of %s failed; it is read again", session_id)
-                continue
-            if cursor is not None:
-                touched[session_id] = cursor
-        if touched:
-            self._save(touched)
+                failed = True
+            if failed:
+                with self._guard:  # read again from the failed entry, a second from now
+                    self._queued.pop(session_id, None)
+                    self._read.pop(session_id, None)
+                    self._epoch[session_id] += 1
+                    self._retry_at[session_id] = time.monotonic() + 1.0
 
-    def _persist_locked(
-        self, session_id: str, entries: list[tuple[str, dict[str, str]]]
-    ) -> str | None:
-        with self._lock(session_id):
-            return self._persist(session_id, entries)
-
-    def _persist(self, session_id: str, entries: list[tuple[str, dict[str, str]]]) -> str | None:
-        """Store entries after the session's cursor (caller holds its lock); the new cursor."""
+    def _persist(self, session_id: str, entries: list[tuple[str, dict[str, str]]]) -> bool:
+        """Store entries after the session's cursor (caller holds its lock); True when one
+        failed (the cursor stays before it, so it is read again)."""
         cursor = self.cursors.get(session_id, "0-0")
-        moved = False
+        failed = False
+        stored = 0
         for entry_id, fields in entries:
             if not _after(entry_id, cursor):
                 continue
@@ -259,44 +300,57 @@ class StreamConsumer:
                     log.error("dropping entry %s: no session %s on this API", entry_id, session_id)
                 except Exception:
                     log.exception("persisting entry %s of %s failed", entry_id, session_id)
-                    break  # keep the cursor here: the entry is read again next time
+                    failed = True
+                    break
                 else:
                     self.persisted += 1
                     BUS_EVENTS.inc()
                     BUS_LAG.observe(max(0.0, time.time() - event.ts))
             cursor = entry_id
-            moved = True
-        if not moved:
-            return None
-        self.cursors[session_id] = cursor
-        self._seen[session_id] = time.monotonic()
-        self._untrimmed[session_id] += len(entries)
-        return cursor
+            stored += 1
+        if stored:
+            with self._guard:
+                self.cursors[session_id] = cursor
+                self._dirty[session_id] = cursor
+                self._seen[session_id] = time.monotonic()
+                self._untrimmed[session_id] += stored
+        return failed
 
-    def _save(self, cursors: dict[str, str]) -> None:
+    def _save(self) -> None:
+        """Save the cursors persisted since the last save; trim what they passed."""
+        with self._guard:
+            cursors, self._dirty = self._dirty, {}
+            trims = [s for s in cursors if self._untrimmed[s] >= self.trim_every]
+            for session_id in trims:
+                self._untrimmed[session_id] = 0
+        if not cursors:
+            return
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(CURSORS_KEY, mapping=cursors)
-        for session_id, cursor in cursors.items():
-            if self._untrimmed[session_id] >= self.trim_every:
-                pipe.xtrim(stream_key(session_id), minid=cursor, approximate=False)
-                self._untrimmed[session_id] = 0
-        pipe.execute()
+        for session_id in trims:
+            pipe.xtrim(stream_key(session_id), minid=cursors[session_id], approximate=False)
+        pipe.execute()  # should it fail, a restart rereads a little more (stored once)
 
     def _maintain(self) -> None:
         """Forget streams that are fully persisted and quiet; delete them from Redis."""
         cutoff = time.monotonic() - self.forget_after_s
-        quiet = [
-            s
-            for s, t in self._seen.items()
-            if t < cutoff and s not in self._inflight and self.owns(s)
-        ]
+        with self._guard:
+            quiet = [
+                s
+                for s, t in self._seen.items()
+                if t < cutoff
+                and s not in self._busy
+                and s not in self._queued
+                and s not in self._dirty
+                and self.owns(s)
+            ]
         for session_id in quiet:
             with self._lock(session_id):
                 if self._forget(session_id):
-                    self.cursors.pop(session_id, None)
-                    self._seen.pop(session_id, None)
-                    self._untrimmed.pop(session_id, None)
+                    tables: tuple[dict[str, Any], ...] = (self.cursors, self._read, self._seen)
                     with self._guard:
+                        for table in (*tables, self._retry_at, self._untrimmed, self._epoch):
+                            table.pop(session_id, None)
                         self._locks.pop(session_id, None)
 
     def _forget(self, session_id: str) -> bool:
@@ -323,25 +377,17 @@ class StreamConsumer:
     def drain(self, session_id: str) -> int:
         """Persist everything the session's stream holds now; how many entries were read."""
         with self._lock(session_id):
-            cursor = self.cursors.get(session_id)
-            if cursor is None:
-                cursor = str(self.redis.hget(CURSORS_KEY, session_id) or "0-0")
-                self.cursors[session_id] = cursor
-                self._seen[session_id] = time.monotonic()
+            self._track([session_id])
+            cursor = self.cursors[session_id]
             read = 0
             while True:
-                entries = self.redis.xrange(stream_key(session_id), min=f"({cursor}", count=500)
-                if not entries:
-                    break
+                entries = self.redis.xrange(
+                    stream_key(session_id), min=f"({cursor}", count=self.batch
+                )
                 read += len(entries)
-                moved = self._persist(session_id, entries)
-                if moved is None or moved == cursor:
-                    break
-                cursor = moved
-                if self.cursors.get(session_id) != entries[-1][0]:
-                    break  # a failed entry stopped the batch; it is retried later
-            if read:
-                self.redis.hset(CURSORS_KEY, session_id, self.cursors[session_id])
+                if not entries or self._persist(session_id, entries):
+                    break  # all read, or a failed entry stopped it (it is read again later)
+                cursor = entries[-1][0]
             return read
 
     def drain_or_unavailable(self, session_id: str) -> int:

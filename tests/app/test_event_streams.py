@@ -164,6 +164,31 @@ def test_quiet_persisted_streams_are_trimmed_and_forgotten(
     assert client.xlen(DOORBELL_KEY) >= 1
 
 
+def test_publishes_that_come_together_go_to_redis_together_in_order(redis_url: str) -> None:
+    """Runners publishing at once share a round trip to Redis (group commit); each session's
+    events reach its stream in the order they were published, each once."""
+    bus = RedisStreamBus(redis_url)
+    sessions = [f"s{n}" for n in range(20)]
+
+    async def go() -> None:
+        async def runner(session_id: str) -> None:
+            for n in range(5):
+                await bus.publish(session_id, TextDelta(text=f"{session_id} {n}"))
+
+        await asyncio.gather(*(runner(s) for s in sessions))
+        await bus.aclose()
+
+    asyncio.run(go())
+    assert bus.batches <= 10  # 100 events from 20 runners
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for session_id in sessions:
+        entries = client.xrange(stream_key(session_id))
+        texts = [TextDelta.model_validate_json(fields["data"]).text for _, fields in entries]
+        assert texts == [f"{session_id} {n}" for n in range(5)]
+    assert client.smembers(ACTIVE_KEY) == set(sessions)
+    assert {fields["sid"] for _, fields in client.xrange(DOORBELL_KEY)} == set(sessions)
+
+
 def test_publisher_rides_out_a_short_redis_outage(tmp_path: Path) -> None:
     from tests.cluster import RedisServer
 
@@ -205,3 +230,59 @@ def test_draining_with_redis_down_is_unavailable_not_a_crash() -> None:
     finally:
         consumer.stop()
     assert published == []
+
+
+def test_a_failed_entry_is_read_again_and_stored_in_order(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    """Reading runs ahead of persisting: when an entry fails to persist, what was read after
+    it is dropped and read again from that entry, so nothing is lost, doubled or reordered."""
+    failures = []
+
+    def flaky(sid: str, event: Any, source: str) -> object:
+        if getattr(event, "text", None) == "c" and not failures:
+            failures.append(source)
+            raise RuntimeError("the disk hiccuped")
+        return runtime.hub.publish(sid, event, source)
+
+    consumer = StreamConsumer(redis_url, flaky, block_ms=200, batch=2)
+    consumer.start()
+    try:
+        _publish(redis_url, session_id, list("abcdefg"))
+        wait_for(lambda: len(_texts(runtime, session_id)) == 7, 15, "all seven")
+    finally:
+        consumer.stop()
+    assert failures and _texts(runtime, session_id) == list("abcdefg")
+
+
+def test_a_slow_session_holds_up_neither_the_others_nor_its_own_order(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    """One session's write waits; another session's events are persisted meanwhile. The slow
+    one's queue fills (it is left out of the reads), and once the write goes on, every event
+    lands in order."""
+    import threading
+
+    person = make_person(runtime, "quinn", "Quinn Quick", "quinn@example.com")
+    other = str(runtime.sessions.create(person.user, "streams", "quick one").id)
+    gate = threading.Event()
+
+    def slow_for_one(sid: str, event: Any, source: str) -> object:
+        if sid == session_id:
+            gate.wait(20)
+        return runtime.hub.publish(sid, event, source)
+
+    consumer = StreamConsumer(redis_url, slow_for_one, block_ms=200, batch=4)
+    consumer.start()
+    try:
+        _publish(redis_url, session_id, [f"slow {n}" for n in range(20)])
+        _publish(redis_url, other, [f"quick {n}" for n in range(20)])
+        wait_for(lambda: len(_texts(runtime, other)) == 20, 15, "the quick session")
+        assert _texts(runtime, session_id) == []
+        gate.set()
+        wait_for(lambda: len(_texts(runtime, session_id)) == 20, 15, "the slow session")
+    finally:
+        gate.set()
+        consumer.stop()
+    assert _texts(runtime, session_id) == [f"slow {n}" for n in range(20)]
+    assert _texts(runtime, other) == [f"quick {n}" for n in range(20)]

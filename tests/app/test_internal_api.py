@@ -163,6 +163,8 @@ def test_the_http_control_plane(
             assert summary.id == session.id
             with pytest.raises(ControlPlaneError, match="no session"):
                 await control.session_context("nope")
+            with pytest.raises(ControlPlaneError, match="no session"):
+                await control.acquire_lease("ffffffffffff", "runner-a", 30)
             with pytest.raises(ControlPlaneError, match="needs the GitHub App"):
                 await control.run_job("reconcile_github")
             assert await control.release_lease(session.id, "runner-a") is False
@@ -221,3 +223,117 @@ def test_an_unreachable_control_plane_is_reported_after_retrying() -> None:
 
     asyncio.run(go())
     assert os.environ.get("NIGHTSHIFT_WORKER_TOKEN") is None
+
+
+class _Counting(httpx.AsyncBaseTransport):
+    """A real HTTP transport that remembers the paths it was asked for."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_lease_renewals_of_one_tick_go_as_one_request(
+    api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
+) -> None:
+    """Heartbeats that arrive together are one request and one statement; each runner gets
+    its own answer (held, lost, stop)."""
+    from app.schemas import RepoCreate
+
+    person = make_person(api_runtime, "rena", "Rena Renew", "rena@example.com")
+    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "renew"))))
+    ids = [api_runtime.sessions.create(person.user, "renew", f"task {n}").id for n in range(3)]
+    transport = _Counting()
+
+    async def go() -> list[str]:
+        control = HttpControlPlane(api_server.url, TOKEN, transport=transport)
+        try:
+            for sid in ids:
+                assert await control.acquire_lease(sid, f"runner-{sid}", 30)
+            api_runtime.sessions.stop(person.user, ids[2])
+            transport.paths.clear()
+            statements = api_runtime.runners.leases.statements
+            states = await asyncio.gather(
+                *(control.renew_lease(sid, f"runner-{sid}", 30) for sid in ids),
+                control.renew_lease(ids[0], "someone-else", 30),
+                control.renew_lease("ffffffffffff", "runner-x", 30),
+            )
+            assert api_runtime.runners.leases.statements == statements + 1
+            return list(states)
+        finally:
+            await control.aclose()
+
+    assert asyncio.run(go()) == ["held", "held", "stop", "lost", "lost"]
+    assert transport.paths == ["/internal/v1/leases/renew"]
+
+
+def test_the_renewal_batch_route_checks_its_input(api_server: BackgroundServer) -> None:
+    url = f"{api_server.url}/internal/v1/leases/renew"
+    headers = {"X-Nightshift-Worker-Token": TOKEN}
+    assert httpx.post(url, json={"leases": []}).status_code == 401
+    assert httpx.post(url, json={"leases": []}, headers=headers).status_code == 422
+    one = {"session_id": "ffffffffffff", "runner_id": "r", "ttl_s": 30}
+    for bad in ({"ttl_s": 0}, {"ttl_s": -5}, {"session_id": "x" * 100}, {"runner_id": ""}):
+        r = httpx.post(url, json={"leases": [{**one, **bad}]}, headers=headers)
+        assert r.status_code == 422, bad
+    r = httpx.post(url, json={"leases": [one] * 1001}, headers=headers)
+    assert r.status_code == 422
+    r = httpx.post(url, json={"leases": [one]}, headers=headers)
+    assert r.json() == {"states": ["lost"]}
+
+
+def test_the_renewal_batch_leaves_a_session_another_process_owns_to_its_own_route(
+    make_settings: Any, redis_url: str, model: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two API processes on one control DB: the batch route of the process that does not own
+    a session leaves its renewal unanswered (null), and renews the sessions it owns. The
+    worker then renews the unanswered one on the session's own route, which the API forwards
+    to the owner (`app/api/forward.py`); with several `serve` processes that is covered by
+    `tests/app/test_multiprocess.py`."""
+    from app.main import create_app
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+
+    runtimes = [
+        build_runtime(
+            make_settings(
+                broker_url=redis_url,
+                worker_token=TOKEN,
+                peer_url=f"http://127.0.0.1:{port}",
+                peer_secret="peer-secret-0123456789abcdef",
+                **model,
+            )
+        )
+        for port in (9, 10)  # never dialled: nothing here is forwarded
+    ]
+    try:
+        for rt in runtimes:
+            rt.start()
+        person = make_person(runtimes[0], "otto", "Otto Owner", "otto@example.com")
+        runtimes[0].repos.add(RepoCreate(url=str(make_repo(tmp_path, "owned"))))
+        theirs = runtimes[0].sessions.create(person.user, "owned", "theirs")
+        mine = runtimes[1].sessions.create(person.user, "owned", "mine")
+        assert runtimes[0].runners.acquire_lease(theirs.id, "runner-t", 30)
+        assert runtimes[1].runners.acquire_lease(mine.id, "runner-m", 30)
+        leases = [
+            {"session_id": theirs.id, "runner_id": "runner-t", "ttl_s": 30},
+            {"session_id": mine.id, "runner_id": "runner-m", "ttl_s": 30},
+        ]
+        with BackgroundServer(create_app(runtime=runtimes[1])) as server:
+            r = httpx.post(
+                f"{server.url}/internal/v1/leases/renew",
+                json={"leases": leases},
+                headers={"X-Nightshift-Worker-Token": TOKEN},
+            )
+        assert r.json() == {"states": [None, "held"]}
+        assert not runtimes[1].owners.holds(theirs.id)
+    finally:
+        for rt in runtimes:
+            rt.close()

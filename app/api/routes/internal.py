@@ -30,8 +30,10 @@ from workers.control_http import (
     JobDone,
     LeaseAcquired,
     LeaseReleased,
+    LeaseRenewals,
     LeaseRenewed,
     LeaseRequest,
+    LeasesRenewed,
     RunnerRequest,
     Spawned,
     SpawnRequest,
@@ -64,13 +66,32 @@ router = APIRouter(
 def acquire_lease(
     session_id: str, body: LeaseRequest, sessions: SessionsDep, runners: RunnersDep
 ) -> LeaseAcquired:
-    sessions.get(session_id)
-    return LeaseAcquired(acquired=runners.acquire_lease(session_id, body.runner_id, body.ttl_s))
+    acquired = runners.acquire_lease(session_id, body.runner_id, body.ttl_s)
+    if not acquired:
+        sessions.get(session_id)  # an unknown session is a 404, not a lease held elsewhere
+    return LeaseAcquired(acquired=acquired)
 
 
 @router.post("/sessions/{session_id}/lease/renew")
 def renew_lease(session_id: str, body: LeaseRequest, runners: RunnersDep) -> LeaseRenewed:
     return LeaseRenewed(state=runners.renew_lease(session_id, body.runner_id, body.ttl_s))
+
+
+@router.post("/leases/renew")
+def renew_leases(body: LeaseRenewals, runners: RunnersDep) -> LeasesRenewed:
+    """The heartbeats of a worker process's runners, in one request and one statement. A
+    session another API process owns is not answered here (None): the worker renews it on
+    the session's own route, which reaches the owner."""
+    owners = runners.owners
+    batch = {
+        (lease.session_id, lease.runner_id): lease.ttl_s
+        for lease in body.leases
+        if owners is None or owners.holds(lease.session_id)
+    }
+    answers = runners.renew_leases(batch) if batch else {}
+    return LeasesRenewed(
+        states=[answers.get((lease.session_id, lease.runner_id)) for lease in body.leases]
+    )
 
 
 @router.post("/sessions/{session_id}/lease/release")
