@@ -48,7 +48,7 @@ def test_a_read_does_not_wait_for_an_open_write_and_sees_what_was_committed(
         assert after == ["first", "pending"]  # and is, once committed
         assert reader(engine) is reader(engine)
         with (
-            pytest.raises(OperationalError, match="readonly|read-only|query_only"),
+            pytest.raises(OperationalError, match=r"readonly|read-only|query_only"),
             reader(engine).begin() as conn,
         ):
             conn.execute(text("INSERT INTO t (name) VALUES ('sneaked')"))

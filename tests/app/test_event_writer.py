@@ -109,9 +109,7 @@ def test_a_failed_publish_reaches_its_publisher_and_spares_the_rest_of_its_batch
     results = asyncio.run(scenario())
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], FileNotFoundError)
-    messages = [
-        e.message for e in runtime.files.get(session_id).events() if isinstance(e, Notice)
-    ]
+    messages = [e.message for e in runtime.files.get(session_id).events() if isinstance(e, Notice)]
     assert messages == ["before", "after"]
 
 
