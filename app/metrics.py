@@ -8,6 +8,12 @@ from workers.events import Event, ModelRequest, PromptFinished, PromptQueued, Sa
 
 EVENTS = Counter("nightshift_events_total", "Events persisted", ["type"])
 PROMPTS = Counter("nightshift_prompts_total", "Prompts queued")
+BUS_EVENTS = Counter("nightshift_bus_events_total", "Events persisted from Redis streams")
+BUS_LAG = Histogram(
+    "nightshift_bus_lag_seconds",
+    "Event created on a worker to persisted and fanned out by the API",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 PROMPTS_FINISHED = Counter("nightshift_prompts_finished_total", "Prompts finished", ["outcome"])
 SANDBOX_READY = Histogram(
     "nightshift_sandbox_ready_seconds",

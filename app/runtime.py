@@ -23,7 +23,7 @@ from app.metrics import observe
 from app.models import Repo
 from app.process import Periodic, Runtime
 from app.services.desktop import Desktops
-from app.services.event_writer import EventWriter
+from app.services.event_writer import EventWriter, StagedPublishes
 from app.services.github.accounts import build_accounts
 from app.services.github.app import (
     GitHubServices,
@@ -190,8 +190,12 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         from app.services.streams import StreamConsumer
 
         # Several API processes: each persists the events of the sessions it owns.
+        staged = StagedPublishes(hub, index)
         streams = StreamConsumer(
-            settings.broker_url, hub.publish, owns=owners.holds if owners else None
+            settings.broker_url,
+            staged.publish,
+            owns=owners.holds if owners else None,
+            staging=staged.batch,
         )
     # 6. Sessions and what runs them. In-process runners call back into the control plane
     # (which creates and dispatches sessions): the dispatcher reads `deps` per run.

@@ -48,6 +48,12 @@ CURSORS_KEY = "nightshift:events:cursors"
 DOORBELL_MAXLEN = 10_000
 
 
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as something that sorts in the stream's order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def stream_key(session_id: str) -> str:
     return f"nightshift:events:s:{session_id}"
 

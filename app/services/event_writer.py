@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app.services.hub import EventHub
@@ -55,27 +55,52 @@ class _Batch:
     outcomes: list[tuple[_Item, BaseException | None]] = field(default_factory=list)
 
 
+class StagedPublishes:
+    """Several events published in a row from one thread with one index write for all of
+    them: inside `batch()`, `publish` stores and fans out each event at once and stages its
+    index values; leaving the batch writes them (one control DB transaction) and only then
+    lets the watchers see the events. Outside a batch, `publish` is `EventHub.publish`.
+
+    For the distributed stream consumer's batches (`app/services/streams.py`) and a new
+    session's first events (`publish_together`)."""
+
+    def __init__(self, hub: EventHub, index: IndexWriter) -> None:
+        self.hub = hub
+        self.index = index
+        self._local = threading.local()
+
+    def publish(self, session_id: str, event: Event, source: str | None = None) -> Event | None:
+        later: list[Callable[[], None]] | None = getattr(self._local, "later", None)
+        if later is None:
+            return self.hub.publish(session_id, event, source)
+        stored, after_index = self.hub.publish_staged(session_id, event, source)
+        later.extend(after_index)
+        return stored
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        later: list[Callable[[], None]] = []
+        self._local.later = later
+        self.index.begin_staging()
+        try:
+            yield
+        finally:
+            generation = self.index.end_staging()
+            self._local.later = None
+            if generation >= 0:
+                self.index.wait(generation)
+            for push in later:
+                push()
+
+
 def publish_together(
     hub: EventHub, index: IndexWriter, session_id: str, events: list[Event]
 ) -> list[Event | None]:
-    """Publish several events of one session from this thread with one index write for all
-    of them (a new session's `queued` and its prompt): returns once they are stored and their
-    values written, and only then do the watchers see them."""
-    stored: list[Event | None] = []
-    after_index: list[Callable[[], None]] = []
-    index.begin_staging()
-    try:
-        for event in events:
-            one, later = hub.publish_staged(session_id, event)
-            stored.append(one)
-            after_index.extend(later)
-    finally:
-        generation = index.end_staging()
-    if generation >= 0:
-        index.wait(generation)
-    for push in after_index:
-        push()
-    return stored
+    """Publish several events of one session with one index write (a new session's `queued`
+    and its prompt): returns once they are stored and their values written."""
+    staged = StagedPublishes(hub, index)
+    with staged.batch():
+        return [staged.publish(session_id, event) for event in events]
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

@@ -192,14 +192,14 @@ class EventHub:
             later.append(push)
 
     def publish_staged(
-        self, session_id: str, event: Event
+        self, session_id: str, event: Event, source: str | None = None
     ) -> tuple[Event | None, list[Callable[[], None]]]:
         """`publish` for the event writer (`app/services/event_writer.py`), on a thread whose
         index values are staged (`IndexWriter.begin_staging`): returns the stored event and
         what to run once the staged values are written (the watchers' pushes)."""
         self._local.later = []
         try:
-            return self.publish(session_id, event), self._local.later
+            return self.publish(session_id, event, source), self._local.later
         finally:
             self._local.later = None
 

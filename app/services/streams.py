@@ -31,36 +31,29 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
-from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from app.errors import Unavailable
-from workers.bus import ACTIVE_KEY, CURSORS_KEY, DOORBELL_KEY, DOORBELL_MAXLEN, stream_key
+from app.metrics import BUS_EVENTS, BUS_LAG
+from workers.bus import (
+    ACTIVE_KEY,
+    CURSORS_KEY,
+    DOORBELL_KEY,
+    DOORBELL_MAXLEN,
+    entry_order,
+    stream_key,
+)
 from workers.events import Event, parse_event
 
 log = logging.getLogger("nightshift.streams")
 
-BUS_EVENTS = Counter("nightshift_bus_events_total", "Events persisted from Redis streams")
-BUS_LAG = Histogram(
-    "nightshift_bus_lag_seconds",
-    "Event created on a worker to persisted and fanned out by the API",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 _PREFIX = stream_key("")
 
 Publish = Callable[[str, Event, str], object]
-
-
-def _order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _after(entry_id: str, cursor: str) -> bool:
-    return _order(entry_id) > _order(cursor)
 
 
 class StreamConsumer:
@@ -78,9 +71,12 @@ class StreamConsumer:
         gather_s: float = 0.01,
         save_every_s: float = 0.2,
         owns: Callable[[str], bool] | None = None,
+        staging: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.url = url
         self.publish = publish
+        self.staging = staging
+        """Wraps a session's batch of publishes (`StagedPublishes.batch`: one index write)."""
         self.owns = owns or (lambda _session_id: True)
         """Several API processes: only the streams of the sessions this one owns are read."""
         self.block_ms = block_ms
@@ -203,7 +199,7 @@ class StreamConsumer:
         now = time.monotonic()
         with self._guard:
             return {
-                s: (max(self._read.get(s, c), c, key=_order), self._epoch[s])
+                s: (max(self._read.get(s, c), c, key=entry_order), self._epoch[s])
                 for s, c in self.cursors.items()
                 if s not in self._held and self._retry_at.get(s, 0) <= now and self.owns(s)
             }
@@ -284,10 +280,25 @@ class StreamConsumer:
         """Store entries after the session's cursor (caller holds its lock); True when one
         failed (the cursor stays before it, so it is read again)."""
         cursor = self.cursors.get(session_id, "0-0")
+        with self.staging():
+            cursor, stored, failed = self._publish_all(session_id, entries, cursor)
+        if stored:
+            with self._guard:
+                self.cursors[session_id] = cursor
+                self._dirty[session_id] = cursor
+                self._seen[session_id] = time.monotonic()
+                self._untrimmed[session_id] += stored
+        return failed
+
+    def _publish_all(
+        self, session_id: str, entries: list[tuple[str, dict[str, str]]], cursor: str
+    ) -> tuple[str, int, bool]:
+        """Publish the entries after `cursor`: the new cursor, how many passed, whether one
+        failed."""
         failed = False
         stored = 0
         for entry_id, fields in entries:
-            if not _after(entry_id, cursor):
+            if not entry_order(entry_id) > entry_order(cursor):
                 continue
             try:
                 event = parse_event(fields["data"])
@@ -308,13 +319,7 @@ class StreamConsumer:
                     BUS_LAG.observe(max(0.0, time.time() - event.ts))
             cursor = entry_id
             stored += 1
-        if stored:
-            with self._guard:
-                self.cursors[session_id] = cursor
-                self._dirty[session_id] = cursor
-                self._seen[session_id] = time.monotonic()
-                self._untrimmed[session_id] += stored
-        return failed
+        return cursor, stored, failed
 
     def _save(self) -> None:
         """Save the cursors persisted since the last save; trim what they passed."""
@@ -335,15 +340,9 @@ class StreamConsumer:
         """Forget streams that are fully persisted and quiet; delete them from Redis."""
         cutoff = time.monotonic() - self.forget_after_s
         with self._guard:
-            quiet = [
-                s
-                for s, t in self._seen.items()
-                if t < cutoff
-                and s not in self._busy
-                and s not in self._queued
-                and s not in self._dirty
-                and self.owns(s)
-            ]
+            busy = self._busy | self._queued.keys() | self._dirty.keys()
+            quiet = [s for s, t in self._seen.items() if t < cutoff and s not in busy]
+        quiet = [s for s in quiet if self.owns(s)]
         for session_id in quiet:
             with self._lock(session_id):
                 if self._forget(session_id):
@@ -360,7 +359,7 @@ class StreamConsumer:
             try:
                 pipe.watch(key)
                 last = pipe.xrevrange(key, count=1)
-                if last and _after(last[0][0], cursor):
+                if last and entry_order(last[0][0]) > entry_order(cursor):
                     pipe.unwatch()
                     return False  # unread entries: the next read takes them
                 pipe.multi()

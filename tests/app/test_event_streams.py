@@ -286,3 +286,75 @@ def test_a_slow_session_holds_up_neither_the_others_nor_its_own_order(
         consumer.stop()
     assert _texts(runtime, session_id) == [f"slow {n}" for n in range(20)]
     assert _texts(runtime, other) == [f"quick {n}" for n in range(20)]
+
+
+def test_a_sessions_batch_is_indexed_in_one_write_and_watchers_see_it_after(
+    make_settings: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """Distributed runners' status and usage events reach the index as one transaction per
+    session batch (not one wait on the control DB per event), and the changes feed's watchers
+    get them only once that write is done."""
+    import threading
+
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+    from app.services.event_writer import StagedPublishes
+    from workers.events import StatusChanged, UsageReported
+
+    runtime = build_runtime(make_settings())
+    runtime.sessions.dispatcher = None  # no runner here: the stream is the worker's
+    try:
+        person = make_person(runtime, "sam", "Sam Stream", "sam@example.com")
+        runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "streams"))))
+        session_id = runtime.sessions.create(person.user, "streams", "stream things").id
+        staged = StagedPublishes(runtime.hub, runtime.sessions.index)
+        consumer = StreamConsumer(redis_url, staged.publish, block_ms=200, staging=staged.batch)
+        seen: list[str] = []
+
+        async def publish() -> None:
+            bus = RedisStreamBus(redis_url)
+            for status in ("starting", "running"):
+                await bus.publish(session_id, StatusChanged(status=status, prompt_id=OURS))
+            for _ in range(3):
+                usage = UsageReported(
+                    input_tokens=10, output_tokens=2, cached_tokens=0, prompt_id=OURS
+                )
+                await bus.publish(session_id, usage)
+            await bus.publish(session_id, StatusChanged(status="idle", prompt_id=OURS))
+            await bus.aclose()
+
+        subscribed = threading.Event()
+
+        def watcher() -> None:
+            async def watch() -> None:
+                events = runtime.hub.watch(types=frozenset({"status"}))
+                waiting = asyncio.ensure_future(events.__anext__())
+                await asyncio.sleep(0)
+                subscribed.set()
+                while True:
+                    sid, event = await waiting
+                    if sid == session_id and isinstance(event, StatusChanged):
+                        seen.append(f"{event.status}:{runtime.sessions.get(session_id).status}")
+                        if event.status == "idle":
+                            await events.aclose()
+                            return
+                    waiting = asyncio.ensure_future(events.__anext__())
+
+            asyncio.run(asyncio.wait_for(watch(), 30))
+
+        watching = threading.Thread(target=watcher)
+        watching.start()
+        assert subscribed.wait(10)
+        asyncio.run(publish())
+        before = runtime.sessions.index.batches
+        assert consumer.drain(session_id) == 6
+        watching.join(30)
+        # Six indexed events of one session, read in one batch: one index transaction.
+        assert runtime.sessions.index.batches - before == 1
+        row = runtime.sessions.get(session_id)
+        assert row.status == "idle" and row.input_tokens == 30
+        # Every watcher saw the index as the batch left it, never behind an event.
+        assert seen == ["starting:idle", "running:idle", "idle:idle"]
+        consumer.stop()
+    finally:
+        runtime.close()
