@@ -271,9 +271,10 @@ class EventHub:
         """Every event with id > `after`, stored ones first, then live ones, forever."""
         sub = Subscriber(asyncio.get_running_loop())
         self._add(session_id, sub)
-        store = self.files.get(session_id)
         last = after
         try:
+            # Opening a session file that is not open yet is file I/O: off the event loop.
+            store = await asyncio.to_thread(self.files.get, session_id)
             while True:
                 backlog = await asyncio.to_thread(store.events, last, 1000)
                 for event in backlog:

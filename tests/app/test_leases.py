@@ -4,6 +4,7 @@ and each runner still hears its own answer (held, stop, lost)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from sqlmodel import Session as DB
 
 from app.models import Session
 from app.schemas import RepoCreate
-from tests.factories import make_person, make_repo
+from tests.factories import make_person, make_repo, wait_for
 
 
 def test_renewals_arriving_together_share_a_statement_and_each_gets_its_answer(
@@ -38,26 +39,37 @@ def test_renewals_arriving_together_share_a_statement_and_each_gets_its_answer(
             db.add(row)
             db.commit()
         answers: dict[str, str] = {}
-        start = threading.Barrier(len(ids) + 1)
 
         def heartbeat(n: int, session_id: str) -> None:
-            start.wait()
             runner = "someone-else" if session_id == stolen else f"runner-{n}"
             answers[session_id] = runners.renew_lease(session_id, runner, 60.0)
 
         before = runners.leases.statements
+        # Another process holds the control DB's write lock: the first renewal waits for it
+        # while the other 39 arrive, as a busy tick's would.
+        control_db = sqlite3.connect(
+            runtime.settings.control_db_url.removeprefix("sqlite:///"), isolation_level=None
+        )
+        control_db.execute("BEGIN IMMEDIATE")
         threads = [threading.Thread(target=heartbeat, args=(n, s)) for n, s in enumerate(ids)]
-        for thread in threads:
-            thread.start()
-        start.wait()
+        try:
+            for thread in threads:
+                thread.start()
+            wait_for(
+                lambda: len(runners.leases._pending) == len(ids) - 1,
+                what="the other renewals queued behind the first",
+            )
+        finally:
+            control_db.execute("COMMIT")
+            control_db.close()
         for thread in threads:
             thread.join()
 
         assert answers[stopping] == "stop"
         assert answers[stolen] == "lost"
         assert all(answers[s] == "held" for s in ids[2:])
-        # 40 heartbeats at once: a handful of statements, not 40 transactions.
-        assert 0 < runners.leases.statements - before < len(ids) // 2
+        # 40 heartbeats at once: the first one's statement and one for the 39 queued behind it.
+        assert runners.leases.statements - before == 2
         with DB(runtime.engine) as db:
             for session_id in ids:
                 row = db.get(Session, session_id)
