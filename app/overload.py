@@ -23,6 +23,8 @@ from typing import Any
 _SHEDDABLE = re.compile(r"^/api/sessions(/[^/]+/prompts)?/?$")
 
 Scope = dict[str, Any]
+WAITERS_PER_SLOT = 4
+"""At most this many requests per slot wait for one; past that they are shed at once."""
 
 
 @dataclass
@@ -42,8 +44,8 @@ class Backlog:
         if self.in_flight < self.limit and not self.waiting:
             self.in_flight += 1
             return True
-        if self.wait_s <= 0:
-            return False
+        if self.wait_s <= 0 or len(self.waiting) >= WAITERS_PER_SLOT * self.limit:
+            return False  # no waiting, or a queue that long would not drain within `wait_s`
         handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting.append(handed)
         try:
