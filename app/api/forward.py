@@ -92,6 +92,9 @@ class OwnerRouter:
         return self._client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing(send))
+            return
         owners = self.owners() if scope["type"] in ("http", "websocket") else None
         match = SESSION_PATH.match(scope.get("path", "")) if owners is not None else None
         if owners is None or match is None or ".." in scope["path"]:
@@ -120,6 +123,18 @@ class OwnerRouter:
             await self._forward(scope, receive, send, owner, target)
         else:
             await self._relay(scope, receive, send, owner, target)
+
+    def _closing(self, send: Send) -> Send:
+        """`send` for the lifespan: the client to the peers is closed, on the loop that used
+        it, once the app has shut down."""
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and self._client is not None:
+                client, self._client = self._client, None
+                await client.aclose()
+            await send(message)
+
+        return closing
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, owner: Owner, target: str

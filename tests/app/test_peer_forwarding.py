@@ -240,3 +240,41 @@ def test_peer_routes_need_a_signature(make_settings: Any, openai_fake: Any) -> N
             assert "/internal/v1/peers" not in str(client.get("/openapi.json").json())
     finally:
         rt.close()
+
+
+def test_the_client_to_the_peers_is_closed_when_the_app_shuts_down() -> None:
+    """The forwarding middleware's connections to other processes end with the app's
+    lifespan, on the loop that opened them (no socket or loop left behind at shutdown)."""
+    import asyncio
+
+    from app.api.forward import OwnerRouter
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    router = OwnerRouter(app, lambda: None, PeerSigner("s" * 32))
+
+    async def lifespan() -> tuple[bool, list[str]]:
+        client = router.client()  # as the first forwarded request would open it
+        incoming: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        for kind in ("lifespan.startup", "lifespan.shutdown"):
+            incoming.put_nowait({"type": kind})
+        sent: list[str] = []
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        await router({"type": "lifespan"}, incoming.get, send)
+        return client.is_closed, sent
+
+    closed, sent = asyncio.run(lifespan())
+    assert closed
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert router._client is None
