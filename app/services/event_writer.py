@@ -2,16 +2,17 @@
 thread, in batches, instead of by a pool thread each.
 
 A runner's `publish` queues the event and waits. The appending thread takes everything queued,
-publishes each event through the hub (stored in its session file, pushed to the session's
-streams, the event table's rows run) with the index values staged rather than written, and
-hands the batch on. The flushing thread writes the staged values of every batch it has been
-handed in one control DB transaction (`IndexWriter.wait`), then lets the watchers see the
-events and wakes the runners: one wake-up per runner loop and batch, not one per event.
+publishes each event through the hub (stored in its session file, the event table's rows run)
+with the index values staged rather than written, and hands the batch on. The flushing thread
+writes the staged values of every batch it has been handed in one control DB transaction
+(`IndexWriter.wait`), then lets the subscribers see the events (the sessions' streams and the
+watchers: what a client has seen, a read of the session reflects) and wakes the runners: one
+wake-up per runner loop and batch, not one per event.
 
 So a burst of events from hundreds of sessions costs a few threads and a few transactions, not
 a thread hand-off, a control DB transaction and a wake-up each, and events keep being stored
-and streamed while the index write waits for the control DB. A runner's `publish` still
-returns once its event is stored and its index values are written, as before.
+while the index write waits for the control DB. A runner's `publish` still returns once its
+event is stored and its index values are written, as before.
 
 Publishes that may wait on the network (`EventHub.slow`: a session another process owns, a
 `branch_pushed` that opens a PR) do not go through the batch: each runs on a thread of its own

@@ -1,8 +1,10 @@
 """The event hub: persist an event in its session file, apply it to the index, fan it out.
 
-Publishing holds a per-session lock from the write to the fan-out, so every subscriber sees a
-session's events in id order. Subscribers replay what is stored after their last id before
-they get live events, and fill any gap from the file: a client that resumes with `after=N`
+Publishing holds a per-session lock while it stores an event and runs the event table; the
+event goes out to subscribers once its index values are written (at once, or when a staged
+batch's are), so a client that has seen an event reads a session that reflects it.
+Subscribers replay what is stored after their last id before they get live events, and fill
+any gap from the file: every stream is in id order, and a client that resumes with `after=N`
 misses nothing and sees nothing twice.
 
 Which services act on which events is not decided here: the composition root
@@ -153,23 +155,19 @@ class EventHub:
                 stored = self.files.get(session_id).append(event, source)
                 if stored is None:
                     return None
-                # Stored, so it can go out: the session's streams never wait on the index
-                # update below (which queues behind every other write to the control DB).
-                with self._guard:
-                    targets = list(self._subs.get(session_id, ()))
-                    watchers = list(self._all)
-                for sub in targets:
-                    sub.push(session_id, stored)
                 for handler in self._table_handlers() + self.handlers:
                     try:
                         handler(session_id, stored)
                     except Exception:
                         log.exception("event handler failed for %s event %s", session_id, stored.id)
-                if watchers:
-                    # Watchers (the sessions list's changes feed) re-read the index on an
-                    # event: they get it once its values are written, here or, for a staged
-                    # publish, when the event writer's batch is.
-                    self._after_index(session_id, stored, watchers)
+                with self._guard:
+                    targets = [*self._subs.get(session_id, ()), *self._all]
+                if targets:
+                    # A client that has seen an event reads a session that reflects it: the
+                    # session's streams and the watchers (the sessions list's changes feed)
+                    # get it once its index values are written, here or, for a staged
+                    # publish, when the batch's are.
+                    self._after_index(session_id, stored, targets)
                 return stored
         finally:
             if outermost:
@@ -180,9 +178,9 @@ class EventHub:
                     except Exception:
                         log.exception("deferred work after a %s event failed", session_id)
 
-    def _after_index(self, session_id: str, stored: Event, watchers: list[Subscriber]) -> None:
+    def _after_index(self, session_id: str, stored: Event, targets: list[Subscriber]) -> None:
         def push() -> None:
-            for sub in watchers:
+            for sub in targets:
                 sub.push(session_id, stored)
 
         later = getattr(self._local, "later", None)
