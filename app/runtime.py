@@ -104,15 +104,20 @@ def event_handlers(
     if github is not None:
         table += [
             # `pr_opened` of a session started from an issue → add `Fixes #N` to the PR
-            On(of(PrOpened), github.triggers.asks.on_event),
+            On(of(PrOpened), github.triggers.asks.on_event, after_index=True),
             # the agent's commits, pushes, PR and follow-ups → `GET /api/stats`
-            On(of(CommitCreated, BranchPushed, PrOpened, PromptQueued), github.pr_stats.on_event),
+            On(
+                of(CommitCreated, BranchPushed, PrOpened, PromptQueued),
+                github.pr_stats.on_event,
+                after_index=True,
+            ),
         ]
     if slack is not None:
         from app.services.slack.status import TRIGGERS
 
         # what a Slack thread shows (status, progress, PR) → refresh the thread's message
-        table.append(On(TRIGGERS, slack.updater.on_event))
+        # (it renders the session as the index says, so after the index is written)
+        table.append(On(TRIGGERS, slack.updater.on_event, after_index=True))
     return table
 
 

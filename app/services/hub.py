@@ -37,12 +37,22 @@ class On:
     Handlers run in the publisher's thread, in table order, under the session's publish lock,
     so they see a session's events in id order. An `after_lock` handler runs later: once the
     outermost publish of this thread has released its lock, still before that publish returns
-    (for slow work such as opening a PR over the network).
+    (for slow work such as opening a PR over the network). An `after_index` handler reads what
+    the index says: in a staged publish (whose index values are written at the end of its
+    batch) it runs once they are, in order, before the subscribers hear of the event.
     """
 
     types: frozenset[str] | None
     handler: Handler
     after_lock: bool = False
+    after_index: bool = False
+
+
+def _guarded(handler: Handler, session_id: str, event: Event) -> None:
+    try:
+        handler(session_id, event)
+    except Exception:
+        log.exception("event handler failed for %s event %s", session_id, event.id)
 
 
 class Inbox:
@@ -224,15 +234,23 @@ class EventHub:
         return routes
 
     def _route(self, row: On) -> Handler:
-        if row.types is None and not row.after_lock:
+        if row.types is None and not row.after_lock and not row.after_index:
             return row.handler
-        types, handler, after_lock = row.types, row.handler, row.after_lock
+        types, handler, after_lock, after_index = (
+            row.types,
+            row.handler,
+            row.after_lock,
+            row.after_index,
+        )
 
         def route(session_id: str, event: Event) -> None:
             if types is not None and event.type not in types:
                 return
+            later = getattr(self._local, "later", None) if after_index else None
             if after_lock:
                 self.defer(lambda: handler(session_id, event))
+            elif later is not None:
+                later.append(lambda: _guarded(handler, session_id, event))
             else:
                 handler(session_id, event)
 
