@@ -29,6 +29,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from app.services.hub import EventHub
 from app.services.session_index import IndexWriter
@@ -104,6 +105,29 @@ def publish_together(
         return [staged.publish(session_id, event) for event in events]
 
 
+T = TypeVar("T")
+
+
+def _take(source: queue.SimpleQueue[T | None], most: int | None) -> list[T] | None:
+    """Everything queued (waiting for the first, at most `most`); None once the stop mark
+    (None) is taken with nothing before it. Items before a stop mark come first; the mark is
+    put back, so the next call returns None."""
+    first = source.get()
+    if first is None:
+        return None
+    items = [first]
+    while most is None or len(items) < most:
+        try:
+            item = source.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            source.put(None)  # stop after these
+            break
+        items.append(item)
+    return items
+
+
 def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for waiter, error in outcomes:
         if waiter.done():  # its publisher was cancelled; the event is stored all the same
@@ -176,21 +200,7 @@ class EventWriter:
     # ------------------------------------------------------------ the appending thread
 
     def _append_loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._items.get()
-            if first is None:
-                break
-            items = [first]
-            while len(items) < self.max_batch:
-                try:
-                    item = self._items.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                items.append(item)
+        while (items := _take(self._items, self.max_batch)) is not None:
             self._batches.put(self._append(items))
         self._batches.put(None)
 
@@ -215,21 +225,7 @@ class EventWriter:
     # ------------------------------------------------------------ the flushing thread
 
     def _flush_loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._batches.get()
-            if first is None:
-                break
-            batches = [first]
-            while True:
-                try:
-                    batch = self._batches.get_nowait()
-                except queue.Empty:
-                    break
-                if batch is None:
-                    stop = True
-                    break
-                batches.append(batch)
+        while (batches := _take(self._batches, None)) is not None:
             self._flush(batches)
 
     def _flush(self, batches: list[_Batch]) -> None:

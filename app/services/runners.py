@@ -123,10 +123,10 @@ class RunnerService:
                 .where(col(Session.id) == session_id, col(Session.lease_owner) == runner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
-            stop = conn.execute(
-                select(Session.stop_requested).where(col(Session.id) == session_id)
-            ).scalar_one_or_none()
-        stopped = stop is None or stop
+        try:
+            stopped = self.sessions.stop_requested(session_id)
+        except NotFound:
+            return False
         return not stopped and self.files.get(session_id).pending_count() > 0
 
     def next_prompt(self, session_id: str, runner: str) -> PromptJob | None:
