@@ -112,3 +112,9 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 30, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def make_sessions(runtime: Any, n: int, repo: str = "proj") -> list[str]:
+    """`n` sessions of one person on `repo`, created through the service (ids, in order)."""
+    alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+    return [runtime.sessions.create(alice.user, repo, f"task {k}").id for k in range(n)]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.factories import make_repo
 from tests.fakes.github import FakeGitHub, github_app_key, github_fake, github_settings
 from tests.fakes.llm import ScriptBook
 from tests.fakes.server import BackgroundServer
@@ -106,3 +108,18 @@ def make_github_env(
 @pytest.fixture
 def gh(make_github_env: Callable[..., GitHubEnv]) -> GitHubEnv:
     return make_github_env()
+
+
+@pytest.fixture
+def still_runtime(make_settings: Any, tmp_path: Path) -> Iterator[Any]:
+    """A runtime that runs nothing (the test plays the runners), with repo `proj` registered
+    and room for 100 sessions per person: `tests.factories.make_sessions` fills it."""
+    from app.runtime import build_runtime
+    from app.schemas import RepoCreate
+
+    runtime = build_runtime(make_settings())
+    runtime.sessions.dispatcher = None
+    runtime.sessions.max_active_per_user = 100
+    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
+    yield runtime
+    runtime.close()

@@ -11,29 +11,16 @@ import pytest
 from sqlmodel import Session as DB
 
 from app.models import Session
-from app.schemas import RepoCreate
 from app.services.event_writer import EventWriter
-from tests.factories import make_person, make_repo
+from tests.factories import make_sessions
 from workers.events import Notice, StatusChanged
 
 STATUSES = ("starting", "running", "idle")
 
 
 @pytest.fixture
-def runtime(make_settings: Any, tmp_path: Any) -> Any:
-    from app.runtime import build_runtime
-
-    runtime = build_runtime(make_settings())
-    runtime.sessions.dispatcher = None  # nothing runs them: the test publishes their events
-    runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
-    runtime.sessions.max_active_per_user = 100
-    yield runtime
-    runtime.close()
-
-
-def _sessions(runtime: Any, n: int) -> list[str]:
-    alice = make_person(runtime, "alice", "Alice", "alice@example.com")
-    return [runtime.sessions.create(alice.user, "proj", f"task {k}").id for k in range(n)]
+def runtime(still_runtime: Any) -> Any:
+    return still_runtime
 
 
 def _status(runtime: Any, session_id: str) -> str:
@@ -48,7 +35,7 @@ def test_a_burst_is_stored_in_order_in_batches_and_each_publish_reads_its_own_wr
 ) -> None:
     writer = runtime.deps.bus
     assert isinstance(writer, EventWriter)
-    ids = _sessions(runtime, 40)
+    ids = make_sessions(runtime, 40)
     first = {s: runtime.files.get(s).last_event_id() for s in ids}
     seen_by_watcher: list[tuple[str, str, str]] = []
 
@@ -95,7 +82,7 @@ def test_a_failed_publish_reaches_its_publisher_and_spares_the_rest_of_its_batch
     runtime: Any,
 ) -> None:
     writer = runtime.deps.bus
-    (session_id,) = _sessions(runtime, 1)
+    (session_id,) = make_sessions(runtime, 1)
 
     async def scenario() -> list[BaseException | None]:
         results = await asyncio.gather(
@@ -115,7 +102,7 @@ def test_a_failed_publish_reaches_its_publisher_and_spares_the_rest_of_its_batch
 
 def test_after_close_events_are_still_stored(runtime: Any) -> None:
     writer = runtime.deps.bus
-    (session_id,) = _sessions(runtime, 1)
+    (session_id,) = make_sessions(runtime, 1)
 
     async def scenario() -> None:
         await writer.publish(session_id, Notice(message="while open"))
