@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from app.services.hub import EventHub
-from app.services.session_index import IndexWriter
+from app.services.session_index import IndexWriter, Staged
 from workers.events import Event
 
 log = logging.getLogger("nightshift.events")
@@ -51,8 +51,8 @@ class _Item:
 
 @dataclass(eq=False)
 class _Batch:
-    generation: int
-    """The newest index generation its events staged (-1: none)."""
+    staged: Staged | None
+    """The newest index batch its events staged into (None: none)."""
     after_index: list[Callable[[], None]] = field(default_factory=list)
     outcomes: list[tuple[_Item, BaseException | None]] = field(default_factory=list)
 
@@ -87,10 +87,10 @@ class StagedPublishes:
         try:
             yield
         finally:
-            generation = self.index.end_staging()
+            staged = self.index.end_staging()
             self._local.later = None
-            if generation >= 0:
-                self.index.wait(generation)
+            if staged is not None:
+                self.index.wait(staged)
             for push in later:
                 push()
 
@@ -218,9 +218,9 @@ class EventWriter:
                     after_index.extend(later)
                     outcomes.append((item, None))
         finally:
-            generation = self.index.end_staging()
+            staged = self.index.end_staging()
         self.batches += 1
-        return _Batch(generation, after_index, outcomes)
+        return _Batch(staged, after_index, outcomes)
 
     # ------------------------------------------------------------ the flushing thread
 
@@ -229,10 +229,11 @@ class EventWriter:
             self._flush(batches)
 
     def _flush(self, batches: list[_Batch]) -> None:
-        generation = max(batch.generation for batch in batches)
-        if generation >= 0:
+        # Index batches are written in order: once the newest is, so are the others.
+        staged = next((b.staged for b in reversed(batches) if b.staged is not None), None)
+        if staged is not None:
             try:
-                self.index.wait(generation)
+                self.index.wait(staged)
             except Exception:
                 # The events are stored; their index values are lost with this transaction,
                 # as they would be for a direct publish (where the hub logs the failed row).

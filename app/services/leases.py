@@ -8,13 +8,13 @@ control DB transaction per runner queuing for the write lock.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 
 from sqlalchemy import Engine, tuple_, update
 from sqlmodel import col
 
+from app.group_commit import GroupCommit
 from app.models import Session
 from workers.control import LeaseState
 
@@ -23,60 +23,34 @@ Key = tuple[str, str]
 
 
 class LeaseRenewals:
-    """`renew` returns once its lease is renewed (or found lost). A caller that finds a batch
-    being written queues its renewal for the next one; the next caller to find the writer free
-    writes everything queued, and wakes the others with their answers."""
+    """`renew` returns once its lease is renewed (or found lost). Renewals that arrive while a
+    batch is being written are written together by the next caller (`app/group_commit.py`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._cond = threading.Condition()
-        self._pending: dict[Key, float] = {}
-        self._generation = 0
-        self._writing = False
-        self._answers: dict[int, dict[Key, LeaseState] | Exception] = {}
-        self._waiting: defaultdict[int, int] = defaultdict(int)
-        self.statements = 0
+        self._commits: GroupCommit[dict[Key, float], dict[Key, LeaseState]] = GroupCommit(
+            dict, self._write
+        )
+
+    @property
+    def statements(self) -> int:
         """Renewal batches written so far."""
+        return self._commits.batches
+
+    def queued(self) -> int:
+        """Renewals waiting for the next batch."""
+        return len(self._commits.pending())
 
     def renew(self, session_id: str, runner: str, ttl: float) -> LeaseState:
         key = (session_id, runner)
-        with self._cond:
-            self._pending[key] = ttl
-            mine = self._generation
-            self._waiting[mine] += 1
-            while mine not in self._answers:
-                if not self._writing:
-                    break
-                self._cond.wait()
-            else:
-                return self._answer(mine, key)
-            self._writing = True
-            batch, self._pending = self._pending, {}
-            self._generation += 1
-        answers: dict[Key, LeaseState] | Exception
-        try:
-            answers = self._write(batch)
-        except Exception as exc:  # every renewal of the batch failed: each caller hears it
-            answers = exc
-        with self._cond:
-            self._answers[mine] = answers
-            self._writing = False
-            self._cond.notify_all()
-            return self._answer(mine, key)
-
-    def _answer(self, generation: int, key: Key) -> LeaseState:
-        answers = self._answers[generation]
-        self._waiting[generation] -= 1
-        if not self._waiting[generation]:
-            del self._waiting[generation], self._answers[generation]
-        if isinstance(answers, Exception):
-            raise answers
+        answers = self._commits.commit(lambda pending: pending.__setitem__(key, ttl))
         return answers.get(key, "lost")
 
     def renew_many(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
-        """Renew every lease of `batch` (key -> ttl) in one transaction, at once: for callers
-        that gathered the renewals themselves (the in-process control plane, per tick)."""
-        return self._write(batch)
+        """Renew every lease of `batch` (key -> ttl) in one transaction: for callers that
+        gathered the renewals themselves (the in-process control plane, per tick)."""
+        answers = self._commits.commit(lambda pending: pending.update(batch))
+        return {key: answers.get(key, "lost") for key in batch}
 
     def _write(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
         by_ttl: defaultdict[float, list[Key]] = defaultdict(list)
@@ -96,5 +70,4 @@ class LeaseRenewals:
                 )
                 for session_id, runner, stop in rows:
                     answers[(session_id, str(runner))] = "stop" if stop else "held"
-        self.statements += 1
         return answers

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, Update, bindparam, update
 from sqlmodel import SQLModel, col
 
+from app.group_commit import Batch, GroupCommit
 from app.models import PromptIndex, Session
 from app.sessionstore import SessionStore
 from workers.events import (
@@ -158,89 +159,75 @@ class _Batch:
     prompts: dict[tuple[str, int], dict[str, object]] = field(default_factory=dict)
 
 
+Staged = Batch[_Batch, None]
+"""A batch of index values being gathered or written: what `wait` waits for."""
+
+
 class IndexWriter:
-    """Applies events to the index with group commit: one control DB transaction per batch.
+    """Applies events to the index with group commit (`app/group_commit.py`): one control DB
+    transaction per batch.
 
     `apply` returns once its values are written (a reader right after it sees them), but
     callers that arrive while a batch is being written do not each open a transaction of
-    their own: the next caller to find the writer free writes everything queued meanwhile,
-    coalesced per session (the last value of a column wins, as it would have anyway), and
-    wakes the others. Under a burst of events from many sessions the control DB then sees a
-    few transactions instead of one per event, and its write lock is held that much less.
+    their own: their values join the next batch, coalesced per session (the last value of a
+    column wins, as it would have anyway). Under a burst of events from many sessions the
+    control DB then sees a few transactions instead of one per event.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._cond = threading.Condition()
-        self._pending = _Batch()
-        self._generation = 0
-        """The batch that `apply` adds to now."""
-        self._written = 0
-        """Every batch before this one is written (or failed: it was logged)."""
-        self._writing = False
-        self.batches = 0
-        """Transactions written so far."""
+        self._commits: GroupCommit[_Batch, None] = GroupCommit(_Batch, self._write)
         self._local = threading.local()
+
+    @property
+    def batches(self) -> int:
+        """Transactions written so far."""
+        return self._commits.batches
 
     def apply(self, session_id: str, event: Event) -> None:
         """Write the event's values; returns once they are written. On a thread that is
         `staging` (the event writer's), they only join the pending batch."""
-        generation = self.stage(session_id, event)
-        if generation is None:
+        batch = self.stage(session_id, event)
+        if batch is None:
             return
-        staged = getattr(self._local, "staged", None)
-        if staged is not None:
-            self._local.staged = max(staged, generation)
+        if getattr(self._local, "staging", False):
+            self._local.staged = batch
             return
-        self.wait(generation)
+        self.wait(batch)
 
-    def stage(self, session_id: str, event: Event) -> int | None:
-        """Add the event's values to the pending batch; returns the batch's generation (for
-        `wait`), None when the event changes nothing in the index."""
+    def stage(self, session_id: str, event: Event) -> Staged | None:
+        """Add the event's values to the pending batch; returns that batch (for `wait`), None
+        when the event changes nothing in the index."""
         values, prompt_values = index_values(event)
         if not values:
             return None
         if not values.keys() <= QUIET:
             values["updated_at"] = time.time()
-        with self._cond:
-            _merge(self._pending.sessions.setdefault(session_id, {}), values)
+
+        def put(pending: _Batch) -> None:
+            _merge(pending.sessions.setdefault(session_id, {}), values)
             if prompt_values and event.prompt_id is not None:
                 key = (session_id, event.prompt_id)
-                _merge(self._pending.prompts.setdefault(key, {}), prompt_values)
-            return self._generation
+                _merge(pending.prompts.setdefault(key, {}), prompt_values)
+
+        return self._commits.add(put)
 
     def begin_staging(self) -> None:
         """From now on `apply` on this thread stages instead of writing (see `end_staging`)."""
-        self._local.staged = -1
+        self._local.staging = True
+        self._local.staged = None
 
-    def end_staging(self) -> int:
-        """Stop staging on this thread; returns the newest generation it staged (-1: none),
-        for `wait`."""
-        staged: int = self._local.staged
+    def end_staging(self) -> Staged | None:
+        """Stop staging on this thread; returns the newest batch it staged into (None: none),
+        for `wait`: once it is written, so is every batch before it."""
+        staged: Staged | None = self._local.staged
+        self._local.staging = False
         self._local.staged = None
         return staged
 
-    def wait(self, generation: int) -> None:
-        """Return once the batch of `generation` is written: write it (with everything
-        queued since) when no other caller is writing, else wait for the one who is."""
-        with self._cond:
-            while self._written <= generation:
-                if not self._writing:
-                    break
-                self._cond.wait()
-            else:
-                return  # a batch written by another caller held ours
-            self._writing = True
-            batch, self._pending = self._pending, _Batch()
-            self._generation += 1
-        try:
-            self._write(batch)
-        finally:
-            with self._cond:
-                self._writing = False
-                self._written = generation + 1
-                self.batches += 1
-                self._cond.notify_all()
+    def wait(self, batch: Staged) -> None:
+        """Return once `batch` is written (raising what failed it)."""
+        self._commits.wait(batch)
 
     def _write(self, batch: _Batch) -> None:
         groups: defaultdict[

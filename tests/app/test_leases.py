@@ -48,7 +48,7 @@ def test_renewals_arriving_together_share_a_statement_and_each_gets_its_answer(
         for thread in threads:
             thread.start()
         wait_for(
-            lambda: len(runners.leases._pending) == len(ids) - 1,
+            lambda: runners.leases.queued() == len(ids) - 1,
             what="the other renewals queued behind the first",
         )
     finally:
