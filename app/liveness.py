@@ -5,6 +5,7 @@ Owner ids start with `<host>-<pid>`; only that host can tell whether the process
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -15,6 +16,11 @@ def process_alive(host: str, pid: str) -> bool:
     """False only when `pid` on this host is certainly gone; another host's process may live."""
     if host != socket.gethostname():
         return True  # another host: only the owner's expiry can tell
+    if pid == str(os.getpid()):
+        # This very process: alive. Asking /proc would cost a walk over all its threads
+        # (/proc/PID/stat sums them), hundreds during a burst, for every active session the
+        # reaper looks at.
+        return True
     return pid.isdigit() and pid_alive(int(pid)) and not _zombie(int(pid))
 
 

@@ -71,6 +71,7 @@ def serve(
         console.print(f"  processes   {processes}, peer ports {settings.port + 1}-{last}")
         raise typer.Exit(supervise(settings, processes, host, port))
     app = create_app(settings)
+    app.state.freeze_heap = True
     options: dict[str, Any] = {
         "log_level": "info",
         # Events are small JSON frames: compressing each costs more CPU than it saves.

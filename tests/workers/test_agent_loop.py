@@ -230,9 +230,13 @@ def test_transient_model_errors_are_retried_then_give_up(tmp_path: Path) -> None
 
 
 class _StallingModel:
-    """Sends a little text at once, then goes quiet for a while before finishing."""
+    """Sends a little text at once, then goes quiet for a while before finishing; with
+    `more`, a second piece of text comes shortly after the first."""
 
     name = "stalling"
+
+    def __init__(self, more: bool = False) -> None:
+        self.more = more
 
     async def aclose(self) -> None:
         return None
@@ -241,12 +245,16 @@ class _StallingModel:
         from integrations.llm.types import Completion, TextChunk
 
         yield TextChunk("Thinking")
+        if self.more:
+            await asyncio.sleep(0.07)  # the first text's flush is on its way (slow emit)
+            yield TextChunk(" harder")
         await asyncio.sleep(0.4)
         yield Completion(ChatMessage(role="assistant", text="Thinking"))
 
 
-def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
-    stamps: list[tuple[str, float]] = []
+def _stamped_run(tmp_path: Path, model: Any, emit_s: float = 0.0) -> list[tuple[Event, float]]:
+    """Run the agent on `model`; each event with when it was emitted (after `emit_s`)."""
+    stamps: list[tuple[Event, float]] = []
 
     async def go() -> None:
         image = ImageRef(
@@ -263,7 +271,8 @@ def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
         started = loop.time()
 
         async def emit(event: Event) -> None:
-            stamps.append((event.type, loop.time() - started))
+            await asyncio.sleep(emit_s)
+            stamps.append((event, loop.time() - started))
 
         ctx = ToolContext(
             session_id="s",
@@ -274,11 +283,24 @@ def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
             config=AgentConfig(),
             publish=emit,
         )
-        await run_agent(
-            ctx, _StallingModel(), Hooks(), [], ChatMessage(role="user", text="go"), 0.0
-        )
+        await run_agent(ctx, model, Hooks(), [], ChatMessage(role="user", text="go"), 0.0)
 
     asyncio.run(go())
-    delta_at = next(t for kind, t in stamps if kind == "text_delta")
-    done_at = next(t for kind, t in stamps if kind == "usage")
+    return stamps
+
+
+def test_text_is_flushed_while_the_model_pauses(tmp_path: Path) -> None:
+    stamps = _stamped_run(tmp_path, _StallingModel())
+    delta_at = next(t for event, t in stamps if event.type == "text_delta")
+    done_at = next(t for event, t in stamps if event.type == "usage")
     assert delta_at < 0.3 and done_at >= 0.4  # the text went out before the model resumed
+
+
+def test_text_arriving_while_a_flush_is_sent_goes_out_before_the_model_resumes(
+    tmp_path: Path,
+) -> None:
+    stamps = _stamped_run(tmp_path, _StallingModel(more=True), emit_s=0.05)
+    deltas = [(event, t) for event, t in stamps if event.type == "text_delta"]
+    assert "".join(event.text for event, _ in deltas) == "Thinking harder"  # type: ignore[attr-defined]
+    done_at = next(t for event, t in stamps if event.type == "usage")
+    assert deltas[-1][1] < 0.35 and done_at >= 0.45

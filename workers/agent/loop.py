@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, replace
@@ -61,7 +60,9 @@ class AgentResult:
 class _DeltaBuffer:
     """Coalesces streamed text into events of at most ~50 ms, so clients see it live.
 
-    A ticker flushes what is buffered even when the model pauses mid-answer.
+    Text that waits in the buffer is flushed by a timer even when the model pauses mid-answer;
+    the timer is armed only while text waits, so a session whose model is thinking costs no
+    wake-ups (hundreds of sessions would otherwise tick twenty times a second each).
     """
 
     INTERVAL = 0.05
@@ -72,34 +73,55 @@ class _DeltaBuffer:
         self.size = 0
         self.last = time.monotonic()
         self._lock = asyncio.Lock()
-        self._ticker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _DeltaBuffer:
-        self._ticker = asyncio.create_task(self._tick())
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        self._disarm()
+        due, self._due = self._due, None
         if kind is None or issubclass(kind, Exception):  # not on cancellation
+            if due is not None:
+                await due
             await self.flush()
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.INTERVAL)
-            if self.parts and time.monotonic() - self.last >= self.INTERVAL:
-                await self.flush()
+        elif due is not None:
+            due.cancel()
 
     async def add(self, text: str) -> None:
         self.parts.append(text)
         self.size += len(text)
         if self.size >= 512 or time.monotonic() - self.last >= self.INTERVAL:
             await self.flush()
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Flush what waits once it is INTERVAL old, unless a flush is already on its way."""
+        if self.parts and self._timer is None and self._due is None:
+            delay = max(0.0, self.INTERVAL - (time.monotonic() - self.last))
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._due = asyncio.get_running_loop().create_task(self._flush_due())
+
+    async def _flush_due(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            self._due = None
+        self._arm()  # text that came in while it was sent
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def flush(self) -> None:
         async with self._lock:
+            self._disarm()
             if self.parts:
                 text, self.parts, self.size = "".join(self.parts), [], 0
                 await self.ctx.emit(TextDelta(text=text))
