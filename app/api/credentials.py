@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from app.errors import Unauthorized
@@ -65,8 +66,8 @@ class BearerCredential(SecurityBase):
         self.model = HTTPBearerModel(description=description)
         self.scheme_name = "HTTPBearer"
 
-    def __call__(self, conn: HTTPConnection) -> Credential:
-        return read_credential(conn)
+    async def __call__(self, conn: HTTPConnection) -> Credential:
+        return read_credential(conn)  # headers only: on the event loop, not a thread
 
 
 def _origin(url: str) -> str:
@@ -103,6 +104,15 @@ class Authenticator:
             return self._local_user
         raise Unauthorized("authentication required: send `Authorization: Bearer <token>`")
 
+    def known(self, credential: Credential) -> User | None:
+        """The credential's user when it can be told without I/O (a token seen valid
+        recently, the local user once looked up); None when only `user` can tell."""
+        if credential.token:
+            return self.users.cached(credential.token)
+        if not credential.cookie and self.local:
+            return self._local_user
+        return None
+
     def viewer(self, conn: HTTPConnection) -> User | None:
         """Whoever the browser is signed in as (session cookie, or the local user), if anyone."""
         try:
@@ -126,11 +136,20 @@ class Authenticator:
             return _origin(referer) in own
         return headers.get("sec-fetch-site") in ("same-origin", "none")
 
-    def websocket_user(self, conn: HTTPConnection) -> User:
-        """The caller of a WebSocket; its cookie counts only when the page is on this site."""
+    def websocket_credential(self, conn: HTTPConnection) -> Credential:
+        """What a WebSocket's caller presents; its cookie counts only when the page is on this
+        site."""
         credential = read_credential(conn, query=True)
         scheme = "https" if conn.url.scheme == "wss" else "http"
         if credential.cookie and not self.same_origin(conn.headers, scheme):
             # Cross-site WebSocket hijacking: a foreign page must not ride the cookie.
             raise Unauthorized("cross-site WebSocket refused: connect from this site")
-        return self.user(credential)
+        return credential
+
+    async def user_async(self, credential: Credential) -> User:
+        """`user` from an event loop: answered there when no I/O is needed (`known`), else
+        on a thread."""
+        known = self.known(credential)
+        if known is not None:
+            return known
+        return await run_in_threadpool(self.user, credential)

@@ -58,100 +58,100 @@ def _runtime(conn: HTTPConnection) -> Runtime:
 # ---------------------------------------------------------------- one getter per service
 
 
-def get_settings_dep(conn: HTTPConnection) -> Settings:
+async def get_settings_dep(conn: HTTPConnection) -> Settings:
     return _runtime(conn).settings
 
 
-def get_engine(conn: HTTPConnection) -> Engine:
+async def get_engine(conn: HTTPConnection) -> Engine:
     return _runtime(conn).engine
 
 
-def get_sessions(conn: HTTPConnection) -> Sessions:
+async def get_sessions(conn: HTTPConnection) -> Sessions:
     return _runtime(conn).sessions
 
 
-def get_repos(conn: HTTPConnection) -> Repos:
+async def get_repos(conn: HTTPConnection) -> Repos:
     return _runtime(conn).repos
 
 
-def get_images(conn: HTTPConnection) -> Images:
+async def get_images(conn: HTTPConnection) -> Images:
     return _runtime(conn).images
 
 
-def get_hub(conn: HTTPConnection) -> EventHub:
+async def get_hub(conn: HTTPConnection) -> EventHub:
     return _runtime(conn).hub
 
 
-def get_presence(conn: HTTPConnection) -> Presence:
+async def get_presence(conn: HTTPConnection) -> Presence:
     return _runtime(conn).presence
 
 
-def get_stream_slots(conn: HTTPConnection) -> StreamSlots:
+async def get_stream_slots(conn: HTTPConnection) -> StreamSlots:
     return _runtime(conn).stream_slots
 
 
-def get_runners(conn: HTTPConnection) -> RunnerService:
+async def get_runners(conn: HTTPConnection) -> RunnerService:
     return _runtime(conn).runners
 
 
-def get_control_jobs(conn: HTTPConnection) -> ControlJobs:
+async def get_control_jobs(conn: HTTPConnection) -> ControlJobs:
     return _runtime(conn).control_jobs
 
 
-def get_local_pulls(conn: HTTPConnection) -> LocalPullRequests:
+async def get_local_pulls(conn: HTTPConnection) -> LocalPullRequests:
     return _runtime(conn).local_pulls
 
 
-def get_pull_requests(conn: HTTPConnection) -> PullRequests:
+async def get_pull_requests(conn: HTTPConnection) -> PullRequests:
     return _runtime(conn).pull_requests
 
 
-def get_forges(conn: HTTPConnection) -> dict[str, Forge]:
+async def get_forges(conn: HTTPConnection) -> dict[str, Forge]:
     return _runtime(conn).forges
 
 
-def get_forge_for(conn: HTTPConnection) -> Callable[[RepoSpec], Forge]:
+async def get_forge_for(conn: HTTPConnection) -> Callable[[RepoSpec], Forge]:
     """The forge of a repo's spec; ForgeError when this server has no such forge."""
     return _runtime(conn).forge_for
 
 
-def get_executor(conn: HTTPConnection) -> InProcessExecutor:
+async def get_executor(conn: HTTPConnection) -> InProcessExecutor:
     return _runtime(conn).executor
 
 
-def get_backend(conn: HTTPConnection) -> SandboxBackend:
+async def get_backend(conn: HTTPConnection) -> SandboxBackend:
     return _runtime(conn).backend
 
 
-def get_event_streams(conn: HTTPConnection) -> StreamConsumer | None:
+async def get_event_streams(conn: HTTPConnection) -> StreamConsumer | None:
     """Distributed mode's consumer of the workers' event streams; None when embedded."""
     return _runtime(conn).streams
 
 
-def get_accounts(conn: HTTPConnection) -> GitHubAccounts | None:
+async def get_accounts(conn: HTTPConnection) -> GitHubAccounts | None:
     """Linked GitHub accounts; None unless GitHub sign-in is configured."""
     return _runtime(conn).accounts
 
 
-def get_github(conn: HTTPConnection) -> GitHubServices | None:
+async def get_github(conn: HTTPConnection) -> GitHubServices | None:
     """The GitHub App's side; None unless the App is configured."""
     return _runtime(conn).github
 
 
-def get_slack_bot(conn: HTTPConnection) -> SlackBot | None:
+async def get_slack_bot(conn: HTTPConnection) -> SlackBot | None:
     """The Slack bot; None unless Slack is configured."""
     return _runtime(conn).slack
 
 
-def get_users(conn: HTTPConnection) -> Users:
+async def get_users(conn: HTTPConnection) -> Users:
     return _runtime(conn).users
 
 
-def get_web_sessions(conn: HTTPConnection) -> WebSessions:
+async def get_web_sessions(conn: HTTPConnection) -> WebSessions:
     return _runtime(conn).web_sessions
 
 
-def get_ides(conn: HTTPConnection) -> Ides:
+async def get_ides(conn: HTTPConnection) -> Ides:
     ides: Ides = conn.app.state.ides
     return ides
 
@@ -163,23 +163,23 @@ def api_ides(api: Any) -> Ides:
     return ides
 
 
-def get_desktops(conn: HTTPConnection) -> Desktops:
+async def get_desktops(conn: HTTPConnection) -> Desktops:
     desktops: Desktops = conn.app.state.desktops
     return desktops
 
 
-def get_peers(conn: HTTPConnection) -> SessionPeers | None:
+async def get_peers(conn: HTTPConnection) -> SessionPeers | None:
     """The other API processes (None when this one runs alone)."""
     return _runtime(conn).peers
 
 
-def get_loop_lag(conn: HTTPConnection) -> LoopLag | None:
+async def get_loop_lag(conn: HTTPConnection) -> LoopLag | None:
     """The API event loop's lag meter, once the app has started."""
     loop_lag: LoopLag | None = getattr(conn.app.state, "loop_lag", None)
     return loop_lag
 
 
-def get_authenticator(conn: HTTPConnection) -> Authenticator:
+async def get_authenticator(conn: HTTPConnection) -> Authenticator:
     """One per app and runtime, so the local user (NIGHTSHIFT_AUTH=local) is looked up once."""
     runtime = _runtime(conn)
     auth: Authenticator | None = getattr(conn.app.state, "authenticator", None)
@@ -221,13 +221,16 @@ AuthDep = Annotated[Authenticator, Depends(get_authenticator)]
 # ---------------------------------------------------------------- who is calling
 
 
-def current_user(
+async def current_user(
     request: Request,
     auth: AuthDep,
     credential: Annotated[Credential, Security(bearer)],
 ) -> User:
     """The caller of a request: a bearer token, else the sign-in cookie (writes only from this
-    site), else the local user when NIGHTSHIFT_AUTH=local."""
+    site), else the local user when NIGHTSHIFT_AUTH=local.
+
+    On the event loop: a caller known without I/O (a token seen valid in the last minute) is
+    answered there; only a lookup goes to a thread."""
     unsafe = request.method not in SAFE_METHODS
     if credential.cookie and unsafe and not auth.same_origin(request.headers, request.url.scheme):
         raise HTTPException(
@@ -244,7 +247,7 @@ def current_user(
         # Local mode trusts whoever reaches the port; a page on another site must not.
         raise HTTPException(403, "cross-site request refused")
     try:
-        return auth.user(credential)
+        return await auth.user_async(credential)
     except Unauthorized as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
 
@@ -252,10 +255,10 @@ def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def stream_user(conn: HTTPConnection, auth: AuthDep) -> User:
+async def stream_user(conn: HTTPConnection, auth: AuthDep) -> User:
     """The caller of a server-sent event stream, which may also pass the token as `?token=`:
     browsers cannot set headers on streams. A refusal is the ServiceError's status (401)."""
-    return auth.user(read_credential(conn, query=True))
+    return await auth.user_async(read_credential(conn, query=True))
 
 
 StreamUser = Annotated[User, Depends(stream_user)]
@@ -276,9 +279,9 @@ class Admission:
         return self.user
 
 
-def websocket_admission(conn: HTTPConnection, auth: AuthDep) -> Admission:
+async def websocket_admission(conn: HTTPConnection, auth: AuthDep) -> Admission:
     try:
-        return Admission(auth.websocket_user(conn))
+        return Admission(await auth.user_async(auth.websocket_credential(conn)))
     except ServiceError as exc:
         return Admission(None, exc)
 

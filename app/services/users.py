@@ -105,16 +105,27 @@ class Users:
             db.commit()
         return token
 
+    def cached(self, token: str) -> User | None:
+        """The token's user if it was seen valid in the last `token_cache_seconds` (no I/O:
+        for callers on an event loop); None when only `authenticate` can tell."""
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = hash_token(token)
+        with self._tokens_lock:
+            cached = self._tokens.get(digest)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+        return None
+
     def authenticate(self, token: str) -> User:
         """The token's user; a token seen valid in the last `token_cache_seconds` is trusted."""
         if not token.startswith(TOKEN_PREFIX):
             raise Unauthorized("invalid API token")
+        user = self.cached(token)
+        if user is not None:
+            return user
         digest = hash_token(token)
         now = time.monotonic()
-        with self._tokens_lock:
-            cached = self._tokens.get(digest)
-            if cached is not None and cached[0] > now:
-                return cached[1]
         user = self._check_token(digest)
         if self.token_cache_seconds > 0:
             with self._tokens_lock:

@@ -41,7 +41,7 @@ from workers.control_http import (
 from workers.events import Event
 
 
-def require_worker(
+async def require_worker(
     settings: SettingsDep,
     token: Annotated[str | None, Header(alias="X-Nightshift-Worker-Token")] = None,
 ) -> None:

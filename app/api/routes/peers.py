@@ -21,7 +21,7 @@ from app.services.peers import PEER_HEADER, PEERS_PREFIX
 from workers.events import parse_event
 
 
-def require_peer(
+async def require_peer(
     request: Request,
     peers: PeersDep,
     mark: Annotated[str | None, Header(alias=PEER_HEADER)] = None,

@@ -29,7 +29,7 @@ from integrations.forge.local import LocalForge
 router = APIRouter(prefix="/api/pulls", tags=["pulls"], dependencies=[Depends(current_user)])
 
 
-def get_review(
+async def get_review(
     forges: ForgesDep, local_pulls: LocalPullsDep, sessions: SessionsDep, settings: SettingsDep
 ) -> LocalPullReview:
     forge = forges.get("local")
