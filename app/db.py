@@ -82,6 +82,10 @@ def _writer_connection(lock: threading.RLock) -> type[sqlite3.Connection]:
     return WriterConnection
 
 
+POOL_SIZE = 16
+POOL_OVERFLOW = 48
+
+
 def sqlite_engine(path: Path, *, writer: bool, pooled: bool = True) -> Engine:
     """An engine on one SQLite file. Writers open transactions with BEGIN IMMEDIATE, so a
     write never fails half-way on a lock upgrade; readers use plain BEGIN and, under WAL,
@@ -92,11 +96,15 @@ def sqlite_engine(path: Path, *, writer: bool, pooled: bool = True) -> Engine:
     }
     if writer:
         connect_args["factory"] = _writer_connection(threading.RLock())
-    engine = create_engine(
-        f"sqlite:///{path}",
-        connect_args=connect_args,
-        **({} if pooled else {"poolclass": NullPool}),
+    # Up to POOL_SIZE connections stay open between uses: the API's and the runners' thread
+    # pools touch the control DB from dozens of threads at once, and a connection beyond the
+    # pool's size would be opened (with its pragmas) and closed around every use.
+    pool: dict[str, Any] = (
+        {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+        if pooled
+        else {"poolclass": NullPool}
     )
+    engine = create_engine(f"sqlite:///{path}", connect_args=connect_args, **pool)
     event.listen(engine, "connect", _sqlite_pragmas)
 
     @event.listens_for(engine, "begin")

@@ -61,6 +61,12 @@ def public_many(
     ]
 
 
+def public_new(row: Session, author: User, last_event_id: int, base_url: str) -> SessionPublic:
+    """The public shape of a session this request just created, without a query: it has no
+    children yet and its author is its one participant."""
+    return _public(row, author, [], [author], last_event_id, base_url)
+
+
 def _public(
     row: Session,
     author: User,

@@ -148,6 +148,15 @@ class Sessions:
             raise NotFound(f"no session {session_id!r}")
         return bool(stop)
 
+    def check(self, session_id: str) -> None:
+        """NotFound unless the session exists (one indexed column read, no ORM row)."""
+        with reader(self.engine).connect() as conn:
+            found = conn.execute(
+                select(Session.id).where(col(Session.id) == session_id)
+            ).scalar_one_or_none()
+        if found is None:
+            raise NotFound(f"no session {session_id!r}")
+
     def get(self, session_id: str) -> Session:
         with DB(reader(self.engine)) as db:
             row = db.get(Session, session_id)
@@ -156,7 +165,7 @@ class Sessions:
         return row
 
     def store(self, session_id: str) -> SessionStore:
-        self.get(session_id)
+        self.check(session_id)
         try:
             return self.files.get(session_id)
         except FileNotFoundError:
@@ -348,6 +357,10 @@ class Sessions:
 
     def public(self, row: Session) -> SessionPublic:
         return self.public_many([row])[0]
+
+    def public_new(self, row: Session, author: User) -> SessionPublic:
+        """`public` of a session `create` just returned, by `author`, without a query."""
+        return session_views.public_new(row, author, self._last_event_id(row.id), self.base_url)
 
     def public_many(self, rows: Sequence[Session]) -> list[SessionPublic]:
         """The public shape of several sessions: three queries however many rows."""

@@ -34,6 +34,6 @@ async def get_artifact(
 ) -> FileResponse:
     """A screenshot the session's agent took (its id is the SHA-256 of the PNG); 404 for an
     artifact of any other session."""
-    await asyncio.to_thread(sessions.get, session_id)
+    await asyncio.to_thread(sessions.check, session_id)
     path = await asyncio.to_thread(Artifacts.of(settings.data_dir).path, session_id, artifact_id)
     return FileResponse(path, media_type="image/png", headers=HEADERS)

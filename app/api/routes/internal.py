@@ -68,7 +68,7 @@ def acquire_lease(
 ) -> LeaseAcquired:
     acquired = runners.acquire_lease(session_id, body.runner_id, body.ttl_s)
     if not acquired:
-        sessions.get(session_id)  # an unknown session is a 404, not a lease held elsewhere
+        sessions.check(session_id)  # an unknown session is a 404, not a lease held elsewhere
     return LeaseAcquired(acquired=acquired)
 
 
@@ -117,7 +117,7 @@ def stored_events(
     types: Annotated[str, Query(min_length=1)],
     prompt_id: int | None = None,
 ) -> list[Event]:
-    sessions.get(session_id)
+    sessions.check(session_id)
     return runners.stored_events(session_id, types.split(","), prompt_id)
 
 
@@ -141,7 +141,7 @@ async def store_artifact(
         data += chunk
         if len(data) > MAX_ARTIFACT_BYTES:
             raise HTTPException(413, f"an artifact may hold at most {MAX_ARTIFACT_BYTES} bytes")
-    await asyncio.to_thread(sessions.get, session_id)
+    await asyncio.to_thread(sessions.check, session_id)
     return await asyncio.to_thread(Artifacts.of(settings.data_dir).store, session_id, bytes(data))
 
 

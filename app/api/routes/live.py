@@ -118,7 +118,7 @@ async def _merged(*sources: AsyncGenerator[str, None]) -> AsyncGenerator[str, No
 @api.get("/{session_id}/presence")
 def get_presence(session_id: str, sessions: SessionsDep, presence: PresenceDep) -> PresencePublic:
     """Who is viewing the session now (open streams and recent heartbeats)."""
-    sessions.get(session_id)
+    sessions.check(session_id)
     return PresencePublic(session_id=session_id, viewers=presence.viewers(session_id))
 
 
@@ -131,7 +131,7 @@ def beat_presence(
     presence: PresenceDep,
 ) -> PresencePublic:
     """A heartbeat from a viewer on SSE or polling: counts the caller as viewing for 30 s."""
-    sessions.get(session_id)
+    sessions.check(session_id)
     viewers = presence.heartbeat(session_id, user, body.client_id)
     return PresencePublic(session_id=session_id, viewers=viewers)
 

@@ -69,7 +69,7 @@ def _user(users: UsersDep, user_id: int) -> User:
 
 @router.post("/sessions/{session_id}/events")
 def publish(session_id: str, body: PeerEvent, hub: HubDep, sessions: SessionsDep) -> PeerPublished:
-    sessions.get(session_id)
+    sessions.check(session_id)
     try:
         event = parse_event(body.event)
     except ValueError as exc:

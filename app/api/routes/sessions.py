@@ -62,9 +62,8 @@ streams = APIRouter(prefix=PREFIX, tags=["sessions"])
 def create_session(body: SessionCreate, user: CurrentUser, sessions: SessionsDep) -> SessionPublic:
     """Start a session on a repo with a first prompt (queued at once, run by a worker), on
     `model` (one of `GET /api/models`; the default when omitted)."""
-    return sessions.public(
-        sessions.create(user, body.repo, body.prompt, body.parent_id, model=body.model)
-    )
+    row = sessions.create(user, body.repo, body.prompt, body.parent_id, model=body.model)
+    return sessions.public_new(row, user)
 
 
 @api.get("")
@@ -157,7 +156,7 @@ async def stream_events(
     """
     try:
         user = admission.caller()
-        await asyncio.to_thread(sessions.get, session_id)
+        await asyncio.to_thread(sessions.check, session_id)
         assert user.id is not None
         slot = slots.acquire(user.id)
     except ServiceError as exc:
@@ -242,7 +241,7 @@ async def stream_events_sse(
 ) -> StreamingResponse:
     """Server-sent events, for clients without WebSocket; honours `Last-Event-ID`. 429 when
     the caller already holds NIGHTSHIFT_MAX_STREAMS_PER_USER streams here."""
-    await asyncio.to_thread(sessions.get, session_id)
+    await asyncio.to_thread(sessions.check, session_id)
     assert user.id is not None
     slot = slots.acquire(user.id)
     last = request.headers.get("last-event-id", "")
