@@ -82,8 +82,8 @@ def _writer_connection(lock: threading.RLock) -> type[sqlite3.Connection]:
     return WriterConnection
 
 
-POOL_SIZE = 16
-POOL_OVERFLOW = 48
+POOL_SIZE = 32
+POOL_OVERFLOW = 64
 
 
 def sqlite_engine(path: Path, *, writer: bool, pooled: bool = True) -> Engine:

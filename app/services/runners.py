@@ -51,6 +51,19 @@ def active_snapshot_ids(engine: Engine) -> set[str]:
     return {str(snap["id"]) for snap in rows if snap and "id" in snap}
 
 
+CONTEXT_COLUMNS = (
+    "repo_id",
+    "branch",
+    "parent_id",
+    "depth",
+    "head_sha",
+    "snapshot",
+    "title",
+    "model",
+)
+"""The index columns a run's context reads."""
+
+
 class RunnerService:
     """What runners ask of the control plane, answered from the control DB and session files.
 
@@ -150,7 +163,7 @@ class RunnerService:
 
     def context(self, session_id: str) -> SessionContext:
         self.sync_events(session_id)
-        row = self.sessions.get(session_id)
+        row = self.sessions.columns(session_id, *CONTEXT_COLUMNS)
         spec = self.sessions.repos.spec_by_id(row.repo_id)
         store = self.files.get(session_id)
         authors: dict[str, Author] = {}

@@ -9,9 +9,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, Row, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -140,22 +140,23 @@ class Sessions:
 
     def stop_requested(self, session_id: str) -> bool:
         """Whether a stop was asked for (the one column a runner checks between prompts)."""
+        return bool(self.columns(session_id, "stop_requested").stop_requested)
+
+    def columns(self, session_id: str, *names: str) -> Row[Any]:
+        """Some columns of the session's index row (by name), read without an ORM row: for
+        hot paths that need a few of them."""
+        table = Session.__table__.c  # type: ignore[attr-defined]
         with reader(self.engine).connect() as conn:
-            stop = conn.execute(
-                select(Session.stop_requested).where(col(Session.id) == session_id)
-            ).scalar_one_or_none()
-        if stop is None:
+            row = conn.execute(
+                select(*(table[name] for name in names)).where(table.id == session_id)
+            ).one_or_none()
+        if row is None:
             raise NotFound(f"no session {session_id!r}")
-        return bool(stop)
+        return row
 
     def check(self, session_id: str) -> None:
         """NotFound unless the session exists (one indexed column read, no ORM row)."""
-        with reader(self.engine).connect() as conn:
-            found = conn.execute(
-                select(Session.id).where(col(Session.id) == session_id)
-            ).scalar_one_or_none()
-        if found is None:
-            raise NotFound(f"no session {session_id!r}")
+        self.columns(session_id, "id")
 
     def get(self, session_id: str) -> Session:
         with DB(reader(self.engine)) as db:
