@@ -202,7 +202,6 @@ class SessionRunner:
         """Run queued prompts until none is left; the final status, or None when none ran
         (a duplicate delivery after the work was done must not touch the session)."""
         control = self.deps.control
-        self.ctx = await control.session_context(self.session_id)
         last: PromptOutcome | None = None
         while True:
             job = await control.next_prompt(self.session_id, self.id)
@@ -210,8 +209,10 @@ class SessionRunner:
                 job = await self._wait_idle()
             if job is None:
                 break
-            last = await self._run_prompt(job)
+            # Read once there is a prompt to run, with the conversation so far: a session that
+            # goes idle after its prompt does not read it again for nothing.
             self.ctx = await control.session_context(self.session_id)
+            last = await self._run_prompt(job)
         if last is None:
             return None
         return "failed" if last == "failed" else "finished"
