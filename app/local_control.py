@@ -14,7 +14,14 @@ from app.services.artifacts import Artifacts
 from app.services.repos import spec_of
 from app.services.runners import RunnerService
 from images.spec import RepoSpec
-from workers.control import ArtifactStored, LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import (
+    ArtifactStored,
+    LeaseState,
+    PromptJob,
+    RunStart,
+    SessionContext,
+    SessionSummary,
+)
 from workers.errors import ControlPlaneError
 from workers.events import Author, Event
 
@@ -40,6 +47,9 @@ class LocalControlPlane:
 
     async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
         return await self._call(lambda: self.runners.acquire_lease(session_id, runner_id, ttl_s))
+
+    async def start_run(self, session_id: str, runner_id: str, ttl_s: float) -> RunStart:
+        return await self._call(lambda: self.runners.start_run(session_id, runner_id, ttl_s))
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
         """Heartbeats of one loop's runners come on the same tick (`workers/runner.py`): they

@@ -44,6 +44,18 @@ class SessionContext(BaseModel):
     """The session's model spec (`openai:gpt-4.1`); None: the deployment's default."""
 
 
+class RunStart(BaseModel):
+    """A runner's start on a session in one call: the lease, and with it the first prompt and
+    the context to run it in (`ControlPlane.start_run`)."""
+
+    leased: bool
+    """False: another runner holds the session; nothing was claimed."""
+    job: PromptJob | None = None
+    """The prompt claimed for this runner; None when the queue is empty."""
+    context: SessionContext | None = None
+    """The session's context, read after the claim; given with a job only."""
+
+
 class SessionSummary(BaseModel):
     """What the `session_status` tool reports about any session."""
 
@@ -77,6 +89,11 @@ MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
 class ControlPlane(Protocol):
     async def acquire_lease(self, session_id: str, runner_id: str, ttl_s: float) -> bool:
         """Become the only runner of a session; False when another runner holds it."""
+        ...
+
+    async def start_run(self, session_id: str, runner_id: str, ttl_s: float) -> RunStart:
+        """`acquire_lease`, then `next_prompt` and, with a prompt, `session_context`: what a
+        runner does first, in one round trip to the control plane."""
         ...
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:

@@ -30,6 +30,7 @@ from workers.control import (
     ArtifactStored,
     LeaseState,
     PromptJob,
+    RunStart,
     SessionContext,
     SessionSummary,
 )
@@ -184,6 +185,12 @@ class HttpControlPlane:
             "POST", f"/sessions/{session_id}/lease", LeaseRequest(runner_id=runner_id, ttl_s=ttl_s)
         )
         return LeaseAcquired.model_validate(data).acquired
+
+    async def start_run(self, session_id: str, runner_id: str, ttl_s: float) -> RunStart:
+        data = await self._call(
+            "POST", f"/sessions/{session_id}/start", LeaseRequest(runner_id=runner_id, ttl_s=ttl_s)
+        )
+        return RunStart.model_validate(data)
 
     async def renew_lease(self, session_id: str, runner_id: str, ttl_s: float) -> LeaseState:
         """Gathered with the other renewals of the next `RENEW_GATHER_S` into one request."""

@@ -30,7 +30,7 @@ from workers.agent.resume import RESUME_EVENT_TYPES, Resumed, rebuild
 from workers.agent.tools import TOOLS, ToolContext
 from workers.bus import EventPublisher
 from workers.config import AgentConfig
-from workers.control import ControlPlane, PromptJob, SessionContext
+from workers.control import ControlPlane, PromptJob, RunStart, SessionContext
 from workers.errors import WorkersError
 from workers.events import (
     ErrorRaised,
@@ -146,14 +146,15 @@ class SessionRunner:
     async def run(self) -> None:
         control, cfg = self.deps.control, self.deps.config
         while True:
-            if not await control.acquire_lease(self.session_id, self.id, cfg.lease_ttl_s):
+            start = await control.start_run(self.session_id, self.id, cfg.lease_ttl_s)
+            if not start.leased:
                 log.info("session %s already has a runner; this delivery exits", self.session_id)
                 return
             self._task = asyncio.current_task()
             heartbeat = asyncio.create_task(self._heartbeat())
             final: SessionStatus | None = None
             try:
-                final = await self._drain()
+                final = await self._drain(start)
             except asyncio.CancelledError:
                 if not self.stop_requested:
                     raise  # shutdown or lost lease: the reaper hands the session to another runner
@@ -198,20 +199,24 @@ class SessionRunner:
                     self._task.cancel()
                 return
 
-    async def _drain(self) -> SessionStatus | None:
-        """Run queued prompts until none is left; the final status, or None when none ran
-        (a duplicate delivery after the work was done must not touch the session)."""
+    async def _drain(self, start: RunStart) -> SessionStatus | None:
+        """Run queued prompts until none is left, the first one (with its context) as `start`
+        brought it; the final status, or None when none ran (a duplicate delivery after the
+        work was done must not touch the session)."""
         control = self.deps.control
         last: PromptOutcome | None = None
+        job, self.ctx = start.job, start.context
         while True:
-            job = await control.next_prompt(self.session_id, self.id)
+            if last is not None:
+                job = await control.next_prompt(self.session_id, self.id)
             if job is None and self.sandbox.acquired is not None and self.deps.config.idle_s > 0:
                 job = await self._wait_idle()
             if job is None:
                 break
-            # Read once there is a prompt to run, with the conversation so far: a session that
-            # goes idle after its prompt does not read it again for nothing.
-            self.ctx = await control.session_context(self.session_id)
+            if last is not None or self.ctx is None:
+                # Read once there is a prompt to run, with the conversation so far: a session
+                # that goes idle after its prompt does not read it again for nothing.
+                self.ctx = await control.session_context(self.session_id)
             last = await self._run_prompt(job)
         if last is None:
             return None

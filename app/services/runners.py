@@ -19,7 +19,7 @@ from app.services.leases import LeaseRenewals
 from app.services.ownership import Ownership
 from app.services.sessions import Sessions
 from images.sandboxes.base import SnapshotRef
-from workers.control import LeaseState, PromptJob, SessionContext, SessionSummary
+from workers.control import LeaseState, PromptJob, RunStart, SessionContext, SessionSummary
 from workers.events import (
     ACTIVE_STATUSES,
     Author,
@@ -160,6 +160,15 @@ class RunnerService:
             created_at=prompt.created_at,
             attempt=prompt.attempt,
         )
+
+    def start_run(self, session_id: str, runner: str, ttl: float) -> RunStart:
+        """The lease, then the first prompt and its context (`ControlPlane.start_run`)."""
+        if not self.acquire_lease(session_id, runner, ttl):
+            return RunStart(leased=False)
+        job = self.next_prompt(session_id, runner)
+        if job is None:
+            return RunStart(leased=True)
+        return RunStart(leased=True, job=job, context=self.context(session_id))
 
     def context(self, session_id: str) -> SessionContext:
         self.sync_events(session_id)

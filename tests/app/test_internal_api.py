@@ -19,6 +19,7 @@ import pytest
 from tests.factories import ApiClient, git, make_person, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
+from workers.control import RunStart
 from workers.control_http import HttpControlPlane
 from workers.errors import ControlPlaneError, ControlPlaneUnavailable
 
@@ -133,6 +134,43 @@ def test_a_worker_context_runs_a_session_over_http_and_redis(
     assert not (tmp_path / "ns" / "sandboxes").exists() or not any(
         (tmp_path / "ns" / "sandboxes").iterdir()
     )
+
+
+def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
+    api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
+) -> None:
+    from app.schemas import RepoCreate
+
+    person = make_person(api_runtime, "ida", "Ida Start", "ida@example.com")
+    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "begin"))))
+    session = api_runtime.sessions.create(person.user, "begin", "start here")
+    empty = api_runtime.sessions.create(person.user, "begin", "never run")
+
+    async def go() -> None:
+        control = HttpControlPlane(api_server.url, TOKEN)
+        try:
+            start = await control.start_run(session.id, "runner-a", 30)
+            assert start.leased and start.job is not None and start.context is not None
+            assert (start.job.id, start.job.text, start.job.author.login) == (
+                1,
+                "start here",
+                "ida",
+            )
+            assert start.context.repo.name == "begin"
+            assert start.context.branch == f"nightshift/{session.id}"
+            # Another runner gets nothing; the holder asking again (a lost reply) gets the same.
+            assert await control.start_run(session.id, "runner-b", 30) == RunStart(leased=False)
+            again = await control.start_run(session.id, "runner-a", 30)
+            assert again.job is not None and (again.job.id, again.job.attempt) == (1, 1)
+            with pytest.raises(ControlPlaneError, match="no session"):
+                await control.start_run("ffffffffffff", "runner-a", 30)
+            # A session whose queue is empty: the lease, and nothing to run.
+            api_runtime.sessions.files.get(empty.id).cancel_queued()
+            assert await control.start_run(empty.id, "runner-c", 30) == RunStart(leased=True)
+        finally:
+            await control.aclose()
+
+    asyncio.run(go())
 
 
 def test_the_http_control_plane(

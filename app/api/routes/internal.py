@@ -22,6 +22,7 @@ from workers.control import (
     MAX_ARTIFACT_BYTES,
     ArtifactStored,
     PromptJob,
+    RunStart,
     SessionContext,
     SessionSummary,
 )
@@ -70,6 +71,18 @@ def acquire_lease(
     if not acquired:
         sessions.check(session_id)  # an unknown session is a 404, not a lease held elsewhere
     return LeaseAcquired(acquired=acquired)
+
+
+@router.post("/sessions/{session_id}/start")
+def start_run(
+    session_id: str, body: LeaseRequest, sessions: SessionsDep, runners: RunnersDep
+) -> RunStart:
+    """The lease, the first prompt and its context in one request (`ControlPlane.start_run`).
+    Safe to repeat: a runner that holds the lease gets it again, with the prompt it claimed."""
+    start = runners.start_run(session_id, body.runner_id, body.ttl_s)
+    if not start.leased:
+        sessions.check(session_id)  # an unknown session is a 404, not a lease held elsewhere
+    return start
 
 
 @router.post("/sessions/{session_id}/lease/renew")
