@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.metadata import version
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -20,6 +23,13 @@ from app.schemas import Health
 router = APIRouter(tags=["health"])
 
 
+@cache
+def _version() -> str:
+    """The installed version, read once: reading package metadata parses a file each time,
+    and load balancers ask for /healthz every few seconds."""
+    return version("nightshift")
+
+
 @router.get("/healthz")
 def healthz(
     engine: EngineDep,
@@ -30,11 +40,9 @@ def healthz(
 ) -> Health:
     with DB(engine) as db:
         db.execute(text("SELECT 1"))
-    from importlib.metadata import version
-
     return Health(
         status="ok",
-        version=version("nightshift"),
+        version=_version(),
         mode="distributed" if settings.broker_url else "embedded",
         sandbox=backend.runtime_version(),
         database=engine.dialect.name,
