@@ -9,9 +9,11 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Row, func, text
+from sqlalchemy import Engine, Row, Select, bindparam, func, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -49,6 +51,13 @@ class Dispatch(Protocol):
 def _title(prompt: str) -> str:
     line = prompt.strip().splitlines()[0]
     return line[:97] + "..." if len(line) > 100 else line
+
+
+@cache
+def _columns_query(names: tuple[str, ...]) -> Select[Any]:
+    """SELECT those columns of one session's index row, built once per set of names."""
+    table = Session.__table__.c  # type: ignore[attr-defined]
+    return sa_select(*(table[name] for name in names)).where(table.id == bindparam("id"))
 
 
 class Sessions:
@@ -145,11 +154,8 @@ class Sessions:
     def columns(self, session_id: str, *names: str) -> Row[Any]:
         """Some columns of the session's index row (by name), read without an ORM row: for
         hot paths that need a few of them."""
-        table = Session.__table__.c  # type: ignore[attr-defined]
         with reader(self.engine).connect() as conn:
-            row = conn.execute(
-                select(*(table[name] for name in names)).where(table.id == session_id)
-            ).one_or_none()
+            row = conn.execute(_columns_query(names), {"id": session_id}).one_or_none()
         if row is None:
             raise NotFound(f"no session {session_id!r}")
         return row
