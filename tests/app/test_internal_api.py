@@ -146,6 +146,12 @@ def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
     session = api_runtime.sessions.create(person.user, "begin", "start here")
     empty = api_runtime.sessions.create(person.user, "begin", "never run")
 
+    # Without the worker token: refused, and nothing is claimed.
+    forged = httpx.post(
+        f"{api_server.url}/internal/v1/sessions/{session.id}/start", json={"runner_id": "x"}
+    )
+    assert forged.status_code == 401
+
     async def go() -> None:
         control = HttpControlPlane(api_server.url, TOKEN)
         try:
