@@ -235,9 +235,9 @@ def test_real_code_server_loads_and_an_edit_lands_in_the_sessions_diff(
 
     openai_fake.script("keep it", Turn.tool("finish", summary="Kept."))
     api.http.post(f"/api/sessions/{session_id}/prompts", json={"text": "keep it"})
-    wait_for(
-        lambda: [e for e in api.events(session_id) if e["type"] == "branch_pushed"], 60, "push"
-    )
+    # The session says it pushed (its index row has the head), not only its event log: the
+    # log is written first, the index a moment later.
+    wait_for(lambda: api.http.get(f"/api/sessions/{session_id}").json().get("head_sha"), 60, "push")
     diff = httpx.get(f"{api.base_url}/api/sessions/{session_id}/diff", headers=api.http.headers)
     assert "+edited in VS Code" in diff.json()["diff"]
     web.artifacts.mkdir(parents=True, exist_ok=True)
