@@ -89,10 +89,14 @@ class StagedPublishes:
         finally:
             staged = self.index.end_staging()
             self._local.later = None
-            if staged is not None:
-                self.index.wait(staged)
-            for push in later:
-                push()
+            try:
+                if staged is not None:
+                    self.index.wait(staged)
+            finally:
+                # Also when the index write failed: the events are stored, and their
+                # subscribers must hear of them (the hub logs the lost values).
+                for push in later:
+                    push()
 
 
 def publish_together(

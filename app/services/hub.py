@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -138,6 +138,8 @@ class EventHub:
         self._all: set[Subscriber] = set()
         self._guard = threading.Lock()
         self._local = threading.local()
+        self._unindexed: dict[str, deque[int]] = {}
+        """Per session, the ids of stored events whose index values are not written yet."""
 
     def lock(self, session_id: str) -> threading.RLock:
         """The session's publish lock: hold it to act on the index without racing its events."""
@@ -165,6 +167,9 @@ class EventHub:
                 stored = self.files.get(session_id).append(event, source)
                 if stored is None:
                     return None
+                assert stored.id is not None
+                with self._guard:
+                    self._unindexed.setdefault(session_id, deque()).append(stored.id)
                 for handler in self._table_handlers() + self.handlers:
                     try:
                         handler(session_id, stored)
@@ -172,12 +177,11 @@ class EventHub:
                         log.exception("event handler failed for %s event %s", session_id, stored.id)
                 with self._guard:
                     targets = [*self._subs.get(session_id, ()), *self._all]
-                if targets:
-                    # A client that has seen an event reads a session that reflects it: the
-                    # session's streams and the watchers (the sessions list's changes feed)
-                    # get it once its index values are written, here or, for a staged
-                    # publish, when the batch's are.
-                    self._after_index(session_id, stored, targets)
+                # A client that has seen an event reads a session that reflects it: the
+                # session's streams and the watchers (the sessions list's changes feed) get
+                # it, and the session's event list shows it, once its index values are
+                # written, here or, for a staged publish, when the batch's are.
+                self._after_index(session_id, stored, targets)
                 return stored
         finally:
             if outermost:
@@ -190,6 +194,12 @@ class EventHub:
 
     def _after_index(self, session_id: str, stored: Event, targets: list[Subscriber]) -> None:
         def push() -> None:
+            with self._guard:
+                pending = self._unindexed.get(session_id)
+                if pending is not None:
+                    pending.remove(stored.id)
+                    if not pending:
+                        del self._unindexed[session_id]
             for sub in targets:
                 sub.push(session_id, stored)
 
@@ -198,6 +208,13 @@ class EventHub:
             push()
         else:
             later.append(push)
+
+    def listed_until(self, session_id: str) -> int | None:
+        """The last event id a read of the session's event list may show: the one before the
+        oldest stored event whose index values are not written yet (None: every stored one)."""
+        with self._guard:
+            pending = self._unindexed.get(session_id)
+            return pending[0] - 1 if pending else None
 
     def publish_staged(
         self, session_id: str, event: Event, source: str | None = None

@@ -390,4 +390,10 @@ class Sessions:
         return out
 
     def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        return self.store(session_id).events(after, limit)
+        """Stored events after `after`, up to those whose index values are written (a client
+        that has seen an event reads a session that reflects it, as on its streams)."""
+        events = self.store(session_id).events(after, limit)
+        until = self.hub.listed_until(session_id)
+        if until is None:
+            return events
+        return [e for e in events if e.id is not None and e.id <= until]

@@ -113,3 +113,22 @@ def test_after_close_events_are_still_stored(runtime: Any) -> None:
     assert _status(runtime, session_id) == "idle"
     kinds = [e.type for e in runtime.files.get(session_id).events()]
     assert kinds[-2:] == ["notice", "status"]
+
+
+def test_the_event_list_shows_an_event_once_its_index_values_are_written(runtime: Any) -> None:
+    from app.services.event_writer import StagedPublishes
+
+    [session_id] = make_sessions(runtime, 1)
+    before = [e.id for e in runtime.sessions.events(session_id)]
+    staged = StagedPublishes(runtime.hub, runtime.sessions.index)
+    with staged.batch():
+        stored = staged.publish(session_id, StatusChanged(status="running"))
+        assert stored is not None and stored.id is not None
+        # Stored in the session's file, its status not yet in the index: not listed yet, as
+        # it is not yet on the session's streams.
+        assert runtime.files.get(session_id).last_event_id() == stored.id
+        assert [e.id for e in runtime.sessions.events(session_id)] == before
+        assert runtime.hub.listed_until(session_id) == stored.id - 1
+    assert _status(runtime, session_id) == "running"
+    assert [e.id for e in runtime.sessions.events(session_id)] == [*before, stored.id]
+    assert runtime.hub.listed_until(session_id) is None
