@@ -49,11 +49,14 @@ def child_sockets(settings: Settings, slot: int) -> list[socket.socket]:
     return [public, peer]
 
 
-def child_env(settings: Settings, slot: int, secret: str) -> dict[str, str]:
+def child_env(settings: Settings, slot: int, secret: str, count: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["NIGHTSHIFT_PEER_URL"] = f"http://{peer_host(settings)}:{settings.port + 1 + slot}"
     env["NIGHTSHIFT_PEER_SECRET"] = secret
     env["NIGHTSHIFT_DATA_DIR"] = str(settings.data_dir.resolve())
+    # The backlog bound is the host's: split among its processes, so that a burst is shed as
+    # soon as with one process instead of queueing in each of them (they share the cores).
+    env["NIGHTSHIFT_MAX_PENDING_CREATES"] = str(-(-settings.max_pending_creates // count))
     return env
 
 
@@ -74,7 +77,7 @@ def supervise(settings: Settings, count: int, host: str | None, port: int | None
 
     def start(slot: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [*argv, "--child", str(slot)], env=child_env(settings, slot, secret)
+            [*argv, "--child", str(slot)], env=child_env(settings, slot, secret, count)
         )
 
     def stop(_signum: int, _frame: object) -> None:

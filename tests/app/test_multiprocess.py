@@ -458,3 +458,17 @@ def test_processes_stop_when_one_cannot_listen(openai_fake: ScriptBook, tmp_path
     assert result.returncode == 3, result.stdout + result.stderr
     assert "API process 1 cannot listen" in result.stderr
     assert "could not start; stopping the others" in result.stdout
+
+
+def test_the_hosts_backlog_is_split_among_its_processes(make_settings: Any) -> None:
+    """`serve --processes N` gives each process its share of NIGHTSHIFT_MAX_PENDING_CREATES:
+    the bound is the host's, so a burst is shed as early as with one process."""
+    from app.commands.processes import child_env
+
+    settings = make_settings(max_pending_creates=16)
+    shares = [child_env(settings, slot, "secret", 3) for slot in range(3)]
+    assert [env["NIGHTSHIFT_MAX_PENDING_CREATES"] for env in shares] == ["6", "6", "6"]
+    assert child_env(settings, 0, "secret", 1)["NIGHTSHIFT_MAX_PENDING_CREATES"] == "16"
+    few = make_settings(max_pending_creates=2)
+    assert child_env(few, 0, "secret", 4)["NIGHTSHIFT_MAX_PENDING_CREATES"] == "1"
+    assert shares[1]["NIGHTSHIFT_PEER_URL"].endswith(f":{settings.port + 2}")
