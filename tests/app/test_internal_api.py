@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import ApiClient, git, make_person, make_repo
+from tests.factories import ApiClient, Person, git, make_person, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
 from workers.control import RunStart
@@ -136,13 +136,23 @@ def test_a_worker_context_runs_a_session_over_http_and_redis(
     )
 
 
+def _person_with_repo(
+    api_runtime: Any, tmp_path: Path, login: str, name: str, email: str, repo: str
+) -> Person:
+    """A user of the API's runtime and a registered repo `repo` to start sessions on."""
+    from app.schemas import RepoCreate
+
+    person = make_person(api_runtime, login, name, email)
+    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, repo))))
+    return person
+
+
 def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
     api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
 ) -> None:
-    from app.schemas import RepoCreate
-
-    person = make_person(api_runtime, "ida", "Ida Start", "ida@example.com")
-    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "begin"))))
+    person = _person_with_repo(
+        api_runtime, tmp_path, "ida", "Ida Start", "ida@example.com", "begin"
+    )
     session = api_runtime.sessions.create(person.user, "begin", "start here")
     empty = api_runtime.sessions.create(person.user, "begin", "never run")
 
@@ -182,10 +192,9 @@ def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
 def test_the_http_control_plane(
     api_runtime: Any, api_server: BackgroundServer, tmp_path: Path
 ) -> None:
-    from app.schemas import RepoCreate
-
-    person = make_person(api_runtime, "hank", "Hank Http", "hank@example.com")
-    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "plane"))))
+    person = _person_with_repo(
+        api_runtime, tmp_path, "hank", "Hank Http", "hank@example.com", "plane"
+    )
     session = api_runtime.sessions.create(person.user, "plane", "claim me")
 
     async def go() -> None:
@@ -223,11 +232,11 @@ def test_spawning_over_http_carries_the_model(
 ) -> None:
     """A remote worker's `spawn_session` names a model or inherits the parent's, and an
     unknown one is refused with the choices, creating nothing."""
-    from app.schemas import RepoCreate
     from workers.events import Author
 
-    person = make_person(api_runtime, "hank", "Hank Http", "hank@example.com")
-    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "plane"))))
+    person = _person_with_repo(
+        api_runtime, tmp_path, "hank", "Hank Http", "hank@example.com", "plane"
+    )
     parent = api_runtime.sessions.create(person.user, "plane", "parent", model="openai:fake-model")
     author = Author(id=person.user.id, login="hank", name="Hank Http", email="hank@example.com")
 
@@ -289,10 +298,9 @@ def test_lease_renewals_of_one_tick_go_as_one_request(
 ) -> None:
     """Heartbeats that arrive together are one request and one statement; each runner gets
     its own answer (held, lost, stop)."""
-    from app.schemas import RepoCreate
-
-    person = make_person(api_runtime, "rena", "Rena Renew", "rena@example.com")
-    api_runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "renew"))))
+    person = _person_with_repo(
+        api_runtime, tmp_path, "rena", "Rena Renew", "rena@example.com", "renew"
+    )
     ids = [api_runtime.sessions.create(person.user, "renew", f"task {n}").id for n in range(3)]
     transport = _Counting()
 
