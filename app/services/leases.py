@@ -48,9 +48,9 @@ class LeaseRenewals:
 
     def renew_many(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
         """Renew every lease of `batch` (key -> ttl) in one transaction: for callers that
-        gathered the renewals themselves (the in-process control plane, per tick)."""
-        answers = self._commits.commit(lambda pending: pending.update(batch))
-        return {key: answers.get(key, "lost") for key in batch}
+        gathered the renewals themselves (the in-process control plane, per tick). A lease
+        the answer leaves out is lost; it may also hold other callers' renewals."""
+        return self._commits.commit(lambda pending: pending.update(batch))
 
     def _write(self, batch: dict[Key, float]) -> dict[Key, LeaseState]:
         by_ttl: defaultdict[float, list[Key]] = defaultdict(list)

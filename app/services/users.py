@@ -110,22 +110,22 @@ class Users:
         for callers on an event loop); None when only `authenticate` can tell."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        digest = hash_token(token)
+        return self._seen(hash_token(token), time.monotonic())
+
+    def _seen(self, digest: str, now: float) -> User | None:
         with self._tokens_lock:
             cached = self._tokens.get(digest)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
-        return None
+            return cached[1] if cached is not None and cached[0] > now else None
 
     def authenticate(self, token: str) -> User:
         """The token's user; a token seen valid in the last `token_cache_seconds` is trusted."""
         if not token.startswith(TOKEN_PREFIX):
             raise Unauthorized("invalid API token")
-        user = self.cached(token)
-        if user is not None:
-            return user
         digest = hash_token(token)
         now = time.monotonic()
+        user = self._seen(digest, now)
+        if user is not None:
+            return user
         user = self._check_token(digest)
         if self.token_cache_seconds > 0:
             with self._tokens_lock:
