@@ -207,17 +207,17 @@ class SessionRunner:
         last: PromptOutcome | None = None
         job, self.ctx = start.job, start.context
         while True:
-            if last is not None:
-                job = await control.next_prompt(self.session_id, self.id)
             if job is None and self.sandbox.acquired is not None and self.deps.config.idle_s > 0:
                 job = await self._wait_idle()
             if job is None:
                 break
-            if last is not None or self.ctx is None:
-                # Read once there is a prompt to run, with the conversation so far: a session
-                # that goes idle after its prompt does not read it again for nothing.
+            if self.ctx is None:
                 self.ctx = await control.session_context(self.session_id)
             last = await self._run_prompt(job)
+            # Read again, with the conversation so far, only once there is another prompt to
+            # run: a session that goes idle after its prompt does not read it for nothing.
+            self.ctx = None
+            job = await control.next_prompt(self.session_id, self.id)
         if last is None:
             return None
         return "failed" if last == "failed" else "finished"

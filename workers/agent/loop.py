@@ -92,27 +92,18 @@ class _DeltaBuffer:
     async def add(self, text: str) -> None:
         self.parts.append(text)
         self.size += len(text)
-        if self.size >= 512 or time.monotonic() - self.last >= self.INTERVAL:
+        waited = time.monotonic() - self.last
+        if self.size >= 512 or waited >= self.INTERVAL:
             await self.flush()
-        else:
-            self._arm()
-
-    def _arm(self) -> None:
-        """Flush what waits once it is INTERVAL old, unless a flush is already on its way."""
-        if self.parts and self._timer is None and self._due is None:
-            delay = max(0.0, self.INTERVAL - (time.monotonic() - self.last))
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        elif self._timer is None:
+            # Text that arrives while a timed flush is on its way is already INTERVAL old, so
+            # it is flushed above: one timer at a time is enough.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.INTERVAL - waited, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._due = asyncio.get_running_loop().create_task(self._flush_due())
-
-    async def _flush_due(self) -> None:
-        try:
-            await self.flush()
-        finally:
-            self._due = None
-        self._arm()  # text that came in while it was sent
+        self._due = asyncio.get_running_loop().create_task(self.flush())
 
     def _disarm(self) -> None:
         if self._timer is not None:
