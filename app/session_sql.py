@@ -22,12 +22,12 @@ from app.session_tables import SESSION_TABLES, Prompt, ToolCallRow
 
 FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
 
-SOURCE_SEEN = "SELECT 1 FROM events WHERE source = ?"
-NEXT_EVENT_ID = "SELECT COALESCE(MAX(id), 0) + 1 FROM events"
+LAST_EVENT_ID = "SELECT COALESCE(MAX(id), 0) FROM events"
 INSERT_EVENT = (
     "INSERT INTO events (id, type, ts, prompt_id, attempt, source, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source) DO NOTHING"
 )
+"""An event, unless its bus entry (`source`, unique) was stored before: then no row."""
 INSERT_MESSAGE = "INSERT INTO messages (prompt_id, attempt, role, data) VALUES (?, ?, ?, ?)"
 INSERT_TOOL_CALL = (
     "INSERT INTO tool_calls (prompt_id, attempt, call_id, name, arguments, is_error, started_at) "

@@ -49,6 +49,8 @@ class SessionStore:
         self._read_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._last_id: int | None = None
+        """The newest event id written through this store (None: read it on the next write)."""
 
     def open(self, create: bool = False) -> None:
         if not create and not self.path.exists():
@@ -65,6 +67,7 @@ class SessionStore:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            self._last_id = None
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -82,6 +85,7 @@ class SessionStore:
                 yield conn
             except BaseException:
                 conn.rollback()
+                self._last_id = None  # it may have counted a rolled-back event
                 raise
             conn.commit()
 
@@ -213,25 +217,36 @@ class SessionStore:
         """
         clean = parse_event(self.redactor.value(event.model_dump(mode="json")))
         with self._write() as conn:
-            sql = conn.execute
-            if source is not None and sql(q.SOURCE_SEEN, (source,)).fetchone() is not None:
+            if not self._insert(conn, clean, source):
                 return None
-            # The writer holds the file's write lock (BEGIN IMMEDIATE): max + 1 is ours.
-            clean.id = int(sql(q.NEXT_EVENT_ID).fetchone()[0])
-            sql(
-                q.INSERT_EVENT,
-                (
-                    clean.id,
-                    clean.type,
-                    clean.ts,
-                    clean.prompt_id,
-                    clean.attempt,
-                    source,
-                    clean.model_dump_json(),
-                ),
-            )
             self._derive(conn, clean)
             return clean
+
+    def _insert(self, conn: sqlite3.Connection, clean: Event, source: str | None) -> bool:
+        """Insert the event with the next id (False: its `source` was stored before).
+
+        The writer holds the file's write lock (BEGIN IMMEDIATE), so the id after the newest
+        one is ours. The newest is remembered rather than read back per event; should another
+        writer have added events meanwhile (a session that moved to another API process and
+        back), the id is taken and the insert fails: the newest is read again, once.
+        """
+        for fresh in (self._last_id is None, True):
+            if fresh:
+                self._last_id = int(conn.execute(q.LAST_EVENT_ID).fetchone()[0])
+            assert self._last_id is not None
+            clean.id = self._last_id + 1
+            values = (clean.id, clean.type, clean.ts, clean.prompt_id, clean.attempt, source)
+            try:
+                cursor = conn.execute(q.INSERT_EVENT, (*values, clean.model_dump_json()))
+            except sqlite3.IntegrityError:
+                if fresh:
+                    raise
+                continue
+            if cursor.rowcount == 0:
+                return False
+            self._last_id = clean.id
+            return True
+        raise AssertionError("unreachable: a fresh read either inserts or raises")
 
     @staticmethod
     def _derive(conn: sqlite3.Connection, event: Event) -> None:

@@ -82,6 +82,23 @@ def test_replayed_bus_entries_are_stored_once(tmp_path: Path) -> None:
     assert [e.text for e in store.events() if isinstance(e, TextDelta)] == ["a", "b"]
 
 
+def test_another_writer_of_the_file_never_has_its_event_ids_reused(tmp_path: Path) -> None:
+    """A store remembers its newest event id instead of reading it per event; a second
+    writer of the same file (a process the session moved to and back from) is noticed."""
+    here = SessionFiles(tmp_path, Redactor()).create("two1")
+    there = SessionFiles(tmp_path, Redactor()).get("two1")
+    assert here.append(TextDelta(text="a")).id == 1  # type: ignore[union-attr]
+    assert there.append(TextDelta(text="b")).id == 2  # type: ignore[union-attr]
+    assert there.append(TextDelta(text="c")).id == 3  # type: ignore[union-attr]
+    assert here.append(TextDelta(text="d")).id == 4  # type: ignore[union-attr]
+    # and a replay after the retry is still stored once
+    assert here.append(TextDelta(text="e"), source="1700-0") is not None
+    assert there.append(TextDelta(text="e"), source="1700-0") is None
+    texts = [e.text for e in here.events() if isinstance(e, TextDelta)]
+    assert texts == ["a", "b", "c", "d", "e"]
+    assert [e.id for e in here.events()] == [1, 2, 3, 4, 5]
+
+
 def test_derived_rows_and_redaction(tmp_path: Path) -> None:
     redactor = Redactor(["super-secret-value-123"])
     store = SessionFiles(tmp_path, redactor).create("der1")
