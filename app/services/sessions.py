@@ -60,6 +60,17 @@ def _columns_query(names: tuple[str, ...]) -> Select[Any]:
     return sa_select(*(table[name] for name in names)).where(table.id == bindparam("id"))
 
 
+@cache
+def _active_count_query() -> Select[Any]:
+    """How many sessions of one author are not over (built once)."""
+    table = Session.__table__.c  # type: ignore[attr-defined]
+    return (
+        sa_select(func.count())
+        .select_from(Session.__table__)  # type: ignore[attr-defined]
+        .where(table.author_id == bindparam("author"), table.status.in_(sorted(ACTIVE_STATUSES)))
+    )
+
+
 class Sessions:
     def __init__(
         self,
@@ -116,16 +127,7 @@ class Sessions:
         if db is None:
             with DB(self.engine) as own:
                 return self.active_count(user_id, own)
-        return int(
-            db.exec(
-                select(func.count())
-                .select_from(Session)
-                .where(
-                    Session.author_id == user_id,
-                    col(Session.status).in_(sorted(ACTIVE_STATUSES)),
-                )
-            ).one()
-        )
+        return int(db.execute(_active_count_query(), {"author": user_id}).scalar_one())
 
     def _check_active(self, user: User, db: DB | None = None) -> None:
         """Refuse one more active session past NIGHTSHIFT_MAX_SESSIONS_PER_USER.
@@ -255,7 +257,7 @@ class Sessions:
                 db.add(row)
                 if self.peers is not None:  # in the same transaction: never unowned
                     db.add(self.peers.owners.new_row(session_id))
-                db.flush()
+                db.flush()  # the row first: no relationship orders the rows naming it after it
                 db.add(Participant(session_id=session_id, user_id=user.id, role="author"))
                 db.add(self._prompt_row(session_id, queued, source))
                 db.commit()
