@@ -64,11 +64,8 @@ def _columns_query(names: tuple[str, ...]) -> Select[Any]:
 def _active_count_query() -> Select[Any]:
     """How many sessions of one author are not over (built once)."""
     table = Session.__table__.c  # type: ignore[attr-defined]
-    return (
-        sa_select(func.count())
-        .select_from(Session.__table__)  # type: ignore[attr-defined]
-        .where(table.author_id == bindparam("author"), table.status.in_(sorted(ACTIVE_STATUSES)))
-    )
+    active = table.status.in_(sorted(ACTIVE_STATUSES))
+    return sa_select(func.count()).where(table.author_id == bindparam("author"), active)
 
 
 class Sessions:
