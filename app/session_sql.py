@@ -9,6 +9,7 @@ stands between a request and its file.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -22,7 +23,6 @@ from app.session_tables import SESSION_TABLES, Prompt, ToolCallRow
 
 FINISHED_STATE = {"done": "done", "limit": "done", "failed": "failed", "stopped": "stopped"}
 
-LAST_EVENT_ID = "SELECT COALESCE(MAX(id), 0) FROM events"
 INSERT_EVENT = (
     "INSERT INTO events (id, type, ts, prompt_id, attempt, source, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source) DO NOTHING"
@@ -131,6 +131,11 @@ def write_new(path: Path, data: bytes) -> bool:
         new.flush()
         os.fsync(new.fileno())
     return True
+
+
+def newest_event_id(conn: sqlite3.Connection) -> int:
+    """The newest event id in a session file (0: none yet)."""
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
 
 def prompt_of(row: tuple[Any, ...]) -> Prompt:

@@ -230,23 +230,22 @@ class SessionStore:
         writer have added events meanwhile (a session that moved to another API process and
         back), the id is taken and the insert fails: the newest is read again, once.
         """
-        for fresh in (self._last_id is None, True):
-            if fresh:
-                self._last_id = int(conn.execute(q.LAST_EVENT_ID).fetchone()[0])
-            assert self._last_id is not None
-            clean.id = self._last_id + 1
-            values = (clean.id, clean.type, clean.ts, clean.prompt_id, clean.attempt, source)
-            try:
-                cursor = conn.execute(q.INSERT_EVENT, (*values, clean.model_dump_json()))
-            except sqlite3.IntegrityError:
-                if fresh:
-                    raise
-                continue
-            if cursor.rowcount == 0:
-                return False
+        if self._last_id is None:
+            self._last_id = q.newest_event_id(conn)
+        try:
+            inserted = self._insert_as(conn, clean, source, self._last_id + 1)
+        except sqlite3.IntegrityError:
+            self._last_id = q.newest_event_id(conn)
+            inserted = self._insert_as(conn, clean, source, self._last_id + 1)
+        if inserted:
             self._last_id = clean.id
-            return True
-        raise AssertionError("unreachable: a fresh read either inserts or raises")
+        return inserted
+
+    @staticmethod
+    def _insert_as(conn: sqlite3.Connection, clean: Event, source: str | None, id_: int) -> bool:
+        clean.id = id_
+        values = (clean.id, clean.type, clean.ts, clean.prompt_id, clean.attempt, source)
+        return conn.execute(q.INSERT_EVENT, (*values, clean.model_dump_json())).rowcount == 1
 
     @staticmethod
     def _derive(conn: sqlite3.Connection, event: Event) -> None:
@@ -311,7 +310,7 @@ class SessionStore:
 
     def last_event_id(self) -> int:
         with self._read() as conn:
-            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+            return q.newest_event_id(conn)
 
     def messages(self) -> list[ChatMessage]:
         """The conversation of finished prompts.
