@@ -272,6 +272,7 @@ class StreamConsumer:
             if failed:
                 with self._guard:  # read again from the failed entry, a second from now
                     self._queued.pop(session_id, None)
+                    self._held.discard(session_id)  # what the read queued meanwhile is dropped
                     self._read.pop(session_id, None)
                     self._epoch[session_id] += 1
                     self._retry_at[session_id] = time.monotonic() + 1.0

@@ -236,12 +236,15 @@ def test_a_failed_entry_is_read_again_and_stored_in_order(
     runtime: Any, session_id: str, redis_url: str
 ) -> None:
     """Reading runs ahead of persisting: when an entry fails to persist, what was read after
-    it is dropped and read again from that entry, so nothing is lost, doubled or reordered."""
+    it is dropped and read again from that entry, so nothing is lost, doubled or reordered.
+    The failure waits until the read has queued a full batch behind it (the session is held
+    out of the reads): dropping that batch must also let the session be read again."""
     failures = []
 
     def flaky(sid: str, event: Any, source: str) -> object:
         if getattr(event, "text", None) == "c" and not failures:
             failures.append(source)
+            wait_for(lambda: sid in consumer._held, 5, "the next batch read behind the failure")
             raise RuntimeError("the disk hiccuped")
         return runtime.hub.publish(sid, event, source)
 
