@@ -1,8 +1,9 @@
-"""Prometheus metrics, fed by the event hub (one handler sees every persisted event)."""
+"""Prometheus metrics, fed by the event hub (one handler sees every persisted event) and by the
+prompt backlog (`app/overload.py`)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from workers.events import Event, ModelRequest, PromptFinished, PromptQueued, SandboxReady
 
@@ -13,6 +14,13 @@ BUS_LAG = Histogram(
     "nightshift_bus_lag_seconds",
     "Event created on a worker to persisted and fanned out by the API",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TAKING_IN = Gauge(
+    "nightshift_prompts_taking_in",
+    "New sessions and follow-ups being taken in (backlog slots used)",
+)
+SHED = Counter(
+    "nightshift_prompts_shed_total", "New sessions and follow-ups answered 503 (backlog full)"
 )
 PROMPTS_FINISHED = Counter("nightshift_prompts_finished_total", "Prompts finished", ["outcome"])
 SANDBOX_READY = Histogram(

@@ -9,22 +9,54 @@ keeps the server busy without letting anyone wait long), in arrival order, and i
 answered 503 with `Retry-After`, on the event loop, before any work or any write: a shed
 request changed nothing, so the client retries it as it is. A request let in is served to its
 end, so nothing answered 2xx is ever lost.
+
+`Retry-After` is whole seconds; a shed answer also carries `Nightshift-Retry-After-Ms`, the
+backlog's own estimate of when a slot will be there for it (the requests ahead, waiting or
+shed in the last second, times the recent interval between slots freeing, less the wait a
+request is granted), spread by jitter so the clients shed together do not all come back at
+once: the more are shed, the longer each is asked to stay away. Only a shed answer carries
+that header: it is the mark our clients (`shed_retry_s`) retry on, as nothing was done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import re
+import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from app.metrics import SHED, TAKING_IN
 
 _SHEDDABLE = re.compile(r"^/api/sessions(/[^/]+/prompts)?/?$")
 
 Scope = dict[str, Any]
 WAITERS_PER_SLOT = 4
 """At most this many requests per slot wait for one; past that they are shed at once."""
+RETRY_MS_HEADER = "nightshift-retry-after-ms"
+RETRY_MS_BOUNDS = (50, 5000)
+"""A shed request's hint is kept within these milliseconds."""
+
+
+def shed_retry_s(status: int, headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait before sending a request again that the backlog shed (a 503 carrying
+    `Nightshift-Retry-After-Ms`: nothing was done); None for any other answer, including a
+    503 from elsewhere, which may have done part of its work."""
+    if status != 503:
+        return None
+    try:
+        hint = float(headers.get(RETRY_MS_HEADER, ""))
+    except ValueError:
+        return None
+    if not math.isfinite(hint):
+        return None
+    low, high = RETRY_MS_BOUNDS
+    return min(max(hint, low), high) / 1000
 
 
 @dataclass
@@ -38,6 +70,10 @@ class Backlog:
     in_flight: int = 0
     shed: int = 0
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+    interval_s: float = 0.05
+    """Recent time between slots freeing while busy (moving average)."""
+    _last_leave: float = 0.0
+    _recent_sheds: deque[float] = field(default_factory=deque)
 
     async def enter(self) -> bool:
         """Take a slot, waiting up to `wait_s` for one; False when none came."""
@@ -69,8 +105,26 @@ class Backlog:
         if handed in self.waiting:
             self.waiting.remove(handed)
 
+    def retry_hint_ms(self) -> int:
+        """When a request shed now should come back: once the requests ahead of it have had
+        their slots (those waiting for one, and those shed in the last second, which will be
+        back), less the wait it will be granted then; jittered by ±50%. Called once per shed."""
+        now = time.monotonic()
+        recent = self._recent_sheds
+        recent.append(now)
+        while recent[0] < now - 1.0:
+            recent.popleft()
+        ahead = len(self.waiting) + len(recent)
+        base = max(ahead * self.interval_s - self.wait_s, self.interval_s)
+        low, high = RETRY_MS_BOUNDS
+        return round(min(max(base * random.uniform(0.5, 1.5) * 1000, low), high))
+
     def leave(self) -> None:
         """Give the slot back, straight to the longest waiter if there is one."""
+        now = time.monotonic()
+        if now - self._last_leave < 1.0:  # busy: a gap longer than that is idleness
+            self.interval_s += 0.2 * (now - self._last_leave - self.interval_s)
+        self._last_leave = now
         while self.waiting:
             handed = self.waiting.popleft()
             if not handed.done():
@@ -100,21 +154,25 @@ class PromptBacklog:
         backlog = self.backlog
         if not await backlog.enter():
             backlog.shed += 1
+            SHED.inc()
             await self._refuse(send)
             return
+        TAKING_IN.inc()
         try:
             await self.app(scope, receive, send)
         finally:
+            TAKING_IN.dec()
             backlog.leave()
 
     async def _refuse(self, send: Any) -> None:
-        retry_after = self.backlog.retry_after_s
+        hint_ms = self.backlog.retry_hint_ms()
+        retry_after = max(self.backlog.retry_after_s, math.ceil(hint_ms / 1000))
         body = json.dumps(
             {
                 "detail": f"the server is taking in {self.backlog.limit} prompts already "
                 "(NIGHTSHIFT_MAX_PENDING_CREATES) and none finished within "
                 f"{self.backlog.wait_s * 1000:g} ms (NIGHTSHIFT_MAX_PENDING_WAIT_MS); nothing "
-                f"was created: retry after {retry_after}s"
+                f"was created: retry after {hint_ms} ms"
             }
         ).encode()
         await send(
@@ -125,6 +183,7 @@ class PromptBacklog:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"retry-after", str(retry_after).encode()),
+                    (RETRY_MS_HEADER.encode(), str(hint_ms).encode()),
                 ],
             }
         )

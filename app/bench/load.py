@@ -9,7 +9,7 @@ Measured:
   and, as people would meanwhile, reading a session 4 times a second and the list once; and
   the `POST /api/sessions` of the burst on their own: each answer (`post_latency`, a 201 or
   a 503), each session to its 201 (`create_latency`, retries included), and how many were
-  shed (503 + `Retry-After`, retried after the time the server asked for);
+  shed (503 + `Retry-After`, retried after the milliseconds the server asked for);
 - API work: CPU milliseconds the API processes spent per session (`cpu_ms_per_session`: the
   Python processes themselves, in embedded mode runners included; the sandbox commands and git
   they start are `cpu_s.subprocesses`), and sessions created per second during the burst;
@@ -38,6 +38,7 @@ import httpx
 
 from app.bench.stack import LoadConfig, Stack
 from app.bench.stats import latency_summary
+from app.overload import shed_retry_s
 
 
 def _make_repo(root: Path) -> Path:
@@ -130,7 +131,8 @@ class Client:
         return last
 
     async def create(self, prompt: str) -> httpx.Response:
-        """`POST /api/sessions`, retried when the server sheds it (503 with `Retry-After`)."""
+        """`POST /api/sessions`, retried as the CLI does when the server sheds it (a 503 with
+        `Nightshift-Retry-After-Ms`), after the wait it asked for."""
         started = time.perf_counter()
         while True:
             sent = time.perf_counter()
@@ -138,10 +140,11 @@ class Client:
                 "/api/sessions", json={"repo": self.stack.repo, "prompt": prompt}
             )
             self.post_ms.append((time.perf_counter() - sent) * 1000)
-            if r.status_code != 503 or "retry-after" not in r.headers:
+            wait = shed_retry_s(r.status_code, r.headers)
+            if wait is None:
                 break
             self.shed += 1
-            await asyncio.sleep(float(r.headers["retry-after"]))
+            await asyncio.sleep(wait)
         elapsed = (time.perf_counter() - started) * 1000
         self.api_ms.append(elapsed)
         self.create_ms.append(elapsed)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from app.errors import AppError
+from app.overload import shed_retry_s
 from workers.events import Event, StatusChanged, parse_event
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -28,6 +29,8 @@ RESTING = frozenset({"idle", "finished", "failed", "stopped"})
 """Statuses in which a session does no work until someone prompts it again."""
 RECONNECT_FOR_S = 120.0
 """How long a dropped stream keeps trying to reconnect before giving up."""
+SHED_PATIENCE_S = 120.0
+"""How long a prompt the server sheds (busy: 503, nothing done) is sent again before giving up."""
 
 
 class ApiError(AppError):
@@ -114,6 +117,9 @@ class Client:
     server: str
     token: str | None = None
     timeout: float = 30.0
+    on_busy: Callable[[float, str], None] | None = None
+    """Told (seconds until the next try, the server's words) each time a request is shed."""
+    patience_s: float = SHED_PATIENCE_S
 
     def __post_init__(self) -> None:
         self.server = normalize(self.server)
@@ -124,11 +130,22 @@ class Client:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON answer of one request; a refusal raises `ApiError` with the server's words."""
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"no Nightshift server answers at {self.server}") from exc
+        """The JSON answer of one request; a refusal raises `ApiError` with the server's words.
+
+        A request the server shed (busy taking in other prompts; nothing was done) is sent
+        again after the wait it asked for, for up to `patience_s`."""
+        give_up = time.monotonic() + self.patience_s
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise Unreachable(f"no Nightshift server answers at {self.server}") from exc
+            wait = shed_retry_s(response.status_code, response.headers)
+            if wait is None or time.monotonic() + wait > give_up:
+                break
+            if self.on_busy is not None:
+                self.on_busy(wait, _detail(response))
+            time.sleep(wait)
         if response.status_code >= 400:
             message = _detail(response)
             if response.status_code == 401:

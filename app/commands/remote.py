@@ -53,10 +53,17 @@ def server_url(option: str | None) -> tuple[str, bool]:
     return (f"http://127.0.0.1:{port}" if port.isdigit() else DEFAULT_SERVER), False
 
 
+def _busy(wait_s: float, _detail: str) -> None:
+    err.print(
+        f"[dim]· the server is busy taking in other prompts; sending again in {wait_s:.1f}s[/]"
+    )
+
+
 def make_client(url: str, token: str | None = None) -> Client:
-    """A client of `url` with the token `nightshift login` stored for it (none: local auth)."""
+    """A client of `url` with the token `nightshift login` stored for it (none: local auth);
+    a prompt the server sheds while busy is sent again, saying so on stderr."""
     try:
-        return Client(url, token if token is not None else stored_token(url))
+        return Client(url, token if token is not None else stored_token(url), on_busy=_busy)
     except ApiError as exc:
         fail(str(exc), 1)
 

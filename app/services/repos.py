@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
+from app.db import reader
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
 from app.schemas import RepoCreate
@@ -108,14 +109,14 @@ class RepoCatalog:
         return repo
 
     def list(self) -> list[Repo]:
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:  # reads never queue behind a write
             return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
 
     def get(self, name: str) -> Repo:
         repo = self._by_name.get(name)
         if repo is not None:
             return repo
-        with DB(self.engine) as db:
+        with DB(reader(self.engine)) as db:
             repo = self._remember(db.exec(select(Repo).where(Repo.name == name)).first())
         if repo is None:
             known = ", ".join(r.name for r in self.list()) or "none yet"

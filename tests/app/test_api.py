@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -144,6 +145,28 @@ def test_health_metrics_and_docs(server: BackgroundServer) -> None:
         ):
             assert path in spec["paths"], path
         assert http.get("/docs").status_code == 200
+
+
+def test_health_and_repo_reads_answer_while_another_process_holds_the_write_lock(
+    server: BackgroundServer, runtime: Any, api: ApiClient, tmp_path: Path
+) -> None:
+    """A long write (another process, a migration) must not make a load balancer think the
+    server is down, nor stop the CLI from finding a repository by name: those read without
+    the lock."""
+    import sqlite3
+
+    api.add_repo(make_repo(tmp_path, "proj"))
+    runtime.repos._by_name.clear()  # no answer from memory: the control DB is read
+    control_db = sqlite3.connect(
+        runtime.settings.control_db_url.removeprefix("sqlite:///"), isolation_level=None
+    )
+    control_db.execute("BEGIN IMMEDIATE")
+    try:  # each would wait out SQLite's 10 s busy handler, and time out, if it took the lock
+        assert httpx.get(server.url + "/healthz", timeout=5).json()["status"] == "ok"
+        assert [r["name"] for r in api.http.get("/api/repos", timeout=5).json()] == ["proj"]
+    finally:
+        control_db.execute("COMMIT")
+        control_db.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -414,5 +415,69 @@ def test_the_stream_resumes_after_the_server_restarts(
         final = json.loads(stdout.splitlines()[-1])["session"]
         assert final["status"] == "finished" and final["pr_url"].startswith(server.url + "/")
     finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+def test_a_busy_server_sheds_the_run_and_the_cli_sends_it_again(
+    openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """A server taking in one prompt at a time, with no wait for a slot: while one creation is
+    taken in (its body still on the way), the CLI's `run` is shed; the CLI says so on stderr,
+    sends it again once the slot frees, and the session is created once and runs to its end."""
+    server = Served(
+        tmp_path,
+        openai_fake.url,  # type: ignore[attr-defined]
+        tmp_path,
+        NIGHTSHIFT_AUTH="local",
+        NIGHTSHIFT_MAX_PENDING_CREATES="1",
+        NIGHTSHIFT_MAX_PENDING_WAIT_MS="0",
+    ).start()
+    holder = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        openai_fake.script("HELD", Turn.tool("finish", "Held one.", summary="Held."))
+        openai_fake.script("BUSY", Turn.tool("finish", "Sent again.", summary="Busy."))
+        repo = make_repo(tmp_path, "busy")
+        api = httpx.Client(base_url=server.url, timeout=60)
+        assert api.post("/api/repos", json={"url": str(repo)}).status_code == 201
+        # A creation whose body is slow to come holds the one slot until it has all come.
+        body = json.dumps({"repo": "busy", "prompt": "HELD now"}).encode()
+        head = (
+            f"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        holder.sendall(head.encode() + body[:5])
+        wait_for(
+            lambda: "nightshift_prompts_taking_in 1.0" in api.get("/metrics").text,
+            30,
+            "the held creation",
+        )
+        follower = User(tmp_path, server.url).popen("run", "-r", "busy", "BUSY now")
+        assert follower.stderr is not None and follower.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(follower.stderr.readline, "")))
+        reader.start()
+        try:
+            wait_for(lambda: any("server is busy" in line for line in lines), 60, "a shed run")
+        except AssertionError as exc:
+            log = (server.root / "server.log").read_text()[-3000:]
+            raise AssertionError(f"{exc}\nCLI: {''.join(lines)}\nserver: {log}") from None
+        holder.sendall(body[5:])
+        with holder.makefile("rb") as answer:
+            assert answer.readline().startswith(b"HTTP/1.1 201")
+        stdout = follower.stdout.read()
+        follower.wait(CLI_TIMEOUT)
+        reader.join(10)
+        follower.stdout.close()
+        follower.stderr.close()
+        assert follower.returncode == 0, stdout + "".join(lines)
+        assert "Sent again." in stdout
+        busy = [line for line in lines if "server is busy" in line]
+        assert busy and all("sending again in" in line for line in busy)
+        titles = sorted(s["title"] for s in api.get("/api/sessions").json()["sessions"])
+        assert titles == ["BUSY now", "HELD now"]
+        api.close()
+    finally:
+        holder.close()
         with contextlib.suppress(Exception):
             server.stop()

@@ -70,6 +70,7 @@ def test_a_full_backlog_sheds_with_retry_after_and_keeps_what_it_accepted(
             shed = api.post("/api/sessions", json={"repo": "proj", "prompt": "second"})
             assert shed.status_code == 503
             assert shed.headers["retry-after"] == "1"
+            assert 50 <= int(shed.headers["nightshift-retry-after-ms"]) <= 1000
             assert "NIGHTSHIFT_MAX_PENDING_CREATES" in shed.json()["detail"]
             follow_up = api.post(
                 f"/api/sessions/{earlier.json()['id']}/prompts", json={"text": "more"}
@@ -136,3 +137,96 @@ def test_a_request_that_finds_no_slot_waits_briefly_for_one_before_it_is_shed(
             assert backlog.shed == 0 and backlog.in_flight == 0 and not backlog.waiting
     finally:
         runtime.close()
+
+
+def test_only_a_shed_answer_is_sent_again_and_its_wait_is_bounded() -> None:
+    """Our clients retry a 503 only when the backlog marked it (nothing was done): a 503 of a
+    forwarded request that may have reached the owner is not sent again."""
+    from app.overload import shed_retry_s
+
+    assert shed_retry_s(503, {"nightshift-retry-after-ms": "250"}) == 0.25
+    assert shed_retry_s(503, {"nightshift-retry-after-ms": "1"}) == 0.05
+    assert shed_retry_s(503, {"nightshift-retry-after-ms": "86400000"}) == 5.0
+    for junk in ("", "soon", "nan", "inf"):
+        assert shed_retry_s(503, {"nightshift-retry-after-ms": junk}) is None
+    assert shed_retry_s(503, {"retry-after": "1"}) is None
+    assert shed_retry_s(429, {"nightshift-retry-after-ms": "250"}) is None
+
+
+def test_the_hint_grows_with_the_requests_ahead_and_is_spread() -> None:
+    """Shed behind 16 waiters with slots freeing every 100 ms, a request is told to come back
+    once they are served, less the 200 ms it may wait then: 1.5 s, spread ±50%. Each request
+    shed in the last second counts as one more ahead: the more are shed, the longer the wait."""
+    import asyncio
+
+    from app.overload import Backlog
+
+    async def hint_behind(waiters: int) -> int:
+        backlog = Backlog(limit=4, wait_s=0.2, interval_s=0.1)
+        loop = asyncio.get_running_loop()
+        backlog.waiting.extend(loop.create_future() for _ in range(waiters))
+        return backlog.retry_hint_ms()
+
+    spread = [asyncio.run(hint_behind(16)) for _ in range(200)]
+    assert 750 <= min(spread) < 1100 and 1900 < max(spread) <= 2250
+    assert 50 <= asyncio.run(hint_behind(0)) <= 150
+    backlog = Backlog(limit=4, wait_s=0.2, interval_s=0.1)
+    hints = [backlog.retry_hint_ms() for _ in range(30)]  # 30 shed within a second
+    assert hints[0] <= 150 and hints[-1] >= 1400 and max(hints) <= 5000
+
+
+def test_the_cli_client_sends_a_shed_prompt_again_once_a_slot_frees(
+    one_at_a_time: tuple[Any, Any, str],
+) -> None:
+    """`Client` (the CLI's) waits out a shed and sends the same request again, saying so each
+    time; it is created once. Past its patience it gives the server's words as the error."""
+    from prometheus_client import REGISTRY
+
+    from app.commands.client import ApiError, Client
+
+    runtime, app, url = one_at_a_time
+    alice = make_person(runtime, "alice", "Alice", "alice@example.com")
+    shed_before = REGISTRY.get_sample_value("nightshift_prompts_shed_total") or 0.0
+    taking_in = REGISTRY.get_sample_value("nightshift_prompts_taking_in") or 0.0
+    busy: list[tuple[float, str]] = []
+    client = Client(url, alice.token, on_busy=lambda wait, why: busy.append((wait, why)))
+    impatient = Client(url, alice.token, patience_s=0.2)
+    control_db = sqlite3.connect(
+        runtime.settings.control_db_url.removeprefix("sqlite:///"), isolation_level=None
+    )
+    control_db.execute("BEGIN IMMEDIATE")
+    answers: dict[str, Any] = {}
+    held = threading.Thread(
+        target=lambda: answers.setdefault("held", client.create_session("proj", "held", None))
+    )
+    retried = threading.Thread(
+        target=lambda: answers.setdefault("retried", client.create_session("proj", "again", None))
+    )
+    try:
+        held.start()
+        wait_for(lambda: app.state.prompt_backlog.in_flight == 1, what="a held creation")
+        assert REGISTRY.get_sample_value("nightshift_prompts_taking_in") == taking_in + 1
+        with pytest.raises(ApiError, match="NIGHTSHIFT_MAX_PENDING_CREATES") as refused:
+            impatient.create_session("proj", "impatient", None)
+        assert refused.value.status == 503
+        retried.start()
+        wait_for(lambda: len(busy) >= 2, what="the client to be shed twice")
+    finally:
+        control_db.execute("COMMIT")
+        control_db.close()
+    held.join(30)
+    retried.join(30)
+    client.close()
+    impatient.close()
+    assert answers["held"]["title"] == "held" and answers["retried"]["title"] == "again"
+    assert all(0.05 <= wait <= 5 and "nothing was created" in why for wait, why in busy)
+    titles = [
+        s["title"]
+        for s in httpx.get(
+            f"{url}/api/sessions", headers={"Authorization": f"Bearer {alice.token}"}
+        ).json()["sessions"]
+    ]
+    assert sorted(titles) == ["again", "held"]
+    shed = REGISTRY.get_sample_value("nightshift_prompts_shed_total") - shed_before
+    assert shed == app.state.prompt_backlog.shed >= 3
+    assert REGISTRY.get_sample_value("nightshift_prompts_taking_in") == taking_in

@@ -27,22 +27,53 @@ export function signInUrl() {
   return `/signin?next=${encodeURIComponent(next)}`;
 }
 
+const RETRY_MS_HEADER = "nightshift-retry-after-ms";
+const SHED_PATIENCE_MS = 120_000;
+
+/**
+ * Milliseconds to wait before sending again a request the server shed while busy taking in
+ * other prompts (a 503 with `Nightshift-Retry-After-Ms`: nothing was done), else null.
+ */
+export function shedRetryMs(res) {
+  const header = res.status === 503 ? res.headers.get(RETRY_MS_HEADER) : null;
+  const hint = header === null ? NaN : Number(header);
+  return Number.isFinite(hint) ? Math.min(Math.max(hint, 50), 5000) : null;
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("aborted", "AbortError"));
+    }, { once: true });
+  });
+}
+
 /**
  * Call the API. A 401 sends the browser to the sign-in page (unless `noRedirect`); any other
- * error status throws an ApiError carrying the server's message.
+ * error status throws an ApiError carrying the server's message. A request the server shed
+ * is sent again after the wait it asked for (`onBusy(ms)` is told), for up to two minutes.
  */
-export async function api(path, { method = "GET", body, signal, keepalive, noRedirect } = {}) {
+export async function api(path, { method = "GET", body, signal, keepalive, noRedirect, onBusy } = {}) {
   const init = { method, signal, keepalive, credentials: "same-origin", headers: {} };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  const giveUp = Date.now() + SHED_PATIENCE_MS;
   let res;
-  try {
-    res = await fetch(path, init);
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(0, "the server cannot be reached");
+  for (;;) {
+    try {
+      res = await fetch(path, init);
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError(0, "the server cannot be reached");
+    }
+    const wait = shedRetryMs(res);
+    if (wait === null || Date.now() + wait > giveUp) break;
+    onBusy?.(wait);
+    await pause(wait, signal);
   }
   if (res.status === 401 && !noRedirect) {
     location.assign(signInUrl());

@@ -8,7 +8,6 @@ from importlib.metadata import version
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from sqlmodel import Session as DB
 
 from app.api.deps import (
     BackendDep,
@@ -18,6 +17,7 @@ from app.api.deps import (
     PeersDep,
     SettingsDep,
 )
+from app.db import reader
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -38,8 +38,9 @@ def healthz(
     streams: EventStreamsDep,
     peers: PeersDep,
 ) -> Health:
-    with DB(engine) as db:
-        db.execute(text("SELECT 1"))
+    # The read-only companion: a health check never queues behind a write (SQLite's lock).
+    with reader(engine).connect() as conn:
+        conn.execute(text("SELECT 1"))
     return Health(
         status="ok",
         version=_version(),

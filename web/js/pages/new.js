@@ -127,7 +127,8 @@ async function start(ev) {
     if (parentId) body.parent_id = parentId;
     // Hidden when the server offers one model: the server's default applies.
     if (!document.getElementById("model-field").hidden && modelSelect.value) body.model = modelSelect.value;
-    const session = await api("/api/sessions", { method: "POST", body });
+    const onBusy = (ms) => (submit.textContent = `Server busy — trying again in ${(ms / 1000).toFixed(1)} s…`);
+    const session = await api("/api/sessions", { method: "POST", body, onBusy });
     localStorage.setItem(LAST_REPO, repo);
     if (body.model) localStorage.setItem(LAST_MODEL, body.model);
     location.assign(`/sessions/${session.id}`);

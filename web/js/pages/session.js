@@ -284,14 +284,17 @@ async function sendFollowUp(ev) {
     return showError(followError, "Write a follow-up first.");
   }
   const button = followForm.querySelector("button[type=submit]");
+  const label = button.textContent;
   button.disabled = true;
+  const onBusy = (ms) => (button.textContent = `Server busy — trying again in ${(ms / 1000).toFixed(1)} s…`);
   try {
-    await api(`${sessionPath(sessionId)}/prompts`, { method: "POST", body: { text } });
+    await api(`${sessionPath(sessionId)}/prompts`, { method: "POST", body: { text }, onBusy });
     followText.value = "";
   } catch (err) {
     showError(followError, err);
   } finally {
     button.disabled = false;
+    button.textContent = label;
   }
 }
 
