@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
-from app.db import control_engine
+from app.db import control_engine, reader
 from app.services.images import Images, repo_specs, snapshot_images
 from app.services.repos import RepoCatalog
 from app.settings import Settings
@@ -138,7 +138,9 @@ def image_stack(
     so; `send` hands builds to workers (distributed mode)."""
     data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
-    registry = ImageRegistry(engine, backend.name, backend.runtime_version())
+    registry = ImageRegistry(
+        engine, backend.name, backend.runtime_version(), reads=reader(engine)
+    )
     mirrors = Mirrors(data_dir / "mirrors")
 
     def image_landed(spec: RepoSpec, _record: object) -> None:

@@ -110,8 +110,19 @@ IMAGE_TABLES = [
 class ImageRegistry:
     """Image rows of one backend and runtime version (and, for local backends, this host)."""
 
-    def __init__(self, engine: Engine, backend: str, runtime: str, host: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        backend: str,
+        runtime: str,
+        host: str | None = None,
+        reads: Engine | None = None,
+    ) -> None:
         self.engine = engine
+        self.reads = reads or engine
+        """Where the reading methods read: the control DB's read-only companion when given
+        (SQLite: plain BEGIN under WAL), so a sandbox's start looking for its image never
+        queues for the write lock behind index updates and session creations."""
         self.backend = backend
         self.runtime = runtime
         self.host = host or socket.gethostname()
@@ -127,7 +138,7 @@ class ImageRegistry:
         return query
 
     def get(self, image_id: str) -> ImageRecord | None:
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             return db.get(ImageRecord, image_id)
 
     def newest(self, repo: str, spec_hash: str | None = None) -> ImageRecord | None:
@@ -137,7 +148,7 @@ class ImageRegistry:
         )
         if spec_hash is not None:
             query = query.where(col(ImageRecord.spec_hash) == spec_hash)
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             row: ImageRecord | None = db.exec(
                 query.order_by(col(ImageRecord.finished_at).desc()).limit(1)
             ).first()
@@ -148,7 +159,7 @@ class ImageRegistry:
         query = self._mine(select(ImageRecord)).where(
             col(ImageRecord.repo) == repo, col(ImageRecord.status) == "ready"
         )
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             return list(db.exec(query.order_by(col(ImageRecord.finished_at).desc())).all())
 
     def find(self, repo: str, sha: str, spec_hash: str) -> ImageRecord | None:
@@ -159,7 +170,7 @@ class ImageRegistry:
             col(ImageRecord.spec_hash) == spec_hash,
             col(ImageRecord.status).in_(["ready", "failed", "building"]),
         )
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             row: ImageRecord | None = db.exec(
                 query.order_by(col(ImageRecord.created_at).desc()).limit(1)
             ).first()
@@ -170,7 +181,7 @@ class ImageRegistry:
         query = select(ImageRecord)
         if repo is not None:
             query = query.where(col(ImageRecord.repo) == repo)
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             return list(
                 db.exec(query.order_by(col(ImageRecord.created_at).desc()).limit(limit)).all()
             )
@@ -268,11 +279,11 @@ class ImageRegistry:
             col(ImageRecord.status).in_(["ready", "cold", "building"]),
             col(ImageRecord.environment_digest).is_not(None),
         )
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             return {d for d in db.exec(query).all() if d}
 
     def repos(self) -> list[str]:
-        with DB(self.engine) as db:
+        with DB(self.reads) as db:
             return sorted(set(db.exec(select(ImageRecord.repo).distinct()).all()))
 
     # ------------------------------------------------------------ single flight

@@ -151,8 +151,8 @@ def test_health_and_repo_reads_answer_while_another_process_holds_the_write_lock
     server: BackgroundServer, runtime: Any, api: ApiClient, tmp_path: Path
 ) -> None:
     """A long write (another process, a migration) must not make a load balancer think the
-    server is down, nor stop the CLI from finding a repository by name: those read without
-    the lock."""
+    server is down, nor stop the CLI from finding a repository by name, nor a repository's
+    page from showing its images: those read without the lock."""
     import sqlite3
 
     api.add_repo(make_repo(tmp_path, "proj"))
@@ -164,6 +164,7 @@ def test_health_and_repo_reads_answer_while_another_process_holds_the_write_lock
     try:  # each would wait out SQLite's 10 s busy handler, and time out, if it took the lock
         assert httpx.get(server.url + "/healthz", timeout=5).json()["status"] == "ok"
         assert [r["name"] for r in api.http.get("/api/repos", timeout=5).json()] == ["proj"]
+        assert api.http.get("/api/repos/proj", timeout=5).json()["name"] == "proj"
     finally:
         control_db.execute("COMMIT")
         control_db.close()
