@@ -138,9 +138,7 @@ def image_stack(
     so; `send` hands builds to workers (distributed mode)."""
     data_dir = settings.data_dir
     backend = backend or make_backend(settings.sandbox, state_dir, settings.sandbox_config())
-    registry = ImageRegistry(
-        engine, backend.name, backend.runtime_version(), reads=reader(engine)
-    )
+    registry = ImageRegistry(engine, backend.name, backend.runtime_version(), reads=reader(engine))
     mirrors = Mirrors(data_dir / "mirrors")
 
     def image_landed(spec: RepoSpec, _record: object) -> None:

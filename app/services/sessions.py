@@ -9,11 +9,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Row, Select, bindparam, func, text
-from sqlalchemy import select as sa_select
+from sqlalchemy import Connection, Engine, Row, func, text
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -28,6 +26,7 @@ from app.services.model_choices import ModelChoices
 from app.services.peers import SessionPeers
 from app.services.repos import Repos
 from app.services.session_index import IndexWriter
+from app.services.session_rows import active_count_query, columns_query, insert_rows
 from app.services.users import Users, author_of
 from app.session_tables import Prompt
 from app.sessionstore import SessionFiles, SessionStore
@@ -51,21 +50,6 @@ class Dispatch(Protocol):
 def _title(prompt: str) -> str:
     line = prompt.strip().splitlines()[0]
     return line[:97] + "..." if len(line) > 100 else line
-
-
-@cache
-def _columns_query(names: tuple[str, ...]) -> Select[Any]:
-    """SELECT those columns of one session's index row, built once per set of names."""
-    table = Session.__table__.c  # type: ignore[attr-defined]
-    return sa_select(*(table[name] for name in names)).where(table.id == bindparam("id"))
-
-
-@cache
-def _active_count_query() -> Select[Any]:
-    """How many sessions of one author are not over (built once)."""
-    table = Session.__table__.c  # type: ignore[attr-defined]
-    active = table.status.in_(sorted(ACTIVE_STATUSES))
-    return sa_select(func.count()).where(table.author_id == bindparam("author"), active)
 
 
 class Sessions:
@@ -119,14 +103,14 @@ class Sessions:
             )
         return self.files.redactor.text(text)
 
-    def active_count(self, user_id: int, db: DB | None = None) -> int:
+    def active_count(self, user_id: int, db: DB | Connection | None = None) -> int:
         """Sessions of `user_id` that are not over: queued, starting, running or idle."""
         if db is None:
             with DB(self.engine) as own:
                 return self.active_count(user_id, own)
-        return int(db.execute(_active_count_query(), {"author": user_id}).scalar_one())
+        return int(db.execute(active_count_query(), {"author": user_id}).scalar_one())
 
-    def _check_active(self, user: User, db: DB | None = None) -> None:
+    def _check_active(self, user: User, db: DB | Connection | None = None) -> None:
         """Refuse one more active session past NIGHTSHIFT_MAX_SESSIONS_PER_USER.
 
         Given the transaction that will add or wake the session, the count and that write are
@@ -154,7 +138,7 @@ class Sessions:
         """Some columns of the session's index row (by name), read without an ORM row: for
         hot paths that need a few of them."""
         with reader(self.engine).connect() as conn:
-            row = conn.execute(_columns_query(names), {"id": session_id}).one_or_none()
+            row = conn.execute(columns_query(names), {"id": session_id}).one_or_none()
         if row is None:
             raise NotFound(f"no session {session_id!r}")
         return row
@@ -248,16 +232,14 @@ class Sessions:
             prompt_count=1,
             model=chosen,
         )
+        rows = [row, Participant(session_id=session_id, user_id=user.id, role="author")]
+        rows.append(self._prompt_row(session_id, queued, source))
+        if self.peers is not None:  # in the same transaction: never unowned
+            rows.insert(1, self.peers.owners.new_row(session_id))
         try:
-            with DB(self.engine, expire_on_commit=False) as db:
-                self._check_active(user, db)  # atomically with the insert
-                db.add(row)
-                if self.peers is not None:  # in the same transaction: never unowned
-                    db.add(self.peers.owners.new_row(session_id))
-                db.flush()  # the row first: no relationship orders the rows naming it after it
-                db.add(Participant(session_id=session_id, user_id=user.id, role="author"))
-                db.add(self._prompt_row(session_id, queued, source))
-                db.commit()
+            with self.engine.begin() as conn:  # the write lock, from the count to the commit
+                self._check_active(user, conn)  # atomically with the insert
+                insert_rows(conn, *rows)  # the session row first: the others name it
         except BaseException:
             self.files.discard(session_id)
             raise
