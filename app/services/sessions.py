@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Row, func, text
 from sqlmodel import Session as DB
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 
 from app.db import reader
 from app.errors import Invalid, NotFound, TooMany, Unavailable
@@ -232,14 +232,14 @@ class Sessions:
             prompt_count=1,
             model=chosen,
         )
-        rows = [row, Participant(session_id=session_id, user_id=user.id, role="author")]
+        rows: list[SQLModel] = [Participant(session_id=session_id, user_id=user.id, role="author")]
         rows.append(self._prompt_row(session_id, queued, source))
-        if self.peers is not None:  # in the same transaction: never unowned
-            rows.insert(1, self.peers.owners.new_row(session_id))
         try:
             with self.engine.begin() as conn:  # the write lock, from the count to the commit
                 self._check_active(user, conn)  # atomically with the insert
-                insert_rows(conn, *rows)  # the session row first: the others name it
+                if self.peers is not None:  # in the same transaction: never unowned
+                    rows.insert(0, self.peers.owners.new_row(session_id))
+                insert_rows(conn, row, *rows)  # the session row first: the others name it
         except BaseException:
             self.files.discard(session_id)
             raise
