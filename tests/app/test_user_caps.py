@@ -28,7 +28,12 @@ def _capped(make_settings: Any, tmp_path: Path, **extra: Any) -> Iterator[tuple[
     from app.main import create_app
     from app.runtime import build_runtime
 
-    runtime = build_runtime(make_settings(max_sessions_per_user=2, max_streams_per_user=2, **extra))
+    # Every creation of a burst is taken in at once: the cap is under test here, not the
+    # backlog (whose 200 ms wait a loaded machine can outlast, shedding one with a 503).
+    settings = make_settings(
+        max_sessions_per_user=2, max_streams_per_user=2, max_pending_creates=16, **extra
+    )
+    runtime = build_runtime(settings)
     runtime.sessions.dispatcher = None
     runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path, "proj"))))
     try:

@@ -59,7 +59,9 @@ async def test_without_cgroups_a_fork_bomb_is_held_per_command(tmp_path: Path) -
         )
         assert busy.stdout.strip() == "forked", busy
         result = await bomb
-        assert result.exit_code in (0, 124)
+        # 254: the bomb kept every pid of the sandbox taken until bash gave up forking `sleep`
+        # after its retries (a loaded machine); held all the same.
+        assert result.exit_code in (0, 124, 254)
         assert "fork" in result.stderr or result.timed_out
         t0 = time.monotonic()
         subprocess.run(["true"], check=True)
