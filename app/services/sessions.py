@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Row, func, text
 from sqlmodel import Session as DB
-from sqlmodel import SQLModel, col, select
+from sqlmodel import col, select
 
 from app.db import reader
 from app.errors import Invalid, NotFound, TooMany, Unavailable
@@ -232,14 +232,14 @@ class Sessions:
             prompt_count=1,
             model=chosen,
         )
-        rows: list[SQLModel] = [Participant(session_id=session_id, user_id=user.id, role="author")]
-        rows.append(self._prompt_row(session_id, queued, source))
+        participant = Participant(session_id=session_id, user_id=user.id, role="author")
+        prompt_row = self._prompt_row(session_id, queued, source)
         try:
             with self.engine.begin() as conn:  # the write lock, from the count to the commit
                 self._check_active(user, conn)  # atomically with the insert
-                if self.peers is not None:  # in the same transaction: never unowned
-                    rows.insert(0, self.peers.owners.new_row(session_id))
-                insert_rows(conn, row, *rows)  # the session row first: the others name it
+                # In the same transaction, once the count has passed: never unowned.
+                owner = [self.peers.owners.new_row(session_id)] if self.peers is not None else []
+                insert_rows(conn, row, *owner, participant, prompt_row)  # the row first
         except BaseException:
             self.files.discard(session_id)
             raise

@@ -370,19 +370,20 @@ def test_errors_are_one_line_from_the_server(served: Served, dee: User, tmp_path
     assert result.returncode == 1 and "start one with `nightshift serve`" in result.stderr
 
 
+def _local_served(openai_fake: ScriptBook, tmp_path: Path, **env: str) -> Served:
+    """A server of a test's own on `tmp_path`, local auth (no login on loopback), started."""
+    url = openai_fake.url  # type: ignore[attr-defined]
+    return Served(tmp_path, url, tmp_path, NIGHTSHIFT_AUTH="local", **env).start()
+
+
 def test_the_stream_resumes_after_the_server_restarts(
     openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
     """The server dies mid-run and comes back on its port: the attached CLI reconnects with
     `after=<last id>` and prints each later event once."""
-    server = Served(
-        tmp_path,
-        openai_fake.url,  # type: ignore[attr-defined]
-        tmp_path,
-        NIGHTSHIFT_AUTH="local",
-        NIGHTSHIFT_LEASE_TTL="1.5",
-        NIGHTSHIFT_REAP_INTERVAL="0.5",
-    ).start()
+    server = _local_served(
+        openai_fake, tmp_path, NIGHTSHIFT_LEASE_TTL="1.5", NIGHTSHIFT_REAP_INTERVAL="0.5"
+    )
     try:
         gate = threading.Event()
         openai_fake.script(
@@ -425,14 +426,12 @@ def test_a_busy_server_sheds_the_run_and_the_cli_sends_it_again(
     """A server taking in one prompt at a time, with no wait for a slot: while one creation is
     taken in (its body still on the way), the CLI's `run` is shed; the CLI says so on stderr,
     sends it again once the slot frees, and the session is created once and runs to its end."""
-    server = Served(
+    server = _local_served(
+        openai_fake,
         tmp_path,
-        openai_fake.url,  # type: ignore[attr-defined]
-        tmp_path,
-        NIGHTSHIFT_AUTH="local",
         NIGHTSHIFT_MAX_PENDING_CREATES="1",
         NIGHTSHIFT_MAX_PENDING_WAIT_MS="0",
-    ).start()
+    )
     holder = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     try:
         openai_fake.script("HELD", Turn.tool("finish", "Held one.", summary="Held."))

@@ -22,15 +22,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture
-def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
-    """One prompt taken in at a time, none waiting for a slot: a held one sheds the rest."""
-    return make_settings(
-        model="openai:fake-model",
-        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
-        openai_api_key="sk-test-fake-key-0123456789abcdef",
-        max_pending_creates=1,
-        max_pending_wait_ms=0,
-    )
+def settings(settings: Any) -> Any:
+    """The suite's settings, taking in one prompt at a time with no wait for a slot: a held
+    one sheds the rest."""
+    return settings.model_copy(update={"max_pending_creates": 1, "max_pending_wait_ms": 0})
 
 
 def _taking_in() -> float:
