@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -42,6 +41,7 @@ from app.services.ide import ide_origin
 from app.services.peers import PeerSigner
 from app.settings import Settings, get_settings
 from app.wiring import peer_secret
+from workers.tuning import settle_heap
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -97,15 +97,6 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def freeze_heap() -> None:
-    """Put what a server process holds for its whole life (modules, the runtime, its caches)
-    out of the cyclic garbage collector's sight: a full collection then walks only what
-    requests and sessions allocate, not the few hundred thousand objects of the imports.
-    For `nightshift serve` once started (`app.state.freeze_heap`); tests leave it off."""
-    gc.collect()
-    gc.freeze()
-
-
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Pass a `runtime` to share one with the caller (tests, `nightshift run`)."""
     settings = settings or (runtime.settings if runtime else get_settings())
@@ -122,8 +113,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.loop_lag.start()
         if owned:
             rt.start()
-        if getattr(app.state, "freeze_heap", False):
-            freeze_heap()
+        if getattr(app.state, "settle_heap_once_started", False):
+            settle_heap()  # `nightshift serve` once started; tests leave it off
         try:
             yield
         finally:

@@ -9,11 +9,20 @@ drifts with what other processes do to the cores:
   second field): computing plus sleeping. Sleeping includes blocking calls, but also
   waiting for the GIL while other threads of the process run (the embedded default runs
   agents on a thread of the API process), so its bar (`held_ms`) is higher.
+
+A callback held with little CPU is told apart from one that waited for the GIL by how the
+thread slept: a blocking call sleeps once (or a few times), while a thread waiting for the
+GIL wakes every switch interval (5 ms) to ask for it again. Such a callback, or one whose
+thread waited for the host to page memory back in (a major fault), goes to `starved`, not
+`blocked`: it did not hold the loop, another thread or the host did. CI once saw asyncio's
+own connection accept held 982 ms with 2 ms of CPU that way.
 """
 
 from __future__ import annotations
 
 import asyncio.events
+import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -54,12 +63,29 @@ class Blocked:
     callback: str
 
 
+def _sleeps_and_faults() -> tuple[int, int]:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_nvcsw, usage.ru_majflt
+
+
+def _waited_for_others(held_ms: float, sleeps: int, faults: int) -> bool:
+    """Whether a callback's time off the CPU went to the GIL or the host, not a call it made.
+
+    A thread waiting for the GIL wakes every switch interval; half that rate is the bar, so a
+    callback that slept once for 400 ms stays `blocked`.
+    """
+    interval_ms = sys.getswitchinterval() * 1000
+    return faults > 0 or sleeps >= held_ms / (2 * interval_ms)
+
+
 @dataclass
 class LoopWatch:
     thread_ident: int
     cpu_ms: float = 50.0
     held_ms: float = 250.0
     blocked: list[Blocked] = field(default_factory=list)
+    starved: list[Blocked] = field(default_factory=list)
+    """Callbacks held off the CPU by other threads holding the GIL, or by the host paging."""
     callbacks: int = 0
     _original: Callable[..., Any] | None = None
     _running: bool = False
@@ -77,6 +103,7 @@ class LoopWatch:
             wall = time.perf_counter_ns()
             cpu = time.thread_time_ns()
             waited = _run_queue_ns()
+            sleeps, faults = _sleeps_and_faults()
             try:
                 original(handle)
             finally:
@@ -85,7 +112,14 @@ class LoopWatch:
                 held = ((time.perf_counter_ns() - wall) - (_run_queue_ns() - waited)) / 1e6
                 watch.callbacks += 1
                 if computed > watch.cpu_ms or held > watch.held_ms:
-                    watch.blocked.append(Blocked(round(computed, 1), round(held, 1), described))
+                    found = Blocked(round(computed, 1), round(held, 1), described)
+                    now_sleeps, now_faults = _sleeps_and_faults()
+                    if computed <= watch.cpu_ms and _waited_for_others(
+                        held, now_sleeps - sleeps, now_faults - faults
+                    ):
+                        watch.starved.append(found)
+                    else:
+                        watch.blocked.append(found)
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
         return self

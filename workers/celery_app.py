@@ -36,6 +36,7 @@ from workers.executor import InProcessExecutor, every
 from workers.live_runners import Runners
 from workers.runner import WorkerDeps
 from workers.scheduled import JobContext, run_job
+from workers.tuning import settle_heap
 from workers.wire import (
     RUN_SESSION,
     RUNNERS_CHANNEL,
@@ -245,12 +246,14 @@ def _eager_build(sender: Any = None, **_: Any) -> None:
     if pool is not None and type(pool).__module__.endswith("prefork"):
         return  # children build their own after the fork
     current().start()
+    settle_heap()
 
 
 def _fresh_child(**_: Any) -> None:
     global _context
     _context = None  # never share a parent's loop or sockets across fork
     current().start()
+    settle_heap()
 
 
 def _shutdown(**_: Any) -> None:

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from workers.tuning import watch_children_by_pidfd
+
 T = TypeVar("T")
 log = logging.getLogger("nightshift.executor")
 
@@ -24,6 +26,7 @@ control plane, file tools). They mostly wait on disk and subprocesses; with asyn
 
 class InProcessExecutor:
     def __init__(self, name: str = "nightshift-worker") -> None:
+        watch_children_by_pidfd()  # sandbox commands and git: no thread per child
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(
             concurrent.futures.ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix=name)

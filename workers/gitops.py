@@ -10,6 +10,7 @@ the cap itself is enforced on the bytes that leave the sandbox.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -51,6 +52,28 @@ class PushSize:
         return ", ".join(f"{path} ({_mb(size)})" for path, size in self.biggest) or "none"
 
 
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+"""A full commit id (SHA-1 or SHA-256), as the sandbox's git must print it."""
+
+
+def checked_sha(text: str) -> str:
+    """`text` as a full commit id; what the sandbox printed is not trusted to be one."""
+    sha = text.strip()
+    if not _SHA.fullmatch(sha):
+        raise GitOpsError(f"the sandbox's git gave {sha[:80]!r} where a commit id belongs")
+    return sha
+
+
+@dataclass(frozen=True)
+class TreeState:
+    """The work tree as one `git status` tells it."""
+
+    head: str
+    """The commit HEAD points at."""
+    dirty: bool
+    """Something is changed, added or removed (untracked files count)."""
+
+
 @dataclass(frozen=True)
 class Committed:
     sha: str
@@ -82,16 +105,36 @@ async def _git(sandbox: Sandbox, *args: str, env: dict[str, str] | None = None) 
 
 
 async def head_sha(sandbox: Sandbox) -> str:
-    return (await _git(sandbox, "rev-parse", "HEAD")).strip()
+    return checked_sha(await _git(sandbox, "rev-parse", "HEAD"))
+
+
+async def tree_state(sandbox: Sandbox) -> TreeState:
+    """HEAD and whether anything changed, from one command in the sandbox: each command is a
+    new sandbox process tree (`bwrap`), so the two answers are asked for together."""
+    status = await _git(
+        sandbox,
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "--no-ahead-behind",
+        "--untracked-files=all",
+    )
+    head: str | None = None
+    dirty = False
+    for line in status.splitlines():
+        if line.startswith("# branch.oid "):
+            head = line.removeprefix("# branch.oid ")
+        elif line and not line.startswith("# "):
+            dirty = True
+    if head is None:
+        raise GitOpsError("the sandbox's git status named no HEAD commit")
+    return TreeState(checked_sha(head), dirty)
 
 
 async def commit_changes(
     sandbox: Sandbox, title: str, summary: str, author: Author, others: list[Author]
-) -> Committed | None:
-    """Commit everything the agent changed as `author`; None when the tree is clean."""
-    status = await _git(sandbox, "status", "--porcelain", "--untracked-files=all")
-    if not status.strip():
-        return None
+) -> Committed:
+    """Commit everything the agent changed (`tree_state(...).dirty`) as `author`."""
     identity = {
         "GIT_AUTHOR_NAME": author.name,
         "GIT_AUTHOR_EMAIL": author.email,

@@ -18,7 +18,7 @@ from workers.events import (
     IdeFilesEdited,
     for_prompt,
 )
-from workers.gitops import commit_changes, head_sha, push_commits
+from workers.gitops import commit_changes, push_commits, tree_state
 
 
 async def publish_work(
@@ -40,10 +40,13 @@ async def publish_work(
     """
     emit = for_prompt(emit, job.id, job.attempt)
     title = result.title or ctx.title or _first_line(job.text)
-    committed = await commit_changes(
-        sandbox, title, result.summary, job.author, [*ctx.authors, *editors]
-    )
-    if committed is not None:
+    tree = await tree_state(sandbox)
+    head = tree.head
+    if tree.dirty:
+        committed = await commit_changes(
+            sandbox, title, result.summary, job.author, [*ctx.authors, *editors]
+        )
+        head = committed.sha
         await emit(
             CommitCreated(
                 sha=committed.sha,
@@ -52,7 +55,6 @@ async def publish_work(
                 message=committed.message,
             )
         )
-    head = await head_sha(sandbox)
     if head in (base_sha, ctx.pushed_sha):
         return
     forge = forge_for(ctx.repo)

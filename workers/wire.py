@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from workers.scheduled import Scheduled
 
@@ -110,8 +110,9 @@ def celery_client(config: CeleryConfig) -> Celery:
     return app
 
 
-def send_run_session(celery: Celery, session_id: str) -> None:
-    celery.send_task(RUN_SESSION, args=[session_id])
+def send_run_session(celery: Celery, session_id: str, producer: Any = None) -> None:
+    """Queue `run_session` (through `producer`, a kombu producer, when one is held)."""
+    celery.send_task(RUN_SESSION, args=[session_id], producer=producer)
 
 
 def send_job(celery: Celery, job: str, *args: object, **kwargs: object) -> None:

@@ -170,9 +170,16 @@ def bench_sandbox(
     ] = None,
     runs: Annotated[int, typer.Option(min=3, help="Samples for start and round-trip figures")] = 20,
     big: Annotated[bool, typer.Option(help="Also measure the 100 MB diff")] = True,
+    crowd: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Also measure commands with this many other sandboxes alive (0: not)"
+        ),
+    ] = 0,
 ) -> None:
     """Start → first exec (p50/p95), exec round trip, snapshot and restore of a 1 MB and a
-    100 MB diff, per backend, as JSON. A backend that cannot run here reports its error."""
+    100 MB diff, per backend, as JSON. A backend that cannot run here reports its error.
+    With --crowd N, commands again with N other sandboxes alive (a busy host)."""
     import asyncio
 
     from images.sandboxes import BACKENDS, make_backend
@@ -197,7 +204,11 @@ def bench_sandbox(
                 results.append(
                     asyncio.run(
                         bench_backend(
-                            make, runs=runs, sizes=sizes, progress=lambda m: status.update(m)
+                            make,
+                            runs=runs,
+                            crowd=crowd,
+                            sizes=sizes,
+                            progress=lambda m: status.update(m),
                         )
                     )
                 )

@@ -103,6 +103,7 @@ def worker(
         return context
 
     configure_worker(factory)
+    _defer_celery_logs()
     celery = make_celery(CeleryConfig(broker, settings.visibility_timeout))
     console.print(
         f"Nightshift worker [bold]{node}[/]: {concurrency or settings.worker_concurrency} "
@@ -121,6 +122,23 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def _defer_celery_logs() -> None:
+    """Write the loggers Celery sets up from a thread of their own (`app/log_writer.py`): an
+    output nobody reads drops lines instead of stalling the runners that log."""
+    from celery import signals
+
+    from app.log_writer import LogWriter
+
+    writer = LogWriter()
+
+    def defer(logger: logging.Logger | None = None, **_: object) -> None:
+        if logger is not None:
+            writer.take(logger)
+
+    signals.after_setup_logger.connect(defer, weak=False)
+    signals.after_setup_task_logger.connect(defer, weak=False)
 
 
 def beat(

@@ -58,7 +58,9 @@ def repos_add(
         ),
     ] = True,
 ) -> None:
-    """Register a repository."""
+    """Register a repository in this deployment's data dir (NIGHTSHIFT_DATA_DIR), where a
+    server serving it finds it; not through a server named by NIGHTSHIFT_SERVER (a client's
+    setting: register there with POST /api/repos)."""
     from pydantic import ValidationError
 
     try:
@@ -78,11 +80,23 @@ def repos_add(
         )
     except ValidationError as exc:
         fail("; ".join(e["msg"] for e in exc.errors()))
-    with runtime_from(load_settings()) as runtime:
+    from app.commands.remote import server_url
+
+    settings = load_settings()
+    with runtime_from(settings) as runtime:
         row = runtime.repos.add(body)
         console.print(
-            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base})", highlight=False
+            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base}) in the data "
+            f"dir {settings.data_dir.resolve()}",
+            highlight=False,
         )
+        if server_url(None)[1]:
+            console.print(
+                "[yellow]NIGHTSHIFT_SERVER is set, but `repos add` registers in the data dir "
+                "above, not on that server: a server on another data dir registers it with "
+                "POST /api/repos[/]",
+                highlight=False,
+            )
         warning = uncommitted_spec_warning(spec_of(row))
         if warning:
             console.print(f"[yellow]{warning}[/]", highlight=False)

@@ -9,6 +9,7 @@ import typer
 
 from app.commands.common import console, fail, load_settings
 from app.errors import ServiceError
+from app.log_writer import defer_log_writes
 
 
 def serve(
@@ -71,7 +72,7 @@ def serve(
         console.print(f"  processes   {processes}, peer ports {settings.port + 1}-{last}")
         raise typer.Exit(supervise(settings, processes, host, port))
     app = create_app(settings)
-    app.state.freeze_heap = True
+    app.state.settle_heap_once_started = True
     options: dict[str, Any] = {
         "log_level": "info",
         # Events are small JSON frames: compressing each costs more CPU than it saves.
@@ -80,6 +81,9 @@ def serve(
         "timeout_graceful_shutdown": 3,
     }
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, **options))
+    # Its access log and messages are written by a thread: an output nobody reads (a paused
+    # terminal, a stalled pipe) drops lines instead of stopping every request.
+    log_writer = defer_log_writes(["uvicorn", "uvicorn.access"])
     if child is not None:  # one of `--processes N`: the shared port and its own peer port
         from app.commands.processes import child_sockets
 
@@ -92,6 +96,7 @@ def serve(
         server.run()
     else:
         _serve_with_ide(app, server, settings, options)
+    log_writer.stop()
     if not server.started:
         raise typer.Exit(3)
 
@@ -111,6 +116,7 @@ def _serve_with_ide(app: Any, server: Any, settings: Any, options: dict[str, Any
         host=settings.host,
         port=settings.ide_port,
         lifespan="off",
+        log_config=None,  # logging is set up already, its writes deferred (`serve`)
         **options,
     )
     servers = [server, uvicorn.Server(ide_config)]

@@ -274,12 +274,12 @@ class Repos(RepoCatalog):
             raise Invalid(f"{spec.name!r} is not a usable repo name (letters, digits, . _ - /)")
         with DB(self.engine) as db:
             if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
-                raise Conflict(f"a repo named {spec.name!r} already exists; pick another with name")
+                raise Conflict(_taken(spec.name))
         for validate in self.validators:
             validate(spec)
         with DB(self.engine, expire_on_commit=False) as db:
             if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
-                raise Conflict(f"a repo named {spec.name!r} already exists; pick another with name")
+                raise Conflict(_taken(spec.name))
             repo = Repo(
                 name=spec.name,
                 url=spec.url,
@@ -318,3 +318,10 @@ def _default_branch(url: str, forge: str) -> str:
         check=False,
     )
     return out.stdout.strip() or "main"
+
+
+def _taken(name: str) -> str:
+    return (
+        f"a repo named {name!r} already exists; register this one under another name "
+        '(`--name` on the CLI, "name" in the API)'
+    )

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, Row, update
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
@@ -17,6 +18,7 @@ from app.liveness import owner_alive
 from app.models import Session
 from app.services.leases import LeaseRenewals
 from app.services.ownership import Ownership
+from app.services.session_rows import lease_update
 from app.services.sessions import Sessions
 from images.sandboxes.base import SnapshotRef
 from workers.control import LeaseState, PromptJob, RunStart, SessionContext, SessionSummary
@@ -62,6 +64,8 @@ CONTEXT_COLUMNS = (
     "model",
 )
 """The index columns a run's context reads."""
+START_COLUMNS = ("stop_requested", *CONTEXT_COLUMNS)
+"""What taking a run's lease returns: the stop flag, then the context's columns."""
 
 
 class RunnerService:
@@ -98,21 +102,16 @@ class RunnerService:
     def acquire_lease(self, session_id: str, runner: str, ttl: float) -> bool:
         if self._foreign(session_id):
             return False
+        return self._lease(session_id, runner, ttl, ("id",)) is not None
+
+    def _lease(
+        self, session_id: str, runner: str, ttl: float, columns: tuple[str, ...]
+    ) -> Row[Any] | None:
+        """Take the lease in one statement; those columns of the row, None if it is not ours."""
         now = time.time()
+        params = {"k_id": session_id, "runner": runner, "now": now, "expires": now + ttl}
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(Session)
-                .where(col(Session.id) == session_id)
-                .where(
-                    or_(
-                        col(Session.lease_owner).is_(None),
-                        col(Session.lease_expires_at) < now,
-                        col(Session.lease_owner) == runner,
-                    )
-                )
-                .values(lease_owner=runner, lease_expires_at=now + ttl)
-            )
-            return bool(result.rowcount == 1)
+            return conn.execute(lease_update(columns), params).one_or_none()
 
     def renew_lease(self, session_id: str, runner: str, ttl: float) -> LeaseState:
         if self._foreign(session_id):
@@ -146,6 +145,9 @@ class RunnerService:
         self.sync_events(session_id)
         if self.sessions.stop_requested(session_id):
             return None
+        return self._claim(session_id, runner)
+
+    def _claim(self, session_id: str, runner: str) -> PromptJob | None:
         store = self.files.get(session_id)
         # Runners report a prompt finished before they ask for the next one, so a prompt this
         # runner still holds means its first answer was lost on the way: hand it back again.
@@ -162,17 +164,28 @@ class RunnerService:
         )
 
     def start_run(self, session_id: str, runner: str, ttl: float) -> RunStart:
-        """The lease, then the first prompt and its context (`ControlPlane.start_run`)."""
-        if not self.acquire_lease(session_id, runner, ttl):
+        """The lease, then the first prompt and its context (`ControlPlane.start_run`).
+
+        What the previous run published is persisted first; then one statement takes the lease
+        and reads the stop flag and the context's columns, as they stand when it is taken."""
+        if self._foreign(session_id):
             return RunStart(leased=False)
-        job = self.next_prompt(session_id, runner)
+        self.sync_events(session_id)
+        row = self._lease(session_id, runner, ttl, START_COLUMNS)
+        if row is None:
+            return RunStart(leased=False)
+        if row.stop_requested:
+            return RunStart(leased=True)
+        job = self._claim(session_id, runner)
         if job is None:
             return RunStart(leased=True)
-        return RunStart(leased=True, job=job, context=self.context(session_id))
+        return RunStart(leased=True, job=job, context=self._context(session_id, row))
 
     def context(self, session_id: str) -> SessionContext:
         self.sync_events(session_id)
-        row = self.sessions.columns(session_id, *CONTEXT_COLUMNS)
+        return self._context(session_id, self.sessions.columns(session_id, *CONTEXT_COLUMNS))
+
+    def _context(self, session_id: str, row: Row[Any]) -> SessionContext:
         spec = self.sessions.repos.spec_by_id(row.repo_id)
         store = self.files.get(session_id)
         authors: dict[str, Author] = {}

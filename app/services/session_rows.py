@@ -10,8 +10,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Table, bindparam, func, insert
+from sqlalchemy import Connection, Insert, Select, Table, bindparam, func, insert, or_
 from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.elements import BindParameter
 from sqlmodel import SQLModel
 
 from app.models import Session
@@ -31,6 +34,28 @@ def active_count_query() -> Select[Any]:
     table = Session.__table__.c  # type: ignore[attr-defined]
     active = table.status.in_(sorted(ACTIVE_STATUSES))
     return sa_select(func.count()).where(table.author_id == bindparam("author"), active)
+
+
+@cache
+def lease_update(returning: tuple[str, ...]) -> ReturningUpdate[Any]:
+    """Take one session's lease for runner `runner` until `expires`, when it is free, expired
+    (before `now`) or that runner's already; RETURNING those columns of the row (no row: the
+    lease is someone else's, or no such session). Built once per set of columns."""
+    table = Session.__table__.c  # type: ignore[attr-defined]
+    runner: BindParameter[str] = bindparam("runner")
+    statement = (
+        sa_update(Session.__table__)  # type: ignore[attr-defined]
+        .where(table.id == bindparam("k_id"))
+        .where(
+            or_(
+                table.lease_owner.is_(None),
+                table.lease_expires_at < bindparam("now"),
+                table.lease_owner == runner,
+            )
+        )
+        .values(lease_owner=runner, lease_expires_at=bindparam("expires"))
+    )
+    return statement.returning(*(table[name] for name in returning))
 
 
 @cache

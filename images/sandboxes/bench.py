@@ -56,6 +56,7 @@ async def bench_backend(
     make: Callable[[Path], SandboxBackend],
     *,
     runs: int = 20,
+    crowd: int = 0,
     snapshot_runs: int = 3,
     sizes: dict[str, int] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
@@ -84,6 +85,7 @@ async def bench_backend(
             t0 = time.perf_counter()
             await warm.exec(["true"])
             trips.append((time.perf_counter() - t0) * 1000)
+        crowded = await _round_trips_among(backend, spec, warm, crowd, runs, progress)
         await warm.terminate()
         snapshot_ms: dict[str, float] = {}
         restore_ms: dict[str, float] = {}
@@ -115,6 +117,7 @@ async def bench_backend(
             "runs": runs,
             "start_to_first_exec_ms": _percentiles(starts),
             "exec_round_trip_ms": _percentiles(trips),
+            **crowded,
             "snapshot_ms": snapshot_ms,
             "restore_ms": restore_ms,
             "restore_means": "start from the snapshot until a first command has run",
@@ -139,6 +142,49 @@ async def bench_backend(
     finally:
         backend.collect_snapshots(0)
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _round_trips_among(
+    backend: SandboxBackend,
+    spec: SandboxSpec,
+    warm: Any,
+    crowd: int,
+    runs: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The round trip again with `crowd` other sandboxes alive: what a command costs on a
+    busy host, where each live sandbox adds its mounts to the host's table. Also each of
+    them's first and second command (the second starts in the sandbox's own namespace)."""
+    if crowd <= 0:
+        return {}
+    others: list[Any] = []
+    try:
+        for i in range(crowd):
+            progress(f"{backend.name}: starting {i + 1}/{crowd} other sandboxes")
+            others.append(await backend.start(spec))
+        firsts: list[float] = []
+        seconds: list[float] = []
+        for i, other in enumerate(others[:runs]):
+            progress(f"{backend.name}: first and second command {i + 1}/{min(runs, crowd)}")
+            for samples in (firsts, seconds):
+                t0 = time.perf_counter()
+                await other.exec(["true"])
+                samples.append((time.perf_counter() - t0) * 1000)
+        trips: list[float] = []
+        for i in range(runs):
+            progress(f"{backend.name}: exec round trip among {crowd} {i + 1}/{runs}")
+            t0 = time.perf_counter()
+            await warm.exec(["true"])
+            trips.append((time.perf_counter() - t0) * 1000)
+    finally:
+        for other in others:
+            await other.terminate()
+    return {
+        "crowd": crowd,
+        "exec_round_trip_among_crowd_ms": _percentiles(trips),
+        "first_exec_among_crowd_ms": _percentiles(firsts),
+        "second_exec_among_crowd_ms": _percentiles(seconds),
+    }
 
 
 def host_facts() -> dict[str, Any]:

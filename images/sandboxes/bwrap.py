@@ -38,6 +38,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from functools import cache, cached_property
 from pathlib import Path
 
@@ -63,6 +64,13 @@ from images.sandboxes.environment import (
 from images.sandboxes.gvisor_helpers import static_helper
 from images.sandboxes.limits import join_and_exec, rlimit_script, userns_available
 from images.sandboxes.local import LAYOUT_VERSION, LocalBackend, LocalSandbox
+from images.sandboxes.mountns import (
+    NAMESPACE_FROM,
+    SandboxesRoot,
+    make_netns,
+    nsenter_args,
+    start_namespace,
+)
 from images.sandboxes.overlay import unmount
 from images.sandboxes.process import run_process
 from images.sandboxes.seccomp import write_filter
@@ -125,6 +133,32 @@ class BwrapSandbox(LocalSandbox):
     netns: Path | None = None
     """The network namespace every command joins, once `share_network` made one."""
     _bridge: asyncio.Future[ExecResult] | None = None
+    _namespace: Future[int | None] | None = None
+    namespace_fd: int | None = None
+    """The mount namespace every command starts in (`mountns.py`), once made; None: the
+    host's."""
+    _rooted = False
+    _private = False
+
+    def create(self) -> None:
+        backend = self._backend
+        assert isinstance(backend, BwrapBackend)
+        self._private = backend.sandboxes_root.enter()
+        self._rooted = True
+        super().create()
+
+    async def ready(self) -> None:
+        # A namespace pays on a crowded host only (`mountns.py`), and costs about what it
+        # saves one command: it is made for a later command than the first.
+        backend = self._backend
+        assert isinstance(backend, BwrapBackend)
+        crowded = len(backend.live) >= backend.namespace_from
+        if self._private and self._namespace is None and self._execs >= 1 and crowded:
+            self._namespace = start_namespace(
+                backend.state_dir, self.dir, backend.namespace_stage, backend.sandboxes_root.root
+            )
+        if self._namespace is not None and self.namespace_fd is None:
+            self.namespace_fd = await asyncio.wrap_future(self._namespace)
 
     async def share_network(self) -> None:
         if self.netns is not None:
@@ -135,7 +169,7 @@ class BwrapSandbox(LocalSandbox):
                 "under bubblewrap; use the gVisor backend or run as root"
             )
         path = self.dir / "netns"
-        await asyncio.to_thread(_make_netns, path)
+        await asyncio.to_thread(make_netns, path)
         self.netns = path
         if self.spec.egress:
             await self._start_bridge()
@@ -162,9 +196,21 @@ class BwrapSandbox(LocalSandbox):
         return list(argv) if self.netns is not None else super().inner(argv)
 
     def destroy(self) -> None:
+        # The namespace holds copies of the sandbox's mounts: it goes first.
+        fd = self._namespace.result() if self._namespace is not None else None
+        self._namespace = self.namespace_fd = None
+        if fd is not None:
+            os.close(fd)
         if self.netns is not None:
             unmount(str(self.netns))
-        super().destroy()
+        try:
+            super().destroy()
+        finally:
+            if self._rooted:
+                self._rooted = False
+                backend = self._backend
+                assert isinstance(backend, BwrapBackend)
+                backend.sandboxes_root.leave()
 
     async def _run(
         self,
@@ -256,7 +302,7 @@ class BwrapSandbox(LocalSandbox):
         fd = os.open(inputs[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(b"".join(a.encode() + b"\0" for a in args))
-        join = ["nsenter", f"--net={self.netns}", "--"] if self.netns is not None else []
+        join = nsenter_args(self.namespace_fd, self.netns)
         return join_and_exec(
             self.cgroup.procs_files(),
             rlimit_script(self.limits, layout),
@@ -278,19 +324,6 @@ class BwrapSandbox(LocalSandbox):
         return [*args, "--proc", "/proc", "--dev", "/dev"]
 
 
-def _make_netns(path: Path) -> None:
-    """A network namespace with only `lo` (up), held by a bind mount at `path`."""
-    path.touch()
-    for argv in (
-        ["unshare", f"--net={path}", "true"],
-        ["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"],
-    ):
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=host_env())
-        if done.returncode != 0:
-            unmount(str(path))
-            raise SandboxError(f"could not make the sandbox's network: {done.stderr.strip()}")
-
-
 class BwrapBackend(LocalBackend):
     """Sandboxes under bubblewrap; state lives in `<state_dir>/{sandboxes,snapshots}`."""
 
@@ -306,6 +339,18 @@ class BwrapBackend(LocalBackend):
         if self._seccomp is None:
             self._seccomp = write_filter(self.state_dir / "bwrap" / "no-userns.bpf")
         return self._seccomp
+
+    @cached_property
+    def sandboxes_root(self) -> SandboxesRoot:
+        return SandboxesRoot(self.state_dir / "sandboxes")
+
+    namespace_from = NAMESPACE_FROM
+    """Live sandboxes from which a sandbox's commands get a mount namespace of their own."""
+
+    @property
+    def namespace_stage(self) -> Path:
+        """Where a sandbox's namespace sets its own directory aside (`mountns.py`)."""
+        return self.state_dir / "bwrap" / "mntns-stage"
 
     @cached_property
     def dropuid(self) -> Path:

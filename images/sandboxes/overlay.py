@@ -202,11 +202,14 @@ def release_stale_mounts(
     count = 0
     root = str(sandboxes_root.resolve()) + "/"
     stale: set[str] = set()
+    binds: list[str] = []
     with contextlib.suppress(OSError):
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
         # Newest first: an overlay comes off before the disk under it.
         for line in reversed(lines):
             target = line.split()[4].replace("\\040", " ")
+            if target + "/" == root or (target.startswith(root) and target.endswith("/sandboxes")):
+                binds.append(target)  # a sandboxes' directory's own (`mountns.SandboxesRoot`)
             if not (target.startswith(root) and target.endswith(("/merged", "/disk", "/netns"))):
                 continue
             sandbox_id = Path(target).relative_to(root.rstrip("/")).parts[0]
@@ -221,4 +224,8 @@ def release_stale_mounts(
                 stale.add(child.name)
     for sandbox_id in stale:
         shutil.rmtree(sandboxes_root / sandbox_id, ignore_errors=True)
+    for target in binds if not spare_own else ():
+        # Once nothing is under it; not lazily, so a sandbox another process still runs
+        # there keeps it (EBUSY).
+        _libc.umount2(target.encode(), 0)
     return count

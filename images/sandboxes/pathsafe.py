@@ -62,7 +62,11 @@ def _openat2_raw(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
 
 
 def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
-    fd = _openat2_raw(dir_fd, path, flags, mode)
+    return _opened(_openat2_raw(dir_fd, path, flags, mode), path)
+
+
+def _opened(fd: int, path: str) -> int:
+    """`fd` from `_openat2_raw`, or the error it names raised."""
     if fd < 0:
         err = -fd
         if err in (errno.EXDEV, errno.ELOOP):
@@ -111,9 +115,12 @@ class ConfinedTree:
     def _probe(self, root: int, rel: str, follow: bool) -> os.stat_result | None:
         """What sits at `rel` (None: nothing), found without opening it for I/O."""
         flags = os.O_PATH | (0 if follow else os.O_NOFOLLOW)
-        if _openat2_raw(root, rel, flags) == -errno.ENOENT:
+        fd = _openat2_raw(root, rel, flags)
+        if fd == -errno.ENOENT:
             return None
-        fd = _openat2(root, rel, flags)
+        # Closed whatever happens: a handle kept here would hold the sandbox's disk after
+        # its unmount (a loop device and a deleted image per session, the sandboxes' bind).
+        fd = _opened(fd, rel)
         try:
             return os.fstat(fd)
         finally:

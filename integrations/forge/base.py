@@ -60,6 +60,15 @@ GIT_ENV = {
 }
 
 
+def _output_file(name: str) -> BinaryIO:
+    """An anonymous file for a child's output: in memory where the kernel has memfd, else a
+    temporary file."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return open(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
+    return tempfile.TemporaryFile()
+
+
 async def git(
     *args: str,
     cwd: Path | None = None,
@@ -73,7 +82,8 @@ async def git(
     # Output goes to files, not pipes: asyncio waits for every holder of a pipe to close it
     # before a process counts as finished, and git's helpers (upload-pack, remote helpers)
     # inherit them, so a cancelled clone could otherwise outlive its caller by many seconds.
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    # Files in memory: a file on disk costs the host's filesystem an inode each time.
+    with _output_file("git-out") as out, _output_file("git-err") as err:
         proc = await asyncio.create_subprocess_exec(
             "git",
             *args,

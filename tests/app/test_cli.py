@@ -130,8 +130,17 @@ def test_repos_and_tokens(tmp_path: Path) -> None:
         tmp_path,
     )
     assert added.returncode == 0 and "added proj" in added.stdout
+    assert f"in the data dir {(tmp_path / 'd').resolve()}" in " ".join(added.stdout.split())
+    assert "NIGHTSHIFT_SERVER" not in added.stdout
+    # A client's server setting does not make `repos add` register there: it says so.
+    other = make_repo(tmp_path, "other")
+    server_named = {**env, "NIGHTSHIFT_SERVER": "http://127.0.0.1:9"}
+    elsewhere = _cli(["repos", "add", str(other)], server_named, tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "not on that server" in " ".join(elsewhere.stdout.split())
     again = _cli(["repos", "add", str(repo)], env, tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+    assert "--name" in again.stderr  # says how to pick another
     bad = _cli(["repos", "add", str(tmp_path)], env, tmp_path)
     assert bad.returncode == 2 and "not a git repository" in bad.stderr
     listed = _cli(["repos", "list", "--json"], env, tmp_path)

@@ -15,7 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
+from app.models import Session
 from tests.factories import ApiClient, Person, git, make_person, make_repo
 from tests.fakes.llm import ScriptBook, Turn
 from tests.fakes.server import BackgroundServer
@@ -155,6 +158,7 @@ def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
     )
     session = api_runtime.sessions.create(person.user, "begin", "start here")
     empty = api_runtime.sessions.create(person.user, "begin", "never run")
+    halted = api_runtime.sessions.create(person.user, "begin", "asked to stop")
 
     # Without the worker token: refused, and nothing is claimed.
     forged = httpx.post(
@@ -183,6 +187,13 @@ def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
             # A session whose queue is empty: the lease, and nothing to run.
             api_runtime.sessions.files.get(empty.id).cancel_queued()
             assert await control.start_run(empty.id, "runner-c", 30) == RunStart(leased=True)
+            # A stop asked for before the run began: the lease, and its queued prompt stays.
+            with api_runtime.sessions.engine.begin() as conn:
+                conn.execute(
+                    update(Session).where(col(Session.id) == halted.id).values(stop_requested=True)
+                )
+            assert await control.start_run(halted.id, "runner-d", 30) == RunStart(leased=True)
+            assert api_runtime.sessions.files.get(halted.id).pending_count() == 1
         finally:
             await control.aclose()
 

@@ -8,6 +8,7 @@ name, however loaded the machine is (time spent waiting for a CPU is not counted
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,17 @@ def watched(runtime: Any) -> Iterator[tuple[BackgroundServer, Any]]:
         time.sleep(0.4)  # and a blocking call inside `async def`
         return {"blocked": True}
 
+    @blocking.get("/test-only/starved")
+    async def starved() -> dict[str, bool]:
+        # What the watch must not blame on the handler: another thread holding the GIL
+        # for 400 ms (a C call through a handle that keeps it) while the handler waits.
+        libc = ctypes.PyDLL(None)
+        threading.Thread(target=libc.usleep, args=(400_000,), daemon=True).start()
+        start = time.thread_time()
+        while time.thread_time() - start < 0.01:
+            sum(range(1000))
+        return {"blocked": False}
+
     app.include_router(blocking)
     with BackgroundServer(app, loop="asyncio") as server:
         yield server, app
@@ -76,6 +88,10 @@ def test_the_watch_catches_a_handler_that_blocks(
             10,
             "the sleeping one",
         )
+    with LoopWatch(_wait_ident(server)) as watch:
+        assert not httpx.get(f"{server.url}/test-only/starved", headers=auth).json()["blocked"]
+        wait_for(lambda: [b for b in watch.starved if b.held_ms >= 300], 10, "the starved one")
+    assert [b for b in watch.blocked if b.held_ms >= 300] == []
 
 
 def test_no_request_handler_blocks_the_event_loop(
@@ -165,5 +181,6 @@ def test_no_request_handler_blocks_the_event_loop(
                 api.wait_status(session["id"], *_OVER, timeout=60)
     assert watch.callbacks > 100  # the watch saw the loop at work
     assert watch.blocked == [], "\n".join(
-        f"{b.cpu_ms} ms CPU, held {b.held_ms} ms: {b.callback}" for b in watch.blocked
+        f"{b.cpu_ms} ms CPU, held {b.held_ms} ms: {b.callback}"
+        for b in watch.blocked + watch.starved
     )

@@ -50,7 +50,9 @@ def rt(make_settings: Any, redis_url: str) -> Iterator[Any]:
 def session_id(rt: Any, tmp_path: Path) -> str:
     person = make_person(rt, "rita", "Rita Reaper", "rita@example.com")
     rt.repos.add(RepoCreate(url=str(make_repo(tmp_path, "reaped"))))
-    return str(rt.sessions.create(person.user, "reaped", "survive your runner").id)
+    created = str(rt.sessions.create(person.user, "reaped", "survive your runner").id)
+    assert rt.dispatcher.flush()  # its run_session is in the queue (sent on a thread)
+    return created
 
 
 def _die_mid_prompt(rt: Any, session_id: str, host: str | None = None) -> str:
@@ -74,6 +76,7 @@ def test_a_dead_runners_prompt_runs_again_with_its_attempt_on_record(
     broker.delete(dispatch_key(session_id))  # the first task was taken by the runner
     _die_mid_prompt(rt, session_id)
     assert rt.runners.reap() == [session_id]
+    assert rt.dispatcher.flush()
     events = rt.sessions.events(session_id)
     notice = [e for e in events if e.type == "notice"][-1]
     assert (
@@ -87,6 +90,7 @@ def test_a_dead_runners_prompt_runs_again_with_its_attempt_on_record(
     assert broker.exists(dispatch_key(session_id))  # dispatched again, once
     assert broker.llen("nightshift.sessions") == 2
     assert rt.runners.reap() == [session_id]  # still queued: the marker holds back copies
+    assert rt.dispatcher.flush()
     assert broker.llen("nightshift.sessions") == 2
     job = rt.runners.next_prompt(session_id, "another-runner")
     assert job is not None and job.attempt == 2

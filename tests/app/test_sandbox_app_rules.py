@@ -26,7 +26,8 @@ def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
         openai_api_key="sk-test-fake-key-0123456789abcdef",
         idle_seconds=600,
         desktop=True,
-        ide_idle_seconds=1.0,
+        # Long enough for a loaded machine to connect after the POST, short enough to wait out.
+        ide_idle_seconds=2.5,
     )
 
 
@@ -89,8 +90,8 @@ def test_a_desktop_runs_while_watched_and_stops_after_the_idle_time_without_view
     headers = {"Authorization": f"Bearer {api.person.token}"}
     with connect(url, additional_headers=headers) as ws:
         assert ws.recv(timeout=10)[:4] == b"RFB "  # type: ignore[index]
-        time.sleep(2.5)  # well past the idle time, but watched all along
+        time.sleep(4.0)  # well past the idle time, but watched all along
         ws.send(b"RFB 003.008\n")
         assert ws.recv(timeout=10)  # the security types: the desktop still serves
-    time.sleep(3.0)  # a looking probe would be a viewer itself
+    time.sleep(4.5)  # a looking probe would be a viewer itself
     assert _close_code(url, api.person.token) == 4409

@@ -84,7 +84,9 @@ def test_exec_refuses_bad_input(cli: CliRunner) -> None:
 
 
 def test_bench_sandbox_prints_json(cli: CliRunner) -> None:
-    result = cli.invoke(app, ["bench", "sandbox", "--backend", "bwrap", "--runs", "3", "--no-big"])
+    result = cli.invoke(
+        app, ["bench", "sandbox", "--backend", "bwrap", "--runs", "3", "--no-big", "--crowd", "4"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["host"]["cpus"] >= 1
@@ -94,6 +96,13 @@ def test_bench_sandbox_prints_json(cli: CliRunner) -> None:
     assert bwrap["exec_round_trip_ms"]["p95"] >= bwrap["exec_round_trip_ms"]["p50"]
     assert set(bwrap["snapshot_ms"]) == {"1MB"} and bwrap["restore_ms"]["1MB"] > 0
     assert bwrap["targets_ms"]["start_to_first_exec_p50"]["target"] == 30.0
+    assert bwrap["crowd"] == 4  # the same commands with 4 other sandboxes alive
+    for figure in (
+        "exec_round_trip_among_crowd",
+        "first_exec_among_crowd",
+        "second_exec_among_crowd",
+    ):
+        assert bwrap[f"{figure}_ms"]["p95"] >= bwrap[f"{figure}_ms"]["p50"] > 0
     refused = cli.invoke(app, ["bench", "sandbox", "--backend", "fake"])
     assert refused.exit_code == 2
 

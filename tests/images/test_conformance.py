@@ -224,7 +224,9 @@ async def test_fork_bomb_is_contained(start: Starter, backend: Any) -> None:
     await asyncio.sleep(1.5)
     assert await asyncio.to_thread(_host_responsive) < 10  # the host still forks at once
     result = await bomb
-    assert result.exit_code in (0, 124), result
+    # 254: every pid of the sandbox stayed taken until bash gave up forking `sleep` after its
+    # retries (a loaded machine); held all the same.
+    assert result.exit_code in (0, 124, 254), result
     after = await sandbox.exec(["echo", "still usable"])
     assert after.stdout.strip() == "still usable"
     if backend.name == "bwrap":

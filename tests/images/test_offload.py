@@ -63,3 +63,25 @@ async def test_errors_and_cancellation_reach_the_caller() -> None:
 
 def _raise() -> None:
     raise SandboxFileError("boom")
+
+
+async def test_calls_reuse_the_threads_of_earlier_ones() -> None:
+    from images.sandboxes.offload import _THREADS
+
+    workers = FileWorkers("reuse")
+    assert await workers.run("warm", lambda: 0) == 0
+    await asyncio.sleep(0.05)  # the warm call's thread is waiting for the next one
+    before = _THREADS.started
+    for i in range(50):  # one after another: the same waiting thread each time
+        assert await workers.run("read", lambda i=i: i) == i
+    # Many at once: no call waits for another's thread.
+    read_end, write_end = os.pipe()
+    blocked = [asyncio.ensure_future(workers.run("trap", os.read, read_end, 1)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert await FileWorkers("other").run("ok", lambda: "fine") == "fine"
+    os.write(write_end, b"xyz")
+    assert sorted(await asyncio.gather(*blocked)) == [b"x", b"y", b"z"]
+    os.close(read_end)
+    os.close(write_end)
+    # 50 sequential calls on the waiting thread, then at most a thread per call in flight.
+    assert _THREADS.started - before <= 4

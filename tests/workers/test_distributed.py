@@ -447,7 +447,10 @@ def test_redis_restart_with_prompts_queued_runs_each_once(
             openai_fake.script(f"queued {n}", *_write_and_finish(f"Q{n}.md", f"{n}\n", f"Q{n}"))
             ids.append(api.create(name, f"queued {n}")["id"])
         broker = redis.Redis.from_url(cluster.redis.url())
-        assert broker.llen("nightshift.sessions") == 3
+        # Dispatch is sent after the answer (`CeleryDispatcher`): the tasks follow shortly.
+        wait_for(lambda: broker.llen("nightshift.sessions") == 3, 10, "three tasks queued")
+        time.sleep(0.3)
+        assert broker.llen("nightshift.sessions") == 3  # one each, no more
         broker.close()
         cluster.redis.restart(keep_data=redis_keeps)
         cluster.start_worker("w1", "w2")

@@ -5,6 +5,7 @@
 // sees, so the page gets each event exactly once and in order, whatever the connection did.
 
 import { ApiError, api, sessionPath, signInUrl } from "./api.js";
+import { onLeave } from "./ui.js";
 
 const WS_FAILURES_BEFORE_SSE = 3;
 const SSE_FAILURES_BEFORE_POLLING = 3;
@@ -49,7 +50,7 @@ export class EventStream {
   }
 
   start() {
-    addEventListener("pagehide", () => this.stop());
+    onLeave(() => this.stop());
     if (this.mode !== "websocket") this.beatPresence();
     this.catchUp().finally(() => this.connect());
     return this;

@@ -176,7 +176,26 @@ export async function initFrame({ required = true } = {}) {
   return who;
 }
 
+const leaving = [];
+let signingOut = false;
+
+function leave() {
+  for (const fn of leaving.splice(0)) fn();
+}
+addEventListener("pagehide", leave);
+
+/**
+ * Run `fn` when the page goes away or its person signs out, so live streams close before the
+ * browser session ends and none reconnects signed out; at once if signing out has begun.
+ */
+export function onLeave(fn) {
+  if (signingOut) return fn();
+  leaving.push(fn);
+}
+
 async function signOut() {
+  signingOut = true;
+  leave();
   // The server ends the browser session and answers with a redirect we do not follow.
   await fetch("/auth/logout", { method: "POST", credentials: "same-origin", redirect: "manual" });
   location.assign("/signin");

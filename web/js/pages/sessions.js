@@ -1,7 +1,7 @@
 // `/`: every session, filtered by repository, status and author; statuses change live.
 
 import { api } from "../api.js";
-import { badge, clear, extLink, h, initFrame, person, refreshTimes, relTime, showError } from "../ui.js";
+import { badge, clear, extLink, h, initFrame, onLeave, person, refreshTimes, relTime, showError } from "../ui.js";
 
 const PAGE = 50;
 const form = document.getElementById("filters");
@@ -136,7 +136,7 @@ function watch() {
     live.dataset.state = "reconnecting";
     live.textContent = "reconnecting…";
   });
-  addEventListener("pagehide", () => source.close());
+  onLeave(() => source.close());
 }
 
 async function main() {

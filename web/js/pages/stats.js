@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { barChart } from "../chart.js";
-import { avatar, clear, debounce, fmtMs, fmtUsd, h, initFrame, showError } from "../ui.js";
+import { avatar, clear, debounce, fmtMs, fmtUsd, h, initFrame, onLeave, showError } from "../ui.js";
 
 const REFRESH_MS = 10_000;
 const MODES = ["warm", "image", "snapshot", "cold"];
@@ -156,7 +156,7 @@ async function main() {
   const soon = debounce(load, 500);
   const source = new EventSource("/api/sessions/changes");
   source.addEventListener("session", soon);
-  addEventListener("pagehide", () => source.close());
+  onLeave(() => source.close());
   setInterval(load, REFRESH_MS);
 }
 
