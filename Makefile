@@ -73,11 +73,12 @@ test: $(STAMP) system-deps-test redis ide-for-tests
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers images integrations tests
-	$(BIN)/ruff format --check app workers images integrations tests
+	$(BIN)/ruff check app workers images integrations infra tests
+	$(BIN)/ruff format --check app workers images integrations infra tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy infra/modal/nightshift_modal.py
 
 # VS Code in the browser (NIGHTSHIFT_IDE=1): code-server from the npm registry, installed under
 # /usr, which local sandboxes see read-only. Its install scripts would download ripgrep from

@@ -44,12 +44,13 @@ image = (
         copy=True,
         ignore=[".venv", ".git", ".nightshift", "tests", "**/__pycache__"],
     )
-    .run_commands("pip install --no-deps /opt/nightshift")
+    # The worker's own state (mirrors, built images): a directory of its own, not the shared /tmp.
+    .run_commands("pip install --no-deps /opt/nightshift", "mkdir -p -m 700 /var/lib/nightshift")
     .env(
         {
             "NIGHTSHIFT_SANDBOX": "modal",
             "NIGHTSHIFT_MODAL_APP": "nightshift-sandboxes",
-            "NIGHTSHIFT_DATA_DIR": "/tmp/nightshift",
+            "NIGHTSHIFT_DATA_DIR": "/var/lib/nightshift",
         }
     )
 )

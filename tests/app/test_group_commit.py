@@ -4,6 +4,7 @@ the next one, each hears its batch's outcome, and batches are written in order."
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,41 @@ def test_every_caller_of_a_failed_batch_hears_the_error_and_the_next_batch_goes_
     with pytest.raises(RuntimeError, match="with 3 failed"):
         commits.commit(lambda p: p.append(3))
     assert commits.commit(lambda p: p.append(8)) == 8
+
+
+def test_writing_a_batch_wakes_its_callers_and_one_writer_of_the_next_not_every_waiter() -> None:
+    """Ten callers wait behind a held write; when it lands, one of them writes their batch
+    (held too) and the other nine sleep on until that one lands: none is woken for nothing."""
+    second_entered, second_release = threading.Event(), threading.Event()
+    first = Gate()
+
+    def write(items: list[int]) -> int:
+        if first.entered.is_set() and 100 not in items:
+            second_entered.set()
+            second_release.wait(10)
+        return first.write(items)
+
+    commits: GroupCommit[list[int], int] = GroupCommit(list, write)
+    holder = threading.Thread(target=commits.commit, args=(lambda p: p.append(100),))
+    holder.start()
+    assert first.entered.wait(10)
+    outcomes: dict[int, int] = {}
+    threads = [
+        threading.Thread(
+            target=lambda v=v: outcomes.__setitem__(v, commits.commit(lambda p: p.append(v)))
+        )
+        for v in range(10)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(commits.pending()) == 10, what="callers queued behind it")
+    first.release.set()
+    assert second_entered.wait(10)  # one caller of the second batch is writing it
+    holder.join(10)
+    time.sleep(0.2)  # a waiter woken for nothing would have counted itself by now
+    assert outcomes == {} and commits.idle_wakeups == 0
+    second_release.set()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == {v: sum(range(10)) for v in range(10)}
+    assert commits.batches == 2 and commits.idle_wakeups == 0
