@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if owned:
             app.state.desktops = rt.desktops
             app.state.ides = rt.ides
+        if rt.slack is not None:  # the bot's prompts take the backlog's slots too
+            rt.slack.intake.bind(app.state.prompt_backlog, asyncio.get_running_loop())
         app.state.loop_lag = LoopLag()
         app.state.loop_lag.start()
         if owned:

@@ -22,6 +22,10 @@ TAKING_IN = Gauge(
 SHED = Counter(
     "nightshift_prompts_shed_total", "New sessions and follow-ups answered 503 (backlog full)"
 )
+DEFERRED = Counter(
+    "nightshift_prompts_deferred_total",
+    "Prompts not sent over HTTP (Slack) that found the backlog full and waited for a slot",
+)
 PROMPTS_FINISHED = Counter("nightshift_prompts_finished_total", "Prompts finished", ["outcome"])
 SANDBOX_READY = Histogram(
     "nightshift_sandbox_ready_seconds",

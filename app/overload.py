@@ -16,22 +16,30 @@ shed in the last second, times the recent interval between slots freeing, less t
 request is granted), spread by jitter so the clients shed together do not all come back at
 once: the more are shed, the longer each is asked to stay away. Only a shed answer carries
 that header: it is the mark our clients (`shed_retry_s`) retry on, as nothing was done.
+
+Prompts that do not arrive as HTTP requests (the Slack bot's mentions and follow-ups) take
+the same slots through `Intake`, from whatever event loop they run on. Nobody would retry one
+that was refused (Slack was acknowledged long before, and the request is stored), so such a
+prompt is not shed: it waits its turn, trying again as a shed client would, and the person is
+told once that it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.metrics import SHED, TAKING_IN
+from app.metrics import DEFERRED, SHED, TAKING_IN
 
 _SHEDDABLE = re.compile(r"^/api/sessions(/[^/]+/prompts)?/?$")
 
@@ -188,3 +196,72 @@ class PromptBacklog:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class Intake:
+    """A backlog slot for a prompt that is not an HTTP request (see above), taken on the
+    server's loop from any loop. Unbound (no server: a runtime without the app), it lets every
+    prompt through."""
+
+    def __init__(self) -> None:
+        self.backlog: Backlog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.deferred = 0
+        """Prompts that found no slot at once and waited for one."""
+
+    def bind(self, backlog: Backlog, loop: asyncio.AbstractEventLoop) -> None:
+        """Take slots of `backlog`, which lives on `loop` (the server's)."""
+        self.backlog, self._loop = backlog, loop
+
+    @contextlib.asynccontextmanager
+    async def slot(self, waits: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+        """Hold a slot for the body; when none is free within the backlog's wait, `waits()`
+        (to tell the person) and wait for one."""
+        backlog, loop = self.backlog, self._loop
+        if backlog is None or loop is None or loop.is_closed():
+            yield
+            return
+        if not await self._on_home(loop, backlog, backlog.enter()):
+            self.deferred += 1
+            DEFERRED.inc()
+            with contextlib.suppress(Exception):  # telling them is a courtesy
+                await waits()
+            await self._on_home(loop, backlog, _patiently(backlog))
+        TAKING_IN.inc()
+        try:
+            yield
+        finally:
+            TAKING_IN.dec()
+            with contextlib.suppress(RuntimeError):  # the server's loop is gone: so are slots
+                loop.call_soon_threadsafe(backlog.leave)
+
+    @staticmethod
+    async def _on_home(
+        loop: asyncio.AbstractEventLoop, backlog: Backlog, entering: Awaitable[bool]
+    ) -> bool:
+        """Run `entering` on the backlog's loop. Should this caller be cancelled meanwhile,
+        the entering goes on there and a slot it takes is given back at once."""
+
+        async def run() -> bool:
+            return await entering
+
+        taking: Future[bool] = asyncio.run_coroutine_threadsafe(run(), loop)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(taking))
+        except asyncio.CancelledError:
+            taking.add_done_callback(
+                lambda f: (
+                    not f.cancelled()
+                    and f.exception() is None
+                    and f.result()
+                    and loop.call_soon_threadsafe(backlog.leave)
+                )
+            )
+            raise
+
+
+async def _patiently(backlog: Backlog) -> bool:
+    """Enter, trying again after the hint a shed request would get, until a slot comes."""
+    while not await backlog.enter():
+        await asyncio.sleep(backlog.retry_hint_ms() / 1000)
+    return True

@@ -230,3 +230,60 @@ def test_the_cli_client_sends_a_shed_prompt_again_once_a_slot_frees(
     shed = REGISTRY.get_sample_value("nightshift_prompts_shed_total") - shed_before
     assert shed == app.state.prompt_backlog.shed >= 3
     assert REGISTRY.get_sample_value("nightshift_prompts_taking_in") == taking_in
+
+
+def test_an_intake_caller_cancelled_while_it_waits_leaves_no_slot_taken() -> None:
+    """`Intake` takes slots on the backlog's own loop: a caller on another loop that is
+    cancelled while it waits for one gives back the slot it is handed later."""
+    import asyncio
+
+    from app.overload import Backlog, Intake
+
+    home = asyncio.new_event_loop()
+    runner = threading.Thread(target=home.run_forever, daemon=True)
+    runner.start()
+    backlog = Backlog(1, wait_s=0.05)
+    intake = Intake()
+    intake.bind(backlog, home)
+    told: list[str] = []
+
+    async def waits() -> None:
+        told.append("busy")
+
+    async def scenario() -> None:
+        async with intake.slot(waits):
+            assert backlog.in_flight == 1 and told == []
+            waiting = asyncio.create_task(intake.slot(waits).__aenter__())
+            await asyncio.sleep(0.3)  # past the backlog's wait: it waits its turn, told once
+            assert told == ["busy"] and not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        # The first slot went back; the cancelled caller's retry took it and gave it back.
+        for _ in range(100):
+            if backlog.in_flight == 0 and not backlog.waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert backlog.in_flight == 0 and intake.deferred == 1
+        async with intake.slot(waits):  # and the next caller gets it at once
+            assert backlog.in_flight == 1 and told == ["busy"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        home.call_soon_threadsafe(home.stop)
+        runner.join(5)
+        home.close()
+    assert backlog.in_flight == 0
+
+
+def test_an_unbound_intake_lets_every_prompt_through() -> None:
+    import asyncio
+
+    from app.overload import Intake
+
+    async def scenario() -> int:
+        async with Intake().slot(lambda: asyncio.sleep(0)):
+            return 1
+
+    assert asyncio.run(scenario()) == 1

@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import Engine
 
 from app.models import User
+from app.overload import Intake
 from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
@@ -78,12 +79,23 @@ class SlackBot:
         self.client = client
         self.executor = executor
         self.out = SlackOut(client)
+        self.intake = Intake()
+        """Bound to the server's backlog by the app (`app/main.py`) once it runs."""
         self.requests = RequestFlow(
-            directory, links, sessions, repos, classifier, updater, client, self.out, images
+            directory,
+            links,
+            sessions,
+            repos,
+            classifier,
+            updater,
+            client,
+            self.out,
+            images,
+            self.intake,
         )
         self.invites = LinkInvites(settings.base_url, links, client, self.out)
         self.threads = SessionThreads(
-            sessions, repos, directory, links, self.invites, updater, self.out
+            sessions, repos, directory, links, self.invites, updater, self.out, self.intake
         )
         self.events = SlackEvents(
             settings.slack_follow_ups,

@@ -11,6 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from app.errors import ServiceError
 from app.models import User
+from app.overload import Intake
 from app.services.classifier import RepoClassifier
 from app.services.images import Images
 from app.services.repos import Repos
@@ -53,6 +54,7 @@ class RequestFlow:
         client: AsyncWebClient,
         out: SlackOut,
         images: Images,
+        intake: Intake,
     ) -> None:
         self.directory = directory
         self.links = links
@@ -63,6 +65,8 @@ class RequestFlow:
         self.client = client
         self.out = out
         self.images = images
+        self.intake = intake
+        """The server's backlog, which a new session takes a slot of like a POST does."""
 
     async def route(self, request: SlackRequest, user: User) -> None:
         """Pick the repository of a new request and start it, or ask which one."""
@@ -171,9 +175,10 @@ class RequestFlow:
         if request.context:
             prompt += f"\n\nEarlier in the Slack thread:\n{request.context}"
         try:
-            session = await asyncio.to_thread(
-                self.sessions.create, user, repo, prompt, None, "slack", request.model
-            )
+            async with self.intake.slot(lambda: self._busy(request)):
+                session = await asyncio.to_thread(
+                    self.sessions.create, user, repo, prompt, None, "slack", request.model
+                )
         except ServiceError as exc:
             await asyncio.to_thread(
                 self.directory.update_request, request_id(request), state="failed", error=str(exc)
@@ -207,6 +212,14 @@ class RequestFlow:
             # The updater tries again with the session's next event.
             self.updater.track(session.id, thread_id(thread))
             self.updater.poke(thread_id(thread))
+
+    async def _busy(self, request: SlackRequest) -> None:
+        await self.out.say(
+            request.channel_id,
+            request.thread_ts,
+            f"<@{request.slack_user_id}> Nightshift is busy taking in other prompts: yours "
+            "waits for its turn and starts by itself.",
+        )
 
     async def warm(self, user: User, repo: str) -> None:
         """Reserve a warm sandbox of `repo` for `user`, as the web prompt box does while they

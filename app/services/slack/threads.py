@@ -4,9 +4,11 @@ follow-up prompt (after the author is linked)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from app.errors import ServiceError
 from app.models import User
+from app.overload import Intake
 from app.services.classifier import resolve
 from app.services.repos import Repos
 from app.services.sessions import Sessions
@@ -32,6 +34,7 @@ class SessionThreads:
         invites: LinkInvites,
         updater: StatusUpdater,
         out: SlackOut,
+        intake: Intake,
     ) -> None:
         self.sessions = sessions
         self.repos = repos
@@ -40,6 +43,8 @@ class SessionThreads:
         self.invites = invites
         self.updater = updater
         self.out = out
+        self.intake = intake
+        """The server's backlog, which a follow-up takes a slot of like a POST does."""
 
     async def same_repo(self, raw: str, thread: SlackThread) -> bool:
         """A mention in a session's thread follows up unless it names another repository."""
@@ -107,10 +112,19 @@ class SessionThreads:
     async def queue_follow_up(
         self, thread: SlackThread, user: User, text: str, slack_user: str
     ) -> None:
-        try:
-            prompt = await asyncio.to_thread(
-                self.sessions.add_prompt, user, thread.session_id, text, "slack"
+        def busy() -> Awaitable[object]:
+            return self.out.say(
+                thread.channel_id,
+                thread.thread_ts,
+                f"<@{slack_user}> Nightshift is busy taking in other prompts: your follow-up "
+                "waits for its turn and is queued by itself.",
             )
+
+        try:
+            async with self.intake.slot(busy):
+                prompt = await asyncio.to_thread(
+                    self.sessions.add_prompt, user, thread.session_id, text, "slack"
+                )
         except ServiceError as exc:
             await self.out.say(thread.channel_id, thread.thread_ts, f"<@{slack_user}> {exc}")
             return
