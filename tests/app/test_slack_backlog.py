@@ -83,10 +83,7 @@ def test_a_mention_and_a_follow_up_wait_for_a_full_backlog_and_then_go_in(
         assert len(world.runtime.sessions.prompts(rows[0].id)) == 1
     wait_for(lambda: world.says(mention.ts, "queued your follow-up"), 20, "the follow-up queued")
     wait_for(
-        lambda: (
-            [p.state for p in world.runtime.sessions.prompts(rows[0].id)]
-            == ["done", "done"]
-        ),
+        lambda: [p.state for p in world.runtime.sessions.prompts(rows[0].id)] == ["done", "done"],
         40,
         "both prompts to be done",
     )
