@@ -31,12 +31,14 @@ async def publish_work(
     forge_for: Callable[[RepoSpec], Forge],
     emit: Callable[[Event], Awaitable[None]],
     max_push_bytes: int,
-    editors: Sequence[Author] = (),
+    editors: Callable[[], Awaitable[Sequence[Author]]] | None = None,
 ) -> None:
     """Commit as the prompting person, push from outside the sandbox, announce the branch.
 
     `base_sha` is the base commit the workspace stands on once its sync has ended; `editors`
-    changed files through the IDE since the last commit, and co-author this one.
+    reads who changed files through the IDE since the last commit, to co-author this one: only
+    when there is a commit to make (a prompt that changed nothing asks the control plane
+    nothing).
     """
     emit = for_prompt(emit, job.id, job.attempt)
     title = result.title or ctx.title or _first_line(job.text)
@@ -44,7 +46,11 @@ async def publish_work(
     head = tree.head
     if tree.dirty:
         committed = await commit_changes(
-            sandbox, title, result.summary, job.author, [*ctx.authors, *editors]
+            sandbox,
+            title,
+            result.summary,
+            job.author,
+            [*ctx.authors, *(await editors() if editors is not None else ())],
         )
         head = committed.sha
         await emit(

@@ -33,6 +33,7 @@ from workers.config import AgentConfig
 from workers.control import ControlPlane, PromptJob, RunStart, SessionContext
 from workers.errors import WorkersError
 from workers.events import (
+    Author,
     ErrorRaised,
     Event,
     ModelRequest,
@@ -272,6 +273,14 @@ class SessionRunner:
         usage = await self.deps.control.stored_events(self.session_id, ["usage"])
         return sum(e.cost_usd or 0.0 for e in usage if isinstance(e, UsageReported))
 
+    async def _ide_editors(self) -> list[Author]:
+        """Who changed files through the IDE since the session's last commit."""
+        return ide_editors(
+            await self.deps.control.stored_events(
+                self.session_id, ["commit_created", "ide_files_edited"]
+            )
+        )
+
     async def _resumed(self, job: PromptJob) -> Resumed | None:
         """What earlier attempts of `job` stored to go on from (None on a first attempt)."""
         if job.attempt <= 1:
@@ -356,11 +365,7 @@ class SessionRunner:
                     forge_for=self.deps.forge_for,
                     emit=self.emit,
                     max_push_bytes=self.deps.config.max_push_bytes,
-                    editors=ide_editors(
-                        await self.deps.control.stored_events(
-                            self.session_id, ["commit_created", "ide_files_edited"]
-                        )
-                    ),
+                    editors=self._ide_editors,
                 )
         except asyncio.CancelledError:
             raise

@@ -405,6 +405,32 @@ def test_a_follow_up_wakes_the_idle_remote_runner(
         cluster.stop_worker("idle")
 
 
+def test_a_prompt_that_changed_nothing_reads_no_co_authors_from_the_api(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """Who edited through the IDE (the co-authors of a commit) is read from the API only when
+    there is a commit to make: a prompt that changed nothing costs one control call less."""
+    alice = cluster.person("alice", "Alice Example", "alice@example.com")
+    name = _unique("readonly")
+    with httpx.Client(
+        base_url=cluster.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+    ) as http:
+        api = ApiClient(http, cluster.url, alice)
+        api.add_repo(make_repo(tmp_path, name))
+        openai_fake.script("just look", Turn.tool("finish", summary="Looked; nothing to do."))
+        openai_fake.script("write one", *_write_and_finish("ONE.md", "1\n", "One"))
+        looked = api.create(name, "just look")["id"]
+        wrote = api.create(name, "write one")["id"]
+        for session_id in (looked, wrote):
+            api.wait_status(session_id, "finished", timeout=60)
+        assert any(e["type"] == "commit_created" for e in api.events(wrote))
+        assert not any(e["type"] == "commit_created" for e in api.events(looked))
+    log = cluster.log_text("api")
+    assert f"/internal/v1/sessions/{wrote}/stored-events" in log  # the log names each request
+    assert f"/internal/v1/sessions/{looked}/stored-events" not in log
+    assert f"/internal/v1/sessions/{looked}/start" in log
+
+
 def test_stop_reaches_a_remote_runner_through_the_nudge(
     cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
