@@ -41,6 +41,14 @@ log = logging.getLogger("nightshift.control")
 T = TypeVar("T")
 
 PREFIX = "/internal/v1"
+SERVER_KEEP_ALIVE_S = 5
+"""How long `nightshift serve` keeps an idle connection open (uvicorn's `timeout_keep_alive`)."""
+CLIENT_KEEP_ALIVE_S = 2.0
+"""How long our clients of the API reuse an idle connection: well under the server's. The
+server's timer starts when it sent an answer, the client's when it read it, so with equal
+timeouts a request can go out on a connection the server is closing that moment: it fails
+with a read error, and a request that is not idempotent (spawning a session) cannot be sent
+again."""
 TOKEN_HEADER = "X-Nightshift-Worker-Token"  # noqa: S105 (a header name)
 RENEW_GATHER_S = 0.05
 """How long the first renewal of a batch waits for others (heartbeats of one tick)."""
@@ -130,7 +138,11 @@ class HttpControlPlane:
             headers={TOKEN_HEADER: token, "User-Agent": "nightshift-worker"},
             timeout=timeout,
             transport=transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(
+                max_connections=200,
+                max_keepalive_connections=50,
+                keepalive_expiry=CLIENT_KEEP_ALIVE_S,
+            ),
         )
         self._renewals: dict[_Renewal, list[asyncio.Future[LeaseState]]] | None = None
         self._renewing: set[asyncio.Task[None]] = set()

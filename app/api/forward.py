@@ -31,6 +31,7 @@ from websockets.typing import Subprotocol
 
 from app.services.ownership import Owner, Ownership
 from app.services.peers import PeerSigner
+from workers.control_http import CLIENT_KEEP_ALIVE_S
 
 log = logging.getLogger("nightshift.forward")
 
@@ -86,7 +87,11 @@ class OwnerRouter:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(30.0, connect=5.0, read=None),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                limits=httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=64,
+                    keepalive_expiry=CLIENT_KEEP_ALIVE_S,
+                ),
                 trust_env=False,
             )
         return self._client

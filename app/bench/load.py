@@ -39,6 +39,7 @@ import httpx
 from app.bench.stack import LoadConfig, Stack
 from app.bench.stats import latency_summary
 from app.overload import shed_retry_s
+from workers.control_http import CLIENT_KEEP_ALIVE_S
 
 
 def _make_repo(root: Path) -> Path:
@@ -80,7 +81,11 @@ class Client:
             base_url=stack.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=64,
+                max_keepalive_connections=64,
+                keepalive_expiry=CLIENT_KEEP_ALIVE_S,
+            ),
         )
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -22,6 +22,7 @@ import httpx
 
 from app.errors import AppError
 from app.overload import shed_retry_s
+from workers.control_http import CLIENT_KEEP_ALIVE_S
 from workers.events import Event, StatusChanged, parse_event
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -124,7 +125,12 @@ class Client:
     def __post_init__(self) -> None:
         self.server = normalize(self.server)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=self.timeout)
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            timeout=self.timeout,
+            limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S),
+        )
 
     def close(self) -> None:
         self.http.close()

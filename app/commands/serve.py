@@ -10,6 +10,7 @@ import typer
 from app.commands.common import console, fail, load_settings
 from app.errors import ServiceError
 from app.log_writer import defer_log_writes
+from workers.control_http import SERVER_KEEP_ALIVE_S
 
 
 def serve(
@@ -79,6 +80,8 @@ def serve(
         "ws_per_message_deflate": False,
         # Open event streams (web pages) would hold shutdown forever; they reconnect anyway.
         "timeout_graceful_shutdown": 3,
+        # Longer than our clients keep an idle connection, so none reuses one being closed.
+        "timeout_keep_alive": SERVER_KEEP_ALIVE_S,
     }
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, **options))
     # Its access log and messages are written by a thread: an output nobody reads (a paused

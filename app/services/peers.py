@@ -19,6 +19,7 @@ import httpx
 
 from app.errors import Unavailable
 from app.services.ownership import Ownership
+from workers.control_http import CLIENT_KEEP_ALIVE_S
 
 PEER_HEADER = "X-Nightshift-Peer"
 SIGNATURE_AGE_S = 60
@@ -55,7 +56,11 @@ class SessionPeers:
     def __init__(self, owners: Ownership, signer: PeerSigner) -> None:
         self.owners = owners
         self.signer = signer
-        self._http = httpx.Client(timeout=30.0, trust_env=False)
+        self._http = httpx.Client(
+            timeout=30.0,
+            trust_env=False,
+            limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S),
+        )
 
     def local(self, session_id: str) -> str | None:
         """None when this process owns the session (claiming it if nobody live does, or when
