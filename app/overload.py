@@ -249,14 +249,13 @@ class Intake:
         try:
             return await asyncio.shield(asyncio.wrap_future(taking))
         except asyncio.CancelledError:
-            taking.add_done_callback(
-                lambda f: (
-                    not f.cancelled()
-                    and f.exception() is None
-                    and f.result()
-                    and loop.call_soon_threadsafe(backlog.leave)
-                )
-            )
+
+            def give_back(done: Future[bool]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    with contextlib.suppress(RuntimeError):  # the loop is gone, its slots too
+                        loop.call_soon_threadsafe(backlog.leave)
+
+            taking.add_done_callback(give_back)
             raise
 
 

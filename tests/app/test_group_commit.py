@@ -92,12 +92,11 @@ def test_writing_a_batch_wakes_its_callers_and_one_writer_of_the_next_not_every_
     holder.start()
     assert first.entered.wait(10)
     outcomes: dict[int, int] = {}
-    threads = [
-        threading.Thread(
-            target=lambda v=v: outcomes.__setitem__(v, commits.commit(lambda p: p.append(v)))
-        )
-        for v in range(10)
-    ]
+
+    def run(value: int) -> None:
+        outcomes[value] = commits.commit(lambda pending: pending.append(value))
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in range(10)]
     for thread in threads:
         thread.start()
     wait_for(lambda: len(commits.pending()) == 10, what="callers queued behind it")
