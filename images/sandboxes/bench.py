@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from images.sandboxes.base import ImageRef, Limits, SandboxBackend, SandboxSpec
+from images.sandboxes.base import ImageRef, Limits, Sandbox, SandboxBackend, SandboxSpec
 from images.sandboxes.overlay import chown_tree
 
 TARGETS_MS = {
@@ -79,12 +79,7 @@ async def bench_backend(
             await sandbox.exec(["true"])
             starts.append((time.perf_counter() - t0) * 1000)
             await sandbox.terminate()
-        trips: list[float] = []
-        for i in range(runs):
-            progress(f"{backend.name}: exec round trip {i + 1}/{runs}")
-            t0 = time.perf_counter()
-            await warm.exec(["true"])
-            trips.append((time.perf_counter() - t0) * 1000)
+        trips = await _exec_trips(warm, runs, f"{backend.name}: exec round trip", progress)
         crowded = await _round_trips_among(backend, spec, warm, crowd, runs, progress)
         await warm.terminate()
         snapshot_ms: dict[str, float] = {}
@@ -144,6 +139,19 @@ async def bench_backend(
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def _exec_trips(
+    sandbox: Sandbox, runs: int, label: str, progress: Callable[[str], None]
+) -> list[float]:
+    """Milliseconds of `runs` round trips of `true` in `sandbox`."""
+    trips: list[float] = []
+    for i in range(runs):
+        progress(f"{label} {i + 1}/{runs}")
+        t0 = time.perf_counter()
+        await sandbox.exec(["true"])
+        trips.append((time.perf_counter() - t0) * 1000)
+    return trips
+
+
 async def _round_trips_among(
     backend: SandboxBackend,
     spec: SandboxSpec,
@@ -170,12 +178,9 @@ async def _round_trips_among(
                 t0 = time.perf_counter()
                 await other.exec(["true"])
                 samples.append((time.perf_counter() - t0) * 1000)
-        trips: list[float] = []
-        for i in range(runs):
-            progress(f"{backend.name}: exec round trip among {crowd} {i + 1}/{runs}")
-            t0 = time.perf_counter()
-            await warm.exec(["true"])
-            trips.append((time.perf_counter() - t0) * 1000)
+        trips = await _exec_trips(
+            warm, runs, f"{backend.name}: exec round trip among {crowd}", progress
+        )
     finally:
         for other in others:
             await other.terminate()

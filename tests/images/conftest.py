@@ -104,6 +104,15 @@ def unavailable(name: str) -> str | None:
     return None
 
 
+def only_bwrap() -> str:
+    """A module's `backend_name` fixture for tests of bwrap alone: skips where it cannot run
+    (`backend_name = pytest.fixture(name="backend_name")(only_bwrap)`)."""
+    reason = unavailable("bwrap")
+    if reason:
+        pytest.skip(reason)
+    return "bwrap"
+
+
 def make_backend_for(name: str, state_dir: Path, internet: FakeInternet) -> Any:
     from images.sandboxes.environment import default_owner
 

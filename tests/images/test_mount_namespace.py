@@ -13,19 +13,14 @@ from typing import Any
 import pytest
 
 from images.sandboxes.mountns import mount_points
-from tests.images.conftest import DISK_MB, unavailable
+from tests.images.conftest import DISK_MB, only_bwrap
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or DISK_MB == 0, reason="sandboxes mount their disks on root hosts only"
 )
 
 
-@pytest.fixture
-def backend_name() -> str:
-    reason = unavailable("bwrap")
-    if reason:
-        pytest.skip(reason)
-    return "bwrap"
+backend_name = pytest.fixture(name="backend_name")(only_bwrap)
 
 
 @pytest.fixture

@@ -9,19 +9,14 @@ from typing import Any
 import pytest
 
 from images.sandboxes.base import Sandbox
-from tests.images.conftest import unavailable
+from tests.images.conftest import only_bwrap
 from workers.gitops import GitOpsError, checked_sha, head_sha, tree_state
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com"}
 IDENTITY |= {"GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
 
 
-@pytest.fixture
-def backend_name() -> str:
-    reason = unavailable("bwrap")
-    if reason:
-        pytest.skip(reason)
-    return "bwrap"
+backend_name = pytest.fixture(name="backend_name")(only_bwrap)
 
 
 async def _sh(sandbox: Sandbox, script: str) -> str:
