@@ -119,15 +119,16 @@ class CeleryDispatcher:
                     batch.append(item)
                     continue
                 if batch:
-                    self._send(list(dict.fromkeys(batch)))
+                    self._send(batch)
                     batch = []
                 if item is None:
                     return
                 item.set()
             if batch:
-                self._send(list(dict.fromkeys(batch)))
+                self._send(batch)
 
-    def _send(self, session_ids: list[str]) -> None:
+    def _send(self, asked: list[str]) -> None:
+        session_ids = list(dict.fromkeys(asked))  # a session asked twice is sent once
         keys = [dispatch_key(session_id) for session_id in session_ids]
         try:
             # An idle runner of a session, wherever it runs, takes the prompt at once; and the

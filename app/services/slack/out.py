@@ -29,6 +29,16 @@ class SlackOut:
             return None
         return str(response["ts"])
 
+    async def busy(self, channel: str, thread_ts: str, slack_user: str, what: str) -> None:
+        """Tell `slack_user` that `what` ("yours", "your follow-up") waits for the server's
+        backlog (`app/overload.py` `Intake`) and goes in by itself."""
+        await self.say(
+            channel,
+            thread_ts,
+            f"<@{slack_user}> Nightshift is busy taking in other prompts: {what} waits for its "
+            "turn and goes in by itself.",
+        )
+
     async def ephemeral(self, channel: str, user: str, text: str) -> None:
         try:
             await self.client.chat_postEphemeral(channel=channel, user=user, text=text)

@@ -175,7 +175,8 @@ class RequestFlow:
         if request.context:
             prompt += f"\n\nEarlier in the Slack thread:\n{request.context}"
         try:
-            async with self.intake.slot(lambda: self._busy(request)):
+            busy = (request.channel_id, request.thread_ts, request.slack_user_id, "yours")
+            async with self.intake.slot(lambda: self.out.busy(*busy)):
                 session = await asyncio.to_thread(
                     self.sessions.create, user, repo, prompt, None, "slack", request.model
                 )
@@ -212,14 +213,6 @@ class RequestFlow:
             # The updater tries again with the session's next event.
             self.updater.track(session.id, thread_id(thread))
             self.updater.poke(thread_id(thread))
-
-    async def _busy(self, request: SlackRequest) -> None:
-        await self.out.say(
-            request.channel_id,
-            request.thread_ts,
-            f"<@{request.slack_user_id}> Nightshift is busy taking in other prompts: yours "
-            "waits for its turn and starts by itself.",
-        )
 
     async def warm(self, user: User, repo: str) -> None:
         """Reserve a warm sandbox of `repo` for `user`, as the web prompt box does while they

@@ -4,7 +4,6 @@ follow-up prompt (after the author is linked)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 
 from app.errors import ServiceError
 from app.models import User
@@ -112,16 +111,9 @@ class SessionThreads:
     async def queue_follow_up(
         self, thread: SlackThread, user: User, text: str, slack_user: str
     ) -> None:
-        def busy() -> Awaitable[object]:
-            return self.out.say(
-                thread.channel_id,
-                thread.thread_ts,
-                f"<@{slack_user}> Nightshift is busy taking in other prompts: your follow-up "
-                "waits for its turn and is queued by itself.",
-            )
-
+        busy = (thread.channel_id, thread.thread_ts, slack_user, "your follow-up")
         try:
-            async with self.intake.slot(busy):
+            async with self.intake.slot(lambda: self.out.busy(*busy)):
                 prompt = await asyncio.to_thread(
                     self.sessions.add_prompt, user, thread.session_id, text, "slack"
                 )
