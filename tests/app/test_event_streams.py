@@ -43,7 +43,13 @@ def _publish(
 
 
 def _texts(runtime: Any, session_id: str) -> list[str]:
-    """What this test published (the session's own in-process runner may add its events)."""
+    """What this test published (the session's own in-process runner may add its events).
+
+    Read once every stored event's index values are written: the session's list stops before
+    the first that is not, and the runner's own events are indexed by another thread."""
+    wait_for(
+        lambda: runtime.hub.listed_until(session_id) is None, 10, "the session's list to catch up"
+    )
     return [
         e.text
         for e in runtime.sessions.events(session_id)
