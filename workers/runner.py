@@ -226,15 +226,18 @@ class SessionRunner:
     async def _wait_idle(self) -> PromptJob | None:
         """Keep the sandbox for a follow-up: woken at once by `wake()` (the dispatcher's nudge
         when a prompt is queued), and checking the queue every few seconds should a nudge be
-        missed, so an idle session costs the control plane next to nothing."""
+        missed, so an idle session costs the control plane next to nothing. When the time is
+        up with no nudge it does not look again: the lease's release reports a prompt queued
+        since (`more`), and the session runs again."""
         await self.status("idle")
         deadline = time.monotonic() + self.deps.config.idle_s
         while (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), min(left, IDLE_CHECK_S))
+            if not self._woken.is_set() and time.monotonic() >= deadline:
+                return None
             self._woken.clear()
-            job = await self.deps.control.next_prompt(self.session_id, self.id)
-            if job is not None:
+            if job := await self.deps.control.next_prompt(self.session_id, self.id):
                 return job
         return None
 

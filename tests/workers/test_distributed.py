@@ -405,6 +405,41 @@ def test_a_follow_up_wakes_the_idle_remote_runner(
         cluster.stop_worker("idle")
 
 
+def test_a_runner_whose_idle_time_ran_out_asks_the_queue_no_more(
+    cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
+) -> None:
+    """An idle runner whose time is up goes without a last look at the queue (the lease's
+    release reports a prompt queued meanwhile), and a follow-up after that still runs."""
+    for name in list(cluster.workers):
+        cluster.stop_worker(name)
+    cluster.start_worker("brief", NIGHTSHIFT_IDLE_SECONDS="1")
+    try:
+        alice = cluster.person("alice", "Alice Example", "alice@example.com")
+        name = _unique("brief")
+        with httpx.Client(
+            base_url=cluster.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+        ) as http:
+            api = ApiClient(http, cluster.url, alice)
+            api.add_repo(make_repo(tmp_path, name))
+            openai_fake.script("look once", Turn.tool("finish", summary="Looked."))
+            openai_fake.script("look again", Turn.tool("finish", summary="Looked again."))
+            session_id = api.create(name, "look once")["id"]
+            api.wait_status(session_id, "finished", timeout=60)
+            asks = f"/internal/v1/sessions/{session_id}/next-prompt"
+            # One look after the prompt, none when the idle second ran out.
+            assert cluster.log_text("api").count(asks) == 1
+            r = http.post(f"/api/sessions/{session_id}/prompts", json={"text": "look again"})
+            assert r.status_code == 202
+            prompts = f"/api/sessions/{session_id}/prompts"
+            wait_for(
+                lambda: [p["state"] for p in http.get(prompts).json()] == ["done", "done"],
+                60,
+                "the follow-up to run",
+            )
+    finally:
+        cluster.stop_worker("brief")
+
+
 def test_a_prompt_that_changed_nothing_reads_no_co_authors_from_the_api(
     cluster: Cluster, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
