@@ -11,7 +11,7 @@ from typing import TypeVar
 from app.control_jobs import ControlJobs
 from app.errors import ServiceError
 from app.services.artifacts import Artifacts
-from app.services.repos import spec_of
+from app.services.repo_catalog import spec_of
 from app.services.runners import RunnerService
 from images.spec import RepoSpec
 from workers.control import (

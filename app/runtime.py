@@ -40,7 +40,8 @@ from app.services.model_choices import ModelChoices
 from app.services.ownership import Ownership
 from app.services.peers import PeerSigner, SessionPeers
 from app.services.pull_requests import LocalPullRequests, PullRequestOpener, PullRequests
-from app.services.repos import RepoCatalog, Repos
+from app.services.repo_catalog import RepoCatalog
+from app.services.repos import Repos
 from app.services.runners import RunnerService
 from app.services.session_index import IndexWriter
 from app.services.sessions import Sessions
@@ -173,6 +174,10 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         if running.is_set():
             images.queue_build([repo.name], trigger="added")
 
+    def build_changed_repo(repo: Repo) -> None:
+        if running.is_set():
+            images.queue_build([repo.name], trigger="changed")
+
     # 4. Repos and people.
     repos = Repos(
         engine,
@@ -182,6 +187,7 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         api_roots=settings.api_repo_roots(),
         validators=[images.validate_spec_file],
         on_added=[build_added_repo],
+        on_changed=[build_changed_repo],
     )
     users = Users(engine)
     # 5. Session files and the event hub. The hub's table names services built below (they

@@ -55,6 +55,37 @@ class RepoCreate(BaseModel):
     )
 
 
+class RepoUpdate(BaseModel):
+    """`PATCH /api/repos/{repo}`: the fields to change, the rest kept. A repo's name and url
+    never change. `null` clears `image`, `dockerfile`, `context` and `ci_fix_attempts`;
+    naming an image drops a stored Dockerfile and the other way round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field("", min_length=1, max_length=200)
+    setup: list[str] = Field(default_factory=list, max_length=50)
+    warm: list[str] = Field(default_factory=list, max_length=50)
+    env: dict[str, str] = Field(default_factory=dict)
+    egress: list[str] = Field(default_factory=list, max_length=100)
+    description: str = Field("", max_length=2000)
+    pool_size: int = Field(0, ge=0, le=50)
+    image: str | None = Field(None, max_length=300)
+    dockerfile: str | None = Field(None, max_length=500)
+    context: str | None = Field(None, max_length=500)
+    devcontainer: bool = True
+    ci_fix_attempts: int | None = Field(None, ge=0, le=20)
+
+    def changes(self) -> dict[str, Any]:
+        """What the request names, an environment it names replacing the stored one."""
+        values = self.model_dump(exclude_unset=True)
+        if values.get("image") is not None:
+            values.setdefault("dockerfile", None)
+            values.setdefault("context", None)
+        if values.get("dockerfile") is not None:
+            values.setdefault("image", None)
+        return values
+
+
 class RepoPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

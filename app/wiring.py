@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from app.db import control_engine, reader
 from app.services.images import Images, repo_specs, snapshot_images
-from app.services.repos import RepoCatalog
+from app.services.repo_catalog import RepoCatalog
 from app.settings import Settings
 from images.builder import ImageBuilder
 from images.image_jobs import ImageJobs

@@ -8,7 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from app.services.github.app import github_app
-from app.services.repos import RepoCatalog
+from app.services.repo_catalog import RepoCatalog
 from app.services.runners import active_snapshot_ids
 from app.settings import Settings
 from app.wiring import (

@@ -28,7 +28,7 @@ from images.spec import RepoSpec, SpecFile
 from images.sql import table_of
 
 ImageStatus = Literal["building", "ready", "failed", "cold", "collected"]
-Trigger = Literal["schedule", "manual", "added", "session", "warm", "push"]
+Trigger = Literal["schedule", "manual", "added", "changed", "session", "warm", "push"]
 SHARED_BACKENDS = frozenset({"modal"})
 """Backends whose images any host can start; the rest keep images on the building host."""
 

@@ -1,4 +1,4 @@
-"""`nightshift repos add|list`: the repositories Nightshift can work on."""
+"""`nightshift repos add|set|show|list`: the repositories Nightshift can work on."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, runtime_from
-from app.schemas import RepoCreate
-from app.services.repos import spec_of
+from app.schemas import RepoCreate, RepoUpdate
+from app.services.repo_catalog import spec_of
 from images.environments import uncommitted_spec_warning
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
@@ -100,6 +100,85 @@ def repos_add(
         warning = uncommitted_spec_warning(spec_of(row))
         if warning:
             console.print(f"[yellow]{warning}[/]", highlight=False)
+
+
+def _cleared(values: list[str] | None) -> list[str] | None:
+    """A repeatable option's values; one empty value (`--setup ''`) means none."""
+    return None if values is None else [v for v in values if v]
+
+
+@app.command("set")
+def repos_set(
+    name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
+    base: Annotated[str | None, typer.Option(help="Base branch")] = None,
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(help="Set-up command for images (repeatable; replaces them; '' for none)"),
+    ] = None,
+    warm: Annotated[
+        list[str] | None,
+        typer.Option(help="Cache-warming command (repeatable; replaces them; '' for none)"),
+    ] = None,
+    egress: Annotated[
+        str | None, typer.Option(help="Hosts sandboxes may reach, comma-separated ('' for none)")
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for sandboxes (repeatable; replaces them; '' for none)"),
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="What the repository is")] = None,
+    pool_size: Annotated[int | None, typer.Option(help="Warm sandboxes to keep ready")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="OCI image sandboxes run on ('' for the host's tools)")
+    ] = None,
+    dockerfile: Annotated[
+        str | None,
+        typer.Option(help="Dockerfile in the repository to build the environment ('' for none)"),
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="The Dockerfile's build context")] = None,
+    devcontainer: Annotated[
+        bool | None,
+        typer.Option(help="Whether .devcontainer/devcontainer.json may declare the environment"),
+    ] = None,
+) -> None:
+    """Change a registered repo in this deployment's data dir: the options given, the rest
+    kept (name and url never change). Over the API: PATCH /api/repos/{repo}."""
+    from pydantic import ValidationError
+
+    given: dict[str, object] = {
+        "base": base,
+        "setup": _cleared(setup),
+        "warm": _cleared(warm),
+        "egress": None if egress is None else [h for h in egress.split(",") if h.strip()],
+        "description": description,
+        "pool_size": pool_size,
+        "image": image,
+        "dockerfile": dockerfile,
+        "context": context,
+        "devcontainer": devcontainer,
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    for key in ("image", "dockerfile", "context"):
+        if fields.get(key) == "":
+            fields[key] = None
+    if env is not None:
+        pairs = [e for e in env if e]
+        if any("=" not in e for e in pairs):
+            fail("--env takes KEY=VALUE")
+        fields["env"] = dict(e.split("=", 1) for e in pairs)
+    try:
+        body = RepoUpdate.model_validate(fields)
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = load_settings()
+    with runtime_from(settings) as runtime:
+        row = runtime.repos.update(name, body)
+    console.print(
+        f"changed [bold]{row.name}[/]: {', '.join(sorted(body.model_fields_set))}; a server on this "
+        "data dir builds its image again at its next check (`nightshift images build "
+        f"{row.name}` builds it now)",
+        highlight=False,
+    )
 
 
 @app.command("show")

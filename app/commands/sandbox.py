@@ -151,7 +151,7 @@ def exec_command(
 async def _probe(
     settings: Settings, argv: list[str], repo: str | None, timeout: float | None, hosts: list[str]
 ) -> tuple[ExecResult, Sandbox]:
-    from app.services.repos import spec_of
+    from app.services.repo_catalog import spec_of
 
     data_dir = settings.data_dir.resolve()
     scratch: Path | None = None

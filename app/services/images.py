@@ -16,7 +16,7 @@ from app.errors import Invalid, NotFound
 from app.models import Session, User
 from app.schemas import EffectiveField, RepoDetail, RepoPublic
 from app.schemas_images import BuildStep, ImagePublic, WarmPublic
-from app.services.repos import RepoCatalog, spec_of
+from app.services.repo_catalog import RepoCatalog, spec_of
 from images.environments import build_steps, effective_origins
 from images.image_jobs import ImageJobs, build_images
 from images.pool import WarmInfo, WarmPool

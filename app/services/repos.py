@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,12 +11,12 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
-from sqlmodel import col, select
+from sqlmodel import select
 
-from app.db import reader
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
-from app.schemas import RepoCreate
+from app.schemas import RepoCreate, RepoUpdate
+from app.services.repo_catalog import RepoCatalog, spec_of
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
@@ -25,25 +26,7 @@ _GITHUB_RE = re.compile(
     r"^(?:https://github\.com/|git@github\.com:)?(?P<owner>[A-Za-z0-9-]+)/(?P<name>[A-Za-z0-9._-]+?)(?:\.git)?/?$"
 )
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def spec_of(repo: Repo) -> RepoSpec:
-    return RepoSpec(
-        name=repo.name,
-        url=repo.url,
-        forge=repo.forge,
-        base=repo.base,
-        setup=list(repo.setup),
-        warm=list(repo.warm),
-        env=dict(repo.env),
-        egress=list(repo.egress),
-        description=repo.description,
-        pool_size=repo.pool_size,
-        image=repo.image,
-        dockerfile=repo.dockerfile,
-        context=repo.context,
-        devcontainer=repo.devcontainer,
-    )
+log = logging.getLogger("nightshift.repos")
 
 
 def _looks_local(url: str, probe: bool) -> bool:
@@ -89,66 +72,6 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
-class RepoCatalog:
-    """The registered repositories, read-only: what services that only look repos up use
-    (built before `Repos`, whose additions may already act on them)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._by_name: dict[str, Repo] = {}
-        self._by_id: dict[int, Repo] = {}
-        self._specs: dict[int, RepoSpec] = {}
-        """Repos found so far. A registered repo never changes and is never removed (there
-        is no such operation), so every session's lookups after the first are answered here;
-        a name or id not found yet is always looked up in the control DB (another process
-        may have registered it)."""
-
-    def _remember(self, repo: Repo | None) -> Repo | None:
-        if repo is not None and repo.id is not None:
-            self._by_name[repo.name] = self._by_id[repo.id] = repo
-        return repo
-
-    def list(self) -> list[Repo]:
-        with DB(reader(self.engine)) as db:  # reads never queue behind a write
-            return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
-
-    def get(self, name: str) -> Repo:
-        repo = self._by_name.get(name)
-        if repo is not None:
-            return repo
-        with DB(reader(self.engine)) as db:
-            repo = self._remember(db.exec(select(Repo).where(Repo.name == name)).first())
-        if repo is None:
-            known = ", ".join(r.name for r in self.list()) or "none yet"
-            raise NotFound(f"unknown repo {name!r} (registered: {known})")
-        return repo
-
-    def spec_by_id(self, repo_id: int) -> RepoSpec:
-        """The repo's spec (validated once: a registered repo never changes)."""
-        spec = self._specs.get(repo_id)
-        if spec is None:
-            spec = self._specs[repo_id] = spec_of(self.by_id(repo_id))
-        return spec
-
-    def by_id(self, repo_id: int) -> Repo:
-        repo = self._by_id.get(repo_id)
-        if repo is not None:
-            return repo
-        with DB(self.engine) as db:
-            repo = self._remember(db.get(Repo, repo_id))
-        if repo is None:
-            raise NotFound(f"unknown repo id {repo_id}")
-        return repo
-
-    def find_local(self, path: str) -> Repo | None:
-        try:
-            resolved = str(resolve_local_repo(path))
-        except ForgeError:
-            return None
-        with DB(self.engine) as db:
-            return db.exec(select(Repo).where(Repo.url == resolved)).first()
-
-
 class Repos(RepoCatalog):
     """The catalog, and registering repositories."""
 
@@ -162,6 +85,7 @@ class Repos(RepoCatalog):
         api_roots: Sequence[Path] = (),
         validators: Sequence[Callable[[RepoSpec], None]] = (),
         on_added: Sequence[Callable[[Repo], None]] = (),
+        on_changed: Sequence[Callable[[Repo], None]] = (),
     ) -> None:
         super().__init__(engine)
         self.data_dir = data_dir.resolve() if data_dir is not None else None
@@ -175,6 +99,8 @@ class Repos(RepoCatalog):
         """Checks a new repo must pass (e.g. its `.nightshift.toml`); raise Invalid to refuse."""
         self.on_added = tuple(on_added)
         """Called with each repo once it is registered (e.g. to build its image)."""
+        self.on_changed = tuple(on_changed)
+        """Called with each repo once its spec changed (e.g. to build its image again)."""
 
     def _refusal(self) -> str:
         roots = ", ".join(str(r) for r in self.api_roots)
@@ -303,6 +229,47 @@ class Repos(RepoCatalog):
         for callback in self.on_added:
             callback(repo)
         return repo
+
+    def update(self, name: str, body: RepoUpdate, who: str = "the operator") -> Repo:
+        """Change a registered repo: what `body` names, the rest kept, checked as a new
+        registration is (the spec, its `.nightshift.toml` on the base). Sessions already
+        started keep the spec they started with; new ones, and the image build it queues,
+        take the new one (other processes within `REFRESH_S`)."""
+        changes = body.changes()
+        if not changes:
+            raise Invalid("nothing to change: name at least one field of the repo")
+        with DB(self.engine) as db:
+            current = db.exec(select(Repo).where(Repo.name == name)).first()
+        if current is None:
+            self.get(name)  # not found: says which repos there are
+            raise NotFound(f"unknown repo {name!r}")
+        for validate in self.validators:
+            validate(_changed_spec(current, changes))
+        with DB(self.engine, expire_on_commit=False) as db:
+            row = db.get(Repo, current.id)
+            if row is None:
+                raise NotFound(f"unknown repo {name!r}")
+            _changed_spec(row, changes)  # still valid on the row as it is now
+            for field, value in changes.items():
+                setattr(row, field, value)
+            db.add(row)
+            db.commit()
+            db.refresh(row)
+        self._remember(row)
+        log.info("repo %s changed by %s: %s", row.name, who, ", ".join(sorted(changes)))
+        for callback in self.on_changed:
+            callback(row)
+        return row
+
+
+def _changed_spec(repo: Repo, changes: dict[str, object]) -> RepoSpec:
+    """The spec `repo` has with `changes` made; Invalid (saying why) if it is not one."""
+    values = {**spec_of(repo).model_dump(), **changes}
+    values.pop("ci_fix_attempts", None)
+    try:
+        return RepoSpec.model_validate(values)
+    except ValidationError as exc:
+        raise Invalid(_validation_message(exc)) from exc
 
 
 def _default_branch(url: str, forge: str) -> str:

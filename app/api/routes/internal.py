@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 
 from app.api.deps import ControlJobsDep, ReposDep, RunnersDep, SessionsDep, SettingsDep
 from app.services.artifacts import Artifacts
-from app.services.repos import spec_of
+from app.services.repo_catalog import spec_of
 from app.settings import reveal
 from images.spec import RepoSpec
 from workers.control import (

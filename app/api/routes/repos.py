@@ -6,8 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status
 
-from app.api.deps import ImagesDep, LocalPullsDep, ReposDep, current_user
-from app.schemas import ROW_MAX, PullRequestPublic, RepoCreate, RepoDetail, RepoPublic
+from app.api.deps import CurrentUser, ImagesDep, LocalPullsDep, ReposDep, current_user
+from app.schemas import (
+    ROW_MAX,
+    PullRequestPublic,
+    RepoCreate,
+    RepoDetail,
+    RepoPublic,
+    RepoUpdate,
+)
 
 router = APIRouter(prefix="/api/repos", tags=["repos"], dependencies=[Depends(current_user)])
 
@@ -45,3 +52,11 @@ def get_repo(repo: str, images: ImagesDep) -> RepoDetail:
     """A repo with its effective spec: stored values completed by the `.nightshift.toml` and
     devcontainer.json of its newest build, each with where it came from."""
     return images.repo_detail(repo)
+
+
+@router.patch("/{repo:path}")
+def update_repo(repo: str, body: RepoUpdate, repos: ReposDep, user: CurrentUser) -> RepoPublic:
+    """Change a repo's spec: the fields named, the rest kept (its name and url never change),
+    checked as a registration is. New sessions and the image build this queues take it;
+    sessions already started keep theirs."""
+    return RepoPublic.model_validate(repos.update(repo, body, who=user.login))

@@ -48,7 +48,7 @@ from app.schemas import (
 )
 from app.services.hub import EventHub
 from app.services.presence import Presence
-from app.services.repos import spec_of
+from app.services.repo_catalog import spec_of
 from integrations.forge.base import ForgeError
 from workers.events import Event, SessionStatus
 

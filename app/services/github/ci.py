@@ -27,7 +27,7 @@ from app.github_tables import GitHubCiAttempt
 from app.models import Repo, Session, User
 from app.services.github.gate import Ignored, need, need_int, need_str, text_of
 from app.services.github.prompts import ci_prompt
-from app.services.repos import spec_of
+from app.services.repo_catalog import spec_of
 from app.services.sessions import Sessions
 from images.environments import effective_from_record
 from images.registry import ImageRecord

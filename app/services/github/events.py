@@ -46,7 +46,7 @@ from app.services.github.code_share import CodeShare
 from app.services.github.gate import Ignored
 from app.services.github.pr_stats import PrStatsRecorder
 from app.services.github.triggers import GitHubTriggers
-from app.services.repos import spec_of
+from app.services.repo_catalog import spec_of
 from app.services.sessions import Sessions
 from images.spec import RepoSpec
 from images.sql import table_of
