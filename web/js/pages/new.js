@@ -3,6 +3,7 @@
 
 import { ApiError, api, repoPath } from "../api.js";
 import { clear, debounce, h, initFrame, showError } from "../ui.js";
+import { fillRepoForm, initRepoForm } from "./repo_form.js";
 
 const WARM_DEBOUNCE_MS = 300;
 const WARM_POLL_MS = 1000;
@@ -157,15 +158,18 @@ async function renderEnvironment() {
         h("tr", {}, h("td", {}, f.field), h("td", {}, typeof f.value === "string" ? f.value : JSON.stringify(f.value)), h("td", {}, f.origin)),
       ),
     );
+    fillRepoForm(detail);
     box.hidden = false;
   } catch {
     box.hidden = true;
   }
 }
 
+const repoLabel = (r) => (r.description ? `${r.name} — ${r.description}` : r.name);
+
 async function loadRepos(preferred) {
   const repos = await api("/api/repos");
-  clear(repoSelect, repos.map((r) => h("option", { value: r.name }, r.description ? `${r.name} — ${r.description}` : r.name)));
+  clear(repoSelect, repos.map((r) => h("option", { value: r.name }, repoLabel(r))));
   const none = repos.length === 0;
   document.getElementById("no-repos").hidden = !none;
   form.hidden = none;
@@ -203,6 +207,11 @@ async function main() {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) start(ev);
   });
   form.addEventListener("submit", start);
+  initRepoForm(async (repo) => {
+    const option = [...repoSelect.options].find((o) => o.value === repo.name);
+    if (option) option.textContent = repoLabel(repo);
+    await renderEnvironment();
+  });
   document.getElementById("add-repo").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const addError = document.getElementById("add-error");
