@@ -130,12 +130,12 @@ class Settings(ProcessSettings):
     model_retries: int = Field(5, ge=0)
     idle_seconds: float = Field(0.0, ge=0)
     max_prompt_chars: int = Field(100_000, ge=1)
-    max_pending_creates: int = Field(4, ge=1)
+    max_pending_creates: int = Field(2, ge=1)
     """Session creations and follow-ups one API process takes in at once; past it, a request
     waits up to `max_pending_wait_ms` for a slot, then 503. Few: a creation in flight is a
     thread contending for the interpreter's lock with the running sessions, so more slots create
     sessions faster in a burst but answer later and delay the running sessions' events."""
-    max_pending_wait_ms: int = Field(200, ge=0, le=10_000)
+    max_pending_wait_ms: int = Field(100, ge=0, le=10_000)
     max_spawn_depth: int = Field(2, ge=0)
     lease_ttl: float = Field(30.0, ge=1)
     """Seconds a runner's lease lasts without a heartbeat; a dead worker's session resumes after it."""

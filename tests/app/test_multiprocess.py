@@ -40,6 +40,8 @@ def _env(root: Path, openai_fake: ScriptBook, database_url: str | None, **extra:
         NIGHTSHIFT_OWNER_TTL="5",
         NIGHTSHIFT_IDLE_SECONDS="0",
         NIGHTSHIFT_MODEL_RETRIES="3",
+        # The bursts here test ownership, not shedding (tests/app/test_overload.py): slots for all.
+        NIGHTSHIFT_MAX_PENDING_CREATES="16",
         NIGHTSHIFT_REPO_ROOTS=str(root),
         NIGHTSHIFT_MODEL="openai:fake-model",
         OPENAI_BASE_URL=openai_fake.url,  # type: ignore[attr-defined]
