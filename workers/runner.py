@@ -217,7 +217,9 @@ class SessionRunner:
             last = await self._run_prompt(job)
             # Read again, with the conversation so far, only once there is another prompt to
             # run: a session that goes idle after its prompt does not read it for nothing.
+            # A nudge before this look is answered by it (a redelivery's does not wake us).
             self.ctx = None
+            self._woken.clear()
             job = await control.next_prompt(self.session_id, self.id)
         if last is None:
             return None
@@ -226,9 +228,8 @@ class SessionRunner:
     async def _wait_idle(self) -> PromptJob | None:
         """Keep the sandbox for a follow-up: woken at once by `wake()` (the dispatcher's nudge
         when a prompt is queued), and checking the queue every few seconds should a nudge be
-        missed, so an idle session costs the control plane next to nothing. When the time is
-        up with no nudge it does not look again: the lease's release reports a prompt queued
-        since (`more`), and the session runs again."""
+        missed, so an idle session costs the control plane next to nothing. Time up with no
+        nudge, it does not look again: the lease's release reports a prompt queued since."""
         await self.status("idle")
         deadline = time.monotonic() + self.deps.config.idle_s
         while (left := deadline - time.monotonic()) > 0:
