@@ -22,14 +22,11 @@ class UserPublic(BaseModel):
     email: str
 
 
-class RepoCreate(BaseModel):
-    """`POST /api/repos`: a local path (local forge) or `owner/name` / a GitHub URL."""
+class _RepoFields(BaseModel):
+    """What registering a repo and changing it share: its spec's fields and their limits."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=1000)
-    name: str | None = Field(None, min_length=1, max_length=200)
-    base: str | None = Field(None, min_length=1, max_length=200)
     setup: list[str] = Field(default_factory=list, max_length=50)
     warm: list[str] = Field(default_factory=list, max_length=50)
     env: dict[str, str] = Field(default_factory=dict)
@@ -55,25 +52,20 @@ class RepoCreate(BaseModel):
     )
 
 
-class RepoUpdate(BaseModel):
+class RepoCreate(_RepoFields):
+    """`POST /api/repos`: a local path (local forge) or `owner/name` / a GitHub URL."""
+
+    url: str = Field(min_length=1, max_length=1000)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=200)
+
+
+class RepoUpdate(_RepoFields):
     """`PATCH /api/repos/{repo}`: the fields to change, the rest kept. A repo's name and url
     never change. `null` clears `image`, `dockerfile`, `context` and `ci_fix_attempts`;
     naming an image drops a stored Dockerfile and the other way round."""
 
-    model_config = ConfigDict(extra="forbid")
-
     base: str = Field("", min_length=1, max_length=200)
-    setup: list[str] = Field(default_factory=list, max_length=50)
-    warm: list[str] = Field(default_factory=list, max_length=50)
-    env: dict[str, str] = Field(default_factory=dict)
-    egress: list[str] = Field(default_factory=list, max_length=100)
-    description: str = Field("", max_length=2000)
-    pool_size: int = Field(0, ge=0, le=50)
-    image: str | None = Field(None, max_length=300)
-    dockerfile: str | None = Field(None, max_length=500)
-    context: str | None = Field(None, max_length=500)
-    devcontainer: bool = True
-    ci_fix_attempts: int | None = Field(None, ge=0, le=20)
 
     def changes(self) -> dict[str, Any]:
         """What the request names, an environment it names replacing the stored one."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +14,21 @@ from typing import Any, TypeVar
 import httpx
 
 T = TypeVar("T")
+
+
+def nightshift(
+    *args: str, data: Path, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The `nightshift` command of this environment, on data dir `data`."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("nightshift")), *args],
+        env={**os.environ, "NIGHTSHIFT_DATA_DIR": str(data), "COLUMNS": "200"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def git(repo: Path, *args: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import Person, make_person, make_repo
+from tests.factories import Person, make_person, make_repo, nightshift
 from tests.fakes.server import BackgroundServer
 
 Started = tuple[httpx.Client, Any]
@@ -158,15 +157,7 @@ def test_operator_cli_adds_any_path_but_the_data_dir(tmp_path: Path) -> None:
     mirror = make_repo(data / "mirrors", "m", bare=True)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(Path(sys.executable).with_name("nightshift")), *args],
-            env={**os.environ, "NIGHTSHIFT_DATA_DIR": str(data), "COLUMNS": "200"},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return nightshift(*args, data=data, cwd=tmp_path)
 
     added = cli("repos", "add", str(repo))
     assert added.returncode == 0 and "added proj" in added.stdout, added.stderr

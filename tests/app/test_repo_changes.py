@@ -4,29 +4,20 @@ sessions run on it, and another process's lookups take the change."""
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.factories import ApiClient, git, make_repo, wait_for
+from tests.app.test_images_api import settings
+from tests.factories import ApiClient, git, make_repo, nightshift, wait_for
 from tests.fakes.llm import ScriptBook, Turn
 
+__all__ = ["settings"]  # fixture: periodic builds off, no warm pool refills
+
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
-    return make_settings(
-        model="openai:fake-model",
-        openai_base_url=openai_fake.url,  # type: ignore[attr-defined]
-        openai_api_key="sk-test-fake-key-0123456789abcdef",
-        image_interval=0,
-        pool_interval=3600,
-    )
 
 
 def _image(api: ApiClient, repo: str, trigger: str) -> dict[str, Any]:
@@ -135,14 +126,7 @@ def test_the_operator_changes_a_repo_with_the_cli(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "anywhere", "proj")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(Path(sys.executable).with_name("nightshift")), *args],
-            env={**os.environ, "NIGHTSHIFT_DATA_DIR": str(data), "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return nightshift(*args, data=data)
 
     assert cli("repos", "add", str(repo), "--setup", "make").returncode == 0
     changed = cli(
@@ -152,7 +136,7 @@ def test_the_operator_changes_a_repo_with_the_cli(tmp_path: Path) -> None:
     assert changed.returncode == 0, changed.stderr
     assert "changed proj: egress, env, image, setup" in changed.stdout
     listed = cli("repos", "list", "--json")
-    (row,) = __import__("json").loads(listed.stdout)
+    (row,) = json.loads(listed.stdout)
     assert (row["setup"], row["env"], row["egress"]) == ([], {"A": "1"}, ["pypi.org"])
     assert row["image"] == "python:3.12-slim"
     for args, says in (
@@ -163,4 +147,4 @@ def test_the_operator_changes_a_repo_with_the_cli(tmp_path: Path) -> None:
     ):
         refused = cli(*args)
         assert refused.returncode != 0 and says in refused.stderr, (args, refused.stderr)
-    assert __import__("json").loads(cli("repos", "list", "--json").stdout) == [row]
+    assert json.loads(cli("repos", "list", "--json").stdout) == [row]
