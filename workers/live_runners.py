@@ -51,10 +51,11 @@ class Runners:
         return len(runners)
 
     def sandbox_of(self, session_id: str) -> Sandbox | None:
-        """The sandbox a live runner of the session holds here (desktops and IDEs run in it)."""
+        """The sandbox a live runner of the session holds here (desktops and IDEs run in it);
+        None once the runner was asked to stop (its sandbox is on its way out)."""
         for runner in self._by_session.get(session_id, ()):
             acquired = runner.sandbox.acquired
-            if acquired is not None:
+            if acquired is not None and not (runner.stop_requested or runner.abandoned):
                 sandbox: Sandbox = acquired.sandbox
                 return sandbox
         return None

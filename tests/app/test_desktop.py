@@ -130,8 +130,11 @@ def _pointer(runtime: Any, session_id: str) -> tuple[int, int]:
     runner = next(r for r in runtime.dispatcher.runners.all() if r.session_id == session_id)
     sandbox = runner.sandbox.acquired.sandbox
     argv = ["x11vnc", "-display", ":99", "-query", "pointer_pos"]
-    result = runtime.executor.submit(lambda: sandbox.exec(argv, timeout=30)).result(60)
-    found = re.search(r"pointer_pos:(\d+),(\d+)", result.stdout + result.stderr)
+    for _ in range(3):  # x11vnc's remote query gives up on a busy machine: ask again
+        result = runtime.executor.submit(lambda: sandbox.exec(argv, timeout=30)).result(60)
+        found = re.search(r"pointer_pos:(\d+),(\d+)", result.stdout + result.stderr)
+        if found:
+            break
     assert found, result
     return int(found[1]), int(found[2])
 
