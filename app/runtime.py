@@ -170,13 +170,9 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
     )
     images = stack.service
 
-    def build_added_repo(repo: Repo) -> None:
+    def build_repo(trigger: Trigger, repo: Repo) -> None:
         if running.is_set():
-            images.queue_build([repo.name], trigger="added")
-
-    def build_changed_repo(repo: Repo) -> None:
-        if running.is_set():
-            images.queue_build([repo.name], trigger="changed")
+            images.queue_build([repo.name], trigger=trigger)
 
     # 4. Repos and people.
     repos = Repos(
@@ -186,8 +182,8 @@ def build_runtime(settings: Settings, *, backend: SandboxBackend | None = None) 
         data_dir=data_dir,
         api_roots=settings.api_repo_roots(),
         validators=[images.validate_spec_file],
-        on_added=[build_added_repo],
-        on_changed=[build_changed_repo],
+        on_added=[partial(build_repo, "added")],
+        on_changed=[partial(build_repo, "changed")],
     )
     users = Users(engine)
     # 5. Session files and the event hub. The hub's table names services built below (they

@@ -11,6 +11,7 @@ from rich.table import Table
 from app.commands.common import console, fail, load_settings, runtime_from
 from app.schemas import RepoCreate, RepoUpdate
 from app.services.repo_catalog import spec_of
+from app.services.repos import validation_message
 from images.environments import uncommitted_spec_warning
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
@@ -169,7 +170,7 @@ def repos_set(
     try:
         body = RepoUpdate.model_validate(fields)
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail(validation_message(exc))
     settings = load_settings()
     with runtime_from(settings) as runtime:
         row = runtime.repos.update(name, body)

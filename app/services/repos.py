@@ -68,7 +68,7 @@ def _resolve(text: str) -> Path:
         raise ValueError(str(exc)) from None
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
@@ -195,7 +195,7 @@ class Repos(RepoCatalog):
                 devcontainer=body.devcontainer,
             )
         except ValidationError as exc:
-            raise Invalid(_validation_message(exc)) from exc
+            raise Invalid(validation_message(exc)) from exc
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", spec.name) or ".." in spec.name:
             raise Invalid(f"{spec.name!r} is not a usable repo name (letters, digits, . _ - /)")
         with DB(self.engine) as db:
@@ -269,7 +269,7 @@ def _changed_spec(repo: Repo, changes: dict[str, object]) -> RepoSpec:
     try:
         return RepoSpec.model_validate(values)
     except ValidationError as exc:
-        raise Invalid(_validation_message(exc)) from exc
+        raise Invalid(validation_message(exc)) from exc
 
 
 def _default_branch(url: str, forge: str) -> str:
