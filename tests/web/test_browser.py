@@ -514,6 +514,7 @@ def test_phone_width_is_readable_and_keyboard_usable(
     link.focus()
     page.keyboard.press("Enter")
     page.wait_for_url(f"**/sessions/{session['id']}")
+    page.wait_for_selector("#timeline .item.summary")
     page.locator("#tab-activity").focus()
     page.keyboard.press("ArrowRight")
     assert page.evaluate("document.activeElement.id") == "tab-changes"

@@ -312,13 +312,14 @@ async function stop() {
 }
 
 async function main() {
-  me = await initFrame();
+  // Controls answer at once: a keyboard user may press before the frame's look at /api/me ends.
   setupTabs();
   followForm.addEventListener("submit", sendFollowUp);
   followText.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) sendFollowUp(ev);
   });
   stopButton.addEventListener("click", stop);
+  me = await initFrame();
   try {
     renderSession(await api(sessionPath(sessionId)));
     replayUntil = session.last_event_id;
