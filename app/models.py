@@ -77,6 +77,9 @@ class Repo(RepoBase, table=True):
     env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     egress: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: float = Field(default_factory=now)
+    removed_at: float | None = None
+    """When the repo was removed (None: in use). The row stays: sessions and pull requests
+    name it, and registering the name again brings it back."""
 
 
 # ---------------------------------------------------------------- sessions

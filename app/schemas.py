@@ -97,6 +97,8 @@ class RepoPublic(BaseModel):
     devcontainer: bool = True
     ci_fix_attempts: int | None = None
     created_at: float
+    removed_at: float | None = None
+    """When it was removed (None: in use); listed only with `?removed=true`."""
 
 
 class EffectiveField(BaseModel):

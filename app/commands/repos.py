@@ -1,8 +1,9 @@
-"""`nightshift repos add|set|show|list`: the repositories Nightshift can work on."""
+"""`nightshift repos add|set|remove|show|list`: the repositories Nightshift can work on."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
@@ -182,6 +183,34 @@ def repos_set(
     )
 
 
+@app.command("remove")
+def repos_remove(
+    name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a repo from this deployment's data dir: no new sessions, follow-ups, image
+    builds or warm sandboxes; its sessions and pull requests stay readable. `repos add`
+    with the same name brings it back. Over the API: DELETE /api/repos/{repo}."""
+    with runtime_from(load_settings()) as runtime:
+        repo = runtime.repos.get(name)  # an unknown or removed repo fails before the question
+        if not yes:
+            typer.confirm(
+                f"Remove {repo.name} ({repo.forge}: {repo.url})? Sessions already running "
+                "finish; no new ones start",
+                abort=True,
+            )
+        row = runtime.repos.remove(name)
+    console.print(
+        f"removed [bold]{row.name}[/]: its sessions and pull requests stay readable; "
+        f"`nightshift repos add {row.url} --name {row.name}` brings it back",
+        highlight=False,
+    )
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp)) + " UTC" if stamp else ""
+
+
 @app.command("show")
 def repos_show(
     name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
@@ -195,7 +224,8 @@ def repos_show(
         return
     console.print(
         f"[bold]{detail.name}[/] ({detail.forge}: {detail.url}, base {detail.base})\n"
-        f"environment: {detail.environment}"
+        + (f"removed on {_when(detail.removed_at)}\n" if detail.removed_at else "")
+        + f"environment: {detail.environment}"
         + (f" ({detail.environment_digest})\n" if detail.environment_digest else "\n")
         + (
             f"effective spec as of {detail.effective_at[:10]}"
@@ -212,17 +242,24 @@ def repos_show(
 
 
 @app.command("list")
-def repos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+def repos_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    removed: Annotated[
+        bool, typer.Option("--removed", help="Include removed repositories, with when")
+    ] = False,
+) -> None:
     """List registered repositories and the environment each uses (host, or its image)."""
     with runtime_from(load_settings()) as runtime:
-        rows = runtime.repos.list()
+        rows = runtime.repos.list(removed=removed)
         if as_json:
             from app.schemas import RepoPublic
 
             print(json.dumps([RepoPublic.model_validate(r).model_dump() for r in rows], indent=2))
             return
-        table = Table("name", "forge", "base", "environment", "url")
+        columns = ("name", "forge", "base", "environment", "url")
+        table = Table(*columns, *(("removed",) if removed else ()))
         for r in rows:
             environment = runtime.images.repo_detail(r.name).environment
-            table.add_row(r.name, r.forge, r.base, environment, r.url)
+            cells = (r.name, r.forge, r.base, environment, r.url)
+            table.add_row(*cells, *((_when(r.removed_at),) if removed else ()))
         console.print(table)

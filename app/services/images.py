@@ -140,7 +140,7 @@ class Images:
 
     def images(self, repo: str | None = None, limit: int = 100) -> list[ImagePublic]:
         if repo is not None:
-            self.repos.get(repo)
+            self.repos.get(repo, removed=True)  # a removed repo's builds stay readable
         specs = {spec.name: spec for spec in self.specs()}
         return [
             image_public(r, with_log=False, spec=specs.get(r.repo))
@@ -148,8 +148,9 @@ class Images:
         ]
 
     def repo_detail(self, name: str) -> RepoDetail:
-        """A repo with its effective spec, read from the files of its newest build attempt."""
-        repo = self.repos.get(name)
+        """A repo with its effective spec, read from the files of its newest build attempt
+        (a removed repo's too: its history stays readable)."""
+        repo = self.repos.get(name, removed=True)
         spec = spec_of(repo)
         newest = next(
             (r for r in self.registry.history(name, 20) if r.status != "building" and r.sha),

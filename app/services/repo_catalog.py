@@ -1,5 +1,9 @@
 """The registered repositories, read: a row turned into the spec workers use, and lookups
-that every session makes answered from memory."""
+that every session makes answered from memory.
+
+A removed repo keeps its row (sessions and pull requests name it): lookups for new work
+(`list`, `get`) leave it out or refuse it, reads of history (`get(removed=True)`, `by_id`,
+`spec_by_id`, which running sessions use) still find it."""
 
 from __future__ import annotations
 
@@ -20,8 +24,17 @@ from integrations.forge.local import resolve_local_repo
 
 REFRESH_S = 5.0
 """How long a repo read from the control DB answers lookups before it is read again: a change
-another process makes (`PATCH /api/repos/{repo}`, `nightshift repos set`) reaches this one
-within this time; a process's own changes at once."""
+or a removal another process makes (`PATCH`/`DELETE /api/repos/{repo}`, `nightshift repos
+set|remove`) reaches this one within this time; a process's own changes at once."""
+
+
+def removed_message(repo: Repo) -> str:
+    """Why `repo` takes no new work, and how to bring it back."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(repo.removed_at or 0))
+    return (
+        f"repo {repo.name!r} was removed on {when}: register it again "
+        "(`nightshift repos add`, POST /api/repos) to work on it"
+    )
 
 
 def spec_of(repo: Repo) -> RepoSpec:
@@ -86,19 +99,29 @@ class RepoCatalog:
             return known
         return None
 
-    def list(self) -> list[Repo]:
+    def list(self, removed: bool = False) -> list[Repo]:
+        """The repos in use (what images are built for, Slack offers, the scheduler checks);
+        with `removed`, the removed ones too."""
+        query = select(Repo).order_by(col(Repo.name))
+        if not removed:
+            query = query.where(col(Repo.removed_at).is_(None))
         with DB(reader(self.engine)) as db:  # reads never queue behind a write
-            return list(db.exec(select(Repo).order_by(col(Repo.name))).all())
+            return list(db.exec(query).all())
 
-    def get(self, name: str) -> Repo:
+    def get(self, name: str, removed: bool = False) -> Repo:
+        """The repo named `name`, for new work: NotFound if unknown or removed (saying so).
+        With `removed`, a removed one too (its detail and pull requests stay readable)."""
         known = self._fresh(self._by_name.get(name))
         if known is not None:
-            return known.repo
-        with DB(reader(self.engine)) as db:
-            repo = self._remember(db.exec(select(Repo).where(Repo.name == name)).first())
+            repo: Repo | None = known.repo
+        else:
+            with DB(reader(self.engine)) as db:
+                repo = self._remember(db.exec(select(Repo).where(Repo.name == name)).first())
         if repo is None:
             names = ", ".join(r.name for r in self.list()) or "none yet"
             raise NotFound(f"unknown repo {name!r} (registered: {names})")
+        if repo.removed_at is not None and not removed:
+            raise NotFound(removed_message(repo))
         return repo
 
     def spec_by_id(self, repo_id: int) -> RepoSpec:
@@ -112,19 +135,31 @@ class RepoCatalog:
         return known.spec
 
     def by_id(self, repo_id: int) -> Repo:
+        """The repo of a session or pull request, removed or not."""
         known = self._fresh(self._by_id.get(repo_id))
         if known is not None:
             return known.repo
-        with DB(self.engine) as db:
+        # The reader: a follow-up asks this inside its write transaction (SQLite: the writer's
+        # lock is held, and a second writer would wait for it until it gives up).
+        with DB(reader(self.engine)) as db:
             repo = self._remember(db.get(Repo, repo_id))
         if repo is None:
             raise NotFound(f"unknown repo id {repo_id}")
         return repo
 
+    def check_open(self, repo_id: int) -> None:
+        """Refuse new work (a follow-up) on a removed repo: NotFound saying it was removed."""
+        repo = self.by_id(repo_id)
+        if repo.removed_at is not None:
+            raise NotFound(removed_message(repo))
+
     def find_local(self, path: str) -> Repo | None:
+        """The repo registered at a local path, one in use first; a removed one is found too
+        (a session asked for on it is then refused, saying it was removed)."""
         try:
             resolved = str(resolve_local_repo(path))
         except ForgeError:
             return None
         with DB(self.engine) as db:
-            return db.exec(select(Repo).where(Repo.url == resolved)).first()
+            rows = db.exec(select(Repo).where(Repo.url == resolved)).all()
+        return min(rows, key=lambda r: r.removed_at is not None, default=None)

@@ -1,22 +1,24 @@
-"""Repos: register a repository, list them, and turn a row into the spec workers use."""
+"""Repos: register a repository, change it, remove it; list them, and turn a row into the
+spec workers use."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session as DB
-from sqlmodel import select
+from sqlmodel import col, select
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
 from app.schemas import RepoCreate, RepoUpdate
-from app.services.repo_catalog import RepoCatalog, spec_of
+from app.services.repo_catalog import RepoCatalog, removed_message, spec_of
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
@@ -199,33 +201,25 @@ class Repos(RepoCatalog):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", spec.name) or ".." in spec.name:
             raise Invalid(f"{spec.name!r} is not a usable repo name (letters, digits, . _ - /)")
         with DB(self.engine) as db:
-            if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
-                raise Conflict(_taken(spec.name))
+            _check_free(db, spec.name)
         for validate in self.validators:
             validate(spec)
+        fields = {**spec.model_dump(include=_STORED), "ci_fix_attempts": body.ci_fix_attempts}
         with DB(self.engine, expire_on_commit=False) as db:
-            if db.exec(select(Repo).where(Repo.name == spec.name)).first() is not None:
-                raise Conflict(_taken(spec.name))
-            repo = Repo(
-                name=spec.name,
-                url=spec.url,
-                forge=spec.forge,
-                base=spec.base,
-                description=spec.description,
-                pool_size=spec.pool_size,
-                image=spec.image,
-                dockerfile=spec.dockerfile,
-                context=spec.context,
-                devcontainer=spec.devcontainer,
-                ci_fix_attempts=body.ci_fix_attempts,
-                setup=spec.setup,
-                warm=spec.warm,
-                env=spec.env,
-                egress=spec.egress,
-            )
+            removed = _check_free(db, spec.name)
+            if removed is None:
+                repo = Repo(**fields)
+            else:  # the name was removed: its row (and its sessions' history) comes back
+                repo = removed
+                for field, value in fields.items():
+                    setattr(repo, field, value)
+                repo.removed_at = None
             db.add(repo)
             db.commit()
             db.refresh(repo)
+        self._remember(repo)  # a removed row this process read must not answer any more
+        if removed is not None:
+            log.info("repo %s registered again (%s: %s)", repo.name, repo.forge, repo.url)
         for callback in self.on_added:
             callback(repo)
         return repo
@@ -243,12 +237,16 @@ class Repos(RepoCatalog):
         if current is None:
             self.get(name)  # not found: says which repos there are
             raise NotFound(f"unknown repo {name!r}")
+        if current.removed_at is not None:
+            raise NotFound(f"{removed_message(current)}; a removed repo cannot be changed")
         for validate in self.validators:
             validate(_changed_spec(current, changes))
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Repo, current.id)
             if row is None:
                 raise NotFound(f"unknown repo {name!r}")
+            if row.removed_at is not None:  # removed while the change was checked
+                raise NotFound(f"{removed_message(row)}; a removed repo cannot be changed")
             _changed_spec(row, changes)  # still valid on the row as it is now
             for field, value in changes.items():
                 setattr(row, field, value)
@@ -260,6 +258,45 @@ class Repos(RepoCatalog):
         for callback in self.on_changed:
             callback(row)
         return row
+
+    def remove(self, name: str, who: str = "the operator") -> Repo:
+        """Remove a repo: it takes no new sessions or follow-ups, is no longer listed, built,
+        warmed or offered (other processes within `REFRESH_S`). Its row stays, so its
+        sessions and pull requests stay readable; sessions already running finish."""
+        with DB(self.engine, expire_on_commit=False) as db:
+            found = db.exec(select(Repo).where(Repo.name == name)).first()
+            if found is None:
+                self.get(name)  # not found: says which repos there are
+                raise NotFound(f"unknown repo {name!r}")
+            result = db.exec(  # once: of two removals at the same time, the second is a 404
+                update(Repo)
+                .where(col(Repo.id) == found.id, col(Repo.removed_at).is_(None))
+                .values(removed_at=time.time())
+            )
+            db.commit()
+            row = db.get(Repo, found.id, populate_existing=True)
+        if row is None:
+            raise NotFound(f"unknown repo {name!r}")
+        if result.rowcount != 1:
+            raise NotFound(removed_message(row))
+        self._remember(row)
+        log.info("repo %s removed by %s", row.name, who)
+        return row
+
+
+_STORED = {
+    "name", "url", "forge", "base", "description", "pool_size", "image", "dockerfile",
+    "context", "devcontainer", "setup", "warm", "env", "egress",
+}  # fmt: skip
+"""The spec's fields a registration stores on the row."""
+
+
+def _check_free(db: DB, name: str) -> Repo | None:
+    """Conflict if a repo in use has `name`; the removed row that has it, if one does."""
+    row = db.exec(select(Repo).where(Repo.name == name)).first()
+    if row is not None and row.removed_at is None:
+        raise Conflict(_taken(name))
+    return row
 
 
 def _changed_spec(repo: Repo, changes: dict[str, object]) -> RepoSpec:

@@ -264,6 +264,7 @@ class Sessions:
             row = db.get(Session, session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
+            self.repos.check_open(row.repo_id)  # a removed repo takes no follow-ups
             woken = row.status not in ACTIVE_STATUSES
             if woken:
                 self._check_active(user, db)  # a follow-up wakes a session that was over

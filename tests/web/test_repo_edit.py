@@ -1,5 +1,6 @@
 """The new-session page's "Change this repository" form: it changes the stored spec through
-`PATCH /api/repos/{repo}`, sending only what differs, and a refused change changes nothing."""
+`PATCH /api/repos/{repo}`, sending only what differs, and a refused change changes nothing;
+its "Remove this repository" button removes the repo once confirmed."""
 
 from __future__ import annotations
 
@@ -83,3 +84,42 @@ def test_repo_form_says_nothing_changed_without_a_request(
     page.locator("#repo-edit-status").get_by_text("Nothing changed.").wait_for()
     assert patches == []
     assert page.url.endswith("/new?repo=proj")
+
+
+def test_repo_form_removes_the_repository_once_confirmed(
+    web: Web, alice: Person, tmp_path: Path
+) -> None:
+    web.runtime.repos.add(RepoCreate(url=str(make_repo(tmp_path / "more", "other"))))
+    page = open_form(web, alice, tmp_path)
+    deletes: list[Any] = []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+    remove = page.get_by_role("button", name="Remove this repository")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    remove.click()
+    page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 100))")
+    assert deletes == []  # not confirmed: nothing sent
+    assert [r.name for r in web.runtime.repos.list()] == ["other", "proj"]
+
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    with page.expect_request(lambda r: r.method == "DELETE") as sent:
+        remove.click()
+    assert sent.value.url.endswith("/api/repos/proj")
+    assert asked and asked[0].startswith("Remove proj?")
+    page.locator("#notice").get_by_text("Removed proj").wait_for()
+    page.wait_for_function("document.getElementById('repo').options.length === 1")
+    assert page.input_value("#repo") == "other"
+    assert page.evaluate("document.activeElement.id") == "repo"  # where the next step is
+    assert [r.name for r in web.runtime.repos.list()] == ["other"]
+    assert web.runtime.repos.get("proj", removed=True).removed_at is not None
+
+    # The last one removed: the page offers to add a repository, and focus goes there.
+    page.wait_for_function("document.getElementById('edit-description').value === ''")
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_request(lambda r: r.method == "DELETE") as sent:
+        remove.click()
+    assert sent.value.url.endswith("/api/repos/other")
+    page.locator("#notice").get_by_text("Removed other").wait_for()
+    page.wait_for_selector("#no-repos:not([hidden])")
+    assert page.evaluate("document.activeElement.id") == "repo-url"
+    assert web.runtime.repos.list() == []

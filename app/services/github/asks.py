@@ -33,13 +33,16 @@ Target = Literal["issue", "comment", "review_comment"]
 
 
 def find_repo(engine: Engine, full_name: str) -> Repo:
-    """The GitHub repository Nightshift knows by `owner/name`; Ignored when there is none."""
+    """The GitHub repository Nightshift works on as `owner/name`; Ignored when there is none
+    or it was removed (a removed repo takes no work from GitHub)."""
     with DB(engine) as db:
-        repo = db.exec(
+        rows = db.exec(
             select(Repo).where(Repo.forge == "github", func.lower(Repo.url) == full_name.lower())
-        ).first()
+        ).all()
+    repo = next((r for r in rows if r.removed_at is None), None)
     if repo is None:
-        raise Ignored(f"{full_name} is not a repository Nightshift knows")
+        why = "was removed from Nightshift" if rows else "is not a repository Nightshift knows"
+        raise Ignored(f"{full_name} {why}")
     return repo
 
 

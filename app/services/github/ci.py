@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from app.errors import ServiceError
 from app.github_tables import GitHubCiAttempt
 from app.models import Repo, Session, User
+from app.services.github.asks import find_repo
 from app.services.github.gate import Ignored, need, need_int, need_str, text_of
 from app.services.github.prompts import ci_prompt
 from app.services.repo_catalog import spec_of
@@ -132,16 +133,7 @@ class GitHubCI:
         action = need_str(payload, "action", limit=64)
         if action != "completed":
             raise Ignored(f"{action}: only a completed check asks")
-        full_name = need_str(payload, "repository", "full_name", limit=200)
-        with DB(self.engine) as db:
-            repo = db.exec(
-                select(Repo).where(
-                    Repo.forge == "github", func.lower(Repo.url) == full_name.lower()
-                )
-            ).first()
-        if repo is None:
-            raise Ignored(f"{full_name} is not a repository Nightshift knows")
-        return repo
+        return find_repo(self.engine, need_str(payload, "repository", "full_name", limit=200))
 
     def _gh(self, repo: Repo) -> Any:
         return self.app.as_installation(repo.url)

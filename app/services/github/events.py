@@ -241,19 +241,21 @@ class GitHubWebhooks:
     def _on_ping(self, payload: dict[str, Any]) -> None:
         log.info("GitHub says: %s", payload.get("zen", "hello"))
 
-    def _repos_named(self, full_name: str) -> list[Repo]:
+    def _repos_named(self, full_name: str, removed: bool = False) -> list[Repo]:
+        """The repos registered as `owner/name`; removed ones only with `removed` (a push
+        to a removed repo builds nothing)."""
+        query = select(Repo).where(
+            Repo.forge == "github", func.lower(Repo.url) == full_name.lower()
+        )
+        if not removed:
+            query = query.where(col(Repo.removed_at).is_(None))
         with DB(self.engine) as db:
-            return list(
-                db.exec(
-                    select(Repo).where(
-                        Repo.forge == "github", func.lower(Repo.url) == full_name.lower()
-                    )
-                ).all()
-            )
+            return list(db.exec(query).all())
 
     def _on_pull_request(self, payload: dict[str, Any]) -> None:
         pr = payload["pull_request"]
-        repos = self._repos_named(payload["repository"]["full_name"])
+        # A removed repo's sessions still learn that their PR was merged or closed: history.
+        repos = self._repos_named(payload["repository"]["full_name"], removed=True)
         if not repos:
             return
         number = int(pr["number"])

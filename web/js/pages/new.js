@@ -207,17 +207,29 @@ async function main() {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) start(ev);
   });
   form.addEventListener("submit", start);
-  initRepoForm(async (repo) => {
-    const option = [...repoSelect.options].find((o) => o.value === repo.name);
-    if (option) option.textContent = repoLabel(repo);
-    await renderEnvironment();
-  });
+  initRepoForm(
+    async (repo) => {
+      const option = [...repoSelect.options].find((o) => o.value === repo.name);
+      if (option) option.textContent = repoLabel(repo);
+      await renderEnvironment();
+    },
+    async (repo) => {
+      warm.delete(repo.name);
+      if (localStorage.getItem(LAST_REPO) === repo.name) localStorage.removeItem(LAST_REPO);
+      document.getElementById("notice").textContent =
+        `Removed ${repo.name}: its sessions and pull requests stay readable; adding it again brings it back.`;
+      await loadRepos();
+      // The button is gone with the repo: focus goes where the next step is.
+      (form.hidden ? document.getElementById("repo-url") : repoSelect).focus();
+    },
+  );
   document.getElementById("add-repo").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const addError = document.getElementById("add-error");
     addError.hidden = true;
     try {
       const repo = await api("/api/repos", { method: "POST", body: { url: document.getElementById("repo-url").value.trim() } });
+      document.getElementById("notice").textContent = "";
       await loadRepos(repo.name);
       prompt.focus();
     } catch (err) {

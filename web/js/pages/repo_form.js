@@ -1,5 +1,6 @@
 // The "Change this repository" form of `/new`: edits a repo's stored spec through
-// `PATCH /api/repos/{repo}`, sending only the fields whose values differ from the stored ones.
+// `PATCH /api/repos/{repo}`, sending only the fields whose values differ from the stored ones,
+// and removes the repo (`DELETE /api/repos/{repo}`) once the person confirms.
 // Its inputs sit inside the compose form but belong to the empty `<form id="repo-edit">`
 // (their `form` attribute): HTML forms cannot nest.
 
@@ -48,9 +49,13 @@ function changes() {
   return body;
 }
 
-/** `onSaved(repo)` runs after a change is stored, to refresh what shows the repo. */
-export function initRepoForm(onSaved) {
+/**
+ * `onSaved(repo)` runs after a change is stored, to refresh what shows the repo;
+ * `onRemoved(repo)` after the repo is removed, to load the list without it.
+ */
+export function initRepoForm(onSaved, onRemoved) {
   const save = document.getElementById("repo-edit-save");
+  const remove = document.getElementById("repo-remove");
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (!stored) return;
@@ -69,6 +74,27 @@ export function initRepoForm(onSaved) {
       showError(alertEl, err);
     } finally {
       save.disabled = false;
+    }
+  });
+  remove.addEventListener("click", async () => {
+    if (!stored) return;
+    const name = stored.name;
+    const question =
+      `Remove ${name}? New sessions and follow-ups on it are refused and its image is no longer built. ` +
+      "Its sessions and pull requests stay readable, and adding it again brings it back.";
+    if (!confirm(question)) return;
+    alertEl.hidden = true;
+    status.textContent = "Removing…";
+    remove.disabled = true;
+    try {
+      const repo = await api(repoPath(name), { method: "DELETE" });
+      status.textContent = "";
+      await onRemoved(repo);
+    } catch (err) {
+      status.textContent = "";
+      showError(alertEl, err);
+    } finally {
+      remove.disabled = false;
     }
   });
 }
