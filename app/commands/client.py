@@ -183,6 +183,31 @@ class Client:
         result: dict[str, Any] = self.request("POST", "/api/repos", json={"url": url})
         return result
 
+    def create_repo(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /api/repos` with a whole registration (`RepoCreate`'s fields)."""
+        result: dict[str, Any] = self.request("POST", "/api/repos", json=body)
+        return result
+
+    def list_repos(self, removed: bool = False) -> list[dict[str, Any]]:
+        """The repos in use; with `removed`, the removed ones too (with `removed_at`)."""
+        params = {"removed": "true"} if removed else {}
+        result: list[dict[str, Any]] = self.request("GET", "/api/repos", params=params)
+        return result
+
+    def repo(self, name: str) -> dict[str, Any]:
+        """A repo with its effective spec (`RepoDetail`); a removed one too."""
+        result: dict[str, Any] = self.request("GET", _repo_path(name))
+        return result
+
+    def update_repo(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """`PATCH`: the fields in `changes`, the rest kept; the server rebuilds the image."""
+        result: dict[str, Any] = self.request("PATCH", _repo_path(name), json=changes)
+        return result
+
+    def remove_repo(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", _repo_path(name))
+        return result
+
     def create_session(self, repo: str, prompt: str, model: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"repo": repo, "prompt": prompt}
         if model is not None:
@@ -310,6 +335,14 @@ def _seg(session_id: str) -> str:
     from urllib.parse import quote
 
     return quote(session_id, safe="")
+
+
+def _repo_path(name: str) -> str:
+    """A repo's API path: an `owner/name` keeps its slash (the route takes it), every part
+    quoted so `?` or `#` in a name cannot reach another route."""
+    from urllib.parse import quote
+
+    return "/api/repos/" + "/".join(quote(part, safe="") for part in name.split("/"))
 
 
 def until_resting(

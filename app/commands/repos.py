@@ -9,19 +9,45 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from app.commands.common import console, fail, load_settings, runtime_from
+from app.commands.common import console, fail
+from app.commands.repo_stores import RepoStore, repo_store
 from app.schemas import RepoCreate, RepoUpdate
-from app.services.repo_catalog import spec_of
 from app.services.repos import validation_message
-from images.environments import uncommitted_spec_warning
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
+
+_ON_SERVER = (
+    "Act on the Nightshift server at this URL, through its API with the token `nightshift "
+    "login` kept for it (default: this machine's data dir, even when NIGHTSHIFT_SERVER is set)"
+)
+OnServerOption = Annotated[
+    str | None, typer.Option("--server", help=_ON_SERVER, show_default=False)
+]
+
+
+def _local_hint(server: str | None, repos: RepoStore, command: str, what: str) -> None:
+    """Say that NIGHTSHIFT_SERVER, a client setting, does not move this command to the server."""
+    from app.commands.remote import server_url
+
+    url, named = server_url(None)
+    if server or not named:
+        return
+    console.print(
+        f"[yellow]NIGHTSHIFT_SERVER is set ({url}), but `nightshift repos {command}` works "
+        f'{repos.where}, not on that server: pass --server "$NIGHTSHIFT_SERVER" to {what} '
+        "there[/]",
+        highlight=False,
+    )
 
 
 @app.command("add")
 def repos_add(
     url: Annotated[
-        str, typer.Argument(help="A local git repository path, or owner/name on GitHub")
+        str,
+        typer.Argument(
+            help="A local git repository path (with --server: on the server's machine), or "
+            "owner/name on GitHub"
+        ),
     ],
     name: Annotated[
         str | None, typer.Option(help="Name to refer to it by (default: directory name)")
@@ -59,10 +85,20 @@ def repos_add(
             "else does (--no-devcontainer: never read it)"
         ),
     ] = True,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help=_ON_SERVER + "; a local path is then one on the server's machine, inside its "
+            "NIGHTSHIFT_REPO_ROOTS",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Register a repository in this deployment's data dir (NIGHTSHIFT_DATA_DIR), where a
-    server serving it finds it; not through a server named by NIGHTSHIFT_SERVER (a client's
-    setting: register there with POST /api/repos)."""
+    """Register a repository in this machine's data dir (NIGHTSHIFT_DATA_DIR), where a server
+    serving it finds it; with --server URL on that server instead (POST /api/repos), which
+    reads a local path on its own machine, inside its NIGHTSHIFT_REPO_ROOTS. NIGHTSHIFT_SERVER
+    alone does not send it there."""
     from pydantic import ValidationError
 
     try:
@@ -82,24 +118,14 @@ def repos_add(
         )
     except ValidationError as exc:
         fail("; ".join(e["msg"] for e in exc.errors()))
-    from app.commands.remote import server_url
-
-    settings = load_settings()
-    with runtime_from(settings) as runtime:
-        row = runtime.repos.add(body)
+    with repo_store(server) as repos:
+        _local_hint(server, repos, "add", "register it")
+        row = repos.add(body)
         console.print(
-            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base}) in the data "
-            f"dir {settings.data_dir.resolve()}",
+            f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base}) {repos.where}",
             highlight=False,
         )
-        if server_url(None)[1]:
-            console.print(
-                "[yellow]NIGHTSHIFT_SERVER is set, but `repos add` registers in the data dir "
-                "above, not on that server: a server on another data dir registers it with "
-                "POST /api/repos[/]",
-                highlight=False,
-            )
-        warning = uncommitted_spec_warning(spec_of(row))
+        warning = repos.warning(row)
         if warning:
             console.print(f"[yellow]{warning}[/]", highlight=False)
 
@@ -142,9 +168,11 @@ def repos_set(
         bool | None,
         typer.Option(help="Whether .devcontainer/devcontainer.json may declare the environment"),
     ] = None,
+    server: OnServerOption = None,
 ) -> None:
-    """Change a registered repo in this deployment's data dir: the options given, the rest
-    kept (name and url never change). Over the API: PATCH /api/repos/{repo}."""
+    """Change a registered repo in this machine's data dir, or with --server URL on that
+    server (PATCH /api/repos/{repo}, which rebuilds its image at once): the options given,
+    the rest kept (name and url never change)."""
     from pydantic import ValidationError
 
     given: dict[str, object] = {
@@ -172,39 +200,42 @@ def repos_set(
         body = RepoUpdate.model_validate(fields)
     except ValidationError as exc:
         fail(validation_message(exc))
-    settings = load_settings()
-    with runtime_from(settings) as runtime:
-        row = runtime.repos.update(name, body)
-    console.print(
-        f"changed [bold]{row.name}[/]: {', '.join(sorted(body.model_fields_set))}; a server on this "
-        "data dir builds its image again at its next check (`nightshift images build "
-        f"{row.name}` builds it now)",
-        highlight=False,
-    )
+    with repo_store(server) as repos:
+        _local_hint(server, repos, "set", "change it")
+        row = repos.update(name, body)
+        console.print(
+            f"changed [bold]{row.name}[/]: {', '.join(sorted(body.model_fields_set))}; "
+            + repos.rebuild_note(row.name),
+            highlight=False,
+        )
 
 
 @app.command("remove")
 def repos_remove(
     name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    server: OnServerOption = None,
 ) -> None:
-    """Remove a repo from this deployment's data dir: no new sessions, follow-ups, image
-    builds or warm sandboxes; its sessions and pull requests stay readable. `repos add`
-    with the same name brings it back. Over the API: DELETE /api/repos/{repo}."""
-    with runtime_from(load_settings()) as runtime:
-        repo = runtime.repos.get(name)  # an unknown or removed repo fails before the question
-        if not yes:
+    """Remove a repo from this machine's data dir, or with --server URL from that server
+    (DELETE /api/repos/{repo}): no new sessions, follow-ups, image builds or warm sandboxes;
+    its sessions and pull requests stay readable. `repos add` with the same name brings it
+    back."""
+    with repo_store(server) as repos:
+        _local_hint(server, repos, "remove", "remove it")
+        repo = repos.to_remove(name)  # an unknown repo fails before the question
+        if not yes and repo.removed_at is None:
             typer.confirm(
                 f"Remove {repo.name} ({repo.forge}: {repo.url})? Sessions already running "
                 "finish; no new ones start",
                 abort=True,
             )
-        row = runtime.repos.remove(name)
-    console.print(
-        f"removed [bold]{row.name}[/]: its sessions and pull requests stay readable; "
-        f"`nightshift repos add {row.url} --name {row.name}` brings it back",
-        highlight=False,
-    )
+        row = repos.remove(name)
+        console.print(
+            f"removed [bold]{row.name}[/]: its sessions and pull requests stay readable; "
+            f"`nightshift repos add {row.url} --name {row.name}{repos.server_flag}` brings it "
+            "back",
+            highlight=False,
+        )
 
 
 def _when(stamp: float | None) -> str:
@@ -215,10 +246,11 @@ def _when(stamp: float | None) -> str:
 def repos_show(
     name: Annotated[str, typer.Argument(help="The repo's name, as listed")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    server: OnServerOption = None,
 ) -> None:
     """Show a repo's effective spec: each value and where it came from."""
-    with runtime_from(load_settings()) as runtime:
-        detail = runtime.images.repo_detail(name)
+    with repo_store(server) as repos:
+        detail = repos.detail(name)
     if as_json:
         print(detail.model_dump_json(indent=2))
         return
@@ -247,19 +279,18 @@ def repos_list(
     removed: Annotated[
         bool, typer.Option("--removed", help="Include removed repositories, with when")
     ] = False,
+    server: OnServerOption = None,
 ) -> None:
     """List registered repositories and the environment each uses (host, or its image)."""
-    with runtime_from(load_settings()) as runtime:
-        rows = runtime.repos.list(removed=removed)
+    with repo_store(server) as repos:
+        rows = repos.list(removed)
         if as_json:
-            from app.schemas import RepoPublic
-
-            print(json.dumps([RepoPublic.model_validate(r).model_dump() for r in rows], indent=2))
+            print(json.dumps([r.model_dump() for r in rows], indent=2))
             return
         columns = ("name", "forge", "base", "environment", "url")
         table = Table(*columns, *(("removed",) if removed else ()))
         for r in rows:
-            environment = runtime.images.repo_detail(r.name).environment
+            environment = repos.detail(r.name).environment
             cells = (r.name, r.forge, r.base, environment, r.url)
             table.add_row(*cells, *((_when(r.removed_at),) if removed else ()))
         console.print(table)
