@@ -31,6 +31,22 @@ def _image(api: ApiClient, repo: str, trigger: str) -> dict[str, Any]:
     return image
 
 
+def read_deps(api: ApiClient, openai_fake: ScriptBook, repo: str, says: str) -> list[Any]:
+    """A new session on `repo` reads the `deps.txt` its set-up wrote, which says `says`; its
+    events."""
+    openai_fake.script(
+        "read the deps",
+        Turn.tool("read_file", path="deps.txt"),
+        Turn.tool("finish", summary="read it"),
+    )
+    session = api.create(repo, "read the deps")
+    assert api.wait_status(session["id"], "finished", "failed")["status"] == "finished"
+    events = api.events(session["id"])
+    read = next(e for e in events if e["type"] == "tool_result" and e["name"] == "read_file")
+    assert says in str(read["output"])
+    return events
+
+
 def test_a_changed_setup_builds_the_image_again_and_new_sessions_run_on_it(
     api: ApiClient, openai_fake: ScriptBook, tmp_path: Path
 ) -> None:
@@ -49,17 +65,8 @@ def test_a_changed_setup_builds_the_image_again_and_new_sessions_run_on_it(
     shown = api.http.get("/api/repos/proj").json()
     effective = {i["field"]: i["value"] for i in shown["effective"]}
     assert effective["setup"] == ["echo two > deps.txt"]
-    openai_fake.script(
-        "read the deps",
-        Turn.tool("read_file", path="deps.txt"),
-        Turn.tool("finish", summary="read it"),
-    )
-    session = api.create("proj", "read the deps")
-    assert api.wait_status(session["id"], "finished", "failed")["status"] == "finished"
-    events = api.events(session["id"])
+    events = read_deps(api, openai_fake, "proj", says="two")
     assert next(e for e in events if e["type"] == "sandbox_ready")["image"] == second["id"]
-    read = next(e for e in events if e["type"] == "tool_result" and e["name"] == "read_file")
-    assert "two" in str(read["output"])
 
 
 def test_bad_changes_are_refused_with_a_message_and_change_nothing(

@@ -27,6 +27,7 @@ from tests.app.test_github_triggers import (
     _sign_in,
 )
 from tests.app.test_images_api import settings
+from tests.app.test_repo_changes import read_deps
 from tests.factories import ApiClient, make_repo, nightshift, wait_for
 from tests.fakes import github_payloads as payloads
 from tests.fakes.llm import ScriptBook, Turn
@@ -245,19 +246,7 @@ def test_registering_a_removed_name_again_brings_it_back_with_the_new_fields(
     # In use again, the name is taken as before.
     _refused(api.http.post("/api/repos", json={"url": str(path)}), 409, "already exists")
 
-    openai_fake.script(
-        "read the deps",
-        Turn.tool("read_file", path="deps.txt"),
-        Turn.tool("finish", summary="read it"),
-    )
-    session = api.create("proj", "read the deps")
-    assert api.wait_status(session["id"], "finished", "failed")["status"] == "finished"
-    read = next(
-        e
-        for e in api.events(session["id"])
-        if e["type"] == "tool_result" and e["name"] == "read_file"
-    )
-    assert "two" in str(read["output"])
+    read_deps(api, openai_fake, "proj", says="two")
     openai_fake.script("once more", Turn.tool("finish", summary="done again"))
     r = api.http.post(f"/api/sessions/{first}/prompts", json={"text": "once more"})
     assert r.status_code == 202, r.text  # follow-ups are taken again
