@@ -60,8 +60,7 @@ class ImageJobs:
     """Ready images kept per repo; older ones are collected once nothing uses them."""
 
 
-async def _select(jobs: ImageJobs, repos: Sequence[str] | None) -> list[RepoSpec]:
-    specs = await asyncio.to_thread(jobs.specs)
+def _select(specs: list[RepoSpec], repos: Sequence[str] | None) -> list[RepoSpec]:
     if repos is None:
         return specs
     by_name = {s.name: s for s in specs}
@@ -84,10 +83,12 @@ async def build_images(
 
     An unchanged repo is skipped after one fetch; a repo another process is building is
     reported `busy`; a failed build keeps the previous image and records its log. Old
-    images nothing uses are collected afterwards.
+    images nothing uses are collected afterwards, and every image of a repo no longer
+    registered (removed) that nothing uses.
     """
+    specs = await asyncio.to_thread(jobs.specs)
     results = []
-    for spec in await _select(jobs, repos):
+    for spec in _select(specs, repos):
         say = (lambda message, name=spec.name: progress(name, message)) if progress else None
         try:
             result = await jobs.builder.build(spec, trigger=trigger, force=force, progress=say)
@@ -95,17 +96,23 @@ async def build_images(
             log.exception("building the image of %s failed", spec.name)
             result = BuildResult(spec.name, "failed", f"internal error: {exc}")
         results.append(result)
-    await collect_images(jobs, [r.repo for r in results])
+    removed = set(await asyncio.to_thread(jobs.registry.repos)) - {s.name for s in specs}
+    await collect_images(jobs, [r.repo for r in results], removed=sorted(removed))
     return results
 
 
-async def collect_images(jobs: ImageJobs, repos: Sequence[str] | None = None) -> list[str]:
-    """Delete images beyond the newest `keep` per repo that no sandbox or snapshot uses."""
+async def collect_images(
+    jobs: ImageJobs, repos: Sequence[str] | None = None, removed: Sequence[str] = ()
+) -> list[str]:
+    """Delete images beyond the newest `keep` per repo, and all of each `removed` repo's,
+    that no sandbox or snapshot uses (registering a removed repo again builds it anew)."""
     in_use = jobs.provider.images_in_use() | await asyncio.to_thread(jobs.snapshot_images)
     names = list(repos) if repos is not None else await asyncio.to_thread(jobs.registry.repos)
     collected: list[str] = []
     for name in names:
         collected += await jobs.builder.collect(name, jobs.keep, in_use)
+    for name in removed:
+        collected += await jobs.builder.collect(name, 0, in_use, removed=True)
     if collected:
         log.info("collected %d old image(s): %s", len(collected), ", ".join(collected))
     return collected

@@ -108,6 +108,15 @@ def test_a_removed_repo_is_unlisted_takes_no_work_and_its_history_stays_readable
     )
     assert api.http.get("/api/repos/proj").json()["description"] == "the project"
     _refused(api.http.post("/api/images/build", json={"repos": ["proj"]}), 404, "was removed")
+    # The image its session's sandbox (or snapshot) stands on outlives a build's collection.
+    assert api.http.post("/api/images/build", json={"force": True}).json()["queued"] == ["other"]
+
+    def built(repo: str) -> list[dict[str, Any]]:
+        found = api.http.get("/api/images", params={"repo": repo}).json()
+        return [i for i in found if i["status"] != "building"]
+
+    wait_for(lambda: [i for i in built("other") if i["trigger"] == "manual"], 60, "other's build")
+    assert [i["status"] for i in built("proj")] == ["ready"]
     # Removing twice, or a repo that never was: 404.
     _refused(api.http.delete("/api/repos/proj"), 404, "repo 'proj' was removed on")
     _refused(api.http.delete("/api/repos/nope"), 404, "unknown repo 'nope'")
@@ -152,7 +161,15 @@ def test_a_removed_repo_is_no_longer_built_or_pooled(
     assert r.status_code == 202 and r.json()["queued"] == ["other"], r.text
     wait_for(lambda: images("other", "manual"), 60, "the forced image of other")
     assert images("proj", "manual") == []
-    assert [i["trigger"] for i in images("proj", "added")] == ["added"]  # its history stays
+    # Its history stays listed; its image, which nothing stands on, is deleted from disk.
+    (gone,) = images("proj", "added")
+    assert gone["status"] == "collected", gone
+    record = runtime.image_registry.get(gone["id"])
+    assert record.location and not Path(record.location).exists()
+    (kept,) = images("other", "added")  # a registered repo keeps its newest images
+    assert (
+        kept["status"] == "ready" and Path(runtime.image_registry.get(kept["id"]).location).is_dir()
+    )
 
 
 def test_a_removed_repos_warm_pool_is_not_kept(served: Any, tmp_path: Path) -> None:
