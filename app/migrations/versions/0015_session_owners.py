@@ -1,8 +1,8 @@
 """session owners: which API process owns a session when several serve the same control DB;
 sessions indexed by their last change (the live list polls it)
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06 17:30:00
 """
 
