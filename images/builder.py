@@ -367,12 +367,9 @@ class ImageBuilder:
 
     # ------------------------------------------------------------ collection
 
-    async def collect(
-        self, repo: str, keep: int, in_use: set[str], removed: bool = False
-    ) -> list[str]:
-        """Delete this host's images of `repo` beyond the newest `keep` that nothing uses (a
-        registered repo keeps one at least; a `removed` one none)."""
-        keep = 0 if removed else max(keep, 1)
+    async def collect(self, repo: str, keep: int, in_use: set[str]) -> list[str]:
+        """Delete this host's images of `repo` beyond the newest `keep` that nothing uses
+        (`keep` 0: all of them, for a repo no longer registered)."""
         candidates = await asyncio.to_thread(self.registry.collectable, repo, keep, in_use)
         collected = []
         for record in candidates:

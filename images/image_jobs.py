@@ -57,7 +57,8 @@ class ImageJobs:
     snapshot_images: Callable[[], set[str]] = field(default=_no_snapshots)
     """Ids of images that stored session snapshots stand on (never collected)."""
     keep: int = 3
-    """Ready images kept per repo; older ones are collected once nothing uses them."""
+    """Ready images kept per registered repo (at least 1); older ones are collected once
+    nothing uses them."""
 
 
 def _select(specs: list[RepoSpec], repos: Sequence[str] | None) -> list[RepoSpec]:
@@ -110,9 +111,9 @@ async def collect_images(
     names = list(repos) if repos is not None else await asyncio.to_thread(jobs.registry.repos)
     collected: list[str] = []
     for name in names:
-        collected += await jobs.builder.collect(name, jobs.keep, in_use)
+        collected += await jobs.builder.collect(name, max(jobs.keep, 1), in_use)
     for name in removed:
-        collected += await jobs.builder.collect(name, 0, in_use, removed=True)
+        collected += await jobs.builder.collect(name, 0, in_use)
     if collected:
         log.info("collected %d old image(s): %s", len(collected), ", ".join(collected))
     return collected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 
 import typer
@@ -12,6 +11,7 @@ from rich.table import Table
 from app.commands.common import console, fail
 from app.commands.repo_stores import RepoStore, repo_store
 from app.schemas import RepoCreate, RepoUpdate
+from app.services.repo_catalog import utc_minute
 from app.services.repos import validation_message
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
@@ -239,7 +239,7 @@ def repos_remove(
 
 
 def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp)) + " UTC" if stamp else ""
+    return utc_minute(stamp) if stamp else ""
 
 
 @app.command("show")

@@ -28,13 +28,24 @@ or a removal another process makes (`PATCH`/`DELETE /api/repos/{repo}`, `nightsh
 set|remove`) reaches this one within this time; a process's own changes at once."""
 
 
+def utc_minute(stamp: float) -> str:
+    """A time as people read it in messages and listings: `2026-12-07 22:00 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
+
 def removed_message(repo: Repo) -> str:
     """Why `repo` takes no new work, and how to bring it back."""
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(repo.removed_at or 0))
     return (
-        f"repo {repo.name!r} was removed on {when}: register it again "
-        "(`nightshift repos add`, POST /api/repos) to work on it"
+        f"repo {repo.name!r} was removed on {utc_minute(repo.removed_at or 0)}: register it "
+        "again (`nightshift repos add`, POST /api/repos) to work on it"
     )
+
+
+def refuse_removed(repo: Repo, also: str = "") -> Repo:
+    """`repo` when it is in use; NotFound saying it was removed (and `also`) when not."""
+    if repo.removed_at is not None:
+        raise NotFound(removed_message(repo) + also)
+    return repo
 
 
 def spec_of(repo: Repo) -> RepoSpec:
@@ -120,9 +131,7 @@ class RepoCatalog:
         if repo is None:
             names = ", ".join(r.name for r in self.list()) or "none yet"
             raise NotFound(f"unknown repo {name!r} (registered: {names})")
-        if repo.removed_at is not None and not removed:
-            raise NotFound(removed_message(repo))
-        return repo
+        return repo if removed else refuse_removed(repo)
 
     def spec_by_id(self, repo_id: int) -> RepoSpec:
         """The repo's spec, validated once per read of its row."""
@@ -149,9 +158,7 @@ class RepoCatalog:
 
     def check_open(self, repo_id: int) -> None:
         """Refuse new work (a follow-up) on a removed repo: NotFound saying it was removed."""
-        repo = self.by_id(repo_id)
-        if repo.removed_at is not None:
-            raise NotFound(removed_message(repo))
+        refuse_removed(self.by_id(repo_id))
 
     def find_local(self, path: str) -> Repo | None:
         """The repo registered at a local path, one in use first; a removed one is found too

@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
 from app.schemas import RepoCreate, RepoUpdate
-from app.services.repo_catalog import RepoCatalog, removed_message, spec_of
+from app.services.repo_catalog import RepoCatalog, refuse_removed, removed_message, spec_of
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
@@ -237,16 +237,14 @@ class Repos(RepoCatalog):
         if current is None:
             self.get(name)  # not found: says which repos there are
             raise NotFound(f"unknown repo {name!r}")
-        if current.removed_at is not None:
-            raise NotFound(f"{removed_message(current)}; a removed repo cannot be changed")
+        refuse_removed(current, _NO_CHANGE)
         for validate in self.validators:
             validate(_changed_spec(current, changes))
         with DB(self.engine, expire_on_commit=False) as db:
             row = db.get(Repo, current.id)
             if row is None:
                 raise NotFound(f"unknown repo {name!r}")
-            if row.removed_at is not None:  # removed while the change was checked
-                raise NotFound(f"{removed_message(row)}; a removed repo cannot be changed")
+            refuse_removed(row, _NO_CHANGE)  # removed while the change was checked
             _changed_spec(row, changes)  # still valid on the row as it is now
             for field, value in changes.items():
                 setattr(row, field, value)
@@ -283,6 +281,8 @@ class Repos(RepoCatalog):
         log.info("repo %s removed by %s", row.name, who)
         return row
 
+
+_NO_CHANGE = "; a removed repo cannot be changed"
 
 _STORED = {
     "name", "url", "forge", "base", "description", "pool_size", "image", "dockerfile",

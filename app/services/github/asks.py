@@ -32,13 +32,22 @@ PENDING_DAYS = 7.0
 Target = Literal["issue", "comment", "review_comment"]
 
 
+def repos_named(engine: Engine, full_name: str) -> list[Repo]:
+    """The repos registered as GitHub's `owner/name`, removed ones too."""
+    with DB(engine) as db:
+        return list(
+            db.exec(
+                select(Repo).where(
+                    Repo.forge == "github", func.lower(Repo.url) == full_name.lower()
+                )
+            ).all()
+        )
+
+
 def find_repo(engine: Engine, full_name: str) -> Repo:
     """The GitHub repository Nightshift works on as `owner/name`; Ignored when there is none
     or it was removed (a removed repo takes no work from GitHub)."""
-    with DB(engine) as db:
-        rows = db.exec(
-            select(Repo).where(Repo.forge == "github", func.lower(Repo.url) == full_name.lower())
-        ).all()
+    rows = repos_named(engine, full_name)
     repo = next((r for r in rows if r.removed_at is None), None)
     if repo is None:
         why = "was removed from Nightshift" if rows else "is not a repository Nightshift knows"

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, update
+from sqlalchemy import Engine, delete, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -40,7 +40,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import AppError
-from app.models import GitHubDelivery, GitHubInstallation, Repo, Session
+from app.models import GitHubDelivery, GitHubInstallation, Session
+from app.services.github.asks import repos_named
 from app.services.github.ci import GitHubCI
 from app.services.github.code_share import CodeShare
 from app.services.github.gate import Ignored
@@ -241,21 +242,10 @@ class GitHubWebhooks:
     def _on_ping(self, payload: dict[str, Any]) -> None:
         log.info("GitHub says: %s", payload.get("zen", "hello"))
 
-    def _repos_named(self, full_name: str, removed: bool = False) -> list[Repo]:
-        """The repos registered as `owner/name`; removed ones only with `removed` (a push
-        to a removed repo builds nothing)."""
-        query = select(Repo).where(
-            Repo.forge == "github", func.lower(Repo.url) == full_name.lower()
-        )
-        if not removed:
-            query = query.where(col(Repo.removed_at).is_(None))
-        with DB(self.engine) as db:
-            return list(db.exec(query).all())
-
     def _on_pull_request(self, payload: dict[str, Any]) -> None:
         pr = payload["pull_request"]
         # A removed repo's sessions still learn that their PR was merged or closed: history.
-        repos = self._repos_named(payload["repository"]["full_name"], removed=True)
+        repos = repos_named(self.engine, payload["repository"]["full_name"])
         if not repos:
             return
         number = int(pr["number"])
@@ -294,8 +284,8 @@ class GitHubWebhooks:
         if not ref.startswith("refs/heads/") or after == ZERO_SHA or payload.get("deleted"):
             return
         branch = ref.removeprefix("refs/heads/")
-        for repo in self._repos_named(payload["repository"]["full_name"]):
-            if repo.base != branch:
+        for repo in repos_named(self.engine, payload["repository"]["full_name"]):
+            if repo.base != branch or repo.removed_at is not None:  # a removed one builds nothing
                 continue
             if not self.rebuild_hooks:
                 log.info("%s: base moved to %s; the next image check rebuilds", repo.name, after)
