@@ -184,6 +184,7 @@ def image_stack(
         registry=registry,
         specs=lambda: repo_specs(repos),
         snapshot_images=lambda: snapshot_images(engine),
+        removed=lambda: [r.name for r in repos.list(removed=True) if r.removed_at is not None],
         keep=settings.images_keep,
     )
     service = Images(engine, repos, registry, pool, executor, jobs, send)

@@ -47,6 +47,10 @@ def _no_snapshots() -> set[str]:
     return set()
 
 
+def _none_removed() -> list[str]:
+    return []
+
+
 @dataclass
 class ImageJobs:
     builder: ImageBuilder
@@ -56,6 +60,10 @@ class ImageJobs:
     """Every registered repo's spec, read fresh from the control DB."""
     snapshot_images: Callable[[], set[str]] = field(default=_no_snapshots)
     """Ids of images that stored session snapshots stand on (never collected)."""
+    removed: Callable[[], list[str]] = field(default=_none_removed)
+    """Names of the repos that were removed (their images are all collected once unused).
+    Read from the control DB, not inferred: a repo registered while a build ran is not in
+    the specs that build read, and its images are not a removed repo's."""
     keep: int = 3
     """Ready images kept per registered repo (at least 1); older ones are collected once
     nothing uses them."""
@@ -97,7 +105,7 @@ async def build_images(
             log.exception("building the image of %s failed", spec.name)
             result = BuildResult(spec.name, "failed", f"internal error: {exc}")
         results.append(result)
-    removed = set(await asyncio.to_thread(jobs.registry.repos)) - {s.name for s in specs}
+    removed = await asyncio.to_thread(jobs.removed)
     await collect_images(jobs, [r.repo for r in results], removed=sorted(removed))
     return results
 

@@ -112,6 +112,19 @@ class ApiClient:
         assert r.status_code == 200, r.text
         return list(r.json())
 
+    def ready_image(self, repo: str, sha: str | None = None) -> dict[str, Any]:
+        """Wait for a ready image of `repo` (of commit `sha` when given); adding a repo only
+        queues its build, and a session asked for before it is ready starts cold."""
+
+        def ready() -> dict[str, Any] | None:
+            images = self.http.get("/api/images", params={"repo": repo}).json()
+            return next(
+                (i for i in images if i["status"] == "ready" and sha in (None, i["sha"])),
+                None,
+            )
+
+        return wait_for(ready, 60, f"a ready image of {repo}")
+
     def wait_status(self, session_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(
             lambda: ((s := self.session(session_id))["status"] in statuses and s) or None,

@@ -26,23 +26,12 @@ def settings(make_settings: Any, openai_fake: ScriptBook) -> Any:
     )
 
 
-def _ready_image(api: ApiClient, repo: str, sha: str | None = None) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        images = api.http.get("/api/images", params={"repo": repo}).json()
-        return next(
-            (i for i in images if i["status"] == "ready" and (sha is None or i["sha"] == sha)),
-            None,
-        )
-
-    return wait_for(ready, 60, f"a ready image of {repo}")
-
-
 def test_warm_call_then_prompt_claims_the_warm_sandbox(
     api: ApiClient, openai_fake: ScriptBook, bob: Person, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo, setup=["echo deps > deps.txt"])  # adding a repo queues its image build
-    image = _ready_image(api, "proj")
+    image = api.ready_image("proj")
     assert api.http.get("/api/repos/proj/warm").json() == {
         "repo": "proj",
         "state": "cold",
@@ -86,7 +75,7 @@ def test_warm_call_then_prompt_claims_the_warm_sandbox(
 def test_images_list_shows_build_logs_for_failures(api: ApiClient, tmp_path: Path) -> None:
     repo = make_repo(tmp_path, "proj")
     api.add_repo(repo)
-    good = _ready_image(api, "proj")
+    good = api.ready_image("proj")
     commit(
         repo, {".nightshift.toml": 'setup = ["echo compiling", "echo no compiler >&2; exit 7"]\n'}
     )

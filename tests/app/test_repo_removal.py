@@ -61,6 +61,7 @@ def test_a_removed_repo_is_unlisted_takes_no_work_and_its_history_stays_readable
 ) -> None:
     api.add_repo(make_repo(tmp_path, "proj"), description="the project")
     api.add_repo(make_repo(tmp_path, "other"))
+    api.ready_image("proj")  # the session stands on it (not on a cold clone)
     session_id = _finished_session(api, openai_fake, "proj", "look around")
 
     r = api.http.delete("/api/repos/proj")
@@ -172,6 +173,27 @@ def test_a_removed_repo_is_no_longer_built_or_pooled(
     assert (
         kept["status"] == "ready" and Path(runtime.image_registry.get(kept["id"]).location).is_dir()
     )
+
+
+def test_a_repo_registered_while_a_build_runs_keeps_its_image(
+    api: ApiClient, runtime: Any, tmp_path: Path
+) -> None:
+    """A build reads the registered repos when it starts; a repo registered (and built)
+    while it runs is not in what it read, and must not be taken for a removed one by the
+    collection that follows (it once was, and a session starting on its image failed)."""
+    import dataclasses
+
+    from images.image_jobs import build_images
+
+    api.add_repo(make_repo(tmp_path, "web"))
+    api.ready_image("web")
+    early = runtime.images.specs()  # what a build of web started before cli existed read
+    api.add_repo(make_repo(tmp_path, "cli"))
+    image = api.ready_image("cli")
+    jobs = dataclasses.replace(runtime.image_jobs, specs=lambda: early)
+    on_loop(runtime, lambda: build_images(jobs, ["web"], force=True))
+    after = runtime.image_registry.get(image["id"])
+    assert after.status == "ready" and Path(after.location, "root").is_dir()
 
 
 def test_a_removed_repos_warm_pool_is_not_kept(served: Any, tmp_path: Path) -> None:
