@@ -367,15 +367,21 @@ class ImageBuilder:
 
     # ------------------------------------------------------------ collection
 
-    async def collect(self, repo: str, keep: int, in_use: set[str]) -> list[str]:
+    async def collect(self, repo: str, keep: int, in_use: Callable[[], set[str]]) -> list[str]:
         """Delete this host's images of `repo` beyond the newest `keep` that nothing uses
-        (`keep` 0: all of them, for a repo no longer registered)."""
-        candidates = await asyncio.to_thread(self.registry.collectable, repo, keep, in_use)
+        (`keep` 0: all of them, for a removed repo). `in_use` is asked again once an image
+        is marked collected: a start that chose it meanwhile keeps it (and a start that
+        chooses after the mark sees it and chooses again)."""
+        candidates = await asyncio.to_thread(self.registry.collectable, repo, keep, in_use())
         collected = []
         for record in candidates:
             if record.status == "cold" and time.time() - (record.finished_at or 0) < COLD_MIN_AGE_S:
                 continue
+            status = record.status
             await self._save(record, status="collected")
+            if record.id in in_use():
+                await self._save(record, status=status)
+                continue
             if record.location and Path(record.location).resolve().is_relative_to(
                 self.root.resolve()
             ):

@@ -115,7 +115,11 @@ async def collect_images(
 ) -> list[str]:
     """Delete images beyond the newest `keep` per repo, and all of each `removed` repo's,
     that no sandbox or snapshot uses (registering a removed repo again builds it anew)."""
-    in_use = jobs.provider.images_in_use() | await asyncio.to_thread(jobs.snapshot_images)
+    stored = await asyncio.to_thread(jobs.snapshot_images)
+
+    def in_use() -> set[str]:  # asked again before each deletion: starts take images meanwhile
+        return jobs.provider.images_in_use() | stored
+
     names = list(repos) if repos is not None else await asyncio.to_thread(jobs.registry.repos)
     collected: list[str] = []
     for name in names:

@@ -119,11 +119,15 @@ class ImageStarter:
 
     async def start(self, repo: RepoSpec, *, cold_ok: bool, label: str = "") -> Acquired:
         """A sandbox from the newest image built for `repo`'s current spec, else a cold one."""
-        record = await asyncio.to_thread(self.usable_image, repo)
-        if record is not None:
+        for _ in range(3):
+            record = await asyncio.to_thread(self.usable_image, repo)
+            if record is None:
+                break
             effective = record.effective(repo)
-            self._pin(record.id)
+            self._pin(record.id)  # from here on the image collection spares it ...
             try:
+                if not await asyncio.to_thread(self._still_ready, record.id):
+                    continue  # ... but it was marked collected before: choose again
                 sandbox = await self.backend.start(
                     self._sandbox_spec(effective, record.ref(), label)
                 )
@@ -142,6 +146,10 @@ class ImageStarter:
                 if record.location and (not local or Path(record.location, "root").is_dir()):
                     return record
         return None
+
+    def _still_ready(self, image_id: str) -> bool:
+        record = self.registry.get(image_id)
+        return record is not None and record.status == "ready"
 
     def newest_image_id(self, repo: RepoSpec) -> str | None:
         """The id of `usable_image`: pooled sandboxes of other images are replaced."""

@@ -187,6 +187,33 @@ async def test_old_images_are_collected_unless_in_use(rt: Any, tmp_path: Path) -
     }
 
 
+async def test_an_image_a_start_takes_while_it_is_being_collected_is_kept(
+    rt: Any, tmp_path: Path
+) -> None:
+    """Collection asks what is in use again after marking an image collected: a start that
+    chose the image in between (and pinned it) keeps it, ready and on disk; a start that
+    chooses after the mark sees it and takes another image or a cold clone."""
+    _add(rt, make_repo(tmp_path, "proj"))
+    [built] = await build_images(rt.image_jobs)
+    image = built.image.id
+    asked: list[set[str]] = []
+
+    def in_use() -> set[str]:  # a start pins the image between the two questions
+        asked.append({image} if asked else set())
+        return asked[-1]
+
+    assert await rt.builder.collect("proj", 0, in_use) == []
+    assert len(asked) == 2
+    record = rt.image_registry.get(image)
+    assert record.status == "ready" and _image_root(record).is_dir()
+    # Marked collected (its tree not yet deleted): a start does not stand on it.
+    rt.image_registry.save(record, status="collected")
+    spec = rt.images.specs()[0]
+    assert rt.provider.starter.usable_image(spec) is None
+    with pytest.raises(Exception, match="no image for its current spec"):
+        await rt.provider.starter.start(spec, cold_ok=False)
+
+
 async def test_unknown_repo_is_refused(rt: Any) -> None:
     with pytest.raises(UnknownRepo, match="unknown repo 'nope'"):
         await build_images(rt.image_jobs, ["nope"])
