@@ -56,7 +56,7 @@ class GitHubEnv:
 
     def authorize(self, client: httpx.Client, start: httpx.Response, expect: int) -> httpx.Response:
         """GitHub approves and sends the browser back to our callback."""
-        approved = httpx.get(start.headers["location"])
+        approved = httpx.get(start.headers["location"], timeout=30)
         assert approved.status_code == 302, approved.text
         done = client.get(approved.headers["location"])
         assert done.status_code == expect, done.text
@@ -67,7 +67,7 @@ class GitHubEnv:
     ) -> httpx.Response:
         secret = self.runtime.settings.github_webhook_secret.get_secret_value()
         body, headers = self.fake.webhook(secret, event, payload, delivery)
-        return httpx.post(f"{self.url}/github/webhooks", content=body, headers=headers)
+        return httpx.post(f"{self.url}/github/webhooks", content=body, headers=headers, timeout=30)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def _session_count(api: ApiClient) -> int:
 
 
 def test_missing_or_wrong_token_is_401(server: BackgroundServer, api: ApiClient) -> None:
-    with httpx.Client(base_url=server.url) as anon:
+    with httpx.Client(timeout=30, base_url=server.url) as anon:
         r = anon.get("/api/sessions")
         assert r.status_code == 401 and "Bearer" in r.json()["detail"]
         r = anon.post(
@@ -122,7 +122,7 @@ def test_repos_are_validated(api: ApiClient, tmp_path: Path) -> None:
 
 
 def test_health_metrics_and_docs(server: BackgroundServer) -> None:
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(timeout=30, base_url=server.url) as http:
         health = http.get("/healthz").json()
         assert (
             health["status"] == "ok"
@@ -185,7 +185,7 @@ def local_server(make_settings, openai_fake) -> BackgroundServer:  # type: ignor
 def test_local_auth_acts_as_the_git_identity(
     local_server: BackgroundServer, tmp_path: Path
 ) -> None:
-    with httpx.Client(base_url=local_server.url) as http:
+    with httpx.Client(timeout=30, base_url=local_server.url) as http:
         assert (
             http.post("/api/repos", json={"url": str(make_repo(tmp_path, "proj"))}).status_code
             == 201

@@ -150,7 +150,7 @@ def test_a_screenshot_of_the_served_app_is_kept_shown_and_served(
     assert art["url"] in result["output"] and "iVBOR" not in result["output"]
 
     # Only people who are signed in, and only under the session that made it.
-    assert httpx.get(server.url + art["url"]).status_code == 401
+    assert httpx.get(server.url + art["url"], timeout=30).status_code == 401
     other = api.create("site", "nothing to do here")
     api.wait_status(other["id"], "finished", "failed", timeout=60)
     assert api.http.get(f"/api/sessions/{other['id']}/artifacts/{sha}").status_code == 404
@@ -182,10 +182,13 @@ def test_a_screenshot_of_the_served_app_is_kept_shown_and_served(
         f"{server.url}/internal/v1/sessions/{other['id']}/artifacts",
         content=b"\x89PNG" + bytes(11 << 20),
         headers={"X-Nightshift-Worker-Token": TOKEN},
+        timeout=30,
     )
     assert oversized.status_code == 413
     no_token = httpx.post(
-        f"{server.url}/internal/v1/sessions/{other['id']}/artifacts", content=got.content
+        f"{server.url}/internal/v1/sessions/{other['id']}/artifacts",
+        content=got.content,
+        timeout=30,
     )
     assert no_token.status_code == 401
 
@@ -269,23 +272,23 @@ def test_the_repos_pages_are_captured_from_the_sessions_tree_into_the_pull_reque
     # Shared links, absolute: the PR is read where nobody is signed in to Nightshift.
     assert links["home:after"].startswith(f"{base}/shared/artifacts/{session['id']}/")
     shared = server.url + links["home:after"].removeprefix(base)  # no cookie, no token
-    anonymous = httpx.get(shared)
+    anonymous = httpx.get(shared, timeout=30)
     assert anonymous.status_code == 200 and anonymous.content == after.content
     assert anonymous.headers["content-type"] == "image/png"
     assert anonymous.headers["x-content-type-options"] == "nosniff"
     # The token is the key: a changed one, or another artifact under this one, is refused.
     wrong = shared[:-1] + ("0" if shared[-1] != "0" else "1")
-    assert httpx.get(wrong).status_code == 404
+    assert httpx.get(wrong, timeout=30).status_code == 404
     before_id = links["home:before"].split("/")[-2]
     swapped = shared.replace(shared.split("/")[-2], before_id)
-    assert httpx.get(swapped).status_code == 404
+    assert httpx.get(swapped, timeout=30).status_code == 404
     # Deleting the data dir's share key revokes every shared link at once.
     key = runtime.settings.data_dir / "artifacts" / ".share-key"
     saved = key.read_bytes()
     key.unlink()
-    assert httpx.get(shared).status_code == 404
+    assert httpx.get(shared, timeout=30).status_code == 404
     key.write_bytes(saved)
-    assert httpx.get(shared).status_code == 200
+    assert httpx.get(shared, timeout=30).status_code == 200
 
     from playwright.sync_api import sync_playwright
 

@@ -35,7 +35,7 @@ def test_the_bench_model_server_answers_the_openai_sdk_streamed_and_not() -> Non
     from openai import OpenAI
 
     with ModelServer() as server:
-        client = OpenAI(base_url=server.url, api_key="bench", http_client=httpx.Client())
+        client = OpenAI(base_url=server.url, api_key="bench", http_client=httpx.Client(timeout=30))
         ask = [{"role": "user", "content": "[warm-0] nothing to do"}]
         plain = client.chat.completions.create(model="m", messages=ask)
         assert plain.choices[0].message.content == ANSWER

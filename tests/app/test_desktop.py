@@ -317,11 +317,14 @@ def test_only_novncs_client_library_is_served(server: BackgroundServer) -> None:
 
     if not (NOVNC_DIR / "core" / "rfb.js").is_file():
         pytest.skip("novnc is not installed (apt-get install novnc)")
-    rfb = httpx.get(f"{server.url}/novnc/core/rfb.js")
+    rfb = httpx.get(f"{server.url}/novnc/core/rfb.js", timeout=30)
     assert rfb.status_code == 200 and "export default class RFB" in rfb.text
     assert rfb.headers["content-type"].startswith(("text/javascript", "application/javascript"))
-    assert httpx.get(f"{server.url}/novnc/vendor/pako/lib/zlib/inflate.js").status_code == 200
+    assert (
+        httpx.get(f"{server.url}/novnc/vendor/pako/lib/zlib/inflate.js", timeout=30).status_code
+        == 200
+    )
     # noVNC's own app connects wherever its address says: not on this origin.
     for path in ("/novnc/vnc.html", "/novnc/vnc_lite.html", "/novnc/app/ui.js"):
-        assert httpx.get(f"{server.url}{path}").status_code == 404, path
-    assert httpx.get(f"{server.url}/novnc/core/../vnc.html").status_code == 404
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 404, path
+    assert httpx.get(f"{server.url}/novnc/core/../vnc.html", timeout=30).status_code == 404

@@ -102,7 +102,7 @@ def test_callback_without_matching_state_changes_nothing(gh: GitHubEnv) -> None:
     gh.fake.authorizing = "octocat"
     with gh.browser() as browser:
         start = browser.get("/auth/github/login")
-        approved = httpx.get(start.headers["location"])
+        approved = httpx.get(start.headers["location"], timeout=30)
         callback = httpx.URL(approved.headers["location"])
         code = callback.params["code"]
         forged = browser.get("/auth/github/callback", params={"code": code, "state": "forged"})
@@ -112,7 +112,9 @@ def test_callback_without_matching_state_changes_nothing(gh: GitHubEnv) -> None:
             "/auth/github/callback", params={"code": code, "state": callback.params["state"]}
         )
         assert planted.status_code == 400 and "missing or expired" in planted.json()["detail"]
-    denied = httpx.get(f"{gh.url}/auth/github/callback", params={"error": "access_denied"})
+    denied = httpx.get(
+        f"{gh.url}/auth/github/callback", params={"error": "access_denied"}, timeout=30
+    )
     assert denied.status_code == 400
     assert gh.runtime.users.by_login("octocat") is None
     with DB(gh.runtime.engine) as db:
@@ -131,7 +133,7 @@ def test_cookie_writes_must_come_from_this_site_and_logout_revokes(gh: GitHubEnv
     with gh.browser() as browser:
         gh.sign_in(browser, "octocat")
         cookies = dict(browser.cookies)
-    with httpx.Client(base_url=gh.url, cookies=cookies) as bare:
+    with httpx.Client(timeout=30, base_url=gh.url, cookies=cookies) as bare:
         assert bare.get("/api/me").status_code == 200  # reads are fine
         refused = bare.post("/api/tokens", json={"label": "cli"})
         assert refused.status_code == 403 and "cross-site" in refused.json()["detail"]
@@ -143,15 +145,17 @@ def test_cookie_writes_must_come_from_this_site_and_logout_revokes(gh: GitHubEnv
         assert made.status_code == 201
     token = made.json()["token"]
     # The new API token works without a cookie, and without an Origin header.
-    who = httpx.get(f"{gh.url}/api/me", headers={"Authorization": f"Bearer {token}"})
+    who = httpx.get(f"{gh.url}/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert who.json()["user"]["login"] == "octocat"
-    with httpx.Client(base_url=gh.url, cookies=cookies) as bare:
+    with httpx.Client(timeout=30, base_url=gh.url, cookies=cookies) as bare:
         assert (
             bare.post("/auth/logout", headers={"Origin": "https://evil.example"}).status_code == 403
         )
         out = bare.post("/auth/logout", headers={"Origin": gh.url})
         assert out.status_code == 303
-    with httpx.Client(base_url=gh.url, cookies=cookies) as replay:  # the old cookie, kept
+    with httpx.Client(
+        timeout=30, base_url=gh.url, cookies=cookies
+    ) as replay:  # the old cookie, kept
         assert replay.get("/api/me").status_code == 401
 
 
@@ -165,12 +169,17 @@ def test_local_mode_refuses_writes_from_another_site(make_settings: Any, tmp_pat
         with BackgroundServer(create_app(runtime=runtime)) as server:
             body = {"url": str(tmp_path / "nonexistent")}  # inside the test's repo roots
             foreign = httpx.post(
-                f"{server.url}/api/repos", json=body, headers={"Origin": "https://evil.example"}
+                f"{server.url}/api/repos",
+                json=body,
+                headers={"Origin": "https://evil.example"},
+                timeout=30,
             )
             assert foreign.status_code == 403
             # Tools (no Origin) and our own pages still work.
-            assert httpx.post(f"{server.url}/api/repos", json=body).status_code == 422
-            own = httpx.post(f"{server.url}/api/repos", json=body, headers={"Origin": server.url})
+            assert httpx.post(f"{server.url}/api/repos", json=body, timeout=30).status_code == 422
+            own = httpx.post(
+                f"{server.url}/api/repos", json=body, headers={"Origin": server.url}, timeout=30
+            )
             assert own.status_code == 422
     finally:
         runtime.close()
@@ -191,7 +200,7 @@ def test_signing_in_again_updates_and_never_duplicates(gh: GitHubEnv) -> None:
 
 def test_sign_in_not_configured_is_a_clear_404(make_github_env: Any) -> None:
     env = make_github_env(github_client_id=None, github_client_secret=None)
-    r = httpx.get(f"{env.url}/auth/github/login")
+    r = httpx.get(f"{env.url}/auth/github/login", timeout=30)
     assert r.status_code == 404 and "GITHUB_CLIENT_ID" in r.json()["detail"]
 
 
@@ -384,7 +393,7 @@ def test_unlinked_person_gets_a_link_to_connect_github_then_the_pr_opens_as_them
     assert notices[0].link == f"{gh.url}/auth/github/link?next=/sessions/{session_id}"
     assert gh.fake.pulls == [] and gh.runtime.sessions.get(session_id).pr_number is None
     # Following the link: a signed-out browser is sent to sign in first.
-    page = httpx.get(notices[0].link)
+    page = httpx.get(notices[0].link, timeout=30)
     assert page.status_code == 401 and "/signin?next=" in page.text
     # Signed in (with their API token), they connect GitHub with one press of a button.
     with gh.browser() as browser:
@@ -468,7 +477,9 @@ def test_adding_a_github_repo_reads_its_default_branch_and_installation(gh: GitH
     git(gh.fake.repos["octo/proj"].path, "branch", "trunk", "main")
     gh.fake.add_repo("octo/lonely", installation_id=None)
     alice = make_person(gh.runtime, "alice", "Alice", "alice@example.com")
-    with httpx.Client(base_url=gh.url, headers={"Authorization": f"Bearer {alice.token}"}) as api:
+    with httpx.Client(
+        timeout=30, base_url=gh.url, headers={"Authorization": f"Bearer {alice.token}"}
+    ) as api:
         added = api.post("/api/repos", json={"url": "https://github.com/octo/proj.git"})
         assert added.status_code == 201, added.text
         assert added.json() | {"created_at": 0} == added.json() | {
@@ -505,9 +516,11 @@ def test_forged_missing_and_sha1_signatures_are_refused_and_change_nothing(
         "sha1 in the sha256 header": {**headers, "X-Hub-Signature-256": "sha1=" + "0" * 40},
     }
     for name, case in cases.items():
-        r = httpx.post(f"{gh.url}/github/webhooks", content=body, headers=case)
+        r = httpx.post(f"{gh.url}/github/webhooks", content=body, headers=case, timeout=30)
         assert r.status_code == 401, (name, r.text)
-    tampered = httpx.post(f"{gh.url}/github/webhooks", content=body + b" ", headers=headers)
+    tampered = httpx.post(
+        f"{gh.url}/github/webhooks", content=body + b" ", headers=headers, timeout=30
+    )
     assert tampered.status_code == 401
     with DB(gh.runtime.engine) as db:
         assert db.exec(select(GitHubDelivery)).all() == []
@@ -611,17 +624,26 @@ def test_bad_deliveries_get_clear_answers(gh: GitHubEnv, make_github_env: Any) -
     secret = gh.runtime.settings.github_webhook_secret.get_secret_value()
     body, headers = gh.fake.webhook(secret, "ping", {"zen": "Design for failure."})
     no_id = {k: v for k, v in headers.items() if k != "X-GitHub-Delivery"}
-    assert httpx.post(f"{gh.url}/github/webhooks", content=body, headers=no_id).status_code == 400
+    assert (
+        httpx.post(f"{gh.url}/github/webhooks", content=body, headers=no_id, timeout=30).status_code
+        == 400
+    )
     junk = b"not json"
     r = httpx.post(
         f"{gh.url}/github/webhooks",
         content=junk,
         headers={**headers, "X-Hub-Signature-256": sign(secret, junk)},
+        timeout=30,
     )
     assert r.status_code == 400
-    assert httpx.post(f"{gh.url}/github/webhooks", content=body, headers=headers).status_code == 202
+    assert (
+        httpx.post(
+            f"{gh.url}/github/webhooks", content=body, headers=headers, timeout=30
+        ).status_code
+        == 202
+    )
     unset = make_github_env(github_webhook_secret=None)
-    r = httpx.post(f"{unset.url}/github/webhooks", content=body, headers=headers)
+    r = httpx.post(f"{unset.url}/github/webhooks", content=body, headers=headers, timeout=30)
     assert r.status_code == 503 and "GITHUB_WEBHOOK_SECRET" in r.text
 
 
@@ -732,6 +754,6 @@ def test_on_postgres_refresh_locks_the_row_and_deliveries_are_deduplicated(
         "ping",
         {"zen": "Approachable is better."},
     )
-    first = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)
-    again = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers)
+    first = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers, timeout=30)
+    again = httpx.post(f"{env.url}/github/webhooks", content=body, headers=headers, timeout=30)
     assert (first.status_code, again.status_code) == (202, 200)

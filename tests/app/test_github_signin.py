@@ -137,10 +137,10 @@ def test_a_signed_in_user_links_github_explicitly(make_github_env: Any) -> None:
     alice = make_person(gh.runtime, "alice", "Alice Local", "alice@corp.example")
     gh.fake.add_user("alice-gh", "Alice Example", "alice@example.com", user_id=4711)
     # Linking needs a signed-in caller, asking from this site.
-    assert httpx.post(f"{gh.url}/auth/github/link").status_code == 401
+    assert httpx.post(f"{gh.url}/auth/github/link", timeout=30).status_code == 401
     with _signed_in_with_token(gh, alice) as browser:
         cookies = dict(browser.cookies)
-    with httpx.Client(base_url=gh.url, cookies=cookies) as bare:
+    with httpx.Client(timeout=30, base_url=gh.url, cookies=cookies) as bare:
         foreign = bare.post("/auth/github/link", headers={"Origin": "https://evil.example"})
         assert foreign.status_code == 403
     with _signed_in_with_token(gh, alice) as browser:

@@ -103,7 +103,7 @@ def _open(client: httpx.Client, session_id: str) -> tuple[str, str]:
     opened = client.post(f"/api/sessions/{session_id}/ide")
     assert opened.status_code == 200, opened.text
     url = opened.json()["url"]
-    redeemed = httpx.get(url)
+    redeemed = httpx.get(url, timeout=30)
     assert redeemed.status_code == 303, redeemed.text
     assert redeemed.headers["location"] == "./"
     return url, redeemed.cookies["nightshift_ide"]
@@ -114,7 +114,7 @@ def test_ide_opens_once_per_ticket_behind_a_session_scoped_cookie(
 ) -> None:
     prefix = f"{ide.url}/api/sessions/{idle_session}/ide/"
     for path in ("", "headers", "static/out/workbench.js", "ws"):
-        refused = httpx.get(prefix + path)
+        refused = httpx.get(prefix + path, timeout=30)
         assert refused.status_code == 403, (path, refused.text)
         assert "no access" in refused.json()["detail"]
     with api.as_(bob) as as_bob:
@@ -123,22 +123,22 @@ def test_ide_opens_once_per_ticket_behind_a_session_scoped_cookie(
     body = opened.json()
     assert body["url"].startswith(prefix + "?ticket=")
     assert body["expires_in"] == 60
-    redeemed = httpx.get(body["url"])
+    redeemed = httpx.get(body["url"], timeout=30)
     assert redeemed.status_code == 303
     cookie = redeemed.headers["set-cookie"].lower()
     assert "httponly" in cookie and f"path=/api/sessions/{idle_session}/ide/" in cookie
     assert "samesite=lax" in cookie
     assert redeemed.headers["referrer-policy"] == "no-referrer"
     # The ticket works once.
-    again = httpx.get(body["url"])
+    again = httpx.get(body["url"], timeout=30)
     assert again.status_code == 403 and "used, expired" in again.json()["detail"]
     token = redeemed.cookies["nightshift_ide"]
-    page = httpx.get(prefix, cookies={"nightshift_ide": token})
+    page = httpx.get(prefix, cookies={"nightshift_ide": token}, timeout=30)
     assert page.status_code == 200 and "stand-in workbench" in page.text
     # The pass is for this session only; a made-up one is nobody's.
     other = f"{ide.url}/api/sessions/other-session/ide/"
-    assert httpx.get(other, cookies={"nightshift_ide": token}).status_code == 403
-    assert httpx.get(prefix, cookies={"nightshift_ide": "forged"}).status_code == 403
+    assert httpx.get(other, cookies={"nightshift_ide": token}, timeout=30).status_code == 403
+    assert httpx.get(prefix, cookies={"nightshift_ide": "forged"}, timeout=30).status_code == 403
     # Opening again finds the running IDE, with a new ticket.
     reopened = api.http.post(f"/api/sessions/{idle_session}/ide").json()
     assert reopened["sandbox_id"] == body["sandbox_id"]
@@ -179,17 +179,19 @@ def test_the_proxy_strips_our_credentials_both_ways_over_http_and_websockets(
     prefix = f"{ide.url}/api/sessions/{idle_session}/ide/"
     ours = f"nightshift_ide={token}; nightshift_session=signed-in; theirs=1"
     secrets = {"Cookie": ours, "Authorization": f"Bearer {api.person.token}"}
-    seen = httpx.get(prefix + "headers?x=1", headers=secrets).json()
+    seen = httpx.get(prefix + "headers?x=1", headers=secrets, timeout=30).json()
     headers = {k.lower(): v for k, v in seen["headers"]}
     assert seen["path"] == "/headers?x=1"
     assert "authorization" not in headers
     assert headers["cookie"] == "theirs=1"
     assert api.person.token not in json.dumps(seen) and token not in json.dumps(seen)
     # Paths reach code-server as the browser encoded them (a file name with a space, a `%`).
-    named = httpx.get(prefix + "headers/a%20b%25c.txt", cookies={"nightshift_ide": token})
+    named = httpx.get(
+        prefix + "headers/a%20b%25c.txt", cookies={"nightshift_ide": token}, timeout=30
+    )
     assert named.json()["path"] == "/headers/a%20b%25c.txt"
     # code-server cannot set the proxy's cookie (nor the API's).
-    answered = httpx.get(prefix + "set-cookies", cookies={"nightshift_ide": token})
+    answered = httpx.get(prefix + "set-cookies", cookies={"nightshift_ide": token}, timeout=30)
     assert answered.headers.get_list("set-cookie") == ["standin_pref=dark; Path=/"]
     # Its pages may reach only the IDE origin (not another site, through the viewer's browser).
     policy = answered.headers["content-security-policy"]
@@ -251,6 +253,7 @@ def test_edits_in_the_ide_are_an_event_and_co_author_the_next_commit(
         params={"path": "notes.txt"},
         content=b"written in the IDE\n",
         cookies={"nightshift_ide": token},
+        timeout=30,
     )
     assert written.status_code == 200, written.text
     edited = wait_for(
@@ -282,7 +285,7 @@ def test_a_finished_session_has_no_ide_to_open_and_its_ide_stops_with_it(
 ) -> None:
     _, token = _open(api.http, idle_session)
     prefix = f"{ide.url}/api/sessions/{idle_session}/ide/"
-    assert httpx.get(prefix, cookies={"nightshift_ide": token}).status_code == 200
+    assert httpx.get(prefix, cookies={"nightshift_ide": token}, timeout=30).status_code == 200
     assert api.http.post(f"/api/sessions/{idle_session}/stop").status_code == 200
     api.wait_status(idle_session, "stopped", timeout=60)
     refused = api.http.post(f"/api/sessions/{idle_session}/ide")
@@ -290,7 +293,9 @@ def test_a_finished_session_has_no_ide_to_open_and_its_ide_stops_with_it(
     assert "stopped" in refused.json()["detail"] and "sandbox is gone" in refused.json()["detail"]
     gone = wait_for(
         lambda: (
-            (r := httpx.get(prefix, cookies={"nightshift_ide": token})).status_code == 409 and r
+            (r := httpx.get(prefix, cookies={"nightshift_ide": token}, timeout=30)).status_code
+            == 409
+            and r
         ),
         30,
         "the IDE to stop with the session",
@@ -335,7 +340,9 @@ def test_the_ide_runs_while_used_and_stops_after_the_idle_time_without_viewers(
         ws.send("still here")
         assert ws.recv(timeout=10) == "echo:still here"
     wait_for(lambda: not _answers(runtime, idle_session), 30, "the unwatched IDE to stop")
-    gone = httpx.get(ws_url.replace("ws://", "http://")[:-2], cookies={"nightshift_ide": token})
+    gone = httpx.get(
+        ws_url.replace("ws://", "http://")[:-2], cookies={"nightshift_ide": token}, timeout=30
+    )
     assert gone.status_code == 409 and "no IDE running" in gone.json()["detail"]
 
 
@@ -350,13 +357,15 @@ def test_each_session_can_have_an_ide_origin_of_its_own(
     assert url.startswith(f"http://{own}/api/sessions/{idle_session}/ide/?ticket=")
     local = url.replace(own, f"127.0.0.1:{ide.port}")  # *.localhost is loopback to browsers
     # The ticket is refused on another session's host (and not spent there).
-    elsewhere = httpx.get(local, headers={"Host": f"other0session.localhost:{ide.port}"})
+    elsewhere = httpx.get(
+        local, headers={"Host": f"other0session.localhost:{ide.port}"}, timeout=30
+    )
     assert elsewhere.status_code == 403 and "its own address" in elsewhere.json()["detail"]
-    redeemed = httpx.get(local, headers={"Host": own})
+    redeemed = httpx.get(local, headers={"Host": own}, timeout=30)
     assert redeemed.status_code == 303, redeemed.text
     token = redeemed.cookies["nightshift_ide"]
     prefix = f"http://127.0.0.1:{ide.port}/api/sessions/{idle_session}/ide/"
-    page = httpx.get(prefix, headers={"Host": own, "Cookie": f"nightshift_ide={token}"})
+    page = httpx.get(prefix, headers={"Host": own, "Cookie": f"nightshift_ide={token}"}, timeout=30)
     assert page.status_code == 200 and "stand-in workbench" in page.text
     moved = httpx.get(
         prefix,
@@ -364,6 +373,7 @@ def test_each_session_can_have_an_ide_origin_of_its_own(
             "Host": f"other0session.localhost:{ide.port}",
             "Cookie": f"nightshift_ide={token}",
         },
+        timeout=30,
     )
     assert moved.status_code == 403
     ws = f"ws://other0session.localhost:{ide.port}/api/sessions/{idle_session}/ide/ws"

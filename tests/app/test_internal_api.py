@@ -61,12 +61,15 @@ def test_internal_routes_need_the_worker_token_and_stay_out_of_the_docs(
     api_server: BackgroundServer, make_settings: Any
 ) -> None:
     url = f"{api_server.url}/internal/v1/repos"
-    assert httpx.get(url).status_code == 401
-    assert httpx.get(url, headers={"X-Nightshift-Worker-Token": "wrong"}).status_code == 401
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert (
+        httpx.get(url, headers={"X-Nightshift-Worker-Token": "wrong"}, timeout=30).status_code
+        == 401
+    )
     user_token = {"Authorization": f"Bearer {TOKEN}"}  # a user-style header is not enough
-    assert httpx.get(url, headers=user_token).status_code == 401
-    assert httpx.get(url, headers={"X-Nightshift-Worker-Token": TOKEN}).json() == []
-    schema = httpx.get(f"{api_server.url}/openapi.json").json()
+    assert httpx.get(url, headers=user_token, timeout=30).status_code == 401
+    assert httpx.get(url, headers={"X-Nightshift-Worker-Token": TOKEN}, timeout=30).json() == []
+    schema = httpx.get(f"{api_server.url}/openapi.json", timeout=30).json()
     assert not [p for p in schema["paths"] if p.startswith("/internal")]
 
 
@@ -75,7 +78,9 @@ def test_without_a_worker_token_the_internal_routes_refuse(runtime: Any) -> None
 
     with BackgroundServer(create_app(runtime=runtime)) as server:
         r = httpx.get(
-            f"{server.url}/internal/v1/repos", headers={"X-Nightshift-Worker-Token": "x" * 20}
+            f"{server.url}/internal/v1/repos",
+            headers={"X-Nightshift-Worker-Token": "x" * 20},
+            timeout=30,
         )
     assert r.status_code == 403 and "NIGHTSHIFT_WORKER_TOKEN" in r.json()["detail"]
 
@@ -162,7 +167,9 @@ def test_a_run_starts_with_its_lease_prompt_and_context_in_one_request(
 
     # Without the worker token: refused, and nothing is claimed.
     forged = httpx.post(
-        f"{api_server.url}/internal/v1/sessions/{session.id}/start", json={"runner_id": "x"}
+        f"{api_server.url}/internal/v1/sessions/{session.id}/start",
+        json={"runner_id": "x"},
+        timeout=30,
     )
     assert forged.status_code == 401
 
@@ -340,15 +347,15 @@ def test_lease_renewals_of_one_tick_go_as_one_request(
 def test_the_renewal_batch_route_checks_its_input(api_server: BackgroundServer) -> None:
     url = f"{api_server.url}/internal/v1/leases/renew"
     headers = {"X-Nightshift-Worker-Token": TOKEN}
-    assert httpx.post(url, json={"leases": []}).status_code == 401
-    assert httpx.post(url, json={"leases": []}, headers=headers).status_code == 422
+    assert httpx.post(url, json={"leases": []}, timeout=30).status_code == 401
+    assert httpx.post(url, json={"leases": []}, headers=headers, timeout=30).status_code == 422
     one = {"session_id": "ffffffffffff", "runner_id": "r", "ttl_s": 30}
     for bad in ({"ttl_s": 0}, {"ttl_s": -5}, {"session_id": "x" * 100}, {"runner_id": ""}):
-        r = httpx.post(url, json={"leases": [{**one, **bad}]}, headers=headers)
+        r = httpx.post(url, json={"leases": [{**one, **bad}]}, headers=headers, timeout=30)
         assert r.status_code == 422, bad
-    r = httpx.post(url, json={"leases": [one] * 1001}, headers=headers)
+    r = httpx.post(url, json={"leases": [one] * 1001}, headers=headers, timeout=30)
     assert r.status_code == 422
-    r = httpx.post(url, json={"leases": [one]}, headers=headers)
+    r = httpx.post(url, json={"leases": [one]}, headers=headers, timeout=30)
     assert r.json() == {"states": ["lost"]}
 
 
@@ -394,6 +401,7 @@ def test_the_renewal_batch_leaves_a_session_another_process_owns_to_its_own_rout
                 f"{server.url}/internal/v1/leases/renew",
                 json={"leases": leases},
                 headers={"X-Nightshift-Worker-Token": TOKEN},
+                timeout=30,
             )
         assert r.json() == {"states": [None, "held"]}
         assert not runtimes[1].owners.holds(theirs.id)

@@ -198,7 +198,7 @@ def test_unknown_and_bad_ids(api: ApiClient, server: Any) -> None:
     # Without credentials nothing is read or written.
     import httpx
 
-    with httpx.Client(base_url=server.url) as anonymous:
+    with httpx.Client(timeout=30, base_url=server.url) as anonymous:
         assert anonymous.post("/api/pulls/1/merge").status_code == 401
         assert anonymous.get("/api/pulls/1").status_code == 401
 
@@ -210,7 +210,9 @@ def test_cross_site_merge_from_a_signed_in_browser_is_refused(
 
     pr = _open_pr(api, openai_fake, "proj", "csrf.txt", "x\n")
     cookie = runtime.web_sessions.create(alice.user)
-    with httpx.Client(base_url=server.url, cookies={"nightshift_session": cookie}) as browser:
+    with httpx.Client(
+        timeout=30, base_url=server.url, cookies={"nightshift_session": cookie}
+    ) as browser:
         r = browser.post(f"/api/pulls/{pr['id']}/merge", headers={"Origin": "https://evil.example"})
         assert r.status_code == 403
         assert browser.get(f"/api/pulls/{pr['id']}").json()["state"] == "open"

@@ -79,17 +79,23 @@ def test_the_watch_catches_a_handler_that_blocks(
     auth = {"Authorization": f"Bearer {person.token}"}
     # The handler's callback may still be finishing when the response arrives: wait for it.
     with LoopWatch(_wait_ident(server)) as watch:
-        assert httpx.get(f"{server.url}/test-only/computes", headers=auth).json()["blocked"]
+        assert httpx.get(f"{server.url}/test-only/computes", headers=auth, timeout=30).json()[
+            "blocked"
+        ]
         wait_for(lambda: [b for b in watch.blocked if b.cpu_ms >= 100], 10, "the computing one")
     with LoopWatch(_wait_ident(server)) as watch:
-        assert httpx.get(f"{server.url}/test-only/sleeps", headers=auth).json()["blocked"]
+        assert httpx.get(f"{server.url}/test-only/sleeps", headers=auth, timeout=30).json()[
+            "blocked"
+        ]
         wait_for(
             lambda: [b for b in watch.blocked if b.held_ms >= 300 and b.cpu_ms < 50],
             10,
             "the sleeping one",
         )
     with LoopWatch(_wait_ident(server)) as watch:
-        assert not httpx.get(f"{server.url}/test-only/starved", headers=auth).json()["blocked"]
+        assert not httpx.get(f"{server.url}/test-only/starved", headers=auth, timeout=30).json()[
+            "blocked"
+        ]
         wait_for(lambda: [b for b in watch.starved if b.held_ms >= 300], 10, "the starved one")
     assert [b for b in watch.blocked if b.held_ms >= 300] == []
 

@@ -270,7 +270,7 @@ def test_a_non_owner_answers_as_the_owner_does(openai_fake: ScriptBook, tmp_path
             assert session.status_code == 201, session.text
         sid = session.json()["id"]
         # Each process says where its peers reach it, and how many sessions it owns.
-        health = [httpx.get(url + "/healthz").json() for url in peers]
+        health = [httpx.get(url + "/healthz", timeout=30).json() for url in peers]
         assert [h["peer_url"] for h in health] == peers
         assert sorted(h["sessions_owned"] for h in health) == [0, 1]
         owner_url = _owners(database)[sid]

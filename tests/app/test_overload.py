@@ -223,7 +223,7 @@ def test_the_cli_client_sends_a_shed_prompt_again_once_a_slot_frees(
     titles = [
         s["title"]
         for s in httpx.get(
-            f"{url}/api/sessions", headers={"Authorization": f"Bearer {alice.token}"}
+            f"{url}/api/sessions", headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
         ).json()["sessions"]
     ]
     assert sorted(titles) == ["again", "held"]

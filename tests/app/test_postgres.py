@@ -42,7 +42,7 @@ def test_session_runs_with_postgres_control_db(
         with (
             BackgroundServer(create_app(runtime=runtime)) as server,
             httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {person.token}"}
+                timeout=30, base_url=server.url, headers={"Authorization": f"Bearer {person.token}"}
             ) as http,
         ):
             assert http.post("/api/repos", json={"url": str(repo)}).status_code == 201

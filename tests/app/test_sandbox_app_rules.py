@@ -57,7 +57,7 @@ def test_the_desktop_and_ide_are_off_unless_enabled_and_say_which_setting(
         with (
             BackgroundServer(create_app(runtime=runtime)) as server,
             httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
+                timeout=30, base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
             ) as http,
         ):
             me = http.get("/api/me").json()

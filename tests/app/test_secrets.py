@@ -93,7 +93,7 @@ def test_configured_secrets_never_come_back_from_the_api_or_the_logs(
         with (
             BackgroundServer(create_app(runtime=runtime)) as server,
             httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
+                timeout=30, base_url=server.url, headers={"Authorization": f"Bearer {alice.token}"}
             ) as api,
         ):
             created = api.post(

@@ -335,7 +335,7 @@ def test_a_mention_warms_a_sandbox_that_its_session_then_claims(
     alice, _ = _world_with_repo(slack_world, tmp_path)
     openai_fake.script("warm me", *_edit_and_finish("WARM.md", "warm\n", "Warm"))
     with httpx.Client(
-        base_url=slack_world.url, headers={"Authorization": f"Bearer {alice.token}"}
+        timeout=30, base_url=slack_world.url, headers={"Authorization": f"Bearer {alice.token}"}
     ) as api:
         assert api.get("/api/repos/proj/warm").json()["state"] == "cold"
         mention = slack_world.mention(ALICE, "warm me")

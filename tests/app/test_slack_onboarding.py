@@ -158,7 +158,7 @@ def test_spent_expired_and_forged_links_change_nothing(
     with gh.browser() as browser:
         start = browser.post(f"/slack/link/{fresh}/github")
         gh.fake.authorizing = "mallory"
-        approved = httpx.get(start.headers["location"])
+        approved = httpx.get(start.headers["location"], timeout=30)
         callback = httpx.URL(approved.headers["location"])
         forged_state = callback.copy_set_param("state", "forged")
         assert browser.get(str(forged_state)).status_code == 400
@@ -173,7 +173,7 @@ def test_spent_expired_and_forged_links_change_nothing(
     assert [r.used_at for r in row if r.expires_at > time.time()] == [None]
 
     # Another site cannot start the flow in a visitor's browser.
-    with httpx.Client(base_url=gh.url) as bare:
+    with httpx.Client(timeout=30, base_url=gh.url) as bare:
         foreign = bare.post(
             f"/slack/link/{fresh}/github", headers={"Origin": "https://evil.example"}
         )

@@ -65,7 +65,9 @@ def test_bad_missing_or_stale_signatures_are_refused_with_401(
     assert sender.post(body, "application/json", secret="not-the-secret").status_code == 401
     stale = int(time.time()) - 5 * 60 - 5
     assert sender.post(body, "application/json", timestamp=stale).status_code == 401
-    unsigned = httpx.post(sender.url, content=body, headers={"Content-Type": "application/json"})
+    unsigned = httpx.post(
+        sender.url, content=body, headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert unsigned.status_code == 401
     # A body changed after signing is refused too.
     ts = str(int(time.time()))
@@ -77,6 +79,7 @@ def test_bad_missing_or_stale_signatures_are_refused_with_401(
             "X-Slack-Request-Timestamp": ts,
             "X-Slack-Signature": signature(sender.secret, ts, body),
         },
+        timeout=30,
     )
     assert forged.status_code == 401
     time.sleep(0.3)
@@ -142,7 +145,9 @@ def test_messages_from_bots_and_from_itself_are_ignored(
 
 
 def test_slack_endpoints_say_when_slack_is_not_configured(server: Any) -> None:
-    response = httpx.post(server.url + "/slack/events", json={"type": "url_verification"})
+    response = httpx.post(
+        server.url + "/slack/events", json={"type": "url_verification"}, timeout=30
+    )
     assert response.status_code == 503 and "SLACK_BOT_TOKEN" in response.json()["detail"]
 
 

@@ -123,5 +123,5 @@ def test_sse_stream_honours_last_event_id(
 
 @pytest.mark.parametrize("path", ["/events/stream", "/events"])
 def test_streams_need_auth(server: BackgroundServer, api: ApiClient, path: str) -> None:
-    with httpx.Client(base_url=server.url) as anon:
+    with httpx.Client(timeout=30, base_url=server.url) as anon:
         assert anon.get(f"/api/sessions/x{path}").status_code == 401

@@ -125,7 +125,7 @@ def _authorize(fake: FakeGitHub, oauth: OAuthClient, login: str) -> str:
 
     fake.authorizing = login
     url = oauth.authorize_url("st4te", "http://127.0.0.1:1/auth/github/callback")
-    r = httpx.get(url, follow_redirects=False)
+    r = httpx.get(url, follow_redirects=False, timeout=30)
     assert r.status_code == 302, r.text
     location = httpx.URL(r.headers["location"])
     assert location.params["state"] == "st4te"

@@ -238,7 +238,9 @@ def test_real_code_server_loads_and_an_edit_lands_in_the_sessions_diff(
     # The session says it pushed (its index row has the head), not only its event log: the
     # log is written first, the index a moment later.
     wait_for(lambda: api.http.get(f"/api/sessions/{session_id}").json().get("head_sha"), 60, "push")
-    diff = httpx.get(f"{api.base_url}/api/sessions/{session_id}/diff", headers=api.http.headers)
+    diff = httpx.get(
+        f"{api.base_url}/api/sessions/{session_id}/diff", headers=api.http.headers, timeout=30
+    )
     assert "+edited in VS Code" in diff.json()["diff"]
     web.artifacts.mkdir(parents=True, exist_ok=True)
     (web.artifacts / "figures.json").write_text(json.dumps(figures, indent=2))

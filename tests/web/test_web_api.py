@@ -46,7 +46,7 @@ def _frames_until(ws: ClientConnection, done: Any, timeout: float = 10) -> list[
 
 @pytest.mark.parametrize("path", ["/", "/new", "/sessions/abc123", "/stats", "/signin"])
 def test_pages_are_served_and_revalidated(server: BackgroundServer, path: str) -> None:
-    r = httpx.get(server.url + path)
+    r = httpx.get(server.url + path, timeout=30)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     assert r.headers["cache-control"] == "no-cache"
@@ -59,14 +59,14 @@ def test_static_modules_resolve_and_are_served_as_javascript(server: BackgroundS
     for module in modules:
         for target in re.findall(r'from "(\.{1,2}/[^"]+)"', module.read_text()):
             assert (module.parent / target).resolve().is_file(), f"{module}: no {target}"
-        r = httpx.get(f"{server.url}/static/{module.relative_to(WEB)}")
+        r = httpx.get(f"{server.url}/static/{module.relative_to(WEB)}", timeout=30)
         assert r.status_code == 200
         assert r.headers["content-type"].split(";")[0] == "text/javascript"
         assert r.headers["cache-control"] == "no-cache"
     for page in WEB.glob("*.html"):
         for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.read_text()):
             assert (WEB / ref.removeprefix("/static/")).is_file(), f"{page.name}: no {ref}"
-    assert httpx.get(server.url + "/favicon.ico").status_code == 200
+    assert httpx.get(server.url + "/favicon.ico", timeout=30).status_code == 200
 
 
 def test_no_third_party_code_in_web() -> None:
@@ -81,7 +81,7 @@ def test_no_third_party_code_in_web() -> None:
 
 
 def test_sign_in_state_without_credentials_is_not_an_error(server: BackgroundServer) -> None:
-    r = httpx.get(server.url + "/api/auth/state")
+    r = httpx.get(server.url + "/api/auth/state", timeout=30)
     assert r.status_code == 200
     assert r.json() == {"user": None, "auth": "token", "github_login": None}
 
@@ -90,7 +90,7 @@ def test_token_sign_in_sets_a_browser_session_cookie(
     server: BackgroundServer, alice: Person
 ) -> None:
     own = {"Origin": server.url}
-    with httpx.Client(base_url=server.url, headers=own) as browser:
+    with httpx.Client(timeout=30, base_url=server.url, headers=own) as browser:
         bad = browser.post("/api/auth/token", json={"token": "ns_nope"})
         assert bad.status_code == 401 and "invalid" in bad.json()["detail"]
         assert "set-cookie" not in bad.headers
@@ -119,7 +119,9 @@ def test_token_sign_in_sets_a_browser_session_cookie(
 
 
 def test_a_revoked_cookie_is_dropped(server: BackgroundServer) -> None:
-    r = httpx.get(server.url + "/api/auth/state", cookies={"nightshift_session": "ns_revoked"})
+    r = httpx.get(
+        server.url + "/api/auth/state", cookies={"nightshift_session": "ns_revoked"}, timeout=30
+    )
     assert r.status_code == 200 and r.json()["user"] is None
     assert 'nightshift_session=""' in r.headers["set-cookie"]
 
@@ -133,7 +135,7 @@ def test_github_button_shows_when_github_sign_in_is_configured(
     from app.main import create_app
     from app.runtime import build_runtime
 
-    assert httpx.get(server.url + "/api/auth/state").json()["github_login"] is None
+    assert httpx.get(server.url + "/api/auth/state", timeout=30).json()["github_login"] is None
     settings = make_settings(
         github_client_id="Iv1.0123456789abcdef",
         github_client_secret="s3cret-s3cret-s3cret",
@@ -231,7 +233,10 @@ def test_heartbeat_presence_for_clients_off_the_websocket(
         api.http.post("/api/sessions/nope/presence", json={"client_id": "tab-alice-1"}).status_code
         == 404
     )
-    assert httpx.post(api.base_url + base, json={"client_id": "tab-alice-1"}).status_code == 401
+    assert (
+        httpx.post(api.base_url + base, json={"client_id": "tab-alice-1"}, timeout=30).status_code
+        == 401
+    )
 
 
 # ---------------------------------------------------------------- live sessions feed
@@ -277,4 +282,4 @@ def test_changes_feed_sends_each_session_as_it_changes(
     assert statuses[0] in ("queued", "starting", "running") and statuses[-1] == "finished"
     assert "running" in statuses
     assert received[0]["author"]["login"] == "alice" and received[0]["repo"] == "proj"
-    assert httpx.get(server.url + "/api/sessions/changes").status_code == 401
+    assert httpx.get(server.url + "/api/sessions/changes", timeout=30).status_code == 401

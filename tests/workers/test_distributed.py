@@ -255,7 +255,9 @@ def test_kill_9_of_the_worker_mid_run_resumes_on_another_worker(
 ) -> None:
     alice = cluster.person("alice", "Alice Example", "alice@example.com")
     api = ApiClient(
-        httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {alice.token}"}),
+        httpx.Client(
+            timeout=30, base_url=cluster.url, headers={"Authorization": f"Bearer {alice.token}"}
+        ),
         cluster.url,
         alice,
     )
