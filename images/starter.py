@@ -20,7 +20,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from images.builder import ImageBuilder
 from images.cold import cold_clone
@@ -35,6 +34,7 @@ from images.sandboxes.base import (
     SandboxError,
     SandboxSpec,
     SnapshotRef,
+    StartMode,
 )
 from images.setup import BuildError, BuildLog, exclude_setup_output, run_commands
 from images.spec import RepoSpec
@@ -42,7 +42,6 @@ from integrations.forge.base import Forge
 
 log = logging.getLogger("nightshift.starter")
 
-StartMode = Literal["warm", "image", "snapshot", "cold"]
 SYNC_BUNDLE = ".git/nightshift-sync.bundle"
 
 

@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from images.sandboxes.base import SnapshotRef
-from images.starter import StartMode
+from images.sandboxes.base import SnapshotRef, StartMode
 from integrations.llm.types import ChatMessage as ChatMessage
 from integrations.llm.types import ToolCallRecord as ToolCallRecord
 

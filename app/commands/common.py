@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from app.errors import ServiceError
-from app.runtime import Runtime, build_runtime
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
 
 console = Console()
 err = Console(stderr=True)
@@ -38,6 +41,8 @@ def load_settings(**overrides: Any) -> Settings:
 @contextlib.contextmanager
 def runtime_from(settings: Settings) -> Iterator[Runtime]:
     """A started-up runtime for one command; a service error inside becomes the error line."""
+    from app.runtime import build_runtime  # commands that talk to a server never load it
+
     try:
         runtime = build_runtime(settings)
     except Exception as exc:

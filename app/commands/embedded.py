@@ -16,12 +16,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.commands.client import ApiError
 from app.commands.common import console, err, load_settings, runtime_from
 from app.errors import ServiceError
-from app.runtime import Runtime
 from app.schemas import RepoCreate
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
@@ -13,8 +13,9 @@ from rich.table import Table
 from app.commands.common import console, fail, load_settings, runtime_from
 from app.errors import ServiceError
 from app.schemas_images import ImagePublic
-from images.builder import BuildResult
-from images.image_jobs import build_images
+
+if TYPE_CHECKING:
+    from images.builder import BuildResult
 
 app = typer.Typer(help="Repo images: fresh clones with set-up done.", no_args_is_help=True)
 
@@ -76,6 +77,8 @@ def images_build(
             def progress(repo: str, message: str) -> None:
                 status[repo] = message
                 live.update(render())
+
+            from images.image_jobs import build_images  # (loaded only by a build)
 
             results: list[BuildResult] = runtime.executor.submit(
                 lambda: build_images(

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from app.commands.client import Client
 from app.commands.common import load_settings, runtime_from
 from app.commands.remote import connected
-from app.runtime import Runtime
 from app.schemas import RepoCreate, RepoDetail, RepoPublic, RepoUpdate
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 class RepoStore(Protocol):

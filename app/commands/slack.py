@@ -10,18 +10,20 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from app.commands.common import console, fail
 from app.errors import ServiceError
-from app.services.repos import Repos
-from app.services.slack.links import SlackLinks
-from app.services.slack.routing import SlackRouting, check_channel
-from app.services.users import Users
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.services.repos import Repos
+    from app.services.slack.links import SlackLinks
+    from app.services.slack.routing import SlackRouting
+    from app.services.users import Users
 
 app = typer.Typer(
     help="The Slack bot: channel defaults, Slack ↔ Nightshift identity links, classifier keywords.",
@@ -40,6 +42,10 @@ class _Control:
 @contextlib.contextmanager
 def _control() -> Iterator[_Control]:
     from app.db import control_engine
+    from app.services.repos import Repos
+    from app.services.slack.links import SlackLinks
+    from app.services.slack.routing import SlackRouting
+    from app.services.users import Users
     from app.wiring import init_control_db
 
     try:
@@ -76,6 +82,8 @@ def channel_default(
                 table.add_row(row.channel_id, row.repo_name, row.set_by, _when(row.updated_at))
             console.print(table)
             return
+        from app.services.slack.routing import check_channel
+
         check_channel(channel)
         if unset:
             if repo is not None:

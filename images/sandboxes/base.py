@@ -89,6 +89,10 @@ class ImageRef:
     spec_hash: str = ""
 
 
+StartMode = Literal["warm", "image", "snapshot", "cold"]
+"""Where a session's sandbox came from: the warm pool, an image, its snapshot, a cold clone."""
+
+
 @dataclass(frozen=True)
 class SnapshotRef:
     """The changes a sandbox made, stacked over the image it started from."""

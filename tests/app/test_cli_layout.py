@@ -48,3 +48,28 @@ def test_the_registration_module_defines_no_command() -> None:
     tree = ast.parse((APP / "cli.py").read_text())
     functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert functions == ["main"]
+
+
+def test_loading_the_cli_loads_no_server_code() -> None:
+    """`nightshift run|attach|prompt|stop|repos --server` and `--help` only talk HTTP: the
+    runtime, the services, the image builder, the ORM and the GitHub client load inside the
+    commands that use them (loading them all took the CLI 2 s to start on a slow core)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, app.cli; print('\\n'.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    heavy = [
+        "app.runtime",
+        "app.services.repos",
+        "app.services.sessions",
+        "images.builder",
+        "sqlalchemy",
+        "githubkit",
+        "redis",
+    ]
+    assert [m for m in heavy if m in loaded] == []
