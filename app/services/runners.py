@@ -322,7 +322,13 @@ class RunnerService:
                     .values(lease_owner=None, lease_expires_at=None, attempts=Session.attempts + 1)
                 )
                 db.commit()
+        # The session's file is ahead of its row: a runner that ended its run and gave its
+        # lease back may have had its last status written there but not yet indexed.
+        statuses = store.events_of(["status"])
+        last = statuses[-1].status if statuses and isinstance(statuses[-1], StatusChanged) else None
         if row.stop_requested:
+            if last == "stopped":  # stopped by its runner, which let go: nothing to recover
+                return False
             store.fail_running("stopped")
             self.hub.publish(
                 row.id,
@@ -361,8 +367,8 @@ class RunnerService:
         if requeued or store.pending_count() > 0:
             self.sessions.dispatch(row.id)
             return True
-        current = self.sessions.get(row.id)
-        if current.status in ACTIVE_STATUSES and current.status != "queued":
+        current = last or self.sessions.get(row.id).status
+        if current in ACTIVE_STATUSES and current != "queued":
             self.hub.publish(
                 row.id, StatusChanged(status="finished", reason="recovered after restart")
             )

@@ -149,3 +149,33 @@ def test_a_session_whose_file_is_elsewhere_is_listed_and_left_alone(
         assert [s["last_event_id"] for s in listed.json()["sessions"]] == [0]
         events = client.get(f"/api/sessions/{session_id}/events", headers=headers)
         assert events.status_code == 503 and "NIGHTSHIFT_DATA_DIR" in events.json()["detail"]
+
+
+def test_a_runner_that_stopped_on_request_and_let_go_is_not_stopped_again(
+    rt: Any, session_id: str
+) -> None:
+    """A runner stops its session on request, its events land, and it gives its lease back;
+    the session's row in the control DB takes the new status a moment later (index writes
+    are batched). A reaper round in that moment finds an active session with no runner: it
+    must see in the session's file that it was stopped, not stop it a second time as if its
+    runner had died (a distributed run on a slow machine once ended on that reason)."""
+    from sqlmodel import update
+
+    from app.models import Session
+    from workers.events import PromptFinished, StatusChanged
+
+    runner = _die_mid_prompt(rt, session_id)
+    rt.sessions.stop(make_person(rt, "rita", "Rita Reaper", "rita@example.com").user, session_id)
+    rt.hub.publish(
+        session_id,
+        PromptFinished(outcome="stopped", summary="stopped on request", prompt_id=1, attempt=1),
+    )
+    rt.hub.publish(session_id, StatusChanged(status="stopped", reason="stopped on request"))
+    rt.runners.release_lease(session_id, runner)
+    with rt.engine.begin() as conn:  # the index, as it was before its batch was written
+        conn.execute(update(Session).where(Session.id == session_id).values(status="running"))
+    assert rt.runners.reap() == []
+    reasons = [e.reason for e in rt.sessions.events(session_id) if e.type == "status"]
+    assert (
+        reasons[-1] == "stopped on request" and "stopped while its runner was gone" not in reasons
+    )
