@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from workers.events import SessionStatus
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A refused body as one line, each field's path with its complaint."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def utc_minute(stamp: float) -> str:
+    """A time as people read it in messages and listings: `2026-12-07 22:00 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
 
 ROW_MAX = 2**63 - 1
 """The largest id or offset a database row can have (SQLite and PostgreSQL BIGINT); bigger

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from images.builder import BuildResult, ImageBuilder
 from images.errors import ImagesError
@@ -43,14 +43,6 @@ class UnknownRepo(ImagesError, ValueError):
     """A repo name that is not registered."""
 
 
-def _no_snapshots() -> set[str]:
-    return set()
-
-
-def _none_removed() -> list[str]:
-    return []
-
-
 @dataclass
 class ImageJobs:
     builder: ImageBuilder
@@ -58,9 +50,9 @@ class ImageJobs:
     registry: ImageRegistry
     specs: Callable[[], list[RepoSpec]]
     """Every registered repo's spec, read fresh from the control DB."""
-    snapshot_images: Callable[[], set[str]] = field(default=_no_snapshots)
+    snapshot_images: Callable[[], set[str]] = set
     """Ids of images that stored session snapshots stand on (never collected)."""
-    removed: Callable[[], list[str]] = field(default=_none_removed)
+    removed: Callable[[], list[str]] = list
     """Names of the repos that were removed (their images are all collected once unused).
     Read from the control DB, not inferred: a repo registered while a build ran is not in
     the specs that build read, and its images are not a removed repo's."""
@@ -106,7 +98,7 @@ async def build_images(
             result = BuildResult(spec.name, "failed", f"internal error: {exc}")
         results.append(result)
     removed = await asyncio.to_thread(jobs.removed)
-    await collect_images(jobs, [r.repo for r in results], removed=sorted(removed))
+    await collect_images(jobs, [r.repo for r in results], removed=removed)
     return results
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from app.commands.common import console, fail
 from app.commands.repo_stores import RepoStore, repo_store
-from app.schemas import RepoCreate, RepoUpdate
+from app.schemas import RepoCreate, RepoUpdate, utc_minute, validation_message
 
 app = typer.Typer(help="Repositories Nightshift can work on.", no_args_is_help=True)
 
@@ -197,8 +197,6 @@ def repos_set(
     try:
         body = RepoUpdate.model_validate(fields)
     except ValidationError as exc:
-        from app.services.repos import validation_message  # (the services load only when used)
-
         fail(validation_message(exc))
     with repo_store(server) as repos:
         _local_hint(server, repos, "set", "change it")
@@ -239,8 +237,6 @@ def repos_remove(
 
 
 def _when(stamp: float | None) -> str:
-    from app.services.repo_catalog import utc_minute
-
     return utc_minute(stamp) if stamp else ""
 
 

@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from app.db import reader
 from app.errors import NotFound
 from app.models import Repo
+from app.schemas import utc_minute
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
@@ -26,11 +27,6 @@ REFRESH_S = 5.0
 """How long a repo read from the control DB answers lookups before it is read again: a change
 or a removal another process makes (`PATCH`/`DELETE /api/repos/{repo}`, `nightshift repos
 set|remove`) reaches this one within this time; a process's own changes at once."""
-
-
-def utc_minute(stamp: float) -> str:
-    """A time as people read it in messages and listings: `2026-12-07 22:00 UTC`."""
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
 
 
 def removed_message(repo: Repo) -> str:

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
-from app.schemas import RepoCreate, RepoUpdate
+from app.schemas import RepoCreate, RepoUpdate, validation_message
 from app.services.repo_catalog import RepoCatalog, refuse_removed, removed_message, spec_of
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
@@ -68,10 +68,6 @@ def _resolve(text: str) -> Path:
         return Path(text).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # an unknown ~user, a symlink loop
         raise ValueError(str(exc)) from None
-
-
-def validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 class Repos(RepoCatalog):
