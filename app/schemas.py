@@ -120,6 +120,14 @@ class RepoPublic(BaseModel):
     """When it was removed (None: in use); listed only with `?removed=true`."""
 
 
+class RepoListed(RepoPublic):
+    """`GET /api/repos`: a repo and its environment (no detail request per repo to list)."""
+
+    environment: str
+    """`host` (the host's tools), `image <ref>` or `dockerfile <path>`, as its newest build
+    read them (the stored spec before the first build)."""
+
+
 class EffectiveField(BaseModel):
     """One value of a repo's effective spec and where it came from."""
 
@@ -129,11 +137,9 @@ class EffectiveField(BaseModel):
     """`stored`, `.nightshift.toml`, `.devcontainer/devcontainer.json`, `host`, or a `+` of them."""
 
 
-class RepoDetail(RepoPublic):
+class RepoDetail(RepoListed):
     """`GET /api/repos/{repo}`: the stored spec plus the effective one its base branch makes."""
 
-    environment: str
-    """`host` (the host's tools), `image <ref>` or `dockerfile <path>`."""
     environment_digest: str | None = None
     """The digest of the declared image its newest ready image runs on (None: host tools,
     not built yet, or built by a provider such as Modal)."""

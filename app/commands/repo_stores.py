@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from app.commands.client import Client
 from app.commands.common import load_settings, runtime_from
 from app.commands.remote import connected
-from app.schemas import RepoCreate, RepoDetail, RepoPublic, RepoUpdate
+from app.schemas import RepoCreate, RepoDetail, RepoListed, RepoPublic, RepoUpdate
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -37,7 +37,7 @@ class RepoStore(Protocol):
 
     def remove(self, name: str) -> RepoPublic: ...
     def detail(self, name: str) -> RepoDetail: ...
-    def list(self, removed: bool) -> list[RepoPublic]: ...
+    def list(self, removed: bool) -> list[RepoListed]: ...
     def rebuild_note(self, name: str) -> str:
         """When a changed repo's image is built again."""
         ...
@@ -70,8 +70,8 @@ class DataDirRepos:
     def detail(self, name: str) -> RepoDetail:
         return self.runtime.images.repo_detail(name)
 
-    def list(self, removed: bool) -> list[RepoPublic]:
-        return [RepoPublic.model_validate(r) for r in self.runtime.repos.list(removed=removed)]
+    def list(self, removed: bool) -> list[RepoListed]:
+        return self.runtime.images.listed(removed)
 
     def rebuild_note(self, name: str) -> str:
         return (
@@ -114,8 +114,8 @@ class ServerRepos:
     def detail(self, name: str) -> RepoDetail:
         return RepoDetail.model_validate(self.client.repo(name))
 
-    def list(self, removed: bool) -> list[RepoPublic]:
-        return [RepoPublic.model_validate(r) for r in self.client.list_repos(removed=removed)]
+    def list(self, removed: bool) -> list[RepoListed]:
+        return [RepoListed.model_validate(r) for r in self.client.list_repos(removed=removed)]
 
     def rebuild_note(self, name: str) -> str:
         return f"{self.client.server} builds its image again now"

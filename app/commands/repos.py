@@ -288,7 +288,6 @@ def repos_list(
         columns = ("name", "forge", "base", "environment", "url")
         table = Table(*columns, *(("removed",) if removed else ()))
         for r in rows:
-            environment = repos.detail(r.name).environment
-            cells = (r.name, r.forge, r.base, environment, r.url)
+            cells = (r.name, r.forge, r.base, r.environment, r.url)
             table.add_row(*cells, *((_when(r.removed_at),) if removed else ()))
         console.print(table)

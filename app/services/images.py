@@ -13,8 +13,8 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from app.errors import Invalid, NotFound
-from app.models import Session, User
-from app.schemas import EffectiveField, RepoDetail, RepoPublic
+from app.models import Repo, Session, User
+from app.schemas import EffectiveField, RepoDetail, RepoListed, RepoPublic
 from app.schemas_images import BuildStep, ImagePublic, WarmPublic
 from app.services.repo_catalog import RepoCatalog, spec_of
 from images.environments import build_steps, effective_origins
@@ -152,15 +152,11 @@ class Images:
         (a removed repo's too: its history stays readable)."""
         repo = self.repos.get(name, removed=True)
         spec = spec_of(repo)
-        newest = next(
-            (r for r in self.registry.history(name, 20) if r.status != "building" and r.sha),
-            None,
-        )
+        newest = self._newest_attempt(name)
         recorded = newest.file_spec if newest is not None else None
         ready = next(iter(self.registry.ready(name)), None)
         return RepoDetail(
-            **RepoPublic.model_validate(repo).model_dump(),
-            environment=newest.effective(spec).environment() if newest else spec.environment(),
+            **self._listed(repo, newest).model_dump(),
             environment_digest=ready.environment_digest if ready is not None else None,
             effective=[
                 EffectiveField(field=f, value=v, origin=o)
@@ -168,6 +164,23 @@ class Images:
             ],
             effective_at=newest.sha if newest is not None else None,
         )
+
+    def listed(self, removed: bool = False) -> list[RepoListed]:
+        """The repos (`Repos.list`), each with the environment its newest build read."""
+        return [
+            self._listed(r, self._newest_attempt(r.name)) for r in self.repos.list(removed=removed)
+        ]
+
+    def _newest_attempt(self, name: str) -> ImageRecord | None:
+        """The newest finished build attempt that read the repo's files."""
+        history = self.registry.history(name, 20)
+        return next((r for r in history if r.status != "building" and r.sha), None)
+
+    @staticmethod
+    def _listed(repo: Repo, newest: ImageRecord | None) -> RepoListed:
+        spec = spec_of(repo)
+        environment = newest.effective(spec).environment() if newest else spec.environment()
+        return RepoListed(**RepoPublic.model_validate(repo).model_dump(), environment=environment)
 
     def get(self, image_id: str) -> ImagePublic:
         record = self.registry.get(image_id)

@@ -60,6 +60,10 @@ def test_api_shows_the_effective_spec_and_declared_images(api: ApiClient, tmp_pa
     assert added["image"] == "127.0.0.1:5000/dev/tools:1"
     shown = api.http.get("/api/repos/other").json()
     assert _effective(shown)["image"] == ("127.0.0.1:5000/dev/tools:1", "stored")
+    # The list carries each repo's environment, as its detail says (no request per repo).
+    listed = {r["name"]: r["environment"] for r in api.http.get("/api/repos").json()}
+    assert listed == {"other": "image 127.0.0.1:5000/dev/tools:1", "proj": "host"}
+    assert listed["other"] == shown["environment"]
 
 
 @pytest.mark.parametrize(
@@ -100,6 +104,10 @@ def test_cli_add_warns_of_an_uncommitted_spec_file_and_shows_the_repo(tmp_path: 
     assert "host" in row and " MB" in row and "ready" in row
     [image] = json.loads(runner.invoke(app, ["images", "list", "--json"], env=env).stdout)
     assert image["size_bytes"] > 0 and image["environment"] == "host"
+    table = runner.invoke(app, ["repos", "list"], env=env)
+    assert table.exit_code == 0, table.output
+    [proj_row] = [line for line in table.output.splitlines() if "proj" in line]
+    assert "image debian:12" in proj_row
     shown = runner.invoke(app, ["repos", "show", "proj"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "environment: image debian:12" in shown.output

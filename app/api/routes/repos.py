@@ -12,6 +12,7 @@ from app.schemas import (
     PullRequestPublic,
     RepoCreate,
     RepoDetail,
+    RepoListed,
     RepoPublic,
     RepoUpdate,
 )
@@ -28,9 +29,10 @@ def add_repo(body: RepoCreate, repos: ReposDep) -> RepoPublic:
 
 
 @router.get("")
-def list_repos(repos: ReposDep, removed: bool = False) -> list[RepoPublic]:
-    """The repos in use; `removed=true` adds the removed ones (with `removed_at`)."""
-    return [RepoPublic.model_validate(r) for r in repos.list(removed=removed)]
+def list_repos(images: ImagesDep, removed: bool = False) -> list[RepoListed]:
+    """The repos in use, each with its environment; `removed=true` adds the removed ones
+    (with `removed_at`)."""
+    return images.listed(removed)
 
 
 @router.get("/{repo:path}/pulls/{number}")
