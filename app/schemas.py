@@ -124,8 +124,7 @@ class RepoListed(RepoPublic):
     """`GET /api/repos`: a repo and its environment (no detail request per repo to list)."""
 
     environment: str
-    """`host` (the host's tools), `image <ref>` or `dockerfile <path>`, as its newest build
-    read them (the stored spec before the first build)."""
+    """`host` (the host's tools), `image <ref>` or `dockerfile <path>`, as last built."""
 
 
 class EffectiveField(BaseModel):
