@@ -362,16 +362,15 @@ class SessionFiles:
         return self._remember(session_id, store)
 
     def _remember(self, session_id: str, store: SessionStore) -> SessionStore:
+        """Keep `store` open; beyond `keep_open`, close the least recently used outside the
+        lock (a close checkpoints and syncs, and every session's `get` takes this lock)."""
         with self._lock:
-            existing = self._open.get(session_id)
-            if existing is not None:
-                store.close()
-                return existing
-            self._open[session_id] = store
-            while len(self._open) > self.keep_open:
-                _, old = self._open.popitem(last=False)
-                old.close()
-            return store
+            kept = self._open.setdefault(session_id, store)
+            excess = max(0, len(self._open) - self.keep_open)
+            closing = [self._open.popitem(last=False)[1] for _ in range(excess)]
+        for old in closing if kept is store else [store]:  # else: another thread opened it
+            old.close()
+        return kept
 
     def discard(self, session_id: str) -> None:
         """Close and delete the file of a session that was never indexed (its creation was

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from app.sessionstore import SessionFiles
+from tests.factories import wait_for
 from workers.events import (
     Author,
     ChatMessage,
@@ -164,6 +165,38 @@ def test_a_store_closed_to_make_room_still_serves_whoever_holds_it(tmp_path: Pat
     assert [e.id for e in files.get("old1").events()] == [1, 2]
     files.close()
     assert files.get("new1").last_event_id() == 0  # a closed set of files opens again on demand
+    files.close()
+
+
+def test_closing_a_file_to_make_room_holds_up_no_other_session(tmp_path: Path) -> None:
+    """A close checkpoints and syncs the file: the other sessions' lookups must not wait on
+    it (here the evicted store is busy writing, so its close waits for that write)."""
+    files = SessionFiles(tmp_path, Redactor(), keep_open=1)
+    busy = files.create("busy1")
+    writing, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with busy._write():  # a write in progress on the file about to be evicted
+            writing.set()
+            release.wait(60)
+
+    threading.Thread(target=long_write, daemon=True).start()
+    assert writing.wait(10)
+    evicting = threading.Thread(target=files.create, args=("new1",), daemon=True)
+    evicting.start()  # evicts busy1; its close waits for the write
+    looked_up: list[int] = []
+    lookup = threading.Thread(
+        target=lambda: looked_up.append(files.get("new1").last_event_id()), daemon=True
+    )
+    try:
+        wait_for(lambda: "new1" in files._open, 10, "new1 to be remembered")
+        lookup.start()
+        lookup.join(10)
+        assert looked_up == [0], "a lookup waited for another session's file to close"
+    finally:
+        release.set()
+    evicting.join(10)
+    assert not evicting.is_alive()
     files.close()
 
 
