@@ -42,7 +42,9 @@ class EventPublisher(Protocol):
 ACTIVE_KEY = "nightshift:events:active"
 """Set of session ids whose stream may hold events not yet persisted."""
 DOORBELL_KEY = "nightshift:events:new"
-"""Stream of session ids whose runner just started publishing (wakes the consumer at once)."""
+"""Stream of session ids, one entry per session a batch of events went to: the consumer waits
+on it alone and reads the streams it names, so its work follows what is published, not how
+many sessions are active."""
 CURSORS_KEY = "nightshift:events:cursors"
 """Hash: session id -> id of the last stream entry the API has persisted."""
 DOORBELL_MAXLEN = 10_000
@@ -67,17 +69,16 @@ class RedisStreamBus:
 
     Publishes are group-committed: the events published while one batch is on its way to
     Redis go together in the next, as one `MULTI`/`EXEC` (one round trip however many runners
-    published), so a session's events reach its stream in the order they were published and
-    each `publish` still returns once its event is stored.
+    published) that also rings the doorbell once per session in it, so a session's events
+    reach its stream in the order they were published and each `publish` still returns once
+    its event is stored.
     """
 
-    def __init__(self, url: str, *, retry_for: float = 60.0, announce_ttl: float = 20.0) -> None:
+    def __init__(self, url: str, *, retry_for: float = 60.0) -> None:
         self.url = url
         self.retry_for = retry_for
-        self.announce_ttl = announce_ttl
         self.publisher = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = itertools.count(1)
-        self._announced: dict[str, float] = {}
         self._client: aioredis.Redis | None = None
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -124,10 +125,8 @@ class RedisStreamBus:
     async def _send(self, batch: list[_Pending]) -> None:
         from redis.exceptions import ConnectionError, TimeoutError
 
-        now = time.monotonic()
         sessions = list(dict.fromkeys(session_id for session_id, _, _ in batch))
-        announce = [s for s in sessions if now - self._announced.get(s, -1e9) > self.announce_ttl]
-        deadline = now + self.retry_for
+        deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
             try:
@@ -135,7 +134,7 @@ class RedisStreamBus:
                     for session_id, fields, _ in batch:
                         pipe.xadd(stream_key(session_id), fields)
                     pipe.sadd(ACTIVE_KEY, *sessions)
-                    for session_id in announce:
+                    for session_id in sessions:  # the API reads the streams it names
                         pipe.xadd(
                             DOORBELL_KEY,
                             {"sid": session_id},
@@ -153,11 +152,6 @@ class RedisStreamBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.batches += 1
-        for session_id in announce:
-            self._announced[session_id] = now
-        if len(self._announced) > 10_000:
-            cutoff = now - self.announce_ttl
-            self._announced = {k: v for k, v in self._announced.items() if v > cutoff}
 
     async def aclose(self) -> None:
         if self._flusher is not None:

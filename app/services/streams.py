@@ -2,16 +2,18 @@
 event through the hub (session file first, then index and fan-out), remember how far we got.
 
 Discovery: workers add a session to a Redis set when they publish to its stream and ring a
-doorbell stream when they start; one blocking `XREAD` waits on the doorbell and on every
-active stream at once, so an event is persisted as soon as it lands. Reading runs ahead of
-persisting: what a read returns joins its session's queue, which one pool thread at a time
-persists in order (sessions in parallel), while the next read goes on from the last entry
-read. After a read that found entries the next waits `gather_s`, so under load one read takes
-what many sessions published meanwhile. A session with a full queue is left out of the reads
-until its queue is taken (then the doorbell wakes the read); one whose entry failed is read
-again from that entry a second later. The last persisted entry of each stream is saved in a
-Redis hash: a restarted API resumes there, and an entry read twice is stored once because its
-source id is already in the session file.
+doorbell stream (an entry per session per batch); a blocking `XREAD` waits on the doorbell
+alone and one more reads the streams it named, so an event is persisted as soon as it lands
+and a read costs what was published, not how many sessions are active; every `refresh_s`, a
+read of every active stream takes what no ring announced. Reading runs ahead of persisting:
+a read's entries join their session's queue, which one pool thread at a time persists in
+order (sessions in parallel), while the next read goes on from the last entry read. After a
+read that found entries the next waits `gather_s`, so under load one read takes what many
+sessions published meanwhile. A session with a full queue is left out of the reads until its
+queue is taken (then the doorbell wakes the read); one whose entry failed is read again from
+that entry a second later. The last persisted entry of each stream is saved in a Redis hash:
+a restarted API resumes there, and an entry read twice is stored once (its source id is in
+the session file).
 
 Trimming: once persisted, entries are trimmed (`XTRIM MINID`); a stream idle for a while and
 fully persisted is deleted, atomically with its set membership (`WATCH`), so a worker that
@@ -94,21 +96,16 @@ class StreamConsumer:
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-        self.cursors: dict[str, str] = {}
-        """Session id -> the last entry persisted."""
-        self._read: dict[str, str] = {}
-        """Session id -> the last entry read (queued, persisted or not)."""
+        self.cursors: dict[str, str] = {}  # session id -> the last entry persisted
+        self._read: dict[str, str] = {}  # session id -> the last entry read (maybe queued)
         self._queued: dict[str, list[tuple[str, dict[str, str]]]] = {}
-        self._busy: set[str] = set()
-        """Sessions whose queue a pool thread is persisting."""
+        self._busy: set[str] = set()  # sessions whose queue a pool thread is persisting
         self._epoch: defaultdict[str, int] = defaultdict(int)
         """Bumped when a failed entry restarts a session's reading: a read then under way is
         dropped."""
-        self._held: set[str] = set()
-        """Left out of the reads while their queue is full."""
+        self._held: set[str] = set()  # left out of the reads while their queue is full
         self._retry_at: dict[str, float] = {}
-        self._dirty: dict[str, str] = {}
-        """Cursors persisted since the last save."""
+        self._dirty: dict[str, str] = {}  # cursors persisted since the last save
         self._seen: dict[str, float] = {}
         self._untrimmed: defaultdict[str, int] = defaultdict(int)
         self._locks: dict[str, threading.Lock] = {}
@@ -118,9 +115,8 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self.persisted = 0
         self.healthy = False
-        # Sessions are persisted in parallel (each in order): an event whose index values are
-        # written holds its thread until the control DB's group commit lands, so enough threads
-        # that other sessions' events never queue behind those waits.
+        # Sessions persist in parallel (each in order): an event holds its thread until the
+        # control DB's group commit of its index values lands; other sessions go on meanwhile.
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="nightshift-persist")
 
     # ------------------------------------------------------------ lifecycle
@@ -146,14 +142,12 @@ class StreamConsumer:
         self.redis.close()
 
     def _run(self) -> None:
-        delay = 0.1
-        started = False
+        delay, started = 0.1, False
         while not self._stop.is_set():
             try:
                 if not started:
                     self._begin()
-                    started = True
-                    self.healthy = True
+                    started = self.healthy = True
                 self._step()
                 self.healthy = True
                 delay = 0.1
@@ -170,11 +164,12 @@ class StreamConsumer:
     # ------------------------------------------------------------ the loop
 
     def _begin(self) -> None:
-        """Resume: every active session from its saved cursor; the doorbell from its end."""
+        """Resume: the doorbell from its end, and a first read of every active stream from its
+        saved cursor (a sweep: `_last_refresh` is long past)."""
         last = self.redis.xrevrange(DOORBELL_KEY, count=1)
         self._doorbell = last[0][0] if last else "0-0"
-        self._refresh()
-        self._last_refresh = self._last_save = self._last_maintain = time.monotonic()
+        self._last_save = self._last_maintain = time.monotonic()
+        self._last_refresh = float("-inf")
 
     def _lock(self, session_id: str) -> threading.Lock:
         with self._guard:
@@ -194,33 +189,45 @@ class StreamConsumer:
     def _refresh(self) -> None:
         self._track(sorted(self.redis.smembers(ACTIVE_KEY)))
 
-    def _positions(self) -> dict[str, tuple[str, int]]:
-        """Where to read each stream on from (and its epoch), for the sessions read now."""
+    def _positions(self, rung: set[str] | None) -> dict[str, tuple[str, int]]:
+        """Where to read on from (and the epoch) for `rung` and the sessions whose failed entry
+        is due again, or with None for every session."""
         now = time.monotonic()
         with self._guard:
+            due = {s for s, t in self._retry_at.items() if t <= now}
+            self._retry_at = {s: t for s, t in self._retry_at.items() if s not in due}
+            read = self.cursors.keys() if rung is None else (rung | due) & self.cursors.keys()
+            at = {s: max(self._read.get(s, "0-0"), self.cursors[s], key=entry_order) for s in read}
             return {
-                s: (max(self._read.get(s, c), c, key=entry_order), self._epoch[s])
-                for s, c in self.cursors.items()
-                if s not in self._held and self._retry_at.get(s, 0) <= now and self.owns(s)
+                s: (at[s], self._epoch[s])
+                for s in read
+                if s not in self._held and s not in self._retry_at and self.owns(s)
             }
+
+    def _rung(self, block_ms: int | None) -> set[str]:
+        """The sessions the doorbell named since the last read (waiting up to `block_ms`)."""
+        reply = self.redis.xread({DOORBELL_KEY: self._doorbell}, DOORBELL_MAXLEN, block=block_ms)
+        rung: set[str] = set()
+        for _, entries in reply or ():
+            self._doorbell = entries[-1][0]
+            rung.update(fields["sid"] for _, fields in entries)
+        self._track(sorted(rung))
+        return rung
 
     def _step(self) -> None:
         now = time.monotonic()
-        if now - self._last_refresh >= self.refresh_s:
+        sweep = now - self._last_refresh >= self.refresh_s
+        if sweep:
             self._refresh()
             self._last_refresh = now
-        positions = self._positions()
-        streams = {DOORBELL_KEY: self._doorbell}
-        streams.update({stream_key(s): at for s, (at, _) in positions.items()})
-        reply = self.redis.xread(streams, count=self.batch, block=self.block_ms)
+        rung = self._rung(None if sweep else self.block_ms)  # a sweep does not wait
+        positions = self._positions(None if sweep else rung)
         found = False
-        for key, entries in reply or ():
-            if key == DOORBELL_KEY:
-                self._doorbell = entries[-1][0]
-                self._track(list(dict.fromkeys(fields["sid"] for _, fields in entries)))
-                continue
-            session_id = key[len(_PREFIX) :]
-            found = self._queue(session_id, positions[session_id][1], entries) or found
+        if positions:
+            streams = {stream_key(s): at for s, (at, _) in positions.items()}
+            for key, entries in self.redis.xread(streams, count=self.batch) or ():
+                session_id = key[len(_PREFIX) :]
+                found = self._queue(session_id, positions[session_id][1], entries) or found
         now = time.monotonic()
         if self._dirty and now - self._last_save >= self.save_every_s:
             self._save()
@@ -228,8 +235,7 @@ class StreamConsumer:
         if now - self._last_maintain >= 5.0:
             self._maintain()
             self._last_maintain = time.monotonic()
-        if found:
-            # Let what other sessions publish meanwhile gather for the next read.
+        if found:  # let what other sessions publish meanwhile gather for the next read
             self._stop.wait(self.gather_s)
 
     def _queue(
@@ -294,10 +300,8 @@ class StreamConsumer:
     def _publish_all(
         self, session_id: str, entries: list[tuple[str, dict[str, str]]], cursor: str
     ) -> tuple[str, int, bool]:
-        """Publish the entries after `cursor`: the new cursor, how many passed, whether one
-        failed."""
-        failed = False
-        stored = 0
+        """Publish the entries after `cursor`: the new cursor, how many passed, if one failed."""
+        failed, stored = False, 0
         for entry_id, fields in entries:
             if not entry_order(entry_id) > entry_order(cursor):
                 continue
@@ -381,9 +385,7 @@ class StreamConsumer:
             cursor = self.cursors[session_id]
             read = 0
             while True:
-                entries = self.redis.xrange(
-                    stream_key(session_id), min=f"({cursor}", count=self.batch
-                )
+                entries = self.redis.xrange(stream_key(session_id), f"({cursor}", count=self.batch)
                 read += len(entries)
                 if not entries or self._persist(session_id, entries):
                     break  # all read, or a failed entry stopped it (it is read again later)

@@ -4,6 +4,7 @@ consumer, and the session file as the single writer (no duplicates, nothing lost
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,45 @@ def test_a_sessions_batch_is_indexed_in_one_write_and_watchers_see_it_after(
         consumer.stop()
     finally:
         runtime.close()
+
+
+def test_a_read_names_the_streams_the_doorbell_rang_not_every_active_one(
+    runtime: Any, session_id: str, redis_url: str
+) -> None:
+    """Every batch a worker publishes rings the doorbell for its sessions, and the consumer
+    reads those streams only: with many sessions active, a read costs what was published.
+    Every stream is read on start and then every `refresh_s` (a minute here), for an entry no
+    ring announced (a worker from before rings were per batch)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    idle = [f"idle{n:03d}" for n in range(200)]
+    client.sadd(ACTIVE_KEY, *idle)  # active sessions with nothing new
+    event = TextDelta(text="unannounced", prompt_id=OURS).model_dump_json()
+    client.xadd(stream_key(session_id), {"src": "old-worker:1", "data": event})
+    client.sadd(ACTIVE_KEY, session_id)
+    consumer = StreamConsumer(redis_url, runtime.hub.publish, block_ms=200, refresh_s=60)
+    reads: list[str] = []
+    watching = threading.Event()
+
+    def watch() -> None:  # Redis's MONITOR: every command the server runs, as it runs it
+        with client.monitor() as monitor:
+            watching.set()
+            for command in monitor.listen():
+                if command["command"].startswith("XREAD "):
+                    reads.append(command["command"])
+                if "stop-watching" in command["command"]:
+                    return
+
+    consumer.start()
+    try:
+        wait_for(lambda: _texts(runtime, session_id) == ["unannounced"], 10, "the first sweep")
+        threading.Thread(target=watch, daemon=True).start()
+        assert watching.wait(10)
+        for n in range(3):  # three batches, one at a time: each rings, each is read
+            _publish(redis_url, session_id, [f"batch {n}"])
+            wait_for(lambda n=n: len(_texts(runtime, session_id)) == n + 2, 10, f"batch {n}")
+        client.get("stop-watching")
+    finally:
+        consumer.stop()
+    assert _texts(runtime, session_id) == ["unannounced", "batch 0", "batch 1", "batch 2"]
+    assert any(stream_key(session_id) in read for read in reads)
+    assert not [read for read in reads if stream_key("idle") in read]
