@@ -23,6 +23,10 @@ _PATTERNS = [
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
     r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)",  # [user]:password@ in URLs (redis://:pw@ too)
 ]
+_ANCHORS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "sk-", "ns_", "AKIA")
+_ANCHORS += ("PRIVATE KEY-----", "://")
+"""A text none of the patterns can match holds none of these (each pattern needs one): a
+substring test is several times faster than the patterns' scan, and most text has none."""
 
 
 class Redactor:
@@ -67,6 +71,8 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._literal is not None:
             value = self._literal.sub(PLACEHOLDER, value)
+        if not any(anchor in value for anchor in _ANCHORS):
+            return value
         return self._pattern.sub(PLACEHOLDER, value)
 
     def value(self, value: Any) -> Any:

@@ -28,6 +28,25 @@ def test_token_shapes_are_redacted(secret: str) -> None:
     assert secret not in out and out == "token=[redacted] done"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ghp_" + "a" * 36,
+        "gho_" + "B" * 36,
+        "ns_" + "c" * 32,
+        "AKIA" + "ABCDEFGHIJKLMNOP",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----",
+        "redis://:hunter2-password@cache:6379/0",
+    ],
+)
+def test_every_pattern_is_looked_for(text: str) -> None:
+    """Each shape is redacted inside ordinary text: the quick test that skips the patterns
+    for text holding none of their fixed parts must know every pattern's."""
+    out = Redactor().text(f"before {text} after")
+    assert "[redacted]" in out and out.startswith("before ") and out.endswith(" after")
+    assert text not in out
+
+
 def test_literal_secrets_and_urls() -> None:
     redactor = Redactor(["correct-horse-battery", "short"])
     assert redactor.text("pw correct-horse-battery and short") == "pw [redacted] and short"
