@@ -4,6 +4,8 @@ SQLite pragmas every file of ours gets (WAL, busy_timeout, foreign keys, IMMEDIA
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import weakref
@@ -41,13 +43,50 @@ def sqlite_connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _writer_connection(lock: threading.RLock) -> type[sqlite3.Connection]:
-    """A sqlite3 connection class whose write transactions take `lock` first.
+class WriteLock:
+    """The write lock of one SQLite file: a lock in this process and, while it is held, an
+    exclusive `flock` on `<file>-writelock`, so writers queue on locks that wake the next one
+    at once instead of polling in SQLite's busy handler (which sleeps up to 100 ms between
+    tries and turns contention into latency), in this process and across the processes of
+    `serve --processes N` alike."""
 
-    Writers of one file in this process then queue on a lock that wakes the next one at once,
-    instead of polling in SQLite's busy handler (which sleeps up to 100 ms between tries and
-    turns contention into latency). Other processes still meet the busy handler.
-    """
+    def __init__(self, path: Path) -> None:
+        self.path = Path(f"{path}-writelock")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        try:
+            if self._depth == 0:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def _file(self) -> int:
+        """This process's descriptor (a forked child opens its own: a shared one would let
+        parent and child hold the lock at once)."""
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+            weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+
+def _writer_connection(lock: WriteLock) -> type[sqlite3.Connection]:
+    """A sqlite3 connection class whose write transactions take `lock` first."""
 
     class WriterConnection(sqlite3.Connection):
         _held = 0
@@ -95,7 +134,7 @@ def sqlite_engine(path: Path, *, writer: bool, pooled: bool = True) -> Engine:
         "timeout": SQLITE_BUSY_MS / 1000,
     }
     if writer:
-        connect_args["factory"] = _writer_connection(threading.RLock())
+        connect_args["factory"] = _writer_connection(WriteLock(path))
     # Up to POOL_SIZE connections stay open between uses: the API's and the runners' thread
     # pools touch the control DB from dozens of threads at once, and a connection beyond the
     # pool's size would be opened (with its pragmas) and closed around every use.

@@ -61,3 +61,41 @@ def test_a_server_database_reads_through_its_own_engine() -> None:
 
     engine = create_engine("postgresql+psycopg://127.0.0.1:5432/test")
     assert reader(engine) is engine
+
+
+_OTHER_PROCESS = """
+import fcntl, sys
+fd = open(sys.argv[1], "a")
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def test_a_write_holds_the_files_write_lock_for_other_processes_too(tmp_path: Path) -> None:
+    """`serve --processes N` on SQLite: a writer in another process waits on the file's
+    write lock (woken when it is let go) instead of polling in SQLite's busy handler, so the
+    lock is held, for every process, exactly while a write transaction is open."""
+    import subprocess
+    import sys
+
+    engine = control_engine(f"sqlite:///{tmp_path / 'control.db'}")
+    lock_file = tmp_path / "control.db-writelock"
+
+    def seen_from_another_process() -> str:
+        probe = [sys.executable, "-c", _OTHER_PROCESS, str(lock_file)]
+        return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            assert seen_from_another_process() == "held"
+        assert seen_from_another_process() == "free"
+        with pytest.raises(OperationalError), engine.begin() as conn:
+            conn.execute(text("INSERT INTO missing VALUES (1)"))  # a failed write lets go too
+        assert seen_from_another_process() == "free"
+    finally:
+        engine.dispose()
