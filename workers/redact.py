@@ -23,8 +23,10 @@ _PATTERNS = [
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
     r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)",  # [user]:password@ in URLs (redis://:pw@ too)
 ]
-_ANCHORS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "sk-", "ns_", "AKIA")
-_ANCHORS += ("PRIVATE KEY-----", "://")
+_ANCHORS = (
+    *("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "sk-", "ns_", "AKIA"),
+    *("PRIVATE KEY-----", "://"),
+)
 """A text none of the patterns can match holds none of these (each pattern needs one): a
 substring test is several times faster than the patterns' scan, and most text has none."""
 
