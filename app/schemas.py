@@ -28,8 +28,7 @@ def utc_minute(stamp: float) -> str:
 
 
 ROW_MAX = 2**63 - 1
-"""The largest id or offset a database row can have (SQLite and PostgreSQL BIGINT); bigger
-numbers in a request are a 422, not an overflow in the driver."""
+"""The largest row id or offset (BIGINT): bigger ones in a request are a 422, not an overflow."""
 
 
 class UserPublic(BaseModel):
@@ -80,9 +79,8 @@ class RepoCreate(_RepoFields):
 
 
 class RepoUpdate(_RepoFields):
-    """`PATCH /api/repos/{repo}`: the fields to change, the rest kept. A repo's name and url
-    never change. `null` clears `image`, `dockerfile`, `context` and `ci_fix_attempts`;
-    naming an image drops a stored Dockerfile and the other way round."""
+    """`PATCH /api/repos/{repo}`: the fields to change (never name or url); `null` clears
+    `image`, `dockerfile`, `context`, `ci_fix_attempts`; an image drops a Dockerfile, and back."""
 
     base: str = Field("", min_length=1, max_length=200)
 
@@ -120,6 +118,12 @@ class RepoPublic(BaseModel):
     """When it was removed (None: in use); listed only with `?removed=true`."""
 
 
+class RepoAdded(RepoPublic):
+    """`POST /api/repos`: the repo, and what to fix (a `.nightshift.toml` not on its branch)."""
+
+    warnings: list[str] = Field(default_factory=list)
+
+
 class RepoListed(RepoPublic):
     """`GET /api/repos`: a repo and its environment (no detail request per repo to list)."""
 
@@ -140,12 +144,10 @@ class RepoDetail(RepoListed):
     """`GET /api/repos/{repo}`: the stored spec plus the effective one its base branch makes."""
 
     environment_digest: str | None = None
-    """The digest of the declared image its newest ready image runs on (None: host tools,
-    not built yet, or built by a provider such as Modal)."""
+    """The declared image's digest its newest image runs on (None: host, unbuilt, Modal)."""
     effective: list[EffectiveField]
     effective_at: str | None
-    """The commit whose files the effective spec was read from (its newest image build);
-    None before the first build, when only the stored spec is known."""
+    """The commit the effective spec was read from (its newest build; None before one)."""
 
 
 class SessionCreate(BaseModel):
@@ -298,8 +300,7 @@ class Health(BaseModel):
     sandbox: str
     database: str
     event_bus: str | None = None
-    """Distributed mode: `ok` while the API reads the workers' event streams from Redis,
-    `unavailable` while it cannot (events wait in Redis meanwhile)."""
+    """Distributed: `ok` while the workers' event streams are read, else `unavailable`."""
     peer_url: str | None = None
     """Several API processes: where the others reach this one (None: it runs alone)."""
     sessions_owned: int | None = None
@@ -363,8 +364,7 @@ class ViewerPublic(BaseModel):
 
 
 class PresencePublic(BaseModel):
-    """Who is viewing a session; also sent on the session's WebSocket as a frame with
-    `type: "presence"` and no `id` (it is not an event and is never stored)."""
+    """Who is viewing a session; also a WebSocket frame `type: "presence"` (no `id`, unstored)."""
 
     type: str = "presence"
     session_id: str

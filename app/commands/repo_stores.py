@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from app.commands.client import Client
 from app.commands.common import load_settings, runtime_from
 from app.commands.remote import connected
-from app.schemas import RepoCreate, RepoDetail, RepoListed, RepoPublic, RepoUpdate
+from app.schemas import RepoAdded, RepoCreate, RepoDetail, RepoListed, RepoPublic, RepoUpdate
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -29,7 +29,10 @@ class RepoStore(Protocol):
     server_flag: str
     """What a printed follow-up command needs to act in the same place (` --server URL`)."""
 
-    def add(self, body: RepoCreate) -> RepoPublic: ...
+    def add(self, body: RepoCreate) -> RepoAdded:
+        """The new registration, with what its owner should fix (`warnings`)."""
+        ...
+
     def update(self, name: str, body: RepoUpdate) -> RepoPublic: ...
     def to_remove(self, name: str) -> RepoPublic:
         """The repo a removal would remove, before asking; may fail as the removal would."""
@@ -42,10 +45,6 @@ class RepoStore(Protocol):
         """When a changed repo's image is built again."""
         ...
 
-    def warning(self, row: RepoPublic) -> str | None:
-        """Something about a new registration its owner should fix, if any."""
-        ...
-
 
 class DataDirRepos:
     """The control DB of this machine's data dir, written directly (no server involved)."""
@@ -55,8 +54,10 @@ class DataDirRepos:
         self.where = where
         self.server_flag = ""
 
-    def add(self, body: RepoCreate) -> RepoPublic:
-        return RepoPublic.model_validate(self.runtime.repos.add(body))
+    def add(self, body: RepoCreate) -> RepoAdded:
+        row = self.runtime.repos.add(body)
+        public = RepoPublic.model_validate(row).model_dump()
+        return RepoAdded(**public, warnings=self.runtime.repos.warnings(row))
 
     def update(self, name: str, body: RepoUpdate) -> RepoPublic:
         return RepoPublic.model_validate(self.runtime.repos.update(name, body))
@@ -79,12 +80,6 @@ class DataDirRepos:
             f"(`nightshift images build {name}` builds it now)"
         )
 
-    def warning(self, row: RepoPublic) -> str | None:
-        from app.services.repo_catalog import spec_of
-        from images.environments import uncommitted_spec_warning
-
-        return uncommitted_spec_warning(spec_of(self.runtime.repos.get(row.name)))
-
 
 class ServerRepos:
     """A server's repositories through its API, as the token `nightshift login` kept allows."""
@@ -94,8 +89,9 @@ class ServerRepos:
         self.where = f"on {client.server}"
         self.server_flag = f" --server {client.server}"
 
-    def add(self, body: RepoCreate) -> RepoPublic:
-        return RepoPublic.model_validate(
+    def add(self, body: RepoCreate) -> RepoAdded:
+        # The server looks at a local path's working tree (on its machine) for the warnings.
+        return RepoAdded.model_validate(
             self.client.create_repo(body.model_dump(mode="json", exclude_unset=True))
         )
 
@@ -119,9 +115,6 @@ class ServerRepos:
 
     def rebuild_note(self, name: str) -> str:
         return f"{self.client.server} builds its image again now"
-
-    def warning(self, row: RepoPublic) -> str | None:
-        return None  # a local path is on the server's machine: this one cannot look at it
 
 
 @contextlib.contextmanager

@@ -123,8 +123,7 @@ def repos_add(
             f"added [bold]{row.name}[/] ({row.forge}: {row.url}, base {row.base}) {repos.where}",
             highlight=False,
         )
-        warning = repos.warning(row)
-        if warning:
+        for warning in row.warnings:
             console.print(f"[yellow]{warning}[/]", highlight=False)
 
 

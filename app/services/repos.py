@@ -19,6 +19,7 @@ from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
 from app.schemas import RepoCreate, RepoUpdate, validation_message
 from app.services.repo_catalog import RepoCatalog, refuse_removed, removed_message, spec_of
+from images.environments import uncommitted_spec_warning
 from images.spec import RepoSpec
 from integrations.forge.base import ForgeError
 from integrations.forge.local import resolve_local_repo
@@ -160,6 +161,13 @@ class Repos(RepoCatalog):
     def add_from_api(self, body: RepoCreate) -> Repo:
         """Register a repository for an API caller: local paths only under the API's roots."""
         return self._add(body, None, over_api=True)
+
+    @staticmethod
+    def warnings(row: Repo) -> list[str]:
+        """What a new registration's owner should fix: a local repository's `.nightshift.toml`
+        its base branch does not have (builds read the branch)."""
+        warning = uncommitted_spec_warning(spec_of(row))
+        return [warning] if warning else []
 
     def add(self, body: RepoCreate, default_base: str | None = None) -> Repo:
         """Register a repository as the operator (CLI on the host): any path but the data dir."""

@@ -93,11 +93,14 @@ def test_add_set_show_list_and_remove_go_to_the_named_server(
 ) -> None:
     url = server.url
     path = make_repo(tmp_path, "proj").resolve()  # on the server's machine, in its roots
+    (path / ".nightshift.toml").write_text('setup = ["echo uncommitted"]\n')  # not on main
     added = laptop.said(
         "repos", "add", str(path), "--server", url, "--setup", "echo one > deps.txt",
         "--description", "the project",
     )  # fmt: skip
     assert f"added proj (local: {path}, base main) on {url}" in added
+    # The server looked at the working tree on its machine, as the data-dir command does.
+    assert f"warning: {path / '.nightshift.toml'} is not committed on branch 'main'" in added
     (row,) = _on_server(api)
     assert (row["name"], row["setup"], row["description"]) == (
         "proj",

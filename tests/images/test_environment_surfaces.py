@@ -57,12 +57,16 @@ def test_api_shows_the_effective_spec_and_declared_images(api: ApiClient, tmp_pa
 
     other = make_repo(tmp_path, "other")
     added = api.add_repo(other, image="127.0.0.1:5000/dev/tools:1")
-    assert added["image"] == "127.0.0.1:5000/dev/tools:1"
+    assert added["image"] == "127.0.0.1:5000/dev/tools:1" and added["warnings"] == []
+    third = make_repo(tmp_path, "third")
+    (third / ".nightshift.toml").write_text('setup = ["npm ci"]\n')  # not committed
+    [warning] = api.add_repo(third)["warnings"]
+    assert f"{third / '.nightshift.toml'} is not committed on branch 'main'" in warning
     shown = api.http.get("/api/repos/other").json()
     assert _effective(shown)["image"] == ("127.0.0.1:5000/dev/tools:1", "stored")
     # The list carries each repo's environment, as its detail says (no request per repo).
     listed = {r["name"]: r["environment"] for r in api.http.get("/api/repos").json()}
-    assert listed == {"other": "image 127.0.0.1:5000/dev/tools:1", "proj": "host"}
+    assert listed == {"other": "image 127.0.0.1:5000/dev/tools:1", "proj": "host", "third": "host"}
     assert listed["other"] == shown["environment"]
 
 

@@ -19,6 +19,7 @@ def test_the_add_repository_form_shows_the_refusal_then_adds_a_shared_path(
     # The test settings share tmp_path (the data dir's parent); its parent is not shared.
     outside = make_repo(tmp_path.parent / f"{tmp_path.name}-outside", "private")
     inside = make_repo(tmp_path / "shared", "team")
+    (inside / ".nightshift.toml").write_text('setup = ["npm ci"]\n')  # not committed
     web.allow_console(r"/api/repos|403")  # the refusal, on purpose
     page = web.page(alice, "/new")
     page.wait_for_selector("#no-repos:not([hidden])")
@@ -33,3 +34,5 @@ def test_the_add_repository_form_shows_the_refusal_then_adds_a_shared_path(
     page.click("#add-repo button[type=submit]")
     page.wait_for_selector("#no-repos", state="hidden")
     assert page.input_value("#repo") == "team"
+    # The server's warning about the uncommitted spec file is on the page.
+    assert "is not committed on branch 'main'" in page.inner_text("#notice")

@@ -10,6 +10,7 @@ from app.api.deps import CurrentUser, ImagesDep, LocalPullsDep, ReposDep, curren
 from app.schemas import (
     ROW_MAX,
     PullRequestPublic,
+    RepoAdded,
     RepoCreate,
     RepoDetail,
     RepoListed,
@@ -21,11 +22,13 @@ router = APIRouter(prefix="/api/repos", tags=["repos"], dependencies=[Depends(cu
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def add_repo(body: RepoCreate, repos: ReposDep) -> RepoPublic:
+def add_repo(body: RepoCreate, repos: ReposDep) -> RepoAdded:
     """Register a repository: `owner/name` (GitHub), or a local path inside
     NIGHTSHIFT_REPO_ROOTS (local forge; 403 elsewhere, and always inside the data dir). A
-    removed repo's name registers it again, with this registration's fields."""
-    return RepoPublic.model_validate(repos.add_from_api(body))
+    removed repo's name registers it again, with this registration's fields. `warnings` says
+    what to fix, such as a `.nightshift.toml` its base branch does not have."""
+    row = repos.add_from_api(body)
+    return RepoAdded(**RepoPublic.model_validate(row).model_dump(), warnings=repos.warnings(row))
 
 
 @router.get("")

@@ -229,7 +229,8 @@ async function main() {
     addError.hidden = true;
     try {
       const repo = await api("/api/repos", { method: "POST", body: { url: document.getElementById("repo-url").value.trim() } });
-      document.getElementById("notice").textContent = "";
+      // What to fix about it, such as a .nightshift.toml its base branch does not have.
+      document.getElementById("notice").textContent = (repo.warnings || []).join(" ");
       await loadRepos(repo.name);
       prompt.focus();
     } catch (err) {
