@@ -10,6 +10,7 @@ declared Dockerfile (`images.oci_store`), and records the unpacked root beside t
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from images.sandboxes.base import SandboxBackend
 from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
 from images.setup import BuildError, BuildLog
 from images.spec import SPEC_FILE, RepoSpec, SpecFile
+from integrations.forge.base import GIT_ENV
 
 
 def devcontainer_of(spec: RepoSpec, workspace: Path) -> Devcontainer | None:
@@ -132,11 +134,12 @@ def uncommitted_spec_warning(spec: RepoSpec, committed: bool | None = None) -> s
     if not path.is_file():
         return None
     if committed is None:
-        listed = subprocess.run(
+        listed = subprocess.run(  # asked for API callers too: no system or user git config
             ["git", "-C", spec.url, "ls-tree", "--name-only", spec.base, "--", SPEC_FILE],
             capture_output=True,
             text=True,
             check=False,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV},
         )
         committed = listed.returncode == 0 and bool(listed.stdout.strip())
     if committed:

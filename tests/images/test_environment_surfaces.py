@@ -4,6 +4,7 @@ value, `nightshift repos add|show`, and image listings with their environment an
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,17 @@ def test_api_shows_the_effective_spec_and_declared_images(api: ApiClient, tmp_pa
     assert added["image"] == "127.0.0.1:5000/dev/tools:1" and added["warnings"] == []
     third = make_repo(tmp_path, "third")
     (third / ".nightshift.toml").write_text('setup = ["npm ci"]\n')  # not committed
+    # Whoever can write the shared path controls its git config: reading the repo for the
+    # warning runs none of it (no index refresh, hook, pager or monitor).
+    marker = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    for key in ("core.fsmonitor", "core.pager", "core.sshCommand"):
+        subprocess.run(["git", "-C", str(third), "config", key, str(hook)], check=True)
     [warning] = api.add_repo(third)["warnings"]
     assert f"{third / '.nightshift.toml'} is not committed on branch 'main'" in warning
+    assert not marker.exists()
     shown = api.http.get("/api/repos/other").json()
     assert _effective(shown)["image"] == ("127.0.0.1:5000/dev/tools:1", "stored")
     # The list carries each repo's environment, as its detail says (no request per repo).
