@@ -10,7 +10,6 @@ declared Dockerfile (`images.oci_store`), and records the unpacked root beside t
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from dataclasses import asdict
@@ -23,7 +22,7 @@ from images.sandboxes.base import SandboxBackend
 from images.sandboxes.environment import ENVIRONMENT_FILE, ImageEnvironment
 from images.setup import BuildError, BuildLog
 from images.spec import SPEC_FILE, RepoSpec, SpecFile
-from integrations.forge.base import GIT_ENV
+from integrations.forge.base import git_env
 
 
 def devcontainer_of(spec: RepoSpec, workspace: Path) -> Devcontainer | None:
@@ -139,7 +138,7 @@ def uncommitted_spec_warning(spec: RepoSpec, committed: bool | None = None) -> s
             capture_output=True,
             text=True,
             check=False,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV},
+            env=git_env(),
         )
         committed = listed.returncode == 0 and bool(listed.stdout.strip())
     if committed:

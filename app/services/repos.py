@@ -21,7 +21,7 @@ from app.schemas import RepoCreate, RepoUpdate, validation_message
 from app.services.repo_catalog import RepoCatalog, refuse_removed, removed_message, spec_of
 from images.environments import uncommitted_spec_warning
 from images.spec import RepoSpec
-from integrations.forge.base import ForgeError
+from integrations.forge.base import ForgeError, git_env
 from integrations.forge.local import resolve_local_repo
 from integrations.github.errors import GitHubError
 
@@ -319,11 +319,12 @@ def _default_branch(url: str, forge: str) -> str:
         return "main"
     import subprocess
 
-    out = subprocess.run(
+    out = subprocess.run(  # asked for API callers too: no system or user git config
         ["git", "-C", url, "symbolic-ref", "--quiet", "--short", "HEAD"],
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     return out.stdout.strip() or "main"
 

@@ -60,6 +60,11 @@ GIT_ENV = {
 }
 
 
+def git_env() -> dict[str, str]:
+    """The whole environment of a host-side git: `GIT_ENV`, the host's PATH, no home."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV}
+
+
 def _output_file(name: str) -> BinaryIO:
     """An anonymous file for a child's output: in memory where the kernel has memfd, else a
     temporary file."""
@@ -77,8 +82,7 @@ async def git(
 ) -> str:
     """Run host-side git and return stdout; raise ForgeError with git's own message. `stdin`
     is an open file the process reads from its current offset."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV}
-    full_env.update(env or {})
+    full_env = {**git_env(), **(env or {})}
     # Output goes to files, not pipes: asyncio waits for every holder of a pipe to close it
     # before a process counts as finished, and git's helpers (upload-pack, remote helpers)
     # inherit them, so a cancelled clone could otherwise outlive its caller by many seconds.

@@ -10,12 +10,11 @@ and only when the base branch is checked out there and the tree is clean.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from integrations.forge.base import GIT_ENV, ZERO_SHA, ForgeError, fetch_bundle, git
+from integrations.forge.base import ZERO_SHA, ForgeError, fetch_bundle, git, git_env
 
 NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 """A merge run by the server must not run the repository's hooks on the host."""
@@ -55,12 +54,11 @@ class CommitInfo:
 async def _git_rc(*args: str, cwd: Path) -> tuple[int, str, str]:
     """Run host-side git and return (exit code, stdout, stderr) when a non-zero code is an
     answer (a conflict) rather than a failure."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.devnull, **GIT_ENV}
     proc = await asyncio.create_subprocess_exec(
         "git",
         *args,
         cwd=cwd,
-        env=env,
+        env=git_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
