@@ -55,9 +55,7 @@ class DataDirRepos:
         self.server_flag = ""
 
     def add(self, body: RepoCreate) -> RepoAdded:
-        row = self.runtime.repos.add(body)
-        public = RepoPublic.model_validate(row).model_dump()
-        return RepoAdded(**public, warnings=self.runtime.repos.warnings(row))
+        return self.runtime.repos.added(self.runtime.repos.add(body))
 
     def update(self, name: str, body: RepoUpdate) -> RepoPublic:
         return RepoPublic.model_validate(self.runtime.repos.update(name, body))

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.models import Repo
-from app.schemas import RepoCreate, RepoUpdate, validation_message
+from app.schemas import RepoAdded, RepoCreate, RepoPublic, RepoUpdate, validation_message
 from app.services.repo_catalog import RepoCatalog, refuse_removed, removed_message, spec_of
 from images.environments import uncommitted_spec_warning
 from images.spec import RepoSpec
@@ -163,11 +163,12 @@ class Repos(RepoCatalog):
         return self._add(body, None, over_api=True)
 
     @staticmethod
-    def warnings(row: Repo) -> list[str]:
-        """What a new registration's owner should fix: a local repository's `.nightshift.toml`
-        its base branch does not have (builds read the branch)."""
+    def added(row: Repo) -> RepoAdded:
+        """A new registration, with what its owner should fix: a local repository's
+        `.nightshift.toml` its base branch does not have (builds read the branch)."""
         warning = uncommitted_spec_warning(spec_of(row))
-        return [warning] if warning else []
+        public = RepoPublic.model_validate(row).model_dump()
+        return RepoAdded(**public, warnings=[warning] if warning else [])
 
     def add(self, body: RepoCreate, default_base: str | None = None) -> Repo:
         """Register a repository as the operator (CLI on the host): any path but the data dir."""

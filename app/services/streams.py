@@ -196,12 +196,12 @@ class StreamConsumer:
         with self._guard:
             due = {s for s, t in self._retry_at.items() if t <= now}
             self._retry_at = {s: t for s, t in self._retry_at.items() if s not in due}
-            read = self.cursors.keys() if rung is None else (rung | due) & self.cursors.keys()
-            at = {s: max(self._read.get(s, "0-0"), self.cursors[s], key=entry_order) for s in read}
+            named = self.cursors.keys() if rung is None else (rung | due) & self.cursors.keys()
+            skip = self._held | self._retry_at.keys()
             return {
-                s: (at[s], self._epoch[s])
-                for s in read
-                if s not in self._held and s not in self._retry_at and self.owns(s)
+                s: (max(self._read.get(s, "0-0"), self.cursors[s], key=entry_order), self._epoch[s])
+                for s in named
+                if s not in skip and self.owns(s)
             }
 
     def _rung(self, block_ms: int | None) -> set[str]:

@@ -27,8 +27,7 @@ def add_repo(body: RepoCreate, repos: ReposDep) -> RepoAdded:
     NIGHTSHIFT_REPO_ROOTS (local forge; 403 elsewhere, and always inside the data dir). A
     removed repo's name registers it again, with this registration's fields. `warnings` says
     what to fix, such as a `.nightshift.toml` its base branch does not have."""
-    row = repos.add_from_api(body)
-    return RepoAdded(**RepoPublic.model_validate(row).model_dump(), warnings=repos.warnings(row))
+    return repos.added(repos.add_from_api(body))
 
 
 @router.get("")
